@@ -19,7 +19,12 @@ quiet() {
 
 ensure_venv() {
   local extra=$1 py=${PYTHON:-python3}
+  # Serialise concurrent callers (parallel test runs would otherwise race inside pip).
+  mkdir -p "$VENV"
+  exec 9>"$VENV.lock"
+  flock 9
   if [ ! -x "$VENV/bin/python" ]; then
+    rm -rf "$VENV"
     echo "driftswitch: creating $VENV (first run only)" >&2
     "$py" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -38,4 +43,5 @@ ensure_venv() {
     quiet "$VENV/bin/python" -m pip install --no-deps -e . --config-settings editable_mode=strict
     echo "$files" > "$VENV/.files-stamp"
   fi
+  flock -u 9
 }

@@ -12,7 +12,6 @@ dead-letter reason.
 
 from __future__ import annotations
 
-import math
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -58,7 +57,11 @@ RequestId = Annotated[
 Label = StrictBool | StrictInt | StrictFloat | StrictStr
 Timestamp = Annotated[
     float,
-    Field(ge=0, description="Unix epoch seconds (float), e.g. 1767225600.25."),
+    Field(
+        ge=0,
+        description="Unix epoch seconds (float), e.g. 1767225600.25.",
+        json_schema_extra={"exclusiveMaximum": 1e11},
+    ),
 ]
 
 
@@ -67,12 +70,6 @@ def _check_seconds(ts: float) -> float:
     if ts >= 1e11:
         raise ValueError("looks like milliseconds or finer; send Unix epoch seconds")
     return ts
-
-
-def _check_finite(x: float | None) -> float | None:
-    if x is not None and not math.isfinite(x):
-        raise ValueError("must be a finite number")
-    return x
 
 
 class _Event(BaseModel):
@@ -117,7 +114,6 @@ class PredictionEvent(_Event):
     )
 
     _ts = field_validator("ts")(_check_seconds)
-    _finite = field_validator("score", "latency_ms")(_check_finite)
 
 
 class OutcomeEvent(_Event):
@@ -198,8 +194,6 @@ class Cause(_Event):
     evidence: dict[str, JsonValue] = Field(
         default_factory=dict, description="Detector-specific details (plain data)."
     )
-
-    _finite = field_validator("statistic", "threshold")(_check_finite)
 
 
 class FlagChangeEvent(_Event):

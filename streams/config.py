@@ -1,0 +1,462 @@
+"""The YAML configuration: flags, their variants, guardrails and service settings.
+
+``load_config(path)`` returns a validated :class:`Config` or raises
+:class:`~driftswitch.streams.errors.ConfigError` listing *every* problem found, each as
+``file:line: path.inside.file: what was expected`` — the line comes from the YAML node the path
+points at. The shape of ``flags`` is the contract (fields may be added, none renamed)::
+
+    flags:
+      ranker:
+        default: control
+        variants:
+          control:   {weight: 90, value: ranker-v1}
+          candidate: {weight: 10, value: ranker-v2}
+        guardrails:
+          - name: candidate-accuracy
+            variant: candidate
+            metric: accuracy
+            detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+            min_samples: 200
+            action: kill
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from driftswitch.detectors import registry
+from driftswitch.streams.errors import ConfigError
+from driftswitch.streams.events import Name
+
+
+class Metric(StrEnum):
+    """What a guardrail watches. See :data:`METRICS` for what each one feeds its detector."""
+
+    ACCURACY = "accuracy"
+    ERROR_RATE = "error_rate"
+    LATENCY_MS = "latency_ms"
+    ABS_ERROR = "abs_error"
+    SQUARED_ERROR = "squared_error"
+    SCORE = "score"
+    FEATURE = "feature"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a metric turns into detector input."""
+
+    #: One of ``driftswitch.detectors.registry.INPUT_KINDS``.
+    input: str
+    #: Needs a joined outcome (a label) before it can be scored.
+    needs_label: bool
+    #: For two-sample comparisons: is a larger value better?
+    higher_is_better: bool
+    description: str
+
+
+METRICS: dict[Metric, MetricInfo] = {
+    Metric.ACCURACY: MetricInfo(
+        "bernoulli", True, True, "correct predictions; detectors see 1 for each wrong one"
+    ),
+    Metric.ERROR_RATE: MetricInfo(
+        "bernoulli", False, False, "failed inferences (prediction `error` set); 1 = failed"
+    ),
+    Metric.LATENCY_MS: MetricInfo("continuous", False, False, "inference latency, milliseconds"),
+    Metric.ABS_ERROR: MetricInfo("continuous", True, False, "|prediction - label| (regression)"),
+    Metric.SQUARED_ERROR: MetricInfo(
+        "continuous", True, False, "(prediction - label)^2 (regression)"
+    ),
+    Metric.SCORE: MetricInfo(
+        "distribution", False, False, "distribution of `score`, against a reference window"
+    ),
+    Metric.FEATURE: MetricInfo(
+        "distribution", False, False, "distribution of one numeric feature (`feature: name`)"
+    ),
+}
+
+
+class GuardrailAction(StrEnum):
+    """What a breached guardrail does."""
+
+    WARN = "warn"  # alert only, no state change
+    HOLD = "hold"  # pause rollout advances
+    SHIFT = "shift"  # move `shift_by` weight from the variant to the default
+    KILL = "kill"  # weight 0, killed; traffic goes to the default
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number (seconds) or a string such as ``"500ms"``, ``"30s"``, ``"10m"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m, 2h or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(
+            f"expected a duration such as 30s, 10m, 2h or a number of seconds, got {value!r}"
+        )
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "Seconds, or a duration such as 500ms, 30s, 10m, 2h, 1d.",
+        }
+    ),
+]
+LabelValue = StrictBool | StrictInt | StrictFloat | StrictStr
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VariantConfig(_Model):
+    """One variant of a flag."""
+
+    weight: int = Field(ge=0, le=100, description="Percent of traffic; served weights sum to 100.")
+    value: JsonValue = Field(description="What clients receive for this variant.")
+    shadow: bool = Field(
+        False, description="Shadow variant: sees traffic via `served: false`, serves no one."
+    )
+
+
+class DetectorSpec(BaseModel):
+    """``{kind: NAME, **params}``; parameters are validated by the detector itself."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = Field(description="A registered detector kind (driftswitch validate lists them).")
+
+    def params(self) -> dict[str, Any]:
+        """The parameters, without ``kind``."""
+        return dict(self.model_extra or {})
+
+    def spec(self) -> dict[str, Any]:
+        """``{"kind": ..., **params}``, what ``registry.create`` takes."""
+        return {"kind": self.kind, **self.params()}
+
+
+class Guardrail(_Model):
+    """A rule: when ``detector`` decides ``metric`` of ``variant`` got worse, do ``action``."""
+
+    name: Name
+    variant: str
+    metric: Metric
+    detector: DetectorSpec
+    compare_to: str | None = Field(
+        None, description="Compare against this variant (two-sample detectors only)."
+    )
+    feature: str | None = Field(None, description="The feature, for `metric: feature`.")
+    min_samples: int = Field(
+        100, ge=0, description="No decision before this many samples of the variant."
+    )
+    action: GuardrailAction
+    cooldown: Duration = Field(
+        300.0, description="After acting, this guardrail waits this long before acting again."
+    )
+    shift_by: int = Field(
+        10, ge=1, le=100, description="For `action: shift`: weight moved to the default."
+    )
+
+
+class FlagConfig(_Model):
+    """One flag: its variants, default and guardrails."""
+
+    description: str | None = None
+    default: str = Field(description="Served when a variant is killed or state is unknown.")
+    variants: dict[Name, VariantConfig] = Field(min_length=1)
+    guardrails: list[Guardrail] = Field(default_factory=list)
+    task: Literal["classification", "regression"] = "classification"
+    positive_label: LabelValue | None = Field(
+        None, description="Classification: the label precision/recall/F1 are computed for."
+    )
+
+
+class JoinConfig(_Model):
+    """How predictions wait for their outcomes."""
+
+    ttl: Duration = Field(3600.0, description="Unjoined records expire after this (event time).")
+    max_pending: int = Field(
+        1_000_000, ge=1, description="Bound on buffered unjoined records per worker."
+    )
+
+
+class Config(_Model):
+    """The whole configuration file."""
+
+    flags: dict[Name, FlagConfig] = Field(min_length=1)
+    join: JoinConfig = Field(default_factory=JoinConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _fmt_path(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _node_at(root: yaml.Node | None, path: Sequence[str | int]) -> yaml.Node | None:
+    """The deepest YAML node along ``path`` (for line numbers)."""
+    node = root
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            nxt = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node = nxt
+    return node
+
+
+class _Problems:
+    """Collects problems as ``file:line: path: message``."""
+
+    def __init__(self, source: str, root: yaml.Node | None) -> None:
+        self.source = source
+        self.root = root
+        self.items: list[str] = []
+
+    def add(self, path: Sequence[str | int], message: str) -> None:
+        node = _node_at(self.root, path)
+        where = f"{self.source}:{node.start_mark.line + 1}" if node is not None else self.source
+        self.items.append(f"{where}: {_fmt_path(path)}: {message}")
+
+
+def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    return str(err["msg"])
+
+
+def _model_in(annotation: Any) -> Any:
+    """Unwrap ``X | None`` to ``X`` (the field types here have at most one model)."""
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if getattr(annotation, "__origin__", None) is None and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    """Field names allowed where the unknown field ``loc[-1]`` was found."""
+    current: Any = model
+    for part in loc[:-1]:
+        current = _model_in(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif getattr(current, "__origin__", None) in (dict, list):
+            current = current.__args__[-1]  # the value/item type; `part` is the key/index
+        else:
+            return None
+    current = _model_in(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def _add_validation_errors(
+    problems: _Problems, exc: ValidationError, prefix: Sequence[str | int], model: type[BaseModel]
+) -> None:
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        msg = _pydantic_message(err, model)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(model, loc)
+            if allowed:
+                msg += f"; allowed: {', '.join(allowed)}"
+        problems.add([*prefix, *loc], msg)
+
+
+def _check_flag(problems: _Problems, name: str, flag: FlagConfig) -> None:
+    """Cross-field rules pydantic cannot express, each reported at its own path."""
+    here: list[str | int] = ["flags", name]
+    served = {n: v for n, v in flag.variants.items() if not v.shadow}
+    for vname, v in flag.variants.items():
+        if v.shadow and v.weight:
+            problems.add(
+                [*here, "variants", vname, "weight"], "a shadow variant must have weight 0"
+            )
+    total = sum(v.weight for v in served.values())
+    if total != 100:
+        problems.add(
+            [*here, "variants"],
+            f"weights of served variants must add up to 100, got {total} "
+            f"({', '.join(f'{n}={v.weight}' for n, v in served.items())})",
+        )
+    known = ", ".join(flag.variants)
+    if flag.default not in flag.variants:
+        problems.add(
+            [*here, "default"], f"default variant {flag.default!r} is not a variant; known: {known}"
+        )
+    elif flag.variants[flag.default].shadow:
+        problems.add([*here, "default"], "the default variant cannot be a shadow variant")
+    seen: set[str] = set()
+    for i, g in enumerate(flag.guardrails):
+        _check_guardrail(problems, [*here, "guardrails", i], flag, g, known)
+        if g.name in seen:
+            problems.add([*here, "guardrails", i, "name"], f"duplicate guardrail name {g.name!r}")
+        seen.add(g.name)
+
+
+def _check_guardrail(
+    problems: _Problems, here: list[str | int], flag: FlagConfig, g: Guardrail, known: str
+) -> None:
+    if g.variant not in flag.variants:
+        problems.add([*here, "variant"], f"variant {g.variant!r} does not exist; known: {known}")
+    if g.compare_to is not None:
+        if g.compare_to == g.variant:
+            problems.add([*here, "compare_to"], "a variant cannot be compared to itself")
+        elif g.compare_to not in flag.variants:
+            problems.add(
+                [*here, "compare_to"], f"variant {g.compare_to!r} does not exist; known: {known}"
+            )
+    if g.action in (GuardrailAction.KILL, GuardrailAction.SHIFT) and g.variant == flag.default:
+        problems.add(
+            [*here, "action"],
+            f"cannot {g.action} the default variant {g.variant!r}: traffic falls back to it",
+        )
+    if g.metric is Metric.FEATURE and not g.feature:
+        problems.add([*here, "feature"], "metric 'feature' needs `feature: <feature name>`")
+    if g.metric is not Metric.FEATURE and g.feature:
+        problems.add([*here, "feature"], "`feature` is only used with metric 'feature'")
+    try:
+        cls = registry.detector_class(g.detector.kind)
+    except ValueError as exc:
+        problems.add([*here, "detector", "kind"], str(exc))
+        return
+    info = METRICS[g.metric]
+    if info.input not in cls.inputs:
+        fitting = [k for k in registry.kinds() if info.input in registry.detector_class(k).inputs]
+        problems.add(
+            [*here, "detector", "kind"],
+            f"detector {g.detector.kind!r} does not take {info.input} input, which metric "
+            f"{g.metric.value!r} produces; detectors that do: {', '.join(fitting)}",
+        )
+    if cls.two_sample and g.compare_to is None:
+        problems.add(
+            [*here, "compare_to"],
+            f"detector {g.detector.kind!r} compares two variants: set `compare_to`",
+        )
+    if not cls.two_sample and g.compare_to is not None:
+        problems.add(
+            [*here, "compare_to"],
+            f"detector {g.detector.kind!r} watches one variant; `compare_to` needs a "
+            "two-sample detector such as 'sequential'",
+        )
+    try:
+        registry.create(detector_spec(g, flag))
+    except ValueError as exc:
+        problems.add([*here, "detector"], str(exc))
+
+
+def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:
+    """The detector spec for a guardrail, with metric-derived defaults filled in.
+
+    Two-sample detectors need the metric's direction; it is derived from the metric unless the
+    user set it.
+    """
+    spec = g.detector.spec()
+    cls = registry.detector_class(g.detector.kind)
+    if cls.two_sample and "higher_is_better" in registry.parameters(g.detector.kind):
+        spec.setdefault("higher_is_better", METRICS[g.metric].higher_is_better)
+    return spec
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate configuration text; ``ConfigError`` lists every problem."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    problems = _Problems(source, root)
+    if not isinstance(data, dict):
+        problems.add([], "expected a mapping with a `flags:` section")
+        raise ConfigError(problems.items)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:  # every schema problem, across all flags
+        _add_validation_errors(problems, exc, [], Config)
+    # Cross-field rules for every flag whose own schema is fine, even if another flag's is not.
+    flags_data = data.get("flags")
+    for name, fdata in flags_data.items() if isinstance(flags_data, dict) else ():
+        try:
+            flag = FlagConfig.model_validate(fdata)
+        except ValidationError:
+            continue  # already reported above
+        _check_flag(problems, str(name), flag)
+    if problems.items or config is None:
+        raise ConfigError(problems.items)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from None
+    return parse_config(text, str(p))
+
+
+def iter_guardrails(config: Config) -> Iterator[tuple[str, FlagConfig, Guardrail]]:
+    """Every (flag name, flag, guardrail) in the config, in file order."""
+    for name, flag in config.flags.items():
+        for g in flag.guardrails:
+            yield name, flag, g
