@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-import driftswitch.detectors.river  # noqa: F401  (registers the river detectors)
+import driftswitch.detectors.river  # registers the river detectors
+import driftswitch.detectors.sequential  # noqa: F401  (registers sequential)
