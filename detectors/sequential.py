@@ -208,8 +208,9 @@ class Sequential(Comparison):
     ...     seq.update("control", float(rng.random() < 0.10))
     ...     seq.update("variant", float(rng.random() < 0.20))
     ...     if seq.drift_detected:
-    ...         print(f"harm after {i + 1} pairs")
-    harm after 273 pairs
+    ...         print(f"harm after {i + 1} pairs, upper bound {seq.interval[1]:.4f}")
+    ...         break
+    harm after 273 pairs, upper bound -0.0014
     """
 
     kind: ClassVar[str] = "sequential"
