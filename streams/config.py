@@ -175,9 +175,9 @@ class Guardrail(_Model):
     """A rule: when ``detector`` decides ``metric`` of ``variant`` got worse, do ``action``."""
 
     name: Name
-    variant: str
-    metric: Metric
-    detector: DetectorSpec
+    variant: str = Field(description="The variant this guardrail watches and acts on.")
+    metric: Metric = Field(description="What is measured; see METRICS.")
+    detector: DetectorSpec = Field(description="`{kind: NAME, **params}`.")
     compare_to: str | None = Field(
         None, description="Compare against this variant (two-sample detectors only)."
     )
@@ -185,7 +185,7 @@ class Guardrail(_Model):
     min_samples: int = Field(
         100, ge=0, description="No decision before this many samples of the variant."
     )
-    action: GuardrailAction
+    action: GuardrailAction = Field(description="warn | hold | shift | kill.")
     cooldown: Duration = Field(
         300.0, description="After acting, this guardrail waits this long before acting again."
     )
@@ -197,11 +197,17 @@ class Guardrail(_Model):
 class FlagConfig(_Model):
     """One flag: its variants, default and guardrails."""
 
-    description: str | None = None
+    description: str | None = Field(None, description="Free text for people.")
     default: str = Field(description="Served when a variant is killed or state is unknown.")
-    variants: dict[Name, VariantConfig] = Field(min_length=1)
-    guardrails: list[Guardrail] = Field(default_factory=list)
-    task: Literal["classification", "regression"] = "classification"
+    variants: dict[Name, VariantConfig] = Field(
+        min_length=1, description="Variant name → weight and value."
+    )
+    guardrails: list[Guardrail] = Field(
+        default_factory=list, description="Rules that act on this flag."
+    )
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="How predictions are scored against labels."
+    )
     positive_label: LabelValue | None = Field(
         None, description="Classification: the label precision/recall/F1 are computed for."
     )
@@ -219,8 +225,10 @@ class JoinConfig(_Model):
 class Config(_Model):
     """The whole configuration file."""
 
-    flags: dict[Name, FlagConfig] = Field(min_length=1)
-    join: JoinConfig = Field(default_factory=JoinConfig)
+    flags: dict[Name, FlagConfig] = Field(min_length=1, description="Flag name → definition.")
+    join: JoinConfig = Field(
+        default_factory=JoinConfig, description="Prediction/outcome join settings."
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -237,19 +245,21 @@ def _fmt_path(path: Sequence[str | int]) -> str:
 
 
 def _node_at(root: yaml.Node | None, path: Sequence[str | int]) -> yaml.Node | None:
-    """The deepest YAML node along ``path`` (for line numbers)."""
-    node = root
+    """The YAML node deepest along ``path`` (its key node for mapping entries): for line numbers."""
+    node, mark = root, root
     for part in path:
         if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == str(part)), None)
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is None:
+                break
+            mark, node = pair
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            nxt = node.value[part] if 0 <= part < len(node.value) else None
+            if not 0 <= part < len(node.value):
+                break
+            mark = node = node.value[part]
         else:
-            nxt = None
-        if nxt is None:
             break
-        node = nxt
-    return node
+    return mark
 
 
 class _Problems:
@@ -272,7 +282,8 @@ def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
         return "unknown field"
     if kind == "missing":
         return "required field is missing"
-    return str(err["msg"])
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
 
 
 def _model_in(annotation: Any) -> Any:
@@ -309,6 +320,9 @@ def _add_validation_errors(
     for err in exc.errors(include_url=False):
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         msg = _pydantic_message(err, model)
+        if loc and loc[-1] == "[key]":  # the name of a flag or variant, not its value
+            loc = loc[:-1]
+            msg = f"invalid name: {msg} (letters, digits, '_', '.', '-')"
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(model, loc)
             if allowed:

@@ -172,7 +172,7 @@ class VariantState(_Event):
 class Cause(_Event):
     """The evidence for a flag change: enough to explain the decision without other data."""
 
-    kind: CauseKind
+    kind: CauseKind = Field(description="detector | rollout | manual | config.")
     action: Action = Field(description="What was done.")
     reason: str | None = Field(None, description="Human-readable summary or operator's reason.")
     guardrail: str | None = Field(None, description="The guardrail that fired.")
@@ -208,9 +208,11 @@ class FlagChangeEvent(_Event):
 
     flag: Name
     version: int = Field(ge=1, description="Monotonic per flag; the first state is version 1.")
-    variants: dict[str, VariantState] = Field(min_length=1)
+    variants: dict[str, VariantState] = Field(
+        min_length=1, description="Every variant's full state (not a diff)."
+    )
     default_variant: str = Field(description="Served when a variant is killed or state unknown.")
-    cause: Cause
+    cause: Cause = Field(description="Why the flag changed, with the evidence.")
     ts: Timestamp
     actor: str = Field(description="Who decided: 'driftswitch' or the operator's identity.")
     paused: bool = Field(False, description="True while rollout advances are on hold.")

@@ -1,0 +1,294 @@
+"""`driftswitch validate` and the config model: every problem named by file, line, path and
+expectation; never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from driftswitch.streams.cli import main
+from driftswitch.streams.config import (
+    GuardrailAction,
+    Metric,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from driftswitch.streams.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+flags:
+  ranker:
+    default: control
+    variants:
+      control:   {weight: 90, value: ranker-v1}
+      candidate: {weight: 10, value: ranker-v2}
+    guardrails:
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+        min_samples: 200
+        action: kill
+      - name: candidate-vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential, alpha: 0.05, margin: 0.0}
+        action: kill
+"""
+
+
+def bad(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+# (id, config text, substrings the single reported problem must contain)
+BAD_CONFIGS = [
+    (
+        "unknown-detector-kind",
+        bad("kind: cusum,", "kind: cusm,"),
+        [
+            ":11: flags.ranker.guardrails[0].detector.kind",
+            "unknown detector kind 'cusm'",
+            "known kinds:",
+            "cusum",
+            "glr",
+            "sequential",
+            "adwin",
+        ],
+    ),
+    (
+        "weights-do-not-add-up",
+        bad("weight: 10,", "weight: 20,"),
+        [":4: flags.ranker.variants", "must add up to 100, got 110", "control=90", "candidate=20"],
+    ),
+    (
+        "guardrail-names-missing-variant",
+        bad(
+            "        variant: candidate\n        metric: accuracy\n        detector: {kind: cusum",
+            "        variant: candiate\n        metric: accuracy\n        detector: {kind: cusum",
+        ),
+        [
+            ":9: flags.ranker.guardrails[0].variant",
+            "'candiate' does not exist",
+            "known: control, candidate",
+        ],
+    ),
+    (
+        "compare-to-itself",
+        bad("compare_to: control", "compare_to: candidate"),
+        [":16: flags.ranker.guardrails[1].compare_to", "compared to itself"],
+    ),
+    (
+        "default-variant-missing",
+        bad("default: control", "default: stable"),
+        [":3: flags.ranker.default", "'stable' is not a variant", "known: control, candidate"],
+    ),
+    (
+        "bad-yaml",
+        bad(
+            "      control:   {weight: 90, value: ranker-v1}",
+            "      control:   {weight: 90, value: ranker-v1",
+        ),
+        [":6:", "invalid YAML"],
+    ),
+    (
+        "unknown-field",
+        bad("        min_samples: 200", "        min_sample: 200"),
+        [":12: flags.ranker.guardrails[0].min_sample", "unknown field", "allowed:", "min_samples"],
+    ),
+    (
+        "unknown-action",
+        bad(
+            "        action: kill\n      - name: candidate-vs",
+            "        action: explode\n      - name: candidate-vs",
+        ),
+        [":13: flags.ranker.guardrails[0].action", "'warn', 'hold', 'shift' or 'kill'"],
+    ),
+    (
+        "unknown-metric",
+        bad("metric: accuracy", "metric: acuracy"),
+        [":10: flags.ranker.guardrails[0].metric", "'accuracy'", "'latency_ms'"],
+    ),
+    (
+        "negative-weight",
+        bad("weight: 90,", "weight: -5,"),
+        [":5: flags.ranker.variants.control.weight", "greater than or equal to 0"],
+    ),
+    (
+        "bad-detector-parameter",
+        bad("arl0: 100000}", "arl0: 100000, delta: 0.1}"),
+        [
+            ":11: flags.ranker.guardrails[0].detector",
+            "unknown parameter(s) delta",
+            "allowed:",
+            "arl0",
+        ],
+    ),
+    (
+        "two-sample-detector-without-compare-to",
+        bad("        compare_to: control\n", ""),
+        [":14: flags.ranker.guardrails[1].compare_to", "compares two variants"],
+    ),
+    (
+        "one-sample-detector-with-compare-to",
+        bad(
+            "        variant: candidate\n        metric: accuracy\n        detector: {kind: cusum",
+            "        variant: candidate\n        compare_to: control\n        metric: accuracy\n"
+            "        detector: {kind: cusum",
+        ),
+        ["flags.ranker.guardrails[0].compare_to", "watches one variant", "'sequential'"],
+    ),
+    (
+        "kill-the-default",
+        bad(
+            "        variant: candidate\n        metric: accuracy\n        detector: {kind: cusum",
+            "        variant: control\n        metric: accuracy\n        detector: {kind: cusum",
+        ),
+        [":13: flags.ranker.guardrails[0].action", "cannot kill the default variant 'control'"],
+    ),
+    (
+        "detector-does-not-fit-metric",
+        bad(
+            "metric: accuracy\n        detector: {kind: cusum",
+            "metric: score\n        detector: {kind: cusum",
+        ),
+        [
+            ":11: flags.ranker.guardrails[0].detector.kind",
+            "does not take distribution input",
+            "detectors that do:",
+        ],
+    ),
+    (
+        "bad-duration",
+        GOOD + "join: {ttl: soon}\n",
+        [":20: join.ttl", "expected a duration such as 30s"],
+    ),
+    (
+        "duplicate-guardrail-name",
+        bad("name: candidate-vs-control", "name: candidate-accuracy"),
+        [":14: flags.ranker.guardrails[1].name", "duplicate guardrail name"],
+    ),
+    (
+        "bad-flag-name",
+        bad("  ranker:", "  ranker v2:"),
+        ["flags.ranker v2", "String should match pattern"],
+    ),
+    (
+        "not-a-mapping",
+        "- just\n- a list\n",
+        ["expected a mapping with a `flags:` section"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
+)
+def test_bad_config_is_rejected_with_a_clear_message(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    path = tmp_path / "flags.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    problems = [line for line in result.stderr.splitlines() if not line.endswith("problem)")]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(str(path)), problems
+    for fragment in expected:
+        assert fragment in problems[0], (fragment, problems[0])
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = bad("default: control", "default: stable").replace("weight: 10,", "weight: 20,")
+    text = text.replace("kind: cusum,", "kind: cusm,")
+    path = tmp_path / "flags.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert "invalid (3 problems)" in result.stderr
+    for fragment in ("must add up to 100", "'stable' is not a variant", "unknown detector kind"):
+        assert fragment in result.stderr
+
+
+def test_good_config_passes(tmp_path: Path) -> None:
+    path = tmp_path / "flags.yaml"
+    path.write_text(GOOD, encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{path}: ok (1 flags, 2 guardrails)"
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1
+    assert "nope.yaml: cannot read: No such file or directory" in result.stderr
+
+
+def test_real_command_has_no_traceback(tmp_path: Path) -> None:
+    """The installed entry point, as a user runs it."""
+    path = tmp_path / "flags.yaml"
+    path.write_text(bad("kind: cusum,", "kind: nope,"), encoding="utf-8")
+    exe = Path(sys.executable).with_name("driftswitch")
+    proc = subprocess.run([exe, "validate", path], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "unknown detector kind 'nope'" in proc.stderr
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(ROOT / "examples" / "ranker.yaml")
+    guardrails = config.flags["ranker"].guardrails
+    assert [g.action for g in guardrails] == [GuardrailAction.KILL, GuardrailAction.KILL]
+    assert guardrails[0].metric is Metric.ACCURACY
+    assert config.join.ttl == 3600.0
+
+
+def test_defaults_and_two_sample_direction() -> None:
+    from driftswitch.streams.config import detector_spec
+
+    config = parse_config(GOOD)
+    flag = config.flags["ranker"]
+    assert flag.guardrails[0].cooldown == 300.0
+    assert detector_spec(flag.guardrails[1], flag)["higher_is_better"] is True
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("10m", 600.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        (" 7 ", 7.0),
+    ],
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "-3s", "10 minutes", True, None, -1])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)
+
+
+def test_config_error_lists_problems() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent("flags: {}\n"), "x.yaml")
+    assert info.value.problems == [
+        "x.yaml:1: flags: Dictionary should have at least 1 item after validation, not 0"
+    ]
