@@ -224,6 +224,28 @@ class FlagChangeEvent(_Event):
         return {n: 0 if v.killed else v.weight for n, v in self.variants.items()}
 
 
+class AlertEvent(_Event):
+    """A guardrail breach that changes no flag state (action ``warn``): for webhooks and on-call.
+
+    Published beside flag changes; ``cause`` carries the same evidence a flag change would.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={"description": "A guardrail breach reported without a flag change."}
+    )
+
+    kind: Literal["alert"] = Field("alert", description="Record type.")
+    flag: Name = Field(description="The flag whose guardrail fired.")
+    guardrail: str = Field(description="The guardrail that fired.")
+    variant: str = Field(description="The variant the guardrail watches.")
+    cause: Cause = Field(description="The evidence, as in a flag change.")
+    ts: Timestamp
+    flag_version: int = Field(ge=1, description="The flag state version when the alert was raised.")
+    actor: str = Field("driftswitch", description="Who raised it.")
+
+    _ts = field_validator("ts")(_check_seconds)
+
+
 def _check_size(data: bytes | str) -> None:
     if len(data) > MAX_EVENT_BYTES:
         raise EventError("oversize", f"{len(data)} bytes > limit {MAX_EVENT_BYTES}")

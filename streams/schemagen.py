@@ -1,7 +1,7 @@
 """Generate the JSON Schemas in ``schemas/`` from the pydantic models (never edit them by hand).
 
-    python -m driftswitch.streams.schemagen            # rewrite schemas/*.schema.json
-    python -m driftswitch.streams.schemagen --check    # exit 1 if the committed files are stale
+python -m driftswitch.streams.schemagen            # rewrite schemas/*.schema.json
+python -m driftswitch.streams.schemagen --check    # exit 1 if the committed files are stale
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from driftswitch.streams.config import Config
 from driftswitch.streams.events import (
     SCHEMA_VERSION,
+    AlertEvent,
     FlagChangeEvent,
     OutcomeEvent,
     PredictionEvent,
@@ -27,6 +28,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "prediction": PredictionEvent,
     "outcome": OutcomeEvent,
     "flag-change": FlagChangeEvent,
+    "alert": AlertEvent,
     "config": Config,
 }
 
