@@ -258,7 +258,7 @@ def _event_error(exc: ValidationError) -> EventError:
     parts = []
     for err in errors:
         loc = ".".join(str(p) for p in err["loc"]) or "(record)"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
     return EventError("schema", "; ".join(parts))
 
 
