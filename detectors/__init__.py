@@ -2,5 +2,7 @@
 
 from __future__ import annotations
 
-import driftswitch.detectors.river  # registers the river detectors
-import driftswitch.detectors.sequential  # noqa: F401  (registers sequential)
+# Importing the detector modules registers their kinds (each class uses @register).
+from driftswitch.detectors import drift, river, sequential
+
+__all__ = ["drift", "river", "sequential"]
