@@ -1,0 +1,157 @@
+"""Worker state snapshots on a Kafka topic, and reading a topic "to the end" on any broker.
+
+A snapshot is ``{engine state, input offsets applied}``: the whole evaluation state (join
+buffer, statistics, detectors, flag versions) as the engine's plain-data ``to_state()``, together
+with the next offset to read on every input partition. The worker writes one periodically and
+BEFORE it moves on; a restarted worker loads the latest, seeks its inputs to the recorded
+offsets and replays from there, so every input record is applied exactly once to the state it
+resumes (DESIGN.md "Faults": "record the source offsets applied").
+
+Snapshots go to the state topic (one partition, key = the worker's group id), as
+zlib-compressed JSON split into chunks of at most :data:`CHUNK_BYTES`. Chunk headers:
+
+=============================  ==================================================
+``driftswitch.snapshot.id``    the snapshot's sequence number (decimal), per key
+``driftswitch.snapshot.chunk`` ``i/n``: this chunk's index (0-based) and the count
+=============================  ==================================================
+
+A snapshot counts only when all its chunks are read in order, so a worker killed while writing
+one resumes from the previous complete snapshot.
+
+Tansu (the embedded broker) reports the end offset of a partition as the base offset of its
+last batch and never compacts: :func:`read_to_end` reads past the reported end and then until
+the partition is idle, and the loader keeps the last complete snapshot per key.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CHUNK_BYTES",
+    "HEADER_CHUNK",
+    "HEADER_SNAPSHOT",
+    "Snapshot",
+    "decode_chunks",
+    "encode_chunks",
+    "latest_snapshot",
+    "read_to_end",
+]
+
+log = logging.getLogger(__name__)
+
+HEADER_SNAPSHOT = "driftswitch.snapshot.id"
+HEADER_CHUNK = "driftswitch.snapshot.chunk"
+#: Largest chunk value; well below Kafka's default 1 MiB message limit.
+CHUNK_BYTES = 512 * 1024
+#: Format of the snapshot document; a reader refuses other formats.
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a worker needs to resume: engine state and the next offset per input partition."""
+
+    seq: int
+    engine: Any
+    #: ``{topic: {partition: next offset to read}}``.
+    offsets: dict[str, dict[int, int]]
+    #: Counters worth keeping across restarts (records read, rejections by reason).
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+    """Serialise a snapshot into ``(value, headers)`` chunks, in order."""
+    doc = {
+        "format": FORMAT,
+        "seq": snapshot.seq,
+        "engine": snapshot.engine,
+        "offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in snapshot.offsets.items()},
+        "counters": snapshot.counters,
+    }
+    blob = zlib.compress(orjson.dumps(doc), 1)
+    pieces = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    seq = str(snapshot.seq).encode()
+    return [
+        (piece, [(HEADER_SNAPSHOT, seq), (HEADER_CHUNK, f"{i}/{len(pieces)}".encode())])
+        for i, piece in enumerate(pieces)
+    ]
+
+
+def decode_chunks(chunks: Sequence[bytes]) -> Snapshot:
+    """Rebuild a snapshot from its chunk values (all of them, in order)."""
+    doc = orjson.loads(zlib.decompress(b"".join(chunks)))
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"snapshot format {doc.get('format')!r}, expected {FORMAT}")
+    offsets = {
+        topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in doc["offsets"].items()
+    }
+    return Snapshot(int(doc["seq"]), doc["engine"], offsets, dict(doc.get("counters", {})))
+
+
+def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            return value.decode()
+    return None
+
+
+def latest_snapshot(records: Sequence[Any], key: bytes) -> Snapshot | None:
+    """The last complete snapshot for ``key`` among state-topic records (in offset order).
+
+    ``records`` are consumer records with ``key``, ``value`` and ``headers``. Incomplete
+    snapshots (a worker killed mid-write) and undecodable ones are skipped with a warning.
+    """
+    best: Snapshot | None = None
+    current: list[bytes] = []
+    current_id: str | None = None
+    for rec in records:
+        if rec.key != key:
+            continue
+        sid = _header(rec.headers, HEADER_SNAPSHOT)
+        chunk = _header(rec.headers, HEADER_CHUNK)
+        if sid is None or chunk is None or rec.value is None:
+            continue
+        index, count = (int(x) for x in chunk.split("/"))
+        if index == 0:
+            current, current_id = [], sid
+        if sid != current_id or index != len(current):
+            current, current_id = [], None  # a chunk out of place: drop the partial snapshot
+            continue
+        current.append(rec.value)
+        if len(current) == count:
+            try:
+                best = decode_chunks(current)
+            except (ValueError, zlib.error, orjson.JSONDecodeError, KeyError) as err:
+                log.warning("skipping undecodable snapshot %s: %s", sid, err)
+            current, current_id = [], None
+    return best
+
+
+async def read_to_end(
+    consumer: Any, partitions: Sequence[Any], *, idle_ms: int = 300
+) -> dict[Any, list[Any]]:
+    """Read assigned ``partitions`` from their current position to the end; return the records.
+
+    "The end" is not the reported end offset, which Tansu under-reports (it is the base offset
+    of the last batch): read at least past it, then until a poll of ``idle_ms`` brings nothing.
+    """
+    out: dict[Any, list[Any]] = {tp: [] for tp in partitions}
+    if not partitions:
+        return out
+    ends: Mapping[Any, int] = await consumer.end_offsets(list(partitions))
+    while True:
+        batch = await consumer.getmany(*partitions, timeout_ms=idle_ms, max_records=10_000)
+        for tp, recs in batch.items():
+            out[tp].extend(recs)
+        if batch:
+            continue
+        positions = {tp: await consumer.position(tp) for tp in partitions}
+        if all(positions[tp] >= ends[tp] for tp in partitions):
+            return out
