@@ -443,7 +443,12 @@ class EmbeddedBroker:
     # -- stop --------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop the broker: SIGTERM, then SIGKILL after ``stop_timeout``; reap it. Idempotent."""
+        """Stop the broker: SIGTERM, then SIGKILL after ``stop_timeout``; reap it. Idempotent.
+
+        Tansu drains on SIGTERM: it exits only once every client connection has closed. Stop
+        producers and consumers first, or this takes ``stop_timeout`` and ends in SIGKILL (which
+        loses nothing a memory-storage broker would have kept anyway).
+        """
         proc = self._proc
         if proc is None:
             return

@@ -33,3 +33,67 @@ def validate(configs: tuple[str, ...]) -> None:
         click.echo(f"{path}: ok ({len(config.flags)} flags, {guardrails} guardrails)")
     if failed:
         raise SystemExit(1)
+
+
+@main.command("broker")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Loopback port to listen on [default: a free one].",
+)
+@click.option(
+    "--create-topics",
+    is_flag=True,
+    help="Create driftswitch's topics (names from DRIFTSWITCH_TOPIC_* variables).",
+)
+def broker_command(port: int | None, create_topics: bool) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground until Ctrl-C/SIGTERM.
+
+    For development and demos: storage is in memory, so every record is lost when it stops;
+    production points driftswitch at real Kafka.
+    """
+    import asyncio
+    import contextlib
+    import os
+    import signal
+
+    from driftswitch.streams.broker import BrokerError, EmbeddedBroker
+    from driftswitch.streams.topics import TopicError, Topics, ensure_topics
+
+    async def serve() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with EmbeddedBroker(port=port) as broker:
+            names: list[str] = []
+            if create_topics:
+                topics = Topics.from_env(os.environ)
+                await ensure_topics(broker.bootstrap, topics)
+                names = [spec.name for spec in topics.specs()]
+            click.echo(
+                f"Kafka bootstrap: {broker.bootstrap} (Tansu pid {broker.pid}, memory storage; "
+                "Ctrl-C or SIGTERM stops it)"
+            )
+            click.echo(f"export DRIFTSWITCH_BROKER={broker.bootstrap}")
+            if names:
+                click.echo(f"topics: {', '.join(names)}")
+            while not stop.is_set():
+                if not broker.running:
+                    click.echo(
+                        f"driftswitch broker: Tansu exited\n{broker.output_tail()}", err=True
+                    )
+                    return 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+        click.echo("driftswitch broker: stopped", err=True)
+        return 0
+
+    try:
+        code = asyncio.run(serve())
+    except (BrokerError, TopicError) as err:
+        click.echo(f"driftswitch broker: {err}", err=True)
+        raise SystemExit(1) from None
+    if code:
+        raise SystemExit(code)
