@@ -42,6 +42,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from driftswitch.detectors import registry
@@ -194,6 +195,78 @@ class Guardrail(_Model):
     )
 
 
+class HookFormat(StrEnum):
+    """The payload shape a webhook receives (see :mod:`driftswitch.streams.hooks`)."""
+
+    GENERIC = "generic"  # the flag-change or alert event itself, HMAC-signed
+    SLACK = "slack"  # Slack incoming-webhook message with blocks
+    PAGERDUTY = "pagerduty"  # PagerDuty Events API v2: trigger on kill/shift, resolve on restore
+    ALERTMANAGER = "alertmanager"  # Alertmanager POST /api/v2/alerts body
+
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class HookConfig(_Model):
+    """A webhook called on every flag change and every ``warn`` alert of the flags it covers.
+
+    Secrets never sit in the file: ``secret_env`` (and ``url_env``) name environment variables
+    read when the worker starts.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            # The cross-field rules of `_check`, for non-Python validators of the schema.
+            "oneOf": [{"required": ["url"]}, {"required": ["url_env"]}],
+            "if": {"properties": {"format": {"enum": ["generic", "pagerduty"]}}},
+            "then": {"required": ["secret_env"]},
+        }
+    )
+
+    name: str | None = Field(
+        None,
+        max_length=64,
+        description="Label for logs and metrics; defaults to `<flag or global>[index]`.",
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="Where to POST; for `alertmanager`, the base URL (`/api/v2/alerts` is added).",
+    )
+    url_env: str | None = Field(
+        None,
+        pattern=_ENV_NAME,
+        description="Environment variable holding the URL instead (a Slack webhook URL is a "
+        "secret); exactly one of `url` and `url_env`.",
+    )
+    format: HookFormat = Field(
+        HookFormat.GENERIC, description="generic | slack | pagerduty | alertmanager."
+    )
+    secret_env: str | None = Field(
+        None,
+        pattern=_ENV_NAME,
+        description="Environment variable holding the secret: the HMAC key (generic, required), "
+        "the routing key (pagerduty, required) or a bearer token (alertmanager, slack: optional).",
+    )
+    timeout: Duration = Field(5.0, gt=0, description="Per-attempt HTTP timeout.")
+    max_attempts: int = Field(
+        6, ge=1, le=20, description="Attempts before the delivery goes to the dead-letter topic."
+    )
+    backoff: Duration = Field(
+        0.5, gt=0, description="Base of the exponential backoff between attempts (full jitter)."
+    )
+    max_backoff: Duration = Field(30.0, gt=0, description="Cap on one wait between attempts.")
+
+    @model_validator(mode="after")
+    def _check(self) -> HookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("set exactly one of `url` and `url_env`")
+        if self.format in (HookFormat.GENERIC, HookFormat.PAGERDUTY) and not self.secret_env:
+            what = "HMAC signing key" if self.format is HookFormat.GENERIC else "routing key"
+            raise ValueError(f"a {self.format.value} hook needs `secret_env` (its {what})")
+        return self
+
+
 class FlagConfig(_Model):
     """One flag: its variants, default and guardrails."""
 
@@ -210,6 +283,9 @@ class FlagConfig(_Model):
     )
     positive_label: LabelValue | None = Field(
         None, description="Classification: the label precision/recall/F1 are computed for."
+    )
+    hooks: list[HookConfig] = Field(
+        default_factory=list, description="Webhooks for this flag only (besides the global ones)."
     )
 
 
@@ -228,6 +304,9 @@ class Config(_Model):
     flags: dict[Name, FlagConfig] = Field(min_length=1, description="Flag name → definition.")
     join: JoinConfig = Field(
         default_factory=JoinConfig, description="Prediction/outcome join settings."
+    )
+    hooks: list[HookConfig] = Field(
+        default_factory=list, description="Webhooks called for every flag's changes and alerts."
     )
 
 
