@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 # Importing the detector modules registers their kinds (each class uses @register).
-from driftswitch.detectors import drift, quantiles, river, sequential
+from driftswitch.detectors import cusum, drift, glr, quantiles, river, sequential
 
-__all__ = ["drift", "quantiles", "river", "sequential"]
+__all__ = ["cusum", "drift", "glr", "quantiles", "river", "sequential"]
