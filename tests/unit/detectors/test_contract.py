@@ -1,0 +1,194 @@
+"""The contract every registered one-sample detector honours (issue 3 "Done when").
+
+One suite, parametrised over ``registry.kinds()`` (two-sample kinds, ``two_sample = True``, have
+their own contract in their test files):
+
+- a constant stream never alarms;
+- a seeded stream with a change alarms first at a golden index;
+- bad parameters are rejected with a ``ValueError`` whose message says what is allowed;
+- ``to_state`` → JSON → ``registry.restore`` continues exactly like the original, wherever the
+  stream is cut (Hypothesis).
+
+Every one-sample kind needs an entry in ``CASES``; a kind without one fails the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driftswitch.detectors import registry
+
+
+def bernoulli_stream(
+    seed: int, before: float, after: float, change: int = 3000, n: int = 6000
+) -> list[float]:
+    """Error bits: error rate ``before`` up to ``change``, ``after`` from then on (seeded)."""
+    rng = np.random.default_rng(seed)
+    rate = np.where(np.arange(n) < change, before, after)
+    return (rng.random(n) < rate).astype(float).tolist()
+
+
+def gaussian_stream(
+    seed: int, mean: float, std: float, new_mean: float, change: int = 2000, n: int = 4000
+) -> list[float]:
+    """Normal values with a mean shift at ``change`` (seeded)."""
+    rng = np.random.default_rng(seed)
+    loc = np.where(np.arange(n) < change, mean, new_mean)
+    return rng.normal(loc, std).tolist()
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to exercise one detector kind."""
+
+    #: Constructor parameters (without ``kind``).
+    params: dict[str, Any]
+    #: A seeded stream with a change the detector must find.
+    stream: Callable[[], list[float]]
+    #: Index (0-based) of the event after which ``drift_detected`` is first true.
+    first_alarm: int
+    #: The value of the constant stream that must never alarm.
+    constant: float = 0.0
+    #: Parameter sets that must be rejected, each with a regex the ValueError message matches.
+    bad: tuple[tuple[dict[str, Any], str], ...] = field(default_factory=tuple)
+
+
+CASES: dict[str, Case] = {
+    "cusum": Case(
+        params={"baseline": 0.90, "target": 0.80, "arl0": 10_000},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.20),
+        first_alarm=3048,
+        bad=(
+            ({"baseline": 1.2, "target": 0.8}, "baseline must be strictly between 0 and 1"),
+            ({"baseline": 0.8, "target": 0.9}, r"target \(0.9\) must be below baseline"),
+            ({"baseline": 0.9}, "exactly one of target"),
+            ({"baseline": 0.9, "target": 0.8, "arl0": 1}, "arl0 must be between 10 and 1e9"),
+            ({"target": 0.8}, "target needs a given baseline"),
+            ({"drop": 0.1}, "give baseline, or warmup"),
+            ({"baseline": 0.9, "target": 0.8, "warmup": 100}, "either baseline or warmup"),
+        ),
+    ),
+    "cusum_mean": Case(
+        params={"mean": 100.0, "std": 10.0, "shift": 0.5, "arl0": 10_000},
+        stream=lambda: gaussian_stream(5, 100.0, 10.0, 106.0),
+        first_alarm=2022,
+        constant=100.0,
+        bad=(
+            ({"shift": 0.0, "mean": 0.0, "std": 1.0}, r"shift must be .* in \(0, 10\]"),
+            ({"shift": 1.0, "mean": 0.0}, "give both mean and std"),
+            ({"shift": 1.0, "mean": 0.0, "std": -1.0}, "std must be a positive"),
+            ({"shift": 1.0}, "give mean and std, or warmup"),
+        ),
+    ),
+    "glr": Case(
+        params={"baseline": 0.90, "min_drop": 0.05, "arl0": 10_000},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.20),
+        first_alarm=3054,
+        bad=(
+            ({"min_drop": 0.0, "baseline": 0.9}, "min_drop must be an accuracy drop"),
+            ({"min_drop": 0.95, "baseline": 0.9}, r"min_drop \(0.95\) must be smaller"),
+            ({"min_drop": 0.05, "baseline": 0.9, "arl0": 5}, "arl0 must be between"),
+            ({"min_drop": 0.05}, "give baseline, or warmup"),
+            ({"min_drop": 0.05, "warmup": 1}, "warmup ≥ 2"),
+        ),
+    ),
+}
+
+
+def _one_sample_kinds() -> list[str]:
+    return [k for k in registry.kinds() if not registry.detector_class(k).two_sample]
+
+
+ONE_SAMPLE = _one_sample_kinds()
+
+
+def _case(kind: str) -> Case:
+    if kind not in CASES:
+        pytest.fail(f"registered detector kind {kind!r} has no entry in CASES (test_contract.py)")
+    return CASES[kind]
+
+
+def _build(kind: str) -> Any:
+    return registry.create({"kind": kind, **_case(kind).params})
+
+
+def test_every_one_sample_kind_has_a_case() -> None:
+    assert sorted(set(ONE_SAMPLE) - set(CASES)) == []
+    assert sorted(set(CASES) - set(ONE_SAMPLE)) == []
+
+
+@pytest.mark.parametrize("kind", ONE_SAMPLE)
+def test_constant_stream_never_alarms(kind: str) -> None:
+    det = _build(kind)
+    value = _case(kind).constant
+    alarms = []
+    for i in range(5000):
+        det.update(value)
+        if det.drift_detected:
+            alarms.append(i)
+    assert alarms == []
+    assert det.n == 5000
+
+
+@pytest.mark.parametrize("kind", ONE_SAMPLE)
+def test_golden_first_alarm(kind: str) -> None:
+    case = _case(kind)
+    det = _build(kind)
+    first = None
+    for i, x in enumerate(case.stream()):
+        det.update(x)
+        if det.drift_detected:
+            first = i
+            break
+    assert first == case.first_alarm
+    evidence = det.explain()
+    assert evidence["detector"] == kind
+    json.dumps(evidence)  # plain data
+
+
+@pytest.mark.parametrize("kind", ONE_SAMPLE)
+def test_bad_parameters_are_rejected(kind: str) -> None:
+    case = _case(kind)
+    assert case.bad, f"{kind}: list at least one rejected parameter set"
+    for params, pattern in case.bad:
+        with pytest.raises(ValueError, match=pattern):
+            registry.create({"kind": kind, **params})
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) bogus .* allowed: "):
+        registry.create({"kind": kind, **case.params, "bogus": 1})
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.mark.parametrize("kind", ONE_SAMPLE)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_state_round_trip_continues_exactly(kind: str, data: st.DataObject) -> None:
+    case = _case(kind)
+    stream = case.stream()
+    # Cut anywhere, including before the change, right after the first alarm and near the end.
+    cut = data.draw(st.integers(0, len(stream) - 1), label="cut")
+    original = _build(kind)
+    for x in stream[:cut]:
+        original.update(x)
+    restored = registry.restore(json.loads(json.dumps(original.to_state())))
+    assert type(restored) is type(original)
+    assert restored.n == original.n
+    for x in stream[cut:]:
+        original.update(x)
+        restored.update(x)
+        assert restored.drift_detected == original.drift_detected
+        assert _same(restored.statistic, original.statistic)
+        assert _same(restored.threshold, original.threshold)
+        assert restored.n == original.n
+    assert json.dumps(restored.to_state()) == json.dumps(original.to_state())
