@@ -51,15 +51,16 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: Why a variant was served (see :class:`Resolution`).
-ResolutionReason = Literal["split", "default", "unknown", "error"]
+ResolutionReason = Literal["split", "static", "default", "unknown", "error"]
 
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
     """One flag evaluation: the variant, its value, and why.
 
-    ``reason`` is ``split`` (assigned by the fractional split of the current state), ``default``
-    (the state serves its default variant to this key: no live weight, or no targeting key),
+    ``reason`` is ``split`` (assigned by the fractional split of the current state), ``static``
+    (the state serves one non-default variant to everyone), ``default`` (the state serves its
+    default variant to this key: to everyone, or there is no targeting key),
     ``unknown`` (no state held yet; the configured default, if any) or ``error`` (evaluation
     failed; the configured default, if any). ``variant`` is ``None`` only when no state and no
     default is known.
@@ -78,7 +79,8 @@ class ClientStats:
 
     Every recorded event is, at any moment, exactly one of: ``buffered`` (waiting), ``in_flight``
     (handed to the producer), ``sent`` (acknowledged by the broker), ``failed`` (the broker
-    refused it or it could not be encoded) or ``dropped`` (the buffer was full).
+    refused it, it could not be encoded, or it was still unsent when the client closed) or
+    ``dropped`` (the buffer was full).
     """
 
     recorded: int
@@ -101,6 +103,7 @@ class ClientStats:
 class _FlagEntry:
     state: FlagChangeEvent
     split: Fractional
+    only: str | None  # the variant everyone gets, if the split has just one
 
 
 # A buffered event: (topic role, key, payload); payload is a dict or a model encoded later.
@@ -198,6 +201,7 @@ class DriftswitchClient:
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop_timeout_s = 5.0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -228,11 +232,20 @@ class DriftswitchClient:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        # Stopping a producer with undeliverable batches waits for them: bound that too.
+        self._stop_timeout_s = max(0.1, min(5.0, timeout_s))
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            self._call(self._shutdown(timeout_s)).result(timeout_s + 5.0)
-        thread.join(timeout_s + 5.0)
+            self._call(self._shutdown(timeout_s)).result(timeout_s + 1.0)
+        thread.join(2 * timeout_s + 2.0)
         self._thread = None
         self._loop = None
+        with self._lock:  # what could not be sent before the deadline is lost: say so
+            lost = len(self._buffer) + self._in_flight
+            self._buffer.clear()
+            self._failed += lost
+            self._in_flight = 0
+        if lost:
+            log.warning("driftswitch: %d event(s) unsent at close", lost)
 
     async def start_async(self, wait_s: float | None = 10.0) -> bool:
         """:meth:`start` for asyncio callers (the blocking wait runs in a worker thread)."""
@@ -287,7 +300,8 @@ class DriftswitchClient:
             return entry.split.variant(targeting_key)
         except Exception:
             log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
-            return self.defaults.get(flag)
+            entry = self._flags.get(flag)
+            return entry.state.default_variant if entry else self.defaults.get(flag)
 
     def value(
         self,
@@ -314,7 +328,13 @@ class DriftswitchClient:
                 return Resolution(name, default, "unknown")
             state, split = entry.state, entry.split
             name = split.variant(targeting_key or "")
-            reason: ResolutionReason = "split" if split.total and targeting_key else "default"
+            reason: ResolutionReason
+            if not targeting_key or name == entry.only == state.default_variant:
+                reason = "default"
+            elif entry.only is not None:
+                reason = "static"
+            else:
+                reason = "split"
             variant_state = state.variants.get(name)
             value = variant_state.value if variant_state is not None else default
             return Resolution(name, value, reason, state.version)
@@ -371,7 +391,10 @@ class DriftswitchClient:
         if held is not None and state.version <= held.state.version:
             self._stale_ignored += 1
             return False
-        self._flags[state.flag] = _FlagEntry(state, Fractional.from_event(state))
+        split = Fractional.from_event(state)
+        served = {name for name, _ in split.fractions} or {state.default_variant}
+        only = next(iter(served)) if len(served) == 1 else None
+        self._flags[state.flag] = _FlagEntry(state, split, only)
         self._flag_updates += 1
         with self._lock:
             callbacks = list(self._callbacks)
@@ -560,6 +583,11 @@ class DriftswitchClient:
             for task in self._tasks:
                 task.cancel()
             loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            # aiokafka leaves its own tasks behind when a stop timed out (broker gone).
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
@@ -615,7 +643,7 @@ class DriftswitchClient:
                 log.warning("driftswitch: flags consumer (%s): %s; retrying", self.bootstrap, exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), 5.0)
+                    await asyncio.wait_for(consumer.stop(), self._stop_timeout_s)
             if await self._sleep_or_stop(backoff):
                 return
             backoff = min(backoff * 2, 5.0)
@@ -691,7 +719,7 @@ class DriftswitchClient:
             finally:
                 self._producer_connected = False
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(producer.stop(), 5.0)
+                    await asyncio.wait_for(producer.stop(), self._stop_timeout_s)
             if await self._sleep_or_stop(backoff):
                 return
             backoff = min(backoff * 2, 5.0)

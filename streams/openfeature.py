@@ -7,7 +7,8 @@ the client's local cache, so an evaluation never touches the network and never r
 what happened                              reason (error code)
 ========================================  ==========================================
 the fractional split assigned the key      ``SPLIT`` (pseudorandom sticky assignment)
-the state serves its default to the key    ``DEFAULT`` (no live weight, or no targeting key)
+everyone gets one non-default variant      ``STATIC``
+the state serves its default to everyone   ``DEFAULT`` (also when there is no targeting key)
 no state held, a default is configured     ``DEFAULT``, the caller's default value
 no state held, no default                  ``ERROR`` (``FLAG_NOT_FOUND``)
 the variant's value has another type       ``ERROR`` (``TYPE_MISMATCH``)
@@ -38,6 +39,9 @@ __all__ = ["DriftswitchProvider"]
 log = logging.getLogger(__name__)
 
 _V = TypeVar("_V")
+
+
+_REASONS = {"split": Reason.SPLIT, "static": Reason.STATIC, "default": Reason.DEFAULT}
 
 
 def _is_bool(value: object) -> bool:
@@ -156,7 +160,7 @@ class DriftswitchProvider(AbstractProvider):
                 variant=resolution.variant,
                 flag_metadata=metadata,
             )
-        reason = Reason.SPLIT if resolution.reason == "split" else Reason.DEFAULT
+        reason = _REASONS[resolution.reason]
         return FlagResolutionDetails(
             cast(_V, value), reason=reason, variant=resolution.variant, flag_metadata=metadata
         )

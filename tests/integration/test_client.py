@@ -1,0 +1,315 @@
+"""The client, our OpenFeature provider and flagd (file mode) against the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from openfeature import api
+from openfeature.client import OpenFeatureClient
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import EventDetails, ProviderEvent
+from openfeature.flag_evaluation import Reason
+
+from driftswitch.streams.assign import Fractional
+from driftswitch.streams.broker import EmbeddedBroker
+from driftswitch.streams.client import DriftswitchClient
+from driftswitch.streams.events import (
+    FlagChangeEvent,
+    OutcomeEvent,
+    decode_outcome,
+    decode_prediction,
+    encode,
+)
+from driftswitch.streams.flagd import FlagdFile
+from driftswitch.streams.openfeature import DriftswitchProvider
+from driftswitch.streams.topics import Topics, ensure_topics
+
+FLAG = "ranker"
+KEYS = [f"user-{i}" for i in range(2_000)]
+#: Upper bound for something that should take well under a second; a failure, never a timing.
+PATIENCE_S = 30.0
+
+
+def state(version: int, *, killed: bool = False, candidate_weight: int = 50) -> FlagChangeEvent:
+    return FlagChangeEvent.model_validate(
+        {
+            "flag": FLAG,
+            "version": version,
+            "variants": {
+                "control": {"weight": 100 - candidate_weight, "value": "model-a"},
+                "candidate": {"weight": candidate_weight, "killed": killed, "value": "model-b"},
+            },
+            "default_variant": "control",
+            "cause": {
+                "kind": "detector" if killed else "config",
+                "action": "kill" if killed else "init",
+            },
+            "ts": 1_767_225_600.0 + version,
+            "actor": "driftswitch",
+        }
+    )
+
+
+async def _publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+    """Send records one by one; return ``perf_counter()`` when the broker acked the last."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+        return time.perf_counter()
+    finally:
+        await producer.stop()
+
+
+def publish(bootstrap: str, topics: Topics, *events: FlagChangeEvent) -> float:
+    """Publish flag states in order (what the worker does); returns the time of the last ack."""
+    records = [(e.flag.encode(), encode(e)) for e in events]
+    return asyncio.run(_publish(bootstrap, topics.flags.name, records))
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> float:
+    """Poll ``condition``; return the seconds it took, fail the test after PATIENCE_S."""
+    start = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - start > PATIENCE_S:
+            pytest.fail(f"{what}: not within {PATIENCE_S} s")
+        time.sleep(0.001)
+    return time.perf_counter() - start
+
+
+@pytest.fixture
+def client(broker: EmbeddedBroker, topics: Topics) -> Iterator[DriftswitchClient]:
+    made = DriftswitchClient(broker.bootstrap, topics=topics, defaults={FLAG: "control"})
+    yield made
+    made.close(timeout_s=2.0)
+
+
+def test_a_kill_reaches_the_client_our_provider_and_flagd(
+    broker: EmbeddedBroker, topics: Topics, client: DriftswitchClient, tmp_path: Path
+) -> None:
+    publish(broker.bootstrap, topics, state(1))
+    flagd_file = FlagdFile(tmp_path / "flags.json")
+    client.on_change(lambda s: flagd_file.update(s))
+    assert client.start()
+    flagd_file.update(*client.flag_states().values())
+
+    changes: list[EventDetails] = []
+    api.set_provider_and_wait(DriftswitchProvider(client), domain="ds")
+    api.set_provider_and_wait(
+        FlagdProvider(
+            resolver_type=ResolverType.FILE, offline_flag_source_path=str(flagd_file.path)
+        ),
+        domain="flagd",
+    )
+    try:
+        ours, flagd = api.get_client("ds"), api.get_client("flagd")
+        ours.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, changes.append)
+
+        def served(get: Callable[[str], str | None]) -> dict[str, str | None]:
+            return {key: get(key) for key in KEYS}
+
+        def via(of_client: OpenFeatureClient) -> Callable[[str], str | None]:
+            return lambda key: (
+                of_client.get_string_details(
+                    FLAG, "fallback", EvaluationContext(targeting_key=key)
+                ).variant
+            )
+
+        before = served(lambda key: client.variant(FLAG, key))
+        assert before == served(via(ours)) == served(via(flagd))
+        assert set(before.values()) == {"control", "candidate"}
+        details = ours.get_string_details(FLAG, "x", EvaluationContext(targeting_key="user-1"))
+        assert (details.reason, details.flag_metadata) == (Reason.SPLIT, {"version": 1})
+
+        ours_get, flagd_get = via(ours), via(flagd)
+        consumers: dict[str, Callable[[str], str | None]] = {
+            "client": lambda key: client.variant(FLAG, key),
+            "openfeature provider": ours_get,
+            "flagd provider (file)": flagd_get,
+        }
+        sample = KEYS[:100]
+        acked = publish(broker.bootstrap, topics, state(2, killed=True))
+        times: dict[str, float] = {}
+        while len(times) < len(consumers):
+            for name, get in consumers.items():
+                if name not in times and all(get(k) == "control" for k in sample):
+                    times[name] = time.perf_counter() - acked
+            if time.perf_counter() - acked > PATIENCE_S:
+                pytest.fail(f"still serving the killed variant after {PATIENCE_S} s: {times}")
+        print("\nkill propagation, seconds after the broker acknowledged it:", times)
+
+        after = served(lambda key: client.variant(FLAG, key))
+        assert after == served(ours_get) == served(flagd_get)
+        assert set(after.values()) == {"control"}
+        assert [c.flags_changed for c in changes] == [[FLAG]]
+    finally:
+        api.clear_providers()
+
+
+def test_versions_not_newer_than_the_held_one_are_ignored(
+    broker: EmbeddedBroker, topics: Topics, client: DriftswitchClient
+) -> None:
+    seen: list[int] = []
+    client.on_change(lambda s: seen.append(s.version))
+    older_than_held = state(2, candidate_weight=90)
+    same_version_other_content = state(3, candidate_weight=10)
+    publish(broker.bootstrap, topics, state(1), state(3), older_than_held)
+    publish(broker.bootstrap, topics, same_version_other_content)
+    asyncio.run(_publish(broker.bootstrap, topics.flags.name, [(FLAG.encode(), b"{not json")]))
+    assert client.start()
+    held = client.flag_state(FLAG)
+    assert held == state(3)
+    publish(broker.bootstrap, topics, state(4, candidate_weight=70))
+    wait_until(lambda: seen[-1:] == [4], "version 4 applied")
+    stats = client.stats()
+    assert seen == [1, 3, 4]
+    assert (stats.stale_versions_ignored, stats.bad_flag_records) == (2, 1)
+    expected = Fractional.from_event(state(4, candidate_weight=70))
+    assert all(client.variant(FLAG, k) == expected.variant(k) for k in KEYS)
+
+
+def test_events_are_recorded_keyed_and_co_partitioned(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    n = 3_000
+    with DriftswitchClient(broker.bootstrap, topics=topics, follow_flags=False) as client:
+        for i in range(n):
+            assert client.record_prediction(f"r{i}", FLAG, "control", i % 2, score=0.25, ts=1e9 + i)
+
+        async def outcomes() -> None:
+            for i in range(n - 1):
+                assert await client.record_outcome_async(f"r{i}", 1, ts=2e9)
+            assert await client.record_async(OutcomeEvent(request_id=f"r{n - 1}", ts=2e9, label=0))
+            assert await client.flush_async()
+
+        asyncio.run(outcomes())
+        stats = client.stats()
+    assert (stats.recorded, stats.sent, stats.dropped, stats.failed) == (2 * n, 2 * n, 0, 0)
+
+    async def read(topic: str) -> dict[str, tuple[int, bytes]]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        got: dict[str, tuple[int, bytes]] = {}
+        try:
+            while len(got) < n:
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    for record in records:
+                        got[record.key.decode()] = (tp.partition, record.value)
+        finally:
+            await consumer.stop()
+        return got
+
+    predictions = asyncio.run(read(topics.predictions.name))
+    outcomes_read = asyncio.run(read(topics.outcomes.name))
+    assert predictions.keys() == outcomes_read.keys() == {f"r{i}" for i in range(n)}
+    assert all(predictions[k][0] == outcomes_read[k][0] for k in predictions)
+    assert len({p for p, _ in predictions.values()}) == topics.predictions.partitions
+    first = decode_prediction(predictions["r7"][1])
+    assert (first.flag, first.variant, first.prediction, first.score, first.ts) == (
+        FLAG,
+        "control",
+        1,
+        0.25,
+        1e9 + 7,
+    )
+    assert decode_outcome(outcomes_read[f"r{n - 1}"][1]).label == 0
+
+
+def test_the_client_keeps_serving_and_buffering_when_the_broker_is_gone() -> None:
+    local = EmbeddedBroker(stop_timeout=0.5).start()  # stopped below: a crash, not a drain
+    topics = Topics.with_prefix("gone", partitions=2)
+    try:
+        asyncio.run(ensure_topics(local.bootstrap, topics))
+        publish(local.bootstrap, topics, state(1, candidate_weight=30))
+        client = DriftswitchClient(
+            local.bootstrap,
+            topics=topics,
+            defaults={FLAG: "control"},
+            buffer_size=1_000,
+            max_batch=100,
+            producer_options={"request_timeout_ms": 2_000},
+        )
+        assert client.start()
+        known = {k: client.variant(FLAG, k) for k in KEYS}
+        assert client.flush()
+    finally:
+        local.stop()
+    dead_address = local.bootstrap
+    try:
+        assert {k: client.variant(FLAG, k) for k in KEYS} == known
+        recorded = [client.record_prediction(f"d{i}", FLAG, "control", 1) for i in range(5_000)]
+        stats = client.stats()
+        assert stats.recorded == 5_000 == sum(recorded) + stats.dropped
+        assert stats.dropped >= 5_000 - stats.buffer_size - 2 * client.max_batch
+        assert stats.buffered + stats.in_flight + stats.sent + stats.failed == sum(recorded)
+    finally:
+        client.close(timeout_s=1.0)
+    closed = client.stats()
+    assert (closed.buffered, closed.in_flight, closed.sent) == (0, 0, 0)
+    assert closed.failed + closed.dropped == 5_000
+
+    # A client that never reached a broker serves defaults and buffers up to its bound.
+    cold = DriftswitchClient(
+        dead_address, topics=topics, defaults={FLAG: "control"}, buffer_size=100
+    )
+    try:
+        assert cold.start(wait_s=1.0) is False
+        assert {cold.variant(FLAG, k) for k in KEYS} == {"control"}
+        assert cold.variant("never-published", "user-1") is None
+        assert cold.resolve(FLAG, "user-1").reason == "unknown"
+        accepted = [cold.record_outcome(f"o{i}", True) for i in range(250)]
+        stats = cold.stats()
+        assert (sum(accepted), stats.buffered, stats.dropped, stats.sent) == (100, 100, 150, 0)
+        assert stats.staleness_s == float("inf")
+    finally:
+        cold.close(timeout_s=0.5)
+
+
+def test_callbacks_and_provider_events_run_for_each_accepted_change(
+    broker: EmbeddedBroker, topics: Topics, client: DriftswitchClient
+) -> None:
+    provider = DriftswitchProvider(client, manage_client=True)
+    emitted: list[tuple[ProviderEvent, list[str] | None]] = []
+    done = threading.Event()
+
+    def on_emit(_: object, event: ProviderEvent, details: object) -> None:
+        emitted.append((event, getattr(details, "flags_changed", None)))
+        done.set()
+
+    def broken(_: FlagChangeEvent) -> None:
+        raise RuntimeError("a consumer's bug")
+
+    client.on_change(broken)
+    provider.attach(on_emit)
+    provider.initialize(EvaluationContext())
+    try:
+        assert client.bootstrapped
+        publish(broker.bootstrap, topics, state(1))
+        wait_until(done.is_set, "configuration changed emitted")
+        assert emitted == [(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, [FLAG])]
+        details = provider.resolve_string_details(
+            FLAG, "x", EvaluationContext(targeting_key="user-3")
+        )
+        assert details.variant == Fractional.from_event(state(1)).variant("user-3")
+        assert details.reason == Reason.SPLIT
+        mismatch = provider.resolve_boolean_details(FLAG, False, EvaluationContext("user-3"))
+        assert (mismatch.value, mismatch.reason, mismatch.error_code) == (
+            False,
+            Reason.ERROR,
+            "TYPE_MISMATCH",
+        )
+        missing = provider.resolve_string_details("nope", "x", EvaluationContext("user-3"))
+        assert (missing.value, missing.error_code) == ("x", "FLAG_NOT_FOUND")
+    finally:
+        provider.shutdown()

@@ -1,0 +1,195 @@
+"""The client's request path and the OpenFeature provider without a broker (state applied)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEvent
+from openfeature.flag_evaluation import Reason
+
+from driftswitch.streams.assign import Fractional
+from driftswitch.streams.client import DriftswitchClient
+from driftswitch.streams.events import FlagChangeEvent, PredictionEvent
+from driftswitch.streams.openfeature import DriftswitchProvider
+
+KEYS = [f"user-{i}" for i in range(1_000)]
+
+
+def state(
+    version: int, variants: dict[str, tuple[int, bool, Any]], default: str, flag: str = "f"
+) -> FlagChangeEvent:
+    return FlagChangeEvent.model_validate(
+        {
+            "flag": flag,
+            "version": version,
+            "variants": {
+                n: {"weight": w, "killed": k, "value": v} for n, (w, k, v) in variants.items()
+            },
+            "default_variant": default,
+            "cause": {"kind": "manual", "action": "set_weights"},
+            "ts": 1_767_225_600.0,
+            "actor": "test",
+        }
+    )
+
+
+def held(client: DriftswitchClient, flag: str) -> FlagChangeEvent:
+    found = client.flag_state(flag)
+    assert found is not None
+    return found
+
+
+def unstarted(**kwargs: Any) -> DriftswitchClient:
+    """A client whose background thread never runs: state comes from :meth:`apply`."""
+    return DriftswitchClient("127.0.0.1:1", **kwargs)
+
+
+def test_client_import_stays_light() -> None:
+    code = (
+        "import sys, driftswitch.streams.client; "
+        "print(sorted(m for m in ('faust', 'mode', 'numpy', 'river', 'scipy', 'openfeature') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_apply_keeps_the_newest_version_and_calls_back_once_per_change() -> None:
+    client = unstarted()
+    seen: list[int] = []
+    unsubscribe = client.on_change(lambda s: seen.append(s.version))
+    v1 = state(1, {"a": (50, False, 1), "b": (50, False, 2)}, "a")
+    v2 = state(2, {"a": (50, False, 1), "b": (50, True, 2)}, "a")
+    assert [client.apply(s) for s in (v1, v2, v1, v2)] == [True, True, False, False]
+    assert client.flag_state("f") == v2
+    assert seen == [1, 2]
+    unsubscribe()
+    client.apply(state(3, {"a": (1, False, 1)}, "a"))
+    assert seen == [1, 2]
+    assert client.stats().stale_versions_ignored == 2
+
+
+def test_a_failing_callback_does_not_stop_the_others() -> None:
+    client = unstarted()
+    seen: list[str] = []
+
+    def broken(_: FlagChangeEvent) -> None:
+        raise RuntimeError("bug in a consumer")
+
+    client.on_change(broken)
+    client.on_change(lambda s: seen.append(s.flag))
+    assert client.apply(state(1, {"a": (1, False, 1)}, "a"))
+    assert seen == ["f"]
+
+
+def test_variant_matches_assignment_and_never_serves_a_killed_variant() -> None:
+    client = unstarted()
+    live = state(1, {"a": (20, False, "A"), "b": (30, False, "B"), "c": (50, False, "C")}, "c")
+    client.apply(live)
+    assert [client.variant("f", k) for k in KEYS] == [
+        Fractional.from_event(live).variant(k) for k in KEYS
+    ]
+    client.apply(
+        state(2, {"a": (20, False, "A"), "b": (30, True, "B"), "c": (50, False, "C")}, "c")
+    )
+    served = {client.variant("f", k) for k in KEYS}
+    assert served == {"a", "c"}
+    assert {client.value("f", k) for k in KEYS} == {"A", "C"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [None, 123, b"bytes", "", "\ud800"],
+    ids=["none", "int", "bytes", "empty", "lone-surrogate"],
+)
+def test_variant_never_raises_and_falls_back_to_the_default(key: Any) -> None:
+    client = unstarted(defaults={"f": "b", "unknown": "x"})
+    client.apply(state(1, {"a": (0, False, 1), "b": (10, False, 2)}, "a"))
+    assert client.variant("f", key) == "a"  # the state's default wins over the configured one
+    assert client.variant("unknown", key) == "x"
+    assert client.variant("no-default", key) is None
+
+
+def test_resolve_reports_why() -> None:
+    client = unstarted(defaults={"later": "off"})
+    client.apply(state(4, {"on": (10, False, True), "off": (90, False, False)}, "off"))
+    client.apply(state(1, {"on": (1, True, True), "off": (0, False, False)}, "off", flag="dead"))
+    split = client.resolve("f", "user-1")
+    assert (split.reason, split.version) == ("split", 4)
+    assert split.value is (split.variant == "on")
+    assert client.resolve("f", None).reason == "default"
+    dead = client.resolve("dead", "user-1")
+    assert (dead.variant, dead.value, dead.reason) == ("off", False, "default")
+    client.apply(state(1, {"new": (5, False, 1), "old": (0, False, 0)}, "old", flag="done"))
+    done = client.resolve("done", "user-1")
+    assert (done.variant, done.value, done.reason) == ("new", 1, "static")
+    later = client.resolve("later", "user-1", default="fallback")
+    assert (later.variant, later.value, later.reason) == ("off", "fallback", "unknown")
+
+
+def test_recording_is_bounded_and_counts_drops_without_a_broker() -> None:
+    client = unstarted(buffer_size=10)
+    accepted = [client.record_prediction(f"r{i}", "f", "a", 0.5, score=0.5) for i in range(8)]
+    accepted.append(
+        client.record(PredictionEvent(request_id="r8", flag="f", variant="a", ts=1.0, prediction=1))
+    )
+    accepted += [client.record_outcome(f"r{i}", 1) for i in range(6)]
+    stats = client.stats()
+    assert accepted == [True] * 10 + [False] * 5
+    assert (stats.recorded, stats.buffered, stats.dropped, stats.sent) == (15, 10, 5, 0)
+
+
+def test_provider_resolves_each_type_with_reason_and_version() -> None:
+    client = unstarted(defaults={"pending": "a"})
+    values = {
+        "bool": (True, False),
+        "int": (7, 8),
+        "float": (0.5, 2),
+        "obj": ({"model": "a"}, ["b"]),
+        "str": ("x", "y"),
+    }
+    for flag, (va, vb) in values.items():
+        client.apply(state(3, {"a": (50, False, va), "b": (50, False, vb)}, "a", flag=flag))
+    provider = DriftswitchProvider(client)
+    ctx = EvaluationContext(targeting_key="user-5")
+    picked = Fractional.from_event(held(client, "bool")).variant("user-5")
+    details = [
+        provider.resolve_boolean_details("bool", False, ctx),
+        provider.resolve_integer_details("int", 0, ctx),
+        provider.resolve_float_details("float", 0.0, ctx),
+        provider.resolve_object_details("obj", {}, ctx),
+        provider.resolve_string_details("str", "", ctx),
+    ]
+    for flag, d in zip(values, details, strict=True):
+        expected = Fractional.from_event(held(client, flag)).variant("user-5")
+        assert (d.variant, d.reason, d.error_code, d.flag_metadata) == (
+            expected,
+            Reason.SPLIT,
+            None,
+            {"version": 3},
+        )
+    assert details[0].value is (picked == "a")
+    assert isinstance(details[2].value, float)
+    wrong = provider.resolve_integer_details("bool", 1, ctx)
+    assert (wrong.value, wrong.reason, wrong.error_code) == (1, Reason.ERROR, "TYPE_MISMATCH")
+    pending = provider.resolve_string_details("pending", "dflt", ctx)
+    assert (pending.value, pending.variant, pending.reason) == ("dflt", "a", Reason.DEFAULT)
+    no_key = provider.resolve_string_details("str", "", EvaluationContext())
+    assert (no_key.value, no_key.variant, no_key.reason) == ("x", "a", Reason.DEFAULT)
+
+
+def test_provider_emits_configuration_changed_per_accepted_change() -> None:
+    client = unstarted(follow_flags=False)
+    provider = DriftswitchProvider(client)
+    emitted: list[tuple[ProviderEvent, list[str] | None, object]] = []
+    provider.attach(lambda _, event, d: emitted.append((event, d.flags_changed, d.metadata)))
+    provider.initialize(EvaluationContext())
+    client.apply(state(1, {"a": (1, False, 1)}, "a"))
+    client.apply(state(1, {"a": (1, False, 1)}, "a"))
+    provider.shutdown()
+    client.apply(state(2, {"a": (1, False, 1)}, "a"))
+    assert emitted == [(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ["f"], {"version": 1})]
