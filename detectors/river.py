@@ -171,12 +171,12 @@ class RiverDetector(BaseDetector):
                 f"{river_version()} is installed; river detector states only restore under the "
                 "same river version"
             )
-        detector = cls(**state["params"])
         restored = pickle.loads(base64.b64decode(state["pickle"]))
         module, name = cls.river_class.split(":")
         expected = getattr(_river_module(module), name)
         if type(restored) is not expected:
             raise ValueError(f"{cls.kind!r} state holds a {type(restored).__name__}, not {name}")
+        detector = cls(**state["params"])
         detector._detector = restored
         detector._n = int(state["n"])
         detector._alarms = int(state["alarms"])
@@ -192,6 +192,10 @@ class ADWIN(RiverDetector):
     differing by more than a Hoeffding-type bound at confidence ``delta``, so ``threshold`` is
     ``+inf``. Accepts error bits and continuous values. ``delta=0.05`` is close to optimal at an
     ARL0 of about 2e5 events (STATISTICS.md §3).
+
+    river's ADWIN is two-sided; a guardrail only wants degradations, so a cut after which the
+    estimate went *down* (an improvement) is not reported as drift (``improvements`` counts them).
+    river still drops the old part of its window and resets on the next update, as it always does.
     """
 
     kind: ClassVar[str] = "adwin"
@@ -212,6 +216,8 @@ class ADWIN(RiverDetector):
         _check_count("max_buckets", max_buckets, 2)
         _check_count("min_window_length", min_window_length, 1)
         _check_count("grace_period", grace_period, 1)
+        self._improvement = False
+        self._improvements = 0
         super().__init__(
             {
                 "delta": delta,
@@ -221,6 +227,24 @@ class ADWIN(RiverDetector):
                 "grace_period": grace_period,
             }
         )
+
+    def update(self, x: float) -> None:
+        value = self._check_input(x)
+        d = self._detector
+        # river resets itself on the update after an alarm: the estimate to compare against is
+        # then that of an empty window, and a fresh window cannot alarm on its first value.
+        before = 0.0 if d.drift_detected else float(d.estimation)
+        d.update(value)
+        self._n += 1
+        self._improvement = bool(d.drift_detected) and float(d.estimation) < before
+        if self._improvement:
+            self._improvements += 1
+        elif d.drift_detected:
+            self._alarms += 1
+
+    @property
+    def drift_detected(self) -> bool:
+        return bool(self._detector.drift_detected) and not self._improvement
 
     @property
     def statistic(self) -> float:
@@ -236,7 +260,26 @@ class ADWIN(RiverDetector):
         return int(self._detector.width)
 
     def explain(self) -> dict[str, JSON]:
-        return {**super().explain(), "estimation": self.statistic, "width": self.width}
+        return {
+            **super().explain(),
+            "estimation": self.statistic,
+            "width": self.width,
+            "improvements": self._improvements,
+        }
+
+    def to_state(self) -> dict[str, JSON]:
+        return {
+            **super().to_state(),
+            "improvement": self._improvement,
+            "improvements": self._improvements,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        detector = super().from_state(state)
+        detector._improvement = bool(state["improvement"])
+        detector._improvements = int(state["improvements"])
+        return detector
 
 
 @register
