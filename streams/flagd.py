@@ -6,6 +6,9 @@ The document follows flagd-schemas ``json/flags.json``: one flag per driftswitch
 variants excluded, their share served by the default). flagd, any OpenFeature flagd provider and
 :class:`driftswitch.streams.assign.Fractional` then assign every user the same variant.
 
+flagd's schema types a flag by its variant values: give all variants of a flag values of one
+kind (booleans, strings, numbers or JSON objects), or flagd and typed OpenFeature calls reject it.
+
 ``driftswitch run --flagd-file PATH`` keeps a file current with :class:`FlagdFile`; the same bytes
 are what the web server serves at ``GET /flagd/flags.json``.
 """
