@@ -101,6 +101,85 @@ CASES: dict[str, Case] = {
             ({"min_drop": 0.05, "warmup": 1}, "warmup ≥ 2"),
         ),
     ),
+    # river detectors (detectors/river.py): default parameters, error bits, river's own behaviour.
+    "adwin": Case(
+        params={},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.20),
+        first_alarm=3263,
+        bad=(({"delta": 2}, r"delta must be a number in \(0, 1\)"),),
+    ),
+    "page_hinkley": Case(
+        params={},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.20),
+        first_alarm=3436,
+        bad=(({"threshold": 0}, "threshold must be a number > 0"),),
+    ),
+    "ddm": Case(
+        params={},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.20),
+        first_alarm=60,  # a false alarm in the young stream (STATISTICS.md §3)
+        bad=(({"drift_threshold": 1.0}, r"drift_threshold \(1.0\) must be >= warning_threshold"),),
+    ),
+    "eddm": Case(
+        params={},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.20),
+        first_alarm=239,  # EDDM raises many false alarms (STATISTICS.md §3)
+        bad=(({"alpha": 0.8, "beta": 0.9}, r"alpha \(0.8\) must be >= beta \(0.9\)"),),
+    ),
+    "hddm_a": Case(
+        params={},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.20),
+        first_alarm=3275,
+        bad=(({"drift_confidence": 0}, r"drift_confidence must be a number in \(0, 1\)"),),
+    ),
+    "hddm_w": Case(
+        params={},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.30),
+        first_alarm=3065,
+        bad=(({"lambda_val": 1.5}, r"lambda_val must be a number in \(0, 1\)"),),
+    ),
+    "fhddm": Case(
+        params={},
+        stream=lambda: bernoulli_stream(11, 0.10, 0.30),
+        first_alarm=3068,
+        bad=(({"short_window_size": 100}, "short_window_size .* must be < sliding_window_size"),),
+    ),
+    "kswin": Case(  # ~600 µs per update: a short continuous stream
+        params={"seed": 1, "alpha": 0.0001},
+        stream=lambda: gaussian_stream(7, 0.0, 1.0, 3.0, change=300, n=500),
+        first_alarm=311,
+        bad=(({"window_size": 40}, "window_size must be an integer >= 60"),),
+    ),
+    # Label-free drift (detectors/drift.py): first window after the shift at 2,000.
+    "psi": Case(
+        params={"reference_size": 500, "window": 100, "arl0": 10_000},
+        stream=lambda: gaussian_stream(5, 0.0, 1.0, 0.5),
+        first_alarm=2099,
+        bad=(({"arl0": 50}, r"arl0 must be a number of values > window \(500\)"),),
+    ),
+    "js": Case(
+        params={"reference_size": 500, "window": 100, "arl0": 10_000},
+        stream=lambda: gaussian_stream(5, 0.0, 1.0, 0.5),
+        first_alarm=2099,
+        bad=(({"bins": 1}, "bins must be an integer >= 2"),),
+    ),
+    "ks": Case(
+        params={"reference_size": 500, "window": 100, "arl0": 10_000},
+        stream=lambda: gaussian_stream(5, 0.0, 1.0, 0.5),
+        first_alarm=2099,
+        bad=(({"threshold": -1}, "threshold must be a number > 0 or null"),),
+    ),
+    # p99 of N(100, 10) ≈ 123 → N(130, 10) ≈ 153 against 140: the first all-new window.
+    "latency_quantile": Case(
+        params={"threshold": 140.0, "window": 200},
+        stream=lambda: gaussian_stream(3, 100.0, 10.0, 130.0),
+        first_alarm=2199,
+        constant=100.0,
+        bad=(
+            ({"threshold": 0}, "threshold must be a number > 0"),
+            ({"threshold": 140.0, "quantile": 99}, r"quantile must be a number in \(0, 1\)"),
+        ),
+    ),
 }
 
 
