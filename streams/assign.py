@@ -17,11 +17,21 @@ Movement when weights change follows from that (the reason for the layout in :fu
   change (e.g. ``a, b, c = 1, 1, 1 -> 1, 1, 2`` moves some ``a`` users to ``b``).
 
 :func:`fractions` therefore lays a flag out as its non-default variants in their configured order
-followed by the default variant, and serves a killed variant's interval to the default variant in
-place (flagd accepts a variant more than once in ``fractional``). A kill or a restore then moves
-exactly the killed variant's users to or from the default and nobody else; a candidate's weight
-shift against the default moves only default users to it, provided it is the candidate next to
-the default (always so with one candidate) and the total weight stays the same.
+with the default variant second, right after the first of them, and serves a killed variant's
+interval to the default variant in place (flagd accepts a variant more than once in
+``fractional``). Then, for every flag:
+
+- a kill or a restore moves exactly the killed variant's users to or from the default, nobody
+  else, whatever the weights;
+- shifting weight between the default and either of its neighbours (the first two non-default
+  variants; with one or two candidates, every candidate) with the total unchanged moves only
+  users between those two, in the direction of the shift, and only as many as it requires.
+
+A shift that changes the total, or involves a third candidate, can move users between variants
+whose weights did not change. That is a property of ``fractional`` itself: no order fixes it for
+every change (with three variants, moving weight a→b, b→c and c→a each minimally would need the
+three pairs to be adjacent), so keep the total constant (weights as shares of 100 or 10,000) and
+the variant order stable across versions (it is the configuration's order).
 
 Pure: no I/O, imports only ``cbor2`` (for the flag key, once) and ``mmh3``.
 """
@@ -72,9 +82,9 @@ def bucket_hash(flag_key: str, targeting_key: str) -> int:
 def fractions(event: FlagChangeEvent) -> list[tuple[str, int]]:
     """The ordered ``(variant, weight)`` fractions that serve a flag state (module docstring).
 
-    Non-default variants in their order, then the default; a killed variant's weight is served
-    by the default in place, so a kill moves only that variant's users. A killed default is left
-    out (its users spread over the live variants: there is nowhere better to send them).
+    Non-default variants in their order with the default second; a killed variant's weight is
+    served by the default in place, so a kill moves only that variant's users. A killed default
+    is left out (its users spread over the live variants: there is nowhere better to send them).
     Zero weights are dropped and adjacent fractions of one variant merged: neither changes any
     assignment. An empty list means "no split": everyone gets the default.
     """
@@ -91,14 +101,15 @@ def fractions(event: FlagChangeEvent) -> list[tuple[str, int]]:
         else:
             out.append((name, weight))
 
-    for name, state in event.variants.items():
-        if name == default:
-            continue
+    others = [(name, state) for name, state in event.variants.items() if name != default]
+    for position, (name, state) in enumerate(others):
         if not state.killed:
             add(name, state.weight)
         elif default_live:
             add(default, state.weight)
-    if default_state is not None and default_live:
+        if position == 0 and default_state is not None and default_live:
+            add(default, default_state.weight)
+    if not others and default_state is not None and default_live:
         add(default, default_state.weight)
     if sum(w for _, w in out) > MAX_TOTAL_WEIGHT:
         return []

@@ -43,10 +43,10 @@ def test_document_has_flagd_shape_with_killed_variants_out_of_the_split() -> Non
         },
         "defaultVariant": "control",
         "metadata": {"driftswitchVersion": 3},
-        "targeting": {"fractional": [["control", 20], ["challenger", 10], ["control", 70]]},
+        "targeting": {"fractional": [["control", 90], ["challenger", 10]]},
     }
     assert doc["flags"]["a"]["targeting"] == {
-        "fractional": [["candidate", 20], ["challenger", 10], ["control", 70]]
+        "fractional": [["candidate", 20], ["control", 70], ["challenger", 10]]
     }
 
 
