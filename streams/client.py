@@ -131,7 +131,8 @@ class DriftswitchClient:
     buffer_size
         Events held while they cannot be sent; beyond it new events are dropped and counted.
     follow_flags, record_events
-        Turn either half off (a pure recorder, or a pure flag reader).
+        Turn either half off (a pure recorder, or a pure flag reader; its record calls are
+        counted as dropped).
     idle_s
         A bootstrap read that returns nothing for this long has reached the end of the topic.
     poll_s
@@ -573,6 +574,7 @@ class DriftswitchClient:
         self._loop = loop
         asyncio.set_event_loop(loop)
         self._stopping = asyncio.Event()
+        self._tasks = []
         if self.follow_flags:
             self._tasks.append(loop.create_task(self._follow_flags()))
         if self.record_events:

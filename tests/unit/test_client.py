@@ -193,3 +193,18 @@ def test_provider_emits_configuration_changed_per_accepted_change() -> None:
     provider.shutdown()
     client.apply(state(2, {"a": (1, False, 1)}, "a"))
     assert emitted == [(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ["f"], {"version": 1})]
+
+
+def test_a_client_can_be_closed_without_a_broker_and_started_again() -> None:
+    client = unstarted(follow_flags=False, buffer_size=5)
+    for _ in range(2):
+        assert client.start(wait_s=0.1)
+        assert client.record_outcome("r", 1)
+        client.close(timeout_s=0.2)
+    stats = client.stats()
+    assert (stats.recorded, stats.failed, stats.buffered, stats.producer_connected) == (
+        2,
+        2,
+        0,
+        False,
+    )
