@@ -301,8 +301,15 @@ class DriftswitchClient:
             return entry.split.variant(targeting_key)
         except Exception:
             log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
+            return self._fallback(flag)
+
+    def _fallback(self, flag: str) -> str | None:
+        """The held state's default variant, else the configured default; never raises."""
+        try:
             entry = self._flags.get(flag)
             return entry.state.default_variant if entry else self.defaults.get(flag)
+        except Exception:  # e.g. an unhashable flag argument
+            return None
 
     def value(
         self,
@@ -322,11 +329,10 @@ class DriftswitchClient:
         default: JsonValue = None,
     ) -> Resolution:
         """The variant, its value and the reason (what the OpenFeature provider reports)."""
-        entry = self._flags.get(flag)
         try:
+            entry = self._flags.get(flag)
             if entry is None:
-                name = self.defaults.get(flag)
-                return Resolution(name, default, "unknown")
+                return Resolution(self.defaults.get(flag), default, "unknown")
             state, split = entry.state, entry.split
             name = split.variant(targeting_key or "")
             reason: ResolutionReason
@@ -341,8 +347,8 @@ class DriftswitchClient:
             return Resolution(name, value, reason, state.version)
         except Exception as exc:
             log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
-            fallback = entry.state.default_variant if entry else self.defaults.get(flag)
-            return Resolution(fallback, default, "error", error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            return Resolution(self._fallback(flag), default, "error", error=error)
 
     def flag_state(self, flag: str) -> FlagChangeEvent | None:
         """The latest state held for ``flag`` (``None`` if none yet)."""

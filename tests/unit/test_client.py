@@ -112,6 +112,9 @@ def test_variant_never_raises_and_falls_back_to_the_default(key: Any) -> None:
     assert client.variant("f", key) == "a"  # the state's default wins over the configured one
     assert client.variant("unknown", key) == "x"
     assert client.variant("no-default", key) is None
+    unhashable: Any = ["flag"]
+    assert client.variant(unhashable, key) is None
+    assert client.resolve(unhashable, key).reason == "error"
 
 
 def test_resolve_reports_why() -> None:
