@@ -147,14 +147,16 @@ def _lindley(
     start = 0
     w = w0
     while start < len(steps):
-        part = np.cumsum(steps[start:])
+        # A bounded slice: an alarm restarts the scan, so long batches stay linear in their length.
+        part = np.cumsum(steps[start : start + 8192])
         floor = np.minimum(np.minimum.accumulate(part), -w)
         ws = part - floor
         hits = np.flatnonzero(ws >= threshold)
         if len(hits) == 0:
-            path[start:] = ws
+            path[start : start + len(ws)] = ws
             w = int(ws[-1])
-            break
+            start += len(ws)
+            continue
         end = start + int(hits[0])
         path[start : end + 1] = ws[: hits[0] + 1]
         alarms.append(end)

@@ -303,7 +303,7 @@ class GLR(BaseDetector):
             if self._detected:
                 self._hist = self._hist[:0]
                 self._stat = 0.0
-            new = ints[start:]
+            new = ints[start : start + 4 * _CHUNK]  # bounded: an alarm restarts the scan
             path = glr_path(self._hist, new, self._windows, self._q0, self._q1)
             hits = np.flatnonzero(path >= self._h)
             end = len(new) if len(hits) == 0 else int(hits[0]) + 1

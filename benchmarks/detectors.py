@@ -1,0 +1,213 @@
+"""Detection delay against false-alarm rate for driftswitch's accuracy detectors.
+
+For an accuracy drop 0.90 → 0.80 and 0.90 → 0.85 at requested ARL0 1e4 and 1e5, prints a
+Markdown table per detector: the ARL0 measured on an in-control stream (events / false alarms,
+alarms restart the statistic), false alarms per 10k events, the mean detection delay over seeded
+runs with the change at event ``--pre``, misses (no alarm within ``--horizon`` events after the
+change) and the ratio of the mean delay to the optimal worst-case delay (STATISTICS.md §1)
+interpolated log-linearly at the *measured* ARL0.
+
+``cusum`` and ``glr`` are calibrated for the requested ARL0; river's ``adwin`` and
+``page_hinkley`` (when registered) run with their defaults, so their rows are the same under both
+budgets. Run: ``.venv/bin/python benchmarks/detectors.py [--runs N] [--null-events N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from driftswitch.detectors import registry
+from driftswitch.detectors.base import BaseDetector
+
+#: STATISTICS.md §1: the exact optimal worst-case delay of the CUSUM, by ARL0 (1e3 … 1e7).
+OPTIMAL_DELAY: dict[tuple[float, float], tuple[float, ...]] = {
+    (0.90, 0.85): (143, 307, 491, 678, 867),
+    (0.90, 0.80): (62, 111, 163, 215, 267),
+}
+_ARL_GRID = (1e3, 1e4, 1e5, 1e6, 1e7)
+
+
+def optimal_delay(change: tuple[float, float], arl0: float) -> float:
+    """The optimal delay at ``arl0``, interpolated (and extrapolated) linearly in ln ARL0."""
+    xs = np.log10(_ARL_GRID)
+    ys = np.asarray(OPTIMAL_DELAY[change], dtype=float)
+    x = math.log10(arl0)
+    if x <= xs[0]:
+        return float(ys[0] + (ys[1] - ys[0]) * (x - xs[0]))
+    if x >= xs[-1]:
+        return float(ys[-1] + (ys[-1] - ys[-2]) * (x - xs[-1]))
+    return float(np.interp(x, xs, ys))
+
+
+def _feed(det: Any, bits: np.ndarray) -> list[int]:
+    """Indices of the alarms raised by ``bits`` (vectorised where the detector allows it)."""
+    if type(det).update_many is not BaseDetector.update_many:
+        alarms: list[int] = []
+        # Chunks small enough that one alarm per chunk is the rule; locate alarms per event inside
+        # a chunk that alarmed.
+        step = 4096
+        for start in range(0, len(bits), step):
+            chunk = bits[start : start + step]
+            state = det.to_state()
+            if det.update_many(chunk):
+                det = registry.restore(state)
+                for i, x in enumerate(chunk):
+                    det.update(float(x))
+                    if det.drift_detected:
+                        alarms.append(start + i)
+        return alarms
+    out = []
+    for i, x in enumerate(bits.tolist()):
+        det.update(x)
+        if det.drift_detected:
+            out.append(i)
+    return out
+
+
+def null_arl(make: Callable[[], Any], q0: float, events: int, seed: int) -> tuple[float, float]:
+    """(measured ARL0, false alarms per 10k events) on an in-control stream."""
+    rng = np.random.default_rng(seed)
+    det = make()
+    alarms = 0
+    block = 500_000
+    for start in range(0, events, block):
+        bits = (rng.random(min(block, events - start)) < q0).astype(np.int64)
+        alarms += len(_feed(det, bits))
+    arl = events / alarms if alarms else math.inf
+    return arl, alarms / events * 1e4
+
+
+def delays(
+    make: Callable[[], Any], q0: float, q1: float, runs: int, pre: int, horizon: int, seed: int
+) -> tuple[float, int]:
+    """(mean delay, misses): events from the change to the first alarm at or after it."""
+    rng = np.random.default_rng(seed)
+    found = []
+    misses = 0
+    for _ in range(runs):
+        det = make()
+        before = (rng.random(pre) < q0).astype(np.int64)
+        after = (rng.random(horizon) < q1).astype(np.int64)
+        _feed(det, before)
+        for start in range(0, horizon, 256):
+            hit = _feed(det, after[start : start + 256])
+            if hit:
+                found.append(start + hit[0] + 1)
+                break
+        else:
+            misses += 1
+    return (float(np.mean(found)) if found else math.inf), misses
+
+
+def _first_harm_pairs(
+    rng: np.random.Generator,
+    q_control: float,
+    q_variant: float,
+    runs: int,
+    horizon: int,
+    min_samples: int = 30,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per run, the pair count at which ``sequential`` first declares harm (inf if never) and
+    whether its interval ever excluded 0, looking after every pair (error bits, alpha 0.05)."""
+    from driftswitch.detectors.sequential import cs_bounds
+
+    first = np.full(runs, np.inf)
+    excluded = np.zeros(runs, dtype=bool)
+    looks = np.arange(min_samples, horizon + 1)
+    n = looks.astype(np.float64)
+    chunk = max(1, 2_000_000 // horizon)
+    for start in range(0, runs, chunk):
+        size = min(chunk, runs - start)
+        c = np.cumsum(rng.random((size, horizon)) < q_control, axis=1)[:, looks - 1]
+        v = np.cumsum(rng.random((size, horizon)) < q_variant, axis=1)[:, looks - 1]
+        c, v = c.astype(np.float64), v.astype(np.float64)
+        nn = np.broadcast_to(n, c.shape)
+        lower, upper = cs_bounds(nn, c, c, nn, v, v, alpha=0.05)
+        harm = upper < 0
+        hit = harm.any(axis=1)
+        first[start : start + size] = np.where(hit, looks[harm.argmax(axis=1)], np.inf)
+        excluded[start : start + size] = ((lower > 0) | harm).any(axis=1)
+    return first, excluded
+
+
+def sequential_table(runs: int, horizon: int, seed: int) -> None:
+    """``sequential`` (alpha 0.05, margin 0, N* 5,000): A/A false positives when looking after
+    every pair, and events per arm until harm is declared for a worse variant."""
+    rng = np.random.default_rng(seed)
+    print()
+    print(
+        f"`sequential`, alpha = 0.05, looked at after every pair up to {horizon:,} pairs, "
+        f"{runs:,} seeded runs per row:"
+    )
+    print()
+    print(
+        "| control vs variant accuracy | harm declared | interval excluded 0 "
+        "| median events per arm to harm |"
+    )
+    print("|---|---:|---:|---:|")
+    for baseline, variant in ((0.90, 0.90), (0.90, 0.85), (0.90, 0.80)):
+        first, excluded = _first_harm_pairs(rng, 1 - baseline, 1 - variant, runs, horizon)
+        decided = np.isfinite(first)
+        median = float(np.median(first)) if decided.mean() > 0.5 else math.inf
+        median_txt = f"{median:,.0f}" if math.isfinite(median) else "—"
+        print(
+            f"| {baseline:.2f} vs {variant:.2f} | {decided.mean():.1%} | {excluded.mean():.1%} "
+            f"| {median_txt} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="change runs per cell")
+    parser.add_argument("--null-events", type=int, default=2_000_000, help="in-control events")
+    parser.add_argument("--pre", type=int, default=2000, help="in-control events before the change")
+    parser.add_argument("--horizon", type=int, default=20_000, help="events after the change")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seq-runs", type=int, default=2000, help="sequential runs per row")
+    parser.add_argument("--seq-horizon", type=int, default=10_000, help="sequential pairs per run")
+    args = parser.parse_args()
+
+    known = set(registry.kinds())
+    print(
+        "| change | requested ARL0 | detector | measured ARL0 | false alarms / 10k | mean delay "
+        "| misses | optimal delay at measured ARL0 | ratio |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for baseline, target in ((0.90, 0.80), (0.90, 0.85)):
+        q0, q1 = 1 - baseline, 1 - target
+        for arl0 in (1e4, 1e5):
+            specs: list[tuple[str, dict[str, Any]]] = [
+                ("cusum", {"baseline": baseline, "target": target, "arl0": arl0}),
+                ("glr", {"baseline": baseline, "min_drop": 0.05, "arl0": arl0}),
+            ]
+            specs += [(k, {}) for k in ("adwin", "page_hinkley") if k in known]
+            for kind, params in specs:
+
+                def make(kind: str = kind, params: dict[str, Any] = params) -> Any:
+                    return registry.create({"kind": kind, **params})
+
+                arl, fa = null_arl(make, q0, args.null_events, args.seed)
+                delay, misses = delays(
+                    make, q0, q1, args.runs, args.pre, args.horizon, args.seed + 1
+                )
+                opt = optimal_delay((baseline, target), arl) if math.isfinite(arl) else math.nan
+                ratio = delay / opt if math.isfinite(opt) else math.nan
+                arl_txt = f"{arl:,.0f}" if math.isfinite(arl) else f"> {args.null_events:,}"
+                opt_txt = f"{opt:.0f}" if math.isfinite(opt) else "—"
+                ratio_txt = f"{ratio:.2f}" if math.isfinite(ratio) else "—"
+                print(
+                    f"| {baseline:.2f} → {target:.2f} | {arl0:.0e} | {kind} | {arl_txt} | {fa:.2f} "
+                    f"| {delay:.1f} | {misses}/{args.runs} | {opt_txt} | {ratio_txt} |",
+                    flush=True,
+                )
+    sequential_table(args.seq_runs, args.seq_horizon, args.seed)
+
+
+if __name__ == "__main__":
+    main()
