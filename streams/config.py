@@ -409,6 +409,16 @@ def _add_validation_errors(
         problems.add([*prefix, *loc], msg)
 
 
+def _value_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
 def _check_flag(problems: _Problems, name: str, flag: FlagConfig) -> None:
     """Cross-field rules pydantic cannot express, each reported at its own path."""
     here: list[str | int] = ["flags", name]
@@ -418,6 +428,13 @@ def _check_flag(problems: _Problems, name: str, flag: FlagConfig) -> None:
             problems.add(
                 [*here, "variants", vname, "weight"], "a shadow variant must have weight 0"
             )
+    kinds = {vname: _value_kind(v.value) for vname, v in flag.variants.items()}
+    if len(set(kinds.values())) > 1:
+        problems.add(
+            [*here, "variants"],
+            "variant values must all be of one kind (flagd evaluates a flag as boolean, string, "
+            f"number or object), got {', '.join(f'{n}: {k}' for n, k in kinds.items())}",
+        )
     total = sum(v.weight for v in served.values())
     if total != 100:
         problems.add(

@@ -184,6 +184,11 @@ BAD_CONFIGS = [
         ["flags.ranker v2", "String should match pattern"],
     ),
     (
+        "mixed-value-kinds",
+        bad("value: ranker-v2}", "value: 2}"),
+        [":4: flags.ranker.variants", "one kind", "control: string", "candidate: number"],
+    ),
+    (
         "not-a-mapping",
         "- just\n- a list\n",
         ["expected a mapping with a `flags:` section"],
