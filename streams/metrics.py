@@ -90,7 +90,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "driftswitch_guardrail_state",
         "gauge",
         (*_FVG, "state"),
-        "1 for the guardrail's current state (no decision yet | ok | breached), else 0.",
+        "1 for the guardrail's current state (no decision yet, ok or breached), else 0.",
     ),
     # Flag state.
     MetricInfo("driftswitch_flag_version", "gauge", ("flag",), "Version of the flag's state."),
@@ -129,7 +129,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "driftswitch_hook_deliveries_total",
         "counter",
         ("format", "outcome"),
-        "Webhook outcomes: delivered | retried | failed | overflow.",
+        "Webhook outcomes: delivered, retried, failed or overflow.",
     ),
     MetricInfo(
         "driftswitch_worker_active",
