@@ -281,9 +281,13 @@ class Metrics:
 
     # -- called by the worker --------------------------------------------------------------
 
-    def observe_snapshot(self, snapshot: Mapping[str, Any], now: float | None = None) -> None:
-        """Export ``Engine.snapshot()`` from now on (a reference swap: O(1) per batch)."""
+    def observe_snapshot(self, snapshot: Mapping[str, Any]) -> None:
+        """Export ``Engine.snapshot()`` from now on (a reference swap, cheap enough to call
+        after every batch; the worker calls it just before each scrape instead)."""
         self._snapshot.snapshot = snapshot
+
+    def record_batch(self, now: float | None = None) -> None:
+        """Mark an input batch as processed at ``now`` (default: the current time)."""
         self.last_batch.set(time.time() if now is None else now)
 
     def record_decision(

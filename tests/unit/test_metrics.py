@@ -98,7 +98,8 @@ def test_nothing_is_registered_at_import_and_registries_are_independent() -> Non
 
 def test_snapshot_is_exported_per_flag_variant_and_guardrail() -> None:
     metrics = Metrics(CollectorRegistry())
-    metrics.observe_snapshot(SNAPSHOT, now=1767226000.0)
+    metrics.observe_snapshot(SNAPSHOT)
+    metrics.record_batch(now=1767226000.0)
     got = samples(metrics)
     fv = {"flag": "ranker", "variant": "candidate"}
     assert value(got, "driftswitch_predictions_total", **fv) == 100
@@ -128,7 +129,7 @@ def test_snapshot_is_exported_per_flag_variant_and_guardrail() -> None:
     assert value(got, "driftswitch_join_pending", kind="predictions") == 12
     assert value(got, "driftswitch_last_batch_timestamp_seconds") == 1767226000.0
     # A newer snapshot replaces the old one entirely.
-    metrics.observe_snapshot({"flags": {}, "watermark": 1.0}, now=1767226001.0)
+    metrics.observe_snapshot({"flags": {}, "watermark": 1.0})
     assert value(samples(metrics), "driftswitch_predictions_total", **fv) is None
 
 
@@ -171,7 +172,8 @@ def test_worker_counters_latency_lag_and_hooks() -> None:
 
 def test_names_units_and_label_sets_follow_the_style_guide() -> None:
     metrics = Metrics(CollectorRegistry())
-    metrics.observe_snapshot(SNAPSHOT, now=1.0)
+    metrics.observe_snapshot(SNAPSHOT)
+    metrics.record_batch(now=1.0)
     metrics.record_decision("ranker", "kill", 0.0, 1.0)
     metrics.record_deadletter("schema")
     metrics.record_hook("generic", "failed")
