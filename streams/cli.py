@@ -97,3 +97,53 @@ def broker_command(port: int | None, create_topics: bool) -> None:
         raise SystemExit(1) from None
     if code:
         raise SystemExit(code)
+
+
+# -- the live worker (driftswitch.streams.runner) ---------------------------------------------
+def _register_worker_commands() -> None:
+    from driftswitch.streams.runner import run_command
+
+    main.add_command(run_command)
+
+
+_register_worker_commands()
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Config file."
+)
+@click.argument("events", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per flag change/alert.")
+def backtest(config_path: str, events: str, as_json: bool) -> None:
+    """Replay EVENTS (JSON Lines) through the service's engine, in file order.
+
+    Bad lines are reported on stderr (line: reason: detail) and skipped. With --json every flag
+    change and alert is printed as one JSON object with "at": {"line": N}, the line of the event
+    that triggered it; otherwise a readable summary.
+    """
+    import sys
+
+    from rich.console import Console
+
+    from driftswitch.streams import backtest as bt
+    from driftswitch.streams.config import load_config
+    from driftswitch.streams.errors import ConfigError
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        raise SystemExit(2) from None
+    result = bt.run(config, events)
+    for bad in result.bad_lines:
+        click.echo(f"{events}:{bad.line}: {bad.reason}: {bad.detail}", err=True)
+    if as_json:
+        out = sys.stdout.buffer
+        for line, output in result.outputs:
+            out.write(bt.to_json_line(line, output) + b"\n")
+        out.flush()
+    else:
+        width = None if sys.stdout.isatty() else 160
+        bt.render_summary(result, Console(highlight=False, width=width))
