@@ -1,0 +1,164 @@
+"""``driftswitch run``: a worker with its HTTP API, on a given broker or an embedded one.
+
+With neither ``--broker`` nor ``$DRIFTSWITCH_BROKER`` set, an embedded Tansu broker is started
+first (memory storage: everything is lost when the command stops) and the topics are created;
+the log says where everything is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
+    from driftswitch.streams.config import Config
+    from driftswitch.streams.topics import Topics
+
+__all__ = ["DEFAULT_WEB_PORT", "embedded_or_given", "run_command", "serve_worker"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEB_PORT = 6066
+BROKER_ENV = "DRIFTSWITCH_BROKER"
+
+
+def setup_logging(level: str) -> None:
+    """Plain, timestamped log lines on stderr (one per event worth knowing)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+@contextlib.asynccontextmanager
+async def embedded_or_given(bootstrap: str | None) -> AsyncIterator[str]:
+    """Yield ``bootstrap``, or start an embedded broker for the block and yield its address."""
+    if bootstrap:
+        yield bootstrap
+        return
+    from driftswitch.streams.broker import EmbeddedBroker
+
+    async with EmbeddedBroker() as broker:
+        log.info(
+            "embedded Tansu broker at %s (pid %d, memory storage)", broker.bootstrap, broker.pid
+        )
+        yield broker.bootstrap
+
+
+async def serve_worker(
+    config: Config,
+    bootstrap: str,
+    topics: Topics,
+    *,
+    web_host: str = "127.0.0.1",
+    web_port: int = DEFAULT_WEB_PORT,
+    group: str = "driftswitch",
+    snapshot_interval: float = 1.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal)."""
+    from driftswitch.streams.topics import ensure_topics
+    from driftswitch.streams.web import serve
+    from driftswitch.streams.worker import Worker, WorkerSettings, state_topic
+
+    await ensure_topics(bootstrap, [*topics.specs(), state_topic(topics)])
+    settings = WorkerSettings(
+        bootstrap=bootstrap, topics=topics, group=group, snapshot_interval=snapshot_interval
+    )
+    worker = Worker(config, settings)
+    runner = await serve(worker, web_host, web_port)
+    log.info(
+        "driftswitch worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
+        bootstrap,
+        web_host,
+        web_port,
+        topics.flags.name,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop.set)
+    watcher = None
+    if stop is not None:
+        watcher = asyncio.ensure_future(_forward(stop, worker.stop))
+    try:
+        await worker.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+def topics_from(environ: Mapping[str, str]) -> Topics:
+    """The deployment's topics from ``DRIFTSWITCH_TOPIC_*`` (see :mod:`.topics`)."""
+    from driftswitch.streams.topics import Topics
+
+    return Topics.from_env(environ)
+
+
+@click.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--broker", "bootstrap", default=None, help=f"Kafka bootstrap [env {BROKER_ENV}].")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=DEFAULT_WEB_PORT)
+@click.option("--web-host", default="127.0.0.1", show_default=True)
+@click.option("--group", default="driftswitch", show_default=True, help="Worker group (lease).")
+@click.option(
+    "--snapshot-interval",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between state snapshots (the replay after a crash starts at the last one).",
+)
+@click.option("--log-level", default="info", show_default=True)
+def run_command(
+    config_path: str,
+    bootstrap: str | None,
+    web_port: int,
+    web_host: str,
+    group: str,
+    snapshot_interval: float,
+    log_level: str,
+) -> None:
+    """Run the worker: consume events, evaluate guardrails, publish flag changes."""
+    from driftswitch.streams.config import load_config
+    from driftswitch.streams.errors import DriftswitchError
+
+    setup_logging(log_level)
+    try:
+        config = load_config(config_path)
+        topics = topics_from(os.environ)
+    except DriftswitchError as err:
+        click.echo(f"driftswitch run: {err}", err=True)
+        raise SystemExit(1) from None
+
+    async def main() -> None:
+        async with embedded_or_given(bootstrap or os.environ.get(BROKER_ENV)) as address:
+            await serve_worker(
+                config,
+                address,
+                topics,
+                web_host=web_host,
+                web_port=web_port,
+                group=group,
+                snapshot_interval=snapshot_interval,
+            )
+
+    try:
+        asyncio.run(main())
+    except DriftswitchError as err:
+        click.echo(f"driftswitch run: {err}", err=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,73 @@
+"""The worker's HTTP API (aiohttp), bound to loopback by default.
+
+- ``GET /healthz``: 200 with the worker's role and progress while it is starting, standby or
+  active; 503 once it has stopped.
+- ``GET /api/v1/flags``: the latest state of every flag, as published on the flags topic.
+- ``GET /api/v1/flags/{flag}``: one flag's state, plus the engine's statistics and guardrail
+  states for it when this worker is the active one; 404 for an unknown flag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from driftswitch.streams.worker import Worker
+
+__all__ = ["make_app", "serve"]
+
+_WORKER: web.AppKey[Worker] = web.AppKey("worker", Worker)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    import orjson
+
+    return web.Response(
+        body=orjson.dumps(data, default=str), status=status, content_type="application/json"
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    worker = request.app[_WORKER]
+    status = worker.status()
+    return _json(status, 503 if worker.role == "stopped" else 200)
+
+
+async def _flags(request: web.Request) -> web.Response:
+    worker = request.app[_WORKER]
+    return _json(
+        {name: event.model_dump(mode="json") for name, event in sorted(worker.flags.items())}
+    )
+
+
+async def _flag(request: web.Request) -> web.Response:
+    worker = request.app[_WORKER]
+    name = request.match_info["flag"]
+    event = worker.flags.get(name)
+    if event is None:
+        return _json({"error": "unknown_flag", "flag": name}, 404)
+    body: dict[str, Any] = {"state": event.model_dump(mode="json")}
+    if worker.role == "active":
+        engine = worker.engine.snapshot()
+        flags = engine.get("flags", engine) if isinstance(engine, dict) else {}
+        body["evaluation"] = flags.get(name) if isinstance(flags, dict) else None
+    return _json(body)
+
+
+def make_app(worker: Worker) -> web.Application:
+    """The aiohttp application serving ``worker``."""
+    app = web.Application()
+    app[_WORKER] = worker
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/api/v1/flags", _flags)
+    app.router.add_get("/api/v1/flags/{flag}", _flag)
+    return app
+
+
+async def serve(worker: Worker, host: str, port: int) -> web.AppRunner:
+    """Start serving on ``host:port``; the caller cleans up with ``await runner.cleanup()``."""
+    runner = web.AppRunner(make_app(worker), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,451 @@
+"""The live worker: Kafka batches in, flag changes out, state that survives SIGKILL.
+
+Shape (DESIGN.md "Data flow", "Measured facts about the stack"):
+
+- The hot path is one aiokafka consumer reading ``getmany`` batches from the predictions and
+  outcomes topics. Each batch is decoded once (:mod:`driftswitch.streams.ingest`, bad records to
+  the dead-letter topic) and handed whole to :meth:`Engine.process`; join, scoring, statistics,
+  detectors, policy and flag versions all live in the engine, which the backtest shares. No
+  Faust agent sits on the hot path: a per-event agent tops out at ~10k events/s here.
+- Flag changes are published to the flags topic (key = flag, value = the encoded
+  :class:`FlagChangeEvent`) and acknowledged before the worker goes on.
+
+Partitions and writers. For this release ONE worker evaluates everything: the active worker
+reads every partition of both input topics (manual assignment) and is the only writer of every
+flag. Which worker is active is decided by a lease: each worker joins the consumer group
+``--group`` on the one-partition state topic, and only the member the group coordinator assigns
+that partition to processes input and publishes; the others stand by (``/healthz`` says
+``standby``) and take over when the active one dies (after the group's session timeout). Kafka's
+group protocol thus gives exactly one writer per flag without a second topic. Scaling the join
+out (the stage-1/stage-2 split of DESIGN.md, repartitioning per-flag aggregates) is future work.
+
+Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
+snapshot ``{engine.to_state(), next offset per input partition}`` to the state topic
+(:mod:`driftswitch.streams.snapshot`) after every flag change and dead-letter record of the
+batches it covers is acknowledged. A restarted worker loads the latest snapshot, seeks to its
+offsets and replays; the input since the snapshot is applied once to the restored state, so no
+outcome is counted twice. Replayed decisions carry the versions they had when first published,
+and the worker reads the flags topic at start and publishes only versions newer than the ones
+already there, so no decision is duplicated; decisions are published before any snapshot
+covers their input, so none is lost. The interleaving of records from different partitions in a
+replay can differ from the first run's; the counts it feeds are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from driftswitch.streams.config import Config
+from driftswitch.streams.engine import Engine
+from driftswitch.streams.events import AlertEvent, FlagChangeEvent, encode
+from driftswitch.streams.ingest import Decoded, Ingest, deadletter_headers
+from driftswitch.streams.snapshot import (
+    Snapshot,
+    encode_chunks,
+    latest_snapshot,
+    read_to_end,
+)
+from driftswitch.streams.topics import Topics, TopicSpec
+
+__all__ = ["Worker", "WorkerSettings", "read_flags", "state_topic"]
+
+log = logging.getLogger(__name__)
+
+#: Header on each published flag change: ``topic/partition/offset`` of the input that caused it.
+HEADER_SOURCE = "driftswitch.source"
+
+
+def state_topic(topics: Topics) -> TopicSpec:
+    """The state (snapshot) topic beside ``topics``: ``<prefix>.state.v1``, one partition."""
+    flags = topics.flags.name
+    name = (
+        flags[: -len(".flags.v1")] + ".state.v1"
+        if flags.endswith(".flags.v1")
+        else flags + "-state"
+    )
+    return TopicSpec(name=name, partitions=1, replication_factor=topics.flags.replication_factor)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker connects and paces itself."""
+
+    bootstrap: str
+    topics: Topics
+    #: Consumer group of the lease; also the key of this deployment's snapshots.
+    group: str = "driftswitch"
+    snapshot_interval: float = 1.0
+    poll_ms: int = 50
+    max_records: int = 20_000
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+
+
+async def read_flags(bootstrap: str, topic: str) -> dict[str, FlagChangeEvent]:
+    """The latest flag state per flag on the flags topic (highest version wins).
+
+    The topic is never compacted by Tansu, so every record is read and the highest version per
+    flag kept; undecodable records are logged and skipped.
+    """
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or {0}
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records = await read_to_end(consumer, tps)
+    finally:
+        await consumer.stop()
+    latest: dict[str, FlagChangeEvent] = {}
+    for recs in records.values():
+        for rec in recs:
+            try:
+                event = FlagChangeEvent.model_validate_json(rec.value)
+            except ValueError as err:
+                log.warning("flags topic %s@%d: undecodable record: %s", topic, rec.offset, err)
+                continue
+            have = latest.get(event.flag)
+            if have is None or event.version > have.version:
+                latest[event.flag] = event
+    return latest
+
+
+class Worker:
+    """One driftswitch worker process: lease, consume, evaluate, publish, snapshot, serve HTTP.
+
+    Run it with ``await worker.run()``; set :attr:`stop` (an :class:`asyncio.Event`) to stop it
+    cleanly (a final snapshot is written). Status for the HTTP API is :meth:`status`.
+    """
+
+    def __init__(self, config: Config, settings: WorkerSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.topics = settings.topics
+        self.state_topic = state_topic(settings.topics)
+        self.ingest = Ingest(self.topics.predictions.name, self.topics.outcomes.name)
+        self.engine = Engine(config)
+        self.stop = asyncio.Event()
+        #: ``active`` once the lease is held and state restored; ``standby`` while waiting.
+        self.role = "starting"
+        #: The latest state per flag known to be on the flags topic.
+        self.flags: dict[str, FlagChangeEvent] = {}
+        self.alerts: list[AlertEvent] = []
+        self.offsets: dict[str, dict[int, int]] = {}
+        self.counters: Counter[str] = Counter()
+        self.resumed_from: int | None = None
+        self._snapshot_seq = 0
+        self._dirty = False
+        self._lease_held = asyncio.Event()
+        self._lease_lost = asyncio.Event()
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._lease: Any = None
+        self._pending_sends: list[asyncio.Future[Any]] = []
+        self._lease_poller: asyncio.Future[None] | None = None
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Plain-data status: role, progress, rejections and the engine's view of every flag."""
+        return {
+            "role": self.role,
+            "group": self.settings.group,
+            "resumed_from_snapshot": self.resumed_from,
+            "records": self.counters["records"],
+            "events": self.ingest.accepted,
+            "batches": self.counters["batches"],
+            "flag_changes_published": self.counters["published"],
+            "snapshots_written": self.counters["snapshots"],
+            "rejected": dict(self.ingest.rejected),
+            "offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in self.offsets.items()},
+            "engine": self.engine.snapshot() if self.role == "active" else None,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Hold the lease, restore, then process batches until :attr:`stop` is set."""
+        from aiokafka import AIOKafkaProducer
+
+        s = self.settings
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, acks="all")
+        await self._producer.start()
+        try:
+            await self._acquire_lease()
+            if self.stop.is_set():
+                return
+            await self._restore()
+            self.role = "active"
+            log.info(
+                "worker active in group %s: %d flags, reading %s and %s",
+                s.group,
+                len(self.config.flags),
+                self.topics.predictions.name,
+                self.topics.outcomes.name,
+            )
+            await self._loop()
+            if self._consumer is not None and not self._lease_lost.is_set():
+                await self._write_snapshot()
+        finally:
+            self.role = "stopped"
+            if self._lease_poller is not None:
+                self._lease_poller.cancel()
+            for client in (self._consumer, self._lease, self._producer):
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.stop()
+
+    async def _acquire_lease(self) -> None:
+        """Join the lease group on the state topic; wait until assigned its partition."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.abc import ConsumerRebalanceListener
+
+        async def revoked(_listener: Any, partitions: Any) -> None:
+            # Eager rebalancing revokes everything first, even what comes straight back: stop
+            # writing until the assignment says whether the lease is still ours.
+            self._lease_held.clear()
+
+        async def assigned(_listener: Any, partitions: Any) -> None:
+            if partitions:
+                self._lease.pause(*partitions)
+                self._lease_held.set()
+            elif self.role == "active":
+                log.error("lease on %s lost to another worker: stopping", self.state_topic.name)
+                self._lease_lost.set()
+                self.stop.set()
+
+        # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
+        listener_cls = type(
+            "LeaseListener",
+            (ConsumerRebalanceListener,),
+            {"on_partitions_revoked": revoked, "on_partitions_assigned": assigned},
+        )
+
+        s = self.settings
+        self._lease = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            group_id=s.group,
+            enable_auto_commit=False,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+        )
+        await self._lease.start()
+        self._lease.subscribe([self.state_topic.name], listener=listener_cls())
+        self.role = "standby"
+        log.info("waiting for the lease on %s (group %s)", self.state_topic.name, s.group)
+        # Polled, never read: the paused lease partition only keeps this member in the group
+        # (aiokafka leaves the group when a consumer is not polled for max_poll_interval_ms).
+        while not self._lease_held.is_set() and not self.stop.is_set():
+            await self._lease.getmany(timeout_ms=200)
+        self._lease.pause(*self._lease.assignment())
+        self._lease_poller = asyncio.ensure_future(self._poll_lease())
+
+    async def _poll_lease(self) -> None:
+        while not self.stop.is_set():
+            await self._lease.getmany(timeout_ms=1000)
+
+    async def _restore(self) -> None:
+        """Load the latest snapshot and the published flags; seek the inputs; publish initials."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        s = self.settings
+        self.flags = await read_flags(s.bootstrap, self.topics.flags.name)
+        snapshot = await self._load_snapshot()
+        if snapshot is not None:
+            self.engine = Engine.from_state(self.config, snapshot.engine)
+            self.offsets = snapshot.offsets
+            self._snapshot_seq = snapshot.seq
+            self.resumed_from = snapshot.seq
+            self.counters.update(snapshot.counters)
+            log.info("resumed from snapshot %d at offsets %s", snapshot.seq, snapshot.offsets)
+        else:
+            for state in self.engine.initial_states():
+                published = self.flags.get(state.flag)
+                if published is not None:
+                    self.engine.adopt(published)
+                else:
+                    await self._publish_flag(state, None)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        await self._consumer.start()
+        tps = [
+            TopicPartition(spec.name, p)
+            for spec in (self.topics.predictions, self.topics.outcomes)
+            for p in range(spec.partitions)
+        ]
+        self._consumer.assign(tps)
+        for tp in tps:
+            offset = self.offsets.get(tp.topic, {}).get(tp.partition)
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+                self.offsets.setdefault(tp.topic, {})[tp.partition] = 0
+            else:
+                self._consumer.seek(tp, offset)
+
+    async def _load_snapshot(self) -> Snapshot | None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.state_topic.name, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            records = await read_to_end(consumer, [tp])
+        finally:
+            await consumer.stop()
+        return latest_snapshot(records[tp], self.settings.group.encode())
+
+    # -- the hot loop ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        s = self.settings
+        last_snapshot = time.monotonic()
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        try:
+            while not self.stop.is_set():
+                if not self._lease_held.is_set():
+                    await self._wait_for_lease(stop_wait)
+                    continue
+                fetch = asyncio.ensure_future(
+                    self._consumer.getmany(timeout_ms=s.poll_ms, max_records=s.max_records)
+                )
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await fetch
+                    break
+                batch = fetch.result()
+                if batch:
+                    await self._process(batch)
+                now = time.monotonic()
+                if self._dirty and now - last_snapshot >= s.snapshot_interval:
+                    await self._write_snapshot()
+                    last_snapshot = now
+        finally:
+            stop_wait.cancel()
+
+    async def _wait_for_lease(self, stop_wait: asyncio.Future[Any]) -> None:
+        """During a rebalance of the lease group: publish nothing until it is settled."""
+        held = asyncio.ensure_future(self._lease_held.wait())
+        await asyncio.wait({held, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        held.cancel()
+
+    async def _process(self, batch: dict[Any, list[Any]]) -> None:
+        """Decode, evaluate and publish one ``getmany`` batch."""
+        records: list[tuple[str, int, int, bytes | None, bytes | None]] = []
+        outcomes = self.topics.outcomes.name
+        # Predictions before outcomes, then by partition: a stable order for a batch.
+        for tp in sorted(batch, key=lambda t: (t.topic == outcomes, t.partition)):
+            msgs = batch[tp]
+            records.extend((tp.topic, tp.partition, m.offset, m.key, m.value) for m in msgs)
+            self.offsets.setdefault(tp.topic, {})[tp.partition] = msgs[-1].offset + 1
+        decoded = self.ingest.decode(records)
+        result = self.engine.process(decoded.events)
+        self.ingest.reject_events(
+            decoded, [(r.index, r.reason, r.detail) for r in result.rejections]
+        )
+        for emitted in result.outputs:
+            source = decoded.sources[emitted.index]
+            where = f"{source.topic}/{source.partition}/{source.offset}"
+            if isinstance(emitted.event, FlagChangeEvent):
+                await self._publish_flag(emitted.event, where)
+            else:
+                self.alerts.append(emitted.event)
+                del self.alerts[:-100]
+                log.warning("alert (no flag change) from %s: %s", where, encode(emitted.event))
+        self._deadletter(decoded)
+        self.counters["records"] += len(records)
+        self.counters["batches"] += 1
+        self._dirty = True
+
+    async def _publish_flag(self, event: FlagChangeEvent, source: str | None) -> None:
+        """Publish a flag change unless the flags topic already has this version or a newer one."""
+        have = self.flags.get(event.flag)
+        if have is not None and have.version >= event.version:
+            log.info(
+                "flag %s v%d already published; not published again", event.flag, event.version
+            )
+            return
+        headers = [(HEADER_SOURCE, source.encode())] if source else None
+        await self._producer.send_and_wait(
+            self.topics.flags.name, encode(event), key=event.flag.encode(), headers=headers
+        )
+        self.flags[event.flag] = event
+        self.counters["published"] += 1
+        cause = event.cause
+        log.warning(
+            "flag %s v%d published: %s %s (%s)",
+            event.flag,
+            event.version,
+            cause.action.value,
+            cause.variant or "",
+            cause.reason or cause.guardrail or cause.kind.value,
+        )
+
+    def _deadletter(self, decoded: Decoded) -> None:
+        for rejected in decoded.rejected:
+            # Not awaited one by one: the snapshot waits for the producer's flush.
+            self._pending_sends.append(
+                asyncio.ensure_future(
+                    self._producer.send(
+                        self.topics.deadletter.name,
+                        rejected.value,
+                        key=rejected.key,
+                        headers=deadletter_headers(rejected),
+                    )
+                )
+            )
+
+    async def _write_snapshot(self) -> None:
+        """Flush pending sends, then write ``{engine state, offsets}`` to the state topic."""
+        await self._flush()
+        self._snapshot_seq += 1
+        snapshot = Snapshot(
+            seq=self._snapshot_seq,
+            engine=self.engine.to_state(),
+            offsets={t: dict(ps) for t, ps in self.offsets.items()},
+            counters={
+                "records": self.counters["records"],
+                "batches": self.counters["batches"],
+            },
+        )
+        key = self.settings.group.encode()
+        sends = [
+            await self._producer.send(self.state_topic.name, value, key=key, headers=headers)
+            for value, headers in encode_chunks(snapshot)
+        ]
+        await asyncio.gather(*sends)
+        self.counters["snapshots"] += 1
+        self._dirty = False
+
+    async def _flush(self) -> None:
+        pending, self._pending_sends = self._pending_sends, []
+        if pending:
+            # send() resolves to a delivery future once queued; wait for the broker's acks.
+            deliveries = await asyncio.gather(*pending)
+            await asyncio.gather(*deliveries)
