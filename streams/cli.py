@@ -101,9 +101,11 @@ def broker_command(port: int | None, create_topics: bool) -> None:
 
 # -- the live worker (driftswitch.streams.runner) ---------------------------------------------
 def _register_worker_commands() -> None:
+    from driftswitch.streams.demo import demo_command
     from driftswitch.streams.runner import run_command
 
     main.add_command(run_command)
+    main.add_command(demo_command)
 
 
 _register_worker_commands()
@@ -151,9 +153,11 @@ def backtest(config_path: str, events: str, as_json: bool) -> None:
 
 # -- the live worker and the demo (driftswitch.streams.runner, driftswitch.streams.demo) ------
 def _register_worker_commands() -> None:
+    from driftswitch.streams.demo import demo_command
     from driftswitch.streams.runner import run_command
 
     main.add_command(run_command)
+    main.add_command(demo_command)
 
 
 _register_worker_commands()

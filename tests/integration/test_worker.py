@@ -25,12 +25,13 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from driftswitch.streams.backtest import run as run_backtest
 from driftswitch.streams.broker import EmbeddedBroker, free_port
-from driftswitch.streams.config import parse_config
+from driftswitch.streams.config import load_config
 from driftswitch.streams.engine import Engine
 from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent, encode
 from driftswitch.streams.ingest import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
-from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate
+from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate, write_jsonl
 from driftswitch.streams.snapshot import read_to_end
 from driftswitch.streams.topics import Topics
 
@@ -68,11 +69,13 @@ def config_path(tmp_path: Path) -> Path:
 
 
 def backtest(config_path: Path, events: list[Event]) -> tuple[list[FlagChangeEvent], Engine]:
-    """The offline replay: the same events, in file order, through the same engine."""
-    engine = Engine(parse_config(config_path.read_text()))
-    result = engine.process(events)
-    changes = [e.event for e in result.outputs if isinstance(e.event, FlagChangeEvent)]
-    return changes, engine
+    """``driftswitch backtest``'s replay of the same events from a JSON Lines file."""
+    path = config_path.with_name("events.jsonl")
+    write_jsonl(events, path)
+    result = run_backtest(load_config(config_path), path)
+    assert result.bad_lines == []
+    changes = [out for _, out in result.outputs if isinstance(out, FlagChangeEvent)]
+    return changes, result.engine
 
 
 class WorkerProcess:
