@@ -29,12 +29,11 @@ DEFAULT_WEB_PORT = 6066
 BROKER_ENV = "DRIFTSWITCH_BROKER"
 
 
-def setup_logging(level: str) -> None:
-    """Plain, timestamped log lines on stderr (one per event worth knowing)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Timestamped log lines on stderr, as text or JSON (:mod:`driftswitch.streams.logs`)."""
+    from driftswitch.streams.logs import configure_logging
+
+    configure_logging("json" if fmt == "json" else "text", level.upper())
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
@@ -63,17 +62,32 @@ async def serve_worker(
     group: str = "driftswitch",
     snapshot_interval: float = 1.0,
     stop: asyncio.Event | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> None:
-    """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal)."""
+    """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
+
+    The worker exports Prometheus metrics on ``/metrics`` and calls the config's webhooks, whose
+    secrets are read from ``environ`` (default: the process environment).
+    """
+    from prometheus_client import CollectorRegistry
+
+    from driftswitch.streams.hooks import HookDispatcher, resolve_hooks
+    from driftswitch.streams.metrics import Metrics
     from driftswitch.streams.topics import ensure_topics
     from driftswitch.streams.web import serve
     from driftswitch.streams.worker import Worker, WorkerSettings, state_topic
 
+    hooks = resolve_hooks(config, os.environ if environ is None else environ)
     await ensure_topics(bootstrap, [*topics.specs(), state_topic(topics)])
     settings = WorkerSettings(
         bootstrap=bootstrap, topics=topics, group=group, snapshot_interval=snapshot_interval
     )
-    worker = Worker(config, settings)
+    metrics = Metrics(CollectorRegistry())
+    worker = Worker(config, settings, metrics=metrics)
+    dispatcher = HookDispatcher(
+        hooks, deadletter=worker.deadletter_delivery, record=metrics.record_hook
+    )
+    worker.hooks = dispatcher
     runner = await serve(worker, web_host, web_port)
     log.info(
         "driftswitch worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
@@ -89,7 +103,8 @@ async def serve_worker(
     if stop is not None:
         watcher = asyncio.ensure_future(_forward(stop, worker.stop))
     try:
-        await worker.run()
+        async with dispatcher:
+            await worker.run()
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -124,6 +139,15 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
     help="Seconds between state snapshots (the replay after a crash starts at the last one).",
 )
 @click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="DRIFTSWITCH_LOG_FORMAT",
+    show_envvar=True,
+    help="json: one JSON object per line, with flag/variant/guardrail context.",
+)
 def run_command(
     config_path: str,
     bootstrap: str | None,
@@ -132,12 +156,13 @@ def run_command(
     group: str,
     snapshot_interval: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the worker: consume events, evaluate guardrails, publish flag changes."""
     from driftswitch.streams.config import load_config
     from driftswitch.streams.errors import DriftswitchError
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     try:
         config = load_config(config_path)
         topics = topics_from(os.environ)

@@ -5,6 +5,8 @@
 - ``GET /api/v1/flags``: the latest state of every flag, as published on the flags topic.
 - ``GET /api/v1/flags/{flag}``: one flag's state, plus the engine's statistics and guardrail
   states for it when this worker is the active one; 404 for an unknown flag.
+- ``GET /metrics``: Prometheus text format (:mod:`driftswitch.streams.metrics`), when the
+  worker has metrics.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def make_app(worker: Worker) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/v1/flags", _flags)
     app.router.add_get("/api/v1/flags/{flag}", _flag)
+    if worker.metrics is not None:
+        from driftswitch.streams.metrics import metrics_handler
+
+        app.router.add_get(
+            "/metrics", metrics_handler(worker.metrics, before_scrape=worker.refresh_metrics)
+        )
     return app
 
 

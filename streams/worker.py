@@ -39,12 +39,13 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftswitch.streams.config import Config
 from driftswitch.streams.engine import Engine
 from driftswitch.streams.events import AlertEvent, FlagChangeEvent, encode
 from driftswitch.streams.ingest import Decoded, Ingest, deadletter_headers
+from driftswitch.streams.logs import decision_context
 from driftswitch.streams.snapshot import (
     Snapshot,
     encode_chunks,
@@ -52,6 +53,10 @@ from driftswitch.streams.snapshot import (
     read_to_end,
 )
 from driftswitch.streams.topics import Topics, TopicSpec
+
+if TYPE_CHECKING:
+    from driftswitch.streams.hooks import FailedDelivery, HookDispatcher
+    from driftswitch.streams.metrics import Metrics
 
 __all__ = ["Worker", "WorkerSettings", "read_flags", "state_topic"]
 
@@ -130,8 +135,14 @@ class Worker:
     cleanly (a final snapshot is written). Status for the HTTP API is :meth:`status`.
     """
 
-    def __init__(self, config: Config, settings: WorkerSettings) -> None:
+    def __init__(
+        self, config: Config, settings: WorkerSettings, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        #: Prometheus metrics (``GET /metrics``), if the caller exports them.
+        self.metrics = metrics
+        #: Webhooks for flag changes and alerts, set by the caller once its dispatcher runs.
+        self.hooks: HookDispatcher | None = None
         self.settings = settings
         self.topics = settings.topics
         self.state_topic = state_topic(settings.topics)
@@ -372,19 +383,33 @@ class Worker:
         for emitted in result.outputs:
             source = decoded.sources[emitted.index]
             where = f"{source.topic}/{source.partition}/{source.offset}"
+            event_ts = decoded.events[emitted.index].ts
             if isinstance(emitted.event, FlagChangeEvent):
-                await self._publish_flag(emitted.event, where)
+                await self._publish_flag(emitted.event, where, event_ts)
             else:
                 self.alerts.append(emitted.event)
                 del self.alerts[:-100]
-                log.warning("alert (no flag change) from %s: %s", where, encode(emitted.event))
+                log.warning(
+                    "alert (no flag change) from %s: %s",
+                    where,
+                    encode(emitted.event),
+                    extra=decision_context(emitted.event),
+                )
+                self._announce(emitted.event, event_ts)
         self._deadletter(decoded)
         self.counters["records"] += len(records)
         self.counters["batches"] += 1
         self._dirty = True
+        if self.metrics is not None:
+            self.metrics.record_batch()
 
-    async def _publish_flag(self, event: FlagChangeEvent, source: str | None) -> None:
-        """Publish a flag change unless the flags topic already has this version or a newer one."""
+    async def _publish_flag(
+        self, event: FlagChangeEvent, source: str | None, event_ts: float | None = None
+    ) -> None:
+        """Publish a flag change unless the flags topic already has this version or a newer one.
+
+        ``event_ts`` is the time of the input event that decided it (for the latency metric).
+        """
         have = self.flags.get(event.flag)
         if have is not None and have.version >= event.version:
             log.info(
@@ -405,10 +430,58 @@ class Worker:
             cause.action.value,
             cause.variant or "",
             cause.reason or cause.guardrail or cause.kind.value,
+            extra=decision_context(event),
         )
+        self._announce(event, event_ts)
+
+    def _announce(self, event: FlagChangeEvent | AlertEvent, event_ts: float | None) -> None:
+        """Count a published decision and hand it to the webhooks (never blocks)."""
+        if self.metrics is not None:
+            self.metrics.record_decision(event.flag, event.cause.action.value, event_ts)
+        if self.hooks is not None:
+            self.hooks.submit(event)
+
+    async def deadletter_delivery(self, failed: FailedDelivery) -> None:
+        """Publish a webhook delivery that was given up to the dead-letter topic (the
+        :class:`~driftswitch.streams.hooks.HookDispatcher` ``deadletter`` callback)."""
+        if self.metrics is not None:
+            self.metrics.record_deadletter(failed.reason)
+        if self._producer is None:
+            log.error("hook %s: no producer to dead-letter a failed delivery", failed.hook)
+            return
+        await self._producer.send_and_wait(
+            self.topics.deadletter.name,
+            failed.event,
+            key=failed.flag.encode(),
+            headers=failed.headers(),
+        )
+
+    def refresh_metrics(self) -> None:
+        """Bring the scrape-time metrics up to date: engine snapshot, role, consumer lag.
+
+        Called just before each ``GET /metrics``, between batches (one event loop), so the hot
+        path pays nothing for metrics it does not count itself. Lag is the partition's high
+        watermark minus the next offset to read; Tansu reports the base offset of the last batch
+        as the high watermark, so on the embedded broker lag reads low (never below 0).
+        """
+        metrics = self.metrics
+        if metrics is None:
+            return
+        active = self.role == "active"
+        metrics.set_active(active)
+        metrics.observe_snapshot(self.engine.snapshot() if active else {})
+        if self._consumer is None or not active:
+            return
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            position = self.offsets.get(tp.topic, {}).get(tp.partition)
+            if highwater is not None and position is not None:
+                metrics.set_lag(tp.topic, tp.partition, highwater - position)
 
     def _deadletter(self, decoded: Decoded) -> None:
         for rejected in decoded.rejected:
+            if self.metrics is not None:
+                self.metrics.record_deadletter(rejected.reason)
             # Not awaited one by one: the snapshot waits for the producer's flush.
             self._pending_sends.append(
                 asyncio.ensure_future(

@@ -1,0 +1,183 @@
+"""docker-compose.yml, checked without Docker: files exist, commands parse, ports line up.
+
+Docker cannot run on the build machines (DESIGN.md "Real components"), so this test reads the
+compose file the way compose would (YAML with merge keys) and checks what would otherwise only
+fail at ``docker compose up``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from driftswitch.streams.cli import main
+from driftswitch.streams.config import load_config
+from driftswitch.streams.hooks import resolve_hooks
+from driftswitch.streams.topics import Topics
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DOCS = ROOT / "docs" / "operations.md"
+WORKERS = ("worker-1", "worker-2")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def parse_run(command: list[str]) -> click.Context:
+    """Parse ``driftswitch <sub> ...`` with the real click commands, without running it."""
+    assert command[0] == "driftswitch", command
+    ctx = click.Context(main, info_name="driftswitch")
+    sub = main.get_command(ctx, command[1])
+    assert sub is not None, f"no such command: driftswitch {command[1]}"
+    return sub.make_context(command[1], list(command[2:]), parent=ctx)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path → host path of the service's bind mounts (named volumes skipped)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith(("./", "/")):
+            out[target] = ROOT / source
+    return out
+
+
+def test_services(compose: dict[str, Any]) -> None:
+    assert set(services(compose)) == {"kafka", *WORKERS, "prometheus", "alertmanager"}
+    for name, service in services(compose).items():
+        assert "healthcheck" in service, f"{name} has no health check"
+        assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
+
+
+def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
+    for name, service in services(compose).items():
+        for target, host in mounts(service).items():
+            assert host.exists(), f"{name}: {host} (mounted at {target}) does not exist"
+        build = service.get("build")
+        if build is not None:
+            context = ROOT / (build if isinstance(build, str) else build["context"])
+            assert (context / "Dockerfile").exists(), name
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY "):
+            *sources, _dest = line.split()[1:]
+            for source in sources:
+                assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_kafka_runs_in_kraft_mode(compose: dict[str, Any]) -> None:
+    env = services(compose)["kafka"]["environment"]
+    assert "broker" in env["KAFKA_PROCESS_ROLES"]
+    assert "controller" in env["KAFKA_PROCESS_ROLES"]
+    assert "ZOOKEEPER" not in " ".join(env)
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_worker_command_is_a_valid_run_invocation(compose: dict[str, Any], worker: str) -> None:
+    service = services(compose)[worker]
+    ctx = parse_run(service["command"])
+    assert ctx.command.name == "run"
+    params = ctx.params
+    # The broker is the address Kafka advertises, on the command line and in the environment.
+    assert params["bootstrap"] == "kafka:9092"
+    assert service["environment"]["DRIFTSWITCH_BROKER"] == "kafka:9092"
+    assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+    # The HTTP API must listen beyond loopback inside the container, or Prometheus cannot scrape.
+    assert params["web_host"] == "0.0.0.0"
+    # The config file is mounted, exists on the host and is valid, hooks and all.
+    host_config = mounts(service)[params["config_path"]]
+    config = load_config(host_config)
+    env = {k: str(v) for k, v in service["environment"].items()}
+    resolve_hooks(config, dict.fromkeys(env, "set"))  # every secret_env is passed
+    # Health check and published port use the worker's web port.
+    assert f":{params['web_port']}/healthz" in " ".join(service["healthcheck"]["test"])
+    published = [p.rsplit(":", 1) for p in service["ports"]]
+    assert [container for _, container in published] == [str(params["web_port"])]
+
+
+def test_workers_share_one_group_and_publish_distinct_host_ports(compose: dict[str, Any]) -> None:
+    contexts = [parse_run(services(compose)[w]["command"]) for w in WORKERS]
+    assert len({c.params["group"] for c in contexts}) == 1
+    host_ports = [services(compose)[w]["ports"][0].rsplit(":", 1)[0] for w in WORKERS]
+    assert len(set(host_ports)) == len(host_ports)
+
+
+def test_environment_names_are_known_to_the_code(compose: dict[str, Any]) -> None:
+    source = "\n".join(p.read_text() for p in (ROOT / "streams").glob("*.py"))
+    docs = DOCS.read_text()
+    for worker in WORKERS:
+        env = services(compose)[worker]["environment"]
+        for name in env:
+            if name.startswith("DRIFTSWITCH_"):
+                assert name in source or name.startswith("DRIFTSWITCH_TOPIC_"), name
+                assert name in docs, f"{name} is not documented in docs/operations.md"
+        topics = Topics.from_env({k: str(v) for k, v in env.items()})
+        assert topics.predictions.partitions == int(env["DRIFTSWITCH_TOPIC_PARTITIONS"])
+
+
+def test_prometheus_scrapes_the_workers_and_loads_the_rules(compose: dict[str, Any]) -> None:
+    prom = yaml.safe_load(PROMETHEUS.read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "driftswitch")
+    assert job["metrics_path"] == "/metrics"
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    expected = {
+        f"{w}:{parse_run(services(compose)[w]['command']).params['web_port']}" for w in WORKERS
+    }
+    assert targets == expected
+    service = services(compose)["prometheus"]
+    config_flag = next(a for a in service["command"] if a.startswith("--config.file="))
+    config_in_container = config_flag.split("=", 1)[1]
+    assert mounts(service)[config_in_container] == PROMETHEUS
+    container_dir = Path(config_in_container).parent
+    for rule_file in prom["rule_files"]:
+        assert (PROMETHEUS.parent / rule_file).exists()
+        assert str(container_dir / rule_file) in mounts(service), rule_file
+    am_targets = {
+        t
+        for am in prom["alerting"]["alertmanagers"]
+        for sc in am["static_configs"]
+        for t in sc["targets"]
+    }
+    am_ports = {p.rsplit(":", 1)[1] for p in services(compose)["alertmanager"]["ports"]}
+    assert am_targets == {f"alertmanager:{port}" for port in am_ports}
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is missing: apt-get install -y prometheus"
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_config_routes_to_a_defined_receiver(compose: dict[str, Any]) -> None:
+    service = services(compose)["alertmanager"]
+    config_flag = next(a for a in service["command"] if a.startswith("--config.file="))
+    am = yaml.safe_load(mounts(service)[config_flag.split("=", 1)[1]].read_text())
+    assert am["route"]["receiver"] in {r["name"] for r in am["receivers"]}
+
+
+def test_a_bad_command_would_be_caught() -> None:
+    """The parse is real: a misspelt option fails."""
+    with pytest.raises(click.UsageError, match="--web-prot"):
+        parse_run(["driftswitch", "run", "--config", "x.yaml", "--web-prot", "1"])
+    assert re.search(r"driftswitch", COMPOSE.read_text())
