@@ -1,0 +1,247 @@
+"""Engine: a degrading candidate gets killed with the right cause; decisions do not depend on
+batch boundaries or on a restart through to_state/from_state; bad input is rejected, not raised."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driftswitch.streams.config import Config, parse_config
+from driftswitch.streams.engine import Engine, Event, Result
+from driftswitch.streams.events import (
+    Action,
+    AlertEvent,
+    CauseKind,
+    FlagChangeEvent,
+    OutcomeEvent,
+    PredictionEvent,
+    VariantState,
+)
+from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate
+
+GUARDRAILS = """\
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
+        min_samples: 100
+        action: kill
+      - name: candidate-vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential, alpha: 0.05}
+        action: warn
+      - name: candidate-latency
+        variant: candidate
+        metric: latency_ms
+        detector: {kind: cusum_mean, shift: 1.0, warmup: 50, arl0: 1000}
+        action: hold
+      - name: shadow-errors
+        variant: shadow
+        metric: error_rate
+        detector: {kind: glr, min_drop: 0.05, baseline: 0.98, arl0: 1000}
+        action: kill
+"""
+
+SCENARIO = Scenario(
+    variants=(
+        VariantSpec("control", weight=50, accuracy=0.9),
+        VariantSpec("candidate", weight=50, accuracy=0.9, accuracy_after=0.7),
+        VariantSpec("shadow", accuracy=0.85, error_rate=0.02, shadow=True),
+    ),
+    requests=2000,
+    change_at=600,
+    rate=50.0,
+    label_delay=3.0,
+    label_fraction=0.95,
+    seed=11,
+)
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return parse_config(config_yaml(SCENARIO, GUARDRAILS))
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    return list(simulate(SCENARIO))
+
+
+def _outputs(results: Sequence[tuple[int, Result]]) -> list[tuple[int, dict[str, Any]]]:
+    return [
+        (offset + e.index, e.event.model_dump(mode="json"))
+        for offset, r in results
+        for e in r.outputs
+    ]
+
+
+def _run(
+    config: Config, events: list[Event], cuts: Sequence[int], restart: bool
+) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+    engine = Engine(config)
+    bounds = [0, *sorted(set(cuts)), len(events)]
+    results = []
+    for lo, hi in itertools.pairwise(bounds):
+        results.append((lo, engine.process(events[lo:hi])))
+        if restart:
+            engine = Engine.from_state(config, json.loads(json.dumps(engine.to_state())))
+    return _outputs(results), json.loads(json.dumps(engine.to_state()))
+
+
+def test_a_degrading_candidate_is_killed_with_the_evidence(
+    config: Config, events: list[Event]
+) -> None:
+    engine = Engine(config)
+    result = engine.process(events)
+    assert result.rejections == []
+    kills = [
+        e
+        for e in result.outputs
+        if isinstance(e.event, FlagChangeEvent)
+        and e.event.cause.action is Action.KILL
+        and e.event.cause.variant == "candidate"
+    ]
+    assert len(kills) == 1
+    kill = kills[0]
+    event = kill.event
+    assert isinstance(event, FlagChangeEvent)
+    trigger = events[kill.index]
+    assert isinstance(trigger, OutcomeEvent)  # a label decided it
+    assert event.ts == trigger.ts
+    assert event.ts > SCENARIO.start_ts + SCENARIO.change_at / SCENARIO.rate  # after the change
+    cause = event.cause
+    assert (cause.kind, cause.guardrail, cause.metric, cause.detector) == (
+        CauseKind.DETECTOR,
+        "candidate-accuracy",
+        "accuracy",
+        "cusum",
+    )
+    assert cause.statistic is not None
+    assert cause.threshold is not None
+    assert cause.statistic >= cause.threshold
+    assert cause.samples["candidate"] >= 100
+    assert cause.window is not None
+    assert cause.window["last_ts"] == trigger.ts
+    assert event.variants["candidate"] == VariantState(weight=0, killed=True, value="candidate")
+    assert event.variants["control"].weight == 100
+    assert engine.state("ranker") == event or engine.state("ranker").version > event.version
+    # The exact, seeded decision (recomputed whenever the simulator or the detector changes).
+    assert (kill.index, cause.samples) == (3123, {"candidate": 371})
+
+
+def test_the_comparison_against_control_warns_with_its_interval(
+    config: Config, events: list[Event]
+) -> None:
+    result = Engine(config).process(events)
+    alerts = [e.event for e in result.outputs if isinstance(e.event, AlertEvent)]
+    assert [a.guardrail for a in alerts] == ["candidate-vs-control"]
+    interval = alerts[0].cause.interval
+    assert interval is not None
+    assert interval[1] < 0
+    assert set(alerts[0].cause.samples) == {"candidate", "control"}
+
+
+@settings(max_examples=20, deadline=None)
+@given(cuts=st.lists(st.integers(0, 4 * SCENARIO.requests), max_size=4))
+def test_restart_and_batch_boundaries_change_nothing(
+    config: Config, events: list[Event], cuts: list[int]
+) -> None:
+    expected = _run(config, events, [], restart=False)
+    assert _run(config, events, cuts, restart=True) == expected
+    assert _run(config, events, cuts, restart=False) == expected
+
+
+def test_tiny_batches_decide_like_one_batch(config: Config, events: list[Event]) -> None:
+    every_7 = list(range(7, len(events), 7))
+    assert _run(config, events, every_7, restart=False) == _run(config, events, [], False)
+
+
+def _flag(engine: Engine) -> Any:
+    snap: Any = engine.snapshot()
+    return snap["flags"]["ranker"]
+
+
+def _prediction(rid: str, flag: str = "ranker", variant: str = "control", **kw: Any) -> Event:
+    return PredictionEvent(
+        request_id=rid,
+        flag=flag,
+        variant=variant,
+        ts=kw.pop("ts", 1.0),
+        prediction="relevant",
+        **kw,
+    )
+
+
+def test_unknown_flags_variants_and_duplicates_are_rejected_with_reasons(
+    config: Config,
+) -> None:
+    engine = Engine(config)
+    result = engine.process(
+        [
+            _prediction("a"),
+            _prediction("b", flag="search"),
+            _prediction("c", variant="champion"),
+            OutcomeEvent(request_id="d", ts=1.0, label="x", flag="search"),
+            OutcomeEvent(request_id="e", ts=1.0, label="x", flag="ranker", variant="nope"),
+            _prediction("a"),
+            OutcomeEvent(request_id="a", ts=2.0, label="relevant"),
+            OutcomeEvent(request_id="a", ts=2.0, label="relevant"),
+        ],
+        positions=[f"off-{i}" for i in range(8)],
+    )
+    assert [(r.index, r.reason, r.position) for r in result.rejections] == [
+        (1, "unknown_flag", "off-1"),
+        (2, "unknown_variant", "off-2"),
+        (3, "unknown_flag", "off-3"),
+        (4, "unknown_variant", "off-4"),
+        (5, "duplicate", "off-5"),
+        (7, "duplicate", "off-7"),
+    ]
+    control = _flag(engine)["variants"]["control"]
+    assert (control["predictions"], control["joined"], control["accuracy"]) == (1, 1, 1.0)
+    assert engine.counters["duplicate"] == 2
+
+
+def test_min_samples_gates_decisions_and_shows_no_decision_yet(events: list[Event]) -> None:
+    strict = parse_config(
+        config_yaml(SCENARIO, GUARDRAILS.replace("min_samples: 100", "min_samples: 100000"))
+    )
+    engine = Engine(strict)
+    outputs = engine.process(events).outputs
+    assert not any(e.event.cause.guardrail == "candidate-accuracy" for e in outputs)
+    guardrail = _flag(engine)["guardrails"]["candidate-accuracy"]
+    assert guardrail["state"] == "no decision yet"
+
+
+def test_status_before_and_after(config: Config, events: list[Event]) -> None:
+    engine = Engine(config)
+    snap = _flag(engine)
+    assert {g["state"] for g in snap["guardrails"].values()} == {"no decision yet"}
+    engine.process(events)
+    snap = _flag(engine)
+    assert snap["guardrails"]["candidate-accuracy"]["state"] == "breached"
+    shadow = snap["variants"]["shadow"]
+    assert shadow["shadow"] is True
+    assert shadow["predictions"] == SCENARIO.requests
+    assert shadow["errors"] > 0
+    assert shadow["labelled"] > 0
+    assert snap["variants"]["candidate"]["killed"] is True
+
+
+def test_adopt_takes_only_newer_versions(config: Config) -> None:
+    engine = Engine(config)
+    current = engine.state("ranker")
+    manual = current.model_copy(update={"version": 5, "actor": "alice"})
+    assert engine.adopt(manual)
+    assert not engine.adopt(current)
+    assert not engine.adopt(manual.model_copy(update={"flag": "unknown"}))
+    assert engine.state("ranker").version == 5
+    assert [s.version for s in engine.initial_states()] == [1]
