@@ -150,9 +150,7 @@ def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
         worker.stop()
 
 
-def produce(
-    broker: EmbeddedBroker, topics: Topics, records: list[tuple[str, bytes, bytes]]
-) -> None:
+def produce(broker: EmbeddedBroker, records: list[tuple[str, bytes, bytes]]) -> None:
     """Produce ``(topic, key, value)`` records with confluent-kafka, in order, and flush."""
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
     for topic, key, value in records:
