@@ -69,9 +69,9 @@ def read_lines(
             number += 1
             if part.strip():
                 chunk.append((number, part))
-        if len(chunk) >= chunk_lines:
-            yield chunk
-            chunk = []
+                if len(chunk) >= chunk_lines:
+                    yield chunk
+                    chunk = []
     if tail.strip():
         chunk.append((number + 1, tail))
     if chunk:

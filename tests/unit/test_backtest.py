@@ -1,0 +1,105 @@
+"""``driftswitch backtest``: --json with at.line, the summary, bad lines, determinism."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+from click.testing import CliRunner
+
+from driftswitch.streams import backtest
+from driftswitch.streams.cli import main
+from driftswitch.streams.config import load_config
+from driftswitch.streams.events import FlagChangeEvent
+from driftswitch.streams.simulate import Scenario, simulate, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "examples" / "ranker.yaml"
+EVENTS = ROOT / "examples" / "ranker-drop.jsonl"
+
+
+def _json_records(output: str) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def test_the_example_kills_the_candidate_at_a_known_line() -> None:
+    result = CliRunner().invoke(main, ["backtest", "--config", str(CONFIG), str(EVENTS), "--json"])
+    assert result.exit_code == 0, result.output
+    records = _json_records(result.stdout)
+    assert [r["at"] for r in records] == [{"line": 5327}]
+    change = FlagChangeEvent.model_validate({k: v for k, v in records[0].items() if k != "at"})
+    assert (change.version, change.cause.action.value, change.cause.guardrail) == (
+        2,
+        "kill",
+        "candidate-accuracy",
+    )
+    assert change.variants["candidate"].killed
+    assert change.variants["control"].weight == 100
+    assert change.cause.samples == {"candidate": 276}
+    # The line that triggered it is the candidate outcome that made the evidence sufficient.
+    line = EVENTS.read_bytes().splitlines()[5327 - 1]
+    assert orjson.loads(line)["ts"] == change.ts
+
+
+def test_summary_shows_changes_causes_and_variants() -> None:
+    result = CliRunner().invoke(main, ["backtest", "--config", str(CONFIG), str(EVENTS)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "8000 events from 8000 lines, 0 skipped, 1 flag changes/alerts" in out
+    assert "flag ranker — version 2" in out
+    assert "line 5327: candidate-accuracy: accuracy of candidate breached" in out
+    assert "killed, weight 10 to control" in out
+    for word in ("control", "candidate", "breached", "cusum"):
+        assert word in out
+
+
+def test_bad_lines_are_reported_with_their_number_and_skipped(tmp_path: Path) -> None:
+    lines = EVENTS.read_bytes().splitlines()
+    garbage = [
+        b"{oops",
+        b'{"kind": "prediction", "request_id": "x", "flag": "nope", "variant": "a", '
+        b'"ts": 1767225601, "prediction": 1}',
+        b"",
+        b'{"kind": "outcome"}',
+    ]
+    mixed = [*lines[:100], *garbage, *lines[100:]]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(mixed) + b"\n")
+    result = CliRunner().invoke(main, ["backtest", "--config", str(CONFIG), str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    errors = result.stderr.splitlines()
+    assert [e.split(": ")[0:2] for e in errors] == [
+        [f"{path}:101", "malformed_json"],
+        [f"{path}:102", "unknown_flag"],
+        [f"{path}:104", "schema"],
+    ]
+    # The garbage changed no decision: the same kill, four lines later in the file.
+    assert [r["at"] for r in _json_records(result.stdout)] == [{"line": 5327 + 4}]
+
+
+def test_a_bad_config_exits_2_with_its_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("flags: {}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["backtest", "--config", str(bad), str(EVENTS)])
+    assert result.exit_code == 2
+    assert "bad.yaml" in result.stderr
+
+
+def test_chunk_size_does_not_change_the_result(tmp_path: Path) -> None:
+    scenario = Scenario(requests=3000, change_at=1000, seed=2)
+    path = tmp_path / "events.jsonl"
+    write_jsonl(simulate(scenario), path)
+    config = load_config(CONFIG)
+    runs = [backtest.run(config, path, chunk_lines=n) for n in (1, 97, 100_000)]
+    dumps = [[(line, o.model_dump(mode="json")) for line, o in r.outputs] for r in runs]
+    assert dumps[0]
+    assert dumps[0] == dumps[1] == dumps[2]
+    assert runs[0].engine.to_state() == runs[2].engine.to_state()
+
+
+def test_read_lines_numbers_lines_across_reads() -> None:
+    data = b"a\n\nb\nc"
+    chunks = list(backtest.read_lines(io.BytesIO(data), chunk_lines=2))
+    assert [n for chunk in chunks for n, _ in chunk] == [1, 3, 4]
+    assert [t for chunk in chunks for _, t in chunk] == [b"a", b"b", b"c"]

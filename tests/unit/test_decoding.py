@@ -1,0 +1,147 @@
+"""The bulk decoder agrees with ``decode_line`` (the pydantic models) on valid and invalid input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driftswitch.streams.decoding import decode_events
+from driftswitch.streams.errors import EventError
+from driftswitch.streams.events import MAX_EVENT_BYTES, decode_line, encode
+from driftswitch.streams.simulate import Scenario, simulate
+
+
+def _reference(line: bytes | str) -> Any:
+    try:
+        return decode_line(line)
+    except EventError as exc:
+        return exc
+
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, EventError):
+        return isinstance(got, EventError) and (got.reason, got.detail) == (
+            want.reason,
+            want.detail,
+        )
+    return (
+        type(got) is type(want)
+        and got == want
+        and got.model_fields_set == want.model_fields_set
+        and got.model_dump() == want.model_dump()
+    )
+
+
+def _agrees(lines: list[bytes | str]) -> None:
+    got = decode_events(lines)
+    want = [_reference(line) for line in lines]
+    assert len(got) == len(want)
+    for line, g, w in zip(lines, got, want, strict=True):
+        assert _same(g, w), (line, g, w)
+
+
+VALID = [encode(e) for e in simulate(Scenario(requests=200, seed=5))]
+INVALID: list[bytes | str] = [
+    b"{not json",
+    b"[1, 2]",
+    b"42",
+    b'{"kind": "prediction"}',
+    b'{"kind": "alert", "request_id": "r", "ts": 1}',
+    b'{"request_id": "r", "ts": 1, "label": 1}',  # no kind
+    b'{"kind": "outcome", "request_id": "r", "ts": 1, "label": {"x": 1}}',
+    b'{"kind": "outcome", "request_id": "", "ts": 1, "label": 1}',
+    b'{"kind": "outcome", "request_id": "r", "ts": 1767225600000, "label": 1}',  # milliseconds
+    b'{"kind": "outcome", "request_id": "r", "ts": -1, "label": 1}',
+    b'{"kind": "outcome", "request_id": "r", "ts": 1, "label": 1, "extra": 2}',
+    b'{"kind": "prediction", "request_id": "r", "flag": "bad flag", "variant": "v", "ts": 1,'
+    b' "prediction": 1}',
+    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": 1,'
+    b' "prediction": 1, "latency_ms": -3}',
+    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": 1,'
+    b' "prediction": 1, "features": {"a": "x"}}',
+    b'{"kind": "outcome", "request_id": "r", "ts": 1, "label": 1, "pad": "'
+    + b"x" * MAX_EVENT_BYTES
+    + b'"}',
+]
+# Lax values pydantic accepts and converts: the bulk path must convert them identically.
+LAX = [
+    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": "1",'
+    b' "prediction": 1}',
+    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": 1,'
+    b' "prediction": 1, "served": "no"}',
+    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": 1,'
+    b' "prediction": true, "served": false, "score": 1, "features": {"a": 2}}',
+    b'{"kind": "outcome", "request_id": "r", "ts": 5, "label": "x", "flag": "f"}',
+    '{"kind": "outcome", "request_id": "ré", "ts": 5.5, "label": 2.5}',
+]
+
+
+def test_valid_events_decode_identically() -> None:
+    _agrees(list(VALID))
+
+
+def test_each_invalid_line_gets_the_same_reason_and_detail() -> None:
+    for line in INVALID:
+        _agrees([line])
+
+
+def test_a_bad_line_in_a_chunk_leaves_the_others_decoded() -> None:
+    lines: list[bytes | str] = [*VALID[:50], *INVALID, *VALID[50:100], *LAX]
+    _agrees(lines)
+    got = decode_events(lines)
+    assert sum(isinstance(g, EventError) for g in got) == len(INVALID)
+
+
+def test_lax_values_convert_the_same_way() -> None:
+    _agrees(list(LAX))
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2 * 10**11),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+    st.sampled_from(["f", "candidate", "x y", "r1"]),
+    st.dictionaries(st.text(max_size=3), st.one_of(st.integers(), st.text(max_size=3)), max_size=2),
+)
+_fields = st.sampled_from(
+    [
+        "request_id",
+        "flag",
+        "variant",
+        "ts",
+        "prediction",
+        "label",
+        "score",
+        "latency_ms",
+        "error",
+        "served",
+        "subject",
+        "features",
+        "attributes",
+        "kind",
+        "unknown",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["prediction", "outcome"]),
+    base=st.integers(0, len(VALID) - 1),
+    changes=st.dictionaries(_fields, _values, max_size=3),
+    drop=st.lists(_fields, max_size=2),
+)
+def test_mutated_events_agree(
+    kind: str, base: int, changes: dict[str, Any], drop: list[str]
+) -> None:
+    doc = orjson.loads(VALID[base])
+    doc["kind"] = kind
+    doc.update(changes)
+    for name in drop:
+        doc.pop(name, None)
+    _agrees([orjson.dumps(doc), VALID[0]])
