@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from driftswitch.streams import decoding
 from driftswitch.streams.decoding import decode_events
 from driftswitch.streams.errors import EventError
 from driftswitch.streams.events import MAX_EVENT_BYTES, decode_line, encode
@@ -106,7 +108,11 @@ _values = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=5),
     st.sampled_from(["f", "candidate", "x y", "r1"]),
-    st.dictionaries(st.text(max_size=3), st.one_of(st.integers(), st.text(max_size=3)), max_size=2),
+    st.dictionaries(
+        st.text(max_size=3),
+        st.one_of(st.integers(-(10**6), 10**6), st.text(max_size=3)),
+        max_size=2,
+    ),
 )
 _fields = st.sampled_from(
     [
@@ -145,3 +151,11 @@ def test_mutated_events_agree(
     for name in drop:
         doc.pop(name, None)
     _agrees([orjson.dumps(doc), VALID[0]])
+
+
+def test_canonical_events_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(line: bytes | str) -> Any:
+        raise AssertionError(f"slow path used for {line!r}")
+
+    monkeypatch.setattr(decoding, "decode_line", refuse)
+    assert all(not isinstance(e, EventError) for e in decoding.decode_events(VALID))
