@@ -29,8 +29,10 @@ Receivers recompute the HMAC over the raw body, compare in constant time and rej
 more than a tolerance (:data:`DEFAULT_TOLERANCE_S`, 5 minutes) away from their clock, which
 stops replays of captured requests; :func:`verify_signature` does all three. To rotate a secret,
 a receiver may accept several ``v1=`` values separated by commas. ``X-Driftswitch-Delivery``
-identifies the event (``<flag>/v<version>``), so a receiver can drop duplicates: delivery is
-at-least-once (a worker restart replays its last undelivered changes).
+identifies the event (``<flag>/v<version>``), so a receiver can drop duplicates: a receiver
+that answers too slowly is retried after it has already acted, and a ``warn`` alert decided
+again in a worker's replay after a crash is sent again. Queues live in memory: deliveries still
+queued when a worker is killed are lost (the flags topic stays the complete audit record).
 
 Delivery. :class:`HookDispatcher.submit` never blocks and never raises: it puts the event on a
 bounded queue per (hook, flag), each drained by its own asyncio task, so deliveries for one flag
