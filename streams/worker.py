@@ -214,6 +214,9 @@ class Worker:
             self.role = "stopped"
             if self._lease_poller is not None:
                 self._lease_poller.cancel()
+            if self.hooks is not None:
+                # Deliver or dead-letter what is queued while the producer is still up.
+                await self.hooks.close()
             for client in (self._consumer, self._lease, self._producer):
                 if client is not None:
                     with contextlib.suppress(Exception):
