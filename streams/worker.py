@@ -416,7 +416,10 @@ class Worker:
         have = self.flags.get(event.flag)
         if have is not None and have.version >= event.version:
             log.info(
-                "flag %s v%d already published; not published again", event.flag, event.version
+                "flag %s v%d already published; not published again",
+                event.flag,
+                event.version,
+                extra=decision_context(event),
             )
             return
         headers = [(HEADER_SOURCE, source.encode())] if source else None
