@@ -30,9 +30,10 @@ Tansu is a development broker; production points ``--broker`` at real Kafka. Wha
   7 / 18 ms at 20 ms. Latency-sensitive consumers (flag state, reaction time) set it low.
 - ``getmany`` batches well: 50,000 buffered 150-byte records came in 2 calls (about 234k
   records/s) without ``max_records``, in full 1,000-record batches with it.
-- Consumer groups work with aiokafka and librdkafka: join, commit, ``committed()``, resuming
-  from committed offsets after a restart, and a rebalance that splits 4 partitions 2/2 between
-  two members and gives a leaver's partitions back. But a join completes only after about half
+- Consumer groups work with aiokafka: join, commit, ``committed()``, resuming from committed
+  offsets after a restart, and a rebalance that splits 4 partitions 2/2 between two members
+  and gives a leaver's partitions back; librdkafka joins and consumes in a group too. But a
+  join completes only after about half
   the session timeout (aiokafka, 10 s: 5 s; librdkafka's default 45 s: 23 s), so tests use
   short session timeouts. A member that leaves while the group rebalances after another
   member's leave leaves the group stuck: no later member was assigned anything within 2 min.

@@ -87,17 +87,12 @@ def _name(prefix: str, role: str) -> str:
 
 
 def _default(role: str) -> TopicSpec:
-    return _defaults(DEFAULT_PREFIX, DEFAULT_PARTITIONS, 1)[role]
+    return _defaults(DEFAULT_PREFIX, DEFAULT_PARTITIONS)[role]
 
 
-def _defaults(prefix: str, partitions: int, replication_factor: int) -> dict[str, TopicSpec]:
+def _defaults(prefix: str, partitions: int) -> dict[str, TopicSpec]:
     def spec(role: str, n: int, config: Mapping[str, str] | None = None) -> TopicSpec:
-        return TopicSpec(
-            name=_name(prefix, role),
-            partitions=n,
-            replication_factor=replication_factor,
-            config=dict(config or {}),
-        )
+        return TopicSpec(name=_name(prefix, role), partitions=n, config=dict(config or {}))
 
     return {
         # Keyed by request_id: equal partition counts put a prediction and its outcome together.
@@ -162,13 +157,17 @@ class Topics(BaseModel):
         names: Mapping[str, str] | None = None,
     ) -> Self:
         """Topics named ``<prefix>.<role>.v1``; ``names`` overrides single roles' full names."""
-        specs = _defaults(prefix, partitions, replication_factor)
-        for role, name in (names or {}).items():
-            if role not in specs:
-                raise TopicError(f"unknown topic role {role!r}; known roles: {', '.join(ROLES)}")
-            specs[role] = specs[role].model_copy(update={"name": name})
+        unknown = sorted(set(names or {}) - set(ROLES))
+        if unknown:
+            raise TopicError(f"unknown topic role {unknown[0]!r}; known roles: {', '.join(ROLES)}")
         try:
-            return cls.model_validate({role: spec.model_dump() for role, spec in specs.items()})
+            specs = {
+                role: spec.model_dump() for role, spec in _defaults(prefix, partitions).items()
+            }
+            for role, spec in specs.items():
+                spec["replication_factor"] = replication_factor
+                spec["name"] = (names or {}).get(role, spec["name"])
+            return cls.model_validate(specs)
         except ValidationError as err:
             raise TopicError(f"invalid topic settings: {err}") from err
 

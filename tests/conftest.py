@@ -80,6 +80,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     message = f"Tansu broker process(es) outlived the test run (now killed): pids {leaked}"
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_line(f"ERROR: {message}", red=True, bold=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
