@@ -22,6 +22,9 @@ from confluent_kafka import Consumer, Producer
 from driftswitch.streams.broker import BrokerError, EmbeddedBroker
 from driftswitch.streams.topics import ROLES, Topics, TopicSpec, ensure_topics
 
+# Every test here starts a Tansu broker (the session's or its own).
+pytestmark = pytest.mark.broker
+
 Record = tuple[bytes, bytes]
 
 
