@@ -222,12 +222,16 @@ async def ensure_topics(
     Raises :class:`TopicError` when the broker refuses a topic or it has no leader in time.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError
 
     specs = list(topics.specs() if isinstance(topics, Topics) else topics)
     wanted = {spec.name: spec for spec in specs}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     try:
-        await admin.start()
+        try:
+            await admin.start()
+        except KafkaError as err:
+            raise TopicError(f"cannot reach Kafka at {bootstrap}: {err}") from err
         existing = set(await admin.list_topics())
         missing = [spec for name, spec in wanted.items() if name not in existing]
         created: list[str] = []

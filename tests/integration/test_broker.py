@@ -19,8 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from confluent_kafka import Consumer, Producer
 
-from driftswitch.streams.broker import BrokerError, EmbeddedBroker
-from driftswitch.streams.topics import ROLES, Topics, TopicSpec, ensure_topics
+from driftswitch.streams.broker import BrokerError, EmbeddedBroker, free_port
+from driftswitch.streams.topics import ROLES, TopicError, Topics, TopicSpec, ensure_topics
 
 # Every test here starts a Tansu broker (the session's or its own).
 pytestmark = pytest.mark.broker
@@ -341,3 +341,9 @@ def test_cli_broker_serves_and_exits_cleanly(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_ensure_topics_without_a_broker_is_a_clear_error() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(TopicError, match=f"cannot reach Kafka at {address}"):
+        asyncio.run(ensure_topics(address, Topics()))
