@@ -1,16 +1,17 @@
 """The contract every driftswitch detector satisfies.
 
-The shape follows river's ``DriftDetector``: ``update(x)`` feeds one observation and the read-only
-``drift_detected`` is edge-triggered (true only right after the update that raised the alarm). On top
-of that a decision needs the current ``statistic``, the ``threshold`` it is compared against, the
-number of observations seen (``n``) and a plain-data ``explain()`` for the flag change's evidence.
+The shape follows river's ``DriftDetector``: ``update(x)`` feeds one observation and the
+read-only ``drift_detected`` is edge-triggered (true only right after the update that raised the
+alarm). On top of that a decision needs the current ``statistic``, the ``threshold`` it is
+compared against, the number of observations seen (``n``) and a plain-data ``explain()`` for the
+flag change's evidence.
 
 Every detector serialises to plain JSON-compatible data (``to_state``) and restores with
 ``from_state`` into an object that continues exactly as the original would have.
 
-Observations always mean the same thing: for Bernoulli metrics ``x = 1`` is an *error* (a wrong
-prediction) and ``x = 0`` a correct one; for continuous metrics ``x`` is the value that gets worse as
-it grows (latency, absolute error).
+Observations always mean the same thing: for Bernoulli metrics ``x = 1`` is an *error* (a
+wrong prediction) and ``x = 0`` a correct one; for continuous metrics ``x`` is the value that gets
+worse as it grows (latency, absolute error).
 """
 
 from __future__ import annotations
