@@ -34,8 +34,9 @@ Tansu is a development broker; production points ``--broker`` at real Kafka. Wha
   offsets after a restart, and a rebalance that splits 4 partitions 2/2 between two members
   and gives a leaver's partitions back; librdkafka joins and consumes in a group too. But a
   join completes only after about half the session timeout (aiokafka, 10 s: 5 s;
-  librdkafka's default 45 s: 23 s), so tests use short session timeouts. A member that leaves while the group rebalances after another
-  member's leave leaves the group stuck: no later member was assigned anything within 2 min.
+  librdkafka's default 45 s: 23 s), so tests use short session timeouts. A member that
+  leaves while the group rebalances after another member's leave leaves the group stuck: no
+  later member was assigned anything within 2 min.
   Stop members one at a time (or use a fresh group id). The admin client's
   ``list_consumer_group_offsets`` fails (Tansu closes the connection); use the consumer's
   ``committed()``.
