@@ -202,5 +202,5 @@ def decode_events(lines: Iterable[bytes | str]) -> list[Event | EventError]:
         try:
             append(decode_event(line))
         except EventError as exc:
-            append(exc)
+            append(exc.with_traceback(None))  # keep no frames alive through the list
     return out

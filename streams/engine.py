@@ -55,6 +55,7 @@ from driftswitch.streams.scoring import (
     PredictionReader,
     label_value,
     prediction_reader,
+    same_label,
     score_pair,
 )
 
@@ -284,18 +285,31 @@ class Engine:
         """Score a completed join and queue the label metrics' observations."""
         st = v.stats
         st.joined += 1
-        score = score_pair(f.task, prediction, label, errored=errored, positive_label=f.positive)
-        if score.correct is not None:
-            st.add_correct(score.correct)
-            if score.predicted_positive is not None:
-                if score.predicted_positive:
-                    if score.actual_positive:
+        if errored:
+            return  # a failed inference made no prediction to compare (scoring.score_pair)
+        if f.task == "classification":
+            # Hot path: scoring.same_label inlined (a bool only equals a bool).
+            correct = (type(prediction) is bool) is (type(label) is bool) and prediction == label
+            st.add_correct(correct)
+            positive = f.positive
+            if positive is not None:
+                predicted = same_label(prediction, positive)
+                actual = same_label(label, positive)
+                if predicted:
+                    if actual:
                         st.tp += 1
                     else:
                         st.fp += 1
-                elif score.actual_positive:
+                elif actual:
                     st.fn += 1
-        elif score.abs_error is not None:
+            if v.label_monitors:
+                x = 0.0 if correct else 1.0
+                for mon, metric, arm in v.label_monitors:
+                    if metric is Metric.ACCURACY:  # regression errors need numbers
+                        mon.pending.append((arm, x, index, ts))
+            return
+        score = score_pair(f.task, prediction, label)
+        if score.abs_error is not None:
             st.regression_n += 1
             st.abs_error_sum += score.abs_error
             st.squared_error_sum += score.abs_error * score.abs_error
