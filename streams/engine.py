@@ -314,9 +314,9 @@ class Engine:
             st.abs_error_sum += score.abs_error
             st.squared_error_sum += score.abs_error * score.abs_error
         for mon, metric, arm in v.label_monitors:
-            x = label_value(metric, score)
-            if x is not None:
-                mon.pending.append((arm, x, index, ts))
+            value = label_value(metric, score)
+            if value is not None:
+                mon.pending.append((arm, value, index, ts))
 
     def _decide(self) -> list[Emitted]:
         """Flush the monitors and apply the policy to their breaches in arrival order."""
