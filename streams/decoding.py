@@ -41,6 +41,21 @@ _TS_LIMIT = 1e11
 _M = TypeVar("_M", bound=BaseModel)
 _new = object.__new__
 _set = object.__setattr__
+#: Names already checked against ``NAME_PATTERN`` (flags and variants repeat on every event);
+#: bounded so that hostile input cannot grow it without limit.
+_GOOD_NAMES: dict[str, bool] = {}
+_MAX_GOOD_NAMES = 4096
+
+
+def _good_name(name: object) -> bool:
+    if type(name) is not str:
+        return False
+    known = _GOOD_NAMES.get(name)
+    if known is None:
+        known = _NAME(name) is not None
+        if len(_GOOD_NAMES) < _MAX_GOOD_NAMES:
+            _GOOD_NAMES[name] = known
+    return known
 
 
 def _build(cls: type[_M], values: dict[str, Any], given: set[str]) -> _M:
@@ -79,11 +94,9 @@ def _prediction(obj: dict[str, Any]) -> PredictionEvent | None:
     if (
         type(rid) is not str
         or not 0 < len(rid) <= 256
-        or type(flag) is not str
-        or _NAME(flag) is None
-        or type(variant) is not str
-        or _NAME(variant) is None
-        or not _is_float(ts)
+        or not _good_name(flag)
+        or not _good_name(variant)
+        or (type(ts) is not float and type(ts) is not int)
         or not 0 <= ts < _TS_LIMIT
         or not _is_label(prediction)
     ):
@@ -156,11 +169,11 @@ def _outcome(obj: dict[str, Any]) -> OutcomeEvent | None:
     if (
         type(rid) is not str
         or not 0 < len(rid) <= 256
-        or not _is_float(ts)
+        or (type(ts) is not float and type(ts) is not int)
         or not 0 <= ts < _TS_LIMIT
         or not _is_label(label)
-        or (flag is not None and (type(flag) is not str or _NAME(flag) is None))
-        or (variant is not None and (type(variant) is not str or _NAME(variant) is None))
+        or (flag is not None and not _good_name(flag))
+        or (variant is not None and not _good_name(variant))
     ):
         return None
     values = {
