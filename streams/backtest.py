@@ -55,11 +55,12 @@ class Backtest:
 
 def read_lines(
     stream: BinaryIO, chunk_lines: int = CHUNK_LINES
-) -> Iterator[list[tuple[int, bytes]]]:
-    """Chunks of ``(line number, line)``, skipping blank lines; reads megabytes at a time."""
+) -> Iterator[tuple[list[int], list[bytes]]]:
+    """Chunks of (1-based line numbers, lines), skipping blank lines; reads megabytes at once."""
     number = 0
     tail = b""
-    chunk: list[tuple[int, bytes]] = []
+    numbers: list[int] = []
+    lines: list[bytes] = []
     while True:
         data = stream.read(_READ_BYTES)
         if not data:
@@ -68,15 +69,17 @@ def read_lines(
         tail = parts.pop()
         for part in parts:
             number += 1
-            if part.strip():
-                chunk.append((number, part))
-                if len(chunk) >= chunk_lines:
-                    yield chunk
-                    chunk = []
-    if tail.strip():
-        chunk.append((number + 1, tail))
-    if chunk:
-        yield chunk
+            if part and not part.isspace():
+                numbers.append(number)
+                lines.append(part)
+                if len(lines) >= chunk_lines:
+                    yield numbers, lines
+                    numbers, lines = [], []
+    if tail and not tail.isspace():
+        numbers.append(number + 1)
+        lines.append(tail)
+    if lines:
+        yield numbers, lines
 
 
 def to_json_line(line: int, output: Output) -> bytes:
@@ -106,21 +109,21 @@ def run(config: Config, source: str | Path | BinaryIO, chunk_lines: int = CHUNK_
 def _run(config: Config, source: BinaryIO, chunk_lines: int) -> Backtest:
     result = Backtest(Engine(config))
     engine = result.engine
-    for chunk in read_lines(source, chunk_lines):
-        decoded = decode_events([text for _, text in chunk])
+    for numbers, lines in read_lines(source, chunk_lines):
+        decoded = decode_events(lines)
         events: list[Event] = []
-        numbers: list[int] = []
-        for (number, _), item in zip(chunk, decoded, strict=True):
+        positions: list[int] = []
+        for number, item in zip(numbers, decoded, strict=True):
             if isinstance(item, EventError):
                 result.bad_lines.append(BadLine(number, item.reason, item.detail))
             else:
                 events.append(item)
-                numbers.append(number)
-        out = engine.process(events, numbers)
+                positions.append(number)
+        out = engine.process(events, positions)
         result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
         result.outputs.extend((e.position, e.event) for e in out.outputs)
         result.events += len(events)
-        result.lines = chunk[-1][0]
+        result.lines = numbers[-1]
     result.bad_lines.sort(key=lambda b: b.line)
     return result
 

@@ -99,7 +99,6 @@ def test_chunk_size_does_not_change_the_result(tmp_path: Path) -> None:
 
 
 def test_read_lines_numbers_lines_across_reads() -> None:
-    data = b"a\n\nb\nc"
+    data = b"a\n \nb\nc"
     chunks = list(backtest.read_lines(io.BytesIO(data), chunk_lines=2))
-    assert [n for chunk in chunks for n, _ in chunk] == [1, 3, 4]
-    assert [t for chunk in chunks for _, t in chunk] == [b"a", b"b", b"c"]
+    assert chunks == [([1, 3], [b"a", b"b"]), ([4], [b"c"])]
