@@ -22,9 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from driftswitch.streams.config import Config
-from driftswitch.streams.decoding import decode_events
-from driftswitch.streams.engine import Engine, Event, Output
-from driftswitch.streams.errors import EventError
+from driftswitch.streams.decoding import decode_chunk
+from driftswitch.streams.engine import Engine, Output
 from driftswitch.streams.events import FlagChangeEvent
 
 #: Lines decoded and processed per engine batch.
@@ -110,15 +109,12 @@ def _run(config: Config, source: BinaryIO, chunk_lines: int) -> Backtest:
     result = Backtest(Engine(config))
     engine = result.engine
     for numbers, lines in read_lines(source, chunk_lines):
-        decoded = decode_events(lines)
-        events: list[Event] = []
-        positions: list[int] = []
-        for number, item in zip(numbers, decoded, strict=True):
-            if isinstance(item, EventError):
-                result.bad_lines.append(BadLine(number, item.reason, item.detail))
-            else:
-                events.append(item)
-                positions.append(number)
+        events, errors = decode_chunk(lines)
+        positions = numbers
+        if errors:
+            bad = {i for i, _ in errors}
+            positions = [n for i, n in enumerate(numbers) if i not in bad]
+            result.bad_lines.extend(BadLine(numbers[i], e.reason, e.detail) for i, e in errors)
         out = engine.process(events, positions)
         result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
         result.outputs.extend((e.position, e.event) for e in out.outputs)

@@ -15,7 +15,7 @@ and invalid input.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -217,3 +217,19 @@ def decode_events(lines: Iterable[bytes | str]) -> list[Event | EventError]:
         except EventError as exc:
             append(exc.with_traceback(None))  # keep no frames alive through the list
     return out
+
+
+def decode_chunk(lines: Sequence[bytes | str]) -> tuple[list[Event], list[tuple[int, EventError]]]:
+    """Decode many lines into the events (in order) and the rejected lines' ``(index, error)``.
+
+    The shape a batch consumer wants: the events go straight to ``Engine.process``.
+    """
+    events: list[Event] = []
+    errors: list[tuple[int, EventError]] = []
+    append = events.append
+    for i, line in enumerate(lines):
+        try:
+            append(decode_event(line))
+        except EventError as exc:
+            errors.append((i, exc.with_traceback(None)))
+    return events, errors

@@ -159,3 +159,10 @@ def test_canonical_events_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(decoding, "decode_line", refuse)
     assert all(not isinstance(e, EventError) for e in decoding.decode_events(VALID))
+
+
+def test_decode_chunk_splits_events_from_rejected_lines() -> None:
+    lines: list[bytes | str] = [VALID[0], INVALID[0], VALID[1], INVALID[3]]
+    events, errors = decoding.decode_chunk(lines)
+    assert events == [decode_line(VALID[0]), decode_line(VALID[1])]
+    assert [(i, e.reason) for i, e in errors] == [(1, "malformed_json"), (3, "schema")]
