@@ -226,6 +226,7 @@ def test_status_before_and_after(config: Config, events: list[Event]) -> None:
     snap = _flag(engine)
     assert {g["state"] for g in snap["guardrails"].values()} == {"no decision yet"}
     engine.process(events)
+    assert json.loads(json.dumps(engine.snapshot(), allow_nan=False)) == engine.snapshot()
     snap = _flag(engine)
     assert snap["guardrails"]["candidate-accuracy"]["state"] == "breached"
     shadow = snap["variants"]["shadow"]
