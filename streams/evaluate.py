@@ -442,10 +442,11 @@ class Monitor:
             return BREACHED
         if self.samples[1] < self.guardrail.min_samples:
             return NO_DECISION
-        if self.two_sample and not getattr(self.detector, "decided", True):
-            return NO_DECISION
-        if finite(self.detector.threshold) is None:
-            return NO_DECISION  # e.g. a CUSUM still learning its baseline
+        det = self.detector
+        if self.two_sample and not getattr(det, "decided", True):
+            return NO_DECISION  # an arm below the detector's own minimum
+        if not getattr(det, "calibrated", True) or not getattr(det, "reference_ready", True):
+            return NO_DECISION  # a CUSUM learning its baseline, a reference window filling up
         return OK
 
     def summary(self) -> dict[str, JSON]:

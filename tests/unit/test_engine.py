@@ -246,3 +246,29 @@ def test_adopt_takes_only_newer_versions(config: Config) -> None:
     assert not engine.adopt(manual.model_copy(update={"flag": "unknown"}))
     assert engine.state("ranker").version == 5
     assert [s.version for s in engine.initial_states()] == [1]
+
+
+EVERY_KIND = """\
+      - {name: g-psi, variant: candidate, metric: score, action: warn,
+         detector: {kind: psi, reference_size: 200, window: 100}}
+      - {name: g-ks, variant: candidate, metric: score, action: warn, detector: {kind: ks}}
+      - {name: g-lq, variant: candidate, metric: latency_ms, action: warn,
+         detector: {kind: latency_quantile, threshold: 30, window: 100}}
+      - {name: g-adwin, variant: candidate, metric: accuracy, action: warn,
+         detector: {kind: adwin, delta: 0.05}}
+      - {name: g-glr, variant: candidate, metric: accuracy, action: hold,
+         detector: {kind: glr, min_drop: 0.1, baseline: 0.9}}
+      - {name: g-ph, variant: shadow, metric: error_rate, action: warn,
+         detector: {kind: page_hinkley}}
+      - {name: g-seq-latency, variant: candidate, compare_to: control, metric: latency_ms,
+         action: warn, detector: {kind: sequential}}
+"""
+
+
+def test_every_detector_family_decides_the_same_across_restarts(events: list[Event]) -> None:
+    config = parse_config(config_yaml(SCENARIO, EVERY_KIND))
+    cuts = list(range(900, len(events), 900))
+    expected = _run(config, events, [], restart=False)
+    assert _run(config, events, cuts, restart=True) == expected
+    fired = {out["cause"]["guardrail"] for _, out in expected[0]}
+    assert {"g-glr", "g-adwin"} <= fired
