@@ -68,52 +68,56 @@ def _build(cls: type[_M], values: dict[str, Any], given: set[str]) -> _M:
     return obj
 
 
-def _is_float(x: object) -> bool:
-    """A JSON number pydantic's lax ``float`` keeps as is, or converts from int."""
-    t = type(x)
-    return t is float or t is int
-
-
 def _is_label(x: object) -> bool:
     t = type(x)
     return t is str or t is float or t is int or t is bool
+
+
+#: Every field with its default, in declaration order: ``{**defaults, **obj}`` is the model's
+#: ``__dict__`` in one C-level merge (the mutable defaults are replaced per event below).
+_PREDICTION_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in PredictionEvent.model_fields.items()
+}
+_OUTCOME_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in OutcomeEvent.model_fields.items()
+}
+_REQUIRED_PREDICTION = ("request_id", "flag", "variant", "ts", "prediction")
+_REQUIRED_OUTCOME = ("request_id", "ts", "label")
 
 
 def _prediction(obj: dict[str, Any]) -> PredictionEvent | None:
     """The event if ``obj`` has the canonical shape, else None (let pydantic decide)."""
     if not _PREDICTION_FIELDS.issuperset(obj):
         return None
-    try:
-        rid = obj["request_id"]
-        flag = obj["flag"]
-        variant = obj["variant"]
-        ts = obj["ts"]
-        prediction = obj["prediction"]
-    except KeyError:
-        return None
+    for name in _REQUIRED_PREDICTION:
+        if name not in obj:
+            return None
+    values = {**_PREDICTION_DEFAULTS, **obj}
+    rid = values["request_id"]
+    ts = values["ts"]
+    score = values["score"]
+    latency = values["latency_ms"]
+    subject = values["subject"]
+    model_version = values["model_version"]
+    attributes = values["attributes"]
+    features = values["features"]
     if (
         type(rid) is not str
         or not 0 < len(rid) <= 256
-        or not _good_name(flag)
-        or not _good_name(variant)
+        or not _good_name(values["flag"])
+        or not _good_name(values["variant"])
         or (type(ts) is not float and type(ts) is not int)
         or not 0 <= ts < _TS_LIMIT
-        or not _is_label(prediction)
-    ):
-        return None
-    score = obj.get("score")
-    latency = obj.get("latency_ms")
-    error = obj.get("error")
-    served = obj.get("served", True)
-    subject = obj.get("subject")
-    model_version = obj.get("model_version")
-    attributes = obj.get("attributes", {})
-    features = obj.get("features", {})
-    if (
-        (score is not None and not _is_float(score))
-        or (latency is not None and (not _is_float(latency) or latency < 0))
-        or (error is not None and type(error) is not str)
-        or type(served) is not bool
+        or not _is_label(values["prediction"])
+        or (score is not None and type(score) is not float and type(score) is not int)
+        or (
+            latency is not None
+            and ((type(latency) is not float and type(latency) is not int) or latency < 0)
+        )
+        or (values["error"] is not None and type(values["error"]) is not str)
+        or type(values["served"]) is not bool
         or (subject is not None and (type(subject) is not str or len(subject) > 256))
         or (
             model_version is not None
@@ -123,34 +127,26 @@ def _prediction(obj: dict[str, Any]) -> PredictionEvent | None:
         or type(features) is not dict
     ):
         return None
+    if type(ts) is int:
+        values["ts"] = float(ts)
+    if type(score) is int:
+        values["score"] = float(score)
+    if type(latency) is int:
+        values["latency_ms"] = float(latency)
     if attributes:
-        if not all(_is_label(v) for v in attributes.values()):
-            return None
-        attributes = dict(attributes)
+        for v in attributes.values():
+            if not _is_label(v):
+                return None
+        values["attributes"] = dict(attributes)
     else:
-        attributes = {}
+        values["attributes"] = {}
     if features:
-        if not all(_is_float(v) for v in features.values()):
-            return None
-        features = {k: float(v) for k, v in features.items()}
+        for v in features.values():
+            if type(v) is not float and type(v) is not int:
+                return None
+        values["features"] = {k: float(v) for k, v in features.items()}
     else:
-        features = {}
-    values = {
-        "kind": "prediction",
-        "request_id": rid,
-        "flag": flag,
-        "variant": variant,
-        "ts": float(ts),
-        "prediction": prediction,
-        "score": None if score is None else float(score),
-        "latency_ms": None if latency is None else float(latency),
-        "error": error,
-        "served": served,
-        "subject": subject,
-        "model_version": model_version,
-        "attributes": attributes,
-        "features": features,
-    }
+        values["features"] = {}
     return _build(PredictionEvent, values, set(obj))
 
 
@@ -158,32 +154,26 @@ def _outcome(obj: dict[str, Any]) -> OutcomeEvent | None:
     """The event if ``obj`` has the canonical shape, else None (let pydantic decide)."""
     if not _OUTCOME_FIELDS.issuperset(obj):
         return None
-    try:
-        rid = obj["request_id"]
-        ts = obj["ts"]
-        label = obj["label"]
-    except KeyError:
-        return None
-    flag = obj.get("flag")
-    variant = obj.get("variant")
+    for name in _REQUIRED_OUTCOME:
+        if name not in obj:
+            return None
+    values = {**_OUTCOME_DEFAULTS, **obj}
+    rid = values["request_id"]
+    ts = values["ts"]
+    flag = values["flag"]
+    variant = values["variant"]
     if (
         type(rid) is not str
         or not 0 < len(rid) <= 256
         or (type(ts) is not float and type(ts) is not int)
         or not 0 <= ts < _TS_LIMIT
-        or not _is_label(label)
+        or not _is_label(values["label"])
         or (flag is not None and not _good_name(flag))
         or (variant is not None and not _good_name(variant))
     ):
         return None
-    values = {
-        "kind": "outcome",
-        "request_id": rid,
-        "ts": float(ts),
-        "label": label,
-        "flag": flag,
-        "variant": variant,
-    }
+    if type(ts) is int:
+        values["ts"] = float(ts)
     return _build(OutcomeEvent, values, set(obj))
 
 
