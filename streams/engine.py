@@ -66,6 +66,7 @@ STATE_FORMAT = 1
 UNKNOWN_FLAG = "unknown_flag"
 UNKNOWN_VARIANT = "unknown_variant"
 DUPLICATE_REASON = "duplicate"
+UNSUPPORTED = "unsupported_event"
 
 Output = FlagChangeEvent | AlertEvent
 Event = PredictionEvent | OutcomeEvent
@@ -235,8 +236,7 @@ class Engine:
                         mon.pending.append((arm, x, i, ts))
                 if got is not None:
                     self._score(f, v, ev.prediction, errored, got[1], i, ts)
-            else:
-                assert type(ev) is OutcomeEvent
+            elif type(ev) is OutcomeEvent:
                 if ev.flag is not None:
                     f = flags.get(ev.flag)
                     if f is None:
@@ -258,6 +258,9 @@ class Engine:
                     v = f.variants.get(variant) if f is not None else None
                     if f is not None and v is not None:
                         self._score(f, v, prediction, errored, ev.label, i, ev.ts)
+            else:
+                detail = f"expected a prediction or an outcome, got {type(ev).__name__}"
+                rejections.append(Rejection(i, UNSUPPORTED, detail))
         join.expire()
         counters = self.counters
         counters["predictions"] += predictions

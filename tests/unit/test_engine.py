@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -205,6 +205,8 @@ def test_unknown_flags_variants_and_duplicates_are_rejected_with_reasons(
         (5, "duplicate", "off-5"),
         (7, "duplicate", "off-7"),
     ]
+    odd = engine.process([cast(Any, engine.state("ranker"))])
+    assert [(r.index, r.reason) for r in odd.rejections] == [(0, "unsupported_event")]
     control = _flag(engine)["variants"]["control"]
     assert (control["predictions"], control["joined"], control["accuracy"]) == (1, 1, 1.0)
     assert engine.counters["duplicate"] == 2
