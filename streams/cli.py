@@ -149,15 +149,3 @@ def backtest(config_path: str, events: str, as_json: bool) -> None:
     else:
         width = None if sys.stdout.isatty() else 160
         bt.render_summary(result, Console(highlight=False, width=width))
-
-
-# -- the live worker and the demo (driftswitch.streams.runner, driftswitch.streams.demo) ------
-def _register_worker_commands() -> None:
-    from driftswitch.streams.demo import demo_command
-    from driftswitch.streams.runner import run_command
-
-    main.add_command(run_command)
-    main.add_command(demo_command)
-
-
-_register_worker_commands()
