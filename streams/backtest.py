@@ -55,7 +55,10 @@ class Backtest:
 def read_lines(
     stream: BinaryIO, chunk_lines: int = CHUNK_LINES
 ) -> Iterator[tuple[list[int], list[bytes]]]:
-    """Chunks of (1-based line numbers, lines), skipping blank lines; reads megabytes at once."""
+    """Chunks of (1-based line numbers, lines), skipping blank lines; reads megabytes at once.
+
+    A read without blank lines (the usual case) is split and numbered without a Python loop.
+    """
     number = 0
     tail = b""
     numbers: list[int] = []
@@ -63,20 +66,24 @@ def read_lines(
     while True:
         data = stream.read(_READ_BYTES)
         if not data:
+            parts = [tail] if tail else []
+            tail = b""
+        else:
+            parts = (tail + data).split(b"\n")
+            tail = parts.pop()
+        if b"" in parts or any(map(bytes.isspace, parts)):
+            kept = [(number + 1 + i, p) for i, p in enumerate(parts) if p and not p.isspace()]
+            numbers += [n for n, _ in kept]
+            lines += [p for _, p in kept]
+        else:
+            numbers += range(number + 1, number + 1 + len(parts))
+            lines += parts
+        number += len(parts)
+        while len(lines) >= chunk_lines:
+            yield numbers[:chunk_lines], lines[:chunk_lines]
+            del numbers[:chunk_lines], lines[:chunk_lines]
+        if not data:
             break
-        parts = (tail + data).split(b"\n")
-        tail = parts.pop()
-        for part in parts:
-            number += 1
-            if part and not part.isspace():
-                numbers.append(number)
-                lines.append(part)
-                if len(lines) >= chunk_lines:
-                    yield numbers, lines
-                    numbers, lines = [], []
-    if tail and not tail.isspace():
-        numbers.append(number + 1)
-        lines.append(tail)
     if lines:
         yield numbers, lines
 
