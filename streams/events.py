@@ -158,7 +158,9 @@ class Action(StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     PIN = "pin"
+    UNPIN = "unpin"
     INIT = "init"
+    RECONFIGURE = "reconfigure"
 
 
 class VariantState(_Event):
@@ -167,6 +169,15 @@ class VariantState(_Event):
     weight: int = Field(ge=0, description="Share of traffic (integer, flagd fractional weight).")
     killed: bool = Field(False, description="A killed variant is never served.")
     value: JsonValue = Field(description="The value a client receives for this variant.")
+
+
+class Pin(_Event):
+    """A manual pin: one variant serves everyone until unpinned (then ``weights`` come back)."""
+
+    variant: str = Field(description="The variant served to everyone while pinned.")
+    weights: dict[str, int] = Field(
+        description="The weights before the pin, restored by unpin (killed variants excepted)."
+    )
 
 
 class Cause(_Event):
@@ -216,6 +227,11 @@ class FlagChangeEvent(_Event):
     ts: Timestamp
     actor: str = Field(description="Who decided: 'driftswitch' or the operator's identity.")
     paused: bool = Field(False, description="True while rollout advances are on hold.")
+    pinned: Pin | None = Field(
+        None,
+        description="Set while an operator pins one variant; `variants` then carry the pinned "
+        "weights (100 to it), so every consumer serves it without knowing about pins.",
+    )
 
     _ts = field_validator("ts")(_check_seconds)
 

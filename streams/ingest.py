@@ -32,11 +32,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from pydantic import ValidationError
 
 from driftswitch.streams.errors import EventError
 from driftswitch.streams.events import (
+    MAX_EVENT_BYTES,
     OutcomeEvent,
     PredictionEvent,
     decode_outcome,
@@ -51,6 +55,8 @@ __all__ = [
     "HEADER_TOPIC",
     "Decoded",
     "Ingest",
+    "InputRecord",
+    "RecordLike",
     "Rejected",
     "Source",
     "deadletter_headers",
@@ -100,18 +106,48 @@ def deadletter_headers(rejected: Rejected) -> list[tuple[str, bytes]]:
     ]
 
 
+class InputRecord(NamedTuple):
+    """A record as read from Kafka (aiokafka's ``ConsumerRecord`` has the same attributes)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class RecordLike(Protocol):
+    """What :meth:`Ingest.decode` reads of a record."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(slots=True)
 class Decoded:
     """One batch after decoding: the events in read order and what was rejected.
 
-    ``events[i]`` came from ``sources[i]``; ``raw[i]`` is its ``(key, value)``, kept so that a
-    later rejection by the engine (unknown flag or variant) can still dead-letter the bytes.
+    ``events[i]`` came from ``records[index[i]]``, kept so that a later rejection by the engine
+    (unknown flag or variant) can still dead-letter the original bytes.
     """
 
     events: list[Event]
-    sources: list[Source]
-    raw: list[tuple[bytes | None, bytes]]
+    index: list[int]
+    records: Sequence[RecordLike]
     rejected: list[Rejected]
+
+    def source(self, i: int) -> Source:
+        """Where ``events[i]`` was read."""
+        rec = self.records[self.index[i]]
+        return Source(rec.topic, rec.partition, rec.offset)
 
 
 class Ingest:
@@ -131,38 +167,56 @@ class Ingest:
         #: Records decoded into events since start.
         self.accepted = 0
 
-    def decode(
-        self, records: Iterable[tuple[str, int, int, bytes | None, bytes | None]]
-    ) -> Decoded:
-        """Decode ``(topic, partition, offset, key, value)`` records, in the order given."""
+    def decode(self, records: Sequence[RecordLike]) -> Decoded:
+        """Decode records (``topic``, ``partition``, ``offset``, ``key``, ``value``) in order.
+
+        The hot path calls pydantic's validators directly (what ``decode_prediction`` does after
+        its size check); a record that fails goes through ``decode_prediction`` /
+        ``decode_outcome`` again for the exact reason and detail.
+        """
         events: list[Event] = []
-        sources: list[Source] = []
-        raw: list[tuple[bytes | None, bytes]] = []
+        index: list[int] = []
         rejected: list[Rejected] = []
+        append, mark = events.append, index.append
         predictions = self.predictions_topic
-        for topic, partition, offset, key, value in records:
-            if value is None:
-                rejected.append(
-                    self.reject(Source(topic, partition, offset), key, None, "null_value", "")
-                )
-                continue
-            try:
-                event: Event = (
-                    decode_prediction(value) if topic == predictions else decode_outcome(value)
-                )
-            except EventError as err:
-                reason, detail = err.reason, err.detail
-                if reason == "schema" and _is_other_kind(value, topic == predictions):
-                    reason = "wrong_topic"
-                rejected.append(
-                    self.reject(Source(topic, partition, offset), key, value, reason, detail)
-                )
-                continue
-            events.append(event)
-            sources.append(Source(topic, partition, offset))
-            raw.append((key, value))
+        validate_prediction = PredictionEvent.__pydantic_validator__.validate_json
+        validate_outcome = OutcomeEvent.__pydantic_validator__.validate_json
+        for i, rec in enumerate(records):
+            value = rec.value
+            if value is not None and len(value) <= MAX_EVENT_BYTES:
+                try:
+                    if rec.topic == predictions:
+                        append(validate_prediction(value))
+                    else:
+                        append(validate_outcome(value))
+                except ValidationError:
+                    pass
+                else:
+                    mark(i)
+                    continue
+            rejected.append(self._rejected(rec))
         self.accepted += len(events)
-        return Decoded(events, sources, raw, rejected)
+        return Decoded(events, index, records, rejected)
+
+    def _rejected(self, rec: RecordLike) -> Rejected:
+        """The slow path for one bad record: the reason and detail the models give."""
+        source = Source(rec.topic, rec.partition, rec.offset)
+        value = rec.value
+        if value is None:
+            return self.reject(source, rec.key, None, "null_value", "")
+        on_predictions = rec.topic == self.predictions_topic
+        try:
+            if on_predictions:
+                decode_prediction(value)
+            else:
+                decode_outcome(value)
+        except EventError as err:
+            reason, detail = err.reason, err.detail
+        else:  # the validators disagree with the decoders: cannot happen, but never drop it
+            reason, detail = "schema", "rejected by validation"
+        if reason == "schema" and _is_other_kind(value, on_predictions):
+            reason = "wrong_topic"
+        return self.reject(source, rec.key, value, reason, detail)
 
     def reject(
         self, source: Source, key: bytes | None, value: bytes | None, reason: str, detail: str
@@ -181,10 +235,12 @@ class Ingest:
 
     def reject_events(self, decoded: Decoded, rejections: Sequence[tuple[int, str, str]]) -> None:
         """Turn the engine's ``(index, reason, detail)`` rejections into dead-letter records."""
-        for index, reason, detail in rejections:
-            key, value = decoded.raw[index]
+        for i, reason, detail in rejections:
+            rec = decoded.records[decoded.index[i]]
             self.accepted -= 1
-            decoded.rejected.append(self.reject(decoded.sources[index], key, value, reason, detail))
+            decoded.rejected.append(
+                self.reject(decoded.source(i), rec.key, rec.value, reason, detail)
+            )
 
 
 def _is_other_kind(value: bytes, on_predictions: bool) -> bool:

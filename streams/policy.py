@@ -165,6 +165,7 @@ def apply(
         ts=ts,
         actor=ACTOR,
         paused=paused,
+        pinned=state.pinned,
     )
 
 

@@ -376,12 +376,12 @@ class Worker:
 
     async def _process(self, batch: dict[Any, list[Any]]) -> None:
         """Decode, evaluate and publish one ``getmany`` batch."""
-        records: list[tuple[str, int, int, bytes | None, bytes | None]] = []
+        records: list[Any] = []
         outcomes = self.topics.outcomes.name
         # Predictions before outcomes, then by partition: a stable order for a batch.
         for tp in sorted(batch, key=lambda t: (t.topic == outcomes, t.partition)):
             msgs = batch[tp]
-            records.extend((tp.topic, tp.partition, m.offset, m.key, m.value) for m in msgs)
+            records += msgs
             self.offsets.setdefault(tp.topic, {})[tp.partition] = msgs[-1].offset + 1
         decoded = self.ingest.decode(records)
         result = self.engine.process(decoded.events)
@@ -389,7 +389,7 @@ class Worker:
             decoded, [(r.index, r.reason, r.detail) for r in result.rejections]
         )
         for emitted in result.outputs:
-            source = decoded.sources[emitted.index]
+            source = decoded.source(emitted.index)
             where = f"{source.topic}/{source.partition}/{source.offset}"
             event_ts = decoded.events[emitted.index].ts
             if isinstance(emitted.event, FlagChangeEvent):

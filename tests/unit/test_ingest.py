@@ -13,6 +13,8 @@ from driftswitch.streams.ingest import (
     HEADER_REASON,
     HEADER_TOPIC,
     Ingest,
+    InputRecord,
+    Source,
     deadletter_headers,
 )
 
@@ -44,7 +46,7 @@ def test_bad_record_is_rejected_with_reason_and_original_bytes(
     topic: str, value: bytes | None, reason: str
 ) -> None:
     ingest = Ingest(PT, OT)
-    decoded = ingest.decode([(topic, 3, 41, b"key", value)])
+    decoded = ingest.decode([InputRecord(topic, 3, 41, b"key", value)])
     assert decoded.events == []
     [rejected] = decoded.rejected
     assert (rejected.reason, rejected.value, rejected.key) == (reason, value, b"key")
@@ -61,13 +63,13 @@ def test_good_records_decode_in_order_with_sources() -> None:
     ingest = Ingest(PT, OT)
     decoded = ingest.decode(
         [
-            (PT, 0, 5, b"r1", _bytes(PRED)),
-            (PT, 0, 6, b"x", b"garbage"),
-            (OT, 1, 9, b"r1", _bytes(OUT)),
+            InputRecord(PT, 0, 5, b"r1", _bytes(PRED)),
+            InputRecord(PT, 0, 6, b"x", b"garbage"),
+            InputRecord(OT, 1, 9, b"r1", _bytes(OUT)),
         ]
     )
     assert [type(e) for e in decoded.events] == [PredictionEvent, OutcomeEvent]
-    assert [(s.topic, s.partition, s.offset) for s in decoded.sources] == [(PT, 0, 5), (OT, 1, 9)]
+    assert [decoded.source(i) for i in range(2)] == [Source(PT, 0, 5), Source(OT, 1, 9)]
     assert [r.reason for r in decoded.rejected] == ["malformed_json"]
     assert ingest.accepted == 2
 
@@ -75,7 +77,9 @@ def test_good_records_decode_in_order_with_sources() -> None:
 def test_engine_rejections_keep_the_original_bytes() -> None:
     ingest = Ingest(PT, OT)
     raw = _bytes({**PRED, "flag": "nosuch"})
-    decoded = ingest.decode([(PT, 2, 7, b"r1", _bytes(PRED)), (PT, 2, 8, b"r2", raw)])
+    decoded = ingest.decode(
+        [InputRecord(PT, 2, 7, b"r1", _bytes(PRED)), InputRecord(PT, 2, 8, b"r2", raw)]
+    )
     ingest.reject_events(decoded, [(1, "unknown_flag", "flag 'nosuch' is not configured")])
     [rejected] = decoded.rejected
     assert (rejected.reason, rejected.value, rejected.source.offset) == ("unknown_flag", raw, 8)
@@ -85,7 +89,7 @@ def test_engine_rejections_keep_the_original_bytes() -> None:
 
 def test_deadletter_headers_name_reason_and_source() -> None:
     ingest = Ingest(PT, OT)
-    [rejected] = ingest.decode([(PT, 1, 12, None, b"{")]).rejected
+    [rejected] = ingest.decode([InputRecord(PT, 1, 12, None, b"{")]).rejected
     headers = dict(deadletter_headers(rejected))
     assert headers[HEADER_REASON] == b"malformed_json"
     assert headers[HEADER_TOPIC] == PT.encode()
