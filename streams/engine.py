@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from driftswitch.detectors.base import JSON
-from driftswitch.streams import policy
+from driftswitch.streams import control, policy
 from driftswitch.streams.config import METRICS, Config, FlagConfig, Metric
+from driftswitch.streams.control import Command, CommandError
 from driftswitch.streams.evaluate import Decision, Monitor, VariantStats, plain
 from driftswitch.streams.events import AlertEvent, FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.join import DUPLICATE, JoinBuffer, Label
@@ -340,6 +341,66 @@ class Engine:
                 f.state = out
             outputs.append(Emitted(out, d.index))
         return outputs
+
+    # -- manual control and config reload --------------------------------------------------
+
+    def apply_command(self, command: Command, ts: float) -> FlagChangeEvent | None:
+        """Apply an operator's command (:mod:`~driftswitch.streams.control`) at event time ``ts``.
+
+        Returns the flag change (version + 1, cause ``manual`` with the actor and reason) and
+        makes it the flag's state, or None for a no-op (e.g. killing a killed variant). Raises
+        :class:`~driftswitch.streams.control.CommandError` when the command cannot apply. Pure:
+        a replay of the same commands at the same times reaches the same states.
+        """
+        control.validate(command, self.config)
+        f = self._flags.get(command.flag)
+        if f is None:  # validate() knows the config's flags; the engine holds the same ones
+            raise CommandError("unknown_flag", f"flag {command.flag!r} is not configured")
+        out = control.transition(f.state, f.config, command, ts)
+        if out is not None:
+            f.state = out
+        return out
+
+    def reconfigure(self, config: Config, *, ts: float | None = None) -> list[FlagChangeEvent]:
+        """Switch to a new (validated) config, keeping what still applies; return the changes.
+
+        Flag versions, statistics, the join buffer and cooldowns are kept; a guardrail keeps its
+        detector state only if its config is unchanged (same name and settings), else it starts
+        afresh; removed flags and guardrails are dropped. New flags start at version 1 from the
+        config; an existing flag keeps its live weights, kill and pause state
+        (:func:`~driftswitch.streams.control.reconcile` says what changes). The returned flag
+        changes (new flags' version 1, reconciled states) are to be published; ``ts`` stamps
+        them (default: each flag's current state time, 0 for new flags).
+        """
+        state = self.to_state()
+        saved = state["flags"]
+        assert isinstance(saved, dict)
+        for name, f in self._flags.items():
+            new = config.flags.get(name)
+            entry = saved.get(name)
+            if new is None or not isinstance(entry, dict):
+                continue
+            monitors = entry["monitors"]
+            assert isinstance(monitors, dict)
+            before = {g.name: g for g in f.config.guardrails}
+            for g in new.guardrails:
+                if before.get(g.name) != g:
+                    monitors.pop(g.name, None)
+        engine = Engine.from_state(config, state)
+        changes: list[FlagChangeEvent] = []
+        for name, nf in engine._flags.items():
+            if name not in self._flags:
+                nf.state = policy.initial_state(name, nf.config, 0.0 if ts is None else ts)
+                changes.append(nf.state)
+                continue
+            out = control.reconcile(nf.state, nf.config, nf.state.ts if ts is None else ts)
+            if out is not None:
+                nf.state = out
+                changes.append(out)
+        # Take over everything the new engine holds, including what from_state restores for
+        # other parts of the engine (rollout positions, ...).
+        vars(self).update(vars(engine))
+        return changes
 
     # -- status ----------------------------------------------------------------------------
 
