@@ -40,7 +40,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -174,7 +174,7 @@ class Command(BaseModel):
         le=100,
         description="For restore: the weight to give back (default: the configured weight).",
     )
-    weights: dict[Name, StrictInt] | None = Field(
+    weights: dict[Name, Annotated[StrictInt, Field(ge=0, le=100)]] | None = Field(
         None,
         description="For set_weights: variant -> weight, adding up to 100; unnamed variants get 0.",
     )
@@ -187,14 +187,6 @@ class Command(BaseModel):
     ts: Timestamp | None = Field(
         None, description="When it was issued (epoch seconds); default: the record's timestamp."
     )
-
-    @field_validator("weights")
-    @classmethod
-    def _weights_range(cls, weights: dict[str, int] | None) -> dict[str, int] | None:
-        for name, w in (weights or {}).items():
-            if not 0 <= w <= 100:
-                raise ValueError(f"weight of {name!r} must be between 0 and 100, got {w}")
-        return weights
 
     @field_validator("ts")
     @classmethod

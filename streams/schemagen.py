@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from driftswitch.streams.config import Config
+from driftswitch.streams.control import Command
 from driftswitch.streams.events import (
     SCHEMA_VERSION,
     AlertEvent,
@@ -30,6 +31,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "flag-change": FlagChangeEvent,
     "alert": AlertEvent,
     "config": Config,
+    "control": Command,
 }
 
 REGENERATE = "python -m driftswitch.streams.schemagen"
