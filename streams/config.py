@@ -195,6 +195,84 @@ class Guardrail(_Model):
     )
 
 
+class OnHarm(StrEnum):
+    """What a rollout does when its candidate is shown to be worse than control."""
+
+    KILL = "kill"  # kill the candidate; its weight returns to `compare_to`
+    PREVIOUS = "previous"  # go back one step (from the first step: weight 0, rollout stopped)
+
+
+#: Metrics a rollout can compare (two-sample ``sequential`` input: bernoulli or continuous).
+ROLLOUT_METRICS = (
+    Metric.ACCURACY,
+    Metric.ERROR_RATE,
+    Metric.LATENCY_MS,
+    Metric.ABS_ERROR,
+    Metric.SQUARED_ERROR,
+)
+
+
+class RolloutConfig(_Model):
+    """A progressive rollout of one candidate variant, gated by evidence at every step.
+
+    The candidate's weight follows ``steps`` (percent of traffic); the rest goes to
+    ``compare_to``. A step advances when the candidate has ``min_samples`` matured samples in it,
+    ``min_duration`` has passed, and the anytime-valid ``sequential`` comparison against
+    ``compare_to`` declares non-inferiority (see :mod:`driftswitch.streams.rollout`).
+    """
+
+    variant: str = Field(description="The candidate variant that ramps up.")
+    compare_to: str | None = Field(
+        None,
+        description="The control it is compared to and takes traffic from (default: the "
+        "flag's default variant).",
+    )
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        min_length=1,
+        description="Percent of traffic for the candidate at each step, strictly increasing, "
+        "e.g. [1, 5, 25, 50, 100]. A served candidate's configured weight is the first step.",
+    )
+    min_samples: int = Field(
+        200, ge=1, description="Gate: matured samples of the candidate within the step."
+    )
+    min_duration: Duration = Field(
+        0.0, description="Gate: event time spent in the step before it may advance."
+    )
+    max_duration: Duration | None = Field(
+        None,
+        description="A step still inconclusive after this long holds the rollout (paused) and "
+        "warns; unset: wait indefinitely.",
+    )
+    metric: Metric = Field(
+        Metric.ACCURACY,
+        description="What is compared: accuracy, error_rate, latency_ms, abs_error or "
+        "squared_error.",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Error rate of the whole rollout's anytime-valid comparisons (split "
+        "evenly over its phases).",
+    )
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="Non-inferiority margin in the metric's units (0.01 = one accuracy point): "
+        "worse by less is acceptable, worse by more is harm.",
+    )
+    on_harm: OnHarm = Field(OnHarm.KILL, description="kill | previous: what harm at any step does.")
+    promote_shadow: bool = Field(
+        False,
+        description="The candidate is a shadow variant: promote it to the first step once it "
+        "proves non-inferior on matured outcomes.",
+    )
+
+    def control(self, flag: FlagConfig) -> str:
+        """The variant the candidate is compared to and takes its traffic from."""
+        return self.compare_to if self.compare_to is not None else flag.default
+
+
 class HookFormat(StrEnum):
     """The payload shape a webhook receives (see :mod:`driftswitch.streams.hooks`)."""
 
@@ -286,6 +364,9 @@ class FlagConfig(_Model):
     )
     hooks: list[HookConfig] = Field(
         default_factory=list, description="Webhooks for this flag only (besides the global ones)."
+    )
+    rollout: RolloutConfig | None = Field(
+        None, description="A progressive rollout of a candidate variant (steps and gates)."
     )
 
 
@@ -449,6 +530,8 @@ def _check_flag(problems: _Problems, name: str, flag: FlagConfig) -> None:
         )
     elif flag.variants[flag.default].shadow:
         problems.add([*here, "default"], "the default variant cannot be a shadow variant")
+    if flag.rollout is not None:
+        _check_rollout(problems, [*here, "rollout"], flag, flag.rollout, known)
     seen: set[str] = set()
     for i, g in enumerate(flag.guardrails):
         _check_guardrail(problems, [*here, "guardrails", i], flag, g, known)
@@ -506,6 +589,85 @@ def _check_guardrail(
         registry.create(detector_spec(g, flag))
     except ValueError as exc:
         problems.add([*here, "detector"], str(exc))
+
+
+def assignment_order(flag: FlagConfig) -> list[str]:
+    """Variants in the order assignment lays them out: the non-default variants in config order
+    with the default second (:func:`driftswitch.streams.assign.fractions`)."""
+    others = [v for v in flag.variants if v != flag.default]
+    return [*others[:1], flag.default, *others[1:]]
+
+
+def _check_rollout(
+    problems: _Problems, here: list[str | int], flag: FlagConfig, r: RolloutConfig, known: str
+) -> None:
+    """The rollout's cross-field rules; each problem at its own path."""
+    candidate = flag.variants.get(r.variant)
+    if candidate is None:
+        problems.add([*here, "variant"], f"variant {r.variant!r} does not exist; known: {known}")
+    control = r.control(flag)
+    if control == r.variant:
+        problems.add(
+            [*here, "compare_to" if r.compare_to is not None else "variant"],
+            f"the candidate {r.variant!r} cannot be compared to itself"
+            + ("" if r.compare_to is not None else " (compare_to defaults to the flag's default)"),
+        )
+    elif control not in flag.variants:
+        problems.add([*here, "compare_to"], f"variant {control!r} does not exist; known: {known}")
+    elif flag.variants[control].shadow:
+        problems.add(
+            [*here, "compare_to"],
+            f"control {control!r} is a shadow variant: it serves no traffic to give",
+        )
+    for i in range(1, len(r.steps)):
+        if r.steps[i] <= r.steps[i - 1]:
+            problems.add(
+                [*here, "steps", i],
+                f"steps must increase strictly, got {r.steps[i]} after {r.steps[i - 1]}",
+            )
+    if r.metric not in ROLLOUT_METRICS:
+        problems.add(
+            [*here, "metric"],
+            f"a rollout compares {', '.join(m.value for m in ROLLOUT_METRICS)}; "
+            f"got {r.metric.value!r}",
+        )
+    if r.max_duration is not None and r.max_duration < r.min_duration:
+        problems.add([*here, "max_duration"], "max_duration must be at least min_duration")
+    if candidate is None or control == r.variant or control not in flag.variants:
+        return
+    others = sum(
+        v.weight for n, v in flag.variants.items() if n not in (r.variant, control) and not v.shadow
+    )
+    if r.steps and r.steps[-1] > 100 - others:
+        problems.add(
+            [*here, "steps", len(r.steps) - 1],
+            f"the last step ({r.steps[-1]}) leaves no room for the other variants' weight "
+            f"({others}): at most {100 - others}",
+        )
+    if candidate.shadow and not r.promote_shadow:
+        problems.add(
+            [*here, "promote_shadow"],
+            f"{r.variant!r} is a shadow variant: set `promote_shadow: true` to roll it out",
+        )
+    if r.promote_shadow and not candidate.shadow:
+        problems.add(
+            [*here, "promote_shadow"],
+            f"{r.variant!r} is not a shadow variant (`shadow: true`); it starts at its weight",
+        )
+    if not candidate.shadow and r.steps and candidate.weight != r.steps[0]:
+        problems.add(
+            [*here, "steps", 0],
+            f"the first step ({r.steps[0]}) must equal the candidate's configured weight "
+            f"({candidate.weight}): the rollout starts there",
+        )
+    order = assignment_order(flag)
+    if abs(order.index(r.variant) - order.index(control)) != 1:
+        problems.add(
+            [*here, "variant"],
+            f"{r.variant!r} and {control!r} must be neighbours in the assignment order "
+            f"({', '.join(order)}: non-default variants in config order, the default second) so "
+            "the ramp moves users only toward the candidate; reorder the variants",
+        )
 
 
 def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:

@@ -41,6 +41,7 @@ Examples
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,8 @@ from driftswitch.streams.control import Command, CommandError
 from driftswitch.streams.evaluate import Decision, Monitor, VariantStats, plain
 from driftswitch.streams.events import AlertEvent, FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.join import DUPLICATE, JoinBuffer, Label
+from driftswitch.streams.rollout import Rollout
+from driftswitch.streams.rollout import prediction_reader as rollout_reader
 from driftswitch.streams.scoring import (
     PredictionReader,
     label_value,
@@ -109,13 +112,23 @@ class _Variant:
         self.group = f"{flag}/{name}"
         self.stats = VariantStats()
         #: Label-free guardrails watching this variant: (monitor, reader, arm).
-        self.prediction_monitors: list[tuple[Monitor, PredictionReader, int]] = []
+        self.prediction_monitors: list[tuple[Monitor | Rollout, PredictionReader, int]] = []
         #: Label guardrails watching this variant: (monitor, metric, arm).
-        self.label_monitors: list[tuple[Monitor, Metric, int]] = []
+        self.label_monitors: list[tuple[Monitor | Rollout, Metric, int]] = []
 
 
 class _Flag:
-    __slots__ = ("config", "cooldowns", "monitors", "name", "positive", "state", "task", "variants")
+    __slots__ = (
+        "config",
+        "cooldowns",
+        "monitors",
+        "name",
+        "positive",
+        "rollout",
+        "state",
+        "task",
+        "variants",
+    )
 
     def __init__(self, name: str, config: FlagConfig, ts: float) -> None:
         self.name = name
@@ -134,6 +147,18 @@ class _Flag:
                     target.label_monitors.append((mon, g.metric, arm))
                 else:
                     target.prediction_monitors.append((mon, prediction_reader(g), arm))
+        #: The rollout plan's state machine, fed the same observations as the guardrails.
+        self.rollout: Rollout | None = None
+        if config.rollout is not None:
+            plan = config.rollout
+            self.rollout = rollout = Rollout(name, config, plan)
+            reader = rollout_reader(plan.metric)
+            for variant, arm in ((rollout.candidate, 1), (rollout.control, 0)):
+                target = self.variants[variant]
+                if reader is None:
+                    target.label_monitors.append((rollout, plan.metric, arm))
+                else:
+                    target.prediction_monitors.append((rollout, reader, arm))
         self.state = policy.initial_state(name, config, ts)
         self.cooldowns = policy.Cooldowns()
 
@@ -154,6 +179,7 @@ class Engine:
         self._flags = {name: _Flag(name, f, ts) for name, f in config.flags.items()}
         self._join = JoinBuffer(config.join.ttl, config.join.max_pending)
         self._monitors = [m for f in self._flags.values() for m in f.monitors]
+        self._rollouts = [f for f in self._flags.values() if f.rollout is not None]
         #: Events accepted and rejections by reason, since the engine's state began.
         self.counters: dict[str, int] = {"predictions": 0, "outcomes": 0}
 
@@ -323,24 +349,53 @@ class Engine:
                 mon.pending.append((arm, value, index, ts))
 
     def _decide(self) -> list[Emitted]:
-        """Flush the monitors and apply the policy to their breaches in arrival order."""
+        """Flush the monitors and apply the policy to their breaches in arrival order.
+
+        Rollout observations are merged in, each after the breaches of the same or earlier
+        inputs, so a rollout sees every guardrail action (a kill ends it, a hold pauses it)
+        exactly where it happened in the stream, however the stream is cut into batches.
+        """
         decisions: list[Decision] = []
         for mon in self._monitors:
             if mon.pending:
                 decisions.extend(mon.flush())
-        if not decisions:
+        rollouts = [f for f in self._rollouts if f.rollout is not None and f.rollout.pending]
+        if not decisions and not rollouts:
             return []
         decisions.sort(key=lambda d: d.index)  # stable: same index → config order
         outputs: list[Emitted] = []
-        for d in decisions:
-            f = self._flags[d.flag]
-            out = policy.apply(f.state, f.config, d, f.cooldowns)
-            if out is None:
+        if not rollouts:
+            for d in decisions:
+                self._apply(d, outputs)
+            return outputs
+        items: list[list[tuple[int, int, _Flag | Decision, float, float]]] = [
+            [(d.index, 0, d, 0.0, 0.0) for d in decisions]
+        ]
+        for f in rollouts:
+            assert f.rollout is not None
+            pending, f.rollout.pending = f.rollout.pending, []
+            items.append([(index, arm, f, x, ts) for arm, x, index, ts in pending])
+        # Sorted by input index; a breach (listed first) before a rollout observation of it.
+        for index, arm, item, x, ts in heapq.merge(*items, key=lambda t: t[0]):
+            if isinstance(item, Decision):
+                self._apply(item, outputs)
                 continue
-            if isinstance(out, FlagChangeEvent):
-                f.state = out
-            outputs.append(Emitted(out, d.index))
+            assert item.rollout is not None
+            for out in item.rollout.observe(item.state, arm, x, ts):
+                if isinstance(out, FlagChangeEvent):
+                    item.state = out
+                outputs.append(Emitted(out, index))
         return outputs
+
+    def _apply(self, d: Decision, outputs: list[Emitted]) -> None:
+        """Apply the policy to one breach; the change becomes the flag's state."""
+        f = self._flags[d.flag]
+        out = policy.apply(f.state, f.config, d, f.cooldowns)
+        if out is None:
+            return
+        if isinstance(out, FlagChangeEvent):
+            f.state = out
+        outputs.append(Emitted(out, d.index))
 
     # -- manual control and config reload --------------------------------------------------
 
@@ -423,6 +478,11 @@ class Engine:
                 "paused": f.state.paused,
                 "variants": variants,
                 "guardrails": {m.guardrail.name: m.summary() for m in f.monitors},
+                "rollout": (
+                    f.rollout.summary(f.state.paused, self._join.watermark)
+                    if f.rollout is not None
+                    else None
+                ),
             }
         return {
             "watermark": self._join.watermark,
@@ -443,6 +503,7 @@ class Engine:
                 "cooldowns": plain(f.cooldowns.to_state()),
                 "variants": {v: s.stats.to_state() for v, s in f.variants.items()},
                 "monitors": {m.guardrail.name: m.to_state() for m in f.monitors},
+                "rollout": f.rollout.to_state() if f.rollout is not None else None,
             }
         return {
             "format": STATE_FORMAT,
@@ -479,4 +540,7 @@ class Engine:
                 mstate = saved["monitors"].get(mon.guardrail.name)
                 if mstate is not None:
                     mon.restore(mstate)
+            rstate = saved.get("rollout")
+            if f.rollout is not None and rstate is not None:
+                f.rollout.restore(rstate)  # a changed plan starts afresh
         return engine

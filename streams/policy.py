@@ -134,7 +134,8 @@ def apply(
     variants = dict(state.variants)
     paused = state.paused
     default = state.default_variant
-    shadow = flag.variants[g.variant].shadow if g.variant in flag.variants else False
+    # A shadow promoted by a rollout serves traffic: it is killed or shifted like any variant.
+    shadow = g.variant in flag.variants and flag.variants[g.variant].shadow and not current.weight
     if g.action is GuardrailAction.HOLD:
         if paused:
             return None
