@@ -75,6 +75,7 @@ __all__ = [
     "Command",
     "CommandAction",
     "CommandError",
+    "Outcome",
     "decode_command",
     "reconcile",
     "transition",
@@ -420,6 +421,17 @@ def _give(variants: dict[str, VariantState], default: str, weight: int) -> None:
     if weight and default in variants:
         d = variants[default]
         variants[default] = d.model_copy(update={"weight": d.weight + weight})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one command: ``applied`` (with the published flag change), ``noop``
+    (nothing to change) or ``rejected`` (``code`` and ``message`` say why)."""
+
+    status: Literal["applied", "noop", "rejected"]
+    event: FlagChangeEvent | None = None
+    code: str | None = None
+    message: str | None = None
 
 
 # --------------------------------------------------------------------------- authentication

@@ -29,6 +29,13 @@ and the worker reads the flags topic at start and publishes only versions newer 
 already there, so no decision is duplicated; decisions are published before any snapshot
 covers their input, so none is lost. The interleaving of records from different partitions in a
 replay can differ from the first run's; the counts it feeds are the same.
+
+Commands. The active worker also reads the control topic (:mod:`driftswitch.streams.control`)
+in the same loop: each command is applied through :meth:`Engine.apply_command` before the events
+of its batch, its flag change published like any other (with the command's record as the
+``driftswitch.source`` header), a bad one dead-lettered with its reason. The control offset is in
+every snapshot, so a restart applies each command once; without a snapshot the worker starts at
+the control topic's end, since the published states it adopts already include every command.
 """
 
 from __future__ import annotations
@@ -37,14 +44,18 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driftswitch.streams.config import Config
+from driftswitch.streams.config import Config, load_config
+from driftswitch.streams.control import Command, CommandError, Outcome, decode_command
 from driftswitch.streams.engine import Engine
+from driftswitch.streams.errors import ConfigError, DriftswitchError, EventError
 from driftswitch.streams.events import AlertEvent, FlagChangeEvent, encode
-from driftswitch.streams.ingest import Decoded, Ingest, deadletter_headers
+from driftswitch.streams.ingest import Decoded, Ingest, Rejected, Source, deadletter_headers
 from driftswitch.streams.logs import decision_context
 from driftswitch.streams.snapshot import (
     Snapshot,
@@ -58,7 +69,7 @@ if TYPE_CHECKING:
     from driftswitch.streams.hooks import FailedDelivery, HookDispatcher
     from driftswitch.streams.metrics import Metrics
 
-__all__ = ["Worker", "WorkerSettings", "read_flags", "state_topic"]
+__all__ = ["NotActiveError", "Worker", "WorkerSettings", "read_flags", "state_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +88,10 @@ def state_topic(topics: Topics) -> TopicSpec:
     return TopicSpec(name=name, partitions=1, replication_factor=topics.flags.replication_factor)
 
 
+class NotActiveError(DriftswitchError):
+    """A command or reload reached a worker that does not hold the lease (standby, stopping)."""
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """How a worker connects and paces itself."""
@@ -87,6 +102,9 @@ class WorkerSettings:
     group: str = "driftswitch"
     snapshot_interval: float = 1.0
     poll_ms: int = 50
+    #: How long the broker may hold a fetch with no data. Tansu answers an empty fetch only when
+    #: this runs out (no wake-up on new data), so it bounds the reaction time: keep it short.
+    fetch_max_wait_ms: int = 20
     max_records: int = 20_000
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
@@ -136,9 +154,15 @@ class Worker:
     """
 
     def __init__(
-        self, config: Config, settings: WorkerSettings, metrics: Metrics | None = None
+        self,
+        config: Config,
+        settings: WorkerSettings,
+        metrics: Metrics | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
+        #: The file ``config`` came from: what a reload (SIGHUP, HTTP) reads again.
+        self.config_path = config_path
         #: Prometheus metrics (``GET /metrics``), if the caller exports them.
         self.metrics = metrics
         #: Webhooks for flag changes and alerts, set by the caller once its dispatcher runs.
@@ -167,6 +191,10 @@ class Worker:
         self._deliveries: list[asyncio.Future[Any]] = []
         self._snapshot_cost = 0.0
         self._lease_poller: asyncio.Future[None] | None = None
+        #: Commands submitted here, by id, waiting for the loop to apply them.
+        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        #: Held while the engine changes (a batch, a command, a reload): one change at a time.
+        self._engine_lock = asyncio.Lock()
 
     # -- status ------------------------------------------------------------------------------
 
@@ -287,6 +315,10 @@ class Worker:
             self.resumed_from = snapshot.seq
             self.counters.update(snapshot.counters)
             log.info("resumed from snapshot %d at offsets %s", snapshot.seq, snapshot.offsets)
+            # Flags added to the config since the snapshot have never been published.
+            for state in self.engine.states():
+                if state.flag not in self.flags:
+                    await self._publish_flag(state, None)
         else:
             for state in self.engine.initial_states():
                 published = self.flags.get(state.flag)
@@ -297,6 +329,7 @@ class Worker:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
             enable_auto_commit=False,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
         )
@@ -306,7 +339,8 @@ class Worker:
             for spec in (self.topics.predictions, self.topics.outcomes)
             for p in range(spec.partitions)
         ]
-        self._consumer.assign(tps)
+        control = TopicPartition(self.topics.control.name, 0)
+        self._consumer.assign([*tps, control])
         for tp in tps:
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)
             if offset is None:
@@ -314,6 +348,29 @@ class Worker:
                 self.offsets.setdefault(tp.topic, {})[tp.partition] = 0
             else:
                 self._consumer.seek(tp, offset)
+        # Commands: from the snapshot's offset (each is applied to the state exactly once);
+        # without a snapshot, from the end: the published states adopted above include every
+        # earlier command, and applying one again could undo what happened after it.
+        offset = self.offsets.get(control.topic, {}).get(0)
+        if offset is None:
+            offset = await self._end_of(control)
+            self.offsets.setdefault(control.topic, {})[0] = offset
+        self._consumer.seek(control, offset)
+
+    async def _end_of(self, tp: Any) -> int:
+        """The offset after the last record of ``tp``, read (Tansu under-reports end offsets)."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            start: int = await consumer.position(tp)
+            records = (await read_to_end(consumer, [tp]))[tp]
+        finally:
+            await consumer.stop()
+        return records[-1].offset + 1 if records else start
 
     async def _load_snapshot(self) -> Snapshot | None:
         from aiokafka import AIOKafkaConsumer
@@ -356,7 +413,8 @@ class Worker:
                     break
                 batch = fetch.result()
                 if batch:
-                    await self._process(batch)
+                    async with self._engine_lock:
+                        await self._process(batch)
                 now = time.monotonic()
                 # A snapshot stops the hot loop while the engine state is serialised: keep that
                 # under ~10 % of the time, whatever the configured interval.
@@ -378,6 +436,12 @@ class Worker:
         """Decode, evaluate and publish one ``getmany`` batch."""
         records: list[Any] = []
         outcomes = self.topics.outcomes.name
+        control = self.topics.control.name
+        # Commands first: an operator's kill takes effect before the events read with it.
+        for tp in [t for t in batch if t.topic == control]:
+            await self._apply_commands(batch.pop(tp))
+        if not batch:
+            return
         # Predictions before outcomes, then by partition: a stable order for a batch.
         for tp in sorted(batch, key=lambda t: (t.topic == outcomes, t.partition)):
             msgs = batch[tp]
@@ -410,6 +474,116 @@ class Worker:
         self._dirty = True
         if self.metrics is not None:
             self.metrics.record_batch()
+
+    # -- manual control and config reload -----------------------------------------------------
+
+    async def _apply_commands(self, msgs: list[Any]) -> None:
+        """Apply control-topic records in order: publish the change, or dead-letter a bad one."""
+        topic = self.topics.control.name
+        for m in msgs:
+            source = Source(topic, m.partition, m.offset)
+            where = f"{topic}/{m.partition}/{m.offset}"
+            command: Command | None = None
+            try:
+                command = decode_command(m.value or b"")
+                ts = command.ts if command.ts is not None else max(0.0, m.timestamp / 1000)
+                event = self.engine.apply_command(command, ts)
+            except (EventError, CommandError) as err:
+                reason = err.reason if isinstance(err, EventError) else err.code
+                detail = err.detail if isinstance(err, EventError) else err.message
+                log.warning("command at %s rejected: %s: %s", where, reason, detail)
+                rejected = Rejected(source, m.key, m.value, reason, detail)
+                self._deliveries.append(
+                    await self._producer.send(
+                        self.topics.deadletter.name,
+                        m.value,
+                        key=m.key,
+                        headers=deadletter_headers(rejected),
+                    )
+                )
+                if self.metrics is not None:
+                    self.metrics.record_deadletter(reason)
+                self.counters["commands_rejected"] += 1
+                outcome = Outcome("rejected", code=reason, message=detail)
+            else:
+                if event is None:
+                    log.info(
+                        "command at %s changes nothing: %s %s by %s",
+                        where,
+                        command.action.value,
+                        command.flag,
+                        command.actor,
+                    )
+                    outcome = Outcome("noop")
+                else:
+                    await self._publish_flag(event, where)
+                    outcome = Outcome("applied", event)
+                self.counters["commands"] += 1
+            self.offsets.setdefault(topic, {})[m.partition] = m.offset + 1
+            self._dirty = True
+            waiter = self._waiters.pop(command.id, None) if command and command.id else None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
+
+    async def submit_command(self, command: Command, wait_s: float) -> Outcome:
+        """Publish ``command`` to the control topic and wait until this worker applied it.
+
+        The command gets an id if it has none. Raises :class:`NotActiveError` on a worker
+        without the lease (nothing is published) and :class:`TimeoutError` if the command was
+        not applied within ``wait_s`` seconds (it may still be, later).
+        """
+        if self.role != "active" or self._producer is None:
+            raise NotActiveError(f"this worker is {self.role}, not active: send to the active one")
+        if command.id is None:
+            command = command.model_copy(update={"id": uuid.uuid4().hex})
+        key = command.id
+        assert key is not None
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = waiter
+        try:
+            await self._producer.send_and_wait(
+                self.topics.control.name, encode(command), key=command.flag.encode()
+            )
+            return await asyncio.wait_for(waiter, wait_s)
+        finally:
+            self._waiters.pop(key, None)
+
+    async def reload_config(self) -> list[FlagChangeEvent]:
+        """Read the config file again and apply it; return the flag changes it published.
+
+        A config that does not validate raises :class:`ConfigError` (logged with every
+        problem) and changes nothing. A valid one goes through :meth:`Engine.reconfigure`:
+        statistics, versions and live weights stay; new flags are published at version 1.
+        Webhooks and topics are read at start only: changing them needs a restart.
+        """
+        if self.config_path is None:
+            raise ConfigError(["no config file to reload: the worker was given a config object"])
+        path = self.config_path
+        try:
+            config = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
+        except ConfigError as err:
+            log.error(
+                "config reload rejected, the old config stays in force: %s",
+                "; ".join(err.problems),
+            )
+            raise
+        async with self._engine_lock:
+            self.config = config
+            if self.role != "active":
+                self.engine = Engine(config)
+                log.info("config reloaded from %s (standby: applied when active)", path)
+                return []
+            changes = self.engine.reconfigure(config, ts=time.time())
+            for event in changes:
+                await self._publish_flag(event, None)
+            await self._write_snapshot()
+        log.warning(
+            "config reloaded from %s: %d flags, %d flag changes published",
+            path,
+            len(config.flags),
+            len(changes),
+        )
+        return changes
 
     async def _publish_flag(
         self, event: FlagChangeEvent, source: str | None, event_ts: float | None = None
