@@ -63,32 +63,41 @@ async def serve_worker(
     snapshot_interval: float = 1.0,
     stop: asyncio.Event | None = None,
     environ: Mapping[str, str] | None = None,
+    config_path: str | None = None,
 ) -> None:
     """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
 
     The worker exports Prometheus metrics on ``/metrics`` and calls the config's webhooks, whose
-    secrets are read from ``environ`` (default: the process environment).
+    secrets are read from ``environ`` (default: the process environment), as is the admin API's
+    token (``DRIFTSWITCH_ADMIN_TOKEN``). With ``config_path``, SIGHUP and ``POST
+    /api/v1/config/reload`` re-read that file.
     """
     from prometheus_client import CollectorRegistry
 
+    from driftswitch.streams.control import AdminAuth
+    from driftswitch.streams.errors import ConfigError
     from driftswitch.streams.hooks import HookDispatcher, resolve_hooks
     from driftswitch.streams.metrics import Metrics
     from driftswitch.streams.topics import ensure_topics
     from driftswitch.streams.web import serve
     from driftswitch.streams.worker import Worker, WorkerSettings, state_topic
 
-    hooks = resolve_hooks(config, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    hooks = resolve_hooks(config, env)
     await ensure_topics(bootstrap, [*topics.specs(), state_topic(topics)])
     settings = WorkerSettings(
         bootstrap=bootstrap, topics=topics, group=group, snapshot_interval=snapshot_interval
     )
     metrics = Metrics(CollectorRegistry())
-    worker = Worker(config, settings, metrics=metrics)
+    worker = Worker(config, settings, metrics=metrics, config_path=config_path)
     dispatcher = HookDispatcher(
         hooks, deadletter=worker.deadletter_delivery, record=metrics.record_hook
     )
     worker.hooks = dispatcher
-    runner = await serve(worker, web_host, web_port)
+    auth = AdminAuth.from_env(env)
+    if not auth.enabled:
+        log.warning("admin API disabled: DRIFTSWITCH_ADMIN_TOKEN is not set")
+    runner = await serve(worker, web_host, web_port, auth)
     log.info(
         "driftswitch worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
         bootstrap,
@@ -99,6 +108,19 @@ async def serve_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.stop.set)
+    reloads: set[asyncio.Future[object]] = set()
+
+    async def reload() -> None:
+        with contextlib.suppress(ConfigError):  # logged by the worker; the old config stays
+            await worker.reload_config()
+
+    def on_hup() -> None:
+        task: asyncio.Future[object] = asyncio.ensure_future(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     watcher = None
     if stop is not None:
         watcher = asyncio.ensure_future(_forward(stop, worker.stop))
@@ -108,7 +130,7 @@ async def serve_worker(
     finally:
         if watcher is not None:
             watcher.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
 
@@ -180,6 +202,7 @@ def run_command(
                 web_port=web_port,
                 group=group,
                 snapshot_interval=snapshot_interval,
+                config_path=config_path,
             )
 
     try:

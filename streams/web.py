@@ -7,6 +7,8 @@
   states for it when this worker is the active one; 404 for an unknown flag.
 - ``GET /metrics``: Prometheus text format (:mod:`driftswitch.streams.metrics`), when the
   worker has metrics.
+- The admin API (:mod:`driftswitch.streams.admin`): manual commands, ``GET
+  /api/v1/flags/{flag}/history`` and ``POST /api/v1/config/reload``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from driftswitch.streams.control import AdminAuth
 from driftswitch.streams.worker import Worker
 
 __all__ = ["make_app", "serve"]
@@ -57,13 +60,22 @@ async def _flag(request: web.Request) -> web.Response:
     return _json(body)
 
 
-def make_app(worker: Worker) -> web.Application:
-    """The aiohttp application serving ``worker``."""
+def make_app(
+    worker: Worker, auth: AdminAuth | None = None, *, command_wait_s: float = 10.0
+) -> web.Application:
+    """The aiohttp application serving ``worker``.
+
+    ``auth`` holds the admin token; without one the mutating admin endpoints answer 503.
+    ``command_wait_s`` bounds how long a command request waits for the worker to apply it.
+    """
+    from driftswitch.streams.admin import routes
+
     app = web.Application()
     app[_WORKER] = worker
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/v1/flags", _flags)
     app.router.add_get("/api/v1/flags/{flag}", _flag)
+    app.add_routes(routes(worker, auth or AdminAuth(None), wait_s=command_wait_s))
     if worker.metrics is not None:
         from driftswitch.streams.metrics import metrics_handler
 
@@ -73,9 +85,11 @@ def make_app(worker: Worker) -> web.Application:
     return app
 
 
-async def serve(worker: Worker, host: str, port: int) -> web.AppRunner:
+async def serve(
+    worker: Worker, host: str, port: int, auth: AdminAuth | None = None
+) -> web.AppRunner:
     """Start serving on ``host:port``; the caller cleans up with ``await runner.cleanup()``."""
-    runner = web.AppRunner(make_app(worker), access_log=None)
+    runner = web.AppRunner(make_app(worker, auth), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
