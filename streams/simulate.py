@@ -21,11 +21,15 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftswitch.streams.events import OutcomeEvent, PredictionEvent, encode
+
+if TYPE_CHECKING:
+    from driftswitch.streams.config import Config
 
 #: 2026-01-01T00:00:00Z, the default start of simulated event time.
 START_TS = 1767225600.0
@@ -89,8 +93,15 @@ class Scenario:
             raise ValueError("label_fraction must lie in [0, 1]")
 
 
-def simulate(scenario: Scenario) -> Iterator[PredictionEvent | OutcomeEvent]:
-    """Yield the events in event-time order (an outcome due at a request's time comes first)."""
+def simulate(
+    scenario: Scenario, weights: Callable[[], Mapping[str, int]] | None = None
+) -> Iterator[PredictionEvent | OutcomeEvent]:
+    """Yield the events in event-time order (an outcome due at a request's time comes first).
+
+    ``weights``, if given, is asked before every request for the served weights in force (e.g. a
+    flag state's ``served_weights``): traffic then follows the flag as a client would, and a
+    shadow variant given weight (a promoted shadow) is served instead of shadowed.
+    """
     rng = random.Random(scenario.seed)
     served = [v for v in scenario.variants if not v.shadow]
     shadows = [v for v in scenario.variants if v.shadow]
@@ -99,6 +110,7 @@ def simulate(scenario: Scenario) -> Iterator[PredictionEvent | OutcomeEvent]:
     for v in served:
         total += v.weight
         cum.append(total)
+    in_force: Mapping[str, int] | None = None
     classes = scenario.classes
     pending: list[tuple[float, int, OutcomeEvent]] = []  # outcomes waiting for their time
     seq = 0
@@ -108,6 +120,14 @@ def simulate(scenario: Scenario) -> Iterator[PredictionEvent | OutcomeEvent]:
         while pending and pending[0][0] <= ts:
             yield heapq.heappop(pending)[2]
         truth = classes[rng.randrange(len(classes))]
+        if weights is not None and (now := weights()) != in_force:
+            in_force = dict(now)
+            served = [v for v in scenario.variants if in_force.get(v.name, 0) > 0]
+            shadows = [v for v in scenario.variants if v.shadow and not in_force.get(v.name, 0)]
+            cum, total = [], 0.0
+            for v in served:
+                total += in_force[v.name]
+                cum.append(total)
         pick = rng.random() * total
         variant = served[next(k for k, c in enumerate(cum) if pick < c)]
         rid = f"req-{i:09d}"
@@ -140,6 +160,29 @@ def simulate(scenario: Scenario) -> Iterator[PredictionEvent | OutcomeEvent]:
                 seq += 1
     while pending:
         yield heapq.heappop(pending)[2]
+
+
+def simulate_following(
+    scenario: Scenario, config: Config, batch: int = 500
+) -> list[PredictionEvent | OutcomeEvent]:
+    """The events of ``scenario`` with traffic following the flag's live weights: a closed loop.
+
+    An :class:`~driftswitch.streams.engine.Engine` for ``config`` processes the events every
+    ``batch`` events, and the simulated clients serve the weights of its current flag state, so a
+    rollout's advances (or a kill) change who gets the candidate from then on. The result is a
+    fixed event list: replaying it (``backtest``, or the live worker) reaches the same decisions.
+    """
+    from driftswitch.streams.engine import Engine
+
+    engine = Engine(config)
+    events: list[PredictionEvent | OutcomeEvent] = []
+    done = 0
+    for event in simulate(scenario, lambda: engine.state(scenario.flag).served_weights()):
+        events.append(event)
+        if len(events) - done >= batch:
+            engine.process(events[done:])
+            done = len(events)
+    return events
 
 
 def write_jsonl(events: Iterable[PredictionEvent | OutcomeEvent], path: str | Path) -> int:
