@@ -186,6 +186,17 @@ def render_summary(result: Backtest, console: Console) -> None:
                     console.print(f"  line {line}: {out.cause.reason}")
         else:
             console.print("no changes")
+        rollout = flag.get("rollout")
+        if rollout:
+            interval = rollout["interval"]
+            console.print(
+                f"rollout of {rollout['variant']} against {rollout['compare_to']}: "
+                f"{rollout['status']}{' (paused)' if rollout['paused'] else ''}, step "
+                f"{rollout['step'] + 1} of {len(rollout['steps'])} ({rollout['percent']}%), "
+                + ", ".join(f"{k}={n}" for k, n in rollout["samples"].items())
+                + " in the step"
+                + (f", interval [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+            )
         variants = Table(
             "variant",
             "weight",

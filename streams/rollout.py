@@ -171,7 +171,7 @@ class Rollout:
         to = self.step + 1
         lo = self.comparison.interval[0]
         why = (
-            f"non-inferior to {self.control} (lower bound {lo:.4g} > {-self.plan.margin:.4g}) "
+            f"non-inferior to {self.control} (lower bound {lo:.5f} > {-self.plan.margin:.5f}) "
             f"with {self.samples[1]} candidate samples"
         )
         change = self._change(state, to, Action.ADVANCE, why, ts, statistic=lo)
@@ -180,7 +180,7 @@ class Rollout:
 
     def _harm(self, state: FlagChangeEvent, ts: float) -> list[Output]:
         hi = self.comparison.interval[1]
-        why = f"harm against {self.control} (upper bound {hi:.4g} < {-self.plan.margin:.4g})"
+        why = f"harm against {self.control} (upper bound {hi:.5f} < {-self.plan.margin:.5f})"
         if self.plan.on_harm is OnHarm.KILL:  # always possible, pinned or not
             change = self._change(state, None, Action.KILL, why, ts, statistic=hi)
             self.status = KILLED
