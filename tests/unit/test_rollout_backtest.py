@@ -198,3 +198,33 @@ def test_a_guardrail_kill_ends_the_rollout(good: tuple[Config, list[Event]]) -> 
     assert all(o.cause.kind is not CauseKind.ROLLOUT for o in outputs)
     snap: Any = engine.snapshot()
     assert snap["flags"]["ranker"]["rollout"]["status"] == "ended"
+
+
+def test_operator_pause_resume_and_kill_steer_the_rollout(
+    good: tuple[Config, list[Event]],
+) -> None:
+    """The control interface (Engine.apply_command): pause stops advances, resume re-enables
+    them, a manual kill of the candidate ends the rollout."""
+    from driftswitch.streams.control import Command
+
+    cfg, events = good
+    engine = Engine(cfg)
+    pause = Command(action="pause", flag="ranker", actor="alice", reason="investigating")
+    assert engine.apply_command(pause, ts=events[0].ts) is not None
+    paused = [e.event for e in engine.process(events[:12_000]).outputs]
+    assert paused == []  # enough evidence for an advance, but paused
+    snap: Any = engine.snapshot()
+    assert snap["flags"]["ranker"]["rollout"]["paused"] is True
+    assert snap["flags"]["ranker"]["rollout"]["gates"]["non_inferior"] is True
+    resume = Command(action="resume", flag="ranker", actor="alice", reason="all clear")
+    assert engine.apply_command(resume, ts=events[12_000].ts) is not None
+    # Resuming restarts the step's clock: the advance waits out min_duration (30 s) again.
+    resumed = [e.event for e in engine.process(events[12_000:20_000]).outputs]
+    assert resumed[0].cause.action is Action.ADVANCE
+    assert resumed[0].ts >= events[12_000].ts + 30
+    kill = Command(action="kill", flag="ranker", variant="candidate", actor="bob", reason="x")
+    assert engine.apply_command(kill, ts=events[20_000].ts) is not None
+    after = [e.event for e in engine.process(events[20_000:]).outputs]
+    assert after == []
+    snap = engine.snapshot()
+    assert snap["flags"]["ranker"]["rollout"]["status"] == "ended"
