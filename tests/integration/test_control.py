@@ -353,11 +353,12 @@ def test_commands_from_the_control_topic(
     reasons = [dict(r.headers)[HEADER_REASON] for r in read_topic(broker, topics.deadletter.name)]
     assert reasons == [b"malformed_json", b"unknown_variant"]
 
-    # A clean restart resumes after the last command: nothing applied or published again.
+    # A command produced while the worker is down is applied when it is back (the snapshot has
+    # the control offset); the ones before it are neither applied nor published again.
     worker.stop()
+    produce(broker, control, [(b"ranker", orjson.dumps({"action": "unpin", "flag": "ranker"}))])
     worker = Worker(broker, topics, config_path, tmp_path / "worker2.log", token=None)
     workers.append(worker)
-    produce(broker, control, [(b"ranker", orjson.dumps({"action": "unpin", "flag": "ranker"}))])
     wait_until("unpin published", lambda: len(flag_changes(broker, topics)) == 4)
     time.sleep(0.5)
     changes = flag_changes(broker, topics)
