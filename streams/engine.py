@@ -207,6 +207,8 @@ class Engine:
         if f is None or state.version <= f.state.version:
             return False
         f.state = state
+        if f.rollout is not None:
+            f.rollout.align(state)  # a restart without a snapshot: resume at the published step
         return True
 
     # -- the hot path ----------------------------------------------------------------------

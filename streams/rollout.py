@@ -221,8 +221,31 @@ class Rollout:
         warn = cause.model_copy(update={"action": Action.WARN})
         return [hold, self._alert(hold, warn, ts)]
 
-    def _enter(self, step: int, ts: float) -> None:
-        """Start ``step``: a fresh comparison and clock."""
+    def align(self, state: FlagChangeEvent) -> None:
+        """Take the position a published state implies: the step whose percent is the
+        candidate's weight, with a fresh comparison whose clock starts at the next observation.
+
+        For a worker that starts without a snapshot and adopts the flags topic's states; a
+        state that matches no step (weights set by hand) leaves the position as it is.
+        """
+        if self.status in TERMINAL:
+            return
+        current = state.variants.get(self.candidate)
+        if current is None or current.killed:
+            self.status = ENDED
+            return
+        if current.weight == self.percent(self.step):
+            return
+        first = SHADOW_STEP if self.plan.promote_shadow else 0
+        for step in range(first, len(self.plan.steps)):
+            if self.percent(step) == current.weight:
+                self._enter(step, None)
+                return
+        if current.weight == 0:  # rolled back out of traffic
+            self.status = STOPPED
+
+    def _enter(self, step: int, ts: float | None) -> None:
+        """Start ``step``: a fresh comparison and clock (None: from the next observation)."""
         self.step = step
         self.step_start = ts
         self.samples = [0, 0]

@@ -228,3 +228,27 @@ def test_operator_pause_resume_and_kill_steer_the_rollout(
     assert after == []
     snap = engine.snapshot()
     assert snap["flags"]["ranker"]["rollout"]["status"] == "ended"
+
+
+def test_adopting_a_published_state_resumes_at_its_step(
+    good: tuple[Config, list[Event]],
+) -> None:
+    """A worker without a snapshot adopts the flags topic: the rollout continues from there."""
+    cfg, events = good
+    first = Engine(cfg)
+    changes = [e.event for e in first.process(events[:12_000]).outputs]
+    assert changes[-1].served_weights()["candidate"] == 30
+    restarted = Engine(cfg)
+    assert isinstance(changes[-1], FlagChangeEvent)
+    assert restarted.adopt(changes[-1])
+    snap: Any = restarted.snapshot()
+    assert (
+        snap["flags"]["ranker"]["rollout"]["step"],
+        snap["flags"]["ranker"]["rollout"]["percent"],
+    ) == (1, 30)
+    later = [e.event for e in restarted.process(events[12_000:]).outputs]
+    # The next advance goes from 30 to 60, not from the config's first step.
+    assert isinstance(later[0], FlagChangeEvent)
+    assert later[0].version == changes[-1].version + 1
+    assert later[0].served_weights() == {"control": 40, "candidate": 60}
+    assert later[0].cause.evidence["step"] == 1
