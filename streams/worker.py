@@ -34,8 +34,10 @@ Commands. The active worker also reads the control topic (:mod:`driftswitch.stre
 in the same loop: each command is applied through :meth:`Engine.apply_command` before the events
 of its batch, its flag change published like any other (with the command's record as the
 ``driftswitch.source`` header), a bad one dead-lettered with its reason. The control offset is in
-every snapshot, so a restart applies each command once; without a snapshot the worker starts at
-the control topic's end, since the published states it adopts already include every command.
+every snapshot, and a snapshot is written just before a batch's commands are applied, so a
+restart applies each command once and at the same point of the input as the first run (commands
+are rare; one snapshot per batch of them is cheap). Without a snapshot the worker starts at the
+control topic's end, since the published states it adopts already include every command.
 """
 
 from __future__ import annotations
@@ -437,8 +439,13 @@ class Worker:
         records: list[Any] = []
         outcomes = self.topics.outcomes.name
         control = self.topics.control.name
-        # Commands first: an operator's kill takes effect before the events read with it.
-        for tp in [t for t in batch if t.topic == control]:
+        # Commands first: an operator's kill takes effect before the events read with it. A
+        # snapshot right at this boundary makes a replay apply them at the same point of the
+        # input (a restore after a detector kill must not turn into a restore before it).
+        commands = [t for t in batch if t.topic == control]
+        if commands and self._dirty:
+            await self._write_snapshot()
+        for tp in commands:
             await self._apply_commands(batch.pop(tp))
         if not batch:
             return
