@@ -64,13 +64,15 @@ async def serve_worker(
     stop: asyncio.Event | None = None,
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
+    flagd_file: str | None = None,
 ) -> None:
     """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
 
     The worker exports Prometheus metrics on ``/metrics`` and calls the config's webhooks, whose
     secrets are read from ``environ`` (default: the process environment), as is the admin API's
     token (``DRIFTSWITCH_ADMIN_TOKEN``). With ``config_path``, SIGHUP and ``POST
-    /api/v1/config/reload`` re-read that file.
+    /api/v1/config/reload`` re-read that file. With ``flagd_file``, a flagd flag-definition
+    document is kept current there (atomically replaced on every published change).
     """
     from prometheus_client import CollectorRegistry
 
@@ -94,6 +96,10 @@ async def serve_worker(
         hooks, deadletter=worker.deadletter_delivery, record=metrics.record_hook
     )
     worker.hooks = dispatcher
+    if flagd_file is not None:
+        from driftswitch.streams.flagd import FlagdFile
+
+        worker.flagd_file = FlagdFile(flagd_file)
     auth = AdminAuth.from_env(env)
     if not auth.enabled:
         log.warning("admin API disabled: DRIFTSWITCH_ADMIN_TOKEN is not set")
@@ -170,6 +176,12 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
     show_envvar=True,
     help="json: one JSON object per line, with flag/variant/guardrail context.",
 )
+@click.option(
+    "--flagd-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Keep a flagd flag-definition file current here (flagd file sync, provider file mode).",
+)
 def run_command(
     config_path: str,
     bootstrap: str | None,
@@ -179,6 +191,7 @@ def run_command(
     snapshot_interval: float,
     log_level: str,
     log_format: str,
+    flagd_file: str | None,
 ) -> None:
     """Run the worker: consume events, evaluate guardrails, publish flag changes."""
     from driftswitch.streams.config import load_config
@@ -203,6 +216,7 @@ def run_command(
                 group=group,
                 snapshot_interval=snapshot_interval,
                 config_path=config_path,
+                flagd_file=flagd_file,
             )
 
     try:

@@ -5,6 +5,8 @@
 - ``GET /api/v1/flags``: the latest state of every flag, as published on the flags topic.
 - ``GET /api/v1/flags/{flag}``: one flag's state, plus the engine's statistics and guardrail
   states for it when this worker is the active one; 404 for an unknown flag.
+- ``GET /flagd/flags.json``: the flagd flag-definition document of the published states
+  (:mod:`driftswitch.streams.flagd`), for flagd's HTTP sync; 503 until the worker knows them.
 - ``GET /metrics``: Prometheus text format (:mod:`driftswitch.streams.metrics`), when the
   worker has metrics.
 - The admin API (:mod:`driftswitch.streams.admin`): manual commands, ``GET
@@ -60,6 +62,15 @@ async def _flag(request: web.Request) -> web.Response:
     return _json(body)
 
 
+async def _flagd(request: web.Request) -> web.Response:
+    from driftswitch.streams.flagd import document, dumps
+
+    worker = request.app[_WORKER]
+    if not worker.flags:
+        return _json({"error": "no_state", "detail": f"worker is {worker.role}"}, 503)
+    return web.Response(body=dumps(document(worker.flags)), content_type="application/json")
+
+
 def make_app(
     worker: Worker, auth: AdminAuth | None = None, *, command_wait_s: float = 10.0
 ) -> web.Application:
@@ -75,6 +86,7 @@ def make_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/v1/flags", _flags)
     app.router.add_get("/api/v1/flags/{flag}", _flag)
+    app.router.add_get("/flagd/flags.json", _flagd)
     app.add_routes(routes(worker, auth or AdminAuth(None), wait_s=command_wait_s))
     if worker.metrics is not None:
         from driftswitch.streams.metrics import metrics_handler

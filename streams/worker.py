@@ -68,6 +68,7 @@ from driftswitch.streams.snapshot import (
 from driftswitch.streams.topics import Topics, TopicSpec
 
 if TYPE_CHECKING:
+    from driftswitch.streams.flagd import FlagdFile
     from driftswitch.streams.hooks import FailedDelivery, HookDispatcher
     from driftswitch.streams.metrics import Metrics
 
@@ -169,6 +170,8 @@ class Worker:
         self.metrics = metrics
         #: Webhooks for flag changes and alerts, set by the caller once its dispatcher runs.
         self.hooks: HookDispatcher | None = None
+        #: A flagd document file kept current with the published states (``--flagd-file``).
+        self.flagd_file: FlagdFile | None = None
         self.settings = settings
         self.topics = settings.topics
         self.state_topic = state_topic(settings.topics)
@@ -309,6 +312,7 @@ class Worker:
 
         s = self.settings
         self.flags = await read_flags(s.bootstrap, self.topics.flags.name)
+        await self._write_flagd(*self.flags.values())
         snapshot = await self._load_snapshot()
         if snapshot is not None:
             self.engine = Engine.from_state(self.config, snapshot.engine)
@@ -614,6 +618,7 @@ class Worker:
         )
         self.flags[event.flag] = event
         self.counters["published"] += 1
+        await self._write_flagd(event)
         cause = event.cause
         log.warning(
             "flag %s v%d published: %s %s (%s)",
@@ -625,6 +630,11 @@ class Worker:
             extra=decision_context(event),
         )
         self._announce(event, event_ts)
+
+    async def _write_flagd(self, *events: FlagChangeEvent) -> None:
+        """Bring the flagd file up to date (off the event loop: the write is fsynced)."""
+        if self.flagd_file is not None and events:
+            await asyncio.to_thread(self.flagd_file.update, *events)
 
     def _announce(self, event: FlagChangeEvent | AlertEvent, event_ts: float | None) -> None:
         """Count a published decision and hand it to the webhooks (never blocks)."""

@@ -228,9 +228,15 @@ def test_confluent_events_kill_the_candidate_like_backtest(
     workers: list[WorkerProcess],
     tmp_path: Path,
 ) -> None:
-    worker = WorkerProcess(broker, topics, config_path, tmp_path / "worker.log")
+    flagd_path = tmp_path / "flags.flagd.json"
+    worker = WorkerProcess(
+        broker, topics, config_path, tmp_path / "worker.log", flagd_file=str(flagd_path)
+    )
     workers.append(worker)
     worker.wait_for("active", lambda s: s["role"] == "active", 60)
+    initial = orjson.loads(flagd_path.read_bytes())["flags"]["ranker"]
+    assert initial["metadata"]["driftswitchVersion"] == 1
+    assert "candidate" in dict(initial["targeting"]["fractional"])
     produce(broker, as_records(topics, events))
     worker.wait_for("all records read", lambda s: s["records"] == len(events), 60)
 
@@ -249,6 +255,14 @@ def test_confluent_events_kill_the_candidate_like_backtest(
     api = worker.get("/api/v1/flags/ranker")
     assert api["state"]["version"] == 2
     assert api["state"]["variants"]["candidate"]["killed"] is True
+    # flagd consumers: the file (file sync, provider file mode) and the HTTP document agree,
+    # and the killed candidate is no longer in the fractional split.
+    served = worker.get("/flagd/flags.json")
+    assert served == orjson.loads(flagd_path.read_bytes())
+    ranker = served["flags"]["ranker"]
+    assert ranker["metadata"]["driftswitchVersion"] == 2
+    assert ranker["defaultVariant"] == "control"
+    assert "candidate" not in dict(ranker.get("targeting", {}).get("fractional", []))
 
 
 def test_garbage_changes_no_decision_and_is_dead_lettered(
