@@ -193,7 +193,11 @@ def run_command(
     log_format: str,
     flagd_file: str | None,
 ) -> None:
-    """Run the worker: consume events, evaluate guardrails, publish flag changes."""
+    """Run the worker: consume events, evaluate guardrails, publish flag changes.
+
+    The admin API (kill, restore, weights, pause, pin, config reload) is enabled by a bearer
+    token in $DRIFTSWITCH_ADMIN_TOKEN; SIGHUP re-reads the config file (docs/control.md).
+    """
     from driftswitch.streams.config import load_config
     from driftswitch.streams.errors import DriftswitchError
 
