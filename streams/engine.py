@@ -543,6 +543,6 @@ class Engine:
                 if mstate is not None:
                     mon.restore(mstate)
             rstate = saved.get("rollout")
-            if f.rollout is not None and rstate is not None:
-                f.rollout.restore(rstate)  # a changed plan starts afresh
+            if f.rollout is not None and (rstate is None or not f.rollout.restore(rstate)):
+                f.rollout.align(f.state)  # a new or changed plan starts at the live weights
         return engine

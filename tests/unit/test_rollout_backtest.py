@@ -252,3 +252,17 @@ def test_adopting_a_published_state_resumes_at_its_step(
     assert later[0].version == changes[-1].version + 1
     assert later[0].served_weights() == {"control": 40, "candidate": 60}
     assert later[0].cause.evidence["step"] == 1
+
+
+def test_a_changed_plan_starts_at_the_live_weights(good: tuple[Config, list[Event]]) -> None:
+    """Config reload (Engine.reconfigure) with a new plan keeps the weights in force."""
+    cfg, events = good
+    engine = Engine(cfg)
+    engine.process(events[:12_000])
+    assert engine.state("ranker").served_weights()["candidate"] == 30
+    text = config_yaml(scenario(0.90, seed=5)) + ROLLOUT.format(on_harm="previous")
+    engine.reconfigure(parse_config(text))
+    snap: Any = engine.snapshot()
+    position = snap["flags"]["ranker"]["rollout"]
+    assert (position["step"], position["percent"], position["on_harm"]) == (1, 30, "previous")
+    assert position["samples"] == {"candidate": 0, "control": 0}  # a fresh comparison
