@@ -3,8 +3,9 @@
 One :class:`Engine` is what the live worker and ``backtest`` share (DESIGN.md "Data flow"): it
 joins predictions with outcomes (:mod:`~driftswitch.streams.join`), scores them
 (:mod:`~driftswitch.streams.scoring`), keeps per-variant statistics and guardrail detectors
-(:mod:`~driftswitch.streams.evaluate`) and applies the policy
-(:mod:`~driftswitch.streams.policy`).
+(:mod:`~driftswitch.streams.evaluate`), applies the policy
+(:mod:`~driftswitch.streams.policy`) and steps rollout plans (:mod:`~driftswitch.streams.rollout`)
+on the same observations.
 
 ``process`` takes a batch of events in arrival order. Its result is independent of how the stream
 is cut into batches and of restarts through ``to_state``/``from_state``: everything is decided in
