@@ -391,3 +391,34 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(
     for variant in ("control", "candidate"):
         for key in ("predictions", "joined", "labelled", "accuracy", "errors", "latency_ms"):
             assert live[variant][key] == expected[variant][key], (variant, key)
+
+
+def test_a_second_worker_never_writes_beside_the_first(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    config_path: Path,
+    events: list[Event],
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    first = WorkerProcess(broker, topics, config_path, tmp_path / "first.log")
+    workers.append(first)
+    first.wait_for("active", lambda s: s["role"] == "active", 60)
+    second = WorkerProcess(broker, topics, config_path, tmp_path / "second.log")
+    workers.append(second)
+    produce(broker, as_records(topics, events))
+    # The lease group rebalances when the second joins. The coordinator gives the lease to one
+    # of them: the other stands by, or (if it held the lease and lost it) stops; the holder
+    # resumes from the last snapshot.
+    deadline = time.monotonic() + 90
+    done: WorkerProcess | None = None
+    while done is None and time.monotonic() < deadline:
+        for w in (first, second):
+            status = w.health()
+            if status and status["role"] == "active" and status["records"] == len(events):
+                done = w
+        time.sleep(0.2)
+    assert done is not None, first.log.read_text()[-3000:] + second.log.read_text()[-3000:]
+    other = second if done is first else first
+    assert (other.health() or {"role": "exited"})["role"] in {"standby", "exited", "stopped"}
+    assert [c.version for c in flag_changes(broker, topics)] == [1, 2]
