@@ -48,6 +48,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,8 @@ __all__ = ["NotActiveError", "Worker", "WorkerSettings", "read_flags", "state_to
 
 log = logging.getLogger(__name__)
 
+#: Join metadata of the lease group's member that holds the lease.
+_HOLDER = b"holder"
 #: Header on each published flag change: ``topic/partition/offset`` of the input that caused it.
 HEADER_SOURCE = "driftswitch.source"
 
@@ -147,6 +150,53 @@ async def read_flags(bootstrap: str, topic: str) -> dict[str, FlagChangeEvent]:
             if have is None or event.version > have.version:
                 latest[event.flag] = event
     return latest
+
+
+def _lease_assignor(holds: Callable[[], bool]) -> type:
+    """A sticky group assignor for the lease: the member that holds it keeps it.
+
+    With aiokafka's default (round-robin over sorted member ids) a standby joining the group
+    would take the lease from the active worker half of the time, forcing a needless failover.
+    Each member says in its join metadata whether it is the active worker; the assignment gives
+    every partition of the lease topic to that member, or to the first member by id when none
+    is (start-up, or the holder died).
+    """
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+    from aiokafka.coordinator.protocol import (
+        ConsumerProtocolMemberAssignment,
+        ConsumerProtocolMemberMetadata,
+    )
+
+    def assign(cls: Any, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
+        holders = sorted(m for m, meta in members.items() if meta.user_data == _HOLDER)
+        owner = holders[0] if holders else min(members)
+        out: dict[str, Any] = {}
+        for member, meta in members.items():
+            parts = []
+            if member == owner:
+                for topic in sorted(meta.subscription):
+                    parts.append((topic, sorted(cluster.partitions_for_topic(topic) or ())))
+            out[member] = ConsumerProtocolMemberAssignment(0, parts, b"")
+        return out
+
+    def metadata(cls: Any, topics: Iterable[str]) -> Any:
+        return ConsumerProtocolMemberMetadata(0, sorted(topics), _HOLDER if holds() else b"")
+
+    def on_assignment(cls: Any, assignment: Any) -> None:
+        return None
+
+    # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
+    return type(
+        "LeaseAssignor",
+        (AbstractPartitionAssignor,),
+        {
+            "name": "driftswitch-lease",
+            "version": 0,
+            "assign": classmethod(assign),
+            "metadata": classmethod(metadata),
+            "on_assignment": classmethod(on_assignment),
+        },
+    )
 
 
 class Worker:
@@ -288,6 +338,7 @@ class Worker:
             group_id=s.group,
             enable_auto_commit=False,
             session_timeout_ms=s.session_timeout_ms,
+            partition_assignment_strategy=(_lease_assignor(lambda: self.role == "active"),),
             heartbeat_interval_ms=s.heartbeat_interval_ms,
         )
         await self._lease.start()
