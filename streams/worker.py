@@ -15,9 +15,13 @@ reads every partition of both input topics (manual assignment) and is the only w
 flag. Which worker is active is decided by a lease: each worker joins the consumer group
 ``--group`` on the one-partition state topic, and only the member the group coordinator assigns
 that partition to processes input and publishes; the others stand by (``/healthz`` says
-``standby``) and take over when the active one dies (after the group's session timeout). Kafka's
-group protocol thus gives exactly one writer per flag without a second topic. Scaling the join
-out (the stage-1/stage-2 split of DESIGN.md, repartitioning per-flag aggregates) is future work.
+``standby``) and take over when the active one dies (after the group's session timeout). A
+sticky assignor keeps the lease with the active worker when a standby joins, and an active
+worker that loses it stops at once. Kafka's group protocol thus gives exactly one writer per
+flag without a second topic (a worker frozen past its session timeout, then waking, could still
+publish one batch's changes before it learns it lost the lease: there is no fencing). Scaling
+the join out (the stage-1/stage-2 split of DESIGN.md, repartitioning per-flag aggregates) is
+future work.
 
 Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
 snapshot ``{engine.to_state(), next offset per input partition}`` to the state topic
@@ -28,7 +32,9 @@ outcome is counted twice. Replayed decisions carry the versions they had when fi
 and the worker reads the flags topic at start and publishes only versions newer than the ones
 already there, so no decision is duplicated; decisions are published before any snapshot
 covers their input, so none is lost. The interleaving of records from different partitions in a
-replay can differ from the first run's; the counts it feeds are the same.
+replay can differ from the first run's; the counts it feeds are the same. Input offsets are
+never committed to a Kafka consumer group: the snapshot is the only record of them, so group lag
+tools do not show this worker's progress (``/healthz`` does).
 
 Commands. The active worker also reads the control topic (:mod:`driftswitch.streams.control`)
 in the same loop: each command is applied through :meth:`Engine.apply_command` before the events
