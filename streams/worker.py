@@ -748,6 +748,8 @@ class Worker:
                 headers=deadletter_headers(rejected),
             )
             self._deliveries.append(delivery)
+            if self.metrics is not None:
+                self.metrics.record_deadletter(rejected.reason)
 
     async def _write_snapshot(self) -> None:
         """Flush pending sends, then write ``{engine state, offsets}`` to the state topic."""

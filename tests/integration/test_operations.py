@@ -288,9 +288,18 @@ def test_hooks_metrics_and_logs_after_a_kill(
         == 2
     )
     assert value(metrics, "driftswitch_worker_active") == 1
-    lags = [v for (name, _), v in metrics.items() if name == "driftswitch_consumer_lag_records"]
-    assert len(lags) == 2 * topics.predictions.partitions
-    assert all(v >= 0 for v in lags)
+    lags = {
+        dict(labels)["topic"]: v
+        for (name, labels), v in metrics.items()
+        if name == "driftswitch_consumer_lag_records"
+    }
+    lag_series = [
+        labels for (name, labels) in metrics if name == "driftswitch_consumer_lag_records"
+    ]
+    # Every input partition of both event topics, plus the control topic's one partition.
+    assert len(lag_series) == 2 * topics.predictions.partitions + 1
+    assert set(lags) == {topics.predictions.name, topics.outcomes.name, topics.control.name}
+    assert all(v >= 0 for v in lags.values())
     assert (value(metrics, "driftswitch_last_batch_timestamp_seconds") or 0) > 0
 
     # --- the failed deliveries are on the dead-letter topic, with the event and hook headers.

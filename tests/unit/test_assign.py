@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
+from openfeature.provider import ProviderStatus
 
 from driftswitch.streams.assign import (
     MAX_TOTAL_WEIGHT,
@@ -136,6 +138,12 @@ def test_variant_equals_flagd_through_the_openfeature_api(flagd_file: Path) -> N
     api.set_provider(provider, domain="test-assign")
     try:
         client = api.get_client(domain="test-assign")
+        # The provider loads the file on its own thread: evaluate only once it says READY
+        # (under load the first evaluations could otherwise race the load and fall back).
+        deadline = time.monotonic() + 30
+        while client.get_provider_status() is not ProviderStatus.READY:
+            assert time.monotonic() < deadline, client.get_provider_status()
+            time.sleep(0.01)
         for flag, event in WEIGHT_SETS.items():
             ours = Fractional.from_event(event)
             for key in random_keys(2_000, seed=7):
