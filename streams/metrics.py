@@ -14,7 +14,7 @@ as faust's ``PrometheusMonitor`` does. Two kinds of metric live here:
 
 Names are ``driftswitch_<thing>_<unit>``; labels are drawn from small, bounded sets (flag,
 variant, guardrail, action, reason, topic/partition, hook format, outcome; never a request id).
-:data:`METRICS` lists every metric with its type, labels and meaning (docs/operations.md shows
+:data:`METRICS` lists every metric with its type, labels and meaning (README.md "Metrics" shows
 the same table).
 """
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-DOCS = ROOT / "docs" / "operations.md"
+DOCS = ROOT / "README.md"
 WORKERS = ("worker-1", "worker-2")
 
 
@@ -128,7 +128,7 @@ def test_environment_names_are_known_to_the_code(compose: dict[str, Any]) -> Non
         for name in env:
             if name.startswith("DRIFTSWITCH_"):
                 assert name in source or name.startswith("DRIFTSWITCH_TOPIC_"), name
-                assert name in docs, f"{name} is not documented in docs/operations.md"
+                assert name in docs, f"{name} is not documented in README.md"
         topics = Topics.from_env({k: str(v) for k, v in env.items()})
         assert topics.predictions.partitions == int(env["DRIFTSWITCH_TOPIC_PARTITIONS"])
 
