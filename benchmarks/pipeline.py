@@ -25,14 +25,9 @@ import argparse
 import asyncio
 import heapq
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,9 +36,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from driftswitch.streams.broker import EmbeddedBroker, free_port
+from driftswitch.streams.broker import EmbeddedBroker
 from driftswitch.streams.events import FlagChangeEvent, PredictionEvent, encode
 from driftswitch.streams.simulate import Scenario, VariantSpec, simulate
+from driftswitch.streams.testing import WorkerProcess
 from driftswitch.streams.topics import Topics, ensure_topics
 from driftswitch.streams.worker import HEADER_SOURCE
 
@@ -165,56 +161,21 @@ async def bare_consumer(
     return n / (time.monotonic() - first)
 
 
-class Worker:
-    def __init__(self, bootstrap: str, prefix: str, config: Path, log: Path) -> None:
-        self.port = free_port()
-        env = {**os.environ, "DRIFTSWITCH_TOPIC_PREFIX": prefix}
-        argv = [
-            str(Path(sys.executable).with_name("driftswitch")),
-            "run",
-            "--config",
-            str(config),
-            "--broker",
-            bootstrap,
-            "--web-port",
-            str(self.port),
-            "--group",
-            prefix,
-            "--log-level",
-            "warning",
-        ]
-        self.out = log.open("wb")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self.out, stderr=subprocess.STDOUT)
-
-    def status(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                body: dict[str, Any] = orjson.loads(r.read())
-                return body
-        except OSError:
-            return None
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.out.close()
+def start_worker(bootstrap: str, topics: Topics, config: Path, log: Path) -> WorkerProcess:
+    return WorkerProcess(bootstrap, topics, config, log, args=["--log-level", "warning"])
 
 
 async def worker_throughput(
-    bootstrap: str, prefix: str, config: Path, total: int, log: Path
+    bootstrap: str, topics: Topics, config: Path, total: int, log: Path
 ) -> float:
-    worker = Worker(bootstrap, prefix, config, log)
+    worker = start_worker(bootstrap, topics, config, log)
     try:
         first: tuple[float, int] | None = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.proc.returncode}: see {log}")
-            status = await asyncio.to_thread(worker.status)
+            status = await asyncio.to_thread(worker.health)
             records = status["records"] if status else 0
             now = time.monotonic()
             if first is None and records > 0:
@@ -224,16 +185,16 @@ async def worker_throughput(
             await asyncio.sleep(0.02)
         raise RuntimeError(f"worker did not finish: see {log}")
     finally:
-        worker.stop()
+        worker.stop(timeout=20)
 
 
-async def wait_status(worker: Worker, cond: Callable[[dict[str, Any]], bool]) -> None:
+async def wait_status(worker: WorkerProcess, cond: Callable[[dict[str, Any]], bool]) -> None:
     """Poll the worker's /healthz until ``cond`` holds (a child process: nothing to await)."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if worker.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {worker.proc.returncode}")
-        status = await asyncio.to_thread(worker.status)
+        status = await asyncio.to_thread(worker.health)
         if status is not None and cond(status):
             return
         await asyncio.sleep(0.1)
@@ -243,13 +204,12 @@ async def wait_status(worker: Worker, cond: Callable[[dict[str, Any]], bool]) ->
 async def reaction(
     bootstrap: str,
     topics: Topics,
-    prefix: str,
     config: Path,
     records: list[tuple[bool, bytes, bytes]],
     rate: float,
     log: Path,
 ) -> tuple[list[float], float]:
-    worker = Worker(bootstrap, prefix, config, log)
+    worker = start_worker(bootstrap, topics, config, log)
     changes: list[tuple[float, FlagChangeEvent, str]] = []
     follower = AIOKafkaConsumer(
         topics.flags.name,
@@ -278,7 +238,7 @@ async def reaction(
     finally:
         task.cancel()
         await follower.stop()
-        worker.stop()
+        worker.stop(timeout=20)
     delays = []
     for read_at, change, source in changes:
         if change.cause.action.value != "kill" or not source:
@@ -310,7 +270,7 @@ async def main() -> None:
         bare = await bare_consumer(broker.bootstrap, backlog, len(records), orjson.loads)
         print(f"bare aiokafka getmany + orjson.loads + dict count: {bare:,.0f} records/s")
         rate = await worker_throughput(
-            broker.bootstrap, "bench-a", config, len(records), tmp / "worker-a.log"
+            broker.bootstrap, backlog, config, len(records), tmp / "worker-a.log"
         )
         print(f"worker end to end (decode, join, score, detect, publish): {rate:,.0f} events/s")
         print(
@@ -321,7 +281,7 @@ async def main() -> None:
         live = Topics.with_prefix("bench-b")
         await ensure_topics(broker.bootstrap, live)
         delays, achieved = await reaction(
-            broker.bootstrap, live, "bench-b", config, records, args.rate, tmp / "worker-b.log"
+            broker.bootstrap, live, config, records, args.rate, tmp / "worker-b.log"
         )
     if not delays:
         print("reaction: no kill observed")

@@ -9,27 +9,19 @@ assignments, the dead-letter topic and the HTTP answers.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
-from driftswitch.streams.broker import EmbeddedBroker, free_port
+from driftswitch.streams.broker import EmbeddedBroker
 from driftswitch.streams.client import DriftswitchClient
-from driftswitch.streams.events import Action, CauseKind, FlagChangeEvent
+from driftswitch.streams.events import Action, CauseKind
 from driftswitch.streams.ingest import HEADER_REASON
-from driftswitch.streams.snapshot import read_to_end
+from driftswitch.streams.testing import WorkerProcess, flag_changes, read_topic, wait_until
 from driftswitch.streams.topics import Topics
 
 TOKEN = "s3cret-token-for-tests"
@@ -44,95 +36,6 @@ flags:
 SUBJECTS = [f"user-{i}" for i in range(400)]
 
 
-class Worker:
-    """`driftswitch run --broker ...` as a child process, with its HTTP port and log file."""
-
-    def __init__(
-        self, broker: EmbeddedBroker, topics: Topics, config: Path, log: Path, token: str | None
-    ) -> None:
-        self.port = free_port()
-        prefix = topics.flags.name.removesuffix(".flags.v1")
-        env = {
-            **os.environ,
-            "DRIFTSWITCH_TOPIC_PREFIX": prefix,
-            "DRIFTSWITCH_TOPIC_PARTITIONS": str(topics.predictions.partitions),
-        }
-        env.pop("DRIFTSWITCH_ADMIN_TOKEN", None)
-        if token is not None:
-            env["DRIFTSWITCH_ADMIN_TOKEN"] = token
-        argv = [
-            str(Path(sys.executable).with_name("driftswitch")),
-            "run",
-            "--config",
-            str(config),
-            "--broker",
-            broker.bootstrap,
-            "--web-port",
-            str(self.port),
-            "--group",
-            f"{prefix}-workers",
-        ]
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.wait_for("active", lambda s: s.get("role") == "active", 60)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        token: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], Any]:
-        """``(status, headers, JSON body)`` of one request; HTTP errors are answers too."""
-        data = orjson.dumps(body) if body is not None else None
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, method=method
-        )
-        req.add_header("Content-Type", "application/json")
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        for name, value in (headers or {}).items():
-            req.add_header(name, value)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, dict(r.headers), orjson.loads(r.read())
-        except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers), orjson.loads(err.read())
-
-    def wait_for(self, what: str, cond: Callable[[dict[str, Any]], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            try:
-                status = self.request("GET", "/healthz")[2]
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                status = None
-            if status is not None and cond(status):
-                return
-            time.sleep(0.2)
-        pytest.fail(f"worker: {what} not reached in {timeout} s:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     path = tmp_path / "driftswitch.yaml"
@@ -140,47 +43,13 @@ def config_path(tmp_path: Path) -> Path:
     return path
 
 
-def read_topic(broker: EmbeddedBroker, topic: str) -> list[Any]:
-    """Every record of a one-partition topic, read to the end."""
-
-    async def read() -> list[Any]:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            return (await read_to_end(consumer, [tp]))[tp]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
-def flag_changes(broker: EmbeddedBroker, topics: Topics) -> list[FlagChangeEvent]:
-    return [
-        FlagChangeEvent.model_validate_json(r.value) for r in read_topic(broker, topics.flags.name)
-    ]
-
-
-def wait_until(what: str, cond: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what}: not reached in {timeout} s")
-
-
-def produce(broker: EmbeddedBroker, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    """Produce ``(key, value)`` records with confluent-kafka, in order, and flush."""
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
-    for key, value in records:
-        producer.produce(topic, value, key)
-    assert producer.flush(30) == 0
+def start(
+    start_worker: Callable[..., WorkerProcess], config: Path, log: Path, token: str | None
+) -> WorkerProcess:
+    """An active worker whose admin token is ``token`` (``None``: the admin API is disabled)."""
+    worker: WorkerProcess = start_worker(config, log, env={"DRIFTSWITCH_ADMIN_TOKEN": token})
+    worker.wait_active()
+    return worker
 
 
 def version(client: DriftswitchClient) -> int | None:
@@ -197,10 +66,9 @@ def test_manual_kill_over_http_reaches_the_flags_topic_and_the_client(
     topics: Topics,
     config_path: Path,
     tmp_path: Path,
-    workers: list[Worker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    worker = Worker(broker, topics, config_path, tmp_path / "worker.log", TOKEN)
-    workers.append(worker)
+    worker = start(start_worker, config_path, tmp_path / "worker.log", TOKEN)
     kill = {"variant": "candidate", "reason": "users report bad rankings"}
     path = "/api/v1/flags/ranker/kill"
     with DriftswitchClient(broker.bootstrap, topics=topics, record_events=False) as client:
@@ -220,7 +88,7 @@ def test_manual_kill_over_http_reaches_the_flags_topic_and_the_client(
         status, _, body = worker.request("POST", "/api/v1/config/reload", token="wrong")
         assert status == 403
         time.sleep(1.0)  # time for a wrongly accepted command to show up
-        assert [c.version for c in flag_changes(broker, topics)] == [1]
+        assert [c.version for c in flag_changes(broker.bootstrap, topics)] == [1]
         assert served(client) == {"control", "candidate"}
 
         # Bad input: clear 4xx answers, nothing published.
@@ -237,7 +105,7 @@ def test_manual_kill_over_http_reaches_the_flags_topic_and_the_client(
         assert "add up to 100" in body["message"]
         status, _, body = worker.request("POST", path, {"variant": "control"}, token=TOKEN)
         assert (status, body["error"]) == (400, "invalid_command")
-        assert [c.version for c in flag_changes(broker, topics)] == [1]
+        assert [c.version for c in flag_changes(broker.bootstrap, topics)] == [1]
 
         # The kill: answered with the change, on the topic, and obeyed by the client.
         status, _, body = worker.request(
@@ -256,7 +124,7 @@ def test_manual_kill_over_http_reaches_the_flags_topic_and_the_client(
             "value": "ranker-v2",
         }
         assert change["variants"]["control"]["weight"] == 100
-        published = flag_changes(broker, topics)
+        published = flag_changes(broker.bootstrap, topics)
         assert [c.version for c in published] == [1, 2]
         assert published[1].model_dump(mode="json", exclude_none=True) == change
         wait_until("client sees the kill", lambda: version(client) == 2)
@@ -307,12 +175,12 @@ def test_commands_from_the_control_topic(
     topics: Topics,
     config_path: Path,
     tmp_path: Path,
-    workers: list[Worker],
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
 ) -> None:
     """Automation's path (confluent-kafka to the control topic); bad commands are dead-lettered;
     without a configured token the HTTP admin API is disabled; a restart re-applies nothing."""
-    worker = Worker(broker, topics, config_path, tmp_path / "worker.log", token=None)
-    workers.append(worker)
+    worker = start(start_worker, config_path, tmp_path / "worker.log", None)
     status, _, body = worker.request(
         "POST", "/api/v1/flags/ranker/kill", {"variant": "candidate"}, token=TOKEN
     )
@@ -324,18 +192,24 @@ def test_commands_from_the_control_topic(
          "reason": "canary failed", "id": "job-17", "ts": 1767225600.0}
     )  # fmt: skip
     produce(
-        broker,
-        control,
         [
-            (b"ranker", b"{not json"),
-            (b"ranker", orjson.dumps({"action": "kill", "flag": "ranker", "variant": "nope"})),
-            (b"ranker", kill),
-            (b"ranker", kill),  # a no-op: not dead-lettered, not published
-            (b"ranker", orjson.dumps({"action": "pin", "flag": "ranker", "variant": "control"})),
-        ],
+            (control, b"ranker", b"{not json"),
+            (
+                control,
+                b"ranker",
+                orjson.dumps({"action": "kill", "flag": "ranker", "variant": "nope"}),
+            ),
+            (control, b"ranker", kill),
+            (control, b"ranker", kill),  # a no-op: not dead-lettered, not published
+            (
+                control,
+                b"ranker",
+                orjson.dumps({"action": "pin", "flag": "ranker", "variant": "control"}),
+            ),
+        ]
     )
-    wait_until("pin published", lambda: len(flag_changes(broker, topics)) == 3)
-    _, v2, v3 = flag_changes(broker, topics)
+    wait_until("pin published", lambda: len(flag_changes(broker.bootstrap, topics)) == 3)
+    _, v2, v3 = flag_changes(broker.bootstrap, topics)
     assert (v2.version, v2.actor, v2.cause.kind, v2.cause.action) == (
         2,
         "ci-bot",
@@ -348,20 +222,22 @@ def test_commands_from_the_control_topic(
     assert v3.pinned is not None
     assert v3.served_weights() == {"control": 100, "candidate": 0}
     wait_until(
-        "bad commands dead-lettered", lambda: len(read_topic(broker, topics.deadletter.name)) == 2
+        "bad commands dead-lettered",
+        lambda: len(read_topic(broker.bootstrap, topics.deadletter.name)) == 2,
     )
-    reasons = [dict(r.headers)[HEADER_REASON] for r in read_topic(broker, topics.deadletter.name)]
+    reasons = [
+        dict(r.headers)[HEADER_REASON] for r in read_topic(broker.bootstrap, topics.deadletter.name)
+    ]
     assert reasons == [b"malformed_json", b"unknown_variant"]
 
     # A command produced while the worker is down is applied when it is back (the snapshot has
     # the control offset); the ones before it are neither applied nor published again.
     worker.stop()
-    produce(broker, control, [(b"ranker", orjson.dumps({"action": "unpin", "flag": "ranker"}))])
-    worker = Worker(broker, topics, config_path, tmp_path / "worker2.log", token=None)
-    workers.append(worker)
-    wait_until("unpin published", lambda: len(flag_changes(broker, topics)) == 4)
+    produce([(control, b"ranker", orjson.dumps({"action": "unpin", "flag": "ranker"}))])
+    worker = start(start_worker, config_path, tmp_path / "worker2.log", None)
+    wait_until("unpin published", lambda: len(flag_changes(broker.bootstrap, topics)) == 4)
     time.sleep(0.5)
-    changes = flag_changes(broker, topics)
+    changes = flag_changes(broker.bootstrap, topics)
     assert [(c.version, c.cause.action) for c in changes] == [
         (1, Action.INIT),
         (2, Action.KILL),
@@ -378,10 +254,9 @@ def test_config_reload(
     topics: Topics,
     config_path: Path,
     tmp_path: Path,
-    workers: list[Worker],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    worker = Worker(broker, topics, config_path, tmp_path / "worker.log", TOKEN)
-    workers.append(worker)
+    worker = start(start_worker, config_path, tmp_path / "worker.log", TOKEN)
     status, _, body = worker.request(
         "PUT",
         "/api/v1/flags/ranker/weights",
@@ -399,7 +274,7 @@ def test_config_reload(
     assert any("must add up to 100, got 110" in p for p in problems), problems
     assert any("flags.broken" in p for p in problems), problems
     assert "config reload rejected" in worker.log.read_text()
-    assert [c.version for c in flag_changes(broker, topics)] == [1, 2]
+    assert [c.version for c in flag_changes(broker.bootstrap, topics)] == [1, 2]
     assert worker.request("GET", "/api/v1/flags/search")[0] == 404
 
     # A good one: a new flag (published at version 1), a new variant for the old flag (at weight
@@ -413,7 +288,7 @@ def test_config_reload(
     status, _, body = worker.request("POST", "/api/v1/config/reload", token=TOKEN)
     assert status == 200, body
     assert body["flags"] == ["ranker", "search"]
-    changes = flag_changes(broker, topics)
+    changes = flag_changes(broker.bootstrap, topics)
     by_flag = [(c.flag, c.version, c.cause.action) for c in changes]
     assert by_flag == [
         ("ranker", 1, Action.INIT),
@@ -434,7 +309,7 @@ def test_config_reload(
     worker.proc.send_signal(signal.SIGHUP)
     wait_until(
         "third flag published",
-        lambda: any(c.flag == "third" for c in flag_changes(broker, topics)),
+        lambda: any(c.flag == "third" for c in flag_changes(broker.bootstrap, topics)),
     )
     status, _, body = worker.request(
         "POST", "/api/v1/flags/search/pause", {"reason": "new flag works"}, token=TOKEN

@@ -9,12 +9,7 @@ fails (its deliveries end on the dead-letter topic).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,13 +19,12 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftswitch.streams.broker import EmbeddedBroker, free_port
+from driftswitch.streams.broker import EmbeddedBroker
 from driftswitch.streams.config import parse_config
 from driftswitch.streams.engine import Engine
-from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent, encode
+from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.hooks import (
     HEADER_DELIVERY,
     HEADER_SIGNATURE,
@@ -38,7 +32,7 @@ from driftswitch.streams.hooks import (
     verify_signature,
 )
 from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.snapshot import read_to_end
+from driftswitch.streams.testing import WorkerProcess, event_records, read_topic, wait_until
 from driftswitch.streams.topics import Topics
 
 SECRET = "e2e-hook-secret-7f3a"
@@ -100,15 +94,6 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def wait_until(what: str, cond: Callable[[], bool], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{what} not reached in {timeout} s:\n{log.read_text()[-4000:]}")
-
-
 def get(port: int, path: str) -> bytes | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
@@ -132,28 +117,12 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-def read_topic(broker: EmbeddedBroker, topic: str) -> list[Any]:
-    import asyncio
-
-    async def read() -> list[Any]:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            return (await read_to_end(consumer, [tp]))[tp]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
 def test_hooks_metrics_and_logs_after_a_kill(
-    broker: EmbeddedBroker, topics: Topics, receiver: Receiver, tmp_path: Path
+    broker: EmbeddedBroker,
+    topics: Topics,
+    receiver: Receiver,
+    tmp_path: Path,
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
 ) -> None:
     hooks = (
         "hooks:\n"
@@ -166,49 +135,21 @@ def test_hooks_metrics_and_logs_after_a_kill(
     events: list[PredictionEvent | OutcomeEvent] = list(simulate(SCENARIO))
     predictions = [e for e in events if isinstance(e, PredictionEvent)]
 
-    port = free_port()
-    prefix = topics.flags.name.removesuffix(".flags.v1")
-    env = {
-        **os.environ,
-        "DRIFTSWITCH_TOPIC_PREFIX": prefix,
-        "DRIFTSWITCH_TOPIC_PARTITIONS": str(topics.predictions.partitions),
-        "DRIFTSWITCH_LOG_FORMAT": "json",
-        "E2E_HOOK_SECRET": SECRET,
-    }
-    argv = [
-        str(Path(sys.executable).with_name("driftswitch")),
-        "run",
-        "--config",
-        str(config),
-        "--broker",
-        broker.bootstrap,
-        "--web-port",
-        str(port),
-        "--group",
-        f"{prefix}-workers",
-    ]
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    env = {"DRIFTSWITCH_LOG_FORMAT": "json", "E2E_HOOK_SECRET": SECRET}
+    with WorkerProcess(broker.bootstrap, topics, config, log, env=env) as worker:
+        port = worker.port
 
         def status() -> dict[str, Any]:
-            body = get(port, "/healthz")
-            return orjson.loads(body) if body else {}
+            return worker.health() or {}
 
-        wait_until("worker active", lambda: status().get("role") == "active", 60, log)
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
-        for e in events:
-            topic = (
-                topics.predictions.name if isinstance(e, PredictionEvent) else topics.outcomes.name
-            )
-            producer.produce(topic, encode(e), e.request_id.encode())
-            producer.poll(0)
-        for i, junk in enumerate(GARBAGE):
-            producer.produce(topics.predictions.name, junk, f"junk-{i}".encode())
-        assert producer.flush(30) == 0
+        wait_until("worker active", lambda: status().get("role") == "active", 60, log=log)
+        garbage = [
+            (topics.predictions.name, f"junk-{i}".encode(), junk) for i, junk in enumerate(GARBAGE)
+        ]
+        produce(event_records(topics, events) + garbage)
         total = len(events) + len(GARBAGE)
-        wait_until("all records read", lambda: status().get("records") == total, 60, log)
+        wait_until("all records read", lambda: status().get("records") == total, 60, log=log)
         # init + kill to each hook: the audit hook gets both, the broken one dead-letters both.
         wait_until(
             "hook deliveries settled",
@@ -222,17 +163,10 @@ def test_hooks_metrics_and_logs_after_a_kill(
                 == 2
             ),
             30,
-            log,
+            log=log,
         )
         metrics = scrape(port)
-        api = orjson.loads(get(port, "/api/v1/flags/ranker") or b"{}")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        api = worker.get("/api/v1/flags/ranker")
 
     # --- the webhook receiver: the flag's changes in order, signed, verifiable.
     audit = [(h, b) for path, h, b in receiver.requests if path == "/hook"]
@@ -305,7 +239,7 @@ def test_hooks_metrics_and_logs_after_a_kill(
     # --- the failed deliveries are on the dead-letter topic, with the event and hook headers.
     dead = [
         r
-        for r in read_topic(broker, topics.deadletter.name)
+        for r in read_topic(broker.bootstrap, topics.deadletter.name)
         if dict(r.headers).get("driftswitch.reason") == b"hook_failed"
     ]
     assert [FlagChangeEvent.model_validate_json(r.value).version for r in dead] == [1, 2]

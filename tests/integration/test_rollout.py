@@ -9,26 +9,16 @@ evidence, a worse one is killed at the first step. The HTTP API shows the rollou
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from confluent_kafka import Producer
 
 from driftswitch.streams.backtest import run as run_backtest
-from driftswitch.streams.broker import EmbeddedBroker, free_port
+from driftswitch.streams.broker import EmbeddedBroker
 from driftswitch.streams.config import load_config
-from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent, encode
+from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.simulate import (
     Scenario,
     VariantSpec,
@@ -36,7 +26,7 @@ from driftswitch.streams.simulate import (
     simulate_following,
     write_jsonl,
 )
-from driftswitch.streams.snapshot import read_to_end
+from driftswitch.streams.testing import WorkerProcess, event_records, flag_changes
 from driftswitch.streams.topics import Topics
 
 ROLLOUT = """\
@@ -62,103 +52,6 @@ def scenario(accuracy: float) -> Scenario:
             VariantSpec("candidate", weight=10, accuracy=accuracy),
         ),
     )
-
-
-class Worker:
-    """`driftswitch run --broker ...` as a child process on this test's topics."""
-
-    def __init__(self, broker: EmbeddedBroker, topics: Topics, config: Path, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        prefix = topics.flags.name.removesuffix(".flags.v1")
-        env = {
-            **os.environ,
-            "DRIFTSWITCH_TOPIC_PREFIX": prefix,
-            "DRIFTSWITCH_TOPIC_PARTITIONS": str(topics.predictions.partitions),
-        }
-        argv = [
-            str(Path(sys.executable).with_name("driftswitch")),
-            "run",
-            "--config",
-            str(config),
-            "--broker",
-            broker.bootstrap,
-            "--web-port",
-            str(self.port),
-            "--group",
-            f"{prefix}-workers",
-        ]
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def get(self, path: str) -> Any:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return orjson.loads(r.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
-
-    def wait_for(self, what: str, cond: Callable[[dict[str, Any]], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            status = self.get("/healthz")
-            if status is not None and cond(status):
-                return
-            time.sleep(0.2)
-        pytest.fail(f"worker: {what} not reached in {timeout} s:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-def produce(broker: EmbeddedBroker, topics: Topics, events: list[Event]) -> None:
-    """Produce the events with confluent-kafka, keyed by request id, in order, and flush."""
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
-    for e in events:
-        topic = topics.predictions.name if isinstance(e, PredictionEvent) else topics.outcomes.name
-        while True:
-            try:
-                producer.produce(topic, encode(e), e.request_id.encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(30) == 0
-
-
-def published(broker: EmbeddedBroker, topics: Topics) -> list[FlagChangeEvent]:
-    """Every flag change on the (one-partition) flags topic, read to the end."""
-
-    async def read() -> list[Any]:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topics.flags.name, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            return (await read_to_end(consumer, [tp]))[tp]
-        finally:
-            await consumer.stop()
-
-    return [FlagChangeEvent.model_validate_json(r.value) for r in asyncio.run(read())]
 
 
 def sequence(changes: list[FlagChangeEvent]) -> list[tuple[Any, ...]]:
@@ -187,7 +80,8 @@ def sequence(changes: list[FlagChangeEvent]) -> list[tuple[Any, ...]]:
 def test_live_rollout_matches_backtest(
     broker: EmbeddedBroker,
     topics: Topics,
-    workers: list[Worker],
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
     tmp_path: Path,
     accuracy: float,
     expected: list[tuple[Any, ...]],
@@ -205,13 +99,12 @@ def test_live_rollout_matches_backtest(
     offline_changes = [o for _, o in offline.outputs if isinstance(o, FlagChangeEvent)]
     assert sequence(offline_changes) == expected
 
-    worker = Worker(broker, topics, config_path, tmp_path / "worker.log")
-    workers.append(worker)
-    worker.wait_for("active", lambda s: s["role"] == "active", 60)
-    produce(broker, topics, events)
+    worker = start_worker(config_path, tmp_path / "worker.log")
+    worker.wait_active()
+    produce(event_records(topics, events))
     worker.wait_for("all records read", lambda s: s["records"] == len(events), 90)
 
-    live = published(broker, topics)
+    live = flag_changes(broker.bootstrap, topics)
     assert [(c.version, c.cause.action.value) for c in live[:1]] == [(1, "init")]
     assert sequence(live[1:]) == sequence(offline_changes)
     for step, change in enumerate(live[1:]):

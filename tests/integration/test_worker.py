@@ -9,30 +9,22 @@ resumes without losing, repeating or double-counting anything.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from driftswitch.streams.backtest import run as run_backtest
-from driftswitch.streams.broker import EmbeddedBroker, free_port
+from driftswitch.streams.broker import EmbeddedBroker
 from driftswitch.streams.config import load_config
 from driftswitch.streams.engine import Engine
 from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent, encode
 from driftswitch.streams.ingest import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
 from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate, write_jsonl
-from driftswitch.streams.snapshot import read_to_end
+from driftswitch.streams.testing import WorkerProcess, event_records, flag_changes, read_topic
 from driftswitch.streams.topics import Topics
 
 GUARDRAIL = """\
@@ -78,128 +70,6 @@ def backtest(config_path: Path, events: list[Event]) -> tuple[list[FlagChangeEve
     return changes, result.engine
 
 
-class WorkerProcess:
-    """`driftswitch run --broker ...` as a child process, with its HTTP port and log file."""
-
-    def __init__(
-        self, broker: EmbeddedBroker, topics: Topics, config: Path, log: Path, **extra: str
-    ) -> None:
-        self.port = free_port()
-        prefix = topics.flags.name.removesuffix(".flags.v1")
-        env = {
-            **os.environ,
-            "DRIFTSWITCH_TOPIC_PREFIX": prefix,
-            "DRIFTSWITCH_TOPIC_PARTITIONS": str(topics.predictions.partitions),
-        }
-        argv = [
-            str(Path(sys.executable).with_name("driftswitch")),
-            "run",
-            "--config",
-            str(config),
-            "--broker",
-            broker.bootstrap,
-            "--web-port",
-            str(self.port),
-            "--group",
-            f"{prefix}-workers",
-        ]
-        for name, value in extra.items():
-            argv += [f"--{name.replace('_', '-')}", value]
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                body: dict[str, Any] = orjson.loads(r.read())
-                return body
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-            return orjson.loads(r.read())
-
-    def wait_for(self, what: str, cond: Callable[[dict[str, Any]], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            status = self.health()
-            if status is not None and cond(status):
-                return
-            time.sleep(0.2)
-        pytest.fail(f"worker: {what} not reached in {timeout} s:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-def produce(broker: EmbeddedBroker, records: list[tuple[str, bytes, bytes]]) -> None:
-    """Produce ``(topic, key, value)`` records with confluent-kafka, in order, and flush."""
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
-    for topic, key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(30) == 0
-
-
-def as_records(topics: Topics, events: list[Event]) -> list[tuple[str, bytes, bytes]]:
-    return [
-        (
-            topics.predictions.name if isinstance(e, PredictionEvent) else topics.outcomes.name,
-            e.request_id.encode(),
-            encode(e),
-        )
-        for e in events
-    ]
-
-
-def read_topic(broker: EmbeddedBroker, topic: str) -> list[Any]:
-    """Every record of a one-partition topic, read to the end."""
-
-    async def read() -> list[Any]:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            return (await read_to_end(consumer, [tp]))[tp]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
-def flag_changes(broker: EmbeddedBroker, topics: Topics) -> list[FlagChangeEvent]:
-    return [
-        FlagChangeEvent.model_validate_json(r.value) for r in read_topic(broker, topics.flags.name)
-    ]
-
-
 def same_decision(live: FlagChangeEvent, offline: FlagChangeEvent) -> None:
     """The decision a user acts on: flag, version, new state, and what fired."""
     assert (live.flag, live.version, live.variants, live.default_variant) == (
@@ -225,22 +95,22 @@ def test_confluent_events_kill_the_candidate_like_backtest(
     topics: Topics,
     config_path: Path,
     events: list[Event],
-    workers: list[WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
     tmp_path: Path,
 ) -> None:
     flagd_path = tmp_path / "flags.flagd.json"
-    worker = WorkerProcess(
-        broker, topics, config_path, tmp_path / "worker.log", flagd_file=str(flagd_path)
+    worker = start_worker(
+        config_path, tmp_path / "worker.log", args=["--flagd-file", str(flagd_path)]
     )
-    workers.append(worker)
-    worker.wait_for("active", lambda s: s["role"] == "active", 60)
+    worker.wait_active()
     initial = orjson.loads(flagd_path.read_bytes())["flags"]["ranker"]
     assert initial["metadata"]["driftswitchVersion"] == 1
     assert "candidate" in dict(initial["targeting"]["fractional"])
-    produce(broker, as_records(topics, events))
+    produce(event_records(topics, events))
     worker.wait_for("all records read", lambda s: s["records"] == len(events), 60)
 
-    changes = flag_changes(broker, topics)
+    changes = flag_changes(broker.bootstrap, topics)
     assert [(c.version, c.cause.action.value) for c in changes] == [(1, "init"), (2, "kill")]
     kill = changes[1]
     assert kill.variants["candidate"].killed
@@ -270,11 +140,12 @@ def test_garbage_changes_no_decision_and_is_dead_lettered(
     topics: Topics,
     config_path: Path,
     events: list[Event],
-    workers: list[WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
     tmp_path: Path,
 ) -> None:
     pred = topics.predictions.name
-    good = as_records(topics, events)
+    good = event_records(topics, events)
     garbage = [
         (pred, b"g1", b'{"request_id": "x", "flag":'),
         (pred, b"g2", orjson.dumps({"request_id": "x", "flag": "ranker"})),
@@ -304,18 +175,17 @@ def test_garbage_changes_no_decision_and_is_dead_lettered(
             mixed.append(garbage[i // step])
         mixed.append(record)
 
-    worker = WorkerProcess(broker, topics, config_path, tmp_path / "worker.log")
-    workers.append(worker)
-    worker.wait_for("active", lambda s: s["role"] == "active", 60)
-    produce(broker, mixed)
+    worker = start_worker(config_path, tmp_path / "worker.log")
+    worker.wait_active()
+    produce(mixed)
     worker.wait_for("all records read", lambda s: s["records"] == len(mixed), 60)
 
     offline, _ = backtest(config_path, events)
-    changes = flag_changes(broker, topics)
+    changes = flag_changes(broker.bootstrap, topics)
     assert [c.version for c in changes] == [1, 2]
     same_decision(changes[1], offline[0])
 
-    dead = read_topic(broker, topics.deadletter.name)
+    dead = read_topic(broker.bootstrap, topics.deadletter.name)
     reasons = sorted(dict(r.headers)[HEADER_REASON].decode() for r in dead)
     assert reasons == sorted(
         [
@@ -348,38 +218,37 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(
     topics: Topics,
     config_path: Path,
     events: list[Event],
-    workers: list[WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
     tmp_path: Path,
 ) -> None:
-    records = as_records(topics, events)
+    records = event_records(topics, events)
     # The candidate degrades from request 6,000 on; the kill comes after ~13,000 events.
     cut = 10_000
     log = tmp_path / "worker.log"
-    first = WorkerProcess(broker, topics, config_path, log, snapshot_interval="0.5")
-    workers.append(first)
-    first.wait_for("active", lambda s: s["role"] == "active", 60)
-    produce(broker, records[:cut])
+    first = start_worker(config_path, log, args=["--snapshot-interval", "0.5"])
+    first.wait_active()
+    produce(records[:cut])
     first.wait_for(
         "a snapshot and all records read",
         lambda s: s["records"] == cut and s["snapshots_written"] >= 1,
         60,
     )
     # Mid-stream, with input read since the last snapshot: SIGKILL, no goodbye.
-    produce(broker, records[cut : cut + 500])
+    produce(records[cut : cut + 500])
     first.wait_for("more records read", lambda s: s["records"] > cut, 30)
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
-    produce(broker, records[cut + 500 :])
+    produce(records[cut + 500 :])
 
-    second = WorkerProcess(broker, topics, config_path, log, snapshot_interval="0.5")
-    workers.append(second)
+    second = start_worker(config_path, log, args=["--snapshot-interval", "0.5"])
     second.wait_for("resumed", lambda s: s["role"] == "active", 60)
     status = second.health() or {}
     assert status["resumed_from_snapshot"] is not None
     second.wait_for("all records read", lambda s: s["records"] == len(records), 60)
 
     # No decision lost or duplicated: every version once, in order, the kill exactly once.
-    changes = flag_changes(broker, topics)
+    changes = flag_changes(broker.bootstrap, topics)
     assert [c.version for c in changes] == [1, 2]
     offline, engine = backtest(config_path, events)
     same_decision(changes[1], offline[0])
@@ -398,19 +267,18 @@ def test_a_second_worker_stands_by_and_writes_nothing(
     topics: Topics,
     config_path: Path,
     events: list[Event],
-    workers: list[WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
     tmp_path: Path,
 ) -> None:
-    first = WorkerProcess(broker, topics, config_path, tmp_path / "first.log")
-    workers.append(first)
-    first.wait_for("active", lambda s: s["role"] == "active", 60)
-    second = WorkerProcess(broker, topics, config_path, tmp_path / "second.log")
-    workers.append(second)
+    first = start_worker(config_path, tmp_path / "first.log")
+    first.wait_active()
+    second = start_worker(config_path, tmp_path / "second.log")
     second.wait_for("standby", lambda s: s["role"] == "standby", 60)
-    produce(broker, as_records(topics, events))
+    produce(event_records(topics, events))
     # The lease group rebalanced when the second joined; the sticky assignor kept the lease
     # with the first, so the second never read or wrote anything.
     first.wait_for("all records read", lambda s: s["records"] == len(events), 60)
     status = second.health() or {}
     assert (status["role"], status["records"]) == ("standby", 0)
-    assert [c.version for c in flag_changes(broker, topics)] == [1, 2]
+    assert [c.version for c in flag_changes(broker.bootstrap, topics)] == [1, 2]

@@ -1,0 +1,54 @@
+"""Fixtures for the end-to-end tests that run `driftswitch run` as a subprocess.
+
+``start_worker`` starts :class:`~driftswitch.streams.testing.WorkerProcess` children on this
+test's ``topics`` and stops every one of them at teardown. ``produce`` writes records with
+confluent-kafka (librdkafka), a different client from the worker's aiokafka, on purpose: what the
+worker reads must be what any Kafka producer writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from driftswitch.streams.broker import EmbeddedBroker
+from driftswitch.streams.testing import WorkerProcess
+from driftswitch.streams.topics import Topics
+
+
+@pytest.fixture
+def start_worker(broker: EmbeddedBroker, topics: Topics) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start_worker(config, log, **kwargs)``: a worker on ``topics``, stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(config: Path, log: Path, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess(broker.bootstrap, topics, config, log, **kwargs)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def produce(broker: EmbeddedBroker) -> Callable[[list[tuple[str, bytes, bytes]]], None]:
+    """``produce(records)``: ``(topic, key, value)`` records with confluent-kafka, in order,
+    then flush (every record acknowledged)."""
+
+    def send(records: list[tuple[str, bytes, bytes]]) -> None:
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+        for topic, key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        assert producer.flush(30) == 0
+
+    return send
