@@ -42,6 +42,14 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
+from driftswitch.detectors._bernoulli import (
+    BernoulliDetector,
+    check_arl0,
+    check_bit,
+    check_bits,
+    check_seed,
+    check_warmup,
+)
 from driftswitch.detectors.base import JSON, BaseDetector
 from driftswitch.detectors.registry import register
 
@@ -167,20 +175,6 @@ def _lindley(
     return w, alarms, path
 
 
-def exchangeable_bits(n: int, errors: int, seed: int, batch: int) -> npt.NDArray[np.int64]:
-    """A uniformly random order of ``errors`` ones among ``n`` events (seeded by batch number).
-
-    Given the counts of a batch of i.i.d. Bernoulli events, every order of its errors is equally
-    likely, so a detector fed this order has exactly the run-length distribution of one fed the
-    real events one by one (same ARL0, same delays), and a replay with the same seed is identical.
-    """
-    rng = np.random.default_rng([seed, batch])
-    bits = np.zeros(n, dtype=np.int64)
-    if errors:
-        bits[rng.choice(n, size=errors, replace=False)] = 1
-    return bits
-
-
 def _check_unit(name: str, value: float, *, open_low: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
@@ -189,46 +183,8 @@ def _check_unit(name: str, value: float, *, open_low: bool = True) -> float:
     return float(value)
 
 
-def check_arl0(arl0: float) -> float:
-    """Validate a false-alarm budget (events between false alarms)."""
-    if isinstance(arl0, bool) or not isinstance(arl0, int | float) or not math.isfinite(arl0):
-        raise ValueError(f"arl0 must be a number of events between 10 and 1e9, got {arl0!r}")
-    if not 10.0 <= arl0 <= 1e9:
-        raise ValueError(f"arl0 must be between 10 and 1e9 events, got {arl0!r}")
-    return float(arl0)
-
-
-def check_warmup(warmup: int, given: bool, what: str) -> int:
-    """Validate ``warmup``: required (≥ 2) exactly when the reference ``what`` is not given."""
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer number of events, got {warmup!r}")
-    if given and warmup:
-        raise ValueError(f"give either {what} or warmup > 0 to learn it, not both")
-    if not given and warmup < 2:
-        raise ValueError(f"give {what}, or warmup ≥ 2 events to learn it from")
-    return warmup
-
-
-def check_bit(x: float) -> int:
-    """An error bit: 1 (error) or 0 (correct); anything else is a ``ValueError``."""
-    if x == 1:
-        return 1
-    if x == 0:
-        return 0
-    raise ValueError(f"Bernoulli detectors take x = 1 (error) or x = 0 (correct), got {x!r}")
-
-
-def learned_error_rate(errors: int, n: int) -> float:
-    """Error rate learned over a warm-up: ``(errors + 0.5) / (n + 1)``.
-
-    The half-count keeps the rate inside (0, 1) when the warm-up saw no errors (or only errors),
-    where the log-likelihood ratio would otherwise be infinite.
-    """
-    return (errors + 0.5) / (n + 1.0)
-
-
 @register
-class CUSUM(BaseDetector):
+class CUSUM(BernoulliDetector):
     """Bernoulli CUSUM for an accuracy drop from ``baseline`` to ``target`` (x = 1 is an error).
 
     Parameters
@@ -259,9 +215,6 @@ class CUSUM(BaseDetector):
     """
 
     kind: ClassVar[str] = "cusum"
-    two_sample: ClassVar[bool] = False
-    inputs: ClassVar[frozenset[str]] = frozenset({"bernoulli"})
-    supports_counts: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -290,14 +243,12 @@ class CUSUM(BaseDetector):
             drop = _check_unit("drop", drop)
             if baseline is not None and baseline - drop <= 0.0:
                 raise ValueError(f"drop ({drop}) must be smaller than baseline ({baseline})")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self._baseline = baseline
         self._target = target
         self._drop = drop
         self._arl0 = check_arl0(arl0)
         self._warmup = check_warmup(warmup, baseline is not None, "baseline")
-        self._seed = seed
+        self._seed = check_seed(seed)
         self._n = 0
         self._w = 0
         self._detected = False
@@ -347,21 +298,10 @@ class CUSUM(BaseDetector):
         if self._detected:
             self._alarms += 1
 
-    def _warm(self, bit: int) -> None:
-        self._warm_errors += bit
-        self._detected = False
-        if self._n >= self._warmup:
-            self._calibrate(learned_error_rate(self._warm_errors, self._n))
-
     def update_many(self, xs: Iterable[float]) -> bool:
-        bits = np.asarray(list(xs) if not isinstance(xs, np.ndarray) else xs, dtype=np.float64)
+        bits = check_bits(xs)
         if len(bits) == 0:
             return False
-        if not np.all((bits == 0) | (bits == 1)):
-            bad = bits[(bits != 0) & (bits != 1)][0]
-            raise ValueError(
-                f"Bernoulli detectors take x = 1 (error) or x = 0 (correct), got {bad}"
-            )
         alarmed = False
         start = 0
         while not self._h and start < len(bits):
@@ -380,25 +320,6 @@ class CUSUM(BaseDetector):
         self._alarms += len(alarms)
         self._detected = bool(alarms) and alarms[-1] == len(bits) - 1
         return bool(alarms)
-
-    def update_counts(self, n: int, total: float, total_sq: float | None = None) -> bool:
-        """Feed ``n`` events of which ``total`` were errors (order unknown).
-
-        The order is drawn uniformly at random (seeded, reproducible): exact in distribution for
-        i.i.d. events, see :func:`exchangeable_bits`. After the call ``drift_detected`` says
-        whether the batch raised an alarm.
-        """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        if total != int(total) or not 0 <= total <= n:
-            raise ValueError(f"total must be a whole number of errors between 0 and n={n}")
-        if n == 0:
-            return False
-        bits = exchangeable_bits(n, int(total), self._seed, self._batches)
-        self._batches += 1
-        alarmed = self.update_many(bits)
-        self._detected = alarmed
-        return alarmed
 
     @property
     def drift_detected(self) -> bool:
@@ -446,23 +367,14 @@ class CUSUM(BaseDetector):
             },
             "n": self._n,
             "w": self._w,
-            "detected": self._detected,
-            "alarms": self._alarms,
-            "batches": self._batches,
-            "warm_errors": self._warm_errors,
+            **self._counters_state(),
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
         det = cls(**state["params"])
-        det._n = int(state["n"])
         det._w = int(state["w"])
-        det._detected = bool(state["detected"])
-        det._alarms = int(state["alarms"])
-        det._batches = int(state["batches"])
-        det._warm_errors = int(state["warm_errors"])
-        if not det._h and det._baseline is None and det._n >= det._warmup:
-            det._calibrate(learned_error_rate(det._warm_errors, det._warmup))
+        det._restore_counters(state)
         return det
 
 

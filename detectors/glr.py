@@ -40,14 +40,15 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
-from driftswitch.detectors.base import JSON, BaseDetector
-from driftswitch.detectors.cusum import (
+from driftswitch.detectors._bernoulli import (
+    BernoulliDetector,
     check_arl0,
     check_bit,
+    check_bits,
+    check_seed,
     check_warmup,
-    exchangeable_bits,
-    learned_error_rate,
 )
+from driftswitch.detectors.base import JSON
 from driftswitch.detectors.registry import register
 
 _WINDOW_RATIO = 1.15
@@ -242,7 +243,7 @@ def glr_calibration(q0: float, q1: float, arl0: float) -> tuple[float, float]:
 
 
 @register
-class GLR(BaseDetector):
+class GLR(BernoulliDetector):
     """GLR-CUSUM for an accuracy drop of at least ``min_drop`` (x = 1 is an error).
 
     Parameters
@@ -271,9 +272,6 @@ class GLR(BaseDetector):
     """
 
     kind: ClassVar[str] = "glr"
-    two_sample: ClassVar[bool] = False
-    inputs: ClassVar[frozenset[str]] = frozenset({"bernoulli"})
-    supports_counts: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -303,13 +301,11 @@ class GLR(BaseDetector):
                 raise ValueError(
                     f"min_drop ({min_drop}) must be smaller than baseline ({baseline})"
                 )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self._min_drop = float(min_drop)
         self._baseline = None if baseline is None else float(baseline)
         self._arl0 = check_arl0(arl0)
         self._warmup = check_warmup(warmup, baseline is not None, "baseline")
-        self._seed = seed
+        self._seed = check_seed(seed)
         self._n = 0
         self._stat = 0.0
         self._detected = False
@@ -341,6 +337,11 @@ class GLR(BaseDetector):
         self._offsets = np.concatenate([[0], np.cumsum(self._win + 1)[:-1]])
         self._table = _llr_table(self._windows, q0, q1)
         self._load(np.zeros(0, dtype=np.int64))
+
+    @property
+    def calibrated(self) -> bool:
+        """False while the baseline is still being learned (no alarm is possible yet)."""
+        return not math.isinf(self._h)
 
     def _history(self) -> npt.NDArray[np.int64]:
         """The last ``min(k, longest)`` events since the restart, oldest first."""
@@ -401,23 +402,15 @@ class GLR(BaseDetector):
             self._step(bit)
 
     def update_many(self, xs: Iterable[float]) -> bool:
-        bits = np.asarray(list(xs) if not isinstance(xs, np.ndarray) else xs, dtype=np.float64)
+        bits = check_bits(xs)
         if len(bits) == 0:
             return False
-        if not np.all((bits == 0) | (bits == 1)):
-            bad = bits[(bits != 0) & (bits != 1)][0]
-            raise ValueError(
-                f"Bernoulli detectors take x = 1 (error) or x = 0 (correct), got {bad}"
-            )
         ints = bits.astype(np.int64)
         start = 0
-        while math.isinf(self._h) and start < len(ints):
+        while not self.calibrated and start < len(ints):
             self._n += 1
-            self._warm_errors += int(ints[start])
-            self._detected = False
+            self._warm(int(ints[start]))
             start += 1
-            if self._n >= self._warmup:
-                self._calibrate(learned_error_rate(self._warm_errors, self._n))
         alarmed = False
         if len(ints) - start <= _STEP_MAX:
             for x in ints[start:].tolist():
@@ -441,20 +434,6 @@ class GLR(BaseDetector):
                 alarmed = True
             start += end
         self._load(hist)
-        return alarmed
-
-    def update_counts(self, n: int, total: float, total_sq: float | None = None) -> bool:
-        """Feed ``n`` events of which ``total`` were errors, in a seeded uniformly random order."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        if total != int(total) or not 0 <= total <= n:
-            raise ValueError(f"total must be a whole number of errors between 0 and n={n}")
-        if n == 0:
-            return False
-        bits = exchangeable_bits(n, int(total), self._seed, self._batches)
-        self._batches += 1
-        alarmed = self.update_many(bits)
-        self._detected = alarmed
         return alarmed
 
     @property
@@ -511,10 +490,7 @@ class GLR(BaseDetector):
             },
             "n": self._n,
             "statistic": self._stat,
-            "detected": self._detected,
-            "alarms": self._alarms,
-            "batches": self._batches,
-            "warm_errors": self._warm_errors,
+            **self._counters_state(),
             "history_len": len(hist),
             "history": base64.b64encode(packed).decode("ascii"),
         }
@@ -522,16 +498,10 @@ class GLR(BaseDetector):
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
         det = cls(**state["params"])
-        det._n = int(state["n"])
         det._stat = float(state["statistic"])
-        det._detected = bool(state["detected"])
-        det._alarms = int(state["alarms"])
-        det._batches = int(state["batches"])
-        det._warm_errors = int(state["warm_errors"])
+        det._restore_counters(state)
         raw = np.frombuffer(base64.b64decode(state["history"]), dtype=np.uint8)
         hist = np.unpackbits(raw)[: int(state["history_len"])].astype(np.int64)
-        if math.isinf(det._h) and det._baseline is None and det._n >= det._warmup:
-            det._calibrate(learned_error_rate(det._warm_errors, det._warmup))
         if len(det._ring):
             det._load(hist)
         return det

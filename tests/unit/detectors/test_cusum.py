@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from driftswitch.detectors._bernoulli import exchangeable_bits
 from driftswitch.detectors.cusum import (
     CUSUM,
     bernoulli_arl,
     bernoulli_lattice,
     bernoulli_threshold,
-    exchangeable_bits,
     gaussian_arl,
     gaussian_threshold,
 )
