@@ -27,7 +27,7 @@ ensure_venv() {
     rm -rf "$VENV"
     echo "driftswitch: creating $VENV (first run only)" >&2
     "$py" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+    quiet "$VENV/bin/python" -m pip install --upgrade pip
   fi
   local want have
   want="$extra $(cat pyproject.toml | sha1sum | cut -c1-40)"
