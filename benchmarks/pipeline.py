@@ -181,6 +181,8 @@ async def worker_throughput(
             if first is None and records > 0:
                 first = (now, records)
             if records >= total and first is not None:
+                if records == first[1]:  # all read between two polls: nothing was measured
+                    raise RuntimeError("backlog read in one poll; use more --requests")
                 return (records - first[1]) / (now - first[0])
             await asyncio.sleep(0.02)
         raise RuntimeError(f"worker did not finish: see {log}")
