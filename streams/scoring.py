@@ -71,7 +71,9 @@ def score_pair(
     if task == "regression":
         if is_number(prediction) and is_number(label):
             err = abs(float(prediction) - float(label))  # type-checked numbers above
-            return PairScore(None, err if math.isfinite(err) else None, None, None)
+            # Finite inputs can still overflow (1e200 - 0, squared): such a pair is not scored,
+            # so neither a detector nor a running sum ever sees an infinity.
+            return PairScore(None, err if math.isfinite(err * err) else None, None, None)
         return PairScore(None, None, None, None)
     correct = same_label(prediction, label)
     if positive_label is None:

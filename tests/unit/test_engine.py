@@ -274,3 +274,32 @@ def test_every_detector_family_decides_the_same_across_restarts(events: list[Eve
     assert _run(config, events, cuts, restart=True) == expected
     fired = {out["cause"]["guardrail"] for _, out in expected[0]}
     assert {"g-glr", "g-adwin"} <= fired
+
+
+def test_an_overflowing_regression_error_neither_crashes_nor_poisons_the_statistics() -> None:
+    config = parse_config(
+        """
+flags:
+  price:
+    default: a
+    task: regression
+    variants:
+      a: {weight: 50, value: 1}
+      b: {weight: 50, value: 2}
+    guardrails:
+      - {name: mse, variant: b, metric: squared_error, action: warn, min_samples: 1,
+         detector: {kind: cusum_mean, shift: 1.0, mean: 1.0, std: 1.0, arl0: 1000}}
+"""
+    )
+    engine = Engine(config)
+    events: list[Event] = [
+        PredictionEvent(request_id="r1", flag="price", variant="b", ts=1.0, prediction=1e200),
+        OutcomeEvent(request_id="r1", ts=2.0, label=0),
+        PredictionEvent(request_id="r2", flag="price", variant="b", ts=3.0, prediction=3.0),
+        OutcomeEvent(request_id="r2", ts=4.0, label=2.0),
+    ]
+    result = engine.process(events)
+    assert result.rejections == []
+    stats = engine.snapshot()["flags"]["price"]["variants"]["b"]
+    assert stats["mse"] == 1.0  # only the scoreable pair counts
+    json.dumps(engine.to_state(), allow_nan=False)  # still strict JSON

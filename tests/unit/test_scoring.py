@@ -57,6 +57,15 @@ def test_regression_errors() -> None:
     assert score_pair("regression", True, 1).abs_error is None
 
 
+def test_overflowing_regression_errors_are_not_scored() -> None:
+    """Finite inputs whose error overflows must not reach detectors or sums as infinity."""
+    huge = score_pair("regression", 1e200, 0)
+    assert huge.abs_error is None
+    assert huge.squared_error is None
+    assert label_value(Metric.SQUARED_ERROR, huge) is None
+    assert score_pair("regression", 1e150, 0).squared_error == pytest.approx(1e300)
+
+
 def test_a_failed_inference_is_not_scored_against_its_label() -> None:
     score = score_pair("classification", "cat", "cat", errored=True)
     assert score == PairScore(None, None, None, None)
