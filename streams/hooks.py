@@ -478,7 +478,8 @@ class FailedDelivery:
     kind: str
     #: The encoded event (what a generic hook would have received), for redelivery by hand.
     event: bytes
-    #: ``hook_failed`` (attempts exhausted or permanent error) or ``hook_overflow`` (queue full).
+    #: ``hook_failed`` (attempts exhausted or permanent error), ``hook_overflow`` (queue full)
+    #: or ``hook_crashed`` (an unexpected error while delivering; detail redacted).
     reason: str
     detail: str
     attempts: int
@@ -621,8 +622,11 @@ class HookDispatcher:
             event = await queue.get()
             try:
                 await self._deliver(hook, event)
-            except Exception:  # a bug here must not kill the queue for this flag
-                log.exception("hook %s: delivery crashed", hook.name)
+            except Exception as exc:  # a bug here must not kill the queue for this flag
+                # No traceback: its frames and message could carry the hook's URL or secret.
+                detail = self._redact(f"{type(exc).__name__}: {exc}")
+                log.error("hook %s: delivery crashed: %s", hook.name, detail)
+                await self._give_up(hook, event, "hook_crashed", detail, 0, Outcome.FAILED)
             finally:
                 queue.task_done()
 

@@ -372,3 +372,35 @@ def test_secrets_never_reach_logs_or_dead_letters(caplog: pytest.LogCaptureFixtu
     assert "giving up" in caplog.text
     assert SECRET not in everything
     assert url_token not in everything
+
+
+def test_a_crashing_delivery_is_dead_lettered_with_a_redacted_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected error while delivering loses nothing and leaks no secret into the logs."""
+    import driftswitch.streams.hooks as hooks_module
+
+    def broken(hook: Hook, event: FlagChangeEvent, now: float) -> None:
+        raise RuntimeError(f"cannot render for {hook.secret.get_secret_value()}")
+
+    monkeypatch.setattr(hooks_module, "render", broken)
+
+    async def scenario() -> Sink:
+        sink = Sink()
+        async with HookDispatcher(
+            [make_hook("http://127.0.0.1:9/never")], deadletter=sink.deadletter, record=sink.record
+        ) as dispatcher:
+            dispatcher.submit(kill())
+            dispatcher.submit(kill(version=3))
+            await dispatcher.drain()
+        return sink
+
+    with caplog.at_level(logging.DEBUG):
+        sink = asyncio.run(scenario())
+    assert [(d.reason, d.detail) for d in sink.dead] == [
+        ("hook_crashed", "RuntimeError: cannot render for ***")
+    ] * 2
+    assert [FlagChangeEvent.model_validate_json(d.event).version for d in sink.dead] == [2, 3]
+    assert sink.records.count(("generic", "failed")) == 2
+    assert SECRET not in caplog.text
+    assert "delivery crashed" in caplog.text
