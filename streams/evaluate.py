@@ -30,7 +30,7 @@ from typing import Any
 
 from driftswitch.detectors import registry
 from driftswitch.detectors.base import JSON, BaseDetector
-from driftswitch.streams.config import METRICS, FlagConfig, Guardrail, Metric
+from driftswitch.streams.config import FlagConfig, Guardrail, Metric
 
 #: Labelled outcomes in the windowed accuracy of a variant.
 ACCURACY_WINDOW = 1000
@@ -337,11 +337,6 @@ class Monitor:
         self.window_events = 0
         self.breaches = 0
         self.last_breach_ts: float | None = None
-
-    @property
-    def metric_needs_label(self) -> bool:
-        """Scored when the join completes (else: from the prediction alone)."""
-        return METRICS[self.guardrail.metric].needs_label
 
     # -- feeding ---------------------------------------------------------------------------
 
