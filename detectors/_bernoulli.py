@@ -33,6 +33,15 @@ def exchangeable_bits(n: int, errors: int, seed: int, batch: int) -> npt.NDArray
     return bits
 
 
+def check_unit(name: str, value: float) -> float:
+    """Validate a probability-like parameter (an accuracy, a drop): strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
 def check_arl0(arl0: float) -> float:
     """Validate a false-alarm budget (events between false alarms)."""
     if isinstance(arl0, bool) or not isinstance(arl0, int | float) or not math.isfinite(arl0):

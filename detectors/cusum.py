@@ -48,6 +48,7 @@ from driftswitch.detectors._bernoulli import (
     check_bit,
     check_bits,
     check_seed,
+    check_unit,
     check_warmup,
 )
 from driftswitch.detectors.base import JSON, BaseDetector
@@ -175,14 +176,6 @@ def _lindley(
     return w, alarms, path
 
 
-def _check_unit(name: str, value: float, *, open_low: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
-    return float(value)
-
-
 @register
 class CUSUM(BernoulliDetector):
     """Bernoulli CUSUM for an accuracy drop from ``baseline`` to ``target`` (x = 1 is an error).
@@ -227,11 +220,11 @@ class CUSUM(BernoulliDetector):
         seed: int = 0,
     ) -> None:
         if baseline is not None:
-            baseline = _check_unit("baseline", baseline)
+            baseline = check_unit("baseline", baseline)
         if (target is None) == (drop is None):
             raise ValueError("give exactly one of target (accuracy after the change) or drop")
         if target is not None:
-            target = _check_unit("target", target)
+            target = check_unit("target", target)
             if baseline is not None and target >= baseline:
                 raise ValueError(
                     f"target ({target}) must be below baseline ({baseline}): "
@@ -240,7 +233,7 @@ class CUSUM(BernoulliDetector):
             if baseline is None:
                 raise ValueError("target needs a given baseline; with warmup give drop instead")
         if drop is not None:
-            drop = _check_unit("drop", drop)
+            drop = check_unit("drop", drop)
             if baseline is not None and baseline - drop <= 0.0:
                 raise ValueError(f"drop ({drop}) must be smaller than baseline ({baseline})")
         self._baseline = baseline

@@ -46,6 +46,7 @@ from driftswitch.detectors._bernoulli import (
     check_bit,
     check_bits,
     check_seed,
+    check_unit,
     check_warmup,
 )
 from driftswitch.detectors.base import JSON
@@ -291,12 +292,7 @@ class GLR(BernoulliDetector):
                 f"min_drop must be an accuracy drop strictly between 0 and 1, got {min_drop!r}"
             )
         if baseline is not None:
-            if isinstance(baseline, bool) or not isinstance(baseline, int | float):
-                raise ValueError(
-                    f"baseline must be an accuracy strictly between 0 and 1, got {baseline!r}"
-                )
-            if not 0.0 < baseline < 1.0:
-                raise ValueError(f"baseline must be strictly between 0 and 1, got {baseline!r}")
+            baseline = check_unit("baseline", baseline)
             if baseline - min_drop <= 0.0:
                 raise ValueError(
                     f"min_drop ({min_drop}) must be smaller than baseline ({baseline})"
