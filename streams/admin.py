@@ -38,10 +38,9 @@ from driftswitch.streams.control import (
     CommandAction,
     CommandError,
     validate,
-    validation_message,
 )
 from driftswitch.streams.errors import ConfigError
-from driftswitch.streams.events import FlagChangeEvent, Name
+from driftswitch.streams.events import FlagChangeEvent, Name, validation_message
 from driftswitch.streams.snapshot import read_to_end
 from driftswitch.streams.worker import NotActiveError, Worker
 

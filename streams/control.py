@@ -49,15 +49,13 @@ from pydantic import (
     JsonValue,
     SecretStr,
     StrictInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from driftswitch.streams.config import Config, FlagConfig
-from driftswitch.streams.errors import DriftswitchError, EventError
+from driftswitch.streams.errors import DriftswitchError
 from driftswitch.streams.events import (
-    MAX_EVENT_BYTES,
     Action,
     Cause,
     CauseKind,
@@ -66,6 +64,7 @@ from driftswitch.streams.events import (
     Pin,
     Timestamp,
     VariantState,
+    decode_model,
 )
 
 __all__ = [
@@ -213,24 +212,7 @@ class Command(BaseModel):
 def decode_command(data: bytes | str) -> Command:
     """Decode and validate one control-topic record; ``EventError`` with reason
     ``oversize``, ``malformed_json`` or ``schema`` (the dead-letter reasons of events)."""
-    if len(data) > MAX_EVENT_BYTES:
-        raise EventError("oversize", f"{len(data)} bytes > limit {MAX_EVENT_BYTES}")
-    try:
-        return Command.model_validate_json(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        if errors and errors[0]["type"] == "json_invalid":
-            raise EventError("malformed_json", errors[0]["msg"]) from None
-        raise EventError("schema", validation_message(exc)) from None
-
-
-def validation_message(exc: ValidationError) -> str:
-    """``path: message; ...`` for a pydantic error (HTTP bodies and control records)."""
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(record)"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
+    return decode_model(Command, data)
 
 
 def validate(command: Command, config: Config) -> FlagConfig:

@@ -13,7 +13,7 @@ dead-letter reason.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import orjson
 from pydantic import (
@@ -30,6 +30,8 @@ from pydantic import (
 )
 
 from driftswitch.streams.errors import EventError
+
+_M = TypeVar("_M", bound=BaseModel)
 
 #: Major version of the event contract; it is part of the topic names (``….v1``) and schema ids.
 SCHEMA_VERSION = 1
@@ -267,33 +269,40 @@ def _check_size(data: bytes | str) -> None:
         raise EventError("oversize", f"{len(data)} bytes > limit {MAX_EVENT_BYTES}")
 
 
+def validation_message(exc: ValidationError) -> str:
+    """``path: message; ...`` for a pydantic error (records, control commands, HTTP bodies)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(record)"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 def _event_error(exc: ValidationError) -> EventError:
     errors = exc.errors(include_url=False, include_input=False)
     if errors and errors[0]["type"] == "json_invalid":
         return EventError("malformed_json", errors[0]["msg"])
-    parts = []
-    for err in errors:
-        loc = ".".join(str(p) for p in err["loc"]) or "(record)"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return EventError("schema", "; ".join(parts))
+    return EventError("schema", validation_message(exc))
+
+
+def decode_model(model: type[_M], data: bytes | str) -> _M:
+    """Decode and validate one JSON record as ``model`` (pydantic parses the JSON itself: one
+    pass); ``EventError`` with reason ``oversize``, ``malformed_json`` or ``schema``."""
+    _check_size(data)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise _event_error(exc) from None
 
 
 def decode_prediction(data: bytes | str) -> PredictionEvent:
-    """Decode and validate one prediction record (pydantic parses the JSON itself: one pass)."""
-    _check_size(data)
-    try:
-        return PredictionEvent.model_validate_json(data)
-    except ValidationError as exc:
-        raise _event_error(exc) from None
+    """Decode and validate one prediction record."""
+    return decode_model(PredictionEvent, data)
 
 
 def decode_outcome(data: bytes | str) -> OutcomeEvent:
     """Decode and validate one outcome record."""
-    _check_size(data)
-    try:
-        return OutcomeEvent.model_validate_json(data)
-    except ValidationError as exc:
-        raise _event_error(exc) from None
+    return decode_model(OutcomeEvent, data)
 
 
 def decode_line(data: bytes | str) -> PredictionEvent | OutcomeEvent:
