@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from driftswitch.streams import backtest
-from driftswitch.streams.config import load_config
-from driftswitch.streams.decoding import decode_chunk
-from driftswitch.streams.engine import Engine, Event
-from driftswitch.streams.events import decode_line
-from driftswitch.streams.simulate import Scenario, simulate, write_jsonl
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.events import decode_line
+from driftswitch.streams.pipeline import backtest
+from driftswitch.streams.pipeline.decoding import decode_chunk
+from driftswitch.streams.pipeline.engine import Engine, Event
+from driftswitch.streams.tools.simulate import Scenario, simulate, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,13 +4,15 @@ Pinned to one CPU (``os.sched_setaffinity``; the broker, started before, is not)
 client's background thread shares the core with the caller, as in a single-core model service.
 Prints:
 
-1. ``variant()`` calls/s: the bare :class:`~driftswitch.streams.assign.Fractional`, the client,
+1. ``variant()`` calls/s: the bare :class:`~driftswitch.streams.contract.assign.Fractional`, the
+client,
    ``resolve()``, and our OpenFeature provider through the OpenFeature API;
 2. event-record calls/s: ``record_prediction()`` into the buffer (no broker), and with an
    embedded broker while the background thread sends (plus the delivered rate after ``flush``);
 3. kill/restore propagation: seconds from the broker's acknowledgement of a flag change until the
    client, our OpenFeature provider and openfeature-provider-flagd in file mode (reading the file
-   :class:`~driftswitch.streams.flagd.FlagdFile` writes from the client's callbacks; it polls
+   :class:`~driftswitch.streams.contract.flagd.FlagdFile` writes from the client's callbacks; it
+   polls
    every 500 ms by default) all serve the new state, over ``--changes`` changes published at
    random moments.
 
@@ -35,13 +37,13 @@ from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 
-from driftswitch.streams.assign import Fractional
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.client import DriftswitchClient
-from driftswitch.streams.events import FlagChangeEvent, encode
-from driftswitch.streams.flagd import FlagdFile
-from driftswitch.streams.openfeature import DriftswitchProvider
-from driftswitch.streams.topics import Topics, ensure_topics
+from driftswitch.streams.client.client import DriftswitchClient
+from driftswitch.streams.client.openfeature import DriftswitchProvider
+from driftswitch.streams.contract.assign import Fractional
+from driftswitch.streams.contract.events import FlagChangeEvent, encode
+from driftswitch.streams.contract.flagd import FlagdFile
+from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
 
 FLAG = "ranker"
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from driftswitch.streams.broker import EmbeddedBroker, free_port
-from driftswitch.streams.config import load_config
-from driftswitch.streams.events import FlagChangeEvent
-from driftswitch.streams.runner import serve_worker
-from driftswitch.streams.topics import Topics
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.service.runner import serve_worker
+from driftswitch.streams.tools.broker import EmbeddedBroker, free_port
 
 CONFIG = """\
 flags:

@@ -21,10 +21,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from driftswitch.streams.config import HookFormat
-from driftswitch.streams.events import Action, Cause, CauseKind, FlagChangeEvent, VariantState
-from driftswitch.streams.hooks import FailedDelivery, Hook, HookDispatcher
-from driftswitch.streams.metrics import Metrics
+from driftswitch.streams.config.model import HookFormat
+from driftswitch.streams.contract.events import (
+    Action,
+    Cause,
+    CauseKind,
+    FlagChangeEvent,
+    VariantState,
+)
+from driftswitch.streams.service.hooks import FailedDelivery, Hook, HookDispatcher
+from driftswitch.streams.service.metrics import Metrics
 
 
 def change(flag: str, version: int) -> FlagChangeEvent:

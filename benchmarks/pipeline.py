@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/pipeline.py [--flags 40] [--requests 3000] [--rate 20000]``
 
-On one embedded broker, with events from :mod:`driftswitch.streams.simulate` (``--flags`` flags,
+On one embedded broker, with events from :mod:`driftswitch.streams.tools.simulate` (``--flags``
+flags,
 each a control and a candidate whose accuracy drops from 0.90 to 0.75 at a different request):
 
 1. **Bare consumer** (the Python ceiling, DESIGN.md "Measured facts"): an aiokafka consumer
@@ -36,12 +37,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.events import FlagChangeEvent, PredictionEvent, encode
-from driftswitch.streams.simulate import Scenario, VariantSpec, simulate
-from driftswitch.streams.testing import WorkerProcess
-from driftswitch.streams.topics import Topics, ensure_topics
-from driftswitch.streams.worker import HEADER_SOURCE
+from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
+from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.service.worker import HEADER_SOURCE
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.simulate import Scenario, VariantSpec, simulate
+from driftswitch.streams.tools.testing import WorkerProcess
 
 GUARDRAIL = """\
     guardrails:

@@ -17,8 +17,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from confluent_kafka import Consumer, Producer
 
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.topics import TopicSpec, ensure_topics
+from driftswitch.streams.contract.topics import TopicSpec, ensure_topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
 
 
 def pct(values: list[float], q: float) -> float:

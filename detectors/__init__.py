@@ -1,8 +1,10 @@
-"""driftswitch.detectors: pure online statistics (no Kafka, no Faust)."""
+"""driftswitch.detectors: pure online statistics. Nothing here imports Kafka or
+driftswitch.streams."""
 
 from __future__ import annotations
 
 # Importing the detector modules registers their kinds (each class uses @register).
-from driftswitch.detectors import cusum, drift, glr, quantiles, river, sequential
+from driftswitch.detectors import drift, quantiles, river, sequential
+from driftswitch.detectors.binary import cusum, glr
 
 __all__ = ["cusum", "drift", "glr", "quantiles", "river", "sequential"]

@@ -1,3 +1,6 @@
-"""driftswitch.streams: events, configuration, flag state, the streaming worker, HTTP and CLI."""
+"""driftswitch.streams, in layers with one-way imports (docs/architecture.md "Layout"):
+
+contract <- config <- pipeline <- service; client uses the contract only; tools sit on top.
+"""
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
 
 RUN_ID_VAR = "DRIFTSWITCH_TEST_RUN"
 _topic_counter = itertools.count(1)

@@ -1,6 +1,6 @@
 """Fixtures for the end-to-end tests that run `driftswitch run` as a subprocess.
 
-``start_worker`` starts :class:`~driftswitch.streams.testing.WorkerProcess` children on this
+``start_worker`` starts :class:`~driftswitch.streams.tools.testing.WorkerProcess` children on this
 test's ``topics`` and stops every one of them at teardown. ``produce`` writes records with
 confluent-kafka (librdkafka), a different client from the worker's aiokafka, on purpose: what the
 worker reads must be what any Kafka producer writes.
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.testing import WorkerProcess
-from driftswitch.streams.topics import Topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.testing import WorkerProcess
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from confluent_kafka import Consumer, Producer
 
-from driftswitch.streams.broker import BrokerError, EmbeddedBroker, free_port
-from driftswitch.streams.topics import ROLES, TopicError, Topics, TopicSpec, ensure_topics
+from driftswitch.streams.contract.topics import ROLES, TopicError, Topics, TopicSpec, ensure_topics
+from driftswitch.streams.tools.broker import BrokerError, EmbeddedBroker, free_port
 
 # Every test here starts a Tansu broker (the session's or its own).
 pytestmark = pytest.mark.broker
@@ -252,7 +252,7 @@ def test_parent_killed_with_sigkill_leaves_no_broker(alive: Callable[[int], bool
     script = textwrap.dedent(
         """
         import time
-        from driftswitch.streams.broker import EmbeddedBroker
+        from driftswitch.streams.tools.broker import EmbeddedBroker
         broker = EmbeddedBroker().start()
         print(broker.pid, flush=True)
         time.sleep(600)

@@ -18,19 +18,19 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
 from openfeature.flag_evaluation import Reason
 
-from driftswitch.streams.assign import Fractional
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.client import DriftswitchClient
-from driftswitch.streams.events import (
+from driftswitch.streams.client.client import DriftswitchClient
+from driftswitch.streams.client.openfeature import DriftswitchProvider
+from driftswitch.streams.contract.assign import Fractional
+from driftswitch.streams.contract.events import (
     FlagChangeEvent,
     OutcomeEvent,
     decode_outcome,
     decode_prediction,
     encode,
 )
-from driftswitch.streams.flagd import FlagdFile
-from driftswitch.streams.openfeature import DriftswitchProvider
-from driftswitch.streams.topics import Topics, ensure_topics
+from driftswitch.streams.contract.flagd import FlagdFile
+from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
 
 FLAG = "ranker"
 KEYS = [f"user-{i}" for i in range(2_000)]

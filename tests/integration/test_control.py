@@ -17,12 +17,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.client import DriftswitchClient
-from driftswitch.streams.events import Action, CauseKind
-from driftswitch.streams.ingest import HEADER_REASON
-from driftswitch.streams.testing import WorkerProcess, flag_changes, read_topic, wait_until
-from driftswitch.streams.topics import Topics
+from driftswitch.streams.client.client import DriftswitchClient
+from driftswitch.streams.contract.events import Action, CauseKind
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.pipeline.ingest import HEADER_REASON
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.testing import WorkerProcess, flag_changes, read_topic, wait_until
 
 TOKEN = "s3cret-token-for-tests"
 CONFIG = """\

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from driftswitch.streams.broker import EmbeddedBroker
+from driftswitch.streams.tools.broker import EmbeddedBroker
 
 
 def test_demo_kills_the_degrading_candidate(broker: EmbeddedBroker) -> None:

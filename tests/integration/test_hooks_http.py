@@ -13,15 +13,15 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from driftswitch.streams.config import HookFormat
-from driftswitch.streams.events import (
+from driftswitch.streams.config.model import HookFormat
+from driftswitch.streams.contract.events import (
     Action,
     Cause,
     CauseKind,
     FlagChangeEvent,
     VariantState,
 )
-from driftswitch.streams.hooks import (
+from driftswitch.streams.service.hooks import (
     HEADER_DELIVERY,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -378,7 +378,7 @@ def test_a_crashing_delivery_is_dead_lettered_with_a_redacted_reason(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unexpected error while delivering loses nothing and leaks no secret into the logs."""
-    import driftswitch.streams.hooks as hooks_module
+    import driftswitch.streams.service.hooks as hooks_module
 
     def broken(hook: Hook, event: FlagChangeEvent, now: float) -> None:
         raise RuntimeError(f"cannot render for {hook.secret.get_secret_value()}")

@@ -21,19 +21,19 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.config import parse_config
-from driftswitch.streams.engine import Engine
-from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
-from driftswitch.streams.hooks import (
+from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.service.hooks import (
     HEADER_DELIVERY,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     verify_signature,
 )
-from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.testing import WorkerProcess, event_records, read_topic, wait_until
-from driftswitch.streams.topics import Topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
+from driftswitch.streams.tools.testing import WorkerProcess, event_records, read_topic, wait_until
 
 SECRET = "e2e-hook-secret-7f3a"
 SCENARIO = Scenario(

@@ -17,19 +17,19 @@ from typing import Any
 
 import pytest
 
-from driftswitch.streams.backtest import run as run_backtest
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.config import load_config
-from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
-from driftswitch.streams.simulate import (
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.pipeline.backtest import run as run_backtest
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.simulate import (
     Scenario,
     VariantSpec,
     config_yaml,
     simulate_following,
     write_jsonl,
 )
-from driftswitch.streams.testing import WorkerProcess, event_records, flag_changes
-from driftswitch.streams.topics import Topics, ensure_topics
+from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes
 
 ROLLOUT = """\
     rollout:

@@ -1,7 +1,7 @@
 """Tansu behaviours driftswitch relies on or works around, pinned so a Tansu upgrade shows up.
 
 Each test states the behaviour and what the project does about it; see the module docstring of
-:mod:`driftswitch.streams.broker` and ``benchmarks/tansu_behaviour.py`` for the figures.
+:mod:`driftswitch.streams.tools.broker` and ``benchmarks/tansu_behaviour.py`` for the figures.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.topics import TopicSpec, ensure_topics
+from driftswitch.streams.contract.topics import TopicSpec, ensure_topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
 
 
 async def send_batches(bootstrap: str, topic: str, sizes: list[int], key: bytes) -> list[int]:

@@ -17,15 +17,26 @@ from typing import Any
 import orjson
 import pytest
 
-from driftswitch.streams.backtest import run as run_backtest
-from driftswitch.streams.broker import EmbeddedBroker
-from driftswitch.streams.config import load_config
-from driftswitch.streams.engine import Engine
-from driftswitch.streams.events import FlagChangeEvent, OutcomeEvent, PredictionEvent, encode
-from driftswitch.streams.ingest import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
-from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate, write_jsonl
-from driftswitch.streams.testing import WorkerProcess, event_records, flag_changes, read_topic
-from driftswitch.streams.topics import Topics
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.events import (
+    FlagChangeEvent,
+    OutcomeEvent,
+    PredictionEvent,
+    encode,
+)
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.pipeline.backtest import run as run_backtest
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.pipeline.ingest import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.simulate import (
+    Scenario,
+    VariantSpec,
+    config_yaml,
+    simulate,
+    write_jsonl,
+)
+from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes, read_topic
 
 GUARDRAIL = """\
       - name: candidate-accuracy

@@ -12,12 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from driftswitch.streams.admin import routes
-from driftswitch.streams.config import Config, parse_config
-from driftswitch.streams.control import AdminAuth, Command, Outcome
-from driftswitch.streams.engine import Engine
-from driftswitch.streams.errors import ConfigError
-from driftswitch.streams.worker import NotActiveError
+from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.errors import ConfigError
+from driftswitch.streams.pipeline.control import AdminAuth, Command, Outcome
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.service.admin import routes
+from driftswitch.streams.service.worker import NotActiveError
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from driftswitch.streams.metrics import METRICS
+from driftswitch.streams.service.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"

@@ -20,15 +20,15 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import Reason
 from openfeature.provider import ProviderStatus
 
-from driftswitch.streams.assign import (
+from driftswitch.streams.contract.assign import (
     MAX_TOTAL_WEIGHT,
     Fractional,
     bucket_hash,
     bucketing_bytes,
     fractions,
 )
-from driftswitch.streams.events import FlagChangeEvent
-from driftswitch.streams.flagd import document, dumps, write_atomic
+from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.contract.flagd import document, dumps, write_atomic
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@:éß日本🙂"
 

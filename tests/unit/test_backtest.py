@@ -8,11 +8,11 @@ from pathlib import Path
 import orjson
 from click.testing import CliRunner
 
-from driftswitch.streams import backtest
-from driftswitch.streams.cli import main
-from driftswitch.streams.config import load_config
-from driftswitch.streams.events import FlagChangeEvent
-from driftswitch.streams.simulate import Scenario, simulate, write_jsonl
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.pipeline import backtest
+from driftswitch.streams.tools.cli import main
+from driftswitch.streams.tools.simulate import Scenario, simulate, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "ranker.yaml"

@@ -11,10 +11,10 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent
 from openfeature.flag_evaluation import Reason
 
-from driftswitch.streams.assign import Fractional
-from driftswitch.streams.client import DriftswitchClient
-from driftswitch.streams.events import FlagChangeEvent, PredictionEvent
-from driftswitch.streams.openfeature import DriftswitchProvider
+from driftswitch.streams.client.client import DriftswitchClient
+from driftswitch.streams.client.openfeature import DriftswitchProvider
+from driftswitch.streams.contract.assign import Fractional
+from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent
 
 KEYS = [f"user-{i}" for i in range(1_000)]
 
@@ -50,7 +50,7 @@ def unstarted(**kwargs: Any) -> DriftswitchClient:
 
 def test_client_import_stays_light() -> None:
     code = (
-        "import sys, driftswitch.streams.client; "
+        "import sys, driftswitch.streams.client.client; "
         "print(sorted(m for m in ('faust', 'mode', 'numpy', 'river', 'scipy', 'openfeature') "
         "if m in sys.modules))"
     )

@@ -17,10 +17,10 @@ import click
 import pytest
 import yaml
 
-from driftswitch.streams.cli import main
-from driftswitch.streams.config import load_config
-from driftswitch.streams.hooks import resolve_hooks
-from driftswitch.streams.topics import Topics
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.service.hooks import resolve_hooks
+from driftswitch.streams.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -121,7 +121,7 @@ def test_workers_share_one_group_and_publish_distinct_host_ports(compose: dict[s
 
 
 def test_environment_names_are_known_to_the_code(compose: dict[str, Any]) -> None:
-    source = "\n".join(p.read_text() for p in (ROOT / "streams").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "streams").rglob("*.py"))
     docs = DOCS.read_text()
     for worker in WORKERS:
         env = services(compose)[worker]["environment"]

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from driftswitch.streams.cli import main
-from driftswitch.streams.config import (
+from driftswitch.streams.config.model import (
     GuardrailAction,
     Metric,
     load_config,
     parse_config,
     parse_duration,
 )
-from driftswitch.streams.errors import ConfigError
+from driftswitch.streams.contract.errors import ConfigError
+from driftswitch.streams.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -260,7 +260,7 @@ def test_example_config_is_valid() -> None:
 
 
 def test_defaults_and_two_sample_direction() -> None:
-    from driftswitch.streams.config import detector_spec
+    from driftswitch.streams.config.model import detector_spec
 
     config = parse_config(GOOD)
     flag = config.flags["ranker"]

@@ -7,8 +7,16 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from driftswitch.streams.config import Config, parse_config
-from driftswitch.streams.control import (
+from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.errors import EventError
+from driftswitch.streams.contract.events import (
+    Action,
+    CauseKind,
+    FlagChangeEvent,
+    OutcomeEvent,
+    PredictionEvent,
+)
+from driftswitch.streams.pipeline.control import (
     ADMIN_TOKEN_ENV,
     AdminAuth,
     Command,
@@ -18,15 +26,7 @@ from driftswitch.streams.control import (
     transition,
     validate,
 )
-from driftswitch.streams.engine import Engine
-from driftswitch.streams.errors import EventError
-from driftswitch.streams.events import (
-    Action,
-    CauseKind,
-    FlagChangeEvent,
-    OutcomeEvent,
-    PredictionEvent,
-)
+from driftswitch.streams.pipeline.engine import Engine
 
 CONFIG = """\
 flags:

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftswitch.streams import decoding
-from driftswitch.streams.decoding import decode_events
-from driftswitch.streams.errors import EventError
-from driftswitch.streams.events import MAX_EVENT_BYTES, decode_line, encode
-from driftswitch.streams.simulate import Scenario, simulate
+from driftswitch.streams.contract.errors import EventError
+from driftswitch.streams.contract.events import MAX_EVENT_BYTES, decode_line, encode
+from driftswitch.streams.pipeline import decoding
+from driftswitch.streams.pipeline.decoding import decode_events
+from driftswitch.streams.tools.simulate import Scenario, simulate
 
 
 def _reference(line: bytes | str) -> Any:

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftswitch.streams.config import Config, parse_config
-from driftswitch.streams.engine import Engine, Event, Result
-from driftswitch.streams.events import (
+from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
     CauseKind,
@@ -23,7 +22,8 @@ from driftswitch.streams.events import (
     PredictionEvent,
     VariantState,
 )
-from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate
+from driftswitch.streams.pipeline.engine import Engine, Event, Result
+from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 
 GUARDRAILS = """\
       - name: candidate-accuracy

@@ -7,11 +7,15 @@ from types import ModuleType
 
 import pytest
 
-import driftswitch.streams.engine
-import driftswitch.streams.join
-import driftswitch.streams.simulate
+import driftswitch.streams.pipeline.engine
+import driftswitch.streams.pipeline.join
+import driftswitch.streams.tools.simulate
 
-MODULES = [driftswitch.streams.engine, driftswitch.streams.join, driftswitch.streams.simulate]
+MODULES = [
+    driftswitch.streams.pipeline.engine,
+    driftswitch.streams.pipeline.join,
+    driftswitch.streams.tools.simulate,
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driftswitch.streams.errors import EventError
-from driftswitch.streams.events import (
+from driftswitch.streams.contract.errors import EventError
+from driftswitch.streams.contract.events import (
     MAX_EVENT_BYTES,
     Action,
     Cause,

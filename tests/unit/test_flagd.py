@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from driftswitch.streams.events import FlagChangeEvent
-from driftswitch.streams.flagd import SCHEMA_URL, FlagdFile, document, dumps, write_atomic
+from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.contract.flagd import SCHEMA_URL, FlagdFile, document, dumps, write_atomic
 
 
 def state(flag: str, version: int, killed: tuple[str, ...] = ()) -> FlagChangeEvent:

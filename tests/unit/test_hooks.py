@@ -9,8 +9,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from driftswitch.streams.config import HookFormat, parse_config
-from driftswitch.streams.events import (
+from driftswitch.streams.config.model import HookFormat, parse_config
+from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
     Cause,
@@ -19,7 +19,7 @@ from driftswitch.streams.events import (
     VariantState,
     encode,
 )
-from driftswitch.streams.hooks import (
+from driftswitch.streams.service.hooks import (
     HEADER_DELIVERY,
     HEADER_EVENT,
     HEADER_SIGNATURE,

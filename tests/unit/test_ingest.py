@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from driftswitch.streams.events import MAX_EVENT_BYTES, OutcomeEvent, PredictionEvent
-from driftswitch.streams.ingest import (
+from driftswitch.streams.contract.events import MAX_EVENT_BYTES, OutcomeEvent, PredictionEvent
+from driftswitch.streams.pipeline.ingest import (
     HEADER_DETAIL,
     HEADER_OFFSET,
     HEADER_PARTITION,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftswitch.streams.join import DUPLICATE, JoinBuffer
+from driftswitch.streams.pipeline.join import DUPLICATE, JoinBuffer
 
 
 def test_prediction_then_outcome_joins() -> None:

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from driftswitch.streams.events import (
+from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
     Cause,
@@ -16,7 +16,7 @@ from driftswitch.streams.events import (
     FlagChangeEvent,
     VariantState,
 )
-from driftswitch.streams.logs import (
+from driftswitch.streams.service.logs import (
     configure_logging,
     decision_context,
     log_format_from_env,
@@ -61,7 +61,7 @@ def restore_root() -> object:
 def test_json_lines_carry_decision_context(restore_root: object) -> None:
     stream = io.StringIO()
     configure_logging("json", "INFO", stream)
-    log = logging.getLogger("driftswitch.streams.worker")
+    log = logging.getLogger("driftswitch.streams.service.worker")
     log.info("published %s", "ranker v2", extra=decision_context(KILL))
     log.warning("alert", extra=decision_context(WARN))
     log.debug("not shown")
@@ -73,7 +73,7 @@ def test_json_lines_carry_decision_context(restore_root: object) -> None:
     assert len(lines) == 3
     first = lines[0]
     assert first["level"] == "info"
-    assert first["logger"] == "driftswitch.streams.worker"
+    assert first["logger"] == "driftswitch.streams.service.worker"
     assert first["message"] == "published ranker v2"
     assert first["ts"].endswith("+00:00")
     assert {k: first[k] for k in ("flag", "variant", "guardrail", "action", "version")} == {

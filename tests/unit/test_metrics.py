@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftswitch.streams.metrics import METRICS, Metrics, metrics_handler
+from driftswitch.streams.service.metrics import METRICS, Metrics, metrics_handler
 
 #: The shape of ``Engine.snapshot()``.
 SNAPSHOT: dict[str, Any] = {

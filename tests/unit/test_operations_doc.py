@@ -10,10 +10,16 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
-from driftswitch.streams.config import HookFormat
-from driftswitch.streams.events import Action, Cause, CauseKind, FlagChangeEvent, VariantState
-from driftswitch.streams.hooks import Hook, render
-from driftswitch.streams.metrics import METRICS
+from driftswitch.streams.config.model import HookFormat
+from driftswitch.streams.contract.events import (
+    Action,
+    Cause,
+    CauseKind,
+    FlagChangeEvent,
+    VariantState,
+)
+from driftswitch.streams.service.hooks import Hook, render
+from driftswitch.streams.service.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "README.md").read_text()

@@ -46,8 +46,8 @@ def test_client_modules_import_without_the_service_stack() -> None:
     import sys
 
     code = (
-        "import sys, driftswitch.streams.events, driftswitch.streams.assign,"
-        " driftswitch.streams.flagd;"
+        "import sys, driftswitch.streams.contract.events, driftswitch.streams.contract.assign,"
+        " driftswitch.streams.contract.flagd;"
         "heavy = [m for m in ('faust', 'numpy', 'river', 'prometheus_client') if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from driftswitch.streams.config import Config, parse_config
-from driftswitch.streams.evaluate import Decision
-from driftswitch.streams.events import Action, AlertEvent, CauseKind, FlagChangeEvent
-from driftswitch.streams.policy import Cooldowns, apply, initial_state
+from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.events import Action, AlertEvent, CauseKind, FlagChangeEvent
+from driftswitch.streams.pipeline.monitor import Decision
+from driftswitch.streams.pipeline.policy import Cooldowns, apply, initial_state
 
 CONFIG = """
 flags:

@@ -1,4 +1,5 @@
-"""The rollout state machine (streams/rollout.py): gates, harm, hold, pause, shadow promotion,
+"""The rollout state machine (streams/pipeline/rollout.py): gates, harm, hold, pause, shadow
+promotion,
 its config rules, its state round trip, and the assignment guarantee of its weights."""
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ from collections.abc import Iterable
 
 import pytest
 
-from driftswitch.streams.assign import Fractional
-from driftswitch.streams.config import Config, parse_config
-from driftswitch.streams.errors import ConfigError
-from driftswitch.streams.events import Action, AlertEvent, CauseKind, FlagChangeEvent
-from driftswitch.streams.policy import initial_state
-from driftswitch.streams.rollout import COMPLETE, ENDED, KILLED, STOPPED, Rollout
+from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.assign import Fractional
+from driftswitch.streams.contract.errors import ConfigError
+from driftswitch.streams.contract.events import Action, AlertEvent, CauseKind, FlagChangeEvent
+from driftswitch.streams.pipeline.policy import initial_state
+from driftswitch.streams.pipeline.rollout import COMPLETE, ENDED, KILLED, STOPPED, Rollout
 
 T0 = 1_767_225_600.0
 

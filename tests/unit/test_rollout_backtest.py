@@ -1,6 +1,7 @@
 """Rollouts through the engine and ``backtest`` on simulated traffic that follows the flag.
 
-The events come from :func:`~driftswitch.streams.simulate.simulate_following` (clients serve the
+The events come from :func:`~driftswitch.streams.tools.simulate.simulate_following` (clients serve
+the
 flag's live weights), are written to JSON Lines and replayed by ``backtest``: a candidate as good
 as control ramps to 100 % with each step's evidence; a worse one is killed (or rolled back) at the
 first step where the evidence suffices; a shadow is promoted and ramped. The engine's rollout
@@ -15,10 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from driftswitch.streams.backtest import run
-from driftswitch.streams.config import Config, parse_config
-from driftswitch.streams.engine import Engine
-from driftswitch.streams.events import (
+from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
     CauseKind,
@@ -26,7 +25,9 @@ from driftswitch.streams.events import (
     OutcomeEvent,
     PredictionEvent,
 )
-from driftswitch.streams.simulate import (
+from driftswitch.streams.pipeline.backtest import run
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.tools.simulate import (
     Scenario,
     VariantSpec,
     config_yaml,
@@ -205,7 +206,7 @@ def test_operator_pause_resume_and_kill_steer_the_rollout(
 ) -> None:
     """The control interface (Engine.apply_command): pause stops advances, resume re-enables
     them, a manual kill of the candidate ends the rollout."""
-    from driftswitch.streams.control import Command
+    from driftswitch.streams.pipeline.control import Command
 
     cfg, events = good
     engine = Engine(cfg)

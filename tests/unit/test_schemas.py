@@ -11,9 +11,9 @@ import pydantic
 import pytest
 import yaml
 
-from driftswitch.streams import schemagen
-from driftswitch.streams.config import load_config
-from driftswitch.streams.errors import ConfigError
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.errors import ConfigError
+from driftswitch.streams.tools import schemagen
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from driftswitch.streams.config import Guardrail, Metric
-from driftswitch.streams.events import PredictionEvent
-from driftswitch.streams.join import Label
-from driftswitch.streams.scoring import (
+from driftswitch.streams.config.model import Guardrail, Metric
+from driftswitch.streams.contract.events import PredictionEvent
+from driftswitch.streams.pipeline.join import Label
+from driftswitch.streams.pipeline.scoring import (
     PairScore,
     label_value,
     prediction_reader,

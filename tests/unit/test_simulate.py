@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from driftswitch.streams.config import parse_config
-from driftswitch.streams.events import OutcomeEvent, PredictionEvent, decode_line
-from driftswitch.streams.simulate import Scenario, VariantSpec, config_yaml, simulate, write_jsonl
+from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent, decode_line
+from driftswitch.streams.tools.simulate import (
+    Scenario,
+    VariantSpec,
+    config_yaml,
+    simulate,
+    write_jsonl,
+)
 
 
 def test_same_seed_same_events_other_seed_other_events() -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from driftswitch.streams.snapshot import CHUNK_BYTES, Snapshot, encode_chunks, latest_snapshot
+from driftswitch.streams.service.snapshot import (
+    CHUNK_BYTES,
+    Snapshot,
+    encode_chunks,
+    latest_snapshot,
+)
 
 
 @dataclass

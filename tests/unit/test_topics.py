@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from driftswitch.streams.topics import ROLES, TopicError, Topics, TopicSpec
+from driftswitch.streams.contract.topics import ROLES, TopicError, Topics, TopicSpec
 
 
 def test_defaults_are_the_documented_names() -> None:

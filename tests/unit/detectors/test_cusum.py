@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftswitch.detectors._bernoulli import exchangeable_bits
-from driftswitch.detectors.cusum import (
+from driftswitch.detectors.binary._bernoulli import exchangeable_bits
+from driftswitch.detectors.binary.cusum import (
     CUSUM,
     bernoulli_arl,
     bernoulli_lattice,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftswitch.detectors.glr import (
+from driftswitch.detectors.binary.glr import (
     GLR,
     bernoulli_kl,
     glr_calibration,

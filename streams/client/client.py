@@ -1,0 +1,796 @@
+"""The Python client for model services: record events, follow flags, assign variants.
+
+A model service calls :meth:`DriftswitchClient.variant` on every request and records one
+prediction (and later one outcome) per request. Neither may slow the request down or fail it
+because driftswitch or Kafka is down (issue 5; DESIGN.md "Who uses it"), so:
+
+- recording only appends to a bounded in-memory buffer (``O(1)``, never blocks); a background
+  thread with its own asyncio loop drains it into the predictions/outcomes topics with aiokafka,
+  in batches keyed by ``request_id`` (Kafka's default murmur2 partitioner, so predictions and
+  outcomes stay co-partitioned whatever producer sends them). While the broker is unreachable
+  the buffer holds up to ``buffer_size`` events; beyond that new events are dropped and counted
+  (:meth:`DriftswitchClient.stats`);
+- flag state is read from the compacted flags topic from its beginning until the consumer is
+  idle (the embedded Tansu broker never compacts and reports the end offset of a partition as
+  its last batch's base offset, so "read up to the end offset" would stop short: DESIGN.md
+  "Other facts"), then followed. A record whose version is not newer than the held one is
+  ignored. The cache survives a broker outage: the last known state keeps being served;
+- :meth:`DriftswitchClient.variant` is :class:`~driftswitch.streams.contract.assign.Fractional`
+over the
+  cached state (bit-for-bit flagd ``fractional``), a killed variant is never served, an unknown
+  flag gets its configured default, and nothing on that path raises.
+
+Imports stay light (aiokafka, pydantic, cbor2, mmh3, orjson): no Faust, numpy or river.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import orjson
+from pydantic import JsonValue, ValidationError
+
+from driftswitch.streams.contract.assign import Fractional
+from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.topics import Topics
+
+__all__ = ["ClientStats", "DriftswitchClient", "Resolution"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: Why a variant was served (see :class:`Resolution`).
+ResolutionReason = Literal["split", "static", "default", "unknown", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """One flag evaluation: the variant, its value, and why.
+
+    ``reason`` is ``split`` (assigned by the fractional split of the current state), ``static``
+    (the state serves one non-default variant to everyone), ``default`` (the state serves its
+    default variant to this key: to everyone, or there is no targeting key),
+    ``unknown`` (no state held yet; the configured default, if any) or ``error`` (evaluation
+    failed; the configured default, if any). ``variant`` is ``None`` only when no state and no
+    default is known.
+    """
+
+    variant: str | None
+    value: JsonValue
+    reason: ResolutionReason
+    version: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """Counters of one client, for logs, metrics and health checks.
+
+    Every recorded event is, at any moment, exactly one of: ``buffered`` (waiting), ``in_flight``
+    (handed to the producer), ``sent`` (acknowledged by the broker), ``failed`` (the broker
+    refused it, it could not be encoded, or it was still unsent when the client closed) or
+    ``dropped`` (the buffer was full).
+    """
+
+    recorded: int
+    buffered: int
+    in_flight: int
+    sent: int
+    failed: int
+    dropped: int
+    buffer_size: int
+    producer_connected: bool
+    flags: int
+    flag_updates: int
+    stale_versions_ignored: int
+    bad_flag_records: int
+    bootstrapped: bool
+    staleness_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _FlagEntry:
+    state: FlagChangeEvent
+    split: Fractional
+    only: str | None  # the variant everyone gets, if the split has just one
+
+
+# A buffered event: (topic role, key, payload); payload is a dict or a model encoded later.
+_Pending = tuple[str, bytes, "dict[str, Any] | PredictionEvent | OutcomeEvent"]
+
+
+def _payload_bytes(payload: dict[str, Any] | PredictionEvent | OutcomeEvent) -> bytes:
+    if isinstance(payload, dict):
+        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(payload.model_dump(mode="json", exclude_none=True))
+
+
+class DriftswitchClient:
+    """Records prediction/outcome events and serves flag variants from the flags topic.
+
+    Parameters
+    ----------
+    bootstrap
+        Kafka ``bootstrap_servers``, e.g. ``"127.0.0.1:9092"``.
+    topics
+        Topic names (default: ``driftswitch.*.v1``).
+    defaults
+        Flag → variant served while the flag's state is unknown (before the first read, or a
+        flag driftswitch never published).
+    buffer_size
+        Events held while they cannot be sent; beyond it new events are dropped and counted.
+    follow_flags, record_events
+        Turn either half off (a pure recorder, or a pure flag reader; its record calls are
+        counted as dropped).
+    idle_s
+        A bootstrap read that returns nothing for this long has reached the end of the topic.
+    poll_s
+        Longest wait of one fetch of the flags topic: bounds how late a change is seen.
+    linger_s
+        How long the sender waits for more events before sending what it has.
+    producer_options, consumer_options
+        Extra aiokafka settings (security, client id, timeouts, ...).
+
+    Use it as a context manager (``with`` or ``async with``) or call :meth:`start` and
+    :meth:`close`. Callbacks registered with :meth:`on_change` run on the client's thread.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topics: Topics | None = None,
+        defaults: Mapping[str, str] | None = None,
+        buffer_size: int = 100_000,
+        follow_flags: bool = True,
+        record_events: bool = True,
+        idle_s: float = 0.25,
+        poll_s: float = 0.1,
+        linger_s: float = 0.005,
+        max_batch: int = 10_000,
+        producer_options: Mapping[str, Any] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self.bootstrap = bootstrap
+        self.topics = topics or Topics()
+        self.defaults = dict(defaults or {})
+        self.buffer_size = buffer_size
+        self.follow_flags = follow_flags
+        self.record_events = record_events
+        self.idle_s = idle_s
+        self.poll_s = poll_s
+        self.linger_s = linger_s
+        self.max_batch = max_batch
+        self._producer_options = dict(producer_options or {})
+        self._consumer_options = dict(consumer_options or {})
+        self._topic_names = {
+            "predictions": self.topics.predictions.name,
+            "outcomes": self.topics.outcomes.name,
+        }
+
+        self._flags: dict[str, _FlagEntry] = {}
+        self._callbacks: list[Callable[[FlagChangeEvent], None]] = []
+        self._bootstrapped = threading.Event()
+        self._last_update: float | None = None
+        self._flag_updates = 0
+        self._stale_ignored = 0
+        self._bad_flag_records = 0
+
+        self._buffer: collections.deque[_Pending] = collections.deque()
+        self._lock = threading.Lock()
+        self._recorded = 0
+        self._dropped = 0
+        self._in_flight = 0
+        self._sent = 0
+        self._failed = 0
+        self._producer_connected = False
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_timeout_s = 5.0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, wait_s: float | None = 10.0) -> bool:
+        """Start the background thread; wait up to ``wait_s`` for the flag state to be read.
+
+        Returns whether the flags were bootstrapped in time. Never fails because the broker is
+        unreachable: the client then serves defaults and keeps trying in the background.
+        """
+        if self._thread is not None:
+            return self._bootstrapped.is_set()
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(ready,), name="driftswitch-client", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if not self.follow_flags:
+            return True
+        return self.wait_bootstrapped(wait_s)
+
+    def wait_bootstrapped(self, timeout_s: float | None = None) -> bool:
+        """Block until the flags topic has been read to its end once (or the timeout)."""
+        return self._bootstrapped.wait(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is buffered (up to ``timeout_s``), then stop the background thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        # Stopping a producer with undeliverable batches waits for them: bound that too.
+        self._stop_timeout_s = max(0.1, min(5.0, timeout_s))
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self._call(self._shutdown(timeout_s)).result(timeout_s + 1.0)
+        thread.join(2 * timeout_s + 2.0)
+        self._thread = None
+        self._loop = None
+        with self._lock:  # what could not be sent before the deadline is lost: say so
+            lost = len(self._buffer) + self._in_flight
+            self._buffer.clear()
+            self._failed += lost
+            self._in_flight = 0
+        if lost:
+            log.warning("driftswitch: %d event(s) unsent at close", lost)
+
+    async def start_async(self, wait_s: float | None = 10.0) -> bool:
+        """:meth:`start` for asyncio callers (the blocking wait runs in a worker thread)."""
+        return await asyncio.to_thread(self.start, wait_s)
+
+    async def close_async(self, timeout_s: float = 5.0) -> None:
+        """:meth:`close` for asyncio callers."""
+        await asyncio.to_thread(self.close, timeout_s)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start_async()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close_async()
+
+    # --- flags: the request path ---------------------------------------------------------------
+
+    def variant(
+        self,
+        flag: str,
+        targeting_key: str,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """The variant ``targeting_key`` gets for ``flag``; never raises.
+
+        The assignment uses only the flag and the targeting key (flagd's default bucketing), so
+        every flagd/OpenFeature client agrees; ``attributes`` are accepted for OpenFeature
+        parity. Unknown state gives the configured default (``None`` if there is none).
+        """
+        try:
+            entry = self._flags.get(flag)
+            if entry is None:
+                return self.defaults.get(flag)
+            return entry.split.variant(targeting_key)
+        except Exception:
+            log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
+            return self._fallback(flag)
+
+    def _fallback(self, flag: str) -> str | None:
+        """The held state's default variant, else the configured default; never raises."""
+        try:
+            entry = self._flags.get(flag)
+            return entry.state.default_variant if entry else self.defaults.get(flag)
+        except Exception:  # e.g. an unhashable flag argument
+            return None
+
+    def value(
+        self,
+        flag: str,
+        targeting_key: str,
+        attributes: Mapping[str, Any] | None = None,
+        default: JsonValue = None,
+    ) -> JsonValue:
+        """The value of the variant :meth:`variant` picks, or ``default`` if it has none."""
+        return self.resolve(flag, targeting_key, attributes, default).value
+
+    def resolve(
+        self,
+        flag: str,
+        targeting_key: str | None,
+        attributes: Mapping[str, Any] | None = None,
+        default: JsonValue = None,
+    ) -> Resolution:
+        """The variant, its value and the reason (what the OpenFeature provider reports)."""
+        try:
+            entry = self._flags.get(flag)
+            if entry is None:
+                return Resolution(self.defaults.get(flag), default, "unknown")
+            state, split = entry.state, entry.split
+            name = split.variant(targeting_key or "")
+            reason: ResolutionReason
+            if not targeting_key or name == entry.only == state.default_variant:
+                reason = "default"
+            elif entry.only is not None:
+                reason = "static"
+            else:
+                reason = "split"
+            variant_state = state.variants.get(name)
+            value = variant_state.value if variant_state is not None else default
+            return Resolution(name, value, reason, state.version)
+        except Exception as exc:
+            log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
+            error = f"{type(exc).__name__}: {exc}"
+            return Resolution(self._fallback(flag), default, "error", error=error)
+
+    def flag_state(self, flag: str) -> FlagChangeEvent | None:
+        """The latest state held for ``flag`` (``None`` if none yet)."""
+        entry = self._flags.get(flag)
+        return entry.state if entry else None
+
+    def flag_states(self) -> dict[str, FlagChangeEvent]:
+        """Every flag state held, by flag."""
+        return {flag: entry.state for flag, entry in list(self._flags.items())}
+
+    def on_change(self, callback: Callable[[FlagChangeEvent], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` after every accepted flag change; returns an unsubscriber.
+
+        Callbacks run on the client's background thread; an exception in one is logged and
+        does not affect the others.
+        """
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    @property
+    def bootstrapped(self) -> bool:
+        """Whether the flags topic has been read to its end at least once."""
+        return self._bootstrapped.is_set()
+
+    def staleness(self) -> float:
+        """Seconds since the client last read the flags topic to its end or got a flag record.
+
+        ``inf`` before the first read. It grows while the broker is unreachable, and also while
+        nothing changes: a worker that republishes states periodically keeps it low.
+        """
+        last = self._last_update
+        return math.inf if last is None else time.monotonic() - last
+
+    def apply(self, state: FlagChangeEvent) -> bool:
+        """Apply one flag state as if read from the topic; returns whether it was newer.
+
+        The follower calls this for every record; tests and embedders may call it directly.
+        """
+        self._last_update = time.monotonic()
+        held = self._flags.get(state.flag)
+        if held is not None and state.version <= held.state.version:
+            self._stale_ignored += 1
+            return False
+        split = Fractional.from_event(state)
+        served = {name for name, _ in split.fractions} or {state.default_variant}
+        only = next(iter(served)) if len(served) == 1 else None
+        self._flags[state.flag] = _FlagEntry(state, split, only)
+        self._flag_updates += 1
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(state)
+            except Exception:
+                log.exception("driftswitch: flag change callback %r failed", callback)
+        return True
+
+    # --- recording: the request path ----------------------------------------------------------
+
+    def record_prediction(
+        self,
+        request_id: str,
+        flag: str,
+        variant: str,
+        prediction: bool | int | float | str,
+        *,
+        ts: float | None = None,
+        score: float | None = None,
+        latency_ms: float | None = None,
+        error: str | None = None,
+        served: bool = True,
+        subject: str | None = None,
+        model_version: str | None = None,
+        attributes: Mapping[str, bool | int | float | str] | None = None,
+        features: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Queue one prediction event (schema: :class:`PredictionEvent`); never blocks.
+
+        Returns False if it was dropped because the buffer is full. Fields are not validated
+        here (that would cost the request path); the worker dead-letters a bad event with a
+        reason.
+        """
+        event: dict[str, Any] = {
+            "request_id": request_id,
+            "flag": flag,
+            "variant": variant,
+            "ts": time.time() if ts is None else ts,
+            "prediction": prediction,
+        }
+        if score is not None:
+            event["score"] = score
+        if latency_ms is not None:
+            event["latency_ms"] = latency_ms
+        if error is not None:
+            event["error"] = error
+        if not served:
+            event["served"] = False
+        if subject is not None:
+            event["subject"] = subject
+        if model_version is not None:
+            event["model_version"] = model_version
+        if attributes:
+            event["attributes"] = dict(attributes)
+        if features:
+            event["features"] = dict(features)
+        return self._enqueue("predictions", request_id, event)
+
+    def record_outcome(
+        self,
+        request_id: str,
+        label: bool | int | float | str,
+        *,
+        ts: float | None = None,
+        flag: str | None = None,
+        variant: str | None = None,
+    ) -> bool:
+        """Queue one outcome event (schema: :class:`OutcomeEvent`); never blocks."""
+        event: dict[str, Any] = {
+            "request_id": request_id,
+            "ts": time.time() if ts is None else ts,
+            "label": label,
+        }
+        if flag is not None:
+            event["flag"] = flag
+        if variant is not None:
+            event["variant"] = variant
+        return self._enqueue("outcomes", request_id, event)
+
+    def record(self, event: PredictionEvent | OutcomeEvent) -> bool:
+        """Queue an already validated event model; never blocks."""
+        role = "predictions" if isinstance(event, PredictionEvent) else "outcomes"
+        return self._enqueue(role, event.request_id, event)
+
+    async def record_prediction_async(
+        self,
+        request_id: str,
+        flag: str,
+        variant: str,
+        prediction: bool | int | float | str,
+        **fields: Any,
+    ) -> bool:
+        """:meth:`record_prediction` for coroutines (it never awaits anything slow)."""
+        return self.record_prediction(request_id, flag, variant, prediction, **fields)
+
+    async def record_outcome_async(
+        self, request_id: str, label: bool | int | float | str, **fields: Any
+    ) -> bool:
+        """:meth:`record_outcome` for coroutines."""
+        return self.record_outcome(request_id, label, **fields)
+
+    async def record_async(self, event: PredictionEvent | OutcomeEvent) -> bool:
+        """:meth:`record` for coroutines."""
+        return self.record(event)
+
+    def _enqueue(
+        self,
+        role: str,
+        request_id: str,
+        payload: dict[str, Any] | PredictionEvent | OutcomeEvent,
+    ) -> bool:
+        try:
+            key = request_id.encode()
+        except Exception:
+            key = str(request_id).encode(errors="replace")
+        with self._lock:
+            self._recorded += 1
+            if not self.record_events or len(self._buffer) >= self.buffer_size:
+                self._dropped += 1
+                if self._dropped & (self._dropped - 1) == 0:  # 1, 2, 4, ...: log, not flood
+                    log.warning(
+                        "driftswitch: event buffer full (%d); %d event(s) dropped so far",
+                        self.buffer_size,
+                        self._dropped,
+                    )
+                return False
+            self._buffer.append((role, key, payload))
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every event recorded so far is sent or has failed; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._buffer and not self._in_flight:
+                    return True
+            time.sleep(0.005)
+        return False
+
+    async def flush_async(self, timeout_s: float = 10.0) -> bool:
+        """:meth:`flush` for asyncio callers."""
+        return await asyncio.to_thread(self.flush, timeout_s)
+
+    def stats(self) -> ClientStats:
+        """A consistent snapshot of the counters (drops are also logged, at 1, 2, 4, ... drops)."""
+        with self._lock:
+            return ClientStats(
+                recorded=self._recorded,
+                buffered=len(self._buffer),
+                in_flight=self._in_flight,
+                sent=self._sent,
+                failed=self._failed,
+                dropped=self._dropped,
+                buffer_size=self.buffer_size,
+                producer_connected=self._producer_connected,
+                flags=len(self._flags),
+                flag_updates=self._flag_updates,
+                stale_versions_ignored=self._stale_ignored,
+                bad_flag_records=self._bad_flag_records,
+                bootstrapped=self._bootstrapped.is_set(),
+                staleness_s=self.staleness(),
+            )
+
+    # --- background thread ---------------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("the client is not started")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._stopping = asyncio.Event()
+        self._tasks = []
+        if self.follow_flags:
+            self._tasks.append(loop.create_task(self._follow_flags()))
+        if self.record_events:
+            self._tasks.append(loop.create_task(self._send_events()))
+        ready.set()
+        try:
+            loop.run_until_complete(self._stopping.wait())
+            for task in self._tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            # aiokafka leaves its own tasks behind when a stop timed out (broker gone).
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    async def _shutdown(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._producer_connected:
+            with self._lock:
+                if not self._buffer and not self._in_flight:
+                    break
+            await asyncio.sleep(0.005)
+        assert self._stopping is not None
+        self._stopping.set()
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep; return True if the client is stopping."""
+        assert self._stopping is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _follow_flags(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        topic = self.topics.flags.name
+        backoff = 0.2
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=max(1, int(self.poll_s * 1000)),
+                **self._consumer_options,
+            )
+            try:
+                await consumer.start()
+                partitions = consumer.partitions_for_topic(topic)
+                while not partitions:
+                    if await self._sleep_or_stop(backoff):
+                        return
+                    await consumer.topics()
+                    partitions = consumer.partitions_for_topic(topic)
+                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
+                backoff = 0.2
+                await self._consume_flags(consumer, tps)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("driftswitch: flags consumer (%s): %s; retrying", self.bootstrap, exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), self._stop_timeout_s)
+            if await self._sleep_or_stop(backoff):
+                return
+            backoff = min(backoff * 2, 5.0)
+
+    async def _consume_flags(self, consumer: Any, tps: list[Any]) -> None:
+        assert self._stopping is not None
+        idle_ms = max(1, int(self.idle_s * 1000))
+        while not self._stopping.is_set():
+            timeout = self.poll_s if self._bootstrapped.is_set() else self.idle_s
+            batches = await consumer.getmany(timeout_ms=max(1, int(timeout * 1000)))
+            for records in batches.values():
+                for record in records:
+                    self._apply_record(record)
+            if (
+                not batches
+                and not self._bootstrapped.is_set()
+                and all(consumer.highwater(tp) is not None for tp in tps)
+            ):
+                # Read to idle after at least one fetch response from every partition.
+                self._last_update = time.monotonic()
+                self._bootstrapped.set()
+                log.info(
+                    "driftswitch: %d flag state(s) read from %s (idle for %d ms)",
+                    len(self._flags),
+                    tps[0].topic,
+                    idle_ms,
+                )
+
+    def _apply_record(self, record: Any) -> None:
+        try:
+            state = FlagChangeEvent.model_validate_json(record.value)
+        except (ValidationError, ValueError, TypeError) as exc:
+            self._bad_flag_records += 1
+            log.warning(
+                "driftswitch: bad flag record %s[%s]@%s ignored: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+            return
+        self.apply(state)
+
+    async def _send_events(self) -> None:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.partitioner import DefaultPartitioner
+
+        partitioner = DefaultPartitioner()
+        backoff = 0.2
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                linger_ms=max(0, int(self.linger_s * 1000)),
+                **self._producer_options,
+            )
+            try:
+                await producer.start()
+                self._producer_connected = True
+                backoff = 0.2
+                partitions: dict[str, list[int]] = {}
+                for role, name in self._topic_names.items():
+                    partitions[role] = sorted(await producer.partitions_for(name))
+                while True:
+                    if not self._buffer:
+                        if await self._sleep_or_stop(self.linger_s):
+                            return
+                        continue
+                    await self._send_some(producer, partitions, partitioner)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("driftswitch: event producer (%s): %s; retrying", self.bootstrap, exc)
+            finally:
+                self._producer_connected = False
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), self._stop_timeout_s)
+            if await self._sleep_or_stop(backoff):
+                return
+            backoff = min(backoff * 2, 5.0)
+
+    async def _send_some(
+        self, producer: Any, partitions: Mapping[str, list[int]], partitioner: Any
+    ) -> None:
+        """Drain up to ``max_batch`` events into one batch per partition and await delivery."""
+        with self._lock:
+            n = min(len(self._buffer), self.max_batch)
+            items = [self._buffer.popleft() for _ in range(n)]
+            self._in_flight += n
+        batches: dict[tuple[str, int], Any] = {}
+        submitted: list[tuple[int, asyncio.Future[Any]]] = []
+        bad = 0
+        error: Exception | None = None
+        try:
+            for role, key, payload in items:
+                try:
+                    value = _payload_bytes(payload)
+                except (TypeError, orjson.JSONEncodeError) as exc:
+                    bad += 1
+                    log.warning("driftswitch: unencodable %s event dropped: %s", role, exc)
+                    continue
+                all_partitions = partitions[role]
+                partition = partitioner(key, all_partitions, all_partitions)
+                slot = (role, partition)
+                batch = batches.get(slot)
+                if batch is None:
+                    batch = batches[slot] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is not None:
+                    continue
+                # The batch is full: submit it and start another one with this event.
+                future = await producer.send_batch(
+                    batch, self._topic_names[role], partition=partition
+                )
+                submitted.append((batch.record_count(), future))
+                batch = batches[slot] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    bad += 1
+                    log.warning("driftswitch: %s event of %d bytes too large", role, len(value))
+            for (role, partition), batch in batches.items():
+                if batch.record_count():
+                    future = await producer.send_batch(
+                        batch, self._topic_names[role], partition=partition
+                    )
+                    submitted.append((batch.record_count(), future))
+        except Exception as exc:  # the producer broke: count what never reached it
+            error = exc
+        unsent = n - sum(count for count, _ in submitted)  # bad, or never submitted
+        with self._lock:
+            self._failed += unsent
+            self._in_flight -= unsent
+        results = await asyncio.gather(*(f for _, f in submitted), return_exceptions=True)
+        for (count, _), result in zip(submitted, results, strict=True):
+            with self._lock:
+                self._in_flight -= count
+                if isinstance(result, BaseException):
+                    self._failed += count
+                else:
+                    self._sent += count
+            if isinstance(result, BaseException):
+                log.warning("driftswitch: %d events not delivered: %s", count, result)
+        if error is not None:
+            raise error

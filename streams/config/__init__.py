@@ -1,0 +1,1 @@
+"""The YAML configuration: models, loading with line numbers, and semantic checks."""

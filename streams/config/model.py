@@ -1,0 +1,734 @@
+"""The YAML configuration: flags, their variants, guardrails and service settings.
+
+``load_config(path)`` returns a validated :class:`Config` or raises
+:class:`~driftswitch.streams.contract.errors.ConfigError` listing *every* problem found, each as
+``file:line: path.inside.file: what was expected`` — the line comes from the YAML node the path
+points at. The shape of ``flags`` is the contract (fields may be added, none renamed)::
+
+    flags:
+      ranker:
+        default: control
+        variants:
+          control:   {weight: 90, value: ranker-v1}
+          candidate: {weight: 10, value: ranker-v2}
+        guardrails:
+          - name: candidate-accuracy
+            variant: candidate
+            metric: accuracy
+            detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+            min_samples: 200
+            action: kill
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from driftswitch.detectors import registry
+from driftswitch.streams.contract.errors import ConfigError
+from driftswitch.streams.contract.events import Name
+
+
+class Metric(StrEnum):
+    """What a guardrail watches. See :data:`METRICS` for what each one feeds its detector."""
+
+    ACCURACY = "accuracy"
+    ERROR_RATE = "error_rate"
+    LATENCY_MS = "latency_ms"
+    ABS_ERROR = "abs_error"
+    SQUARED_ERROR = "squared_error"
+    SCORE = "score"
+    FEATURE = "feature"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a metric turns into detector input."""
+
+    #: One of ``driftswitch.detectors.registry.INPUT_KINDS``.
+    input: str
+    #: Needs a joined outcome (a label) before it can be scored.
+    needs_label: bool
+    #: For two-sample comparisons: is a larger value better?
+    higher_is_better: bool
+    description: str
+
+
+METRICS: dict[Metric, MetricInfo] = {
+    Metric.ACCURACY: MetricInfo(
+        "bernoulli", True, True, "correct predictions; detectors see 1 for each wrong one"
+    ),
+    Metric.ERROR_RATE: MetricInfo(
+        "bernoulli", False, False, "failed inferences (prediction `error` set); 1 = failed"
+    ),
+    Metric.LATENCY_MS: MetricInfo("continuous", False, False, "inference latency, milliseconds"),
+    Metric.ABS_ERROR: MetricInfo("continuous", True, False, "|prediction - label| (regression)"),
+    Metric.SQUARED_ERROR: MetricInfo(
+        "continuous", True, False, "(prediction - label)^2 (regression)"
+    ),
+    Metric.SCORE: MetricInfo(
+        "distribution", False, False, "distribution of `score`, against a reference window"
+    ),
+    Metric.FEATURE: MetricInfo(
+        "distribution", False, False, "distribution of one numeric feature (`feature: name`)"
+    ),
+}
+
+
+class GuardrailAction(StrEnum):
+    """What a breached guardrail does."""
+
+    WARN = "warn"  # alert only, no state change
+    HOLD = "hold"  # pause rollout advances
+    SHIFT = "shift"  # move `shift_by` weight from the variant to the default
+    KILL = "kill"  # weight 0, killed; traffic goes to the default
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number (seconds) or a string such as ``"500ms"``, ``"30s"``, ``"10m"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m, 2h or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(
+            f"expected a duration such as 30s, 10m, 2h or a number of seconds, got {value!r}"
+        )
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "Seconds, or a duration such as 500ms, 30s, 10m, 2h, 1d.",
+        }
+    ),
+]
+LabelValue = StrictBool | StrictInt | StrictFloat | StrictStr
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VariantConfig(_Model):
+    """One variant of a flag."""
+
+    weight: int = Field(ge=0, le=100, description="Percent of traffic; served weights sum to 100.")
+    value: JsonValue = Field(description="What clients receive for this variant.")
+    shadow: bool = Field(
+        False, description="Shadow variant: sees traffic via `served: false`, serves no one."
+    )
+
+
+class DetectorSpec(BaseModel):
+    """``{kind: NAME, **params}``; parameters are validated by the detector itself."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = Field(description="A registered detector kind (driftswitch validate lists them).")
+
+    def params(self) -> dict[str, Any]:
+        """The parameters, without ``kind``."""
+        return dict(self.model_extra or {})
+
+    def spec(self) -> dict[str, Any]:
+        """``{"kind": ..., **params}``, what ``registry.create`` takes."""
+        return {"kind": self.kind, **self.params()}
+
+
+class Guardrail(_Model):
+    """A rule: when ``detector`` decides ``metric`` of ``variant`` got worse, do ``action``."""
+
+    name: Name
+    variant: str = Field(description="The variant this guardrail watches and acts on.")
+    metric: Metric = Field(description="What is measured; see METRICS.")
+    detector: DetectorSpec = Field(description="`{kind: NAME, **params}`.")
+    compare_to: str | None = Field(
+        None, description="Compare against this variant (two-sample detectors only)."
+    )
+    feature: str | None = Field(None, description="The feature, for `metric: feature`.")
+    min_samples: int = Field(
+        100, ge=0, description="No decision before this many samples of the variant."
+    )
+    action: GuardrailAction = Field(description="warn | hold | shift | kill.")
+    cooldown: Duration = Field(
+        300.0, description="After acting, this guardrail waits this long before acting again."
+    )
+    shift_by: int = Field(
+        10, ge=1, le=100, description="For `action: shift`: weight moved to the default."
+    )
+
+
+class OnHarm(StrEnum):
+    """What a rollout does when its candidate is shown to be worse than control."""
+
+    KILL = "kill"  # kill the candidate; its weight returns to `compare_to`
+    PREVIOUS = "previous"  # go back one step (from the first step: weight 0, rollout stopped)
+
+
+#: Metrics a rollout can compare (two-sample ``sequential`` input: bernoulli or continuous).
+ROLLOUT_METRICS = (
+    Metric.ACCURACY,
+    Metric.ERROR_RATE,
+    Metric.LATENCY_MS,
+    Metric.ABS_ERROR,
+    Metric.SQUARED_ERROR,
+)
+
+
+class RolloutConfig(_Model):
+    """A progressive rollout of one candidate variant, gated by evidence at every step.
+
+    The candidate's weight follows ``steps`` (percent of traffic); the rest goes to
+    ``compare_to``. A step advances when the candidate has ``min_samples`` matured samples in it,
+    ``min_duration`` has passed, and the anytime-valid ``sequential`` comparison against
+    ``compare_to`` declares non-inferiority (see :mod:`driftswitch.streams.pipeline.rollout`).
+    """
+
+    variant: str = Field(description="The candidate variant that ramps up.")
+    compare_to: str | None = Field(
+        None,
+        description="The control it is compared to and takes traffic from (default: the "
+        "flag's default variant).",
+    )
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        min_length=1,
+        description="Percent of traffic for the candidate at each step, strictly increasing, "
+        "e.g. [1, 5, 25, 50, 100]. A served candidate's configured weight is the first step.",
+    )
+    min_samples: int = Field(
+        200, ge=1, description="Gate: matured samples of the candidate within the step."
+    )
+    min_duration: Duration = Field(
+        0.0, description="Gate: event time spent in the step before it may advance."
+    )
+    max_duration: Duration | None = Field(
+        None,
+        description="A step still inconclusive after this long holds the rollout (paused) and "
+        "warns; unset: wait indefinitely.",
+    )
+    metric: Metric = Field(
+        Metric.ACCURACY,
+        description="What is compared: accuracy, error_rate, latency_ms, abs_error or "
+        "squared_error.",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Error rate of the whole rollout's anytime-valid comparisons (split "
+        "evenly over its phases).",
+    )
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="Non-inferiority margin in the metric's units (0.01 = one accuracy point): "
+        "worse by less is acceptable, worse by more is harm.",
+    )
+    on_harm: OnHarm = Field(OnHarm.KILL, description="kill | previous: what harm at any step does.")
+    promote_shadow: bool = Field(
+        False,
+        description="The candidate is a shadow variant: promote it to the first step once it "
+        "proves non-inferior on matured outcomes.",
+    )
+
+    def control(self, flag: FlagConfig) -> str:
+        """The variant the candidate is compared to and takes its traffic from."""
+        return self.compare_to if self.compare_to is not None else flag.default
+
+
+class HookFormat(StrEnum):
+    """The payload shape a webhook receives (see :mod:`driftswitch.streams.service.hooks`)."""
+
+    GENERIC = "generic"  # the flag-change or alert event itself, HMAC-signed
+    SLACK = "slack"  # Slack incoming-webhook message with blocks
+    PAGERDUTY = "pagerduty"  # PagerDuty Events API v2: trigger on kill/shift, resolve on restore
+    ALERTMANAGER = "alertmanager"  # Alertmanager POST /api/v2/alerts body
+
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class HookConfig(_Model):
+    """A webhook called on every flag change and every ``warn`` alert of the flags it covers.
+
+    Secrets never sit in the file: ``secret_env`` (and ``url_env``) name environment variables
+    read when the worker starts.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            # The cross-field rules of `_check`, for non-Python validators of the schema.
+            "oneOf": [{"required": ["url"]}, {"required": ["url_env"]}],
+            "if": {"properties": {"format": {"enum": ["generic", "pagerduty"]}}},
+            "then": {"required": ["secret_env"]},
+        }
+    )
+
+    name: str | None = Field(
+        None,
+        max_length=64,
+        description="Label for logs and metrics; defaults to `<flag or global>[index]`.",
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="Where to POST; for `alertmanager`, the base URL (`/api/v2/alerts` is added).",
+    )
+    url_env: str | None = Field(
+        None,
+        pattern=_ENV_NAME,
+        description="Environment variable holding the URL instead (a Slack webhook URL is a "
+        "secret); exactly one of `url` and `url_env`.",
+    )
+    format: HookFormat = Field(
+        HookFormat.GENERIC, description="generic | slack | pagerduty | alertmanager."
+    )
+    secret_env: str | None = Field(
+        None,
+        pattern=_ENV_NAME,
+        description="Environment variable holding the secret: the HMAC key (generic, required), "
+        "the routing key (pagerduty, required) or a bearer token (alertmanager, slack: optional).",
+    )
+    timeout: Duration = Field(5.0, gt=0, description="Per-attempt HTTP timeout.")
+    max_attempts: int = Field(
+        6, ge=1, le=20, description="Attempts before the delivery goes to the dead-letter topic."
+    )
+    backoff: Duration = Field(
+        0.5, gt=0, description="Base of the exponential backoff between attempts (full jitter)."
+    )
+    max_backoff: Duration = Field(30.0, gt=0, description="Cap on one wait between attempts.")
+
+    @model_validator(mode="after")
+    def _check(self) -> HookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("set exactly one of `url` and `url_env`")
+        if self.format in (HookFormat.GENERIC, HookFormat.PAGERDUTY) and not self.secret_env:
+            what = "HMAC signing key" if self.format is HookFormat.GENERIC else "routing key"
+            raise ValueError(f"a {self.format.value} hook needs `secret_env` (its {what})")
+        return self
+
+
+class FlagConfig(_Model):
+    """One flag: its variants, default and guardrails."""
+
+    description: str | None = Field(None, description="Free text for people.")
+    default: str = Field(description="Served when a variant is killed or state is unknown.")
+    variants: dict[Name, VariantConfig] = Field(
+        min_length=1, description="Variant name → weight and value."
+    )
+    guardrails: list[Guardrail] = Field(
+        default_factory=list, description="Rules that act on this flag."
+    )
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="How predictions are scored against labels."
+    )
+    positive_label: LabelValue | None = Field(
+        None, description="Classification: the label precision/recall/F1 are computed for."
+    )
+    hooks: list[HookConfig] = Field(
+        default_factory=list, description="Webhooks for this flag only (besides the global ones)."
+    )
+    rollout: RolloutConfig | None = Field(
+        None, description="A progressive rollout of a candidate variant (steps and gates)."
+    )
+
+
+class JoinConfig(_Model):
+    """How predictions wait for their outcomes."""
+
+    ttl: Duration = Field(3600.0, description="Unjoined records expire after this (event time).")
+    max_pending: int = Field(
+        1_000_000, ge=1, description="Bound on buffered unjoined records per worker."
+    )
+
+
+class Config(_Model):
+    """The whole configuration file."""
+
+    flags: dict[Name, FlagConfig] = Field(min_length=1, description="Flag name → definition.")
+    join: JoinConfig = Field(
+        default_factory=JoinConfig, description="Prediction/outcome join settings."
+    )
+    hooks: list[HookConfig] = Field(
+        default_factory=list, description="Webhooks called for every flag's changes and alerts."
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _fmt_path(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _node_at(root: yaml.Node | None, path: Sequence[str | int]) -> yaml.Node | None:
+    """The YAML node deepest along ``path`` (its key node for mapping entries): for line numbers."""
+    node, mark = root, root
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is None:
+                break
+            mark, node = pair
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            mark = node = node.value[part]
+        else:
+            break
+    return mark
+
+
+class _Problems:
+    """Collects problems as ``file:line: path: message``."""
+
+    def __init__(self, source: str, root: yaml.Node | None) -> None:
+        self.source = source
+        self.root = root
+        self.items: list[str] = []
+
+    def add(self, path: Sequence[str | int], message: str) -> None:
+        node = _node_at(self.root, path)
+        where = f"{self.source}:{node.start_mark.line + 1}" if node is not None else self.source
+        self.items.append(f"{where}: {_fmt_path(path)}: {message}")
+
+
+def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _model_in(annotation: Any) -> Any:
+    """Unwrap ``X | None`` to ``X`` (the field types here have at most one model)."""
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if getattr(annotation, "__origin__", None) is None and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    """Field names allowed where the unknown field ``loc[-1]`` was found."""
+    current: Any = model
+    for part in loc[:-1]:
+        current = _model_in(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif getattr(current, "__origin__", None) in (dict, list):
+            current = current.__args__[-1]  # the value/item type; `part` is the key/index
+        else:
+            return None
+    current = _model_in(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def _add_validation_errors(
+    problems: _Problems, exc: ValidationError, prefix: Sequence[str | int], model: type[BaseModel]
+) -> None:
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        msg = _pydantic_message(err, model)
+        if loc and loc[-1] == "[key]":  # the name of a flag or variant, not its value
+            loc = loc[:-1]
+            msg = f"invalid name: {msg} (letters, digits, '_', '.', '-')"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(model, loc)
+            if allowed:
+                msg += f"; allowed: {', '.join(allowed)}"
+        problems.add([*prefix, *loc], msg)
+
+
+def _value_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def _check_flag(problems: _Problems, name: str, flag: FlagConfig) -> None:
+    """Cross-field rules pydantic cannot express, each reported at its own path."""
+    here: list[str | int] = ["flags", name]
+    served = {n: v for n, v in flag.variants.items() if not v.shadow}
+    for vname, v in flag.variants.items():
+        if v.shadow and v.weight:
+            problems.add(
+                [*here, "variants", vname, "weight"], "a shadow variant must have weight 0"
+            )
+    kinds = {vname: _value_kind(v.value) for vname, v in flag.variants.items()}
+    if len(set(kinds.values())) > 1:
+        problems.add(
+            [*here, "variants"],
+            "variant values must all be of one kind (flagd evaluates a flag as boolean, string, "
+            f"number or object), got {', '.join(f'{n}: {k}' for n, k in kinds.items())}",
+        )
+    total = sum(v.weight for v in served.values())
+    if total != 100:
+        problems.add(
+            [*here, "variants"],
+            f"weights of served variants must add up to 100, got {total} "
+            f"({', '.join(f'{n}={v.weight}' for n, v in served.items())})",
+        )
+    known = ", ".join(flag.variants)
+    if flag.default not in flag.variants:
+        problems.add(
+            [*here, "default"], f"default variant {flag.default!r} is not a variant; known: {known}"
+        )
+    elif flag.variants[flag.default].shadow:
+        problems.add([*here, "default"], "the default variant cannot be a shadow variant")
+    if flag.rollout is not None:
+        _check_rollout(problems, [*here, "rollout"], flag, flag.rollout, known)
+    seen: set[str] = set()
+    for i, g in enumerate(flag.guardrails):
+        _check_guardrail(problems, [*here, "guardrails", i], flag, g, known)
+        if g.name in seen:
+            problems.add([*here, "guardrails", i, "name"], f"duplicate guardrail name {g.name!r}")
+        seen.add(g.name)
+
+
+def _check_guardrail(
+    problems: _Problems, here: list[str | int], flag: FlagConfig, g: Guardrail, known: str
+) -> None:
+    if g.variant not in flag.variants:
+        problems.add([*here, "variant"], f"variant {g.variant!r} does not exist; known: {known}")
+    if g.compare_to is not None:
+        if g.compare_to == g.variant:
+            problems.add([*here, "compare_to"], "a variant cannot be compared to itself")
+        elif g.compare_to not in flag.variants:
+            problems.add(
+                [*here, "compare_to"], f"variant {g.compare_to!r} does not exist; known: {known}"
+            )
+    if g.action in (GuardrailAction.KILL, GuardrailAction.SHIFT) and g.variant == flag.default:
+        problems.add(
+            [*here, "action"],
+            f"cannot {g.action} the default variant {g.variant!r}: traffic falls back to it",
+        )
+    if g.metric is Metric.FEATURE and not g.feature:
+        problems.add([*here, "feature"], "metric 'feature' needs `feature: <feature name>`")
+    if g.metric is not Metric.FEATURE and g.feature:
+        problems.add([*here, "feature"], "`feature` is only used with metric 'feature'")
+    try:
+        cls = registry.detector_class(g.detector.kind)
+    except ValueError as exc:
+        problems.add([*here, "detector", "kind"], str(exc))
+        return
+    info = METRICS[g.metric]
+    if info.input not in cls.inputs:
+        fitting = [k for k in registry.kinds() if info.input in registry.detector_class(k).inputs]
+        problems.add(
+            [*here, "detector", "kind"],
+            f"detector {g.detector.kind!r} does not take {info.input} input, which metric "
+            f"{g.metric.value!r} produces; detectors that do: {', '.join(fitting)}",
+        )
+    if cls.two_sample and g.compare_to is None:
+        problems.add(
+            [*here, "compare_to"],
+            f"detector {g.detector.kind!r} compares two variants: set `compare_to`",
+        )
+    if not cls.two_sample and g.compare_to is not None:
+        problems.add(
+            [*here, "compare_to"],
+            f"detector {g.detector.kind!r} watches one variant; `compare_to` needs a "
+            "two-sample detector such as 'sequential'",
+        )
+    try:
+        registry.create(detector_spec(g, flag))
+    except ValueError as exc:
+        problems.add([*here, "detector"], str(exc))
+
+
+def assignment_order(flag: FlagConfig) -> list[str]:
+    """Variants in the order assignment lays them out: the non-default variants in config order
+    with the default second (:func:`driftswitch.streams.contract.assign.fractions`)."""
+    others = [v for v in flag.variants if v != flag.default]
+    return [*others[:1], flag.default, *others[1:]]
+
+
+def _check_rollout(
+    problems: _Problems, here: list[str | int], flag: FlagConfig, r: RolloutConfig, known: str
+) -> None:
+    """The rollout's cross-field rules; each problem at its own path."""
+    candidate = flag.variants.get(r.variant)
+    if candidate is None:
+        problems.add([*here, "variant"], f"variant {r.variant!r} does not exist; known: {known}")
+    control = r.control(flag)
+    if control == r.variant:
+        problems.add(
+            [*here, "compare_to" if r.compare_to is not None else "variant"],
+            f"the candidate {r.variant!r} cannot be compared to itself"
+            + ("" if r.compare_to is not None else " (compare_to defaults to the flag's default)"),
+        )
+    elif control not in flag.variants:
+        problems.add([*here, "compare_to"], f"variant {control!r} does not exist; known: {known}")
+    elif flag.variants[control].shadow:
+        problems.add(
+            [*here, "compare_to"],
+            f"control {control!r} is a shadow variant: it serves no traffic to give",
+        )
+    for i in range(1, len(r.steps)):
+        if r.steps[i] <= r.steps[i - 1]:
+            problems.add(
+                [*here, "steps", i],
+                f"steps must increase strictly, got {r.steps[i]} after {r.steps[i - 1]}",
+            )
+    if r.metric not in ROLLOUT_METRICS:
+        problems.add(
+            [*here, "metric"],
+            f"a rollout compares {', '.join(m.value for m in ROLLOUT_METRICS)}; "
+            f"got {r.metric.value!r}",
+        )
+    if r.max_duration is not None and r.max_duration < r.min_duration:
+        problems.add([*here, "max_duration"], "max_duration must be at least min_duration")
+    if candidate is None or control == r.variant or control not in flag.variants:
+        return
+    others = sum(
+        v.weight for n, v in flag.variants.items() if n not in (r.variant, control) and not v.shadow
+    )
+    if r.steps and r.steps[-1] > 100 - others:
+        problems.add(
+            [*here, "steps", len(r.steps) - 1],
+            f"the last step ({r.steps[-1]}) leaves no room for the other variants' weight "
+            f"({others}): at most {100 - others}",
+        )
+    if candidate.shadow and not r.promote_shadow:
+        problems.add(
+            [*here, "promote_shadow"],
+            f"{r.variant!r} is a shadow variant: set `promote_shadow: true` to roll it out",
+        )
+    if r.promote_shadow and not candidate.shadow:
+        problems.add(
+            [*here, "promote_shadow"],
+            f"{r.variant!r} is not a shadow variant (`shadow: true`); it starts at its weight",
+        )
+    if not candidate.shadow and r.steps and candidate.weight != r.steps[0]:
+        problems.add(
+            [*here, "steps", 0],
+            f"the first step ({r.steps[0]}) must equal the candidate's configured weight "
+            f"({candidate.weight}): the rollout starts there",
+        )
+    order = assignment_order(flag)
+    if abs(order.index(r.variant) - order.index(control)) != 1:
+        problems.add(
+            [*here, "variant"],
+            f"{r.variant!r} and {control!r} must be neighbours in the assignment order "
+            f"({', '.join(order)}: non-default variants in config order, the default second) so "
+            "the ramp moves users only toward the candidate; reorder the variants",
+        )
+
+
+def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:
+    """The detector spec for a guardrail, with metric-derived defaults filled in.
+
+    Two-sample detectors need the metric's direction; it is derived from the metric unless the
+    user set it.
+    """
+    spec = g.detector.spec()
+    cls = registry.detector_class(g.detector.kind)
+    if cls.two_sample and "higher_is_better" in registry.parameters(g.detector.kind):
+        spec.setdefault("higher_is_better", METRICS[g.metric].higher_is_better)
+    return spec
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate configuration text; ``ConfigError`` lists every problem."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    problems = _Problems(source, root)
+    if not isinstance(data, dict):
+        problems.add([], "expected a mapping with a `flags:` section")
+        raise ConfigError(problems.items)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:  # every schema problem, across all flags
+        _add_validation_errors(problems, exc, [], Config)
+    # Cross-field rules for every flag whose own schema is fine, even if another flag's is not.
+    flags_data = data.get("flags")
+    for name, fdata in flags_data.items() if isinstance(flags_data, dict) else ():
+        try:
+            flag = FlagConfig.model_validate(fdata)
+        except ValidationError:
+            continue  # already reported above
+        _check_flag(problems, str(name), flag)
+    if problems.items or config is None:
+        raise ConfigError(problems.items)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from None
+    return parse_config(text, str(p))
+
+
+def iter_guardrails(config: Config) -> Iterator[tuple[str, FlagConfig, Guardrail]]:
+    """Every (flag name, flag, guardrail) in the config, in file order."""
+    for name, flag in config.flags.items():
+        for g in flag.guardrails:
+            yield name, flag, g

@@ -1,0 +1,328 @@
+"""The Kafka topics driftswitch reads and writes: names, partitions, configs, and creating them.
+
+Names follow ``<prefix>.<entity>.v<major>`` (STYLE.md "Names"; the major version is the event
+contract's, :data:`driftswitch.streams.contract.events.SCHEMA_VERSION`). Configuration, in
+increasing
+precedence:
+
+- defaults: prefix ``driftswitch``, 4 partitions for predictions and outcomes, 1 for the others;
+- :meth:`Topics.with_prefix` / the constructor (one :class:`TopicSpec` per role), or the
+  environment through :meth:`Topics.from_env`:
+
+  ``DRIFTSWITCH_TOPIC_PREFIX``
+      replaces ``driftswitch`` in every name (``acme.ds`` → ``acme.ds.predictions.v1``);
+  ``DRIFTSWITCH_TOPIC_PARTITIONS``
+      partitions of the predictions and outcomes topics (always equal: the join is
+      co-partitioned by ``request_id``);
+  ``DRIFTSWITCH_TOPIC_REPLICATION_FACTOR``
+      replication factor of every topic (1 suits the embedded broker; use 3 on real Kafka);
+  ``DRIFTSWITCH_TOPIC_PREDICTIONS`` … ``DRIFTSWITCH_TOPIC_DEADLETTER``
+      the full name of one topic, overriding the prefix for it.
+
+The flags topic is compacted (``cleanup.policy=compact``, key = flag) so its latest record per
+flag is the flag's state. The embedded Tansu broker accepts and reports that setting but never
+compacts (see :mod:`driftswitch.streams.tools.broker`): readers must keep the last value per key and
+never assume one record per flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from driftswitch.streams.contract.errors import DriftswitchError
+from driftswitch.streams.contract.events import SCHEMA_VERSION
+
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_PREFIX",
+    "ROLES",
+    "TopicError",
+    "TopicSpec",
+    "Topics",
+    "ensure_topics",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "driftswitch"
+#: Partitions of the keyed event topics: up to this many workers share the join.
+DEFAULT_PARTITIONS = 4
+#: The topic roles, in the order :meth:`Topics.specs` lists them.
+ROLES = ("predictions", "outcomes", "flags", "control", "deadletter")
+#: Kafka's legal topic names: ASCII letters, digits, '.', '_', '-'; at most 249 characters.
+_TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
+_COMPACT = {"cleanup.policy": "compact"}
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicError(DriftswitchError):
+    """Topics could not be created or checked, or the topic settings are invalid."""
+
+
+class TopicSpec(BaseModel):
+    """One topic as driftswitch creates it: name, partition count, replication and configs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_TOPIC_NAME, description="Kafka topic name.")
+    partitions: int = Field(ge=1, description="Number of partitions when created.")
+    replication_factor: int = Field(default=1, ge=1, description="Replicas of each partition.")
+    config: dict[str, str] = Field(
+        default_factory=dict, description="Topic configs, e.g. cleanup.policy."
+    )
+
+    @property
+    def compacted(self) -> bool:
+        """Whether the topic keeps the latest record per key (``cleanup.policy`` has compact)."""
+        return "compact" in self.config.get("cleanup.policy", "").split(",")
+
+
+def _name(prefix: str, role: str) -> str:
+    return f"{prefix}.{role}.v{SCHEMA_VERSION}"
+
+
+def _default(role: str) -> TopicSpec:
+    return _defaults(DEFAULT_PREFIX, DEFAULT_PARTITIONS)[role]
+
+
+def _defaults(prefix: str, partitions: int) -> dict[str, TopicSpec]:
+    def spec(role: str, n: int, config: Mapping[str, str] | None = None) -> TopicSpec:
+        return TopicSpec(name=_name(prefix, role), partitions=n, config=dict(config or {}))
+
+    return {
+        # Keyed by request_id: equal partition counts put a prediction and its outcome together.
+        "predictions": spec("predictions", partitions),
+        "outcomes": spec("outcomes", partitions),
+        # Keyed by flag; the latest record per flag is its state, so compaction keeps it forever.
+        "flags": spec("flags", 1, _COMPACT),
+        # Low volume and order matters (manual kill, then restore): one partition.
+        "control": spec("control", 1),
+        "deadletter": spec("deadletter", 1),
+    }
+
+
+class Topics(BaseModel):
+    """The five topics of one driftswitch deployment (frozen; build it, never mutate it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    predictions: TopicSpec = Field(
+        default_factory=lambda: _default("predictions"),
+        description="Prediction events, keyed by request_id.",
+    )
+    outcomes: TopicSpec = Field(
+        default_factory=lambda: _default("outcomes"),
+        description="Outcome (label) events, keyed by request_id.",
+    )
+    flags: TopicSpec = Field(
+        default_factory=lambda: _default("flags"),
+        description="Flag changes, keyed by flag; compacted; the audit log of every decision.",
+    )
+    control: TopicSpec = Field(
+        default_factory=lambda: _default("control"),
+        description="Manual commands (kill, restore, hold) for the evaluation stage.",
+    )
+    deadletter: TopicSpec = Field(
+        default_factory=lambda: _default("deadletter"),
+        description="Rejected input records with the reason they were rejected.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [spec.name for spec in self.specs()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"topic names must be distinct, got {names}")
+        if self.predictions.partitions != self.outcomes.partitions:
+            raise ValueError(
+                "predictions and outcomes need the same number of partitions (the join is "
+                f"co-partitioned by request_id), got {self.predictions.partitions} and "
+                f"{self.outcomes.partitions}"
+            )
+        if not self.flags.compacted:
+            raise ValueError("the flags topic must have cleanup.policy=compact")
+        return self
+
+    @classmethod
+    def with_prefix(
+        cls,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        partitions: int = DEFAULT_PARTITIONS,
+        replication_factor: int = 1,
+        names: Mapping[str, str] | None = None,
+    ) -> Self:
+        """Topics named ``<prefix>.<role>.v1``; ``names`` overrides single roles' full names."""
+        unknown = sorted(set(names or {}) - set(ROLES))
+        if unknown:
+            raise TopicError(f"unknown topic role {unknown[0]!r}; known roles: {', '.join(ROLES)}")
+        try:
+            specs = {
+                role: spec.model_dump() for role, spec in _defaults(prefix, partitions).items()
+            }
+            for role, spec in specs.items():
+                spec["replication_factor"] = replication_factor
+                spec["name"] = (names or {}).get(role, spec["name"])
+            return cls.model_validate(specs)
+        except ValidationError as err:
+            raise TopicError(f"invalid topic settings: {err}") from err
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Self:
+        """Topics from ``DRIFTSWITCH_TOPIC_*`` variables (see the module docstring).
+
+        Pass ``os.environ`` explicitly: reading the environment is the caller's decision.
+        """
+        prefix = environ.get("DRIFTSWITCH_TOPIC_PREFIX", DEFAULT_PREFIX)
+        partitions = _env_int(environ, "DRIFTSWITCH_TOPIC_PARTITIONS", DEFAULT_PARTITIONS)
+        replication = _env_int(environ, "DRIFTSWITCH_TOPIC_REPLICATION_FACTOR", 1)
+        names = {
+            role: environ[var]
+            for role in ROLES
+            if (var := f"DRIFTSWITCH_TOPIC_{role.upper()}") in environ
+        }
+        return cls.with_prefix(
+            prefix, partitions=partitions, replication_factor=replication, names=names
+        )
+
+    def specs(self) -> tuple[TopicSpec, ...]:
+        """Every topic, in :data:`ROLES` order."""
+        return (self.predictions, self.outcomes, self.flags, self.control, self.deadletter)
+
+
+def _env_int(environ: Mapping[str, str], var: str, default: int) -> int:
+    raw = environ.get(var)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TopicError(f"{var}={raw!r}: expected a positive integer") from None
+    if value < 1:
+        raise TopicError(f"{var}={raw!r}: expected a positive integer")
+    return value
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Topics | Iterable[TopicSpec],
+    *,
+    timeout_s: float = 30.0,
+    **client_options: Any,
+) -> list[str]:
+    """Create the topics that do not exist yet and wait until every one has a leader.
+
+    Idempotent: existing topics are left as they are (a different partition count or topic
+    config is logged as a warning, never changed). ``client_options`` go to aiokafka's
+    ``AIOKafkaAdminClient`` (security settings for real Kafka). Returns the names created.
+    Raises :class:`TopicError` when the broker refuses a topic or it has no leader in time.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError
+
+    specs = list(topics.specs() if isinstance(topics, Topics) else topics)
+    wanted = {spec.name: spec for spec in specs}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    try:
+        try:
+            await admin.start()
+        except KafkaError as err:
+            raise TopicError(f"cannot reach Kafka at {bootstrap}: {err}") from err
+        existing = set(await admin.list_topics())
+        missing = [spec for name, spec in wanted.items() if name not in existing]
+        created: list[str] = []
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
+                    for s in missing
+                ],
+                timeout_ms=int(timeout_s * 1000),
+            )
+            created = _created(response.topic_errors)
+            log.info("created topics %s on %s", ", ".join(created) or "(none)", bootstrap)
+        await _wait_for_leaders(admin, wanted, timeout_s)
+        await _warn_on_drift(admin, [wanted[n] for n in wanted if n not in created])
+    finally:
+        await admin.close()
+    return created
+
+
+def _created(topic_errors: Iterable[tuple[Any, ...]]) -> list[str]:
+    """Names the CreateTopics response reports as created; raise on any error but 'exists'."""
+    from aiokafka.errors import for_code
+
+    created: list[str] = []
+    problems: list[str] = []
+    for entry in topic_errors:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        if code == 0:
+            created.append(name)
+        elif code != _TOPIC_ALREADY_EXISTS:  # created meanwhile by someone else: fine
+            problems.append(f"{name}: {for_code(code).__name__} ({code}) {message or ''}".strip())
+    if problems:
+        raise TopicError("the broker refused to create topics: " + "; ".join(problems))
+    return created
+
+
+async def _wait_for_leaders(admin: Any, wanted: Mapping[str, TopicSpec], timeout_s: float) -> None:
+    """Poll metadata until every wanted topic has all its partitions with a leader."""
+    deadline = time.monotonic() + timeout_s
+    pending: list[str] = list(wanted)
+    while True:
+        described = await admin.describe_topics(list(wanted))
+        pending = [
+            t["topic"]
+            for t in described
+            if t["error_code"] != 0
+            or not t["partitions"]
+            or any(p["leader"] < 0 for p in t["partitions"])
+        ]
+        pending += [name for name in wanted if name not in {t["topic"] for t in described}]
+        if not pending:
+            for t in described:
+                spec = wanted[t["topic"]]
+                if len(t["partitions"]) != spec.partitions:
+                    log.warning(
+                        "topic %s has %d partitions, driftswitch's setting is %d; left unchanged",
+                        spec.name,
+                        len(t["partitions"]),
+                        spec.partitions,
+                    )
+            return
+        if time.monotonic() > deadline:
+            raise TopicError(f"topics without a leader after {timeout_s:g} s: {sorted(pending)}")
+        await asyncio.sleep(0.1)
+
+
+async def _warn_on_drift(admin: Any, existing: list[TopicSpec]) -> None:
+    """Log existing topics whose configs differ from ours (e.g. a flags topic not compacted)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    checked = [spec for spec in existing if spec.config]
+    if not checked:
+        return
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, spec.name) for spec in checked]
+    )
+    actual: dict[str, dict[str, str | None]] = {}
+    for response in responses:
+        for resource in response.resources:
+            actual[resource[3]] = {entry[0]: entry[1] for entry in resource[4]}
+    for spec in checked:
+        for key, value in spec.config.items():
+            have = actual.get(spec.name, {}).get(key)
+            if have != value:
+                log.warning(
+                    "topic %s has %s=%s, driftswitch's setting is %s; left unchanged",
+                    spec.name,
+                    key,
+                    have,
+                    value,
+                )

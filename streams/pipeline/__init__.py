@@ -1,0 +1,2 @@
+"""The pure evaluation pipeline: decode, join, score, monitor, policy, rollout, engine, backtest.
+No Kafka, no HTTP."""

@@ -1,0 +1,504 @@
+"""Per-(flag, variant) statistics and per-guardrail detectors: from scored events to breaches.
+
+:class:`VariantStats` keeps the numbers a status page shows (counts, accuracy, error rate, latency
+quantiles, precision/recall/F1, joined/expired). :class:`Monitor` owns one guardrail's detector,
+built from config with ``registry.create(detector_spec(g, flag))``, and the evidence a decision
+needs (samples, event-time window).
+
+Observations are collected per batch and fed in arrival order when the batch is flushed, with
+*per-observation semantics*: the result — which observation raised an alarm, and the detector
+state afterwards — is the same however the stream is cut into batches. That is what lets the live
+worker (Kafka batches), a restarted worker (replay after a snapshot) and ``backtest`` (file chunks)
+reach the same decisions on the same events. Detectors with a vectorised ``update_many`` (CUSUM)
+take the whole batch in one call; only when that call reports an alarm is the batch replayed one
+observation at a time from the saved state, to find the exact alarming observation. (Bernoulli
+CUSUM's ``update_counts`` draws a random order inside a batch, which would make decisions depend on
+batch boundaries, so the ordered batch path is used instead.) Two-sample detectors (``sequential``)
+are fed both arms, one observation at a time: the order of the arms matters for when harm is
+declared.
+
+``min_samples`` gates every decision: an alarm while the variant has fewer samples is not a
+breach, and the status says "no decision yet".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from driftswitch.detectors import registry
+from driftswitch.detectors.base import JSON, BaseDetector
+from driftswitch.streams.config.model import FlagConfig, Guardrail, Metric
+
+#: Labelled outcomes in the windowed accuracy of a variant.
+ACCURACY_WINDOW = 1000
+#: Relative resolution of the latency histogram (bucket edges grow by this factor).
+_LATENCY_GROWTH = 1.02
+_LOG_GROWTH = math.log(_LATENCY_GROWTH)
+
+NO_DECISION = "no decision yet"
+OK = "ok"
+BREACHED = "breached"
+
+
+def finite(value: object) -> float | None:
+    """``value`` as a float if it is a finite number, else None (JSON and pydantic need it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def plain(value: Any) -> JSON:
+    """Evidence as strict JSON: non-finite floats become None, tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+class LatencyHistogram:
+    """Log-bucketed histogram: quantiles within 2 % with bounded memory, mergeable, plain JSON.
+
+    Bucket ``k`` holds values in ``[1.02^k, 1.02^(k+1))`` ms; values below 1 µs share one bucket.
+    """
+
+    __slots__ = ("buckets", "n")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.n = 0
+
+    def add(self, x: float) -> None:
+        """Count one value."""
+        k = math.floor(math.log(x) / _LOG_GROWTH) if x > 0.001 else -350
+        b = self.buckets
+        b[k] = b.get(k, 0) + 1
+        self.n += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q``-quantile (bucket midpoint), None when empty."""
+        if not self.n:
+            return None
+        rank = q * (self.n - 1)
+        seen = 0
+        for k in sorted(self.buckets):
+            seen += self.buckets[k]
+            if seen > rank:
+                return 0.0 if k == -350 else _LATENCY_GROWTH ** (k + 0.5)
+        return None  # unreachable: the counts add up to n
+
+    def to_state(self) -> list[list[int]]:
+        return [[k, c] for k, c in sorted(self.buckets.items())]
+
+    @classmethod
+    def from_state(cls, state: list[list[int]]) -> LatencyHistogram:
+        h = cls()
+        h.buckets = {int(k): int(c) for k, c in state}
+        h.n = sum(h.buckets.values())
+        return h
+
+
+class VariantStats:
+    """Counters of one (flag, variant), updated per event with a few integer operations."""
+
+    __slots__ = (
+        "abs_error_sum",
+        "correct",
+        "errors",
+        "first_ts",
+        "fn",
+        "fp",
+        "joined",
+        "labelled",
+        "last_ts",
+        "latency",
+        "predictions",
+        "regression_n",
+        "score_n",
+        "score_sum",
+        "shadow",
+        "squared_error_sum",
+        "tp",
+        "window",
+        "window_errors",
+        "window_pos",
+    )
+
+    def __init__(self) -> None:
+        self.predictions = 0
+        self.shadow = 0
+        self.errors = 0
+        self.latency = LatencyHistogram()
+        self.score_n = 0
+        self.score_sum = 0.0
+        self.joined = 0
+        self.labelled = 0
+        self.correct = 0
+        self.tp = 0
+        self.fp = 0
+        self.fn = 0
+        self.regression_n = 0
+        self.abs_error_sum = 0.0
+        self.squared_error_sum = 0.0
+        # Ring of the last ACCURACY_WINDOW correctness bits (1 = wrong), with its running sum.
+        self.window = bytearray()
+        self.window_pos = 0
+        self.window_errors = 0
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
+
+    def add_correct(self, correct: bool) -> None:
+        """Count one labelled classification outcome."""
+        self.labelled += 1
+        bit = 0 if correct else 1
+        if correct:
+            self.correct += 1
+        w = self.window
+        if len(w) < ACCURACY_WINDOW:
+            w.append(bit)
+        else:
+            pos = self.window_pos
+            self.window_errors -= w[pos]
+            w[pos] = bit
+            self.window_pos = pos + 1 if pos + 1 < ACCURACY_WINDOW else 0
+        self.window_errors += bit
+
+    def summary(self, expired: int) -> dict[str, JSON]:
+        """Plain-data status of this variant (``expired`` comes from the join buffer)."""
+        labelled, n = self.labelled, self.predictions
+        precision = self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+        recall = self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if precision is not None and recall is not None and precision + recall > 0
+            else None
+        )
+        window = len(self.window)
+        return {
+            "predictions": n,
+            "served": n - self.shadow,
+            "shadow": self.shadow,
+            "errors": self.errors,
+            "error_rate": self.errors / n if n else None,
+            "joined": self.joined,
+            "expired": expired,
+            "labelled": labelled,
+            "accuracy": self.correct / labelled if labelled else None,
+            "windowed_accuracy": 1.0 - self.window_errors / window if window else None,
+            "window": window,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "mae": self.abs_error_sum / self.regression_n if self.regression_n else None,
+            "mse": self.squared_error_sum / self.regression_n if self.regression_n else None,
+            "mean_score": self.score_sum / self.score_n if self.score_n else None,
+            "latency_ms": {
+                "p50": self.latency.quantile(0.50),
+                "p95": self.latency.quantile(0.95),
+                "p99": self.latency.quantile(0.99),
+            },
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+        }
+
+    def to_state(self) -> dict[str, JSON]:
+        return {
+            "predictions": self.predictions,
+            "shadow": self.shadow,
+            "errors": self.errors,
+            "latency": plain(self.latency.to_state()),
+            "score_n": self.score_n,
+            "score_sum": self.score_sum,
+            "joined": self.joined,
+            "labelled": self.labelled,
+            "correct": self.correct,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "regression_n": self.regression_n,
+            "abs_error_sum": self.abs_error_sum,
+            "squared_error_sum": self.squared_error_sum,
+            "window": self.window.hex(),
+            "window_pos": self.window_pos,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> VariantStats:
+        s = cls()
+        for name in (
+            "predictions",
+            "shadow",
+            "errors",
+            "score_n",
+            "joined",
+            "labelled",
+            "correct",
+            "tp",
+            "fp",
+            "fn",
+            "regression_n",
+            "window_pos",
+        ):
+            setattr(s, name, int(state[name]))
+        for name in ("score_sum", "abs_error_sum", "squared_error_sum"):
+            setattr(s, name, float(state[name]))
+        s.latency = LatencyHistogram.from_state(state["latency"])
+        s.window = bytearray.fromhex(state["window"])
+        s.window_errors = sum(s.window)
+        s.first_ts = state["first_ts"]
+        s.last_ts = state["last_ts"]
+        return s
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A guardrail breach with its evidence; :mod:`driftswitch.streams.pipeline.policy` turns it
+    into
+    a flag change or an alert."""
+
+    flag: str
+    guardrail: Guardrail
+    #: Index, in the batch given to ``Engine.process``, of the observation that decided.
+    index: int
+    #: Event time of that observation.
+    ts: float
+    detector: str
+    statistic: float | None
+    threshold: float | None
+    samples: dict[str, int]
+    window: dict[str, JSON]
+    interval: tuple[float, float] | None
+    evidence: dict[str, JSON]
+
+
+class Monitor:
+    """One guardrail: its detector, the observations waiting for the next flush, and evidence.
+
+    ``observe`` appends (cheap, on the hot path); ``flush`` feeds the detector in arrival order
+    and returns the breaches, each tagged with the index of the deciding observation.
+    """
+
+    __slots__ = (
+        "breaches",
+        "detector",
+        "flag",
+        "flip",
+        "guardrail",
+        "kind",
+        "last_breach_ts",
+        "pending",
+        "samples",
+        "spec",
+        "two_sample",
+        "vectorised",
+        "window_events",
+        "window_first",
+        "window_last",
+    )
+
+    def __init__(self, flag: str, flag_config: FlagConfig, guardrail: Guardrail) -> None:
+        from driftswitch.streams.config.model import detector_spec
+
+        self.flag = flag
+        self.guardrail = guardrail
+        self.spec: dict[str, Any] = detector_spec(guardrail, flag_config)
+        self.detector: Any = registry.create(self.spec)
+        cls = type(self.detector)
+        self.kind: str = cls.kind
+        self.two_sample: bool = bool(cls.two_sample)
+        # Accuracy observations are error bits; a two-sample detector told that higher is better
+        # (``detector_spec`` derives it from the metric) compares correctness bits instead.
+        self.flip = (
+            self.two_sample
+            and guardrail.metric is Metric.ACCURACY
+            and self.spec.get("higher_is_better") is True
+        )
+        self.vectorised = (
+            not self.two_sample
+            and isinstance(self.detector, BaseDetector)
+            and cls.update_many is not BaseDetector.update_many
+        )
+        #: Observations since the last flush: (arm, value, batch index, ts); arm 1 = the variant,
+        #: 0 = the ``compare_to`` control.
+        self.pending: list[tuple[int, float, int, float]] = []
+        #: Observations fed, per arm: [control, variant].
+        self.samples = [0, 0]
+        # Event-time window of the evidence since the last breach.
+        self.window_first: float | None = None
+        self.window_last: float | None = None
+        self.window_events = 0
+        self.breaches = 0
+        self.last_breach_ts: float | None = None
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def flush(self) -> list[Decision]:
+        """Feed the pending observations; return the breaches in arrival order."""
+        pending = self.pending
+        if not pending:
+            return []
+        self.pending = []
+        if self.two_sample:
+            return self._feed_two_sample(pending)
+        if self.vectorised:
+            saved = self.detector.to_state()
+            if not self.detector.update_many([p[1] for p in pending]):
+                self._account(pending)
+                return []
+            # An alarm in the batch: replay it one by one from the saved state to find where.
+            self.detector = registry.restore(saved)
+        return self._feed_one_by_one(pending)
+
+    def _account(self, pending: list[tuple[int, float, int, float]]) -> None:
+        """Book a batch that raised no alarm: samples and window."""
+        self.samples[1] += len(pending)
+        if self.window_first is None:
+            self.window_first = pending[0][3]
+        self.window_last = pending[-1][3]
+        self.window_events += len(pending)
+
+    def _feed_one_by_one(self, pending: list[tuple[int, float, int, float]]) -> list[Decision]:
+        det = self.detector
+        out: list[Decision] = []
+        for obs in pending:
+            det.update(obs[1])
+            self._account([obs])
+            if det.drift_detected and self.samples[1] >= self.guardrail.min_samples:
+                out.append(self._breach(obs))
+        return out
+
+    def _feed_two_sample(self, pending: list[tuple[int, float, int, float]]) -> list[Decision]:
+        det = self.detector
+        samples = self.samples
+        flip = self.flip
+        out: list[Decision] = []
+        for obs in pending:
+            arm = obs[0]
+            det.update("variant" if arm else "control", 1.0 - obs[1] if flip else obs[1])
+            samples[arm] += 1
+            if self.window_first is None:
+                self.window_first = obs[3]
+            self.window_last = obs[3]
+            self.window_events += 1
+            if det.drift_detected and samples[1] >= self.guardrail.min_samples:
+                out.append(self._breach(obs))
+        return out
+
+    def _breach(self, obs: tuple[int, float, int, float]) -> Decision:
+        det = self.detector
+        g = self.guardrail
+        samples = {g.variant: self.samples[1]}
+        if g.compare_to is not None:
+            samples[g.compare_to] = self.samples[0]
+        interval = getattr(det, "interval", None) if self.two_sample else None
+        if interval is not None:
+            lo, hi = finite(interval[0]), finite(interval[1])
+            interval = (lo, hi) if lo is not None and hi is not None else None
+        evidence = plain(det.explain())
+        assert isinstance(evidence, dict)
+        decision = Decision(
+            flag=self.flag,
+            guardrail=g,
+            index=obs[2],
+            ts=obs[3],
+            detector=self.kind,
+            statistic=finite(det.statistic),
+            threshold=finite(det.threshold),
+            samples=samples,
+            window={
+                "first_ts": self.window_first,
+                "last_ts": self.window_last,
+                "events": self.window_events,
+            },
+            interval=interval,
+            evidence=evidence,
+        )
+        self.breaches += 1
+        self.last_breach_ts = obs[3]
+        self.window_first = None
+        self.window_last = None
+        self.window_events = 0
+        return decision
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def status(self) -> str:
+        """``no decision yet`` below ``min_samples`` (or while the detector cannot decide),
+        ``breached`` once it has fired, ``ok`` otherwise."""
+        if self.breaches:
+            return BREACHED
+        if self.samples[1] < self.guardrail.min_samples:
+            return NO_DECISION
+        det = self.detector
+        if self.two_sample and not getattr(det, "decided", True):
+            return NO_DECISION  # an arm below the detector's own minimum
+        if not getattr(det, "calibrated", True) or not getattr(det, "reference_ready", True):
+            return NO_DECISION  # a CUSUM learning its baseline, a reference window filling up
+        return OK
+
+    def summary(self) -> dict[str, JSON]:
+        """Plain-data status of this guardrail."""
+        g = self.guardrail
+        samples: dict[str, JSON] = {g.variant: self.samples[1]}
+        if g.compare_to is not None:
+            samples[g.compare_to] = self.samples[0]
+        out: dict[str, JSON] = {
+            "variant": g.variant,
+            "compare_to": g.compare_to,
+            "metric": g.metric.value,
+            "action": g.action.value,
+            "detector": self.kind,
+            "min_samples": g.min_samples,
+            "samples": samples,
+            "statistic": finite(self.detector.statistic),
+            "threshold": finite(self.detector.threshold),
+            "state": self.status(),
+            "breaches": self.breaches,
+            "last_breach_ts": self.last_breach_ts,
+        }
+        if self.two_sample:
+            interval = getattr(self.detector, "interval", None)
+            out["interval"] = plain(list(interval)) if interval is not None else None
+        return out
+
+    # -- state -----------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, JSON]:
+        """Plain data; the pending list must be empty (state is taken between batches)."""
+        if self.pending:
+            raise RuntimeError("flush before taking the state")
+        return {
+            "spec": plain(self.spec),
+            "detector": self.detector.to_state(),
+            "samples": list(self.samples),
+            "window_first": self.window_first,
+            "window_last": self.window_last,
+            "window_events": self.window_events,
+            "breaches": self.breaches,
+            "last_breach_ts": self.last_breach_ts,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> bool:
+        """Continue from ``to_state`` output if it was made for the same detector spec.
+
+        Returns False (and keeps the fresh detector) when the config changed the spec.
+        """
+        if state.get("spec") != plain(self.spec):
+            return False
+        self.detector = registry.restore(state["detector"])
+        self.samples = [int(x) for x in state["samples"]]
+        self.window_first = state["window_first"]
+        self.window_last = state["window_last"]
+        self.window_events = int(state["window_events"])
+        self.breaches = int(state["breaches"])
+        self.last_breach_ts = state["last_breach_ts"]
+        return True

@@ -1,0 +1,716 @@
+"""Webhooks: report every flag change and every ``warn`` alert without slowing the stream.
+
+Formats (``format:`` in the config, :class:`~driftswitch.streams.config.model.HookFormat`):
+
+``generic``
+    The event itself (:class:`FlagChangeEvent` or :class:`AlertEvent`, exactly as on the topics),
+    signed with HMAC-SHA256 (below).
+``slack``
+    A Slack incoming-webhook message: ``text`` (notification fallback) and Block Kit ``blocks``.
+``pagerduty``
+    PagerDuty Events API v2 (``POST https://events.pagerduty.com/v2/enqueue``): ``trigger`` on a
+    kill (severity ``critical``), a shift (``error``) and a ``warn`` alert (``warning``),
+    ``resolve`` on a restore; ``dedup_key`` = ``driftswitch:<flag>:<variant>`` so a restore
+    resolves the incident its kill opened. Other changes (init, hold, rollout steps) are not sent.
+``alertmanager``
+    One alert in the body of Alertmanager's ``POST /api/v2/alerts`` (``/api/v2/alerts`` is added
+    to the configured base URL). A kill or shift fires ``DriftswitchVariantDegraded`` with
+    ``endsAt`` one week ahead (Alertmanager resolves alerts that are not re-sent after its
+    ``resolve_timeout``); a restore sends the same labels with ``endsAt`` = now, which resolves it.
+    ``warn`` fires ``DriftswitchGuardrailWarning`` without ``endsAt`` (resolved by timeout).
+
+Signing (generic hooks). Each attempt sends::
+
+    X-Driftswitch-Timestamp: <Unix seconds, integer>
+    X-Driftswitch-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>
+
+The timestamp is taken when the attempt is sent, so a retry is never older than the tolerance.
+Receivers recompute the HMAC over the raw body, compare in constant time and reject timestamps
+more than a tolerance (:data:`DEFAULT_TOLERANCE_S`, 5 minutes) away from their clock, which
+stops replays of captured requests; :func:`verify_signature` does all three. To rotate a secret,
+a receiver may accept several ``v1=`` values separated by commas. ``X-Driftswitch-Delivery``
+identifies the event (``<flag>/v<version>``), so a receiver can drop duplicates: a receiver
+that answers too slowly is retried after it has already acted, and a ``warn`` alert decided
+again in a worker's replay after a crash is sent again. Queues live in memory: deliveries still
+queued when a worker is killed are lost (the flags topic stays the complete audit record).
+
+Delivery. :class:`HookDispatcher.submit` never blocks and never raises: it puts the event on a
+bounded queue per (hook, flag), each drained by its own asyncio task, so deliveries for one flag
+reach each hook in order while a slow or failing hook delays only itself. Failed attempts
+(connection errors, timeouts, HTTP 408/429/5xx) are retried with exponential backoff and full
+jitter (Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog, 2015); any other HTTP
+status fails at once. A delivery whose attempts are exhausted, or that finds its queue full, goes
+to the dead-letter callback (the worker publishes it to the dead-letter topic with
+:meth:`FailedDelivery.headers`) and is counted. Secrets (signing keys, routing keys, tokens, URLs
+read from ``url_env``) are held as :class:`pydantic.SecretStr` and never logged: log lines and
+dead-letter details name the hook, never its URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import JsonValue, SecretStr
+
+from driftswitch.streams.config.model import Config, HookConfig, HookFormat
+from driftswitch.streams.contract.errors import DriftswitchError
+from driftswitch.streams.contract.events import Action, AlertEvent, FlagChangeEvent, encode
+
+__all__ = [
+    "DEFAULT_TOLERANCE_S",
+    "HEADER_DELIVERY",
+    "HEADER_EVENT",
+    "HEADER_SIGNATURE",
+    "HEADER_TIMESTAMP",
+    "FailedDelivery",
+    "Hook",
+    "HookDispatcher",
+    "HookError",
+    "Outcome",
+    "Request",
+    "alertmanager_payload",
+    "backoff_delay",
+    "describe",
+    "pagerduty_payload",
+    "render",
+    "resolve_hooks",
+    "sign",
+    "slack_payload",
+    "verify_signature",
+]
+
+log = logging.getLogger(__name__)
+
+HEADER_TIMESTAMP = "X-Driftswitch-Timestamp"
+HEADER_SIGNATURE = "X-Driftswitch-Signature"
+HEADER_EVENT = "X-Driftswitch-Event"
+HEADER_DELIVERY = "X-Driftswitch-Delivery"
+#: How far a signed timestamp may be from the receiver's clock, seconds (replay window).
+DEFAULT_TOLERANCE_S = 300.0
+#: How long a kill/shift alert stays firing in Alertmanager unless a restore resolves it first.
+ALERT_TTL_S = 7 * 86400.0
+#: Deliveries waiting per (hook, flag) before new ones are dead-lettered as ``overflow``.
+DEFAULT_QUEUE_SIZE = 256
+PAGERDUTY_DEDUP_PREFIX = "driftswitch"
+
+#: Dead-letter record headers of a failed delivery (beside ``driftswitch.reason``/``.detail``).
+HEADER_DL_HOOK = "driftswitch.hook.name"
+HEADER_DL_FORMAT = "driftswitch.hook.format"
+HEADER_DL_ATTEMPTS = "driftswitch.hook.attempts"
+HEADER_DL_EVENT = "driftswitch.hook.event"
+
+Event = FlagChangeEvent | AlertEvent
+
+
+class HookError(DriftswitchError):
+    """Hooks cannot be set up, e.g. an environment variable named by the config is missing."""
+
+
+class Outcome(StrEnum):
+    """What became of one delivery attempt or delivery (the ``outcome`` metric label)."""
+
+    DELIVERED = "delivered"  # a 2xx answer
+    RETRIED = "retried"  # an attempt failed; another follows
+    FAILED = "failed"  # attempts exhausted or a permanent error: dead-lettered
+    OVERFLOW = "overflow"  # the (hook, flag) queue was full: dead-lettered without an attempt
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One configured webhook with its secrets resolved from the environment."""
+
+    name: str
+    format: HookFormat
+    url: SecretStr
+    secret: SecretStr | None
+    #: The flag this hook belongs to, or None for a global hook.
+    flag: str | None
+    timeout: float
+    max_attempts: int
+    backoff: float
+    max_backoff: float
+
+    def covers(self, flag: str) -> bool:
+        """Whether events of ``flag`` go to this hook."""
+        return self.flag is None or self.flag == flag
+
+    @classmethod
+    def from_config(
+        cls, cfg: HookConfig, name: str, flag: str | None, environ: Mapping[str, str]
+    ) -> Hook:
+        """Resolve ``url_env``/``secret_env``; raise :class:`HookError` if one is unset."""
+
+        def env(var: str) -> SecretStr:
+            value = environ.get(var, "")
+            if not value:
+                raise HookError(f"hook {name!r}: environment variable {var} is not set")
+            return SecretStr(value)
+
+        url = SecretStr(cfg.url) if cfg.url is not None else env(str(cfg.url_env))
+        return cls(
+            name=name,
+            format=cfg.format,
+            url=url,
+            secret=env(cfg.secret_env) if cfg.secret_env else None,
+            flag=flag,
+            timeout=cfg.timeout,
+            max_attempts=cfg.max_attempts,
+            backoff=cfg.backoff,
+            max_backoff=cfg.max_backoff,
+        )
+
+
+def resolve_hooks(config: Config, environ: Mapping[str, str]) -> list[Hook]:
+    """Every hook of ``config`` (global first, then per flag), secrets read from ``environ``.
+
+    Raises :class:`HookError` naming every missing variable (their values are never shown).
+    """
+    hooks: list[Hook] = []
+    problems: list[str] = []
+    scoped: list[tuple[str | None, int, HookConfig]] = [
+        (None, i, h) for i, h in enumerate(config.hooks)
+    ]
+    for flag_name, fc in config.flags.items():
+        scoped.extend((flag_name, i, h) for i, h in enumerate(fc.hooks))
+    for flag, i, cfg in scoped:
+        name = cfg.name or f"{flag or 'global'}[{i}]"
+        try:
+            hooks.append(Hook.from_config(cfg, name, flag, environ))
+        except HookError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise HookError("; ".join(problems))
+    return hooks
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    """``v1=<hex>``: HMAC-SHA256 of ``"<timestamp>." + body`` under ``secret``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    mac = hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def verify_signature(
+    secret: str | bytes,
+    timestamp: str | int,
+    body: bytes,
+    signature: str,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """Whether a generic hook request is authentic and fresh.
+
+    ``timestamp`` and ``signature`` are the ``X-Driftswitch-Timestamp`` and
+    ``X-Driftswitch-Signature`` header values, ``body`` the raw request body (before any JSON
+    parsing). False if the timestamp is malformed or further than ``tolerance_s`` from ``now``
+    (default: the current time), or if no ``v1=`` signature matches.
+    """
+    try:
+        ts = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    current = time.time() if now is None else now
+    if abs(current - ts) > tolerance_s:
+        return False
+    expected = sign(secret, ts, body)
+    candidates = [part.strip() for part in signature.split(",")]
+    return any(hmac.compare_digest(expected, c) for c in candidates if c.startswith("v1="))
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP POST, ready to send."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _event_kind(event: Event) -> str:
+    return "alert" if isinstance(event, AlertEvent) else "flag-change"
+
+
+def _delivery_id(event: Event) -> str:
+    if isinstance(event, AlertEvent):
+        return f"{event.flag}/v{event.flag_version}/{event.guardrail}/{event.ts:.3f}"
+    return f"{event.flag}/v{event.version}"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def describe(event: Event) -> str:
+    """A one-line human summary: what happened to which variant, why, and the evidence."""
+    cause = event.cause
+    evidence = ""
+    if cause.statistic is not None or cause.threshold is not None:
+        evidence = (
+            f" ({cause.detector or 'detector'} statistic {_fmt(cause.statistic)}, "
+            f"threshold {_fmt(cause.threshold)})"
+        )
+    if isinstance(event, AlertEvent):
+        return (
+            f"{event.flag}: guardrail {event.guardrail} warns about variant {event.variant}"
+            f"{evidence}"
+        )
+    what = {
+        Action.KILL: "killed",
+        Action.SHIFT: "traffic shifted away",
+        Action.RESTORE: "restored",
+        Action.HOLD: "rollout held",
+    }.get(cause.action, cause.action.value)
+    subject = f"variant {cause.variant} {what}" if cause.variant else what
+    by = f"guardrail {cause.guardrail}" if cause.guardrail else f"{event.actor}"
+    reason = f": {cause.reason}" if cause.reason and not cause.guardrail else ""
+    return f"{event.flag}: {subject} by {by}{evidence}{reason} (version {event.version})"
+
+
+def _weights(event: FlagChangeEvent) -> str:
+    return ", ".join(
+        f"{name} {state.weight}{' (killed)' if state.killed else ''}"
+        for name, state in event.variants.items()
+    )
+
+
+def slack_payload(event: Event) -> dict[str, Any]:
+    """A Slack incoming-webhook message (``text`` fallback + Block Kit blocks)."""
+    summary = describe(event)
+    cause = event.cause
+    variant = event.variant if isinstance(event, AlertEvent) else cause.variant
+    version = event.flag_version if isinstance(event, AlertEvent) else event.version
+    fields = [
+        ("Flag", event.flag),
+        ("Variant", variant or "-"),
+        ("Action", cause.action.value),
+        ("Guardrail", cause.guardrail or "-"),
+        ("Detector", cause.detector or "-"),
+        ("Statistic / threshold", f"{_fmt(cause.statistic)} / {_fmt(cause.threshold)}"),
+        ("Samples", ", ".join(f"{k} {v}" for k, v in cause.samples.items()) or "-"),
+        ("Version", str(version)),
+    ]
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": f"driftswitch: {event.flag}"[:150]},
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": summary[:3000]}},
+        {
+            "type": "section",
+            "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:2000]} for k, v in fields],
+        },
+    ]
+    if isinstance(event, FlagChangeEvent):
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Weights* {_weights(event)}"}}
+        )
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": f"{event.actor} · {_iso(event.ts)}"}],
+        }
+    )
+    return {"text": summary, "blocks": blocks}
+
+
+_PD_TRIGGER = {Action.KILL: "critical", Action.SHIFT: "error", Action.WARN: "warning"}
+
+
+def pagerduty_payload(event: Event, routing_key: str) -> dict[str, Any] | None:
+    """A PagerDuty Events API v2 event, or None for changes that page no one.
+
+    Trigger on kill, shift and warn; resolve on restore; one incident per flag and variant.
+    """
+    cause = event.cause
+    variant = event.variant if isinstance(event, AlertEvent) else cause.variant
+    dedup = f"{PAGERDUTY_DEDUP_PREFIX}:{event.flag}" + (f":{variant}" if variant else "")
+    if cause.action is Action.RESTORE:
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup}
+    severity = _PD_TRIGGER.get(cause.action)
+    if severity is None:
+        return None
+    details: dict[str, JsonValue] = {
+        "flag": event.flag,
+        "variant": variant,
+        "cause": cause.model_dump(mode="json", exclude_none=True),
+    }
+    if isinstance(event, FlagChangeEvent):
+        details["version"] = event.version
+        details["weights"] = _weights(event)
+    else:
+        details["version"] = event.flag_version
+    return {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": dedup,
+        "client": "driftswitch",
+        "payload": {
+            "summary": describe(event)[:1024],
+            "source": "driftswitch",
+            "severity": severity,
+            "timestamp": _iso(event.ts),
+            "component": event.flag,
+            "group": variant or event.flag,
+            "class": cause.guardrail or cause.action.value,
+            "custom_details": details,
+        },
+    }
+
+
+def alertmanager_payload(event: Event) -> list[dict[str, Any]] | None:
+    """The body of Alertmanager's ``POST /api/v2/alerts`` (a list of one alert), or None.
+
+    Kill and shift fire ``DriftswitchVariantDegraded``, restore resolves it (same labels,
+    ``endsAt`` = the restore time); ``warn`` fires ``DriftswitchGuardrailWarning``.
+    """
+    cause = event.cause
+    annotations = {
+        "summary": describe(event),
+        "action": cause.action.value,
+        "guardrail": cause.guardrail or "",
+        "detector": cause.detector or "",
+        "statistic": _fmt(cause.statistic),
+        "threshold": _fmt(cause.threshold),
+    }
+    if isinstance(event, AlertEvent):
+        labels = {
+            "alertname": "DriftswitchGuardrailWarning",
+            "service": "driftswitch",
+            "flag": event.flag,
+            "variant": event.variant,
+            "guardrail": event.guardrail,
+            "severity": "warning",
+        }
+        return [{"labels": labels, "annotations": annotations, "startsAt": _iso(event.ts)}]
+    if cause.variant is None or cause.action not in (Action.KILL, Action.SHIFT, Action.RESTORE):
+        return None
+    labels = {
+        "alertname": "DriftswitchVariantDegraded",
+        "service": "driftswitch",
+        "flag": event.flag,
+        "variant": cause.variant,
+        "severity": "critical",
+    }
+    annotations["version"] = str(event.version)
+    annotations["weights"] = _weights(event)
+    ends = event.ts if cause.action is Action.RESTORE else event.ts + ALERT_TTL_S
+    alert = {
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": _iso(event.ts),
+        "endsAt": _iso(ends),
+    }
+    return [alert]
+
+
+def render(hook: Hook, event: Event, now: float) -> Request | None:
+    """The request ``hook`` sends for ``event`` at time ``now``, or None if it sends nothing."""
+    url = hook.url.get_secret_value()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "driftswitch",
+        HEADER_EVENT: _event_kind(event),
+        HEADER_DELIVERY: _delivery_id(event),
+    }
+    payload: Any
+    if hook.format is HookFormat.GENERIC:
+        body = encode(event)
+        if hook.secret is not None:
+            ts = int(now)
+            headers[HEADER_TIMESTAMP] = str(ts)
+            headers[HEADER_SIGNATURE] = sign(hook.secret.get_secret_value(), ts, body)
+        return Request(url, body, headers)
+    if hook.format is HookFormat.SLACK:
+        payload = slack_payload(event)
+    elif hook.format is HookFormat.PAGERDUTY:
+        key = hook.secret.get_secret_value() if hook.secret is not None else ""
+        payload = pagerduty_payload(event, key)
+    else:
+        payload = alertmanager_payload(event)
+        url = url.rstrip("/") + "/api/v2/alerts"
+    if payload is None:
+        return None
+    if hook.secret is not None and hook.format is not HookFormat.PAGERDUTY:
+        headers["Authorization"] = f"Bearer {hook.secret.get_secret_value()}"
+    return Request(url, orjson.dumps(payload), headers)
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter wait after failed attempt ``attempt`` (1-based): U(0, min(cap, base·2^(a−1)))."""
+    return rng.uniform(0.0, min(cap, base * 2.0 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A delivery that was given up; the worker publishes it to the dead-letter topic."""
+
+    hook: str
+    format: HookFormat
+    flag: str
+    #: ``flag-change`` or ``alert``.
+    kind: str
+    #: The encoded event (what a generic hook would have received), for redelivery by hand.
+    event: bytes
+    #: ``hook_failed`` (attempts exhausted or permanent error), ``hook_overflow`` (queue full)
+    #: or ``hook_crashed`` (an unexpected error while delivering; detail redacted).
+    reason: str
+    detail: str
+    attempts: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Dead-letter record headers (UTF-8 values)."""
+        return [
+            ("driftswitch.reason", self.reason.encode()),
+            ("driftswitch.detail", self.detail[:1000].encode()),
+            (HEADER_DL_HOOK, self.hook.encode()),
+            (HEADER_DL_FORMAT, self.format.value.encode()),
+            (HEADER_DL_ATTEMPTS, str(self.attempts).encode()),
+            (HEADER_DL_EVENT, self.kind.encode()),
+        ]
+
+
+DeadLetter = Callable[[FailedDelivery], Awaitable[None]]
+#: ``record(format, outcome)``: called once per :class:`Outcome`, e.g. to count it in metrics.
+Record = Callable[[str, str], None]
+
+
+class HookDispatcher:
+    """Delivers events to hooks in the background; the worker calls :meth:`submit` per event.
+
+    Use as an async context manager (or :meth:`start` / :meth:`close`). ``deadletter`` receives
+    every delivery given up; ``record`` counts outcomes; ``rng`` draws the backoff jitter
+    (seed it in tests); ``session`` may be shared with the caller.
+    """
+
+    def __init__(
+        self,
+        hooks: Iterable[Hook],
+        *,
+        deadletter: DeadLetter,
+        record: Record | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        rng: random.Random | None = None,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.hooks = list(hooks)
+        self._deadletter = deadletter
+        self._record = record
+        self._queue_size = queue_size
+        self._rng = rng or random.Random()
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._queues: dict[tuple[str, str], asyncio.Queue[Event]] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        #: (hook name, outcome) → count, also kept without a metrics registry.
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self._secrets = [
+            s.get_secret_value()
+            for h in self.hooks
+            for s in (h.secret, h.url)
+            if s is not None and s.get_secret_value()
+        ]
+
+    async def start(self) -> None:
+        """Open the HTTP session (if none was given)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+
+    async def __aenter__(self) -> HookDispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def submit(self, event: Event) -> None:
+        """Queue ``event`` for every hook covering its flag; never blocks, never raises."""
+        for hook in self.hooks:
+            if not hook.covers(event.flag):
+                continue
+            key = (hook.name, event.flag)
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = asyncio.Queue(self._queue_size)
+                self._tasks[key] = asyncio.create_task(
+                    self._drain(hook, queue), name=f"hook {hook.name} {event.flag}"
+                )
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.error(
+                    "hook %s: queue for flag %s is full (%d waiting); dead-lettering",
+                    hook.name,
+                    event.flag,
+                    queue.qsize(),
+                    extra={"hook": hook.name, "flag": event.flag},
+                )
+                task = asyncio.create_task(
+                    self._give_up(hook, event, "hook_overflow", "queue full", 0, Outcome.OVERFLOW)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait until every queued delivery is delivered or given up."""
+        for queue in list(self._queues.values()):
+            await queue.join()
+        while self._background:
+            await asyncio.gather(*list(self._background))
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Finish queued deliveries for up to ``grace`` seconds, then stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain(), grace)
+        for task in [*self._tasks.values(), *self._background]:
+            task.cancel()
+        for task in [*self._tasks.values(), *self._background]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._queues.clear()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _count(self, hook: Hook, outcome: Outcome) -> None:
+        self.outcomes[(hook.name, outcome.value)] += 1
+        if self._record is not None:
+            try:
+                self._record(hook.format.value, outcome.value)
+            except Exception:  # counting must never stop a delivery
+                log.exception("hook %s: recording outcome %s failed", hook.name, outcome)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def _drain(self, hook: Hook, queue: asyncio.Queue[Event]) -> None:
+        while True:
+            event = await queue.get()
+            try:
+                await self._deliver(hook, event)
+            except Exception as exc:  # a bug here must not kill the queue for this flag
+                # No traceback: its frames and message could carry the hook's URL or secret.
+                detail = self._redact(f"{type(exc).__name__}: {exc}")
+                log.error("hook %s: delivery crashed: %s", hook.name, detail)
+                await self._give_up(hook, event, "hook_crashed", detail, 0, Outcome.FAILED)
+            finally:
+                queue.task_done()
+
+    async def _attempt(self, request: Request, hook: Hook) -> tuple[bool, bool, str]:
+        """Send once: (delivered, worth retrying, detail)."""
+        if self._session is None:
+            raise HookError("HookDispatcher.start() was not called")
+        try:
+            async with self._session.post(
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=aiohttp.ClientTimeout(total=hook.timeout),
+                allow_redirects=False,
+            ) as response:
+                await response.read()
+                status = response.status
+        except TimeoutError:
+            return False, True, f"timeout after {hook.timeout:g}s"
+        except aiohttp.ClientError as exc:
+            return False, True, self._redact(f"{type(exc).__name__}: {exc}")
+        if 200 <= status < 300:
+            return True, False, f"HTTP {status}"
+        return False, status >= 500 or status in (408, 429), f"HTTP {status}"
+
+    async def _deliver(self, hook: Hook, event: Event) -> None:
+        attempt = 0
+        detail = ""
+        while attempt < hook.max_attempts:
+            attempt += 1
+            request = render(hook, event, self._clock())
+            if request is None:
+                return  # this format does not report this kind of change
+            ok, retry, detail = await self._attempt(request, hook)
+            if ok:
+                self._count(hook, Outcome.DELIVERED)
+                log.debug(
+                    "hook %s: delivered %s %s",
+                    hook.name,
+                    _event_kind(event),
+                    _delivery_id(event),
+                    extra={"hook": hook.name, "flag": event.flag},
+                )
+                return
+            if not retry or attempt >= hook.max_attempts:
+                break
+            self._count(hook, Outcome.RETRIED)
+            delay = backoff_delay(attempt, hook.backoff, hook.max_backoff, self._rng)
+            log.warning(
+                "hook %s: attempt %d/%d for %s failed (%s); retrying in %.3gs",
+                hook.name,
+                attempt,
+                hook.max_attempts,
+                _delivery_id(event),
+                detail,
+                delay,
+                extra={"hook": hook.name, "flag": event.flag},
+            )
+            await asyncio.sleep(delay)
+        log.error(
+            "hook %s: giving up on %s after %d attempt(s): %s",
+            hook.name,
+            _delivery_id(event),
+            attempt,
+            detail,
+            extra={"hook": hook.name, "flag": event.flag},
+        )
+        await self._give_up(hook, event, "hook_failed", detail, attempt, Outcome.FAILED)
+
+    async def _give_up(
+        self, hook: Hook, event: Event, reason: str, detail: str, attempts: int, outcome: Outcome
+    ) -> None:
+        self._count(hook, outcome)
+        failed = FailedDelivery(
+            hook=hook.name,
+            format=hook.format,
+            flag=event.flag,
+            kind=_event_kind(event),
+            event=encode(event),
+            reason=reason,
+            detail=detail,
+            attempts=attempts,
+        )
+        try:
+            await self._deadletter(failed)
+        except Exception:
+            log.exception("hook %s: dead-lettering a failed delivery failed", hook.name)

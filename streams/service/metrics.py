@@ -1,0 +1,348 @@
+"""Prometheus metrics: a typed bundle built against an injected registry, and ``GET /metrics``.
+
+Nothing is registered at import: :class:`Metrics` registers its metrics on the
+:class:`~prometheus_client.CollectorRegistry` it is given (a fresh one per worker and per test),
+as faust's ``PrometheusMonitor`` does. Two kinds of metric live here:
+
+- events the worker counts as they happen (decisions, dead-letter records, hook deliveries,
+  event-to-decision latency, consumer lag), through the methods below;
+- statistics the engine already keeps (samples, joins, accuracy, detector statistics, flag
+  state), exported from the latest :meth:`Engine.snapshot` by a custom collector at scrape time:
+  :meth:`Metrics.observe_snapshot` only stores a reference, so the hot path pays nothing per
+  event and a scrape always sees one consistent snapshot. Counts from the snapshot are exported
+  as counters (they survive restarts with the engine's state).
+
+Names are ``driftswitch_<thing>_<unit>``; labels are drawn from small, bounded sets (flag,
+variant, guardrail, action, reason, topic/partition, hook format, outcome; never a request id).
+:data:`METRICS` lists every metric with its type, labels and meaning (README.md "Metrics" shows
+the same table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["LATENCY_BUCKETS", "METRICS", "MetricInfo", "Metrics", "metrics_handler"]
+
+#: Event-to-decision latency buckets, seconds: the target is p99 < 1 s (DESIGN.md).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+#: The guardrail states of :meth:`Engine.snapshot`, exported as one 0/1 series each.
+GUARDRAIL_STATES = ("no decision yet", "ok", "breached")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One exported metric: what the docs table and the tests check against."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+
+_FV = ("flag", "variant")
+_FVG = ("flag", "variant", "guardrail")
+METRICS: tuple[MetricInfo, ...] = (
+    # From the engine snapshot, per flag and variant.
+    MetricInfo("driftswitch_predictions_total", "counter", _FV, "Predictions seen (incl. shadow)."),
+    MetricInfo("driftswitch_labelled_total", "counter", _FV, "Predictions scored with a label."),
+    MetricInfo("driftswitch_joined_total", "counter", _FV, "Predictions joined to an outcome."),
+    MetricInfo(
+        "driftswitch_expired_total", "counter", _FV, "Predictions expired unjoined (join TTL)."
+    ),
+    MetricInfo(
+        "driftswitch_inference_errors_total", "counter", _FV, "Predictions with `error` set."
+    ),
+    MetricInfo(
+        "driftswitch_accuracy_ratio", "gauge", _FV, "Accuracy over the recent window (0-1)."
+    ),
+    MetricInfo(
+        "driftswitch_last_event_timestamp_seconds",
+        "gauge",
+        _FV,
+        "Event time of the newest prediction seen.",
+    ),
+    # Guardrails.
+    MetricInfo("driftswitch_guardrail_statistic", "gauge", _FVG, "Detector statistic."),
+    MetricInfo("driftswitch_guardrail_threshold", "gauge", _FVG, "Detector alarm threshold."),
+    MetricInfo(
+        "driftswitch_guardrail_samples", "gauge", _FVG, "Samples of the watched variant seen."
+    ),
+    MetricInfo("driftswitch_guardrail_breaches_total", "counter", _FVG, "Detector alarms."),
+    MetricInfo(
+        "driftswitch_guardrail_state",
+        "gauge",
+        (*_FVG, "state"),
+        "1 for the guardrail's current state (no decision yet, ok or breached), else 0.",
+    ),
+    # Flag state.
+    MetricInfo("driftswitch_flag_version", "gauge", ("flag",), "Version of the flag's state."),
+    MetricInfo("driftswitch_flag_weight_percent", "gauge", _FV, "Served weight (killed: 0)."),
+    MetricInfo("driftswitch_flag_variant_killed", "gauge", _FV, "1 if the variant is killed."),
+    MetricInfo("driftswitch_flag_paused", "gauge", ("flag",), "1 while rollout is on hold."),
+    MetricInfo(
+        "driftswitch_watermark_timestamp_seconds", "gauge", (), "Event-time watermark of the join."
+    ),
+    MetricInfo(
+        "driftswitch_join_pending", "gauge", ("kind",), "Unjoined records waiting (bounded)."
+    ),
+    # Counted by the worker as they happen.
+    MetricInfo(
+        "driftswitch_decisions_total", "counter", ("flag", "action"), "Flag changes and alerts."
+    ),
+    MetricInfo(
+        "driftswitch_deadletter_records_total",
+        "counter",
+        ("reason",),
+        "Records sent to the dead-letter topic.",
+    ),
+    MetricInfo(
+        "driftswitch_consumer_lag_records",
+        "gauge",
+        ("topic", "partition"),
+        "Records behind the end of each input partition.",
+    ),
+    MetricInfo(
+        "driftswitch_decision_latency_seconds",
+        "histogram",
+        ("flag",),
+        "From the deciding event's time to the published decision.",
+    ),
+    MetricInfo(
+        "driftswitch_hook_deliveries_total",
+        "counter",
+        ("format", "outcome"),
+        "Webhook outcomes: delivered, retried, failed or overflow.",
+    ),
+    MetricInfo(
+        "driftswitch_worker_active",
+        "gauge",
+        (),
+        "1 while this worker holds the lease and evaluates; 0 on standby.",
+    ),
+    MetricInfo(
+        "driftswitch_last_batch_timestamp_seconds",
+        "gauge",
+        (),
+        "Wall-clock time the worker last finished an input batch.",
+    ),
+)
+_INFO = {m.name: m for m in METRICS}
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None (missing, None, NaN, infinite, or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    x = float(value)
+    return x if math.isfinite(x) else None
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+class _SnapshotCollector(Collector):
+    """Yields the snapshot metrics from the latest stored snapshot at each scrape."""
+
+    def __init__(self) -> None:
+        self.snapshot: Mapping[str, Any] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # the label values are only known at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        fams: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+
+        def fam(name: str) -> CounterMetricFamily | GaugeMetricFamily:
+            if name not in fams:
+                info = _INFO[name]
+                cls = CounterMetricFamily if info.type == "counter" else GaugeMetricFamily
+                fams[name] = cls(name, info.help, labels=list(info.labels))
+            return fams[name]
+
+        def put(name: str, labels: list[str], value: Any) -> None:
+            x = _num(value)
+            if x is not None:
+                fam(name).add_metric(labels, x)
+
+        per_variant = {
+            "driftswitch_predictions_total": "predictions",
+            "driftswitch_labelled_total": "labelled",
+            "driftswitch_joined_total": "joined",
+            "driftswitch_expired_total": "expired",
+            "driftswitch_inference_errors_total": "errors",
+            "driftswitch_accuracy_ratio": "windowed_accuracy",
+            "driftswitch_last_event_timestamp_seconds": "last_ts",
+        }
+        for flag, f in sorted(_map(snap.get("flags")).items()):
+            f = _map(f)
+            put("driftswitch_flag_version", [flag], f.get("version"))
+            paused = f.get("paused")
+            if isinstance(paused, bool):
+                put("driftswitch_flag_paused", [flag], int(paused))
+            for variant, v in sorted(_map(f.get("variants")).items()):
+                v = _map(v)
+                for name, key in per_variant.items():
+                    put(name, [flag, variant], v.get(key))
+                killed = v.get("killed")
+                if isinstance(killed, bool):
+                    put("driftswitch_flag_variant_killed", [flag, variant], int(killed))
+                    weight = 0 if killed else v.get("weight")
+                    put("driftswitch_flag_weight_percent", [flag, variant], weight)
+            for guardrail, g in sorted(_map(f.get("guardrails")).items()):
+                g = _map(g)
+                variant = str(g.get("variant", ""))
+                labels = [flag, variant, guardrail]
+                put("driftswitch_guardrail_statistic", labels, g.get("statistic"))
+                put("driftswitch_guardrail_threshold", labels, g.get("threshold"))
+                put("driftswitch_guardrail_samples", labels, _map(g.get("samples")).get(variant))
+                put("driftswitch_guardrail_breaches_total", labels, g.get("breaches"))
+                state = g.get("state")
+                if state in GUARDRAIL_STATES:
+                    for s in GUARDRAIL_STATES:
+                        put("driftswitch_guardrail_state", [*labels, s], int(s == state))
+        put("driftswitch_watermark_timestamp_seconds", [], snap.get("watermark"))
+        join = _map(snap.get("join"))
+        for kind in ("predictions", "outcomes"):
+            put("driftswitch_join_pending", [kind], join.get(f"pending_{kind}"))
+        yield from fams.values()
+
+
+class Metrics:
+    """driftswitch's metrics on ``registry`` (required: nothing global, nothing at import).
+
+    The worker calls :meth:`observe_snapshot` after each batch and the ``record_*`` methods as
+    things happen; :meth:`exposition` / :func:`metrics_handler` serve ``GET /metrics``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        info = _INFO
+        self.decisions = Counter(
+            "driftswitch_decisions",
+            info["driftswitch_decisions_total"].help,
+            ["flag", "action"],
+            registry=registry,
+        )
+        self.deadletter = Counter(
+            "driftswitch_deadletter_records",
+            info["driftswitch_deadletter_records_total"].help,
+            ["reason"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "driftswitch_consumer_lag_records",
+            info["driftswitch_consumer_lag_records"].help,
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.decision_latency = Histogram(
+            "driftswitch_decision_latency_seconds",
+            info["driftswitch_decision_latency_seconds"].help,
+            ["flag"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.hook_deliveries = Counter(
+            "driftswitch_hook_deliveries",
+            info["driftswitch_hook_deliveries_total"].help,
+            ["format", "outcome"],
+            registry=registry,
+        )
+        self.worker_active = Gauge(
+            "driftswitch_worker_active", info["driftswitch_worker_active"].help, registry=registry
+        )
+        self.last_batch = Gauge(
+            "driftswitch_last_batch_timestamp_seconds",
+            info["driftswitch_last_batch_timestamp_seconds"].help,
+            registry=registry,
+        )
+        self._snapshot = _SnapshotCollector()
+        registry.register(self._snapshot)
+
+    # -- called by the worker --------------------------------------------------------------
+
+    def observe_snapshot(self, snapshot: Mapping[str, Any]) -> None:
+        """Export ``Engine.snapshot()`` from now on (a reference swap, cheap enough to call
+        after every batch; the worker calls it just before each scrape instead)."""
+        self._snapshot.snapshot = snapshot
+
+    def record_batch(self, now: float | None = None) -> None:
+        """Mark an input batch as processed at ``now`` (default: the current time)."""
+        self.last_batch.set(time.time() if now is None else now)
+
+    def record_decision(
+        self, flag: str, action: str, event_ts: float | None = None, now: float | None = None
+    ) -> None:
+        """Count a published flag change or alert; with ``event_ts`` (the deciding event's
+        time), observe the event-to-decision latency at ``now`` (default: the current time)."""
+        self.decisions.labels(flag=flag, action=action).inc()
+        if event_ts is not None:
+            at = time.time() if now is None else now
+            self.decision_latency.labels(flag=flag).observe(max(0.0, at - event_ts))
+
+    def record_deadletter(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` records sent to the dead-letter topic for ``reason``."""
+        if n:
+            self.deadletter.labels(reason=reason).inc(n)
+
+    def record_hook(self, fmt: str, outcome: str) -> None:
+        """Count one webhook outcome (the :class:`~driftswitch.streams.service.hooks.HookDispatcher`
+        ``record`` callback)."""
+        self.hook_deliveries.labels(format=fmt, outcome=outcome).inc()
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Records between the consumer's position and the partition's end."""
+        self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, lag))
+
+    def set_active(self, active: bool) -> None:
+        """Whether this worker holds the lease (evaluates and publishes)."""
+        self.worker_active.set(1 if active else 0)
+
+    # -- exposition ------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text exposition format of every metric on the registry."""
+        return generate_latest(self.registry)
+
+
+def metrics_handler(
+    metrics: Metrics, before_scrape: Callable[[], None] | None = None
+) -> Callable[[web.Request], Any]:
+    """An aiohttp handler for ``GET /metrics``; ``before_scrape`` may refresh gauges first.
+
+    ``before_scrape`` runs on the event loop (between batches: it sees a consistent engine);
+    the text is rendered in a worker thread, as it takes ~0.5 ms per flag (benchmarks/
+    operations.py) and the stream must not wait for it.
+    """
+
+    async def handle(request: web.Request) -> web.Response:
+        if before_scrape is not None:
+            before_scrape()
+        body = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+        response = web.Response(body=body)
+        # The 0.0.4 text format is what generate_latest writes and every Prometheus 2.x reads.
+        response.headers["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
+        return response
+
+    return handle

@@ -1,0 +1,231 @@
+"""``driftswitch run``: a worker with its HTTP API, on a given broker or an embedded one.
+
+With neither ``--broker`` nor ``$DRIFTSWITCH_BROKER`` set, an embedded Tansu broker is started
+first (memory storage: everything is lost when the command stops) and the topics are created;
+the log says where everything is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
+    from driftswitch.streams.config.model import Config
+    from driftswitch.streams.contract.topics import Topics
+
+__all__ = ["DEFAULT_WEB_PORT", "embedded_or_given", "run_command", "serve_worker"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEB_PORT = 6066
+BROKER_ENV = "DRIFTSWITCH_BROKER"
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Timestamped log lines on stderr, as text or JSON
+    (:mod:`driftswitch.streams.service.logs`)."""
+    from driftswitch.streams.service.logs import configure_logging
+
+    configure_logging("json" if fmt == "json" else "text", level.upper())
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+@contextlib.asynccontextmanager
+async def embedded_or_given(bootstrap: str | None) -> AsyncIterator[str]:
+    """Yield ``bootstrap``, or start an embedded broker for the block and yield its address."""
+    if bootstrap:
+        yield bootstrap
+        return
+    from driftswitch.streams.tools.broker import EmbeddedBroker
+
+    async with EmbeddedBroker() as broker:
+        log.info(
+            "embedded Tansu broker at %s (pid %d, memory storage)", broker.bootstrap, broker.pid
+        )
+        yield broker.bootstrap
+
+
+async def serve_worker(
+    config: Config,
+    bootstrap: str,
+    topics: Topics,
+    *,
+    web_host: str = "127.0.0.1",
+    web_port: int = DEFAULT_WEB_PORT,
+    group: str = "driftswitch",
+    snapshot_interval: float = 1.0,
+    stop: asyncio.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+    flagd_file: str | None = None,
+) -> None:
+    """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
+
+    The worker exports Prometheus metrics on ``/metrics`` and calls the config's webhooks, whose
+    secrets are read from ``environ`` (default: the process environment), as is the admin API's
+    token (``DRIFTSWITCH_ADMIN_TOKEN``). With ``config_path``, SIGHUP and ``POST
+    /api/v1/config/reload`` re-read that file. With ``flagd_file``, a flagd flag-definition
+    document is kept current there (atomically replaced on every published change).
+    """
+    from prometheus_client import CollectorRegistry
+
+    from driftswitch.streams.contract.errors import ConfigError
+    from driftswitch.streams.contract.topics import ensure_topics
+    from driftswitch.streams.pipeline.control import AdminAuth
+    from driftswitch.streams.service.hooks import HookDispatcher, resolve_hooks
+    from driftswitch.streams.service.http import serve
+    from driftswitch.streams.service.metrics import Metrics
+    from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
+
+    env = os.environ if environ is None else environ
+    hooks = resolve_hooks(config, env)
+    await ensure_topics(bootstrap, [*topics.specs(), state_topic(topics)])
+    settings = WorkerSettings(
+        bootstrap=bootstrap, topics=topics, group=group, snapshot_interval=snapshot_interval
+    )
+    metrics = Metrics(CollectorRegistry())
+    worker = Worker(config, settings, metrics=metrics, config_path=config_path)
+    dispatcher = HookDispatcher(
+        hooks, deadletter=worker.deadletter_delivery, record=metrics.record_hook
+    )
+    worker.hooks = dispatcher
+    if flagd_file is not None:
+        from driftswitch.streams.contract.flagd import FlagdFile
+
+        worker.flagd_file = FlagdFile(flagd_file)
+    auth = AdminAuth.from_env(env)
+    if not auth.enabled:
+        log.warning("admin API disabled: DRIFTSWITCH_ADMIN_TOKEN is not set")
+    runner = await serve(worker, web_host, web_port, auth)
+    log.info(
+        "driftswitch worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
+        bootstrap,
+        web_host,
+        web_port,
+        topics.flags.name,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop.set)
+    reloads: set[asyncio.Future[object]] = set()
+
+    async def reload() -> None:
+        with contextlib.suppress(ConfigError):  # logged by the worker; the old config stays
+            await worker.reload_config()
+
+    def on_hup() -> None:
+        task: asyncio.Future[object] = asyncio.ensure_future(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watcher = None
+    if stop is not None:
+        watcher = asyncio.ensure_future(_forward(stop, worker.stop))
+    try:
+        async with dispatcher:
+            await worker.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+def topics_from(environ: Mapping[str, str]) -> Topics:
+    """The deployment's topics from ``DRIFTSWITCH_TOPIC_*`` (see :mod:`.topics`)."""
+    from driftswitch.streams.contract.topics import Topics
+
+    return Topics.from_env(environ)
+
+
+@click.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--broker", "bootstrap", default=None, help=f"Kafka bootstrap [env {BROKER_ENV}].")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=DEFAULT_WEB_PORT)
+@click.option("--web-host", default="127.0.0.1", show_default=True)
+@click.option("--group", default="driftswitch", show_default=True, help="Worker group (lease).")
+@click.option(
+    "--snapshot-interval",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between state snapshots (the replay after a crash starts at the last one).",
+)
+@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="DRIFTSWITCH_LOG_FORMAT",
+    show_envvar=True,
+    help="json: one JSON object per line, with flag/variant/guardrail context.",
+)
+@click.option(
+    "--flagd-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Keep a flagd flag-definition file current here (flagd file sync, provider file mode).",
+)
+def run_command(
+    config_path: str,
+    bootstrap: str | None,
+    web_port: int,
+    web_host: str,
+    group: str,
+    snapshot_interval: float,
+    log_level: str,
+    log_format: str,
+    flagd_file: str | None,
+) -> None:
+    """Run the worker: consume events, evaluate guardrails, publish flag changes.
+
+    The admin API (kill, restore, weights, pause, pin, config reload) is enabled by a bearer
+    token in $DRIFTSWITCH_ADMIN_TOKEN; SIGHUP re-reads the config file (docs/control.md).
+    """
+    from driftswitch.streams.config.model import load_config
+    from driftswitch.streams.contract.errors import DriftswitchError
+
+    setup_logging(log_level, log_format)
+    try:
+        config = load_config(config_path)
+        topics = topics_from(os.environ)
+    except DriftswitchError as err:
+        click.echo(f"driftswitch run: {err}", err=True)
+        raise SystemExit(1) from None
+
+    async def main() -> None:
+        async with embedded_or_given(bootstrap or os.environ.get(BROKER_ENV)) as address:
+            await serve_worker(
+                config,
+                address,
+                topics,
+                web_host=web_host,
+                web_port=web_port,
+                group=group,
+                snapshot_interval=snapshot_interval,
+                config_path=config_path,
+                flagd_file=flagd_file,
+            )
+
+    try:
+        asyncio.run(main())
+    except DriftswitchError as err:
+        click.echo(f"driftswitch run: {err}", err=True)
+        raise SystemExit(1) from None

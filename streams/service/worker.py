@@ -1,0 +1,788 @@
+"""The live worker: Kafka batches in, flag changes out, state that survives SIGKILL.
+
+Shape (DESIGN.md "Data flow", "Measured facts about the stack"):
+
+- The hot path is one aiokafka consumer reading ``getmany`` batches from the predictions and
+  outcomes topics. Each batch is decoded once (:mod:`driftswitch.streams.pipeline.ingest`, bad
+  records to
+  the dead-letter topic) and handed whole to :meth:`Engine.process`; join, scoring, statistics,
+  detectors, policy and flag versions all live in the engine, which the backtest shares. No
+  Faust agent sits on the hot path: a per-event agent tops out at ~10k events/s here.
+- Flag changes are published to the flags topic (key = flag, value = the encoded
+  :class:`FlagChangeEvent`) and acknowledged before the worker goes on.
+
+Partitions and writers. For this release ONE worker evaluates everything: the active worker
+reads every partition of both input topics (manual assignment) and is the only writer of every
+flag. Which worker is active is decided by a lease: each worker joins the consumer group
+``--group`` on the one-partition state topic, and only the member the group coordinator assigns
+that partition to processes input and publishes; the others stand by (``/healthz`` says
+``standby``) and take over when the active one dies (after the group's session timeout). A
+sticky assignor keeps the lease with the active worker when a standby joins, and an active
+worker that loses it stops at once. Kafka's group protocol thus gives exactly one writer per
+flag without a second topic (a worker frozen past its session timeout, then waking, could still
+publish one batch's changes before it learns it lost the lease: there is no fencing). Scaling
+the join out (the stage-1/stage-2 split of DESIGN.md, repartitioning per-flag aggregates) is
+future work.
+
+Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
+snapshot ``{engine.to_state(), next offset per input partition}`` to the state topic
+(:mod:`driftswitch.streams.service.snapshot`) after every flag change and dead-letter record of the
+batches it covers is acknowledged. A restarted worker loads the latest snapshot, seeks to its
+offsets and replays; the input since the snapshot is applied once to the restored state, so no
+outcome is counted twice. Replayed decisions carry the versions they had when first published,
+and the worker reads the flags topic at start and publishes only versions newer than the ones
+already there, so no decision is duplicated; decisions are published before any snapshot
+covers their input, so none is lost. The interleaving of records from different partitions in a
+replay can differ from the first run's; the counts it feeds are the same. Input offsets are
+never committed to a Kafka consumer group: the snapshot is the only record of them, so group lag
+tools do not show this worker's progress (``/healthz`` does).
+
+Commands. The active worker also reads the control topic
+(:mod:`driftswitch.streams.pipeline.control`)
+in the same loop: each command is applied through :meth:`Engine.apply_command` before the events
+of its batch, its flag change published like any other (with the command's record as the
+``driftswitch.source`` header), a bad one dead-lettered with its reason. The control offset is in
+every snapshot, and a snapshot is written just before a batch's commands are applied, so a
+restart applies each command once and at the same point of the input as the first run (commands
+are rare; one snapshot per batch of them is cheap). Without a snapshot the worker starts at the
+control topic's end, since the published states it adopts already include every command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from driftswitch.streams.config.model import Config, load_config
+from driftswitch.streams.contract.errors import ConfigError, DriftswitchError, EventError
+from driftswitch.streams.contract.events import AlertEvent, FlagChangeEvent, encode
+from driftswitch.streams.contract.topics import Topics, TopicSpec
+from driftswitch.streams.pipeline.control import Command, CommandError, Outcome, decode_command
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.pipeline.ingest import (
+    Decoded,
+    Ingest,
+    Rejected,
+    Source,
+    deadletter_headers,
+)
+from driftswitch.streams.service.logs import decision_context
+from driftswitch.streams.service.snapshot import (
+    Snapshot,
+    encode_chunks,
+    latest_snapshot,
+    read_to_end,
+)
+
+if TYPE_CHECKING:
+    from driftswitch.streams.contract.flagd import FlagdFile
+    from driftswitch.streams.service.hooks import FailedDelivery, HookDispatcher
+    from driftswitch.streams.service.metrics import Metrics
+
+__all__ = ["NotActiveError", "Worker", "WorkerSettings", "read_flags", "state_topic"]
+
+log = logging.getLogger(__name__)
+
+#: Join metadata of the lease group's member that holds the lease.
+_HOLDER = b"holder"
+#: Header on each published flag change: ``topic/partition/offset`` of the input that caused it.
+HEADER_SOURCE = "driftswitch.source"
+
+
+def state_topic(topics: Topics) -> TopicSpec:
+    """The state (snapshot) topic beside ``topics``: ``<prefix>.state.v1``, one partition."""
+    flags = topics.flags.name
+    name = (
+        flags[: -len(".flags.v1")] + ".state.v1"
+        if flags.endswith(".flags.v1")
+        else flags + "-state"
+    )
+    return TopicSpec(name=name, partitions=1, replication_factor=topics.flags.replication_factor)
+
+
+class NotActiveError(DriftswitchError):
+    """A command or reload reached a worker that does not hold the lease (standby, stopping)."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker connects and paces itself."""
+
+    bootstrap: str
+    topics: Topics
+    #: Consumer group of the lease; also the key of this deployment's snapshots.
+    group: str = "driftswitch"
+    snapshot_interval: float = 1.0
+    poll_ms: int = 50
+    #: How long the broker may hold a fetch with no data. Tansu answers an empty fetch only when
+    #: this runs out (no wake-up on new data), so it bounds the reaction time: keep it short.
+    fetch_max_wait_ms: int = 20
+    max_records: int = 20_000
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+
+
+async def read_flags(bootstrap: str, topic: str) -> dict[str, FlagChangeEvent]:
+    """The latest flag state per flag on the flags topic (highest version wins).
+
+    The topic is never compacted by Tansu, so every record is read and the highest version per
+    flag kept; undecodable records are logged and skipped.
+    """
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or {0}
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records = await read_to_end(consumer, tps)
+    finally:
+        await consumer.stop()
+    latest: dict[str, FlagChangeEvent] = {}
+    for recs in records.values():
+        for rec in recs:
+            try:
+                event = FlagChangeEvent.model_validate_json(rec.value)
+            except ValueError as err:
+                log.warning("flags topic %s@%d: undecodable record: %s", topic, rec.offset, err)
+                continue
+            have = latest.get(event.flag)
+            if have is None or event.version > have.version:
+                latest[event.flag] = event
+    return latest
+
+
+def _lease_assignor(holds: Callable[[], bool]) -> type:
+    """A sticky group assignor for the lease: the member that holds it keeps it.
+
+    With aiokafka's default (round-robin over sorted member ids) a standby joining the group
+    would take the lease from the active worker half of the time, forcing a needless failover.
+    Each member says in its join metadata whether it is the active worker; the assignment gives
+    every partition of the lease topic to that member, or to the first member by id when none
+    is (start-up, or the holder died).
+    """
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+    from aiokafka.coordinator.protocol import (
+        ConsumerProtocolMemberAssignment,
+        ConsumerProtocolMemberMetadata,
+    )
+
+    def assign(cls: Any, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
+        holders = sorted(m for m, meta in members.items() if meta.user_data == _HOLDER)
+        owner = holders[0] if holders else min(members)
+        out: dict[str, Any] = {}
+        for member, meta in members.items():
+            parts = []
+            if member == owner:
+                for topic in sorted(meta.subscription):
+                    parts.append((topic, sorted(cluster.partitions_for_topic(topic) or ())))
+            out[member] = ConsumerProtocolMemberAssignment(0, parts, b"")
+        return out
+
+    def metadata(cls: Any, topics: Iterable[str]) -> Any:
+        return ConsumerProtocolMemberMetadata(0, sorted(topics), _HOLDER if holds() else b"")
+
+    def on_assignment(cls: Any, assignment: Any) -> None:
+        return None
+
+    # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
+    return type(
+        "LeaseAssignor",
+        (AbstractPartitionAssignor,),
+        {
+            "name": "driftswitch-lease",
+            "version": 0,
+            "assign": classmethod(assign),
+            "metadata": classmethod(metadata),
+            "on_assignment": classmethod(on_assignment),
+        },
+    )
+
+
+class Worker:
+    """One driftswitch worker process: lease, consume, evaluate, publish, snapshot, serve HTTP.
+
+    Run it with ``await worker.run()``; set :attr:`stop` (an :class:`asyncio.Event`) to stop it
+    cleanly (a final snapshot is written). Status for the HTTP API is :meth:`status`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        settings: WorkerSettings,
+        metrics: Metrics | None = None,
+        config_path: str | Path | None = None,
+    ) -> None:
+        self.config = config
+        #: The file ``config`` came from: what a reload (SIGHUP, HTTP) reads again.
+        self.config_path = config_path
+        #: Prometheus metrics (``GET /metrics``), if the caller exports them.
+        self.metrics = metrics
+        #: Webhooks for flag changes and alerts, set by the caller once its dispatcher runs.
+        self.hooks: HookDispatcher | None = None
+        #: A flagd document file kept current with the published states (``--flagd-file``).
+        self.flagd_file: FlagdFile | None = None
+        self.settings = settings
+        self.topics = settings.topics
+        self.state_topic = state_topic(settings.topics)
+        self.ingest = Ingest(self.topics.predictions.name, self.topics.outcomes.name)
+        self.engine = Engine(config)
+        self.stop = asyncio.Event()
+        #: ``active`` once the lease is held and state restored; ``standby`` while waiting.
+        self.role = "starting"
+        #: The latest state per flag known to be on the flags topic.
+        self.flags: dict[str, FlagChangeEvent] = {}
+        self.alerts: list[AlertEvent] = []
+        self.offsets: dict[str, dict[int, int]] = {}
+        self.counters: Counter[str] = Counter()
+        self.resumed_from: int | None = None
+        self._snapshot_seq = 0
+        self._dirty = False
+        self._lease_held = asyncio.Event()
+        self._lease_lost = asyncio.Event()
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._lease: Any = None
+        self._deliveries: list[asyncio.Future[Any]] = []
+        self._snapshot_cost = 0.0
+        self._lease_poller: asyncio.Future[None] | None = None
+        #: Commands submitted here, by id, waiting for the loop to apply them.
+        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        #: Held while the engine changes (a batch, a command, a reload): one change at a time.
+        self._engine_lock = asyncio.Lock()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Plain-data status: role, progress, rejections and the engine's view of every flag."""
+        return {
+            "role": self.role,
+            "group": self.settings.group,
+            "resumed_from_snapshot": self.resumed_from,
+            "records": self.counters["records"],
+            "events": self.ingest.accepted,
+            "batches": self.counters["batches"],
+            "flag_changes_published": self.counters["published"],
+            "snapshots_written": self.counters["snapshots"],
+            "rejected": dict(self.ingest.rejected),
+            "offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in self.offsets.items()},
+            "engine": self.engine.snapshot() if self.role == "active" else None,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Hold the lease, restore, then process batches until :attr:`stop` is set."""
+        from aiokafka import AIOKafkaProducer
+
+        s = self.settings
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, acks="all")
+        await self._producer.start()
+        try:
+            await self._acquire_lease()
+            if self.stop.is_set():
+                return
+            await self._restore()
+            self.role = "active"
+            log.info(
+                "worker active in group %s: %d flags, reading %s and %s",
+                s.group,
+                len(self.config.flags),
+                self.topics.predictions.name,
+                self.topics.outcomes.name,
+            )
+            await self._loop()
+            if self._consumer is not None and not self._lease_lost.is_set():
+                await self._write_snapshot()
+        finally:
+            self.role = "stopped"
+            if self._lease_poller is not None:
+                self._lease_poller.cancel()
+            if self.hooks is not None:
+                # Deliver or dead-letter what is queued while the producer is still up.
+                await self.hooks.close()
+            for client in (self._consumer, self._lease, self._producer):
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.stop()
+
+    async def _acquire_lease(self) -> None:
+        """Join the lease group on the state topic; wait until assigned its partition."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.abc import ConsumerRebalanceListener
+
+        async def revoked(_listener: Any, partitions: Any) -> None:
+            # Eager rebalancing revokes everything first, even what comes straight back: stop
+            # writing until the assignment says whether the lease is still ours.
+            self._lease_held.clear()
+
+        async def assigned(_listener: Any, partitions: Any) -> None:
+            if partitions:
+                self._lease.pause(*partitions)
+                self._lease_held.set()
+            elif self.role == "active":
+                log.error("lease on %s lost to another worker: stopping", self.state_topic.name)
+                self._lease_lost.set()
+                self.stop.set()
+
+        # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
+        listener_cls = type(
+            "LeaseListener",
+            (ConsumerRebalanceListener,),
+            {"on_partitions_revoked": revoked, "on_partitions_assigned": assigned},
+        )
+
+        s = self.settings
+        self._lease = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            group_id=s.group,
+            enable_auto_commit=False,
+            session_timeout_ms=s.session_timeout_ms,
+            partition_assignment_strategy=(_lease_assignor(lambda: self.role == "active"),),
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+        )
+        await self._lease.start()
+        self._lease.subscribe([self.state_topic.name], listener=listener_cls())
+        self.role = "standby"
+        log.info("waiting for the lease on %s (group %s)", self.state_topic.name, s.group)
+        # Polled, never read: the paused lease partition only keeps this member in the group
+        # (aiokafka leaves the group when a consumer is not polled for max_poll_interval_ms).
+        while not self._lease_held.is_set() and not self.stop.is_set():
+            await self._lease.getmany(timeout_ms=200)
+        self._lease.pause(*self._lease.assignment())
+        self._lease_poller = asyncio.ensure_future(self._poll_lease())
+
+    async def _poll_lease(self) -> None:
+        while not self.stop.is_set():
+            await self._lease.getmany(timeout_ms=1000)
+
+    async def _restore(self) -> None:
+        """Load the latest snapshot and the published flags; seek the inputs; publish initials."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        s = self.settings
+        self.flags = await read_flags(s.bootstrap, self.topics.flags.name)
+        await self._write_flagd(*self.flags.values())
+        snapshot = await self._load_snapshot()
+        if snapshot is not None:
+            self.engine = Engine.from_state(self.config, snapshot.engine)
+            self.offsets = snapshot.offsets
+            self._snapshot_seq = snapshot.seq
+            self.resumed_from = snapshot.seq
+            self.counters.update(snapshot.counters)
+            log.info("resumed from snapshot %d at offsets %s", snapshot.seq, snapshot.offsets)
+            # Flags added to the config since the snapshot have never been published.
+            for state in self.engine.states():
+                if state.flag not in self.flags:
+                    await self._publish_flag(state, None)
+        else:
+            for state in self.engine.initial_states():
+                published = self.flags.get(state.flag)
+                if published is not None:
+                    self.engine.adopt(published)
+                else:
+                    await self._publish_flag(state, None)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        await self._consumer.start()
+        tps = [
+            TopicPartition(spec.name, p)
+            for spec in (self.topics.predictions, self.topics.outcomes)
+            for p in range(spec.partitions)
+        ]
+        control = TopicPartition(self.topics.control.name, 0)
+        self._consumer.assign([*tps, control])
+        for tp in tps:
+            offset = self.offsets.get(tp.topic, {}).get(tp.partition)
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+                self.offsets.setdefault(tp.topic, {})[tp.partition] = 0
+            else:
+                self._consumer.seek(tp, offset)
+        # Commands: from the snapshot's offset (each is applied to the state exactly once);
+        # without a snapshot, from the end: the published states adopted above include every
+        # earlier command, and applying one again could undo what happened after it.
+        offset = self.offsets.get(control.topic, {}).get(0)
+        if offset is None:
+            offset = await self._end_of(control)
+            self.offsets.setdefault(control.topic, {})[0] = offset
+        self._consumer.seek(control, offset)
+
+    async def _end_of(self, tp: Any) -> int:
+        """The offset after the last record of ``tp``, read (Tansu under-reports end offsets)."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            start: int = await consumer.position(tp)
+            records = (await read_to_end(consumer, [tp]))[tp]
+        finally:
+            await consumer.stop()
+        return records[-1].offset + 1 if records else start
+
+    async def _load_snapshot(self) -> Snapshot | None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.state_topic.name, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            records = await read_to_end(consumer, [tp])
+        finally:
+            await consumer.stop()
+        return latest_snapshot(records[tp], self.settings.group.encode())
+
+    # -- the hot loop ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        s = self.settings
+        last_snapshot = time.monotonic()
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        try:
+            while not self.stop.is_set():
+                if not self._lease_held.is_set():
+                    await self._wait_for_lease(stop_wait)
+                    continue
+                fetch = asyncio.ensure_future(
+                    self._consumer.getmany(timeout_ms=s.poll_ms, max_records=s.max_records)
+                )
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await fetch
+                    break
+                batch = fetch.result()
+                if batch:
+                    async with self._engine_lock:
+                        await self._process(batch)
+                now = time.monotonic()
+                # A snapshot stops the hot loop while the engine state is serialised: keep that
+                # under ~10 % of the time, whatever the configured interval.
+                interval = max(s.snapshot_interval, 10 * self._snapshot_cost)
+                if self._dirty and now - last_snapshot >= interval:
+                    await self._write_snapshot()
+                    last_snapshot = time.monotonic()
+                    self._snapshot_cost = last_snapshot - now
+        finally:
+            stop_wait.cancel()
+
+    async def _wait_for_lease(self, stop_wait: asyncio.Future[Any]) -> None:
+        """During a rebalance of the lease group: publish nothing until it is settled."""
+        held = asyncio.ensure_future(self._lease_held.wait())
+        await asyncio.wait({held, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        held.cancel()
+
+    async def _process(self, batch: dict[Any, list[Any]]) -> None:
+        """Decode, evaluate and publish one ``getmany`` batch."""
+        records: list[Any] = []
+        outcomes = self.topics.outcomes.name
+        control = self.topics.control.name
+        # Commands first: an operator's kill takes effect before the events read with it. A
+        # snapshot right at this boundary makes a replay apply them at the same point of the
+        # input (a restore after a detector kill must not turn into a restore before it).
+        commands = [t for t in batch if t.topic == control]
+        if commands and self._dirty:
+            await self._write_snapshot()
+        for tp in commands:
+            await self._apply_commands(batch.pop(tp))
+        if not batch:
+            return
+        # Predictions before outcomes, then by partition: a stable order for a batch.
+        for tp in sorted(batch, key=lambda t: (t.topic == outcomes, t.partition)):
+            msgs = batch[tp]
+            records += msgs
+            self.offsets.setdefault(tp.topic, {})[tp.partition] = msgs[-1].offset + 1
+        decoded = self.ingest.decode(records)
+        result = self.engine.process(decoded.events)
+        self.ingest.reject_events(
+            decoded, [(r.index, r.reason, r.detail) for r in result.rejections]
+        )
+        for emitted in result.outputs:
+            source = decoded.source(emitted.index)
+            where = f"{source.topic}/{source.partition}/{source.offset}"
+            event_ts = decoded.events[emitted.index].ts
+            if isinstance(emitted.event, FlagChangeEvent):
+                await self._publish_flag(emitted.event, where, event_ts)
+            else:
+                self.alerts.append(emitted.event)
+                del self.alerts[:-100]
+                log.warning(
+                    "alert (no flag change) from %s: %s",
+                    where,
+                    encode(emitted.event),
+                    extra=decision_context(emitted.event),
+                )
+                self._announce(emitted.event, event_ts)
+        await self._deadletter(decoded)
+        self.counters["records"] += len(records)
+        self.counters["batches"] += 1
+        self._dirty = True
+        if self.metrics is not None:
+            self.metrics.record_batch()
+
+    # -- manual control and config reload -----------------------------------------------------
+
+    async def _apply_commands(self, msgs: list[Any]) -> None:
+        """Apply control-topic records in order: publish the change, or dead-letter a bad one."""
+        topic = self.topics.control.name
+        for m in msgs:
+            source = Source(topic, m.partition, m.offset)
+            where = f"{topic}/{m.partition}/{m.offset}"
+            command: Command | None = None
+            try:
+                command = decode_command(m.value or b"")
+                ts = command.ts if command.ts is not None else max(0.0, m.timestamp / 1000)
+                event = self.engine.apply_command(command, ts)
+            except (EventError, CommandError) as err:
+                reason = err.reason if isinstance(err, EventError) else err.code
+                detail = err.detail if isinstance(err, EventError) else err.message
+                log.warning("command at %s rejected: %s: %s", where, reason, detail)
+                rejected = Rejected(source, m.key, m.value, reason, detail)
+                self._deliveries.append(
+                    await self._producer.send(
+                        self.topics.deadletter.name,
+                        m.value,
+                        key=m.key,
+                        headers=deadletter_headers(rejected),
+                    )
+                )
+                if self.metrics is not None:
+                    self.metrics.record_deadletter(reason)
+                self.counters["commands_rejected"] += 1
+                outcome = Outcome("rejected", code=reason, message=detail)
+            else:
+                if event is None:
+                    log.info(
+                        "command at %s changes nothing: %s %s by %s",
+                        where,
+                        command.action.value,
+                        command.flag,
+                        command.actor,
+                    )
+                    outcome = Outcome("noop")
+                else:
+                    await self._publish_flag(event, where)
+                    outcome = Outcome("applied", event)
+                self.counters["commands"] += 1
+            self.offsets.setdefault(topic, {})[m.partition] = m.offset + 1
+            self._dirty = True
+            waiter = self._waiters.pop(command.id, None) if command and command.id else None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
+
+    async def submit_command(self, command: Command, wait_s: float) -> Outcome:
+        """Publish ``command`` to the control topic and wait until this worker applied it.
+
+        The command gets an id if it has none. Raises :class:`NotActiveError` on a worker
+        without the lease (nothing is published) and :class:`TimeoutError` if the command was
+        not applied within ``wait_s`` seconds (it may still be, later).
+        """
+        if self.role != "active" or self._producer is None:
+            raise NotActiveError(f"this worker is {self.role}, not active: send to the active one")
+        if command.id is None:
+            command = command.model_copy(update={"id": uuid.uuid4().hex})
+        key = command.id
+        assert key is not None
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = waiter
+        try:
+            await self._producer.send_and_wait(
+                self.topics.control.name, encode(command), key=command.flag.encode()
+            )
+            return await asyncio.wait_for(waiter, wait_s)
+        finally:
+            self._waiters.pop(key, None)
+
+    async def reload_config(self) -> list[FlagChangeEvent]:
+        """Read the config file again and apply it; return the flag changes it published.
+
+        A config that does not validate raises :class:`ConfigError` (logged with every
+        problem) and changes nothing. A valid one goes through :meth:`Engine.reconfigure`:
+        statistics, versions and live weights stay; new flags are published at version 1.
+        Webhooks and topics are read at start only: changing them needs a restart.
+        """
+        if self.config_path is None:
+            raise ConfigError(["no config file to reload: the worker was given a config object"])
+        path = self.config_path
+        try:
+            config = await asyncio.get_running_loop().run_in_executor(None, load_config, path)
+        except ConfigError as err:
+            log.error(
+                "config reload rejected, the old config stays in force: %s",
+                "; ".join(err.problems),
+            )
+            raise
+        async with self._engine_lock:
+            self.config = config
+            if self.role != "active":
+                self.engine = Engine(config)
+                log.info("config reloaded from %s (standby: applied when active)", path)
+                return []
+            changes = self.engine.reconfigure(config, ts=time.time())
+            for event in changes:
+                await self._publish_flag(event, None)
+            await self._write_snapshot()
+        log.warning(
+            "config reloaded from %s: %d flags, %d flag changes published",
+            path,
+            len(config.flags),
+            len(changes),
+        )
+        return changes
+
+    async def _publish_flag(
+        self, event: FlagChangeEvent, source: str | None, event_ts: float | None = None
+    ) -> None:
+        """Publish a flag change unless the flags topic already has this version or a newer one.
+
+        ``event_ts`` is the time of the input event that decided it (for the latency metric).
+        """
+        have = self.flags.get(event.flag)
+        if have is not None and have.version >= event.version:
+            log.info(
+                "flag %s v%d already published; not published again",
+                event.flag,
+                event.version,
+                extra=decision_context(event),
+            )
+            return
+        headers = [(HEADER_SOURCE, source.encode())] if source else None
+        await self._producer.send_and_wait(
+            self.topics.flags.name, encode(event), key=event.flag.encode(), headers=headers
+        )
+        self.flags[event.flag] = event
+        self.counters["published"] += 1
+        await self._write_flagd(event)
+        cause = event.cause
+        log.warning(
+            "flag %s v%d published: %s %s (%s)",
+            event.flag,
+            event.version,
+            cause.action.value,
+            cause.variant or "",
+            cause.reason or cause.guardrail or cause.kind.value,
+            extra=decision_context(event),
+        )
+        self._announce(event, event_ts)
+
+    async def _write_flagd(self, *events: FlagChangeEvent) -> None:
+        """Bring the flagd file up to date (off the event loop: the write is fsynced)."""
+        if self.flagd_file is not None and events:
+            await asyncio.to_thread(self.flagd_file.update, *events)
+
+    def _announce(self, event: FlagChangeEvent | AlertEvent, event_ts: float | None) -> None:
+        """Count a published decision and hand it to the webhooks (never blocks)."""
+        if self.metrics is not None:
+            self.metrics.record_decision(event.flag, event.cause.action.value, event_ts)
+        if self.hooks is not None:
+            self.hooks.submit(event)
+
+    async def deadletter_delivery(self, failed: FailedDelivery) -> None:
+        """Publish a webhook delivery that was given up to the dead-letter topic (the
+        :class:`~driftswitch.streams.service.hooks.HookDispatcher` ``deadletter`` callback)."""
+        if self.metrics is not None:
+            self.metrics.record_deadletter(failed.reason)
+        if self._producer is None:
+            log.error("hook %s: no producer to dead-letter a failed delivery", failed.hook)
+            return
+        await self._producer.send_and_wait(
+            self.topics.deadletter.name,
+            failed.event,
+            key=failed.flag.encode(),
+            headers=failed.headers(),
+        )
+
+    def refresh_metrics(self) -> None:
+        """Bring the scrape-time metrics up to date: engine snapshot, role, consumer lag.
+
+        Called just before each ``GET /metrics``, between batches (one event loop), so the hot
+        path pays nothing for metrics it does not count itself. Lag is the partition's high
+        watermark minus the next offset to read; Tansu reports the base offset of the last batch
+        as the high watermark, so on the embedded broker lag reads low (never below 0).
+        """
+        metrics = self.metrics
+        if metrics is None:
+            return
+        active = self.role == "active"
+        metrics.set_active(active)
+        metrics.observe_snapshot(self.engine.snapshot() if active else {})
+        if self._consumer is None or not active:
+            return
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            position = self.offsets.get(tp.topic, {}).get(tp.partition)
+            if highwater is not None and position is not None:
+                metrics.set_lag(tp.topic, tp.partition, highwater - position)
+
+    async def _deadletter(self, decoded: Decoded) -> None:
+        """Queue every rejected record for the dead-letter topic; the acks are awaited by
+        :meth:`_flush` before the next snapshot, not one by one."""
+        for rejected in decoded.rejected:
+            delivery = await self._producer.send(
+                self.topics.deadletter.name,
+                rejected.value,
+                key=rejected.key,
+                headers=deadletter_headers(rejected),
+            )
+            self._deliveries.append(delivery)
+            if self.metrics is not None:
+                self.metrics.record_deadletter(rejected.reason)
+
+    async def _write_snapshot(self) -> None:
+        """Flush pending sends, then write ``{engine state, offsets}`` to the state topic."""
+        await self._flush()
+        self._snapshot_seq += 1
+        snapshot = Snapshot(
+            seq=self._snapshot_seq,
+            engine=self.engine.to_state(),
+            offsets={t: dict(ps) for t, ps in self.offsets.items()},
+            counters={
+                "records": self.counters["records"],
+                "batches": self.counters["batches"],
+            },
+        )
+        key = self.settings.group.encode()
+        sends = [
+            await self._producer.send(self.state_topic.name, value, key=key, headers=headers)
+            for value, headers in encode_chunks(snapshot)
+        ]
+        await asyncio.gather(*sends)
+        self.counters["snapshots"] += 1
+        self._dirty = False
+
+    async def _flush(self) -> None:
+        """Wait until the broker acknowledged every dead-letter record queued so far."""
+        deliveries, self._deliveries = self._deliveries, []
+        if deliveries:
+            await asyncio.gather(*deliveries)

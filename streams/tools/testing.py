@@ -1,0 +1,252 @@
+"""Helpers for end-to-end tests of a deployment: a ``driftswitch run`` child process, topic reads.
+
+Integration tests and benchmarks drive the real worker command, not an in-process object, so
+they see what an operator sees: :class:`WorkerProcess` starts ``driftswitch run --broker ...``
+on a :class:`~driftswitch.streams.contract.topics.Topics` set (its prefix and partitions passed
+through
+``DRIFTSWITCH_TOPIC_*``), with its HTTP port and a log file, and polls ``/healthz``.
+:func:`read_topic` and :func:`flag_changes` read a one-partition topic to its end (the flags
+topic is the audit log of every decision); :func:`event_records` turns events into the keyed
+records a model service produces; :func:`wait_until` polls any condition.
+
+Failures raise :class:`AssertionError` with the worker's log tail, so a test framework reports
+them as test failures with the reason in view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+
+from driftswitch.streams.contract.events import (
+    FlagChangeEvent,
+    OutcomeEvent,
+    PredictionEvent,
+    encode,
+)
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.service.snapshot import read_to_end
+from driftswitch.streams.tools.broker import free_port
+
+__all__ = ["WorkerProcess", "event_records", "flag_changes", "read_topic", "wait_until"]
+
+_LOG_TAIL = 4000
+
+
+class WorkerProcess:
+    """``driftswitch run --broker ...`` as a child process, with its HTTP port and log file.
+
+    Parameters
+    ----------
+    bootstrap
+        The broker's ``host:port``.
+    topics
+        The topics the worker uses; their prefix names the consumer group (``<prefix>-workers``).
+    config
+        The worker's YAML config file.
+    log
+        Where the child's stdout and stderr go (appended: a restarted worker can share it).
+    env
+        Extra environment variables; a ``None`` value removes the variable.
+    args
+        Extra command-line arguments, e.g. ``["--snapshot-interval", "0.5"]``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        config: Path,
+        log: Path,
+        *,
+        env: Mapping[str, str | None] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.port = free_port()
+        self.log = log
+        prefix = topics.flags.name.removesuffix(".flags.v1")
+        child_env = {
+            **os.environ,
+            "DRIFTSWITCH_TOPIC_PREFIX": prefix,
+            "DRIFTSWITCH_TOPIC_PARTITIONS": str(topics.predictions.partitions),
+        }
+        for name, value in (env or {}).items():
+            if value is None:
+                child_env.pop(name, None)
+            else:
+                child_env[name] = value
+        argv = [
+            str(Path(sys.executable).with_name("driftswitch")),
+            "run",
+            "--config",
+            str(config),
+            "--broker",
+            bootstrap,
+            "--web-port",
+            str(self.port),
+            "--group",
+            f"{prefix}-workers",
+            *args,
+        ]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, env=child_env, stdout=out, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The worker's HTTP API root."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def health(self) -> dict[str, Any] | None:
+        """``GET /healthz``'s body, or ``None`` while the worker does not answer 200."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
+                body: dict[str, Any] = orjson.loads(r.read())
+                return body
+        except OSError:  # refused, reset, timed out, or an HTTP error status (URLError)
+            return None
+
+    def get(self, path: str) -> Any:
+        """The JSON body of ``GET path``; an HTTP error raises."""
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as r:
+            return orjson.loads(r.read())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        """``(status, headers, JSON body)`` of one request; HTTP errors are answers too."""
+        data = orjson.dumps(body) if body is not None else None
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, dict(r.headers), orjson.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), orjson.loads(err.read())
+
+    def wait_for(self, what: str, cond: Callable[[dict[str, Any]], bool], timeout: float) -> None:
+        """Poll ``/healthz`` until ``cond`` holds; fail early if the worker exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker exited ({self.proc.returncode}):\n{self.log.read_text()}"
+                )
+            status = self.health()
+            if status is not None and cond(status):
+                return
+            time.sleep(0.2)
+        raise AssertionError(
+            f"worker: {what} not reached in {timeout} s:\n{self.log.read_text()[-_LOG_TAIL:]}"
+        )
+
+    def wait_active(self, timeout: float = 60) -> None:
+        """Wait until this worker holds the lease (``role`` is ``active``)."""
+        self.wait_for("active", lambda s: s.get("role") == "active", timeout)
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; a no-op once the child has exited."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_until(
+    what: str,
+    cond: Callable[[], bool],
+    timeout: float = 30,
+    *,
+    interval: float = 0.1,
+    log: Path | None = None,
+) -> None:
+    """Poll ``cond`` until it holds; after ``timeout`` seconds fail, with ``log``'s tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    tail = "" if log is None else f":\n{log.read_text()[-_LOG_TAIL:]}"
+    raise AssertionError(f"{what}: not reached in {timeout} s{tail}")
+
+
+def read_topic(bootstrap: str, topic: str, partition: int = 0) -> list[Any]:
+    """Every record of one partition of ``topic``, from the beginning to the end.
+
+    "The end" as :func:`~driftswitch.streams.service.snapshot.read_to_end` reads it (until idle,
+    since
+    Tansu under-reports end offsets).
+    """
+
+    async def read() -> list[Any]:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            records: list[Any] = (await read_to_end(consumer, [tp]))[tp]
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def flag_changes(bootstrap: str, topics: Topics) -> list[FlagChangeEvent]:
+    """Every flag change published on the (one-partition) flags topic, oldest first."""
+    return [
+        FlagChangeEvent.model_validate_json(r.value)
+        for r in read_topic(bootstrap, topics.flags.name)
+    ]
+
+
+def event_records(
+    topics: Topics, events: Iterable[PredictionEvent | OutcomeEvent]
+) -> list[tuple[str, bytes, bytes]]:
+    """``(topic, key, value)`` per event, as a model service produces it: keyed by request id."""
+    return [
+        (
+            topics.predictions.name if isinstance(e, PredictionEvent) else topics.outcomes.name,
+            e.request_id.encode(),
+            encode(e),
+        )
+        for e in events
+    ]
