@@ -42,7 +42,8 @@ from driftswitch.streams.client.openfeature import DriftswitchProvider
 from driftswitch.streams.contract.assign import Fractional
 from driftswitch.streams.contract.events import FlagChangeEvent, encode
 from driftswitch.streams.contract.flagd import FlagdFile
-from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 FLAG = "ranker"

@@ -38,7 +38,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
-from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.service.worker import HEADER_SOURCE
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, simulate

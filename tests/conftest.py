@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 RUN_ID_VAR = "DRIFTSWITCH_TEST_RUN"

@@ -44,6 +44,12 @@ from pydantic import JsonValue, ValidationError
 from driftswitch.streams.contract.assign import Fractional
 from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka.settings import (
+    KafkaConnectError,
+    KafkaSettings,
+    SecurityLike,
+    security_of,
+)
 
 __all__ = ["ClientStats", "DriftswitchClient", "Resolution"]
 
@@ -140,8 +146,13 @@ class DriftswitchClient:
         Longest wait of one fetch of the flags topic: bounds how late a change is seen.
     linger_s
         How long the sender waits for more events before sending what it has.
+    security
+        TLS and SASL settings: a :class:`~driftswitch.streams.kafka.KafkaSecurity` (e.g.
+        ``KafkaSecurity.from_env(os.environ)`` for the ``DRIFTSWITCH_KAFKA_*`` variables), or a
+        mapping with librdkafka's names (``{"security.protocol": "SASL_SSL", ...}``) or the
+        Python ones. Default: PLAINTEXT.
     producer_options, consumer_options
-        Extra aiokafka settings (security, client id, timeouts, ...).
+        Extra aiokafka settings (client id, timeouts, ...); security goes in ``security``.
 
     Use it as a context manager (``with`` or ``async with``) or call :meth:`start` and
     :meth:`close`. Callbacks registered with :meth:`on_change` run on the client's thread.
@@ -162,10 +173,13 @@ class DriftswitchClient:
         max_batch: int = 10_000,
         producer_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        security: SecurityLike = None,
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.bootstrap = bootstrap
+        #: Where Kafka is and how to connect (TLS, SASL); the password is never shown.
+        self.kafka = KafkaSettings(bootstrap=bootstrap, security=security_of(security))
         self.topics = topics or Topics()
         self.defaults = dict(defaults or {})
         self.buffer_size = buffer_size
@@ -619,13 +633,13 @@ class DriftswitchClient:
         return self._stopping.is_set()
 
     async def _follow_flags(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from driftswitch.streams.kafka import connect as kafka
 
         topic = self.topics.flags.name
         backoff = 0.2
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+            consumer = kafka.consumer(
+                self.kafka,
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -633,14 +647,14 @@ class DriftswitchClient:
                 **self._consumer_options,
             )
             try:
-                await consumer.start()
+                await kafka.start(consumer, self.kafka)
                 partitions = consumer.partitions_for_topic(topic)
                 while not partitions:
                     if await self._sleep_or_stop(backoff):
                         return
                     await consumer.topics()
                     partitions = consumer.partitions_for_topic(topic)
-                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                tps = [kafka.topic_partition(topic, p) for p in sorted(partitions)]
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
                 backoff = 0.2
@@ -649,13 +663,19 @@ class DriftswitchClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("driftswitch: flags consumer (%s): %s; retrying", self.bootstrap, exc)
+                log.warning("driftswitch: flags consumer: %s; retrying", self._why(exc))
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), self._stop_timeout_s)
             if await self._sleep_or_stop(backoff):
                 return
             backoff = min(backoff * 2, 5.0)
+
+    def _why(self, exc: Exception) -> str:
+        """A connection error as it is (it names the broker), anything else with the broker."""
+        if isinstance(exc, KafkaConnectError):
+            return str(exc)
+        return f"{self.kafka.describe()}: {type(exc).__name__}: {exc}"
 
     async def _consume_flags(self, consumer: Any, tps: list[Any]) -> None:
         assert self._stopping is not None
@@ -697,19 +717,18 @@ class DriftswitchClient:
         self.apply(state)
 
     async def _send_events(self) -> None:
-        from aiokafka import AIOKafkaProducer
-        from aiokafka.partitioner import DefaultPartitioner
+        from driftswitch.streams.kafka import connect as kafka
 
-        partitioner = DefaultPartitioner()
+        partitioner = kafka.partitioner()
         backoff = 0.2
         while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
+            producer = kafka.producer(
+                self.kafka,
                 linger_ms=max(0, int(self.linger_s * 1000)),
                 **self._producer_options,
             )
             try:
-                await producer.start()
+                await kafka.start(producer, self.kafka)
                 self._producer_connected = True
                 backoff = 0.2
                 partitions: dict[str, list[int]] = {}
@@ -724,7 +743,7 @@ class DriftswitchClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("driftswitch: event producer (%s): %s; retrying", self.bootstrap, exc)
+                log.warning("driftswitch: event producer: %s; retrying", self._why(exc))
             finally:
                 self._producer_connected = False
                 with contextlib.suppress(Exception):

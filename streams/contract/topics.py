@@ -1,4 +1,6 @@
-"""The Kafka topics driftswitch reads and writes: names, partitions, configs, and creating them.
+"""The Kafka topics driftswitch reads and writes: names, partitions and configs.
+
+Creating them is :func:`driftswitch.streams.kafka.ensure_topics`.
 
 Names follow ``<prefix>.<entity>.v<major>`` (STYLE.md "Names"; the major version is the event
 contract's, :data:`driftswitch.streams.contract.events.SCHEMA_VERSION`). Configuration, in
@@ -27,11 +29,9 @@ never assume one record per flag.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from collections.abc import Mapping
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,7 +45,6 @@ __all__ = [
     "TopicError",
     "TopicSpec",
     "Topics",
-    "ensure_topics",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ ROLES = ("predictions", "outcomes", "flags", "control", "deadletter")
 #: Kafka's legal topic names: ASCII letters, digits, '.', '_', '-'; at most 249 characters.
 _TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 _COMPACT = {"cleanup.policy": "compact"}
-_TOPIC_ALREADY_EXISTS = 36
 
 
 class TopicError(DriftswitchError):
@@ -206,123 +204,3 @@ def _env_int(environ: Mapping[str, str], var: str, default: int) -> int:
     if value < 1:
         raise TopicError(f"{var}={raw!r}: expected a positive integer")
     return value
-
-
-async def ensure_topics(
-    bootstrap: str,
-    topics: Topics | Iterable[TopicSpec],
-    *,
-    timeout_s: float = 30.0,
-    **client_options: Any,
-) -> list[str]:
-    """Create the topics that do not exist yet and wait until every one has a leader.
-
-    Idempotent: existing topics are left as they are (a different partition count or topic
-    config is logged as a warning, never changed). ``client_options`` go to aiokafka's
-    ``AIOKafkaAdminClient`` (security settings for real Kafka). Returns the names created.
-    Raises :class:`TopicError` when the broker refuses a topic or it has no leader in time.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError
-
-    specs = list(topics.specs() if isinstance(topics, Topics) else topics)
-    wanted = {spec.name: spec for spec in specs}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    try:
-        try:
-            await admin.start()
-        except KafkaError as err:
-            raise TopicError(f"cannot reach Kafka at {bootstrap}: {err}") from err
-        existing = set(await admin.list_topics())
-        missing = [spec for name, spec in wanted.items() if name not in existing]
-        created: list[str] = []
-        if missing:
-            response = await admin.create_topics(
-                [
-                    NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
-                    for s in missing
-                ],
-                timeout_ms=int(timeout_s * 1000),
-            )
-            created = _created(response.topic_errors)
-            log.info("created topics %s on %s", ", ".join(created) or "(none)", bootstrap)
-        await _wait_for_leaders(admin, wanted, timeout_s)
-        await _warn_on_drift(admin, [wanted[n] for n in wanted if n not in created])
-    finally:
-        await admin.close()
-    return created
-
-
-def _created(topic_errors: Iterable[tuple[Any, ...]]) -> list[str]:
-    """Names the CreateTopics response reports as created; raise on any error but 'exists'."""
-    from aiokafka.errors import for_code
-
-    created: list[str] = []
-    problems: list[str] = []
-    for entry in topic_errors:
-        name, code = entry[0], entry[1]
-        message = entry[2] if len(entry) > 2 else None
-        if code == 0:
-            created.append(name)
-        elif code != _TOPIC_ALREADY_EXISTS:  # created meanwhile by someone else: fine
-            problems.append(f"{name}: {for_code(code).__name__} ({code}) {message or ''}".strip())
-    if problems:
-        raise TopicError("the broker refused to create topics: " + "; ".join(problems))
-    return created
-
-
-async def _wait_for_leaders(admin: Any, wanted: Mapping[str, TopicSpec], timeout_s: float) -> None:
-    """Poll metadata until every wanted topic has all its partitions with a leader."""
-    deadline = time.monotonic() + timeout_s
-    pending: list[str] = list(wanted)
-    while True:
-        described = await admin.describe_topics(list(wanted))
-        pending = [
-            t["topic"]
-            for t in described
-            if t["error_code"] != 0
-            or not t["partitions"]
-            or any(p["leader"] < 0 for p in t["partitions"])
-        ]
-        pending += [name for name in wanted if name not in {t["topic"] for t in described}]
-        if not pending:
-            for t in described:
-                spec = wanted[t["topic"]]
-                if len(t["partitions"]) != spec.partitions:
-                    log.warning(
-                        "topic %s has %d partitions, driftswitch's setting is %d; left unchanged",
-                        spec.name,
-                        len(t["partitions"]),
-                        spec.partitions,
-                    )
-            return
-        if time.monotonic() > deadline:
-            raise TopicError(f"topics without a leader after {timeout_s:g} s: {sorted(pending)}")
-        await asyncio.sleep(0.1)
-
-
-async def _warn_on_drift(admin: Any, existing: list[TopicSpec]) -> None:
-    """Log existing topics whose configs differ from ours (e.g. a flags topic not compacted)."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    checked = [spec for spec in existing if spec.config]
-    if not checked:
-        return
-    responses = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, spec.name) for spec in checked]
-    )
-    actual: dict[str, dict[str, str | None]] = {}
-    for response in responses:
-        for resource in response.resources:
-            actual[resource[3]] = {entry[0]: entry[1] for entry in resource[4]}
-    for spec in checked:
-        for key, value in spec.config.items():
-            have = actual.get(spec.name, {}).get(key)
-            if have != value:
-                log.warning(
-                    "topic %s has %s=%s, driftswitch's setting is %s; left unchanged",
-                    spec.name,
-                    key,
-                    have,
-                    value,
-                )

@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from driftswitch.streams.contract.errors import ConfigError
 from driftswitch.streams.contract.events import FlagChangeEvent, Name, validation_message
+from driftswitch.streams.kafka import connect as kafka
+from driftswitch.streams.kafka.settings import KafkaSettings, as_settings
 from driftswitch.streams.pipeline.control import (
     AdminAuth,
     Command,
@@ -42,7 +44,6 @@ from driftswitch.streams.pipeline.control import (
     CommandError,
     validate,
 )
-from driftswitch.streams.service.snapshot import read_to_end
 from driftswitch.streams.service.worker import NotActiveError, Worker
 
 __all__ = ["ACTOR_HEADER", "DEFAULT_HISTORY", "MAX_HISTORY", "read_history", "routes"]
@@ -169,9 +170,7 @@ def routes(worker: Worker, auth: AdminAuth, *, wait_s: float = 10.0) -> list[web
                 raise ValueError
         except ValueError:
             return _error(400, "invalid_request", f"limit: an integer from 1 to {MAX_HISTORY}")
-        changes = await read_history(
-            worker.settings.bootstrap, worker.topics.flags.name, flag, limit
-        )
+        changes = await read_history(worker.settings.kafka, worker.topics.flags.name, flag, limit)
         return _json({"flag": flag, "changes": [_change(c) for c in changes]})
 
     async def reload(request: web.Request) -> web.Response:
@@ -209,28 +208,15 @@ def routes(worker: Worker, auth: AdminAuth, *, wait_s: float = 10.0) -> list[web
     ]
 
 
-async def read_history(bootstrap: str, topic: str, flag: str, limit: int) -> list[FlagChangeEvent]:
+async def read_history(
+    bootstrap: str | KafkaSettings, topic: str, flag: str, limit: int
+) -> list[FlagChangeEvent]:
     """The last ``limit`` changes of ``flag`` on the flags topic, oldest first.
 
     Reads the topic from the beginning (the embedded broker never compacts it; on a Kafka that
     does, history is what compaction kept). Undecodable records are skipped.
     """
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records = await read_to_end(consumer, tps, idle_ms=150)
-    finally:
-        await consumer.stop()
+    records = (await kafka.read_partitions(as_settings(bootstrap), topic, idle_ms=150)).records
     kept: collections.deque[FlagChangeEvent] = collections.deque(maxlen=limit)
     key = flag.encode()
     for recs in records.values():

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from driftswitch.streams.kafka.options import security_options
+
 if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
     from driftswitch.streams.config.model import Config
     from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.kafka.settings import KafkaSecurity
 
 __all__ = ["DEFAULT_WEB_PORT", "embedded_or_given", "run_command", "serve_worker"]
 
@@ -66,8 +69,11 @@ async def serve_worker(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
     flagd_file: str | None = None,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
+
+    ``security`` (TLS, SASL) applies to every Kafka connection of the worker; default PLAINTEXT.
 
     The worker exports Prometheus metrics on ``/metrics`` and calls the config's webhooks, whose
     secrets are read from ``environ`` (default: the process environment), as is the admin API's
@@ -78,7 +84,7 @@ async def serve_worker(
     from prometheus_client import CollectorRegistry
 
     from driftswitch.streams.contract.errors import ConfigError
-    from driftswitch.streams.contract.topics import ensure_topics
+    from driftswitch.streams.kafka import KafkaSecurity, KafkaSettings, ensure_topics
     from driftswitch.streams.pipeline.control import AdminAuth
     from driftswitch.streams.service.hooks import HookDispatcher, resolve_hooks
     from driftswitch.streams.service.http import serve
@@ -87,9 +93,15 @@ async def serve_worker(
 
     env = os.environ if environ is None else environ
     hooks = resolve_hooks(config, env)
-    await ensure_topics(bootstrap, [*topics.specs(), state_topic(topics)])
+    security = security if security is not None else KafkaSecurity()
+    kafka = KafkaSettings(bootstrap=bootstrap, security=security)
+    await ensure_topics(kafka, [*topics.specs(), state_topic(topics)])
     settings = WorkerSettings(
-        bootstrap=bootstrap, topics=topics, group=group, snapshot_interval=snapshot_interval
+        bootstrap=bootstrap,
+        topics=topics,
+        group=group,
+        snapshot_interval=snapshot_interval,
+        security=security,
     )
     metrics = Metrics(CollectorRegistry())
     worker = Worker(config, settings, metrics=metrics, config_path=config_path)
@@ -107,7 +119,7 @@ async def serve_worker(
     runner = await serve(worker, web_host, web_port, auth)
     log.info(
         "driftswitch worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
-        bootstrap,
+        kafka.describe(),
         web_host,
         web_port,
         topics.flags.name,
@@ -183,6 +195,7 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
     default=None,
     help="Keep a flagd flag-definition file current here (flagd file sync, provider file mode).",
 )
+@security_options
 def run_command(
     config_path: str,
     bootstrap: str | None,
@@ -193,25 +206,39 @@ def run_command(
     log_level: str,
     log_format: str,
     flagd_file: str | None,
+    **kafka_options: str | None,
 ) -> None:
     """Run the worker: consume events, evaluate guardrails, publish flag changes.
 
     The admin API (kill, restore, weights, pause, pin, config reload) is enabled by a bearer
     token in $DRIFTSWITCH_ADMIN_TOKEN; SIGHUP re-reads the config file (docs/control.md).
+    TLS and SASL for Kafka: the --kafka-* options or DRIFTSWITCH_KAFKA_* variables (README
+    "Connecting to your Kafka").
     """
     from driftswitch.streams.config.model import load_config
     from driftswitch.streams.contract.errors import DriftswitchError
+    from driftswitch.streams.kafka.options import security_from_options
 
     setup_logging(log_level, log_format)
     try:
         config = load_config(config_path)
         topics = topics_from(os.environ)
+        security = security_from_options(kafka_options)
     except DriftswitchError as err:
         click.echo(f"driftswitch run: {err}", err=True)
         raise SystemExit(1) from None
 
+    given = bootstrap or os.environ.get(BROKER_ENV)
+    if not given and security.security_protocol != "PLAINTEXT":
+        click.echo(
+            f"driftswitch run: Kafka security settings ({security.describe()}) need a broker: "
+            f"--broker or ${BROKER_ENV} (the embedded broker is plaintext only)",
+            err=True,
+        )
+        raise SystemExit(1)
+
     async def main() -> None:
-        async with embedded_or_given(bootstrap or os.environ.get(BROKER_ENV)) as address:
+        async with embedded_or_given(given) as address:
             await serve_worker(
                 config,
                 address,
@@ -222,6 +249,7 @@ def run_command(
                 snapshot_interval=snapshot_interval,
                 config_path=config_path,
                 flagd_file=flagd_file,
+                security=security,
             )
 
     try:

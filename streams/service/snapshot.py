@@ -1,4 +1,4 @@
-"""Worker state snapshots on a Kafka topic, and reading a topic "to the end" on any broker.
+"""Worker state snapshots on a Kafka topic.
 
 A snapshot is ``{engine state, input offsets applied}``: the whole evaluation state (join
 buffer, statistics, detectors, flag versions) as the engine's plain-data ``to_state()``, together
@@ -19,15 +19,16 @@ A snapshot counts only when all its chunks are read in order, so a worker killed
 one resumes from the previous complete snapshot.
 
 Tansu (the embedded broker) reports the end offset of a partition as the base offset of its
-last batch and never compacts: :func:`read_to_end` reads past the reported end and then until
-the partition is idle, and the loader keeps the last complete snapshot per key.
+last batch and never compacts: :func:`driftswitch.streams.kafka.connect.read_to_end` reads past
+the reported end and then until the partition is idle, and the loader keeps the last complete
+snapshot per key.
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,6 @@ __all__ = [
     "decode_chunks",
     "encode_chunks",
     "latest_snapshot",
-    "read_to_end",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,26 +132,3 @@ def latest_snapshot(records: Sequence[Any], key: bytes) -> Snapshot | None:
                 log.warning("skipping undecodable snapshot %s: %s", sid, err)
             current, current_id = [], None
     return best
-
-
-async def read_to_end(
-    consumer: Any, partitions: Sequence[Any], *, idle_ms: int = 300
-) -> dict[Any, list[Any]]:
-    """Read assigned ``partitions`` from their current position to the end; return the records.
-
-    "The end" is not the reported end offset, which Tansu under-reports (it is the base offset
-    of the last batch): read at least past it, then until a poll of ``idle_ms`` brings nothing.
-    """
-    out: dict[Any, list[Any]] = {tp: [] for tp in partitions}
-    if not partitions:
-        return out
-    ends: Mapping[Any, int] = await consumer.end_offsets(list(partitions))
-    while True:
-        batch = await consumer.getmany(*partitions, timeout_ms=idle_ms, max_records=10_000)
-        for tp, recs in batch.items():
-            out[tp].extend(recs)
-        if batch:
-            continue
-        positions = {tp: await consumer.position(tp) for tp in partitions}
-        if all(positions[tp] >= ends[tp] for tp in partitions):
-            return out

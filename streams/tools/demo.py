@@ -49,7 +49,6 @@ def demo_scenario(requests: int, seed: int) -> Any:
 
 
 async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> bool:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from rich.console import Console
     from rich.panel import Panel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -57,6 +56,8 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
     from driftswitch.streams.config.model import parse_config
     from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
     from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.kafka import connect as kafka
+    from driftswitch.streams.kafka.settings import KafkaSettings
     from driftswitch.streams.service.runner import serve_worker
     from driftswitch.streams.tools.broker import EmbeddedBroker, free_port
     from driftswitch.streams.tools.simulate import config_yaml, simulate
@@ -80,10 +81,9 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
             f"[bold]worker[/] in this process; status at http://127.0.0.1:{port}/healthz, "
             f"flags at http://127.0.0.1:{port}/api/v1/flags"
         )
-        consumer = AIOKafkaConsumer(
-            topics.flags.name, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
-        )
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        local = KafkaSettings(bootstrap=broker.bootstrap)
+        consumer = kafka.consumer(local, topics.flags.name, auto_offset_reset="earliest")
+        producer = kafka.producer(local, linger_ms=5)
         started = time.monotonic()
 
         async def follow_flags() -> None:
@@ -95,8 +95,8 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
                     killed.set()
 
         try:
-            await consumer.start()
-            await producer.start()
+            await kafka.start(consumer, local)
+            await kafka.start(producer, local)
             follower = asyncio.ensure_future(follow_flags())
             console.print(
                 f"[bold]model service[/] {len(events):,} events: control 0.90, candidate 0.90 "

@@ -37,7 +37,8 @@ from driftswitch.streams.contract.events import (
     encode,
 )
 from driftswitch.streams.contract.topics import Topics
-from driftswitch.streams.service.snapshot import read_to_end
+from driftswitch.streams.kafka.connect import read_partitions
+from driftswitch.streams.kafka.settings import KafkaSettings, as_settings
 from driftswitch.streams.tools.broker import free_port
 
 __all__ = ["WorkerProcess", "event_records", "flag_changes", "read_topic", "wait_until"]
@@ -204,28 +205,16 @@ def wait_until(
     raise AssertionError(f"{what}: not reached in {timeout} s{tail}")
 
 
-def read_topic(bootstrap: str, topic: str, partition: int = 0) -> list[Any]:
+def read_topic(bootstrap: str | KafkaSettings, topic: str, partition: int = 0) -> list[Any]:
     """Every record of one partition of ``topic``, from the beginning to the end.
 
-    "The end" as :func:`~driftswitch.streams.service.snapshot.read_to_end` reads it (until idle,
-    since
-    Tansu under-reports end offsets).
+    "The end" as :func:`~driftswitch.streams.kafka.connect.read_to_end` reads it (until idle,
+    since Tansu under-reports end offsets).
     """
 
     async def read() -> list[Any]:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            records: list[Any] = (await read_to_end(consumer, [tp]))[tp]
-            return records
-        finally:
-            await consumer.stop()
+        found = await read_partitions(as_settings(bootstrap), topic, [partition])
+        return next(iter(found.records.values()))
 
     return asyncio.run(read())
 

@@ -19,7 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from confluent_kafka import Consumer, Producer
 
-from driftswitch.streams.contract.topics import ROLES, TopicError, Topics, TopicSpec, ensure_topics
+from driftswitch.streams.contract.topics import ROLES, TopicError, Topics, TopicSpec
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import BrokerError, EmbeddedBroker, free_port
 
 # Every test here starts a Tansu broker (the session's or its own).

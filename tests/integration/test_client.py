@@ -29,7 +29,8 @@ from driftswitch.streams.contract.events import (
     encode,
 )
 from driftswitch.streams.contract.flagd import FlagdFile
-from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 FLAG = "ranker"

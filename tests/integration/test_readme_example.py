@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from driftswitch.streams.contract.topics import Topics, ensure_topics
-from driftswitch.streams.service.snapshot import read_to_end
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.kafka.connect import read_to_end
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -19,7 +19,8 @@ import pytest
 
 from driftswitch.streams.config.model import load_config
 from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
-from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.pipeline.backtest import run as run_backtest
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import (

@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from driftswitch.streams.contract.topics import TopicSpec, ensure_topics
+from driftswitch.streams.contract.topics import TopicSpec
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 

@@ -1,0 +1,439 @@
+"""The one factory for aiokafka consumers, producers and admin clients, and the reads built on it.
+
+Every Kafka connection driftswitch makes is built here from one :class:`KafkaSettings`, so the
+TLS and SASL settings reach all of them the same way (:func:`client_options`). Starting a client
+goes through :func:`start`: a broker that cannot be reached, a certificate that is not trusted or
+credentials the broker refuses become one :class:`KafkaConnectError` naming the broker, the
+protocol and the SASL mechanism and user (never a password), in place of aiokafka's
+"Unable to bootstrap" and the log lines before it.
+
+Also here: reading partitions "to the end" (:func:`read_to_end`, :func:`read_partitions`), which
+the worker's restore, the admin API's history and the test helpers share; the partitions of a
+topic from fresh metadata (:func:`partitions_of`); and the few aiokafka classes the worker's
+lease needs (:func:`lease_assignor`, :func:`rebalance_listener`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from driftswitch.streams.kafka.settings import (
+    KafkaConnectError,
+    KafkaSecurity,
+    KafkaSettings,
+    KafkaSettingsError,
+)
+
+__all__ = [
+    "TopicRead",
+    "client_options",
+    "consumer",
+    "describe_cluster",
+    "explain_failure",
+    "lease_assignor",
+    "open_admin",
+    "open_consumer",
+    "open_producer",
+    "partitioner",
+    "partitions_of",
+    "producer",
+    "read_partitions",
+    "read_to_end",
+    "rebalance_listener",
+    "ssl_context",
+    "start",
+    "stop_quietly",
+    "topic_partition",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- building clients --------------------------------------------------------------------------
+
+
+def ssl_context(security: KafkaSecurity) -> ssl.SSLContext | None:
+    """The TLS context for ``security`` (None without TLS): CA file, optional client cert."""
+    if not security.tls:
+        return None
+    cafile = str(security.ssl_cafile) if security.ssl_cafile is not None else None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    except (ssl.SSLError, OSError) as err:
+        raise KafkaSettingsError(
+            f"ssl.ca.location (DRIFTSWITCH_KAFKA_SSL_CAFILE): cannot load {cafile!r}: {err}"
+        ) from None
+    if security.ssl_certfile is not None:
+        password = security.ssl_key_password
+        try:
+            context.load_cert_chain(
+                str(security.ssl_certfile),
+                str(security.ssl_keyfile) if security.ssl_keyfile is not None else None,
+                password=password.get_secret_value() if password is not None else None,
+            )
+        except (ssl.SSLError, OSError) as err:
+            raise KafkaSettingsError(
+                "ssl.certificate.location / ssl.key.location: cannot load the client "
+                f"certificate {str(security.ssl_certfile)!r}: {_ssl_reason(err)} (a wrong "
+                "ssl.key.password, or a key that does not match the certificate?)"
+            ) from None
+    return context
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """The aiokafka keyword arguments every client gets: bootstrap, TLS and SASL settings."""
+    security = kafka.security
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap,
+        "security_protocol": security.security_protocol,
+    }
+    context = ssl_context(security)
+    if context is not None:
+        options["ssl_context"] = context
+    if security.sasl:
+        assert security.sasl_password is not None  # checked by KafkaSecurity
+        options["sasl_mechanism"] = security.sasl_mechanism
+        options["sasl_plain_username"] = security.sasl_username
+        options["sasl_plain_password"] = security.sasl_password.get_secret_value()
+    return options
+
+
+def _merged(kafka: KafkaSettings, options: Mapping[str, Any]) -> dict[str, Any]:
+    base = client_options(kafka)
+    clash = sorted(set(base) & set(options))
+    if clash:
+        raise KafkaSettingsError(
+            f"{', '.join(clash)}: set by driftswitch's Kafka settings; pass them there"
+        )
+    return {**base, **options}
+
+
+def consumer(kafka: KafkaSettings, *topics: str, **options: Any) -> Any:
+    """An aiokafka consumer (not started) with ``kafka``'s connection settings."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(*topics, **_merged(kafka, options))
+
+
+def producer(kafka: KafkaSettings, **options: Any) -> Any:
+    """An aiokafka producer (not started) with ``kafka``'s connection settings."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(**_merged(kafka, options))
+
+
+def admin(kafka: KafkaSettings, **options: Any) -> Any:
+    """An aiokafka admin client (not started) with ``kafka``'s connection settings."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    return AIOKafkaAdminClient(**_merged(kafka, options))
+
+
+# -- starting them, with one clear error -------------------------------------------------------
+
+
+class _Capture(logging.Filter):
+    """Holds back aiokafka's per-address connection errors while a client starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg.startswith("Unable connect to") or record.msg.startswith(
+            "Unable to request metadata"
+        ):
+            args = record.args if isinstance(record.args, tuple) else ()
+            err = args[-1] if args else None
+            if isinstance(err, BaseException):
+                self.errors.append(err)
+                return False
+        return True
+
+
+async def stop_quietly(client: Any, timeout_s: float = 5.0) -> None:
+    """Stop (or close, for an admin client) ``client``, ignoring errors and bounded in time."""
+    closer = getattr(client, "stop", None) or client.close
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(closer(), timeout_s)
+
+
+async def start(client: Any, kafka: KafkaSettings) -> Any:
+    """Start ``client``; on failure stop it and raise :class:`KafkaConnectError`."""
+    capture = _Capture()
+    aiokafka_log = logging.getLogger("aiokafka.client")
+    aiokafka_log.addFilter(capture)
+    try:
+        await client.start()
+    except asyncio.CancelledError:
+        await stop_quietly(client)
+        raise
+    except Exception as err:
+        await stop_quietly(client)
+        raise KafkaConnectError(explain_failure(kafka, err, capture.errors)) from None
+    finally:
+        aiokafka_log.removeFilter(capture)
+    return client
+
+
+def _ssl_reason(err: BaseException) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return str(err.verify_message or err.reason or err)
+    if isinstance(err, ssl.SSLError):
+        return str(err.reason or err)
+    return str(err) or type(err).__name__
+
+
+def explain_failure(
+    kafka: KafkaSettings, err: BaseException, causes: Sequence[BaseException] = ()
+) -> str:
+    """One line saying why a client could not connect (secrets never included)."""
+    from aiokafka.errors import AuthenticationFailedError, UnsupportedSaslMechanismError
+
+    security = kafka.security
+    reasons: list[str] = []
+    for cause in [*causes, err]:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = (
+                f"the broker's TLS certificate was refused ({_ssl_reason(cause)}); "
+                "check ssl.ca.location (DRIFTSWITCH_KAFKA_SSL_CAFILE)"
+            )
+        elif isinstance(cause, ssl.SSLError):
+            reason = f"the TLS handshake failed ({_ssl_reason(cause)})"
+        elif isinstance(cause, UnsupportedSaslMechanismError):
+            reason = f"the broker does not offer SASL {security.sasl_mechanism}: {cause}"
+        elif isinstance(cause, AuthenticationFailedError) or (
+            # aiokafka's SCRAM client fails with KeyError on a server answer without a proof.
+            security.sasl and isinstance(cause, KeyError)
+        ):
+            reason = (
+                f"SASL {security.sasl_mechanism} authentication as {security.sasl_username!r} "
+                "failed: wrong username or password"
+            )
+        elif isinstance(cause, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(cause, OSError | TimeoutError):
+            reason = str(cause) or type(cause).__name__
+        else:
+            text = str(cause)
+            if "closed" in text and not security.tls:
+                reason = (
+                    "the broker closed the connection (a TLS or SASL listener? "
+                    f"security.protocol is {security.security_protocol})"
+                )
+            elif text.startswith("Unable to bootstrap"):
+                continue
+            else:
+                reason = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+        if reason not in reasons:
+            reasons.append(reason)
+    secret = security.sasl_password.get_secret_value() if security.sasl_password else None
+    message = f"cannot reach Kafka at {kafka.describe()}: " + (
+        "; ".join(reasons) or "no broker answered"
+    )
+    if secret:
+        message = message.replace(secret, "**********")
+    return message
+
+
+async def open_consumer(kafka: KafkaSettings, *topics: str, **options: Any) -> Any:
+    """A started consumer (see :func:`consumer`, :func:`start`)."""
+    return await start(consumer(kafka, *topics, **options), kafka)
+
+
+async def open_producer(kafka: KafkaSettings, **options: Any) -> Any:
+    """A started producer (see :func:`producer`, :func:`start`)."""
+    return await start(producer(kafka, **options), kafka)
+
+
+async def open_admin(kafka: KafkaSettings, **options: Any) -> Any:
+    """A started admin client (see :func:`admin`, :func:`start`)."""
+    return await start(admin(kafka, **options), kafka)
+
+
+@contextlib.asynccontextmanager
+async def consuming(kafka: KafkaSettings, **options: Any) -> AsyncIterator[Any]:
+    """A started consumer for the block, stopped after it."""
+    client = await open_consumer(kafka, **options)
+    try:
+        yield client
+    finally:
+        await stop_quietly(client)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def topic_partition(topic: str, partition: int) -> Any:
+    """aiokafka's ``TopicPartition(topic, partition)``."""
+    from aiokafka.structs import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
+    """The partitions of ``topic`` from fresh metadata ([] when it does not exist)."""
+    client = await open_admin(kafka)
+    try:
+        described = await client.describe_topics([topic])
+    finally:
+        await stop_quietly(client)
+    return sorted(
+        p["partition"]
+        for t in described
+        if t["topic"] == topic and t["error_code"] == 0
+        for p in t["partitions"]
+    )
+
+
+async def read_to_end(
+    consumer: Any, partitions: Sequence[Any], *, idle_ms: int = 300
+) -> dict[Any, list[Any]]:
+    """Read assigned ``partitions`` from their current position to the end; return the records.
+
+    "The end" is not the reported end offset, which Tansu under-reports (it is the base offset
+    of the last batch): read at least past it, then until a poll of ``idle_ms`` brings nothing.
+    """
+    out: dict[Any, list[Any]] = {tp: [] for tp in partitions}
+    if not partitions:
+        return out
+    ends: Mapping[Any, int] = await consumer.end_offsets(list(partitions))
+    while True:
+        batch = await consumer.getmany(*partitions, timeout_ms=idle_ms, max_records=10_000)
+        for tp, recs in batch.items():
+            out[tp].extend(recs)
+        if batch:
+            continue
+        positions = {tp: await consumer.position(tp) for tp in partitions}
+        if all(positions[tp] >= ends[tp] for tp in partitions):
+            return out
+
+
+@dataclass(frozen=True)
+class TopicRead:
+    """What :func:`read_partitions` read: records per partition, and where each one ends."""
+
+    #: ``{TopicPartition: [ConsumerRecord, ...]}`` in offset order.
+    records: dict[Any, list[Any]]
+    #: ``{TopicPartition: offset after the last record}`` (the start offset when empty).
+    next_offsets: dict[Any, int]
+
+
+async def read_partitions(
+    kafka: KafkaSettings,
+    topic: str,
+    partitions: Iterable[int] | None = None,
+    *,
+    idle_ms: int = 300,
+    **options: Any,
+) -> TopicRead:
+    """Open a consumer, assign ``partitions`` of ``topic`` (default: all), read them to the end.
+
+    Reads from the beginning of each partition (see :func:`read_to_end` for "the end").
+    ``options`` go to the consumer (e.g. ``max_partition_fetch_bytes``).
+    """
+    client = await open_consumer(kafka, enable_auto_commit=False, **options)
+    try:
+        if partitions is None:
+            known = client.partitions_for_topic(topic)
+            parts = sorted(known) if known else (await partitions_of(kafka, topic) or [0])
+        else:
+            parts = sorted(partitions)
+        tps = [topic_partition(topic, p) for p in parts]
+        client.assign(tps)
+        await client.seek_to_beginning(*tps)
+        starts = {tp: await client.position(tp) for tp in tps}
+        records = await read_to_end(client, tps, idle_ms=idle_ms)
+    finally:
+        await stop_quietly(client)
+    next_offsets = {tp: recs[-1].offset + 1 if recs else starts[tp] for tp, recs in records.items()}
+    return TopicRead(records, next_offsets)
+
+
+# -- the worker's lease ------------------------------------------------------------------------
+
+
+def lease_assignor(holds: Callable[[], bool], holder: bytes) -> type:
+    """A sticky group assignor for a lease: the member that holds it keeps it.
+
+    With aiokafka's default (round-robin over sorted member ids) a standby joining the group
+    would take the lease from the active worker half of the time, forcing a needless failover.
+    Each member says in its join metadata (``holder`` when ``holds()``) whether it is the
+    active worker; the assignment gives every partition of the lease topic to that member, or
+    to the first member by id when none is (start-up, or the holder died).
+    """
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+    from aiokafka.coordinator.protocol import (
+        ConsumerProtocolMemberAssignment,
+        ConsumerProtocolMemberMetadata,
+    )
+
+    def assign(cls: Any, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
+        holders = sorted(m for m, meta in members.items() if meta.user_data == holder)
+        owner = holders[0] if holders else min(members)
+        out: dict[str, Any] = {}
+        for member, meta in members.items():
+            parts = []
+            if member == owner:
+                for topic in sorted(meta.subscription):
+                    parts.append((topic, sorted(cluster.partitions_for_topic(topic) or ())))
+            out[member] = ConsumerProtocolMemberAssignment(0, parts, b"")
+        return out
+
+    def metadata(cls: Any, topics: Iterable[str]) -> Any:
+        return ConsumerProtocolMemberMetadata(0, sorted(topics), holder if holds() else b"")
+
+    def on_assignment(cls: Any, assignment: Any) -> None:
+        return None
+
+    # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
+    return type(
+        "LeaseAssignor",
+        (AbstractPartitionAssignor,),
+        {
+            "name": "driftswitch-lease",
+            "version": 0,
+            "assign": classmethod(assign),
+            "metadata": classmethod(metadata),
+            "on_assignment": classmethod(on_assignment),
+        },
+    )
+
+
+def rebalance_listener(
+    revoked: Callable[[Any, Any], Awaitable[None]],
+    assigned: Callable[[Any, Any], Awaitable[None]],
+) -> Any:
+    """An aiokafka rebalance listener calling ``revoked(self, partitions)`` and ``assigned``."""
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
+    cls = type(
+        "RebalanceListener",
+        (ConsumerRebalanceListener,),
+        {"on_partitions_revoked": revoked, "on_partitions_assigned": assigned},
+    )
+    return cls()
+
+
+def partitioner() -> Any:
+    """Kafka's default key partitioner (murmur2), as producers use it: ``p(key, all, avail)``."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    return DefaultPartitioner()
+
+
+async def describe_cluster(kafka: KafkaSettings, request_timeout_s: float) -> dict[str, Any]:
+    """The cluster id and the brokers (``host``, ``port``) the cluster advertises."""
+    client = await open_admin(kafka, request_timeout_ms=max(1, int(request_timeout_s * 1000)))
+    try:
+        cluster: dict[str, Any] = await client.describe_cluster()
+    finally:
+        await stop_quietly(client)
+    return cluster
