@@ -167,8 +167,11 @@ async def stop_quietly(client: Any, timeout_s: float = 5.0) -> None:
 async def start(client: Any, kafka: KafkaSettings) -> Any:
     """Start ``client``; on failure stop it and raise :class:`KafkaConnectError`."""
     capture = _Capture()
-    aiokafka_log = logging.getLogger("aiokafka.client")
-    aiokafka_log.addFilter(capture)
+    # aiokafka logs through "aiokafka" or "aiokafka.client" depending on the version; a filter
+    # applies only to records logged on its own logger.
+    loggers = [logging.getLogger(name) for name in ("aiokafka", "aiokafka.client")]
+    for logger in loggers:
+        logger.addFilter(capture)
     try:
         await client.start()
     except asyncio.CancelledError:
@@ -178,7 +181,8 @@ async def start(client: Any, kafka: KafkaSettings) -> Any:
         await stop_quietly(client)
         raise KafkaConnectError(explain_failure(kafka, err, capture.errors)) from None
     finally:
-        aiokafka_log.removeFilter(capture)
+        for logger in loggers:
+            logger.removeFilter(capture)
     return client
 
 
@@ -227,7 +231,7 @@ def explain_failure(
                     "the broker closed the connection (a TLS or SASL listener? "
                     f"security.protocol is {security.security_protocol})"
                 )
-            elif text.startswith("Unable to bootstrap"):
+            elif "Unable to bootstrap" in text:
                 continue
             else:
                 reason = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
