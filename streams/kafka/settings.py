@@ -77,6 +77,8 @@ PROPERTIES: dict[str, str] = {
     "ssl_key_password": "ssl.key.password",
 }
 
+#: Field or librdkafka name → field.
+_FIELD_OF = {**{f: f for f in PROPERTIES}, **{p: f for f, p in PROPERTIES.items()}}
 _SASL_FIELDS = ("sasl_mechanism", "sasl_username", "sasl_password")
 _SSL_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
 
@@ -245,8 +247,9 @@ def _message(err: ValidationError) -> str:
         msg = str(problem.get("msg", "invalid"))
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
-        if loc and loc[0] in PROPERTIES:
-            parts.append(f"{_name(loc[0])}: {msg}")
+        field = _FIELD_OF.get(loc[0]) if loc else None
+        if field is not None:
+            parts.append(f"{_name(field)}: {msg}")
         elif loc:
             parts.append(f"{'.'.join(loc)}: {msg}")
         else:
