@@ -131,6 +131,10 @@ def test_environment_names_are_known_to_the_code(compose: dict[str, Any]) -> Non
                 assert name in docs, f"{name} is not documented in README.md"
         topics = Topics.from_env({k: str(v) for k, v in env.items()})
         assert topics.predictions.partitions == int(env["DRIFTSWITCH_TOPIC_PARTITIONS"])
+    # Names in the file's comments (the examples of optional settings) too.
+    for name in set(re.findall(r"\bDRIFTSWITCH_[A-Z0-9_]+\b", COMPOSE.read_text())):
+        assert name in source or name.startswith("DRIFTSWITCH_TOPIC_"), name
+        assert name in docs, f"{name} is not documented in README.md"
 
 
 def test_prometheus_scrapes_the_workers_and_loads_the_rules(compose: dict[str, Any]) -> None:

@@ -379,3 +379,13 @@ def test_as_settings() -> None:
     given = KafkaSettings(bootstrap="h:1")
     assert as_settings(given) is given
     assert as_settings("h:1", {"security.protocol": "SSL"}).security.tls
+
+
+def test_the_readme_table_lists_every_setting() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Connecting to your Kafka", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `DRIFTSWITCH_KAFKA_")]
+    assert len(rows) == len(ENV)
+    for row, (field, var) in zip(rows, ENV.items(), strict=True):
+        assert row.startswith(f"| `{var}` | `--kafka-{field.replace('_', '-')}` | ")
+        assert f"| `{PROPERTIES[field]}` |" in row
