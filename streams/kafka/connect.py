@@ -226,13 +226,27 @@ def explain_failure(
             reason = str(cause) or type(cause).__name__
         else:
             text = str(cause)
-            if "closed" in text and not security.tls:
+            if "Unable to bootstrap" in text:
+                continue
+            if "closed" in text and security.sasl and not security.tls:
+                reason = (
+                    f"the broker closed the connection (does it offer SASL "
+                    f"{security.sasl_mechanism}? a TLS listener? security.protocol is "
+                    f"{security.security_protocol})"
+                )
+            elif "closed" in text and not security.tls:
                 reason = (
                     "the broker closed the connection (a TLS or SASL listener? "
                     f"security.protocol is {security.security_protocol})"
                 )
-            elif "Unable to bootstrap" in text:
-                continue
+            elif "closed" in text:
+                reason = (
+                    "the broker closed the connection after the TLS handshake (does it require "
+                    "a client certificate, ssl.certificate.location, or SASL? security.protocol "
+                    f"is {security.security_protocol})"
+                )
+            elif text.startswith(type(cause).__name__):  # aiokafka's errors name themselves
+                reason = text
             else:
                 reason = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
         if reason not in reasons:
