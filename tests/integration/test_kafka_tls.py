@@ -6,9 +6,9 @@ port with TLS, stunnel forwards plaintext to Tansu, and Tansu advertises stunnel
 the connections clients open after the bootstrap go through TLS too. The certificates (a CA,
 the broker's, a client's with an encrypted key, and an unrelated CA) are made by the test.
 
-SASL: Tansu (with ``--authentication``) offers SCRAM-SHA-256 and SCRAM-SHA-512 and keeps the
-credentials in its storage; with the memory storage nobody can authenticate (users are created
-through an authenticated connection), so only refused credentials are tested against it here.
+SASL: Tansu (with ``--authentication``) offers SCRAM-SHA-256 and SCRAM-SHA-512, but stores SCRAM
+users only with its PostgreSQL storage (the memory and S3 storage ignore them), so nobody can
+log in to the broker these tests start: only refused credentials are tested against it here.
 
 Every test also scans what it captured (the worker's log, stderr, log records) for the secrets it
 set: none may appear.
