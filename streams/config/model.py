@@ -377,6 +377,11 @@ class JoinConfig(_Model):
     max_pending: int = Field(
         1_000_000, ge=1, description="Bound on buffered unjoined records per worker."
     )
+    max_clock_skew: Duration = Field(
+        600.0,
+        description="An input event stamped further than this after its arrival (its Kafka "
+        "record timestamp) is dead-lettered as future_timestamp.",
+    )
 
 
 class Config(_Model):

@@ -1,8 +1,11 @@
 """The events driftswitch reads and writes: the stable contract (DESIGN.md "Contracts").
 
 Field names here are the contract: fields may be added, none renamed without a schema version bump.
-Timestamps are Unix epoch seconds (float). Every model forbids unknown fields, so a misspelt field
-is reported instead of silently ignored.
+Timestamps are Unix epoch seconds (float); predictions and outcomes may also send ``ts`` as an
+RFC 3339 string (``"2026-01-01T00:00:00Z"``), read as epoch seconds, and nothing else (a number in
+a string is refused, as the JSON Schemas do). Every number must be finite and fit a signed 64-bit
+integer's range (:data:`NUMBER_LIMIT`). Every model forbids unknown fields, so a misspelt field is
+reported instead of silently ignored.
 
 Decode once, at the edge: :func:`decode_prediction`, :func:`decode_outcome` and :func:`decode_line`
 turn bytes into models or raise :class:`~driftswitch.streams.contract.errors.EventError` with a
@@ -12,12 +15,15 @@ dead-letter reason.
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -26,6 +32,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -55,14 +62,88 @@ RequestId = Annotated[
         description="Joins a prediction with its outcome; the Kafka record key.",
     ),
 ]
+#: Every number in an event fits the range of a signed 64-bit integer (Java's ``long``): finite, of
+#: magnitude at most 2^63 (an integer stays an integer from -2^63 to 2^63 - 1). Kafka clients,
+#: snapshots and backtest then read the same value, and sums of billions of them stay finite.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+NUMBER_LIMIT = 2.0**63
+Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+
+
+def _bounded(value: Any) -> Any:
+    """Refuse a number of magnitude above 2^63 before a float type could take it (rounded);
+    the comparison is exact, as a JSON Schema validator's is."""
+    if type(value) in (int, float) and not -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
+        raise ValueError("number outside the range of a signed 64-bit integer (|x| <= 2^63)")
+    return value
+
+
+#: A float (an integer is read as one) in the bounded range; never inf or nan.
+Number = Annotated[float, Field(ge=-NUMBER_LIMIT, le=NUMBER_LIMIT), BeforeValidator(_bounded)]
+StrictNumber = Annotated[StrictFloat, Field(ge=-NUMBER_LIMIT, le=NUMBER_LIMIT)]
+#: A non-negative float in the bounded range.
+Duration = Annotated[float, Field(ge=0, le=NUMBER_LIMIT), BeforeValidator(_bounded)]
 #: A class label or a numeric value. Strict, so ``1`` and ``"1"`` stay different labels.
-Label = StrictBool | StrictInt | StrictFloat | StrictStr
+Label = Annotated[StrictBool | Int64 | StrictNumber | StrictStr, BeforeValidator(_bounded)]
+#: A segment field's value.
+Attribute = Annotated[StrictStr | StrictBool | Int64 | StrictNumber, BeforeValidator(_bounded)]
 Timestamp = Annotated[
     float,
     Field(
         ge=0,
         description="Unix epoch seconds (float), e.g. 1767225600.25.",
         json_schema_extra={"exclusiveMaximum": 1e11},
+    ),
+]
+
+
+#: RFC 3339 ``date-time`` (section 5.6): ``2026-01-01T00:00:00Z``, ``...T01:00:00.25+01:00``.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN.removeprefix("^").removesuffix("$")).fullmatch
+_TS_EXPECTED = (
+    "expected Unix epoch seconds (a JSON number) or an RFC 3339 timestamp string "
+    "such as '2026-01-01T00:00:00Z'"
+)
+
+
+def _event_time(value: Any) -> Any:
+    """An event's ``ts``: a JSON number as is, an RFC 3339 string as epoch seconds; nothing
+    else (not a number in a string, not a boolean)."""
+    if isinstance(value, str):
+        if _RFC3339(value) is None:
+            raise ValueError(f"{_TS_EXPECTED}, got {value[:40]!r}")
+        date, _, rest = value.upper().partition("T")
+        clock, zone = (rest[:-1], "+00:00") if rest.endswith("Z") else (rest[:-6], rest[-6:])
+        whole, _, fraction = clock.partition(".")
+        try:  # fromisoformat takes at most 6 fractional digits
+            moment = datetime.fromisoformat(f"{date}T{whole}{zone}")
+        except ValueError as err:
+            raise ValueError(f"{_TS_EXPECTED}: {err}") from None
+        return moment.timestamp() + float(f"0.{fraction or 0}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(_TS_EXPECTED)
+    return value
+
+
+#: The ``ts`` of predictions and outcomes: what producers send (numbers or RFC 3339 strings).
+EventTime = Annotated[
+    float,
+    BeforeValidator(_event_time),
+    Field(ge=0),
+    WithJsonSchema(
+        {
+            "description": "Event time: Unix epoch seconds (a number, e.g. 1767225600.25) or an "
+            "RFC 3339 timestamp string (e.g. '2026-01-01T00:00:00Z', "
+            "'2026-01-01T01:00:00.25+01:00'). Read as epoch seconds.",
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
+                {"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN},
+            ],
+        }
     ),
 ]
 
@@ -91,12 +172,12 @@ class PredictionEvent(_Event):
     request_id: RequestId
     flag: Name = Field(description="The flag the model is served behind.")
     variant: Name = Field(description="The variant that produced this prediction.")
-    ts: Timestamp
+    ts: EventTime
     prediction: Label = Field(description="The predicted label (classification) or value.")
-    score: float | None = Field(
+    score: Number | None = Field(
         None, description="Probability or confidence of the prediction, if the model has one."
     )
-    latency_ms: float | None = Field(None, ge=0, description="Inference latency, milliseconds.")
+    latency_ms: Duration | None = Field(None, description="Inference latency, milliseconds.")
     error: StrictStr | None = Field(
         None,
         description="Set when inference failed: an error code or message. Counts as an error.",
@@ -108,10 +189,10 @@ class PredictionEvent(_Event):
         None, max_length=256, description="Targeting key (user or entity) of the request."
     )
     model_version: str | None = Field(None, max_length=128, description="Model build/version.")
-    attributes: dict[str, StrictStr | StrictBool | StrictInt | StrictFloat] = Field(
+    attributes: dict[str, Attribute] = Field(
         default_factory=dict, description="Segment fields (country, platform, ...)."
     )
-    features: dict[str, float] = Field(
+    features: dict[str, Number] = Field(
         default_factory=dict, description="Numeric model inputs, for feature drift."
     )
 
@@ -129,7 +210,7 @@ class OutcomeEvent(_Event):
         "outcome", description="Record type; required in JSON Lines event files."
     )
     request_id: RequestId
-    ts: Timestamp
+    ts: EventTime
     label: Label = Field(description="The true label (classification) or value (regression).")
     flag: Name | None = Field(None, description="Optional: the flag, if the sender knows it.")
     variant: Name | None = Field(None, description="Optional: the variant, if known.")
@@ -313,13 +394,12 @@ def decode_line(data: bytes | str) -> PredictionEvent | OutcomeEvent:
     except orjson.JSONDecodeError as exc:
         raise EventError("malformed_json", str(exc)) from None
     kind = obj.get("kind") if isinstance(obj, dict) else None
-    try:
-        if kind == "prediction":
-            return PredictionEvent.model_validate(obj)
-        if kind == "outcome":
-            return OutcomeEvent.model_validate(obj)
-    except ValidationError as exc:
-        raise _event_error(exc) from None
+    # Validated from the JSON text, not from orjson's objects: orjson reads an integer beyond
+    # 64 bits as a rounded float, which could pass the range check it should fail.
+    if kind == "prediction":
+        return decode_model(PredictionEvent, data)
+    if kind == "outcome":
+        return decode_model(OutcomeEvent, data)
     raise EventError("schema", f"kind: expected 'prediction' or 'outcome', got {kind!r}")
 
 

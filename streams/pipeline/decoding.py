@@ -23,8 +23,11 @@ from pydantic import BaseModel
 
 from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
+    INT64_MAX,
+    INT64_MIN,
     MAX_EVENT_BYTES,
     NAME_PATTERN,
+    NUMBER_LIMIT,
     OutcomeEvent,
     PredictionEvent,
     decode_line,
@@ -177,6 +180,28 @@ def _outcome(obj: dict[str, Any]) -> OutcomeEvent | None:
     return _build(OutcomeEvent, values, set(obj))
 
 
+def _out_of_range(x: object) -> bool:
+    t = type(x)
+    if t is int:
+        return not INT64_MIN <= x <= INT64_MAX  # type: ignore[operator]
+    # Strict: orjson reads an integer just beyond 64 bits as the float ±2^63, so the bound
+    # itself is left to pydantic, which reads the JSON text exactly.
+    return t is float and not -NUMBER_LIMIT < x < NUMBER_LIMIT  # type: ignore[operator]
+
+
+def _numbers_in_range(obj: dict[str, Any]) -> bool:
+    """Every number of a canonical event within the contract's bounds (64-bit, finite): else
+    pydantic decides, and words the error."""
+    for value in obj.values():
+        if type(value) is dict:
+            for inner in value.values():
+                if _out_of_range(inner):
+                    return False
+        elif _out_of_range(value):
+            return False
+    return True
+
+
 def decode_event(line: bytes | str) -> Event:
     """Decode one JSON Lines event: the same result, or the same ``EventError``, as
     :func:`~driftswitch.streams.contract.events.decode_line`."""
@@ -192,7 +217,7 @@ def decode_event(line: bytes | str) -> Event:
                 event = _prediction(obj)
             elif kind == "outcome":
                 event = _outcome(obj)
-            if event is not None:
+            if event is not None and _numbers_in_range(obj):
                 return event
     return decode_line(line)  # not canonical: pydantic decides, and words the error
 

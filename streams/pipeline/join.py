@@ -2,9 +2,11 @@
 
 Labels arrive late (delayed feedback) or, through races between topics, before their prediction.
 :class:`JoinBuffer` keeps whichever side came first until the other arrives or it expires
-(DESIGN.md "Data flow"). Time is *event* time: the watermark is the largest ``ts`` seen, and an
-entry whose ``ts`` is older than ``watermark - ttl`` has expired. Expiry is checked when an entry is
-looked up (so the result never depends on when a sweep ran) and :meth:`JoinBuffer.expire` frees
+(DESIGN.md "Data flow"). Time is *event* time: the watermark is the second largest ``ts`` seen
+(:data:`WATERMARK_RANK`), so one record from the far future cannot expire everything pending,
+and an entry whose ``ts`` is older than ``watermark - ttl`` has expired. Expiry is checked when an
+entry is looked up (so the result never depends on when a sweep ran) and
+:meth:`JoinBuffer.expire` frees
 the memory of expired entries in insertion order.
 
 A second prediction or a second outcome for a ``request_id`` that is pending, or that was joined
@@ -23,6 +25,10 @@ from enum import Enum
 from typing import Any, Final
 
 from driftswitch.detectors.base import JSON
+
+#: The watermark is the WATERMARK_RANK-th largest event time seen: with 2, a single outlier (a
+#: clock set to the year 3000) never moves it; it moves once a second record confirms the time.
+WATERMARK_RANK = 2
 
 #: A class label or a numeric value, as in :data:`driftswitch.streams.contract.events.Label`.
 Label = bool | int | float | str
@@ -65,6 +71,7 @@ class JoinBuffer:
 
     __slots__ = (
         "_joined",
+        "_latest",
         "_outcomes",
         "_predictions",
         "duplicate_outcomes",
@@ -86,8 +93,10 @@ class JoinBuffer:
             raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
         self.ttl = float(ttl)
         self.max_pending = int(max_pending)
-        #: The largest event time seen (0 before any event).
+        #: The WATERMARK_RANK-th largest event time seen (0 before that many events).
         self.watermark = 0.0
+        #: The WATERMARK_RANK largest event times seen, ascending.
+        self._latest: list[float] = []
         self._predictions: dict[str, PendingPrediction] = {}
         self._outcomes: dict[str, PendingOutcome] = {}
         # request_id → event time of the later side, for duplicate detection within the TTL.
@@ -108,7 +117,7 @@ class JoinBuffer:
     ) -> PendingOutcome | _Duplicate | None:
         """Offer a prediction: its waiting outcome ``(ts, label)``, ``DUPLICATE`` or ``None``."""
         if ts > self.watermark:
-            self.watermark = ts
+            self._advance(ts)
         cutoff = self.watermark - self.ttl
         outcome = self._outcomes.pop(request_id, None)
         if outcome is not None:
@@ -141,7 +150,7 @@ class JoinBuffer:
         """Offer an outcome: its waiting prediction ``(ts, group, payload)``, ``DUPLICATE`` or
         ``None`` (now pending, or already expired)."""
         if ts > self.watermark:
-            self.watermark = ts
+            self._advance(ts)
         cutoff = self.watermark - self.ttl
         prediction = self._predictions.pop(request_id, None)
         if prediction is not None:
@@ -167,6 +176,17 @@ class JoinBuffer:
         if len(self._predictions) + len(self._outcomes) > self.max_pending:
             self._evict()
         return None
+
+    def _advance(self, ts: float) -> None:
+        """Take ``ts`` (above the watermark) into the largest event times seen."""
+        latest = self._latest
+        if len(latest) >= WATERMARK_RANK:
+            latest[0] = ts
+        else:
+            latest.append(ts)
+        latest.sort()
+        if len(latest) >= WATERMARK_RANK:
+            self.watermark = latest[0]
 
     def _remember(self, request_id: str, ts: float) -> None:
         self.joined += 1
@@ -263,6 +283,7 @@ class JoinBuffer:
             "ttl": self.ttl,
             "max_pending": self.max_pending,
             "watermark": self.watermark,
+            "latest": list(self._latest),
             "predictions": [
                 [rid, ts, g, _plain(p)] for rid, (ts, g, p) in self._predictions.items()
             ],
@@ -282,6 +303,7 @@ class JoinBuffer:
         """Rebuild a buffer from :meth:`to_state` output; it continues exactly."""
         buf = cls(float(state["ttl"]), int(state["max_pending"]))
         buf.watermark = float(state["watermark"])
+        buf._latest = sorted(float(t) for t in state.get("latest", [buf.watermark]))
         buf._predictions = {
             rid: (float(ts), g, _tuple(p)) for rid, ts, g, p in state["predictions"]
         }

@@ -7,17 +7,25 @@ Formats (``format:`` in the config, :class:`~driftswitch.streams.config.model.Ho
     signed with HMAC-SHA256 (below).
 ``slack``
     A Slack incoming-webhook message: ``text`` (notification fallback) and Block Kit ``blocks``.
+    Every text field is escaped (``&``, ``<``, ``>``), so a reason or actor such as
+    ``<!channel>`` never becomes a mention or a link.
 ``pagerduty``
     PagerDuty Events API v2 (``POST https://events.pagerduty.com/v2/enqueue``): ``trigger`` on a
     kill (severity ``critical``), a shift (``error``) and a ``warn`` alert (``warning``),
-    ``resolve`` on a restore; ``dedup_key`` = ``driftswitch:<flag>:<variant>`` so a restore
-    resolves the incident its kill opened. Other changes (init, hold, rollout steps) are not sent.
+    ``resolve`` on a restore. A kill, shift and restore share ``dedup_key``
+    ``driftswitch:<flag>:<variant>``, so a restore resolves the incident its kill opened; a
+    ``warn`` has its own ``driftswitch:<flag>:<variant>:warn:<guardrail>``, so a kill never merges
+    into an open warning. A warning has no end event: resolve it by hand or with the PagerDuty
+    service's auto-resolve timeout. Other changes (init, hold, rollout steps) are not sent.
 ``alertmanager``
     One alert in the body of Alertmanager's ``POST /api/v2/alerts`` (``/api/v2/alerts`` is added
     to the configured base URL). A kill or shift fires ``DriftswitchVariantDegraded`` with
     ``endsAt`` one week ahead (Alertmanager resolves alerts that are not re-sent after its
     ``resolve_timeout``); a restore sends the same labels with ``endsAt`` = now, which resolves it.
     ``warn`` fires ``DriftswitchGuardrailWarning`` without ``endsAt`` (resolved by timeout).
+    ``startsAt``/``endsAt`` are wall-clock send times; the deciding event's time is the
+    ``event_time`` annotation. ``deploy/alertmanager/alertmanager.yml`` inhibits Prometheus's
+    ``DriftswitchVariantKilled`` while this alert fires, so one kill pages once.
 
 Signing (generic hooks). Each attempt sends::
 
@@ -297,9 +305,24 @@ def _weights(event: FlagChangeEvent) -> str:
     )
 
 
-def slack_payload(event: Event) -> dict[str, Any]:
-    """A Slack incoming-webhook message (``text`` fallback + Block Kit blocks)."""
-    summary = describe(event)
+def slack_escape(text: str) -> str:
+    """Text safe in a Slack message: ``&``, ``<`` and ``>`` as entities, so ``<!channel>`` or
+    ``<https://x|y>`` in a reason or an actor stays text (no mass mention, no hidden link)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _when(event: Event, now: float | None) -> str:
+    """``event time …`` (if known: an ``init`` state has none) and ``sent …``."""
+    parts = [f"event time {_iso(event.ts)}"] if event.ts > 0 else []
+    if now is not None:
+        parts.append(f"sent {_iso(now)}")
+    return ", ".join(parts)
+
+
+def slack_payload(event: Event, now: float | None = None) -> dict[str, Any]:
+    """A Slack incoming-webhook message (``text`` fallback + Block Kit blocks); every text field
+    escaped (:func:`slack_escape`)."""
+    summary = slack_escape(describe(event))
     cause = event.cause
     variant = event.variant if isinstance(event, AlertEvent) else cause.variant
     version = event.flag_version if isinstance(event, AlertEvent) else event.version
@@ -313,10 +336,14 @@ def slack_payload(event: Event) -> dict[str, Any]:
         ("Samples", ", ".join(f"{k} {v}" for k, v in cause.samples.items()) or "-"),
         ("Version", str(version)),
     ]
+    fields = [(k, slack_escape(v)) for k, v in fields]
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": f"driftswitch: {event.flag}"[:150]},
+            "text": {
+                "type": "plain_text",
+                "text": slack_escape(f"driftswitch: {event.flag}")[:150],
+            },
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": summary[:3000]}},
         {
@@ -326,18 +353,39 @@ def slack_payload(event: Event) -> dict[str, Any]:
     ]
     if isinstance(event, FlagChangeEvent):
         blocks.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Weights* {_weights(event)}"}}
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*Weights* {slack_escape(_weights(event))}"},
+            }
         )
     blocks.append(
         {
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": f"{event.actor} · {_iso(event.ts)}"}],
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": " · ".join(
+                        x for x in (slack_escape(event.actor), _when(event, now)) if x
+                    ),
+                }
+            ],
         }
     )
     return {"text": summary, "blocks": blocks}
 
 
 _PD_TRIGGER = {Action.KILL: "critical", Action.SHIFT: "error", Action.WARN: "warning"}
+
+
+def pagerduty_dedup_key(event: Event) -> str:
+    """The incident an event belongs to: ``driftswitch:<flag>:<variant>`` for a kill, shift or
+    restore (a restore resolves what the kill opened); a ``warn`` alert has its own incident per
+    guardrail, ``driftswitch:<flag>:<variant>:warn:<guardrail>``, so a later kill is never merged
+    into an open warning."""
+    if isinstance(event, AlertEvent):
+        return f"{PAGERDUTY_DEDUP_PREFIX}:{event.flag}:{event.variant}:warn:{event.guardrail}"
+    variant = event.cause.variant
+    return f"{PAGERDUTY_DEDUP_PREFIX}:{event.flag}" + (f":{variant}" if variant else "")
 
 
 def pagerduty_payload(event: Event, routing_key: str) -> dict[str, Any] | None:
@@ -347,7 +395,7 @@ def pagerduty_payload(event: Event, routing_key: str) -> dict[str, Any] | None:
     """
     cause = event.cause
     variant = event.variant if isinstance(event, AlertEvent) else cause.variant
-    dedup = f"{PAGERDUTY_DEDUP_PREFIX}:{event.flag}" + (f":{variant}" if variant else "")
+    dedup = pagerduty_dedup_key(event)
     if cause.action is Action.RESTORE:
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup}
     severity = _PD_TRIGGER.get(cause.action)
@@ -381,14 +429,18 @@ def pagerduty_payload(event: Event, routing_key: str) -> dict[str, Any] | None:
     }
 
 
-def alertmanager_payload(event: Event) -> list[dict[str, Any]] | None:
+def alertmanager_payload(event: Event, now: float) -> list[dict[str, Any]] | None:
     """The body of Alertmanager's ``POST /api/v2/alerts`` (a list of one alert), or None.
 
     Kill and shift fire ``DriftswitchVariantDegraded``, restore resolves it (same labels,
-    ``endsAt`` = the restore time); ``warn`` fires ``DriftswitchGuardrailWarning``.
+    ``endsAt`` = now); ``warn`` fires ``DriftswitchGuardrailWarning``. ``startsAt`` and
+    ``endsAt`` are wall-clock times (``now``, when the alert is sent): Alertmanager resolves an
+    alert whose ``endsAt`` has passed, so event time there would file a decision about old
+    events as already resolved. The event time is the ``event_time`` annotation.
     """
     cause = event.cause
     annotations = {
+        "event_time": _iso(event.ts),
         "summary": describe(event),
         "action": cause.action.value,
         "guardrail": cause.guardrail or "",
@@ -405,7 +457,7 @@ def alertmanager_payload(event: Event) -> list[dict[str, Any]] | None:
             "guardrail": event.guardrail,
             "severity": "warning",
         }
-        return [{"labels": labels, "annotations": annotations, "startsAt": _iso(event.ts)}]
+        return [{"labels": labels, "annotations": annotations, "startsAt": _iso(now)}]
     if cause.variant is None or cause.action not in (Action.KILL, Action.SHIFT, Action.RESTORE):
         return None
     labels = {
@@ -417,11 +469,11 @@ def alertmanager_payload(event: Event) -> list[dict[str, Any]] | None:
     }
     annotations["version"] = str(event.version)
     annotations["weights"] = _weights(event)
-    ends = event.ts if cause.action is Action.RESTORE else event.ts + ALERT_TTL_S
+    ends = now if cause.action is Action.RESTORE else now + ALERT_TTL_S
     alert = {
         "labels": labels,
         "annotations": annotations,
-        "startsAt": _iso(event.ts),
+        "startsAt": _iso(now),
         "endsAt": _iso(ends),
     }
     return [alert]
@@ -445,12 +497,12 @@ def render(hook: Hook, event: Event, now: float) -> Request | None:
             headers[HEADER_SIGNATURE] = sign(hook.secret.get_secret_value(), ts, body)
         return Request(url, body, headers)
     if hook.format is HookFormat.SLACK:
-        payload = slack_payload(event)
+        payload = slack_payload(event, now)
     elif hook.format is HookFormat.PAGERDUTY:
         key = hook.secret.get_secret_value() if hook.secret is not None else ""
         payload = pagerduty_payload(event, key)
     else:
-        payload = alertmanager_payload(event)
+        payload = alertmanager_payload(event, now)
         url = url.rstrip("/") + "/api/v2/alerts"
     if payload is None:
         return None

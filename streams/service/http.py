@@ -1,7 +1,8 @@
 """The worker's HTTP API (aiohttp), bound to loopback by default.
 
 - ``GET /healthz``: 200 with the worker's role and progress while it is starting, standby or
-  active; 503 once it has stopped.
+  active; 503 once it has stopped, or while it holds input it is not processing (``unhealthy``
+  says why: active without the lease, or records waiting and no batch processed).
 - ``GET /api/v1/flags``: the latest state of every flag, as published on the flags topic.
 - ``GET /api/v1/flags/{flag}``: one flag's state, plus the engine's statistics and guardrail
   states for it when this worker is the active one; 404 for an unknown flag.
@@ -39,7 +40,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def _healthz(request: web.Request) -> web.Response:
     worker = request.app[_WORKER]
     status = worker.status()
-    return _json(status, 503 if worker.role == "stopped" else 200)
+    unhealthy = worker.role == "stopped" or status.get("unhealthy") is not None
+    return _json(status, 503 if unhealthy else 200)
 
 
 async def _flags(request: web.Request) -> web.Response:

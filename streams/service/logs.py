@@ -5,12 +5,20 @@ Context travels in ``extra=``: every decision log line carries ``flag``, ``varia
 ``guardrail``, ``action`` and ``version`` (:func:`decision_context`); dead-letter lines carry
 ``topic``/``partition``/``offset``/``reason``; hook lines carry ``hook``. The JSON formatter
 emits every such field as a top-level key; the text formatter appends them as ``key=value``.
+
+Hygiene. Log lines carry text from outside (a command's ``reason`` or ``actor``, a record's
+detail), so a value cannot forge a line: the text formatter escapes control characters (CR, LF,
+ESC, ...) in the message and the context as ``\r``, ``\n``, ``\x1b`` (the JSON formatter's
+string escaping already does). Every line also goes through :func:`redact`, which replaces
+credentials (``Authorization`` values, bearer tokens) with ``***``: aiohttp's errors quote
+request bytes, for example the start of an oversized ``Authorization`` header.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,7 +34,9 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "decision_context",
+    "escape_controls",
     "log_format_from_env",
+    "redact",
 ]
 
 ENV_LOG_FORMAT = "DRIFTSWITCH_LOG_FORMAT"
@@ -38,6 +48,26 @@ LogFormat = Literal["text", "json"]
 _STANDARD = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: An Authorization header's value, or a bearer token wherever it appears; also the value of a
+#: header quoted by aiohttp with the name cut off, which starts with the scheme.
+_CREDENTIALS = re.compile(
+    r"(?i)(authorization\b[\s'\"]*[:=]\s*['\"]?(?:(?:bearer|basic|token)\s+)?|\b(?:bearer|basic)\s+)"
+    r"[^\s'\",;]+"
+)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters and line separators escaped, so it stays one line."""
+    return _CONTROLS.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials (Authorization header values, bearer tokens) as ``***``."""
+    return _CREDENTIALS.sub(lambda m: m[1] + "***", text)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -61,7 +91,7 @@ class JsonFormatter(logging.Formatter):
             out["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
+        return redact(json.dumps(out, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -70,14 +100,18 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         extras = _extras(record)
-        if not extras:
-            return text
-        head, sep, tail = text.partition("\n")  # keep a traceback below the context
-        context = " ".join(f"{k}={v}" for k, v in extras.items())
-        return f"{head} [{context}]{sep}{tail}"
+        if extras:
+            head, sep, tail = text.partition("\n")  # keep a traceback below the context
+            context = " ".join(escape_controls(f"{k}={v}") for k, v in extras.items())
+            text = f"{head} [{context}]{sep}{tail}"
+        return redact(text)
 
 
 def log_format_from_env(environ: Mapping[str, str]) -> LogFormat:

@@ -144,7 +144,55 @@ METRICS: tuple[MetricInfo, ...] = (
         (),
         "Wall-clock time the worker last finished an input batch.",
     ),
+    MetricInfo(
+        "driftswitch_engine_recoveries_total",
+        "counter",
+        (),
+        "Engine failures recovered from (last snapshot restored, input replayed).",
+    ),
+    MetricInfo(
+        "driftswitch_input_resets_total",
+        "counter",
+        ("topic", "partition"),
+        "Input partitions whose data the broker lost (offset beyond the end, topic recreated).",
+    ),
 )
+
+#: Dead-letter reasons known in advance: their counters start at 0, so ``increase()`` and
+#: ``rate()`` see the first one (a counter born at 1 looks unchanged to them).
+DEADLETTER_REASONS = (
+    "malformed_json",
+    "schema",
+    "oversize",
+    "null_value",
+    "wrong_topic",
+    "unknown_flag",
+    "unknown_variant",
+    "duplicate",
+    "future_timestamp",
+    "internal_error",
+    "hook_failed",
+    "hook_crashed",
+    "overflow",
+)
+#: The ``action`` values a decision can have (flag changes and alerts).
+DECISION_ACTIONS = (
+    "warn",
+    "hold",
+    "shift",
+    "kill",
+    "restore",
+    "advance",
+    "rollback",
+    "set_weights",
+    "pause",
+    "resume",
+    "pin",
+    "unpin",
+    "init",
+    "reconfigure",
+)
+HOOK_OUTCOMES = ("delivered", "retried", "failed", "overflow")
 _INFO = {m.name: m for m in METRICS}
 
 
@@ -277,8 +325,32 @@ class Metrics:
             info["driftswitch_last_batch_timestamp_seconds"].help,
             registry=registry,
         )
+        self.recoveries = Counter(
+            "driftswitch_engine_recoveries",
+            info["driftswitch_engine_recoveries_total"].help,
+            registry=registry,
+        )
+        self.input_resets = Counter(
+            "driftswitch_input_resets",
+            info["driftswitch_input_resets_total"].help,
+            ["topic", "partition"],
+            registry=registry,
+        )
         self._snapshot = _SnapshotCollector()
         registry.register(self._snapshot)
+        for reason in DEADLETTER_REASONS:
+            self.deadletter.labels(reason=reason)
+
+    def init_labels(self, flags: Iterable[str], hook_formats: Iterable[str]) -> None:
+        """Create every known label set at 0 (flags of the config, formats of its hooks), so
+        that the first decision, or the first failed delivery, is an increase from 0."""
+        for flag in flags:
+            self.decision_latency.labels(flag=flag)
+            for action in DECISION_ACTIONS:
+                self.decisions.labels(flag=flag, action=action)
+        for fmt in hook_formats:
+            for outcome in HOOK_OUTCOMES:
+                self.hook_deliveries.labels(format=fmt, outcome=outcome)
 
     # -- called by the worker --------------------------------------------------------------
 
@@ -314,6 +386,14 @@ class Metrics:
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         """Records between the consumer's position and the partition's end."""
         self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, lag))
+
+    def record_recovery(self) -> None:
+        """Count one recovery from an engine failure."""
+        self.recoveries.inc()
+
+    def record_input_reset(self, topic: str, partition: int) -> None:
+        """Count one input partition found reset by the broker (its data lost)."""
+        self.input_resets.labels(topic=topic, partition=str(partition)).inc()
 
     def set_active(self, active: bool) -> None:
         """Whether this worker holds the lease (evaluates and publishes)."""

@@ -104,6 +104,7 @@ async def serve_worker(
         security=security,
     )
     metrics = Metrics(CollectorRegistry())
+    metrics.init_labels(config.flags, {hook.format.value for hook in hooks})
     worker = Worker(config, settings, metrics=metrics, config_path=config_path)
     dispatcher = HookDispatcher(
         hooks, deadletter=worker.deadletter_delivery, record=metrics.record_hook

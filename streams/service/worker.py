@@ -66,17 +66,22 @@ from driftswitch.streams.contract.events import AlertEvent, FlagChangeEvent, enc
 from driftswitch.streams.contract.topics import Topics, TopicSpec
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings, as_settings
+from driftswitch.streams.pipeline.contain import INTERNAL_ERROR, describe, process_isolating
 from driftswitch.streams.pipeline.control import Command, CommandError, Outcome, decode_command
-from driftswitch.streams.pipeline.engine import Engine
-from driftswitch.streams.pipeline.ingest import (
-    Decoded,
-    Ingest,
-    Rejected,
-    Source,
-    deadletter_headers,
-)
+from driftswitch.streams.pipeline.engine import Engine, Result
+from driftswitch.streams.pipeline.eventtime import reject_future
+from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
+from driftswitch.streams.service.dataloss import CHECK_INTERVAL, find_lost
+from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.logs import decision_context
-from driftswitch.streams.service.snapshot import Snapshot, encode_chunks, latest_snapshot
+from driftswitch.streams.service.pacing import snapshot_interval
+from driftswitch.streams.service.recovery import EngineFailedError, Suspects
+from driftswitch.streams.service.snapshot import (
+    Snapshot,
+    decode_chunks,
+    encode_chunks,
+    latest_snapshot,
+)
 
 if TYPE_CHECKING:
     from driftswitch.streams.contract.flagd import FlagdFile
@@ -192,6 +197,17 @@ class Worker:
         self.counters: Counter[str] = Counter()
         self.resumed_from: int | None = None
         self._snapshot_seq = 0
+        #: The last good snapshot's chunks (in memory) and the input to replay with containment
+        #: after an engine failure (:mod:`driftswitch.streams.service.recovery`).
+        self._base_chunks: list[bytes] = []
+        self._suspects = Suspects()
+        #: When the input was last checked for data the broker lost, when a batch was last
+        #: processed, and since when the lease has been missing (monotonic seconds).
+        self._last_input_check = 0.0
+        self._last_batch_at = time.monotonic()
+        self._lease_missing_since: float | None = None
+        self._input_check: asyncio.Future[dict[Any, tuple[int, int]]] | None = None
+        self._input_check_from: dict[Any, int] = {}
         self._dirty = False
         self._lease_held = asyncio.Event()
         self._lease_lost = asyncio.Event()
@@ -212,6 +228,7 @@ class Worker:
         """Plain-data status: role, progress, rejections and the engine's view of every flag."""
         return {
             "role": self.role,
+            "unhealthy": self.unhealthy(),
             "group": self.settings.group,
             "resumed_from_snapshot": self.resumed_from,
             "records": self.counters["records"],
@@ -250,6 +267,8 @@ class Worker:
             self.role = "stopped"
             if self._lease_poller is not None:
                 self._lease_poller.cancel()
+            if self._input_check is not None:
+                self._input_check.cancel()
             if self.hooks is not None:
                 # Deliver or dead-letter what is queued while the producer is still up.
                 await self.hooks.close()
@@ -265,11 +284,13 @@ class Worker:
             # Eager rebalancing revokes everything first, even what comes straight back: stop
             # writing until the assignment says whether the lease is still ours.
             self._lease_held.clear()
+            self._lease_missing_since = time.monotonic()
 
         async def assigned(_listener: Any, partitions: Any) -> None:
             if partitions:
                 self._lease.pause(*partitions)
                 self._lease_held.set()
+                self._lease_missing_since = None
             elif self.role == "active":
                 log.error("lease on %s lost to another worker: stopping", self.state_topic.name)
                 self._lease_lost.set()
@@ -355,6 +376,8 @@ class Worker:
             offset = await self._end_of(control)
             self.offsets.setdefault(control.topic, {})[0] = offset
         self._consumer.seek(control, offset)
+        await self._check_input(wait=True)
+        self._base_chunks = [value for value, _ in self._snapshot_chunks(self._snapshot_seq)]
 
     async def _end_of(self, tp: Any) -> int:
         """The offset after the last record of ``tp``, read (Tansu under-reports end offsets)."""
@@ -392,17 +415,20 @@ class Worker:
                         await fetch
                     break
                 batch = fetch.result()
-                if batch:
-                    async with self._engine_lock:
-                        await self._process(batch)
-                now = time.monotonic()
-                # A snapshot stops the hot loop while the engine state is serialised: keep that
-                # under ~10 % of the time, whatever the configured interval.
-                interval = max(s.snapshot_interval, 10 * self._snapshot_cost)
-                if self._dirty and now - last_snapshot >= interval:
-                    await self._write_snapshot()
-                    last_snapshot = time.monotonic()
-                    self._snapshot_cost = last_snapshot - now
+                if not batch:
+                    await self._check_input(wait=False)
+                try:
+                    if batch:
+                        async with self._engine_lock:
+                            await self._process(batch)
+                    now = time.monotonic()
+                    interval = snapshot_interval(s.snapshot_interval, self._snapshot_cost)
+                    if self._dirty and now - last_snapshot >= interval:
+                        await self._write_snapshot()
+                        last_snapshot = time.monotonic()
+                        self._snapshot_cost = last_snapshot - now
+                except EngineFailedError as err:
+                    await self._recover(err)
         finally:
             stop_wait.cancel()
 
@@ -433,7 +459,8 @@ class Worker:
             records += msgs
             self.offsets.setdefault(tp.topic, {})[tp.partition] = msgs[-1].offset + 1
         decoded = self.ingest.decode(records)
-        result = self.engine.process(decoded.events)
+        reject_future(decoded, self.ingest, self.config.join.max_clock_skew, time.time())
+        result = self._evaluate(decoded)
         self.ingest.reject_events(
             decoded, [(r.index, r.reason, r.detail) for r in result.rejections]
         )
@@ -456,6 +483,7 @@ class Worker:
         await self._deadletter(decoded)
         self.counters["records"] += len(records)
         self.counters["batches"] += 1
+        self._last_batch_at = time.monotonic()
         self._dirty = True
         if self.metrics is not None:
             self.metrics.record_batch()
@@ -477,13 +505,12 @@ class Worker:
                 reason = err.reason if isinstance(err, EventError) else err.code
                 detail = err.detail if isinstance(err, EventError) else err.message
                 log.warning("command at %s rejected: %s: %s", where, reason, detail)
-                rejected = Rejected(source, m.key, m.value, reason, detail)
+                value, key, headers = deadletter_record(
+                    Rejected(source, m.key, m.value, reason, detail)
+                )
                 self._deliveries.append(
                     await self._producer.send(
-                        self.topics.deadletter.name,
-                        m.value,
-                        key=m.key,
-                        headers=deadletter_headers(rejected),
+                        self.topics.deadletter.name, value, key=key, headers=headers
                     )
                 )
                 if self.metrics is not None:
@@ -658,36 +685,163 @@ class Worker:
         """Queue every rejected record for the dead-letter topic; the acks are awaited by
         :meth:`_flush` before the next snapshot, not one by one."""
         for rejected in decoded.rejected:
+            value, key, headers = deadletter_record(rejected)
             delivery = await self._producer.send(
-                self.topics.deadletter.name,
-                rejected.value,
-                key=rejected.key,
-                headers=deadletter_headers(rejected),
+                self.topics.deadletter.name, value, key=key, headers=headers
             )
             self._deliveries.append(delivery)
             if self.metrics is not None:
                 self.metrics.record_deadletter(rejected.reason)
 
+    def _snapshot_chunks(self, seq: int) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+        """The current ``{engine state, offsets}`` as snapshot chunks; ``EngineFailedError`` if the
+        state cannot be serialised."""
+        try:
+            snapshot = Snapshot(
+                seq=seq,
+                engine=self.engine.to_state(),
+                offsets={t: dict(ps) for t, ps in self.offsets.items()},
+                counters={
+                    "records": self.counters["records"],
+                    "batches": self.counters["batches"],
+                },
+            )
+            return encode_chunks(snapshot)
+        except Exception as exc:
+            raise EngineFailedError(
+                f"snapshot of the engine state failed: {describe(exc)}"
+            ) from exc
+
     async def _write_snapshot(self) -> None:
         """Flush pending sends, then write ``{engine state, offsets}`` to the state topic."""
         await self._flush()
+        chunks = self._snapshot_chunks(self._snapshot_seq + 1)
         self._snapshot_seq += 1
-        snapshot = Snapshot(
-            seq=self._snapshot_seq,
-            engine=self.engine.to_state(),
-            offsets={t: dict(ps) for t, ps in self.offsets.items()},
-            counters={
-                "records": self.counters["records"],
-                "batches": self.counters["batches"],
-            },
-        )
         key = self.settings.group.encode()
         sends = [
             await self._producer.send(self.state_topic.name, value, key=key, headers=headers)
-            for value, headers in encode_chunks(snapshot)
+            for value, headers in chunks
         ]
         await asyncio.gather(*sends)
+        self._base_chunks = [value for value, _ in chunks]
         self.counters["snapshots"] += 1
+        self._dirty = False
+
+    def _evaluate(self, decoded: Decoded) -> Result:
+        """``Engine.process`` on a batch; on suspect input (after a failure), with containment:
+        events that fail are left out and dead-lettered as ``internal_error``."""
+        if not self._suspects.covers(decoded.records):
+            try:
+                return self.engine.process(decoded.events)
+            except Exception as exc:
+                raise EngineFailedError(f"processing a batch failed: {describe(exc)}") from exc
+        self.engine, result, poisoned = process_isolating(self.engine, decoded.events)
+        self._suspects.passed(decoded.records)
+        for p in poisoned:
+            source = decoded.source(p.index)
+            log.error("event at %s left out: it breaks the engine: %s", source, p.detail)
+        self.ingest.reject_events(decoded, [(p.index, INTERNAL_ERROR, p.detail) for p in poisoned])
+        return result
+
+    async def _check_input(self, wait: bool) -> None:
+        """Detect input the broker lost (:mod:`driftswitch.streams.service.dataloss`) and
+        resume each such partition from the start of its new data, loudly.
+
+        With ``wait`` (on resuming) the check runs now; otherwise (idle input) it runs in the
+        background every ``CHECK_INTERVAL`` seconds and its result is applied on a later call.
+        """
+        task = self._input_check
+        if task is not None:
+            if not task.done():
+                return
+            self._input_check = None
+            try:
+                lost = task.result()
+            except Exception as exc:  # a broker hiccup: check again later
+                log.warning("checking the input for lost data failed: %s", exc)
+                return
+            self._reset_lost(lost)
+            return
+        if not wait and time.monotonic() - self._last_input_check < CHECK_INTERVAL:
+            return
+        self._last_input_check = time.monotonic()
+        specs = (self.topics.predictions, self.topics.outcomes, self.topics.control)
+        positions = {
+            kafka.topic_partition(spec.name, p): self.offsets.get(spec.name, {}).get(p, 0)
+            for spec in specs
+            for p in range(1 if spec is self.topics.control else spec.partitions)
+        }
+        check = asyncio.ensure_future(find_lost(self.settings.kafka, positions))
+        self._input_check_from = positions
+        if wait:
+            self._reset_lost(await check)
+        else:
+            self._input_check = check
+
+    def _reset_lost(self, lost: dict[Any, tuple[int, int]]) -> None:
+        """Apply the data-loss policy to partitions found beyond the broker's data."""
+        for tp, (start, end) in lost.items():
+            position = self.offsets.get(tp.topic, {}).get(tp.partition, 0)
+            if position != self._input_check_from.get(tp):
+                continue  # read on since the check started: the data is there after all
+            log.error(
+                "input %s[%d]: read to offset %d, but the broker holds offsets %d to %d only: "
+                "the topic was recreated or the broker lost its data. Resuming from offset %d, "
+                'the start of the new data (README.md "Broker data loss")',
+                tp.topic,
+                tp.partition,
+                position,
+                start,
+                end,
+                start,
+            )
+            if self.metrics is not None:
+                self.metrics.record_input_reset(tp.topic, tp.partition)
+            self.counters["input_resets"] += 1
+            self._consumer.seek(tp, start)
+            self.offsets.setdefault(tp.topic, {})[tp.partition] = start
+            self._dirty = True
+
+    def unhealthy(self) -> str | None:
+        """Why this worker holds input it is not processing (``/healthz`` answers 503), or None.
+
+        An active worker without the lease (a rebalance that never settled) evaluates nothing;
+        nor does one whose input has records waiting while no batch was processed for a while.
+        """
+        if self.role != "active":
+            return None
+        now = time.monotonic()
+        limit = max(30.0, 2 * self.settings.session_timeout_ms / 1000)
+        missing = self._lease_missing_since
+        if missing is not None and now - missing > limit:
+            return f"active without the lease for {now - missing:.0f} s: processing nothing"
+        if self._consumer is not None and now - self._last_batch_at > limit:
+            for tp in self._consumer.assignment():
+                highwater = self._consumer.highwater(tp)
+                position = self.offsets.get(tp.topic, {}).get(tp.partition)
+                if highwater is not None and position is not None and highwater > position:
+                    return (
+                        f"input waiting on {tp.topic}[{tp.partition}] (offset {position} of "
+                        f"{highwater}) and no batch processed for {now - self._last_batch_at:.0f} s"
+                    )
+        return None
+
+    async def _recover(self, err: EngineFailedError) -> None:
+        """Restore the last good snapshot and replay the input since, with containment."""
+        log.error("%s: restoring the last snapshot and replaying with containment", err)
+        if self.metrics is not None:
+            self.metrics.record_recovery()
+        self.counters["recoveries"] += 1
+        base = decode_chunks(self._base_chunks)
+        self._suspects.add(base.offsets, self.offsets)
+        self.engine = Engine.from_state(self.config, base.engine)
+        self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
+        for name in ("records", "batches"):
+            self.counters[name] = base.counters.get(name, 0)
+        for tp in self._consumer.assignment():
+            offset = self.offsets.get(tp.topic, {}).get(tp.partition)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
         self._dirty = False
 
     async def _flush(self) -> None:

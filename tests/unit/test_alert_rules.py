@@ -25,6 +25,8 @@ EXPECTED_ALERTS = {
     "DriftswitchFlagStateStale",
     "DriftswitchNoActiveWorker",
     "DriftswitchHookFailing",
+    "DriftswitchInputReset",
+    "DriftswitchEngineRecovered",
 }
 
 

@@ -64,14 +64,17 @@ INVALID: list[bytes | str] = [
     b' "prediction": 1, "latency_ms": -3}',
     b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": 1,'
     b' "prediction": 1, "features": {"a": "x"}}',
+    # A number in a string is not a timestamp (the JSON Schema says so too); RFC 3339 is.
+    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": "1",'
+    b' "prediction": 1}',
     b'{"kind": "outcome", "request_id": "r", "ts": 1, "label": 1, "pad": "'
     + b"x" * MAX_EVENT_BYTES
     + b'"}',
 ]
 # Lax values pydantic accepts and converts: the bulk path must convert them identically.
 LAX = [
-    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": "1",'
-    b' "prediction": 1}',
+    b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v",'
+    b' "ts": "2026-01-01T00:00:00Z", "prediction": 1}',
     b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": 1,'
     b' "prediction": 1, "served": "no"}',
     b'{"kind": "prediction", "request_id": "r", "flag": "f", "variant": "v", "ts": 1,'

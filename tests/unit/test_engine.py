@@ -292,8 +292,20 @@ flags:
 """
     )
     engine = Engine(config)
+    # Validation now refuses numbers beyond 2^63 (events.py): built without it, the engine
+    # still copes.
     events: list[Event] = [
-        PredictionEvent(request_id="r1", flag="price", variant="b", ts=1.0, prediction=1e200),
+        PredictionEvent.model_construct(
+            request_id="r1",
+            flag="price",
+            variant="b",
+            ts=1.0,
+            prediction=1e200,
+            score=None,
+            latency_ms=None,
+            error=None,
+            served=True,
+        ),
         OutcomeEvent(request_id="r1", ts=2.0, label=0),
         PredictionEvent(request_id="r2", flag="price", variant="b", ts=3.0, prediction=3.0),
         OutcomeEvent(request_id="r2", ts=4.0, label=2.0),

@@ -197,7 +197,9 @@ def test_slack_payload_shape() -> None:
     }
     assert len(payload["blocks"][2]["fields"]) <= 10  # Slack's limit per section
     assert payload["blocks"][3]["text"]["text"] == "*Weights* control 100, candidate 0 (killed)"
-    assert payload["blocks"][4]["elements"][0]["text"] == "driftswitch · 2026-01-01T00:00:00Z"
+    assert payload["blocks"][4]["elements"][0]["text"] == (
+        "driftswitch · event time 2026-01-01T00:00:00Z"
+    )
     # An alert has no weights section.
     assert [b["type"] for b in slack_payload(alert())["blocks"]] == [
         "header",
@@ -205,10 +207,13 @@ def test_slack_payload_shape() -> None:
         "section",
         "context",
     ]
-    request = render(hook(HookFormat.SLACK, secret=None), change(Action.KILL), now=TS)
+    request = render(hook(HookFormat.SLACK, secret=None), change(Action.KILL), now=TS + 60)
     assert request is not None
     assert "Authorization" not in request.headers
-    assert orjson.loads(request.body) == payload
+    assert orjson.loads(request.body) == slack_payload(change(Action.KILL), TS + 60)
+    assert orjson.loads(request.body)["blocks"][4]["elements"][0]["text"] == (
+        "driftswitch · event time 2026-01-01T00:00:00Z, sent 2026-01-01T00:01:00Z"
+    )
 
 
 @pytest.mark.parametrize(
@@ -246,7 +251,8 @@ def test_pagerduty_warn_and_silence() -> None:
     warn = pagerduty_payload(alert(), "RK")
     assert warn is not None
     assert warn["payload"]["severity"] == "warning"
-    assert warn["dedup_key"] == "driftswitch:ranker:candidate"
+    # Its own incident: a later kill never merges into an open warning.
+    assert warn["dedup_key"] == "driftswitch:ranker:candidate:warn:candidate-latency"
     init = change(Action.INIT, 1, killed=False)
     assert pagerduty_payload(init, "RK") is None
     assert render(hook(HookFormat.PAGERDUTY), init, now=TS) is None
@@ -257,8 +263,8 @@ def test_pagerduty_warn_and_silence() -> None:
 
 
 def test_alertmanager_fire_and_resolve_share_labels() -> None:
-    fired = alertmanager_payload(change(Action.KILL))
-    resolved = alertmanager_payload(change(Action.RESTORE, 3, killed=False))
+    fired = alertmanager_payload(change(Action.KILL), TS)
+    resolved = alertmanager_payload(change(Action.RESTORE, 3, killed=False), TS)
     assert fired is not None
     assert resolved is not None
     assert len(fired) == len(resolved) == 1
@@ -282,12 +288,12 @@ def test_alertmanager_fire_and_resolve_share_labels() -> None:
         assert all(isinstance(v, str) for v in alert_["annotations"].values())
         datetime.fromisoformat(alert_["startsAt"])
     assert fired[0]["annotations"]["weights"] == "control 100, candidate 0 (killed)"
-    warn = alertmanager_payload(alert())
+    warn = alertmanager_payload(alert(), TS)
     assert warn is not None
     assert warn[0]["labels"]["alertname"] == "DriftswitchGuardrailWarning"
     assert warn[0]["labels"]["guardrail"] == "candidate-latency"
     assert "endsAt" not in warn[0]
-    assert alertmanager_payload(change(Action.INIT, 1, killed=False)) is None
+    assert alertmanager_payload(change(Action.INIT, 1, killed=False), TS) is None
     request = render(
         hook(HookFormat.ALERTMANAGER, secret="tok", url="http://am:9093/"), alert(), now=TS
     )

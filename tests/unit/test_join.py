@@ -33,7 +33,8 @@ def test_unjoined_records_expire_in_event_time_and_are_counted_per_side() -> Non
     buf.add_prediction("p-old-b", 100.5, "f/b", None)
     buf.add_outcome("o-old", 101.0, 1)
     buf.add_prediction("p-new", 105.0, "f/a", None)
-    buf.add_prediction("tick", 112.0, "f/a", None)  # watermark 112: cutoff 102
+    # The watermark is the second largest ts: 112 once the outcome below arrives (cutoff 102).
+    buf.add_prediction("tick", 112.0, "f/a", None)
     # An outcome for an expired prediction does not join: the prediction is counted expired and
     # the outcome now waits for a prediction of its own.
     assert buf.add_outcome("p-old", 112.0, 1) is None
@@ -47,12 +48,13 @@ def test_unjoined_records_expire_in_event_time_and_are_counted_per_side() -> Non
 
 def test_a_record_older_than_the_watermark_minus_ttl_expires_on_arrival() -> None:
     buf = JoinBuffer(ttl=10.0, max_pending=10)
-    buf.add_prediction("a", 200.0, "f/a", None)
+    buf.add_prediction("a", 199.0, "f/a", None)
+    buf.add_prediction("b", 200.0, "f/a", None)  # two records agree: the watermark is 199
     assert buf.add_prediction("late", 150.0, "f/b", None) is None
     assert buf.add_outcome("late-o", 150.0, 1) is None
     assert buf.expired_predictions == {"f/b": 1}
     assert buf.expired_outcomes == 1
-    assert buf.pending_predictions == 1
+    assert buf.pending_predictions == 2
     assert buf.pending_outcomes == 0
 
 

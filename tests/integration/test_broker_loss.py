@@ -1,0 +1,79 @@
+"""A broker that lost its data: input topics deleted and created again under the same names while
+the worker was down. The worker's snapshot offsets are then beyond the new data; it must resume
+from the start of the new data, loudly, instead of silently skipping it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
+from driftswitch.streams.tools.testing import WorkerProcess, event_records
+
+pytestmark = pytest.mark.broker
+
+SCENARIO = Scenario(
+    requests=3_000,
+    rate=100.0,
+    seed=5,
+    variants=(VariantSpec("control", weight=50), VariantSpec("candidate", weight=50)),
+)
+
+
+async def recreate(bootstrap: str, topics: Topics) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics.predictions.name, topics.outcomes.name])
+    finally:
+        await admin.close()
+    for _ in range(50):  # deletion settles asynchronously on some brokers
+        try:
+            await ensure_topics(bootstrap, topics)
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
+    await ensure_topics(bootstrap, topics)
+
+
+def test_input_recreated_while_down_is_read_from_the_start_of_the_new_data(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "ranker.yaml"
+    config.write_text(config_yaml(SCENARIO, ""))
+    records = event_records(topics, list(simulate(SCENARIO)))
+    old, new = records[:4000], records[4000:5000]  # fewer new records than the old offsets
+    log = tmp_path / "worker.log"
+    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker.wait_active()
+    produce(old)
+    worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
+    worker.stop()
+
+    asyncio.run(recreate(broker.bootstrap, topics))
+    produce(new)
+    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker.wait_active()
+    # Every new record is read: none skipped because the old offsets were higher.
+    worker.wait_for("new data read", lambda s: s["records"] == len(old) + len(new), 60)
+    text = log.read_text()
+    assert "the topic was recreated or the broker lost its data" in text
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    resets = re.findall(r"^driftswitch_input_resets_total\{[^}]*\} (\S+)$", metrics, re.M)
+    assert resets
+    assert sum(float(x) for x in resets) >= 2  # at least one partition of each input topic
+    status = worker.health() or {}  # None unless it answers 200
+    assert status["unhealthy"] is None

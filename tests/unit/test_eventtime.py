@@ -1,0 +1,125 @@
+"""Event time against abuse: one record from the year 3000 neither expires the join nor silences
+a guardrail, and records stamped beyond ``join.max_clock_skew`` after arrival are rejected."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+
+from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.pipeline.eventtime import FUTURE_TIMESTAMP, arrival_time, reject_future
+from driftswitch.streams.pipeline.ingest import Ingest
+from driftswitch.streams.pipeline.join import JoinBuffer
+
+YEAR_3000 = 32503680000.0
+CONFIG = """
+flags:
+  ranker:
+    default: control
+    variants:
+      control:   {weight: 50, value: v1}
+      candidate: {weight: 50, value: v2}
+    guardrails:
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+        min_samples: 200
+        action: kill
+join:
+  ttl: 1h
+"""
+
+
+def test_one_outlier_does_not_move_the_watermark() -> None:
+    buf = JoinBuffer(ttl=60.0, max_pending=100)
+    buf.add_prediction("a", 1000.0, "g", None)
+    buf.add_prediction("b", 1001.0, "g", None)
+    assert buf.watermark == 1000.0
+    buf.add_prediction("future", YEAR_3000, "g", None)
+    assert buf.watermark == 1001.0
+    assert buf.add_outcome("b", 1002.0, 1) is not None  # still joins: nothing expired
+    buf.add_prediction("c", 1003.0, "g", None)
+    assert buf.watermark == 1003.0  # a second record confirms the time: it moves
+    restored = JoinBuffer.from_state(orjson.loads(orjson.dumps(buf.to_state())))
+    restored.add_prediction("d", 1004.0, "g", None)
+    assert restored.watermark == 1004.0
+
+
+def test_a_candidate_is_killed_despite_a_prediction_from_the_year_3000() -> None:
+    """The exact scenario: one valid prediction at ts 32503680000, then 20,000 pairs with the
+    candidate at 65 % accuracy."""
+    engine = Engine(parse_config(CONFIG))
+    rng = random.Random(3)
+    t0 = 1767225600.0
+    events: list[PredictionEvent | OutcomeEvent] = [
+        PredictionEvent(
+            request_id="future", flag="ranker", variant="control", ts=YEAR_3000, prediction=1
+        )
+    ]
+    for i in range(20_000):
+        variant = "candidate" if i % 2 else "control"
+        correct = rng.random() < (0.65 if variant == "candidate" else 0.9)
+        ts = t0 + i * 0.05
+        events.append(
+            PredictionEvent(request_id=f"r{i}", flag="ranker", variant=variant, ts=ts, prediction=1)
+        )
+        events.append(OutcomeEvent(request_id=f"r{i}", ts=ts + 1.0, label=1 if correct else 0))
+    outputs = []
+    for k in range(0, len(events), 1000):
+        outputs += engine.process(events[k : k + 1000]).outputs
+    kills = [
+        o.event
+        for o in outputs
+        if isinstance(o.event, FlagChangeEvent) and o.event.cause.action.value == "kill"
+    ]
+    assert [k.cause.variant for k in kills] == ["candidate"]
+    assert engine.snapshot()["join"]["expired_predictions"] == 0  # type: ignore[index]
+
+
+class Rec:
+    def __init__(self, offset: int, value: bytes, timestamp: int) -> None:
+        self.topic, self.partition, self.offset = "p", 0, offset
+        self.key: bytes | None = None
+        self.value: bytes | None = value
+        self.timestamp = timestamp
+
+
+def _value(ts: float) -> bytes:
+    return orjson.dumps(
+        {"request_id": f"r{ts}", "flag": "f", "variant": "v", "ts": ts, "prediction": 1}
+    )
+
+
+def test_records_stamped_beyond_the_clock_skew_are_rejected_as_future_timestamp() -> None:
+    now = 1_800_000_000.0
+    arrived = int((now - 3600) * 1000)  # read an hour after it was produced (a replay)
+    records = [
+        Rec(0, _value(now - 3600), arrived),
+        Rec(1, _value(YEAR_3000), arrived),
+        Rec(2, _value(now - 3600 + 599), arrived),
+        Rec(3, _value(now - 3600 + 601), arrived),  # ahead of its arrival, though not of now
+        Rec(4, _value(now + 5), -1),  # no record timestamp: the worker's clock
+        Rec(5, _value(now + 601), int((now + 3600) * 1000)),  # producer clock ahead: capped
+    ]
+    ingest = Ingest("p", "o")
+    decoded = ingest.decode(records)
+    reject_future(decoded, ingest, 600.0, now)
+    assert [records[i].offset for i in decoded.index] == [0, 2, 4]
+    assert [e.ts for e in decoded.events] == [now - 3600, now - 3600 + 599, now + 5]
+    rejected = {r.source.offset: r for r in decoded.rejected}
+    assert sorted(rejected) == [1, 3, 5]
+    assert {r.reason for r in rejected.values()} == {FUTURE_TIMESTAMP}
+    assert "max_clock_skew" in rejected[1].detail
+    assert rejected[1].value == records[1].value  # the original bytes, for the dead-letter topic
+    assert ingest.rejected[FUTURE_TIMESTAMP] == 3
+    assert ingest.accepted == 3
+
+
+def test_arrival_time() -> None:
+    assert arrival_time(Rec(0, b"", 1_000_000), 5000.0) == 1000.0
+    assert arrival_time(Rec(0, b"", 9_000_000), 5000.0) == 5000.0
+    assert arrival_time(object(), 5000.0) == 5000.0
