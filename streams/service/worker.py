@@ -787,7 +787,8 @@ class Worker:
             log.error(
                 "input %s[%d]: read to offset %d, but the broker holds offsets %d to %d only: "
                 "the topic was recreated or the broker lost its data. Resuming from offset %d, "
-                'the start of the new data (README.md "Broker data loss")',
+                "the start of the new data (README.md: Bad input, event time and broker data "
+                "loss)",
                 tp.topic,
                 tp.partition,
                 position,

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
-from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import connect as kafka
+from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.kafka.settings import as_settings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 from driftswitch.streams.tools.testing import WorkerProcess, event_records
@@ -29,8 +31,7 @@ SCENARIO = Scenario(
 
 
 async def recreate(bootstrap: str, topics: Topics) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    admin = await kafka.open_admin(as_settings(bootstrap))
     try:
         await admin.delete_topics([topics.predictions.name, topics.outcomes.name])
     finally:
