@@ -78,3 +78,27 @@ def test_input_recreated_while_down_is_read_from_the_start_of_the_new_data(
     assert sum(float(x) for x in resets) >= 2  # at least one partition of each input topic
     status = worker.health() or {}  # None unless it answers 200
     assert status["unhealthy"] is None
+
+
+def test_input_recreated_while_running_is_detected_when_idle(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "ranker.yaml"
+    config.write_text(config_yaml(SCENARIO, ""))
+    records = event_records(topics, list(simulate(SCENARIO)))
+    old, new = records[:4000], records[4000:5000]
+    log = tmp_path / "worker.log"
+    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker.wait_active()
+    produce(old)
+    worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
+
+    asyncio.run(recreate(broker.bootstrap, topics))
+    produce(new)
+    # The idle check (every 5 s) finds the positions beyond the new data and resets them.
+    worker.wait_for("new data read", lambda s: s["records"] == len(old) + len(new), 90)
+    assert "the topic was recreated or the broker lost its data" in log.read_text()
