@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -349,6 +350,16 @@ class FlagConfig(_Model):
     """One flag: its variants, default and guardrails."""
 
     description: str | None = Field(None, description="Free text for people.")
+    owner: str | None = Field(
+        None, description="Who maintains the flag (a team or person); `validate` warns if unset."
+    )
+    tags: list[str] = Field(default_factory=list, description="Free labels for people.")
+    expires: date | None = Field(
+        None, description="Date (YYYY-MM-DD) after which the flag is due for removal."
+    )
+    temporary: StrictBool = Field(
+        False, description="A release flag, to be removed once fully rolled out."
+    )
     default: str = Field(description="Served when a variant is killed or state is unknown.")
     variants: dict[Name, VariantConfig] = Field(
         min_length=1, description="Variant name → weight and value."
@@ -730,6 +741,19 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from None
     return parse_config(text, str(p))
+
+
+def config_warnings(path: str | Path, config: Config) -> list[str]:
+    """Advice on a valid config, as ``file:line: path: message``: flags without an owner."""
+    p = Path(path)
+    problems = _Problems(str(p), yaml.compose(p.read_text(encoding="utf-8")))
+    for name, flag in config.flags.items():
+        if not flag.owner:
+            problems.add(
+                ["flags", name],
+                "no owner: add `owner:` (a team or person) so stale flags reach someone",
+            )
+    return problems.items
 
 
 def iter_guardrails(config: Config) -> Iterator[tuple[str, FlagConfig, Guardrail]]:

@@ -503,6 +503,14 @@ class Engine:
             "flags": flags,
         }
 
+    def traces(self) -> dict[str, dict[str, list[tuple[float, float | None, float | None]]]]:
+        """Per flag and guardrail, the recent ``(event time, statistic, threshold)`` points
+        (:attr:`Monitor.trace <driftswitch.streams.pipeline.monitor.Monitor.trace>`)."""
+        return {
+            name: {m.guardrail.name: list(m.trace) for m in f.monitors}
+            for name, f in self._flags.items()
+        }
+
     # -- state -----------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, JSON]:

@@ -24,6 +24,7 @@ breach, and the status says "no decision yet".
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from driftswitch.streams.config.model import FlagConfig, Guardrail, Metric
 
 #: Labelled outcomes in the windowed accuracy of a variant.
 ACCURACY_WINDOW = 1000
+#: Points kept in a guardrail's trace (one per flush that fed it): the status page's chart.
+TRACE_POINTS = 300
 #: Relative resolution of the latency histogram (bucket edges grow by this factor).
 _LATENCY_GROWTH = 1.02
 _LOG_GROWTH = math.log(_LATENCY_GROWTH)
@@ -298,6 +301,7 @@ class Monitor:
         "pending",
         "samples",
         "spec",
+        "trace",
         "two_sample",
         "vectorised",
         "window_events",
@@ -338,14 +342,24 @@ class Monitor:
         self.window_events = 0
         self.breaches = 0
         self.last_breach_ts: float | None = None
+        #: The recent past, one ``(event time, statistic, threshold)`` per flush that fed the
+        #: detector, the newest last; not part of the state (a restarted worker starts afresh).
+        self.trace: deque[tuple[float, float | None, float | None]] = deque(maxlen=TRACE_POINTS)
 
     # -- feeding ---------------------------------------------------------------------------
 
     def flush(self) -> list[Decision]:
         """Feed the pending observations; return the breaches in arrival order."""
-        pending = self.pending
-        if not pending:
+        if not self.pending:
             return []
+        ts = self.pending[-1][3]
+        out = self._flush()
+        det = self.detector
+        self.trace.append((ts, finite(det.statistic), finite(det.threshold)))
+        return out
+
+    def _flush(self) -> list[Decision]:
+        pending = self.pending
         self.pending = []
         if self.two_sample:
             return self._feed_two_sample(pending)

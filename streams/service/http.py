@@ -13,6 +13,8 @@
   worker has metrics.
 - The admin API (:mod:`driftswitch.streams.service.admin`): manual commands, ``GET
   /api/v1/flags/{flag}/history`` and ``POST /api/v1/config/reload``.
+- The status page (:mod:`driftswitch.streams.service.page`): ``GET /`` and the
+  ``GET /api/v1/status`` JSON it polls.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ def make_app(
     app.router.add_get("/api/v1/flags/{flag}", _flag)
     app.router.add_get("/flagd/flags.json", _flagd)
     app.add_routes(routes(worker, auth or AdminAuth(None), wait_s=command_wait_s))
+    from driftswitch.streams.service import page
+
+    app.add_routes(page.routes(worker))
     if worker.metrics is not None:
         from driftswitch.streams.service.metrics import metrics_handler
 

@@ -39,6 +39,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from driftswitch.streams.config.model import Config
+from driftswitch.streams.contract.events import FlagChangeEvent
+
 __all__ = ["LATENCY_BUCKETS", "METRICS", "MetricInfo", "Metrics", "metrics_handler"]
 
 #: Event-to-decision latency buckets, seconds: the target is p99 < 1 s (DESIGN.md).
@@ -98,6 +101,18 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("driftswitch_flag_weight_percent", "gauge", _FV, "Served weight (killed: 0)."),
     MetricInfo("driftswitch_flag_variant_killed", "gauge", _FV, "1 if the variant is killed."),
     MetricInfo("driftswitch_flag_paused", "gauge", ("flag",), "1 while rollout is on hold."),
+    MetricInfo(
+        "driftswitch_flag_expired",
+        "gauge",
+        ("flag",),
+        "1 once the flag's configured `expires` date has passed, else 0.",
+    ),
+    MetricInfo(
+        "driftswitch_flag_stale",
+        "gauge",
+        ("flag", "reason"),
+        "1 while the flag is stale for the reason (fully_rolled_out, no_traffic, killed), else 0.",
+    ),
     MetricInfo(
         "driftswitch_watermark_timestamp_seconds", "gauge", (), "Event-time watermark of the join."
     ),
@@ -336,6 +351,18 @@ class Metrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.flag_expired = Gauge(
+            "driftswitch_flag_expired",
+            info["driftswitch_flag_expired"].help,
+            ["flag"],
+            registry=registry,
+        )
+        self.flag_stale = Gauge(
+            "driftswitch_flag_stale",
+            info["driftswitch_flag_stale"].help,
+            ["flag", "reason"],
+            registry=registry,
+        )
         self._snapshot = _SnapshotCollector()
         registry.register(self._snapshot)
         for reason in DEADLETTER_REASONS:
@@ -358,6 +385,39 @@ class Metrics:
         """Export ``Engine.snapshot()`` from now on (a reference swap, cheap enough to call
         after every batch; the worker calls it just before each scrape instead)."""
         self._snapshot.snapshot = snapshot
+
+    def observe_lifecycle(
+        self, config: Config, states: Mapping[str, FlagChangeEvent], active: bool, now: float
+    ) -> None:
+        """Set ``driftswitch_flag_expired`` / ``driftswitch_flag_stale`` for every configured flag
+        (:mod:`driftswitch.streams.pipeline.lifecycle`). Only the current state is known here, so
+        "fully rolled out for N days" counts from the state's last change; traffic (from the
+        snapshot's newest event time per flag) is judged on the active worker only."""
+        from driftswitch.streams.pipeline.lifecycle import STALE_KINDS, findings
+
+        traffic: dict[str, float | None] | None = None
+        if active:
+            flags = _map(self._snapshot.snapshot.get("flags"))
+            traffic = {}
+            for name in config.flags:
+                times = [
+                    t
+                    for v in _map(_map(flags.get(name)).get("variants")).values()
+                    if (t := _num(_map(v).get("last_ts"))) is not None
+                ]
+                traffic[name] = max(times) if times else None
+        found = {
+            (f.flag, f.kind)
+            for f in findings(config, {n: [s] for n, s in states.items()}, traffic, now)
+        }
+        self.flag_expired.clear()
+        self.flag_stale.clear()
+        for name in config.flags:
+            self.flag_expired.labels(flag=name).set(int((name, "expired") in found))
+            for kind in STALE_KINDS:
+                if kind == "no_traffic" and traffic is None:
+                    continue
+                self.flag_stale.labels(flag=name, reason=kind).set(int((name, kind) in found))
 
     def record_batch(self, now: float | None = None) -> None:
         """Mark an input batch as processed at ``now`` (default: the current time)."""

@@ -673,6 +673,7 @@ class Worker:
         active = self.role == "active"
         metrics.set_active(active)
         metrics.observe_snapshot(self.engine.snapshot() if active else {})
+        metrics.observe_lifecycle(self.config, self.flags, active, time.time())
         if self._consumer is None or not active:
             return
         for tp in self._consumer.assignment():

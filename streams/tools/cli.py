@@ -15,7 +15,7 @@ def main() -> None:
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(configs: tuple[str, ...]) -> None:
     """Check configuration files; print every problem as file:line: path: expectation."""
-    from driftswitch.streams.config.model import iter_guardrails, load_config
+    from driftswitch.streams.config.model import config_warnings, iter_guardrails, load_config
     from driftswitch.streams.contract.errors import ConfigError
 
     failed = False
@@ -29,6 +29,8 @@ def validate(configs: tuple[str, ...]) -> None:
             n = len(exc.problems)
             click.echo(f"{path}: invalid ({n} problem{'s' if n != 1 else ''})", err=True)
             continue
+        for warning in config_warnings(path, config):
+            click.echo(f"warning: {warning}", err=True)
         guardrails = sum(1 for _ in iter_guardrails(config))
         click.echo(f"{path}: ok ({len(config.flags)} flags, {guardrails} guardrails)")
     if failed:

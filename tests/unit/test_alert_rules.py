@@ -27,6 +27,7 @@ EXPECTED_ALERTS = {
     "DriftswitchHookFailing",
     "DriftswitchInputReset",
     "DriftswitchEngineRecovered",
+    "DriftswitchFlagDebt",
 }
 
 
