@@ -44,8 +44,8 @@ def _traffic(evaluation: dict[str, Any] | None) -> float | None:
     """The newest prediction's event time of a flag, from its engine statistics."""
     if not evaluation:
         return None
-    times = [
-        v.get("last_ts")
+    times: list[float] = [
+        float(v["last_ts"])
         for v in (evaluation.get("variants") or {}).values()
         if isinstance(v, dict) and isinstance(v.get("last_ts"), int | float)
     ]

@@ -115,13 +115,29 @@ def _register_worker_commands() -> None:
 _register_worker_commands()
 
 
+def _register_flags_commands() -> None:
+    from driftswitch.streams.tools.flags import flags_group
+
+    main.add_command(flags_group)
+
+
+_register_flags_commands()
+
+
 @main.command()
 @click.option(
     "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Config file."
 )
 @click.argument("events", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flag change/alert.")
-def backtest(config_path: str, events: str, as_json: bool) -> None:
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write charts: out.html (self-contained, with out.png beside it) or out.png.",
+)
+def backtest(config_path: str, events: str, as_json: bool, report_path: str | None) -> None:
     """Replay EVENTS (JSON Lines) through the service's engine, in file order.
 
     Bad lines are reported on stderr (line: reason: detail) and skipped. With --json every flag
@@ -142,7 +158,19 @@ def backtest(config_path: str, events: str, as_json: bool) -> None:
         for problem in exc.problems:
             click.echo(problem, err=True)
         raise SystemExit(2) from None
-    result = bt.run(config, events)
+    from driftswitch.streams.tools import report
+
+    if report_path is not None:
+        try:
+            report.check_target(report_path)
+        except report.ReportError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(2) from None
+    progress = report.stderr_progress(events)
+    if report_path is not None:
+        result, data = report.replay(config, events, progress=progress)
+    else:
+        result = report.run_with_progress(config, events, progress)
     for bad in result.bad_lines:
         click.echo(f"{events}:{bad.line}: {bad.reason}: {bad.detail}", err=True)
     if as_json:
@@ -153,3 +181,10 @@ def backtest(config_path: str, events: str, as_json: bool) -> None:
     else:
         width = None if sys.stdout.isatty() else 160
         bt.render_summary(result, Console(highlight=False, width=width))
+    if report_path is not None:
+        try:
+            written = report.write_report(result, data, report_path)
+        except report.ReportError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(2) from None
+        click.echo("report: " + ", ".join(str(p) for p in written), err=True)

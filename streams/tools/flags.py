@@ -1,0 +1,159 @@
+"""``driftswitch flags report``: flag debt, from the config and (with a broker) the flags topic.
+
+Lists expired flags, temporary flags fully rolled out for more than ``--days`` days, flags with
+no traffic in ``--days`` days and flags with a killed variant never restored
+(:mod:`driftswitch.streams.pipeline.lifecycle`). Without ``--broker`` (or
+``DRIFTSWITCH_BROKER``) only the config is read, so only expiry is checked. With one, every
+flag's history comes from the flags topic, and traffic from the newest worker snapshot on the
+state topic (the engine's newest event time per variant); without a snapshot, traffic is not
+judged and the report says so. Exit status: 0 when nothing is found, 1 otherwise (for CI jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from driftswitch.streams.contract.events import FlagChangeEvent
+
+__all__ = ["flags_group", "read_histories", "read_traffic"]
+
+BROKER_ENV = "DRIFTSWITCH_BROKER"
+
+
+async def _read_all(bootstrap: str, topic: str) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    from driftswitch.streams.service.snapshot import read_to_end
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or {0}
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records = await read_to_end(consumer, tps, idle_ms=200)
+    finally:
+        await consumer.stop()
+    return [r for tp in sorted(records, key=lambda t: t.partition) for r in records[tp]]
+
+
+async def read_histories(bootstrap: str, topic: str) -> dict[str, list[FlagChangeEvent]]:
+    """Every flag's changes on the flags topic, by version (duplicates and bad records dropped)."""
+    by_flag: dict[str, dict[int, FlagChangeEvent]] = {}
+    for rec in await _read_all(bootstrap, topic):
+        try:
+            event = FlagChangeEvent.model_validate_json(rec.value)
+        except ValueError:
+            continue
+        by_flag.setdefault(event.flag, {}).setdefault(event.version, event)
+    return {f: [v[k] for k in sorted(v)] for f, v in by_flag.items()}
+
+
+async def read_traffic(bootstrap: str, topic: str, group: str) -> dict[str, float | None] | None:
+    """The newest prediction's event time per flag, from the group's latest snapshot (None: no
+    snapshot on the state topic)."""
+    from driftswitch.streams.service.snapshot import latest_snapshot
+
+    snapshot = latest_snapshot(await _read_all(bootstrap, topic), group.encode())
+    if snapshot is None:
+        return None
+    out: dict[str, float | None] = {}
+    for name, flag in (snapshot.engine.get("flags") or {}).items():
+        times = [
+            v["last_ts"]
+            for v in (flag.get("variants") or {}).values()
+            if isinstance(v.get("last_ts"), int | float)
+        ]
+        out[name] = max(times) if times else None
+    return out
+
+
+@click.group("flags")
+def flags_group() -> None:
+    """Flag lifecycle: who owns each flag, and which ones are due for removal."""
+
+
+@flags_group.command("report")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Config file."
+)
+@click.option("--broker", "bootstrap", default=None, help=f"Kafka bootstrap [env {BROKER_ENV}].")
+@click.option("--group", default="driftswitch", show_default=True, help="The workers' group.")
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0.0),
+    default=14.0,
+    show_default=True,
+    help="Fully rolled out, or without traffic, for longer than this: stale.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The findings as one JSON document.")
+def report_command(
+    config_path: str, bootstrap: str | None, group: str, days: float, as_json: bool
+) -> None:
+    """List expired and stale flags (exit status 1 when there are any)."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from driftswitch.streams.config.model import load_config
+    from driftswitch.streams.contract.errors import ConfigError
+    from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.pipeline.lifecycle import findings
+    from driftswitch.streams.service.worker import state_topic
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        raise SystemExit(2) from None
+    bootstrap = bootstrap or os.environ.get(BROKER_ENV)
+    histories: dict[str, list[FlagChangeEvent]] = {}
+    traffic: dict[str, float | None] | None = None
+    notes: list[str] = []
+    if bootstrap:
+        topics = Topics.from_env(os.environ)
+
+        async def read() -> tuple[dict[str, list[FlagChangeEvent]], dict[str, float | None] | None]:
+            return (
+                await read_histories(bootstrap, topics.flags.name),
+                await read_traffic(bootstrap, state_topic(topics).name, group),
+            )
+
+        histories, traffic = asyncio.run(read())
+        if traffic is None:
+            notes.append(f"no worker snapshot for group {group!r}: traffic not checked")
+    else:
+        notes.append("no broker given: only expiry checked (--broker or DRIFTSWITCH_BROKER)")
+    found = findings(config, histories, traffic, time.time(), days)
+    if as_json:
+        doc = {"days": days, "findings": [f.to_json() for f in found], "notes": notes}
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        table = Table("flag", "finding", "detail", "owner", title=f"flag debt (N = {days:g} days)")
+        for f in found:
+            table.add_row(f.flag, f.kind, f.detail, f.owner or "(none)")
+        if found:
+            console.print(table)
+        else:
+            console.print(f"no expired or stale flags among {len(config.flags)}")
+        for note in notes:
+            console.print(f"note: {note}")
+    if found:
+        raise SystemExit(1)
