@@ -8,6 +8,9 @@ the newest event time seen per flag (the worker's engine statistics). Four findi
   ``days`` days: the release is done, the flag should go.
 - ``no_traffic``: no prediction for the flag in ``days`` days (or none ever, for a flag created
   more than ``days`` days ago).
+
+A change stamped at time 0 (a worker's version 1 from the config, made before any event) has no
+known time: the checks that count days from it skip it rather than guess.
 - ``killed``: a variant is killed and was never restored (nobody decided what to do with it).
 
 ``expired`` feeds ``driftswitch_flag_expired``; the other three ``driftswitch_flag_stale``
@@ -95,7 +98,7 @@ def findings(
                 if full_variant(change) != full:
                     break
                 since = change.ts
-            if now - since > limit:
+            if since > 0 and now - since > limit:
                 out.append(
                     Finding(
                         name,
@@ -108,7 +111,7 @@ def findings(
         if last_traffic is not None:
             last = last_traffic.get(name)
             created = history[0].ts
-            if last is None and now - created > limit:
+            if last is None and created > 0 and now - created > limit:
                 out.append(
                     Finding(
                         name,

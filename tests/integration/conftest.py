@@ -52,3 +52,18 @@ def produce(broker: EmbeddedBroker) -> Callable[[list[tuple[str, bytes, bytes]]]
         assert producer.flush(30) == 0
 
     return send
+
+
+_ARTEFACTS = pytest.StashKey[list[Path]]()
+
+
+@pytest.fixture
+def record_artefact(request: pytest.FixtureRequest) -> Callable[[Path], None]:
+    """``record_artefact(path)``: name a file this test made (a screenshot) in the run's summary,
+    so a CI log says where to find it."""
+    return request.config.stash.setdefault(_ARTEFACTS, []).append
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for path in config.stash.get(_ARTEFACTS, []):
+        terminalreporter.write_line(f"artefact: {path}")
