@@ -11,7 +11,8 @@ the newest event time seen per flag (the worker's engine statistics). Four findi
 
 A change stamped at time 0 (a worker's version 1 from the config, made before any event) has no
 known time: the checks that count days from it skip it rather than guess.
-- ``killed``: a variant is killed and was never restored (nobody decided what to do with it).
+- ``killed``: a variant has been killed for more than ``days`` days, never restored (nobody
+  decided what to do with it).
 
 ``expired`` feeds ``driftswitch_flag_expired``; the other three ``driftswitch_flag_stale``
 (label ``reason``), in :mod:`driftswitch.streams.service.metrics`.
@@ -136,6 +137,8 @@ def findings(
                 if cv is None or not cv.killed:
                     break
                 since = change.ts
+            if since <= 0 or now - since <= limit:
+                continue
             out.append(
                 Finding(
                     name,
