@@ -59,7 +59,11 @@ flags:
 
 
 def change(
-    flag: str, version: int, ts: float, weights: dict[str, int], killed: frozenset[str] = frozenset()
+    flag: str,
+    version: int,
+    ts: float,
+    weights: dict[str, int],
+    killed: frozenset[str] = frozenset(),
 ) -> FlagChangeEvent:
     return FlagChangeEvent(
         flag=flag,
@@ -101,7 +105,8 @@ def histories() -> dict[str, list[FlagChangeEvent]]:
 def test_the_config_takes_owner_description_tags_expiry_and_temporary() -> None:
     config = parse_config(CONFIG)
     release = config.flags["release"]
-    assert (release.owner, release.temporary, release.expires) == ("web", True, dt.date(2026, 5, 31))
+    expected = ("web", True, dt.date(2026, 5, 31))
+    assert (release.owner, release.temporary, release.expires) == expected
     quiet = config.flags["quiet"]
     assert (quiet.owner, quiet.description, quiet.tags, quiet.temporary, quiet.expires) == (
         None,
@@ -136,7 +141,9 @@ def test_findings_cover_each_case_and_only_those() -> None:
     assert by["release", "fully_rolled_out"].detail == (
         "temporary flag serving new to everyone for 20.0 days"
     )
-    assert by["quiet", "no_traffic"].detail == "no prediction seen since it was created 40.0 days ago"
+    assert by["quiet", "no_traffic"].detail == (
+        "no prediction seen since it was created 40.0 days ago"
+    )
     assert by["quiet", "no_traffic"].owner is None
     assert by["broken", "no_traffic"].detail == "no prediction for 20.0 days"
     assert by["broken", "killed"].since == NOW - 15 * DAY
