@@ -42,7 +42,9 @@ async def _read_all(bootstrap: str, topic: str) -> list[Any]:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
             await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or {0}
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            return []  # no such topic yet: nothing was ever published
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
