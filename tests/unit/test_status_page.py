@@ -1,0 +1,65 @@
+"""The status page's pieces that need no browser: the guardrail traces the engine keeps for its
+charts, and the page itself shipped as package data with no reference outside the worker."""
+
+from __future__ import annotations
+
+import re
+
+from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.pipeline.monitor import TRACE_POINTS
+from driftswitch.streams.service.page import page_html
+from driftswitch.streams.tools.simulate import Scenario, config_yaml, simulate
+
+GUARDRAIL = """\
+      - name: acc
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
+        min_samples: 50
+        action: warn
+"""
+
+
+def test_each_flush_adds_one_trace_point_with_the_statistic_then() -> None:
+    scenario = Scenario(requests=3000, change_at=1500, seed=5)
+    engine = Engine(parse_config(config_yaml(scenario, GUARDRAIL)))
+    events = list(simulate(scenario))
+    assert engine.traces() == {"ranker": {"acc": []}}
+    seen = []
+    for start in range(0, len(events), 500):
+        batch = events[start : start + 500]
+        engine.process(batch)
+        g = engine.snapshot()["flags"]["ranker"]["guardrails"]["acc"]
+        seen.append((g["statistic"], g["threshold"]))
+    trace = engine.traces()["ranker"]["acc"]
+    # One point per batch that fed the detector (the first batches may hold no outcome yet).
+    assert 0 < len(trace) <= len(seen)
+    assert [(s, t) for _, s, t in trace] == seen[len(seen) - len(trace) :]
+    times = [ts for ts, _, _ in trace]
+    assert times == sorted(times)
+    assert times[-1] <= events[-1].ts
+
+
+def test_the_trace_is_bounded() -> None:
+    scenario = Scenario(requests=15 * TRACE_POINTS, change_at=None, label_delay=0.0, seed=1)
+    engine = Engine(parse_config(config_yaml(scenario, GUARDRAIL)))
+    for event in simulate(scenario):
+        engine.process([event])
+    trace = engine.traces()["ranker"]["acc"]
+    assert len(trace) == TRACE_POINTS
+    assert trace[-1][0] == max(ts for ts, _, _ in trace)
+
+
+def test_the_page_is_packaged_and_refers_to_nothing_outside_the_worker() -> None:
+    html = page_html().decode("utf-8")
+    assert html.startswith("<!doctype html>")
+    # Only the SVG namespace, which names the vocabulary and is never fetched.
+    urls = re.findall(r"[a-z]+://[^\s\"'`)]+", html)
+    assert set(urls) == {"http://www.w3.org/2000/svg"}
+    assert '<link rel="icon" href="data:,">' in html  # no favicon request either
+    assert not re.search(r"<(script|img|link|iframe)[^>]*\s(src|href)=\"(?!data:)", html)
+    # Every request the script makes is a relative path on the worker.
+    fetched = re.findall(r"fetch\(\s*([^,)]+)", html)
+    assert fetched
+    assert all(f.lstrip().startswith('"/') for f in fetched), fetched
