@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.service.metrics import METRICS, Metrics, metrics_handler
 
 #: The shape of ``Engine.snapshot()``.
@@ -179,6 +180,14 @@ def test_names_units_and_label_sets_follow_the_style_guide() -> None:
     metrics.record_deadletter("schema")
     metrics.record_hook("generic", "failed")
     metrics.set_lag("t", 0, 1)
+    metrics.observe_lifecycle(
+        parse_config(
+            "flags:\n  ranker:\n    default: a\n    variants: {a: {weight: 100, value: 1}}\n"
+        ),
+        {},
+        True,
+        0.0,
+    )
     metrics.set_active(False)
     metrics.record_input_reset("t", 0)
     allowed_labels = {
