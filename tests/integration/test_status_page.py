@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -313,6 +314,26 @@ def test_kill_with_the_token_publishes_and_a_wrong_token_changes_nothing(
             # The page follows: beta is killed and can be restored.
             await search.get_by_role("button", name="Restore beta").wait_for()
             assert "beta killed" in await search.locator("> summary").inner_text()
+            # The change history (read from the flags topic) names the cause, actor and reason.
+            await search.locator("details.history > summary").click()
+            rows = search.locator("details.history tbody tr")
+
+            async def history_loaded() -> bool:
+                return await rows.count() == 2 and "loading" not in await rows.first.inner_text()
+
+            await until("the history is shown", history_loaded, 30, log)
+            newest = (await rows.first.inner_text()).split("\t")
+            assert [c.strip() for c in newest] == [
+                "2",
+                newest[1].strip(),  # the change time, checked below
+                "kill",
+                "manual",
+                "status-page",
+                "–",
+                "–",
+                "bad answers in the beta",
+            ]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", newest[1].strip())
             await page.screenshot(path=str(shot), full_page=True)
             await page.close()
             return requests
