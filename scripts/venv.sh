@@ -25,7 +25,7 @@ ensure_venv() {
   flock 9
   if [ ! -x "$VENV/bin/python" ]; then
     rm -rf "$VENV"
-    echo "driftswitch: creating $VENV (first run only)" >&2
+    echo "driftswitch: creating $VENV (first run only; the install below takes 1-5 minutes)" >&2
     "$py" -m venv "$VENV"
     quiet "$VENV/bin/python" -m pip install --upgrade pip
   fi
@@ -33,7 +33,8 @@ ensure_venv() {
   want="$extra $(cat pyproject.toml | sha1sum | cut -c1-40)"
   have=$(cat "$VENV/.deps-stamp" 2>/dev/null || true)
   if [ "$want" != "$have" ] && ! { [ "$extra" = service ] && [ "${have%% *}" = dev ] && [ "${have#* }" = "${want#* }" ]; }; then
-    echo "driftswitch: installing dependencies ($extra) into $VENV" >&2
+    echo "driftswitch: installing dependencies ($extra) into $VENV with pip (1-5 minutes;" \
+      "longer on a slow network)" >&2
     quiet "$VENV/bin/python" -m pip install -e ".[$extra]" --config-settings editable_mode=strict
     echo "$want" > "$VENV/.deps-stamp"
   fi

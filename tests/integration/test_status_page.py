@@ -83,6 +83,19 @@ OTHER_FLAGS = """\
       alpha: {weight: 60, value: alpha}
       beta: {weight: 40, value: beta}
     default: alpha
+  checkout:
+    owner: payments
+    default: old
+    variants:
+      old: {weight: 90, value: old}
+      new: {weight: 10, value: new}
+    rollout:
+      variant: new
+      steps: [10, 50, 100]
+      min_samples: 100
+      min_duration: 5m
+      metric: accuracy
+      margin: 0.05
   banner:
     owner: growth
     temporary: true
@@ -188,13 +201,18 @@ def test_page_shows_every_flag_and_a_live_chart_and_requests_only_the_worker(
             flags = await page.locator("details.flag").evaluate_all(
                 "els => els.map(e => e.dataset.flag)"
             )
-            assert flags == ["banner", "ranker", "search"]
+            assert flags == ["banner", "checkout", "ranker", "search"]
             banner = await page.locator('details[data-flag="banner"] > summary').inner_text()
             assert "owner: growth" in banner
             assert "expired" in banner
             search = await page.locator('details[data-flag="search"]').inner_text()
             assert "owner: search-team" in search
             assert (await chart(page, "ranker", "candidate-accuracy"))["points"] == 0
+            # A rollout's position and gates.
+            rollout = await page.locator('details[data-flag="checkout"] p.rollout').inner_text()
+            assert "Rollout of new against old" in rollout
+            assert "step 1 of 3 (10 %)" in rollout
+            assert "Gates: samples 0 of 100 needed" in rollout
 
             # The statistic chart follows the events as they arrive.
             await asyncio.to_thread(produce, event_records(topics, events[:PART]))
@@ -239,7 +257,7 @@ def test_page_shows_every_flag_and_a_live_chart_and_requests_only_the_worker(
     if os.environ.get("DRIFTSWITCH_DOCS_IMAGES") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "img" / "status-page.png")
     # Nothing outside the worker: every request the browser made went to the worker's origin.
-    assert any(u.endswith("/api/v1/status?traces=banner,ranker,search") for u in requests)
+    assert any(u.endswith("/api/v1/status?traces=banner,checkout,ranker,search") for u in requests)
     assert [u for u in requests if not u.startswith(worker.url + "/")] == []
 
 
@@ -256,7 +274,7 @@ def test_kill_with_the_token_publishes_and_a_wrong_token_changes_nothing(
     worker.wait_active()
     wait_until(
         "version 1 of every flag is published",
-        lambda: len(flag_changes(broker.bootstrap, topics)) == 3,
+        lambda: len(flag_changes(broker.bootstrap, topics)) == 4,
         timeout=30,
     )
     before = flag_changes(broker.bootstrap, topics)
