@@ -59,7 +59,7 @@ from driftswitch.streams.contract.events import (
 from driftswitch.streams.pipeline import control, policy
 from driftswitch.streams.pipeline.control import Command, CommandError
 from driftswitch.streams.pipeline.join import DUPLICATE, JoinBuffer, Label
-from driftswitch.streams.pipeline.monitor import Decision, Monitor, VariantStats, plain
+from driftswitch.streams.pipeline.monitor import Decision, Monitor, Point, VariantStats, plain
 from driftswitch.streams.pipeline.rollout import Rollout
 from driftswitch.streams.pipeline.rollout import prediction_reader as rollout_reader
 from driftswitch.streams.pipeline.scoring import (
@@ -503,9 +503,9 @@ class Engine:
             "flags": flags,
         }
 
-    def traces(self) -> dict[str, dict[str, list[tuple[float, float | None, float | None]]]]:
-        """Per flag and guardrail, the recent ``(event time, statistic, threshold)`` points
-        (:attr:`Monitor.trace <driftswitch.streams.pipeline.monitor.Monitor.trace>`)."""
+    def traces(self) -> dict[str, dict[str, list[Point]]]:
+        """Per flag and guardrail, the recent ``(event time, statistic, threshold, breaches)``
+        points (:attr:`Monitor.trace <driftswitch.streams.pipeline.monitor.Monitor.trace>`)."""
         return {
             name: {m.guardrail.name: list(m.trace) for m in f.monitors}
             for name, f in self._flags.items()

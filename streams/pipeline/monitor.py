@@ -41,6 +41,9 @@ TRACE_POINTS = 300
 _LATENCY_GROWTH = 1.02
 _LOG_GROWTH = math.log(_LATENCY_GROWTH)
 
+#: A trace point: event time, statistic, threshold, breaches so far.
+Point = tuple[float, float | None, float | None, int]
+
 NO_DECISION = "no decision yet"
 OK = "ok"
 BREACHED = "breached"
@@ -342,9 +345,10 @@ class Monitor:
         self.window_events = 0
         self.breaches = 0
         self.last_breach_ts: float | None = None
-        #: The recent past, one ``(event time, statistic, threshold)`` per flush that fed the
-        #: detector, the newest last; not part of the state (a restarted worker starts afresh).
-        self.trace: deque[tuple[float, float | None, float | None]] = deque(maxlen=TRACE_POINTS)
+        #: The recent past, one ``(event time, statistic, threshold, breaches so far)`` per flush
+        #: that fed the detector, the newest last; not part of the state (a restarted worker
+        #: starts afresh).
+        self.trace: deque[Point] = deque(maxlen=TRACE_POINTS)
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -355,7 +359,7 @@ class Monitor:
         ts = self.pending[-1][3]
         out = self._flush()
         det = self.detector
-        self.trace.append((ts, finite(det.statistic), finite(det.threshold)))
+        self.trace.append((ts, finite(det.statistic), finite(det.threshold), self.breaches))
         return out
 
     def _flush(self) -> list[Decision]:

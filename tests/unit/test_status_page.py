@@ -31,12 +31,13 @@ def test_each_flush_adds_one_trace_point_with_the_statistic_then() -> None:
         batch = events[start : start + 500]
         engine.process(batch)
         g = engine.snapshot()["flags"]["ranker"]["guardrails"]["acc"]
-        seen.append((g["statistic"], g["threshold"]))
+        seen.append((g["statistic"], g["threshold"], g["breaches"]))
     trace = engine.traces()["ranker"]["acc"]
     # One point per batch that fed the detector (the first batches may hold no outcome yet).
     assert 0 < len(trace) <= len(seen)
-    assert [(s, t) for _, s, t in trace] == seen[len(seen) - len(trace) :]
-    times = [ts for ts, _, _ in trace]
+    assert [(s, t, b) for _, s, t, b in trace] == seen[len(seen) - len(trace) :]
+    assert trace[-1][3] > 0  # the degraded candidate raised alarms, counted in the trace
+    times = [ts for ts, _, _, _ in trace]
     assert times == sorted(times)
     assert times[-1] <= events[-1].ts
 
@@ -48,7 +49,7 @@ def test_the_trace_is_bounded() -> None:
         engine.process([event])
     trace = engine.traces()["ranker"]["acc"]
     assert len(trace) == TRACE_POINTS
-    assert trace[-1][0] == max(ts for ts, _, _ in trace)
+    assert trace[-1][0] == max(p[0] for p in trace)
 
 
 def test_the_page_is_packaged_and_refers_to_nothing_outside_the_worker() -> None:
