@@ -382,15 +382,17 @@ def test_the_page_stays_usable_at_200_flags(
             "      a: {weight: 50, value: a}",
             "      b: {weight: 50, value: b}",
         ]
+    # Text from the config is shown as text, never parsed as HTML (the probe would be fetched).
+    lines.insert(2, """    description: 'ranking <img src="/xss-probe">'""")
     config = tmp_path / "many.yaml"
     config.write_text("\n".join(lines) + "\n")
     log = tmp_path / "worker.log"
     worker: WorkerProcess = start_worker(config, log)
     worker.wait_active(timeout=120)
 
-    async def scenario() -> None:
+    async def scenario() -> list[str]:
         async with chromium() as browser:
-            page, _ = await open_page(browser, worker)
+            page, requests = await open_page(browser, worker)
             await page.wait_for_selector(
                 'details[data-flag="flag-199"]', state="attached", timeout=60_000
             )
@@ -408,6 +410,12 @@ def test_the_page_stays_usable_at_200_flags(
             await page.keyboard.press("Enter")
             assert await page.locator("details.flag[open]").count() == 1
             assert await page.locator("details.flag[open]").get_attribute("data-flag") == "flag-003"
+            meta = await page.locator('details[data-flag="flag-000"] p.meta').inner_text()
+            assert 'ranking <img src="/xss-probe">' in meta
             await page.close()
+            return requests
 
-    asyncio.run(scenario())
+    requests = asyncio.run(scenario())
+    assert requests
+    assert [u for u in requests if not u.startswith(worker.url + "/")] == []
+    assert not [u for u in requests if "xss-probe" in u]
