@@ -18,6 +18,7 @@ API's reason. The token stays in the page's memory; it is never stored or sent e
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -25,10 +26,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from driftswitch.streams.config.model import Config
+from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.lifecycle import findings
 from driftswitch.streams.service.worker import Worker
 
-__all__ = ["page_html", "routes", "status_document"]
+__all__ = ["build_status", "page_html", "routes", "status_document"]
 
 #: Most flags whose traces one request may ask for.
 MAX_TRACES = 50
@@ -54,19 +58,35 @@ def _traffic(evaluation: dict[str, Any] | None) -> float | None:
 
 def status_document(worker: Worker, traces: set[str], now: float | None = None) -> dict[str, Any]:
     """The ``/api/v1/status`` body for ``worker`` (traces only for the flags in ``traces``)."""
-    now = time.time() if now is None else now
     active = worker.role == "active"
-    snapshot: dict[str, Any] = worker.engine.snapshot() if active else {}
-    evaluations: dict[str, Any] = snapshot.get("flags", {}) if active else {}
-    all_traces = worker.engine.traces() if active and traces else {}
-    config = worker.config
-    states = worker.flags
+    return build_status(
+        worker.config,
+        worker.flags,
+        worker.engine if active else None,
+        worker.role,
+        traces,
+        time.time() if now is None else now,
+    )
+
+
+def build_status(
+    config: Config,
+    states: Mapping[str, FlagChangeEvent],
+    engine: Engine | None,
+    role: str,
+    traces: set[str],
+    now: float,
+) -> dict[str, Any]:
+    """The status document from its parts; ``engine`` is None on a worker that is not active."""
+    snapshot: dict[str, Any] = engine.snapshot() if engine is not None else {}
+    evaluations: dict[str, Any] = snapshot.get("flags", {})
+    all_traces = engine.traces() if engine is not None and traces else {}
     traffic = {name: _traffic(evaluations.get(name)) for name in config.flags}
     found: dict[str, list[dict[str, Any]]] = {}
     for f in findings(
         config,
         {name: [state] for name, state in states.items()},
-        traffic if active else None,
+        traffic if engine is not None else None,
         now,
     ):
         found.setdefault(f.flag, []).append(f.to_json())
@@ -94,7 +114,7 @@ def status_document(worker: Worker, traces: set[str], now: float | None = None) 
         }
     return {
         "now": now,
-        "worker": {"role": worker.role, "watermark": snapshot.get("watermark")},
+        "worker": {"role": role, "watermark": snapshot.get("watermark")},
         "flags": flags,
     }
 
