@@ -20,44 +20,30 @@ from typing import Any
 import click
 
 from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.kafka.options import security_options
+from driftswitch.streams.kafka.settings import KafkaSettings
 
 __all__ = ["flags_group", "read_histories", "read_traffic"]
 
 BROKER_ENV = "DRIFTSWITCH_BROKER"
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[Any]:
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
+async def _read_all(kafka: KafkaSettings, topic: str) -> list[Any]:
+    """Every record of ``topic`` (all partitions, partition order); [] when it does not exist."""
+    from driftswitch.streams.kafka import connect
 
-    from driftswitch.streams.service.snapshot import read_to_end
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+    if not await connect.partitions_of(kafka, topic):
+        return []  # no such topic yet: nothing was ever published
+    read = await connect.read_partitions(
+        kafka, topic, idle_ms=200, max_partition_fetch_bytes=4 * 1024 * 1024
     )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            return []  # no such topic yet: nothing was ever published
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records = await read_to_end(consumer, tps, idle_ms=200)
-    finally:
-        await consumer.stop()
-    return [r for tp in sorted(records, key=lambda t: t.partition) for r in records[tp]]
+    return [r for tp in sorted(read.records, key=lambda t: t.partition) for r in read.records[tp]]
 
 
-async def read_histories(bootstrap: str, topic: str) -> dict[str, list[FlagChangeEvent]]:
+async def read_histories(kafka: KafkaSettings, topic: str) -> dict[str, list[FlagChangeEvent]]:
     """Every flag's changes on the flags topic, by version (duplicates and bad records dropped)."""
     by_flag: dict[str, dict[int, FlagChangeEvent]] = {}
-    for rec in await _read_all(bootstrap, topic):
+    for rec in await _read_all(kafka, topic):
         try:
             event = FlagChangeEvent.model_validate_json(rec.value)
         except ValueError:
@@ -66,12 +52,14 @@ async def read_histories(bootstrap: str, topic: str) -> dict[str, list[FlagChang
     return {f: [v[k] for k in sorted(v)] for f, v in by_flag.items()}
 
 
-async def read_traffic(bootstrap: str, topic: str, group: str) -> dict[str, float | None] | None:
+async def read_traffic(
+    kafka: KafkaSettings, topic: str, group: str
+) -> dict[str, float | None] | None:
     """The newest prediction's event time per flag, from the group's latest snapshot (None: no
     snapshot on the state topic)."""
     from driftswitch.streams.service.snapshot import latest_snapshot
 
-    snapshot = latest_snapshot(await _read_all(bootstrap, topic), group.encode())
+    snapshot = latest_snapshot(await _read_all(kafka, topic), group.encode())
     if snapshot is None:
         return None
     out: dict[str, float | None] = {}
@@ -104,8 +92,14 @@ def flags_group() -> None:
     help="Fully rolled out, or without traffic, for longer than this: stale.",
 )
 @click.option("--json", "as_json", is_flag=True, help="The findings as one JSON document.")
+@security_options
 def report_command(
-    config_path: str, bootstrap: str | None, group: str, days: float, as_json: bool
+    config_path: str,
+    bootstrap: str | None,
+    group: str,
+    days: float,
+    as_json: bool,
+    **kafka_options: str | None,
 ) -> None:
     """List expired and stale flags (exit status 1 when there are any)."""
     import orjson
@@ -113,8 +107,10 @@ def report_command(
     from rich.table import Table
 
     from driftswitch.streams.config.model import load_config
-    from driftswitch.streams.contract.errors import ConfigError
+    from driftswitch.streams.contract.errors import ConfigError, DriftswitchError
     from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.kafka.options import security_from_options
+    from driftswitch.streams.kafka.settings import as_settings
     from driftswitch.streams.pipeline.lifecycle import findings
     from driftswitch.streams.service.worker import state_topic
 
@@ -125,16 +121,22 @@ def report_command(
             click.echo(problem, err=True)
         raise SystemExit(2) from None
     bootstrap = bootstrap or os.environ.get(BROKER_ENV)
+    try:
+        security = security_from_options(kafka_options)
+    except DriftswitchError as err:
+        click.echo(f"driftswitch flags report: {err}", err=True)
+        raise SystemExit(2) from None
     histories: dict[str, list[FlagChangeEvent]] = {}
     traffic: dict[str, float | None] | None = None
     notes: list[str] = []
     if bootstrap:
         topics = Topics.from_env(os.environ)
+        kafka = as_settings(bootstrap, security)
 
         async def read() -> tuple[dict[str, list[FlagChangeEvent]], dict[str, float | None] | None]:
             return (
-                await read_histories(bootstrap, topics.flags.name),
-                await read_traffic(bootstrap, state_topic(topics).name, group),
+                await read_histories(kafka, topics.flags.name),
+                await read_traffic(kafka, state_topic(topics).name, group),
             )
 
         histories, traffic = asyncio.run(read())

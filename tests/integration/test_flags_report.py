@@ -21,7 +21,8 @@ from driftswitch.streams.contract.events import (
     VariantState,
     encode,
 )
-from driftswitch.streams.contract.topics import Topics, ensure_topics
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.service.snapshot import Snapshot, encode_chunks
 from driftswitch.streams.service.worker import state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
