@@ -8,7 +8,7 @@ import re
 from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.monitor import TRACE_POINTS
-from driftswitch.streams.service.page import page_html
+from driftswitch.streams.service.page import build_status, page_html
 from driftswitch.streams.tools.simulate import Scenario, config_yaml, simulate
 
 GUARDRAIL = """\
@@ -64,3 +64,37 @@ def test_the_page_is_packaged_and_refers_to_nothing_outside_the_worker() -> None
     fetched = re.findall(r"fetch\(\s*([^,)]+)", html)
     assert fetched
     assert all(f.lstrip().startswith('"/') for f in fetched), fetched
+
+
+def test_the_status_document_of_an_active_and_of_a_standby_worker() -> None:
+    text = config_yaml(Scenario(), GUARDRAIL).replace("  ranker:\n", "  ranker:\n    owner: ml\n")
+    config = parse_config(
+        text + "  old:\n    expires: 2020-01-01\n    default: a\n"
+        "    variants:\n      a: {weight: 100, value: a}\n"
+    )
+    engine = Engine(config)
+    events = list(simulate(Scenario(requests=2000, change_at=None, seed=2)))
+    engine.process(events)
+    states = {s.flag: s for s in engine.states()}
+    now = events[-1].ts + 60
+    doc = build_status(config, states, engine, "active", {"ranker"}, now)
+    assert list(doc["flags"]) == ["old", "ranker"]
+    ranker = doc["flags"]["ranker"]
+    assert ranker["meta"]["owner"] == "ml"
+    assert ranker["meta"]["guardrails"] == ["acc"]
+    assert ranker["state"]["version"] == 1
+    assert ranker["evaluation"]["guardrails"]["acc"]["samples"]["candidate"] > 0
+    assert ranker["traces"] == engine.traces()["ranker"]
+    assert ranker["traces"]["acc"]
+    assert ranker["findings"] == []
+    old = doc["flags"]["old"]
+    assert old["traces"] is None  # not asked for
+    assert [f["kind"] for f in old["findings"]] == ["expired"]
+    assert doc["worker"] == {"role": "active", "watermark": engine.snapshot()["watermark"]}
+    # A standby worker has the published states only: no statistics, no traffic judgement.
+    doc = build_status(config, states, None, "standby", {"ranker"}, now + 30 * 86400)
+    ranker = doc["flags"]["ranker"]
+    assert ranker["evaluation"] is None
+    assert ranker["traces"] is None
+    assert ranker["findings"] == []
+    assert doc["worker"] == {"role": "standby", "watermark": None}
