@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from driftswitch.detectors import registry
+from driftswitch.streams.contract import targeting
 from driftswitch.streams.contract.errors import ConfigError
 from driftswitch.streams.contract.events import Name
 
@@ -379,6 +380,12 @@ class FlagConfig(_Model):
     rollout: RolloutConfig | None = Field(
         None, description="A progressive rollout of a candidate variant (steps and gates)."
     )
+    targeting: dict[str, JsonValue] | None = Field(
+        None,
+        description="A rule in flagd's JSON Logic dialect over the evaluation context "
+        "(targetingKey, attributes); its result is served when it names a live variant, "
+        "otherwise the weights decide. `{$ref: name}` uses a rule from `$evaluators`.",
+    )
 
 
 class JoinConfig(_Model):
@@ -404,6 +411,11 @@ class Config(_Model):
     )
     hooks: list[HookConfig] = Field(
         default_factory=list, description="Webhooks called for every flag's changes and alerts."
+    )
+    evaluators: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        alias="$evaluators",
+        description="Reusable targeting rules (flagd's `$evaluators`), used as `{$ref: name}`.",
     )
 
 
@@ -726,9 +738,37 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         except ValidationError:
             continue  # already reported above
         _check_flag(problems, str(name), flag)
+        if flag.targeting is not None:
+            refs = data.get("$evaluators")
+            for path, message in targeting.check_rule(
+                flag.targeting,
+                list(flag.variants),
+                refs if isinstance(refs, dict) else {},
+                ["flags", str(name), "targeting"],
+            ):
+                problems.add(path, message)
+    evaluators = data.get("$evaluators")
+    if isinstance(evaluators, dict):
+        for path, message in targeting.check_evaluators(evaluators, ["$evaluators"]):
+            problems.add(path, message)
     if problems.items or config is None:
         raise ConfigError(problems.items)
-    return config
+    return _expand_targeting(config)
+
+
+def _expand_targeting(config: Config) -> Config:
+    """The config with every flag's ``$ref`` replaced by its ``$evaluators`` rule."""
+    if not config.evaluators:
+        return config
+    flags = {
+        name: flag.model_copy(
+            update={"targeting": targeting.expand_refs(flag.targeting, config.evaluators)}
+        )
+        if flag.targeting is not None
+        else flag
+        for name, flag in config.flags.items()
+    }
+    return config.model_copy(update={"flags": flags})
 
 
 def load_config(path: str | Path) -> Config:

@@ -315,6 +315,11 @@ class FlagChangeEvent(_Event):
         description="Set while an operator pins one variant; `variants` then carry the pinned "
         "weights (100 to it), so every consumer serves it without knowing about pins.",
     )
+    targeting: dict[str, JsonValue] | None = Field(
+        None,
+        description="The flag's targeting rule in flagd's JSON Logic dialect ($ref expanded): "
+        "its result is served when it names a live variant; otherwise the weights decide.",
+    )
 
     _ts = field_validator("ts")(_check_seconds)
 

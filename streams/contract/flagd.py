@@ -6,6 +6,8 @@ The document follows flagd-schemas ``json/flags.json``: one flag per driftswitch
 (killed
 variants excluded, their share served by the default). flagd, any OpenFeature flagd provider and
 :class:`driftswitch.streams.contract.assign.Fractional` then assign every user the same variant.
+A flag with a ``targeting`` rule carries it combined with that split, as
+:func:`driftswitch.streams.contract.targeting.served_targeting` lays it out.
 
 flagd's schema types a flag by its variant values: give all variants of a flag values of one
 kind (booleans, strings, numbers or JSON objects), or flagd and typed OpenFeature calls reject it.
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from driftswitch.streams.contract.assign import fractions
+from driftswitch.streams.contract.targeting import served_targeting
 
 if TYPE_CHECKING:
     from driftswitch.streams.contract.events import FlagChangeEvent
@@ -42,8 +44,8 @@ def flag_definition(event: FlagChangeEvent) -> dict[str, Any]:
     """The flagd definition of one flag state.
 
     Every variant stays in ``variants`` (a restore then only changes the targeting); a killed
-    variant never appears in ``fractional``. Without any positive live weight the flag has no
-    ``targeting`` and flagd serves ``defaultVariant`` (reason STATIC).
+    variant never appears in ``fractional``. Without a rule and without any positive live weight
+    the flag has no ``targeting`` and flagd serves ``defaultVariant`` (reason STATIC).
     """
     definition: dict[str, Any] = {
         "state": "ENABLED",
@@ -51,9 +53,9 @@ def flag_definition(event: FlagChangeEvent) -> dict[str, Any]:
         "defaultVariant": event.default_variant,
         "metadata": {"driftswitchVersion": event.version},
     }
-    split = fractions(event)
-    if split:
-        definition["targeting"] = {"fractional": [[name, weight] for name, weight in split]}
+    rule = served_targeting(event)
+    if rule is not None:
+        definition["targeting"] = rule
     return definition
 
 

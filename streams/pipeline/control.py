@@ -389,6 +389,7 @@ def transition(
         actor=command.actor,
         paused=paused,
         pinned=pinned,
+        targeting=state.targeting,
     )
 
 
@@ -512,7 +513,13 @@ def reconcile(state: FlagChangeEvent, flag: FlagConfig, ts: float) -> FlagChange
         v: VariantState(weight=live[v], killed=v in killed, value=cfg.value)
         for v, cfg in flag.variants.items()
     }
-    if variants == dict(old) and default == state.default_variant and pinned == state.pinned:
+    targeting = flag.targeting
+    if (
+        variants == dict(old)
+        and default == state.default_variant
+        and pinned == state.pinned
+        and targeting == state.targeting
+    ):
         return None
     changes = []
     if set(variants) != set(old):
@@ -529,6 +536,8 @@ def reconcile(state: FlagChangeEvent, flag: FlagConfig, ts: float) -> FlagChange
         changes.append("pin ended")
     if any(v in old and old[v].value != s.value for v, s in variants.items()):
         changes.append("values updated")
+    if targeting != state.targeting:
+        changes.append("targeting updated")
     what = "config reloaded: " + ("; ".join(changes) or "weights refitted")
     return FlagChangeEvent(
         flag=state.flag,
@@ -540,4 +549,5 @@ def reconcile(state: FlagChangeEvent, flag: FlagConfig, ts: float) -> FlagChange
         actor="driftswitch",
         paused=state.paused,
         pinned=pinned,
+        targeting=targeting,
     )

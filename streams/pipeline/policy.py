@@ -51,6 +51,7 @@ def initial_state(name: str, flag: FlagConfig, ts: float = 0.0) -> FlagChangeEve
         cause=Cause(kind=CauseKind.CONFIG, action=Action.INIT, reason="initial state from config"),
         ts=ts,
         actor=ACTOR,
+        targeting=flag.targeting,
     )
 
 
@@ -167,6 +168,7 @@ def apply(
         actor=ACTOR,
         paused=paused,
         pinned=state.pinned,
+        targeting=state.targeting,
     )
 
 

@@ -217,6 +217,7 @@ class Rollout:
             actor=ACTOR,
             paused=True,
             pinned=state.pinned,
+            targeting=state.targeting,
         )
         warn = cause.model_copy(update={"action": Action.WARN})
         return [hold, self._alert(hold, warn, ts)]
@@ -289,6 +290,7 @@ class Rollout:
             actor=ACTOR,
             paused=state.paused,
             pinned=state.pinned,
+            targeting=state.targeting,
         )
 
     def _alert(self, state: FlagChangeEvent, cause: Cause, ts: float) -> AlertEvent:
