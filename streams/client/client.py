@@ -20,7 +20,8 @@ over the
   cached state (bit-for-bit flagd ``fractional``), a killed variant is never served, an unknown
   flag gets its configured default, and nothing on that path raises.
 
-Imports stay light (aiokafka, pydantic, cbor2, mmh3, orjson): no Faust, numpy or river.
+Imports stay light (aiokafka, pydantic, cbor2, mmh3, orjson, and for targeting rules the pure
+Python json_logic and semver): no Faust, numpy or river.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pydantic import JsonValue, ValidationError
 
 from driftswitch.streams.contract.assign import Fractional
 from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.targeting import evaluate, served_targeting, variant_name
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka.settings import (
     KafkaConnectError,
@@ -58,14 +60,15 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: Why a variant was served (see :class:`Resolution`).
-ResolutionReason = Literal["split", "static", "default", "unknown", "error"]
+ResolutionReason = Literal["targeting", "split", "static", "default", "unknown", "error"]
 
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
     """One flag evaluation: the variant, its value, and why.
 
-    ``reason`` is ``split`` (assigned by the fractional split of the current state), ``static``
+    ``reason`` is ``targeting`` (the flag's targeting rule named the variant), ``split``
+    (assigned by the fractional split of the current state), ``static``
     (the state serves one non-default variant to everyone), ``default`` (the state serves its
     default variant to this key: to everyone, or there is no targeting key),
     ``unknown`` (no state held yet; the configured default, if any) or ``error`` (evaluation
@@ -111,6 +114,7 @@ class _FlagEntry:
     state: FlagChangeEvent
     split: Fractional
     only: str | None  # the variant everyone gets, if the split has just one
+    rule: dict[str, Any] | None  # the served targeting, when the flag has a rule (not pinned)
 
 
 # A buffered event: (topic role, key, payload); payload is a dict or a model encoded later.
@@ -305,18 +309,44 @@ class DriftswitchClient:
     ) -> str | None:
         """The variant ``targeting_key`` gets for ``flag``; never raises.
 
-        The assignment uses only the flag and the targeting key (flagd's default bucketing), so
-        every flagd/OpenFeature client agrees; ``attributes`` are accepted for OpenFeature
-        parity. Unknown state gives the configured default (``None`` if there is none).
+        Without a targeting rule the assignment uses only the flag and the targeting key
+        (flagd's default bucketing). A flag with a rule evaluates the same expression the flagd
+        document carries (:func:`~driftswitch.streams.contract.targeting.served_targeting`)
+        over ``targeting_key`` and ``attributes``, so every flagd/OpenFeature client agrees.
+        Unknown state gives the configured default (``None`` if there is none).
         """
         try:
             entry = self._flags.get(flag)
             if entry is None:
                 return self.defaults.get(flag)
+            if entry.rule is not None:
+                return self._targeted(entry, targeting_key, attributes)[0]
             return entry.split.variant(targeting_key)
         except Exception:
             log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
             return self._fallback(flag)
+
+    @staticmethod
+    def _targeted(
+        entry: _FlagEntry, targeting_key: str | None, attributes: Mapping[str, Any] | None
+    ) -> tuple[str, bool]:
+        """The variant the flag's served targeting names (and ``True``), else the default.
+
+        As flagd: a rule that yields nothing, or no variant, serves ``defaultVariant``.
+        """
+        state = entry.state
+        name = variant_name(evaluate(state.flag, entry.rule, targeting_key, attributes))
+        if name is not None and name in state.variants:
+            return name, True
+        return state.default_variant, False
+
+    @staticmethod
+    def _split_reason(entry: _FlagEntry, name: str, targeting_key: str | None) -> ResolutionReason:
+        if not targeting_key or name == entry.only == entry.state.default_variant:
+            return "default"
+        if entry.only is not None:
+            return "static"
+        return "split"
 
     def _fallback(self, flag: str) -> str | None:
         """The held state's default variant, else the configured default; never raises."""
@@ -349,14 +379,13 @@ class DriftswitchClient:
             if entry is None:
                 return Resolution(self.defaults.get(flag), default, "unknown")
             state, split = entry.state, entry.split
-            name = split.variant(targeting_key or "")
             reason: ResolutionReason
-            if not targeting_key or name == entry.only == state.default_variant:
-                reason = "default"
-            elif entry.only is not None:
-                reason = "static"
+            if entry.rule is not None:
+                name, matched = self._targeted(entry, targeting_key, attributes)
+                reason = "targeting" if matched else "default"
             else:
-                reason = "split"
+                name = split.variant(targeting_key or "")
+                reason = self._split_reason(entry, name, targeting_key)
             variant_state = state.variants.get(name)
             value = variant_state.value if variant_state is not None else default
             return Resolution(name, value, reason, state.version)
@@ -416,7 +445,8 @@ class DriftswitchClient:
         split = Fractional.from_event(state)
         served = {name for name, _ in split.fractions} or {state.default_variant}
         only = next(iter(served)) if len(served) == 1 else None
-        self._flags[state.flag] = _FlagEntry(state, split, only)
+        rule = served_targeting(state) if state.targeting is not None else None
+        self._flags[state.flag] = _FlagEntry(state, split, only, rule)
         self._flag_updates += 1
         with self._lock:
             callbacks = list(self._callbacks)

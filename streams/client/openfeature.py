@@ -6,6 +6,7 @@ the client's local cache, so an evaluation never touches the network and never r
 ========================================  ==========================================
 what happened                              reason (error code)
 ========================================  ==========================================
+the flag's targeting rule decided          ``TARGETING_MATCH``
 the fractional split assigned the key      ``SPLIT`` (pseudorandom sticky assignment)
 everyone gets one non-default variant      ``STATIC``
 the state serves its default to everyone   ``DEFAULT`` (also when there is no targeting key)
@@ -41,7 +42,12 @@ log = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
 
-_REASONS = {"split": Reason.SPLIT, "static": Reason.STATIC, "default": Reason.DEFAULT}
+_REASONS = {
+    "targeting": Reason.TARGETING_MATCH,
+    "split": Reason.SPLIT,
+    "static": Reason.STATIC,
+    "default": Reason.DEFAULT,
+}
 
 
 def _is_bool(value: object) -> bool:

@@ -1,0 +1,363 @@
+"""Targeting rules: checked by ``validate``, and evaluated exactly as flagd evaluates them.
+
+The equivalence test writes the flagd document of flag states with rules (the worker's
+:class:`~driftswitch.streams.contract.flagd.FlagdFile`), loads it into openfeature-provider-flagd
+in file mode, and compares its variant with the client's for 100,000 random contexts across
+the rule sets below.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from openfeature import api
+from openfeature.contrib.provider.flagd import FlagdProvider
+from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.flag_evaluation import Reason
+from openfeature.provider import ProviderStatus
+
+from driftswitch.streams.client.client import DriftswitchClient
+from driftswitch.streams.client.openfeature import DriftswitchProvider
+from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.contract.flagd import FlagdFile, flag_definition
+from driftswitch.streams.contract.targeting import evaluate, served_targeting
+from driftswitch.streams.pipeline.policy import initial_state
+from driftswitch.streams.tools.cli import main
+
+CONFIG = """\
+$evaluators:
+  internal:
+    ends_with: [{var: email}, "@example.com"]
+  oceania:
+    in: [{var: region}, [nz, au]]
+flags:
+  by-region:
+    default: control
+    variants:
+      control:   {weight: 80, value: CONTROL}
+      candidate: {weight: 20, value: CANDIDATE}
+    targeting:
+      if:
+        - {in: [{var: region}, [jp, kr, "tw"]]}
+        - control
+        - {==: [{var: region}, nz]}
+        - candidate
+        - null
+  by-version:
+    default: control
+    variants:
+      control:   {weight: 50, value: CONTROL}
+      candidate: {weight: 30, value: CANDIDATE}
+      internal:  {weight: 20, value: INTERNAL}
+    targeting:
+      if:
+        - {$ref: internal}
+        - internal
+        - {sem_ver: [{var: app_version}, ">=", "2.1.0"]}
+        - candidate
+        - {sem_ver: [{var: app_version}, "~", "1.4"]}
+        - control
+        - null
+  by-account:
+    default: control
+    variants:
+      control:   {weight: 90, value: CONTROL}
+      candidate: {weight: 10, value: CANDIDATE}
+    targeting:
+      if:
+        - {==: [{var: tier}, pro]}
+        - fractional: [{cat: [{var: account}, "-", {var: region}]}, [control, 30], [candidate, 70]]
+        - {starts_with: [{var: targetingKey}, "qa-"]}
+        - candidate
+        - null
+  by-numbers:
+    default: control
+    variants:
+      control:   {weight: 60, value: CONTROL}
+      candidate: {weight: 40, value: CANDIDATE}
+    targeting:
+      if:
+        - and:
+            - {">=": [{var: age}, 18]}
+            - {"<": [{var: age}, 65]}
+            - {"!": {var: beta_opt_out}}
+        - candidate
+        - or:
+            - {"<=": [{var: score}, 0.25]}
+            - {"!=": [{var: plan}, paid]}
+        - control
+        - null
+  refs-and-kills:
+    default: control
+    variants:
+      control: {weight: 40, value: CONTROL}
+      green:   {weight: 30, value: GREEN}
+      blue:    {weight: 30, value: BLUE}
+    targeting:
+      if:
+        - {$ref: oceania}
+        - blue
+        - {$ref: internal}
+        - green
+        - {"<": [1, {var: seats}, 50]}
+        - fractional: [[green, 50], [blue, 50]]
+        - {var: region}
+  fall-through:
+    default: control
+    variants:
+      control:   {weight: 70, value: CONTROL}
+      candidate: {weight: 30, value: CANDIDATE}
+    targeting:
+      if:
+        - {ends_with: [{var: targetingKey}, "7"]}
+        - candidate
+        - {var: wanted}
+"""
+
+REGIONS = ["nz", "au", "jp", "kr", "tw", "us", "de", "NZ", "", "nz "]
+VERSIONS = ["2.1.0", "2.0.9", "v2.3", "1.4.7", "1.4", "1.5.0", "3", "2.1.0-beta", "junk", ""]
+
+
+def states() -> dict[str, FlagChangeEvent]:
+    config = parse_config(CONFIG, "targeting.yaml")
+    out = {name: initial_state(name, flag) for name, flag in config.flags.items()}
+    # A killed variant: the rule's "blue" users go to the default, the split's too.
+    kill = out["refs-and-kills"]
+    variants = dict(kill.variants)
+    variants["blue"] = variants["blue"].model_copy(update={"killed": True})
+    out["refs-and-kills"] = kill.model_copy(update={"variants": variants, "version": 2})
+    return out
+
+
+def random_context(rng: random.Random) -> tuple[str | None, dict[str, Any]]:
+    key: str | None
+    roll = rng.random()
+    if roll < 0.02:
+        key = None
+    elif roll < 0.05:
+        key = "qa-" + str(rng.randrange(10_000))
+    else:
+        key = "".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(1, 30)))
+    attributes: dict[str, Any] = {}
+    candidates: dict[str, Any] = {
+        "region": lambda: rng.choice(REGIONS),
+        "email": lambda: rng.choice(["a", "ops", "x.y"])
+        + rng.choice(["@example.com", "@example.org", "example.com"]),
+        "app_version": lambda: rng.choice(VERSIONS),
+        "tier": lambda: rng.choice(["pro", "free", "PRO"]),
+        "account": lambda: rng.choice([rng.randrange(1_000), float(rng.randrange(100)), "acme"]),
+        "age": lambda: rng.choice([rng.randrange(0, 100), rng.uniform(0, 100), "40"]),
+        "beta_opt_out": lambda: rng.choice([True, False]),
+        "score": lambda: rng.random(),
+        "plan": lambda: rng.choice(["paid", "trial"]),
+        "seats": lambda: rng.randrange(0, 100),
+        "wanted": lambda: rng.choice(["control", "candidate", "nope", 3, True]),
+    }
+    for name, make in candidates.items():
+        if rng.random() < 0.8:
+            attributes[name] = make()
+    return key, attributes
+
+
+@pytest.fixture
+def flagd_file(tmp_path: Path) -> Path:
+    file = FlagdFile(tmp_path / "flags.json")
+    assert file.update(*states().values())
+    return file.path
+
+
+def ready_client(domain: str, provider: Any) -> Any:
+    api.set_provider(provider, domain=domain)
+    client = api.get_client(domain=domain)
+    deadline = time.monotonic() + 30
+    while client.get_provider_status() is not ProviderStatus.READY:
+        assert time.monotonic() < deadline, client.get_provider_status()
+        time.sleep(0.01)
+    return client
+
+
+@pytest.mark.slow
+def test_client_and_provider_equal_flagd_for_100k_random_contexts(flagd_file: Path) -> None:
+    held = states()
+    ours = DriftswitchClient("127.0.0.1:1")
+    for state in held.values():
+        assert ours.apply(state)
+    try:
+        flagd = ready_client(
+            "targeting-flagd",
+            FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(flagd_file)),
+        )
+        provider = ready_client("targeting-ours", DriftswitchProvider(ours))
+        rng = random.Random(15)
+        flags = sorted(held)
+        mismatches: list[tuple[str, str | None, dict[str, Any], str | None, str | None]] = []
+        seen: dict[str, set[str]] = {flag: set() for flag in flags}
+        reasons: set[str] = set()
+        for i in range(100_000):
+            flag = flags[i % len(flags)]
+            key, attributes = random_context(rng)
+            context = EvaluationContext(targeting_key=key, attributes=attributes)
+            theirs = flagd.get_string_details(flag, "fallback", context)
+            mine = ours.variant(flag, key or "", attributes) if key else None
+            resolved = ours.resolve(flag, key, attributes)
+            via_provider = provider.get_string_details(flag, "fallback", context)
+            if mine is None:
+                mine = resolved.variant
+            if not (
+                theirs.variant == mine == resolved.variant == via_provider.variant
+                and theirs.value == via_provider.value == str(mine).upper()
+            ):
+                mismatches.append((flag, key, attributes, theirs.variant, mine))
+            seen[flag].add(str(theirs.variant))
+            reasons.add(str(theirs.reason))
+        assert mismatches[:5] == []
+        # The contexts reach every branch: each flag serves all its live variants, the
+        # killed one never.
+        assert seen == {
+            "by-region": {"control", "candidate"},
+            "by-version": {"control", "candidate", "internal"},
+            "by-account": {"control", "candidate"},
+            "by-numbers": {"control", "candidate"},
+            "refs-and-kills": {"control", "green"},
+            "fall-through": {"control", "candidate"},
+        }
+        assert {Reason.TARGETING_MATCH, Reason.DEFAULT} <= reasons
+    finally:
+        api.clear_providers()
+        ours.close()
+
+
+def test_served_targeting_uses_the_rule_then_the_weights_and_sends_killed_to_default() -> None:
+    held = states()
+    rule = served_targeting(held["refs-and-kills"])
+    assert rule is not None
+    # nz is oceania -> blue, which is killed: served the default.
+    assert evaluate("refs-and-kills", rule, "k", {"region": "nz"}) == "control"
+    # A region that names no variant falls through to the weights (green/control/blue-killed).
+    for key in (str(i) for i in range(200)):
+        got = evaluate("refs-and-kills", rule, key, {"region": "us"})
+        assert got in {"green", "control"}
+    definition = flag_definition(held["by-region"])
+    assert definition["targeting"]["if"][-1] == {
+        "fractional": [["candidate", 20], ["control", 80]]
+    }
+
+
+def test_a_pin_overrides_the_rule() -> None:
+    state = states()["by-region"]
+    pinned = state.model_copy(
+        update={
+            "pinned": {"variant": "candidate", "weights": {"control": 80, "candidate": 20}},
+            "variants": {
+                "control": state.variants["control"].model_copy(update={"weight": 0}),
+                "candidate": state.variants["candidate"].model_copy(update={"weight": 100}),
+            },
+        }
+    )
+    pinned = FlagChangeEvent.model_validate(pinned.model_dump())
+    assert served_targeting(pinned) == {"fractional": [["candidate", 100]]}
+
+
+def test_expanded_refs_reach_the_flag_state() -> None:
+    state = states()["by-version"]
+    assert state.targeting is not None
+    assert state.targeting["if"][0] == {"ends_with": [{"var": "email"}, "@example.com"]}
+
+
+GOOD = """\
+flags:
+  ranker:
+    default: control
+    variants:
+      control:   {weight: 90, value: ranker-v1}
+      candidate: {weight: 10, value: ranker-v2}
+    targeting:
+      if:
+        - {in: [{var: region}, [nz, au]]}
+        - candidate
+        - null
+"""
+
+BAD_RULES = [
+    (
+        "unknown-operator",
+        GOOD.replace("{in: [", "{inn: ["),
+        [":9: flags.ranker.targeting.if[0].inn", "unknown operator 'inn'", "known:", "sem_ver"],
+    ),
+    (
+        "unknown-variant",
+        GOOD.replace("- candidate", "- candidat"),
+        [
+            ":10: flags.ranker.targeting.if[1]",
+            "variant 'candidat' does not exist",
+            "known: control, candidate",
+        ],
+    ),
+    (
+        "wrong-arity",
+        GOOD.replace("{in: [{var: region}, [nz, au]]}", "{in: [{var: region}]}"),
+        [":9: flags.ranker.targeting.if[0].in", "'in' takes exactly 2 arguments, got 1"],
+    ),
+    (
+        "sem-ver-arity",
+        GOOD.replace("{in: [{var: region}, [nz, au]]}", '{sem_ver: [{var: v}, ">="]}'),
+        [":9: flags.ranker.targeting.if[0].sem_ver", "exactly 3 arguments, got 2"],
+    ),
+    (
+        "fractional-unknown-variant",
+        GOOD.replace("- candidate", "- fractional: [[control, 50], [canary, 50]]"),
+        [":10: flags.ranker.targeting.if[1].fractional[1][0]", "variant 'canary' does not exist"],
+    ),
+    (
+        "unknown-ref",
+        GOOD.replace("- {in: [{var: region}, [nz, au]]}", "- {$ref: oceana}"),
+        [":9: flags.ranker.targeting.if[0].$ref", "unknown evaluator 'oceana'", "none defined"],
+    ),
+    (
+        "ref-to-missing-variant",
+        "$evaluators:\n  pick: {if: [true, canary]}\n"
+        + GOOD.replace("- {in: [{var: region}, [nz, au]]}\n        - candidate", "- true\n        - {$ref: pick}"),
+        [
+            "flags.ranker.targeting.if[1].$ref.if[1]",
+            "variant 'canary' does not exist",
+            "through $evaluators.pick",
+        ],
+    ),
+    (
+        "evaluator-cycle",
+        "$evaluators:\n  a: {$ref: b}\n  b: {$ref: a}\n" + GOOD,
+        [":2: $evaluators.a", "cycle: a -> b -> a"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in BAD_RULES], ids=[c[0] for c in BAD_RULES]
+)
+def test_bad_rule_is_rejected_by_validate(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = tmp_path / "flags.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    problems = [line for line in result.stderr.splitlines() if not line.endswith("problem)")]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(str(path)), problems
+    for fragment in expected:
+        assert fragment in problems[0], (fragment, problems[0])
+
+
+def test_good_rules_validate(tmp_path: Path) -> None:
+    for text in (GOOD, CONFIG):
+        path = tmp_path / "flags.yaml"
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        result = CliRunner().invoke(main, ["validate", str(path)])
+        assert result.exit_code == 0, result.output
