@@ -244,9 +244,11 @@ def check_evaluators(evaluators: Mapping[str, Any], path: Path) -> list[Problem]
     problems: list[Problem] = []
     for name, rule in evaluators.items():
         _check(rule, None, evaluators, [*path, name], problems, result=False, seen=(name,))
+    reported: set[frozenset[str]] = set()
     for name in evaluators:
         cycle = _cycle(name, evaluators, (name,))
-        if cycle:
+        if cycle and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
             problems.append(
                 ([*path, name], "evaluators refer to each other in a cycle: " + " -> ".join(cycle))
             )
@@ -337,9 +339,7 @@ def _check(
         problems.append((here, f"{op!r} takes {_arity_text(low, high)}, got {len(items)}"))
         return
     if op == "sem_ver" and isinstance(items[1], str) and items[1] not in SEM_VER_OPS:
-        problems.append(
-            ([*here, 1], f"sem_ver comparison must be one of {', '.join(SEM_VER_OPS)}")
-        )
+        problems.append(([*here, 1], f"sem_ver comparison must be one of {', '.join(SEM_VER_OPS)}"))
     if op == "fractional":
         _check_fractional(items, variants, evaluators, here, problems, seen)
         return

@@ -27,7 +27,7 @@ from openfeature.provider import ProviderStatus
 from driftswitch.streams.client.client import DriftswitchClient
 from driftswitch.streams.client.openfeature import DriftswitchProvider
 from driftswitch.streams.config.model import parse_config
-from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.contract.events import FlagChangeEvent, Pin
 from driftswitch.streams.contract.flagd import FlagdFile, flag_definition
 from driftswitch.streams.contract.targeting import evaluate, served_targeting
 from driftswitch.streams.pipeline.policy import initial_state
@@ -150,8 +150,10 @@ def random_context(rng: random.Random) -> tuple[str | None, dict[str, Any]]:
     attributes: dict[str, Any] = {}
     candidates: dict[str, Any] = {
         "region": lambda: rng.choice(REGIONS),
-        "email": lambda: rng.choice(["a", "ops", "x.y"])
-        + rng.choice(["@example.com", "@example.org", "example.com"]),
+        "email": lambda: (
+            rng.choice(["a", "ops", "x.y"])
+            + rng.choice(["@example.com", "@example.org", "example.com"])
+        ),
         "app_version": lambda: rng.choice(VERSIONS),
         "tier": lambda: rng.choice(["pro", "free", "PRO"]),
         "account": lambda: rng.choice([rng.randrange(1_000), float(rng.randrange(100)), "acme"]),
@@ -194,7 +196,9 @@ def test_client_and_provider_equal_flagd_for_100k_random_contexts(flagd_file: Pa
     try:
         flagd = ready_client(
             "targeting-flagd",
-            FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(flagd_file)),
+            FlagdProvider(
+                resolver_type=ResolverType.FILE, offline_flag_source_path=str(flagd_file)
+            ),
         )
         provider = ready_client("targeting-ours", DriftswitchProvider(ours))
         rng = random.Random(15)
@@ -247,23 +251,20 @@ def test_served_targeting_uses_the_rule_then_the_weights_and_sends_killed_to_def
         got = evaluate("refs-and-kills", rule, key, {"region": "us"})
         assert got in {"green", "control"}
     definition = flag_definition(held["by-region"])
-    assert definition["targeting"]["if"][-1] == {
-        "fractional": [["candidate", 20], ["control", 80]]
-    }
+    assert definition["targeting"]["if"][-1] == {"fractional": [["candidate", 20], ["control", 80]]}
 
 
 def test_a_pin_overrides_the_rule() -> None:
     state = states()["by-region"]
     pinned = state.model_copy(
         update={
-            "pinned": {"variant": "candidate", "weights": {"control": 80, "candidate": 20}},
+            "pinned": Pin(variant="candidate", weights={"control": 80, "candidate": 20}),
             "variants": {
                 "control": state.variants["control"].model_copy(update={"weight": 0}),
                 "candidate": state.variants["candidate"].model_copy(update={"weight": 100}),
             },
         }
     )
-    pinned = FlagChangeEvent.model_validate(pinned.model_dump())
     assert served_targeting(pinned) == {"fractional": [["candidate", 100]]}
 
 
@@ -325,7 +326,10 @@ BAD_RULES = [
     (
         "ref-to-missing-variant",
         "$evaluators:\n  pick: {if: [true, canary]}\n"
-        + GOOD.replace("- {in: [{var: region}, [nz, au]]}\n        - candidate", "- true\n        - {$ref: pick}"),
+        + GOOD.replace(
+            "- {in: [{var: region}, [nz, au]]}\n        - candidate",
+            "- true\n        - {$ref: pick}",
+        ),
         [
             "flags.ranker.targeting.if[1].$ref.if[1]",
             "variant 'canary' does not exist",
