@@ -8,6 +8,7 @@ the rule sets below.
 
 from __future__ import annotations
 
+import logging
 import random
 import string
 import textwrap
@@ -193,6 +194,11 @@ def test_client_and_provider_equal_flagd_for_100k_random_contexts(flagd_file: Pa
     ours = DriftswitchClient("127.0.0.1:1")
     for state in held.values():
         assert ours.apply(state)
+    # flagd's core logs a traceback for every version sem_ver cannot parse (then yields null,
+    # as ours does): silence it, or formatting them dominates the run.
+    flagd_log = logging.getLogger("openfeature.contrib")
+    level = flagd_log.level
+    flagd_log.setLevel(logging.CRITICAL)
     try:
         flagd = ready_client(
             "targeting-flagd",
@@ -211,16 +217,18 @@ def test_client_and_provider_equal_flagd_for_100k_random_contexts(flagd_file: Pa
             key, attributes = random_context(rng)
             context = EvaluationContext(targeting_key=key, attributes=attributes)
             theirs = flagd.get_string_details(flag, "fallback", context)
-            mine = ours.variant(flag, key or "", attributes) if key else None
             resolved = ours.resolve(flag, key, attributes)
-            via_provider = provider.get_string_details(flag, "fallback", context)
-            if mine is None:
-                mine = resolved.variant
-            if not (
-                theirs.variant == mine == resolved.variant == via_provider.variant
-                and theirs.value == via_provider.value == str(mine).upper()
-            ):
+            mine = ours.variant(flag, key, attributes) if key is not None else resolved.variant
+            if not theirs.variant == mine == resolved.variant:
                 mismatches.append((flag, key, attributes, theirs.variant, mine))
+            if i % 10 == 0:  # driftswitch's own OpenFeature provider (slower: the SDK's hooks)
+                via_provider = provider.get_string_details(flag, "fallback", context)
+                if not (
+                    via_provider.variant == theirs.variant
+                    and via_provider.value == theirs.value == str(mine).upper()
+                    and via_provider.reason == theirs.reason
+                ):
+                    mismatches.append((flag, key, attributes, via_provider.variant, mine))
             seen[flag].add(str(theirs.variant))
             reasons.add(str(theirs.reason))
         assert mismatches[:5] == []
@@ -236,6 +244,7 @@ def test_client_and_provider_equal_flagd_for_100k_random_contexts(flagd_file: Pa
         }
         assert {Reason.TARGETING_MATCH, Reason.DEFAULT} <= reasons
     finally:
+        flagd_log.setLevel(level)
         api.clear_providers()
         ours.close()
 
