@@ -31,6 +31,7 @@ from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.contract.events import FlagChangeEvent, Pin
 from driftswitch.streams.contract.flagd import FlagdFile, flag_definition
 from driftswitch.streams.contract.targeting import evaluate, served_targeting
+from driftswitch.streams.pipeline.control import Command, CommandAction, reconcile, transition
 from driftswitch.streams.pipeline.policy import initial_state
 from driftswitch.streams.tools.cli import main
 
@@ -374,3 +375,29 @@ def test_good_rules_validate(tmp_path: Path) -> None:
         path.write_text(textwrap.dedent(text), encoding="utf-8")
         result = CliRunner().invoke(main, ["validate", str(path)])
         assert result.exit_code == 0, result.output
+
+
+def test_a_kill_keeps_the_rule_and_a_reload_replaces_it() -> None:
+    config = parse_config(GOOD, "flags.yaml")
+    state = initial_state("ranker", config.flags["ranker"])
+    assert state.targeting == {"if": [{"in": [{"var": "region"}, ["nz", "au"]]}, "candidate", None]}
+    assert reconcile(state, config.flags["ranker"], 1.0) is None
+    changed = parse_config(GOOD.replace("[nz, au]", "[nz]"), "flags.yaml").flags["ranker"]
+    reloaded = reconcile(state, changed, 2.0)
+    assert reloaded is not None
+    assert reloaded.targeting == {"if": [{"in": [{"var": "region"}, ["nz"]]}, "candidate", None]}
+    assert "targeting updated" in reloaded.cause.reason
+    kill = Command(action=CommandAction.KILL, flag="ranker", variant="candidate", actor="t")
+    killed = transition(reloaded, changed, kill, 3.0)
+    assert killed is not None
+    assert killed.targeting == reloaded.targeting
+    assert killed.variants["candidate"].killed
+    # The rule sends nz to the candidate; killed, nz gets the default, like everyone else.
+    client = DriftswitchClient("127.0.0.1:1")
+    try:
+        client.apply(killed)
+        assert {client.variant("ranker", str(i), {"region": "nz"}) for i in range(50)} == {
+            "control"
+        }
+    finally:
+        client.close()
