@@ -10,6 +10,15 @@ partition and both offsets, the ``driftswitch_input_resets_total`` metric, and t
 ``DriftswitchInputReset`` alert (``deploy/prometheus/alerts.yml``). Statistics gathered before
 stay in the engine's state; records of the old data that were never read are gone with it.
 
+A topic recreated and refilled past the old position before the worker looks has an end beyond
+the position, so offsets alone cannot tell. The worker therefore also keeps a fingerprint of the
+last record it consumed on every input partition (:class:`Mark`: its offset, Kafka timestamp and
+a CRC-32 of key and value; stored in the snapshot): the check reads the record at that offset
+again, and a different record there (or none, on a partition whose data now starts after it)
+means the topic was recreated. The same policy applies. A mark whose record cannot be read back
+for another reason (compacted away, or deleted by retention together with everything up to the
+position) is not taken as a recreation.
+
 The check runs when the worker resumes, and in the background whenever its input has been idle
 for :data:`CHECK_INTERVAL` seconds, on a consumer of its own (the hot loop never waits for it).
 Tansu reports a partition's end as the base offset of its last batch, so a position past the
@@ -19,13 +28,15 @@ reported end is confirmed by reading that last batch until the partition stays i
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSettings
 
-__all__ = ["CHECK_INTERVAL", "find_lost"]
+__all__ = ["CHECK_INTERVAL", "Lost", "Mark", "find_lost", "mark_of"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,41 @@ CHECK_INTERVAL = 5.0
 #: Consecutive empty polls (of ``_IDLE_MS``) that mean a partition has no more records.
 _IDLE_POLLS = 3
 _IDLE_MS = 200
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The identity of one consumed record: offset, Kafka timestamp (ms) and CRC-32 of key+value."""
+
+    offset: int
+    timestamp: int
+    digest: int
+
+    def to_state(self) -> list[int]:
+        return [self.offset, self.timestamp, self.digest]
+
+    @classmethod
+    def from_state(cls, state: Any) -> Mark:
+        offset, timestamp, digest = (int(x) for x in state)
+        return cls(offset, timestamp, digest)
+
+
+def mark_of(record: Any) -> Mark:
+    """The :class:`Mark` of a consumer record (``offset``, ``timestamp``, ``key``, ``value``)."""
+    key = record.key or b""
+    digest = zlib.crc32(record.value or b"", zlib.crc32(len(key).to_bytes(4, "big") + key))
+    return Mark(int(record.offset), int(record.timestamp), digest)
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A partition whose data the broker lost: the range it holds now, and how it was found."""
+
+    start: int
+    end: int
+    #: The offset of the last record consumed, when the record there now is another one (the
+    #: position is within the data); None when the position is beyond the data.
+    replaced: int | None = None
 
 
 async def _true_end(consumer: Any, tp: Any, reported: int) -> int:
@@ -50,24 +96,52 @@ async def _true_end(consumer: Any, tp: Any, reported: int) -> int:
     return end
 
 
+async def _record_at(consumer: Any, tp: Any, offset: int) -> Any | None:
+    """The record at ``offset`` of ``tp``, or the first one after it, or None if there is none."""
+    consumer.seek(tp, offset)
+    for _ in range(_IDLE_POLLS):
+        batch = await consumer.getmany(tp, timeout_ms=_IDLE_MS, max_records=1)
+        records = batch.get(tp, [])
+        if records:
+            return records[0]
+    return None
+
+
 async def find_lost(
-    settings: KafkaSettings, positions: Mapping[Any, int]
-) -> dict[Any, tuple[int, int]]:
-    """Partitions whose position is beyond the broker's data: ``{tp: (start, end)}`` of the data
-    the broker holds now. Reads with a consumer of its own."""
+    settings: KafkaSettings,
+    positions: Mapping[Any, int],
+    marks: Mapping[Any, Mark] | None = None,
+) -> dict[Any, Lost]:
+    """Partitions whose data the broker lost, with the range it holds now: the position is
+    beyond the data, or the record ``marks`` names (the last one consumed) is not there any
+    more. Reads with a consumer of its own."""
     if not positions:
         return {}
+    marks = {tp: m for tp, m in (marks or {}).items() if tp in positions}
     async with kafka.consuming(settings, enable_auto_commit=False) as consumer:
         tps = list(positions)
         ends: Mapping[Any, int] = await consumer.end_offsets(tps)
-        suspect = [tp for tp in tps if positions[tp] > ends[tp]]
+        beyond = [tp for tp in tps if positions[tp] > ends[tp]]
+        suspect = sorted({*beyond, *marks}, key=lambda tp: (tp.topic, tp.partition))
         if not suspect:
             return {}
         consumer.assign(suspect)
         starts: Mapping[Any, int] = await consumer.beginning_offsets(suspect)
-        lost: dict[Any, tuple[int, int]] = {}
-        for tp in suspect:
+        lost: dict[Any, Lost] = {}
+        for tp in beyond:
             end = await _true_end(consumer, tp, ends[tp])
             if positions[tp] > end:
-                lost[tp] = (starts[tp], end)
+                lost[tp] = Lost(starts[tp], end)
+        for tp, mark in marks.items():
+            if tp in lost:
+                continue
+            found = await _record_at(consumer, tp, mark.offset)
+            if found is None or found.offset != mark.offset:
+                # Nothing to compare with: beyond the data is handled above; a record compacted
+                # away or deleted by retention up to the position skipped nothing.
+                continue
+            if mark_of(found) == mark:
+                continue
+            end = max(ends[tp], positions[tp])
+            lost[tp] = Lost(starts[tp], end, replaced=mark.offset)
         return lost

@@ -15,8 +15,13 @@ Formats (``format:`` in the config, :class:`~driftswitch.streams.config.model.Ho
     ``resolve`` on a restore. A kill, shift and restore share ``dedup_key``
     ``driftswitch:<flag>:<variant>``, so a restore resolves the incident its kill opened; a
     ``warn`` has its own ``driftswitch:<flag>:<variant>:warn:<guardrail>``, so a kill never merges
-    into an open warning. A warning has no end event: resolve it by hand or with the PagerDuty
-    service's auto-resolve timeout. Other changes (init, hold, rollout steps) are not sent.
+    into an open warning. A kill or a restore of a variant also resolves the warning incidents
+    of every guardrail that can warn about it (one ``resolve`` per guardrail, after the kill's
+    own event): the kill's incident takes over, a restore ends the episode. A warning about a
+    variant that is never killed or restored stays open until it is resolved by hand or by the
+    PagerDuty service's auto-resolve timeout: a sequential detector that has fired stays fired,
+    so no later event says the breach cleared. Other changes (init, hold, rollout steps) are not
+    sent.
 ``alertmanager``
     One alert in the body of Alertmanager's ``POST /api/v2/alerts`` (``/api/v2/alerts`` is added
     to the configured base URL). A kill or shift fires ``DriftswitchVariantDegraded`` with
@@ -74,9 +79,10 @@ import aiohttp
 import orjson
 from pydantic import JsonValue, SecretStr
 
-from driftswitch.streams.config.model import Config, HookConfig, HookFormat
+from driftswitch.streams.config.model import Config, GuardrailAction, HookConfig, HookFormat
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.contract.events import Action, AlertEvent, FlagChangeEvent, encode
+from driftswitch.streams.pipeline.rollout import ALERT_NAME as ROLLOUT_ALERT
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
@@ -94,11 +100,14 @@ __all__ = [
     "backoff_delay",
     "describe",
     "pagerduty_payload",
+    "pagerduty_warning_resolves",
     "render",
+    "render_all",
     "resolve_hooks",
     "sign",
     "slack_payload",
     "verify_signature",
+    "warning_sources",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,6 +160,9 @@ class Hook:
     max_attempts: int
     backoff: float
     max_backoff: float
+    #: ``(flag, variant, guardrail)`` of every guardrail that can raise a ``warn`` alert for
+    #: this hook: a kill or restore of the variant resolves their PagerDuty incidents.
+    warnings: tuple[tuple[str, str, str], ...] = ()
 
     def covers(self, flag: str) -> bool:
         """Whether events of ``flag`` go to this hook."""
@@ -158,7 +170,12 @@ class Hook:
 
     @classmethod
     def from_config(
-        cls, cfg: HookConfig, name: str, flag: str | None, environ: Mapping[str, str]
+        cls,
+        cfg: HookConfig,
+        name: str,
+        flag: str | None,
+        environ: Mapping[str, str],
+        warnings: tuple[tuple[str, str, str], ...] = (),
     ) -> Hook:
         """Resolve ``url_env``/``secret_env``; raise :class:`HookError` if one is unset."""
 
@@ -179,7 +196,23 @@ class Hook:
             max_attempts=cfg.max_attempts,
             backoff=cfg.backoff,
             max_backoff=cfg.max_backoff,
+            warnings=warnings,
         )
+
+
+def warning_sources(config: Config) -> tuple[tuple[str, str, str], ...]:
+    """``(flag, variant, guardrail)`` of everything in ``config`` that can raise a ``warn``
+    alert: guardrails with action ``warn``, and a rollout's own alerts about its candidate."""
+    out: list[tuple[str, str, str]] = []
+    for flag_name, fc in config.flags.items():
+        out.extend(
+            (flag_name, g.variant, g.name)
+            for g in fc.guardrails
+            if g.action is GuardrailAction.WARN
+        )
+        if fc.rollout is not None:
+            out.append((flag_name, fc.rollout.variant, ROLLOUT_ALERT))
+    return tuple(out)
 
 
 def resolve_hooks(config: Config, environ: Mapping[str, str]) -> list[Hook]:
@@ -194,10 +227,12 @@ def resolve_hooks(config: Config, environ: Mapping[str, str]) -> list[Hook]:
     ]
     for flag_name, fc in config.flags.items():
         scoped.extend((flag_name, i, h) for i, h in enumerate(fc.hooks))
+    warnings = warning_sources(config)
     for flag, i, cfg in scoped:
         name = cfg.name or f"{flag or 'global'}[{i}]"
+        mine = tuple(w for w in warnings if flag is None or w[0] == flag)
         try:
-            hooks.append(Hook.from_config(cfg, name, flag, environ))
+            hooks.append(Hook.from_config(cfg, name, flag, environ, mine))
         except HookError as exc:
             problems.append(str(exc))
     if problems:
@@ -312,7 +347,7 @@ def slack_escape(text: str) -> str:
 
 
 def _when(event: Event, now: float | None) -> str:
-    """``event time …`` (if known: an ``init`` state has none) and ``sent …``."""
+    """``event time …`` (if known: an ``init`` state from backtest has ``ts`` 0) and ``sent …``."""
     parts = [f"event time {_iso(event.ts)}"] if event.ts > 0 else []
     if now is not None:
         parts.append(f"sent {_iso(now)}")
@@ -386,6 +421,28 @@ def pagerduty_dedup_key(event: Event) -> str:
         return f"{PAGERDUTY_DEDUP_PREFIX}:{event.flag}:{event.variant}:warn:{event.guardrail}"
     variant = event.cause.variant
     return f"{PAGERDUTY_DEDUP_PREFIX}:{event.flag}" + (f":{variant}" if variant else "")
+
+
+def pagerduty_warning_resolves(
+    event: Event, routing_key: str, warnings: Iterable[tuple[str, str, str]]
+) -> list[dict[str, Any]]:
+    """PagerDuty ``resolve`` events for the warning incidents a kill or restore ends: one per
+    guardrail in ``warnings`` that can warn about the event's variant (resolving an incident that
+    is not open changes nothing)."""
+    if not isinstance(event, FlagChangeEvent):
+        return []
+    variant = event.cause.variant
+    if variant is None or event.cause.action not in (Action.KILL, Action.RESTORE):
+        return []
+    return [
+        {
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": f"{PAGERDUTY_DEDUP_PREFIX}:{flag}:{v}:warn:{guardrail}",
+        }
+        for flag, v, guardrail in warnings
+        if flag == event.flag and v == variant
+    ]
 
 
 def pagerduty_payload(event: Event, routing_key: str) -> dict[str, Any] | None:
@@ -477,6 +534,27 @@ def alertmanager_payload(event: Event, now: float) -> list[dict[str, Any]] | Non
         "endsAt": _iso(ends),
     }
     return [alert]
+
+
+def render_all(hook: Hook, event: Event, now: float) -> list[Request]:
+    """Every request ``hook`` sends for ``event``, in order: :func:`render`'s, then (PagerDuty)
+    the resolves of the warning incidents a kill or restore ends."""
+    first = render(hook, event, now)
+    requests = [first] if first is not None else []
+    if hook.format is HookFormat.PAGERDUTY:
+        key = hook.secret.get_secret_value() if hook.secret is not None else ""
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "driftswitch",
+            HEADER_EVENT: _event_kind(event),
+            HEADER_DELIVERY: _delivery_id(event),
+        }
+        url = hook.url.get_secret_value()
+        requests += [
+            Request(url, orjson.dumps(payload), headers)
+            for payload in pagerduty_warning_resolves(event, key, hook.warnings)
+        ]
+    return requests
 
 
 def render(hook: Hook, event: Event, now: float) -> Request | None:
@@ -705,13 +783,18 @@ class HookDispatcher:
         return False, status >= 500 or status in (408, 429), f"HTTP {status}"
 
     async def _deliver(self, hook: Hook, event: Event) -> None:
+        count = len(render_all(hook, event, self._clock()))
+        for i in range(count):  # none if this format does not report this kind of change
+            if not await self._deliver_one(hook, event, i):
+                return
+
+    async def _deliver_one(self, hook: Hook, event: Event, index: int) -> bool:
+        """Send request ``index`` of :func:`render_all` with retries; False once given up."""
         attempt = 0
         detail = ""
         while attempt < hook.max_attempts:
             attempt += 1
-            request = render(hook, event, self._clock())
-            if request is None:
-                return  # this format does not report this kind of change
+            request = render_all(hook, event, self._clock())[index]
             ok, retry, detail = await self._attempt(request, hook)
             if ok:
                 self._count(hook, Outcome.DELIVERED)
@@ -722,7 +805,7 @@ class HookDispatcher:
                     _delivery_id(event),
                     extra={"hook": hook.name, "flag": event.flag},
                 )
-                return
+                return True
             if not retry or attempt >= hook.max_attempts:
                 break
             self._count(hook, Outcome.RETRIED)
@@ -747,6 +830,7 @@ class HookDispatcher:
             extra={"hook": hook.name, "flag": event.flag},
         )
         await self._give_up(hook, event, "hook_failed", detail, attempt, Outcome.FAILED)
+        return False
 
     async def _give_up(
         self, hook: Hook, event: Event, reason: str, detail: str, attempts: int, outcome: Outcome

@@ -1,6 +1,7 @@
 """Worker state snapshots on a Kafka topic.
 
-A snapshot is ``{engine state, input offsets applied}``: the whole evaluation state (join
+A snapshot is ``{engine state, input offsets applied}`` (plus a fingerprint of the last record
+consumed per input partition, for detecting a recreated topic): the whole evaluation state (join
 buffer, statistics, detectors, flag versions) as the engine's plain-data ``to_state()``, together
 with the next offset to read on every input partition. The worker writes one periodically and
 BEFORE it moves on; a restarted worker loads the latest, seeks its inputs to the recorded
@@ -64,6 +65,9 @@ class Snapshot:
     offsets: dict[str, dict[int, int]]
     #: Counters worth keeping across restarts (records read, rejections by reason).
     counters: dict[str, int] = field(default_factory=dict)
+    #: ``{topic: {partition: [offset, Kafka timestamp, CRC-32]}}`` of the last record consumed
+    #: (:class:`driftswitch.streams.service.dataloss.Mark`); empty in older snapshots.
+    marks: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
 
 def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
@@ -74,6 +78,7 @@ def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes
         "engine": snapshot.engine,
         "offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in snapshot.offsets.items()},
         "counters": snapshot.counters,
+        "marks": {t: {str(p): m for p, m in ps.items()} for t, ps in snapshot.marks.items()},
     }
     blob = zlib.compress(orjson.dumps(doc), 1)
     pieces = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -92,7 +97,11 @@ def decode_chunks(chunks: Sequence[bytes]) -> Snapshot:
     offsets = {
         topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in doc["offsets"].items()
     }
-    return Snapshot(int(doc["seq"]), doc["engine"], offsets, dict(doc.get("counters", {})))
+    marks = {
+        topic: {int(p): [int(x) for x in m] for p, m in parts.items()}
+        for topic, parts in doc.get("marks", {}).items()
+    }
+    return Snapshot(int(doc["seq"]), doc["engine"], offsets, dict(doc.get("counters", {})), marks)
 
 
 def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:

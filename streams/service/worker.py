@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from driftswitch.streams.config.model import Config, load_config
 from driftswitch.streams.contract.errors import ConfigError, DriftswitchError, EventError
-from driftswitch.streams.contract.events import AlertEvent, FlagChangeEvent, encode
+from driftswitch.streams.contract.events import Action, AlertEvent, FlagChangeEvent, encode
 from driftswitch.streams.contract.topics import Topics, TopicSpec
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings, as_settings
@@ -71,7 +71,7 @@ from driftswitch.streams.pipeline.control import Command, CommandError, Outcome,
 from driftswitch.streams.pipeline.engine import Engine, Result
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
-from driftswitch.streams.service.dataloss import CHECK_INTERVAL, find_lost
+from driftswitch.streams.service.dataloss import CHECK_INTERVAL, Lost, Mark, find_lost, mark_of
 from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.logs import decision_context
 from driftswitch.streams.service.pacing import snapshot_interval
@@ -159,6 +159,10 @@ async def read_flags(bootstrap: str | KafkaSettings, topic: str) -> dict[str, Fl
     return latest
 
 
+def _marks_from_state(state: dict[str, dict[int, list[int]]]) -> dict[str, dict[int, Mark]]:
+    return {t: {p: Mark.from_state(m) for p, m in ps.items()} for t, ps in state.items()}
+
+
 class Worker:
     """One driftswitch worker process: lease, consume, evaluate, publish, snapshot, serve HTTP.
 
@@ -194,6 +198,8 @@ class Worker:
         self.flags: dict[str, FlagChangeEvent] = {}
         self.alerts: list[AlertEvent] = []
         self.offsets: dict[str, dict[int, int]] = {}
+        #: The last record consumed per input partition (see the dataloss module).
+        self.marks: dict[str, dict[int, Mark]] = {}
         self.counters: Counter[str] = Counter()
         self.resumed_from: int | None = None
         self._snapshot_seq = 0
@@ -206,7 +212,7 @@ class Worker:
         self._last_input_check = 0.0
         self._last_batch_at = time.monotonic()
         self._lease_missing_since: float | None = None
-        self._input_check: asyncio.Future[dict[Any, tuple[int, int]]] | None = None
+        self._input_check: asyncio.Future[dict[Any, Lost]] | None = None
         self._input_check_from: dict[Any, int] = {}
         self._dirty = False
         self._lease_held = asyncio.Event()
@@ -332,6 +338,7 @@ class Worker:
         if snapshot is not None:
             self.engine = Engine.from_state(self.config, snapshot.engine)
             self.offsets = snapshot.offsets
+            self.marks = _marks_from_state(snapshot.marks)
             self._snapshot_seq = snapshot.seq
             self.resumed_from = snapshot.seq
             self.counters.update(snapshot.counters)
@@ -458,6 +465,7 @@ class Worker:
             msgs = batch[tp]
             records += msgs
             self.offsets.setdefault(tp.topic, {})[tp.partition] = msgs[-1].offset + 1
+            self.marks.setdefault(tp.topic, {})[tp.partition] = mark_of(msgs[-1])
         decoded = self.ingest.decode(records)
         reject_future(decoded, self.ingest, self.config.join.max_clock_skew, time.time())
         result = self._evaluate(decoded)
@@ -532,6 +540,7 @@ class Worker:
                     outcome = Outcome("applied", event)
                 self.counters["commands"] += 1
             self.offsets.setdefault(topic, {})[m.partition] = m.offset + 1
+            self.marks.setdefault(topic, {})[m.partition] = mark_of(m)
             self._dirty = True
             waiter = self._waiters.pop(command.id, None) if command and command.id else None
             if waiter is not None and not waiter.done():
@@ -605,6 +614,10 @@ class Worker:
         ``event_ts`` is the time of the input event that decided it (for the latency metric).
         """
         have = self.flags.get(event.flag)
+        if event.cause.action is Action.INIT and event.ts == 0.0:
+            # The engine's version 1 has no event time (it precedes every event, and backtest
+            # needs it without one); the record says when it was first published.
+            event = event.model_copy(update={"ts": time.time()})
         if have is not None and have.version >= event.version:
             log.info(
                 "flag %s v%d already published; not published again",
@@ -702,6 +715,7 @@ class Worker:
                 seq=seq,
                 engine=self.engine.to_state(),
                 offsets={t: dict(ps) for t, ps in self.offsets.items()},
+                marks={t: {p: m.to_state() for p, m in ps.items()} for t, ps in self.marks.items()},
                 counters={
                     "records": self.counters["records"],
                     "batches": self.counters["batches"],
@@ -772,36 +786,56 @@ class Worker:
             for spec in specs
             for p in range(1 if spec is self.topics.control else spec.partitions)
         }
-        check = asyncio.ensure_future(find_lost(self.settings.kafka, positions))
+        marks = {
+            tp: mark
+            for tp in positions
+            if (mark := self.marks.get(tp.topic, {}).get(tp.partition)) is not None
+        }
+        check = asyncio.ensure_future(find_lost(self.settings.kafka, positions, marks))
         self._input_check_from = positions
         if wait:
             self._reset_lost(await check)
         else:
             self._input_check = check
 
-    def _reset_lost(self, lost: dict[Any, tuple[int, int]]) -> None:
-        """Apply the data-loss policy to partitions found beyond the broker's data."""
-        for tp, (start, end) in lost.items():
+    def _reset_lost(self, lost: dict[Any, Lost]) -> None:
+        """Apply the data-loss policy to partitions whose data the broker lost."""
+        for tp, found in lost.items():
+            start, end = found.start, found.end
             position = self.offsets.get(tp.topic, {}).get(tp.partition, 0)
             if position != self._input_check_from.get(tp):
                 continue  # read on since the check started: the data is there after all
-            log.error(
-                "input %s[%d]: read to offset %d, but the broker holds offsets %d to %d only: "
-                "the topic was recreated or the broker lost its data. Resuming from offset %d, "
-                "the start of the new data (README.md: Bad input, event time and broker data "
-                "loss)",
-                tp.topic,
-                tp.partition,
-                position,
-                start,
-                end,
-                start,
-            )
+            if found.replaced is not None:
+                log.error(
+                    "input %s[%d]: read to offset %d, but the record at offset %d is not the one "
+                    "consumed there: the topic was recreated or the broker lost its data. "
+                    "Resuming from offset %d, the start of the new data (README.md: Bad input, "
+                    "event time and broker data loss)",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    found.replaced,
+                    start,
+                )
+            else:
+                log.error(
+                    "input %s[%d]: read to offset %d, but the broker holds offsets %d to %d only: "
+                    "the topic was recreated or the broker lost its data. Resuming from offset %d, "
+                    "the start of the new data (README.md: Bad input, event time and broker data "
+                    "loss)",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    start,
+                    end,
+                    start,
+                )
             if self.metrics is not None:
                 self.metrics.record_input_reset(tp.topic, tp.partition)
             self.counters["input_resets"] += 1
             self._consumer.seek(tp, start)
             self.offsets.setdefault(tp.topic, {})[tp.partition] = start
+            self.marks.get(tp.topic, {}).pop(tp.partition, None)
             self._dirty = True
 
     def unhealthy(self) -> str | None:
@@ -838,6 +872,7 @@ class Worker:
         self._suspects.add(base.offsets, self.offsets)
         self.engine = Engine.from_state(self.config, base.engine)
         self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
+        self.marks = _marks_from_state(base.marks)
         for name in ("records", "batches"):
             self.counters[name] = base.counters.get(name, 0)
         for tp in self._consumer.assignment():

@@ -45,6 +45,15 @@ async def recreate(bootstrap: str, topics: Topics) -> None:
     await ensure_topics(bootstrap, topics)
 
 
+async def end_offsets(bootstrap: str, topics: Topics) -> dict[tuple[str, int], int]:
+    """``{(topic, partition): offset after the last record}`` of both input topics, read."""
+    ends: dict[tuple[str, int], int] = {}
+    for spec in (topics.predictions, topics.outcomes):
+        read = await kafka.read_partitions(as_settings(bootstrap), spec.name)
+        ends.update({(tp.topic, tp.partition): o for tp, o in read.next_offsets.items()})
+    return ends
+
+
 def test_input_recreated_while_down_is_read_from_the_start_of_the_new_data(
     broker: EmbeddedBroker,
     topics: Topics,
@@ -102,3 +111,45 @@ def test_input_recreated_while_running_is_detected_when_idle(
     # The idle check (every 5 s) finds the positions beyond the new data and resets them.
     worker.wait_for("new data read", lambda s: s["records"] == len(old) + len(new), 90)
     assert "the topic was recreated or the broker lost its data" in log.read_text()
+
+
+def test_input_recreated_and_refilled_past_the_old_offsets_is_detected_by_identity(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    start_worker: Callable[..., WorkerProcess],
+    produce: Callable[[list[tuple[str, bytes, bytes]]], None],
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "ranker.yaml"
+    config.write_text(config_yaml(SCENARIO, ""))
+    records = event_records(topics, list(simulate(SCENARIO)))
+    # Three times as many new records as old ones: every partition's new data reaches past the
+    # old offset, so offsets alone look fine; only the record at the old position differs.
+    old, new = records[:1500], records[1500:6000]
+    log = tmp_path / "worker.log"
+    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker.wait_active()
+    produce(old)
+    worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
+    positions = (worker.health() or {})["offsets"]
+    worker.stop()
+
+    asyncio.run(recreate(broker.bootstrap, topics))
+    produce(new)
+    ends = asyncio.run(end_offsets(broker.bootstrap, topics))
+    for topic, parts in positions.items():
+        for p, offset in parts.items():
+            if topic != topics.control.name:
+                assert ends[(topic, int(p))] > offset  # refilled past the old position
+    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker.wait_active()
+    # Every new record is read: the old offsets would have skipped the first ones.
+    worker.wait_for("new data read", lambda s: s["records"] == len(old) + len(new), 60)
+    text = log.read_text()
+    assert "is not the one consumed there: the topic was recreated" in text
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    resets = re.findall(r"^driftswitch_input_resets_total\{[^}]*\} (\S+)$", metrics, re.M)
+    assert sum(float(x) for x in resets) >= 2  # at least one partition of each input topic
+    # The control topic was not recreated: its mark matched and it was left alone.
+    assert f"input {topics.control.name}[" not in text

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 from driftswitch.streams.config.model import HookFormat
 from driftswitch.streams.contract.events import (
     Action,
+    AlertEvent,
     Cause,
     CauseKind,
     FlagChangeEvent,
@@ -404,3 +406,42 @@ def test_a_crashing_delivery_is_dead_lettered_with_a_redacted_reason(
     assert sink.records.count(("generic", "failed")) == 2
     assert SECRET not in caplog.text
     assert "delivery crashed" in caplog.text
+
+
+def test_pagerduty_warning_incident_is_resolved_by_the_kill_and_the_restore() -> None:
+    cause = Cause(
+        kind=CauseKind.DETECTOR, action=Action.WARN, guardrail="slow", variant="candidate"
+    )
+    warn = AlertEvent(
+        flag="ranker", guardrail="slow", variant="candidate", cause=cause, ts=TS, flag_version=1
+    )
+    restore = kill(version=3).model_copy(
+        update={"cause": Cause(kind=CauseKind.MANUAL, action=Action.RESTORE, variant="candidate")}
+    )
+
+    async def scenario() -> tuple[Sink, Receiver]:
+        sink = Sink()
+        async with receiver(ok) as rec:
+            hook = make_hook(rec.url, fmt=HookFormat.PAGERDUTY)
+            hook = Hook(**{**hook.__dict__, "warnings": (("ranker", "candidate", "slow"),)})
+            async with HookDispatcher(
+                [hook], deadletter=sink.deadletter, record=sink.record
+            ) as dispatcher:
+                for event in (warn, kill(), restore):
+                    dispatcher.submit(event)
+                await dispatcher.drain()
+        return sink, rec
+
+    sink, rec = asyncio.run(scenario())
+    sent = [orjson.loads(r.body) for r in rec.requests]
+    warn_key = "driftswitch:ranker:candidate:warn:slow"
+    assert [(b["event_action"], b["dedup_key"]) for b in sent] == [
+        ("trigger", warn_key),
+        ("trigger", "driftswitch:ranker:candidate"),
+        ("resolve", warn_key),
+        ("resolve", "driftswitch:ranker:candidate"),
+        ("resolve", warn_key),
+    ]
+    assert all(b["routing_key"] == SECRET for b in sent)
+    assert sink.dead == []
+    assert sink.records == [("pagerduty", "delivered")] * 5

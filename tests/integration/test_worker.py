@@ -10,6 +10,7 @@ resumes without losing, repeating or double-counting anything.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,12 @@ def test_confluent_events_kill_the_candidate_like_backtest(
     tmp_path: Path,
 ) -> None:
     flagd_path = tmp_path / "flags.flagd.json"
+    started = time.time()
     worker = start_worker(
         config_path, tmp_path / "worker.log", args=["--flagd-file", str(flagd_path)]
     )
     worker.wait_active()
+    active = time.time()
     initial = orjson.loads(flagd_path.read_bytes())["flags"]["ranker"]
     assert initial["metadata"]["driftswitchVersion"] == 1
     assert "candidate" in dict(initial["targeting"]["fractional"])
@@ -123,6 +126,8 @@ def test_confluent_events_kill_the_candidate_like_backtest(
 
     changes = flag_changes(broker.bootstrap, topics)
     assert [(c.version, c.cause.action.value) for c in changes] == [(1, "init"), (2, "kill")]
+    # The initial state carries the time it was published, not 1970.
+    assert started <= changes[0].ts <= active
     kill = changes[1]
     assert kill.variants["candidate"].killed
     assert kill.variants["candidate"].weight == 0

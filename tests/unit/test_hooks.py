@@ -30,7 +30,9 @@ from driftswitch.streams.service.hooks import (
     backoff_delay,
     describe,
     pagerduty_payload,
+    pagerduty_warning_resolves,
     render,
+    render_all,
     resolve_hooks,
     sign,
     slack_payload,
@@ -361,3 +363,58 @@ def test_missing_environment_variables_are_all_named() -> None:
         "hook 'global[0]': environment variable SIGN_KEY is not set; "
         "hook 'ranker[1]': environment variable SLACK_URL is not set"
     )
+
+
+WARN_CONFIG = """
+flags:
+  ranker:
+    default: control
+    variants:
+      control: {weight: 90, value: v1}
+      candidate: {weight: 10, value: v2}
+    guardrails:
+      - name: candidate-latency
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+        action: warn
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+        action: kill
+      - name: control-accuracy
+        variant: control
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+        action: warn
+    hooks:
+      - {name: oncall, url: "https://events.pagerduty.com/v2/enqueue", format: pagerduty,
+         secret_env: PD_KEY}
+"""
+
+
+def test_a_kill_or_restore_resolves_the_warning_incidents_of_its_variant() -> None:
+    (pd,) = resolve_hooks(parse_config(WARN_CONFIG), {"PD_KEY": "RK"})
+    # Only guardrails that warn are sources; a kill guardrail has no warning incident.
+    assert pd.warnings == (
+        ("ranker", "candidate", "candidate-latency"),
+        ("ranker", "control", "control-accuracy"),
+    )
+    warn_key = "driftswitch:ranker:candidate:warn:candidate-latency"
+    assert pagerduty_payload(alert(), "RK")["dedup_key"] == warn_key  # type: ignore[index]
+    for action, own in ((Action.KILL, "trigger"), (Action.RESTORE, "resolve")):
+        event = change(action, killed=action is Action.KILL)
+        bodies = [orjson.loads(r.body) for r in render_all(pd, event, TS)]
+        assert [(b["event_action"], b["dedup_key"]) for b in bodies] == [
+            (own, "driftswitch:ranker:candidate"),
+            ("resolve", warn_key),
+        ]
+        assert bodies[1] == {"routing_key": "RK", "event_action": "resolve", "dedup_key": warn_key}
+    # A warning itself, a shift or a change of another flag resolves nothing.
+    assert pagerduty_warning_resolves(alert(), "RK", pd.warnings) == []
+    assert pagerduty_warning_resolves(change(Action.SHIFT, killed=False), "RK", pd.warnings) == []
+    other = change(Action.KILL).model_copy(update={"flag": "other"})
+    assert pagerduty_warning_resolves(other, "RK", pd.warnings) == []
+    # Other formats send one request, as before.
+    assert len(render_all(hook(HookFormat.SLACK), change(Action.KILL), TS)) == 1
