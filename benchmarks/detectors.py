@@ -9,7 +9,15 @@ interpolated log-linearly at the *measured* ARL0.
 
 ``cusum`` and ``glr`` are calibrated for the requested ARL0; river's ``adwin`` and
 ``page_hinkley`` (when registered) run with their defaults, so their rows are the same under both
-budgets. Run: ``.venv/bin/python benchmarks/detectors.py [--runs N] [--null-events N]``.
+budgets.
+
+Then: the calibration table (``glr`` and ``cusum`` ARL0 measured over at least ``--alarms`` false
+alarms per budget, with 95 % CIs, and ``glr``'s fresh-start delays against the optimum), and the
+learned-baseline study (``--deployments`` seeded warm-ups per row, each deployment's real ARL0
+from the exact chain). ``--calibration-only`` / ``--learned-only`` print just those.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detectors.py [--runs N] [--null-events N]``
+(one BLAS thread: the chain's small dense solves are slower multithreaded on a loaded machine).
 """
 
 from __future__ import annotations
@@ -206,6 +214,88 @@ def _arl_ci(arl: float, alarms: int) -> tuple[float, float]:
     return arl / (1 + half), arl / max(1 - half, 1e-9)
 
 
+def cusum_null_arl(
+    baseline: float, target: float, arl0: float, alarms: int, seed: int
+) -> tuple[float, int, int]:
+    """Measured in-control ARL0 of ``cusum`` run until ``alarms`` false alarms (vectorised)."""
+    from driftswitch.detectors.binary.cusum import CUSUM
+
+    det = CUSUM(baseline=baseline, target=target, arl0=arl0)
+    rng = np.random.default_rng(seed)
+    events = 0
+    while det.explain()["alarms"] < alarms:
+        bits = (rng.random(1_000_000) < 1 - baseline).astype(np.int64)
+        det.update_many(bits)
+        events += len(bits)
+    found = int(det.explain()["alarms"])
+    return events / found, found, events
+
+
+def glr_delay(
+    q0: float, min_drop: float, q1: float, arl0: float, runs: int, seed: int
+) -> tuple[float, float]:
+    """Mean delay (and its standard error) of ``glr`` calibrated for ``arl0`` at reference
+    ``q0`` when the error rate is ``q1`` from the first event (a fresh start: the worst case for
+    a statistic that starts at 0, as in the optimal delays of STATISTICS.md §1)."""
+    from driftswitch.detectors.binary.glr import glr_calibration, glr_path, glr_windows
+
+    h = glr_calibration(q0, q0 + min_drop, arl0)[0]
+    windows = glr_windows(q0, q0 + min_drop, arl0)
+    rng = np.random.default_rng(seed)
+    found = []
+    empty = np.zeros(0, dtype=np.int64)
+    for _ in range(runs):
+        length = 4000
+        while True:
+            bits = (rng.random(length) < q1).astype(np.int64)
+            hits = np.flatnonzero(glr_path(empty, bits, windows, q0, q0 + min_drop) >= h)
+            if len(hits):
+                found.append(int(hits[0]) + 1)
+                break
+            length *= 2
+    arr = np.asarray(found, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(len(arr)))
+
+
+def calibration_table(alarms: int, delay_runs: int, seed: int, budgets: list[float]) -> None:
+    """ARL0 measured against requested for ``glr`` (min_drop 0.05 and 0.10) and ``cusum``, with
+    fresh-start delays against the optimal ones."""
+    print()
+    print(
+        f"Calibration at baseline 0.90: ARL0 measured over at least {alarms} false alarms "
+        "(95 % CI), fresh-start delay over "
+        f"{delay_runs} seeded runs (± standard error) against the optimal delay:"
+    )
+    print()
+    print(
+        "| detector | requested ARL0 | measured ARL0 (95 % CI) | ratio | alarms | events "
+        "| delay 0.90 → 0.85 (optimal) | delay 0.90 → 0.80 (optimal) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for arl0 in budgets:
+        rows: list[tuple[str, tuple[float, int, int], str, str]] = []
+        for md in (0.05, 0.10):
+            measured = glr_null_arl(0.10, md, arl0, alarms, seed)
+            cells = []
+            for q1 in (0.15, 0.20):
+                if q1 - 0.10 < md - 1e-9:
+                    cells.append("—")
+                    continue
+                d, se = glr_delay(0.10, md, q1, arl0, delay_runs, seed + 1)
+                opt = optimal_delay((0.90, 1 - q1), arl0)
+                cells.append(f"{d:.0f} ± {se:.0f} ({opt:.0f})")
+            rows.append((f"glr, min_drop {md}", measured, cells[0], cells[1]))
+        measured = cusum_null_arl(0.90, 0.80, arl0, alarms, seed)
+        rows.append(("cusum 0.90 → 0.80", measured, "—", "—"))
+        for name, (arl, found, events), d85, d80 in rows:
+            lo, hi = _arl_ci(arl, found)
+            print(
+                f"| {name} | {arl0:.0e} | {arl:,.0f} ({lo:,.0f}–{hi:,.0f}) | {arl / arl0:.2f} "
+                f"| {found} | {events:,} | {d85} | {d80} |",
+                flush=True,
+            )
+
+
 def _wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion."""
     p = hits / n
@@ -278,7 +368,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seq-runs", type=int, default=2000, help="sequential runs per row")
     parser.add_argument("--seq-horizon", type=int, default=10_000, help="sequential pairs per run")
+    parser.add_argument(
+        "--deployments", type=int, default=1000, help="learned-baseline deployments per row"
+    )
+    parser.add_argument("--alarms", type=int, default=100, help="false alarms per ARL0 estimate")
+    parser.add_argument("--delay-runs", type=int, default=200, help="delay runs per GLR cell")
+    parser.add_argument(
+        "--budgets", default="1e4,1e5,1e6", help="ARL0s of the calibration table (comma list)"
+    )
+    parser.add_argument("--learned-only", action="store_true", help="only the learned baselines")
+    parser.add_argument("--calibration-only", action="store_true", help="only the calibration")
     args = parser.parse_args()
+    if args.learned_only or args.calibration_only:
+        if args.calibration_only:
+            budgets = [float(b) for b in args.budgets.split(",")]
+            calibration_table(args.alarms, args.delay_runs, args.seed, budgets)
+        if args.learned_only:
+            learned_baseline_table(args.deployments, args.seed)
+        return
 
     known = set(registry.kinds())
     print(
@@ -314,6 +421,10 @@ def main() -> None:
                     flush=True,
                 )
     sequential_table(args.seq_runs, args.seq_horizon, args.seed)
+    calibration_table(
+        args.alarms, args.delay_runs, args.seed, [float(b) for b in args.budgets.split(",")]
+    )
+    learned_baseline_table(args.deployments, args.seed)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,9 @@ _SHORTEST = 30
 #: Calibration: simulated streams, the largest ARL simulated directly, and the aim above the
 #: budget that absorbs the simulation noise (about ±1/sqrt(streams) in ARL) and the steps of ARL
 #: in ``h`` (the statistic takes discrete values).
-_CAL_STREAMS = 80
+_CAL_STREAMS = 120
 _CAL_REACH = 30_000.0
-_CAL_AIM = 1.15
+_CAL_AIM = 1.0
 _CHUNK = 2048
 #: Updates of at most this many events take the incremental single-event path.
 _STEP_MAX = 16
@@ -233,14 +233,27 @@ def glr_calibration(q0: float, q1: float, arl0: float) -> tuple[float, float]:
     # Enough crossings for a sound estimate, and a mean well inside the stream length.
     use = (crossed >= _CAL_STREAMS // 2) & (arl <= length / 2.0)
     top = float(arl[use].max()) if np.any(use) else 0.0
-    use &= arl >= top / 10.0
+    use &= arl >= top / 100.0
     if np.count_nonzero(use) < 3 or not np.any(arl[use] < arl[use].max()):
         raise ValueError(
             f"cannot calibrate glr for q0={q0}, q1={q1}: simulation found no usable levels"
         )
-    slope, icpt = np.polyfit(levels[use], np.log(arl[use]), 1, w=np.sqrt(crossed[use]))
-    h = (math.log(_CAL_AIM * arl0) - float(icpt)) / float(slope)
-    return max(h, float(levels[0])), float(slope)
+    # ln ARL = a + h + b·ln h: the tail of the statistic is e^-h times a power of h, so the slope
+    # 1 + b/h grows towards 1 (a straight line through the simulated range overshoots beyond it).
+    x, y, w = levels[use], np.log(arl[use]) - levels[use], np.sqrt(crossed[use])
+    design = np.stack([np.ones_like(x), np.log(x)], axis=1) * w[:, None]
+    (a, b), *_ = np.linalg.lstsq(design, y * w, rcond=None)
+    goal = math.log(_CAL_AIM * arl0)
+    # Solve the fit for the goal: ln ARL is increasing in h; walk up from the usable levels.
+    grid = np.linspace(float(x[0]), float(x[-1]) + 40.0, 40_001)
+    fitted = a + grid + b * np.log(grid)
+    rising = np.maximum.accumulate(fitted)
+    idx = int(np.searchsorted(rising, goal))
+    if idx >= len(grid):
+        raise ValueError(f"cannot calibrate glr for q0={q0}, q1={q1} to arl0={arl0:g}")
+    h = float(grid[idx])
+    slope = 1.0 + float(b) / h
+    return max(h, float(levels[0])), slope
 
 
 @register
