@@ -431,6 +431,9 @@ def main() -> None:
     )
     parser.add_argument("--learned-only", action="store_true", help="only the learned baselines")
     parser.add_argument("--calibration-only", action="store_true", help="only the calibration")
+    parser.add_argument(
+        "--delays-only", action="store_true", help="only the delay and sequential tables"
+    )
     args = parser.parse_args()
     if args.learned_only or args.calibration_only:
         if args.calibration_only:
@@ -475,6 +478,8 @@ def main() -> None:
                     flush=True,
                 )
     sequential_table(args.seq_runs, args.seq_horizon, args.seed)
+    if args.delays_only:
+        return
     calibration_table(
         args.alarms, args.delay_runs, args.seed, [float(b) for b in args.budgets.split(",")]
     )

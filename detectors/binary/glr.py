@@ -285,7 +285,7 @@ class GLR(BernoulliDetector):
     >>> det = GLR(baseline=0.90, min_drop=0.05, arl0=10_000)
     >>> alarms = [i for i, x in enumerate(errors) if (det.update(int(x)), det.drift_detected)[1]]
     >>> alarms[0]  # the change is at 3000
-    3138
+    3133
     """
 
     kind: ClassVar[str] = "glr"
