@@ -349,6 +349,24 @@ def glr_learned_table(deployments: int, seed: int, events: int = 60_000) -> None
         print(f"| {warmup:,} | {cells[0]} | {cells[1]} |", flush=True)
 
 
+def cusum_table(alarms: int, seed: int, budgets: list[float]) -> None:
+    """``cusum``'s ARL0 over at least ``alarms`` false alarms (95 % CI) per budget and drop."""
+    print()
+    print(f"`cusum`, baseline 0.90, ARL0 over at least {alarms} false alarms (95 % CI):")
+    print()
+    print("| change | requested ARL0 | measured ARL0 (95 % CI) | ratio | alarms | events |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for arl0 in budgets:
+        for target in (0.80, 0.85):
+            arl, found, events = cusum_null_arl(0.90, target, arl0, alarms, seed)
+            lo, hi = _arl_ci(arl, found)
+            print(
+                f"| 0.90 → {target:.2f} | {arl0:.0e} | {arl:,.0f} ({lo:,.0f}–{hi:,.0f}) "
+                f"| {arl / arl0:.2f} | {found} | {events:,} |",
+                flush=True,
+            )
+
+
 def _wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion."""
     p = hits / n
@@ -431,10 +449,14 @@ def main() -> None:
     )
     parser.add_argument("--learned-only", action="store_true", help="only the learned baselines")
     parser.add_argument("--calibration-only", action="store_true", help="only the calibration")
+    parser.add_argument("--cusum-only", action="store_true", help="only the cusum ARL0 table")
     parser.add_argument(
         "--delays-only", action="store_true", help="only the delay and sequential tables"
     )
     args = parser.parse_args()
+    if args.cusum_only:
+        cusum_table(args.alarms, args.seed, [float(b) for b in args.budgets.split(",")])
+        return
     if args.learned_only or args.calibration_only:
         if args.calibration_only:
             budgets = [float(b) for b in args.budgets.split(",")]
