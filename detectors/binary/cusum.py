@@ -28,12 +28,12 @@ set, so building a detector is cheap after the first one.
 Reference: a given ``baseline`` (``mean``/``std``), or one estimated over the first ``warmup``
 events and then frozen. A learned ``cusum`` baseline is off by its estimation error, which would
 raise the mean false-alarm rate over deployments well above the budget (1.4× for a drop of 0.1
-at ARL0 1e4, learned over 1,000 events at accuracy 0.9); the threshold is calibrated for an inflated budget that absorbs it
-(:func:`learned_budget`, shown as ``arl0_calibrated`` by ``explain()``; :func:`deployed_arl0`
-gives the real ARL0 of one deployment). An alarm never changes the reference (a detector that
-re-learns its reference after a false alarm can absorb a real change that follows). After an
-alarm ``W`` restarts from 0 on the next event, so the measured ARL0 is the mean number of events
-between false alarms.
+at ARL0 1e4, learned over 1,000 events at accuracy 0.9); the threshold is calibrated for an
+inflated budget that absorbs it (:func:`learned_budget`, shown as ``arl0_calibrated`` by
+``explain()``; :func:`deployed_arl0` gives the real ARL0 of one deployment). An alarm never
+changes the reference (a detector that re-learns its reference after a false alarm can absorb a
+real change that follows). After an alarm ``W`` restarts from 0 on the next event, so the
+measured ARL0 is the mean number of events between false alarms.
 """
 
 from __future__ import annotations
