@@ -317,7 +317,7 @@ def _count_alarms(
     return alarms
 
 
-def glr_learned_table(deployments: int, seed: int, events: int = 60_000) -> None:
+def glr_learned_table(deployments: int, seed: int, events: int = 20_000) -> None:
     """``glr`` (min_drop 0.1, ARL0 1e3) with learned baselines: each deployment learns from its
     own warm-up at accuracy 0.9 and then runs ``events`` in-control events (alarms restart the
     statistic); its false-alarm rate is alarms / events. Mean over deployments relative to the
