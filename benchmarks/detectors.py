@@ -9,7 +9,15 @@ interpolated log-linearly at the *measured* ARL0.
 
 ``cusum`` and ``glr`` are calibrated for the requested ARL0; river's ``adwin`` and
 ``page_hinkley`` (when registered) run with their defaults, so their rows are the same under both
-budgets. Run: ``.venv/bin/python benchmarks/detectors.py [--runs N] [--null-events N]``.
+budgets.
+
+Then: the calibration table (``glr`` and ``cusum`` ARL0 measured over at least ``--alarms`` false
+alarms per budget, with 95 % CIs, and ``glr``'s fresh-start delays against the optimum), and the
+learned-baseline study (``--deployments`` seeded warm-ups per row, each deployment's real ARL0
+from the exact chain). ``--calibration-only`` / ``--learned-only`` print just those.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detectors.py [--runs N] [--null-events N]``
+(one BLAS thread: the chain's small dense solves are slower multithreaded on a loaded machine).
 """
 
 from __future__ import annotations
@@ -162,6 +170,280 @@ def sequential_table(runs: int, horizon: int, seed: int) -> None:
         )
 
 
+def glr_null_arl(
+    q0: float, min_drop: float, arl0: float, alarms: int, seed: int
+) -> tuple[float, int, int]:
+    """Measured in-control ARL0 of ``glr`` (events / alarms, restart after each alarm) on a
+    seeded stream run until ``alarms`` false alarms; returns (ARL0, alarms, events).
+
+    Fast: the statistic of a whole block is computed at once (:func:`glr_path`, vectorised over
+    events and windows); after an alarm the block is recomputed from the restart.
+    """
+    from driftswitch.detectors.binary.glr import glr_calibration, glr_path, glr_windows
+
+    q1 = q0 + min_drop
+    h = glr_calibration(q0, q1, arl0)[0]
+    windows = glr_windows(q0, q1, arl0)
+    rng = np.random.default_rng(seed)
+    block = int(min(max(2 * arl0, 50_000), 2_000_000))
+    hist = np.zeros(0, dtype=np.int64)
+    events = 0
+    found = 0
+    pending = np.zeros(0, dtype=np.int64)
+    while found < alarms:
+        if len(pending) == 0:
+            pending = (rng.random(block) < q0).astype(np.int64)
+        path = glr_path(hist, pending, windows, q0, q1)
+        hits = np.flatnonzero(path >= h)
+        if len(hits) == 0:
+            events += len(pending)
+            hist = np.concatenate([hist, pending])[-windows[-1] :]
+            pending = pending[:0]
+            continue
+        end = int(hits[0]) + 1
+        events += end
+        found += 1
+        hist = np.zeros(0, dtype=np.int64)
+        pending = pending[end:]
+    return events / found, found, events
+
+
+def _arl_ci(arl: float, alarms: int) -> tuple[float, float]:
+    """95 % CI of a mean run length from ``alarms`` (about exponential) run lengths."""
+    half = 1.96 / math.sqrt(alarms)
+    return arl / (1 + half), arl / max(1 - half, 1e-9)
+
+
+def cusum_null_arl(
+    baseline: float, target: float, arl0: float, alarms: int, seed: int
+) -> tuple[float, int, int]:
+    """Measured in-control ARL0 of ``cusum`` run until ``alarms`` false alarms (vectorised)."""
+    from driftswitch.detectors.binary.cusum import CUSUM
+
+    det = CUSUM(baseline=baseline, target=target, arl0=arl0)
+    rng = np.random.default_rng(seed)
+    events = 0
+    while det.explain()["alarms"] < alarms:
+        bits = (rng.random(1_000_000) < 1 - baseline).astype(np.int64)
+        det.update_many(bits)
+        events += len(bits)
+    found = int(det.explain()["alarms"])
+    return events / found, found, events
+
+
+def glr_delay(
+    q0: float, min_drop: float, q1: float, arl0: float, runs: int, seed: int
+) -> tuple[float, float]:
+    """Mean delay (and its standard error) of ``glr`` calibrated for ``arl0`` at reference
+    ``q0`` when the error rate is ``q1`` from the first event (a fresh start: the worst case for
+    a statistic that starts at 0, as in the optimal delays of STATISTICS.md §1)."""
+    from driftswitch.detectors.binary.glr import glr_calibration, glr_path, glr_windows
+
+    h = glr_calibration(q0, q0 + min_drop, arl0)[0]
+    windows = glr_windows(q0, q0 + min_drop, arl0)
+    rng = np.random.default_rng(seed)
+    found = []
+    empty = np.zeros(0, dtype=np.int64)
+    for _ in range(runs):
+        length = 4000
+        while True:
+            bits = (rng.random(length) < q1).astype(np.int64)
+            hits = np.flatnonzero(glr_path(empty, bits, windows, q0, q0 + min_drop) >= h)
+            if len(hits):
+                found.append(int(hits[0]) + 1)
+                break
+            length *= 2
+    arr = np.asarray(found, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(len(arr)))
+
+
+def calibration_table(alarms: int, delay_runs: int, seed: int, budgets: list[float]) -> None:
+    """ARL0 measured against requested for ``glr`` (min_drop 0.05 and 0.10) and ``cusum``, with
+    fresh-start delays against the optimal ones."""
+    print()
+    print(
+        f"Calibration at baseline 0.90: ARL0 measured over at least {alarms} false alarms "
+        "(95 % CI), fresh-start delay over "
+        f"{delay_runs} seeded runs (± standard error) against the optimal delay:"
+    )
+    print()
+    print(
+        "| detector | requested ARL0 | measured ARL0 (95 % CI) | ratio | alarms | events "
+        "| delay 0.90 → 0.85 (optimal) | delay 0.90 → 0.80 (optimal) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for arl0 in budgets:
+        rows: list[tuple[str, tuple[float, int, int], str, str]] = []
+        for md in (0.05, 0.10):
+            measured = glr_null_arl(0.10, md, arl0, alarms, seed)
+            cells = []
+            for q1 in (0.15, 0.20):
+                if q1 - 0.10 < md - 1e-9:
+                    cells.append("—")
+                    continue
+                d, se = glr_delay(0.10, md, q1, arl0, delay_runs, seed + 1)
+                opt = optimal_delay((0.90, 1 - q1), arl0)
+                cells.append(f"{d:.0f} ± {se:.0f} ({opt:.0f})")
+            rows.append((f"glr, min_drop {md}", measured, cells[0], cells[1]))
+        measured = cusum_null_arl(0.90, 0.80, arl0, alarms, seed)
+        rows.append(("cusum 0.90 → 0.80", measured, "—", "—"))
+        for name, (arl, found, events), d85, d80 in rows:
+            lo, hi = _arl_ci(arl, found)
+            print(
+                f"| {name} | {arl0:.0e} | {arl:,.0f} ({lo:,.0f}–{hi:,.0f}) | {arl / arl0:.2f} "
+                f"| {found} | {events:,} | {d85} | {d80} |",
+                flush=True,
+            )
+
+
+def _count_alarms(
+    bits: np.ndarray, windows: tuple[int, ...], q0: float, q1: float, h: float, block: int
+) -> int:
+    """False alarms of ``glr`` over ``bits`` (restart after each), computed ``block`` at a time."""
+    from driftswitch.detectors.binary.glr import glr_path
+
+    hist = np.zeros(0, dtype=np.int64)
+    alarms, start = 0, 0
+    while start < len(bits):
+        part = bits[start : start + block]
+        hits = np.flatnonzero(glr_path(hist, part, windows, q0, q1) >= h)
+        if len(hits) == 0:
+            hist = np.concatenate([hist, part])[-windows[-1] :]
+            start += len(part)
+            continue
+        alarms += 1
+        hist = hist[:0]
+        start += int(hits[0]) + 1
+    return alarms
+
+
+def glr_learned_table(deployments: int, seed: int, events: int = 20_000) -> None:
+    """``glr`` (min_drop 0.1, ARL0 1e3) with learned baselines: each deployment learns from its
+    own warm-up at accuracy 0.9 and then runs ``events`` in-control events (alarms restart the
+    statistic); its false-alarm rate is alarms / events. Mean over deployments relative to the
+    budget (95 % CI), corrected (the detector as built) and uncorrected (calibrated at the
+    learned rate as if it were exact)."""
+    from driftswitch.detectors.binary._bernoulli import learned_error_rate
+    from driftswitch.detectors.binary.glr import GLR, glr_calibration, glr_windows
+
+    q0, md, arl0 = 0.10, 0.10, 1e3
+    rng = np.random.default_rng(seed)
+    print()
+    print(
+        f"`glr` (min_drop {md}, ARL0 {arl0:,.0f}) with a learned baseline, {deployments:,} seeded "
+        f"deployments per row, {events:,} in-control events each:"
+    )
+    print()
+    print(
+        "| warm-up | mean false-alarm rate / budget (95 % CI) | same, ignoring the estimation "
+        "error |"
+    )
+    print("|---:|---:|---:|")
+    for warmup in (1000, 500):
+        errors = rng.binomial(warmup, q0, size=deployments)
+        thresholds: dict[int, tuple[float, float]] = {}
+        for k in np.unique(errors).tolist():
+            det = GLR(min_drop=md, warmup=warmup, arl0=arl0)
+            det.update_counts(warmup, k)
+            qh = learned_error_rate(k, warmup)
+            thresholds[k] = (det.threshold, glr_calibration(qh, qh + md, arl0)[0])
+        rates = np.zeros((deployments, 2))
+        for i, k in enumerate(errors.tolist()):
+            qh = learned_error_rate(k, warmup)
+            windows = glr_windows(qh, qh + md, arl0)
+            bits = (rng.random(events) < q0).astype(np.int64)
+            for j, h in enumerate(thresholds[k]):
+                alarms = _count_alarms(bits, windows, qh, qh + md, h, block=4000)
+                rates[i, j] = alarms / events * arl0
+        cells = []
+        for j in range(2):
+            mean = rates[:, j].mean()
+            half = 1.96 * rates[:, j].std(ddof=1) / math.sqrt(deployments)
+            cells.append(f"{mean:.2f}× ({mean - half:.2f}–{mean + half:.2f})")
+        print(f"| {warmup:,} | {cells[0]} | {cells[1]} |", flush=True)
+
+
+def cusum_table(alarms: int, seed: int, budgets: list[float]) -> None:
+    """``cusum``'s ARL0 over at least ``alarms`` false alarms (95 % CI) per budget and drop."""
+    print()
+    print(f"`cusum`, baseline 0.90, ARL0 over at least {alarms} false alarms (95 % CI):")
+    print()
+    print("| change | requested ARL0 | measured ARL0 (95 % CI) | ratio | alarms | events |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for arl0 in budgets:
+        for target in (0.80, 0.85):
+            arl, found, events = cusum_null_arl(0.90, target, arl0, alarms, seed)
+            lo, hi = _arl_ci(arl, found)
+            print(
+                f"| 0.90 → {target:.2f} | {arl0:.0e} | {arl:,.0f} ({lo:,.0f}–{hi:,.0f}) "
+                f"| {arl / arl0:.2f} | {found} | {events:,} |",
+                flush=True,
+            )
+
+
+def _wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion."""
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _naive_arl0(q_true: float, errors: int, warmup: int, drop: float, arl0: float) -> float:
+    """Real ARL0 of a deployment calibrated as if the learned baseline were exact (the old way)."""
+    from driftswitch.detectors.binary._bernoulli import learned_error_rate
+    from driftswitch.detectors.binary.cusum import (
+        bernoulli_arl,
+        bernoulli_lattice,
+        bernoulli_threshold,
+    )
+
+    q0 = learned_error_rate(errors, warmup)
+    up, down = bernoulli_lattice(q0, q0 + drop, arl0)
+    return bernoulli_arl(q_true, up, down, bernoulli_threshold(q0, up, down, arl0))
+
+
+def learned_baseline_table(deployments: int, seed: int) -> None:
+    """``cusum`` with a learned baseline: each deployment learns its baseline from its own
+    warm-up (errors ~ Binomial(warmup, 0.1)), and its real ARL0 under the true rate comes from
+    the exact Markov chain. Mean false-alarm rate relative to the budget (95 % CI over
+    deployments) and the share of deployments whose real ARL0 is below half the budget."""
+    from driftswitch.detectors.binary.cusum import deployed_arl0
+
+    q0, drop = 0.10, 0.10
+    rng = np.random.default_rng(seed)
+    print()
+    print(
+        f"`cusum` (drop {drop}) with a baseline learned over a warm-up at accuracy {1 - q0:.2f}, "
+        f"{deployments:,} seeded deployments per row (real ARL0 of each from the exact chain):"
+    )
+    print()
+    print(
+        "| warm-up | requested ARL0 | mean false-alarm rate / budget (95 % CI) "
+        "| real ARL0 < half the budget | same, ignoring the estimation error |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for warmup, arl0 in ((1000, 1e4), (500, 1e4), (1000, 1e5), (500, 1e5)):
+        errors = rng.binomial(warmup, q0, size=deployments)
+        rows = {}
+        for k in np.unique(errors).tolist():
+            rows[k] = (
+                arl0 / deployed_arl0(q0, k, warmup, drop, arl0),
+                arl0 / _naive_arl0(q0, k, warmup, drop, arl0),
+            )
+        ratio = np.array([rows[k][0] for k in errors.tolist()])
+        naive = np.array([rows[k][1] for k in errors.tolist()])
+        half = 1.96 * ratio.std(ddof=1) / math.sqrt(deployments)
+        low, high = _wilson(int(np.count_nonzero(ratio > 2)), deployments)
+        n_half = 1.96 * naive.std(ddof=1) / math.sqrt(deployments)
+        print(
+            f"| {warmup:,} | {arl0:.0e} | {ratio.mean():.2f}× ({ratio.mean() - half:.2f}–"
+            f"{ratio.mean() + half:.2f}) | {np.mean(ratio > 2):.1%} ({low:.1%}–{high:.1%}) "
+            f"| {naive.mean():.2f}× ± {n_half:.2f}, {np.mean(naive > 2):.1%} below half |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="change runs per cell")
@@ -171,7 +453,32 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seq-runs", type=int, default=2000, help="sequential runs per row")
     parser.add_argument("--seq-horizon", type=int, default=10_000, help="sequential pairs per run")
+    parser.add_argument(
+        "--deployments", type=int, default=1000, help="learned-baseline deployments per row"
+    )
+    parser.add_argument("--alarms", type=int, default=100, help="false alarms per ARL0 estimate")
+    parser.add_argument("--delay-runs", type=int, default=200, help="delay runs per GLR cell")
+    parser.add_argument(
+        "--budgets", default="1e4,1e5,1e6", help="ARL0s of the calibration table (comma list)"
+    )
+    parser.add_argument("--learned-only", action="store_true", help="only the learned baselines")
+    parser.add_argument("--calibration-only", action="store_true", help="only the calibration")
+    parser.add_argument("--cusum-only", action="store_true", help="only the cusum ARL0 table")
+    parser.add_argument(
+        "--delays-only", action="store_true", help="only the delay and sequential tables"
+    )
     args = parser.parse_args()
+    if args.cusum_only:
+        cusum_table(args.alarms, args.seed, [float(b) for b in args.budgets.split(",")])
+        return
+    if args.learned_only or args.calibration_only:
+        if args.calibration_only:
+            budgets = [float(b) for b in args.budgets.split(",")]
+            calibration_table(args.alarms, args.delay_runs, args.seed, budgets)
+        if args.learned_only:
+            learned_baseline_table(args.deployments, args.seed)
+            glr_learned_table(max(500, args.deployments // 2), args.seed)
+        return
 
     known = set(registry.kinds())
     print(
@@ -207,6 +514,13 @@ def main() -> None:
                     flush=True,
                 )
     sequential_table(args.seq_runs, args.seq_horizon, args.seed)
+    if args.delays_only:
+        return
+    calibration_table(
+        args.alarms, args.delay_runs, args.seed, [float(b) for b in args.budgets.split(",")]
+    )
+    learned_baseline_table(args.deployments, args.seed)
+    glr_learned_table(max(500, args.deployments // 2), args.seed)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,14 @@ discretised chain with a fine grid (error well under 1 %). Calibrations are cach
 set, so building a detector is cheap after the first one.
 
 Reference: a given ``baseline`` (``mean``/``std``), or one estimated over the first ``warmup``
-events and then frozen. An alarm never changes the reference (a detector that re-learns its
-reference after a false alarm can absorb a real change that follows). After an alarm ``W``
-restarts from 0 on the next event, so the measured ARL0 is the mean number of events between
-false alarms.
+events and then frozen. A learned ``cusum`` baseline is off by its estimation error, which would
+raise the mean false-alarm rate over deployments well above the budget (1.4× for a drop of 0.1
+at ARL0 1e4, learned over 1,000 events at accuracy 0.9); the threshold is calibrated for an
+inflated budget that absorbs it (:func:`learned_budget`, shown as ``arl0_calibrated`` by
+``explain()``; :func:`deployed_arl0` gives the real ARL0 of one deployment). An alarm never
+changes the reference (a detector that re-learns its reference after a false alarm can absorb a
+real change that follows). After an alarm ``W`` restarts from 0 on the next event, so the
+measured ARL0 is the mean number of events between false alarms.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from driftswitch.detectors.binary._bernoulli import (
     check_seed,
     check_unit,
     check_warmup,
+    learned_error_rate,
 )
 from driftswitch.detectors.registry import register
 
@@ -176,6 +181,32 @@ def _lindley(
     return w, alarms, path
 
 
+def learned_budget(q0: float, up: int, down: int, arl0: float, warmup: int) -> float:
+    """The budget to calibrate for when ``q0`` was learned from ``warmup`` events.
+
+    A learned error rate is off by about ``sd = sqrt(q0(1-q0)/(warmup+1))``, and the real ARL0
+    depends on it exponentially: a reference set too low makes every ordinary error look like
+    evidence. Over deployments (independent warm-ups), ``ln ARL0`` under the true rate is then
+    spread by about ``c·sd`` around the requested value, where ``c`` is the slope of ``ln ARL`` in
+    the error rate (from the exact chain at ``q0 ± sd``), and the *mean* false-alarm rate
+    ``E[1/ARL0]`` is ``exp((c·sd)²/2)`` times the budget (log-normal mean). Calibrating for
+    ``arl0 · exp((c·sd)²/2)`` brings the mean false-alarm rate back to the budget; ``c`` grows with
+    the threshold, so the factor is recomputed once at the inflated threshold.
+    """
+    sd = math.sqrt(q0 * (1.0 - q0) / (warmup + 1.0))
+    lo, hi = max(q0 - sd, q0 / 2.0), min(q0 + sd, (1.0 + q0) / 2.0)
+    target = arl0
+    for _ in range(2):
+        h = bernoulli_threshold(q0, up, down, target)
+        spread = (
+            (math.log(bernoulli_arl(lo, up, down, h)) - math.log(bernoulli_arl(hi, up, down, h)))
+            / (hi - lo)
+            * sd
+        )
+        target = arl0 * math.exp(spread * spread / 2.0)
+    return target
+
+
 @register
 class CUSUM(BernoulliDetector):
     """Bernoulli CUSUM for an accuracy drop from ``baseline`` to ``target`` (x = 1 is an error).
@@ -253,6 +284,7 @@ class CUSUM(BernoulliDetector):
         self._up = 0
         self._down = 0
         self._h = 0
+        self._budget = self._arl0
         if baseline is not None:
             self._calibrate(1.0 - baseline)
 
@@ -266,7 +298,10 @@ class CUSUM(BernoulliDetector):
             raise ValueError(f"target error rate {q1} must exceed the baseline error rate {q0}")
         self._q0, self._q1 = q0, q1
         self._up, self._down = bernoulli_lattice(q0, q1, self._arl0)
-        self._h = bernoulli_threshold(q0, self._up, self._down, self._arl0)
+        self._budget = self._arl0
+        if self._baseline is None:
+            self._budget = learned_budget(q0, self._up, self._down, self._arl0, self._warmup)
+        self._h = bernoulli_threshold(q0, self._up, self._down, self._budget)
 
     @property
     def _scale(self) -> float:
@@ -341,6 +376,7 @@ class CUSUM(BernoulliDetector):
                 "target_accuracy": 1.0 - self._q1 if self._h else None,
                 "baseline_learned": self._baseline is None,
                 "arl0": self._arl0,
+                "arl0_calibrated": self._budget if self._h else None,
                 "alarms": self._alarms,
                 "warming_up": not self._h,
             }
@@ -369,6 +405,18 @@ class CUSUM(BernoulliDetector):
         det._w = int(state["w"])
         det._restore_counters(state)
         return det
+
+
+def deployed_arl0(q_true: float, errors: int, warmup: int, drop: float, arl0: float) -> float:
+    """The real in-control ARL0 of a ``cusum`` whose baseline was learned from ``errors`` errors
+    in ``warmup`` events, on a stream whose true error rate is ``q_true`` (exact, by the chain).
+
+    One call is one deployment; over warm-ups drawn from ``Binomial(warmup, q_true)`` the mean of
+    ``arl0 / deployed_arl0(...)`` is the false-alarm rate relative to the budget.
+    """
+    det = CUSUM(drop=drop, warmup=warmup, arl0=arl0)
+    det._calibrate(learned_error_rate(errors, warmup))
+    return bernoulli_arl(q_true, det._up, det._down, det._h)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from driftswitch.detectors.binary._bernoulli import (
     check_unit,
     check_warmup,
 )
+from driftswitch.detectors.binary.cusum import bernoulli_lattice, learned_budget
 from driftswitch.detectors.registry import register
 
 _WINDOW_RATIO = 1.15
@@ -59,9 +60,9 @@ _SHORTEST = 30
 #: Calibration: simulated streams, the largest ARL simulated directly, and the aim above the
 #: budget that absorbs the simulation noise (about ±1/sqrt(streams) in ARL) and the steps of ARL
 #: in ``h`` (the statistic takes discrete values).
-_CAL_STREAMS = 80
+_CAL_STREAMS = 120
 _CAL_REACH = 30_000.0
-_CAL_AIM = 1.15
+_CAL_AIM = 1.0
 _CHUNK = 2048
 #: Updates of at most this many events take the incremental single-event path.
 _STEP_MAX = 16
@@ -239,8 +240,23 @@ def glr_calibration(q0: float, q1: float, arl0: float) -> tuple[float, float]:
             f"cannot calibrate glr for q0={q0}, q1={q1}: simulation found no usable levels"
         )
     slope, icpt = np.polyfit(levels[use], np.log(arl[use]), 1, w=np.sqrt(crossed[use]))
-    h = (math.log(_CAL_AIM * arl0) - float(icpt)) / float(slope)
-    return max(h, float(levels[0])), float(slope)
+    slope, icpt = float(slope), float(icpt)
+    goal = math.log(_CAL_AIM * arl0)
+    h_top = float(levels[use][-1])
+    top_fit = icpt + slope * h_top
+    if goal <= top_fit or slope >= 1.0:
+        h = (goal - icpt) / slope
+    else:
+        # Beyond the simulated range the slope keeps growing: the tail of the statistic is e^-h
+        # times a power of h, so ln ARL = c + h + b·ln h, whose slope 1 + b/h tends to 1. Anchor
+        # it at the top of the fit (value and slope) and solve; a straight line would overshoot.
+        b = (slope - 1.0) * h_top
+        h = h_top + (goal - top_fit)
+        for _ in range(50):  # Newton on f(h) = h - h_top + b·ln(h/h_top) - (goal - top_fit)
+            f = h - h_top + b * math.log(h / h_top) - (goal - top_fit)
+            h -= f / (1.0 + b / h)
+        slope = 1.0 + b / h
+    return max(h, float(levels[0])), slope
 
 
 @register
@@ -269,7 +285,7 @@ class GLR(BernoulliDetector):
     >>> det = GLR(baseline=0.90, min_drop=0.05, arl0=10_000)
     >>> alarms = [i for i, x in enumerate(errors) if (det.update(int(x)), det.drift_detected)[1]]
     >>> alarms[0]  # the change is at 3000
-    3138
+    3133
     """
 
     kind: ClassVar[str] = "glr"
@@ -320,6 +336,7 @@ class GLR(BernoulliDetector):
         self._q0 = 0.0
         self._q1 = 0.0
         self._h = math.inf
+        self._budget = self._arl0
         self._windows: tuple[int, ...] = ()
         if self._baseline is not None:
             self._calibrate(1.0 - self._baseline)
@@ -328,7 +345,14 @@ class GLR(BernoulliDetector):
         q1 = min(q0 + self._min_drop, 1.0 - 1e-9)
         self._q0, self._q1 = q0, q1
         self._windows = glr_windows(q0, q1, self._arl0)
-        self._h = glr_calibration(q0, q1, self._arl0)[0]
+        self._budget = self._arl0
+        if self._baseline is None:
+            # A learned q0 carries its estimation error; borrow the inflation of the CUSUM for the
+            # same q0 and smallest drop (exact chain), which watches the same likelihood ratio at
+            # the boundary of the GLR's alternatives. Measured in benchmarks/detectors.py.
+            up, down = bernoulli_lattice(q0, q1, self._arl0)
+            self._budget = learned_budget(q0, up, down, self._arl0, self._warmup)
+        self._h = glr_calibration(q0, q1, self._budget)[0]
         self._win = np.asarray(self._windows, dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(self._win + 1)[:-1]])
         self._table = _llr_table(self._windows, q0, q1)
@@ -458,6 +482,7 @@ class GLR(BernoulliDetector):
                 "min_drop": self._min_drop,
                 "baseline_learned": self._baseline is None,
                 "arl0": self._arl0,
+                "arl0_calibrated": self._budget if ready else None,
                 "alarms": self._alarms,
                 "warming_up": not ready,
             }

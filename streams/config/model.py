@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from driftswitch.detectors import registry
+from driftswitch.streams.config import budget
 from driftswitch.streams.contract import targeting
 from driftswitch.streams.contract.errors import ConfigError
 from driftswitch.streams.contract.events import Name
@@ -141,6 +142,19 @@ Duration = Annotated[
         }
     ),
 ]
+Rate = Annotated[
+    float,
+    BeforeValidator(budget.parse_rate),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": budget._RATE.pattern},
+            ],
+            "description": "Events per second, or a rate such as 40/s, 2400/m, 100000/d.",
+        }
+    ),
+]
 LabelValue = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
@@ -194,6 +208,20 @@ class Guardrail(_Model):
     )
     shift_by: int = Field(
         10, ge=1, le=100, description="For `action: shift`: weight moved to the default."
+    )
+    false_alarm_every: Duration | None = Field(
+        None,
+        description=(
+            "The false-alarm budget as a duration (e.g. 90d): sets the detector's `arl0` to "
+            "this duration times `expected_rate`."
+        ),
+    )
+    expected_rate: Rate | None = Field(
+        None,
+        description=(
+            "Events per second expected to reach this guardrail (labelled events of the variant "
+            "for label metrics), e.g. 40/s: turns `false_alarm_every` into `arl0`."
+        ),
     )
 
 
@@ -613,10 +641,47 @@ def _check_guardrail(
             f"detector {g.detector.kind!r} watches one variant; `compare_to` needs a "
             "two-sample detector such as 'sequential'",
         )
+    if g.false_alarm_every is not None and not _check_budget(problems, here, g, cls.two_sample):
+        return
     try:
         registry.create(detector_spec(g, flag))
     except ValueError as exc:
         problems.add([*here, "detector"], str(exc))
+
+
+def _check_budget(
+    problems: _Problems, here: list[str | int], g: Guardrail, two_sample: bool
+) -> bool:
+    """``false_alarm_every`` needs an ``arl0`` detector, no explicit ``arl0``, and a stated rate."""
+    ok = True
+    if "arl0" not in registry.parameters(g.detector.kind):
+        what = (
+            "its `alpha` is already the chance of any false harm over the whole comparison"
+            if two_sample
+            else "it is not calibrated to a false-alarm rate"
+        )
+        problems.add(
+            [*here, "false_alarm_every"],
+            f"detector {g.detector.kind!r} has no `arl0` to derive from a duration: {what}",
+        )
+        return False
+    if "arl0" in g.detector.params():
+        problems.add(
+            [*here, "detector", "arl0"],
+            "give either `detector.arl0` (events) or `false_alarm_every` (a duration), not both",
+        )
+        ok = False
+    if g.false_alarm_every is not None and g.false_alarm_every <= 0:
+        problems.add([*here, "false_alarm_every"], "must be a positive duration such as 90d")
+        ok = False
+    if g.expected_rate is None:
+        problems.add(
+            [*here, "false_alarm_every"],
+            "needs `expected_rate` (events per second reaching this guardrail, e.g. 40/s): "
+            "the threshold is fixed when the detector is built, so the rate must be stated",
+        )
+        ok = False
+    return ok
 
 
 def assignment_order(flag: FlagConfig) -> list[str]:
@@ -702,9 +767,11 @@ def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:
     """The detector spec for a guardrail, with metric-derived defaults filled in.
 
     Two-sample detectors need the metric's direction; it is derived from the metric unless the
-    user set it.
+    user set it. A budget stated as ``false_alarm_every`` at ``expected_rate`` becomes ``arl0``.
     """
     spec = g.detector.spec()
+    if g.false_alarm_every is not None and g.expected_rate is not None:
+        spec["arl0"] = budget.arl0_for(g.false_alarm_every, g.expected_rate)
     cls = registry.detector_class(g.detector.kind)
     if cls.two_sample and "higher_is_better" in registry.parameters(g.detector.kind):
         spec.setdefault("higher_is_better", METRICS[g.metric].higher_is_better)

@@ -5,7 +5,9 @@
   says why: active without the lease, or records waiting and no batch processed).
 - ``GET /api/v1/flags``: the latest state of every flag, as published on the flags topic.
 - ``GET /api/v1/flags/{flag}``: one flag's state, plus the engine's statistics and guardrail
-  states for it when this worker is the active one; 404 for an unknown flag.
+  states for it when this worker is the active one, each guardrail with its ``budget``: the
+  false-alarm budget in time at the observed rate (:mod:`driftswitch.streams.config.budget`);
+  404 for an unknown flag.
 - ``GET /flagd/flags.json``: the flagd flag-definition document of the published states
   (:mod:`driftswitch.streams.contract.flagd`), for flagd's HTTP sync; 503 until the worker knows
   them.
@@ -64,7 +66,32 @@ async def _flag(request: web.Request) -> web.Response:
         engine = worker.engine.snapshot()
         flags = engine.get("flags", engine) if isinstance(engine, dict) else {}
         body["evaluation"] = flags.get(name) if isinstance(flags, dict) else None
+        _add_budgets(worker, name, body["evaluation"])
     return _json(body)
+
+
+def _add_budgets(worker: Any, name: str, evaluation: Any) -> None:
+    """Each guardrail of ``evaluation`` gains ``budget``: its false-alarm budget in time at the
+    rate its variant's samples arrived (event time), or at its ``expected_rate`` before that."""
+    from driftswitch.streams.config import budget
+    from driftswitch.streams.config.model import detector_spec
+
+    flag = worker.config.flags.get(name)
+    if flag is None or not isinstance(evaluation, dict):
+        return
+    guardrails = evaluation.get("guardrails") or {}
+    variants = evaluation.get("variants") or {}
+    for g in flag.guardrails:
+        entry = guardrails.get(g.name)
+        if not isinstance(entry, dict):
+            continue
+        stats = variants.get(g.variant) or {}
+        samples = (entry.get("samples") or {}).get(g.variant) or 0
+        rate = budget.observed_rate(int(samples), stats.get("first_ts"), stats.get("last_ts"))
+        source = "observed"
+        if rate is None and g.expected_rate is not None:
+            rate, source = g.expected_rate, "expected_rate"
+        entry["budget"] = budget.explain(detector_spec(g, flag), rate=rate, rate_source=source)
 
 
 async def _flagd(request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -13,10 +15,33 @@ def main() -> None:
 
 @main.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(configs: tuple[str, ...]) -> None:
-    """Check configuration files; print every problem as file:line: path: expectation."""
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also say what each guardrail's false-alarm budget means in time.",
+)
+@click.option(
+    "--rate",
+    default=None,
+    help="With --explain: events/s (e.g. 40/s) assumed for guardrails without expected_rate.",
+)
+def validate(configs: tuple[str, ...], explain: bool, rate: str | None) -> None:
+    """Check configuration files; print every problem as file:line: path: expectation.
+
+    With --explain, each guardrail's budget is translated into time: at the guardrail's
+    `expected_rate` (or --rate) an `arl0` of N events means one false alarm every N / rate
+    seconds on average, and a chance 1 - exp(-t/T) of at least one within t.
+    """
+    from driftswitch.streams.config import budget
     from driftswitch.streams.config.model import config_warnings, iter_guardrails, load_config
     from driftswitch.streams.contract.errors import ConfigError
+
+    assumed: float | None = None
+    if rate is not None:
+        try:
+            assumed = budget.parse_rate(rate)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rate") from None
 
     failed = False
     for path in configs:
@@ -33,8 +58,39 @@ def validate(configs: tuple[str, ...]) -> None:
             click.echo(f"warning: {warning}", err=True)
         guardrails = sum(1 for _ in iter_guardrails(config))
         click.echo(f"{path}: ok ({len(config.flags)} flags, {guardrails} guardrails)")
+        if explain:
+            _explain_budgets(config, assumed)
     if failed:
         raise SystemExit(1)
+
+
+def _explain_budgets(config: Any, assumed: float | None) -> None:
+    """One paragraph per guardrail: its detector, and its budget in events and in time."""
+    from driftswitch.streams.config import budget
+    from driftswitch.streams.config.model import detector_spec, iter_guardrails
+
+    for name, flag, g in iter_guardrails(config):
+        spec = detector_spec(g, flag)
+        rate: float | None
+        if g.expected_rate is not None:
+            rate, source = g.expected_rate, "expected_rate"
+        else:
+            rate, source = assumed, "--rate"
+        info = budget.explain(spec, rate=rate, rate_source=source)
+        head = f"  {name}/{g.name}: {g.metric.value} of {g.variant!r}"
+        if g.compare_to is not None:
+            head += f" against {g.compare_to!r}"
+        click.echo(f"{head}, detector {spec['kind']}, action {g.action.value}")
+        if info["budget"] == "arl0":
+            stated = (
+                f" (from false_alarm_every: {budget.format_duration(g.false_alarm_every)})"
+                if g.false_alarm_every is not None
+                else ""
+            )
+            click.echo(f"    arl0 = {info['arl0']:,.0f} events{stated}")
+            if "rate" not in info:
+                click.echo("    give expected_rate in the config or --rate to see it in time")
+        click.echo(f"    {info['text']}")
 
 
 @main.command("broker")

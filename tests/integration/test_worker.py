@@ -9,6 +9,7 @@ resumes without losing, repeating or double-counting anything.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -141,6 +142,19 @@ def test_confluent_events_kill_the_candidate_like_backtest(
     api = worker.get("/api/v1/flags/ranker")
     assert api["state"]["version"] == 2
     assert api["state"]["variants"]["candidate"]["killed"] is True
+    # The guardrail's budget in time, at the rate its samples arrived (event time): the
+    # candidate gets 30 % of 100 requests/s, so about 30 labelled events/s.
+    guard = api["evaluation"]["guardrails"]["candidate-accuracy"]
+    spent = api["evaluation"]["variants"]["candidate"]
+    rate = (guard["samples"]["candidate"] - 1) / (spent["last_ts"] - spent["first_ts"])
+    assert guard["budget"]["budget"] == "arl0"
+    assert guard["budget"]["rate_source"] == "observed"
+    assert guard["budget"]["rate"] == pytest.approx(rate)
+    assert 20 < rate < 35
+    assert guard["budget"]["mean_seconds_between"] == pytest.approx(100_000 / rate)
+    assert guard["budget"]["chance_within"]["1d"] == pytest.approx(
+        -math.expm1(-86_400 * rate / 100_000)
+    )
     # flagd consumers: the file (file sync, provider file mode) and the HTTP document agree,
     # and the killed candidate is no longer in the fractional split.
     served = worker.get("/flagd/flags.json")
