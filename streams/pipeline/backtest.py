@@ -250,18 +250,22 @@ def render_summary(result: Backtest, console: Console) -> None:
             "guardrail",
             "state",
             "samples",
+            "last alarm",
+            "statistic then",
             "statistic now",
             "threshold",
             "alarms",
             "acted on",
-            title="guardrails",
+            title="guardrails (a detector restarts after an alarm)",
         )
         for gname, g in flag["guardrails"].items():
             samples = ", ".join(f"{k}={n}" for k, n in g["samples"].items())
             guardrails.add_row(
                 gname,
-                guardrail_state(g),
+                str(g["state"]),
                 samples,
+                format_ts(g.get("last_breach_ts")),
+                _fmt(g.get("last_breach_statistic")),
                 _fmt(g["statistic"]),
                 _fmt(g["threshold"]),
                 _fmt(g["breaches"]),
@@ -269,16 +273,3 @@ def render_summary(result: Backtest, console: Console) -> None:
             )
         if guardrails.row_count:
             console.print(guardrails)
-
-
-def guardrail_state(g: dict[str, Any]) -> str:
-    """A guardrail's state in words. A detector restarts after it fires, so a breached
-    guardrail is described by the statistic it had then, not by the current one."""
-    state = str(g["state"])
-    if state != "breached":
-        return state
-    text = f"breached at {format_ts(g.get('last_breach_ts'))}"
-    stat, threshold = g.get("last_breach_statistic"), g.get("last_breach_threshold")
-    if stat is not None and threshold is not None:
-        text += f" (statistic {_fmt(stat)}, threshold {_fmt(threshold)})"
-    return text

@@ -97,18 +97,23 @@ async def _probe_one(host: str, port: int, plaintext: bool, timeout_s: float) ->
         writer.write(_api_versions_request(0x44535701))
         try:
             await asyncio.wait_for(writer.drain(), timeout_s)
-            head = await asyncio.wait_for(reader.read(8), timeout_s)
+            head = await asyncio.wait_for(reader.read(64), timeout_s)
+            if 0 < len(head) < 8:  # a Kafka answer split after a few bytes
+                head += await asyncio.wait_for(reader.read(64), timeout_s)
         except TimeoutError:
             return f"connected, but no answer to a Kafka request within {timeout_s:.0f} s"
         except OSError as exc:
             return f"connected, but the connection failed: {exc.strerror or exc}"
         if not head:
             return "connected, but it closed the connection without answering a Kafka request"
-        if len(head) == 8:
-            size, correlation = struct.unpack(">ii", head)
+        if len(head) >= 8:
+            size, correlation = struct.unpack(">ii", head[:8])
             if 4 <= size <= 1 << 20 and correlation == 0x44535701:
                 return None
-        shown = head.decode("ascii", "replace").strip() or head.hex()
+        text = head.decode("ascii", "replace").strip()
+        shown = text.splitlines()[0] if text and text.isprintable() is False else text
+        if not shown or any(not (c.isprintable() or c.isspace()) for c in shown):
+            shown = head[:16].hex()
         return f"connected, but it answered a Kafka request with {shown!r}..."
     finally:
         writer.close()
