@@ -309,6 +309,7 @@ class DriftswitchClient:
         self._sent = 0
         self._failed = 0
         self._producer_connected = False
+        self._producer_failing = False  # set while the producer cannot connect
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -755,10 +756,12 @@ class DriftswitchClient:
 
     async def _shutdown(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self._producer_connected:
+        while time.monotonic() < deadline:
             with self._lock:
                 if not self._buffer and not self._in_flight:
                     break
+            if not self._producer_connected and self._producer_failing:
+                break  # the broker is unreachable: waiting would only delay the exit
             await asyncio.sleep(0.005)
         assert self._stopping is not None
         self._stopping.set()
@@ -873,6 +876,7 @@ class DriftswitchClient:
             try:
                 await kafka.start(producer, self.kafka)
                 self._producer_connected = True
+                self._producer_failing = False
                 self._trouble.recovered()
                 backoff = 0.2
                 partitions: dict[str, list[int]] = {}
@@ -887,6 +891,7 @@ class DriftswitchClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._producer_failing = True
                 self._trouble.failed("sending events", self._why(exc))
             finally:
                 self._producer_connected = False
