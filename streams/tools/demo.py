@@ -75,12 +75,12 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
     scenario = demo_scenario(requests, seed)
     config = parse_config(config_yaml(scenario, DEMO_GUARDRAILS), "<demo config>")
     topics = Topics()
-    with console.status(f"simulating {requests:,} requests of a model service..."):
+    with _step(console, f"simulating {requests:,} requests of a model service..."):
         events = list(simulate(scenario))
     seen: list[FlagChangeEvent] = []
     killed = asyncio.Event()
 
-    with console.status("starting the embedded Kafka broker (Tansu)..."):
+    with _step(console, "starting the embedded Kafka broker (Tansu)..."):
         broker = await EmbeddedBroker().start_async()
     try:
         console.print(f"[bold]broker[/] embedded Tansu at {broker.bootstrap} (memory storage)")
@@ -109,7 +109,7 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
                     killed.set()
 
         try:
-            with console.status("starting the worker and the model service's Kafka clients..."):
+            with _step(console, "starting the worker and the model service's Kafka clients..."):
                 await kafka.start(consumer, local)
                 await kafka.start(producer, local)
                 follower = asyncio.ensure_future(follow_flags())
@@ -150,7 +150,7 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
                 await producer.flush()
             if not killed.is_set():
                 with (
-                    console.status("all events sent; waiting for the worker's decision..."),
+                    _step(console, "all events sent; waiting for the worker's decision..."),
                     contextlib.suppress(TimeoutError),
                 ):
                     await asyncio.wait_for(killed.wait(), timeout=15)
@@ -165,13 +165,21 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
                 await asyncio.wait({worker})
         _raise_if_failed(worker, finished=True)
     finally:
-        with console.status("stopping the broker..."):
+        with _step(console, "stopping the broker..."):
             await broker.stop_async()
     if killed.is_set():
         console.print("[bold green]done[/]: the candidate was killed; traffic goes to control.")
     else:
         console.print("[bold red]no kill seen[/]: the candidate was not killed in time.")
     return killed.is_set()
+
+
+def _step(console: Any, text: str) -> Any:
+    """Say what is happening: a spinner on a terminal, a plain line in a log."""
+    if console.is_terminal:
+        return console.status(text)
+    console.print(text)
+    return contextlib.nullcontext()
 
 
 def _raise_if_failed(worker: asyncio.Future[None], finished: bool = False) -> None:
