@@ -784,7 +784,7 @@ def _detector_spec(detector: DetectorSpec, metric: Metric) -> dict[str, Any]:
 
 #: Largest config accepted. A config describes flags and guardrails: even hundreds of flags stay
 #: far below this, and a larger file is almost always the wrong file (an events file, a dump).
-MAX_CONFIG_BYTES = 4 << 20
+MAX_CONFIG_BYTES = 1 << 20
 
 #: libyaml's parser when PyYAML has it (tens of times faster), else the pure-Python one.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
