@@ -94,6 +94,7 @@ ensure_venv() {
   local files
   files=$(find streams detectors -name '*.py' -o -name 'py.typed' | sort | sha1sum | cut -c1-40)
   if [ "$files" != "$(cat "$VENV/.files-stamp" 2>/dev/null || true)" ]; then
+    echo "driftswitch: linking driftswitch's source files into $VENV (after a change of files)" >&2
     quiet "$VENV/bin/python" -m pip install --no-deps -e . --config-settings editable_mode=strict
     echo "$files" > "$VENV/.files-stamp"
   fi
