@@ -37,7 +37,10 @@ progress_lines() {
         ;;
       "Installing collected packages:"*)
         [ "$tty" = 1 ] && printf '\r\033[K' >&2
-        printf 'driftswitch:   installing %d packages (unpacking and linking)...\n' "$n" >&2
+        local names=${line#*:} commas
+        commas=${names//[^,]/}
+        printf 'driftswitch:   installing %d packages (unpacking and linking)...\n' \
+          $((${#commas} + 1)) >&2
         ;;
     esac
   done
@@ -82,8 +85,8 @@ ensure_venv() {
   if [ "$want" != "$have" ] && ! { [ "$extra" = service ] && [ "${have%% *}" = dev ] && [ "${have#* }" = "${want#* }" ]; }; then
     if [ -z "$have" ]; then
       echo "driftswitch: installing driftswitch and its dependencies ($extra extra: aiokafka," \
-        "pydantic, numpy, river, aiohttp, ...) into $VENV; first run only, about 1-2 minutes" \
-        "(mostly downloads)" >&2
+        "pydantic, numpy, river, aiohttp, ...) into $VENV; first run only, 1-4 minutes" \
+        "(downloads, then unpacking)" >&2
     else
       echo "driftswitch: pyproject.toml changed; updating the dependencies ($extra) in $VENV" >&2
     fi

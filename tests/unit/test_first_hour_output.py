@@ -134,7 +134,7 @@ Obtaining file:///work/driftswitch
 Collecting aiokafka<0.15,>=0.11 (from driftswitch==0.1.0)
   Downloading aiokafka-0.12.0-cp311-cp311-manylinux.whl (1.1 MB)
 Collecting numpy<3,>=1.26 (from driftswitch==0.1.0)
-Installing collected packages: numpy, aiokafka, driftswitch
+Installing collected packages: numpy, aiokafka, multidict, driftswitch
 Successfully installed aiokafka-0.12.0 driftswitch-0.1.0 numpy-2.1.0
 """
 
@@ -158,7 +158,7 @@ def test_install_progress_names_each_package() -> None:
         "driftswitch:   [1] file:///work/driftswitch",
         "driftswitch:   [2] aiokafka<0.15,>=0.11",
         "driftswitch:   [3] numpy<3,>=1.26",
-        "driftswitch:   installing 3 packages (unpacking and linking)...",
+        "driftswitch:   installing 4 packages (unpacking and linking)...",
     ]
 
 
