@@ -35,6 +35,11 @@ progress_lines() {
           printf 'driftswitch:   [%d] %s\n' "$n" "$line" >&2
         fi
         ;;
+      "  Downloading "*|"Downloading "*)  # the big wheels (numpy, river) take the time
+        line=${line#*Downloading }
+        [ "$tty" = 1 ] && printf '\r\033[K' >&2
+        printf 'driftswitch:       downloading %s\n' "${line##*/}" >&2
+        ;;
       "Installing collected packages:"*)
         [ "$tty" = 1 ] && printf '\r\033[K' >&2
         local names=${line#*:} commas

@@ -157,6 +157,7 @@ def test_install_progress_names_each_package() -> None:
     assert result.stderr.splitlines() == [
         "driftswitch:   [1] file:///work/driftswitch",
         "driftswitch:   [2] aiokafka<0.15,>=0.11",
+        "driftswitch:       downloading aiokafka-0.12.0-cp311-cp311-manylinux.whl (1.1 MB)",
         "driftswitch:   [3] numpy<3,>=1.26",
         "driftswitch:   installing 4 packages (unpacking and linking)...",
     ]
