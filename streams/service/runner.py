@@ -111,9 +111,8 @@ async def _probe_one(host: str, port: int, plaintext: bool, timeout_s: float) ->
             if 4 <= size <= 1 << 20 and correlation == 0x44535701:
                 return None
         text = head.decode("ascii", "replace").strip()
-        shown = text.splitlines()[0] if text and text.isprintable() is False else text
-        if not shown or any(not (c.isprintable() or c.isspace()) for c in shown):
-            shown = head[:16].hex()
+        first = text.splitlines()[0] if text else ""
+        shown = first if first.isprintable() and first else head[:16].hex()
         return f"connected, but it answered a Kafka request with {shown!r}..."
     finally:
         writer.close()
