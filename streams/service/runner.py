@@ -102,10 +102,10 @@ async def _probe_one(host: str, port: int, plaintext: bool, timeout_s: float) ->
                 head += await asyncio.wait_for(reader.read(64), timeout_s)
         except TimeoutError:
             return f"connected, but no answer to a Kafka request within {timeout_s:.0f} s"
-        except OSError as exc:
-            return f"connected, but the connection failed: {exc.strerror or exc}"
-        if not head:
-            return "connected, but it closed the connection without answering a Kafka request"
+        except OSError:
+            return None  # closed on us, as a TLS or SASL listener does: the Kafka client says so
+        if not head or (len(head) >= 2 and head[0] in (0x15, 0x16) and head[1] == 0x03):
+            return None  # closed, or a TLS record (alert): a TLS listener, the client says so
         if len(head) >= 8:
             size, correlation = struct.unpack(">ii", head[:8])
             if 4 <= size <= 1 << 20 and correlation == 0x44535701:
@@ -129,8 +129,10 @@ async def probe_broker(
 
     Each ``host:port`` gets ``timeout_s`` to accept a connection and, on a plaintext listener,
     to answer a Kafka ApiVersions request (the Kafka client would otherwise retry for its
-    request timeout, 40 s, in silence). Over TLS (``security_protocol`` SSL or SASL_SSL) only
-    the connection is checked: the Kafka client does the handshake and names its errors.
+    request timeout, 40 s, in silence). A listener that closes the connection or answers with
+    TLS is left to the Kafka client, whose error names the likely mismatch. Over TLS
+    (``security_protocol`` SSL or SASL_SSL) only the connection is checked: the Kafka client
+    does the handshake and names its errors.
     """
     protocol = security_protocol.strip().upper()
     plaintext = protocol in ("", "PLAINTEXT", "SASL_PLAINTEXT")

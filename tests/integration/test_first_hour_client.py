@@ -12,7 +12,7 @@ import orjson
 
 from driftswitch.streams.client import DriftswitchClient
 from driftswitch.streams.contract.topics import Topics
-from driftswitch.streams.service.snapshot import read_to_end
+from driftswitch.streams.kafka.connect import read_to_end
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 
