@@ -27,6 +27,7 @@ Python json_logic and semver): no Faust, numpy or river.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import contextlib
@@ -34,6 +35,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -56,6 +58,94 @@ from driftswitch.streams.kafka.settings import (
 __all__ = ["ClientStats", "DriftswitchClient", "Resolution"]
 
 log = logging.getLogger(__name__)
+
+_THREAD_NAME = "driftswitch-client"
+
+#: Clients still running, closed (with a bounded wait) when the interpreter exits.
+_RUNNING: weakref.WeakSet[DriftswitchClient] = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _close_at_exit() -> None:
+    """Send what running clients still hold (each up to its ``exit_timeout_s``), then stop."""
+    for client in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            client._close_at_exit()
+
+
+class _QuietKafkaLogs(logging.Filter):
+    """Drops aiokafka's own records made on a client's thread: the client reports connection
+    trouble itself, once and then at a back-off (:class:`_Trouble`), instead of the same failure
+    twice on every retry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName == _THREAD_NAME and record.levelno < logging.CRITICAL)
+
+
+_QUIET = _QuietKafkaLogs()
+
+
+def _quiet_kafka_logs() -> None:
+    """Attach the filter to every aiokafka logger there is (filters do not inherit to child
+    loggers); called again once the Kafka clients exist, as aiokafka is imported lazily."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "aiokafka"]
+    for name in ["aiokafka", *names]:
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
+
+
+class _Trouble:
+    """Logs a broker failure once, then again only at a growing interval (30 s doubling to
+    10 min), and the recovery once: a client whose broker is down does not flood the log."""
+
+    FIRST_REPEAT_S = 30.0
+    MAX_REPEAT_S = 600.0
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.failures = 0
+        self.since: float | None = None
+        self.next_log = 0.0
+        self.interval = self.FIRST_REPEAT_S
+
+    def failed(self, part: str, why: str) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self.since is None:
+            self.since = now
+            self.next_log = now + self.interval
+            log.warning(
+                "driftswitch: cannot reach Kafka at %s (%s: %s); serving the last known flag "
+                "state or the defaults, buffering events, retrying in the background",
+                self.bootstrap,
+                part,
+                why,
+            )
+        elif now >= self.next_log:
+            self.interval = min(2 * self.interval, self.MAX_REPEAT_S)
+            self.next_log = now + self.interval
+            log.warning(
+                "driftswitch: still cannot reach Kafka at %s after %.0f s (%d attempts; %s: %s)",
+                self.bootstrap,
+                now - self.since,
+                self.failures,
+                part,
+                why,
+            )
+
+    def recovered(self) -> None:
+        if self.since is None:
+            return
+        log.info(
+            "driftswitch: reached Kafka at %s after %.0f s of failures",
+            self.bootstrap,
+            time.monotonic() - self.since,
+        )
+        self.since = None
+        self.failures = 0
+        self.interval = self.FIRST_REPEAT_S
+
 
 _T = TypeVar("_T")
 
@@ -157,9 +247,14 @@ class DriftswitchClient:
         Python ones. Default: PLAINTEXT.
     producer_options, consumer_options
         Extra aiokafka settings (client id, timeouts, ...); security goes in ``security``.
+    exit_timeout_s
+        At interpreter exit a client that was not closed sends what it holds, waiting at most
+        this long; what is still unsent then is lost, and the number is logged.
 
-    Use it as a context manager (``with`` or ``async with``) or call :meth:`start` and
-    :meth:`close`. Callbacks registered with :meth:`on_change` run on the client's thread.
+    Use it as a context manager (``with`` or ``async with``: the exit sends what is buffered)
+    or call :meth:`start` and :meth:`close`. :meth:`start` does not block: until the flag
+    states are read, :meth:`variant` serves the defaults; :meth:`wait_ready` blocks for them.
+    Callbacks registered with :meth:`on_change` run on the client's thread.
     """
 
     def __init__(
@@ -178,6 +273,7 @@ class DriftswitchClient:
         producer_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
         security: SecurityLike = None,
+        exit_timeout_s: float = 5.0,
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
@@ -194,6 +290,7 @@ class DriftswitchClient:
         self.linger_s = linger_s
         self.max_batch = max_batch
         self._producer_options = dict(producer_options or {})
+        self._quiet_logs = True
         self._consumer_options = dict(consumer_options or {})
         self._topic_names = {
             "predictions": self.topics.predictions.name,
@@ -216,36 +313,67 @@ class DriftswitchClient:
         self._sent = 0
         self._failed = 0
         self._producer_connected = False
+        self._producer_failing = False  # set while the producer cannot connect
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_timeout_s = 5.0
+        self.exit_timeout_s = exit_timeout_s
+        self._trouble = _Trouble(bootstrap)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self, wait_s: float | None = 10.0) -> bool:
-        """Start the background thread; wait up to ``wait_s`` for the flag state to be read.
+    def start(self, wait_s: float | None = 0.0) -> bool:
+        """Start the background thread and return at once (or wait up to ``wait_s`` for the
+        flag states; ``None`` waits for ever).
 
-        Returns whether the flags were bootstrapped in time. Never fails because the broker is
-        unreachable: the client then serves defaults and keeps trying in the background.
+        Returns whether the flag states have been read. Until they are, :meth:`variant` serves
+        the defaults. Never fails because the broker is unreachable: the client says so in the
+        log (once, then at a growing interval) and keeps trying in the background.
         """
+        global _atexit_registered
         if self._thread is not None:
-            return self._bootstrapped.is_set()
+            return self.wait_ready(wait_s)
+        if self._quiet_logs:
+            _quiet_kafka_logs()
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=self._run_loop, args=(ready,), name="driftswitch-client", daemon=True
+            target=self._run_loop, args=(ready,), name=_THREAD_NAME, daemon=True
         )
         self._thread.start()
         ready.wait()
+        _RUNNING.add(self)
+        if not _atexit_registered:
+            atexit.register(_close_at_exit)
+            _atexit_registered = True
+        return self.wait_ready(wait_s)
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Block until the flags topic has been read to its end once, or ``timeout_s`` passed;
+        returns whether it has (always True for a client that does not follow flags)."""
         if not self.follow_flags:
             return True
-        return self.wait_bootstrapped(wait_s)
+        if timeout_s is not None and timeout_s <= 0:
+            return self._bootstrapped.is_set()
+        return self._bootstrapped.wait(timeout_s)
 
     def wait_bootstrapped(self, timeout_s: float | None = None) -> bool:
-        """Block until the flags topic has been read to its end once (or the timeout)."""
-        return self._bootstrapped.wait(timeout_s)
+        """:meth:`wait_ready` (the older name)."""
+        return self.wait_ready(timeout_s)
+
+    def _close_at_exit(self) -> None:
+        with self._lock:
+            pending = len(self._buffer) + self._in_flight
+        if pending:
+            log.warning(
+                "driftswitch: interpreter exiting with %d unsent event(s); sending them "
+                "(up to %.1f s; close the client, or use it as a context manager, to control this)",
+                pending,
+                self.exit_timeout_s,
+            )
+        self.close(self.exit_timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is buffered (up to ``timeout_s``), then stop the background thread."""
@@ -259,15 +387,26 @@ class DriftswitchClient:
         thread.join(2 * timeout_s + 2.0)
         self._thread = None
         self._loop = None
+        _RUNNING.discard(self)
         with self._lock:  # what could not be sent before the deadline is lost: say so
             lost = len(self._buffer) + self._in_flight
             self._buffer.clear()
             self._failed += lost
             self._in_flight = 0
+            sent, failed, dropped = self._sent, self._failed, self._dropped
         if lost:
-            log.warning("driftswitch: %d event(s) unsent at close", lost)
+            log.warning(
+                "driftswitch: %d event(s) lost: not sent to Kafka at %s within %.1f s of "
+                "close (in all: %d sent, %d failed, %d dropped)",
+                lost,
+                self.bootstrap,
+                timeout_s,
+                sent,
+                failed,
+                dropped,
+            )
 
-    async def start_async(self, wait_s: float | None = 10.0) -> bool:
+    async def start_async(self, wait_s: float | None = 0.0) -> bool:
         """:meth:`start` for asyncio callers (the blocking wait runs in a worker thread)."""
         return await asyncio.to_thread(self.start, wait_s)
 
@@ -647,10 +786,12 @@ class DriftswitchClient:
 
     async def _shutdown(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self._producer_connected:
+        while time.monotonic() < deadline:
             with self._lock:
                 if not self._buffer and not self._in_flight:
                     break
+            if not self._producer_connected and self._producer_failing:
+                break  # the broker is unreachable: waiting would only delay the exit
             await asyncio.sleep(0.005)
         assert self._stopping is not None
         self._stopping.set()
@@ -676,6 +817,8 @@ class DriftswitchClient:
                 fetch_max_wait_ms=max(1, int(self.poll_s * 1000)),
                 **self._consumer_options,
             )
+            if self._quiet_logs:
+                _quiet_kafka_logs()  # aiokafka's loggers exist now
             try:
                 await kafka.start(consumer, self.kafka)
                 partitions = consumer.partitions_for_topic(topic)
@@ -688,12 +831,13 @@ class DriftswitchClient:
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
                 backoff = 0.2
+                self._trouble.recovered()
                 await self._consume_flags(consumer, tps)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("driftswitch: flags consumer: %s; retrying", self._why(exc))
+                self._trouble.failed("reading flags", self._why(exc))
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), self._stop_timeout_s)
@@ -757,9 +901,13 @@ class DriftswitchClient:
                 linger_ms=max(0, int(self.linger_s * 1000)),
                 **self._producer_options,
             )
+            if self._quiet_logs:
+                _quiet_kafka_logs()
             try:
                 await kafka.start(producer, self.kafka)
                 self._producer_connected = True
+                self._producer_failing = False
+                self._trouble.recovered()
                 backoff = 0.2
                 partitions: dict[str, list[int]] = {}
                 for role, name in self._topic_names.items():
@@ -773,7 +921,8 @@ class DriftswitchClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("driftswitch: event producer: %s; retrying", self._why(exc))
+                self._producer_failing = True
+                self._trouble.failed("sending events", self._why(exc))
             finally:
                 self._producer_connected = False
                 with contextlib.suppress(Exception):

@@ -465,7 +465,7 @@ def _node_at(root: yaml.Node | None, path: Sequence[str | int]) -> yaml.Node | N
     node, mark = root, root
     for part in path:
         if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            pair = next(((k, v) for k, v in node.value if _key_is(k, part)), None)
             if pair is None:
                 break
             mark, node = pair
@@ -476,6 +476,59 @@ def _node_at(root: yaml.Node | None, path: Sequence[str | int]) -> yaml.Node | N
         else:
             break
     return mark
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def _key_is(key: yaml.Node, part: str | int) -> bool:
+    if key.tag == _BOOL_TAG and isinstance(part, int) and isinstance(key.value, str):
+        # A key YAML read as a boolean (`on`, `off`, `yes`, `no`, ...); pydantic's error
+        # locations give it as 1 or 0.
+        return int(_is_true(key.value)) == int(part)
+    return bool(key.value == str(part))
+
+
+def _display_path(root: yaml.Node | None, path: Sequence[str | int]) -> str:
+    """``_fmt_path``, with a key YAML read as a boolean shown as written (``on``, not 1)."""
+    shown: list[str | int] = []
+    node = root
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if _key_is(k, part)), None)
+            if pair is not None and pair[0].tag == _BOOL_TAG:
+                part = str(pair[0].value)
+            node = pair[1] if pair is not None else None
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            node = None
+        shown.append(part)
+    return _fmt_path(shown)
+
+
+def _is_true(word: str) -> bool:
+    return word.lower() in ("yes", "true", "on", "y")
+
+
+def _value_node(root: yaml.Node | None, path: Sequence[str | int]) -> yaml.Node | None:
+    """The value node at ``path`` (``_node_at`` gives the key node of a mapping entry)."""
+    node = root
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if _key_is(k, part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            return None
+    return node
+
+
+def _boolean_hint(word: str, value: bool) -> str:
+    return (
+        f"YAML read {word} as the boolean {str(value).lower()}, not as text; "
+        f'quote it ("{word}") to mean the name'
+    )
 
 
 class _Problems:
@@ -489,7 +542,7 @@ class _Problems:
     def add(self, path: Sequence[str | int], message: str) -> None:
         node = _node_at(self.root, path)
         where = f"{self.source}:{node.start_mark.line + 1}" if node is not None else self.source
-        self.items.append(f"{where}: {_fmt_path(path)}: {message}")
+        self.items.append(f"{where}: {_display_path(self.root, path)}: {message}")
 
 
 def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
@@ -536,9 +589,18 @@ def _add_validation_errors(
     for err in exc.errors(include_url=False):
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         msg = _pydantic_message(err, model)
+        value = err.get("input")
         if loc and loc[-1] == "[key]":  # the name of a flag or variant, not its value
             loc = loc[:-1]
-            msg = f"invalid name: {msg} (letters, digits, '_', '.', '-')"
+            key = _node_at(problems.root, [*prefix, *loc])
+            if isinstance(value, bool) and key is not None and key.tag == _BOOL_TAG:
+                msg = f"invalid name: {_boolean_hint(key.value, value)}"
+            else:
+                msg = f"invalid name: {msg} (letters, digits, '_', '.', '-')"
+        elif isinstance(value, bool) and err["type"] == "string_type":
+            node = _value_node(problems.root, [*prefix, *loc])
+            if node is not None and node.tag == _BOOL_TAG:
+                msg = _boolean_hint(node.value, value)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(model, loc)
             if allowed:
@@ -617,34 +679,53 @@ def _check_guardrail(
         problems.add([*here, "feature"], "metric 'feature' needs `feature: <feature name>`")
     if g.metric is not Metric.FEATURE and g.feature:
         problems.add([*here, "feature"], "`feature` is only used with metric 'feature'")
+    _check_detector(problems, here, g.detector, g.metric, g.compare_to, g)
+
+
+def _check_detector(
+    problems: _Problems,
+    here: list[str | int],
+    detector: DetectorSpec,
+    metric: Metric,
+    compare_to: str | None,
+    guardrail: Guardrail | None = None,
+) -> None:
+    """The detector's kind, its input and its parameters (what the detector itself checks).
+
+    ``guardrail`` is given when the whole guardrail parsed: its budget is then checked too.
+    """
     try:
-        cls = registry.detector_class(g.detector.kind)
+        cls = registry.detector_class(detector.kind)
     except ValueError as exc:
         problems.add([*here, "detector", "kind"], str(exc))
         return
-    info = METRICS[g.metric]
+    info = METRICS[metric]
     if info.input not in cls.inputs:
         fitting = [k for k in registry.kinds() if info.input in registry.detector_class(k).inputs]
         problems.add(
             [*here, "detector", "kind"],
-            f"detector {g.detector.kind!r} does not take {info.input} input, which metric "
-            f"{g.metric.value!r} produces; detectors that do: {', '.join(fitting)}",
+            f"detector {detector.kind!r} does not take {info.input} input, which metric "
+            f"{metric.value!r} produces; detectors that do: {', '.join(fitting)}",
         )
-    if cls.two_sample and g.compare_to is None:
+    if cls.two_sample and compare_to is None:
         problems.add(
             [*here, "compare_to"],
-            f"detector {g.detector.kind!r} compares two variants: set `compare_to`",
+            f"detector {detector.kind!r} compares two variants: set `compare_to`",
         )
-    if not cls.two_sample and g.compare_to is not None:
+    if not cls.two_sample and compare_to is not None:
         problems.add(
             [*here, "compare_to"],
-            f"detector {g.detector.kind!r} watches one variant; `compare_to` needs a "
+            f"detector {detector.kind!r} watches one variant; `compare_to` needs a "
             "two-sample detector such as 'sequential'",
         )
-    if g.false_alarm_every is not None and not _check_budget(problems, here, g, cls.two_sample):
+    if (
+        guardrail is not None
+        and guardrail.false_alarm_every is not None
+        and not _check_budget(problems, here, guardrail, cls.two_sample)
+    ):
         return
     try:
-        registry.create(detector_spec(g, flag))
+        registry.create(_detector_spec(detector, metric))
     except ValueError as exc:
         problems.add([*here, "detector"], str(exc))
 
@@ -682,6 +763,23 @@ def _check_budget(
         )
         ok = False
     return ok
+
+
+def _check_raw_detectors(problems: _Problems, here: list[str | int], fdata: object) -> None:
+    """Detector checks for a flag whose own schema failed: each guardrail whose detector and
+    metric parse is checked, so parameter problems show up with the others, not after them."""
+    raw = fdata.get("guardrails") if isinstance(fdata, dict) else None
+    for i, g in enumerate(raw if isinstance(raw, list) else ()):
+        if not isinstance(g, dict):
+            continue
+        compare_to = g.get("compare_to")
+        try:
+            detector = DetectorSpec.model_validate(g.get("detector"))
+            metric = Metric(str(g.get("metric")))
+        except (ValidationError, ValueError):
+            continue  # reported by the schema check
+        if compare_to is None or isinstance(compare_to, str):
+            _check_detector(problems, [*here, "guardrails", i], detector, metric, compare_to)
 
 
 def assignment_order(flag: FlagConfig) -> list[str]:
@@ -769,25 +867,50 @@ def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:
     Two-sample detectors need the metric's direction; it is derived from the metric unless the
     user set it. A budget stated as ``false_alarm_every`` at ``expected_rate`` becomes ``arl0``.
     """
-    spec = g.detector.spec()
+    spec = _detector_spec(g.detector, g.metric)
     if g.false_alarm_every is not None and g.expected_rate is not None:
         spec["arl0"] = budget.arl0_for(g.false_alarm_every, g.expected_rate)
-    cls = registry.detector_class(g.detector.kind)
-    if cls.two_sample and "higher_is_better" in registry.parameters(g.detector.kind):
-        spec.setdefault("higher_is_better", METRICS[g.metric].higher_is_better)
     return spec
+
+
+def _detector_spec(detector: DetectorSpec, metric: Metric) -> dict[str, Any]:
+    spec = detector.spec()
+    cls = registry.detector_class(detector.kind)
+    if cls.two_sample and "higher_is_better" in registry.parameters(detector.kind):
+        spec.setdefault("higher_is_better", METRICS[metric].higher_is_better)
+    return spec
+
+
+#: Largest config accepted. A config describes flags and guardrails: even hundreds of flags stay
+#: far below this, and a larger file is almost always the wrong file (an events file, a dump).
+MAX_CONFIG_BYTES = 1 << 20
+
+#: libyaml's parser when PyYAML has it (tens of times faster), else the pure-Python one.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _too_large(source: str, size: int) -> str:
+    return (
+        f"{source}: {size:,} bytes is too large for a config file (at most "
+        f"{MAX_CONFIG_BYTES:,}); is it the right file?"
+    )
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate configuration text; ``ConfigError`` lists every problem."""
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([_too_large(source, len(text.encode("utf-8", "replace")))])
+    loader = _Loader(text)
+    try:  # one parse: the node tree gives line numbers, the data is built from it
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    finally:
+        loader.dispose()
     problems = _Problems(source, root)
     if not isinstance(data, dict):
         problems.add([], "expected a mapping with a `flags:` section")
@@ -802,8 +925,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     for name, fdata in flags_data.items() if isinstance(flags_data, dict) else ():
         try:
             flag = FlagConfig.model_validate(fdata)
-        except ValidationError:
-            continue  # already reported above
+        except ValidationError:  # reported above; its detectors are still checked
+            _check_raw_detectors(problems, ["flags", str(name)], fdata)
+            continue
         _check_flag(problems, str(name), flag)
         if flag.targeting is not None:
             refs = data.get("$evaluators")
@@ -842,6 +966,11 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a configuration file."""
     p = Path(path)
     try:
+        if p.is_dir():
+            raise ConfigError([f"{p}: is a directory, not a config file"])
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([_too_large(str(p), size)])
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None

@@ -367,7 +367,7 @@ def validation_message(exc: ValidationError) -> str:
 def _event_error(exc: ValidationError) -> EventError:
     errors = exc.errors(include_url=False, include_input=False)
     if errors and errors[0]["type"] == "json_invalid":
-        return EventError("malformed_json", errors[0]["msg"])
+        return EventError("malformed_json", _not_json(errors[0]["msg"]))
     return EventError("schema", validation_message(exc))
 
 
@@ -397,15 +397,34 @@ def decode_line(data: bytes | str) -> PredictionEvent | OutcomeEvent:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise EventError("malformed_json", str(exc)) from None
-    kind = obj.get("kind") if isinstance(obj, dict) else None
+        raise EventError("malformed_json", _not_json(str(exc))) from None
+    if not isinstance(obj, dict):
+        raise EventError("schema", f"expected a JSON object, got {_json_kind(obj)}")
+    kind = obj.get("kind")
     # Validated from the JSON text, not from orjson's objects: orjson reads an integer beyond
     # 64 bits as a rounded float, which could pass the range check it should fail.
     if kind == "prediction":
         return decode_model(PredictionEvent, data)
     if kind == "outcome":
         return decode_model(OutcomeEvent, data)
+    if "kind" not in obj:
+        raise EventError("schema", "kind: required field is missing ('prediction' or 'outcome')")
     raise EventError("schema", f"kind: expected 'prediction' or 'outcome', got {kind!r}")
+
+
+def _not_json(parser_message: str) -> str:
+    """The JSON parser's words (``invalid literal, expected 'null'``) say little on their own."""
+    return f"not valid JSON: {parser_message}"
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a number"
 
 
 def encode(event: BaseModel) -> bytes:

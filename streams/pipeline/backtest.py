@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,8 +51,16 @@ class Backtest:
     #: ``(line, output)`` in the order the engine emitted them.
     outputs: list[tuple[int, Output]] = field(default_factory=list)
     bad_lines: list[BadLine] = field(default_factory=list)
+    #: Non-blank lines read; each is one of ``events`` or one of ``bad_lines``.
     lines: int = 0
     events: int = 0
+
+    def rejections(self) -> dict[str, list[BadLine]]:
+        """The skipped lines grouped by reason, the most frequent reason first."""
+        groups: dict[str, list[BadLine]] = {}
+        for bad in self.bad_lines:
+            groups.setdefault(bad.reason, []).append(bad)
+        return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
 def read_lines(
@@ -127,10 +136,18 @@ def _run(config: Config, source: BinaryIO, chunk_lines: int) -> Backtest:
         out = engine.process(events, positions)
         result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
         result.outputs.extend((e.position, e.event) for e in out.outputs)
-        result.events += len(events)
-        result.lines = numbers[-1]
+        result.events += len(events) - len(out.rejections)  # what the engine accepted
+        result.lines += len(numbers)  # blank lines are not counted
     result.bad_lines.sort(key=lambda b: b.line)
     return result
+
+
+def format_ts(ts: float | None) -> str:
+    """Event time as UTC date and time, to the millisecond (``-`` for none)."""
+    if ts is None:
+        return "-"
+    when = datetime.fromtimestamp(ts, UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
 
 
 def _fmt(value: object) -> str:
@@ -171,7 +188,7 @@ def render_summary(result: Backtest, console: Console) -> None:
             samples = ", ".join(f"{k}={v}" for k, v in c.samples.items())
             changes.add_row(
                 str(line),
-                _fmt(out.ts),
+                format_ts(out.ts),
                 str(version),
                 c.action.value,
                 _fmt(c.guardrail),
@@ -233,20 +250,26 @@ def render_summary(result: Backtest, console: Console) -> None:
             "guardrail",
             "state",
             "samples",
-            "statistic",
+            "last alarm",
+            "statistic then",
+            "statistic now",
             "threshold",
-            "breaches",
-            title="guardrails",
+            "alarms",
+            "acted on",
+            title="guardrails (a detector restarts after an alarm)",
         )
         for gname, g in flag["guardrails"].items():
             samples = ", ".join(f"{k}={n}" for k, n in g["samples"].items())
             guardrails.add_row(
                 gname,
-                g["state"],
+                str(g["state"]),
                 samples,
+                format_ts(g.get("last_breach_ts")),
+                _fmt(g.get("last_breach_statistic")),
                 _fmt(g["statistic"]),
                 _fmt(g["threshold"]),
                 _fmt(g["breaches"]),
+                _fmt(g.get("acted")),
             )
         if guardrails.row_count:
             console.print(guardrails)

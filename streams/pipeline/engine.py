@@ -402,6 +402,9 @@ class Engine:
         out = policy.apply(f.state, f.config, d, f.cooldowns)
         if out is None:
             return
+        for m in f.monitors:
+            if m.guardrail is d.guardrail:
+                m.acted += 1
         if isinstance(out, FlagChangeEvent):
             f.state = out
         outputs.append(Emitted(out, d.index))

@@ -294,12 +294,15 @@ class Monitor:
     """
 
     __slots__ = (
+        "acted",
         "breaches",
         "detector",
         "flag",
         "flip",
         "guardrail",
         "kind",
+        "last_breach_statistic",
+        "last_breach_threshold",
         "last_breach_ts",
         "pending",
         "samples",
@@ -349,6 +352,12 @@ class Monitor:
         #: that fed the detector, the newest last; not part of the state (a restarted worker
         #: starts afresh).
         self.trace: deque[Point] = deque(maxlen=TRACE_POINTS)
+        #: The detector's statistic and threshold when it last fired (it restarts after that).
+        self.last_breach_statistic: float | None = None
+        self.last_breach_threshold: float | None = None
+        #: Breaches that changed something (the engine counts them: a breach of a variant that
+        #: is already killed, or one in cooldown, changes nothing).
+        self.acted = 0
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -442,6 +451,8 @@ class Monitor:
         )
         self.breaches += 1
         self.last_breach_ts = obs[3]
+        self.last_breach_statistic = decision.statistic
+        self.last_breach_threshold = decision.threshold
         self.window_first = None
         self.window_last = None
         self.window_events = 0
@@ -481,7 +492,10 @@ class Monitor:
             "threshold": finite(self.detector.threshold),
             "state": self.status(),
             "breaches": self.breaches,
+            "acted": self.acted,
             "last_breach_ts": self.last_breach_ts,
+            "last_breach_statistic": self.last_breach_statistic,
+            "last_breach_threshold": self.last_breach_threshold,
         }
         if self.two_sample:
             interval = getattr(self.detector, "interval", None)
@@ -503,6 +517,9 @@ class Monitor:
             "window_events": self.window_events,
             "breaches": self.breaches,
             "last_breach_ts": self.last_breach_ts,
+            "last_breach_statistic": self.last_breach_statistic,
+            "last_breach_threshold": self.last_breach_threshold,
+            "acted": self.acted,
         }
 
     def restore(self, state: Mapping[str, Any]) -> bool:
@@ -519,4 +536,7 @@ class Monitor:
         self.window_events = int(state["window_events"])
         self.breaches = int(state["breaches"])
         self.last_breach_ts = state["last_breach_ts"]
+        self.last_breach_statistic = state.get("last_breach_statistic")
+        self.last_breach_threshold = state.get("last_breach_threshold")
+        self.acted = int(state.get("acted", 0))
         return True

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from driftswitch.streams.contract.events import AlertEvent, FlagChangeEvent
+from driftswitch.streams.contract.events import Action, AlertEvent, FlagChangeEvent
 
 __all__ = [
     "ENV_LOG_FORMAT",
@@ -34,6 +34,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "decision_context",
+    "decision_level",
     "escape_controls",
     "log_format_from_env",
     "redact",
@@ -143,21 +144,39 @@ def configure_logging(
     return handler
 
 
+#: Actions that protect users from a bad variant: logged as WARNING. Everything else (the
+#: initial state, rollout advances, operators' weights, pauses, reloads) is routine: INFO.
+PROTECTIVE_ACTIONS = frozenset(
+    {Action.WARN, Action.HOLD, Action.SHIFT, Action.KILL, Action.ROLLBACK}
+)
+
+
+def decision_level(event: FlagChangeEvent | AlertEvent) -> int:
+    """WARNING for an alert or a protective change (kill, shift, hold, rollback), else INFO."""
+    if isinstance(event, AlertEvent) or event.cause.action in PROTECTIVE_ACTIONS:
+        return logging.WARNING
+    return logging.INFO
+
+
 def decision_context(event: FlagChangeEvent | AlertEvent) -> dict[str, Any]:
-    """The ``extra=`` of a decision log line: flag, variant, guardrail, action, version."""
+    """The ``extra=`` of a decision log line: flag, variant, guardrail, action, version (those
+    that apply: an ``init`` has no variant or guardrail, and says nothing about them)."""
     cause = event.cause
+    context: dict[str, Any]
     if isinstance(event, AlertEvent):
-        return {
+        context = {
             "flag": event.flag,
             "variant": event.variant,
             "guardrail": event.guardrail,
             "action": cause.action.value,
             "version": event.flag_version,
         }
-    return {
-        "flag": event.flag,
-        "variant": cause.variant,
-        "guardrail": cause.guardrail,
-        "action": cause.action.value,
-        "version": event.version,
-    }
+    else:
+        context = {
+            "flag": event.flag,
+            "variant": cause.variant,
+            "guardrail": cause.guardrail,
+            "action": cause.action.value,
+            "version": event.version,
+        }
+    return {k: v for k, v in context.items() if v is not None}

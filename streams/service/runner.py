@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
+import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 import click
 
+from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.kafka.options import security_options
 
 if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
@@ -24,12 +28,130 @@ if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka.settings import KafkaSecurity
 
-__all__ = ["DEFAULT_WEB_PORT", "embedded_or_given", "run_command", "serve_worker"]
+__all__ = [
+    "DEFAULT_WEB_PORT",
+    "StartupError",
+    "check_port",
+    "embedded_or_given",
+    "probe_broker",
+    "run_command",
+    "serve_worker",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEB_PORT = 6066
 BROKER_ENV = "DRIFTSWITCH_BROKER"
+#: Seconds a broker address gets to accept a connection and answer a Kafka request.
+PROBE_TIMEOUT_S = 3.0
+
+
+class StartupError(DriftswitchError):
+    """The worker cannot start: its HTTP port is taken, or the broker address is not Kafka."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise :class:`StartupError` if ``host:port`` cannot be listened on (e.g. it is taken).
+
+    Checked before anything else starts, so a busy port is one line, not a traceback after the
+    broker and the worker came up.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"cannot listen on http://{host}:{port}: the port is in use (another "
+                    "driftswitch run or demo?); choose another with --web-port"
+                ) from None
+            raise StartupError(
+                f"cannot listen on http://{host}:{port}: {exc.strerror or exc}"
+            ) from None
+
+
+def _api_versions_request(correlation_id: int) -> bytes:
+    """A Kafka ApiVersions v0 request: every Kafka broker answers it, before any SASL step."""
+    client_id = b"driftswitch-probe"
+    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    return struct.pack(">i", len(body)) + body
+
+
+async def _probe_one(host: str, port: int, plaintext: bool, timeout_s: float) -> str | None:
+    """None if ``host:port`` looks like a Kafka listener, else what went wrong."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except TimeoutError:
+        return f"no connection within {timeout_s:.0f} s"
+    except OSError as exc:
+        return f"cannot connect: {exc.strerror or exc}"
+    try:
+        if not plaintext:  # TLS: the Kafka client does the handshake; a connection is enough
+            return None
+        writer.write(_api_versions_request(0x44535701))
+        try:
+            await asyncio.wait_for(writer.drain(), timeout_s)
+            head = await asyncio.wait_for(reader.read(64), timeout_s)
+            if 0 < len(head) < 8:  # a Kafka answer split after a few bytes
+                head += await asyncio.wait_for(reader.read(64), timeout_s)
+        except TimeoutError:
+            return f"connected, but no answer to a Kafka request within {timeout_s:.0f} s"
+        except OSError:
+            return None  # closed on us, as a TLS or SASL listener does: the Kafka client says so
+        if not head or (len(head) >= 2 and head[0] in (0x15, 0x16) and head[1] == 0x03):
+            return None  # closed, or a TLS record (alert): a TLS listener, the client says so
+        if len(head) >= 8:
+            size, correlation = struct.unpack(">ii", head[:8])
+            if 4 <= size <= 1 << 20 and correlation == 0x44535701:
+                return None
+        text = head.decode("ascii", "replace").strip()
+        first = text.splitlines()[0] if text else ""
+        shown = first if first.isprintable() and first else head[:16].hex()
+        return f"connected, but it answered a Kafka request with {shown!r}..."
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+async def probe_broker(
+    bootstrap: str,
+    security_protocol: str = "PLAINTEXT",
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> None:
+    """Raise :class:`StartupError` within seconds unless some bootstrap address is Kafka.
+
+    Each ``host:port`` gets ``timeout_s`` to accept a connection and, on a plaintext listener,
+    to answer a Kafka ApiVersions request (the Kafka client would otherwise retry for its
+    request timeout, 40 s, in silence). A listener that closes the connection or answers with
+    TLS is left to the Kafka client, whose error names the likely mismatch. Over TLS
+    (``security_protocol`` SSL or SASL_SSL) only the connection is checked: the Kafka client
+    does the handshake and names its errors.
+    """
+    protocol = security_protocol.strip().upper()
+    plaintext = protocol in ("", "PLAINTEXT", "SASL_PLAINTEXT")
+    problems = []
+    for address in (a.strip() for a in bootstrap.split(",") if a.strip()):
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not port_text.isdigit():
+            problems.append(f"{address}: expected HOST:PORT")
+            continue
+        problem = await _probe_one(host.strip("[]"), int(port_text), plaintext, timeout_s)
+        if problem is None:
+            return
+        problems.append(f"{address}: {problem}")
+    raise StartupError(
+        "no Kafka broker at "
+        + "; ".join(problems or [f"{bootstrap!r}: no address"])
+        + " (expected a Kafka broker: `driftswitch broker` starts one, and without --broker "
+        "`driftswitch run` starts an embedded one)"
+    )
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
@@ -92,6 +214,7 @@ async def serve_worker(
     from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
 
     env = os.environ if environ is None else environ
+    check_port(web_host, web_port)
     hooks = resolve_hooks(config, env)
     security = security if security is not None else KafkaSecurity()
     kafka = KafkaSettings(bootstrap=bootstrap, security=security)
@@ -117,7 +240,10 @@ async def serve_worker(
     auth = AdminAuth.from_env(env)
     if not auth.enabled:
         log.warning("admin API disabled: DRIFTSWITCH_ADMIN_TOKEN is not set")
-    runner = await serve(worker, web_host, web_port, auth)
+    try:
+        runner = await serve(worker, web_host, web_port, auth)
+    except OSError as exc:  # taken between check_port and now
+        raise StartupError(f"cannot listen on http://{web_host}:{web_port}: {exc}") from None
     log.info(
         "driftswitch worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
         kafka.describe(),
@@ -217,7 +343,6 @@ def run_command(
     "Connecting to your Kafka").
     """
     from driftswitch.streams.config.model import load_config
-    from driftswitch.streams.contract.errors import DriftswitchError
     from driftswitch.streams.kafka.options import security_from_options
 
     setup_logging(log_level, log_format)
@@ -239,6 +364,9 @@ def run_command(
         raise SystemExit(1)
 
     async def main() -> None:
+        check_port(web_host, web_port)  # before a broker is started or contacted
+        if given:
+            await probe_broker(given, security.security_protocol)
         async with embedded_or_given(given) as address:
             await serve_worker(
                 config,

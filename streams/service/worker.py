@@ -73,7 +73,7 @@ from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
 from driftswitch.streams.service.dataloss import CHECK_INTERVAL, Lost, Mark, find_lost, mark_of
 from driftswitch.streams.service.deadletter import deadletter_record
-from driftswitch.streams.service.logs import decision_context
+from driftswitch.streams.service.logs import decision_context, decision_level
 from driftswitch.streams.service.pacing import snapshot_interval
 from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
@@ -634,12 +634,13 @@ class Worker:
         self.counters["published"] += 1
         await self._write_flagd(event)
         cause = event.cause
-        log.warning(
-            "flag %s v%d published: %s %s (%s)",
+        log.log(
+            decision_level(event),
+            "flag %s v%d published: %s%s (%s)",
             event.flag,
             event.version,
             cause.action.value,
-            cause.variant or "",
+            f" {cause.variant}" if cause.variant else "",
             cause.reason or cause.guardrail or cause.kind.value,
             extra=decision_context(event),
         )

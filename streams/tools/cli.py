@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
+    from driftswitch.streams.pipeline.backtest import Backtest
+    from driftswitch.streams.tools.simulate import VariantSpec
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+#: The exit codes of every command, as ``--help`` and the README state them.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 invalid input (a config or events file that is missing, unreadable or "
+    "invalid) or a run that failed; 2 usage (an unknown command or option, a missing or "
+    "malformed argument)."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(package_name="driftswitch")
 def main() -> None:
-    """driftswitch: drift-triggered kill switches and rollouts for ML models behind flags."""
+    """driftswitch: drift-triggered kill switches and rollouts for ML models behind flags.
+
+    New here? `driftswitch demo` runs the whole loop on this machine in about a minute.
+    """
 
 
-@main.command()
-@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@main.command(epilog=EXIT_CODES)
+@click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
 @click.option(
     "--explain",
     is_flag=True,
@@ -61,7 +78,7 @@ def validate(configs: tuple[str, ...], explain: bool, rate: str | None) -> None:
         if explain:
             _explain_budgets(config, assumed)
     if failed:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
 
 
 def _explain_budgets(config: Any, assumed: float | None) -> None:
@@ -180,25 +197,38 @@ def _register_flags_commands() -> None:
 _register_flags_commands()
 
 
-@main.command()
-@click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Config file."
-)
-@click.argument("events", type=click.Path(exists=True, dir_okay=False))
+#: Rejected lines shown per reason; the rest are counted.
+SHOWN_PER_REASON = 3
+
+
+@main.command(epilog=EXIT_CODES)
+@click.option("--config", "config_path", required=True, metavar="FILE", help="Config file.")
+@click.argument("events", metavar="EVENTS.jsonl")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flag change/alert.")
+@click.option(
+    "--max-errors",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Fail (exit 1) when more lines than this are skipped.",
+)
 @click.option(
     "--report",
     "report_path",
-    type=click.Path(dir_okay=False),
     default=None,
+    metavar="OUT.html|OUT.png",
     help="Also write charts: out.html (self-contained, with out.png beside it) or out.png.",
 )
-def backtest(config_path: str, events: str, as_json: bool, report_path: str | None) -> None:
+def backtest(
+    config_path: str, events: str, as_json: bool, max_errors: int, report_path: str | None
+) -> None:
     """Replay EVENTS (JSON Lines) through the service's engine, in file order.
 
-    Bad lines are reported on stderr (line: reason: detail) and skipped. With --json every flag
-    change and alert is printed as one JSON object with "at": {"line": N}, the line of the event
-    that triggered it; otherwise a readable summary.
+    Bad lines are skipped and summarised on stderr per reason, with the first few of each as
+    file:line: detail. The run fails (exit 1) when no line held a valid event, or when more than
+    --max-errors lines were skipped. With --json every flag change and alert is printed as one
+    JSON object with "at": {"line": N}, the line of the event that triggered it; otherwise a
+    readable summary.
     """
     import sys
 
@@ -213,34 +243,227 @@ def backtest(config_path: str, events: str, as_json: bool, report_path: str | No
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
-        raise SystemExit(2) from None
+        click.echo(f"driftswitch backtest: {config_path}: invalid config", err=True)
+        raise SystemExit(EXIT_FAILED) from None
     from driftswitch.streams.tools import report
 
     if report_path is not None:
         try:
             report.check_target(report_path)
         except report.ReportError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise SystemExit(2) from None
-    progress = report.stderr_progress(events)
-    if report_path is not None:
-        result, data = report.replay(config, events, progress=progress)
-    else:
-        result = report.run_with_progress(config, events, progress)
-    for bad in result.bad_lines:
-        click.echo(f"{events}:{bad.line}: {bad.reason}: {bad.detail}", err=True)
+            click.echo(f"driftswitch backtest: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE) from None
+    try:
+        progress = report.stderr_progress(events)
+        if report_path is not None:
+            result, data = report.replay(config, events, progress=progress)
+        else:
+            result = report.run_with_progress(config, events, progress)
+    except OSError as exc:
+        click.echo(f"driftswitch backtest: {events}: cannot read: {exc.strerror or exc}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    _report_rejections(events, result)
     if as_json:
         out = sys.stdout.buffer
         for line, output in result.outputs:
             out.write(bt.to_json_line(line, output) + b"\n")
         out.flush()
-    else:
+    elif result.events:
         width = None if sys.stdout.isatty() else 160
         bt.render_summary(result, Console(highlight=False, width=width))
-    if report_path is not None:
+    if report_path is not None and result.events:
         try:
             written = report.write_report(result, data, report_path)
         except report.ReportError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise SystemExit(2) from None
+            click.echo(f"driftswitch backtest: {exc}", err=True)
+            raise SystemExit(EXIT_FAILED) from None
         click.echo("report: " + ", ".join(str(p) for p in written), err=True)
+    skipped = len(result.bad_lines)
+    if not result.events:
+        click.echo(
+            f"driftswitch backtest: no valid event in {events} "
+            f"({result.lines} line{'s' if result.lines != 1 else ''} read, {skipped} skipped)",
+            err=True,
+        )
+        raise SystemExit(EXIT_FAILED)
+    if skipped > max_errors:
+        click.echo(
+            f"driftswitch backtest: {skipped} lines skipped, more than --max-errors "
+            f"{max_errors}; the result above covers only the valid lines",
+            err=True,
+        )
+        raise SystemExit(EXIT_FAILED)
+
+
+def _report_rejections(events: str, result: Backtest) -> None:
+    """Per reason: how many lines, and the first few as ``file:line: detail``."""
+    groups = result.rejections()
+    if not groups:
+        return
+    n = len(result.bad_lines)
+    click.echo(f"{events}: {n} line{'s' if n != 1 else ''} skipped:", err=True)
+    for reason, bad in groups.items():
+        click.echo(f"  {reason}: {len(bad)} line{'s' if len(bad) != 1 else ''}", err=True)
+        for b in bad[:SHOWN_PER_REASON]:
+            click.echo(f"    {events}:{b.line}: {b.detail}", err=True)
+        if len(bad) > SHOWN_PER_REASON:
+            click.echo(f"    ... and {len(bad) - SHOWN_PER_REASON} more", err=True)
+
+
+def _parse_variant(text: str) -> VariantSpec:
+    """``NAME=WEIGHT:ACCURACY[:ACCURACY_AFTER]`` → a simulated variant."""
+    from driftswitch.streams.tools.simulate import VariantSpec
+
+    name, sep, rest = text.partition("=")
+    parts = rest.split(":")
+    if not sep or not name or len(parts) not in (2, 3):
+        raise click.BadParameter(
+            f"{text!r}: expected NAME=WEIGHT:ACCURACY[:ACCURACY_AFTER], e.g. candidate=10:0.90:0.75"
+        )
+    try:
+        weight = int(parts[0])
+        accuracy = [float(p) for p in parts[1:]]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: WEIGHT is a whole number of percent, ACCURACY a number in [0, 1]"
+        ) from None
+    if not 0 <= weight <= 100 or not all(0.0 <= a <= 1.0 for a in accuracy):
+        raise click.BadParameter(f"{text!r}: WEIGHT must be 0-100 and ACCURACY within [0, 1]")
+    after = accuracy[1] if len(accuracy) > 1 else None
+    return VariantSpec(name, weight=weight, accuracy=accuracy[0], accuracy_after=after)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("output", metavar="OUT.jsonl")
+@click.option("--requests", type=click.IntRange(min=1), default=20_000, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=200.0,
+    show_default=True,
+    help="Requests per second of event time.",
+)
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="NAME=WEIGHT:ACC[:AFTER]",
+    help="A variant: traffic percent, accuracy, and the accuracy from --change-at on. "
+    "Repeat per variant [default: control=90:0.90 candidate=10:0.90:0.75].",
+)
+@click.option(
+    "--change-at",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The request from which AFTER accuracies apply [default: half of --requests].",
+)
+@click.option(
+    "--label-delay",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Mean seconds from a prediction to its outcome (exponential).",
+)
+@click.option(
+    "--label-fraction",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="Share of requests whose outcome is ever observed.",
+)
+@click.option("--flag", default="ranker", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--follow",
+    "follow_config",
+    metavar="CONFIG",
+    default=None,
+    help="Traffic follows the flag's live weights under this config (a rollout's advances, a "
+    "kill), as clients would.",
+)
+def simulate(
+    output: str,
+    requests: int,
+    rate: float,
+    variants: tuple[str, ...],
+    change_at: int | None,
+    label_delay: float,
+    label_fraction: float,
+    flag: str,
+    seed: int,
+    follow_config: str | None,
+) -> None:
+    """Write simulated events (JSON Lines) to OUT.jsonl ("-" for stdout), for `backtest`.
+
+    A model service behind FLAG: each request goes to a variant by weight, each variant is right
+    with its accuracy (its AFTER accuracy from --change-at on), and outcomes follow after a
+    label delay. The same options always give the same events.
+    """
+    import sys
+
+    from driftswitch.streams.config.model import load_config
+    from driftswitch.streams.contract.errors import ConfigError
+    from driftswitch.streams.contract.events import encode
+    from driftswitch.streams.tools.simulate import (
+        Scenario,
+        simulate_following,
+    )
+    from driftswitch.streams.tools.simulate import (
+        simulate as simulate_events,
+    )
+
+    specs = tuple(_parse_variant(v) for v in variants)
+    try:
+        scenario = Scenario(
+            variants=specs or Scenario().variants,
+            flag=flag,
+            requests=requests,
+            rate=rate,
+            change_at=requests // 2 if change_at is None else change_at,
+            label_delay=label_delay,
+            label_fraction=label_fraction,
+            seed=seed,
+        )
+    except ValueError as exc:
+        click.echo(f"driftswitch simulate: {exc}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    if follow_config is not None:
+        try:
+            config = load_config(follow_config)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(problem, err=True)
+            click.echo(f"driftswitch simulate: {follow_config}: invalid config", err=True)
+            raise SystemExit(EXIT_FAILED) from None
+        if flag not in config.flags:
+            click.echo(
+                f"driftswitch simulate: flag {flag!r} is not in {follow_config} "
+                f"(it has {', '.join(config.flags)}); choose it with --flag",
+                err=True,
+            )
+            raise SystemExit(EXIT_FAILED)
+        events = simulate_following(scenario, config)
+    else:
+        events = list(simulate_events(scenario))
+    try:
+        if output == "-":
+            out = sys.stdout.buffer
+            out.writelines(encode(e) + b"\n" for e in events)
+            out.flush()
+        else:
+            with open(output, "wb") as f:
+                f.writelines(encode(e) + b"\n" for e in events)
+    except OSError as exc:
+        click.echo(f"driftswitch simulate: {output}: cannot write: {exc.strerror or exc}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    mix = ", ".join(
+        f"{v.name} {v.weight}% at {v.accuracy:.2f}"
+        + (f" then {v.accuracy_after:.2f}" if v.accuracy_after is not None else "")
+        for v in scenario.variants
+    )
+    where = "stdout" if output == "-" else output
+    click.echo(
+        f"{len(events):,} events ({requests:,} requests of flag {flag}: {mix}; change at request "
+        f"{scenario.change_at:,}) written to {where}",
+        err=True,
+    )

@@ -17,9 +17,16 @@ from typing import Any
 
 import click
 
-__all__ = ["DEMO_GUARDRAILS", "demo_command", "demo_scenario"]
+from driftswitch.streams.contract.errors import DriftswitchError
+
+__all__ = ["DEMO_GUARDRAILS", "DemoError", "demo_command", "demo_scenario"]
 
 log = logging.getLogger(__name__)
+
+
+class DemoError(DriftswitchError):
+    """The demo could not run (its port is taken, the worker stopped)."""
+
 
 DEMO_GUARDRAILS = """\
       - name: candidate-accuracy
@@ -58,20 +65,24 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka import connect as kafka
     from driftswitch.streams.kafka.settings import KafkaSettings
-    from driftswitch.streams.service.runner import serve_worker
+    from driftswitch.streams.service.runner import check_port, serve_worker
     from driftswitch.streams.tools.broker import EmbeddedBroker, free_port
     from driftswitch.streams.tools.simulate import config_yaml, simulate
 
     console = Console(highlight=False)
+    port = web_port or free_port()
+    check_port("127.0.0.1", port)  # a busy port is one clear line, before anything starts
     scenario = demo_scenario(requests, seed)
     config = parse_config(config_yaml(scenario, DEMO_GUARDRAILS), "<demo config>")
     topics = Topics()
-    port = web_port or free_port()
-    events = list(simulate(scenario))
+    with _step(console, f"simulating {requests:,} requests of a model service..."):
+        events = list(simulate(scenario))
     seen: list[FlagChangeEvent] = []
     killed = asyncio.Event()
 
-    async with EmbeddedBroker() as broker:
+    with _step(console, "starting the embedded Kafka broker (Tansu)..."):
+        broker = await EmbeddedBroker().start_async()
+    try:
         console.print(f"[bold]broker[/] embedded Tansu at {broker.bootstrap} (memory storage)")
         stop = asyncio.Event()
         worker = asyncio.ensure_future(
@@ -86,18 +97,27 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
         producer = kafka.producer(local, linger_ms=5)
         started = time.monotonic()
 
+        first_state = asyncio.Event()
+
         async def follow_flags() -> None:
             async for record in consumer:
                 change = FlagChangeEvent.model_validate_json(record.value)
                 seen.append(change)
+                first_state.set()
                 _show_change(console, Panel, change, time.monotonic() - started)
                 if change.variants.get("candidate") and change.variants["candidate"].killed:
                     killed.set()
 
         try:
-            await kafka.start(consumer, local)
-            await kafka.start(producer, local)
-            follower = asyncio.ensure_future(follow_flags())
+            with _step(console, "starting the worker and the model service's Kafka clients..."):
+                await kafka.start(consumer, local)
+                await kafka.start(producer, local)
+                follower = asyncio.ensure_future(follow_flags())
+                # The worker creates the topics and publishes the initial flag state first.
+                waiter = asyncio.ensure_future(first_state.wait())
+                await asyncio.wait({worker, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            _raise_if_failed(worker)
             console.print(
                 f"[bold]model service[/] {len(events):,} events: control 0.90, candidate 0.90 "
                 f"then 0.75 from request {scenario.change_at:,}; {rate:,.0f} events/s"
@@ -123,19 +143,30 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
                         await producer.send(topic, encode(event), key=event.request_id.encode())
                     note = "candidate KILLED" if killed.is_set() else "candidate serving"
                     progress.update(task, advance=len(events[i : i + step]), note=note)
+                    _raise_if_failed(worker)
                     if killed.is_set():
                         break
                     await asyncio.sleep(max(0.0, 0.05 - (time.monotonic() - tick)))
                 await producer.flush()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(killed.wait(), timeout=15)
+            if not killed.is_set():
+                with (
+                    _step(console, "all events sent; waiting for the worker's decision..."),
+                    contextlib.suppress(TimeoutError),
+                ):
+                    await asyncio.wait_for(killed.wait(), timeout=15)
             follower.cancel()
         finally:
             stop.set()
             await producer.stop()
             await consumer.stop()
-            with contextlib.suppress(Exception):
-                await worker
+            await asyncio.wait({worker}, timeout=30)
+            if not worker.done():
+                worker.cancel()
+                await asyncio.wait({worker})
+        _raise_if_failed(worker, finished=True)
+    finally:
+        with _step(console, "stopping the broker..."):
+            await broker.stop_async()
     if killed.is_set():
         console.print("[bold green]done[/]: the candidate was killed; traffic goes to control.")
     else:
@@ -143,24 +174,55 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
     return killed.is_set()
 
 
+def _step(console: Any, text: str) -> Any:
+    """Say what is happening: a spinner on a terminal, a plain line in a log."""
+    if console.is_terminal:
+        return console.status(text)
+    console.print(text)
+    return contextlib.nullcontext()
+
+
+def _raise_if_failed(worker: asyncio.Future[None], finished: bool = False) -> None:
+    """Stop the demo with the worker's own error if it ended (e.g. it could not start);
+    ``finished``: the demo asked it to stop, so only an error counts."""
+    if worker.done() and not worker.cancelled():
+        err = worker.exception()
+        if err is not None:
+            raise DemoError(f"the worker failed: {err}") from err
+        if not finished:
+            raise DemoError("the worker stopped early")
+
+
 def _show_change(console: Any, panel: Any, change: Any, elapsed: float) -> None:
+    from driftswitch.streams.pipeline.backtest import format_ts
+
     cause = change.cause
     weights = ", ".join(
         f"{name}={v.weight}{' (killed)' if v.killed else ''}" for name, v in change.variants.items()
     )
+    action = cause.action.value + (f" {cause.variant}" if cause.variant else "")
     lines = [
-        f"[bold]{change.flag}[/] v{change.version}: {cause.action.value} "
-        f"{cause.variant or ''} — weights {weights}",
+        f"[bold]{change.flag}[/] v{change.version}: {action} — weights {weights}",
         f"cause: {cause.kind.value}" + (f", {cause.reason}" if cause.reason else ""),
     ]
     if cause.guardrail:
-        interval = f", interval {cause.interval}" if cause.interval else ""
+        stat = "" if cause.statistic is None else f" statistic {cause.statistic:.3f}"
+        threshold = "" if cause.threshold is None else f", threshold {cause.threshold:.3f}"
+        samples = ", ".join(f"{k} {n:,}" for k, n in cause.samples.items())
+        interval = ""
+        if cause.interval:
+            interval = f"; interval [{cause.interval[0]:.4f}, {cause.interval[1]:.4f}]"
         lines.append(
-            f"guardrail {cause.guardrail}: {cause.detector} statistic {cause.statistic:.3f} "
-            f">= threshold {cause.threshold:.3f}; samples {cause.samples}{interval}"
+            f"guardrail {cause.guardrail}: {cause.detector}{stat}{threshold}; "
+            f"samples {samples}{interval}"
         )
-    if cause.window:
-        lines.append(f"window: {cause.window}")
+    window = cause.window or {}
+    if window.get("first_ts") is not None:
+        first, last = format_ts(window["first_ts"]), format_ts(window.get("last_ts"))
+        lines.append(
+            f"evidence: {window.get('events', 0):,} observations, event time {first} "
+            f"to {last[11:]} UTC"
+        )
     console.print(
         panel(
             "\n".join(lines),
@@ -178,6 +240,10 @@ def _show_change(console: Any, panel: Any, change: Any, elapsed: float) -> None:
 def demo_command(requests: int, rate: float, seed: int, web_port: int | None) -> None:
     """Embedded broker + worker + a simulated model service whose candidate degrades."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    ok = asyncio.run(_demo(requests, rate, seed, web_port))
+    try:
+        ok = asyncio.run(_demo(requests, rate, seed, web_port))
+    except DriftswitchError as err:
+        click.echo(f"driftswitch demo: {err}", err=True)
+        raise SystemExit(1) from None
     if not ok:
         raise SystemExit(1)

@@ -191,8 +191,8 @@ def replay(
             out = engine.process(events, positions)
             result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
             result.outputs.extend((e.position, e.event) for e in out.outputs)
-            result.events += len(events)
-            result.lines = numbers[-1]
+            result.events += len(events) - len(out.rejections)  # as backtest.run counts
+            result.lines += len(numbers)
             if events and first_ts is None:
                 first_ts = min(e.ts for e in events)
             _sample(engine, data)

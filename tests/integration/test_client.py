@@ -100,7 +100,8 @@ def test_a_kill_reaches_the_client_our_provider_and_flagd(
     publish(broker.bootstrap, topics, state(1))
     flagd_file = FlagdFile(tmp_path / "flags.json")
     client.on_change(lambda s: flagd_file.update(s))
-    assert client.start()
+    client.start()  # returns at once: the defaults serve until the state is read
+    assert client.wait_ready(10)
     flagd_file.update(*client.flag_states().values())
 
     changes: list[EventDetails] = []
@@ -166,7 +167,8 @@ def test_versions_not_newer_than_the_held_one_are_ignored(
     publish(broker.bootstrap, topics, state(1), state(3), older_than_held)
     publish(broker.bootstrap, topics, same_version_other_content)
     asyncio.run(_publish(broker.bootstrap, topics.flags.name, [(FLAG.encode(), b"{not json")]))
-    assert client.start()
+    client.start()  # returns at once: the defaults serve until the state is read
+    assert client.wait_ready(10)
     held = client.flag_state(FLAG)
     assert held == state(3)
     publish(broker.bootstrap, topics, state(4, candidate_weight=70))
@@ -241,7 +243,8 @@ def test_the_client_keeps_serving_and_buffering_when_the_broker_is_gone() -> Non
             max_batch=100,
             producer_options={"request_timeout_ms": 2_000},
         )
-        assert client.start()
+        client.start()  # returns at once: the defaults serve until the state is read
+        assert client.wait_ready(10)
         known = {k: client.variant(FLAG, k) for k in KEYS}
         assert client.flush()
     finally:

@@ -69,20 +69,28 @@ def test_bad_lines_are_reported_with_their_number_and_skipped(tmp_path: Path) ->
     result = CliRunner().invoke(main, ["backtest", "--config", str(CONFIG), str(path), "--json"])
     assert result.exit_code == 0, result.output
     errors = result.stderr.splitlines()
-    assert [e.split(": ")[0:2] for e in errors] == [
-        [f"{path}:101", "malformed_json"],
-        [f"{path}:102", "unknown_flag"],
-        [f"{path}:104", "schema"],
+    # Per reason, most frequent first (ties in order of first appearance): the count, then
+    # the first lines as file:line: detail.
+    header, *rest = errors
+    assert header == f"{path}: 3 lines skipped:"
+    assert rest[0::2] == ["  malformed_json: 1 line", "  unknown_flag: 1 line", "  schema: 1 line"]
+    details = rest[1::2]
+    assert [d.split(": ")[0] for d in details] == [
+        f"    {path}:101",
+        f"    {path}:102",
+        f"    {path}:104",
     ]
+    assert details[0].startswith(f"    {path}:101: not valid JSON: ")
+    assert "'nope'" in details[1]
     # The garbage changed no decision: the same kill, four lines later in the file.
     assert [r["at"] for r in _json_records(result.stdout)] == [{"line": 5327 + 4}]
 
 
-def test_a_bad_config_exits_2_with_its_problems(tmp_path: Path) -> None:
+def test_a_bad_config_exits_1_with_its_problems(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("flags: {}\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["backtest", "--config", str(bad), str(EVENTS)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "bad.yaml" in result.stderr
 
 

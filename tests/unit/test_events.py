@@ -95,8 +95,10 @@ def test_decode_line_dispatches_on_kind() -> None:
     assert isinstance(decode_line(orjson.dumps({**PRED, "kind": "prediction"})), PredictionEvent)
     outcome = decode_line(b'{"kind":"outcome","request_id":"r-1","ts":2.0,"label":0}')
     assert isinstance(outcome, OutcomeEvent)
-    with pytest.raises(EventError, match="kind: expected 'prediction' or 'outcome', got None"):
+    with pytest.raises(EventError, match=r"kind: required field is missing \('prediction' or"):
         decode_line(orjson.dumps(PRED))
+    with pytest.raises(EventError, match="kind: expected 'prediction' or 'outcome', got None"):
+        decode_line(orjson.dumps({**PRED, "kind": None}))
     with pytest.raises(EventError) as info:
         decode_line(b"nope")
     assert info.value.reason == "malformed_json"
