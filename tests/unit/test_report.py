@@ -178,7 +178,10 @@ def test_report_png_alone_and_a_bad_suffix(files: tuple[Path, Path], tmp_path: P
         main, ["backtest", "--config", str(config), str(events), "--report", str(bad)]
     )
     assert result.exit_code == 2
-    assert f"driftswitch backtest: {bad}: --report writes .html (with a .png beside it) or .png" in result.stderr
+    assert (
+        f"driftswitch backtest: {bad}: --report writes .html (with a .png beside it) or .png"
+        in result.stderr
+    )
     assert result.stdout == ""  # refused before the replay
     assert not bad.exists()
 
