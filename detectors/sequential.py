@@ -94,13 +94,18 @@ __all__ = [
     "cs_bounds",
     "cs_half_width",
     "cs_rho2",
+    "mixture_interval",
+    "mixture_log_e",
+    "mixture_log_e_equal",
+    "mixture_log_numerator",
+    "profile_loglik",
 ]
 
 Arm = Literal["control", "variant"]
 #: The two arms of a comparison: ``control`` is the ``compare_to`` variant.
 ARMS: tuple[Arm, Arm] = ("control", "variant")
 #: The comparison methods (module docstring).
-METHODS = ("betting", "asymptotic")
+METHODS = ("mixture", "betting", "asymptotic")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -198,6 +203,135 @@ class ArmStats:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ArmStats:
         return cls(n=int(state["n"]), mean=float(state["mean"]), m2=float(state["m2"]))
+
+
+# -- Beta-mixture likelihood ratio (e-process) -------------------------------------------------
+
+
+def _loglik(ones: float, n: float, q: float) -> float:
+    """Bernoulli log-likelihood of ``ones`` in ``n`` at mean ``q`` (0·log 0 = 0)."""
+    out = 0.0
+    if ones:
+        if q <= 0.0:
+            return -math.inf
+        out += ones * math.log(q)
+    if n - ones:
+        if q >= 1.0:
+            return -math.inf
+        out += (n - ones) * math.log1p(-q)
+    return out
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def mixture_log_numerator(ones_c: int, n_c: int, ones_v: int, n_v: int) -> float:
+    """Log marginal likelihood of both arms under independent uniform (Beta(1, 1)) priors."""
+    return _log_beta(1 + ones_c, 1 + n_c - ones_c) + _log_beta(1 + ones_v, 1 + n_v - ones_v)
+
+
+def profile_loglik(ones_c: int, n_c: int, ones_v: int, n_v: int, d: float) -> float:
+    """Largest log-likelihood of both arms subject to ``mean_v − mean_c = d``.
+
+    The log-likelihood is concave in the control's mean ``q`` (the variant's is ``q + d``), so
+    its maximiser is found by bisection on the sign of the derivative (60 halvings: exact to
+    double precision).
+    """
+    lo, hi = max(0.0, -d), min(1.0, 1.0 - d)
+    if hi <= lo:
+        return _loglik(ones_c, n_c, lo) + _loglik(ones_v, n_v, lo + d)
+    zeros_c, zeros_v = n_c - ones_c, n_v - ones_v
+    for _ in range(60):
+        q = 0.5 * (lo + hi)
+        slope = 0.0
+        if ones_c:
+            slope += ones_c / q
+        if zeros_c:
+            slope -= zeros_c / (1.0 - q)
+        if ones_v:
+            slope += ones_v / (q + d)
+        if zeros_v:
+            slope -= zeros_v / (1.0 - q - d)
+        if slope > 0:
+            lo = q
+        else:
+            hi = q
+    q = 0.5 * (lo + hi)
+    return _loglik(ones_c, n_c, q) + _loglik(ones_v, n_v, q + d)
+
+
+def mixture_log_e(ones_c: int, n_c: int, ones_v: int, n_v: int, d: float) -> float:
+    """Log e-value against "``mean_v − mean_c = d``": mixture over profile likelihood.
+
+    For the true means the ratio of the mixture to *their* likelihood is a non-negative
+    martingale with mean 1 (Robbins' mixture); the profile likelihood is at least that
+    likelihood, so this e-value is below a test martingale and Ville's inequality bounds the
+    chance that it ever reaches ``1/α`` by ``α``.
+    """
+    profile = profile_loglik(ones_c, n_c, ones_v, n_v, d)
+    if profile == -math.inf:
+        return math.inf
+    return mixture_log_numerator(ones_c, n_c, ones_v, n_v) - profile
+
+
+def mixture_interval(
+    ones_c: int, n_c: int, ones_v: int, n_v: int, alpha: float
+) -> tuple[float, float]:
+    """The differences ``d = mean_v − mean_c`` not rejected at level ``alpha``, as an interval.
+
+    The profile log-likelihood is concave in ``d``, so the rejected set is a prefix and a suffix
+    of [−1, 1]; both ends are found by bisection and rounded outward (conservative).
+    """
+    level = math.log(1.0 / alpha)
+    centre = ones_v / n_v - ones_c / n_c if n_c and n_v else 0.0
+
+    def rejected(d: float) -> bool:
+        return mixture_log_e(ones_c, n_c, ones_v, n_v, d) >= level
+
+    bounds = []
+    for end in (-1.0, 1.0):
+        if not rejected(end):
+            bounds.append(end)
+            continue
+        inside, outside = centre, end
+        for _ in range(40):
+            mid = 0.5 * (inside + outside)
+            if rejected(mid):
+                outside = mid
+            else:
+                inside = mid
+        bounds.append(outside)
+    return bounds[0], bounds[1]
+
+
+def mixture_log_e_equal(
+    ones_c: FloatArray, n_c: FloatArray, ones_v: FloatArray, n_v: FloatArray
+) -> FloatArray:
+    """Vectorised ``mixture_log_e`` at ``d = 0`` (closed form: the pooled mean maximises the
+    likelihood of "no difference"), for simulating many monitored experiments at once."""
+    top = int(max(float(np.max(n_c)), float(np.max(n_v)))) + 2
+    # lgamma(i) = log((i − 1)!) for integer i >= 1, as a table.
+    log_gamma = np.concatenate(([0.0, 0.0], np.cumsum(np.log(np.arange(1, top + 1)))))
+
+    def log_beta(a: FloatArray, b: FloatArray) -> FloatArray:
+        out: FloatArray = (
+            log_gamma[a.astype(np.int64)]
+            + log_gamma[b.astype(np.int64)]
+            - log_gamma[(a + b).astype(np.int64)]
+        )
+        return out
+
+    def xlogy(x: FloatArray, y: FloatArray) -> FloatArray:
+        out: FloatArray = np.where(x > 0, x * np.log(np.where(x > 0, y, 1.0)), 0.0)
+        return out
+
+    n = n_c + n_v
+    ones = ones_c + ones_v
+    pooled = np.where(n > 0, ones / np.maximum(n, 1), 0.5)
+    numerator = log_beta(1 + ones_c, 1 + n_c - ones_c) + log_beta(1 + ones_v, 1 + n_v - ones_v)
+    result: FloatArray = numerator - (xlogy(ones, pooled) + xlogy(n - ones, 1 - pooled))
+    return result
 
 
 # -- betting confidence sequence per arm -------------------------------------------------------
@@ -416,11 +550,6 @@ def _arm(arm: str) -> Arm:
     raise ValueError(f"unknown arm {arm!r}; arms are: {', '.join(ARMS)}")
 
 
-def method_for(input_kind: str) -> str:
-    """The default method for a metric's input kind: betting for 0/1 outcomes, else asymptotic."""
-    return "betting" if input_kind == "bernoulli" else "asymptotic"
-
-
 @register
 class Sequential(Comparison):
     """Anytime-valid harm / non-inferiority decision for a variant versus its control.
@@ -428,9 +557,9 @@ class Sequential(Comparison):
     Parameters
     ----------
     alpha
-        Error rate of the interval over the whole, continuously monitored experiment, in (0, 1):
-        the probability that it ever fails to cover the true difference, however often it is
-        looked at.
+        Error rate over the whole, continuously monitored comparison, in (0, 1): the probability
+        that the interval ever fails to cover the true difference — so that harm or
+        non-inferiority is ever declared wrongly — however often it is looked at.
     margin
         Non-negative tolerance in the metric's units (e.g. 0.01 = one accuracy point): harm means
         worse by more than this, non-inferiority means worse by less than this.
@@ -438,11 +567,12 @@ class Sequential(Comparison):
         False (default) for error bits and error-like metrics (latency, absolute error); True for
         accuracy/correctness bits and other metrics where larger is better.
     method
-        ``betting`` (default): exact at every sample size and split, for 0/1 outcomes.
-        ``asymptotic``: for continuous metrics (module docstring).
+        ``mixture`` (default) or ``betting`` for 0/1 outcomes, exact at every sample size and
+        split; ``asymptotic`` for continuous metrics (module docstring).
     min_samples
-        Events per arm before any decision. Default 1 for ``betting`` (valid at every n: no
-        minimum is needed), 30 for ``asymptotic`` (the central limit theorem needs some).
+        Events per arm before any decision. Default 1 for ``mixture`` and ``betting`` (valid at
+        every n: no minimum is needed), 30 for ``asymptotic`` (the central limit theorem needs
+        some).
     tuning_n
         ``asymptotic`` only: total events (both arms) at which the interval is tightest
         (GrowthBook's default 5,000).
@@ -458,11 +588,16 @@ class Sequential(Comparison):
     ...     if seq.harm:
     ...         print(f"harm after {i + 1} pairs, upper bound {seq.interval[1]:.4f}")
     ...         break
-    harm after 350 pairs, upper bound -0.0022
+    harm after 318 pairs, upper bound -0.0019
     """
 
     kind: ClassVar[str] = "sequential"
     inputs: ClassVar[frozenset[str]] = frozenset({"bernoulli", "continuous"})
+
+    @staticmethod
+    def method_for(input_kind: str) -> str:
+        """The method for a metric's input kind: mixture for 0/1 outcomes, else asymptotic."""
+        return "mixture" if input_kind == "bernoulli" else "asymptotic"
 
     def __init__(
         self,
@@ -470,7 +605,7 @@ class Sequential(Comparison):
         alpha: float = 0.05,
         margin: float = 0.0,
         higher_is_better: bool = False,
-        method: str = "betting",
+        method: str = "mixture",
         min_samples: int | None = None,
         tuning_n: int | None = None,
     ) -> None:
@@ -487,21 +622,23 @@ class Sequential(Comparison):
             raise ValueError(f"higher_is_better must be true or false, got {higher_is_better!r}")
         if method not in METHODS:
             raise ValueError(
-                f"method must be one of {', '.join(METHODS)} (betting for 0/1 outcomes, "
-                f"asymptotic for continuous metrics), got {method!r}"
+                f"method must be one of {', '.join(METHODS)} (mixture or betting for 0/1 "
+                f"outcomes, asymptotic for continuous metrics), got {method!r}"
             )
-        betting = method == "betting"
+        exact = method != "asymptotic"
+        if exact and margin >= 1:
+            raise ValueError(f"margin must be below 1 for 0/1 outcomes, got {margin!r}")
         if tuning_n is not None:
-            if betting:
+            if exact:
                 raise ValueError(
-                    "tuning_n applies to method 'asymptotic' only; the betting interval needs no "
+                    f"tuning_n applies to method 'asymptotic' only; method {method!r} needs no "
                     "tuning (remove tuning_n, or set method: asymptotic)"
                 )
             if isinstance(tuning_n, bool) or not isinstance(tuning_n, int) or tuning_n < 1:
                 raise ValueError(
                     f"tuning_n must be an integer >= 1 (total events), got {tuning_n!r}"
                 )
-        least = 1 if betting else 2
+        least = 1 if exact else 2
         if min_samples is not None and (
             isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < least
         ):
@@ -512,7 +649,7 @@ class Sequential(Comparison):
         self.margin = float(margin)
         self.higher_is_better = higher_is_better
         self.method = method
-        self.min_samples = min_samples if min_samples is not None else (1 if betting else 30)
+        self.min_samples = min_samples if min_samples is not None else (1 if exact else 30)
         self.tuning_n = tuning_n if tuning_n is not None else 5000
         self._params: dict[str, JSON] = {
             "alpha": alpha,
@@ -522,12 +659,21 @@ class Sequential(Comparison):
             "min_samples": min_samples,
             "tuning_n": tuning_n,
         }
+        self._exact = exact
         self._rho2 = cs_rho2(self.alpha, self.tuning_n)
         self._arms = {"control": ArmStats(), "variant": ArmStats()}
-        self._bets = {arm: BettingArm(self.alpha / 2) for arm in ARMS} if betting else None
+        #: Count of ones per arm (0/1 methods).
+        self._ones = {"control": 0, "variant": 0}
+        self._bets = (
+            {arm: BettingArm(self.alpha / 2) for arm in ARMS} if method == "betting" else None
+        )
+        #: ``mixture``: total count at which the next look is due (``block_length`` schedule).
+        self._next_look = 1
+        self._cached: tuple[float, float] | None = None
         self._lower = -math.inf
         self._upper = math.inf
         self._harm = False
+        self._non_inferior = False
         self._drift = False
         self._p_value = 1.0
 
@@ -538,18 +684,17 @@ class Sequential(Comparison):
         if not math.isfinite(x):
             raise ValueError(f"observation must be a finite number, got {x!r}")
         name = _arm(arm)
-        if self._bets is None:
-            self._arms[name].add(float(x))
+        stats = self._arms[name]
+        if not self._exact:
+            stats.add(float(x))
             self._evaluate()
             return
         if x != 0 and x != 1:
-            raise ValueError(_NOT_BITS.format(x))
-        stats = self._arms[name]
-        stats.add(float(x))
-        if self._bets[name].add(1, int(x)) or stats.n == self.min_samples:
-            self._evaluate()
-        else:
-            self._drift = False
+            raise ValueError(_NOT_BITS.format(self.method, x))
+        bit = int(x)
+        stats.add(float(bit))
+        self._ones[name] += bit
+        self._fed(name, 1, bit, stats.n == self.min_samples)
 
     def update_counts(self, arm: str, n: int, total: float, total_sq: float | None = None) -> bool:
         """Feed a batch of ``n`` observations of ``arm`` summing to ``total``.
@@ -569,13 +714,13 @@ class Sequential(Comparison):
             self._drift = False
             return False
         mean = total / n
-        if total_sq is None or self._bets is not None:
+        if total_sq is None or self._exact:
             if not 0 <= total <= n:
                 raise ValueError(f"count of ones must lie in [0, n={n}], got {total!r}")
-            if self._bets is not None and (
+            if self._exact and (
                 total != int(total) or (total_sq is not None and total_sq != total)
             ):
-                raise ValueError(_NOT_BITS.format(f"a batch summing to {total!r}"))
+                raise ValueError(_NOT_BITS.format(self.method, f"a batch summing to {total!r}"))
             m2 = total - total * total / n
         else:
             if not math.isfinite(total_sq):
@@ -583,26 +728,46 @@ class Sequential(Comparison):
             m2 = max(total_sq - total * total / n, 0.0)
         reached = stats.n < self.min_samples <= stats.n + n
         stats.merge(n, mean, m2)
-        if self._bets is None or self._bets[name].add(n, int(total)) or reached:
+        if not self._exact:
+            self._evaluate()
+            return self._drift
+        self._ones[name] += int(total)
+        self._fed(name, n, int(total), reached)
+        return self._drift
+
+    def _fed(self, name: Arm, n: int, ones: int, reached: bool) -> None:
+        """After 0/1 events: look when the method's schedule (or the ``min_samples`` gate) says."""
+        self._cached = None
+        if self._bets is not None:
+            look = self._bets[name].add(n, ones)
+        else:
+            total = self.n
+            look = total >= self._next_look
+            if look:
+                self._next_look = total + block_length(total)
+        if look or reached:
             self._evaluate()
         else:
             self._drift = False
-        return self._drift
 
     def _evaluate(self) -> None:
         c, v = self._arms["control"], self._arms["variant"]
         was_harm = self._harm
         if c.n < self.min_samples or v.n < self.min_samples:
             self._lower, self._upper = -math.inf, math.inf
-            self._harm = False
+            self._harm = self._non_inferior = False
             self._drift = False
             return
-        if self._bets is not None:
+        if self.method == "mixture":
+            self._evaluate_mixture()
+        elif self._bets is not None:
             bc, bv = self._bets["control"], self._bets["variant"]
             if self.higher_is_better:
                 self._lower, self._upper = bv.lower - bc.upper, bv.upper - bc.lower
             else:
                 self._lower, self._upper = bc.lower - bv.upper, bc.upper - bv.lower
+            self._harm = self._upper < -self.margin
+            self._non_inferior = self._lower > -self.margin
         else:
             diff = v.mean - c.mean
             effect = diff if self.higher_is_better else -diff
@@ -616,8 +781,32 @@ class Sequential(Comparison):
                 log_lambda = -0.5 * math.log1p(nr) + nr * effect * effect / (2.0 * s2 * (1.0 + nr))
                 p = math.exp(-log_lambda) if log_lambda < 700 else 0.0
                 self._p_value = min(self._p_value, p)
-        self._harm = self._upper < -self.margin
+            self._harm = self._upper < -self.margin
+            self._non_inferior = self._lower > -self.margin
         self._drift = self._harm and not was_harm
+
+    def _evaluate_mixture(self) -> None:
+        """One look: the e-value against "improvement = −margin" decides both questions (the
+        rejected differences form the two tails of [−1, 1]). A decision, once reached, stands:
+        the e-value crossed ``1/α``, which under the null happens with probability ≤ α at any
+        time, so the decision is valid at the look that made it. Harm, once shown, stands;
+        non-inferiority is re-read at every look (a guardrail keeps watching for harm)."""
+        self._lower, self._upper = -math.inf, math.inf  # computed when read (``interval``)
+        self._non_inferior = False
+        if self._harm:
+            return
+        c, v = self._arms["control"], self._arms["variant"]
+        oc, ov = self._ones["control"], self._ones["variant"]
+        sign = 1.0 if self.higher_is_better else -1.0
+        effect = sign * (ov / v.n - oc / c.n)
+        if effect == -self.margin:
+            return
+        log_e = mixture_log_e(oc, c.n, ov, v.n, -self.margin * sign)
+        if log_e >= math.log(1.0 / self.alpha):
+            if effect < -self.margin:
+                self._harm = True
+            else:
+                self._non_inferior = True
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -628,13 +817,13 @@ class Sequential(Comparison):
 
     @property
     def harm(self) -> bool:
-        """The whole interval lies below ``−margin``: the variant is worse by more than that."""
+        """The variant is shown worse than control by more than ``margin`` (a level)."""
         return self._harm
 
     @property
     def non_inferior(self) -> bool:
-        """The whole interval lies above ``−margin``: safe to advance a rollout."""
-        return self._lower > -self.margin
+        """The variant is shown worse by less than ``margin`` (or better): safe to advance."""
+        return self._non_inferior
 
     @property
     def decided(self) -> bool:
@@ -643,8 +832,18 @@ class Sequential(Comparison):
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The confidence-sequence bounds on the improvement δ (unbounded before a decision)."""
-        return self._lower, self._upper
+        """Bounds on the improvement δ, valid at every look (unbounded before a decision).
+
+        ``mixture``: the improvements its e-value does not reject now, computed on demand."""
+        if self.method != "mixture" or not self.decided:
+            return self._lower, self._upper
+        if self._cached is None:
+            c, v = self._arms["control"], self._arms["variant"]
+            lo, hi = mixture_interval(
+                self._ones["control"], c.n, self._ones["variant"], v.n, self.alpha
+            )
+            self._cached = (lo, hi) if self.higher_is_better else (-hi, -lo)
+        return self._cached
 
     @property
     def effect(self) -> float:
@@ -655,13 +854,13 @@ class Sequential(Comparison):
     @property
     def p_value(self) -> float | None:
         """``asymptotic``: always-valid p-value for "no difference" (running minimum of the
-        mSPRT's 1/Λ). ``betting``: None (read the interval)."""
-        return None if self._bets is not None else self._p_value
+        mSPRT's 1/Λ). Other methods: None (read ``interval``)."""
+        return self._p_value if not self._exact else None
 
     @property
     def statistic(self) -> float:
         """Upper bound of the interval on δ; harm when it falls below ``threshold``."""
-        return self._upper
+        return self.interval[1]
 
     @property
     def threshold(self) -> float:
@@ -682,25 +881,22 @@ class Sequential(Comparison):
         """Plain-data evidence: the interval, the estimate, both arms and the decision."""
         c, v = self._arms["control"], self._arms["variant"]
         decided = self.decided
+        lower, upper = self.interval
         out: dict[str, JSON] = {
             "detector": self.kind,
-            "method": (
-                "betting confidence sequence per arm (Waudby-Smith & Ramdas 2023)"
-                if self._bets is not None
-                else "asymptotic confidence sequence (Waudby-Smith et al. 2023)"
-            ),
+            "method": _METHOD_NAMES[self.method],
             "decision": (
                 "harm"
                 if self._harm
                 else "non_inferior"
-                if self.non_inferior
+                if self._non_inferior
                 else "undecided"
                 if decided
                 else "too_few_samples"
             ),
             "effect": self.effect if decided else None,
-            "interval": [self._lower, self._upper] if decided else None,
-            "statistic": self._upper if decided else None,
+            "interval": [lower, upper] if decided else None,
+            "statistic": upper if decided else None,
             "threshold": self.threshold,
             "margin": self.margin,
             "alpha": self.alpha,
@@ -731,6 +927,10 @@ class Sequential(Comparison):
             "drift": self._drift,
             "p_value": self._p_value,
         }
+        if self._exact:
+            state["ones"] = dict(self._ones)
+            state["non_inferior"] = self._non_inferior
+            state["next_look"] = self._next_look
         if self._bets is not None:
             state["bets"] = {arm: self._bets[arm].to_state() for arm in ARMS}
         return state
@@ -740,22 +940,32 @@ class Sequential(Comparison):
         if state.get("kind") != cls.kind:
             raise ValueError(f"state of kind {state.get('kind')!r} given to {cls.kind!r}")
         params = dict(state["params"])
-        # States written before the betting method existed are asymptotic comparisons.
+        # States written before the exact methods existed are asymptotic comparisons.
         params.setdefault("method", "asymptotic")
         seq = cls(**params)
         for arm in ARMS:
             seq._arms[arm] = ArmStats.from_state(state[arm])
+        if seq._exact:
+            seq._ones = {arm: int(state["ones"][arm]) for arm in ARMS}
+            seq._next_look = int(state["next_look"])
         if seq._bets is not None:
             for arm in ARMS:
                 seq._bets[arm] = BettingArm.from_state(state["bets"][arm], seq.alpha / 2)
-        seq._evaluate()
+        if seq.method != "mixture":
+            seq._evaluate()
         seq._harm = bool(state["harm"])
+        seq._non_inferior = bool(state.get("non_inferior", seq._non_inferior))
         seq._drift = bool(state["drift"])
         seq._p_value = float(state["p_value"])
         return seq
 
 
 _NOT_BITS = (
-    "method 'betting' takes 0/1 outcomes (error or correctness bits), got {}; use method "
+    "method {!r} takes 0/1 outcomes (error or correctness bits), got {}; use method "
     "'asymptotic' for continuous metrics"
 )
+_METHOD_NAMES = {
+    "mixture": "Beta-mixture likelihood ratio (e-process), Robbins 1970",
+    "betting": "betting confidence sequence per arm (Waudby-Smith & Ramdas 2023)",
+    "asymptotic": "asymptotic confidence sequence (Waudby-Smith et al. 2023)",
+}

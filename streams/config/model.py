@@ -613,8 +613,16 @@ def _check_guardrail(
             f"detector {g.detector.kind!r} watches one variant; `compare_to` needs a "
             "two-sample detector such as 'sequential'",
         )
+    spec = detector_spec(g, flag)
+    if spec.get("method") == "betting" and info.input != "bernoulli":
+        problems.add(
+            [*here, "detector", "method"],
+            f"method 'betting' compares 0/1 outcomes; metric {g.metric.value!r} is "
+            f"{info.input}: use method 'asymptotic'",
+        )
+        return
     try:
-        registry.create(detector_spec(g, flag))
+        registry.create(spec)
     except ValueError as exc:
         problems.add([*here, "detector"], str(exc))
 
@@ -702,12 +710,17 @@ def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:
     """The detector spec for a guardrail, with metric-derived defaults filled in.
 
     Two-sample detectors need the metric's direction; it is derived from the metric unless the
-    user set it.
+    user set it. A detector with a ``method_for`` (``sequential``) gets the method that suits the
+    metric's input (betting for 0/1 outcomes, asymptotic for continuous ones) unless set.
     """
     spec = g.detector.spec()
     cls = registry.detector_class(g.detector.kind)
-    if cls.two_sample and "higher_is_better" in registry.parameters(g.detector.kind):
+    params = registry.parameters(g.detector.kind)
+    if cls.two_sample and "higher_is_better" in params:
         spec.setdefault("higher_is_better", METRICS[g.metric].higher_is_better)
+    method_for = getattr(cls, "method_for", None)
+    if method_for is not None and "method" in params:
+        spec.setdefault("method", method_for(METRICS[g.metric].input))
     return spec
 
 
