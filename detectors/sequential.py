@@ -1,8 +1,26 @@
 """Anytime-valid comparison of a variant against its control (``compare_to``) on matured outcomes.
 
-Two methods, chosen by ``method``:
+Three methods, chosen by ``method``:
 
-``betting`` (default; for 0/1 outcomes: error or correctness bits)
+``mixture`` (default; for 0/1 outcomes: error or correctness bits)
+    A Beta-mixture likelihood ratio against the profile likelihood of the null, an e-process.
+    With ``k`` ones in ``n`` outcomes per arm, the evidence against "``mean_v − mean_c = d``" is
+
+        E(d) = B(1 + k_c, 1 + n_c − k_c) · B(1 + k_v, 1 + n_v − k_v) / max_{q} L(q, q + d),
+
+    the marginal likelihood of both arms under uniform priors (Robbins' mixture) over the
+    largest likelihood of any pair of means ``d`` apart. For the true means the mixture over
+    *their* likelihood is a non-negative martingale with mean 1, and the denominator is at least
+    their likelihood, so ``P(E(d_true) ever ≥ 1/α) ≤ α`` (Ville's inequality) at every sample
+    size, for every split, with no normal approximation. Harm: the estimate is worse than
+    ``−margin`` and ``E(−margin) ≥ 1/α`` (the profile likelihood is concave in ``d``, so every
+    worse-than-margin difference is then rejected); non-inferiority likewise on the other side.
+    The interval (the differences not rejected) is computed on demand by bisection. The detector
+    looks on a count schedule (after each of the first 16 outcomes, then each time the total
+    grows by ~6 %, ``block_length``): fixed in advance, so the guarantee holds at the looks,
+    and the same stream gives the same decisions however it is batched.
+
+``betting`` (for 0/1 outcomes)
     One confidence sequence per arm for its Bernoulli mean, by betting (Waudby-Smith & Ramdas,
     "Estimating means of bounded random variables by betting", JRSS-B 2023, the hedged capital
     process with predictable plug-in bets), each at level ``α/2``. For a candidate mean ``m`` an
@@ -50,12 +68,13 @@ correctness bits. Everything reported is oriented as the variant's **improvement
 ``δ = mean_v − mean_c`` if higher is better, else ``mean_c − mean_v``: positive is better.
 
 - ``harm``: the whole interval lies below ``−margin`` (the variant is worse by more than the
-  margin). It is a level: it stays true while the evidence stands (with the betting method:
-  for good, since the interval only shrinks), and callers act on it whenever their own gates
+  margin). It is a level: it stays true while the evidence stands (with the mixture and betting
+  methods for the rest of the comparison), and callers act on it whenever their own gates
   allow. ``drift_detected`` is the edge: true right after the update that newly declared harm.
 - ``non_inferior``: the whole interval lies above ``−margin``: safe to advance a rollout.
 - Until both arms have ``min_samples`` events there is no decision (interval unbounded). The
-  betting method needs no minimum for validity (default 1); the asymptotic one does (30).
+  mixture and betting methods need no minimum for validity (default 1); the asymptotic one
+  does (30).
 
 Arms are fed separately, one observation at a time or as sufficient statistics (``n`` and the sum,
 plus the sum of squares for continuous metrics), so a batch costs one update. With the betting
