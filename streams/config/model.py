@@ -254,8 +254,8 @@ class RolloutConfig(_Model):
         0.05,
         gt=0,
         lt=1,
-        description="Error rate of the whole rollout's anytime-valid comparisons (split "
-        "evenly over its phases).",
+        description="Error rate of the whole rollout's anytime-valid comparisons, spent over "
+        "its phases (phase k: alpha * 6 / (pi^2 k^2), so any number of phases stays within it).",
     )
     margin: float = Field(
         0.0,
