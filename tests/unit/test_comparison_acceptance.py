@@ -85,6 +85,7 @@ def test_a_much_worse_candidate_is_killed_in_every_held_out_seed(tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 100 simulated streams through the CLI: minutes on a busy machine
 def test_aa_with_a_small_control_rarely_declares_harm(tmp_path: Path) -> None:
     harmed = sum(
         bool(backtest_kills(scenario(seed, 0.97, 0.97, 5, 4_000), tmp_path))
