@@ -689,6 +689,9 @@ class Sequential(Comparison):
         #: ``mixture``: total count at which the next look is due (``block_length`` schedule).
         self._next_look = 1
         self._cached: tuple[float, float] | None = None
+        #: ``mixture``: the counts (ones_c, n_c, ones_v, n_v) at the last look; the interval is
+        #: the one of that look (computed when read), so reading it costs nothing between looks.
+        self._look: tuple[int, int, int, int] | None = None
         self._lower = -math.inf
         self._upper = math.inf
         self._harm = False
@@ -756,7 +759,6 @@ class Sequential(Comparison):
 
     def _fed(self, name: Arm, n: int, ones: int, reached: bool) -> None:
         """After 0/1 events: look when the method's schedule (or the ``min_samples`` gate) says."""
-        self._cached = None
         if self._bets is not None:
             look = self._bets[name].add(n, ones)
         else:
@@ -812,6 +814,9 @@ class Sequential(Comparison):
         non-inferiority is re-read at every look (a guardrail keeps watching for harm)."""
         self._lower, self._upper = -math.inf, math.inf  # computed when read (``interval``)
         self._non_inferior = False
+        c, v = self._arms["control"], self._arms["variant"]
+        self._look = (self._ones["control"], c.n, self._ones["variant"], v.n)
+        self._cached = None
         if self._harm:
             return
         c, v = self._arms["control"], self._arms["variant"]
@@ -853,14 +858,12 @@ class Sequential(Comparison):
     def interval(self) -> tuple[float, float]:
         """Bounds on the improvement δ, valid at every look (unbounded before a decision).
 
-        ``mixture``: the improvements its e-value does not reject now, computed on demand."""
-        if self.method != "mixture" or not self.decided:
+        ``mixture``: the improvements its e-value did not reject at the last look (looks follow
+        the count schedule), computed on first read after that look."""
+        if self.method != "mixture" or not self.decided or self._look is None:
             return self._lower, self._upper
         if self._cached is None:
-            c, v = self._arms["control"], self._arms["variant"]
-            lo, hi = mixture_interval(
-                self._ones["control"], c.n, self._ones["variant"], v.n, self.alpha
-            )
+            lo, hi = mixture_interval(*self._look, self.alpha)
             self._cached = (lo, hi) if self.higher_is_better else (-hi, -lo)
         return self._cached
 
@@ -950,6 +953,7 @@ class Sequential(Comparison):
             state["ones"] = dict(self._ones)
             state["non_inferior"] = self._non_inferior
             state["next_look"] = self._next_look
+            state["look"] = None if self._look is None else list(self._look)
         if self._bets is not None:
             state["bets"] = {arm: self._bets[arm].to_state() for arm in ARMS}
         return state
@@ -967,6 +971,10 @@ class Sequential(Comparison):
         if seq._exact:
             seq._ones = {arm: int(state["ones"][arm]) for arm in ARMS}
             seq._next_look = int(state["next_look"])
+            look = state.get("look")
+            if look is not None:
+                oc, nc, ov, nv = (int(x) for x in look)
+                seq._look = (oc, nc, ov, nv)
         if seq._bets is not None:
             for arm in ARMS:
                 seq._bets[arm] = BettingArm.from_state(state["bets"][arm], seq.alpha / 2)
