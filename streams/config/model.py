@@ -282,8 +282,8 @@ class RolloutConfig(_Model):
         0.05,
         gt=0,
         lt=1,
-        description="Error rate of the whole rollout's anytime-valid comparisons (split "
-        "evenly over its phases).",
+        description="Error rate of the whole rollout's anytime-valid comparisons, spent over "
+        "its phases (phase k: alpha * 6 / (pi^2 k^2), so any number of phases stays within it).",
     )
     margin: float = Field(
         0.0,
@@ -724,8 +724,16 @@ def _check_detector(
         and not _check_budget(problems, here, guardrail, cls.two_sample)
     ):
         return
+    spec = _detector_spec(detector, metric)
+    if spec.get("method") == "betting" and info.input != "bernoulli":
+        problems.add(
+            [*here, "detector", "method"],
+            f"method 'betting' compares 0/1 outcomes; metric {metric.value!r} is "
+            f"{info.input}: use method 'asymptotic'",
+        )
+        return
     try:
-        registry.create(_detector_spec(detector, metric))
+        registry.create(spec)
     except ValueError as exc:
         problems.add([*here, "detector"], str(exc))
 
@@ -865,7 +873,9 @@ def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:
     """The detector spec for a guardrail, with metric-derived defaults filled in.
 
     Two-sample detectors need the metric's direction; it is derived from the metric unless the
-    user set it. A budget stated as ``false_alarm_every`` at ``expected_rate`` becomes ``arl0``.
+    user set it. A detector with a ``method_for`` (``sequential``) gets the method that suits the
+    metric's input (betting for 0/1 outcomes, asymptotic for continuous ones) unless set. A budget
+    stated as ``false_alarm_every`` at ``expected_rate`` becomes ``arl0``.
     """
     spec = _detector_spec(g.detector, g.metric)
     if g.false_alarm_every is not None and g.expected_rate is not None:
@@ -876,8 +886,12 @@ def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:
 def _detector_spec(detector: DetectorSpec, metric: Metric) -> dict[str, Any]:
     spec = detector.spec()
     cls = registry.detector_class(detector.kind)
-    if cls.two_sample and "higher_is_better" in registry.parameters(detector.kind):
+    params = registry.parameters(detector.kind)
+    if cls.two_sample and "higher_is_better" in params:
         spec.setdefault("higher_is_better", METRICS[metric].higher_is_better)
+    method_for = getattr(cls, "method_for", None)
+    if method_for is not None and "method" in params:
+        spec.setdefault("method", method_for(METRICS[metric].input))
     return spec
 
 

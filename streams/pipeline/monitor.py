@@ -18,7 +18,9 @@ are fed both arms, one observation at a time: the order of the arms matters for 
 declared.
 
 ``min_samples`` gates every decision: an alarm while the variant has fewer samples is not a
-breach, and the status says "no decision yet".
+breach, and the status says "no decision yet". A one-sample detector's alarm is an edge; a
+two-sample comparison's harm is a level, which breaches as soon as the gates hold and again
+after each ``cooldown`` while it stands.
 """
 
 from __future__ import annotations
@@ -404,9 +406,15 @@ class Monitor:
         return out
 
     def _feed_two_sample(self, pending: list[tuple[int, float, int, float]]) -> list[Decision]:
+        """Harm is a level: it breaches whenever it stands and the gates allow — the variant's
+        ``min_samples`` and, after a breach, the guardrail's ``cooldown`` (in event time) — not
+        only on the update that first showed it. Harm that appears before the variant has
+        ``min_samples`` therefore acts at the first observation that meets the gate."""
         det = self.detector
         samples = self.samples
         flip = self.flip
+        least = self.guardrail.min_samples
+        cooldown = self.guardrail.cooldown
         out: list[Decision] = []
         for obs in pending:
             arm = obs[0]
@@ -416,7 +424,11 @@ class Monitor:
                 self.window_first = obs[3]
             self.window_last = obs[3]
             self.window_events += 1
-            if det.drift_detected and samples[1] >= self.guardrail.min_samples:
+            if (
+                det.harm
+                and samples[1] >= least
+                and (self.last_breach_ts is None or obs[3] >= self.last_breach_ts + cooldown)
+            ):
                 out.append(self._breach(obs))
         return out
 

@@ -14,10 +14,11 @@ The rollout sits at a *step* (an index into ``steps``; ``-1`` is the shadow phas
 ``steps[k]``, ``compare_to`` the rest (the other variants keep theirs, so the total stays 100).
 After each observation:
 
-- **harm** (the comparison's whole interval lies below ``-margin``) acts at once, at any step and
-  even while paused: ``on_harm: kill`` kills the candidate (its weight returns to ``compare_to``)
-  and ends the rollout; ``previous`` goes back one step (from the first step: weight 0, rollout
-  stopped; from the shadow phase there is nothing to take back, so it warns and stops);
+- **harm** (the comparison shows the candidate worse by more than ``margin``) acts as soon as it
+  stands, at any step and even while paused: ``on_harm: kill`` kills the candidate (its weight
+  returns to ``compare_to``) and ends the rollout; ``previous`` goes back one step (from the
+  first step: weight 0, rollout stopped; from the shadow phase there is nothing to take back, so
+  it warns and stops);
 - **advance** when the candidate has ``min_samples`` matured samples in the step, the step has
   lasted ``min_duration`` and the comparison declares non-inferiority — unless the flag is
   ``paused`` (by hand, or by a guardrail's ``hold``) or pinned by an operator (then a harm with
@@ -26,22 +27,33 @@ After each observation:
   paused (a change with action ``hold``) and an alert with action ``warn`` goes out. A resume
   (``paused`` back to false) restarts the step's clock.
 
-The last step is final: the rollout is complete there and keeps watching for harm only. A killed
-candidate (by a guardrail, or by hand) ends the rollout; a later restore does not restart it.
+The last step is final: the rollout is complete there and keeps watching for harm only — as long
+as ``compare_to`` still receives traffic. A step that leaves ``compare_to`` no traffic (typically
+100 %) *ends the comparison*: the control would only receive the late outcomes of earlier
+predictions, a frozen sample with no power and the place false kills came from. From there on the
+candidate is watched by the flag's one-sample guardrails (``cusum``, ``glr`` on the candidate). To
+keep measuring against control, end the steps below 100 (e.g. ``[1, 5, 25, 50, 95]``: a 5 %
+holdout that stays on control). A killed candidate (by a guardrail, or by hand) ends the rollout;
+a later restore does not restart it.
 
 The comparison is restarted at every step
 -----------------------------------------
-Each phase runs its own anytime-valid confidence sequence (``sequential``; Waudby-Smith et al.
-2023) on the observations that matured during that phase, and the rollout's ``alpha`` is split
-evenly over its phases (Bonferroni): with ``P`` phases each sequence has error rate
-``alpha / P``, so the probability that *any* phase of the whole rollout declares harm or
-non-inferiority wrongly is at most ``alpha``. Within a phase the sequence is valid however often
-it is looked at, so advancing at the first look that passes the gates is honest optional
-stopping. A restart, rather than one sequence carried across steps, is what makes each step's
+Each phase runs its own anytime-valid comparison (``sequential``: the Beta-mixture e-value for
+0/1 metrics, the asymptotic confidence sequence for continuous ones) on the observations that
+matured during that phase. The rollout's ``alpha`` is *spent* over phases whose number has no
+bound — a rollback (``on_harm: previous``) or a restart without a snapshot starts a new phase —
+so phase ``k`` (1, 2, 3, …) gets ``alpha · 6 / (π² k²)``; these sum to ``alpha``, so the
+probability that *any* phase of the whole rollout declares harm or non-inferiority wrongly is at
+most ``alpha``, however many phases there are. ``k`` only grows: it is kept in the snapshot and
+written into every rollout flag change's evidence (``phase``), and a worker that restarts
+without a snapshot continues after the published phase (``align``), skipping the phase the
+previous worker may have begun. Within a phase the comparison is valid however often it is
+looked at, so advancing at the first look that passes the gates is honest optional stopping.
+A restart, rather than one sequence carried across steps, is what makes each step's
 evidence its own: the interval in a step's flag change describes the candidate *at that share of
 traffic* (a population or load effect that appears only at 25 % is not averaged away by the 1 %
-step), and each step's ``min_samples`` gate counts that step's samples. The price is a wider
-interval per phase (``alpha / P`` instead of ``alpha``).
+step), and each step's ``min_samples`` gate counts that step's samples. The price is a smaller
+level per phase (0.61·alpha for the first, 0.15·alpha for the second, …).
 
 Weights keep their total and the candidate's interval only grows during a ramp: with the
 candidate and ``compare_to`` adjacent in the assignment order (validated in the config), users
@@ -51,12 +63,13 @@ move only from ``compare_to`` to the candidate as it advances
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from driftswitch.detectors.base import JSON
 from driftswitch.detectors.sequential import Sequential
-from driftswitch.streams.config.model import FlagConfig, Metric, OnHarm, RolloutConfig
+from driftswitch.streams.config.model import METRICS, FlagConfig, Metric, OnHarm, RolloutConfig
 from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
@@ -92,13 +105,14 @@ class Rollout:
     """
 
     __slots__ = (
-        "alpha",
         "candidate",
+        "comparing",
         "comparison",
         "control",
         "flag",
         "paused_seen",
         "pending",
+        "phase",
         "plan",
         "samples",
         "status",
@@ -111,9 +125,11 @@ class Rollout:
         self.plan = plan
         self.candidate = plan.variant
         self.control = plan.control(flag_config)
-        phases = len(plan.steps) + (1 if plan.promote_shadow else 0)
-        #: Error rate of each phase's confidence sequence (Bonferroni over the phases).
-        self.alpha = plan.alpha / phases
+        #: The current phase (1, 2, ...): every step entered, rollback or restart without a
+        #: snapshot starts a new one; it never goes back.
+        self.phase = 1
+        #: False once ``compare_to`` gets no traffic (the comparison has ended).
+        self.comparing = True
         self.pending: list[tuple[int, float, int, float]] = []
         self.step = SHADOW_STEP if plan.promote_shadow else 0
         self.status = COMPLETE if self.step == len(plan.steps) - 1 else RUNNING
@@ -122,9 +138,19 @@ class Rollout:
         self.samples = [0, 0]
         self.comparison = self._fresh()
 
+    @property
+    def alpha(self) -> float:
+        """Error rate of the current phase's comparison (``phase_alpha``)."""
+        return phase_alpha(self.plan.alpha, self.phase)
+
     def _fresh(self) -> Sequential:
         # Observations are oriented "lower is better" (error bits, latency, abs error).
-        return Sequential(alpha=self.alpha, margin=self.plan.margin, higher_is_better=False)
+        return Sequential(
+            alpha=self.alpha,
+            margin=self.plan.margin,
+            higher_is_better=False,
+            method=Sequential.method_for(METRICS[self.plan.metric].input),
+        )
 
     def percent(self, step: int) -> int:
         """The candidate's weight at ``step`` (0 in the shadow phase)."""
@@ -148,10 +174,16 @@ class Rollout:
         elif self.paused_seen:  # resumed: the step's clock starts again
             self.paused_seen = False
             self.step_start = ts
+        ctrl = state.variants.get(self.control)
+        self.comparing = ctrl is not None and ctrl.weight > 0 and not ctrl.killed
+        if not self.comparing:
+            return []  # ended: control's outcomes are stale; one-sample guardrails watch on
         seq = self.comparison
         seq.update("variant" if arm else "control", x)
         self.samples[arm] += 1
-        if seq.drift_detected:
+        if seq.harm:  # a level: acts whenever it stands (pinned: reported once, on its edge)
+            if state.pinned is not None and self.plan.on_harm is OnHarm.PREVIOUS:
+                return self._harm(state, ts) if seq.drift_detected else []
             return self._harm(state, ts)
         if self.status != RUNNING or state.paused or state.pinned is not None:
             return []
@@ -235,6 +267,14 @@ class Rollout:
         if current is None or current.killed:
             self.status = ENDED
             return
+        published = _published_phase(state)
+        if published is not None and published + 1 >= self.phase:
+            # The previous worker decided in phase ``published`` and may have run the next one:
+            # continue after both, so no phase's error budget is spent twice.
+            self.phase = published + 1
+            if current.weight == self.percent(self.step):
+                self._enter(self.step, None)
+                return
         if current.weight == self.percent(self.step):
             return
         first = SHADOW_STEP if self.plan.promote_shadow else 0
@@ -246,10 +286,12 @@ class Rollout:
             self.status = STOPPED
 
     def _enter(self, step: int, ts: float | None) -> None:
-        """Start ``step``: a fresh comparison and clock (None: from the next observation)."""
+        """Start ``step`` in a new phase: a fresh comparison and clock (None: from the next
+        observation)."""
         self.step = step
         self.step_start = ts
         self.samples = [0, 0]
+        self.phase += 1
         self.comparison = self._fresh()
         self.status = COMPLETE if step == len(self.plan.steps) - 1 else RUNNING
 
@@ -321,6 +363,7 @@ class Rollout:
             "percent": self.percent(self.step),
             "steps": list(self.plan.steps),
             "gates": self._gates(ts),
+            "phase": self.phase,
             "alpha": self.alpha,
             "comparison": seq.explain(),
         }
@@ -377,7 +420,9 @@ class Rollout:
             "interval": [lo, hi] if lo is not None and hi is not None else None,
             "decision": str(seq.explain()["decision"]),
             "gates": self._gates(last_ts),
+            "phase": self.phase,
             "alpha": self.alpha,
+            "comparison": "running" if self.comparing else "ended: compare_to gets no traffic",
             "on_harm": self.plan.on_harm.value,
         }
 
@@ -394,6 +439,8 @@ class Rollout:
             "step_start": self.step_start,
             "paused_seen": self.paused_seen,
             "samples": list(self.samples),
+            "phase": self.phase,
+            "comparing": self.comparing,
             "comparison": self.comparison.to_state(),
         }
 
@@ -410,8 +457,28 @@ class Rollout:
         self.step_start = None if start is None else float(start)
         self.paused_seen = bool(state["paused_seen"])
         self.samples = [int(n) for n in state["samples"]]
+        # Snapshots from before phases were counted: the step index bounds the phases run.
+        self.phase = int(state.get("phase", self.step + 2))
+        self.comparing = bool(state.get("comparing", True))
         self.comparison = Sequential.from_state(state["comparison"])
         return True
+
+
+def phase_alpha(alpha: float, phase: int) -> float:
+    """The error rate of phase ``phase`` (1, 2, ...): ``alpha · 6 / (π² phase²)``.
+
+    Since Σ 1/k² = π²/6 the levels of all phases, however many, add up to ``alpha``.
+    """
+    return alpha * 6.0 / (math.pi**2 * phase * phase)
+
+
+def _published_phase(state: FlagChangeEvent) -> int | None:
+    """The rollout phase recorded in a published rollout flag change, if any."""
+    cause = state.cause
+    if cause.kind is not CauseKind.ROLLOUT or not isinstance(cause.evidence, dict):
+        return None
+    phase = cause.evidence.get("phase")
+    return phase if isinstance(phase, int) and not isinstance(phase, bool) else None
 
 
 def _error_bit(event: PredictionEvent) -> float:

@@ -169,6 +169,26 @@ BAD_CONFIGS = [
         ],
     ),
     (
+        "comparison-tuning-on-an-exact-method",
+        bad("{kind: sequential, alpha: 0.05,", "{kind: sequential, tuning_n: 5000, alpha: 0.05,"),
+        [
+            ":18: flags.ranker.guardrails[1].detector",
+            "tuning_n applies to method 'asymptotic' only",
+        ],
+    ),
+    (
+        "betting-on-a-continuous-metric",
+        bad(
+            "metric: accuracy\n        detector: {kind: sequential,",
+            "metric: latency_ms\n        detector: {kind: sequential, method: betting,",
+        ),
+        [
+            ":18: flags.ranker.guardrails[1].detector.method",
+            "method 'betting' compares 0/1 outcomes",
+            "use method 'asymptotic'",
+        ],
+    ),
+    (
         "bad-duration",
         GOOD + "join: {ttl: soon}\n",
         [":20: join.ttl", "expected a duration such as 30s"],

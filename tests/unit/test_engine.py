@@ -315,3 +315,42 @@ flags:
     stats = engine.snapshot()["flags"]["price"]["variants"]["b"]
     assert stats["mse"] == 1.0  # only the scoreable pair counts
     json.dumps(engine.to_state(), allow_nan=False)  # still strict JSON
+
+
+def test_comparison_harm_is_a_level_that_acts_at_the_gate_and_after_each_cooldown() -> None:
+    """Harm shown before ``min_samples`` is not dropped: it breaches at the first observation
+    that meets the gate, and again after every ``cooldown`` while it stands."""
+    from driftswitch.streams.pipeline.monitor import Monitor
+
+    cfg = parse_config(
+        """
+flags:
+  ranker:
+    default: control
+    variants: {control: {weight: 90, value: a}, candidate: {weight: 10, value: b}}
+    guardrails:
+      - name: vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential}
+        min_samples: 50
+        cooldown: 10s
+        action: warn
+"""
+    )
+    flag = cfg.flags["ranker"]
+    mon = Monitor("ranker", flag, flag.guardrails[0])
+    # Error bits: the control always right, the candidate always wrong, one pair per second.
+    for i in range(200):
+        mon.pending.append((0, 0.0, 2 * i, float(i)))
+        mon.pending.append((1, 1.0, 2 * i + 1, float(i)))
+    breaches = mon.flush()
+    assert mon.detector.harm
+    # Harm stood long before 50 candidate samples; the first breach is at the gate, the next
+    # ones 10 s (the cooldown) apart while harm stands (at the control's observation of that
+    # second, which comes first).
+    assert [b.samples["candidate"] for b in breaches][:3] == [50, 59, 69]
+    assert [b.ts for b in breaches] == [49.0 + 10 * k for k in range(len(breaches))]
+    assert len(breaches) == 16  # ts 49, 59, ..., 199
+    assert all(b.interval is not None and b.interval[1] < 0 for b in breaches)

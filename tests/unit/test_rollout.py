@@ -4,6 +4,7 @@ its config rules, its state round trip, and the assignment guarantee of its weig
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 
@@ -14,7 +15,14 @@ from driftswitch.streams.contract.assign import Fractional
 from driftswitch.streams.contract.errors import ConfigError
 from driftswitch.streams.contract.events import Action, AlertEvent, CauseKind, FlagChangeEvent
 from driftswitch.streams.pipeline.policy import initial_state
-from driftswitch.streams.pipeline.rollout import COMPLETE, ENDED, KILLED, STOPPED, Rollout
+from driftswitch.streams.pipeline.rollout import (
+    COMPLETE,
+    ENDED,
+    KILLED,
+    STOPPED,
+    Rollout,
+    phase_alpha,
+)
 
 T0 = 1_767_225_600.0
 
@@ -109,7 +117,9 @@ def test_equal_candidate_advances_through_every_step_with_evidence() -> None:
         assert isinstance(gates, dict)
         assert gates["non_inferior"] is True
         assert gates["samples"] == cause.samples["candidate"]
-        assert cause.evidence["alpha"] == pytest.approx(0.05 / 4)  # split over four phases
+        # α spent over an unbounded number of phases: phase k gets α·6/(π²k²).
+        assert cause.evidence["phase"] == step + 1
+        assert cause.evidence["alpha"] == pytest.approx(0.05 * 6 / (math.pi**2 * (step + 1) ** 2))
     assert d.rollout.status == COMPLETE
     # Complete: more evidence changes nothing.
     before = len(d.outputs)
@@ -162,6 +172,62 @@ def test_harm_with_previous_goes_back_one_step_then_out_of_traffic() -> None:
     assert not changes[-1].variants["candidate"].killed
     assert changes[-1].variants["control"].weight == 100
     assert d.rollout.status == STOPPED
+
+
+def test_alpha_is_spent_over_phases_that_never_reset() -> None:
+    # Phase k gets α·6/(π²k²): the levels of any number of phases add up to at most α.
+    assert sum(phase_alpha(0.05, k) for k in range(1, 200_000)) == pytest.approx(0.05, rel=1e-5)
+    assert sum(phase_alpha(0.05, k) for k in range(1, 200_000)) < 0.05
+    d = Driver(*machine(config(GOOD + ", on_harm: previous")))
+    d.feed(stream(0.9, 0.9, 8_000, seed=1), until=2)
+    d.feed(stream(0.9, 0.6, 20_000, seed=4, start=d.ts + 0.1))
+    changes = d.changes()
+    # advance, advance, then three rollbacks: every decision in a phase of its own, and a
+    # rollback does not return to an earlier phase's budget.
+    assert [c.cause.evidence["phase"] for c in changes] == [1, 2, 3, 4, 5]
+    assert [c.cause.evidence["alpha"] for c in changes] == [
+        pytest.approx(phase_alpha(0.05, k)) for k in range(1, 6)
+    ]
+    assert d.rollout.status == STOPPED  # out of traffic: no phase after the fifth
+    saved = d.rollout.to_state()
+    assert saved["phase"] == 5
+    rollout, _ = machine(config(GOOD + ", on_harm: previous"))
+    assert rollout.restore(saved)
+    assert rollout.phase == 5
+
+
+def test_a_restart_without_snapshot_continues_after_the_published_phase() -> None:
+    cfg = config(GOOD)
+    d = Driver(*machine(cfg))
+    d.feed(stream(0.9, 0.9, 8_000, seed=1), until=2)
+    published = d.changes()[-1]
+    assert published.cause.evidence["phase"] == 2
+    fresh, _ = machine(cfg)
+    fresh.align(published)  # a worker that lost its snapshot adopts the flags topic
+    assert (fresh.step, fresh.phase) == (2, 4)  # phase 3 may have been begun by the first
+    assert fresh.alpha == pytest.approx(phase_alpha(0.05, 4))
+
+
+def test_the_step_that_leaves_control_no_traffic_ends_the_comparison() -> None:
+    # At 100 % the control only receives late outcomes of earlier predictions: no comparison
+    # there (the one-sample guardrails watch the candidate), so no decision from that stale
+    # sample, however bad the candidate's outcomes look against it.
+    plan = "variant: candidate, steps: [10, 100], min_samples: 300, margin: 0.05"
+    d = Driver(*machine(config(plan)))
+    d.feed(stream(0.9, 0.9, 8_000, seed=1), until=1)
+    assert d.state.served_weights() == {"control": 0, "candidate": 100}
+    assert d.rollout.status == COMPLETE
+    d.feed(stream(0.9, 0.3, 4_000, seed=2, start=d.ts + 0.1))
+    assert len(d.changes()) == 1
+    assert d.outputs[-1] is d.changes()[0]
+    summary = d.rollout.summary(paused=False)
+    assert summary["comparison"] == "ended: compare_to gets no traffic"
+    # With a holdout (last step 95: control keeps 5 %) the comparison goes on and kills.
+    h = Driver(*machine(config(plan.replace("100", "95"))))
+    h.feed(stream(0.9, 0.9, 8_000, seed=1), until=1)
+    assert h.state.served_weights() == {"control": 5, "candidate": 95}
+    h.feed(stream(0.9, 0.3, 4_000, seed=2, start=h.ts + 0.1))
+    assert [c.cause.action for c in h.changes()] == [Action.ADVANCE, Action.KILL]
 
 
 def test_inconclusive_step_holds_and_warns_and_resume_restarts_the_clock() -> None:

@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftswitch.detectors import registry
-from driftswitch.detectors.sequential import Sequential, cs_bounds
+from driftswitch.detectors.sequential import (
+    BettingArm,
+    Sequential,
+    betting_bounds_many,
+    block_ends,
+    cs_bounds,
+    mixture_log_e,
+    mixture_log_e_equal,
+)
 
 
 def _monitored_aa(
@@ -49,9 +57,11 @@ def _monitored_aa(
     return excluded, harmed
 
 
-def test_aa_false_positive_rate_bernoulli_under_continuous_monitoring() -> None:
+def test_asymptotic_aa_false_positive_rate_bernoulli_under_continuous_monitoring() -> None:
     # 2,000 A/A runs at 90 % accuracy, looked at after every 4 pairs up to 4,000 pairs (1,000
-    # looks each): the anytime-valid interval must exclude "no difference" in at most 5 % of runs.
+    # looks each): the asymptotic interval excludes "no difference" in at most 5 % of runs when
+    # both arms are equal and large (its weak spot, small or lopsided arms, is what the betting
+    # method fixes: benchmarks/comparison.py).
     excluded, harmed = _monitored_aa(
         np.random.default_rng(20240601), 2000, 4000, 4, draw="bernoulli"
     )
@@ -82,7 +92,7 @@ def test_naive_peeking_would_fail_the_same_check() -> None:
 
 def test_vectorised_bounds_match_the_detector() -> None:
     rng = random.Random(11)
-    seq = Sequential(alpha=0.05, margin=0.01)
+    seq = Sequential(alpha=0.05, margin=0.01, method="asymptotic")
     sums = [0.0, 0.0]
     for i in range(1, 2001):
         xc, xv = float(rng.random() < 0.1), float(rng.random() < 0.13)
@@ -110,34 +120,154 @@ def _first_harm(seq: Sequential, pairs: list[tuple[float, float]]) -> int | None
     for i, (xc, xv) in enumerate(pairs, start=1):
         seq.update("control", xc)
         seq.update("variant", xv)
-        if seq.drift_detected:
+        if seq.harm:
             return i
     return None
 
 
 def test_clearly_worse_arm_is_declared_harmful_at_golden_pair_count() -> None:
-    # Accuracy 0.90 (control) versus 0.80 (variant), error bits: harm after exactly 342 pairs.
+    # Accuracy 0.90 (control) versus 0.80 (variant), error bits: with the mixture e-value (the
+    # default) harm stands after exactly 580 pairs (the betting interval: 717, the asymptotic
+    # interval: 342).
     seq = Sequential()
-    assert _first_harm(seq, _pairs(42, 0.10, 0.20, 5000)) == 342
+    assert _first_harm(seq, _pairs(42, 0.10, 0.20, 5000)) == 580
     assert seq.harm
     evidence = seq.explain()
     assert evidence["decision"] == "harm"
     interval = evidence["interval"]
     assert isinstance(interval, list)
     assert interval[1] < 0
-    assert evidence["n_control"] == evidence["n_variant"] == 342
+    assert evidence["n_control"] == evidence["n_variant"] == 580
+    assert evidence["p_value"] is None
     json.dumps(evidence)
 
 
-@pytest.mark.parametrize("value", [0.0, 1.0, 250.0], ids=["all-correct", "all-errors", "latency"])
-def test_equal_constant_arms_never_declare_harm(value: float) -> None:
-    seq = Sequential()
+def test_other_methods_keep_their_golden_pair_counts() -> None:
+    seq = Sequential(method="asymptotic")
+    assert _first_harm(seq, _pairs(42, 0.10, 0.20, 5000)) == 342
+    assert _first_harm(Sequential(method="betting"), _pairs(42, 0.10, 0.20, 5000)) == 717
+    assert seq.explain()["method"] == "asymptotic confidence sequence (Waudby-Smith et al. 2023)"
+
+
+@pytest.mark.parametrize("method", ["mixture", "betting"])
+@pytest.mark.parametrize("value", [0.0, 1.0], ids=["all-correct", "all-errors"])
+def test_equal_constant_arms_never_declare_harm(value: float, method: str) -> None:
+    seq = Sequential(method=method)
     for _ in range(10_000):
         seq.update("control", value)
         seq.update("variant", value)
         assert not seq.drift_detected
         assert not seq.harm
+    lower, upper = seq.interval
+    assert lower < 0 < upper
+    assert upper - lower < 0.005  # 10,000 identical outcomes pin both means down
+
+
+def test_equal_constant_latency_never_declares_harm() -> None:
+    seq = Sequential(method="asymptotic")
+    for _ in range(10_000):
+        seq.update("control", 250.0)
+        seq.update("variant", 250.0)
+        assert not seq.harm
     assert seq.interval == (0.0, 0.0)
+
+
+@pytest.mark.slow
+def test_betting_aa_never_harms_more_than_alpha_even_with_a_tiny_arm() -> None:
+    # The asymptotic interval's failure case: control at 1 % of traffic, accuracy 0.99 (A/A harm
+    # 73 % of runs there). 400 seeded runs of 8,000 events, the betting interval looked at
+    # after every block: harm (upper bound of the improvement below 0) at most α = 5 %, with
+    # the binomial 99.9 % upper allowance for 400 runs (5 % + 3.1 sd).
+    rng = np.random.default_rng(20261129)
+    runs, events, share = 400, 8_000, 0.01
+    n_control = rng.binomial(events, share, runs)
+    bits_control = (rng.random((runs, int(n_control.max()))) < 0.01).astype(np.float64)
+    bits_variant = (rng.random((runs, events)) < 0.01).astype(np.float64)
+    lo_c, _ = betting_bounds_many(bits_control, 0.025)
+    _, hi_v = betting_bounds_many(bits_variant, 0.025)
+    # The intervals only shrink, so harm at any time <=> harm at the end of the run.
+    ends_c = np.array(block_ends(int(n_control.max())))
+    ends_v = np.array(block_ends(events))
+    last_c = np.searchsorted(ends_c, n_control, side="right") - 1
+    last_v = np.searchsorted(ends_v, events - n_control, side="right") - 1
+    idx = np.arange(runs)
+    lower_c = np.where(last_c >= 0, lo_c[idx, np.maximum(last_c, 0)], 0.0)
+    upper_v = hi_v[idx, last_v]
+    harm = lower_c - upper_v > 0  # improvement (error bits) = mean_c - mean_v; upper < 0
+    assert harm.mean() <= 0.05 + 3.1 * math.sqrt(0.05 * 0.95 / runs)
+    # and the intervals are not vacuous: the variant's (large) arm is pinned near 0.01
+    assert np.median(upper_v) < 0.02
+
+
+@pytest.mark.slow
+def test_mixture_aa_never_harms_more_than_alpha_at_any_split() -> None:
+    # 1,000 seeded A/A runs of 20,000 events per case, looked at on the detector's schedule
+    # (every block of the total count); harm in at most α = 5 % plus 3.1 binomial sd.
+    rng = np.random.default_rng(20261130)
+    runs, events = 1000, 20_000
+    looks = np.array(block_ends(events))
+    for share, accuracy in ((0.01, 0.99), (0.05, 0.9), (0.99, 0.99), (0.5, 0.5)):
+        variant = rng.random((runs, events)) < share
+        error = rng.random((runs, events)) >= accuracy
+        n_v = np.cumsum(variant, axis=1)[:, looks - 1].astype(np.float64)
+        ones_v = np.cumsum(variant & error, axis=1)[:, looks - 1].astype(np.float64)
+        ones_all = np.cumsum(error, axis=1)[:, looks - 1].astype(np.float64)
+        n_c = looks - n_v
+        ones_c = ones_all - ones_v
+        log_e = mixture_log_e_equal(ones_c, n_c, ones_v, n_v)
+        worse = ones_v * n_c > ones_c * n_v  # variant's error rate above control's
+        both = (n_c > 0) & (n_v > 0)
+        harm = ((log_e >= math.log(1 / 0.05)) & worse & both).any(axis=1)
+        assert harm.mean() <= 0.05 + 3.1 * math.sqrt(0.05 * 0.95 / runs), (share, accuracy)
+
+
+def test_vectorised_mixture_matches_the_scalar_e_value() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        n_c, n_v = (int(x) for x in rng.integers(1, 500, 2))
+        ones_c, ones_v = int(rng.integers(0, n_c + 1)), int(rng.integers(0, n_v + 1))
+        vector = mixture_log_e_equal(*(np.array([float(x)]) for x in (ones_c, n_c, ones_v, n_v)))
+        assert vector[0] == pytest.approx(mixture_log_e(ones_c, n_c, ones_v, n_v, 0.0), abs=1e-9)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.02])
+def test_mixture_harm_agrees_with_its_interval(margin: float) -> None:
+    seq = Sequential(margin=margin)
+    for xc, xv in _pairs(9, 0.10, 0.25, 3000):
+        seq.update("control", xc)
+        seq.update("variant", xv)
+        if seq.harm:
+            break
+    assert seq.harm
+    assert seq.interval[1] < -margin
+    lower, upper = seq.interval
+    assert lower < seq.effect < upper
+
+
+def test_betting_arm_matches_the_vectorised_simulation() -> None:
+    rng = np.random.default_rng(3)
+    bits = (rng.random((3, 700)) < 0.1).astype(np.float64)
+    lower, upper = betting_bounds_many(bits, 0.025)
+    ends = block_ends(700)
+    for run in range(3):
+        arm = BettingArm(0.025)
+        seen = []
+        for i, b in enumerate(bits[run], start=1):
+            if arm.add(1, int(b)):
+                seen.append((i, arm.lower, arm.upper))
+        assert [s[0] for s in seen] == ends
+        assert [s[1] for s in seen] == pytest.approx(list(lower[run]), abs=1e-12)
+        assert [s[2] for s in seen] == pytest.approx(list(upper[run]), abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["mixture", "betting"])
+def test_exact_methods_reject_values_that_are_not_bits(method: str) -> None:
+    seq = Sequential(method=method)
+    with pytest.raises(ValueError, match=f"method '{method}' takes 0/1 outcomes"):
+        seq.update("control", 0.5)
+    with pytest.raises(ValueError, match=f"method '{method}' takes 0/1 outcomes"):
+        seq.update_counts("control", 4, 2.5)
+    assert seq.n == 0
 
 
 def test_correctness_bits_with_higher_is_better_decide_identically() -> None:
@@ -172,6 +302,9 @@ def test_equal_arms_become_non_inferior_within_the_margin() -> None:
 
 def test_no_decision_before_min_samples() -> None:
     seq = Sequential(min_samples=50)
+    assert Sequential().min_samples == 1  # the exact methods are valid at every n
+    assert Sequential(method="betting").min_samples == 1
+    assert Sequential(method="asymptotic").min_samples == 30
     for _ in range(49):
         seq.update("control", 0.0)
         seq.update("variant", 1.0)
@@ -186,9 +319,43 @@ def test_no_decision_before_min_samples() -> None:
     assert seq.drift_detected
 
 
-def test_counts_match_single_observations() -> None:
+@pytest.mark.parametrize("method", ["mixture", "betting"])
+def test_counts_of_one_match_single_observations_exactly(method: str) -> None:
+    pairs = _pairs(3, 0.10, 0.20, 2000)
+    single, batched = Sequential(method=method), Sequential(method=method)
+    for xc, xv in pairs:
+        single.update("control", xc)
+        single.update("variant", xv)
+        batched.update_counts("control", 1, xc)
+        batched.update_counts("variant", 1, xv)
+        b, o = batched.to_state(), single.to_state()
+        for key in ("ones", "next_look", "bets", "harm", "non_inferior"):
+            assert b.get(key) == o.get(key)
+    assert batched.interval == single.interval
+
+
+@pytest.mark.parametrize("method", ["mixture", "betting"])
+def test_batches_look_less_often_and_still_decide(method: str) -> None:
+    # Betting: a batch that crosses a block boundary extends the block (its bet was fixed at the
+    # block's start). Mixture: one look per batch that reaches the next scheduled look. Either
+    # way the looks fall at other counts than with single feeding; both are valid.
     pairs = _pairs(3, 0.10, 0.20, 3000)
-    single, batched = Sequential(), Sequential()
+    batched = Sequential(method=method)
+    for start in range(0, len(pairs), 50):
+        block = pairs[start : start + 50]
+        batched.update_counts("control", len(block), sum(c for c, _ in block))
+        batched.update_counts("variant", len(block), sum(v for _, v in block))
+    single = Sequential(method=method)
+    assert _first_harm(single, pairs) is not None
+    assert batched.harm
+    assert batched.n == 6000
+    lo, hi = batched.interval
+    assert lo < batched.effect < hi
+
+
+def test_asymptotic_counts_match_single_observations() -> None:
+    pairs = _pairs(3, 0.10, 0.20, 3000)
+    single, batched = Sequential(method="asymptotic"), Sequential(method="asymptotic")
     alarm_batches = []
     for start in range(0, len(pairs), 50):
         block = pairs[start : start + 50]
@@ -207,7 +374,7 @@ def test_continuous_counts_with_sums_of_squares() -> None:
     rng = np.random.default_rng(4)
     control = rng.lognormal(3.0, 0.5, 4000)
     variant = rng.lognormal(3.2, 0.5, 4000)  # ~22 % slower
-    single, batched = Sequential(), Sequential()
+    single, batched = Sequential(method="asymptotic"), Sequential(method="asymptotic")
     for xc, xv in zip(control, variant, strict=True):
         single.update("control", float(xc))
         single.update("variant", float(xv))
@@ -220,16 +387,20 @@ def test_continuous_counts_with_sums_of_squares() -> None:
 
 
 def test_p_value_is_below_alpha_when_the_interval_excludes_zero() -> None:
-    seq = Sequential()
+    seq = Sequential(method="asymptotic")
     assert _first_harm(seq, _pairs(42, 0.10, 0.20, 5000)) is not None
     assert seq.p_value <= 0.05
 
 
 @settings(max_examples=25, deadline=None)
-@given(cut=st.integers(min_value=0, max_value=600), batch=st.booleans())
-def test_state_round_trip_continues_exactly(cut: int, batch: bool) -> None:
+@given(
+    cut=st.integers(min_value=0, max_value=600),
+    batch=st.booleans(),
+    method=st.sampled_from(["mixture", "betting", "asymptotic"]),
+)
+def test_state_round_trip_continues_exactly(cut: int, batch: bool, method: str) -> None:
     pairs = _pairs(42, 0.10, 0.20, 600)
-    seq = Sequential(margin=0.01)
+    seq = Sequential(margin=0.01, method=method)
     for xc, xv in pairs[:cut]:
         seq.update("control", xc)
         seq.update("variant", xv)
@@ -244,9 +415,10 @@ def test_state_round_trip_continues_exactly(cut: int, batch: bool) -> None:
             else:
                 s.update("control", xc)
                 s.update("variant", xv)
-        assert restored.explain() == seq.explain()
+        assert restored.to_state() == seq.to_state()
+        assert (restored.harm, restored.non_inferior) == (seq.harm, seq.non_inferior)
         assert restored.drift_detected == seq.drift_detected
-    assert restored.to_state() == seq.to_state()
+    assert restored.explain() == seq.explain()
 
 
 def test_registered_as_two_sample() -> None:
@@ -263,12 +435,28 @@ def test_registered_as_two_sample() -> None:
         ({"alpha": 0}, "alpha must be a number in (0, 1)"),
         ({"alpha": 1.5}, "alpha must be a number in (0, 1)"),
         ({"margin": -0.01}, "margin must be a finite number >= 0"),
-        ({"tuning_n": 0}, "tuning_n must be an integer >= 1"),
+        ({"method": "asymptotic", "tuning_n": 0}, "tuning_n must be an integer >= 1"),
+        ({"tuning_n": 5000}, "tuning_n applies to method 'asymptotic' only"),
+        ({"margin": 1.0}, "margin must be below 1 for 0/1 outcomes"),
         ({"higher_is_better": "yes"}, "higher_is_better must be true or false"),
-        ({"min_samples": 1}, "min_samples must be an integer >= 2"),
-        ({"method": "bayes"}, "unknown parameter(s) method"),
+        ({"min_samples": 0}, "min_samples must be an integer >= 1"),
+        ({"method": "asymptotic", "min_samples": 1}, "min_samples must be an integer >= 2"),
+        ({"method": "bayes"}, "method must be one of mixture, betting, asymptotic"),
+        ({"tuning": 5}, "unknown parameter(s) tuning"),
     ],
-    ids=["alpha-0", "alpha-big", "margin", "tuning", "direction", "min-samples", "unknown"],
+    ids=[
+        "alpha-0",
+        "alpha-big",
+        "margin",
+        "tuning",
+        "tuning-exact",
+        "margin-bits",
+        "direction",
+        "min-samples",
+        "min-samples-asymptotic",
+        "method",
+        "unknown",
+    ],
 )
 def test_bad_parameters_are_rejected(params: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
