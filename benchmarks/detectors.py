@@ -4,8 +4,8 @@ For an accuracy drop 0.90 → 0.80 and 0.90 → 0.85 at requested ARL0 1e4 and 1
 Markdown table per detector: the ARL0 measured on an in-control stream (events / false alarms,
 alarms restart the statistic), false alarms per 10k events, the mean detection delay over seeded
 runs with the change at event ``--pre``, misses (no alarm within ``--horizon`` events after the
-change) and the ratio of the mean delay to the optimal worst-case delay (STATISTICS.md §1)
-interpolated log-linearly at the *measured* ARL0.
+change) and the ratio of the mean delay to the optimal worst-case delay
+(:data:`OPTIMAL_DELAY`) interpolated log-linearly at the *measured* ARL0.
 
 ``cusum`` and ``glr`` are calibrated for the requested ARL0; river's ``adwin`` and
 ``page_hinkley`` (when registered) run with their defaults, so their rows are the same under both
@@ -32,7 +32,8 @@ import numpy as np
 from driftswitch.detectors import registry
 from driftswitch.detectors.base import BaseDetector
 
-#: STATISTICS.md §1: the exact optimal worst-case delay of the CUSUM, by ARL0 (1e3 … 1e7).
+#: The exact optimal worst-case delay of the CUSUM tuned to the drop, by ARL0 (1e3 … 1e7): Lorden
+#: and Moustakides' bound (tests/unit/detectors/test_cusum.py checks the Markov-chain ARL on it).
 OPTIMAL_DELAY: dict[tuple[float, float], tuple[float, ...]] = {
     (0.90, 0.85): (143, 307, 491, 678, 867),
     (0.90, 0.80): (62, 111, 163, 215, 267),

@@ -6,9 +6,9 @@ On one embedded broker, with events from :mod:`driftswitch.streams.tools.simulat
 flags,
 each a control and a candidate whose accuracy drops from 0.90 to 0.75 at a different request):
 
-1. **Bare consumer** (the Python ceiling, DESIGN.md "Measured facts"): an aiokafka consumer
-   reads the backlog with ``getmany``, ``json.loads`` each record and counts it in a dict (as in
-   DESIGN.md's table); and again with ``orjson.loads``, a higher ceiling.
+1. **Bare consumer** (the Python ceiling): an aiokafka consumer reads the backlog with
+   ``getmany``, ``json.loads`` each record and counts it in a dict (the ceiling README
+   "Architecture" compares against); and again with ``orjson.loads``, a higher ceiling.
 2. **Worker throughput**: ``driftswitch run`` (a subprocess) consumes the same backlog; the rate
    is records over the time from its first to its last batch (``/healthz`` polled every 20 ms),
    so the lease and start-up are not counted.
@@ -279,7 +279,7 @@ async def main() -> None:
         print(f"worker end to end (decode, join, score, detect, publish): {rate:,.0f} events/s")
         print(
             f"worker / bare consumer: {rate / bare_json:.0%} of the json.loads ceiling "
-            f"(DESIGN.md's), {rate / bare:.0%} of the orjson one"
+            f"(README's), {rate / bare:.0%} of the orjson one"
         )
 
         live = Topics.with_prefix("bench-b")

@@ -1,7 +1,7 @@
 """river's drift detectors by name, fed the driftswitch meaning of an observation.
 
 Every wrapper takes ``x = 1`` for an error (Bernoulli) or a value that is worse when larger
-(continuous) and translates river's polarity quirks (STATISTICS.md §3):
+(continuous) and translates river's polarity quirks (tests/unit/detectors/test_river.py):
 
 - ``page_hinkley`` always runs river's ``PageHinkley(mode="up")``: only an *increase* of the error
   rate (or of the metric) is a degradation;
@@ -191,7 +191,7 @@ class ADWIN(RiverDetector):
     events). ADWIN has no single threshold: it alarms when some split of its window has means
     differing by more than a Hoeffding-type bound at confidence ``delta``, so ``threshold`` is
     ``+inf``. Accepts error bits and continuous values. ``delta=0.05`` is close to optimal at an
-    ARL0 of about 2e5 events (STATISTICS.md §3).
+    ARL0 of about 2e5 events (``benchmarks/detectors.py``).
 
     river's ADWIN is two-sided; a guardrail only wants degradations, so a cut after which the
     estimate went *down* (an improvement) is not reported as drift (``improvements`` counts them).
@@ -341,7 +341,7 @@ class KSWIN(RiverDetector):
     ``window_size`` window. ``statistic`` is the last KS p-value (1.0 until the window is full) and
     the detector alarms when it falls to ``threshold`` = ``alpha`` or below (with a KS distance
     above 0.1). ``seed`` fixes the sampling so runs are reproducible. Unsuited to Bernoulli streams
-    (STATISTICS.md §3: missed 39 of 50 changes) and slow (~260 µs per update).
+    (it missed 39 of 50 changes of the error rate in our runs) and slow (~260 µs per update).
     """
 
     kind: ClassVar[str] = "kswin"
@@ -377,7 +377,7 @@ class DDM(RiverDetector):
 
     ``statistic`` is ``p + s`` (error rate since the last reset plus its standard error) and
     ``threshold`` is ``p_min + drift_threshold · s_min``; ``+inf`` during the ``warm_start``.
-    Its delay grows with the stream's age (STATISTICS.md §3).
+    Its delay grows with the stream's age (tests/unit/detectors/test_river.py).
     """
 
     kind: ClassVar[str] = "ddm"
@@ -425,7 +425,8 @@ class EDDM(RiverDetector):
 
     Watches the distance between consecutive errors. ``statistic`` is the level
     ``(μ' + 2σ') / max(μ' + 2σ')`` of that distance (1.0 until defined); the detector alarms when
-    it falls below ``threshold`` = ``beta``. Raises many false alarms (STATISTICS.md §3).
+    it falls below ``threshold`` = ``beta``. Raises many false alarms
+    (tests/unit/detectors/test_river.py).
     """
 
     kind: ClassVar[str] = "eddm"

@@ -1,5 +1,5 @@
 # Shared by ./driftswitch and ./run-tests: create .venv on first use and keep the install current.
-# The project installs in setuptools' strict editable mode (DESIGN.md "Layout": the folders map
+# The project installs in setuptools' strict editable mode (the folders map
 # into the driftswitch namespace, and type checkers need a real package tree). Strict mode links
 # the files that exist at install time, so the cheap --no-deps reinstall below runs whenever the
 # set of source files changes; dependencies are reinstalled when pyproject.toml changes.

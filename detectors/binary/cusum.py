@@ -4,7 +4,7 @@ Two kinds:
 
 ``cusum``
     Bernoulli CUSUM on error bits (``x = 1`` is an error) for a drop from ``baseline`` accuracy to
-    ``target`` accuracy (or ``baseline - drop``). STATISTICS.md §2: with error rates
+    ``target`` accuracy (or ``baseline - drop``). With error rates
     ``q0 = 1 - baseline`` and ``q1 = 1 - target`` each event adds ``x·ln(q1/q0) +
     (1-x)·ln((1-q1)/(1-q0))`` to ``W``, floored at 0; alarm when ``W ≥ h``. Page's CUSUM attains
     Lorden's bound on the worst-case delay (Moustakides 1986), so this is the detector to use when

@@ -1,6 +1,6 @@
 """Multi-window GLR-CUSUM for an accuracy drop of unknown size (at least ``min_drop``).
 
-STATISTICS.md §2 and Lai (1998): with ``s`` errors among the last ``m`` events, the generalised
+Lai (1998): with ``s`` errors among the last ``m`` events, the generalised
 log-likelihood ratio of "the error rate rose to some ``q ≥ q0 + min_drop`` ``m`` events ago" against
 the reference rate ``q0`` is ``s·ln(q̂/q0) + (m-s)·ln((1-q̂)/(1-q0))`` with ``q̂ = max(s/m, q0 +
 min_drop)``. The windows form a geometric grid (ratio 1.15) from 30 events to three times the

@@ -2,7 +2,7 @@
 
 A model service calls :meth:`DriftswitchClient.variant` on every request and records one
 prediction (and later one outcome) per request. Neither may slow the request down or fail it
-because driftswitch or Kafka is down (issue 5; DESIGN.md "Who uses it"), so:
+because driftswitch or Kafka is down, so:
 
 - recording only appends to a bounded in-memory buffer (``O(1)``, never blocks); a background
   thread with its own asyncio loop drains it into the predictions/outcomes topics with aiokafka,
@@ -12,16 +12,17 @@ because driftswitch or Kafka is down (issue 5; DESIGN.md "Who uses it"), so:
   (:meth:`DriftswitchClient.stats`);
 - flag state is read from the compacted flags topic from its beginning until the consumer is
   idle (the embedded Tansu broker never compacts and reports the end offset of a partition as
-  its last batch's base offset, so "read up to the end offset" would stop short: DESIGN.md
-  "Other facts"), then followed. A record whose version is not newer than the held one is
-  ignored. The cache survives a broker outage: the last known state keeps being served;
+  its last batch's base offset, so "read up to the end offset" would stop short:
+  ``tests/integration/test_tansu_quirks.py``), then followed. A record whose version is not
+  newer than the held one is ignored. The cache survives a broker outage: the last known state
+  keeps being served;
 - :meth:`DriftswitchClient.variant` is :class:`~driftswitch.streams.contract.assign.Fractional`
 over the
   cached state (bit-for-bit flagd ``fractional``), a killed variant is never served, an unknown
   flag gets its configured default, and nothing on that path raises.
 
 Imports stay light (aiokafka, pydantic, cbor2, mmh3, orjson, and for targeting rules the pure
-Python json_logic and semver): no Faust, numpy or river.
+Python json_logic and semver): no numpy or river.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ from driftswitch.streams.contract.events import Name
 
 
 class Metric(StrEnum):
-    """What a guardrail watches. See :data:`METRICS` for what each one feeds its detector."""
+    """What a guardrail watches. See :data:`METRIC_TRAITS` for what each one feeds its detector."""
 
     ACCURACY = "accuracy"
     ERROR_RATE = "error_rate"
@@ -66,7 +66,7 @@ class Metric(StrEnum):
 
 
 @dataclass(frozen=True)
-class MetricInfo:
+class MetricTraits:
     """How a metric turns into detector input."""
 
     #: One of ``driftswitch.detectors.registry.INPUT_KINDS``.
@@ -78,22 +78,22 @@ class MetricInfo:
     description: str
 
 
-METRICS: dict[Metric, MetricInfo] = {
-    Metric.ACCURACY: MetricInfo(
+METRIC_TRAITS: dict[Metric, MetricTraits] = {
+    Metric.ACCURACY: MetricTraits(
         "bernoulli", True, True, "correct predictions; detectors see 1 for each wrong one"
     ),
-    Metric.ERROR_RATE: MetricInfo(
+    Metric.ERROR_RATE: MetricTraits(
         "bernoulli", False, False, "failed inferences (prediction `error` set); 1 = failed"
     ),
-    Metric.LATENCY_MS: MetricInfo("continuous", False, False, "inference latency, milliseconds"),
-    Metric.ABS_ERROR: MetricInfo("continuous", True, False, "|prediction - label| (regression)"),
-    Metric.SQUARED_ERROR: MetricInfo(
+    Metric.LATENCY_MS: MetricTraits("continuous", False, False, "inference latency, milliseconds"),
+    Metric.ABS_ERROR: MetricTraits("continuous", True, False, "|prediction - label| (regression)"),
+    Metric.SQUARED_ERROR: MetricTraits(
         "continuous", True, False, "(prediction - label)^2 (regression)"
     ),
-    Metric.SCORE: MetricInfo(
+    Metric.SCORE: MetricTraits(
         "distribution", False, False, "distribution of `score`, against a reference window"
     ),
-    Metric.FEATURE: MetricInfo(
+    Metric.FEATURE: MetricTraits(
         "distribution", False, False, "distribution of one numeric feature (`feature: name`)"
     ),
 }
@@ -193,7 +193,7 @@ class Guardrail(_Model):
 
     name: Name
     variant: str = Field(description="The variant this guardrail watches and acts on.")
-    metric: Metric = Field(description="What is measured; see METRICS.")
+    metric: Metric = Field(description="What is measured.")
     detector: DetectorSpec = Field(description="`{kind: NAME, **params}`.")
     compare_to: str | None = Field(
         None, description="Compare against this variant (two-sample detectors only)."
@@ -699,7 +699,7 @@ def _check_detector(
     except ValueError as exc:
         problems.add([*here, "detector", "kind"], str(exc))
         return
-    info = METRICS[metric]
+    info = METRIC_TRAITS[metric]
     if info.input not in cls.inputs:
         fitting = [k for k in registry.kinds() if info.input in registry.detector_class(k).inputs]
         problems.add(
@@ -888,10 +888,10 @@ def _detector_spec(detector: DetectorSpec, metric: Metric) -> dict[str, Any]:
     cls = registry.detector_class(detector.kind)
     params = registry.parameters(detector.kind)
     if cls.two_sample and "higher_is_better" in params:
-        spec.setdefault("higher_is_better", METRICS[metric].higher_is_better)
+        spec.setdefault("higher_is_better", METRIC_TRAITS[metric].higher_is_better)
     method_for = getattr(cls, "method_for", None)
     if method_for is not None and "method" in params:
-        spec.setdefault("method", method_for(METRICS[metric].input))
+        spec.setdefault("method", method_for(METRIC_TRAITS[metric].input))
     return spec
 
 

@@ -1,7 +1,7 @@
 """Sticky assignment of targeting keys to variants, bit-for-bit equal to flagd's ``fractional``.
 
 The algorithm is the one of openfeature-flagd-core 2.0.0 (what openfeature-provider-flagd 0.6.1
-evaluates with; STATISTICS.md §6): the bucketing value ``[flag_key, targeting_key]`` is encoded as
+evaluates with): the bucketing value ``[flag_key, targeting_key]`` is encoded as
 canonical CBOR, hashed with MurmurHash3 x86 32-bit (seed 0, unsigned), and the key falls in
 ``bucket = (hash * total) >> 32`` over the cumulative integer weights, in document order. Key
 ``k`` therefore gets fraction ``i`` exactly when ``C[i-1] * 2**32 / total <= hash < C[i] * 2**32 /

@@ -1,4 +1,4 @@
-"""The events driftswitch reads and writes: the stable contract (DESIGN.md "Contracts").
+"""The events driftswitch reads and writes: the stable contract.
 
 Field names here are the contract: fields may be added, none renamed without a schema version bump.
 Timestamps are Unix epoch seconds (float); predictions and outcomes may also send ``ts`` as an
@@ -348,6 +348,10 @@ class AlertEvent(_Event):
     actor: str = Field("driftswitch", description="Who raised it.")
 
     _ts = field_validator("ts")(_check_seconds)
+
+
+#: What the engine publishes: a new flag state, or an alert that changes none.
+Output = FlagChangeEvent | AlertEvent
 
 
 def _check_size(data: bytes | str) -> None:

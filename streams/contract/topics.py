@@ -2,7 +2,7 @@
 
 Creating them is :func:`driftswitch.streams.kafka.ensure_topics`.
 
-Names follow ``<prefix>.<entity>.v<major>`` (STYLE.md "Names"; the major version is the event
+Names follow ``<prefix>.<entity>.v<major>`` (the major version is the event
 contract's, :data:`driftswitch.streams.contract.events.SCHEMA_VERSION`). Configuration, in
 increasing
 precedence:

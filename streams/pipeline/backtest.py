@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from driftswitch.streams.config.model import Config
-from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.contract.events import FlagChangeEvent, Output
 from driftswitch.streams.pipeline.decoding import decode_chunk
-from driftswitch.streams.pipeline.engine import Engine, Output
+from driftswitch.streams.pipeline.engine import Engine
 
 #: Lines decoded and processed per engine batch.
 CHUNK_LINES = 8192

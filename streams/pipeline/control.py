@@ -1,16 +1,12 @@
-"""Manual control: the operator's commands, what each does to a flag, and admin authentication.
+"""Manual control: what each operator command does to a flag, and config reloads. No I/O.
 
-A :class:`Command` is what an operator (through the HTTP admin API) or an automation (through the
-control topic ``driftswitch.control.v1``) asks for: ``kill``, ``restore``, ``set_weights``,
-``pause``, ``resume``, ``pin`` or ``unpin`` one flag, with an ``actor`` and a ``reason``. It is
-decoded once at the edge (:func:`decode_command`), checked against the config (:func:`validate`)
-and turned into the flag's next state by the pure :func:`transition`, which
+A :class:`~driftswitch.streams.contract.commands.Command` (from the HTTP admin API or the control
+topic) is checked against the config (:func:`validate`) and turned into the flag's next state by
+the pure :func:`transition`, which
 :meth:`Engine.apply_command <driftswitch.streams.pipeline.engine.Engine.apply_command>` calls, so
-the live
-worker and a replay decide alike. Every applied command is one
+the live worker and a replay decide alike. Every applied command is one
 :class:`~driftswitch.streams.contract.events.FlagChangeEvent` with cause kind ``manual``, the
-operator as
-``actor`` and their reason: the flags topic is the audit log.
+operator as ``actor`` and their reason: the flags topic is the audit log.
 
 The rules, in the same spirit as the guardrail policy (:mod:`driftswitch.streams.pipeline.policy`):
 
@@ -29,77 +25,30 @@ The rules, in the same spirit as the guardrail policy (:mod:`driftswitch.streams
 
 A command that would change nothing (killing a killed variant, pausing a paused flag, ...) is a
 no-op: :func:`transition` returns None and nothing is published. An invalid one raises
-:class:`CommandError` with a machine-readable ``code``.
+:class:`~driftswitch.streams.contract.commands.CommandError` with a machine-readable ``code``.
 
-Authentication of the admin API (:class:`AdminAuth`): a bearer token from
-``DRIFTSWITCH_ADMIN_TOKEN``, compared in constant time (:func:`hmac.compare_digest`); without a
-configured token every mutating endpoint is disabled, never open.
+:func:`reconcile` fits a flag's live state to a reloaded config.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Annotated, Literal, Self
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    JsonValue,
-    SecretStr,
-    StrictInt,
-    field_validator,
-    model_validator,
-)
+from pydantic import JsonValue
 
 from driftswitch.streams.config.model import Config, FlagConfig
-from driftswitch.streams.contract.errors import DriftswitchError
+from driftswitch.streams.contract.commands import Command, CommandAction, CommandError
 from driftswitch.streams.contract.events import (
     Action,
     Cause,
     CauseKind,
     FlagChangeEvent,
-    Name,
     Pin,
-    Timestamp,
     VariantState,
-    decode_model,
 )
+from driftswitch.streams.pipeline.transitions import give, kill, next_state
 
-__all__ = [
-    "ADMIN_TOKEN_ENV",
-    "AdminAuth",
-    "AuthFailure",
-    "Command",
-    "CommandAction",
-    "CommandError",
-    "Outcome",
-    "decode_command",
-    "reconcile",
-    "transition",
-    "validate",
-]
-
-#: Environment variable holding the admin API's bearer token.
-ADMIN_TOKEN_ENV = "DRIFTSWITCH_ADMIN_TOKEN"
-#: The actor recorded when a command names none.
-DEFAULT_ACTOR = "admin"
-
-
-class CommandAction(StrEnum):
-    """What an operator can do to a flag."""
-
-    KILL = "kill"
-    RESTORE = "restore"
-    SET_WEIGHTS = "set_weights"
-    PAUSE = "pause"
-    RESUME = "resume"
-    PIN = "pin"
-    UNPIN = "unpin"
-
+__all__ = ["CAUSE_ACTION", "reconcile", "transition", "validate"]
 
 #: Each command's action in the resulting flag change's cause.
 CAUSE_ACTION: dict[CommandAction, Action] = {
@@ -111,110 +60,6 @@ CAUSE_ACTION: dict[CommandAction, Action] = {
     CommandAction.PIN: Action.PIN,
     CommandAction.UNPIN: Action.UNPIN,
 }
-_NEEDS_VARIANT = frozenset({CommandAction.KILL, CommandAction.RESTORE, CommandAction.PIN})
-
-
-class CommandError(DriftswitchError):
-    """A command that cannot apply; ``code`` is machine-readable.
-
-    Codes: ``unknown_flag``, ``unknown_variant``, ``invalid_command`` (against the config or the
-    flag's state) and ``conflict`` (refused in the flag's current state, e.g. while pinned).
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
-
-
-class Command(BaseModel):
-    """One manual command for one flag; the record value on the control topic (key = flag)."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        allow_inf_nan=False,
-        json_schema_extra={
-            "description": "A manual command for one flag (control topic, HTTP admin API).",
-            # The shape rules of `_shape`, for non-Python validators of the schema.
-            "allOf": [
-                {
-                    "if": {"properties": {"action": {"enum": ["kill", "restore", "pin"]}}},
-                    "then": {"required": ["variant"]},
-                    "else": {"not": {"required": ["variant"]}},
-                },
-                {
-                    "if": {"properties": {"action": {"const": "set_weights"}}},
-                    "then": {"required": ["weights"]},
-                    "else": {"not": {"required": ["weights"]}},
-                },
-                {
-                    "if": {"properties": {"action": {"const": "restore"}}},
-                    "else": {"not": {"required": ["weight"]}},
-                },
-            ],
-        },
-    )
-
-    kind: Literal["command"] = Field("command", description="Record type.")
-    id: str | None = Field(
-        None,
-        min_length=1,
-        max_length=128,
-        description="Command id, echoed in the resulting flag change's evidence (correlation).",
-    )
-    action: CommandAction = Field(
-        description="kill | restore | set_weights | pause | resume | pin | unpin."
-    )
-    flag: Name = Field(description="The flag acted on.")
-    variant: Name | None = Field(
-        None, description="The variant, for kill, restore and pin (and only for them)."
-    )
-    weight: StrictInt | None = Field(
-        None,
-        ge=0,
-        le=100,
-        description="For restore: the weight to give back (default: the configured weight).",
-    )
-    weights: dict[Name, Annotated[StrictInt, Field(ge=0, le=100)]] | None = Field(
-        None,
-        description="For set_weights: variant -> weight, adding up to 100; unnamed variants get 0.",
-    )
-    reason: str | None = Field(
-        None, max_length=1000, description="Why: recorded in the flag change (audit)."
-    )
-    actor: str = Field(
-        DEFAULT_ACTOR, min_length=1, max_length=128, description="Who: the operator's identity."
-    )
-    ts: Timestamp | None = Field(
-        None, description="When it was issued (epoch seconds); default: the record's timestamp."
-    )
-
-    @field_validator("ts")
-    @classmethod
-    def _seconds(cls, ts: float | None) -> float | None:
-        if ts is not None and ts >= 1e11:
-            raise ValueError("looks like milliseconds or finer; send Unix epoch seconds")
-        return ts
-
-    @model_validator(mode="after")
-    def _shape(self) -> Self:
-        a = self.action
-        if a in _NEEDS_VARIANT and self.variant is None:
-            raise ValueError(f"{a.value} needs `variant`")
-        if a not in _NEEDS_VARIANT and self.variant is not None:
-            raise ValueError(f"{a.value} takes no `variant`")
-        if (a is CommandAction.SET_WEIGHTS) != (self.weights is not None):
-            raise ValueError("`weights` is required for set_weights and only for it")
-        if a is not CommandAction.RESTORE and self.weight is not None:
-            raise ValueError("`weight` is only for restore")
-        return self
-
-
-def decode_command(data: bytes | str) -> Command:
-    """Decode and validate one control-topic record; ``EventError`` with reason
-    ``oversize``, ``malformed_json`` or ``schema`` (the dead-letter reasons of events)."""
-    return decode_model(Command, data)
 
 
 def validate(command: Command, config: Config) -> FlagConfig:
@@ -289,8 +134,7 @@ def transition(
         if current.killed:
             return None
         moved = 0 if shadow else current.weight
-        variants[name] = current.model_copy(update={"weight": 0, "killed": True})
-        _give(variants, default, moved)
+        kill(variants, name, default, moved)
         what = f"{name} killed, weight {moved} to {default}"
     elif a is CommandAction.RESTORE:
         name, current = _target(command, variants)
@@ -308,7 +152,7 @@ def transition(
                 f"serves only {available}; restore with a smaller `weight` or set weights",
             )
         variants[name] = current.model_copy(update={"weight": weight, "killed": False})
-        _give(variants, default, -weight)
+        give(variants, default, -weight)
         what = f"{name} restored with weight {weight} from {default}"
     elif a is CommandAction.SET_WEIGHTS:
         assert command.weights is not None
@@ -373,23 +217,15 @@ def transition(
     evidence: dict[str, JsonValue] = {"summary": what}
     if command.id is not None:
         evidence["command_id"] = command.id
-    return FlagChangeEvent(
-        flag=state.flag,
-        version=state.version + 1,
-        variants=variants,
-        default_variant=default,
-        cause=Cause(
-            kind=CauseKind.MANUAL,
-            action=CAUSE_ACTION[a],
-            reason=command.reason or what,
-            variant=name,
-            evidence=evidence,
-        ),
-        ts=ts,
-        actor=command.actor,
-        paused=paused,
-        pinned=pinned,
-        targeting=state.targeting,
+    cause = Cause(
+        kind=CauseKind.MANUAL,
+        action=CAUSE_ACTION[a],
+        reason=command.reason or what,
+        variant=name,
+        evidence=evidence,
+    )
+    return next_state(
+        state, cause, ts, actor=command.actor, variants=variants, paused=paused, pinned=pinned
     )
 
 
@@ -400,74 +236,6 @@ def _target(command: Command, variants: Mapping[str, VariantState]) -> tuple[str
     if name is None or current is None:
         raise CommandError("unknown_variant", f"variant {name!r} is not in the flag's state")
     return name, current
-
-
-def _give(variants: dict[str, VariantState], default: str, weight: int) -> None:
-    if weight and default in variants:
-        d = variants[default]
-        variants[default] = d.model_copy(update={"weight": d.weight + weight})
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one command: ``applied`` (with the published flag change), ``noop``
-    (nothing to change) or ``rejected`` (``code`` and ``message`` say why)."""
-
-    status: Literal["applied", "noop", "rejected"]
-    event: FlagChangeEvent | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-# --------------------------------------------------------------------------- authentication
-
-
-@dataclass(frozen=True, slots=True)
-class AuthFailure:
-    """Why a mutating request is refused: HTTP status, machine-readable code and a message."""
-
-    status: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class AdminAuth:
-    """The admin API's bearer token (``None``: mutating endpoints disabled, never open)."""
-
-    token: SecretStr | None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> AdminAuth:
-        """Read :data:`ADMIN_TOKEN_ENV` (an empty value counts as unset)."""
-        raw = environ.get(ADMIN_TOKEN_ENV, "")
-        return cls(SecretStr(raw) if raw else None)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether mutating requests can be authorised at all."""
-        return self.token is not None
-
-    def check(self, authorization: str | None) -> AuthFailure | None:
-        """None if the ``Authorization`` header carries the token, else why not.
-
-        No configured token → 503 ``admin_disabled``; no or malformed header → 401
-        ``unauthenticated``; another token → 403 ``forbidden``. The comparison takes the same
-        time wherever the tokens differ (:func:`hmac.compare_digest`).
-        """
-        if self.token is None:
-            return AuthFailure(
-                503,
-                "admin_disabled",
-                f"mutating endpoints are disabled: set {ADMIN_TOKEN_ENV} to enable them",
-            )
-        scheme, _, given = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return AuthFailure(401, "unauthenticated", "send `Authorization: Bearer <token>`")
-        expected = self.token.get_secret_value().encode()
-        if not hmac.compare_digest(given.strip().encode(), expected):
-            return AuthFailure(403, "forbidden", "the bearer token is not valid")
-        return None
 
 
 # --------------------------------------------------------------------------- config reload
@@ -539,15 +307,13 @@ def reconcile(state: FlagChangeEvent, flag: FlagConfig, ts: float) -> FlagChange
     if targeting != state.targeting:
         changes.append("targeting updated")
     what = "config reloaded: " + ("; ".join(changes) or "weights refitted")
-    return FlagChangeEvent(
-        flag=state.flag,
-        version=state.version + 1,
+    cause = Cause(kind=CauseKind.CONFIG, action=Action.RECONFIGURE, reason=what)
+    return next_state(
+        state,
+        cause,
+        ts,
         variants=variants,
         default_variant=default,
-        cause=Cause(kind=CauseKind.CONFIG, action=Action.RECONFIGURE, reason=what),
-        ts=ts,
-        actor="driftswitch",
-        paused=state.paused,
         pinned=pinned,
         targeting=targeting,
     )

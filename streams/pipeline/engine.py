@@ -1,6 +1,6 @@
 """The evaluation engine: decoded events in, flag changes and alerts out. No I/O.
 
-One :class:`Engine` is what the live worker and ``backtest`` share (DESIGN.md "Data flow"): it
+One :class:`Engine` is what the live worker and ``backtest`` share (docs/architecture.md): it
 joins predictions with outcomes (:mod:`~driftswitch.streams.pipeline.join`), scores them
 (:mod:`~driftswitch.streams.pipeline.scoring`), keeps per-variant statistics and guardrail detectors
 (:mod:`~driftswitch.streams.pipeline.monitor`), applies the policy
@@ -49,15 +49,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from driftswitch.detectors.base import JSON
-from driftswitch.streams.config.model import METRICS, Config, FlagConfig, Metric
+from driftswitch.streams.config.model import METRIC_TRAITS, Config, FlagConfig, Metric
+from driftswitch.streams.contract.commands import Command, CommandError
 from driftswitch.streams.contract.events import (
-    AlertEvent,
     FlagChangeEvent,
     OutcomeEvent,
+    Output,
     PredictionEvent,
 )
 from driftswitch.streams.pipeline import control, policy
-from driftswitch.streams.pipeline.control import Command, CommandError
 from driftswitch.streams.pipeline.join import DUPLICATE, JoinBuffer, Label
 from driftswitch.streams.pipeline.monitor import Decision, Monitor, Point, VariantStats, plain
 from driftswitch.streams.pipeline.rollout import Rollout
@@ -69,6 +69,7 @@ from driftswitch.streams.pipeline.scoring import (
     same_label,
     score_pair,
 )
+from driftswitch.streams.pipeline.transitions import initial_state
 
 #: Version of the ``Engine.to_state`` layout.
 STATE_FORMAT = 1
@@ -79,7 +80,6 @@ UNKNOWN_VARIANT = "unknown_variant"
 DUPLICATE_REASON = "duplicate"
 UNSUPPORTED = "unsupported_event"
 
-Output = FlagChangeEvent | AlertEvent
 Event = PredictionEvent | OutcomeEvent
 
 
@@ -150,7 +150,7 @@ class _Flag:
             arms = [(g.variant, 1)] + ([(g.compare_to, 0)] if g.compare_to else [])
             for variant, arm in arms:
                 target = self.variants[variant]
-                if METRICS[g.metric].needs_label:
+                if METRIC_TRAITS[g.metric].needs_label:
                     target.label_monitors.append((mon, g.metric, arm))
                 else:
                     target.prediction_monitors.append((mon, prediction_reader(g), arm))
@@ -166,7 +166,7 @@ class _Flag:
                     target.label_monitors.append((rollout, plan.metric, arm))
                 else:
                     target.prediction_monitors.append((rollout, reader, arm))
-        self.state = policy.initial_state(name, config, ts)
+        self.state = initial_state(name, config, ts)
         self.cooldowns = policy.Cooldowns()
 
 
@@ -194,7 +194,7 @@ class Engine:
 
     def initial_states(self) -> list[FlagChangeEvent]:
         """Version 1 of every flag, from the config (to publish when nothing is published yet)."""
-        return [policy.initial_state(n, f.config, f.state.ts) for n, f in self._flags.items()]
+        return [initial_state(n, f.config, f.state.ts) for n, f in self._flags.items()]
 
     def state(self, flag: str) -> FlagChangeEvent:
         """The current state of ``flag`` (``KeyError`` if it is not configured)."""
@@ -417,7 +417,7 @@ class Engine:
 
         Returns the flag change (version + 1, cause ``manual`` with the actor and reason) and
         makes it the flag's state, or None for a no-op (e.g. killing a killed variant). Raises
-        :class:`~driftswitch.streams.pipeline.control.CommandError` when the command cannot apply.
+        :class:`~driftswitch.streams.contract.commands.CommandError` when the command cannot apply.
         Pure:
         a replay of the same commands at the same times reaches the same states.
         """
@@ -460,7 +460,7 @@ class Engine:
         changes: list[FlagChangeEvent] = []
         for name, nf in engine._flags.items():
             if name not in self._flags:
-                nf.state = policy.initial_state(name, nf.config, 0.0 if ts is None else ts)
+                nf.state = initial_state(name, nf.config, 0.0 if ts is None else ts)
                 changes.append(nf.state)
                 continue
             out = control.reconcile(nf.state, nf.config, nf.state.ts if ts is None else ts)

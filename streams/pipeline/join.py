@@ -2,7 +2,7 @@
 
 Labels arrive late (delayed feedback) or, through races between topics, before their prediction.
 :class:`JoinBuffer` keeps whichever side came first until the other arrives or it expires
-(DESIGN.md "Data flow"). Time is *event* time: the watermark is the second largest ``ts`` seen
+(docs/architecture.md). Time is *event* time: the watermark is the second largest ``ts`` seen
 (:data:`WATERMARK_RANK`), so one record from the far future cannot expire everything pending,
 and an entry whose ``ts`` is older than ``watermark - ttl`` has expired. Expiry is checked when an
 entry is looked up (so the result never depends on when a sweep ran) and

@@ -31,17 +31,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from driftswitch.detectors import registry
 from driftswitch.detectors.base import JSON, BaseDetector
+from driftswitch.detectors.quantiles import QuantileSketch
 from driftswitch.streams.config.model import FlagConfig, Guardrail, Metric
 
 #: Labelled outcomes in the windowed accuracy of a variant.
 ACCURACY_WINDOW = 1000
 #: Points kept in a guardrail's trace (one per flush that fed it): the status page's chart.
 TRACE_POINTS = 300
-#: Relative resolution of the latency histogram (bucket edges grow by this factor).
-_LATENCY_GROWTH = 1.02
-_LOG_GROWTH = math.log(_LATENCY_GROWTH)
+#: Relative error of the latency quantiles (a :class:`QuantileSketch`).
+LATENCY_ACCURACY = 0.01
 
 #: A trace point: event time, statistic, threshold, breaches so far.
 Point = tuple[float, float | None, float | None, int]
@@ -69,48 +71,6 @@ def plain(value: Any) -> JSON:
     if value is None or isinstance(value, bool | int | str):
         return value
     return str(value)
-
-
-class LatencyHistogram:
-    """Log-bucketed histogram: quantiles within 2 % with bounded memory, mergeable, plain JSON.
-
-    Bucket ``k`` holds values in ``[1.02^k, 1.02^(k+1))`` ms; values below 1 µs share one bucket.
-    """
-
-    __slots__ = ("buckets", "n")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, int] = {}
-        self.n = 0
-
-    def add(self, x: float) -> None:
-        """Count one value."""
-        k = math.floor(math.log(x) / _LOG_GROWTH) if x > 0.001 else -350
-        b = self.buckets
-        b[k] = b.get(k, 0) + 1
-        self.n += 1
-
-    def quantile(self, q: float) -> float | None:
-        """The ``q``-quantile (bucket midpoint), None when empty."""
-        if not self.n:
-            return None
-        rank = q * (self.n - 1)
-        seen = 0
-        for k in sorted(self.buckets):
-            seen += self.buckets[k]
-            if seen > rank:
-                return 0.0 if k == -350 else _LATENCY_GROWTH ** (k + 0.5)
-        return None  # unreachable: the counts add up to n
-
-    def to_state(self) -> list[list[int]]:
-        return [[k, c] for k, c in sorted(self.buckets.items())]
-
-    @classmethod
-    def from_state(cls, state: list[list[int]]) -> LatencyHistogram:
-        h = cls()
-        h.buckets = {int(k): int(c) for k, c in state}
-        h.n = sum(h.buckets.values())
-        return h
 
 
 class VariantStats:
@@ -143,7 +103,7 @@ class VariantStats:
         self.predictions = 0
         self.shadow = 0
         self.errors = 0
-        self.latency = LatencyHistogram()
+        self.latency = QuantileSketch(LATENCY_ACCURACY)
         self.score_n = 0
         self.score_sum = 0.0
         self.joined = 0
@@ -208,9 +168,8 @@ class VariantStats:
             "mse": self.squared_error_sum / self.regression_n if self.regression_n else None,
             "mean_score": self.score_sum / self.score_n if self.score_n else None,
             "latency_ms": {
-                "p50": self.latency.quantile(0.50),
-                "p95": self.latency.quantile(0.95),
-                "p99": self.latency.quantile(0.99),
+                f"p{round(q * 100)}": self.latency.quantile(q) if self.latency.count else None
+                for q in (0.50, 0.95, 0.99)
             },
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
@@ -259,7 +218,17 @@ class VariantStats:
             setattr(s, name, int(state[name]))
         for name in ("score_sum", "abs_error_sum", "squared_error_sum"):
             setattr(s, name, float(state[name]))
-        s.latency = LatencyHistogram.from_state(state["latency"])
+        latency = state["latency"]
+        if isinstance(latency, list):  # written before the sketch: [[k, count]], 2 % buckets
+            s.latency = QuantileSketch(LATENCY_ACCURACY)
+            s.latency.add_many(
+                np.repeat(
+                    [0.0 if k == -350 else 1.02 ** (k + 0.5) for k, _ in latency],
+                    [c for _, c in latency],
+                )
+            )
+        else:
+            s.latency = QuantileSketch.from_state(latency)
         s.window = bytearray.fromhex(state["window"])
         s.window_errors = sum(s.window)
         s.first_ts = state["first_ts"]

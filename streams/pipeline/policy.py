@@ -1,6 +1,6 @@
 """Guardrail policy: (flag state, decision, event time) → a new flag state, an alert, or nothing.
 
-Pure code shared by the live worker and ``backtest`` (DESIGN.md "Data flow"). The rules (issue 4):
+Pure code shared by the live worker and ``backtest``. The rules:
 
 - ``warn``: an :class:`~driftswitch.streams.contract.events.AlertEvent`, no state change;
 - ``hold``: set ``paused`` (rollout advances stop);
@@ -28,31 +28,10 @@ from driftswitch.streams.contract.events import (
     Cause,
     CauseKind,
     FlagChangeEvent,
-    VariantState,
+    Output,
 )
 from driftswitch.streams.pipeline.monitor import Decision
-
-#: The actor of every change driftswitch makes itself.
-ACTOR = "driftswitch"
-
-Output = FlagChangeEvent | AlertEvent
-
-
-def initial_state(name: str, flag: FlagConfig, ts: float = 0.0) -> FlagChangeEvent:
-    """Version 1 of a flag, straight from the config (cause ``config``, action ``init``)."""
-    return FlagChangeEvent(
-        flag=name,
-        version=1,
-        variants={
-            v: VariantState(weight=cfg.weight, killed=False, value=cfg.value)
-            for v, cfg in flag.variants.items()
-        },
-        default_variant=flag.default,
-        cause=Cause(kind=CauseKind.CONFIG, action=Action.INIT, reason="initial state from config"),
-        ts=ts,
-        actor=ACTOR,
-        targeting=flag.targeting,
-    )
+from driftswitch.streams.pipeline.transitions import give, kill, next_state
 
 
 @dataclass
@@ -146,8 +125,7 @@ def apply(
         if current.killed:
             return None
         moved = 0 if shadow or g.variant == default else current.weight
-        variants[g.variant] = current.model_copy(update={"weight": 0, "killed": True})
-        _give(variants, default, moved)
+        kill(variants, g.variant, default, moved)
         action = Action.KILL
         what = f"killed, weight {moved} to {default}" if not shadow else "shadow killed"
     else:  # shift
@@ -155,24 +133,8 @@ def apply(
         if current.killed or shadow or moved == 0 or g.variant == default:
             return None
         variants[g.variant] = current.model_copy(update={"weight": current.weight - moved})
-        _give(variants, default, moved)
+        give(variants, default, moved)
         action, what = Action.SHIFT, f"weight {moved} shifted to {default}"
     cooldowns.mark(g.name, ts)
-    return FlagChangeEvent(
-        flag=state.flag,
-        version=state.version + 1,
-        variants=variants,
-        default_variant=default,
-        cause=_cause(decision, action, _reason(decision, what)),
-        ts=ts,
-        actor=ACTOR,
-        paused=paused,
-        pinned=state.pinned,
-        targeting=state.targeting,
-    )
-
-
-def _give(variants: dict[str, VariantState], default: str, weight: int) -> None:
-    if weight and default in variants:
-        d = variants[default]
-        variants[default] = d.model_copy(update={"weight": d.weight + weight})
+    cause = _cause(decision, action, _reason(decision, what))
+    return next_state(state, cause, ts, variants=variants, paused=paused)

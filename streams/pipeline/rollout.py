@@ -76,12 +76,11 @@ from driftswitch.streams.contract.events import (
     Cause,
     CauseKind,
     FlagChangeEvent,
+    Output,
     PredictionEvent,
 )
 from driftswitch.streams.pipeline.monitor import finite, plain
-from driftswitch.streams.pipeline.policy import ACTOR
-
-Output = FlagChangeEvent | AlertEvent
+from driftswitch.streams.pipeline.transitions import next_state
 
 #: The step index of a shadow candidate before its promotion.
 SHADOW_STEP = -1
@@ -239,18 +238,7 @@ class Rollout:
             f"(max_duration {self.plan.max_duration:.0f} s); rollout held"
         )
         cause = self._cause(Action.HOLD, f"rollout of {self.candidate}: {why}", ts)
-        hold = FlagChangeEvent(
-            flag=state.flag,
-            version=state.version + 1,
-            variants=dict(state.variants),
-            default_variant=state.default_variant,
-            cause=cause,
-            ts=ts,
-            actor=ACTOR,
-            paused=True,
-            pinned=state.pinned,
-            targeting=state.targeting,
-        )
+        hold = next_state(state, cause, ts, paused=True)
         warn = cause.model_copy(update={"action": Action.WARN})
         return [hold, self._alert(hold, warn, ts)]
 
@@ -322,18 +310,8 @@ class Rollout:
             variants[self.control] = ctrl.model_copy(update={"weight": pair - weight})
         target = "killed" if to is None else f"step {self._describe(to)}"
         reason = f"rollout of {self.candidate}: step {self._describe(self.step)} -> {target}: {why}"
-        return FlagChangeEvent(
-            flag=state.flag,
-            version=state.version + 1,
-            variants=variants,
-            default_variant=state.default_variant,
-            cause=self._cause(action, reason, ts, to=to, statistic=statistic),
-            ts=ts,
-            actor=ACTOR,
-            paused=state.paused,
-            pinned=state.pinned,
-            targeting=state.targeting,
-        )
+        cause = self._cause(action, reason, ts, to=to, statistic=statistic)
+        return next_state(state, cause, ts, variants=variants)
 
     def _alert(self, state: FlagChangeEvent, cause: Cause, ts: float) -> AlertEvent:
         return AlertEvent(

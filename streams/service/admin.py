@@ -33,17 +33,13 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from driftswitch.streams.contract.commands import Command, CommandAction, CommandError
 from driftswitch.streams.contract.errors import ConfigError
 from driftswitch.streams.contract.events import FlagChangeEvent, Name, validation_message
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSettings, as_settings
-from driftswitch.streams.pipeline.control import (
-    AdminAuth,
-    Command,
-    CommandAction,
-    CommandError,
-    validate,
-)
+from driftswitch.streams.pipeline.control import validate
+from driftswitch.streams.service.auth import AdminAuth
 from driftswitch.streams.service.worker import NotActiveError, Worker
 
 __all__ = ["ACTOR_HEADER", "DEFAULT_HISTORY", "MAX_HISTORY", "read_history", "routes"]

@@ -90,11 +90,11 @@ __all__ = [
     "HEADER_EVENT",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
+    "Delivery",
     "FailedDelivery",
     "Hook",
     "HookDispatcher",
     "HookError",
-    "Outcome",
     "Request",
     "alertmanager_payload",
     "backoff_delay",
@@ -137,7 +137,7 @@ class HookError(DriftswitchError):
     """Hooks cannot be set up, e.g. an environment variable named by the config is missing."""
 
 
-class Outcome(StrEnum):
+class Delivery(StrEnum):
     """What became of one delivery attempt or delivery (the ``outcome`` metric label)."""
 
     DELIVERED = "delivered"  # a 2xx answer
@@ -627,7 +627,7 @@ class FailedDelivery:
 
 
 DeadLetter = Callable[[FailedDelivery], Awaitable[None]]
-#: ``record(format, outcome)``: called once per :class:`Outcome`, e.g. to count it in metrics.
+#: ``record(format, outcome)``: called once per :class:`Delivery`, e.g. to count it in metrics.
 Record = Callable[[str, str], None]
 
 
@@ -707,7 +707,7 @@ class HookDispatcher:
                     extra={"hook": hook.name, "flag": event.flag},
                 )
                 task = asyncio.create_task(
-                    self._give_up(hook, event, "hook_overflow", "queue full", 0, Outcome.OVERFLOW)
+                    self._give_up(hook, event, "hook_overflow", "queue full", 0, Delivery.OVERFLOW)
                 )
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -734,7 +734,7 @@ class HookDispatcher:
             await self._session.close()
             self._session = None
 
-    def _count(self, hook: Hook, outcome: Outcome) -> None:
+    def _count(self, hook: Hook, outcome: Delivery) -> None:
         self.outcomes[(hook.name, outcome.value)] += 1
         if self._record is not None:
             try:
@@ -756,7 +756,7 @@ class HookDispatcher:
                 # No traceback: its frames and message could carry the hook's URL or secret.
                 detail = self._redact(f"{type(exc).__name__}: {exc}")
                 log.error("hook %s: delivery crashed: %s", hook.name, detail)
-                await self._give_up(hook, event, "hook_crashed", detail, 0, Outcome.FAILED)
+                await self._give_up(hook, event, "hook_crashed", detail, 0, Delivery.FAILED)
             finally:
                 queue.task_done()
 
@@ -797,7 +797,7 @@ class HookDispatcher:
             request = render_all(hook, event, self._clock())[index]
             ok, retry, detail = await self._attempt(request, hook)
             if ok:
-                self._count(hook, Outcome.DELIVERED)
+                self._count(hook, Delivery.DELIVERED)
                 log.debug(
                     "hook %s: delivered %s %s",
                     hook.name,
@@ -808,7 +808,7 @@ class HookDispatcher:
                 return True
             if not retry or attempt >= hook.max_attempts:
                 break
-            self._count(hook, Outcome.RETRIED)
+            self._count(hook, Delivery.RETRIED)
             delay = backoff_delay(attempt, hook.backoff, hook.max_backoff, self._rng)
             log.warning(
                 "hook %s: attempt %d/%d for %s failed (%s); retrying in %.3gs",
@@ -829,11 +829,11 @@ class HookDispatcher:
             detail,
             extra={"hook": hook.name, "flag": event.flag},
         )
-        await self._give_up(hook, event, "hook_failed", detail, attempt, Outcome.FAILED)
+        await self._give_up(hook, event, "hook_failed", detail, attempt, Delivery.FAILED)
         return False
 
     async def _give_up(
-        self, hook: Hook, event: Event, reason: str, detail: str, attempts: int, outcome: Outcome
+        self, hook: Hook, event: Event, reason: str, detail: str, attempts: int, outcome: Delivery
     ) -> None:
         self._count(hook, outcome)
         failed = FailedDelivery(

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from driftswitch.streams.pipeline.control import AdminAuth
+from driftswitch.streams.service.auth import AdminAuth
 from driftswitch.streams.service.worker import Worker
 
 __all__ = ["make_app", "serve"]

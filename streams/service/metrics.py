@@ -2,7 +2,7 @@
 
 Nothing is registered at import: :class:`Metrics` registers its metrics on the
 :class:`~prometheus_client.CollectorRegistry` it is given (a fresh one per worker and per test),
-as faust's ``PrometheusMonitor`` does. Two kinds of metric live here:
+so that nothing is shared between workers or tests. Two kinds of metric live here:
 
 - events the worker counts as they happen (decisions, dead-letter records, hook deliveries,
   event-to-decision latency, consumer lag), through the methods below;
@@ -44,7 +44,7 @@ from driftswitch.streams.contract.events import FlagChangeEvent
 
 __all__ = ["LATENCY_BUCKETS", "METRICS", "MetricInfo", "Metrics", "metrics_handler"]
 
-#: Event-to-decision latency buckets, seconds: the target is p99 < 1 s (DESIGN.md).
+#: Event-to-decision latency buckets, seconds: the target is p99 < 1 s (README "Architecture").
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 #: The guardrail states of :meth:`Engine.snapshot`, exported as one 0/1 series each.

@@ -6,7 +6,7 @@ buffer, statistics, detectors, flag versions) as the engine's plain-data ``to_st
 with the next offset to read on every input partition. The worker writes one periodically and
 BEFORE it moves on; a restarted worker loads the latest, seeks its inputs to the recorded
 offsets and replays from there, so every input record is applied exactly once to the state it
-resumes (DESIGN.md "Faults": "record the source offsets applied").
+resumes.
 
 Snapshots go to the state topic (one partition, key = the worker's group id), as
 zlib-compressed JSON split into chunks of at most :data:`CHUNK_BYTES`. Chunk headers:

@@ -1,13 +1,13 @@
 """The live worker: Kafka batches in, flag changes out, state that survives SIGKILL.
 
-Shape (DESIGN.md "Data flow", "Measured facts about the stack"):
+Shape (docs/architecture.md):
 
 - The hot path is one aiokafka consumer reading ``getmany`` batches from the predictions and
   outcomes topics. Each batch is decoded once (:mod:`driftswitch.streams.pipeline.ingest`, bad
   records to
   the dead-letter topic) and handed whole to :meth:`Engine.process`; join, scoring, statistics,
-  detectors, policy and flag versions all live in the engine, which the backtest shares. No
-  Faust agent sits on the hot path: a per-event agent tops out at ~10k events/s here.
+  detectors, policy and flag versions all live in the engine, which the backtest shares. Nothing
+  on the hot path handles one event at a time (README "Architecture" has the figures).
 - Flag changes are published to the flags topic (key = flag, value = the encoded
   :class:`FlagChangeEvent`) and acknowledged before the worker goes on.
 
@@ -21,7 +21,7 @@ sticky assignor keeps the lease with the active worker when a standby joins, and
 worker that loses it stops at once. Kafka's group protocol thus gives exactly one writer per
 flag without a second topic (a worker frozen past its session timeout, then waking, could still
 publish one batch's changes before it learns it lost the lease: there is no fencing). Scaling
-the join out (the stage-1/stage-2 split of DESIGN.md, repartitioning per-flag aggregates) is
+the join out (a join stage and a decide stage, repartitioning per-flag aggregates) is
 future work.
 
 Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
@@ -56,18 +56,24 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftswitch.streams.config.model import Config, load_config
+from driftswitch.streams.contract.commands import (
+    Command,
+    CommandError,
+    CommandResult,
+    decode_command,
+)
 from driftswitch.streams.contract.errors import ConfigError, DriftswitchError, EventError
 from driftswitch.streams.contract.events import Action, AlertEvent, FlagChangeEvent, encode
 from driftswitch.streams.contract.topics import Topics, TopicSpec
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings, as_settings
 from driftswitch.streams.pipeline.contain import INTERNAL_ERROR, describe, process_isolating
-from driftswitch.streams.pipeline.control import Command, CommandError, Outcome, decode_command
 from driftswitch.streams.pipeline.engine import Engine, Result
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
@@ -85,7 +91,7 @@ from driftswitch.streams.service.snapshot import (
 
 if TYPE_CHECKING:
     from driftswitch.streams.contract.flagd import FlagdFile
-    from driftswitch.streams.service.hooks import FailedDelivery, HookDispatcher
+    from driftswitch.streams.service.hooks import FailedDelivery, Hook, HookDispatcher
     from driftswitch.streams.service.metrics import Metrics
 
 __all__ = ["NotActiveError", "Worker", "WorkerSettings", "read_flags", "state_topic"]
@@ -176,16 +182,27 @@ class Worker:
         settings: WorkerSettings,
         metrics: Metrics | None = None,
         config_path: str | Path | None = None,
+        hooks: Iterable[Hook] | None = None,
+        flagd_file: FlagdFile | None = None,
     ) -> None:
         self.config = config
         #: The file ``config`` came from: what a reload (SIGHUP, HTTP) reads again.
         self.config_path = config_path
         #: Prometheus metrics (``GET /metrics``), if the caller exports them.
         self.metrics = metrics
-        #: Webhooks for flag changes and alerts, set by the caller once its dispatcher runs.
+        #: Delivers flag changes and alerts to ``hooks``, dead-lettering what it gives up; the
+        #: caller starts it (``async with worker.hooks``), :meth:`run` closes it.
         self.hooks: HookDispatcher | None = None
+        if hooks is not None:
+            from driftswitch.streams.service.hooks import HookDispatcher
+
+            self.hooks = HookDispatcher(
+                hooks,
+                deadletter=self.deadletter_delivery,
+                record=metrics.record_hook if metrics is not None else None,
+            )
         #: A flagd document file kept current with the published states (``--flagd-file``).
-        self.flagd_file: FlagdFile | None = None
+        self.flagd_file = flagd_file
         self.settings = settings
         self.topics = settings.topics
         self.state_topic = state_topic(settings.topics)
@@ -224,7 +241,7 @@ class Worker:
         self._snapshot_cost = 0.0
         self._lease_poller: asyncio.Future[None] | None = None
         #: Commands submitted here, by id, waiting for the loop to apply them.
-        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
         #: Held while the engine changes (a batch, a command, a reload): one change at a time.
         self._engine_lock = asyncio.Lock()
 
@@ -524,7 +541,7 @@ class Worker:
                 if self.metrics is not None:
                     self.metrics.record_deadletter(reason)
                 self.counters["commands_rejected"] += 1
-                outcome = Outcome("rejected", code=reason, message=detail)
+                outcome = CommandResult("rejected", code=reason, message=detail)
             else:
                 if event is None:
                     log.info(
@@ -534,10 +551,10 @@ class Worker:
                         command.flag,
                         command.actor,
                     )
-                    outcome = Outcome("noop")
+                    outcome = CommandResult("noop")
                 else:
                     await self._publish_flag(event, where)
-                    outcome = Outcome("applied", event)
+                    outcome = CommandResult("applied", event)
                 self.counters["commands"] += 1
             self.offsets.setdefault(topic, {})[m.partition] = m.offset + 1
             self.marks.setdefault(topic, {})[m.partition] = mark_of(m)
@@ -546,7 +563,7 @@ class Worker:
             if waiter is not None and not waiter.done():
                 waiter.set_result(outcome)
 
-    async def submit_command(self, command: Command, wait_s: float) -> Outcome:
+    async def submit_command(self, command: Command, wait_s: float) -> CommandResult:
         """Publish ``command`` to the control topic and wait until this worker applied it.
 
         The command gets an id if it has none. Raises :class:`NotActiveError` on a worker
@@ -559,7 +576,7 @@ class Worker:
             command = command.model_copy(update={"id": uuid.uuid4().hex})
         key = command.id
         assert key is not None
-        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._waiters[key] = waiter
         try:
             await self._producer.send_and_wait(

@@ -17,7 +17,7 @@ Tansu is a development broker; production points ``--broker`` at real Kafka. Wha
 
 - Data lives in memory only: stopping the broker loses every topic, record and committed offset.
 - No idempotent producer and no transactions: InitProducerId fails with UnknownError, so
-  producers keep ``enable_idempotence=False`` (and Faust cannot use ``exactly_once``).
+  producers keep ``enable_idempotence=False``.
 - ``cleanup.policy=compact`` is accepted, stored and reported by DescribeConfigs, but never
   performed: a compacted topic keeps every record, so readers keep the last value per key.
 - The end offset (high watermark) of a partition is its last batch's base offset + 1, not one

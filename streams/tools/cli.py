@@ -175,11 +175,10 @@ def broker_command(port: int | None, create_topics: bool) -> None:
         raise SystemExit(code)
 
 
-# -- the live worker (driftswitch.streams.service.runner)
-# ---------------------------------------------
+# -- the live worker (driftswitch.streams.tools.run, driftswitch.streams.tools.demo) ----------
 def _register_worker_commands() -> None:
-    from driftswitch.streams.service.runner import run_command
     from driftswitch.streams.tools.demo import demo_command
+    from driftswitch.streams.tools.run import run_command
 
     main.add_command(run_command)
     main.add_command(demo_command)

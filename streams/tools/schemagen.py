@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from driftswitch.streams.config.model import Config
+from driftswitch.streams.contract.commands import Command
 from driftswitch.streams.contract.events import (
     SCHEMA_VERSION,
     AlertEvent,
@@ -22,7 +23,6 @@ from driftswitch.streams.contract.events import (
     OutcomeEvent,
     PredictionEvent,
 )
-from driftswitch.streams.pipeline.control import Command
 
 #: Schema file stem → model.
 SCHEMAS: dict[str, type[BaseModel]] = {

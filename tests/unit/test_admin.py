@@ -13,10 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.commands import Command, CommandResult
 from driftswitch.streams.contract.errors import ConfigError
-from driftswitch.streams.pipeline.control import AdminAuth, Command, Outcome
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.service.admin import routes
+from driftswitch.streams.service.auth import AdminAuth
 from driftswitch.streams.service.worker import NotActiveError
 
 TOKEN = "t0ken"
@@ -40,14 +41,14 @@ class StandIn:
         self.engine = Engine(config)
         self.submitted: list[Command] = []
         self.reloads = 0
-        self.answer: Callable[[Command], Outcome] | Exception = lambda c: self._apply(c)
+        self.answer: Callable[[Command], CommandResult] | Exception = lambda c: self._apply(c)
         self.reload_error: ConfigError | None = None
 
-    def _apply(self, command: Command) -> Outcome:
+    def _apply(self, command: Command) -> CommandResult:
         event = self.engine.apply_command(command, command.ts or 0.0)
-        return Outcome("noop") if event is None else Outcome("applied", event)
+        return CommandResult("noop") if event is None else CommandResult("applied", event)
 
-    async def submit_command(self, command: Command, wait_s: float) -> Outcome:
+    async def submit_command(self, command: Command, wait_s: float) -> CommandResult:
         self.submitted.append(command)
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -136,7 +137,7 @@ def test_answers_for_each_outcome(worker: StandIn) -> None:
         assert (status, out["error"]) == (400, "invalid_request")
         status, _, out = await call("POST", "/api/v1/flags/ranker/pause", {"weight": 3}, AUTH)
         assert (status, out["error"]) == (400, "invalid_command")
-        worker.answer = lambda c: Outcome("rejected", code="conflict", message="unpin first")
+        worker.answer = lambda c: CommandResult("rejected", code="conflict", message="unpin first")
         status, _, out = await call("POST", "/api/v1/flags/ranker/resume", {}, AUTH)
         assert (status, out["error"], out["message"]) == (409, "conflict", "unpin first")
         worker.answer = TimeoutError()

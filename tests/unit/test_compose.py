@@ -1,6 +1,6 @@
 """docker-compose.yml, checked without Docker: files exist, commands parse, ports line up.
 
-Docker cannot run on the build machines (DESIGN.md "Real components"), so this test reads the
+Docker cannot run on the build machines, so this test reads the
 compose file the way compose would (YAML with merge keys) and checks what would otherwise only
 fail at ``docker compose up``.
 """

@@ -8,6 +8,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.commands import Command, CommandError, decode_command
 from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
     Action,
@@ -16,17 +17,9 @@ from driftswitch.streams.contract.events import (
     OutcomeEvent,
     PredictionEvent,
 )
-from driftswitch.streams.pipeline.control import (
-    ADMIN_TOKEN_ENV,
-    AdminAuth,
-    Command,
-    CommandError,
-    decode_command,
-    reconcile,
-    transition,
-    validate,
-)
+from driftswitch.streams.pipeline.control import reconcile, transition, validate
 from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.service.auth import ADMIN_TOKEN_ENV, AdminAuth
 
 CONFIG = """\
 flags:

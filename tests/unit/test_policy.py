@@ -9,7 +9,8 @@ import pytest
 from driftswitch.streams.config.model import Config, parse_config
 from driftswitch.streams.contract.events import Action, AlertEvent, CauseKind, FlagChangeEvent
 from driftswitch.streams.pipeline.monitor import Decision
-from driftswitch.streams.pipeline.policy import Cooldowns, apply, initial_state
+from driftswitch.streams.pipeline.policy import Cooldowns, apply
+from driftswitch.streams.pipeline.transitions import initial_state
 
 CONFIG = """
 flags:

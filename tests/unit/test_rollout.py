@@ -14,7 +14,6 @@ from driftswitch.streams.config.model import Config, parse_config
 from driftswitch.streams.contract.assign import Fractional
 from driftswitch.streams.contract.errors import ConfigError
 from driftswitch.streams.contract.events import Action, AlertEvent, CauseKind, FlagChangeEvent
-from driftswitch.streams.pipeline.policy import initial_state
 from driftswitch.streams.pipeline.rollout import (
     COMPLETE,
     ENDED,
@@ -23,6 +22,7 @@ from driftswitch.streams.pipeline.rollout import (
     Rollout,
     phase_alpha,
 )
+from driftswitch.streams.pipeline.transitions import initial_state
 
 T0 = 1_767_225_600.0
 
@@ -334,7 +334,7 @@ def test_state_round_trip_continues_exactly() -> None:
 
 
 def test_ramp_moves_users_only_toward_the_candidate() -> None:
-    """flagd fractional assignment of 20,000 users through the whole ramp (STATISTICS.md §6)."""
+    """flagd fractional assignment of 20,000 users through the whole ramp (contract/assign.py)."""
     variants = (
         "other: {weight: 10, value: v3}, control: {weight: 80, value: v1}, "
         "candidate: {weight: 10, value: v2}"

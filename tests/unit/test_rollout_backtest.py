@@ -208,7 +208,7 @@ def test_operator_pause_resume_and_kill_steer_the_rollout(
 ) -> None:
     """The control interface (Engine.apply_command): pause stops advances, resume re-enables
     them, a manual kill of the candidate ends the rollout."""
-    from driftswitch.streams.pipeline.control import Command
+    from driftswitch.streams.contract.commands import Command
 
     cfg, events = good
     engine = Engine(cfg)

@@ -28,11 +28,12 @@ from openfeature.provider import ProviderStatus
 from driftswitch.streams.client.client import DriftswitchClient
 from driftswitch.streams.client.openfeature import DriftswitchProvider
 from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.contract.commands import Command, CommandAction
 from driftswitch.streams.contract.events import FlagChangeEvent, Pin
 from driftswitch.streams.contract.flagd import FlagdFile, flag_definition
 from driftswitch.streams.contract.targeting import evaluate, served_targeting
-from driftswitch.streams.pipeline.control import Command, CommandAction, reconcile, transition
-from driftswitch.streams.pipeline.policy import initial_state
+from driftswitch.streams.pipeline.control import reconcile, transition
+from driftswitch.streams.pipeline.transitions import initial_state
 from driftswitch.streams.tools.cli import main
 
 CONFIG = """\

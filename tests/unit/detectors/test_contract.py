@@ -1,4 +1,4 @@
-"""The contract every registered one-sample detector honours (issue 3 "Done when").
+"""The contract every registered one-sample detector honours (detectors/base.py).
 
 One suite, parametrised over ``registry.kinds()`` (two-sample kinds, ``two_sample = True``, have
 their own contract in their test files):
@@ -117,13 +117,13 @@ CASES: dict[str, Case] = {
     "ddm": Case(
         params={},
         stream=lambda: bernoulli_stream(11, 0.10, 0.20),
-        first_alarm=60,  # a false alarm in the young stream (STATISTICS.md §3)
+        first_alarm=60,  # a false alarm in the young stream
         bad=(({"drift_threshold": 1.0}, r"drift_threshold \(1.0\) must be >= warning_threshold"),),
     ),
     "eddm": Case(
         params={},
         stream=lambda: bernoulli_stream(11, 0.10, 0.20),
-        first_alarm=239,  # EDDM raises many false alarms (STATISTICS.md §3)
+        first_alarm=239,  # EDDM raises many false alarms
         bad=(({"alpha": 0.8, "beta": 0.9}, r"alpha \(0.8\) must be >= beta \(0.9\)"),),
     ),
     "hddm_a": Case(

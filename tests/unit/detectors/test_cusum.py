@@ -1,4 +1,4 @@
-"""Calibration of the CUSUM kinds: the Markov-chain ARL against STATISTICS.md and simulation."""
+"""Calibration of the CUSUM kinds: Markov-chain ARL against the optimal delays and simulation."""
 
 from __future__ import annotations
 

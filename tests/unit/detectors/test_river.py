@@ -41,7 +41,7 @@ def test_every_river_kind_is_registered() -> None:
 # Accuracy 0.90 → 0.80 at event 4,000 (error bits), seed 2024: river's measured behaviour.
 DEGRADATION = {
     "adwin": [4255],
-    "ddm": [42, 1059, 4503],  # DDM alarms early in a young stream (STATISTICS.md §3)
+    "ddm": [42, 1059, 4503],  # DDM alarms early in a young stream
     "eddm": [388, 729, 1078, 1482, 1845, 3936, 4127, 4277, 4453],  # many false alarms
     "fhddm": [4613],
     "hddm_a": [4539],

@@ -77,7 +77,7 @@ def test_aa_false_positive_rate_continuous_under_continuous_monitoring() -> None
 
 def test_naive_peeking_would_fail_the_same_check() -> None:
     # The same simulation with a fixed-sample 95 % z-interval re-checked at every look: the
-    # inflation the confidence sequence exists to prevent (STATISTICS.md §4).
+    # inflation the confidence sequence exists to prevent.
     rng = np.random.default_rng(20240601)
     runs, horizon, every = 1000, 4000, 4
     looks = np.arange(every, horizon + 1, every)
