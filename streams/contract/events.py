@@ -7,10 +7,13 @@ a string is refused, as the JSON Schemas do). Every number must be finite and fi
 integer's range (:data:`NUMBER_LIMIT`). Every model forbids unknown fields, so a misspelt field is
 reported instead of silently ignored.
 
-Decode once, at the edge: :func:`decode_prediction`, :func:`decode_outcome` and :func:`decode_line`
-turn bytes into models or raise :class:`~driftswitch.streams.contract.errors.EventError` with a
-machine-readable ``reason`` (``malformed_json``, ``schema``, ``oversize``), which becomes the
-dead-letter reason.
+Decode once, at the edge, with one decoder: :func:`decode_model` (and its short forms
+:func:`decode_prediction`, :func:`decode_outcome`; control commands use it too) and, for JSON Lines
+files whose records name their ``kind``, :func:`decode_line`. Each is pydantic's validation of the
+raw JSON, in one pass, and turns bytes into a model or raises
+:class:`~driftswitch.streams.contract.errors.EventError` with a machine-readable ``reason``
+(``malformed_json``, ``schema``, ``oversize``), which becomes the dead-letter reason. The live
+worker (:mod:`driftswitch.streams.pipeline.ingest`) and ``backtest`` both decode this way.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -380,7 +384,7 @@ def decode_model(model: type[_M], data: bytes | str) -> _M:
     pass); ``EventError`` with reason ``oversize``, ``malformed_json`` or ``schema``."""
     _check_size(data)
     try:
-        return model.model_validate_json(data)
+        return model.__pydantic_validator__.validate_json(data)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise _event_error(exc) from None
 
@@ -395,9 +399,28 @@ def decode_outcome(data: bytes | str) -> OutcomeEvent:
     return decode_model(OutcomeEvent, data)
 
 
+#: A JSON Lines event: the ``kind`` field picks the model.
+_LINE: TypeAdapter[PredictionEvent | OutcomeEvent] = TypeAdapter(
+    Annotated[PredictionEvent | OutcomeEvent, Field(discriminator="kind")]
+)
+
+
 def decode_line(data: bytes | str) -> PredictionEvent | OutcomeEvent:
-    """Decode one JSON Lines event: its ``kind`` must be ``prediction`` or ``outcome``."""
+    """Decode one JSON Lines event: its ``kind`` must be ``prediction`` or ``outcome``.
+
+    One pass of pydantic over the raw JSON; a line it rejects is parsed again to word the
+    rejection as :func:`decode_prediction` or :func:`decode_outcome` would (field paths without
+    the ``kind`` tag, and a missing or unknown ``kind`` named as such).
+    """
     _check_size(data)
+    try:
+        return _LINE.validate_json(data)
+    except ValidationError:
+        return _line_rejection(data)
+
+
+def _line_rejection(data: bytes | str) -> PredictionEvent | OutcomeEvent:
+    """The reason a JSON Lines event is rejected (``EventError``), worded per model."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

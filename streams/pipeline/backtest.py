@@ -1,20 +1,19 @@
 """Replaying a JSON Lines file of events through the live service's engine (``driftswitch
 backtest``).
 
-The file is read in large chunks, decoded in bulk (:mod:`~driftswitch.streams.pipeline.decoding`)
-and fed
-to :class:`~driftswitch.streams.pipeline.engine.Engine` in file order. The engine decides in event
-time and
-independently of batch boundaries, so a backtest is deterministic and reaches the decisions the
-live worker reaches on the same events: what a user tunes offline is what runs online. Lines that
-fail to decode, and events the engine rejects (unknown flag or variant, duplicate request id), are
-reported with their 1-based line number and skipped.
+The file is read in large chunks, each line decoded with the live worker's decoder
+(:func:`~driftswitch.streams.contract.events.decode_line`) and fed to
+:class:`~driftswitch.streams.pipeline.engine.Engine` in file order. The engine decides in event
+time and independently of batch boundaries, so a backtest is deterministic and reaches the
+decisions the live worker reaches on the same events: what a user tunes offline is what runs
+online. Lines that fail to decode, and events the engine rejects (unknown flag or variant,
+duplicate request id), are reported with their 1-based line number and skipped.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from driftswitch.streams.config.model import Config
-from driftswitch.streams.contract.events import FlagChangeEvent, Output
-from driftswitch.streams.pipeline.decoding import decode_chunk
-from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.contract.errors import EventError
+from driftswitch.streams.contract.events import FlagChangeEvent, Output, decode_line
+from driftswitch.streams.pipeline.engine import Engine, Event
 
 #: Lines decoded and processed per engine batch.
 CHUNK_LINES = 8192
@@ -121,6 +120,19 @@ def run(config: Config, source: str | Path | BinaryIO, chunk_lines: int = CHUNK_
     finally:
         if enabled:
             gc.enable()
+
+
+def decode_chunk(lines: Sequence[bytes]) -> tuple[list[Event], list[tuple[int, EventError]]]:
+    """Decode lines into the events (in order) and the rejected lines' ``(index, error)``."""
+    events: list[Event] = []
+    errors: list[tuple[int, EventError]] = []
+    append = events.append
+    for i, line in enumerate(lines):
+        try:
+            append(decode_line(line))
+        except EventError as exc:
+            errors.append((i, exc.with_traceback(None)))  # keep no frames alive in the list
+    return events, errors
 
 
 def _run(config: Config, source: BinaryIO, chunk_lines: int) -> Backtest:

@@ -1,13 +1,12 @@
 """The edge of the live pipeline: decode input records once, dead-letter the bad ones.
 
 Every record read from the predictions or outcomes topic is decoded exactly once, with
-validation: :func:`driftswitch.streams.contract.events.decode_prediction` / ``decode_outcome``
-(pydantic
-parses the JSON in one pass; measured here as fast as the orjson fast path of
-:mod:`driftswitch.streams.pipeline.decoding`, which needs the ``kind`` field topics do not require).
-A record that cannot be used is never dropped silently and never stops the worker: it goes to the
-dead-letter topic (``driftswitch.deadletter.v1``) with its ORIGINAL bytes as the value and key,
-counted by reason, and logged with its topic/partition/offset.
+validation, by the one decoder of :mod:`driftswitch.streams.contract.events`
+(``decode_prediction`` / ``decode_outcome``: pydantic parses the JSON in one pass; the topic
+decides the kind, so records need no ``kind`` field). A record that cannot be used is never
+dropped silently and never stops the worker: it goes to the dead-letter topic
+(``driftswitch.deadletter.v1``) with its ORIGINAL bytes as the value and key, counted by reason,
+and logged with its topic/partition/offset.
 
 Reasons: ``malformed_json``, ``schema`` and ``oversize`` (from decoding), ``unknown_flag``,
 ``unknown_variant`` and ``duplicate`` (from the engine, which knows the configuration and the
@@ -37,11 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from pydantic import ValidationError
-
 from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
-    MAX_EVENT_BYTES,
     OutcomeEvent,
     PredictionEvent,
     decode_outcome,
@@ -169,55 +165,34 @@ class Ingest:
         self.accepted = 0
 
     def decode(self, records: Sequence[RecordLike]) -> Decoded:
-        """Decode records (``topic``, ``partition``, ``offset``, ``key``, ``value``) in order.
-
-        The hot path calls pydantic's validators directly (what ``decode_prediction`` does after
-        its size check); a record that fails goes through ``decode_prediction`` /
-        ``decode_outcome`` again for the exact reason and detail.
-        """
+        """Decode records (``topic``, ``partition``, ``offset``, ``key``, ``value``) in order."""
         events: list[Event] = []
         index: list[int] = []
         rejected: list[Rejected] = []
         append, mark = events.append, index.append
         predictions = self.predictions_topic
-        validate_prediction = PredictionEvent.__pydantic_validator__.validate_json
-        validate_outcome = OutcomeEvent.__pydantic_validator__.validate_json
         for i, rec in enumerate(records):
             value = rec.value
-            if value is not None and len(value) <= MAX_EVENT_BYTES:
-                try:
-                    if rec.topic == predictions:
-                        append(validate_prediction(value))
-                    else:
-                        append(validate_outcome(value))
-                except ValidationError:
-                    pass
-                else:
-                    mark(i)
-                    continue
-            rejected.append(self._rejected(rec))
+            on_predictions = rec.topic == predictions
+            if value is None:  # a tombstone: nothing to decode
+                rejected.append(self._rejected(rec, EventError("null_value", ""), on_predictions))
+                continue
+            try:
+                append(decode_prediction(value) if on_predictions else decode_outcome(value))
+            except EventError as err:
+                rejected.append(self._rejected(rec, err, on_predictions))
+            else:
+                mark(i)
         self.accepted += len(events)
         return Decoded(events, index, records, rejected)
 
-    def _rejected(self, rec: RecordLike) -> Rejected:
-        """The slow path for one bad record: the reason and detail the models give."""
+    def _rejected(self, rec: RecordLike, err: EventError, on_predictions: bool) -> Rejected:
+        """One bad record, with the reason and detail the decoder gave."""
         source = Source(rec.topic, rec.partition, rec.offset)
-        value = rec.value
-        if value is None:
-            return self.reject(source, rec.key, None, "null_value", "")
-        on_predictions = rec.topic == self.predictions_topic
-        try:
-            if on_predictions:
-                decode_prediction(value)
-            else:
-                decode_outcome(value)
-        except EventError as err:
-            reason, detail = err.reason, err.detail
-        else:  # the validators disagree with the decoders: cannot happen, but never drop it
-            reason, detail = "schema", "rejected by validation"
-        if reason == "schema" and _is_other_kind(value, on_predictions):
+        reason = err.reason
+        if reason == "schema" and _is_other_kind(rec.value or b"", on_predictions):
             reason = "wrong_topic"
-        return self.reject(source, rec.key, value, reason, detail)
+        return self.reject(source, rec.key, rec.value, reason, err.detail)
 
     def reject(
         self, source: Source, key: bytes | None, value: bytes | None, reason: str, detail: str

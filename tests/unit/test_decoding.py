@@ -1,4 +1,5 @@
-"""The bulk decoder agrees with ``decode_line`` (the pydantic models) on valid and invalid input."""
+"""``decode_line`` (one pydantic pass over the raw JSON) agrees with the models validating the
+parsed document, on valid, lax and invalid input: the same events, or the same reason and detail."""
 
 from __future__ import annotations
 
@@ -8,19 +9,48 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from driftswitch.streams.contract import events
 from driftswitch.streams.contract.errors import EventError
-from driftswitch.streams.contract.events import MAX_EVENT_BYTES, decode_line, encode
-from driftswitch.streams.pipeline import decoding
-from driftswitch.streams.pipeline.decoding import decode_events
+from driftswitch.streams.contract.events import (
+    MAX_EVENT_BYTES,
+    OutcomeEvent,
+    PredictionEvent,
+    decode_line,
+    encode,
+)
+from driftswitch.streams.pipeline.backtest import decode_chunk
 from driftswitch.streams.tools.simulate import Scenario, simulate
 
 
 def _reference(line: bytes | str) -> Any:
+    """What the models say about the parsed document (orjson, then validation per ``kind``)."""
+    if len(line) > MAX_EVENT_BYTES:
+        return EventError("oversize", f"{len(line)} bytes > limit {MAX_EVENT_BYTES}")
     try:
-        return decode_line(line)
-    except EventError as exc:
-        return exc
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return EventError("malformed_json", str(exc))
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    try:
+        if kind == "prediction":
+            return PredictionEvent.model_validate(obj)
+        if kind == "outcome":
+            return OutcomeEvent.model_validate(obj)
+    except ValidationError as exc:
+        return events._event_error(exc)
+    return EventError("schema", f"kind: expected 'prediction' or 'outcome', got {kind!r}")
+
+
+def decode_events(lines: list[bytes | str]) -> list[Any]:
+    out: list[Any] = []
+    for line in lines:
+        try:
+            out.append(decode_line(line))
+        except EventError as exc:
+            out.append(exc)
+    return out
 
 
 def _same(got: Any, want: Any) -> bool:
@@ -156,16 +186,16 @@ def test_mutated_events_agree(
     _agrees([orjson.dumps(doc), VALID[0]])
 
 
-def test_canonical_events_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_valid_events_take_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(line: bytes | str) -> Any:
-        raise AssertionError(f"slow path used for {line!r}")
+        raise AssertionError(f"second pass used for {line!r}")
 
-    monkeypatch.setattr(decoding, "decode_line", refuse)
-    assert all(not isinstance(e, EventError) for e in decoding.decode_events(VALID))
+    monkeypatch.setattr(events, "_line_rejection", refuse)
+    assert all(not isinstance(e, EventError) for e in decode_events(list(VALID)))
 
 
 def test_decode_chunk_splits_events_from_rejected_lines() -> None:
-    lines: list[bytes | str] = [VALID[0], INVALID[0], VALID[1], INVALID[3]]
-    events, errors = decoding.decode_chunk(lines)
-    assert events == [decode_line(VALID[0]), decode_line(VALID[1])]
+    lines = [VALID[0], INVALID[0], VALID[1], INVALID[3]]
+    decoded, errors = decode_chunk(lines)
+    assert decoded == [decode_line(VALID[0]), decode_line(VALID[1])]
     assert [(i, e.reason) for i, e in errors] == [(1, "malformed_json"), (3, "schema")]
