@@ -22,6 +22,11 @@ private to that version). Unpickling executes code: restore only states this ser
 
 river is untyped and slow to import (~1.5 s), so it is imported on first use and handled as
 ``Any`` at this boundary only.
+
+river exposes no public statistic for most detectors, so ``statistic`` and ``threshold`` read the
+detectors' private attributes (``_p_min``, ``_error_distances``, ...). Those, like the pickled
+state, may change in any river release: ``pyproject.toml`` therefore pins river to the one minor
+version these wrappers are tested with (tests/unit/detectors/test_river.py).
 """
 
 from __future__ import annotations

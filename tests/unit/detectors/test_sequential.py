@@ -474,11 +474,3 @@ def test_bad_inputs_are_rejected() -> None:
     with pytest.raises(ValueError, match="n must be an integer >= 0"):
         seq.update_counts("control", -1, 0)
     assert seq.n == 0
-
-
-def test_docstring_example_holds() -> None:
-    import doctest
-
-    import driftswitch.detectors.sequential as module
-
-    assert doctest.testmod(module).failed == 0
