@@ -300,69 +300,19 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        info = _INFO
-        self.decisions = Counter(
-            "driftswitch_decisions",
-            info["driftswitch_decisions_total"].help,
-            ["flag", "action"],
-            registry=registry,
+        self.decisions: Counter = self._make("driftswitch_decisions_total")
+        self.deadletter: Counter = self._make("driftswitch_deadletter_records_total")
+        self.consumer_lag: Gauge = self._make("driftswitch_consumer_lag_records")
+        self.decision_latency: Histogram = self._make(
+            "driftswitch_decision_latency_seconds", buckets=LATENCY_BUCKETS
         )
-        self.deadletter = Counter(
-            "driftswitch_deadletter_records",
-            info["driftswitch_deadletter_records_total"].help,
-            ["reason"],
-            registry=registry,
-        )
-        self.consumer_lag = Gauge(
-            "driftswitch_consumer_lag_records",
-            info["driftswitch_consumer_lag_records"].help,
-            ["topic", "partition"],
-            registry=registry,
-        )
-        self.decision_latency = Histogram(
-            "driftswitch_decision_latency_seconds",
-            info["driftswitch_decision_latency_seconds"].help,
-            ["flag"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.hook_deliveries = Counter(
-            "driftswitch_hook_deliveries",
-            info["driftswitch_hook_deliveries_total"].help,
-            ["format", "outcome"],
-            registry=registry,
-        )
-        self.worker_active = Gauge(
-            "driftswitch_worker_active", info["driftswitch_worker_active"].help, registry=registry
-        )
-        self.last_batch = Gauge(
-            "driftswitch_last_batch_timestamp_seconds",
-            info["driftswitch_last_batch_timestamp_seconds"].help,
-            registry=registry,
-        )
-        self.recoveries = Counter(
-            "driftswitch_engine_recoveries",
-            info["driftswitch_engine_recoveries_total"].help,
-            registry=registry,
-        )
-        self.input_resets = Counter(
-            "driftswitch_input_resets",
-            info["driftswitch_input_resets_total"].help,
-            ["topic", "partition"],
-            registry=registry,
-        )
-        self.flag_expired = Gauge(
-            "driftswitch_flag_expired",
-            info["driftswitch_flag_expired"].help,
-            ["flag"],
-            registry=registry,
-        )
-        self.flag_stale = Gauge(
-            "driftswitch_flag_stale",
-            info["driftswitch_flag_stale"].help,
-            ["flag", "reason"],
-            registry=registry,
-        )
+        self.hook_deliveries: Counter = self._make("driftswitch_hook_deliveries_total")
+        self.worker_active: Gauge = self._make("driftswitch_worker_active")
+        self.last_batch: Gauge = self._make("driftswitch_last_batch_timestamp_seconds")
+        self.recoveries: Counter = self._make("driftswitch_engine_recoveries_total")
+        self.input_resets: Counter = self._make("driftswitch_input_resets_total")
+        self.flag_expired: Gauge = self._make("driftswitch_flag_expired")
+        self.flag_stale: Gauge = self._make("driftswitch_flag_stale")
         self._snapshot = _SnapshotCollector()
         registry.register(self._snapshot)
         for reason in DEADLETTER_REASONS:
@@ -378,6 +328,14 @@ class Metrics:
         for fmt in hook_formats:
             for outcome in HOOK_OUTCOMES:
                 self.hook_deliveries.labels(format=fmt, outcome=outcome)
+
+    def _make(self, name: str, **kwargs: Any) -> Any:
+        """The metric :data:`METRICS` documents as ``name``, registered on this bundle's registry
+        (a counter is created without prometheus_client's ``_total`` suffix, which it adds)."""
+        info = _INFO[name]
+        kind = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[info.type]
+        base = name.removesuffix("_total") if info.type == "counter" else name
+        return kind(base, info.help, list(info.labels), registry=self.registry, **kwargs)
 
     # -- called by the worker --------------------------------------------------------------
 
