@@ -109,6 +109,7 @@ def flagd_provider(flagd_file: Path) -> Iterator[FlagdProvider]:
     provider.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", list(WEIGHT_SETS))
 def test_variant_equals_flagd_provider_for_100k_keys(
     flag: str, flagd_provider: FlagdProvider
@@ -238,6 +239,7 @@ def minimum_movers(before: list[str], after: list[str]) -> int:
 weights = st.integers(min_value=0, max_value=10_000)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(
     others=st.lists(weights, min_size=1, max_size=4),
@@ -264,6 +266,7 @@ def test_a_kill_moves_only_the_killed_variants_users_to_the_default(
     assert victim not in after
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None)
 @given(a=weights, b=weights, a2=weights, b2=weights)
 def test_two_variants_move_only_towards_the_grown_share_and_minimally(
@@ -282,6 +285,7 @@ def test_two_variants_move_only_towards_the_grown_share_and_minimally(
     assert len(set(moved)) <= 1  # one direction only
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(
     others=st.lists(weights, min_size=1, max_size=4),

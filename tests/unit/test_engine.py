@@ -149,6 +149,7 @@ def test_the_comparison_against_control_warns_with_its_interval(
     assert set(alerts[0].cause.samples) == {"candidate", "control"}
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(cuts=st.lists(st.integers(0, 4 * SCENARIO.requests), max_size=4))
 def test_restart_and_batch_boundaries_change_nothing(
@@ -267,6 +268,7 @@ EVERY_KIND = """\
 """
 
 
+@pytest.mark.slow
 def test_every_detector_family_decides_the_same_across_restarts(events: list[Event]) -> None:
     config = parse_config(config_yaml(SCENARIO, EVERY_KIND))
     cuts = list(range(900, len(events), 900))

@@ -333,6 +333,7 @@ def test_state_round_trip_continues_exactly() -> None:
     assert not other.restore(saved)
 
 
+@pytest.mark.slow
 def test_ramp_moves_users_only_toward_the_candidate() -> None:
     """flagd fractional assignment of 20,000 users through the whole ramp (contract/assign.py)."""
     variants = (

@@ -35,6 +35,9 @@ from driftswitch.streams.tools.simulate import (
     write_jsonl,
 )
 
+#: Whole rollouts replayed through the backtest: simulations, run in the full suite only.
+pytestmark = pytest.mark.slow
+
 ROLLOUT = """\
     rollout:
       variant: candidate

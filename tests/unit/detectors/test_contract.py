@@ -188,6 +188,12 @@ def _one_sample_kinds() -> list[str]:
 
 
 ONE_SAMPLE = _one_sample_kinds()
+#: Kinds whose long runs (GLR's window scan, KSWIN's KS test, HDDM's bounds, the Gaussian CUSUM's
+#: calibration) make these checks slow: they run in the full suite, not with -m "not slow".
+SLOW_KINDS = frozenset({"glr", "kswin", "hddm_a", "hddm_w", "cusum_mean"})
+ONE_SAMPLE_PARAMS = [
+    pytest.param(k, marks=pytest.mark.slow) if k in SLOW_KINDS else k for k in ONE_SAMPLE
+]
 
 
 def _case(kind: str) -> Case:
@@ -205,7 +211,7 @@ def test_every_one_sample_kind_has_a_case() -> None:
     assert sorted(set(CASES) - set(ONE_SAMPLE)) == []
 
 
-@pytest.mark.parametrize("kind", ONE_SAMPLE)
+@pytest.mark.parametrize("kind", ONE_SAMPLE_PARAMS)
 def test_constant_stream_never_alarms(kind: str) -> None:
     det = _build(kind)
     value = _case(kind).constant
@@ -218,7 +224,7 @@ def test_constant_stream_never_alarms(kind: str) -> None:
     assert det.n == 5000
 
 
-@pytest.mark.parametrize("kind", ONE_SAMPLE)
+@pytest.mark.parametrize("kind", ONE_SAMPLE_PARAMS)
 def test_golden_first_alarm(kind: str) -> None:
     case = _case(kind)
     det = _build(kind)
@@ -249,7 +255,7 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-@pytest.mark.parametrize("kind", ONE_SAMPLE)
+@pytest.mark.parametrize("kind", ONE_SAMPLE_PARAMS)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_state_round_trip_continues_exactly(kind: str, data: st.DataObject) -> None:

@@ -29,6 +29,7 @@ def _lattice(baseline: float, target: float, arl0: float) -> tuple[float, float,
     return q0, q1, up, down, bernoulli_threshold(q0, up, down, arl0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("baseline", "target", "arl0", "optimal"),
     [
@@ -67,6 +68,7 @@ def _simulated_arl(q: float, up: int, down: int, h: int, runs: int, seed: int) -
     return length
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("baseline", "target"), [(0.90, 0.80), (0.90, 0.85)])
 def test_simulated_arl0_matches_the_markov_chain(baseline: float, target: float) -> None:
     q0, q1, up, down, h = _lattice(baseline, target, 1e3)
@@ -93,6 +95,7 @@ def test_detector_alarms_where_the_chain_says() -> None:
     assert abs(measured - exact) < 4 * exact / np.sqrt(alarms)
 
 
+@pytest.mark.slow
 def test_batched_counts_keep_the_run_length_distribution() -> None:
     """Counts are expanded in a uniformly random order: same ARL0 as per-event feeding."""
     det = CUSUM(baseline=0.90, target=0.80, arl0=1_000, seed=4)
@@ -131,6 +134,7 @@ def test_learned_baseline_is_frozen_after_warmup() -> None:
     assert _alarms(det) > 0
 
 
+@pytest.mark.slow
 def test_gaussian_threshold_against_simulation() -> None:
     h = gaussian_threshold(1.0, 1e3)
     assert gaussian_arl(0.0, 1.0, h) == pytest.approx(1e3, rel=1e-6)

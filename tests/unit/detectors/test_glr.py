@@ -36,6 +36,7 @@ def _first_passages(
     return total / crossed, crossed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("min_drop", "arl0"), [(0.10, 1e3), (0.05, 1e3), (0.10, 1e4), (0.05, 1e4)])
 def test_simulated_arl0_is_at_least_three_quarters_of_the_budget(
     min_drop: float, arl0: float
@@ -88,6 +89,7 @@ def test_penalty_weights_short_windows_only() -> None:
     assert np.all(pen[np.asarray(windows) >= m_star] == 0.0)
 
 
+@pytest.mark.slow
 def test_calibration_is_monotone_in_the_budget() -> None:
     hs = [glr_calibration(0.10, 0.15, arl0)[0] for arl0 in (1e3, 1e4, 1e5)]
     assert hs[0] < hs[1] < hs[2]

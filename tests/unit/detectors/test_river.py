@@ -89,6 +89,7 @@ def test_constant_correct_stream_never_alarms(kind: str) -> None:
     assert _alarms(kind, [0] * (1000 if kind == "kswin" else 5000)) == []
 
 
+@pytest.mark.slow
 def test_kswin_misses_a_bernoulli_accuracy_drop() -> None:
     # KSWIN (~600 µs per update) compares windows of 0/1 values: the KS test barely moves.
     assert _alarms("kswin", _bits(2024, 0.10, 0.20, 1000, 3000)) == []
@@ -119,6 +120,7 @@ def test_statistic_crosses_threshold_at_the_alarm(kind: str) -> None:
         pytest.fail(f"{kind} never alarmed")
 
 
+@pytest.mark.slow
 def test_kswin_and_eddm_alarm_below_their_threshold() -> None:
     eddm = registry.create({"kind": "eddm"})
     for x in _bits(2024, 0.10, 0.20, 4000, 10_000):
@@ -147,7 +149,9 @@ def test_binary_detectors_reject_non_bits(kind: str) -> None:
     assert detector.n == 0
 
 
-@pytest.mark.parametrize("kind", ["adwin", "kswin", "page_hinkley"])
+@pytest.mark.parametrize(
+    "kind", ["adwin", pytest.param("kswin", marks=pytest.mark.slow), "page_hinkley"]
+)
 def test_continuous_kinds_take_values(kind: str) -> None:
     rng = random.Random(5)
     values = [rng.gauss(100.0, 10.0) + (40.0 if i >= 2000 else 0.0) for i in range(4000)]
@@ -157,6 +161,7 @@ def test_continuous_kinds_take_values(kind: str) -> None:
     assert "continuous" in registry.detector_class(kind).inputs
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(kind=st.sampled_from(RIVER_KINDS), cut=st.integers(min_value=0, max_value=3000))
 def test_state_round_trip_continues_exactly(kind: str, cut: int) -> None:
