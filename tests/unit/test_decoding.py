@@ -1,5 +1,6 @@
-"""``decode_line`` (one pydantic pass over the raw JSON) agrees with the models validating the
-parsed document, on valid, lax and invalid input: the same events, or the same reason and detail."""
+"""``decode_line`` (one pydantic pass over the raw JSON, the ``kind`` choosing the model) agrees
+with the model of that kind validating the same JSON text, on valid, lax and invalid input: the
+same events, or the same reason and detail."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from driftswitch.streams.tools.simulate import Scenario, simulate
 
 
 def _reference(line: bytes | str) -> Any:
-    """What the models say about the parsed document (orjson, then validation per ``kind``)."""
+    """What the model named by ``kind`` says about the line (the kind read with orjson)."""
     if len(line) > MAX_EVENT_BYTES:
         return EventError("oversize", f"{len(line)} bytes > limit {MAX_EVENT_BYTES}")
     try:
@@ -35,9 +36,9 @@ def _reference(line: bytes | str) -> Any:
     kind = obj.get("kind") if isinstance(obj, dict) else None
     try:
         if kind == "prediction":
-            return PredictionEvent.model_validate(obj)
+            return PredictionEvent.model_validate_json(line)
         if kind == "outcome":
-            return OutcomeEvent.model_validate(obj)
+            return OutcomeEvent.model_validate_json(line)
     except ValidationError as exc:
         return events._event_error(exc)
     return EventError("schema", f"kind: expected 'prediction' or 'outcome', got {kind!r}")

@@ -29,10 +29,19 @@ from driftswitch.streams.contract.events import (
     decode_outcome,
     decode_prediction,
 )
+from driftswitch.streams.pipeline.backtest import decode_chunk
 from driftswitch.streams.pipeline.contain import check_state, describe, process_isolating
-from driftswitch.streams.pipeline.decoding import decode_event
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import Ingest, InputRecord
+
+
+def decode_event(line: bytes) -> PredictionEvent | OutcomeEvent:
+    """What ``driftswitch backtest`` decodes ``line`` to, or the error that rejects it."""
+    events, errors = decode_chunk([line])
+    if errors:
+        raise errors[0][1]
+    return events[0]
+
 
 CONFIG = """
 flags:
