@@ -32,8 +32,7 @@ import orjson
 from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.contract.events import FlagChangeEvent
-from driftswitch.streams.pipeline.backtest import Backtest, BadLine, read_lines
-from driftswitch.streams.pipeline.decoding import decode_chunk
+from driftswitch.streams.pipeline.backtest import Backtest, BadLine, decode_chunk, read_lines
 from driftswitch.streams.pipeline.engine import Engine
 
 __all__ = [
