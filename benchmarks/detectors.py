@@ -237,7 +237,7 @@ def glr_delay(
 ) -> tuple[float, float]:
     """Mean delay (and its standard error) of ``glr`` calibrated for ``arl0`` at reference
     ``q0`` when the error rate is ``q1`` from the first event (a fresh start: the worst case for
-    a statistic that starts at 0, as in the optimal delays of STATISTICS.md §1)."""
+    a statistic that starts at 0, as in the optimal delays of :data:`OPTIMAL_DELAY`)."""
     from driftswitch.detectors.binary.glr import glr_calibration, glr_path, glr_windows
 
     h = glr_calibration(q0, q0 + min_drop, arl0)[0]

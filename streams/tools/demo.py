@@ -65,9 +65,8 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka import connect as kafka
     from driftswitch.streams.kafka.settings import KafkaSettings
-    from driftswitch.streams.service.runner import serve_worker
+    from driftswitch.streams.service.runner import check_port, serve_worker
     from driftswitch.streams.tools.broker import EmbeddedBroker, free_port
-    from driftswitch.streams.tools.run import check_port
     from driftswitch.streams.tools.simulate import config_yaml, simulate
 
     console = Console(highlight=False)

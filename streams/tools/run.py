@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-import socket
 import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
@@ -21,55 +19,23 @@ import click
 
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.kafka.options import security_options
-from driftswitch.streams.service.runner import DEFAULT_WEB_PORT, serve_worker
+from driftswitch.streams.service.runner import (
+    DEFAULT_WEB_PORT,
+    StartupError,
+    check_port,
+    serve_worker,
+)
 
 if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
     from driftswitch.streams.contract.topics import Topics
 
-__all__ = [
-    "BROKER_ENV",
-    "StartupError",
-    "check_port",
-    "embedded_or_given",
-    "probe_broker",
-    "run_command",
-]
+__all__ = ["BROKER_ENV", "embedded_or_given", "probe_broker", "run_command"]
 
 log = logging.getLogger(__name__)
 
 BROKER_ENV = "DRIFTSWITCH_BROKER"
 #: Seconds a broker address gets to accept a connection and answer a Kafka request.
 PROBE_TIMEOUT_S = 3.0
-
-
-class StartupError(DriftswitchError):
-    """The worker cannot start: its HTTP port is taken, or the broker address is not Kafka."""
-
-
-def check_port(host: str, port: int) -> None:
-    """Raise :class:`StartupError` if ``host:port`` cannot be listened on (e.g. it is taken).
-
-    Checked before anything else starts, so a busy port is one line, not a traceback after the
-    broker and the worker came up.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise StartupError(
-                    f"cannot listen on http://{host}:{port}: the port is in use (another "
-                    "driftswitch run or demo?); choose another with --web-port"
-                ) from None
-            raise StartupError(
-                f"cannot listen on http://{host}:{port}: {exc.strerror or exc}"
-            ) from None
 
 
 def _api_versions_request(correlation_id: int) -> bytes:
