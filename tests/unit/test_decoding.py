@@ -1,6 +1,6 @@
-"""``decode_line`` (one pydantic pass over the raw JSON, the ``kind`` choosing the model) agrees
-with the model of that kind validating the same JSON text, on valid, lax and invalid input: the
-same events, or the same reason and detail."""
+"""``decode_line`` (one pydantic pass over the raw JSON, a union on ``kind``) agrees with the
+model of that kind validating the same JSON text, on valid, lax and invalid input: the same
+events, or the same reason and detail."""
 
 from __future__ import annotations
 
@@ -10,14 +10,11 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from driftswitch.streams.contract import events
 from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
     MAX_EVENT_BYTES,
-    OutcomeEvent,
-    PredictionEvent,
     decode_line,
     encode,
 )
@@ -26,22 +23,13 @@ from driftswitch.streams.tools.simulate import Scenario, simulate
 
 
 def _reference(line: bytes | str) -> Any:
-    """What the model named by ``kind`` says about the line (the kind read with orjson)."""
-    if len(line) > MAX_EVENT_BYTES:
-        return EventError("oversize", f"{len(line)} bytes > limit {MAX_EVENT_BYTES}")
+    """The per-model path: the line parsed for its ``kind``, then that model validating the JSON
+    text (what ``decode_line`` falls back to only to word a rejection)."""
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        return EventError("malformed_json", str(exc))
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    try:
-        if kind == "prediction":
-            return PredictionEvent.model_validate_json(line)
-        if kind == "outcome":
-            return OutcomeEvent.model_validate_json(line)
-    except ValidationError as exc:
-        return events._event_error(exc)
-    return EventError("schema", f"kind: expected 'prediction' or 'outcome', got {kind!r}")
+        events._check_size(line)
+        return events._line_rejection(line)
+    except EventError as exc:
+        return exc
 
 
 def decode_events(lines: list[bytes | str]) -> list[Any]:
