@@ -69,7 +69,13 @@ from typing import Any
 
 from driftswitch.detectors.base import JSON
 from driftswitch.detectors.sequential import Sequential
-from driftswitch.streams.config.model import METRICS, FlagConfig, Metric, OnHarm, RolloutConfig
+from driftswitch.streams.config.model import (
+    METRIC_TRAITS,
+    FlagConfig,
+    Metric,
+    OnHarm,
+    RolloutConfig,
+)
 from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
@@ -148,7 +154,7 @@ class Rollout:
             alpha=self.alpha,
             margin=self.plan.margin,
             higher_is_better=False,
-            method=Sequential.method_for(METRICS[self.plan.metric].input),
+            method=Sequential.method_for(METRIC_TRAITS[self.plan.metric].input),
         )
 
     def percent(self, step: int) -> int:
