@@ -25,10 +25,11 @@ from typing import Any
 
 from aiohttp import web
 
+from driftswitch.streams.config.model import Config
 from driftswitch.streams.service.auth import AdminAuth
 from driftswitch.streams.service.worker import Worker
 
-__all__ = ["make_app", "serve"]
+__all__ = ["add_budgets", "make_app", "serve"]
 
 _WORKER: web.AppKey[Worker] = web.AppKey("worker", Worker)
 
@@ -66,17 +67,18 @@ async def _flag(request: web.Request) -> web.Response:
         engine = worker.engine.snapshot()
         flags = engine.get("flags", engine) if isinstance(engine, dict) else {}
         body["evaluation"] = flags.get(name) if isinstance(flags, dict) else None
-        _add_budgets(worker, name, body["evaluation"])
+        add_budgets(worker.config, name, body["evaluation"])
     return _json(body)
 
 
-def _add_budgets(worker: Any, name: str, evaluation: Any) -> None:
-    """Each guardrail of ``evaluation`` gains ``budget``: its false-alarm budget in time at the
-    rate its variant's samples arrived (event time), or at its ``expected_rate`` before that."""
+def add_budgets(config: Config, name: str, evaluation: Any) -> None:
+    """Each guardrail of ``evaluation`` (flag ``name``'s engine statistics) gains ``budget``: its
+    false-alarm budget in time at the rate its variant's samples arrived (event time), or at its
+    ``expected_rate`` before that. Used by ``GET /api/v1/flags/{flag}`` and the status page."""
     from driftswitch.streams.config import budget
     from driftswitch.streams.config.model import detector_spec
 
-    flag = worker.config.flags.get(name)
+    flag = config.flags.get(name)
     if flag is None or not isinstance(evaluation, dict):
         return
     guardrails = evaluation.get("guardrails") or {}

@@ -5,9 +5,10 @@
 - ``GET /api/v1/status?traces=a,b``: every flag's published state, its lifecycle fields from the
   config (owner, description, tags, expiry, temporary) and findings
   (:mod:`driftswitch.streams.pipeline.lifecycle`), and — on the active worker — the engine's
-  statistics; ``traces`` names the flags whose guardrail traces (the recent
-  ``(event time, statistic, threshold)`` points) to include, so a page showing 200 flags polls
-  only the charts it displays.
+  statistics, each guardrail with its ``budget`` (its false-alarm budget in time at the observed
+  traffic, as ``GET /api/v1/flags/{flag}`` gives it); ``traces`` names the flags whose guardrail
+  traces (the recent ``(event time, statistic, threshold)`` points) to include, so a page showing
+  200 flags polls only the charts it displays.
 
 The page polls once a second. Its actions (kill, restore, pause, resume, set weights) call the
 admin API (:mod:`driftswitch.streams.service.admin`) with the token the operator typed, so the
@@ -30,6 +31,7 @@ from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.events import FlagChangeEvent
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.lifecycle import findings
+from driftswitch.streams.service.http import add_budgets
 from driftswitch.streams.service.worker import Worker
 
 __all__ = ["build_status", "page_html", "routes", "status_document"]
@@ -92,6 +94,7 @@ def build_status(
         found.setdefault(f.flag, []).append(f.to_json())
     flags: dict[str, Any] = {}
     for name in sorted(set(config.flags) | set(states)):
+        add_budgets(config, name, evaluations.get(name))
         fc = config.flags.get(name)
         state = states.get(name)
         flags[name] = {

@@ -246,6 +246,10 @@ def test_page_shows_every_flag_and_a_live_chart_and_requests_only_the_worker(
             await until("the page shows the kill", killed, 60, log)
             await until("the chart marks the alarm", alarm_marked, 30, log)
             assert "breached" in await ranker.locator("figcaption").inner_text()
+            # Under the chart: the guardrail's false-alarm budget in time at the observed traffic.
+            budget = await ranker.locator("figure p.budget").inner_text()
+            assert budget.startswith("False-alarm budget: one false alarm every ~"), budget
+            assert "(observed) for this variant" in budget
             svg = ranker.locator("figure svg")
             assert int(await svg.get_attribute("data-alarms") or 0) >= 1
             assert await svg.locator("path.alarm").count() == int(

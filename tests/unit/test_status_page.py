@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.config import budget
+from driftswitch.streams.config.model import detector_spec, parse_config
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.monitor import TRACE_POINTS
 from driftswitch.streams.service.page import build_status, page_html
@@ -83,7 +84,18 @@ def test_the_status_document_of_an_active_and_of_a_standby_worker() -> None:
     assert ranker["meta"]["owner"] == "ml"
     assert ranker["meta"]["guardrails"] == ["acc"]
     assert ranker["state"]["version"] == 1
-    assert ranker["evaluation"]["guardrails"]["acc"]["samples"]["candidate"] > 0
+    acc = ranker["evaluation"]["guardrails"]["acc"]
+    assert acc["samples"]["candidate"] > 0
+    # Each guardrail's false-alarm budget in time, at the rate its variant's samples arrived.
+    stats = ranker["evaluation"]["variants"]["candidate"]
+    rate = budget.observed_rate(acc["samples"]["candidate"], stats["first_ts"], stats["last_ts"])
+    assert rate is not None
+    assert rate > 0
+    guardrail = config.flags["ranker"].guardrails[0]
+    expected = budget.explain(detector_spec(guardrail, config.flags["ranker"]), rate=rate)
+    assert acc["budget"] == expected
+    assert acc["budget"]["text"].startswith("one false alarm every ~")
+    assert "(observed) for this variant" in acc["budget"]["text"]
     assert ranker["traces"] == engine.traces()["ranker"]
     assert ranker["traces"]["acc"]
     assert ranker["findings"] == []
