@@ -4,7 +4,7 @@ driftswitch.streams."""
 from __future__ import annotations
 
 # Importing the detector modules registers their kinds (each class uses @register).
-from driftswitch.detectors import drift, quantiles, river, sequential
+from driftswitch.detectors import drift, interleaving, quantiles, river, sequential
 from driftswitch.detectors.binary import cusum, glr
 
-__all__ = ["cusum", "drift", "glr", "quantiles", "river", "sequential"]
+__all__ = ["cusum", "drift", "glr", "interleaving", "quantiles", "river", "sequential"]

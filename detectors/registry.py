@@ -12,8 +12,9 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 #: What a metric's observations look like, so config validation can refuse e.g. a Bernoulli
 #: CUSUM on latency. ``bernoulli``: 0/1 error bits; ``continuous``: a real value that is worse when
-#: larger; ``distribution``: values whose distribution is compared against a reference window.
-INPUT_KINDS = ("bernoulli", "continuous", "distribution")
+#: larger; ``distribution``: values whose distribution is compared against a reference window;
+#: ``preference``: one interleaved impression, 0 a win for the variant, 1 a loss, 0.5 a tie.
+INPUT_KINDS = ("bernoulli", "continuous", "distribution", "preference")
 
 
 class Registered(Protocol):

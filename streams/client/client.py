@@ -37,7 +37,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -47,6 +47,7 @@ from pydantic import JsonValue, ValidationError
 
 from driftswitch.streams.contract.assign import Fractional
 from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.interleave import team_draft
 from driftswitch.streams.contract.targeting import evaluate, served_targeting, variant_name
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka.settings import (
@@ -666,6 +667,82 @@ class DriftswitchClient:
             event["flag"] = flag
         if variant is not None:
             event["variant"] = variant
+        return self._enqueue("outcomes", request_id, event)
+
+    def interleave(
+        self,
+        flag: str,
+        targeting_key: str,
+        rankings: Mapping[str, Sequence[str]],
+        k: int = 10,
+        *,
+        request_id: str,
+        ts: float | None = None,
+        attributes: Mapping[str, bool | int | float | str] | None = None,
+    ) -> list[str]:
+        """The list to show for one request, interleaving two rankers; records the impression.
+
+        The flag decides who takes part: a user assigned a variant other than the flag's default
+        sees the team-draft interleaving (:mod:`~driftswitch.streams.contract.interleave`) of
+        that variant's ranking with the default variant's; everyone else sees their variant's
+        ranking alone (a killed or shifted variant so leaves the experiment). The draws are
+        seeded from ``flag`` and ``request_id``, so the same call returns the same list. One
+        prediction event is queued with each position's team (``ranking``); send the clicks
+        with :meth:`record_clicks` under the same ``request_id``. Never raises: without a
+        usable ranking it returns the first ranking given, truncated to ``k``.
+        """
+        try:
+            assigned = self.variant(flag, targeting_key)
+            default = self._fallback(flag)
+            teams = [t for t in (assigned, default) if t is not None and t in rankings]
+            teams = list(dict.fromkeys(teams))[:2] or list(rankings)[:1]
+            if not teams:
+                return []
+            merged = team_draft(
+                {t: rankings[t] for t in teams}, max(k, 1), flag=flag, request_id=request_id
+            )
+            if not merged:
+                return []
+            event: dict[str, Any] = {
+                "request_id": request_id,
+                "flag": flag,
+                "variant": assigned if assigned in teams else teams[0],
+                "ts": time.time() if ts is None else ts,
+                "ranking": [{"item": item, "team": team} for item, team in merged],
+                "subject": targeting_key,
+            }
+            if attributes:
+                event["attributes"] = dict(attributes)
+            self._enqueue("predictions", request_id, event)
+            return [item for item, _ in merged]
+        except Exception:
+            log.exception("driftswitch: interleaving flag %r failed; serving a plain ranking", flag)
+            try:
+                first = next(iter(rankings.values()), [])
+                return [str(x) for x in first][: max(k, 0)]
+            except Exception:
+                return []
+
+    def record_clicks(
+        self,
+        request_id: str,
+        items: Iterable[str] = (),
+        *,
+        positions: Iterable[int] | None = None,
+        ts: float | None = None,
+        flag: str | None = None,
+    ) -> bool:
+        """Queue the outcome of an interleaved impression: the item ids clicked (and/or the
+        0-based ``positions``); no clicks at all is a valid outcome (a tie). Never blocks."""
+        event: dict[str, Any] = {
+            "request_id": request_id,
+            "ts": time.time() if ts is None else ts,
+            "clicks": list(items),
+        }
+        if positions is not None:
+            event["clicked_positions"] = list(positions)
+        if flag is not None:
+            event["flag"] = flag
         return self._enqueue("outcomes", request_id, event)
 
     def record(self, event: PredictionEvent | OutcomeEvent) -> bool:

@@ -63,6 +63,7 @@ class Metric(StrEnum):
     SQUARED_ERROR = "squared_error"
     SCORE = "score"
     FEATURE = "feature"
+    INTERLEAVING = "interleaving"
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,13 @@ METRIC_TRAITS: dict[Metric, MetricTraits] = {
     ),
     Metric.FEATURE: MetricTraits(
         "distribution", False, False, "distribution of one numeric feature (`feature: name`)"
+    ),
+    Metric.INTERLEAVING: MetricTraits(
+        "preference",
+        True,
+        True,
+        "team-draft interleaved impressions against `compare_to`: a win, loss or tie for the "
+        "variant per impression, from the clicks",
     ),
 }
 
@@ -707,12 +715,17 @@ def _check_detector(
             f"detector {detector.kind!r} does not take {info.input} input, which metric "
             f"{metric.value!r} produces; detectors that do: {', '.join(fitting)}",
         )
+    if metric is Metric.INTERLEAVING and compare_to is None:
+        problems.add(
+            [*here, "compare_to"],
+            "metric 'interleaving' compares the variant's team with another's: set `compare_to`",
+        )
     if cls.two_sample and compare_to is None:
         problems.add(
             [*here, "compare_to"],
             f"detector {detector.kind!r} compares two variants: set `compare_to`",
         )
-    if not cls.two_sample and compare_to is not None:
+    if not cls.two_sample and compare_to is not None and metric is not Metric.INTERLEAVING:
         problems.add(
             [*here, "compare_to"],
             f"detector {detector.kind!r} watches one variant; `compare_to` needs a "

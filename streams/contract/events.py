@@ -38,6 +38,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from driftswitch.streams.contract.errors import EventError
@@ -163,11 +164,37 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+ItemId = Annotated[
+    StrictStr, Field(min_length=1, max_length=256, description="An item id (document, product).")
+]
+#: Longest interleaved list an impression may carry.
+MAX_RANKING = 1000
+
+
+def _one_of_required(*names: str) -> list[JsonValue]:
+    """JSON Schema for "at least one of these fields, not null" (what the validators check)."""
+    return [{"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in names]
+
+
+class Placement(_Event):
+    """One position of an interleaved list: the item shown and the team that placed it."""
+
+    item: ItemId
+    team: Name = Field(description="The variant whose ranking placed the item (team-draft).")
+
+
 class PredictionEvent(_Event):
-    """One prediction served (or shadowed) by one variant of a model behind a flag."""
+    """One prediction served (or shadowed) by one variant of a model behind a flag.
+
+    An interleaved impression (``ranking`` set) records the merged list a user saw, each position
+    with its team; it needs no ``prediction``.
+    """
 
     model_config = ConfigDict(
-        json_schema_extra={"description": "One prediction by one variant of a flagged model."}
+        json_schema_extra={
+            "description": "One prediction by one variant of a flagged model.",
+            "anyOf": _one_of_required("prediction", "ranking"),
+        }
     )
 
     kind: Literal["prediction"] = Field(
@@ -177,7 +204,11 @@ class PredictionEvent(_Event):
     flag: Name = Field(description="The flag the model is served behind.")
     variant: Name = Field(description="The variant that produced this prediction.")
     ts: EventTime
-    prediction: Label = Field(description="The predicted label (classification) or value.")
+    prediction: Label | None = Field(
+        None,
+        description="The predicted label (classification) or value; required unless `ranking` "
+        "is given.",
+    )
     score: Number | None = Field(
         None, description="Probability or confidence of the prediction, if the model has one."
     )
@@ -199,15 +230,31 @@ class PredictionEvent(_Event):
     features: dict[str, Number] = Field(
         default_factory=dict, description="Numeric model inputs, for feature drift."
     )
+    ranking: list[Placement] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_RANKING,
+        description="Interleaved impression: the list shown, best position first, each with the "
+        "team (variant) that placed it. Clicks come back in an outcome's `clicks`.",
+    )
 
     _ts = field_validator("ts")(_check_seconds)
+
+    @model_validator(mode="after")
+    def _prediction_or_ranking(self) -> PredictionEvent:
+        if self.prediction is None and self.ranking is None:
+            raise ValueError("prediction: required unless `ranking` is given")
+        return self
 
 
 class OutcomeEvent(_Event):
     """The observed truth for one earlier (or later: races happen) prediction."""
 
     model_config = ConfigDict(
-        json_schema_extra={"description": "The observed outcome of one prediction."}
+        json_schema_extra={
+            "description": "The observed outcome of one prediction.",
+            "anyOf": _one_of_required("label", "clicks", "clicked_positions"),
+        }
     )
 
     kind: Literal["outcome"] = Field(
@@ -215,11 +262,31 @@ class OutcomeEvent(_Event):
     )
     request_id: RequestId
     ts: EventTime
-    label: Label = Field(description="The true label (classification) or value (regression).")
+    label: Label | None = Field(
+        None,
+        description="The true label (classification) or value (regression); required unless "
+        "`clicks` or `clicked_positions` is given.",
+    )
     flag: Name | None = Field(None, description="Optional: the flag, if the sender knows it.")
     variant: Name | None = Field(None, description="Optional: the variant, if known.")
+    clicks: list[ItemId] | None = Field(
+        None,
+        max_length=MAX_RANKING,
+        description="For an interleaved impression: the item ids clicked (empty: no click).",
+    )
+    clicked_positions: list[Annotated[int, Field(ge=0, lt=MAX_RANKING)]] | None = Field(
+        None,
+        max_length=MAX_RANKING,
+        description="For an interleaved impression: the 0-based positions clicked.",
+    )
 
     _ts = field_validator("ts")(_check_seconds)
+
+    @model_validator(mode="after")
+    def _label_or_clicks(self) -> OutcomeEvent:
+        if self.label is None and self.clicks is None and self.clicked_positions is None:
+            raise ValueError("label: required unless `clicks` or `clicked_positions` is given")
+        return self
 
 
 class CauseKind(StrEnum):

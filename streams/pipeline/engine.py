@@ -57,6 +57,7 @@ from driftswitch.streams.contract.events import (
     Output,
     PredictionEvent,
 )
+from driftswitch.streams.contract.interleave import credit
 from driftswitch.streams.pipeline import control, policy
 from driftswitch.streams.pipeline.join import DUPLICATE, JoinBuffer, Label
 from driftswitch.streams.pipeline.monitor import Decision, Monitor, Point, VariantStats, plain
@@ -79,6 +80,11 @@ UNKNOWN_FLAG = "unknown_flag"
 UNKNOWN_VARIANT = "unknown_variant"
 DUPLICATE_REASON = "duplicate"
 UNSUPPORTED = "unsupported_event"
+#: Interleaving: an item twice in one impression, a click on an item or position not shown, and
+#: clicks for a prediction without a ranking (or a label for an impression).
+DUPLICATE_ITEM = "duplicate_item"
+CLICK_NOT_SHOWN = "click_not_shown"
+NOT_INTERLEAVED = "outcome_mismatch"
 
 Event = PredictionEvent | OutcomeEvent
 
@@ -128,6 +134,7 @@ class _Flag:
     __slots__ = (
         "config",
         "cooldowns",
+        "interleaving",
         "monitors",
         "name",
         "positive",
@@ -144,9 +151,14 @@ class _Flag:
         self.positive: Label | None = config.positive_label
         self.variants = {v: _Variant(name, v) for v in config.variants}
         self.monitors: list[Monitor] = []
+        #: Guardrails on interleaved impressions, fed when an impression's clicks join it.
+        self.interleaving: list[Monitor] = []
         for g in config.guardrails:
             mon = Monitor(name, config, g)
             self.monitors.append(mon)
+            if g.metric is Metric.INTERLEAVING:
+                self.interleaving.append(mon)
+                continue
             arms = [(g.variant, 1)] + ([(g.compare_to, 0)] if g.compare_to else [])
             for variant, arm in arms:
                 target = self.variants[variant]
@@ -243,8 +255,14 @@ class Engine:
                     continue
                 ts = ev.ts
                 errored = ev.error is not None
+                prediction: Any = ev.prediction
+                if ev.ranking is not None:
+                    prediction, problem = _ranking(f, ev)
+                    if problem is not None:
+                        rejections.append(Rejection(i, *problem))
+                        continue
                 got = join.add_prediction(
-                    ev.request_id, ts, v.group, (f.name, v.name, ev.prediction, errored)
+                    ev.request_id, ts, v.group, (f.name, v.name, prediction, errored)
                 )
                 if got is DUPLICATE:
                     detail = f"request_id {ev.request_id!r} already seen"
@@ -271,7 +289,12 @@ class Engine:
                     if x is not None:
                         mon.pending.append((arm, x, i, ts))
                 if got is not None:
-                    self._score(f, v, ev.prediction, errored, got[1], i, ts)
+                    if type(prediction) is list or type(got[1]) is dict:
+                        problem = self._interleaved(f, v, prediction, got[1], i, ts)
+                        if problem is not None:
+                            rejections.append(Rejection(i, *problem))
+                    else:
+                        self._score(f, v, prediction, errored, got[1], i, ts)
             elif type(ev) is OutcomeEvent:
                 if ev.flag is not None:
                     f = flags.get(ev.flag)
@@ -282,7 +305,10 @@ class Engine:
                         detail = f"variant {ev.variant!r} of flag {ev.flag!r}"
                         rejections.append(Rejection(i, UNKNOWN_VARIANT, detail))
                         continue
-                found = join.add_outcome(ev.request_id, ev.ts, ev.label)
+                label: Any = ev.label
+                if ev.clicks is not None or ev.clicked_positions is not None:
+                    label = {"items": ev.clicks or [], "positions": ev.clicked_positions or []}
+                found = join.add_outcome(ev.request_id, ev.ts, label)
                 if found is DUPLICATE:
                     detail = f"request_id {ev.request_id!r} already has an outcome"
                     rejections.append(Rejection(i, DUPLICATE_REASON, detail))
@@ -292,8 +318,14 @@ class Engine:
                     flag, variant, prediction, errored = found[2]
                     f = flags.get(flag)
                     v = f.variants.get(variant) if f is not None else None
-                    if f is not None and v is not None:
-                        self._score(f, v, prediction, errored, ev.label, i, ev.ts)
+                    if f is None or v is None:
+                        pass
+                    elif type(prediction) is list or type(label) is dict:
+                        problem = self._interleaved(f, v, prediction, label, i, ev.ts)
+                        if problem is not None:
+                            rejections.append(Rejection(i, *problem))
+                    else:
+                        self._score(f, v, prediction, errored, label, i, ev.ts)
             else:
                 detail = f"expected a prediction or an outcome, got {type(ev).__name__}"
                 rejections.append(Rejection(i, UNSUPPORTED, detail))
@@ -356,6 +388,27 @@ class Engine:
             value = label_value(metric, score)
             if value is not None:
                 mon.pending.append((arm, value, index, ts))
+
+    def _interleaved(
+        self, f: _Flag, v: _Variant, ranking: Any, clicks: Any, index: int, ts: float
+    ) -> tuple[str, str] | None:
+        """Credit a joined impression's clicks and queue a win, loss or tie for each interleaving
+        guardrail whose two teams it shows; a (reason, detail) when the pair does not fit."""
+        v.stats.joined += 1
+        if type(ranking) is not list or type(clicks) is not dict:
+            what = "an interleaved impression" if type(ranking) is list else "a prediction"
+            got = "clicks" if type(clicks) is dict else "a label"
+            return NOT_INTERLEAVED, f"{got} for {what} of flag {f.name!r}"
+        got = credit(ranking, clicks["items"], clicks["positions"])
+        if got.error is not None:
+            return CLICK_NOT_SHOWN, got.error
+        for mon in f.interleaving:
+            g = mon.guardrail
+            assert g.compare_to is not None  # config rule for metric interleaving
+            x = got.outcome(g.variant, g.compare_to)
+            if x is not None:
+                mon.pending.append((1, x, index, ts))
+        return None
 
     def _decide(self) -> list[Emitted]:
         """Flush the monitors and apply the policy to their breaches in arrival order.
@@ -567,3 +620,20 @@ class Engine:
             if f.rollout is not None and (rstate is None or not f.rollout.restore(rstate)):
                 f.rollout.align(f.state)  # a new or changed plan starts at the live weights
         return engine
+
+
+def _ranking(f: _Flag, ev: PredictionEvent) -> tuple[list[list[str]], tuple[str, str] | None]:
+    """An impression's list as plain ``[item, team]`` pairs (join payloads are plain JSON), or
+    the reason it is rejected: a team that is not a variant of the flag, or an item shown twice."""
+    assert ev.ranking is not None
+    pairs: list[list[str]] = []
+    seen: set[str] = set()
+    for pos, placed in enumerate(ev.ranking):
+        if placed.team not in f.variants:
+            detail = f"ranking[{pos}]: team {placed.team!r} is not a variant of flag {f.name!r}"
+            return pairs, (UNKNOWN_VARIANT, detail)
+        if placed.item in seen:
+            return pairs, (DUPLICATE_ITEM, f"ranking[{pos}]: item {placed.item!r} shown twice")
+        seen.add(placed.item)
+        pairs.append([placed.item, placed.team])
+    return pairs, None

@@ -406,8 +406,9 @@ class Monitor:
         g = self.guardrail
         samples = {g.variant: self.samples[1]}
         if g.compare_to is not None:
-            samples[g.compare_to] = self.samples[0]
-        interval = getattr(det, "interval", None) if self.two_sample else None
+            # A one-sample detector with `compare_to` (interleaving) sees paired observations.
+            samples[g.compare_to] = self.samples[0 if self.two_sample else 1]
+        interval = getattr(det, "interval", None)
         if interval is not None:
             lo, hi = finite(interval[0]), finite(interval[1])
             interval = (lo, hi) if lo is not None and hi is not None else None
@@ -460,7 +461,7 @@ class Monitor:
         g = self.guardrail
         samples: dict[str, JSON] = {g.variant: self.samples[1]}
         if g.compare_to is not None:
-            samples[g.compare_to] = self.samples[0]
+            samples[g.compare_to] = self.samples[0 if self.two_sample else 1]
         out: dict[str, JSON] = {
             "variant": g.variant,
             "compare_to": g.compare_to,
@@ -478,8 +479,8 @@ class Monitor:
             "last_breach_statistic": self.last_breach_statistic,
             "last_breach_threshold": self.last_breach_threshold,
         }
-        if self.two_sample:
-            interval = getattr(self.detector, "interval", None)
+        interval = getattr(self.detector, "interval", None)
+        if self.two_sample or interval is not None:
             out["interval"] = plain(list(interval)) if interval is not None else None
         return out
 

@@ -1,0 +1,307 @@
+"""Team-draft interleaving, click credit, the interleaving detector and its config rules."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from driftswitch.detectors import registry
+from driftswitch.detectors.interleaving import Interleaving, log_mixture, prior_a
+from driftswitch.streams.config.model import load_config, parse_config
+from driftswitch.streams.contract.errors import ConfigError
+from driftswitch.streams.contract.interleave import credit, seed, team_draft
+from driftswitch.streams.pipeline.backtest import decode_chunk
+from driftswitch.streams.pipeline.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[2]
+A = [f"a{i}" for i in range(10)]
+B = [f"b{i}" for i in range(10)]
+
+# ---------------------------------------------------------------------------- team-draft
+
+
+def test_same_request_same_list_and_dict_order_does_not_matter() -> None:
+    one = team_draft({"x": A, "y": B}, 6, flag="f", request_id="r-9")
+    two = team_draft({"y": B, "x": A}, 6, flag="f", request_id="r-9")
+    assert one == two
+    assert seed("f", "r-9") == seed("f", "r-9") != seed("f", "r-10")
+
+
+def test_the_draw_depends_on_the_request() -> None:
+    firsts = Counter(
+        team_draft({"x": A, "y": B}, 1, flag="f", request_id=f"r{i}")[0][1] for i in range(2000)
+    )
+    # A fair coin for the first pick: 2,000 draws land within 4 standard deviations of 1,000.
+    assert abs(firsts["x"] - 1000) < 4 * math.sqrt(500)
+
+
+def test_teams_alternate_in_rounds() -> None:
+    for i in range(200):
+        merged = team_draft({"x": A, "y": B}, 10, flag="f", request_id=str(i))
+        teams = [t for _, t in merged]
+        for r in range(0, 10, 2):  # each round: one pick per team, in a random order
+            assert sorted(teams[r : r + 2]) == ["x", "y"]
+        # Each team's items keep their own ranking's order.
+        assert [it for it, t in merged if t == "x"] == A[:5]
+
+
+def test_an_item_both_rank_is_shown_once_credited_to_the_team_that_placed_it() -> None:
+    x = ["shared", "x1", "x2", "x3"]
+    y = ["shared", "y1", "y2", "y3"]
+    for i in range(100):
+        merged = team_draft({"x": x, "y": y}, 4, flag="f", request_id=str(i))
+        items = [it for it, _ in merged]
+        assert items.count("shared") == 1
+        first_team = merged[0][1]
+        assert merged[0][0] == "shared"
+        # The other team's first pick skips the item already shown.
+        other = next(t for _, t in merged if t != first_team)
+        other_first = next(it for it, t in merged if t == other)
+        assert other_first == ("y1" if other == "y" else "x1")
+
+
+def test_stops_at_k_and_when_the_team_on_turn_is_exhausted() -> None:
+    assert len(team_draft({"x": A, "y": B}, 3, flag="f", request_id="r")) == 3
+    short = team_draft({"x": ["x1"], "y": B}, 10, flag="f", request_id="r")
+    assert len(short) in (2, 3)  # x picks once; then it is x's turn again and it has nothing
+    assert [t for _, t in short].count("x") == 1
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        team_draft({"x": A}, 0, flag="f", request_id="r")
+    with pytest.raises(ValueError, match="at least one team"):
+        team_draft({}, 3, flag="f", request_id="r")
+
+
+def test_a_golden_list() -> None:
+    """Any consumer in any process recomputes exactly this list for this flag and request."""
+    got = team_draft({"a": ["x", "y", "z"], "b": ["y", "w", "x"]}, 4, flag="f", request_id="r1")
+    assert got == [("y", "b"), ("x", "a"), ("w", "b"), ("z", "a")]
+
+
+# ---------------------------------------------------------------------------- credit
+
+RANKING = [("d1", "x"), ("d2", "y"), ("d3", "x"), ("d4", "y")]
+
+
+@pytest.mark.parametrize(
+    ("items", "positions", "clicks", "outcome"),
+    [
+        pytest.param(["d1"], [], {"x": 1, "y": 0}, 0.0, id="win"),
+        pytest.param(["d2", "d4"], [], {"x": 0, "y": 2}, 1.0, id="loss"),
+        pytest.param([], [], {"x": 0, "y": 0}, 0.5, id="no-click-tie"),
+        pytest.param(["d1"], [1], {"x": 1, "y": 1}, 0.5, id="one-each-tie"),
+        pytest.param(["d1"], [0], {"x": 1, "y": 0}, 0.0, id="same-click-twice-counts-once"),
+        pytest.param([], [2, 3, 0], {"x": 2, "y": 1}, 0.0, id="positions"),
+    ],
+)
+def test_credit(items: list[str], positions: list[int], clicks: dict[str, int], outcome: float) -> None:
+    got = credit(RANKING, items, positions)
+    assert got.error is None
+    assert got.clicks == clicks
+    assert got.outcome("x", "y") == outcome
+
+
+def test_credit_refuses_clicks_on_what_was_not_shown() -> None:
+    assert credit(RANKING, ["d9"]).error == "clicked item 'd9' was not shown"
+    assert credit(RANKING, [], [4]).error == "clicked position 4 was not shown (4 shown)"
+    # An impression without one of the teams does not compare them.
+    assert credit(RANKING, ["d1"]).outcome("x", "z") is None
+
+
+# ---------------------------------------------------------------------------- detector
+
+
+def test_log_mixture_is_the_product_of_predictive_ratios() -> None:
+    """The closed form equals the running product of the Beta posterior's predictive
+    probability over ``p`` (the martingale the guarantee rests on)."""
+    a, p = prior_a(0.05, 1000), 0.5
+    rng = random.Random(1)
+    w = lo = 0
+    log_m = 0.0
+    for _ in range(300):
+        won = rng.random() < 0.6
+        pred = (a + w) / (2 * a + w + lo) if won else (a + lo) / (2 * a + w + lo)
+        log_m += math.log(pred) - math.log(p if won else 1 - p)
+        w, lo = (w + 1, lo) if won else (w, lo + 1)
+        assert log_m == pytest.approx(log_mixture(w, lo, p, a), abs=1e-9)
+
+
+def test_harm_edge_interval_and_evidence() -> None:
+    det = Interleaving(alpha=0.05, tuning_n=200)
+    det.update(0.5)
+    assert not det.drift_detected
+    assert det.interval == (0.0, 1.0)
+    alarms = []
+    for i in range(400):
+        det.update(1.0 if i % 3 else 0.0)  # loses two impressions in three
+        if det.drift_detected:
+            alarms.append(i)
+    # Level-triggered: from the first alarm on, every update while harm stands.
+    assert alarms == list(range(alarms[0], 400))
+    assert det.harm
+    lo, hi = det.interval
+    assert lo < det.win_rate < hi < 0.5  # type: ignore[operator]
+    ev = det.explain()
+    assert ev["decision"] == "harm"
+    assert (ev["wins"], ev["losses"], ev["ties"]) == (134, 266, 1)
+    assert ev["interval"] == [lo, hi]
+    # Restored from JSON, it continues identically.
+    clone = registry.restore(json.loads(json.dumps(det.to_state())))
+    for x in (0.0, 1.0, 0.5, 1.0):
+        det.update(x)
+        clone.update(x)
+        assert clone.explain() == det.explain()
+
+
+def test_superiority_and_non_inferiority() -> None:
+    det = Interleaving(alpha=0.05, margin=0.05, tuning_n=500)
+    rng = random.Random(4)
+    while not det.non_inferior:
+        det.update(0.0 if rng.random() < 0.52 else 1.0)
+    assert not det.superior and not det.harm
+    assert det.interval[0] > 0.45
+    while not det.superior:
+        det.update(0.0 if rng.random() < 0.6 else 1.0)
+    assert det.interval[0] > 0.5
+    assert det.explain()["decision"] == "superior"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"alpha": 0}, r"alpha must be a number in \(0, 1\)"),
+        ({"margin": 0.5}, r"margin must be a number in \[0, 0.5\)"),
+        ({"tuning_n": 5}, "tuning_n must be an integer >= 10"),
+    ],
+)
+def test_bad_parameters(params: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        registry.create({"kind": "interleaving", **params})
+    with pytest.raises(ValueError, match="0 \\(win\\), 1 \\(loss\\) or 0.5"):
+        Interleaving().update(0.3)
+
+
+def _aa_false_positive_rate(runs: int, impressions: int, alpha: float) -> float:
+    """A/A: two equal rankers, so every non-tied impression is a fair coin; the detector is
+    checked after every impression. Returns the share of runs that ever declared harm or
+    superiority."""
+    rng = np.random.default_rng(2026)
+    fired = 0
+    for _ in range(runs):
+        det = Interleaving(alpha=alpha, tuning_n=1000)
+        for x in rng.integers(0, 2, impressions):
+            det.update(float(x))
+            if det.harm or det.superior:
+                fired += 1
+                break
+    return fired / runs
+
+
+def test_aa_false_positives_stay_below_alpha() -> None:
+    assert _aa_false_positive_rate(200, 500, alpha=0.05) <= 0.05
+
+
+@pytest.mark.slow
+def test_aa_false_positives_stay_below_alpha_over_1000_runs() -> None:
+    assert _aa_false_positive_rate(1000, 3000, alpha=0.05) <= 0.05
+
+
+# ---------------------------------------------------------------------------- config
+
+BASE = """
+flags:
+  search:
+    default: control
+    variants:
+      control:   {weight: 50, value: v1}
+      candidate: {weight: 50, value: v2}
+    guardrails:
+      - name: g
+        variant: candidate
+"""
+
+
+@pytest.mark.parametrize(
+    ("rest", "message"),
+    [
+        pytest.param(
+            "        metric: interleaving\n        detector: {kind: interleaving}\n"
+            "        action: kill\n",
+            "<config>:10: flags.search.guardrails[0].compare_to: metric 'interleaving' compares",
+            id="no-compare-to",
+        ),
+        pytest.param(
+            "        compare_to: control\n        metric: interleaving\n"
+            "        detector: {kind: sequential}\n        action: kill\n",
+            "detector 'sequential' does not take preference input, which metric 'interleaving' "
+            "produces; detectors that do: interleaving",
+            id="wrong-detector",
+        ),
+        pytest.param(
+            "        metric: accuracy\n        detector: {kind: interleaving}\n        action: kill\n",
+            "detector 'interleaving' does not take bernoulli input",
+            id="detector-on-another-metric",
+        ),
+        pytest.param(
+            "        compare_to: control\n        metric: interleaving\n"
+            "        detector: {kind: interleaving, margin: 0.7}\n        action: kill\n",
+            "margin must be a number in [0, 0.5)",
+            id="bad-margin",
+        ),
+    ],
+)
+def test_config_errors(rest: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(BASE + rest)
+    assert any(message in p for p in info.value.problems), info.value.problems
+
+
+def test_the_example_config_loads() -> None:
+    config = load_config(ROOT / "examples" / "interleaving.yaml")
+    (g,) = config.flags["search"].guardrails
+    assert (g.metric.value, g.compare_to, g.detector.kind) == ("interleaving", "control", "interleaving")
+
+
+# ---------------------------------------------------------------------------- engine
+
+EXAMPLES = ROOT / "schemas" / "examples" / "interleaving"
+EXPECTED = {
+    "unknown-team": "unknown_variant",
+    "click-not-shown": "click_not_shown",
+    "click-position-not-shown": "click_not_shown",
+    "duplicate-item": "duplicate_item",
+    "empty-list": "schema",
+    "clicks-for-a-label-prediction": "outcome_mismatch",
+}
+
+
+def _replay(path: Path) -> tuple[Engine, list[str]]:
+    engine = Engine(load_config(ROOT / "examples" / "interleaving.yaml"))
+    events, errors = decode_chunk(path.read_bytes().splitlines())
+    result = engine.process(events)
+    return engine, [e.reason for _, e in errors] + [r.reason for r in result.rejections]
+
+
+def test_every_invalid_example_has_an_expected_reason() -> None:
+    assert {p.stem for p in (EXAMPLES / "invalid").glob("*.jsonl")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "invalid").glob("*.jsonl")), ids=lambda p: p.stem)
+def test_invalid_example_is_rejected_with_its_reason(path: Path) -> None:
+    _, reasons = _replay(path)
+    assert reasons == [EXPECTED[path.stem]]
+
+
+def test_valid_example_credits_a_win_a_loss_and_a_tie() -> None:
+    engine, reasons = _replay(EXAMPLES / "valid" / "win-loss-tie.jsonl")
+    assert reasons == []
+    detector = engine._flags["search"].monitors[0].detector
+    assert (detector.wins, detector.losses, detector.ties) == (1, 1, 1)
+    status = engine.snapshot()["flags"]["search"]["guardrails"]["candidate-interleaved"]  # type: ignore[call-overload,index]
+    assert status["samples"] == {"candidate": 3, "control": 3}
+    assert status["state"] == "no decision yet"
