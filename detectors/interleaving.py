@@ -101,11 +101,7 @@ class Interleaving(BaseDetector):
     def __init__(self, *, alpha: float = 0.05, margin: float = 0.0, tuning_n: int = 1000) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
             raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
-        if (
-            isinstance(margin, bool)
-            or not isinstance(margin, int | float)
-            or not 0 <= margin < 0.5
-        ):
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 0.5:
             raise ValueError(
                 f"margin must be a number in [0, 0.5) (win-probability units), got {margin!r}"
             )

@@ -289,12 +289,13 @@ class Engine:
                     if x is not None:
                         mon.pending.append((arm, x, i, ts))
                 if got is not None:
-                    if type(prediction) is list or type(got[1]) is dict:
-                        problem = self._interleaved(f, v, prediction, got[1], i, ts)
+                    joined: Any = got[1]  # a label, or an interleaved impression's clicks
+                    if type(prediction) is list or type(joined) is dict:
+                        problem = self._interleaved(f, v, prediction, joined, i, ts)
                         if problem is not None:
                             rejections.append(Rejection(i, *problem))
                     else:
-                        self._score(f, v, prediction, errored, got[1], i, ts)
+                        self._score(f, v, prediction, errored, joined, i, ts)
             elif type(ev) is OutcomeEvent:
                 if ev.flag is not None:
                     f = flags.get(ev.flag)
@@ -397,8 +398,8 @@ class Engine:
         v.stats.joined += 1
         if type(ranking) is not list or type(clicks) is not dict:
             what = "an interleaved impression" if type(ranking) is list else "a prediction"
-            got = "clicks" if type(clicks) is dict else "a label"
-            return NOT_INTERLEAVED, f"{got} for {what} of flag {f.name!r}"
+            sent = "clicks" if type(clicks) is dict else "a label"
+            return NOT_INTERLEAVED, f"{sent} for {what} of flag {f.name!r}"
         got = credit(ranking, clicks["items"], clicks["positions"])
         if got.error is not None:
             return CLICK_NOT_SHOWN, got.error
