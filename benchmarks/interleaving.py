@@ -6,9 +6,12 @@ de Rijke, "Click Models for Web Search", 2015) over graded relevance fixed by a 
 - ``--queries`` queries, each with 40 documents graded 0–4 (probabilities 0.55, 0.25, 0.12, 0.06,
   0.02);
 - a ranker scores a document as its grade plus Gaussian noise (fixed per ranker, query and
-  document) and shows the top ``k = 10``. Control has noise ``--control-noise``, the candidate
-  ``--candidate-noise``: the candidate is slightly worse, by the nDCG@10 and click-through gaps
-  printed at the start;
+  document) and shows the top ``k = 10``. Control's noise has standard deviation
+  ``--control-noise``; the candidate adds ``--extra-noise`` of its own, so it is slightly worse,
+  by the nDCG@10 and click-through gaps printed for each scenario. Two scenarios: a *revision*
+  (the candidate is control's scores plus the extra noise: the two lists mostly agree, as for a
+  retrained model) and *unrelated* rankers (independent noise of the same total size: the lists
+  differ everywhere);
 - a user examines position ``r`` (0-based) with probability ``1/(r + 1)`` and clicks an examined
   document of grade ``g`` with probability ``0.05 + 0.9 (2^g − 1)/15``, independently per position.
 
@@ -69,14 +72,18 @@ class World:
     candidate: I
 
     @classmethod
-    def build(cls, queries: int, control_noise: float, candidate_noise: float, seed: int) -> World:
+    def build(
+        cls, queries: int, control_noise: float, extra_noise: float, *, revision: bool, seed: int
+    ) -> World:
         rng = np.random.default_rng(seed)
         grades = rng.choice(len(GRADE_P), size=(queries, DOCS), p=GRADE_P)
-        noise = rng.standard_normal((2, queries, DOCS))
-        tops = [
-            np.argsort(-(grades + sd * noise[i]), axis=1)[:, :K]
-            for i, sd in enumerate((control_noise, candidate_noise))
-        ]
+        base, own = rng.standard_normal((2, queries, DOCS))
+        control = grades + control_noise * base
+        if revision:
+            candidate = control + extra_noise * own
+        else:
+            candidate = grades + math.hypot(control_noise, extra_noise) * own
+        tops = [np.argsort(-scores, axis=1)[:, :K] for scores in (control, candidate)]
         return cls(grades, tops[0], tops[1])
 
     def ndcg(self, top: I) -> float:
@@ -293,69 +300,80 @@ def main() -> None:
     parser.add_argument("--aa-runs", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--control-noise", type=float, default=1.0)
-    parser.add_argument("--candidate-noise", type=float, default=1.15)
+    parser.add_argument("--extra-noise", type=float, default=0.5)
     parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--il-tuning-n", type=int, default=1000)
-    parser.add_argument("--ab-tuning-n", type=int, default=100_000)
+    parser.add_argument("--il-tuning-n", type=int, default=3000)
+    parser.add_argument("--ab-tuning-n", type=int, default=30_000)
     parser.add_argument("--min-samples", type=int, default=100)
-    parser.add_argument("--il-horizon", type=int, default=50_000)
-    parser.add_argument("--ab-horizon", type=int, default=1_500_000)
+    parser.add_argument("--il-horizon", type=int, default=100_000)
+    parser.add_argument("--ab-horizon", type=int, default=2_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
 
-    world = World.build(args.queries, args.control_noise, args.candidate_noise, args.seed)
-    ctr_c, ctr_v = world.ctr(world.control), world.ctr(world.candidate)
-    print(
-        f"{args.queries} queries x {DOCS} documents; rankers' noise {args.control_noise} "
-        f"(control) vs {args.candidate_noise} (candidate)\n"
-        f"nDCG@10 control {world.ndcg(world.control):.4f}, candidate "
-        f"{world.ndcg(world.candidate):.4f}; click-through control {ctr_c.mean():.4f}, "
-        f"candidate {ctr_v.mean():.4f} (difference {ctr_v.mean() - ctr_c.mean():+.4f})"
-    )
     started = time.perf_counter()
-    p_win, p_loss = interleaving_outcomes(world, world.candidate, "q")
-    pw, pl = p_win.mean(), p_loss.mean()
     print(
-        f"interleaving: candidate wins {pw:.4f}, loses {pl:.4f}, ties {1 - pw - pl:.4f} of "
-        f"impressions; win probability among non-tied {pw / (pw + pl):.4f}"
-    )
-    aa_win, aa_loss = interleaving_outcomes(world, world.control, "aa")
-    if args.check:
-        check(p_win, p_loss, args)
-    common = {"alpha": args.alpha, "min_samples": args.min_samples}
-    il = run_interleaving(
-        p_win, p_loss, args.runs, args.il_horizon, tuning_n=args.il_tuning_n, seed=1, **common
-    )[0]
-    il_aa = run_interleaving(
-        aa_win, aa_loss, args.aa_runs, args.il_horizon, tuning_n=args.il_tuning_n, seed=2, **common
-    )[0]
-    ab_common = {"alpha": args.alpha, "min_samples": 30, "tuning_n": args.ab_tuning_n}
-    ab = run_ab(ctr_c, ctr_v, args.runs, args.ab_horizon, seed=3, **ab_common)
-    ab_aa = run_ab(ctr_c, ctr_c, args.aa_runs, args.ab_horizon, seed=4, **ab_common)
-    elapsed = time.perf_counter() - started
-
-    print(
-        f"\nalpha {args.alpha} (two-sided), looked at after every impression; {args.runs} runs, "
-        f"{args.aa_runs} A/A runs; horizons {args.il_horizon:,} (interleaving), "
-        f"{args.ab_horizon:,} (A/B) impressions\n"
+        f"{args.queries} queries x {DOCS} documents (seed {args.seed}); control noise "
+        f"{args.control_noise}, candidate extra noise {args.extra_noise}; alpha {args.alpha} "
+        f"(two-sided), looked at after every impression; {args.runs} runs per test\n"
         f"interleaving: detector `interleaving`, tuning_n {args.il_tuning_n}, min_samples "
         f"{args.min_samples}; A/B: `sequential` cs_bounds on click-through, tuning_n "
-        f"{args.ab_tuning_n}, 30 per arm\n"
+        f"{args.ab_tuning_n}, 30 impressions per arm"
     )
-    print("| test | median impressions | p90 impressions | wrong decisions | undecided |")
-    print("|---|---|---|---|---|")
-    print(row("interleaving", il))
-    print(row("A/B on click-through", ab))
+    common = {"alpha": args.alpha, "min_samples": args.min_samples}
+    ab_common = {"alpha": args.alpha, "min_samples": 30, "tuning_n": args.ab_tuning_n}
+    worst = {"il": 0, "ab": 0}
+    world = World.build(args.queries, args.control_noise, 0.0, revision=True, seed=args.seed)
+    for scenario, revision in (("revision", True), ("unrelated rankers", False)):
+        world = World.build(
+            args.queries, args.control_noise, args.extra_noise, revision=revision, seed=args.seed
+        )
+        ctr_c, ctr_v = world.ctr(world.control), world.ctr(world.candidate)
+        p_win, p_loss = interleaving_outcomes(world, world.candidate, "q")
+        pw, pl = p_win.mean(), p_loss.mean()
+        print(
+            f"\n## {scenario}\n\nnDCG@10 control {world.ndcg(world.control):.4f}, candidate "
+            f"{world.ndcg(world.candidate):.4f}; click-through control {ctr_c.mean():.4f}, "
+            f"candidate {ctr_v.mean():.4f} ({ctr_v.mean() - ctr_c.mean():+.4f}); interleaved, "
+            f"the candidate wins {pw:.4f}, loses {pl:.4f}, ties {1 - pw - pl:.4f} of impressions "
+            f"(win probability among non-tied {pw / (pw + pl):.4f})\n"
+        )
+        if args.check:
+            check(p_win, p_loss, args)
+        il = run_interleaving(
+            p_win, p_loss, args.runs, args.il_horizon, tuning_n=args.il_tuning_n, seed=1, **common
+        )[0]
+        ab = run_ab(ctr_c, ctr_v, args.runs, args.ab_horizon, seed=3, **ab_common)
+        print("| test | median impressions | p90 impressions | wrong decisions | undecided |")
+        print("|---|---|---|---|---|")
+        print(row("interleaving", il))
+        print(row("A/B on click-through", ab))
+        ratio = np.median(ab.n) / np.median(il.n)
+        ratio90 = np.percentile(ab.n, 90) / np.percentile(il.n, 90)
+        print(
+            f"\nA/B needs {ratio:.1f}x the impressions of interleaving (median), "
+            f"{ratio90:.1f}x (p90)"
+        )
+        worst["il"] = max(worst["il"], int(np.percentile(il.n, 90)))
+        worst["ab"] = max(worst["ab"], int(np.percentile(ab.n, 90)))
+
+    # A/A: both arms are control. Looked at after every impression for 5x the largest p90
+    # impressions-to-decide above (capped by the horizons).
+    aa_il_horizon = min(5 * worst["il"], args.il_horizon)
+    aa_ab_horizon = min(5 * worst["ab"], args.ab_horizon)
+    ctr_c = world.ctr(world.control)
+    aa_win, aa_loss = interleaving_outcomes(world, world.control, "aa")
+    il_aa = run_interleaving(
+        aa_win, aa_loss, args.aa_runs, aa_il_horizon, tuning_n=args.il_tuning_n, seed=2, **common
+    )[0]
+    ab_aa = run_ab(ctr_c, ctr_c, args.aa_runs, aa_ab_horizon, seed=4, **ab_common)
     print(
-        f"\nA/A false positives (any decision within the horizon): interleaving "
-        f"{il_aa.decided.mean():.2%} of {args.aa_runs} runs, A/B {ab_aa.decided.mean():.2%} of "
-        f"{args.aa_runs} runs"
+        f"\n## A/A ({args.aa_runs} runs each, both arms control)\n\n"
+        f"false positives (any decision): interleaving {il_aa.decided.mean():.2%} within "
+        f"{aa_il_horizon:,} impressions; A/B {ab_aa.decided.mean():.2%} within "
+        f"{aa_ab_horizon:,} impressions (alpha {args.alpha})"
     )
-    ratio = np.median(ab.n) / np.median(il.n)
-    ratio90 = np.percentile(ab.n, 90) / np.percentile(il.n, 90)
-    print(f"A/B needs {ratio:.1f}x the impressions of interleaving (median), {ratio90:.1f}x (p90)")
-    print(f"simulated in {elapsed:.0f} s")
+    print(f"\nsimulated in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,13 @@ def test_interleaved_clicks_kill_the_worse_ranker_and_backtest_agrees(
     assert (offline[0].version, offline[0].variants) == (kill.version, kill.variants)
     assert offline[0].cause.evidence == kill.cause.evidence
     assert offline[0].cause.interval == kill.cause.interval
-    assert offline[0].ts == kill.ts
+    assert (offline[0].cause.guardrail, offline[0].cause.action) == (
+        kill.cause.guardrail,
+        kill.cause.action,
+    )
+    # (Which impression tipped it, and so the change's ts, may differ: the worker feeds
+    # partitions in fetch order, the backtest in file order; here every interleaved impression
+    # is a loss, so the evidence is the same either way.)
     # The command itself, as a user runs it.
     command = [str(Path(sys.executable).with_name("driftswitch")), "backtest"]
     done = subprocess.run(
