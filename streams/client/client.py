@@ -684,8 +684,9 @@ class DriftswitchClient:
 
         The flag decides who takes part: a user assigned a variant other than the flag's default
         sees the team-draft interleaving (:mod:`~driftswitch.streams.contract.interleave`) of
-        that variant's ranking with the default variant's; everyone else sees their variant's
-        ranking alone (a killed or shifted variant so leaves the experiment). The draws are
+        that variant's ranking with the default variant's (while the default serves traffic);
+        everyone else sees their variant's ranking alone. A kill or shift so takes users out of
+        the experiment, and a rollout's steps set the share of users in it. The draws are
         seeded from ``flag`` and ``request_id``, so the same call returns the same list. One
         prediction event is queued with each position's team (``ranking``); send the clicks
         with :meth:`record_clicks` under the same ``request_id``. Never raises: without a
@@ -694,6 +695,11 @@ class DriftswitchClient:
         try:
             assigned = self.variant(flag, targeting_key)
             default = self._fallback(flag)
+            entry = self._flags.get(flag)
+            if entry is not None and default is not None:
+                served = entry.state.served_weights()
+                if not served.get(default):  # e.g. a rollout's last step: the candidate alone
+                    default = None
             teams = [t for t in (assigned, default) if t is not None and t in rankings]
             teams = list(dict.fromkeys(teams))[:2] or list(rankings)[:1]
             if not teams:

@@ -240,13 +240,15 @@ class OnHarm(StrEnum):
     PREVIOUS = "previous"  # go back one step (from the first step: weight 0, rollout stopped)
 
 
-#: Metrics a rollout can compare (two-sample ``sequential`` input: bernoulli or continuous).
+#: Metrics a rollout can compare (two-sample ``sequential`` input: bernoulli or continuous; or
+#: interleaved impressions, compared by the ``interleaving`` detector).
 ROLLOUT_METRICS = (
     Metric.ACCURACY,
     Metric.ERROR_RATE,
     Metric.LATENCY_MS,
     Metric.ABS_ERROR,
     Metric.SQUARED_ERROR,
+    Metric.INTERLEAVING,
 )
 
 
@@ -842,6 +844,12 @@ def _check_rollout(
             [*here, "metric"],
             f"a rollout compares {', '.join(m.value for m in ROLLOUT_METRICS)}; "
             f"got {r.metric.value!r}",
+        )
+    if r.metric is Metric.INTERLEAVING and r.margin >= 0.5:
+        problems.add(
+            [*here, "margin"],
+            f"with metric 'interleaving' the margin is in win-probability units, in [0, 0.5); "
+            f"got {r.margin}",
         )
     if r.max_duration is not None and r.max_duration < r.min_duration:
         problems.add([*here, "max_duration"], "max_duration must be at least min_duration")

@@ -172,7 +172,10 @@ class _Flag:
             plan = config.rollout
             self.rollout = rollout = Rollout(name, config, plan)
             reader = rollout_reader(plan.metric)
-            for variant, arm in ((rollout.candidate, 1), (rollout.control, 0)):
+            sides = [(rollout.candidate, 1), (rollout.control, 0)]
+            if plan.metric is Metric.INTERLEAVING:
+                sides = []  # fed per interleaved impression (Engine._interleaved)
+            for variant, arm in sides:
                 target = self.variants[variant]
                 if reader is None:
                     target.label_monitors.append((rollout, plan.metric, arm))
@@ -409,6 +412,11 @@ class Engine:
             x = got.outcome(g.variant, g.compare_to)
             if x is not None:
                 mon.pending.append((1, x, index, ts))
+        rollout = f.rollout
+        if rollout is not None and rollout.plan.metric is Metric.INTERLEAVING:
+            x = got.outcome(rollout.candidate, rollout.control)
+            if x is not None:
+                rollout.pending.append((1, x, index, ts))
         return None
 
     def _decide(self) -> list[Emitted]:

@@ -67,7 +67,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from driftswitch.detectors import registry
 from driftswitch.detectors.base import JSON
+from driftswitch.detectors.interleaving import Interleaving
 from driftswitch.detectors.sequential import Sequential
 from driftswitch.streams.config.model import (
     METRIC_TRAITS,
@@ -141,14 +143,18 @@ class Rollout:
         self.step_start: float | None = None
         self.paused_seen = False
         self.samples = [0, 0]
-        self.comparison = self._fresh()
+        self.comparison: Sequential | Interleaving = self._fresh()
 
     @property
     def alpha(self) -> float:
         """Error rate of the current phase's comparison (``phase_alpha``)."""
         return phase_alpha(self.plan.alpha, self.phase)
 
-    def _fresh(self) -> Sequential:
+    def _fresh(self) -> Sequential | Interleaving:
+        if self.plan.metric is Metric.INTERLEAVING:
+            # One observation per interleaved impression (arm 1): a win, loss or tie; the margin
+            # is in win-probability units, and margin 0 makes the advance gate superiority.
+            return Interleaving(alpha=self.alpha, margin=self.plan.margin)
         # Observations are oriented "lower is better" (error bits, latency, abs error).
         return Sequential(
             alpha=self.alpha,
@@ -184,7 +190,10 @@ class Rollout:
         if not self.comparing:
             return []  # ended: control's outcomes are stale; one-sample guardrails watch on
         seq = self.comparison
-        seq.update("variant" if arm else "control", x)
+        if isinstance(seq, Interleaving):
+            seq.update(x)
+        else:
+            seq.update("variant" if arm else "control", x)
         self.samples[arm] += 1
         if seq.harm:  # a level: acts whenever it stands (pinned: reported once, on its edge)
             if state.pinned is not None and self.plan.on_harm is OnHarm.PREVIOUS:
@@ -208,8 +217,8 @@ class Rollout:
         to = self.step + 1
         lo = self.comparison.interval[0]
         why = (
-            f"non-inferior to {self.control} (lower bound {lo:.5f} > {-self.plan.margin:.5f}) "
-            f"with {self.samples[1]} candidate samples"
+            f"non-inferior to {self.control} (lower bound {lo:.5f} > "
+            f"{self.comparison.threshold:.5f}) with {self.samples[1]} candidate samples"
         )
         change = self._change(state, to, Action.ADVANCE, why, ts, statistic=lo)
         self._enter(to, ts)
@@ -217,7 +226,9 @@ class Rollout:
 
     def _harm(self, state: FlagChangeEvent, ts: float) -> list[Output]:
         hi = self.comparison.interval[1]
-        why = f"harm against {self.control} (upper bound {hi:.5f} < {-self.plan.margin:.5f})"
+        why = (
+            f"harm against {self.control} (upper bound {hi:.5f} < {self.comparison.threshold:.5f})"
+        )
         if self.plan.on_harm is OnHarm.KILL:  # always possible, pinned or not
             change = self._change(state, None, Action.KILL, why, ts, statistic=hi)
             self.status = KILLED
@@ -363,9 +374,9 @@ class Rollout:
             variant=self.candidate,
             compare_to=self.control,
             metric=self.plan.metric.value,
-            detector=Sequential.kind,
+            detector=seq.kind,
             statistic=None if statistic is None else finite(statistic),
-            threshold=-self.plan.margin,
+            threshold=seq.threshold,
             samples={self.candidate: self.samples[1], self.control: self.samples[0]},
             interval=interval,
             window={"first_ts": self.step_start, "last_ts": ts, "events": sum(self.samples)},
@@ -444,7 +455,7 @@ class Rollout:
         # Snapshots from before phases were counted: the step index bounds the phases run.
         self.phase = int(state.get("phase", self.step + 2))
         self.comparing = bool(state.get("comparing", True))
-        self.comparison = Sequential.from_state(state["comparison"])
+        self.comparison = registry.restore(state["comparison"])
         return True
 
 

@@ -62,7 +62,7 @@ def test_labels_keep_their_type() -> None:
         (
             orjson.dumps({k: v for k, v in PRED.items() if k != "prediction"}),
             "schema",
-            "prediction: Field required",
+            "prediction: required unless `ranking` is given",
         ),
     ],
     ids=[

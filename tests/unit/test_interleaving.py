@@ -15,6 +15,12 @@ from driftswitch.detectors import registry
 from driftswitch.detectors.interleaving import Interleaving, log_mixture, prior_a
 from driftswitch.streams.config.model import load_config, parse_config
 from driftswitch.streams.contract.errors import ConfigError
+from driftswitch.streams.contract.events import (
+    FlagChangeEvent,
+    OutcomeEvent,
+    Placement,
+    PredictionEvent,
+)
 from driftswitch.streams.contract.interleave import credit, seed, team_draft
 from driftswitch.streams.pipeline.backtest import decode_chunk
 from driftswitch.streams.pipeline.engine import Engine
@@ -77,7 +83,7 @@ def test_stops_at_k_and_when_the_team_on_turn_is_exhausted() -> None:
         team_draft({}, 3, flag="f", request_id="r")
 
 
-def test_a_golden_list() -> None:
+def test_a_golden_list() -> None:  # the docstring example of team_draft
     """Any consumer in any process recomputes exactly this list for this flag and request."""
     got = team_draft({"a": ["x", "y", "z"], "b": ["y", "w", "x"]}, 4, flag="f", request_id="r1")
     assert got == [("y", "b"), ("x", "a"), ("w", "b"), ("z", "a")]
@@ -316,3 +322,88 @@ def test_valid_example_credits_a_win_a_loss_and_a_tie() -> None:
     status = engine.snapshot()["flags"]["search"]["guardrails"]["candidate-interleaved"]  # type: ignore[call-overload,index]
     assert status["samples"] == {"candidate": 3, "control": 3}
     assert status["state"] == "no decision yet"
+
+
+# ---------------------------------------------------------------------------- rollout gate
+
+ROLLOUT = """
+flags:
+  search:
+    default: control
+    variants:
+      control:   {weight: 90, value: v1}
+      candidate: {weight: 10, value: v2}
+    rollout:
+      variant: candidate
+      steps: [10, 50, 100]
+      metric: interleaving
+      min_samples: 50
+      margin: MARGIN
+"""
+
+
+def _impressions(n: int, win_share: float, seed: int) -> list[PredictionEvent | OutcomeEvent]:
+    """``n`` interleaved impressions with one click each, on the candidate's item with
+    probability ``win_share`` (a win), else on control's (a loss)."""
+    rng = random.Random(seed)
+    shown = [Placement(item="c1", team="candidate"), Placement(item="k1", team="control")]
+    events: list[PredictionEvent | OutcomeEvent] = []
+    for i in range(n):
+        ts = 1_000.0 + i
+        events.append(
+            PredictionEvent(
+                request_id=f"r{i}", flag="search", variant="candidate", ts=ts, ranking=shown
+            )
+        )
+        click = "c1" if rng.random() < win_share else "k1"
+        events.append(OutcomeEvent(request_id=f"r{i}", ts=ts + 0.5, clicks=[click]))
+    return events
+
+
+def test_a_rollout_advances_on_superiority_and_completes() -> None:
+    engine = Engine(parse_config(ROLLOUT.replace("MARGIN", "0.0")))
+    out = engine.process(_impressions(2000, 0.7, seed=1)).outputs
+    changes = [o.event for o in out if isinstance(o.event, FlagChangeEvent)]
+    assert [(c.cause.action.value, c.variants["candidate"].weight) for c in changes] == [
+        ("advance", 50),
+        ("advance", 100),
+    ]
+    cause = changes[0].cause
+    assert (cause.kind.value, cause.metric, cause.detector) == (
+        "rollout",
+        "interleaving",
+        "interleaving",
+    )
+    assert cause.threshold == 0.5
+    assert cause.interval is not None
+    assert cause.interval[0] > 0.5  # superiority: the whole interval above one half
+    comparison = cause.evidence["comparison"]
+    assert isinstance(comparison, dict)
+    assert comparison["decision"] == "superior"
+    assert comparison["wins"] > comparison["losses"] > 0  # type: ignore[operator]
+
+
+def test_a_rollout_kills_a_candidate_that_loses() -> None:
+    engine = Engine(parse_config(ROLLOUT.replace("MARGIN", "0.05")))
+    out = engine.process(_impressions(2000, 0.3, seed=2)).outputs
+    changes = [o.event for o in out if isinstance(o.event, FlagChangeEvent)]
+    assert [(c.cause.action.value, c.variants["candidate"].killed) for c in changes] == [
+        ("kill", True)
+    ]
+    assert changes[0].cause.threshold == pytest.approx(0.45)
+    assert changes[0].cause.interval is not None
+    assert changes[0].cause.interval[1] < 0.45
+    # The state survives a restart through plain JSON.
+    state = json.loads(json.dumps(engine.to_state()))
+    again = Engine.from_state(engine.config, state)
+    assert again.snapshot()["flags"] == engine.snapshot()["flags"]
+
+
+def test_a_rollout_margin_is_in_win_probability_units() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(ROLLOUT.replace("MARGIN", "0.5"))
+    assert any(
+        "flags.search.rollout.margin: with metric 'interleaving' the margin is in "
+        "win-probability units, in [0, 0.5); got 0.5" in p
+        for p in info.value.problems
+    ), info.value.problems

@@ -169,6 +169,13 @@ CASES: dict[str, Case] = {
         first_alarm=2099,
         bad=(({"threshold": -1}, "threshold must be a number > 0 or null"),),
     ),
+    # Interleaved impressions (1 = a loss for the variant): even, then losing 70 % from 3,000.
+    "interleaving": Case(
+        params={"alpha": 0.01, "tuning_n": 1000},
+        stream=lambda: bernoulli_stream(11, 0.5, 0.7),
+        first_alarm=3336,
+        bad=(({"tuning_n": 3}, "tuning_n must be an integer >= 10"),),
+    ),
     # p99 of N(100, 10) ≈ 123 → N(130, 10) ≈ 153 against 140: the first all-new window.
     "latency_quantile": Case(
         params={"threshold": 140.0, "window": 200},
