@@ -13,6 +13,7 @@ import pytest
 
 from driftswitch.detectors import registry
 from driftswitch.detectors.interleaving import Interleaving, log_mixture, prior_a
+from driftswitch.streams.client.client import DriftswitchClient
 from driftswitch.streams.config.model import load_config, parse_config
 from driftswitch.streams.contract.errors import ConfigError
 from driftswitch.streams.contract.events import (
@@ -407,3 +408,79 @@ def test_a_rollout_margin_is_in_win_probability_units() -> None:
         "win-probability units, in [0, 0.5); got 0.5" in p
         for p in info.value.problems
     ), info.value.problems
+
+
+# ---------------------------------------------------------------------------- client
+
+
+def _state(weights: dict[str, int], killed: tuple[str, ...] = ()) -> FlagChangeEvent:
+    return FlagChangeEvent.model_validate(
+        {
+            "flag": "search",
+            "version": 1,
+            "variants": {
+                n: {"weight": w, "killed": n in killed, "value": n} for n, w in weights.items()
+            },
+            "default_variant": "control",
+            "cause": {"kind": "manual", "action": "set_weights"},
+            "ts": 1_767_225_600.0,
+            "actor": "test",
+        }
+    )
+
+
+def _recorded(client: DriftswitchClient) -> list[PredictionEvent | OutcomeEvent]:
+    """What the client queued, validated as the worker would (the buffer is internal)."""
+    out: list[PredictionEvent | OutcomeEvent] = []
+    for role, _, payload in client._buffer:
+        assert isinstance(payload, dict)
+        model = PredictionEvent if role == "predictions" else OutcomeEvent
+        out.append(model.model_validate(payload))
+    return out
+
+
+def test_the_client_interleaves_the_assigned_variant_with_the_default() -> None:
+    client = DriftswitchClient("127.0.0.1:1", defaults={"search": "control"})
+    client.apply(_state({"control": 50, "candidate": 50}))
+    rankings = {"control": A, "candidate": B}
+    users = [f"user-{i}" for i in range(40)]
+    shown = {u: client.interleave("search", u, rankings, k=4, request_id=f"q-{u}") for u in users}
+    assert client.record_clicks("q-user-0", [shown["user-0"][0]], positions=[1], ts=5.0)
+    events = _recorded(client)
+    impressions = [e for e in events if isinstance(e, PredictionEvent)]
+    assert len(impressions) == len(users)
+    for user, ev in zip(users, impressions, strict=True):
+        assert ev.ranking is not None
+        assert [p.item for p in ev.ranking] == shown[user]
+        assert ev.subject == user
+        if client.variant("search", user) == "candidate":
+            merged = team_draft(rankings, 4, flag="search", request_id=f"q-{user}")
+            assert [(p.item, p.team) for p in ev.ranking] == merged
+            assert ev.variant == "candidate"
+        else:
+            assert shown[user] == A[:4]
+            assert {p.team for p in ev.ranking} == {"control"}
+    assert {e.variant for e in impressions} == {"control", "candidate"}
+    (clicks,) = [e for e in events if isinstance(e, OutcomeEvent)]
+    assert (clicks.clicks, clicks.clicked_positions, clicks.label) == (
+        [shown["user-0"][0]],
+        [1],
+        None,
+    )
+
+
+def test_a_killed_candidate_leaves_the_experiment_and_bad_input_never_raises() -> None:
+    client = DriftswitchClient("127.0.0.1:1", defaults={"search": "control"})
+    client.apply(_state({"control": 100, "candidate": 0}, killed=("candidate",)))
+    rankings = {"control": A, "candidate": B}
+    assert {
+        tuple(client.interleave("search", f"u{i}", rankings, k=3, request_id=f"r{i}"))
+        for i in range(30)
+    } == {tuple(A[:3])}
+    # A last rollout step (the default serves no one): the candidate's list alone.
+    client.apply(_state({"control": 0, "candidate": 100}).model_copy(update={"version": 2}))
+    assert client.interleave("search", "u1", rankings, k=3, request_id="r") == B[:3]
+    # Unknown flag: no state, no default → the first ranking; garbage → never raises.
+    assert client.interleave("other", "u1", {"x": ["1", "2"]}, k=5, request_id="r") == ["1", "2"]
+    assert client.interleave("search", "u1", {}, k=3, request_id="r") == []
+    assert client.interleave("search", "u1", None, k=3, request_id="r") == []  # type: ignore[arg-type]
