@@ -484,3 +484,15 @@ def test_a_killed_candidate_leaves_the_experiment_and_bad_input_never_raises() -
     assert client.interleave("other", "u1", {"x": ["1", "2"]}, k=5, request_id="r") == ["1", "2"]
     assert client.interleave("search", "u1", {}, k=3, request_id="r") == []
     assert client.interleave("search", "u1", None, k=3, request_id="r") == []  # type: ignore[arg-type]
+
+
+def test_docstring_examples_print_what_they_claim() -> None:
+    import doctest
+
+    import driftswitch.detectors.interleaving
+    import driftswitch.streams.contract.interleave
+
+    for module in (driftswitch.detectors.interleaving, driftswitch.streams.contract.interleave):
+        result = doctest.testmod(module)
+        assert result.attempted > 0
+        assert result.failed == 0, module.__name__
