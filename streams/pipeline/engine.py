@@ -322,14 +322,13 @@ class Engine:
                     flag, variant, prediction, errored = found[2]
                     f = flags.get(flag)
                     v = f.variants.get(variant) if f is not None else None
-                    if f is None or v is None:
-                        pass
-                    elif type(prediction) is list or type(label) is dict:
-                        problem = self._interleaved(f, v, prediction, label, i, ev.ts)
-                        if problem is not None:
-                            rejections.append(Rejection(i, *problem))
-                    else:
-                        self._score(f, v, prediction, errored, label, i, ev.ts)
+                    if f is not None and v is not None:
+                        if type(prediction) is list or type(label) is dict:
+                            problem = self._interleaved(f, v, prediction, label, i, ev.ts)
+                            if problem is not None:
+                                rejections.append(Rejection(i, *problem))
+                        else:
+                            self._score(f, v, prediction, errored, label, i, ev.ts)
             else:
                 detail = f"expected a prediction or an outcome, got {type(ev).__name__}"
                 rejections.append(Rejection(i, UNSUPPORTED, detail))
