@@ -496,3 +496,31 @@ def test_docstring_examples_print_what_they_claim() -> None:
         result = doctest.testmod(module)
         assert result.attempted > 0
         assert result.failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("action", ["kill", "shift", "hold", "warn"])
+def test_a_guardrail_acts_on_harm_with_its_action(action: str) -> None:
+    config = parse_config(
+        BASE.replace("weight: 50, value: v1", "weight: 60, value: v1").replace(
+            "weight: 50, value: v2", "weight: 40, value: v2"
+        )
+        + "        compare_to: control\n        metric: interleaving\n"
+        + "        detector: {kind: interleaving, tuning_n: 200}\n"
+        + f"        min_samples: 50\n        action: {action}\n        shift_by: 15\n"
+    )
+    out = [o.event for o in Engine(config).process(_impressions(300, 0.2, seed=3)).outputs]
+    first = out[0]
+    assert first.cause.action.value == action
+    assert first.cause.evidence["decision"] == "harm"
+    assert first.cause.samples == {"candidate": 50, "control": 50}
+    if action == "kill":
+        assert isinstance(first, FlagChangeEvent)
+        assert first.variants["candidate"].killed
+    elif action == "shift":
+        assert isinstance(first, FlagChangeEvent)
+        assert (first.variants["candidate"].weight, first.variants["control"].weight) == (25, 75)
+    elif action == "hold":
+        assert isinstance(first, FlagChangeEvent)
+        assert first.paused
+    else:
+        assert not isinstance(first, FlagChangeEvent)
