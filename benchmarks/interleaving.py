@@ -261,6 +261,33 @@ def run_ab(
     return Outcome(n_done, decided, better)
 
 
+def write_events(world: World, path: str, impressions: int, seed: int) -> None:
+    """A JSON Lines file of interleaved impressions and their clicks (the example for
+    ``driftswitch backtest --config examples/interleaving.yaml``): the impressions of the flag
+    ``search``'s candidate users, clicks drawn position by position from the click model."""
+    import orjson
+
+    rng = np.random.default_rng(seed)
+    t0 = 1_767_225_600.0
+    with open(path, "wb") as out:
+        for written in range(impressions):
+            q = int(rng.integers(world.grades.shape[0]))
+            rid, ts = f"q{written}", round(t0 + 0.1 * written, 3)
+            lists = {
+                "control": [f"doc-{q}-{d}" for d in world.control[q]],
+                "candidate": [f"doc-{q}-{d}" for d in world.candidate[q]],
+            }
+            merged = team_draft(lists, K, flag="search", request_id=rid)
+            grades = np.array([world.grades[q, int(item.rsplit("-", 1)[1])] for item, _ in merged])
+            clicked = rng.random(len(merged)) < EXAMINE[: len(merged)] * attraction(grades)
+            ranking = [{"item": item, "team": team} for item, team in merged]
+            impression = {"kind": "prediction", "request_id": rid, "flag": "search"}
+            impression |= {"variant": "candidate", "ts": ts, "ranking": ranking}
+            clicks = [item for (item, _), c in zip(merged, clicked, strict=True) if c]
+            outcome = {"kind": "outcome", "request_id": rid, "ts": ts + 5.0, "clicks": clicks}
+            out.write(orjson.dumps(impression) + b"\n" + orjson.dumps(outcome) + b"\n")
+
+
 def check(p_win: F, p_loss: F, args: argparse.Namespace) -> None:
     """Replay a few simulated runs through the ``interleaving`` detector: same decision time."""
     out, kept = run_interleaving(
@@ -309,7 +336,18 @@ def main() -> None:
     parser.add_argument("--ab-horizon", type=int, default=2_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true")
+    parser.add_argument(
+        "--write-events",
+        metavar="PATH",
+        help="only write an example events file (the revision scenario) and exit",
+    )
     args = parser.parse_args()
+    if args.write_events:
+        world = World.build(
+            args.queries, args.control_noise, args.extra_noise, revision=True, seed=args.seed
+        )
+        write_events(world, args.write_events, impressions=5000, seed=args.seed)
+        return
 
     started = time.perf_counter()
     print(

@@ -23,9 +23,8 @@ Observations keep the package's direction (``1`` is bad for the variant): ``0`` 
 loss, ``0.5`` a tie. With ``margin`` ``m`` in win-probability units:
 
 - ``harm``: the whole interval lies below ``½ − m`` (the variant loses more than it wins, by more
-  than the margin). ``drift_detected`` is level-triggered: true after every update while harm
-  stands, so harm found before a guardrail's ``min_samples`` is acted on once they are reached
-  (the policy ignores a kill of a killed variant and spaces repeats by the cooldown);
+  than the margin). It is a level: it stays true while the evidence stands; ``drift_detected``
+  is the edge, true right after the update that newly declared it;
 - ``superior``: the whole interval lies above ``½``;
 - ``non_inferior``: the whole interval lies above ``½ − m``.
 """
@@ -132,7 +131,7 @@ class Interleaving(BaseDetector):
             self.losses += 1
         elif x == TIE:
             self.ties += 1
-            self._drift = self._harm
+            self._drift = False
             return  # a tie says nothing about which ranker is better
         else:
             raise ValueError(f"observation must be 0 (win), 1 (loss) or 0.5 (tie), got {x!r}")
@@ -142,10 +141,11 @@ class Interleaving(BaseDetector):
         # Harm without the interval's bisection: ln M_n is convex in p with its minimum at the
         # win rate, so the interval lies below p0 exactly when the win rate is below p0 and p0
         # is excluded. The interval itself is computed when read.
+        was_harm = self._harm
         w, losses = self.wins, self.losses
         p0 = 0.5 - self.margin
         self._harm = w < p0 * (w + losses) and self._excludes(p0)
-        self._drift = self._harm
+        self._drift = self._harm and not was_harm
         self._bounds_cache = None
         log_m = log_mixture(w, losses, 0.5, self._a)
         self._p_value = min(self._p_value, math.exp(-log_m) if log_m < 700 else 0.0)
@@ -184,12 +184,12 @@ class Interleaving(BaseDetector):
 
     @property
     def drift_detected(self) -> bool:
-        """True after every update while harm stands (level-triggered)."""
+        """True right after the update that newly declared harm."""
         return self._drift
 
     @property
     def harm(self) -> bool:
-        """The whole interval lies below ``0.5 − margin``."""
+        """The whole interval lies below ``0.5 − margin`` (a level)."""
         return self._harm
 
     @property

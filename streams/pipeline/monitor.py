@@ -275,6 +275,7 @@ class Monitor:
         "last_breach_statistic",
         "last_breach_threshold",
         "last_breach_ts",
+        "paired",
         "pending",
         "samples",
         "spec",
@@ -296,6 +297,8 @@ class Monitor:
         cls = type(self.detector)
         self.kind: str = cls.kind
         self.two_sample: bool = bool(cls.two_sample)
+        #: One observation per interleaved impression, both teams at once (``interleaving``).
+        self.paired = guardrail.metric is Metric.INTERLEAVING
         # Accuracy observations are error bits; a two-sample detector told that higher is better
         # (``detector_spec`` derives it from the metric) compares correctness bits instead.
         self.flip = (
@@ -347,6 +350,8 @@ class Monitor:
         self.pending = []
         if self.two_sample:
             return self._feed_two_sample(pending)
+        if self.paired:
+            return self._feed_paired(pending)
         if self.vectorised:
             saved = self.detector.to_state()
             if not self.detector.update_many([p[1] for p in pending]):
@@ -371,6 +376,25 @@ class Monitor:
             det.update(obs[1])
             self._account([obs])
             if det.drift_detected and self.samples[1] >= self.guardrail.min_samples:
+                out.append(self._breach(obs))
+        return out
+
+    def _feed_paired(self, pending: list[tuple[int, float, int, float]]) -> list[Decision]:
+        """Interleaved impressions: harm is a level, which breaches once ``min_samples`` are in
+        and again after each ``cooldown`` (event time) while it stands, so harm that shows
+        before ``min_samples`` is acted on at the first impression that meets the gate."""
+        det = self.detector
+        least = self.guardrail.min_samples
+        cooldown = self.guardrail.cooldown
+        out: list[Decision] = []
+        for obs in pending:
+            det.update(obs[1])
+            self._account([obs])
+            if (
+                det.harm
+                and self.samples[1] >= least
+                and (self.last_breach_ts is None or obs[3] >= self.last_breach_ts + cooldown)
+            ):
                 out.append(self._breach(obs))
         return out
 
