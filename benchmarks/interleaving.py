@@ -346,7 +346,7 @@ def main() -> None:
         world = World.build(
             args.queries, args.control_noise, args.extra_noise, revision=True, seed=args.seed
         )
-        write_events(world, args.write_events, impressions=5000, seed=args.seed)
+        write_events(world, args.write_events, impressions=2000, seed=args.seed)
         return
 
     started = time.perf_counter()
