@@ -80,6 +80,8 @@ def test_interleaved_clicks_kill_the_worse_ranker_and_backtest_agrees(
         assert client.start(wait_s=30)
         _wait("version 1 of the flag", lambda: client.flag_state(FLAG) is not None)
         rankings = {"control": GOOD, "candidate": BAD}
+        users = [f"user-{i}" for i in range(400)]
+        assert 150 < sum(client.variant(FLAG, u) == "candidate" for u in users) < 250  # 50/50
         interleaved = 0
         for i in range(400):
             rid, user = f"q{i}", f"user-{i}"
@@ -93,7 +95,8 @@ def test_interleaved_clicks_kill_the_worse_ranker_and_backtest_agrees(
                 assert shown == GOOD[:6]
             clicked = next(item for item in shown if item.startswith("good"))
             assert client.record_clicks(rid, [clicked], ts=T0 + i + 0.5)
-        assert 150 < interleaved < 250
+        # The kill may land while users are still arriving; from then on none is interleaved.
+        assert interleaved >= 40  # the guardrail's min_samples
         assert client.flush(30)
 
         _wait("the kill read back by the client", lambda: client.flag_state(FLAG).version == 2)  # type: ignore[union-attr]
