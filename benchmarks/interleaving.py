@@ -24,8 +24,9 @@ probability), checked after every impression; ``--check`` replays runs through t
 itself and compares decision times.
 
 A/B: every impression shows one ranker's list (50/50); the metric is click-through (at least one
-click), compared by the ``sequential`` detector's confidence sequence (``cs_bounds``), checked
-after every impression, with 30 impressions per arm before any decision.
+click), compared by the ``sequential`` detector's asymptotic confidence sequence (``cs_bounds``,
+``method: asymptotic``), checked after every impression, with 30 impressions per arm before any
+decision.
 
 Both at the same α, two-sided: a run decides when the interval on the difference (A/B) or on the
 win probability (interleaving) excludes "no difference"; deciding for the worse ranker is a wrong
