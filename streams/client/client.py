@@ -237,7 +237,8 @@ class DriftswitchClient:
         Turn either half off (a pure recorder, or a pure flag reader; its record calls are
         counted as dropped).
     idle_s
-        A bootstrap read that returns nothing for this long has reached the end of the topic.
+        Length of one poll while reading the flags topic at start; that read ends once every
+        partition is read up to the end the broker's fetch answers report.
     poll_s
         Longest wait of one fetch of the flags topic: bounds how late a change is seen.
     linger_s
@@ -936,27 +937,21 @@ class DriftswitchClient:
         return f"{self.kafka.describe()}: {type(exc).__name__}: {exc}"
 
     async def _consume_flags(self, consumer: Any, tps: list[Any]) -> None:
+        from driftswitch.streams.kafka import connect as kafka
+
         assert self._stopping is not None
-        idle_ms = max(1, int(self.idle_s * 1000))
         while not self._stopping.is_set():
             timeout = self.poll_s if self._bootstrapped.is_set() else self.idle_s
             batches = await consumer.getmany(timeout_ms=max(1, int(timeout * 1000)))
             for records in batches.values():
                 for record in records:
                     self._apply_record(record)
-            if (
-                not batches
-                and not self._bootstrapped.is_set()
-                and all(consumer.highwater(tp) is not None for tp in tps)
-            ):
-                # Read to idle after at least one fetch response from every partition.
+            if not self._bootstrapped.is_set() and await kafka.caught_up(consumer, tps):
+                # Every partition read up to the end its last fetch answer reported.
                 self._last_update = time.monotonic()
                 self._bootstrapped.set()
                 log.info(
-                    "driftswitch: %d flag state(s) read from %s (idle for %d ms)",
-                    len(self._flags),
-                    tps[0].topic,
-                    idle_ms,
+                    "driftswitch: %d flag state(s) read from %s", len(self._flags), tps[0].topic
                 )
 
     def _apply_record(self, record: Any) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from driftswitch.streams.kafka.settings import (
 
 __all__ = [
     "TopicRead",
+    "caught_up",
     "client_options",
     "consumer",
     "describe_cluster",
@@ -310,27 +312,41 @@ async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
     )
 
 
+async def caught_up(consumer: Any, partitions: Iterable[Any]) -> bool:
+    """Whether ``consumer`` has read every one of ``partitions`` up to the high watermark of the
+    last fetch answer for it (False before the first answer)."""
+    for tp in partitions:
+        highwater = consumer.highwater(tp)
+        if highwater is None or await consumer.position(tp) < highwater:
+            return False
+    return True
+
+
 async def read_to_end(
-    consumer: Any, partitions: Sequence[Any], *, idle_ms: int = 300
+    consumer: Any, partitions: Sequence[Any], *, idle_ms: int = 300, limit_s: float = 120.0
 ) -> dict[Any, list[Any]]:
     """Read assigned ``partitions`` from their current position to the end; return the records.
 
-    "The end" is not the reported end offset, which Tansu under-reports (it is the base offset
-    of the last batch): read at least past it, then until a poll of ``idle_ms`` brings nothing.
+    "The end" is the high watermark carried by the broker's fetch answers, not the end offset
+    that ListOffsets reports (Tansu reports the base offset of the last batch there). An empty
+    poll of ``idle_ms`` proves nothing, since the broker may just be slow: the read goes on until
+    every partition's position has reached the high watermark of a fetch answer.
+    ``TimeoutError`` if that takes more than ``limit_s`` seconds.
     """
     out: dict[Any, list[Any]] = {tp: [] for tp in partitions}
-    if not partitions:
-        return out
-    ends: Mapping[Any, int] = await consumer.end_offsets(list(partitions))
-    while True:
-        batch = await consumer.getmany(*partitions, timeout_ms=idle_ms, max_records=10_000)
+    pending = set(partitions)
+    deadline = time.monotonic() + limit_s
+    while pending:
+        batch = await consumer.getmany(*pending, timeout_ms=idle_ms, max_records=10_000)
         for tp, recs in batch.items():
             out[tp].extend(recs)
-        if batch:
-            continue
-        positions = {tp: await consumer.position(tp) for tp in partitions}
-        if all(positions[tp] >= ends[tp] for tp in partitions):
-            return out
+        pending -= {tp for tp in pending if await caught_up(consumer, [tp])}
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(
+                f"reading {sorted(f'{tp.topic}[{tp.partition}]' for tp in pending)} to the end "
+                f"took over {limit_s:.0f} s"
+            )
+    return out
 
 
 @dataclass(frozen=True)

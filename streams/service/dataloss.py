@@ -21,13 +21,17 @@ position) is not taken as a recreation.
 
 The check runs when the worker resumes, and in the background whenever its input has been idle
 for :data:`CHECK_INTERVAL` seconds, on a consumer of its own (the hot loop never waits for it).
-Tansu reports a partition's end as the base offset of its last batch, so a position past the
-reported end is confirmed by reading that last batch until the partition stays idle.
+Tansu reports a partition's end (ListOffsets) as the base offset of its last batch, so a
+position past the reported end is confirmed by a fetch: every fetch answer carries the
+partition's true high watermark, even an answer without records. The check waits for that
+answer however slow the broker is (up to :data:`ANSWER_TIMEOUT`, then it fails and is retried):
+a slow broker is never taken for one that lost its data.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,15 +40,15 @@ from typing import Any
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSettings
 
-__all__ = ["CHECK_INTERVAL", "Lost", "Mark", "find_lost", "mark_of"]
+__all__ = ["ANSWER_TIMEOUT", "CHECK_INTERVAL", "Lost", "Mark", "find_lost", "mark_of"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds of idle input between two checks while running.
 CHECK_INTERVAL = 5.0
-#: Consecutive empty polls (of ``_IDLE_MS``) that mean a partition has no more records.
-_IDLE_POLLS = 3
-_IDLE_MS = 200
+#: Seconds to wait for the broker's answer to one fetch before the check fails (and is retried).
+ANSWER_TIMEOUT = 60.0
+_POLL_MS = 200
 
 
 @dataclass(frozen=True)
@@ -82,29 +86,29 @@ class Lost:
     replaced: int | None = None
 
 
-async def _true_end(consumer: Any, tp: Any, reported: int) -> int:
-    """The offset after the last record of ``tp``, reading from ``reported`` (Tansu's end)."""
-    consumer.seek(tp, reported)
-    end, idle = reported, 0
-    while idle < _IDLE_POLLS:
-        batch = await consumer.getmany(tp, timeout_ms=_IDLE_MS, max_records=10_000)
-        records = batch.get(tp, [])
-        if records:
-            end, idle = records[-1].offset + 1, 0
-        else:
-            idle += 1
-    return end
+async def _fetch_at(consumer: Any, tp: Any, offset: int) -> tuple[Any | None, int]:
+    """The first record of ``tp`` at or after ``offset`` (None if there is none) and the
+    partition's high watermark, from the broker's fetch answer.
 
-
-async def _record_at(consumer: Any, tp: Any, offset: int) -> Any | None:
-    """The record at ``offset`` of ``tp``, or the first one after it, or None if there is none."""
+    An empty poll is not an answer: the broker may be slow. Only a fetch answer (which sets the
+    high watermark, records or not) or a record settles it; ``TimeoutError`` after
+    :data:`ANSWER_TIMEOUT` seconds without one.
+    """
     consumer.seek(tp, offset)
-    for _ in range(_IDLE_POLLS):
-        batch = await consumer.getmany(tp, timeout_ms=_IDLE_MS, max_records=1)
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while True:
+        batch = await consumer.getmany(tp, timeout_ms=_POLL_MS, max_records=1)
         records = batch.get(tp, [])
+        highwater = consumer.highwater(tp)
         if records:
-            return records[0]
-    return None
+            return records[0], max(highwater or 0, records[0].offset + 1)
+        if highwater is not None and highwater <= offset:
+            return None, highwater
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"no answer from the broker for {tp.topic}[{tp.partition}] at offset {offset} "
+                f"in {ANSWER_TIMEOUT:.0f} s"
+            )
 
 
 async def find_lost(
@@ -129,13 +133,13 @@ async def find_lost(
         starts: Mapping[Any, int] = await consumer.beginning_offsets(suspect)
         lost: dict[Any, Lost] = {}
         for tp in beyond:
-            end = await _true_end(consumer, tp, ends[tp])
+            _, end = await _fetch_at(consumer, tp, ends[tp])
             if positions[tp] > end:
                 lost[tp] = Lost(starts[tp], end)
         for tp, mark in marks.items():
             if tp in lost:
                 continue
-            found = await _record_at(consumer, tp, mark.offset)
+            found, _ = await _fetch_at(consumer, tp, mark.offset)
             if found is None or found.offset != mark.offset:
                 # Nothing to compare with: beyond the data is handled above; a record compacted
                 # away or deleted by retention up to the position skipped nothing.

@@ -20,8 +20,8 @@ A snapshot counts only when all its chunks are read in order, so a worker killed
 one resumes from the previous complete snapshot.
 
 Tansu (the embedded broker) reports the end offset of a partition as the base offset of its
-last batch and never compacts: :func:`driftswitch.streams.kafka.connect.read_to_end` reads past
-the reported end and then until the partition is idle, and the loader keeps the last complete
+last batch and never compacts: :func:`driftswitch.streams.kafka.connect.read_to_end` reads to
+the high watermark of the broker's fetch answers instead, and the loader keeps the last complete
 snapshot per key.
 """
 

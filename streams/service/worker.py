@@ -811,10 +811,15 @@ class Worker:
         }
         check = asyncio.ensure_future(find_lost(self.settings.kafka, positions, marks))
         self._input_check_from = positions
-        if wait:
-            self._reset_lost(await check)
-        else:
+        if not wait:
             self._input_check = check
+            return
+        try:
+            lost = await check
+        except Exception as exc:  # a broker hiccup: the idle checks look again
+            log.warning("checking the input for lost data on resuming failed: %s", exc)
+            return
+        self._reset_lost(lost)
 
     def _reset_lost(self, lost: dict[Any, Lost]) -> None:
         """Apply the data-loss policy to partitions whose data the broker lost."""

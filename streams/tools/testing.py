@@ -159,6 +159,7 @@ class WorkerProcess:
     def wait_for(self, what: str, cond: Callable[[dict[str, Any]], bool], timeout: float) -> None:
         """Poll ``/healthz`` until ``cond`` holds; fail early if the worker exits."""
         deadline = time.monotonic() + timeout
+        status: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(
@@ -169,7 +170,8 @@ class WorkerProcess:
                 return
             time.sleep(0.2)
         raise AssertionError(
-            f"worker: {what} not reached in {timeout} s:\n{self.log.read_text()[-_LOG_TAIL:]}"
+            f"worker: {what} not reached in {timeout} s; last /healthz: {status}\n"
+            f"{self.log.read_text()[-_LOG_TAIL:]}"
         )
 
     def wait_active(self, timeout: float = 60) -> None:
@@ -208,8 +210,8 @@ def wait_until(
 def read_topic(bootstrap: str | KafkaSettings, topic: str, partition: int = 0) -> list[Any]:
     """Every record of one partition of ``topic``, from the beginning to the end.
 
-    "The end" as :func:`~driftswitch.streams.kafka.connect.read_to_end` reads it (until idle,
-    since Tansu under-reports end offsets).
+    "The end" as :func:`~driftswitch.streams.kafka.connect.read_to_end` reads it (the high
+    watermark of the broker's fetch answers, since Tansu under-reports end offsets).
     """
 
     async def read() -> list[Any]:

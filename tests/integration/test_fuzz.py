@@ -137,7 +137,7 @@ def produce(bootstrap: str, records: list[tuple[str, bytes, bytes | None]]) -> N
     assert producer.flush(60) == 0
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(900)
 def test_fuzzed_input_with_restarts_kills_like_backtest(
     broker: EmbeddedBroker,
     topics: Topics,
@@ -175,9 +175,7 @@ def test_fuzzed_input_with_restarts_kills_like_backtest(
     for k, part in enumerate(thirds):
         produce(broker.bootstrap, part)
         done += len(part)
-        # Generous: after the earlier integration tests the shared broker is slower to hand the
-        # restarted worker its lease and to serve the replay (seen: over 120 s on 2 cores).
-        worker.wait_for(f"part {k} read", lambda s, d=done: s["records"] == d, 420)
+        worker.wait_for(f"part {k} read", lambda s, d=done: s["records"] == d, 120)
         if k == 0:  # SIGKILL: replays from the last snapshot
             worker.proc.send_signal(signal.SIGKILL)
             worker.proc.wait()
@@ -188,7 +186,9 @@ def test_fuzzed_input_with_restarts_kills_like_backtest(
             assert worker.proc.returncode == 0, log.read_text()[-3000:]
             worker = start_worker(config_path, log, args=args)
             worker.wait_active()
-    worker.wait_for("all read", lambda s: s["records"] == len(records), 420)
+    worker.wait_for("all read", lambda s: s["records"] == len(records), 120)
+    # No restart took its input for lost data (a slow broker once looked like one that lost it).
+    assert "lost its data" not in log.read_text()
 
     path = tmp_path / "good.jsonl"
     write_jsonl(events, path)

@@ -198,7 +198,7 @@ def test_poison_records_are_dead_lettered_and_the_worker_survives_restarts(
     worker = start_worker(config_path, log, args=args)
     worker.wait_active()
     produce_large(broker.bootstrap, records[half:])
-    worker.wait_for("all read", lambda s: s["records"] == len(records), 420)
+    worker.wait_for("all read", lambda s: s["records"] == len(records), 90)
     # And a SIGKILL with everything read: the replay is clean too.
     worker.proc.send_signal(signal.SIGKILL)
     worker.proc.wait()
