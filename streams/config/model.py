@@ -374,6 +374,13 @@ class HookConfig(_Model):
         0.5, gt=0, description="Base of the exponential backoff between attempts (full jitter)."
     )
     max_backoff: Duration = Field(30.0, gt=0, description="Cap on one wait between attempts.")
+    warn_resolve_after: Duration | None = Field(
+        3600.0,
+        gt=0,
+        description="pagerduty: resolve a warning incident once its guardrail has not warned "
+        "again for this long (wall-clock); null leaves it open until a kill or restore of the "
+        "variant, or PagerDuty's own auto-resolve.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HookConfig:

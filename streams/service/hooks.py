@@ -17,11 +17,12 @@ Formats (``format:`` in the config, :class:`~driftswitch.streams.config.model.Ho
     ``warn`` has its own ``driftswitch:<flag>:<variant>:warn:<guardrail>``, so a kill never merges
     into an open warning. A kill or a restore of a variant also resolves the warning incidents
     of every guardrail that can warn about it (one ``resolve`` per guardrail, after the kill's
-    own event): the kill's incident takes over, a restore ends the episode. A warning about a
-    variant that is never killed or restored stays open until it is resolved by hand or by the
-    PagerDuty service's auto-resolve timeout: a sequential detector that has fired stays fired,
-    so no later event says the breach cleared. Other changes (init, hold, rollout steps) are not
-    sent.
+    own event): the kill's incident takes over, a restore ends the episode. A guardrail that
+    keeps breaching warns again after each cooldown, so a warning that is not raised again for
+    the hook's ``warn_resolve_after`` (default one hour, wall-clock) has stopped: its incident is
+    resolved then (:class:`WarningCleared`). The open warnings are held in memory: a worker
+    restart forgets them, which leaves those to a later kill or restore, to PagerDuty's own
+    auto-resolve, or to a person. Other changes (init, hold, rollout steps) are not sent.
 ``alertmanager``
     One alert in the body of Alertmanager's ``POST /api/v2/alerts`` (``/api/v2/alerts`` is added
     to the configured base URL). A kill or shift fires ``DriftswitchVariantDegraded`` with
@@ -163,6 +164,8 @@ class Hook:
     #: ``(flag, variant, guardrail)`` of every guardrail that can raise a ``warn`` alert for
     #: this hook: a kill or restore of the variant resolves their PagerDuty incidents.
     warnings: tuple[tuple[str, str, str], ...] = ()
+    #: PagerDuty: seconds without a new warning after which its incident is resolved (None: never).
+    warn_resolve_after: float | None = None
 
     def covers(self, flag: str) -> bool:
         """Whether events of ``flag`` go to this hook."""
@@ -197,6 +200,7 @@ class Hook:
             backoff=cfg.backoff,
             max_backoff=cfg.max_backoff,
             warnings=warnings,
+            warn_resolve_after=cfg.warn_resolve_after,
         )
 
 
@@ -293,11 +297,32 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _event_kind(event: Event) -> str:
+@dataclass(frozen=True)
+class WarningCleared:
+    """A ``warn`` alert not raised again within its hook's ``warn_resolve_after``: PagerDuty
+    resolves the incident ``alert`` opened. Queued and retried like the events themselves."""
+
+    #: The last warning raised (its dedup key names the incident).
+    alert: AlertEvent
+
+    @property
+    def flag(self) -> str:
+        return self.alert.flag
+
+
+#: What a hook's queue carries.
+Queued = Event | WarningCleared
+
+
+def _event_kind(event: Queued) -> str:
+    if isinstance(event, WarningCleared):
+        return "warning-cleared"
     return "alert" if isinstance(event, AlertEvent) else "flag-change"
 
 
-def _delivery_id(event: Event) -> str:
+def _delivery_id(event: Queued) -> str:
+    if isinstance(event, WarningCleared):
+        return f"{_delivery_id(event.alert)}/cleared"
     if isinstance(event, AlertEvent):
         return f"{event.flag}/v{event.flag_version}/{event.guardrail}/{event.ts:.3f}"
     return f"{event.flag}/v{event.version}"
@@ -536,24 +561,36 @@ def alertmanager_payload(event: Event, now: float) -> list[dict[str, Any]] | Non
     return [alert]
 
 
-def render_all(hook: Hook, event: Event, now: float) -> list[Request]:
+def render_all(hook: Hook, event: Queued, now: float) -> list[Request]:
     """Every request ``hook`` sends for ``event``, in order: :func:`render`'s, then (PagerDuty)
-    the resolves of the warning incidents a kill or restore ends."""
+    the resolves of the warning incidents a kill or restore ends; for a
+    :class:`WarningCleared`, PagerDuty's resolve of that warning (other formats send nothing)."""
+    if hook.format is not HookFormat.PAGERDUTY:
+        first = None if isinstance(event, WarningCleared) else render(hook, event, now)
+        return [first] if first is not None else []
+    key = hook.secret.get_secret_value() if hook.secret is not None else ""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "driftswitch",
+        HEADER_EVENT: _event_kind(event),
+        HEADER_DELIVERY: _delivery_id(event),
+    }
+    url = hook.url.get_secret_value()
+    if isinstance(event, WarningCleared):
+        payloads = [
+            {
+                "routing_key": key,
+                "event_action": "resolve",
+                "dedup_key": pagerduty_dedup_key(event.alert),
+            }
+        ]
+        return [Request(url, orjson.dumps(p), headers) for p in payloads]
     first = render(hook, event, now)
     requests = [first] if first is not None else []
-    if hook.format is HookFormat.PAGERDUTY:
-        key = hook.secret.get_secret_value() if hook.secret is not None else ""
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "driftswitch",
-            HEADER_EVENT: _event_kind(event),
-            HEADER_DELIVERY: _delivery_id(event),
-        }
-        url = hook.url.get_secret_value()
-        requests += [
-            Request(url, orjson.dumps(payload), headers)
-            for payload in pagerduty_warning_resolves(event, key, hook.warnings)
-        ]
+    requests += [
+        Request(url, orjson.dumps(payload), headers)
+        for payload in pagerduty_warning_resolves(event, key, hook.warnings)
+    ]
     return requests
 
 
@@ -604,9 +641,10 @@ class FailedDelivery:
     hook: str
     format: HookFormat
     flag: str
-    #: ``flag-change`` or ``alert``.
+    #: ``flag-change``, ``alert`` or ``warning-cleared`` (PagerDuty's resolve of a quiet warning).
     kind: str
-    #: The encoded event (what a generic hook would have received), for redelivery by hand.
+    #: The encoded event (what a generic hook would have received; for ``warning-cleared``, the
+    #: warning being resolved), for redelivery by hand.
     event: bytes
     #: ``hook_failed`` (attempts exhausted or permanent error), ``hook_overflow`` (queue full)
     #: or ``hook_crashed`` (an unexpected error while delivering; detail redacted).
@@ -660,9 +698,12 @@ class HookDispatcher:
         self._session = session
         self._own_session = session is None
         self._clock = clock
-        self._queues: dict[tuple[str, str], asyncio.Queue[Event]] = {}
+        self._queues: dict[tuple[str, str], asyncio.Queue[Queued]] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: (hook name, PagerDuty dedup key) → (resolve at, the last warning) of open warnings.
+        self._open_warnings: dict[tuple[str, str], tuple[float, AlertEvent]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         #: (hook name, outcome) → count, also kept without a metrics registry.
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self._secrets = [
@@ -673,9 +714,45 @@ class HookDispatcher:
         ]
 
     async def start(self) -> None:
-        """Open the HTTP session (if none was given)."""
+        """Open the HTTP session (if none was given); start resolving quiet warnings."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        afters = [h.warn_resolve_after for h in self.hooks if h.warn_resolve_after is not None]
+        if afters and self._sweeper is None:
+            period = min(60.0, max(0.05, min(afters) / 10))
+            self._sweeper = asyncio.create_task(self._sweep(period), name="hook warning sweeper")
+
+    async def _sweep(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            self.resolve_quiet_warnings()
+
+    def resolve_quiet_warnings(self) -> int:
+        """Queue a :class:`WarningCleared` for every warning not raised again within its hook's
+        ``warn_resolve_after``; return how many (the sweeper calls this periodically)."""
+        now = self._clock()
+        due = [k for k, (at, _) in self._open_warnings.items() if at <= now]
+        hooks = {h.name: h for h in self.hooks}
+        for k in due:
+            _, alert = self._open_warnings.pop(k)
+            self._enqueue(hooks[k[0]], WarningCleared(alert))
+        return len(due)
+
+    def _track_warnings(self, hook: Hook, event: Event) -> None:
+        """Open (or extend) a warning's incident; forget those a kill or restore resolves."""
+        if hook.format is not HookFormat.PAGERDUTY or hook.warn_resolve_after is None:
+            return
+        if isinstance(event, AlertEvent):
+            at = self._clock() + hook.warn_resolve_after
+            self._open_warnings[(hook.name, pagerduty_dedup_key(event))] = (at, event)
+            return
+        if event.cause.action in (Action.KILL, Action.RESTORE) and event.cause.variant:
+            for k, (_, alert) in list(self._open_warnings.items()):
+                if k[0] == hook.name and (alert.flag, alert.variant) == (
+                    event.flag,
+                    event.cause.variant,
+                ):
+                    del self._open_warnings[k]
 
     async def __aenter__(self) -> HookDispatcher:
         await self.start()
@@ -687,30 +764,33 @@ class HookDispatcher:
     def submit(self, event: Event) -> None:
         """Queue ``event`` for every hook covering its flag; never blocks, never raises."""
         for hook in self.hooks:
-            if not hook.covers(event.flag):
-                continue
-            key = (hook.name, event.flag)
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = asyncio.Queue(self._queue_size)
-                self._tasks[key] = asyncio.create_task(
-                    self._drain(hook, queue), name=f"hook {hook.name} {event.flag}"
-                )
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                log.error(
-                    "hook %s: queue for flag %s is full (%d waiting); dead-lettering",
-                    hook.name,
-                    event.flag,
-                    queue.qsize(),
-                    extra={"hook": hook.name, "flag": event.flag},
-                )
-                task = asyncio.create_task(
-                    self._give_up(hook, event, "hook_overflow", "queue full", 0, Delivery.OVERFLOW)
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            if hook.covers(event.flag):
+                self._track_warnings(hook, event)
+                self._enqueue(hook, event)
+
+    def _enqueue(self, hook: Hook, event: Queued) -> None:
+        key = (hook.name, event.flag)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = asyncio.Queue(self._queue_size)
+            self._tasks[key] = asyncio.create_task(
+                self._drain(hook, queue), name=f"hook {hook.name} {event.flag}"
+            )
+        try:
+            queue.put_nowait(event)
+        except asyncio.QueueFull:
+            log.error(
+                "hook %s: queue for flag %s is full (%d waiting); dead-lettering",
+                hook.name,
+                event.flag,
+                queue.qsize(),
+                extra={"hook": hook.name, "flag": event.flag},
+            )
+            task = asyncio.create_task(
+                self._give_up(hook, event, "hook_overflow", "queue full", 0, Delivery.OVERFLOW)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
         """Wait until every queued delivery is delivered or given up."""
@@ -723,9 +803,11 @@ class HookDispatcher:
         """Finish queued deliveries for up to ``grace`` seconds, then stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drain(), grace)
-        for task in [*self._tasks.values(), *self._background]:
+        sweeper = [self._sweeper] if self._sweeper is not None else []
+        self._sweeper = None
+        for task in [*self._tasks.values(), *self._background, *sweeper]:
             task.cancel()
-        for task in [*self._tasks.values(), *self._background]:
+        for task in [*self._tasks.values(), *self._background, *sweeper]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -747,7 +829,7 @@ class HookDispatcher:
             text = text.replace(secret, "***")
         return text
 
-    async def _drain(self, hook: Hook, queue: asyncio.Queue[Event]) -> None:
+    async def _drain(self, hook: Hook, queue: asyncio.Queue[Queued]) -> None:
         while True:
             event = await queue.get()
             try:
@@ -782,13 +864,13 @@ class HookDispatcher:
             return True, False, f"HTTP {status}"
         return False, status >= 500 or status in (408, 429), f"HTTP {status}"
 
-    async def _deliver(self, hook: Hook, event: Event) -> None:
+    async def _deliver(self, hook: Hook, event: Queued) -> None:
         count = len(render_all(hook, event, self._clock()))
         for i in range(count):  # none if this format does not report this kind of change
             if not await self._deliver_one(hook, event, i):
                 return
 
-    async def _deliver_one(self, hook: Hook, event: Event, index: int) -> bool:
+    async def _deliver_one(self, hook: Hook, event: Queued, index: int) -> bool:
         """Send request ``index`` of :func:`render_all` with retries; False once given up."""
         attempt = 0
         detail = ""
@@ -833,7 +915,7 @@ class HookDispatcher:
         return False
 
     async def _give_up(
-        self, hook: Hook, event: Event, reason: str, detail: str, attempts: int, outcome: Delivery
+        self, hook: Hook, event: Queued, reason: str, detail: str, attempts: int, outcome: Delivery
     ) -> None:
         self._count(hook, outcome)
         failed = FailedDelivery(
@@ -841,7 +923,7 @@ class HookDispatcher:
             format=hook.format,
             flag=event.flag,
             kind=_event_kind(event),
-            event=encode(event),
+            event=encode(event.alert if isinstance(event, WarningCleared) else event),
             reason=reason,
             detail=detail,
             attempts=attempts,

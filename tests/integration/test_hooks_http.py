@@ -445,3 +445,86 @@ def test_pagerduty_warning_incident_is_resolved_by_the_kill_and_the_restore() ->
     assert all(b["routing_key"] == SECRET for b in sent)
     assert sink.dead == []
     assert sink.records == [("pagerduty", "delivered")] * 5
+
+
+def test_pagerduty_warning_that_stops_recurring_is_resolved_after_the_quiet_period() -> None:
+    def warn(variant: str, guardrail: str, ts: float) -> AlertEvent:
+        cause = Cause(
+            kind=CauseKind.DETECTOR, action=Action.WARN, guardrail=guardrail, variant=variant
+        )
+        return AlertEvent(
+            flag="ranker", guardrail=guardrail, variant=variant, cause=cause, ts=ts, flag_version=1
+        )
+
+    now = [1000.0]
+
+    async def scenario() -> tuple[Sink, Receiver, list[int]]:
+        sink = Sink()
+        due: list[int] = []
+        async with receiver(ok) as rec:
+            hook = make_hook(rec.url, fmt=HookFormat.PAGERDUTY)
+            warnings = (("ranker", "candidate", "slow"), ("ranker", "control", "acc"))
+            hook = Hook(**{**hook.__dict__, "warn_resolve_after": 600.0, "warnings": warnings})
+            async with HookDispatcher(
+                [hook], deadletter=sink.deadletter, record=sink.record, clock=lambda: now[0]
+            ) as dispatcher:
+                dispatcher.submit(warn("candidate", "slow", TS))
+                dispatcher.submit(warn("control", "acc", TS))
+                now[0] += 400  # both still recent
+                due.append(dispatcher.resolve_quiet_warnings())
+                dispatcher.submit(warn("candidate", "slow", TS + 60))  # raised again: extended
+                dispatcher.submit(kill())  # the kill of the candidate resolves its warning
+                dispatcher.submit(warn("candidate", "slow", TS + 120))  # and a new one opens
+                now[0] += 300  # control's warning quiet for 700 s, candidate's for 0
+                due.append(dispatcher.resolve_quiet_warnings())
+                await dispatcher.drain()
+                now[0] += 700
+                due.append(dispatcher.resolve_quiet_warnings())
+                due.append(dispatcher.resolve_quiet_warnings())  # resolved once only
+                await dispatcher.drain()
+        return sink, rec, due
+
+    sink, rec, due = asyncio.run(scenario())
+    sent = [
+        (b["event_action"], b["dedup_key"])
+        for b in map(orjson.loads, (r.body for r in rec.requests))
+    ]
+    slow, acc = "driftswitch:ranker:candidate:warn:slow", "driftswitch:ranker:control:warn:acc"
+    assert due == [0, 1, 1, 0]
+    assert sent == [
+        ("trigger", slow),
+        ("trigger", acc),
+        ("trigger", slow),
+        ("trigger", "driftswitch:ranker:candidate"),
+        ("resolve", slow),  # by the kill
+        ("trigger", slow),
+        ("resolve", acc),  # quiet for 700 s
+        ("resolve", slow),  # the new one, quiet for 700 s
+    ]
+    assert [r.headers["X-Driftswitch-Event"] for r in rec.requests][-2:] == ["warning-cleared"] * 2
+    assert sink.dead == []
+
+
+def test_pagerduty_quiet_warnings_are_resolved_by_the_dispatcher_itself() -> None:
+    cause = Cause(
+        kind=CauseKind.DETECTOR, action=Action.WARN, guardrail="slow", variant="candidate"
+    )
+    alert = AlertEvent(
+        flag="ranker", guardrail="slow", variant="candidate", cause=cause, ts=TS, flag_version=1
+    )
+
+    async def scenario() -> Receiver:
+        sink = Sink()
+        async with receiver(ok) as rec:
+            hook = make_hook(rec.url, fmt=HookFormat.PAGERDUTY)
+            hook = Hook(**{**hook.__dict__, "warn_resolve_after": 0.3})
+            async with HookDispatcher([hook], deadletter=sink.deadletter) as dispatcher:
+                dispatcher.submit(alert)
+                for _ in range(200):  # the sweeper runs every 0.05 s here
+                    if len(rec.requests) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+        return rec
+
+    rec = asyncio.run(scenario())
+    assert [orjson.loads(r.body)["event_action"] for r in rec.requests] == ["trigger", "resolve"]
