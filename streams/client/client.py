@@ -6,14 +6,17 @@ because driftswitch or Kafka is down, so:
 
 - recording only appends to a bounded in-memory buffer (``O(1)``, never blocks); a background
   thread with its own asyncio loop drains it into the predictions/outcomes topics with aiokafka,
-  in batches keyed by ``request_id`` (Kafka's default murmur2 partitioner, so predictions and
-  outcomes stay co-partitioned whatever producer sends them). While the broker is unreachable
+  in batches keyed by ``request_id`` (aiokafka's murmur2 partitioner, as Java clients use it:
+  this client puts a prediction and its outcome in the same partition. Producers on librdkafka
+  (confluent-kafka, kcat, Go, .NET) default to a CRC32 partitioner and place the same key
+  elsewhere; the worker reads every partition, so its join does not depend on where a record
+  sits). While the broker is unreachable
   the buffer holds up to ``buffer_size`` events; beyond that new events are dropped and counted
   (:meth:`DriftswitchClient.stats`);
-- flag state is read from the compacted flags topic from its beginning until the consumer is
-  idle (the embedded Tansu broker never compacts and reports the end offset of a partition as
-  its last batch's base offset, so "read up to the end offset" would stop short:
-  ``tests/integration/test_tansu_quirks.py``), then followed. A record whose version is not
+- flag state is read from the compacted flags topic from its beginning up to the high
+  watermark of the broker's fetch answers (the embedded Tansu broker never compacts and reports
+  the end offset of a partition as its last batch's base offset, so "read up to the end offset"
+  would stop short: ``tests/integration/test_tansu_quirks.py``), then followed. A record whose version is not
   newer than the held one is ignored. The cache survives a broker outage: the last known state
   keeps being served;
 - :meth:`DriftswitchClient.variant` is :class:`~driftswitch.streams.contract.assign.Fractional`
