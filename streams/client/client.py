@@ -16,13 +16,12 @@ because driftswitch or Kafka is down, so:
 - flag state is read from the compacted flags topic from its beginning up to the high
   watermark of the broker's fetch answers (the embedded Tansu broker never compacts and reports
   the end offset of a partition as its last batch's base offset, so "read up to the end offset"
-  would stop short: ``tests/integration/test_tansu_quirks.py``), then followed. A record whose version is not
-  newer than the held one is ignored. The cache survives a broker outage: the last known state
-  keeps being served;
+  would stop short: ``tests/integration/test_tansu_quirks.py``), then followed. A record whose
+  version is not newer than the held one is ignored. The cache survives a broker outage: the
+  last known state keeps being served;
 - :meth:`DriftswitchClient.variant` is :class:`~driftswitch.streams.contract.assign.Fractional`
-over the
-  cached state (bit-for-bit flagd ``fractional``), a killed variant is never served, an unknown
-  flag gets its configured default, and nothing on that path raises.
+  over the cached state (bit-for-bit flagd ``fractional``), a killed variant is never served,
+  an unknown flag gets its configured default, and nothing on that path raises.
 
 Imports stay light (aiokafka, pydantic, cbor2, mmh3, orjson, and for targeting rules the pure
 Python json_logic and semver): no numpy or river.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import ssl
 import time
@@ -32,8 +33,10 @@ from driftswitch.streams.kafka.settings import (
 )
 
 __all__ = [
+    "Membership",
     "TopicRead",
     "caught_up",
+    "check_membership",
     "client_options",
     "consumer",
     "describe_cluster",
@@ -454,6 +457,39 @@ def rebalance_listener(
         {"on_partitions_revoked": revoked, "on_partitions_assigned": assigned},
     )
     return cls()
+
+
+class Membership(enum.Enum):
+    """What the group coordinator said about a member (:func:`check_membership`)."""
+
+    #: The member is in the group's current generation: what it was assigned is still its own.
+    CURRENT = "current"
+    #: The coordinator expelled it (session expired, e.g. a process frozen past its session
+    #: timeout): what it was assigned may belong to another member now.
+    EXPELLED = "expelled"
+    #: A rebalance is under way; ask again once the assignment is settled.
+    REBALANCING = "rebalancing"
+
+
+async def check_membership(consumer: Any, tp: Any) -> Membership:
+    """Ask the group coordinator whether ``consumer`` still belongs to its group's current
+    generation, by committing an offset for ``tp`` (one of its assigned partitions).
+
+    The coordinator refuses a commit from a member it no longer knows (``UNKNOWN_MEMBER_ID``) or
+    from an older generation (``ILLEGAL_GENERATION``), whatever the member believes it holds:
+    this is the fencing check of a lease held through a consumer group.
+    """
+    from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+
+    try:
+        await consumer.commit({tp: (0, "driftswitch lease check")})
+    except CommitFailedError as exc:
+        if isinstance(exc.__cause__, RebalanceInProgressError):
+            return Membership.REBALANCING
+        return Membership.EXPELLED
+    except IllegalStateError:  # not assigned right now: a rebalance revoked it
+        return Membership.REBALANCING
+    return Membership.CURRENT
 
 
 def partitioner() -> Any:

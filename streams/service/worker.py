@@ -19,10 +19,19 @@ that partition to processes input and publishes; the others stand by (``/healthz
 ``standby``) and take over when the active one dies (after the group's session timeout). A
 sticky assignor keeps the lease with the active worker when a standby joins, and an active
 worker that loses it stops at once. Kafka's group protocol thus gives exactly one writer per
-flag without a second topic (a worker frozen past its session timeout, then waking, could still
-publish one batch's changes before it learns it lost the lease: there is no fencing). Scaling
-the join out (a join stage and a decide stage, repartitioning per-flag aggregates) is
-future work.
+flag without a second topic.
+
+Fencing. A worker frozen past its session timeout (a long GC pause, SIGSTOP, a suspended VM)
+still believes it holds the lease when it wakes, and may already hold a fetched batch. Before
+anything leaves the worker — a flag change, an alert, a snapshot — it therefore asks the group
+coordinator whether it is still a member of the lease group's current generation (an offset
+commit on the lease partition, which the coordinator refuses from a member it expelled:
+:func:`driftswitch.streams.kafka.connect.check_membership`). An expelled worker publishes
+nothing more and stops; during a rebalance it waits until the lease is settled. What is left is
+the time between the coordinator's answer and the broker receiving the send: a freeze of more
+than a session timeout inside that window (milliseconds) is not fenced, since Kafka without
+transactions has no fencing token a consumer of the flags topic could check. Scaling the join
+out (a join stage and a decide stage, repartitioning per-flag aggregates) is future work.
 
 Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
 snapshot ``{engine.to_state(), next offset per input partition}`` to the state topic
@@ -117,6 +126,11 @@ def state_topic(topics: Topics) -> TopicSpec:
 
 class NotActiveError(DriftswitchError):
     """A command or reload reached a worker that does not hold the lease (standby, stopping)."""
+
+
+class LeaseLostError(NotActiveError):
+    """The group coordinator no longer counts this worker as the lease holder: it publishes
+    nothing more (module doc: Fencing)."""
 
 
 @dataclass(frozen=True)
@@ -285,7 +299,15 @@ class Worker:
             )
             await self._loop()
             if self._consumer is not None and not self._lease_lost.is_set():
-                await self._write_snapshot()
+                try:
+                    # A rebalance under way (a standby joining) may hold the lease back for a
+                    # moment: wait for it to settle rather than lose the final snapshot.
+                    await self._write_snapshot(patience=2 * s.session_timeout_ms / 1000)
+                except LeaseLostError as exc:
+                    log.warning(
+                        "no final snapshot (%s): the next active worker replays from the last one",
+                        exc,
+                    )
         finally:
             self.role = "stopped"
             if self._lease_poller is not None:
@@ -453,6 +475,8 @@ class Worker:
                         self._snapshot_cost = last_snapshot - now
                 except EngineFailedError as err:
                     await self._recover(err)
+                except LeaseLostError:
+                    break
         finally:
             stop_wait.cancel()
 
@@ -496,6 +520,7 @@ class Worker:
             if isinstance(emitted.event, FlagChangeEvent):
                 await self._publish_flag(emitted.event, where, event_ts)
             else:
+                await self._fence()
                 self.alerts.append(emitted.event)
                 del self.alerts[:-100]
                 log.warning(
@@ -623,6 +648,43 @@ class Worker:
         )
         return changes
 
+    async def _fence(self, patience: float | None = None) -> None:
+        """Return once the group coordinator confirms this worker still holds the lease; raise
+        :class:`LeaseLostError` (and stop) if it expelled this worker (module doc: Fencing).
+
+        While a rebalance holds the lease back, wait until it is settled: until the worker
+        stops, or (``patience``) for up to that many seconds, stopping or not.
+        """
+        while True:
+            if not self._lease_held.is_set():
+                held = asyncio.ensure_future(self._lease_held.wait())
+                waits = {held}
+                if patience is None:
+                    waits.add(asyncio.ensure_future(self.stop.wait()))
+                await asyncio.wait(waits, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                if not self._lease_held.is_set():
+                    raise LeaseLostError("the lease is not held")
+            tps = self._lease.assignment()
+            verdict = (
+                await kafka.check_membership(self._lease, next(iter(tps)))
+                if tps
+                else kafka.Membership.REBALANCING
+            )
+            if verdict is kafka.Membership.CURRENT:
+                return
+            if verdict is kafka.Membership.EXPELLED:
+                log.error(
+                    "lease on %s: the group coordinator expelled this worker (frozen past its "
+                    "session timeout?); publishing nothing more and stopping",
+                    self.state_topic.name,
+                )
+                self._lease_lost.set()
+                self.stop.set()
+                raise LeaseLostError("expelled from the lease group")
+            await asyncio.sleep(0.1)  # a rebalance: ask again once it is settled
+
     async def _publish_flag(
         self, event: FlagChangeEvent, source: str | None, event_ts: float | None = None
     ) -> None:
@@ -630,6 +692,7 @@ class Worker:
 
         ``event_ts`` is the time of the input event that decided it (for the latency metric).
         """
+        await self._fence()
         have = self.flags.get(event.flag)
         if event.cause.action is Action.INIT and event.ts == 0.0:
             # The engine's version 1 has no event time (it precedes every event, and backtest
@@ -745,9 +808,11 @@ class Worker:
                 f"snapshot of the engine state failed: {describe(exc)}"
             ) from exc
 
-    async def _write_snapshot(self) -> None:
-        """Flush pending sends, then write ``{engine state, offsets}`` to the state topic."""
+    async def _write_snapshot(self, patience: float | None = None) -> None:
+        """Flush pending sends, then write ``{engine state, offsets}`` to the state topic (once
+        the lease is confirmed: :meth:`_fence` with ``patience``)."""
         await self._flush()
+        await self._fence(patience)
         chunks = self._snapshot_chunks(self._snapshot_seq + 1)
         self._snapshot_seq += 1
         key = self.settings.group.encode()
