@@ -589,7 +589,7 @@ class DriftswitchClient:
         split = Fractional.from_event(state)
         served = {name for name, _ in split.fractions} or {state.default_variant}
         only = next(iter(served)) if len(served) == 1 else None
-        rule = served_targeting(state) if state.targeting is not None else None
+        rule = served_targeting(state) if state.targeting is not None or state.segments else None
         self._flags[state.flag] = _FlagEntry(state, split, only, rule)
         self._flag_updates += 1
         with self._lock:

@@ -231,6 +231,32 @@ class Guardrail(_Model):
             "for label metrics), e.g. 40/s: turns `false_alarm_every` into `arl0`."
         ),
     )
+    segment_by: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description=(
+            "Watch each segment on its own, e.g. [attributes.region]: one detector per value "
+            "(per combination of values); a breach acts on that segment only."
+        ),
+    )
+    max_segments: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description=(
+            "With `segment_by`: segments with their own detector; later values (and missing or "
+            "non-string ones) are counted in one `other` bucket."
+        ),
+    )
+    metric_segments: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description=(
+            "With `segment_by`: segment values exported as Prometheus labels (joined with `,` "
+            "for several attributes); every other segment is exported as `other`."
+        ),
+    )
 
 
 class OnHarm(StrEnum):
@@ -696,7 +722,40 @@ def _check_guardrail(
         problems.add([*here, "feature"], "metric 'feature' needs `feature: <feature name>`")
     if g.metric is not Metric.FEATURE and g.feature:
         problems.add([*here, "feature"], "`feature` is only used with metric 'feature'")
+    if g.segment_by is not None:
+        _check_segment_by(problems, here, g)
+    elif g.metric_segments:
+        problems.add([*here, "metric_segments"], "`metric_segments` needs `segment_by`")
     _check_detector(problems, here, g.detector, g.metric, g.compare_to, g)
+
+
+#: An attribute a guardrail segments by: ``attributes.<name>`` (a flat attribute of predictions).
+SEGMENT_PATH = re.compile(r"attributes\.([A-Za-z0-9_-]{1,64})")
+
+
+def segment_names(paths: list[str]) -> list[str]:
+    """The attribute names of ``segment_by`` paths (``attributes.region`` -> ``region``)."""
+    return [p.removeprefix("attributes.") for p in paths]
+
+
+def _check_segment_by(problems: _Problems, here: list[str | int], g: Guardrail) -> None:
+    assert g.segment_by is not None
+    for i, path in enumerate(g.segment_by):
+        if not SEGMENT_PATH.fullmatch(path):
+            problems.add(
+                [*here, "segment_by", i],
+                f"expected attributes.<name> (letters, digits, _ or -), got {path!r}",
+            )
+    if len(set(g.segment_by)) != len(g.segment_by):
+        problems.add([*here, "segment_by"], "an attribute is named twice")
+    if g.action is GuardrailAction.SHIFT:
+        problems.add(
+            [*here, "action"],
+            "a guardrail with `segment_by` does warn, hold or kill (in the segment); shift moves "
+            "weight for everyone",
+        )
+    if g.metric is Metric.INTERLEAVING:
+        problems.add([*here, "segment_by"], "metric 'interleaving' cannot be segmented")
 
 
 def _check_detector(

@@ -90,6 +90,10 @@ class Command(BaseModel):
                     "if": {"properties": {"action": {"const": "restore"}}},
                     "else": {"not": {"required": ["weight"]}},
                 },
+                {
+                    "if": {"properties": {"action": {"enum": ["kill", "restore"]}}},
+                    "else": {"not": {"required": ["segment"]}},
+                },
             ],
         },
     )
@@ -117,6 +121,12 @@ class Command(BaseModel):
     weights: dict[Name, Annotated[StrictInt, Field(ge=0, le=100)]] | None = Field(
         None,
         description="For set_weights: variant -> weight, adding up to 100; unnamed variants get 0.",
+    )
+    segment: dict[Name, Annotated[str, Field(max_length=128)]] | None = Field(
+        None,
+        max_length=4,
+        description="For kill and restore: act in this segment only (attribute name -> value, "
+        "e.g. {\"region\": \"jp\"}; {} is a guardrail's `other` bucket, for restore).",
     )
     reason: str | None = Field(
         None, max_length=1000, description="Why: recorded in the flag change (audit)."
@@ -146,6 +156,12 @@ class Command(BaseModel):
             raise ValueError("`weights` is required for set_weights and only for it")
         if a is not CommandAction.RESTORE and self.weight is not None:
             raise ValueError("`weight` is only for restore")
+        if self.segment is not None and a not in (CommandAction.KILL, CommandAction.RESTORE):
+            raise ValueError("`segment` is only for kill and restore")
+        if self.segment is not None and self.weight is not None:
+            raise ValueError("`weight` restores a variant everywhere; it takes no `segment`")
+        if a is CommandAction.KILL and self.segment == {}:
+            raise ValueError("kill needs a segment with at least one attribute")
         return self
 
 

@@ -334,6 +334,31 @@ class Pin(_Event):
     )
 
 
+#: A segment: attribute name -> value, e.g. ``{"region": "jp"}`` (``segment_by:
+#: [attributes.region]``).
+Segment = dict[str, str]
+
+
+class SegmentOverride(_Event):
+    """A variant taken away from one segment: its users get the default variant.
+
+    ``match`` names the segment; when it is None the override covers everyone outside the
+    segments in ``exclude`` (a guardrail's ``other`` bucket). The flagd document and the clients
+    apply it ahead of the flag's targeting rule and weights
+    (:func:`driftswitch.streams.contract.targeting.served_targeting`).
+    """
+
+    variant: str = Field(description="The variant killed in the segment.")
+    match: Segment | None = Field(
+        description="Attribute name -> value of the segment; null: everyone outside `exclude`."
+    )
+    exclude: list[Segment] = Field(
+        default_factory=list,
+        description="With `match` null: the segments the override does not cover.",
+    )
+    guardrail: str | None = Field(None, description="The guardrail that acted, if any.")
+
+
 class Cause(_Event):
     """The evidence for a flag change: enough to explain the decision without other data."""
 
@@ -358,6 +383,11 @@ class Cause(_Event):
     )
     evidence: dict[str, JsonValue] = Field(
         default_factory=dict, description="Detector-specific details (plain data)."
+    )
+    segment: Segment | None = Field(
+        None,
+        description="The segment a per-segment guardrail or a command acted on "
+        "(attribute name -> value; {} for the guardrail's `other` bucket).",
     )
 
 
@@ -390,6 +420,11 @@ class FlagChangeEvent(_Event):
         None,
         description="The flag's targeting rule in flagd's JSON Logic dialect ($ref expanded): "
         "its result is served when it names a live variant; otherwise the weights decide.",
+    )
+    segments: list[SegmentOverride] = Field(
+        default_factory=list,
+        description="Segments where a variant is killed: their users get the default variant, "
+        "ahead of `targeting` and the weights.",
     )
 
     _ts = field_validator("ts")(_check_seconds)

@@ -16,7 +16,10 @@ the flagd document carries and the client evaluates:
   variant's users to the default, as in :func:`driftswitch.streams.contract.assign.fractions`);
 - otherwise (``null``, or anything that is not a variant) the weights decide, through the same
   ``fractional`` the flag would carry without a rule;
-- while a variant is pinned the rule is ignored: everyone gets the pinned variant.
+- while a variant is pinned the rule is ignored: everyone gets the pinned variant;
+- ahead of all that, the users of a segment where a variant was killed (the state's
+  ``segments``, from a per-segment guardrail or a command) get the default variant, pinned or
+  not: ``{"if": [<in a killed segment>, default, <the above>]}``.
 
 Pure: imports ``json_logic``, ``semver``, ``cbor2`` and ``mmh3`` (all pure Python or small).
 """
@@ -37,7 +40,7 @@ from json_logic import jsonLogic
 from driftswitch.streams.contract.assign import MAX_TOTAL_WEIGHT, fractions
 
 if TYPE_CHECKING:
-    from driftswitch.streams.contract.events import FlagChangeEvent
+    from driftswitch.streams.contract.events import FlagChangeEvent, SegmentOverride
 
 log = logging.getLogger(__name__)
 
@@ -396,12 +399,41 @@ def expand_refs(rule: Any, evaluators: Mapping[str, Any]) -> Any:
 # --------------------------------------------------------------------------- serving
 
 
+def segment_condition(match: Mapping[str, str]) -> Any:
+    """JSON Logic that holds for the users of one segment (every attribute equal, as strings).
+
+    ``in`` against a one-element list compares without JSON Logic's loose ``==`` coercion, so
+    ``{"region": "5"}`` does not match the number 5 (the engine counts non-string values in a
+    guardrail's ``other`` bucket).
+    """
+    parts = [{"in": [{"var": name}, [value]]} for name, value in sorted(match.items())]
+    return parts[0] if len(parts) == 1 else {"and": parts}
+
+
+def override_condition(override: SegmentOverride) -> Any:
+    """JSON Logic that holds for the users a segment override covers."""
+    if override.match is not None:
+        return segment_condition(override.match)
+    if not override.exclude:
+        return True
+    return {"!": [{"or": [segment_condition(m) for m in override.exclude]}]}
+
+
 def served_targeting(event: FlagChangeEvent) -> dict[str, Any] | None:
     """The targeting the flagd document carries for a flag state (module docstring).
 
-    Without a rule (or while pinned) this is the weights' ``fractional``, or ``None`` when the
-    weights leave nobody but the default.
+    Without a rule (or while pinned) and without segment overrides this is the weights'
+    ``fractional``, or ``None`` when the weights leave nobody but the default.
     """
+    inner = _served_rule(event)
+    if not event.segments:
+        return inner
+    conditions = [override_condition(o) for o in event.segments]
+    killed = conditions[0] if len(conditions) == 1 else {"or": conditions}
+    return {"if": [killed, event.default_variant, inner]}
+
+
+def _served_rule(event: FlagChangeEvent) -> dict[str, Any] | None:
     split = fractions(event)
     weights: dict[str, Any] | None = (
         {"fractional": [[name, weight] for name, weight in split]} if split else None

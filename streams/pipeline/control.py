@@ -13,6 +13,8 @@ The rules, in the same spirit as the guardrail policy (:mod:`driftswitch.streams
 - ``kill``: the variant's weight goes to the default variant; it is marked killed and stays killed
   (guardrails never revive it) until a ``restore``. The default variant cannot be killed: traffic
   falls back to it.
+- ``kill`` / ``restore`` with a ``segment``: only that segment's users get the default variant,
+  or get the variant back (:mod:`~driftswitch.streams.pipeline.segments`); the weights stay.
 - ``restore``: un-kills the variant with ``weight`` if given, else its configured weight, taken
   from the default variant (which must have that much).
 - ``set_weights``: the full set of served weights (unnamed variants get 0); they add up to 100, and
@@ -44,8 +46,10 @@ from driftswitch.streams.contract.events import (
     CauseKind,
     FlagChangeEvent,
     Pin,
+    SegmentOverride,
     VariantState,
 )
+from driftswitch.streams.pipeline import segments
 from driftswitch.streams.pipeline.transitions import give, kill, next_state
 
 __all__ = ["CAUSE_ACTION", "reconcile", "transition", "validate"]
@@ -124,6 +128,8 @@ def transition(
     name = command.variant
     shadow = name is not None and name in flag.variants and flag.variants[name].shadow
 
+    if command.segment is not None:
+        return _segment_command(state, command, ts)
     if a is CommandAction.KILL:
         name, current = _target(command, variants)
         if name == default:
@@ -227,6 +233,47 @@ def transition(
     return next_state(
         state, cause, ts, actor=command.actor, variants=variants, paused=paused, pinned=pinned
     )
+
+
+def _segment_command(
+    state: FlagChangeEvent, command: Command, ts: float
+) -> FlagChangeEvent | None:
+    """``kill`` or ``restore`` with a ``segment``: add or remove that segment's override (the
+    segment's users get the default variant; everyone else is unchanged)."""
+    name, current = _target(command, state.variants)
+    segment = dict(command.segment or {})
+    where = segments.label(segment)
+    if command.action is CommandAction.KILL:
+        if name == state.default_variant:
+            raise CommandError(
+                "invalid_command",
+                f"cannot kill the default variant {name!r}: traffic falls back to it",
+            )
+        if current.killed or any(
+            o.variant == name and o.match == segment for o in state.segments
+        ):
+            return None
+        override = SegmentOverride(variant=name, match=segment)
+        overrides = [*state.segments, override]
+        what = f"{name} killed in segment {where}: it gets {state.default_variant}"
+    else:
+        kept = segments.restore(state.segments, name, segment)
+        if kept is None:
+            return None
+        overrides = kept
+        what = f"{name} restored in segment {where}"
+    evidence: dict[str, JsonValue] = {"summary": what}
+    if command.id is not None:
+        evidence["command_id"] = command.id
+    cause = Cause(
+        kind=CauseKind.MANUAL,
+        action=CAUSE_ACTION[command.action],
+        reason=command.reason or what,
+        variant=name,
+        evidence=evidence,
+        segment=segment,
+    )
+    return next_state(state, cause, ts, actor=command.actor, segments=overrides)
 
 
 def _target(command: Command, variants: Mapping[str, VariantState]) -> tuple[str, VariantState]:

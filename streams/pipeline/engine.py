@@ -58,11 +58,12 @@ from driftswitch.streams.contract.events import (
     PredictionEvent,
 )
 from driftswitch.streams.contract.interleave import credit
-from driftswitch.streams.pipeline import control, policy
+from driftswitch.streams.pipeline import control, policy, segments
 from driftswitch.streams.pipeline.join import DUPLICATE, JoinBuffer, Label
 from driftswitch.streams.pipeline.monitor import Decision, Monitor, Point, VariantStats, plain
 from driftswitch.streams.pipeline.rollout import Rollout
 from driftswitch.streams.pipeline.rollout import prediction_reader as rollout_reader
+from driftswitch.streams.pipeline.segments import SegmentDecision, SegmentMonitor
 from driftswitch.streams.pipeline.scoring import (
     PredictionReader,
     label_value,
@@ -118,7 +119,15 @@ class Result:
 
 
 class _Variant:
-    __slots__ = ("group", "label_monitors", "name", "prediction_monitors", "stats")
+    __slots__ = (
+        "group",
+        "label_monitors",
+        "name",
+        "prediction_monitors",
+        "segment_labels",
+        "segment_predictions",
+        "stats",
+    )
 
     def __init__(self, flag: str, name: str) -> None:
         self.name = name
@@ -128,12 +137,16 @@ class _Variant:
         self.prediction_monitors: list[tuple[Monitor | Rollout, PredictionReader, int]] = []
         #: Label guardrails watching this variant: (monitor, metric, arm).
         self.label_monitors: list[tuple[Monitor | Rollout, Metric, int]] = []
+        #: The same for per-segment guardrails (pipeline/segments.py).
+        self.segment_predictions: list[tuple[SegmentMonitor, PredictionReader, int]] = []
+        self.segment_labels: list[tuple[SegmentMonitor, Metric, int]] = []
 
 
 class _Flag:
     __slots__ = (
         "config",
         "cooldowns",
+        "fields",
         "interleaving",
         "monitors",
         "name",
@@ -150,10 +163,22 @@ class _Flag:
         self.task = config.task
         self.positive: Label | None = config.positive_label
         self.variants = {v: _Variant(name, v) for v in config.variants}
-        self.monitors: list[Monitor] = []
+        self.monitors: list[Monitor | SegmentMonitor] = []
         #: Guardrails on interleaved impressions, fed when an impression's clicks join it.
         self.interleaving: list[Monitor] = []
+        #: Attributes some guardrail segments by: their values ride the join with a prediction.
+        self.fields = segments.fields(config)
         for g in config.guardrails:
+            if g.segment_by is not None:
+                seg = SegmentMonitor(name, config, g, self.fields)
+                self.monitors.append(seg)
+                for variant, arm in [(g.variant, 1)] + ([(g.compare_to, 0)] if g.compare_to else []):
+                    target = self.variants[variant]
+                    if METRIC_TRAITS[g.metric].needs_label:
+                        target.segment_labels.append((seg, g.metric, arm))
+                    else:
+                        target.segment_predictions.append((seg, prediction_reader(g), arm))
+                continue
             mon = Monitor(name, config, g)
             self.monitors.append(mon)
             if g.metric is Metric.INTERLEAVING:
@@ -264,8 +289,10 @@ class Engine:
                     if problem is not None:
                         rejections.append(Rejection(i, *problem))
                         continue
+                values = segments.extract(ev.attributes, f.fields) if f.fields else None
+                payload = (f.name, v.name, prediction, errored)
                 got = join.add_prediction(
-                    ev.request_id, ts, v.group, (f.name, v.name, prediction, errored)
+                    ev.request_id, ts, v.group, payload if values is None else (*payload, values)
                 )
                 if got is DUPLICATE:
                     detail = f"request_id {ev.request_id!r} already seen"
@@ -291,6 +318,10 @@ class Engine:
                     x = reader(ev)
                     if x is not None:
                         mon.pending.append((arm, x, i, ts))
+                for seg, reader, arm in v.segment_predictions:
+                    x = reader(ev)
+                    if x is not None:
+                        seg.add(values, arm, x, i, ts)
                 if got is not None:
                     joined: Any = got[1]  # a label, or an interleaved impression's clicks
                     if type(prediction) is list or type(joined) is dict:
@@ -298,7 +329,7 @@ class Engine:
                         if problem is not None:
                             rejections.append(Rejection(i, *problem))
                     else:
-                        self._score(f, v, prediction, errored, joined, i, ts)
+                        self._score(f, v, prediction, errored, joined, i, ts, values)
             elif type(ev) is OutcomeEvent:
                 if ev.flag is not None:
                     f = flags.get(ev.flag)
@@ -319,7 +350,8 @@ class Engine:
                     continue
                 outcomes += 1
                 if found is not None:
-                    flag, variant, prediction, errored = found[2]
+                    flag, variant, prediction, errored = found[2][:4]
+                    values = found[2][4] if len(found[2]) > 4 else None
                     f = flags.get(flag)
                     v = f.variants.get(variant) if f is not None else None
                     if f is not None and v is not None:
@@ -328,7 +360,7 @@ class Engine:
                             if problem is not None:
                                 rejections.append(Rejection(i, *problem))
                         else:
-                            self._score(f, v, prediction, errored, label, i, ev.ts)
+                            self._score(f, v, prediction, errored, label, i, ev.ts, values)
             else:
                 detail = f"expected a prediction or an outcome, got {type(ev).__name__}"
                 rejections.append(Rejection(i, UNSUPPORTED, detail))
@@ -355,8 +387,10 @@ class Engine:
         label: Label,
         index: int,
         ts: float,
+        values: segments.Values | None = None,
     ) -> None:
-        """Score a completed join and queue the label metrics' observations."""
+        """Score a completed join and queue the label metrics' observations (``values``: the
+        prediction's segment attributes, for per-segment guardrails)."""
         st = v.stats
         st.joined += 1
         if errored:
@@ -381,6 +415,9 @@ class Engine:
                 for mon, metric, arm in v.label_monitors:
                     if metric is Metric.ACCURACY:  # regression errors need numbers
                         mon.pending.append((arm, x, index, ts))
+            for seg, metric, arm in v.segment_labels:
+                if metric is Metric.ACCURACY:
+                    seg.add(values, arm, 0.0 if correct else 1.0, index, ts)
             return
         score = score_pair(f.task, prediction, label)
         if score.abs_error is not None:
@@ -391,6 +428,10 @@ class Engine:
             value = label_value(metric, score)
             if value is not None:
                 mon.pending.append((arm, value, index, ts))
+        for seg, metric, arm in v.segment_labels:
+            value = label_value(metric, score)
+            if value is not None:
+                seg.add(values, arm, value, index, ts)
 
     def _interleaved(
         self, f: _Flag, v: _Variant, ranking: Any, clicks: Any, index: int, ts: float
@@ -460,7 +501,10 @@ class Engine:
     def _apply(self, d: Decision, outputs: list[Emitted]) -> None:
         """Apply the policy to one breach; the change becomes the flag's state."""
         f = self._flags[d.flag]
-        out = policy.apply(f.state, f.config, d, f.cooldowns)
+        if isinstance(d, SegmentDecision):
+            out = segments.apply(f.state, f.config, d, f.cooldowns)
+        else:
+            out = policy.apply(f.state, f.config, d, f.cooldowns)
         if out is None:
             return
         for m in f.monitors:

@@ -77,6 +77,11 @@ def _cause(decision: Decision, action: Action, reason: str) -> Cause:
     )
 
 
+def cause_of(decision: Decision, action: Action, what: str) -> Cause:
+    """The cause of acting on ``decision``: its evidence and a reason ending in ``what``."""
+    return _cause(decision, action, _reason(decision, what))
+
+
 def _reason(decision: Decision, what: str) -> str:
     g = decision.guardrail
     against = f" against {g.compare_to}" if g.compare_to else ""

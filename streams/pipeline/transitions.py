@@ -13,7 +13,7 @@ does not name carried over unchanged. Weight moves between variants go through :
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Final, Literal
 
@@ -26,6 +26,7 @@ from driftswitch.streams.contract.events import (
     CauseKind,
     FlagChangeEvent,
     Pin,
+    SegmentOverride,
     VariantState,
 )
 
@@ -71,11 +72,12 @@ def next_state(
     paused: bool | None = None,
     pinned: Pin | Literal[_Keep.KEEP] | None = KEEP,
     targeting: dict[str, JsonValue] | Literal[_Keep.KEEP] | None = KEEP,
+    segments: Sequence[SegmentOverride] | None = None,
 ) -> FlagChangeEvent:
     """The state after ``state``: version + 1, ``cause`` at event time ``ts``.
 
-    ``variants``, ``default_variant``, ``paused``, ``pinned`` and ``targeting`` replace the
-    current ones when given (``pinned=None`` ends a pin, ``targeting=None`` drops the rule);
+    ``variants``, ``default_variant``, ``paused``, ``pinned``, ``targeting`` and ``segments``
+    (the per-segment kills) replace the current ones when given (``pinned=None`` ends a pin, ``targeting=None`` drops the rule);
     whatever is not given is carried over.
     """
     return FlagChangeEvent(
@@ -89,6 +91,7 @@ def next_state(
         paused=state.paused if paused is None else paused,
         pinned=state.pinned if pinned is KEEP else pinned,
         targeting=state.targeting if targeting is KEEP else targeting,
+        segments=list(state.segments if segments is None else segments),
     )
 
 
