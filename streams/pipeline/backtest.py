@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from driftswitch.streams.config.model import Config
@@ -204,7 +205,7 @@ def render_summary(result: Backtest, console: Console) -> None:
                 str(version),
                 c.action.value,
                 _fmt(c.guardrail),
-                _fmt(c.variant),
+                _fmt(c.variant) + ("" if c.segment is None else f" in {_segment(c.segment)}"),
                 _fmt(c.detector),
                 _fmt(c.statistic),
                 _fmt(c.threshold),
@@ -214,7 +215,7 @@ def render_summary(result: Backtest, console: Console) -> None:
             console.print(changes)
             for line, out in result.outputs:
                 if out.flag == name and out.cause.reason:
-                    console.print(f"  line {line}: {out.cause.reason}")
+                    console.print(f"  line {line}: {escape(out.cause.reason)}")
         else:
             console.print("no changes")
         rollout = flag.get("rollout")
@@ -285,3 +286,40 @@ def render_summary(result: Backtest, console: Console) -> None:
             )
         if guardrails.row_count:
             console.print(guardrails)
+        _print_segments(console, name, flag, result)
+
+
+def _segment(segment: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in segment.items()) or "other"
+
+
+def _print_segments(console: Console, name: str, flag: dict[str, Any], result: Any) -> None:
+    """Per-segment guardrails: every segment's state, and the segments killed in the end."""
+    for gname, g in flag["guardrails"].items():
+        segs = g.get("segments")
+        if segs is None:
+            continue
+        table = Table(
+            "segment", "state", "samples", "statistic", "threshold", "alarms",
+            title=f"segments of {gname} (by {', '.join(g['segment_by'])}; "
+            f"overflow {g['overflow']}, invalid {g['invalid']})",
+        )  # fmt: skip
+        for label, s in segs.items():
+            samples = ", ".join(f"{k}={n}" for k, n in s["samples"].items())
+            table.add_row(
+                escape(label),
+                str(s["state"]),
+                samples,
+                _fmt(s["statistic"]),
+                _fmt(s["threshold"]),
+                _fmt(s["breaches"]),
+            )
+        console.print(table)
+    state = result.engine.state(name)
+    for o in state.segments:
+        where = _segment(o.match) if o.match is not None else "other (outside " + ", ".join(
+            _segment(m) for m in o.exclude
+        ) + ")"
+        console.print(
+            f"  {escape(o.variant)} killed in {escape(where)}: served {state.default_variant} there"
+        )

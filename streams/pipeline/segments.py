@@ -360,7 +360,7 @@ def apply(
             flag=state.flag,
             guardrail=g.name,
             variant=g.variant,
-            cause=_with_segment(cause_of(d, Action.WARN, f"alert only ({where})"), d),
+            cause=_with_segment(cause_of(d, Action.WARN, "alert only"), d),
             ts=ts,
             flag_version=state.version,
         )
@@ -368,7 +368,7 @@ def apply(
         if state.paused:
             return None
         cooldowns.mark(key, ts)
-        cause = _with_segment(cause_of(d, Action.HOLD, f"rollout held ({where})"), d)
+        cause = _with_segment(cause_of(d, Action.HOLD, "rollout held"), d)
         return next_state(state, cause, ts, paused=True)
     # kill, in the segment only
     default = state.default_variant
@@ -383,7 +383,7 @@ def apply(
         guardrail=g.name,
     )
     cooldowns.mark(key, ts)
-    what = f"{g.variant} killed in segment {where}: it gets {default}; other segments unchanged"
+    what = f"killed in {where} only: {default} served there, other segments unchanged"
     cause = _with_segment(cause_of(d, Action.KILL, what), d)
     return next_state(state, cause, ts, segments=[*state.segments, override])
 
@@ -391,7 +391,7 @@ def apply(
 def _with_segment(cause: Cause, d: SegmentDecision) -> Cause:
     where = label(d.segment)
     g = d.guardrail
-    reason = (cause.reason or "").replace(f"{g.name}:", f"{g.name} [{where}]:", 1)
+    reason = (cause.reason or "").replace(f" of {g.variant}", f" of {g.variant} in {where}", 1)
     return cause.model_copy(update={"segment": dict(d.segment or {}), "reason": reason})
 
 

@@ -373,6 +373,18 @@ def _parse_variant(text: str) -> VariantSpec:
 @click.option("--flag", default="ranker", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--regions",
+    default="",
+    metavar="A,B,...",
+    help="Give each request an attribute `region`, drawn uniformly from these values.",
+)
+@click.option(
+    "--change-in",
+    default="",
+    metavar="A,B,...",
+    help="AFTER accuracies apply only in these regions (of --regions) [default: everywhere].",
+)
+@click.option(
     "--follow",
     "follow_config",
     metavar="CONFIG",
@@ -390,6 +402,8 @@ def simulate(
     label_fraction: float,
     flag: str,
     seed: int,
+    regions: str,
+    change_in: str,
     follow_config: str | None,
 ) -> None:
     """Write simulated events (JSON Lines) to OUT.jsonl ("-" for stdout), for `backtest`.
@@ -422,6 +436,8 @@ def simulate(
             label_delay=label_delay,
             label_fraction=label_fraction,
             seed=seed,
+            regions=tuple(r for r in regions.split(",") if r),
+            change_in=tuple(r for r in change_in.split(",") if r),
         )
     except ValueError as exc:
         click.echo(f"driftswitch simulate: {exc}", err=True)

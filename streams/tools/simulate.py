@@ -80,6 +80,11 @@ class Scenario:
     classes: tuple[str, ...] = ("relevant", "irrelevant")
     start_ts: float = START_TS
     seed: int = 0
+    #: Values of the ``region`` attribute, drawn uniformly per request (empty: no attributes).
+    regions: tuple[str, ...] = ()
+    #: Regions where ``accuracy_after`` applies (empty: everywhere), e.g. a candidate that is
+    #: bad only in ``jp``.
+    change_in: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         served = [v for v in self.variants if not v.shadow]
@@ -91,6 +96,8 @@ class Scenario:
             raise ValueError("rate must be > 0; requests and label_delay must be >= 0")
         if not 0.0 <= self.label_fraction <= 1.0:
             raise ValueError("label_fraction must lie in [0, 1]")
+        if set(self.change_in) - set(self.regions):
+            raise ValueError("change_in names regions that are not in regions")
 
 
 def simulate(
@@ -131,8 +138,12 @@ def simulate(
         pick = rng.random() * total
         variant = served[next(k for k, c in enumerate(cum) if pick < c)]
         rid = f"req-{i:09d}"
+        region = scenario.regions[rng.randrange(len(scenario.regions))] if scenario.regions else None
+        attributes = {"region": region} if region is not None else {}
         for v, request_id in [(variant, rid), *((s, f"{rid}~{s.name}") for s in shadows)]:
             changed = scenario.change_at is not None and i >= scenario.change_at
+            if scenario.change_in and region not in scenario.change_in:
+                changed = False
             accuracy = v.accuracy_after if changed and v.accuracy_after is not None else v.accuracy
             errored = rng.random() < v.error_rate
             right = rng.random() < accuracy
@@ -150,6 +161,7 @@ def simulate(
                 error="inference_failed" if errored else None,
                 served=not v.shadow,
                 model_version=f"{v.name}-1",
+                attributes=attributes,
             )
             if rng.random() < scenario.label_fraction:
                 delay = rng.expovariate(1.0 / scenario.label_delay) if scenario.label_delay else 0
