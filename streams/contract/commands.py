@@ -126,7 +126,7 @@ class Command(BaseModel):
         None,
         max_length=4,
         description="For kill and restore: act in this segment only (attribute name -> value, "
-        "e.g. {\"region\": \"jp\"}; {} is a guardrail's `other` bucket, for restore).",
+        'e.g. {"region": "jp"}; {} is a guardrail\'s `other` bucket, for restore).',
     )
     reason: str | None = Field(
         None, max_length=1000, description="Why: recorded in the flag change (audit)."

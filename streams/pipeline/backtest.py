@@ -317,9 +317,11 @@ def _print_segments(console: Console, name: str, flag: dict[str, Any], result: A
         console.print(table)
     state = result.engine.state(name)
     for o in state.segments:
-        where = _segment(o.match) if o.match is not None else "other (outside " + ", ".join(
-            _segment(m) for m in o.exclude
-        ) + ")"
+        where = (
+            _segment(o.match)
+            if o.match is not None
+            else "other (outside " + ", ".join(_segment(m) for m in o.exclude) + ")"
+        )
         console.print(
             f"  {escape(o.variant)} killed in {escape(where)}: served {state.default_variant} there"
         )

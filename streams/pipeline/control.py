@@ -235,9 +235,7 @@ def transition(
     )
 
 
-def _segment_command(
-    state: FlagChangeEvent, command: Command, ts: float
-) -> FlagChangeEvent | None:
+def _segment_command(state: FlagChangeEvent, command: Command, ts: float) -> FlagChangeEvent | None:
     """``kill`` or ``restore`` with a ``segment``: add or remove that segment's override (the
     segment's users get the default variant; everyone else is unchanged)."""
     name, current = _target(command, state.variants)
@@ -249,9 +247,7 @@ def _segment_command(
                 "invalid_command",
                 f"cannot kill the default variant {name!r}: traffic falls back to it",
             )
-        if current.killed or any(
-            o.variant == name and o.match == segment for o in state.segments
-        ):
+        if current.killed or any(o.variant == name and o.match == segment for o in state.segments):
             return None
         override = SegmentOverride(variant=name, match=segment)
         overrides = [*state.segments, override]

@@ -63,7 +63,6 @@ from driftswitch.streams.pipeline.join import DUPLICATE, JoinBuffer, Label
 from driftswitch.streams.pipeline.monitor import Decision, Monitor, Point, VariantStats, plain
 from driftswitch.streams.pipeline.rollout import Rollout
 from driftswitch.streams.pipeline.rollout import prediction_reader as rollout_reader
-from driftswitch.streams.pipeline.segments import SegmentDecision, SegmentMonitor
 from driftswitch.streams.pipeline.scoring import (
     PredictionReader,
     label_value,
@@ -71,6 +70,7 @@ from driftswitch.streams.pipeline.scoring import (
     same_label,
     score_pair,
 )
+from driftswitch.streams.pipeline.segments import SegmentDecision, SegmentMonitor
 from driftswitch.streams.pipeline.transitions import initial_state
 
 #: Version of the ``Engine.to_state`` layout.
@@ -172,7 +172,9 @@ class _Flag:
             if g.segment_by is not None:
                 seg = SegmentMonitor(name, config, g, self.fields)
                 self.monitors.append(seg)
-                for variant, arm in [(g.variant, 1)] + ([(g.compare_to, 0)] if g.compare_to else []):
+                for variant, arm in [(g.variant, 1)] + (
+                    [(g.compare_to, 0)] if g.compare_to else []
+                ):
                     target = self.variants[variant]
                     if METRIC_TRAITS[g.metric].needs_label:
                         target.segment_labels.append((seg, g.metric, arm))

@@ -212,7 +212,9 @@ class SegmentMonitor:
             ts = max(ts, mon.pending[-1][3])
             key = keys[id(mon)]
             for d in mon.flush():
-                tracked = tuple(self.segment(k) or {} for k in self.segments if k) if not key else ()
+                tracked = (
+                    tuple(self.segment(k) or {} for k in self.segments if k) if not key else ()
+                )
                 values = {f.name: getattr(d, f.name) for f in dataclasses.fields(Decision)}
                 out.append(SegmentDecision(**values, segment=self.segment(key), tracked=tracked))
         out.sort(key=lambda d: d.index)
@@ -251,9 +253,11 @@ class SegmentMonitor:
         """Plain-data status: the worst segment's statistic, totals, and every segment."""
         g = self.guardrail
         worst = self._worst()
-        out = worst.summary() if worst is not None else Monitor(
-            self.flag, self.flag_config, g
-        ).summary()
+        out = (
+            worst.summary()
+            if worst is not None
+            else Monitor(self.flag, self.flag_config, g).summary()
+        )
         samples = [0, 0]
         for m in self.segments.values():
             samples[0] += m.samples[0]

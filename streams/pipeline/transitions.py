@@ -77,8 +77,8 @@ def next_state(
     """The state after ``state``: version + 1, ``cause`` at event time ``ts``.
 
     ``variants``, ``default_variant``, ``paused``, ``pinned``, ``targeting`` and ``segments``
-    (the per-segment kills) replace the current ones when given (``pinned=None`` ends a pin, ``targeting=None`` drops the rule);
-    whatever is not given is carried over.
+    (the per-segment kills) replace the current ones when given (``pinned=None`` ends a pin,
+    ``targeting=None`` drops the rule); whatever is not given is carried over.
     """
     return FlagChangeEvent(
         flag=state.flag,

@@ -4,6 +4,7 @@ Mutating endpoints (each needs ``Authorization: Bearer <DRIFTSWITCH_ADMIN_TOKEN>
 
 - ``POST /api/v1/flags/{flag}/kill`` ``{"variant": ..., "reason": ...}``
 - ``POST /api/v1/flags/{flag}/restore`` ``{"variant": ..., "weight": ..., "reason": ...}``
+  (kill and restore also take ``"segment": {"region": "jp"}``: that segment only)
 - ``PUT /api/v1/flags/{flag}/weights`` ``{"weights": {...}, "reason": ...}``
 - ``POST /api/v1/flags/{flag}/pause`` / ``.../resume`` ``{"reason": ...}``
 - ``POST /api/v1/flags/{flag}/pin`` ``{"variant": ..., "reason": ...}`` / ``.../unpin``
@@ -62,6 +63,9 @@ class CommandBody(BaseModel):
     variant: Name | None = Field(None, description="For kill, restore and pin.")
     weight: StrictInt | None = Field(None, description="For restore: the weight to give back.")
     weights: dict[str, StrictInt] | None = Field(None, description="For set weights.")
+    segment: dict[str, str] | None = Field(
+        None, description='For kill and restore: that segment only, e.g. {"region": "jp"}.'
+    )
     reason: str | None = Field(None, description="Why: recorded in the flag change.")
     actor: str | None = Field(None, description="Who (the X-Driftswitch-Actor header wins).")
 

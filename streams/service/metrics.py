@@ -96,6 +96,20 @@ METRICS: tuple[MetricInfo, ...] = (
         (*_FVG, "state"),
         "1 for the guardrail's current state (no decision yet, ok or breached), else 0.",
     ),
+    MetricInfo(
+        "driftswitch_guardrail_segment_samples",
+        "gauge",
+        (*_FVG, "segment"),
+        "Per-segment guardrail: samples of the watched variant per segment named in "
+        "`metric_segments` (every other segment summed as `other`).",
+    ),
+    MetricInfo(
+        "driftswitch_guardrail_segment_breaches_total",
+        "counter",
+        (*_FVG, "segment"),
+        "Per-segment guardrail: detector alarms per segment named in `metric_segments` (others "
+        "summed as `other`).",
+    ),
     # Flag state.
     MetricInfo("driftswitch_flag_version", "gauge", ("flag",), "Version of the flag's state."),
     MetricInfo("driftswitch_flag_weight_percent", "gauge", _FV, "Served weight (killed: 0)."),
@@ -280,6 +294,16 @@ class _SnapshotCollector(Collector):
                 put("driftswitch_guardrail_threshold", labels, g.get("threshold"))
                 put("driftswitch_guardrail_samples", labels, _map(g.get("samples")).get(variant))
                 put("driftswitch_guardrail_breaches_total", labels, g.get("breaches"))
+                # Only labels the config allowlists (`metric_segments`), never raw values.
+                for segment, m in sorted(_map(g.get("metric_segments")).items()):
+                    m = _map(m)
+                    seg_labels = [*labels, str(segment)]
+                    put("driftswitch_guardrail_segment_samples", seg_labels, m.get("samples"))
+                    put(
+                        "driftswitch_guardrail_segment_breaches_total",
+                        seg_labels,
+                        m.get("breaches"),
+                    )
                 state = g.get("state")
                 if state in GUARDRAIL_STATES:
                     for s in GUARDRAIL_STATES:

@@ -138,7 +138,9 @@ def simulate(
         pick = rng.random() * total
         variant = served[next(k for k, c in enumerate(cum) if pick < c)]
         rid = f"req-{i:09d}"
-        region = scenario.regions[rng.randrange(len(scenario.regions))] if scenario.regions else None
+        region = (
+            scenario.regions[rng.randrange(len(scenario.regions))] if scenario.regions else None
+        )
         attributes = {"region": region} if region is not None else {}
         for v, request_id in [(variant, rid), *((s, f"{rid}~{s.name}") for s in shadows)]:
             changed = scenario.change_at is not None and i >= scenario.change_at

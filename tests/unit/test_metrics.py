@@ -68,6 +68,19 @@ SNAPSHOT: dict[str, Any] = {
                     "state": "no decision yet",
                     "breaches": 0,
                 },
+                "candidate-by-region": {
+                    "variant": "candidate",
+                    "samples": {"candidate": 90},
+                    "statistic": 3.0,
+                    "threshold": 11.5,
+                    "state": "breached",
+                    "breaches": 2,
+                    # Engine.snapshot already reduces segments to the allowlist and `other`.
+                    "metric_segments": {
+                        "jp": {"samples": 40, "breaches": 2},
+                        "other": {"samples": 50, "breaches": 0},
+                    },
+                },
             },
         }
     },
@@ -202,6 +215,7 @@ def test_names_units_and_label_sets_follow_the_style_guide() -> None:
         "format",
         "outcome",
         "kind",
+        "segment",
         "le",
     }
     documented = {m.name: m for m in METRICS}

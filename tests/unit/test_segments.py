@@ -12,6 +12,7 @@ import pytest
 
 from driftswitch.streams.config.model import ConfigError, parse_config
 from driftswitch.streams.contract.commands import Command, CommandError
+from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
     AlertEvent,
     FlagChangeEvent,
@@ -19,7 +20,6 @@ from driftswitch.streams.contract.events import (
     PredictionEvent,
     decode_line,
 )
-from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.flagd import flag_definition
 from driftswitch.streams.contract.targeting import evaluate, served_targeting, variant_name
 from driftswitch.streams.pipeline.engine import Engine
@@ -108,13 +108,15 @@ def test_a_bad_segment_is_killed_there_only() -> None:
     state = kills[0]
     assert state.segments[0].match == {"region": "jp"}
     assert state.segments[0].variant == "candidate"
-    assert state.variants["candidate"].weight == 50 and not state.variants["candidate"].killed
+    assert state.variants["candidate"].weight == 50
+    assert not state.variants["candidate"].killed
     cause = state.cause
     assert cause.segment == {"region": "jp"}
     assert cause.guardrail == "candidate-accuracy"
     assert "region=jp" in (cause.reason or "")
     assert cause.samples["candidate"] >= 50
-    assert cause.statistic is not None and cause.threshold is not None
+    assert cause.statistic is not None
+    assert cause.threshold is not None
     assert cause.statistic >= cause.threshold
     # jp users get the default; elsewhere the split still serves the candidate to about half.
     keys = [f"user-{i}" for i in range(400)]
@@ -138,7 +140,9 @@ def test_batching_and_restarts_decide_alike() -> None:
         engine = Engine(config())
         got = []
         for start in range(0, len(events), batch):
-            got += [e.event.model_dump() for e in engine.process(events[start : start + batch]).outputs]
+            got += [
+                e.event.model_dump() for e in engine.process(events[start : start + batch]).outputs
+            ]
             if start % (batch * 7) == 0:  # restart from a snapshot now and then
                 engine = Engine.from_state(config(), orjson.loads(orjson.dumps(engine.to_state())))
         assert got == expected, batch
@@ -148,7 +152,8 @@ def test_batching_and_restarts_decide_alike() -> None:
 def test_warn_names_the_segment() -> None:
     out = changes(Engine(config("warn")), stream(6000))
     alerts = [e for e in out if isinstance(e, AlertEvent)]
-    assert alerts and all(a.cause.segment == {"region": "jp"} for a in alerts)
+    assert alerts
+    assert all(a.cause.segment == {"region": "jp"} for a in alerts)
 
 
 def test_max_segments_overflow_goes_to_other() -> None:
@@ -174,9 +179,11 @@ def test_a_bad_other_bucket_excludes_the_tracked_segments() -> None:
     out = [e for e in changes(engine, events) if isinstance(e, FlagChangeEvent)]
     assert out
     o = out[0].segments[0]
-    assert o.match is None and o.exclude == [{"region": "us"}, {"region": "de"}]
+    assert o.match is None
+    assert o.exclude == [{"region": "us"}, {"region": "de"}]
     assert out[0].cause.segment == {}
-    assert served(out[0], "u1", "jp") == "control" and served(out[0], "u1", None) == "control"
+    assert served(out[0], "u1", "jp") == "control"
+    assert served(out[0], "u1", None) == "control"
     assert {served(out[0], f"u{i}", "us") for i in range(100)} == {"control", "candidate"}
 
 
@@ -187,11 +194,14 @@ def test_restore_with_a_segment() -> None:
     assert state.segments
     cmd = Command(action="restore", flag="ranker", variant="candidate", segment={"region": "jp"})
     out = engine.apply_command(cmd, 99999.0)
-    assert out is not None and out.segments == [] and out.cause.segment == {"region": "jp"}
+    assert out is not None
+    assert out.segments == []
+    assert out.cause.segment == {"region": "jp"}
     assert engine.apply_command(cmd, 99999.0) is None  # nothing left to restore
     kill = Command(action="kill", flag="ranker", variant="candidate", segment={"region": "de"})
     out = engine.apply_command(kill, 100000.0)
-    assert out is not None and out.segments[0].match == {"region": "de"}
+    assert out is not None
+    assert out.segments[0].match == {"region": "de"}
     assert served(out, "u", "de") == "control"
     with pytest.raises(CommandError):
         engine.apply_command(
@@ -208,7 +218,8 @@ def test_config_checks() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(bad, "seg.yaml")
     text = str(err.value)
-    assert "seg.yaml:" in text and "segment_by[0]: expected attributes.<name>" in text
+    assert "seg.yaml:" in text
+    assert "segment_by[0]: expected attributes.<name>" in text
     assert "does warn, hold or kill" in text
 
 
@@ -233,7 +244,9 @@ def test_adversarial_attributes_are_bounded() -> None:
     engine = Engine(config(max_segments=20))
     tracemalloc.start()
     for n, make in enumerate(kinds):
-        engine.process(stream(10_000, bad="none", attrs=make, prefix=f"k{n}-", t0=1000.0 + 20_000 * n))
+        engine.process(
+            stream(10_000, bad="none", attrs=make, prefix=f"k{n}-", t0=1000.0 + 20_000 * n)
+        )
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     g = engine.snapshot()["flags"]["ranker"]["guardrails"]["candidate-accuracy"]  # type: ignore[index,call-overload]
