@@ -46,6 +46,7 @@ SCENARIO = Scenario(
 )
 KEYS = [f"user-{i}" for i in range(300)]
 PATIENCE_S = 60.0
+TOKEN = "segments-token-for-tests"
 
 
 def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
@@ -58,7 +59,12 @@ def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
     config = ROOT / "examples" / "segments.yaml"
     events = list(simulate(SCENARIO))
     flagd_path = tmp_path / "flags.flagd.json"
-    worker = start_worker(config, tmp_path / "worker.log", args=["--flagd-file", str(flagd_path)])
+    worker = start_worker(
+        config,
+        tmp_path / "worker.log",
+        args=["--flagd-file", str(flagd_path)],
+        env={"DRIFTSWITCH_ADMIN_TOKEN": TOKEN},
+    )
     worker.wait_active()
     client = DriftswitchClient(broker.bootstrap, topics=topics, defaults={"ranker": "control"})
     client.start()
@@ -126,6 +132,21 @@ def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
             else:
                 share = list(direct.values()).count("candidate") / len(KEYS)
                 assert 0.35 < share < 0.65, (region, share)
+
+        # An operator restores the candidate in jp (admin API, with a segment).
+        body = {"variant": "candidate", "segment": {"region": "jp"}, "reason": "fixed for jp"}
+        status, _, answer = worker.request(
+            "POST", "/api/v1/flags/ranker/restore", body, token=TOKEN
+        )
+        assert (status, answer["status"]) == (200, "applied"), answer
+        change = answer["change"]
+        assert change["version"] == 3 and change["segments"] == []
+        assert change["cause"]["segment"] == {"region": "jp"}
+        while (held := client.flag_state("ranker")) is None or held.version < 3:
+            assert time.monotonic() < deadline + PATIENCE_S, "the client did not read version 3"
+            time.sleep(0.05)
+        jp = [client.variant("ranker", key, {"region": "jp"}) for key in KEYS]
+        assert 0.35 < jp.count("candidate") / len(KEYS) < 0.65
     finally:
         api.clear_providers()
         client.close(timeout_s=2.0)
