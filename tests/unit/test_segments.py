@@ -268,3 +268,29 @@ def test_adversarial_attributes_are_bounded() -> None:
         decode_line(nested)
     assert err.value.reason == "schema"
     assert "attributes" in str(err.value)
+
+
+def test_a_config_reload_keeps_the_segment_kill_and_the_detectors() -> None:
+    engine = Engine(config())
+    changes(engine, stream(6000))
+    before = engine.state("ranker")
+    assert before.segments
+    guard = engine.to_state()["flags"]["ranker"]["monitors"]["candidate-accuracy"]  # type: ignore[index,call-overload]
+    engine.reconfigure(config(), ts=99999.0)
+    assert engine.state("ranker").segments == before.segments
+    after = engine.to_state()["flags"]["ranker"]["monitors"]["candidate-accuracy"]  # type: ignore[index,call-overload]
+    assert after == guard
+    # A changed segment guardrail starts afresh (its detectors), the override stays.
+    engine.reconfigure(config(max_segments=5), ts=99999.0)
+    assert engine.state("ranker").segments == before.segments
+    fresh = engine.snapshot()["flags"]["ranker"]["guardrails"]["candidate-accuracy"]  # type: ignore[index,call-overload]
+    assert fresh["segments"] == {}
+
+
+def test_hold_pauses_the_flag_and_names_the_segment() -> None:
+    out = changes(Engine(config("hold")), stream(6000))
+    holds = [e for e in out if isinstance(e, FlagChangeEvent)]
+    assert len(holds) == 1
+    assert holds[0].paused
+    assert holds[0].segments == []
+    assert holds[0].cause.segment == {"region": "jp"}
