@@ -161,3 +161,96 @@ def report_command(
             console.print(f"note: {note}")
     if found:
         raise SystemExit(1)
+
+
+API_ENV = "DRIFTSWITCH_API"
+TOKEN_ENV = "DRIFTSWITCH_ADMIN_TOKEN"
+
+
+def _segment(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    """``("region=jp",)`` -> ``{"region": "jp"}``; ``("other",)`` -> ``{}`` (the bucket)."""
+    if not pairs:
+        return None
+    if pairs == ("other",):
+        return {}
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE, e.g. region=jp (or: other)")
+        out[name.removeprefix("attributes.")] = value
+    return out
+
+
+def _command(action: str, flag: str, body: dict[str, Any], api: str) -> None:
+    """POST one admin command; print the resulting flag change, exit 1 when refused."""
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        click.echo(f"driftswitch flags {action}: set {TOKEN_ENV} (the admin token)", err=True)
+        raise SystemExit(1)
+    req = urllib.request.Request(
+        f"{api.rstrip('/')}/api/v1/flags/{flag}/{action}",
+        data=orjson.dumps(body),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = orjson.loads(r.read())
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", "replace")
+        click.echo(f"driftswitch flags {action}: HTTP {err.code}: {detail}", err=True)
+        raise SystemExit(1) from None
+    except OSError as err:
+        click.echo(f"driftswitch flags {action}: {api}: {err}", err=True)
+        raise SystemExit(1) from None
+    change = answer.get("change", {})
+    click.echo(
+        f"{flag}: version {change.get('version')}: {change.get('cause', {}).get('reason', '')}"
+    )
+
+
+def _manual(action: str) -> Any:
+    @flags_group.command(
+        action,
+        help=f"{action.capitalize()} VARIANT of FLAG through the admin API (token from "
+        f"{TOKEN_ENV}); with --segment, in that segment only.",
+    )
+    @click.argument("flag")
+    @click.option("--variant", required=True, help="The variant.")
+    @click.option(
+        "--segment",
+        "segment",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Only in this segment (repeat per attribute), e.g. region=jp; `other` for a "
+        "guardrail's other bucket (restore).",
+    )
+    @click.option("--reason", default=None, help="Why (recorded in the flag change).")
+    @click.option(
+        "--api",
+        default=lambda: os.environ.get(API_ENV, "http://127.0.0.1:6066"),
+        show_default=f"env {API_ENV} or http://127.0.0.1:6066",
+        help="The worker's web address.",
+    )
+    def command(
+        flag: str, variant: str, segment: tuple[str, ...], reason: str | None, api: str
+    ) -> None:
+        body: dict[str, Any] = {"variant": variant}
+        where = _segment(segment)
+        if where is not None:
+            body["segment"] = where
+        if reason is not None:
+            body["reason"] = reason
+        _command(action, flag, body, api)
+
+    return command
+
+
+kill_command = _manual("kill")
+restore_command = _manual("restore")

@@ -9,7 +9,10 @@ default to jp contexts and keep the candidate elsewhere; the decision equals ``b
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -133,13 +136,31 @@ def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
                 share = list(direct.values()).count("candidate") / len(KEYS)
                 assert 0.35 < share < 0.65, (region, share)
 
-        # An operator restores the candidate in jp (admin API, with a segment).
-        body = {"variant": "candidate", "segment": {"region": "jp"}, "reason": "fixed for jp"}
-        status, _, answer = worker.request(
-            "POST", "/api/v1/flags/ranker/restore", body, token=TOKEN
+        # An operator restores the candidate in jp: the CLI, through the admin API.
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("driftswitch")),
+                "flags",
+                "restore",
+                "ranker",
+                "--variant",
+                "candidate",
+                "--segment",
+                "region=jp",
+                "--reason",
+                "fixed for jp",
+                "--api",
+                worker.url,
+            ],
+            env={**os.environ, "DRIFTSWITCH_ADMIN_TOKEN": TOKEN},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        assert (status, answer["status"]) == (200, "applied"), answer
-        change = answer["change"]
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("ranker: version 3: fixed for jp"), done.stdout
+        change = worker.get("/api/v1/flags/ranker/history")["changes"][-1]
         assert change["version"] == 3
         assert change["segments"] == []
         assert change["cause"]["segment"] == {"region": "jp"}
