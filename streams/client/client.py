@@ -589,7 +589,8 @@ class DriftswitchClient:
         split = Fractional.from_event(state)
         served = {name for name, _ in split.fractions} or {state.default_variant}
         only = next(iter(served)) if len(served) == 1 else None
-        rule = served_targeting(state) if state.targeting is not None or state.segments else None
+        targeted = state.targeting is not None or state.segments or state.rollout_gate
+        rule = served_targeting(state) if targeted else None
         self._flags[state.flag] = _FlagEntry(state, split, only, rule)
         self._flag_updates += 1
         with self._lock:

@@ -278,6 +278,17 @@ ROLLOUT_METRICS = (
 )
 
 
+class RolloutSegment(_Model):
+    """One segment of a rollout by segment: who it covers, as a flagd JSON Logic condition."""
+
+    name: Name
+    when: dict[str, JsonValue] | None = Field(
+        None,
+        description="JSON Logic condition over the evaluation context, e.g. "
+        "`{in: [{var: region}, [nz]]}`; omitted on the last segment: everyone.",
+    )
+
+
 class RolloutConfig(_Model):
     """A progressive rollout of one candidate variant, gated by evidence at every step.
 
@@ -332,6 +343,14 @@ class RolloutConfig(_Model):
         False,
         description="The candidate is a shadow variant: promote it to the first step once it "
         "proves non-inferior on matured outcomes.",
+    )
+    segments: list[RolloutSegment] | None = Field(
+        None,
+        min_length=1,
+        max_length=20,
+        description="Roll out segment by segment, in this order (e.g. internal users, then "
+        "region nz, then everyone): the steps run in each segment on its own outcomes; a "
+        "segment that reaches the last step keeps that share and the next one starts.",
     )
 
     def control(self, flag: FlagConfig) -> str:
@@ -919,6 +938,8 @@ def _check_rollout(
         )
     if r.max_duration is not None and r.max_duration < r.min_duration:
         problems.add([*here, "max_duration"], "max_duration must be at least min_duration")
+    if r.segments is not None:
+        _check_rollout_segments(problems, [*here, "segments"], r)
     if candidate is None or control == r.variant or control not in flag.variants:
         return
     others = sum(
@@ -954,6 +975,24 @@ def _check_rollout(
             f"({', '.join(order)}: non-default variants in config order, the default second) so "
             "the ramp moves users only toward the candidate; reorder the variants",
         )
+
+
+def _check_rollout_segments(problems: _Problems, here: list[str | int], r: RolloutConfig) -> None:
+    assert r.segments is not None
+    seen: set[str] = set()
+    for i, seg in enumerate(r.segments):
+        if seg.name in seen:
+            problems.add([*here, i, "name"], f"duplicate segment name {seg.name!r}")
+        seen.add(seg.name)
+        if seg.when is None and i != len(r.segments) - 1:
+            problems.add([*here, i, "when"], "only the last segment may omit `when` (everyone)")
+        if seg.when is not None:
+            for path, message in targeting.check_evaluators({"when": seg.when}, [*here, i]):
+                problems.add(path, message)
+    if r.metric is Metric.INTERLEAVING:
+        problems.add(here, "a rollout on metric 'interleaving' cannot go by segment")
+    if r.promote_shadow:
+        problems.add(here, "a shadow promotion (`promote_shadow`) cannot go by segment")
 
 
 def detector_spec(g: Guardrail, flag: FlagConfig) -> dict[str, Any]:

@@ -359,6 +359,26 @@ class SegmentOverride(_Event):
     guardrail: str | None = Field(None, description="The guardrail that acted, if any.")
 
 
+class RolloutGate(_Event):
+    """Where a rollout by segment stands: who may get the candidate at all.
+
+    Users in a ``done`` segment get the candidate at ``done_percent`` (the plan's last step);
+    users in the ``current`` segment get the flag's weights (the current step); everyone else
+    gets ``control``. Conditions are JSON Logic over the evaluation context; a ``current`` of
+    null is everyone.
+    """
+
+    segment: int = Field(ge=0, description="Index of the current segment in the plan.")
+    name: str = Field(description="The current segment's name.")
+    candidate: str = Field(description="The variant rolled out.")
+    control: str = Field(description="What users outside the reached segments get.")
+    current: JsonValue = Field(None, description="The current segment's condition (null: all).")
+    done: list[JsonValue] = Field(
+        default_factory=list, description="Conditions of the segments already rolled out."
+    )
+    done_percent: int = Field(ge=0, le=100, description="The candidate's share in those.")
+
+
 class Cause(_Event):
     """The evidence for a flag change: enough to explain the decision without other data."""
 
@@ -425,6 +445,10 @@ class FlagChangeEvent(_Event):
         default_factory=list,
         description="Segments where a variant is killed: their users get the default variant, "
         "ahead of `targeting` and the weights.",
+    )
+    rollout_gate: RolloutGate | None = Field(
+        None,
+        description="A rollout by segment: which segments may get the candidate, and how much.",
     )
 
     _ts = field_validator("ts")(_check_seconds)

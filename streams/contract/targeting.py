@@ -425,12 +425,39 @@ def served_targeting(event: FlagChangeEvent) -> dict[str, Any] | None:
     Without a rule (or while pinned) and without segment overrides this is the weights'
     ``fractional``, or ``None`` when the weights leave nobody but the default.
     """
-    inner = _served_rule(event)
+    inner = _gated(event, _served_rule(event))
     if not event.segments:
         return inner
     conditions = [override_condition(o) for o in event.segments]
     killed = conditions[0] if len(conditions) == 1 else {"or": conditions}
     return {"if": [killed, event.default_variant, inner]}
+
+
+def _gated(event: FlagChangeEvent, inner: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``inner`` behind a rollout-by-segment gate (``event.rollout_gate``): completed segments
+    get the candidate at the last step's share, the current segment ``inner``, everyone else
+    the control. No gate once the candidate is killed or pinned away."""
+    gate = event.rollout_gate
+    if gate is None or event.pinned is not None:
+        return inner
+    cand = event.variants.get(gate.candidate)
+    if cand is None or cand.killed or gate.control not in event.variants:
+        return inner
+    out: dict[str, Any] | None = (
+        inner if gate.current is None else {"if": [gate.current, inner, gate.control]}
+    )
+    if gate.done:
+        share = gate.done_percent
+        final: Any = (
+            gate.candidate
+            if share >= 100
+            else {"fractional": [[gate.control, 100 - share], [gate.candidate, share]]}
+            if share > 0
+            else gate.control
+        )
+        done = gate.done[0] if len(gate.done) == 1 else {"or": list(gate.done)}
+        out = {"if": [done, final, out]}
+    return out
 
 
 def _served_rule(event: FlagChangeEvent) -> dict[str, Any] | None:

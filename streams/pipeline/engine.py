@@ -124,6 +124,7 @@ class _Variant:
         "label_monitors",
         "name",
         "prediction_monitors",
+        "rollout_feeds",
         "segment_labels",
         "segment_predictions",
         "stats",
@@ -140,6 +141,9 @@ class _Variant:
         #: The same for per-segment guardrails (pipeline/segments.py).
         self.segment_predictions: list[tuple[SegmentMonitor, PredictionReader, int]] = []
         self.segment_labels: list[tuple[SegmentMonitor, Metric, int]] = []
+        #: A rollout by segment watching this variant: (rollout, metric, reader, arm); its
+        #: observations carry the prediction's segment index.
+        self.rollout_feeds: list[tuple[Rollout, Metric, PredictionReader | None, int]] = []
 
 
 class _Flag:
@@ -152,6 +156,7 @@ class _Flag:
         "name",
         "positive",
         "rollout",
+        "rollout_when",
         "state",
         "task",
         "variants",
@@ -204,10 +209,17 @@ class _Flag:
                 sides = []  # fed per interleaved impression (Engine._interleaved)
             for variant, arm in sides:
                 target = self.variants[variant]
+                if plan.segments:
+                    target.rollout_feeds.append((rollout, plan.metric, reader, arm))
+                    continue
                 if reader is None:
                     target.label_monitors.append((rollout, plan.metric, arm))
                 else:
                     target.prediction_monitors.append((rollout, reader, arm))
+        #: A rollout by segment: each segment's condition (None: everyone), in plan order.
+        self.rollout_when: list[Any] | None = None
+        if config.rollout is not None and config.rollout.segments:
+            self.rollout_when = [s.when for s in config.rollout.segments]
         self.state = initial_state(name, config, ts)
         self.cooldowns = policy.Cooldowns()
 
@@ -292,10 +304,16 @@ class Engine:
                         rejections.append(Rejection(i, *problem))
                         continue
                 values = segments.extract(ev.attributes, f.fields) if f.fields else None
-                payload = (f.name, v.name, prediction, errored)
-                got = join.add_prediction(
-                    ev.request_id, ts, v.group, payload if values is None else (*payload, values)
-                )
+                payload: tuple[Any, ...] = (f.name, v.name, prediction, errored)
+                rseg: int | None = None
+                if f.rollout_when is not None:
+                    rseg = segments.rollout_segment(
+                        f.name, f.rollout_when, ev.subject, ev.attributes
+                    )
+                    payload = (*payload, values, rseg)
+                elif values is not None:
+                    payload = (*payload, values)
+                got = join.add_prediction(ev.request_id, ts, v.group, payload)
                 if got is DUPLICATE:
                     detail = f"request_id {ev.request_id!r} already seen"
                     rejections.append(Rejection(i, DUPLICATE_REASON, detail))
@@ -324,6 +342,10 @@ class Engine:
                     x = reader(ev)
                     if x is not None:
                         seg.add(values, arm, x, i, ts)
+                for rollout, _, rreader, arm in v.rollout_feeds:
+                    x = rreader(ev) if rreader is not None else None
+                    if x is not None:
+                        rollout.pending.append((arm, x, i, ts, rseg))
                 if got is not None:
                     joined: Any = got[1]  # a label, or an interleaved impression's clicks
                     if type(prediction) is list or type(joined) is dict:
@@ -331,7 +353,7 @@ class Engine:
                         if problem is not None:
                             rejections.append(Rejection(i, *problem))
                     else:
-                        self._score(f, v, prediction, errored, joined, i, ts, values)
+                        self._score(f, v, prediction, errored, joined, i, ts, values, rseg)
             elif type(ev) is OutcomeEvent:
                 if ev.flag is not None:
                     f = flags.get(ev.flag)
@@ -354,6 +376,7 @@ class Engine:
                 if found is not None:
                     flag, variant, prediction, errored = found[2][:4]
                     values = found[2][4] if len(found[2]) > 4 else None
+                    rseg = found[2][5] if len(found[2]) > 5 else None
                     f = flags.get(flag)
                     v = f.variants.get(variant) if f is not None else None
                     if f is not None and v is not None:
@@ -362,7 +385,7 @@ class Engine:
                             if problem is not None:
                                 rejections.append(Rejection(i, *problem))
                         else:
-                            self._score(f, v, prediction, errored, label, i, ev.ts, values)
+                            self._score(f, v, prediction, errored, label, i, ev.ts, values, rseg)
             else:
                 detail = f"expected a prediction or an outcome, got {type(ev).__name__}"
                 rejections.append(Rejection(i, UNSUPPORTED, detail))
@@ -390,6 +413,7 @@ class Engine:
         index: int,
         ts: float,
         values: segments.Values | None = None,
+        rseg: int | None = None,
     ) -> None:
         """Score a completed join and queue the label metrics' observations (``values``: the
         prediction's segment attributes, for per-segment guardrails)."""
@@ -420,6 +444,9 @@ class Engine:
             for seg, metric, arm in v.segment_labels:
                 if metric is Metric.ACCURACY:
                     seg.add(values, arm, 0.0 if correct else 1.0, index, ts)
+            for rollout, metric, rreader, arm in v.rollout_feeds:
+                if rreader is None and metric is Metric.ACCURACY:
+                    rollout.pending.append((arm, 0.0 if correct else 1.0, index, ts, rseg))
             return
         score = score_pair(f.task, prediction, label)
         if score.abs_error is not None:
@@ -434,6 +461,10 @@ class Engine:
             value = label_value(metric, score)
             if value is not None:
                 seg.add(values, arm, value, index, ts)
+        for rollout, metric, rreader, arm in v.rollout_feeds:
+            value = label_value(metric, score) if rreader is None else None
+            if value is not None:
+                rollout.pending.append((arm, value, index, ts, rseg))
 
     def _interleaved(
         self, f: _Flag, v: _Variant, ranking: Any, clicks: Any, index: int, ts: float
@@ -481,20 +512,22 @@ class Engine:
             for d in decisions:
                 self._apply(d, outputs)
             return outputs
-        items: list[list[tuple[int, int, _Flag | Decision, float, float]]] = [
-            [(d.index, 0, d, 0.0, 0.0) for d in decisions]
+        items: list[list[tuple[int, int, _Flag | Decision, float, float, int | None]]] = [
+            [(d.index, 0, d, 0.0, 0.0, None) for d in decisions]
         ]
         for f in rollouts:
             assert f.rollout is not None
             pending, f.rollout.pending = f.rollout.pending, []
-            items.append([(index, arm, f, x, ts) for arm, x, index, ts in pending])
+            items.append(
+                [(p[2], p[0], f, p[1], p[3], p[4] if len(p) > 4 else None) for p in pending]
+            )
         # Sorted by input index; a breach (listed first) before a rollout observation of it.
-        for index, arm, item, x, ts in heapq.merge(*items, key=lambda t: t[0]):
+        for index, arm, item, x, ts, rseg in heapq.merge(*items, key=lambda t: t[0]):
             if isinstance(item, Decision):
                 self._apply(item, outputs)
                 continue
             assert item.rollout is not None
-            for out in item.rollout.observe(item.state, arm, x, ts):
+            for out in item.rollout.observe(item.state, arm, x, ts, rseg):
                 if isinstance(out, FlagChangeEvent):
                     item.state = out
                 outputs.append(Emitted(out, index))

@@ -88,7 +88,7 @@ from driftswitch.streams.contract.events import (
     PredictionEvent,
 )
 from driftswitch.streams.pipeline.monitor import finite, plain
-from driftswitch.streams.pipeline.transitions import next_state
+from driftswitch.streams.pipeline.transitions import next_state, rollout_gate
 
 #: The step index of a shadow candidate before its promotion.
 SHADOW_STEP = -1
@@ -117,11 +117,14 @@ class Rollout:
         "comparison",
         "control",
         "flag",
+        "flag_config",
         "paused_seen",
         "pending",
         "phase",
         "plan",
         "samples",
+        "segment",
+        "segments",
         "status",
         "step",
         "step_start",
@@ -132,12 +135,18 @@ class Rollout:
         self.plan = plan
         self.candidate = plan.variant
         self.control = plan.control(flag_config)
+        self.flag_config = flag_config
+        #: Rollout by segment: the current segment's index (0 without segments) and how many.
+        self.segment = 0
+        self.segments = len(plan.segments or ())
         #: The current phase (1, 2, ...): every step entered, rollback or restart without a
         #: snapshot starts a new one; it never goes back.
         self.phase = 1
         #: False once ``compare_to`` gets no traffic (the comparison has ended).
         self.comparing = True
-        self.pending: list[tuple[int, float, int, float]] = []
+        #: ``(arm, value, index, ts)``, plus the prediction's segment index for a rollout by
+        #: segment (observations of other segments are not evidence for the current one).
+        self.pending: list[tuple[Any, ...]] = []
         self.step = SHADOW_STEP if plan.promote_shadow else 0
         self.status = COMPLETE if self.step == len(plan.steps) - 1 else RUNNING
         self.step_start: float | None = None
@@ -169,10 +178,17 @@ class Rollout:
 
     # -- deciding ------------------------------------------------------------------------------
 
-    def observe(self, state: FlagChangeEvent, arm: int, x: float, ts: float) -> list[Output]:
+    def observe(
+        self, state: FlagChangeEvent, arm: int, x: float, ts: float, segment: int | None = None
+    ) -> list[Output]:
         """Feed one matured observation of ``arm`` at event time ``ts``; return what follows
-        (nothing, one flag change, or a flag change and an alert, in publishing order)."""
+        (nothing, one flag change, or a flag change and an alert, in publishing order).
+
+        In a rollout by segment, ``segment`` is the index of the first plan segment the
+        prediction's context matched (None: none); only the current segment's count."""
         if self.status in TERMINAL:
+            return []
+        if self.segments and segment != self.segment:
             return []
         current = state.variants.get(self.candidate)
         if current is None or current.killed:
@@ -220,6 +236,18 @@ class Rollout:
             f"non-inferior to {self.control} (lower bound {lo:.5f} > "
             f"{self.comparison.threshold:.5f}) with {self.samples[1]} candidate samples"
         )
+        if self.segments and to == len(self.plan.steps) - 1 and self.segment < self.segments - 1:
+            # The segment reaches the last step: it keeps that share (the gate's `done`), and
+            # the next segment starts at the first step.
+            assert self.plan.segments is not None
+            done, nxt = self.plan.segments[self.segment], self.plan.segments[self.segment + 1]
+            why += (
+                f"; segment {done.name} done at {self.plan.steps[-1]}%, segment {nxt.name} starts"
+            )
+            self.segment += 1
+            change = self._change(state, 0, Action.ADVANCE, why, ts, statistic=lo)
+            self._enter(0, ts)
+            return change
         change = self._change(state, to, Action.ADVANCE, why, ts, statistic=lo)
         self._enter(to, ts)
         return change
@@ -272,6 +300,8 @@ class Rollout:
         if current is None or current.killed:
             self.status = ENDED
             return
+        if self.segments and state.rollout_gate is not None:
+            self.segment = min(state.rollout_gate.segment, self.segments - 1)
         published = _published_phase(state)
         if published is not None and published + 1 >= self.phase:
             # The previous worker decided in phase ``published`` and may have run the next one:
@@ -328,6 +358,9 @@ class Rollout:
         target = "killed" if to is None else f"step {self._describe(to)}"
         reason = f"rollout of {self.candidate}: step {self._describe(self.step)} -> {target}: {why}"
         cause = self._cause(action, reason, ts, to=to, statistic=statistic)
+        if self.segments:
+            gate = rollout_gate(self.flag_config, self.segment)
+            return next_state(state, cause, ts, variants=variants, rollout_gate=gate)
         return next_state(state, cause, ts, variants=variants)
 
     def _alert(self, state: FlagChangeEvent, cause: Cause, ts: float) -> AlertEvent:
@@ -362,6 +395,8 @@ class Rollout:
             "alpha": self.alpha,
             "comparison": seq.explain(),
         }
+        if self.plan.segments:
+            evidence["segment"] = self.plan.segments[self.segment].name
         if action in (Action.ADVANCE, Action.ROLLBACK):
             evidence["to_step"] = to
             evidence["to_percent"] = None if to is None else self.percent(to)
@@ -419,6 +454,7 @@ class Rollout:
             "alpha": self.alpha,
             "comparison": "running" if self.comparing else "ended: compare_to gets no traffic",
             "on_harm": self.plan.on_harm.value,
+            "segment": self.plan.segments[self.segment].name if self.plan.segments else None,
         }
 
     # -- state ---------------------------------------------------------------------------------
@@ -437,6 +473,7 @@ class Rollout:
             "phase": self.phase,
             "comparing": self.comparing,
             "comparison": self.comparison.to_state(),
+            "segment": self.segment,
         }
 
     def restore(self, state: Mapping[str, Any]) -> bool:
@@ -456,6 +493,7 @@ class Rollout:
         self.phase = int(state.get("phase", self.step + 2))
         self.comparing = bool(state.get("comparing", True))
         self.comparison = registry.restore(state["comparison"])
+        self.segment = int(state.get("segment", 0))
         return True
 
 

@@ -54,6 +54,7 @@ from driftswitch.streams.contract.events import (
     Segment,
     SegmentOverride,
 )
+from driftswitch.streams.contract.targeting import evaluate
 from driftswitch.streams.pipeline.monitor import (
     BREACHED,
     NO_DECISION,
@@ -406,3 +407,26 @@ def restore(
     bucket's), or None when there is none."""
     kept = [o for o in overrides if not _same(o, variant, segment or None)]
     return None if len(kept) == len(overrides) else kept
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+def rollout_segment(
+    flag: str, conditions: Sequence[Any], subject: str | None, attributes: Mapping[str, Any]
+) -> int | None:
+    """The index of the first rollout segment whose condition holds for a prediction's context
+    (``None`` as a condition: everyone), or None when none does.
+
+    Evaluated as the flagd document evaluates the gate: the prediction's ``subject`` is the
+    targeting key, its ``attributes`` the context. A condition that raises matches nothing.
+    """
+    for i, when in enumerate(conditions):
+        if when is None:
+            return i
+        try:
+            if evaluate(flag, when, subject, attributes):
+                return i
+        except Exception:  # flagd serves the default then; the prediction is in no segment
+            continue
+    return None

@@ -26,11 +26,12 @@ from driftswitch.streams.contract.events import (
     CauseKind,
     FlagChangeEvent,
     Pin,
+    RolloutGate,
     SegmentOverride,
     VariantState,
 )
 
-__all__ = ["ACTOR", "KEEP", "give", "initial_state", "kill", "next_state"]
+__all__ = ["ACTOR", "KEEP", "give", "initial_state", "kill", "next_state", "rollout_gate"]
 
 #: The actor of every change driftswitch makes itself.
 ACTOR = "driftswitch"
@@ -58,6 +59,24 @@ def initial_state(name: str, flag: FlagConfig, ts: float = 0.0) -> FlagChangeEve
         ts=ts,
         actor=ACTOR,
         targeting=flag.targeting,
+        rollout_gate=rollout_gate(flag, 0),
+    )
+
+
+def rollout_gate(flag: FlagConfig, segment: int) -> RolloutGate | None:
+    """The gate of a rollout by segment at ``segment`` (None: the plan has no segments)."""
+    plan = flag.rollout
+    if plan is None or not plan.segments:
+        return None
+    current = plan.segments[segment]
+    return RolloutGate(
+        segment=segment,
+        name=current.name,
+        candidate=plan.variant,
+        control=plan.control(flag),
+        current=current.when,
+        done=[s.when for s in plan.segments[:segment] if s.when is not None],
+        done_percent=plan.steps[-1],
     )
 
 
@@ -73,6 +92,7 @@ def next_state(
     pinned: Pin | Literal[_Keep.KEEP] | None = KEEP,
     targeting: dict[str, JsonValue] | Literal[_Keep.KEEP] | None = KEEP,
     segments: Sequence[SegmentOverride] | None = None,
+    rollout_gate: RolloutGate | Literal[_Keep.KEEP] | None = KEEP,
 ) -> FlagChangeEvent:
     """The state after ``state``: version + 1, ``cause`` at event time ``ts``.
 
@@ -92,6 +112,7 @@ def next_state(
         pinned=state.pinned if pinned is KEEP else pinned,
         targeting=state.targeting if targeting is KEEP else targeting,
         segments=list(state.segments if segments is None else segments),
+        rollout_gate=state.rollout_gate if rollout_gate is KEEP else rollout_gate,
     )
 
 
