@@ -87,7 +87,9 @@ def run(engine: Engine, evs: list[Any], batch: int = 250) -> list[FlagChangeEven
 def test_steps_run_segment_by_segment() -> None:
     engine = Engine(parse_config(CONFIG, "r.yaml"))
     first = engine.state("ranker").rollout_gate
-    assert first is not None and first.name == "internal" and first.done == []
+    assert first is not None
+    assert first.name == "internal"
+    assert first.done == []
     changes = run(engine, events(60_000))
     path = [
         (c.rollout_gate.name if c.rollout_gate else None, c.variants["candidate"].weight)
