@@ -222,7 +222,9 @@ def render_summary(result: Backtest, console: Console) -> None:
         if rollout:
             interval = rollout["interval"]
             console.print(
-                f"rollout of {rollout['variant']} against {rollout['compare_to']}: "
+                f"rollout of {rollout['variant']} against {rollout['compare_to']}"
+                + (f" in segment {rollout['segment']}" if rollout.get("segment") else "")
+                + ": "
                 f"{rollout['status']}{' (paused)' if rollout['paused'] else ''}, step "
                 f"{rollout['step'] + 1} of {len(rollout['steps'])} ({rollout['percent']}%), "
                 + ", ".join(f"{k}={n}" for k, n in rollout["samples"].items())
