@@ -294,3 +294,25 @@ def test_hold_pauses_the_flag_and_names_the_segment() -> None:
     assert holds[0].paused
     assert holds[0].segments == []
     assert holds[0].cause.segment == {"region": "jp"}
+
+
+def test_the_example_backtest_is_what_the_readme_shows() -> None:
+    from pathlib import Path
+
+    from driftswitch.streams.config.model import load_config
+    from driftswitch.streams.pipeline import backtest
+
+    root = Path(__file__).resolve().parents[2]
+    result = backtest.run(
+        load_config(root / "examples" / "segments.yaml"),
+        root / "examples" / "segments-events.jsonl",
+    )
+    assert result.bad_lines == []
+    [(line, kill)] = result.outputs
+    assert isinstance(kill, FlagChangeEvent)
+    assert kill.cause.segment == {"region": "jp"}
+    assert [(o.variant, o.match) for o in kill.segments] == [("candidate", {"region": "jp"})]
+    assert kill.variants["candidate"].weight == 50
+    readme = (root / "README.md").read_text()
+    assert f"  line {line}: {kill.cause.reason}".split(" only:")[0] in readme
+    assert f"{kill.cause.statistic:.4g}" in readme
