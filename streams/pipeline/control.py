@@ -50,7 +50,7 @@ from driftswitch.streams.contract.events import (
     VariantState,
 )
 from driftswitch.streams.pipeline import segments
-from driftswitch.streams.pipeline.transitions import give, kill, next_state
+from driftswitch.streams.pipeline.transitions import give, kill, next_state, rollout_gate
 
 __all__ = ["CAUSE_ACTION", "reconcile", "transition", "validate"]
 
@@ -325,11 +325,19 @@ def reconcile(state: FlagChangeEvent, flag: FlagConfig, ts: float) -> FlagChange
         for v, cfg in flag.variants.items()
     }
     targeting = flag.targeting
+    # A rollout by segment stays in its segment (the plan's conditions as reloaded); segment
+    # overrides of variants that are gone are dropped.
+    at = state.rollout_gate.segment if state.rollout_gate is not None else 0
+    plan_segments = flag.rollout.segments if flag.rollout is not None else None
+    gate = rollout_gate(flag, min(at, len(plan_segments) - 1)) if plan_segments else None
+    overrides = [o for o in state.segments if o.variant in flag.variants]
     if (
         variants == dict(old)
         and default == state.default_variant
         and pinned == state.pinned
         and targeting == state.targeting
+        and gate == state.rollout_gate
+        and overrides == state.segments
     ):
         return None
     changes = []
@@ -349,6 +357,8 @@ def reconcile(state: FlagChangeEvent, flag: FlagConfig, ts: float) -> FlagChange
         changes.append("values updated")
     if targeting != state.targeting:
         changes.append("targeting updated")
+    if gate != state.rollout_gate:
+        changes.append("rollout segments updated")
     what = "config reloaded: " + ("; ".join(changes) or "weights refitted")
     cause = Cause(kind=CauseKind.CONFIG, action=Action.RECONFIGURE, reason=what)
     return next_state(
@@ -359,4 +369,6 @@ def reconcile(state: FlagChangeEvent, flag: FlagConfig, ts: float) -> FlagChange
         default_variant=default,
         pinned=pinned,
         targeting=targeting,
+        segments=overrides,
+        rollout_gate=gate,
     )

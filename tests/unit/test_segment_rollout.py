@@ -202,3 +202,22 @@ def test_the_gate_is_served_alike_by_the_client_and_flagd(tmp_path: Path) -> Non
     finally:
         api.clear_providers()
         client.close(timeout_s=1.0)
+
+
+def test_a_reload_keeps_the_segment_and_takes_new_conditions() -> None:
+    engine = Engine(parse_config(CONFIG, "r.yaml"))
+    evs = events(60_000)
+    for start in range(0, len(evs), 500):  # up to the first nz step
+        run(engine, evs[start : start + 500])
+        if engine.state("ranker").rollout_gate.name == "nz":  # type: ignore[union-attr]
+            break
+    gate = engine.state("ranker").rollout_gate
+    assert gate is not None
+    assert gate.name == "nz"
+    assert engine.reconfigure(parse_config(CONFIG, "r.yaml"), ts=50_000.0) == []
+    wider = CONFIG.replace("[{var: region}, [nz]]", "[{var: region}, [nz, au]]")
+    [change] = engine.reconfigure(parse_config(wider, "r.yaml"), ts=50_000.0)
+    assert change.rollout_gate is not None
+    assert change.rollout_gate.segment == 1
+    assert change.rollout_gate.current == {"in": [{"var": "region"}, ["nz", "au"]]}
+    assert "rollout segments updated" in (change.cause.reason or "")
