@@ -7,6 +7,10 @@ no traffic in ``--days`` days and flags with a killed variant never restored
 flag's history comes from the flags topic, and traffic from the newest worker snapshot on the
 state topic (the engine's newest event time per variant); without a snapshot, traffic is not
 judged and the report says so. Exit status: 0 when nothing is found, 1 otherwise (for CI jobs).
+
+``driftswitch flags kill`` / ``restore``: an operator's kill or restore through the worker's
+admin API (token from ``DRIFTSWITCH_ADMIN_TOKEN``), everywhere or, with ``--segment``, in one
+segment only.
 """
 
 from __future__ import annotations
