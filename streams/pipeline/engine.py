@@ -3,7 +3,8 @@
 One :class:`Engine` is what the live worker and ``backtest`` share (docs/architecture.md): it
 joins predictions with outcomes (:mod:`~driftswitch.streams.pipeline.join`), scores them
 (:mod:`~driftswitch.streams.pipeline.scoring`), keeps per-variant statistics and guardrail detectors
-(:mod:`~driftswitch.streams.pipeline.monitor`), applies the policy
+(:mod:`~driftswitch.streams.pipeline.monitor`; per segment value for a guardrail with
+``segment_by``, :mod:`~driftswitch.streams.pipeline.segments`), applies the policy
 (:mod:`~driftswitch.streams.pipeline.policy`) and steps rollout plans
 (:mod:`~driftswitch.streams.pipeline.rollout`)
 on the same observations.
