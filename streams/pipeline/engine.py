@@ -60,7 +60,13 @@ from driftswitch.streams.contract.events import (
 )
 from driftswitch.streams.contract.interleave import credit
 from driftswitch.streams.pipeline import control, policy, segments
-from driftswitch.streams.pipeline.join import DUPLICATE, JoinBuffer, Label
+from driftswitch.streams.pipeline.join import (
+    DUPLICATE,
+    JoinBuffer,
+    JoinStore,
+    Label,
+    StoredJoinBuffer,
+)
 from driftswitch.streams.pipeline.monitor import Decision, Monitor, Point, VariantStats, plain
 from driftswitch.streams.pipeline.rollout import Rollout
 from driftswitch.streams.pipeline.rollout import prediction_reader as rollout_reader
@@ -234,12 +240,21 @@ class Engine:
         The validated configuration.
     ts
         Event time stamped on the initial (version 1) flag states.
+    join_store
+        Where pending join entries live (:class:`~driftswitch.streams.pipeline.join.
+        StoredJoinBuffer`); ``None`` keeps them in memory (:class:`JoinBuffer`).
     """
 
-    def __init__(self, config: Config, *, ts: float = 0.0) -> None:
+    def __init__(
+        self, config: Config, *, ts: float = 0.0, join_store: JoinStore | None = None
+    ) -> None:
         self.config = config
         self._flags = {name: _Flag(name, f, ts) for name, f in config.flags.items()}
-        self._join = JoinBuffer(config.join.ttl, config.join.max_pending)
+        self._join: JoinBuffer | StoredJoinBuffer = (
+            JoinBuffer(config.join.ttl, config.join.max_pending)
+            if join_store is None
+            else StoredJoinBuffer(config.join.ttl, join_store, config.join.max_pending)
+        )
         self._monitors = [m for f in self._flags.values() for m in f.monitors]
         self._rollouts = [f for f in self._flags.values() if f.rollout is not None]
         #: Events accepted and rejections by reason, since the engine's state began.
@@ -597,7 +612,7 @@ class Engine:
             for g in new.guardrails:
                 if before.get(g.name) != g:
                     monitors.pop(g.name, None)
-        engine = Engine.from_state(config, state)
+        engine = Engine.from_state(config, state, join_store=self.join_store)
         changes: list[FlagChangeEvent] = []
         for name, nf in engine._flags.items():
             if name not in self._flags:
@@ -676,17 +691,30 @@ class Engine:
             "flags": flags,
         }
 
+    @property
+    def join_store(self) -> JoinStore | None:
+        """The store of the pending join entries, or ``None`` when they are in memory."""
+        return self._join.store if isinstance(self._join, StoredJoinBuffer) else None
+
     @classmethod
-    def from_state(cls, config: Config, state: Mapping[str, Any]) -> Engine:
+    def from_state(
+        cls, config: Config, state: Mapping[str, Any], *, join_store: JoinStore | None = None
+    ) -> Engine:
         """An engine for ``config`` continuing from ``to_state`` output.
 
         Flags, variants and guardrails are matched by name; a guardrail whose detector spec
         changed in the config starts afresh, and flags new in the config start at version 1.
+        With ``join_store``, the join continues on it (see
+        :meth:`~driftswitch.streams.pipeline.join.StoredJoinBuffer.from_state`).
         """
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"engine state format {state.get('format')!r} is not {STATE_FORMAT}")
         engine = cls(config)
-        engine._join = JoinBuffer.from_state(state["join"])
+        engine._join = (
+            JoinBuffer.from_state(state["join"])
+            if join_store is None
+            else StoredJoinBuffer.from_state(state["join"], join_store)
+        )
         # The config's join settings win over the saved ones (they may have been changed).
         engine._join.ttl = config.join.ttl
         engine._join.max_pending = config.join.max_pending

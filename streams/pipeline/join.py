@@ -16,13 +16,20 @@ the oldest unjoined entry is evicted and counted.
 
 Entries are plain tuples in insertion-ordered dicts, so the hot path allocates one tuple per
 buffered record and the state is plain JSON.
+
+:class:`StoredJoinBuffer` is the same join on a :class:`JoinStore` (one entry per request id,
+ordered by event time), for state that does not fit in memory: the worker's store is RocksDB on
+local disk (``driftswitch.streams.service.joinstore``), checkpointed with its input offsets.
+It never evicts by count: entries leave when they join or expire, so labels that arrive within
+the TTL always join. Backtests and the pure pipeline use :class:`JoinBuffer`.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from driftswitch.detectors.base import JSON
 
@@ -300,15 +307,19 @@ class JoinBuffer:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> JoinBuffer:
-        """Rebuild a buffer from :meth:`to_state` output; it continues exactly."""
-        buf = cls(float(state["ttl"]), int(state["max_pending"]))
+        """Rebuild a buffer from :meth:`to_state` output; it continues exactly.
+
+        From :meth:`StoredJoinBuffer.to_state` (whose entries are in its store, not in the
+        state) it keeps the counters and the watermark and starts with no entries.
+        """
+        buf = cls(float(state["ttl"]), max(1, int(state["max_pending"])))
         buf.watermark = float(state["watermark"])
         buf._latest = sorted(float(t) for t in state.get("latest", [buf.watermark]))
         buf._predictions = {
-            rid: (float(ts), g, _tuple(p)) for rid, ts, g, p in state["predictions"]
+            rid: (float(ts), g, _tuple(p)) for rid, ts, g, p in state.get("predictions", ())
         }
-        buf._outcomes = {rid: (float(ts), label) for rid, ts, label in state["outcomes"]}
-        buf._joined = {rid: float(ts) for rid, ts in state["joined_ids"]}
+        buf._outcomes = {rid: (float(ts), label) for rid, ts, label in state.get("outcomes", ())}
+        buf._joined = {rid: float(ts) for rid, ts in state.get("joined_ids", ())}
         buf.joined = int(state["joined"])
         buf.expired_predictions = {str(k): int(v) for k, v in state["expired_predictions"].items()}
         buf.expired_outcomes = int(state["expired_outcomes"])
@@ -325,3 +336,331 @@ def _plain(payload: Any) -> Any:
 
 def _tuple(payload: Any) -> Any:
     return tuple(payload) if isinstance(payload, list) else payload
+
+
+# -- the join on a store ---------------------------------------------------------------------
+
+#: Kinds of :data:`Entry`: a pending prediction, a pending outcome, a joined request id.
+PREDICTION: Final = 0
+OUTCOME: Final = 1
+JOINED: Final = 2
+
+#: One entry per request id in a :class:`JoinStore`: ``(PREDICTION, ts, group, payload)``,
+#: ``(OUTCOME, ts, label)`` or ``(JOINED, ts)`` (``ts`` of the later side, for duplicates).
+Entry = tuple[Any, ...]
+
+
+class JoinStore(Protocol):
+    """Where :class:`StoredJoinBuffer` keeps its entries: one per request id, by event time.
+
+    Implementations: :class:`MemoryJoinStore` (here, for tests and backtests) and the service's
+    RocksDB store (``driftswitch.streams.service.joinstore``), which keeps every change in
+    memory until the worker commits it together with its input offsets.
+    """
+
+    def get(self, request_id: str) -> Entry | None:
+        """The entry for ``request_id``, or ``None``."""
+
+    def put(self, request_id: str, entry: Entry, previous: Entry | None) -> None:
+        """Set the entry of ``request_id``; ``previous`` is the one :meth:`get` returned."""
+
+    def delete(self, request_id: str, previous: Entry) -> None:
+        """Remove the entry ``previous`` of ``request_id``."""
+
+    def oldest(self, cutoff: float, limit: int) -> list[tuple[str, Entry]]:
+        """Up to ``limit`` entries whose ``ts`` is below ``cutoff``, lowest ``ts`` first."""
+
+
+class MemoryJoinStore:
+    """A :class:`JoinStore` in memory: a dict plus a heap by event time (stale heap items are
+    dropped when they surface)."""
+
+    __slots__ = ("_entries", "_heap")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, request_id: str) -> Entry | None:
+        return self._entries.get(request_id)
+
+    def put(self, request_id: str, entry: Entry, previous: Entry | None) -> None:
+        self._entries[request_id] = entry
+        if previous is None or previous[1] != entry[1]:
+            heapq.heappush(self._heap, (entry[1], request_id))
+
+    def delete(self, request_id: str, previous: Entry) -> None:
+        del self._entries[request_id]
+
+    def oldest(self, cutoff: float, limit: int) -> list[tuple[str, Entry]]:
+        heap, entries = self._heap, self._entries
+        found: list[tuple[str, Entry]] = []
+        seen: set[str] = set()
+        while heap and heap[0][0] < cutoff and len(found) < limit:
+            ts, rid = heapq.heappop(heap)
+            entry = entries.get(rid)
+            if entry is not None and entry[1] == ts and rid not in seen:
+                seen.add(rid)
+                found.append((rid, entry))
+        for rid, entry in found:  # the caller deletes them; until then they stay findable
+            heapq.heappush(heap, (entry[1], rid))
+        return found
+
+
+class StoredJoinBuffer:
+    """:class:`JoinBuffer`'s join on a :class:`JoinStore`, with no bound by count.
+
+    The same request-id join, TTL, watermark and duplicate rule as :class:`JoinBuffer`, and the
+    same counts, except that nothing is evicted to keep a count of entries: entries leave when
+    they join or when they expire (``ttl`` of event time), oldest event time first. What bounds
+    the store is the TTL times the input rate, on disk rather than in memory; :meth:`evict`
+    drops the oldest entries when the caller must bound the disk (counted as evicted).
+
+    Only the counters, the watermark and the pending counts are in :meth:`to_state`; the
+    entries stay in the store, whose owner checkpoints them.
+
+    Examples
+    --------
+    >>> buf = StoredJoinBuffer(ttl=60.0, store=MemoryJoinStore())
+    >>> buf.add_outcome("r1", 10.0, "cat") is None
+    True
+    >>> buf.add_prediction("r1", 9.5, "ranker/candidate", ("cat",))
+    (10.0, 'cat')
+    >>> buf.add_outcome("r1", 11.0, "cat") is DUPLICATE
+    True
+    """
+
+    __slots__ = (
+        "_latest",
+        "_pending_outcomes",
+        "_pending_predictions",
+        "duplicate_outcomes",
+        "duplicate_predictions",
+        "evicted_outcomes",
+        "evicted_predictions",
+        "expired_outcomes",
+        "expired_predictions",
+        "joined",
+        "max_pending",
+        "store",
+        "ttl",
+        "watermark",
+    )
+
+    #: Entries read from the store per step of :meth:`expire`.
+    SWEEP = 4096
+
+    def __init__(self, ttl: float, store: JoinStore, max_pending: int = 0) -> None:
+        if not ttl >= 0:
+            raise ValueError(f"ttl must be >= 0 seconds, got {ttl!r}")
+        self.ttl = float(ttl)
+        #: Kept for the engine's state only: a stored buffer does not evict by count.
+        self.max_pending = int(max_pending)
+        self.store = store
+        self.watermark = 0.0
+        self._latest: list[float] = []
+        self._pending_predictions = 0
+        self._pending_outcomes = 0
+        self.joined = 0
+        self.expired_predictions: dict[str, int] = {}
+        self.expired_outcomes = 0
+        self.evicted_predictions = 0
+        self.evicted_outcomes = 0
+        self.duplicate_predictions = 0
+        self.duplicate_outcomes = 0
+
+    def add_prediction(
+        self, request_id: str, ts: float, group: str, payload: Any
+    ) -> PendingOutcome | _Duplicate | None:
+        """Offer a prediction: its waiting outcome ``(ts, label)``, ``DUPLICATE`` or ``None``."""
+        if ts > self.watermark:
+            self._advance(ts)
+        cutoff = self.watermark - self.ttl
+        store = self.store
+        entry = store.get(request_id)
+        if entry is not None:
+            kind, ets = entry[0], entry[1]
+            if ets >= cutoff:
+                if kind == OUTCOME:
+                    store.put(request_id, (JOINED, ts if ts > ets else ets), entry)
+                    self._pending_outcomes -= 1
+                    self.joined += 1
+                    return (ets, entry[2])
+                self.duplicate_predictions += 1
+                return DUPLICATE
+            self._gone(entry)  # it waited too long: counted now, as a sweep would
+        if ts < cutoff:
+            self._count_expired(group)
+            if entry is not None:
+                store.delete(request_id, entry)
+            return None
+        store.put(request_id, (PREDICTION, ts, group, payload), entry)
+        self._pending_predictions += 1
+        return None
+
+    def add_outcome(
+        self, request_id: str, ts: float, label: Label
+    ) -> PendingPrediction | _Duplicate | None:
+        """Offer an outcome: its waiting prediction ``(ts, group, payload)``, ``DUPLICATE`` or
+        ``None`` (now pending, or already expired)."""
+        if ts > self.watermark:
+            self._advance(ts)
+        cutoff = self.watermark - self.ttl
+        store = self.store
+        entry = store.get(request_id)
+        if entry is not None:
+            kind, ets = entry[0], entry[1]
+            if ets >= cutoff:
+                if kind == PREDICTION:
+                    store.put(request_id, (JOINED, ts if ts > ets else ets), entry)
+                    self._pending_predictions -= 1
+                    self.joined += 1
+                    return (ets, entry[2], entry[3])
+                self.duplicate_outcomes += 1
+                return DUPLICATE
+            self._gone(entry)
+        if ts < cutoff:
+            self.expired_outcomes += 1
+            if entry is not None:
+                store.delete(request_id, entry)
+            return None
+        store.put(request_id, (OUTCOME, ts, label), entry)
+        self._pending_outcomes += 1
+        return None
+
+    def _advance(self, ts: float) -> None:
+        latest = self._latest
+        if len(latest) >= WATERMARK_RANK:
+            latest[0] = ts
+        else:
+            latest.append(ts)
+        latest.sort()
+        if len(latest) >= WATERMARK_RANK:
+            self.watermark = latest[0]
+
+    def _count_expired(self, group: str) -> None:
+        counts = self.expired_predictions
+        counts[group] = counts.get(group, 0) + 1
+
+    def _gone(self, entry: Entry) -> None:
+        """Count an expired entry (a joined id's marker counts nothing)."""
+        kind = entry[0]
+        if kind == PREDICTION:
+            self._pending_predictions -= 1
+            self._count_expired(entry[2])
+        elif kind == OUTCOME:
+            self._pending_outcomes -= 1
+            self.expired_outcomes += 1
+
+    def expire(self) -> None:
+        """Remove expired entries from the store (oldest event time first) and count them."""
+        self._drop(self.watermark - self.ttl, None)
+
+    def evict(self, count: int) -> int:
+        """Drop the ``count`` oldest entries (by event time), counted as evicted; returns how
+        many pending entries were dropped. For bounding the store's disk, not its count."""
+        return self._drop(float("inf"), count)
+
+    def _drop(self, cutoff: float, count: int | None) -> int:
+        store = self.store
+        dropped = 0
+        left = count
+        while left is None or left > 0:
+            step = self.SWEEP if left is None else min(left, self.SWEEP)
+            old = store.oldest(cutoff, step)
+            for rid, entry in old:
+                store.delete(rid, entry)
+                if count is None:
+                    self._gone(entry)
+                elif entry[0] == PREDICTION:
+                    self._pending_predictions -= 1
+                    self.evicted_predictions += 1
+                elif entry[0] == OUTCOME:
+                    self._pending_outcomes -= 1
+                    self.evicted_outcomes += 1
+                dropped += entry[0] != JOINED
+            if left is not None:
+                left -= len(old)
+            if len(old) < step:
+                break
+        return dropped
+
+    @property
+    def pending_predictions(self) -> int:
+        """Predictions waiting for an outcome."""
+        return self._pending_predictions
+
+    @property
+    def pending_outcomes(self) -> int:
+        """Outcomes waiting for their prediction."""
+        return self._pending_outcomes
+
+    def counters(self) -> dict[str, int]:
+        """Plain counters for status pages and metrics."""
+        return {
+            "pending_predictions": self._pending_predictions,
+            "pending_outcomes": self._pending_outcomes,
+            "joined": self.joined,
+            "expired_predictions": sum(self.expired_predictions.values()),
+            "expired_outcomes": self.expired_outcomes,
+            "evicted_predictions": self.evicted_predictions,
+            "evicted_outcomes": self.evicted_outcomes,
+            "duplicate_predictions": self.duplicate_predictions,
+            "duplicate_outcomes": self.duplicate_outcomes,
+        }
+
+    def to_state(self) -> dict[str, JSON]:
+        """Counters and watermark as plain JSON; ``"stored": true`` says the entries are in the
+        store (checkpointed by its owner at the same moment)."""
+        return {
+            "stored": True,
+            "ttl": self.ttl,
+            "max_pending": self.max_pending,
+            "watermark": self.watermark,
+            "latest": list(self._latest),
+            "pending_predictions": self._pending_predictions,
+            "pending_outcomes": self._pending_outcomes,
+            "joined": self.joined,
+            "expired_predictions": dict(self.expired_predictions),
+            "expired_outcomes": self.expired_outcomes,
+            "evicted_predictions": self.evicted_predictions,
+            "evicted_outcomes": self.evicted_outcomes,
+            "duplicate_predictions": self.duplicate_predictions,
+            "duplicate_outcomes": self.duplicate_outcomes,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], store: JoinStore) -> StoredJoinBuffer:
+        """A buffer on ``store`` continuing from ``state``.
+
+        ``state`` is either this class's :meth:`to_state` (``store`` must then hold the entries
+        of the same checkpoint) or :meth:`JoinBuffer.to_state`, whose entries are written into
+        ``store`` (an older snapshot moving to the disk store). A joined id's marker keeps the
+        time :class:`JoinBuffer` kept for it.
+        """
+        buf = cls(float(state["ttl"]), store, int(state.get("max_pending", 0)))
+        buf.watermark = float(state["watermark"])
+        buf._latest = sorted(float(t) for t in state.get("latest", [buf.watermark]))
+        if state.get("stored"):
+            buf._pending_predictions = int(state["pending_predictions"])
+            buf._pending_outcomes = int(state["pending_outcomes"])
+        else:
+            for rid, ts in state["joined_ids"]:
+                store.put(rid, (JOINED, float(ts)), store.get(rid))
+            for rid, ts, group, payload in state["predictions"]:
+                store.put(rid, (PREDICTION, float(ts), group, _tuple(payload)), store.get(rid))
+            for rid, ts, label in state["outcomes"]:
+                store.put(rid, (OUTCOME, float(ts), label), store.get(rid))
+            buf._pending_predictions = len(state["predictions"])
+            buf._pending_outcomes = len(state["outcomes"])
+        buf.joined = int(state["joined"])
+        buf.expired_predictions = {str(k): int(v) for k, v in state["expired_predictions"].items()}
+        buf.expired_outcomes = int(state["expired_outcomes"])
+        buf.evicted_predictions = int(state["evicted_predictions"])
+        buf.evicted_outcomes = int(state["evicted_outcomes"])
+        buf.duplicate_predictions = int(state["duplicate_predictions"])
+        buf.duplicate_outcomes = int(state["duplicate_outcomes"])
+        return buf
