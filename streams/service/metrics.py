@@ -180,6 +180,24 @@ METRICS: tuple[MetricInfo, ...] = (
         "Engine failures recovered from (last snapshot restored, input replayed).",
     ),
     MetricInfo(
+        "driftswitch_join_store_bytes",
+        "gauge",
+        (),
+        "Size on disk of the join's RocksDB store (SST files and memtables); 0 without one.",
+    ),
+    MetricInfo(
+        "driftswitch_checkpoint_seconds",
+        "gauge",
+        (),
+        "Duration of the last checkpoint (join store commit and snapshot on the state topic).",
+    ),
+    MetricInfo(
+        "driftswitch_recovery_seconds",
+        "gauge",
+        (),
+        "How long the last start took from holding the lease to active (state restored).",
+    ),
+    MetricInfo(
         "driftswitch_input_resets_total",
         "counter",
         ("topic", "partition"),
@@ -335,6 +353,9 @@ class Metrics:
         self.last_batch: Gauge = self._make("driftswitch_last_batch_timestamp_seconds")
         self.recoveries: Counter = self._make("driftswitch_engine_recoveries_total")
         self.input_resets: Counter = self._make("driftswitch_input_resets_total")
+        self.join_store_bytes: Gauge = self._make("driftswitch_join_store_bytes")
+        self.checkpoint_seconds: Gauge = self._make("driftswitch_checkpoint_seconds")
+        self.recovery_seconds: Gauge = self._make("driftswitch_recovery_seconds")
         self.flag_expired: Gauge = self._make("driftswitch_flag_expired")
         self.flag_stale: Gauge = self._make("driftswitch_flag_stale")
         self._snapshot = _SnapshotCollector()
@@ -436,6 +457,13 @@ class Metrics:
     def record_input_reset(self, topic: str, partition: int) -> None:
         """Count one input partition found reset by the broker (its data lost)."""
         self.input_resets.labels(topic=topic, partition=str(partition)).inc()
+
+    def set_state(self, store_bytes: int, checkpoint: float, recovery: float | None) -> None:
+        """The join store's size, the last checkpoint's and the last recovery's duration."""
+        self.join_store_bytes.set(store_bytes)
+        self.checkpoint_seconds.set(checkpoint)
+        if recovery is not None:
+            self.recovery_seconds.set(recovery)
 
     def set_active(self, active: bool) -> None:
         """Whether this worker holds the lease (evaluates and publishes)."""

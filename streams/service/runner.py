@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driftswitch.streams.contract.errors import DriftswitchError
@@ -69,6 +70,7 @@ async def serve_worker(
     web_port: int = DEFAULT_WEB_PORT,
     group: str = "driftswitch",
     snapshot_interval: float = 1.0,
+    state_dir: str | None = None,
     stop: asyncio.Event | None = None,
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
@@ -83,7 +85,8 @@ async def serve_worker(
     secrets are read from ``environ`` (default: the process environment), as is the admin API's
     token (``DRIFTSWITCH_ADMIN_TOKEN``). With ``config_path``, SIGHUP and ``POST
     /api/v1/config/reload`` re-read that file. With ``flagd_file``, a flagd flag-definition
-    document is kept current there (atomically replaced on every published change).
+    document is kept current there (atomically replaced on every published change). With
+    ``state_dir``, the join's pending entries live in RocksDB there (see the worker module).
     """
     from prometheus_client import CollectorRegistry
 
@@ -108,6 +111,7 @@ async def serve_worker(
         group=group,
         snapshot_interval=snapshot_interval,
         security=security,
+        state_dir=Path(state_dir) if state_dir is not None else None,
     )
     metrics = Metrics(CollectorRegistry())
     metrics.init_labels(config.flags, {hook.format.value for hook in hooks})

@@ -19,6 +19,13 @@ zlib-compressed JSON split into chunks of at most :data:`CHUNK_BYTES`. Chunk hea
 A snapshot counts only when all its chunks are read in order, so a worker killed while writing
 one resumes from the previous complete snapshot.
 
+With a join store on disk (:mod:`driftswitch.streams.service.joinstore`) the snapshot carries
+the join's counters but not its pending entries: those are committed to the store, with the
+same snapshot document, just before the snapshot is sent. Each snapshot has a unique
+``checkpoint`` id and names its ``parent``; a restarting worker uses its local store's document
+when the store holds the latest snapshot's checkpoint or its successor (killed between the
+two writes), and otherwise the snapshot from the topic.
+
 Tansu (the embedded broker) reports the end offset of a partition as the base offset of its
 last batch and never compacts: :func:`driftswitch.streams.kafka.connect.read_to_end` reads to
 the high watermark of the broker's fetch answers instead, and the loader keeps the last complete
@@ -68,6 +75,10 @@ class Snapshot:
     #: ``{topic: {partition: [offset, Kafka timestamp, CRC-32]}}`` of the last record consumed
     #: (:class:`driftswitch.streams.service.dataloss.Mark`); empty in older snapshots.
     marks: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    #: A unique id of this checkpoint and of the one before it (empty in older snapshots):
+    #: a join store on local disk continues this snapshot only if it holds either id.
+    checkpoint: str = ""
+    parent: str = ""
 
 
 def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
@@ -79,6 +90,8 @@ def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes
         "offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in snapshot.offsets.items()},
         "counters": snapshot.counters,
         "marks": {t: {str(p): m for p, m in ps.items()} for t, ps in snapshot.marks.items()},
+        "checkpoint": snapshot.checkpoint,
+        "parent": snapshot.parent,
     }
     blob = zlib.compress(orjson.dumps(doc), 1)
     pieces = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -101,7 +114,15 @@ def decode_chunks(chunks: Sequence[bytes]) -> Snapshot:
         topic: {int(p): [int(x) for x in m] for p, m in parts.items()}
         for topic, parts in doc.get("marks", {}).items()
     }
-    return Snapshot(int(doc["seq"]), doc["engine"], offsets, dict(doc.get("counters", {})), marks)
+    return Snapshot(
+        int(doc["seq"]),
+        doc["engine"],
+        offsets,
+        dict(doc.get("counters", {})),
+        marks,
+        str(doc.get("checkpoint", "")),
+        str(doc.get("parent", "")),
+    )
 
 
 def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:

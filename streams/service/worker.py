@@ -46,6 +46,16 @@ replay can differ from the first run's; the counts it feeds are the same. Input 
 never committed to a Kafka consumer group: the snapshot is the only record of them, so group lag
 tools do not show this worker's progress (``/healthz`` does).
 
+Join state on disk. With ``state_dir`` the join's pending entries live in RocksDB there
+(:mod:`driftswitch.streams.service.joinstore`), not in the snapshot: each snapshot first commits
+the changes since the previous one to the store, atomically with the snapshot's own document,
+then goes to the state topic without the entries. A checkpoint therefore costs the input since
+the last one, and a restart on the same disk opens the store (no replay of the state) and
+replays only the input since that checkpoint. A worker whose disk does not hold the latest
+snapshot's checkpoint (another machine took over) starts the join empty and counts the pending
+entries it could not recover (``join_entries_lost``); a snapshot with the entries inline (written
+without a store) moves them into the store.
+
 Commands. The active worker also reads the control topic
 (:mod:`driftswitch.streams.pipeline.control`)
 in the same loop: each command is applied through :meth:`Engine.apply_command` before the events
@@ -64,11 +74,14 @@ import contextlib
 import logging
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from driftswitch.streams.config.model import Config, load_config
 from driftswitch.streams.contract.commands import (
@@ -88,6 +101,7 @@ from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
 from driftswitch.streams.service.dataloss import CHECK_INTERVAL, Lost, Mark, find_lost, mark_of
 from driftswitch.streams.service.deadletter import deadletter_record
+from driftswitch.streams.service.joinstore import RocksJoinStore
 from driftswitch.streams.service.logs import decision_context, decision_level
 from driftswitch.streams.service.pacing import snapshot_interval
 from driftswitch.streams.service.recovery import EngineFailedError, Suspects
@@ -151,6 +165,9 @@ class WorkerSettings:
     heartbeat_interval_ms: int = 1_000
     #: TLS and SASL for every connection the worker makes.
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: Directory of the join's RocksDB store (``<state_dir>/<group>/join``); ``None`` keeps the
+    #: pending entries in memory and in every snapshot.
+    state_dir: Path | None = None
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -221,7 +238,11 @@ class Worker:
         self.topics = settings.topics
         self.state_topic = state_topic(settings.topics)
         self.ingest = Ingest(self.topics.predictions.name, self.topics.outcomes.name)
-        self.engine = Engine(config)
+        #: The join's store on local disk (``settings.state_dir``), or ``None``.
+        self.join_store: RocksJoinStore | None = None
+        if settings.state_dir is not None:
+            self.join_store = RocksJoinStore(Path(settings.state_dir) / settings.group / "join")
+        self.engine = Engine(config, join_store=self.join_store)
         self.stop = asyncio.Event()
         #: ``active`` once the lease is held and state restored; ``standby`` while waiting.
         self.role = "starting"
@@ -234,6 +255,12 @@ class Worker:
         self.counters: Counter[str] = Counter()
         self.resumed_from: int | None = None
         self._snapshot_seq = 0
+        #: The id of the last checkpoint written or restored (see the snapshot module).
+        self._checkpoint = ""
+        self._parent = ""
+        #: Seconds from holding the lease to active, at the last start; the last checkpoint's.
+        self.recovery_seconds: float | None = None
+        self.checkpoint_seconds = 0.0
         #: The last good snapshot's chunks (in memory) and the input to replay with containment
         #: after an engine failure (:mod:`driftswitch.streams.service.recovery`).
         self._base_chunks: list[bytes] = []
@@ -275,8 +302,25 @@ class Worker:
             "snapshots_written": self.counters["snapshots"],
             "rejected": dict(self.ingest.rejected),
             "offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in self.offsets.items()},
+            "state": {
+                "join_store": str(self.join_store.path) if self.join_store is not None else None,
+                "join_store_bytes": self._store_bytes(),
+                "join_entries_lost": self.counters["join_entries_lost"],
+                "checkpoint_seconds": round(self.checkpoint_seconds, 6),
+                "recovery_seconds": (
+                    round(self.recovery_seconds, 3) if self.recovery_seconds is not None else None
+                ),
+            },
             "engine": self.engine.snapshot() if self.role == "active" else None,
         }
+
+    def _store_bytes(self) -> int:
+        store = self.join_store
+        if store is None:
+            return 0
+        with contextlib.suppress(Exception):  # closed at stop
+            return store.size_bytes()
+        return 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -288,7 +332,9 @@ class Worker:
             await self._acquire_lease()
             if self.stop.is_set():
                 return
+            started = time.monotonic()
             await self._restore()
+            self.recovery_seconds = time.monotonic() - started
             self.role = "active"
             log.info(
                 "worker active in group %s: %d flags, reading %s and %s",
@@ -317,6 +363,8 @@ class Worker:
             if self.hooks is not None:
                 # Deliver or dead-letter what is queued while the producer is still up.
                 await self.hooks.close()
+            if self.join_store is not None:
+                self.join_store.close()
             for client in (self._consumer, self._lease, self._producer):
                 if client is not None:
                     with contextlib.suppress(Exception):
@@ -374,11 +422,16 @@ class Worker:
         self.flags = await read_flags(s.kafka, self.topics.flags.name)
         await self._write_flagd(*self.flags.values())
         snapshot = await self._load_snapshot()
+        if self.join_store is not None:
+            snapshot = self._local_checkpoint(snapshot, self.join_store)
         if snapshot is not None:
-            self.engine = Engine.from_state(self.config, snapshot.engine)
+            self.engine = Engine.from_state(
+                self.config, snapshot.engine, join_store=self.join_store
+            )
             self.offsets = snapshot.offsets
             self.marks = _marks_from_state(snapshot.marks)
             self._snapshot_seq = snapshot.seq
+            self._checkpoint, self._parent = snapshot.checkpoint, snapshot.parent
             self.resumed_from = snapshot.seq
             self.counters.update(snapshot.counters)
             log.info("resumed from snapshot %d at offsets %s", snapshot.seq, snapshot.offsets)
@@ -423,7 +476,54 @@ class Worker:
             self.offsets.setdefault(control.topic, {})[0] = offset
         self._consumer.seek(control, offset)
         await self._check_input(wait=True)
-        self._base_chunks = [value for value, _ in self._snapshot_chunks(self._snapshot_seq)]
+        chunks = self._snapshot_chunks(self._snapshot_seq, self._checkpoint, self._parent)
+        self._base_chunks = [value for value, _ in chunks]
+        store = self.engine.join_store
+        if isinstance(store, RocksJoinStore):
+            # The store now holds exactly the restored state (entries moved in from an older
+            # snapshot included), so a rollback returns to it.
+            store.commit(b"".join(self._base_chunks))
+
+    def _local_checkpoint(
+        self, snapshot: Snapshot | None, store: RocksJoinStore
+    ) -> Snapshot | None:
+        """The snapshot to resume from, given the latest on the state topic and the join store.
+
+        The store's own document wins when it continues the topic's latest snapshot (same
+        checkpoint, or the next one: killed between the commit and the send). Otherwise the
+        store is emptied; entries the topic's snapshot says were on a disk are lost (counted).
+        """
+        raw = store.checkpoint()
+        local: Snapshot | None = None
+        if raw is not None:
+            try:
+                local = decode_chunks([raw])
+            except (ValueError, KeyError, zlib.error, orjson.JSONDecodeError) as err:
+                log.warning("join store %s: undecodable checkpoint, not used: %s", store.path, err)
+        if (
+            snapshot is not None
+            and local is not None
+            and snapshot.checkpoint
+            and snapshot.checkpoint in (local.checkpoint, local.parent)
+        ):
+            log.info("join store %s continues snapshot %d", store.path, snapshot.seq)
+            return local
+        if raw is not None:
+            log.warning("join store %s does not continue the latest snapshot: emptied", store.path)
+            store.clear()
+        if snapshot is not None:
+            join = snapshot.engine.get("join", {}) if isinstance(snapshot.engine, dict) else {}
+            if join.get("stored"):
+                lost = int(join["pending_predictions"]) + int(join["pending_outcomes"])
+                join["pending_predictions"] = join["pending_outcomes"] = 0
+                self.counters["join_entries_lost"] += lost
+                log.error(
+                    "snapshot %d keeps its %d pending join entries on another disk: the join "
+                    "starts empty here",
+                    snapshot.seq,
+                    lost,
+                )
+        return snapshot
 
     async def _end_of(self, tp: Any) -> int:
         """The offset after the last record of ``tp``, read (Tansu under-reports end offsets)."""
@@ -633,7 +733,7 @@ class Worker:
         async with self._engine_lock:
             self.config = config
             if self.role != "active":
-                self.engine = Engine(config)
+                self.engine = Engine(config, join_store=self.join_store)
                 log.info("config reloaded from %s (standby: applied when active)", path)
                 return []
             changes = self.engine.reconfigure(config, ts=time.time())
@@ -768,6 +868,7 @@ class Worker:
         metrics.set_active(active)
         metrics.observe_snapshot(self.engine.snapshot() if active else {})
         metrics.observe_lifecycle(self.config, self.flags, active, time.time())
+        metrics.set_state(self._store_bytes(), self.checkpoint_seconds, self.recovery_seconds)
         if self._consumer is None or not active:
             return
         for tp in self._consumer.assignment():
@@ -788,11 +889,15 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.record_deadletter(rejected.reason)
 
-    def _snapshot_chunks(self, seq: int) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+    def _snapshot_chunks(
+        self, seq: int, checkpoint: str, parent: str
+    ) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
         """The current ``{engine state, offsets}`` as snapshot chunks; ``EngineFailedError`` if the
         state cannot be serialised."""
         try:
             snapshot = Snapshot(
+                checkpoint=checkpoint,
+                parent=parent,
                 seq=seq,
                 engine=self.engine.to_state(),
                 offsets={t: dict(ps) for t, ps in self.offsets.items()},
@@ -800,6 +905,7 @@ class Worker:
                 counters={
                     "records": self.counters["records"],
                     "batches": self.counters["batches"],
+                    "join_entries_lost": self.counters["join_entries_lost"],
                 },
             )
             return encode_chunks(snapshot)
@@ -813,7 +919,14 @@ class Worker:
         the lease is confirmed: :meth:`_fence` with ``patience``)."""
         await self._flush()
         await self._fence(patience)
-        chunks = self._snapshot_chunks(self._snapshot_seq + 1)
+        started = time.monotonic()
+        checkpoint = uuid.uuid4().hex
+        chunks = self._snapshot_chunks(self._snapshot_seq + 1, checkpoint, self._checkpoint)
+        store = self.engine.join_store
+        if isinstance(store, RocksJoinStore):
+            # Entries first, with the document: the store never runs ahead of a snapshot that
+            # is not its own or its parent (see _local_checkpoint).
+            store.commit(b"".join(value for value, _ in chunks))
         self._snapshot_seq += 1
         key = self.settings.group.encode()
         sends = [
@@ -822,6 +935,8 @@ class Worker:
         ]
         await asyncio.gather(*sends)
         self._base_chunks = [value for value, _ in chunks]
+        self._checkpoint, self._parent = checkpoint, self._checkpoint
+        self.checkpoint_seconds = time.monotonic() - started
         self.counters["snapshots"] += 1
         self._dirty = False
 
@@ -958,10 +1073,13 @@ class Worker:
         self.counters["recoveries"] += 1
         base = decode_chunks(self._base_chunks)
         self._suspects.add(base.offsets, self.offsets)
-        self.engine = Engine.from_state(self.config, base.engine)
+        store = self.engine.join_store
+        if isinstance(store, RocksJoinStore):
+            store.rollback()  # back to the last commit: the base snapshot's entries
+        self.engine = Engine.from_state(self.config, base.engine, join_store=store)
         self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
         self.marks = _marks_from_state(base.marks)
-        for name in ("records", "batches"):
+        for name in ("records", "batches", "join_entries_lost"):
             self.counters[name] = base.counters.get(name, 0)
         for tp in self._consumer.assignment():
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)

@@ -160,6 +160,15 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
     show_default=True,
     help="Seconds between state snapshots (the replay after a crash starts at the last one).",
 )
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="DRIFTSWITCH_STATE_DIR",
+    show_envvar=True,
+    help="Keep the join's pending entries in RocksDB here, not in memory and snapshots "
+    "(no eviction by count; restarts on the same disk recover in bounded time).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-format",
@@ -184,6 +193,7 @@ def run_command(
     web_host: str,
     group: str,
     snapshot_interval: float,
+    state_dir: str | None,
     log_level: str,
     log_format: str,
     flagd_file: str | None,
@@ -230,6 +240,7 @@ def run_command(
                 web_port=web_port,
                 group=group,
                 snapshot_interval=snapshot_interval,
+                state_dir=state_dir,
                 config_path=config_path,
                 flagd_file=flagd_file,
                 security=security,

@@ -95,7 +95,8 @@ def test_no_entry_is_evicted_by_count() -> None:
         assert buf.add_prediction(f"r{i}", ts, "f/a", ("f", "a", 1, False)) is None
         while labels <= i and labels / rate + delay <= ts:
             got = buf.add_outcome(f"r{labels}", labels / rate + delay, 1)
-            assert got is not None and got is not DUPLICATE
+            assert got is not None
+            assert got is not DUPLICATE
             joined += 1
             labels += 1
         if i % 10_000 == 0:
@@ -153,7 +154,8 @@ def test_a_reopened_store_has_the_last_commit_only(tmp_path: Path) -> None:
     assert again.add_prediction("b", 11.5, "f/x", ("f", "x", 3, False)) == (11.0, True)
     assert again.counters()["joined"] == 1
     reopened.clear()
-    assert reopened.checkpoint() is None and reopened.get("a") is None
+    assert reopened.checkpoint() is None
+    assert reopened.get("a") is None
 
 
 def test_an_in_memory_state_moves_into_the_store(tmp_path: Path) -> None:
@@ -177,4 +179,5 @@ def test_eviction_bounds_the_store_oldest_first() -> None:
     assert buf.evict(3) == 3
     counts = buf.counters()
     assert (counts["evicted_outcomes"], counts["evicted_predictions"]) == (1, 2)
-    assert buf.store.get("p1") is None and buf.store.get("p2") is not None
+    assert buf.store.get("p1") is None
+    assert buf.store.get("p2") is not None
