@@ -483,7 +483,11 @@ class JoinConfig(_Model):
 
     ttl: Duration = Field(3600.0, description="Unjoined records expire after this (event time).")
     max_pending: int = Field(
-        1_000_000, ge=1, description="Bound on buffered unjoined records per worker."
+        1_000_000,
+        ge=1,
+        description="Bound on unjoined records held in memory (the oldest is evicted beyond "
+        "it). A worker with --state-dir keeps them on disk instead and evicts none by count: "
+        "ttl bounds them.",
     )
     max_clock_skew: Duration = Field(
         600.0,
