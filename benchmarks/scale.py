@@ -18,8 +18,11 @@ joins a batch of labels against the oldest entries. Printed:
 - for comparison, the in-memory join's whole snapshot (``JoinBuffer.to_state`` as the worker
   serialises it) at ``--compare`` entries.
 
-This measures the state layer alone; the worker adds the snapshot of the decide state (small)
-and the replay of the input since the checkpoint (at most one interval) to a recovery.
+With ``--worker 50000,300000`` it also runs the real worker (``driftswitch run``) on the
+embedded broker for each count of pending predictions, with and without ``--state-dir``:
+SIGKILL once everything is read and snapshotted, restart, and print ``recovery_seconds`` from
+``/healthz`` (lease held → active: state topic read, store opened, inputs sought) and the
+restart's wall time until active (process start included).
 """
 
 from __future__ import annotations
@@ -138,6 +141,92 @@ def in_memory_snapshot(count: int) -> dict[str, float]:
     return {"snapshot_s": time.perf_counter() - t, "snapshot_mb": len(blob) / 1e6}
 
 
+WORKER_CONFIG = """\
+flags:
+  ranker:
+    default: control
+    variants:
+      control: {weight: 50, value: control}
+      candidate: {weight: 50, value: candidate}
+join:
+  ttl: 7d
+  max_pending: 100000000
+"""
+
+
+def worker_recovery(counts: list[int]) -> list[tuple[int, str, float, float, int]]:
+    """``(pending, mode, recovery_seconds, wall to active, snapshot bytes)`` per run."""
+    import asyncio
+
+    from confluent_kafka import Producer
+
+    from driftswitch.streams.contract.events import PredictionEvent
+    from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.kafka import ensure_topics
+    from driftswitch.streams.service.snapshot import HEADER_SNAPSHOT
+    from driftswitch.streams.service.worker import state_topic
+    from driftswitch.streams.tools.broker import EmbeddedBroker
+    from driftswitch.streams.tools.testing import WorkerProcess, event_records, read_topic
+
+    rows: list[tuple[int, str, float, float, int]] = []
+    work = Path(tempfile.mkdtemp(prefix="driftswitch-scale-worker-"))
+    config = work / "config.yaml"
+    config.write_text(WORKER_CONFIG)
+    try:
+        with EmbeddedBroker() as broker:
+            for n, (count, mode) in enumerate(
+                (c, m) for c in counts for m in ("in memory", "--state-dir")
+            ):
+                topics = Topics.with_prefix(f"scale{n}", partitions=4)
+                asyncio.run(ensure_topics(broker.bootstrap, [*topics.specs(), state_topic(topics)]))
+                events = [
+                    PredictionEvent(
+                        request_id=rid(i),
+                        flag="ranker",
+                        variant="control" if i % 2 else "candidate",
+                        ts=T0 + i / 1000,
+                        prediction=i % 3 == 0,
+                    )
+                    for i in range(count)
+                ]
+                producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+                for topic, key, value in event_records(topics, events):
+                    while True:
+                        try:
+                            producer.produce(topic, value, key)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                assert producer.flush(120) == 0
+                args = ["--log-level", "warning", "--snapshot-interval", "1"]
+                if mode == "--state-dir":
+                    args += ["--state-dir", str(work / f"state{n}")]
+                log = work / f"worker{n}.log"
+                with WorkerProcess(broker.bootstrap, topics, config, log, args=args) as first:
+                    first.wait_for("all read", lambda s: s["records"] == count, 600)
+                    time.sleep(3)  # past the next snapshot (one per second while input arrives)
+                    first.proc.send_signal(signal.SIGKILL)
+                    first.proc.wait()
+                started = time.perf_counter()
+                with WorkerProcess(broker.bootstrap, topics, config, log, args=args) as second:
+                    second.wait_active(600)
+                    wall = time.perf_counter() - started
+                    status = second.health() or {}
+                    join = status["engine"]["join"]
+                    assert join["pending_predictions"] == count, join
+                    recovery = float(status["state"]["recovery_seconds"])
+                records = read_topic(broker.bootstrap, state_topic(topics).name)
+                last = dict(records[-1].headers)[HEADER_SNAPSHOT]
+                size = sum(
+                    len(r.value) for r in records if dict(r.headers)[HEADER_SNAPSHOT] == last
+                )
+                rows.append((count, mode, recovery, wall, size))
+                print(f"  {count:>10,} pending, {mode:<12}: recovery {recovery:6.2f} s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
 def child(argv: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True, bufsize=1
@@ -151,10 +240,23 @@ def main() -> None:
     parser.add_argument("--compare", type=int, default=1_000_000)
     parser.add_argument("--dir", type=Path, default=None, help="where the store goes (a disk)")
     parser.add_argument("--child", choices=["fill", "recover"], default=None)
+    parser.add_argument(
+        "--worker", default="", help="pending counts for the worker runs, e.g. 50000,300000"
+    )
     args = parser.parse_args()
     if args.child is not None:
         (fill if args.child == "fill" else recover)(args.dir, args.pending, args.rate)
         return
+    if args.worker:
+        print("the worker on the embedded broker: SIGKILL, restart, /healthz recovery_seconds")
+        rows = worker_recovery([int(c) for c in args.worker.split(",")])
+        print(
+            f"{'pending':>12} {'join state':<12} {'recovery (s)':>13} {'restart to active (s)':>22} {'snapshot (bytes)':>19}"
+        )
+        for count, mode, recovery, wall, size in rows:
+            print(f"{count:>12,} {mode:<12} {recovery:>13.2f} {wall:>22.2f} {size:>19,}")
+        if args.pending <= 0:
+            return
 
     base = Path(tempfile.mkdtemp(prefix="driftswitch-scale-", dir=args.dir))
     path = base / "join"

@@ -419,9 +419,12 @@ class Worker:
     async def _restore(self) -> None:
         """Load the latest snapshot and the published flags; seek the inputs; publish initials."""
         s = self.settings
+        t0 = time.monotonic()
         self.flags = await read_flags(s.kafka, self.topics.flags.name)
         await self._write_flagd(*self.flags.values())
+        t1 = time.monotonic()
         snapshot = await self._load_snapshot()
+        t2 = time.monotonic()
         if self.join_store is not None:
             snapshot = self._local_checkpoint(snapshot, self.join_store)
         if snapshot is not None:
@@ -483,6 +486,14 @@ class Worker:
             # The store now holds exactly the restored state (entries moved in from an older
             # snapshot included), so a rollback returns to it.
             store.commit(b"".join(self._base_chunks))
+        log.info(
+            "restored in %.2f s: flags topic %.2f s, state topic %.2f s, the rest (engine, join "
+            "store, seeking and checking the inputs) %.2f s",
+            time.monotonic() - t0,
+            t1 - t0,
+            t2 - t1,
+            time.monotonic() - t2,
+        )
 
     def _local_checkpoint(
         self, snapshot: Snapshot | None, store: RocksJoinStore
