@@ -203,7 +203,7 @@ def worker_recovery(counts: list[int]) -> list[tuple[int, str, float, float, int
                     args += ["--state-dir", str(work / f"state{n}")]
                 log = work / f"worker{n}.log"
                 with WorkerProcess(broker.bootstrap, topics, config, log, args=args) as first:
-                    first.wait_for("all read", lambda s: s["records"] == count, 600)
+                    first.wait_for("all read", lambda s, n=count: s["records"] == n, 600)
                     time.sleep(3)  # past the next snapshot (one per second while input arrives)
                     first.proc.send_signal(signal.SIGKILL)
                     first.proc.wait()
@@ -250,9 +250,8 @@ def main() -> None:
     if args.worker:
         print("the worker on the embedded broker: SIGKILL, restart, /healthz recovery_seconds")
         rows = worker_recovery([int(c) for c in args.worker.split(",")])
-        print(
-            f"{'pending':>12} {'join state':<12} {'recovery (s)':>13} {'restart to active (s)':>22} {'snapshot (bytes)':>19}"
-        )
+        head = ("pending", "join state", "recovery (s)", "restart to active (s)", "snapshot (B)")
+        print(f"{head[0]:>12} {head[1]:<12} {head[2]:>13} {head[3]:>22} {head[4]:>19}")
         for count, mode, recovery, wall, size in rows:
             print(f"{count:>12,} {mode:<12} {recovery:>13.2f} {wall:>22.2f} {size:>19,}")
         if args.pending <= 0:
@@ -284,15 +283,11 @@ def main() -> None:
     print(f"{'peak RSS while filling (MB)':<46} {filled['peak_rss_mb']:>14,.0f}")
     print(f"{'store size on disk (MB)':<46} {filled['store_bytes'] / 1e6:>14,.0f}")
     print(f"{'checkpoints (one per second of input)':<46} {filled['checkpoints']:>14,}")
-    print(
-        f"{'checkpoint cost, first tenth (s per s input)':<46} {filled['commit_first_tenth_s']:>14.3f}"
-    )
-    print(
-        f"{'checkpoint cost, last tenth (s per s input)':<46} {filled['commit_last_tenth_s']:>14.3f}"
-    )
-    print(
-        f"{'checkpoint cost, mean / max (s)':<46} {filled['commit_mean_s']:>6.3f} / {filled['commit_max_s']:.3f}"
-    )
+    first, last = filled["commit_first_tenth_s"], filled["commit_last_tenth_s"]
+    print(f"{'checkpoint cost, first tenth (s per s input)':<46} {first:>14.3f}")
+    print(f"{'checkpoint cost, last tenth (s per s input)':<46} {last:>14.3f}")
+    mean, worst = filled["commit_mean_s"], filled["commit_max_s"]
+    print(f"{'checkpoint cost, mean / max (s)':<46} {mean:>6.3f} / {worst:.3f}")
     print(f"{'recovery after SIGKILL: store open (s)':<46} {recovered['open_s']:>14.3f}")
     print(f"{'recovery: first batch joined (s)':<46} {recovered['recovered_s']:>14.3f}")
     print(f"{'peak RSS while recovering (MB)':<46} {recovered['peak_rss_mb']:>14,.0f}")
