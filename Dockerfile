@@ -16,6 +16,8 @@ COPY detectors ./detectors
 RUN pip install ".[service]" && rm -rf /src
 
 WORKDIR /
+# The join's state directory (--state-dir); a named volume mounted here inherits the owner.
+RUN mkdir -p /var/lib/driftswitch && chown nobody /var/lib/driftswitch
 USER nobody
 # The HTTP API: /healthz, /metrics, /api/v1/flags (bind with --web-host 0.0.0.0 in a container).
 EXPOSE 6066
