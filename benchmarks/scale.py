@@ -199,6 +199,7 @@ def worker_recovery(counts: list[int]) -> list[tuple[int, str, float, float, int
                         except BufferError:
                             producer.poll(0.05)
                 assert producer.flush(120) == 0
+                del producer  # closed before the broker stops
                 args = ["--log-level", "warning", "--snapshot-interval", "1"]
                 if mode == "--state-dir":
                     args += ["--state-dir", str(work / f"state{n}")]
