@@ -7,6 +7,11 @@ Tests that use it are marked ``broker`` automatically (``-m "not broker"`` desel
 Every process this run starts inherits ``DRIFTSWITCH_TEST_RUN`` (a random id). At the end of
 the session any Tansu broker still alive with that id in its environment — started by a test,
 a fixture or a subprocess of one — fails the run and is killed.
+
+Linear algebra runs on one thread (``OPENBLAS_NUM_THREADS=1`` and the like, unless already set):
+the detectors' calibrations solve many small Markov-chain systems, where OpenBLAS's thread pool
+costs about five times the CPU of one thread on a busy machine. Set before anything imports
+numpy, it holds for the test processes and every subprocess they start.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import pytest
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 RUN_ID_VAR = "DRIFTSWITCH_TEST_RUN"
 _topic_counter = itertools.count(1)

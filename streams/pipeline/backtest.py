@@ -136,21 +136,28 @@ def decode_chunk(lines: Sequence[bytes]) -> tuple[list[Event], list[tuple[int, E
     return events, errors
 
 
+def replay_chunk(result: Backtest, numbers: Sequence[int], lines: Sequence[bytes]) -> list[Event]:
+    """Decode one chunk from :func:`read_lines`, feed it to ``result.engine`` and add its outputs,
+    bad lines and counts to ``result``; returns the decoded events. The caller sorts
+    ``result.bad_lines`` once the file is read."""
+    events, errors = decode_chunk(lines)
+    positions: Sequence[int] = numbers
+    if errors:
+        bad = {i for i, _ in errors}
+        positions = [n for i, n in enumerate(numbers) if i not in bad]
+        result.bad_lines.extend(BadLine(numbers[i], e.reason, e.detail) for i, e in errors)
+    out = result.engine.process(events, positions)
+    result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
+    result.outputs.extend((e.position, e.event) for e in out.outputs)
+    result.events += len(events) - len(out.rejections)  # what the engine accepted
+    result.lines += len(numbers)  # blank lines are not counted
+    return events
+
+
 def _run(config: Config, source: BinaryIO, chunk_lines: int) -> Backtest:
     result = Backtest(Engine(config))
-    engine = result.engine
     for numbers, lines in read_lines(source, chunk_lines):
-        events, errors = decode_chunk(lines)
-        positions = numbers
-        if errors:
-            bad = {i for i, _ in errors}
-            positions = [n for i, n in enumerate(numbers) if i not in bad]
-            result.bad_lines.extend(BadLine(numbers[i], e.reason, e.detail) for i, e in errors)
-        out = engine.process(events, positions)
-        result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
-        result.outputs.extend((e.position, e.event) for e in out.outputs)
-        result.events += len(events) - len(out.rejections)  # what the engine accepted
-        result.lines += len(numbers)  # blank lines are not counted
+        replay_chunk(result, numbers, lines)
     result.bad_lines.sort(key=lambda b: b.line)
     return result
 

@@ -26,10 +26,9 @@ import click
 from driftswitch.streams.contract.events import FlagChangeEvent
 from driftswitch.streams.kafka.options import security_options
 from driftswitch.streams.kafka.settings import KafkaSettings
+from driftswitch.streams.tools.run import BROKER_ENV, deployment_options
 
 __all__ = ["flags_group", "read_histories", "read_traffic"]
-
-BROKER_ENV = "DRIFTSWITCH_BROKER"
 
 
 async def _read_all(kafka: KafkaSettings, topic: str) -> list[Any]:
@@ -83,11 +82,7 @@ def flags_group() -> None:
 
 
 @flags_group.command("report")
-@click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Config file."
-)
-@click.option("--broker", "bootstrap", default=None, help=f"Kafka bootstrap [env {BROKER_ENV}].")
-@click.option("--group", default="driftswitch", show_default=True, help="The workers' group.")
+@deployment_options(group_help="The workers' group.")
 @click.option(
     "--days",
     type=click.FloatRange(min=0.0),

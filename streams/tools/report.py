@@ -32,7 +32,7 @@ import orjson
 from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.contract.events import FlagChangeEvent
-from driftswitch.streams.pipeline.backtest import Backtest, BadLine, decode_chunk, read_lines
+from driftswitch.streams.pipeline.backtest import Backtest, read_lines, replay_chunk
 from driftswitch.streams.pipeline.engine import Engine
 
 __all__ = [
@@ -181,17 +181,7 @@ def replay(
     with path.open("rb") as raw:
         stream = _Counter(raw, total, progress)
         for numbers, lines in read_lines(stream, chunk):  # type: ignore[arg-type]
-            events, errors = decode_chunk(lines)
-            positions = numbers
-            if errors:
-                bad = {i for i, _ in errors}
-                positions = [n for i, n in enumerate(numbers) if i not in bad]
-                result.bad_lines.extend(BadLine(numbers[i], e.reason, e.detail) for i, e in errors)
-            out = engine.process(events, positions)
-            result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
-            result.outputs.extend((e.position, e.event) for e in out.outputs)
-            result.events += len(events) - len(out.rejections)  # as backtest.run counts
-            result.lines += len(numbers)
+            events = replay_chunk(result, numbers, lines)
             if events and first_ts is None:
                 first_ts = min(e.ts for e in events)
             _sample(engine, data)
@@ -295,21 +285,12 @@ def _figure(plt: Any, name: str, d: dict[str, Any]) -> Any:
     for ax, (gname, g) in zip(axes, guardrails.items(), strict=False):
         pts = g["points"]
         if pts:
-            ax.plot(
-                _dates([p[0] for p in pts]),
-                [p[1] for p in pts],
-                color=STATISTIC_COLOUR,
-                lw=1.8,
-                label="statistic",
-            )
-            ax.plot(
-                _dates([p[0] for p in pts]),
-                [p[2] for p in pts],
-                color=THRESHOLD_COLOUR,
-                lw=1.8,
-                ls="--",
-                label="threshold",
-            )
+            when = _dates([p[0] for p in pts])
+            for column, colour, style, label in (
+                (1, STATISTIC_COLOUR, "-", "statistic"),
+                (2, THRESHOLD_COLOUR, "--", "threshold"),
+            ):
+                ax.plot(when, [p[column] for p in pts], color=colour, lw=1.8, ls=style, label=label)
         for alarm in g["alarms"]:
             ax.axvline(_dates([alarm[0]])[0], color=ALARM_COLOUR, lw=2, ls=":")
             if alarm[1] is not None:

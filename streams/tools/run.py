@@ -12,8 +12,8 @@ import contextlib
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -29,11 +29,44 @@ from driftswitch.streams.service.runner import (
 if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
     from driftswitch.streams.contract.topics import Topics
 
-__all__ = ["BROKER_ENV", "embedded_or_given", "probe_broker", "run_command"]
+__all__ = ["BROKER_ENV", "deployment_options", "embedded_or_given", "probe_broker", "run_command"]
 
 log = logging.getLogger(__name__)
 
 BROKER_ENV = "DRIFTSWITCH_BROKER"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def deployment_options(group_help: str) -> Callable[[_F], _F]:
+    """Add ``--config``, ``--broker`` and ``--group``, the options that name a deployment, to a
+    command (``run`` and ``flags report``)."""
+
+    def add(command: _F) -> _F:
+        for option in reversed(
+            (
+                click.option(
+                    "--config",
+                    "config_path",
+                    required=True,
+                    type=click.Path(dir_okay=False),
+                    help="Config file.",
+                ),
+                click.option(
+                    "--broker",
+                    "bootstrap",
+                    default=None,
+                    help=f"Kafka bootstrap [env {BROKER_ENV}].",
+                ),
+                click.option("--group", default="driftswitch", show_default=True, help=group_help),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return add
+
+
 #: Seconds a broker address gets to accept a connection and answer a Kafka request.
 PROBE_TIMEOUT_S = 3.0
 
@@ -148,11 +181,9 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
 
 
 @click.command("run")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--broker", "bootstrap", default=None, help=f"Kafka bootstrap [env {BROKER_ENV}].")
+@deployment_options(group_help="Worker group (lease).")
 @click.option("--web-port", type=click.IntRange(1, 65535), default=DEFAULT_WEB_PORT)
 @click.option("--web-host", default="127.0.0.1", show_default=True)
-@click.option("--group", default="driftswitch", show_default=True, help="Worker group (lease).")
 @click.option(
     "--snapshot-interval",
     type=click.FloatRange(min=0.0),

@@ -260,6 +260,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "nope.yaml: cannot read: No such file or directory" in result.stderr
 
 
+@pytest.mark.slow  # the installed console script in a fresh interpreter, like test_first_hour.py
 def test_real_command_has_no_traceback(tmp_path: Path) -> None:
     """The installed entry point, as a user runs it."""
     path = tmp_path / "flags.yaml"

@@ -1,5 +1,9 @@
 """What a new user meets: the real commands, run as subprocesses, with their exit codes
-(0 ok, 1 invalid input or a failed run, 2 usage) and messages; no traceback anywhere."""
+(0 ok, 1 invalid input or a failed run, 2 usage) and messages; no traceback anywhere.
+
+Every case starts the installed console script in a fresh interpreter (1-2 s of CPU each, about
+35 starts in this file), so the file is marked ``slow``: it runs in the full suite, not with
+``-m "not slow"``."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from driftswitch.streams.config.model import MAX_CONFIG_BYTES
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("driftswitch"))

@@ -201,6 +201,7 @@ def dead_address() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
+@pytest.mark.slow  # a fresh interpreter that waits 3 s for reconnection attempts
 def test_a_client_without_a_broker_starts_at_once_logs_once_and_reports_what_is_lost() -> None:
     address = dead_address()
     result = run_python(

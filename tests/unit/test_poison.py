@@ -349,6 +349,7 @@ _prediction = st.fixed_dictionaries(
 _outcome = st.fixed_dictionaries({"request_id": _rid, "ts": _ts, "label": _label})
 
 
+@pytest.mark.slow  # 150 generated streams, each through two engines and a snapshot
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(_prediction, _outcome), min_size=1, max_size=60))
 def test_snapshots_round_trip_everything_validation_accepts(docs: list[dict[str, object]]) -> None:

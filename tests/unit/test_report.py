@@ -1,5 +1,9 @@
 """``backtest --report``: one self-contained HTML file (parsed, no external URL) whose charted
-data matches ``backtest --json``, a PNG beside it, and progress on large files."""
+data matches ``backtest --json``, a PNG beside it, and progress on large files.
+
+Marked ``slow``: importing matplotlib and drawing the charts takes several seconds of CPU, and
+the fixture replays a 12,000-event simulation. The file runs in the full suite, not with
+``-m "not slow"``."""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from driftswitch.streams.pipeline import backtest as bt
 from driftswitch.streams.tools import report
 from driftswitch.streams.tools.cli import main
 from driftswitch.streams.tools.simulate import Scenario, config_yaml, simulate, write_jsonl
+
+pytestmark = pytest.mark.slow
 
 GUARDRAILS = """\
       - name: candidate-accuracy
