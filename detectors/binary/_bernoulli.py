@@ -111,11 +111,42 @@ class BernoulliDetector(BaseDetector):
     _baseline: float | None
     _warmup: int
     _seed: int
+    _arl0: float
+    #: The calibrated false-alarm budget (larger than ``_arl0`` for a learned baseline).
+    _budget: float
+    _q0: float
     _n: int
     _detected: bool
     _alarms: int
     _batches: int
     _warm_errors: int
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def _explain(self, kind_fields: dict[str, JSON]) -> dict[str, JSON]:
+        """:meth:`explain`'s evidence: the base fields, the baseline, ``kind_fields`` and the
+        calibration (``None`` for what is not known during warm-up)."""
+        out = super().explain()
+        ready = self.calibrated
+        out["threshold"] = self.threshold if ready else None
+        out["baseline_accuracy"] = 1.0 - self._q0 if ready else None
+        out.update(kind_fields)
+        out.update(
+            {
+                "baseline_learned": self._baseline is None,
+                "arl0": self._arl0,
+                "arl0_calibrated": self._budget if ready else None,
+                "alarms": self._alarms,
+                "warming_up": not ready,
+            }
+        )
+        return out
 
     @property
     @abstractmethod

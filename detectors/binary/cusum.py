@@ -350,10 +350,6 @@ class CUSUM(BernoulliDetector):
         return bool(alarms)
 
     @property
-    def drift_detected(self) -> bool:
-        return self._detected
-
-    @property
     def statistic(self) -> float:
         """``W`` in nats (0 during warm-up)."""
         return self._w / self._scale if self._h else 0.0
@@ -363,25 +359,8 @@ class CUSUM(BernoulliDetector):
         """``h`` in nats (infinite during warm-up: no alarm is possible)."""
         return self._h / self._scale if self._h else math.inf
 
-    @property
-    def n(self) -> int:
-        return self._n
-
     def explain(self) -> dict[str, JSON]:
-        out = super().explain()
-        out["threshold"] = self.threshold if self._h else None
-        out.update(
-            {
-                "baseline_accuracy": 1.0 - self._q0 if self._h else None,
-                "target_accuracy": 1.0 - self._q1 if self._h else None,
-                "baseline_learned": self._baseline is None,
-                "arl0": self._arl0,
-                "arl0_calibrated": self._budget if self._h else None,
-                "alarms": self._alarms,
-                "warming_up": not self._h,
-            }
-        )
-        return out
+        return self._explain({"target_accuracy": 1.0 - self._q1 if self._h else None})
 
     def to_state(self) -> dict[str, JSON]:
         return {

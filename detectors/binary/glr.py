@@ -457,10 +457,6 @@ class GLR(BernoulliDetector):
         return alarmed
 
     @property
-    def drift_detected(self) -> bool:
-        return self._detected
-
-    @property
     def statistic(self) -> float:
         return self._stat
 
@@ -468,26 +464,9 @@ class GLR(BernoulliDetector):
     def threshold(self) -> float:
         return self._h
 
-    @property
-    def n(self) -> int:
-        return self._n
-
     def explain(self) -> dict[str, JSON]:
-        out = super().explain()
-        ready = not math.isinf(self._h)
-        out["threshold"] = self._h if ready else None
-        out.update(
-            {
-                "baseline_accuracy": 1.0 - self._q0 if ready else None,
-                "min_drop": self._min_drop,
-                "baseline_learned": self._baseline is None,
-                "arl0": self._arl0,
-                "arl0_calibrated": self._budget if ready else None,
-                "alarms": self._alarms,
-                "warming_up": not ready,
-            }
-        )
-        if ready and self._k:
+        out = self._explain({"min_drop": self._min_drop})
+        if self.calibrated and self._k:
             # The window that carries the evidence now (penalised statistic), and its error rate.
             span = np.minimum(self._win, self._k).astype(np.float64)
             s = self._sums.astype(np.float64)

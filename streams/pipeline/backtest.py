@@ -170,9 +170,10 @@ def format_ts(ts: float | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
 
 
-def _fmt(value: object) -> str:
+def format_value(value: object, missing: str = "-") -> str:
+    """A table cell: ``missing`` for None, four significant digits for a float."""
     if value is None:
-        return "-"
+        return missing
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -211,11 +212,11 @@ def render_summary(result: Backtest, console: Console) -> None:
                 format_ts(out.ts),
                 str(version),
                 c.action.value,
-                _fmt(c.guardrail),
-                _fmt(c.variant) + ("" if c.segment is None else f" in {_segment(c.segment)}"),
-                _fmt(c.detector),
-                _fmt(c.statistic),
-                _fmt(c.threshold),
+                format_value(c.guardrail),
+                format_value(c.variant) + ("" if c.segment is None else f" in {_segment(c.segment)}"),
+                format_value(c.detector),
+                format_value(c.statistic),
+                format_value(c.threshold),
                 samples,
             )
         if changes.row_count:
@@ -256,16 +257,16 @@ def render_summary(result: Backtest, console: Console) -> None:
             lat = v["latency_ms"]
             variants.add_row(
                 vname,
-                _fmt(v["weight"]),
-                _fmt(v["killed"]),
-                _fmt(v["predictions"]),
-                _fmt(v["labelled"]),
-                _fmt(v["accuracy"]),
-                _fmt(v["windowed_accuracy"]),
-                _fmt(v["error_rate"]),
-                _fmt(lat["p50"]),
-                _fmt(lat["p99"]),
-                _fmt(v["expired"]),
+                format_value(v["weight"]),
+                format_value(v["killed"]),
+                format_value(v["predictions"]),
+                format_value(v["labelled"]),
+                format_value(v["accuracy"]),
+                format_value(v["windowed_accuracy"]),
+                format_value(v["error_rate"]),
+                format_value(lat["p50"]),
+                format_value(lat["p99"]),
+                format_value(v["expired"]),
             )
         console.print(variants)
         guardrails = Table(
@@ -287,11 +288,11 @@ def render_summary(result: Backtest, console: Console) -> None:
                 str(g["state"]),
                 samples,
                 format_ts(g.get("last_breach_ts")),
-                _fmt(g.get("last_breach_statistic")),
-                _fmt(g["statistic"]),
-                _fmt(g["threshold"]),
-                _fmt(g["breaches"]),
-                _fmt(g.get("acted")),
+                format_value(g.get("last_breach_statistic")),
+                format_value(g["statistic"]),
+                format_value(g["threshold"]),
+                format_value(g["breaches"]),
+                format_value(g.get("acted")),
             )
         if guardrails.row_count:
             console.print(guardrails)
@@ -319,9 +320,9 @@ def _print_segments(console: Console, name: str, flag: dict[str, Any], result: A
                 escape(label),
                 str(s["state"]),
                 samples,
-                _fmt(s["statistic"]),
-                _fmt(s["threshold"]),
-                _fmt(s["breaches"]),
+                format_value(s["statistic"]),
+                format_value(s["threshold"]),
+                format_value(s["breaches"]),
             )
         console.print(table)
     state = result.engine.state(name)

@@ -32,7 +32,12 @@ import orjson
 from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.contract.events import FlagChangeEvent
-from driftswitch.streams.pipeline.backtest import Backtest, read_lines, replay_chunk
+from driftswitch.streams.pipeline.backtest import (
+    Backtest,
+    format_value,
+    read_lines,
+    replay_chunk,
+)
 from driftswitch.streams.pipeline.engine import Engine
 
 __all__ = [
@@ -376,11 +381,7 @@ def render_png(data: ReportData, out: BinaryIO) -> None:
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_value(value, missing="–")
 
 
 _STYLE = """
