@@ -3,19 +3,23 @@
 ``start_worker`` starts :class:`~driftswitch.streams.tools.testing.WorkerProcess` children on this
 test's ``topics`` and stops every one of them at teardown. ``produce`` writes records with
 confluent-kafka (librdkafka), a different client from the worker's aiokafka, on purpose: what the
-worker reads must be what any Kafka producer writes.
+worker reads must be what any Kafka producer writes. ``read_json`` reads a whole topic back.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import Producer
 
 from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka.connect import read_partitions
+from driftswitch.streams.kafka.settings import as_settings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.testing import WorkerProcess
 
@@ -52,6 +56,18 @@ def produce(broker: EmbeddedBroker) -> Callable[[list[tuple[str, bytes, bytes]]]
         assert producer.flush(30) == 0
 
     return send
+
+
+@pytest.fixture
+def read_json(broker: EmbeddedBroker) -> Callable[[str], list[Any]]:
+    """``read_json(topic)``: every record of every partition of ``topic``, from the beginning to
+    the end (as ``read_partitions`` reads it), JSON-decoded, partition after partition."""
+
+    def read(topic: str) -> list[Any]:
+        found = asyncio.run(read_partitions(as_settings(broker.bootstrap), topic))
+        return [orjson.loads(r.value) for records in found.records.values() for r in records]
+
+    return read
 
 
 _ARTEFACTS = pytest.StashKey[list[Path]]()

@@ -3,40 +3,19 @@ what it recorded when the interpreter exits, and wait_ready returns once the sta
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import textwrap
-
-import orjson
+from collections.abc import Callable
+from typing import Any
 
 from driftswitch.streams.client import DriftswitchClient
 from driftswitch.streams.contract.topics import Topics
-from driftswitch.streams.kafka.connect import read_to_end
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 
-def read_values(bootstrap: str, topic: str) -> list[dict[str, object]]:
-    async def go() -> list[dict[str, object]]:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or [0]]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            records = await read_to_end(consumer, tps)
-            return [orjson.loads(r.value) for tp in tps for r in records[tp]]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
-
-
 def test_an_unclosed_client_delivers_its_events_at_interpreter_exit(
-    broker: EmbeddedBroker, topics: Topics
+    broker: EmbeddedBroker, topics: Topics, read_json: Callable[[str], list[Any]]
 ) -> None:
     prefix = topics.predictions.name.rsplit(".predictions", 1)[0]
     code = f"""
@@ -62,7 +41,7 @@ def test_an_unclosed_client_delivers_its_events_at_interpreter_exit(
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "lost" not in result.stderr
-    sent = read_values(broker.bootstrap, topics.predictions.name)
+    sent = read_json(topics.predictions.name)
     assert sorted(str(p["request_id"]) for p in sent) == [f"exit-{i}" for i in range(10)]
 
 

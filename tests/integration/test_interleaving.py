@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import pytest
 
 from driftswitch.streams.client.client import DriftswitchClient
 from driftswitch.streams.config.model import load_config
@@ -26,7 +24,7 @@ from driftswitch.streams.contract.interleave import team_draft
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.pipeline.backtest import run as run_backtest
 from driftswitch.streams.tools.broker import EmbeddedBroker
-from driftswitch.streams.tools.testing import WorkerProcess, flag_changes, read_topic
+from driftswitch.streams.tools.testing import WorkerProcess, flag_changes, read_topic, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAG = "search"
@@ -43,14 +41,6 @@ def _config(tmp_path: Path) -> Path:
     path = tmp_path / "interleaving.yaml"
     path.write_text(text)
     return path
-
-
-def _wait(what: str, cond: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def _events(broker: EmbeddedBroker, topics: Topics) -> list[bytes]:
@@ -78,7 +68,7 @@ def test_interleaved_clicks_kill_the_worse_ranker_and_backtest_agrees(
     client = DriftswitchClient(broker.bootstrap, topics=topics, defaults={FLAG: "control"})
     try:
         assert client.start(wait_s=30)
-        _wait("version 1 of the flag", lambda: client.flag_state(FLAG) is not None)
+        wait_until("version 1 of the flag", lambda: client.flag_state(FLAG) is not None, timeout=60)
         rankings = {"control": GOOD, "candidate": BAD}
         users = [f"user-{i}" for i in range(400)]
         assert 150 < sum(client.variant(FLAG, u) == "candidate" for u in users) < 250  # 50/50
@@ -99,7 +89,12 @@ def test_interleaved_clicks_kill_the_worse_ranker_and_backtest_agrees(
         assert interleaved >= 40  # the guardrail's min_samples
         assert client.flush(30)
 
-        _wait("the kill read back by the client", lambda: client.flag_state(FLAG).version == 2)  # type: ignore[union-attr]
+        wait_until(
+            "the kill read back by the client",
+            lambda: client.flag_state(FLAG).version == 2,  # type: ignore[union-attr]
+            timeout=60,
+            interval=0.05,
+        )
         state = client.flag_state(FLAG)
         assert state is not None
         assert state.variants["candidate"].killed

@@ -7,14 +7,12 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
-from driftswitch.streams.kafka.connect import read_to_end
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -28,27 +26,8 @@ def example() -> str:
     return match.group(1)
 
 
-def read(broker: EmbeddedBroker, topic: str) -> list[dict[str, Any]]:
-    async def go() -> list[dict[str, Any]]:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or [0]]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            records = await read_to_end(consumer, tps)
-            return [orjson.loads(r.value) for tp in tps for r in records[tp]]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
-
-
 def test_readme_example_runs_as_pasted_and_its_events_reach_kafka(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: EmbeddedBroker, tmp_path: Path, read_json: Callable[[str], list[Any]]
 ) -> None:
     # The example uses the default topic names; this test owns them (other tests use prefixes).
     # They exist as `driftswitch run` creates them.
@@ -71,8 +50,8 @@ def test_readme_example_runs_as_pasted_and_its_events_reach_kafka(
     assert result.stdout.strip() == "['ranker-v1:shoes', 'other']"
     assert "lost" not in result.stderr
     # The `with` block's exit sent both events before the process ended.
-    predictions = read(broker, "driftswitch.predictions.v1")
-    outcomes = read(broker, "driftswitch.outcomes.v1")
+    predictions = read_json("driftswitch.predictions.v1")
+    outcomes = read_json("driftswitch.outcomes.v1")
     (prediction,) = [p for p in predictions if p["request_id"] == "req-1"]
     assert prediction["variant"] == "control"
     assert prediction["prediction"] == "ranker-v1:shoes"
