@@ -49,6 +49,12 @@ class Detector(Protocol):
     def to_state(self) -> dict[str, JSON]: ...
 
 
+def check_kind(kind: str, state: Mapping[str, Any]) -> None:
+    """Refuse, in ``from_state``, a state written by another kind of detector than ``kind``."""
+    if state.get("kind") != kind:
+        raise ValueError(f"state of kind {state.get('kind')!r} given to {kind!r}")
+
+
 class BaseDetector(ABC):
     """Defaults shared by all detectors: batch feeding and the registry hook.
 

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
-from driftswitch.detectors.base import JSON, BaseDetector
+from driftswitch.detectors.base import JSON, BaseDetector, check_kind
 from driftswitch.detectors.registry import register
 
 __all__ = [
@@ -348,8 +348,7 @@ class ReferenceDrift(BaseDetector):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
-        if state.get("kind") != cls.kind:
-            raise ValueError(f"state of kind {state.get('kind')!r} given to {cls.kind!r}")
+        check_kind(cls.kind, state)
         detector = cls(**state["params"])
         detector._reference_values = [float(v) for v in state["reference_values"]]
         detector._edges = [float(v) for v in state["edges"]]

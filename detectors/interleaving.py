@@ -35,7 +35,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from driftswitch.detectors.base import JSON, BaseDetector
+from driftswitch.detectors.base import JSON, BaseDetector, check_kind
 from driftswitch.detectors.registry import register
 from driftswitch.detectors.sequential import cs_rho2
 
@@ -280,8 +280,7 @@ class Interleaving(BaseDetector):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
-        if state.get("kind") != cls.kind:
-            raise ValueError(f"state of kind {state.get('kind')!r} given to {cls.kind!r}")
+        check_kind(cls.kind, state)
         det = cls(**state["params"])
         det.wins = int(state["wins"])
         det.losses = int(state["losses"])

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from driftswitch.detectors.base import JSON, BaseDetector
+from driftswitch.detectors.base import JSON, BaseDetector, check_kind
 from driftswitch.detectors.registry import register
 
 __all__ = ["LatencyQuantile", "QuantileSketch"]
@@ -326,8 +326,7 @@ class LatencyQuantile(BaseDetector):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
-        if state.get("kind") != cls.kind:
-            raise ValueError(f"state of kind {state.get('kind')!r} given to {cls.kind!r}")
+        check_kind(cls.kind, state)
         detector = cls(**state["params"])
         detector._sketch = QuantileSketch.from_state(state["sketch"])
         detector._n = int(state["n"])

@@ -38,7 +38,7 @@ import pickle
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from driftswitch.detectors.base import JSON, BaseDetector
+from driftswitch.detectors.base import JSON, BaseDetector, check_kind
 from driftswitch.detectors.registry import register
 
 __all__ = [
@@ -167,8 +167,7 @@ class RiverDetector(BaseDetector):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
-        if state.get("kind") != cls.kind:
-            raise ValueError(f"state of kind {state.get('kind')!r} given to {cls.kind!r}")
+        check_kind(cls.kind, state)
         pickled_under = state.get("river_version")
         if pickled_under != river_version():
             raise ValueError(

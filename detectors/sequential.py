@@ -94,7 +94,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 import numpy.typing as npt
 
-from driftswitch.detectors.base import JSON
+from driftswitch.detectors.base import JSON, check_kind
 from driftswitch.detectors.registry import register
 
 __all__ = [
@@ -960,8 +960,7 @@ class Sequential(Comparison):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:
-        if state.get("kind") != cls.kind:
-            raise ValueError(f"state of kind {state.get('kind')!r} given to {cls.kind!r}")
+        check_kind(cls.kind, state)
         params = dict(state["params"])
         # States written before the exact methods existed are asymptotic comparisons.
         params.setdefault("method", "asymptotic")
