@@ -161,24 +161,24 @@ class Interleaving(BaseDetector):
     def _bounds(self) -> tuple[float, float]:
         """The ends of ``{p : ln M_n(p) < ln(1/α)}`` by bisection (``ln M_n`` is convex in ``p``
         with its minimum, at most 0, at ``p̂ = W/n``)."""
+        return self._edge(0.0), self._edge(1.0)
+
+    def _edge(self, outside: float) -> float:
+        """The end of the interval towards ``outside`` (0 or 1), bisecting from ``p̂``."""
         w, losses, a, bound = self.wins, self.losses, self._a, self._log_bound
         n = w + losses
         if n == 0:
-            return 0.0, 1.0
-        centre = w / n
-
-        def edge(inside: float, outside: float) -> float:
-            if log_mixture(w, losses, outside, a) < bound:
-                return outside
-            for _ in range(60):
-                mid = 0.5 * (inside + outside)
-                if log_mixture(w, losses, mid, a) < bound:
-                    inside = mid
-                else:
-                    outside = mid
-            return inside
-
-        return edge(centre, 0.0), edge(centre, 1.0)
+            return outside
+        inside = w / n
+        if log_mixture(w, losses, outside, a) < bound:
+            return outside
+        for _ in range(60):
+            mid = 0.5 * (inside + outside)
+            if log_mixture(w, losses, mid, a) < bound:
+                inside = mid
+            else:
+                outside = mid
+        return inside
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -224,7 +224,9 @@ class Interleaving(BaseDetector):
     @property
     def statistic(self) -> float:
         """Upper bound of the interval; harm when it falls below ``threshold``."""
-        return self._interval()[1]
+        if self._bounds_cache is not None:
+            return self._bounds_cache[1]
+        return self._edge(1.0)  # the lower end is not needed (bisection is the cost)
 
     @property
     def threshold(self) -> float:
