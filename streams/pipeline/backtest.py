@@ -213,7 +213,8 @@ def render_summary(result: Backtest, console: Console) -> None:
                 str(version),
                 c.action.value,
                 format_value(c.guardrail),
-                format_value(c.variant) + ("" if c.segment is None else f" in {_segment(c.segment)}"),
+                format_value(c.variant)
+                + ("" if c.segment is None else f" in {_segment(c.segment)}"),
                 format_value(c.detector),
                 format_value(c.statistic),
                 format_value(c.threshold),
