@@ -84,6 +84,7 @@ def run(engine: Engine, evs: list[Any], batch: int = 250) -> list[FlagChangeEven
     return got
 
 
+@pytest.mark.slow  # a 60,000-event simulated rollout
 def test_steps_run_segment_by_segment() -> None:
     engine = Engine(parse_config(CONFIG, "r.yaml"))
     first = engine.state("ranker").rollout_gate

@@ -132,6 +132,7 @@ def test_a_bad_segment_is_killed_there_only() -> None:
     assert set(summary["metric_segments"]) <= {"jp", "us", "other"}
 
 
+@pytest.mark.slow  # 6,000 events replayed at four batch sizes, with restarts
 def test_batching_and_restarts_decide_alike() -> None:
     events = stream(6000)
     whole = Engine(config())
@@ -229,6 +230,7 @@ def test_alpha_is_split_and_arl0_kept() -> None:
     assert split_spec({"kind": "cusum", "arl0": 1000}, 21)["arl0"] == 1000
 
 
+@pytest.mark.slow  # 10,000 distinct values and 1 MB strings through the engine
 def test_adversarial_attributes_are_bounded() -> None:
     """10,000 distinct values, 1 MB strings, non-string types: counted, bounded, never a crash;
     nested objects are rejected by the decoder with a clear reason."""
