@@ -41,9 +41,28 @@ from driftswitch.streams.kafka.connect import read_partitions
 from driftswitch.streams.kafka.settings import KafkaSettings, as_settings
 from driftswitch.streams.tools.broker import free_port
 
-__all__ = ["WorkerProcess", "event_records", "flag_changes", "read_topic", "wait_until"]
+__all__ = [
+    "KILL_ON_ACCURACY",
+    "WorkerProcess",
+    "event_records",
+    "flag_changes",
+    "read_topic",
+    "wait_until",
+]
 
 _LOG_TAIL = 4000
+
+#: The guardrail most end-to-end tests give :func:`~driftswitch.streams.tools.simulate.config_yaml`:
+#: kill the candidate once its accuracy drifts from 0.90 towards 0.80 (Bernoulli CUSUM, a false
+#: alarm every 100,000 observations on average, no decision before 200 samples).
+KILL_ON_ACCURACY = """\
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
+        min_samples: 200
+        action: kill
+"""
 
 
 class WorkerProcess:

@@ -17,6 +17,7 @@ from driftswitch.streams.service.worker import state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 from driftswitch.streams.tools.testing import (
+    KILL_ON_ACCURACY,
     WorkerProcess,
     event_records,
     flag_changes,
@@ -25,14 +26,7 @@ from driftswitch.streams.tools.testing import (
 
 pytestmark = pytest.mark.broker
 
-GUARDRAIL = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
-        min_samples: 200
-        action: kill
-"""
+GUARDRAIL = KILL_ON_ACCURACY
 SCENARIO = Scenario(
     requests=6_000,
     change_at=2_000,

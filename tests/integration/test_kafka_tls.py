@@ -53,7 +53,7 @@ from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.service.worker import state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker, free_port, resolve_binary
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import WorkerProcess, wait_until
+from driftswitch.streams.tools.testing import KILL_ON_ACCURACY, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -67,14 +67,7 @@ SCENARIO = Scenario(
         VariantSpec("candidate", weight=30, accuracy=0.90),
     ),
 )
-GUARDRAIL = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
-        min_samples: 200
-        action: kill
-"""
+GUARDRAIL = KILL_ON_ACCURACY
 #: A SASL password that must never show up anywhere.
 SASL_PASSWORD = "sasl-pw-" + secrets.token_hex(8)
 DRIFTSWITCH = str(Path(sys.executable).with_name("driftswitch"))

@@ -33,7 +33,13 @@ from driftswitch.streams.service.hooks import (
 )
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import WorkerProcess, event_records, read_topic, wait_until
+from driftswitch.streams.tools.testing import (
+    KILL_ON_ACCURACY,
+    WorkerProcess,
+    event_records,
+    read_topic,
+    wait_until,
+)
 
 SECRET = "e2e-hook-secret-7f3a"
 SCENARIO = Scenario(
@@ -46,14 +52,7 @@ SCENARIO = Scenario(
         VariantSpec("candidate", weight=40, accuracy=0.90, accuracy_after=0.70),
     ),
 )
-GUARDRAIL = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
-        min_samples: 200
-        action: kill
-"""
+GUARDRAIL = KILL_ON_ACCURACY
 GARBAGE = [b"{not json", b'{"kind": "prediction"}', b"[1, 2"]
 
 

@@ -38,16 +38,15 @@ from driftswitch.streams.tools.simulate import (
     simulate,
     write_jsonl,
 )
-from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes, read_topic
+from driftswitch.streams.tools.testing import (
+    KILL_ON_ACCURACY,
+    WorkerProcess,
+    event_records,
+    flag_changes,
+    read_topic,
+)
 
-GUARDRAIL = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
-        min_samples: 200
-        action: kill
-"""
+GUARDRAIL = KILL_ON_ACCURACY
 SCENARIO = Scenario(
     requests=12_000,
     change_at=6_000,
