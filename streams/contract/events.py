@@ -7,22 +7,35 @@ a string is refused, as the JSON Schemas do). Every number must be finite and fi
 integer's range (:data:`NUMBER_LIMIT`). Every model forbids unknown fields, so a misspelt field is
 reported instead of silently ignored.
 
-Decode once, at the edge, with one decoder: :func:`decode_model` (and its short forms
+Decode once, at the edge, with one decoder: for input records (the live worker and ``backtest``),
+:func:`decode_value` and :func:`decode_lines`; for single documents
+:func:`decode_model` (and its short forms
 :func:`decode_prediction`, :func:`decode_outcome`; control commands use it too) and, for JSON Lines
 files whose records name their ``kind``, :func:`decode_line`. Each is pydantic's validation of the
 raw JSON, in one pass, and turns bytes into a model or raises
 :class:`~driftswitch.streams.contract.errors.EventError` with a machine-readable ``reason``
-(``malformed_json``, ``schema``, ``oversize``), which becomes the dead-letter reason. The live
-worker (:mod:`driftswitch.streams.pipeline.ingest`) and ``backtest`` both decode this way.
+(``malformed_json``, ``schema``, ``oversize``), which becomes the dead-letter reason.
+
+The batch decoders are a fast path over the same contract: msgspec reads each record into a
+:class:`PredictionStruct` or :class:`OutcomeStruct` (same field names, values and defaults as the
+pydantic model) under constraints at least as strict as the model's; a record it refuses is
+handed to the pydantic model, which accepts it (a lax value such as an RFC 3339 ``ts``) or words
+the rejection. The set of accepted documents, the values read and every rejection's reason and
+detail are therefore those of the pydantic models, which stay the source of the JSON Schemas
+(``tests/unit/test_decoding.py`` checks the equivalence, including mutated and poisoned
+documents). The live worker (:mod:`driftswitch.streams.pipeline.ingest`) and ``backtest`` both
+decode this way.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
+import msgspec
 import orjson
 from pydantic import (
     BaseModel,
@@ -578,6 +591,175 @@ def _json_kind(value: object) -> str:
     if value is None:
         return "null"
     return "a boolean" if isinstance(value, bool) else "a number"
+
+
+# -- the batch fast path ---------------------------------------------------------------------
+
+#: Floats the fast path accepts: well inside the contract's 2^63, so a float it accepts is exactly
+#: one the model accepts (an integer literal rounds to the same float in both); larger magnitudes
+#: go to the model, which applies the exact limit.
+_FAST_FLOAT_LIMIT = 2.0**53
+_FastName = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN.removesuffix("$") + r"\Z")]
+_FastInt = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+_FastNumber = Annotated[float, msgspec.Meta(ge=-_FAST_FLOAT_LIMIT, le=_FAST_FLOAT_LIMIT)]
+_FastDuration = Annotated[float, msgspec.Meta(ge=0, le=_FAST_FLOAT_LIMIT)]
+_FastLabel = bool | _FastInt | _FastNumber | str
+_FastTime = Annotated[float, msgspec.Meta(ge=0, lt=1e11)]
+_FastRequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_FastItemId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class PlacementStruct(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """:class:`Placement` as the batch decoders read it."""
+
+    item: _FastItemId
+    team: _FastName
+
+
+class PredictionStruct(
+    msgspec.Struct,
+    frozen=True,
+    gc=False,
+    forbid_unknown_fields=True,
+    tag="prediction",
+    tag_field="kind",
+):
+    """:class:`PredictionEvent` as the batch decoders read it: same fields, values, defaults."""
+
+    kind: ClassVar[str] = "prediction"
+    request_id: _FastRequestId
+    flag: _FastName
+    variant: _FastName
+    ts: _FastTime
+    prediction: _FastLabel | None = None
+    score: _FastNumber | None = None
+    latency_ms: _FastDuration | None = None
+    error: str | None = None
+    served: bool = True
+    subject: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    model_version: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    attributes: dict[str, str | bool | _FastInt | _FastNumber] = {}
+    features: dict[str, _FastNumber] = {}
+    ranking: (
+        Annotated[list[PlacementStruct], msgspec.Meta(min_length=1, max_length=MAX_RANKING)] | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        if self.prediction is None and self.ranking is None:
+            raise ValueError("prediction or ranking required")  # the model words it
+
+
+class OutcomeStruct(
+    msgspec.Struct,
+    frozen=True,
+    gc=False,
+    forbid_unknown_fields=True,
+    tag="outcome",
+    tag_field="kind",
+):
+    """:class:`OutcomeEvent` as the batch decoders read it: same fields, values, defaults."""
+
+    kind: ClassVar[str] = "outcome"
+    request_id: _FastRequestId
+    ts: _FastTime
+    label: _FastLabel | None = None
+    flag: _FastName | None = None
+    variant: _FastName | None = None
+    clicks: Annotated[list[_FastItemId], msgspec.Meta(max_length=MAX_RANKING)] | None = None
+    clicked_positions: (
+        Annotated[
+            list[Annotated[int, msgspec.Meta(ge=0, lt=MAX_RANKING)]],
+            msgspec.Meta(max_length=MAX_RANKING),
+        ]
+        | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        if self.label is None and self.clicks is None and self.clicked_positions is None:
+            raise ValueError("label or clicks required")  # the model words it
+
+
+#: A decoded input event, as the engine reads it (either form has the same attributes).
+AnyPrediction = PredictionEvent | PredictionStruct
+AnyOutcome = OutcomeEvent | OutcomeStruct
+InputEvent = AnyPrediction | AnyOutcome
+Decoded = PredictionStruct | OutcomeStruct
+
+_FAST_PREDICTION = msgspec.json.Decoder(PredictionStruct)
+_FAST_OUTCOME = msgspec.json.Decoder(OutcomeStruct)
+_FAST_LINE = msgspec.json.Decoder(PredictionStruct | OutcomeStruct)
+_FastError = (msgspec.ValidationError, msgspec.DecodeError)
+
+
+def to_struct(event: PredictionEvent | OutcomeEvent) -> Decoded:
+    """The struct form of a validated event (no second validation: the model has done it)."""
+    if isinstance(event, PredictionEvent):
+        ranking = event.ranking
+        return PredictionStruct(
+            request_id=event.request_id,
+            flag=event.flag,
+            variant=event.variant,
+            ts=event.ts,
+            prediction=event.prediction,
+            score=event.score,
+            latency_ms=event.latency_ms,
+            error=event.error,
+            served=event.served,
+            subject=event.subject,
+            model_version=event.model_version,
+            attributes=dict(event.attributes),
+            features=dict(event.features),
+            ranking=None
+            if ranking is None
+            else [PlacementStruct(item=p.item, team=p.team) for p in ranking],
+        )
+    return OutcomeStruct(
+        request_id=event.request_id,
+        ts=event.ts,
+        label=event.label,
+        flag=event.flag,
+        variant=event.variant,
+        clicks=None if event.clicks is None else list(event.clicks),
+        clicked_positions=None
+        if event.clicked_positions is None
+        else list(event.clicked_positions),
+    )
+
+
+def decode_value(value: bytes, prediction: bool) -> Decoded:
+    """Decode one input record of the kind its topic decides (``kind`` may be left out): the
+    event, or the ``EventError`` :func:`decode_prediction` / :func:`decode_outcome` raises."""
+    if len(value) <= MAX_EVENT_BYTES:
+        try:
+            return (_FAST_PREDICTION if prediction else _FAST_OUTCOME).decode(value)
+        except _FastError:
+            pass
+    if prediction:
+        return to_struct(decode_model(PredictionEvent, value))
+    return to_struct(decode_model(OutcomeEvent, value))
+
+
+def decode_lines(lines: Sequence[bytes]) -> list[Decoded | EventError]:
+    """Decode JSON Lines events (``kind`` required), in order: each an event, or the
+    ``EventError`` :func:`decode_line` would raise for it.
+
+    Each line is decoded on its own: lines joined into one JSON array could pair the halves of
+    two invalid lines into valid documents."""
+    fast = _FAST_LINE.decode
+    out: list[Decoded | EventError] = []
+    append = out.append
+    for line in lines:
+        if len(line) <= MAX_EVENT_BYTES:
+            try:
+                append(fast(line))
+                continue
+            except _FastError:
+                pass
+        try:
+            append(to_struct(decode_line(line)))
+        except EventError as exc:
+            append(exc.with_traceback(None))
+    return out
 
 
 def encode(event: BaseModel) -> bytes:

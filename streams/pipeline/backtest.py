@@ -2,7 +2,7 @@
 backtest``).
 
 The file is read in large chunks, each line decoded with the live worker's decoder
-(:func:`~driftswitch.streams.contract.events.decode_line`) and fed to
+(:func:`~driftswitch.streams.contract.events.decode_lines`) and fed to
 :class:`~driftswitch.streams.pipeline.engine.Engine` in file order. The engine decides in event
 time and independently of batch boundaries, so a backtest is deterministic and reaches the
 decisions the live worker reaches on the same events: what a user tunes offline is what runs
@@ -26,7 +26,7 @@ from rich.table import Table
 
 from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.errors import EventError
-from driftswitch.streams.contract.events import FlagChangeEvent, Output, decode_line
+from driftswitch.streams.contract.events import FlagChangeEvent, Output, decode_lines
 from driftswitch.streams.pipeline.engine import Engine, Event
 
 #: Lines decoded and processed per engine batch.
@@ -128,11 +128,11 @@ def decode_chunk(lines: Sequence[bytes]) -> tuple[list[Event], list[tuple[int, E
     events: list[Event] = []
     errors: list[tuple[int, EventError]] = []
     append = events.append
-    for i, line in enumerate(lines):
-        try:
-            append(decode_line(line))
-        except EventError as exc:
-            errors.append((i, exc.with_traceback(None)))  # keep no frames alive in the list
+    for i, got in enumerate(decode_lines(lines)):
+        if isinstance(got, EventError):
+            errors.append((i, got))
+        else:
+            append(got)
     return events, errors
 
 

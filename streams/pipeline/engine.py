@@ -53,10 +53,16 @@ from driftswitch.detectors.base import JSON
 from driftswitch.streams.config.model import METRIC_TRAITS, Config, FlagConfig, Metric
 from driftswitch.streams.contract.commands import Command, CommandError
 from driftswitch.streams.contract.events import (
+    AnyPrediction,
     FlagChangeEvent,
+    InputEvent,
     OutcomeEvent,
+    OutcomeStruct,
     Output,
+    Placement,
+    PlacementStruct,
     PredictionEvent,
+    PredictionStruct,
 )
 from driftswitch.streams.contract.interleave import credit
 from driftswitch.streams.pipeline import control, policy, segments
@@ -94,7 +100,9 @@ DUPLICATE_ITEM = "duplicate_item"
 CLICK_NOT_SHOWN = "click_not_shown"
 NOT_INTERLEAVED = "outcome_mismatch"
 
-Event = PredictionEvent | OutcomeEvent
+Event = InputEvent
+_PREDICTIONS = (PredictionStruct, PredictionEvent)
+_OUTCOMES = (OutcomeStruct, OutcomeEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +309,7 @@ class Engine:
         rejections: list[Rejection] = []
         predictions = outcomes = 0
         for i, ev in enumerate(events):
-            if type(ev) is PredictionEvent:
+            if isinstance(ev, _PREDICTIONS):
                 f = flags.get(ev.flag)
                 if f is None:
                     rejections.append(Rejection(i, UNKNOWN_FLAG, f"flag {ev.flag!r}"))
@@ -370,7 +378,7 @@ class Engine:
                             rejections.append(Rejection(i, *problem))
                     else:
                         self._score(f, v, prediction, errored, joined, i, ts, values, rseg)
-            elif type(ev) is OutcomeEvent:
+            elif isinstance(ev, _OUTCOMES):
                 if ev.flag is not None:
                     f = flags.get(ev.flag)
                     if f is None:
@@ -403,7 +411,8 @@ class Engine:
                         else:
                             self._score(f, v, prediction, errored, label, i, ev.ts, values, rseg)
             else:
-                detail = f"expected a prediction or an outcome, got {type(ev).__name__}"
+                # Unreachable for the declared types; a caller may still pass anything.
+                detail = f"expected a prediction or an outcome, got {type(ev).__name__}"  # type: ignore[unreachable]
                 rejections.append(Rejection(i, UNSUPPORTED, detail))
         join.expire()
         counters = self.counters
@@ -738,13 +747,14 @@ class Engine:
         return engine
 
 
-def _ranking(f: _Flag, ev: PredictionEvent) -> tuple[list[list[str]], tuple[str, str] | None]:
+def _ranking(f: _Flag, ev: AnyPrediction) -> tuple[list[list[str]], tuple[str, str] | None]:
     """An impression's list as plain ``[item, team]`` pairs (join payloads are plain JSON), or
     the reason it is rejected: a team that is not a variant of the flag, or an item shown twice."""
     assert ev.ranking is not None
     pairs: list[list[str]] = []
     seen: set[str] = set()
-    for pos, placed in enumerate(ev.ranking):
+    ranking: Sequence[Placement | PlacementStruct] = ev.ranking
+    for pos, placed in enumerate(ranking):
         if placed.team not in f.variants:
             detail = f"ranking[{pos}]: team {placed.team!r} is not a variant of flag {f.name!r}"
             return pairs, (UNKNOWN_VARIANT, detail)

@@ -2,9 +2,9 @@
 
 Every record read from the predictions or outcomes topic is decoded exactly once, with
 validation, by the one decoder of :mod:`driftswitch.streams.contract.events`
-(``decode_prediction`` / ``decode_outcome``: pydantic parses the JSON in one pass; the topic
-decides the kind, so records need no ``kind`` field). A record that cannot be used is never
-dropped silently and never stops the worker: it goes to the dead-letter topic
+(``decode_value``: msgspec's fast path, the pydantic model deciding every record it
+refuses; the topic decides the kind, so records need no ``kind`` field). A record that cannot
+be used is never dropped silently and never stops the worker: it goes to the dead-letter topic
 (``driftswitch.deadletter.v1``) with its ORIGINAL bytes as the value and key, counted by reason,
 and logged with its topic/partition/offset.
 
@@ -38,10 +38,10 @@ from typing import NamedTuple, Protocol
 
 from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
-    OutcomeEvent,
-    PredictionEvent,
+    InputEvent,
     decode_outcome,
     decode_prediction,
+    decode_value,
 )
 
 __all__ = [
@@ -69,7 +69,7 @@ HEADER_OFFSET = "driftswitch.source.offset"
 #: Longest detail kept in a header (pydantic messages can list many fields).
 MAX_DETAIL_CHARS = 1000
 
-Event = PredictionEvent | OutcomeEvent
+Event = InputEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +178,7 @@ class Ingest:
                 rejected.append(self._rejected(rec, EventError("null_value", ""), on_predictions))
                 continue
             try:
-                append(decode_prediction(value) if on_predictions else decode_outcome(value))
+                append(decode_value(value, on_predictions))
             except EventError as err:
                 rejected.append(self._rejected(rec, err, on_predictions))
             else:

@@ -81,11 +81,11 @@ from driftswitch.streams.config.model import (
 from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
+    AnyPrediction,
     Cause,
     CauseKind,
     FlagChangeEvent,
     Output,
-    PredictionEvent,
 )
 from driftswitch.streams.pipeline.monitor import finite, plain
 from driftswitch.streams.pipeline.transitions import next_state, rollout_gate
@@ -514,15 +514,15 @@ def _published_phase(state: FlagChangeEvent) -> int | None:
     return phase if isinstance(phase, int) and not isinstance(phase, bool) else None
 
 
-def _error_bit(event: PredictionEvent) -> float:
+def _error_bit(event: AnyPrediction) -> float:
     return 0.0 if event.error is None else 1.0
 
 
-def _latency(event: PredictionEvent) -> float | None:
+def _latency(event: AnyPrediction) -> float | None:
     return event.latency_ms
 
 
-def prediction_reader(metric: Metric) -> Callable[[PredictionEvent], float | None] | None:
+def prediction_reader(metric: Metric) -> Callable[[AnyPrediction], float | None] | None:
     """How a label-free rollout metric reads its observation from a prediction; None for the
     metrics that need a label (accuracy, abs_error, squared_error: scored on the join)."""
     if metric is Metric.ERROR_RATE:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from driftswitch.streams.config.model import Guardrail, Metric
-from driftswitch.streams.contract.events import PredictionEvent
+from driftswitch.streams.contract.events import AnyPrediction
 from driftswitch.streams.pipeline.join import Label
 
 
@@ -95,18 +95,18 @@ def label_value(metric: Metric, score: PairScore) -> float | None:
 
 
 #: Reads a label-free observation from a prediction (None when the prediction lacks it).
-PredictionReader = Callable[[PredictionEvent], float | None]
+PredictionReader = Callable[[AnyPrediction], float | None]
 
 
-def _error_bit(event: PredictionEvent) -> float:
+def _error_bit(event: AnyPrediction) -> float:
     return 0.0 if event.error is None else 1.0
 
 
-def _latency(event: PredictionEvent) -> float | None:
+def _latency(event: AnyPrediction) -> float | None:
     return event.latency_ms
 
 
-def _score(event: PredictionEvent) -> float | None:
+def _score(event: AnyPrediction) -> float | None:
     return event.score
 
 
@@ -122,7 +122,7 @@ def prediction_reader(guardrail: Guardrail) -> PredictionReader:
     if metric is Metric.FEATURE:
         name = guardrail.feature or ""
 
-        def feature(event: PredictionEvent) -> float | None:
+        def feature(event: AnyPrediction) -> float | None:
             return event.features.get(name)
 
         return feature
