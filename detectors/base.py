@@ -17,7 +17,7 @@ worse as it grows (latency, absolute error).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 #: A JSON-compatible value: what ``to_state`` and ``explain`` return.
@@ -120,6 +120,20 @@ class BaseDetector(ABC):
             self.update(x)
             alarmed = alarmed or self.drift_detected
         return alarmed
+
+    def update_until_alarm(self, xs: Sequence[float]) -> int | None:
+        """Feed observations in order up to and including the first that raises an alarm.
+
+        Returns that observation's index (the rest are not fed: the caller acts on the alarm,
+        then feeds them), or None when all were fed without one. The state afterwards is the
+        one ``update`` would leave after the same observations. Detectors whose batch update
+        can stop at an alarm override this (CUSUM does); the default feeds one at a time.
+        """
+        for i, x in enumerate(xs):
+            self.update(x)
+            if self.drift_detected:
+                return i
+        return None
 
     def update_counts(self, n: int, total: float, total_sq: float | None = None) -> bool:
         """Feed a pre-aggregated batch: ``n`` observations summing to ``total``.

@@ -39,7 +39,7 @@ measured ARL0 is the mean number of events between false alarms.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, ClassVar, Self
 
@@ -338,6 +338,29 @@ class CUSUM(BernoulliDetector):
         if start < len(bits):
             alarmed = self._run(bits[start:].astype(np.int64))
         return alarmed
+
+    def update_until_alarm(self, xs: Sequence[float]) -> int | None:
+        bits = check_bits(xs)
+        start = 0
+        while not self._h and start < len(bits):  # no alarm while the baseline is learned
+            self.update(float(bits[start]))
+            start += 1
+        if start == len(bits):
+            return None
+        rest = bits[start:].astype(np.int64)
+        steps = np.where(rest == 1, self._up, -self._down).astype(np.int64)
+        w, alarms, path = _lindley(0 if self._detected else self._w, steps, self._h)
+        if alarms:
+            first = alarms[0]
+            self._n += first + 1
+            self._w = int(path[first])
+            self._alarms += 1
+            self._detected = True
+            return start + first
+        self._n += len(rest)
+        self._w = w
+        self._detected = False
+        return None
 
     def _run(self, bits: npt.NDArray[np.int64]) -> bool:
         steps = np.where(bits == 1, self._up, -self._down).astype(np.int64)

@@ -9,9 +9,11 @@ Observations are collected per batch and fed in arrival order when the batch is 
 *per-observation semantics*: the result — which observation raised an alarm, and the detector
 state afterwards — is the same however the stream is cut into batches. That is what lets the live
 worker (Kafka batches), a restarted worker (replay after a snapshot) and ``backtest`` (file chunks)
-reach the same decisions on the same events. Detectors with a vectorised ``update_many`` (CUSUM)
-take the whole batch in one call; only when that call reports an alarm is the batch replayed one
-observation at a time from the saved state, to find the exact alarming observation. (Bernoulli
+reach the same decisions on the same events. Detectors whose ``update_until_alarm`` is vectorised
+(CUSUM) take the whole batch in one call, which stops at the first alarm and says where; the rest
+of the batch follows in the next call. Other detectors with a vectorised ``update_many`` take the
+batch in one call too, and only when it reports an alarm is the batch replayed one observation
+at a time from the state saved before it. (Bernoulli
 CUSUM's ``update_counts`` draws a random order inside a batch, which would make decisions depend on
 batch boundaries, so the ordered batch path is used instead.) Two-sample detectors (``sequential``)
 are fed both arms, one observation at a time: the order of the arms matters for when harm is
@@ -281,6 +283,7 @@ class Monitor:
         "spec",
         "trace",
         "two_sample",
+        "until_alarm",
         "vectorised",
         "window_events",
         "window_first",
@@ -306,10 +309,13 @@ class Monitor:
             and guardrail.metric is Metric.ACCURACY
             and self.spec.get("higher_is_better") is True
         )
+        one_sample = not self.two_sample and isinstance(self.detector, BaseDetector)
+        #: Stops a batch at its first alarm itself: no saved state, no replay.
+        self.until_alarm = (
+            one_sample and cls.update_until_alarm is not BaseDetector.update_until_alarm
+        )
         self.vectorised = (
-            not self.two_sample
-            and isinstance(self.detector, BaseDetector)
-            and cls.update_many is not BaseDetector.update_many
+            one_sample and not self.until_alarm and cls.update_many is not BaseDetector.update_many
         )
         #: Observations since the last flush: (arm, value, batch index, ts); arm 1 = the variant,
         #: 0 = the ``compare_to`` control.
@@ -352,6 +358,8 @@ class Monitor:
             return self._feed_two_sample(pending)
         if self.paired:
             return self._feed_paired(pending)
+        if self.until_alarm:
+            return self._feed_until_alarm(pending)
         if self.vectorised:
             saved = self.detector.to_state()
             if not self.detector.update_many([p[1] for p in pending]):
@@ -368,6 +376,26 @@ class Monitor:
             self.window_first = pending[0][3]
         self.window_last = pending[-1][3]
         self.window_events += len(pending)
+
+    def _feed_until_alarm(self, pending: list[tuple[int, float, int, float]]) -> list[Decision]:
+        """The batch in as few calls as it has alarms (plus one): each call stops at an alarm,
+        which is a breach once ``min_samples`` are in, exactly as one by one."""
+        det = self.detector
+        least = self.guardrail.min_samples
+        values = [p[1] for p in pending]
+        out: list[Decision] = []
+        start = 0
+        while start < len(pending):
+            k = det.update_until_alarm(values[start:] if start else values)
+            if k is None:
+                self._account(pending[start:] if start else pending)
+                break
+            end = start + k
+            self._account(pending[start : end + 1])
+            if self.samples[1] >= least:
+                out.append(self._breach(pending[end]))
+            start = end + 1
+        return out
 
     def _feed_one_by_one(self, pending: list[tuple[int, float, int, float]]) -> list[Decision]:
         det = self.detector

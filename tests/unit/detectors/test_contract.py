@@ -14,6 +14,7 @@ Every one-sample kind needs an entry in ``CASES``; a kind without one fails the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -290,3 +291,33 @@ def test_state_round_trip_continues_exactly(kind: str, data: st.DataObject) -> N
         assert _same(restored.threshold, original.threshold)
         assert restored.n == original.n
     assert json.dumps(restored.to_state()) == json.dumps(original.to_state())
+
+
+@pytest.mark.parametrize("kind", ONE_SAMPLE_PARAMS)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_update_until_alarm_stops_where_one_by_one_alarms(kind: str, data: st.DataObject) -> None:
+    """Batches cut anywhere: each call stops at the first alarm, with the state ``update`` would
+    leave there, and reports its index; the alarms are those of feeding one at a time."""
+    stream = _case(kind).stream()
+    one = _build(kind)
+    want = []
+    for i, x in enumerate(stream):
+        one.update(x)
+        if one.drift_detected:
+            want.append(i)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=6))))
+    batched = _build(kind)
+    got: list[int] = []
+    for lo, hi in itertools.pairwise([0, *cuts, len(stream)]):
+        start = lo
+        while start < hi:
+            k = batched.update_until_alarm(stream[start:hi])
+            if k is None:
+                break
+            assert batched.drift_detected
+            got.append(start + k)
+            start += k + 1
+    assert got == want
+    assert batched.n == one.n
+    assert json.dumps(batched.to_state()) == json.dumps(one.to_state())
