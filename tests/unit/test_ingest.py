@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from driftswitch.streams.contract.events import MAX_EVENT_BYTES, OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.events import MAX_EVENT_BYTES, OutcomeStruct, PredictionStruct
 from driftswitch.streams.pipeline.ingest import (
     HEADER_DETAIL,
     HEADER_OFFSET,
@@ -68,7 +68,7 @@ def test_good_records_decode_in_order_with_sources() -> None:
             InputRecord(OT, 1, 9, b"r1", _bytes(OUT)),
         ]
     )
-    assert [type(e) for e in decoded.events] == [PredictionEvent, OutcomeEvent]
+    assert [type(e) for e in decoded.events] == [PredictionStruct, OutcomeStruct]
     assert [decoded.source(i) for i in range(2)] == [Source(PT, 0, 5), Source(OT, 1, 9)]
     assert [r.reason for r in decoded.rejected] == ["malformed_json"]
     assert ingest.accepted == 2

@@ -23,11 +23,13 @@ from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
     INT64_MAX,
     INT64_MIN,
+    Decoded,
     OutcomeEvent,
     PredictionEvent,
     decode_line,
     decode_outcome,
     decode_prediction,
+    to_struct,
 )
 from driftswitch.streams.pipeline.backtest import decode_chunk
 from driftswitch.streams.pipeline.contain import check_state, describe, process_isolating
@@ -35,7 +37,7 @@ from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import Ingest, InputRecord
 
 
-def decode_event(line: bytes) -> PredictionEvent | OutcomeEvent:
+def decode_event(line: bytes) -> Decoded:
     """What ``driftswitch backtest`` decodes ``line`` to, or the error that rejects it."""
     events, errors = decode_chunk([line])
     if errors:
@@ -137,7 +139,7 @@ def test_every_number_fits_64_bits(value: float, ok: bool) -> None:
         line = record[:-1] + b', "kind": "prediction"}'
         if ok:
             decode_prediction(record)
-            assert decode_event(line) == decode_line(line)
+            assert decode_event(line) == to_struct(decode_line(line))
         else:
             for decode in (decode_prediction, decode_line, decode_event):
                 with pytest.raises(EventError):
@@ -214,7 +216,7 @@ def test_rfc_3339_timestamps_are_read_as_epoch_seconds(text: str, seconds: float
     outcome = decode_outcome(orjson.dumps({"request_id": "r", "ts": text, "label": 1}))
     assert outcome.ts == event.ts
     line = prediction(ts=text)[:-1] + b',"kind":"prediction"}'
-    assert decode_event(line) == decode_line(line) == event
+    assert decode_event(line) == to_struct(decode_line(line)) == to_struct(event)
 
 
 @pytest.mark.parametrize(
@@ -395,7 +397,8 @@ def test_every_event_example_gets_the_schema_verdict_from_the_worker_decoders(pa
     if verdict == "valid":
         assert decoded.rejected == []
         event = single(raw)
-        assert decode_event(line) == decode_line(line) == event == decoded.events[0]
+        assert decode_event(line) == to_struct(decode_line(line)) == to_struct(event)
+        assert decoded.events[0] == decode_event(line)
     else:
         assert decoded.events == []
         with pytest.raises(EventError):
