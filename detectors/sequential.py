@@ -87,7 +87,7 @@ neither the outcome nor the arm; feed only matured events.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
 
@@ -210,6 +210,16 @@ class ArmStats:
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.n * n / total
         self.n = total
+
+    def set_bits(self, n: int, ones: int) -> None:
+        """Count and moments of ``n`` 0/1 outcomes with ``ones`` ones, computed from the counts
+        (so they do not depend on the order or batching of the outcomes)."""
+        self.n = n
+        if n:
+            self.mean = ones / n
+            self.m2 = ones - ones * ones / n
+        else:
+            self.mean = self.m2 = 0.0
 
     @property
     def variance(self) -> float:
@@ -560,6 +570,25 @@ class Comparison:
     inputs: ClassVar[frozenset[str]]
     supports_counts: ClassVar[bool] = True
 
+    def update(self, arm: str, x: float) -> None:
+        raise NotImplementedError
+
+    @property
+    def harm(self) -> bool:
+        raise NotImplementedError
+
+    def update_until_harm(self, arms: Sequence[int], xs: Sequence[float]) -> int | None:
+        """Feed observations in order (``arms[i]``: 1 = the variant, 0 = control) up to and
+        including the first after which ``harm`` holds; return its index, or None when all were
+        fed without harm. The state afterwards is the one ``update`` leaves after the same
+        observations; this default feeds one at a time."""
+        update = self.update
+        for i, (arm, x) in enumerate(zip(arms, xs, strict=True)):
+            update("variant" if arm else "control", x)
+            if self.harm:
+                return i
+        return None
+
 
 def _arm(arm: str) -> Arm:
     if arm == "control":
@@ -714,8 +743,9 @@ class Sequential(Comparison):
         if x != 0 and x != 1:
             raise ValueError(_NOT_BITS.format(self.method, x))
         bit = int(x)
-        stats.add(float(bit))
-        self._ones[name] += bit
+        ones = self._ones[name] + bit
+        self._ones[name] = ones
+        stats.set_bits(stats.n + 1, ones)
         self._fed(name, 1, bit, stats.n == self.min_samples)
 
     def update_counts(self, arm: str, n: int, total: float, total_sq: float | None = None) -> bool:
@@ -749,13 +779,64 @@ class Sequential(Comparison):
                 raise ValueError(f"total_sq must be finite, got {total_sq!r}")
             m2 = max(total_sq - total * total / n, 0.0)
         reached = stats.n < self.min_samples <= stats.n + n
-        stats.merge(n, mean, m2)
         if not self._exact:
+            stats.merge(n, mean, m2)
             self._evaluate()
             return self._drift
         self._ones[name] += int(total)
+        stats.set_bits(stats.n + n, self._ones[name])
         self._fed(name, n, int(total), reached)
         return self._drift
+
+    def update_until_harm(self, arms: Sequence[int], xs: Sequence[float]) -> int | None:
+        """As :meth:`Comparison.update_until_harm`; for ``mixture`` the batch is counted with
+        numpy and the e-value computed only at the looks the schedule (or the ``min_samples``
+        gate) makes inside it: the same looks, at the same observations, as one at a time."""
+        if self.method != "mixture" or self._harm or not len(xs):
+            return super().update_until_harm(arms, xs)
+        bits = np.asarray(xs, dtype=np.float64)
+        if not np.all((bits == 0) | (bits == 1)):
+            return super().update_until_harm(arms, xs)  # raises where update would
+        variant = np.asarray(arms, dtype=np.int64) != 0
+        n = len(bits)
+        nv = np.cumsum(variant)
+        nc = np.arange(1, n + 1) - nv
+        ov = np.cumsum(bits * variant).astype(np.int64)
+        oc = np.cumsum(bits * ~variant).astype(np.int64)
+        c, v = self._arms["control"], self._arms["variant"]
+        c0, v0 = c.n, v.n
+        oc0, ov0 = self._ones["control"], self._ones["variant"]
+        start = self.n
+        scheduled: list[int] = []  # totals at which the schedule looks, inside the batch
+        look = self._next_look
+        while look <= start + n:
+            scheduled.append(look)
+            look += block_length(look)
+        looks = {t - start - 1 for t in scheduled}
+        least = self.min_samples
+        for before, counts in ((c0, nc), (v0, nv)):
+            if before < least <= before + int(counts[-1]):
+                looks.add(int(np.searchsorted(counts, least - before)))
+        for j in sorted(looks):
+            self._set_counts(c0 + int(nc[j]), oc0 + int(oc[j]), v0 + int(nv[j]), ov0 + int(ov[j]))
+            self._evaluate()
+            if self.harm:
+                # The schedule as it stands after observation j.
+                self._next_look = next((t for t in scheduled if t > start + j + 1), look)
+                return j
+        self._next_look = look
+        last = n - 1
+        self._set_counts(
+            c0 + int(nc[last]), oc0 + int(oc[last]), v0 + int(nv[last]), ov0 + int(ov[last])
+        )
+        if last not in looks:
+            self._drift = False
+        return None
+
+    def _set_counts(self, n_c: int, ones_c: int, n_v: int, ones_v: int) -> None:
+        self._ones["control"], self._ones["variant"] = ones_c, ones_v
+        self._arms["control"].set_bits(n_c, ones_c)
+        self._arms["variant"].set_bits(n_v, ones_v)
 
     def _fed(self, name: Arm, n: int, ones: int, reached: bool) -> None:
         """After 0/1 events: look when the method's schedule (or the ``min_samples`` gate) says."""

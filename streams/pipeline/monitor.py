@@ -430,14 +430,33 @@ class Monitor:
         """Harm is a level: it breaches whenever it stands and the gates allow — the variant's
         ``min_samples`` and, after a breach, the guardrail's ``cooldown`` (in event time) — not
         only on the update that first showed it. Harm that appears before the variant has
-        ``min_samples`` therefore acts at the first observation that meets the gate."""
+        ``min_samples`` therefore acts at the first observation that meets the gate.
+
+        Until harm shows, the batch goes to the detector in one ``update_until_harm`` call (no
+        decision is possible before it); from the observation that shows it on, one at a time.
+        """
         det = self.detector
-        samples = self.samples
         flip = self.flip
-        least = self.guardrail.min_samples
-        cooldown = self.guardrail.cooldown
-        out: list[Decision] = []
-        for obs in pending:
+        start = 0
+        if not det.harm:
+            xs = [1.0 - p[1] for p in pending] if flip else [p[1] for p in pending]
+            k = det.update_until_harm([p[0] for p in pending], xs)
+            fed = pending if k is None else pending[: k + 1]
+            variant = sum(p[0] for p in fed)
+            self.samples[1] += variant
+            self.samples[0] += len(fed) - variant
+            if self.window_first is None:
+                self.window_first = fed[0][3]
+            self.window_last = fed[-1][3]
+            self.window_events += len(fed)
+            if k is None:
+                return []
+            out = self._gate(pending[k])
+            start = k + 1
+        else:
+            out = []
+        samples = self.samples
+        for obs in pending[start:] if start else pending:
             arm = obs[0]
             det.update("variant" if arm else "control", 1.0 - obs[1] if flip else obs[1])
             samples[arm] += 1
@@ -445,13 +464,17 @@ class Monitor:
                 self.window_first = obs[3]
             self.window_last = obs[3]
             self.window_events += 1
-            if (
-                det.harm
-                and samples[1] >= least
-                and (self.last_breach_ts is None or obs[3] >= self.last_breach_ts + cooldown)
-            ):
-                out.append(self._breach(obs))
+            if det.harm:
+                out += self._gate(obs)
         return out
+
+    def _gate(self, obs: tuple[int, float, int, float]) -> list[Decision]:
+        """A breach at ``obs`` (harm stands) if ``min_samples`` and the cooldown allow."""
+        if self.samples[1] >= self.guardrail.min_samples and (
+            self.last_breach_ts is None or obs[3] >= self.last_breach_ts + self.guardrail.cooldown
+        ):
+            return [self._breach(obs)]
+        return []
 
     def _breach(self, obs: tuple[int, float, int, float]) -> Decision:
         det = self.detector

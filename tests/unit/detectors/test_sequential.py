@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -474,3 +475,41 @@ def test_bad_inputs_are_rejected() -> None:
     with pytest.raises(ValueError, match="n must be an integer >= 0"):
         seq.update_counts("control", -1, 0)
     assert seq.n == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    worse=st.floats(0.0, 0.3),
+    least=st.integers(1, 60),
+    cuts=st.lists(st.integers(1, 2999), max_size=8),
+    counts_at=st.integers(0, 3000),
+)
+def test_update_until_harm_matches_one_at_a_time(
+    seed: int, worse: float, least: int, cuts: list[int], counts_at: int
+) -> None:
+    """Batches cut anywhere (after an optional ``update_counts`` batch that moves the look
+    schedule off its one-at-a-time grid): harm at the same observation, the same state."""
+    rng = random.Random(seed)
+    arms = [int(rng.random() < 0.3) for _ in range(3000)]
+    xs = [float(rng.random() < (0.1 + worse if a else 0.1)) for a in arms]
+    one = Sequential(alpha=0.05, min_samples=least)
+    batched = Sequential(alpha=0.05, min_samples=least)
+    if counts_at:
+        for det in (one, batched):
+            det.update_counts("control", counts_at // 3, float(counts_at // 30))
+    want = None
+    for i, (a, x) in enumerate(zip(arms, xs, strict=True)):
+        one.update("variant" if a else "control", x)
+        if one.harm:
+            want = i
+            break
+    got = None
+    for lo, hi in itertools.pairwise([0, *sorted(set(cuts)), len(xs)]):
+        k = batched.update_until_harm(arms[lo:hi], xs[lo:hi])
+        if k is not None:
+            got = lo + k
+            break
+    assert got == want
+    assert batched.to_state() == one.to_state()
+    assert batched.explain() == one.explain()
