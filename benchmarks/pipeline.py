@@ -1,31 +1,38 @@
-"""End-to-end pipeline benchmark: one worker's events/s, the bare-consumer ceiling, reaction time.
+"""End-to-end pipeline benchmark: one worker's events/s, the bare-consumer ceilings, reaction time.
 
-Run: ``.venv/bin/python benchmarks/pipeline.py [--flags 40] [--requests 3000] [--rate 20000]``
+Run: ``.venv/bin/python benchmarks/pipeline.py [--flags 40] [--requests 3000] [--repeat 3]``
 
 On one embedded broker, with events from :mod:`driftswitch.streams.tools.simulate` (``--flags``
-flags,
-each a control and a candidate whose accuracy drops from 0.90 to 0.75 at a different request):
+flags, each a control and a candidate whose accuracy drops from 0.90 to 0.75 at a different
+request), ``--repeat`` rounds, each on a fresh backlog of the same events:
 
-1. **Bare consumer** (the Python ceiling): an aiokafka consumer reads the backlog with
-   ``getmany``, ``json.loads`` each record and counts it in a dict (the ceiling README
-   "Architecture" compares against); and again with ``orjson.loads``, a higher ceiling.
-2. **Worker throughput**: ``driftswitch run`` (a subprocess) consumes the same backlog; the rate
-   is records over the time from its first to its last batch (``/healthz`` polled every 20 ms),
-   so the lease and start-up are not counted.
-3. **Reaction time** at sustained load: on fresh topics the same events are produced at
-   ``--rate`` events/s while a worker runs. For every kill, reaction = time the flag change is
-   read from the flags topic minus the time the broker acknowledged the input that caused it
-   (the worker names it in the change's ``driftswitch.source`` header).
+1. **Bare consumers** (the ceilings): aiokafka ``getmany`` + ``orjson.loads`` + a dict count, and
+   confluent-kafka ``consume`` + ``orjson.loads`` + a dict count, over the backlog.
+2. **Join stage alone**: the backlog's batches as aiokafka returned them, already in memory, through
+   the worker's ``Ingest.decode`` and ``Engine.process`` (decode, join, score, detect): no Kafka.
+3. **Full worker**: ``driftswitch run`` (a subprocess) consumes the backlog; the rate is records
+   over the time from its first to its last batch (``/healthz`` polled every 20 ms), so the lease
+   and start-up are not counted.
 
-Prints one line per figure. Timing lives here, never in tests.
+Then min / median / max of each and the worker's share of the aiokafka + orjson ceiling (per round,
+then the median). ``--profile`` prints cProfile's top functions of the join stage.
+
+4. **Reaction time** at 50 % and 80 % of the worker's median rate: on fresh topics the same events
+   are produced at that rate while a worker runs. For every kill, reaction = time the flag change is
+   read from the flags topic minus the time the broker acknowledged the input that caused it (the
+   worker names it in the change's ``driftswitch.source`` header).
+
+Prints one line per figure and the machine's load average. Timing lives here, never in tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import heapq
-import json
+import os
+import pstats
 import statistics
 import tempfile
 import time
@@ -37,9 +44,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from driftswitch.streams.config.model import load_config
 from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.pipeline.ingest import Ingest
 from driftswitch.streams.service.worker import HEADER_SOURCE
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, simulate
@@ -124,6 +134,100 @@ async def produce(
     finally:
         await producer.stop()
     return acks
+
+
+def _partitions(topics: Topics) -> list[TopicPartition]:
+    return [
+        TopicPartition(spec.name, p)
+        for spec in (topics.predictions, topics.outcomes)
+        for p in range(spec.partitions)
+    ]
+
+
+async def fetch_batches(bootstrap: str, topics: Topics, total: int) -> list[list[Any]]:
+    """The backlog as aiokafka's ``getmany`` returns it: one list of records per call."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    tps = _partitions(topics)
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    batches: list[list[Any]] = []
+    n = 0
+    try:
+        while n < total:
+            got = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            batch = [rec for recs in got.values() for rec in recs]
+            if batch:
+                batches.append(batch)
+                n += len(batch)
+    finally:
+        await consumer.stop()
+    return batches
+
+
+def join_stage(config: Path, topics: Topics, batches: list[list[Any]], profile: bool) -> float:
+    """Events/s of the worker's in-process stage (decode, join, score, detect) on fetched
+    batches, CPU time of this process (no Kafka, no I/O)."""
+    ingest = Ingest(topics.predictions.name, topics.outcomes.name)
+    engine = Engine(load_config(config))
+    total = sum(len(b) for b in batches)
+
+    def run() -> None:
+        for batch in batches:
+            engine.process(ingest.decode(batch).events)
+
+    started = time.process_time()
+    if profile:
+        prof = cProfile.Profile()
+        prof.runcall(run)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    else:
+        run()
+    return total / (time.process_time() - started)
+
+
+def confluent_consumer(bootstrap: str, topics: Topics, total: int) -> float:
+    """Records/s of confluent-kafka ``consume`` + ``orjson.loads`` + a dict count."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import TopicPartition as CTopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-confluent-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        }
+    )
+    consumer.assign(
+        [CTopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in _partitions(topics)]
+    )
+    counts: dict[str, int] = {}
+    n = 0
+    first: float | None = None
+    loads = orjson.loads
+    try:
+        deadline = time.monotonic() + 600
+        while n < total and time.monotonic() < deadline:
+            msgs = consumer.consume(num_messages=20_000, timeout=0.5)
+            if first is None and msgs:
+                first = time.monotonic()
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                obj = loads(msg.value())
+                counts[obj["request_id"][:8]] = counts.get(obj["request_id"][:8], 0) + 1
+                n += 1
+    finally:
+        consumer.close()
+    assert first is not None
+    return n / (time.monotonic() - first)
 
 
 async def bare_consumer(
@@ -252,11 +356,28 @@ async def reaction(
     return delays, achieved
 
 
+def spread(values: list[float]) -> str:
+    """min / median / max."""
+    v = sorted(values)
+    return f"{v[0]:,.0f} / {statistics.median(v):,.0f} / {v[-1]:,.0f}"
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def percentile(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, round(q * (len(v) - 1)))]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flags", type=int, default=40)
     parser.add_argument("--requests", type=int, default=3000, help="requests per flag")
-    parser.add_argument("--rate", type=float, default=20_000, help="sustained events/s")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="cProfile the join stage once")
     args = parser.parse_args()
 
     config_text, records = make_events(args.flags, args.requests)
@@ -264,39 +385,59 @@ async def main() -> None:
     config = tmp / "config.yaml"
     config.write_text(config_text)
     size = statistics.mean(len(v) for _, _, v in records)
-    print(f"events: {len(records):,} ({args.flags} flags, mean {size:.0f} bytes/record)")
+    total = len(records)
+    print(f"events: {total:,} ({args.flags} flags, mean {size:.0f} bytes/record); {load()}")
+    figures: dict[str, list[float]] = {
+        "bare aiokafka + orjson": [],
+        "bare confluent-kafka + orjson": [],
+        "join stage alone (decode, join, score, detect; CPU)": [],
+        "full worker (driftswitch run)": [],
+    }
+    shares: list[float] = []
     async with EmbeddedBroker() as broker:
-        backlog = Topics.with_prefix("bench-a")
-        await ensure_topics(broker.bootstrap, backlog)
-        await produce(broker.bootstrap, backlog, records, None)
-        bare_json = await bare_consumer(broker.bootstrap, backlog, len(records), json.loads)
-        print(f"bare aiokafka getmany + json.loads + dict count: {bare_json:,.0f} records/s")
-        bare = await bare_consumer(broker.bootstrap, backlog, len(records), orjson.loads)
-        print(f"bare aiokafka getmany + orjson.loads + dict count: {bare:,.0f} records/s")
-        rate = await worker_throughput(
-            broker.bootstrap, backlog, config, len(records), tmp / "worker-a.log"
-        )
-        print(f"worker end to end (decode, join, score, detect, publish): {rate:,.0f} events/s")
+        bootstrap = broker.bootstrap
+        for r in range(args.repeat):
+            backlog = Topics.with_prefix(f"bench-a{r}")
+            await ensure_topics(bootstrap, backlog)
+            await produce(bootstrap, backlog, records, None)
+            bare = await bare_consumer(bootstrap, backlog, total, orjson.loads)
+            confluent = await asyncio.to_thread(confluent_consumer, bootstrap, backlog, total)
+            batches = await fetch_batches(bootstrap, backlog, total)
+            stage = join_stage(config, backlog, batches, args.profile and r == 0)
+            del batches
+            rate = await worker_throughput(
+                bootstrap, backlog, config, total, tmp / f"worker-a{r}.log"
+            )
+            for name, value in zip(figures, (bare, confluent, stage, rate), strict=True):
+                figures[name].append(value)
+            shares.append(rate / bare)
+            print(
+                f"round {r + 1}: aiokafka {bare:,.0f}, confluent {confluent:,.0f}, join stage "
+                f"{stage:,.0f}, worker {rate:,.0f} events/s ({rate / bare:.0%}); {load()}"
+            )
+        print("events/s, min / median / max of", args.repeat, "rounds:")
+        for name, values in figures.items():
+            print(f"  {name:<52} {spread(values)}")
         print(
-            f"worker / bare consumer: {rate / bare_json:.0%} of the json.loads ceiling "
-            f"(README's), {rate / bare:.0%} of the orjson one"
+            f"  worker / bare aiokafka + orjson, per round: "
+            f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
         )
-
-        live = Topics.with_prefix("bench-b")
-        await ensure_topics(broker.bootstrap, live)
-        delays, achieved = await reaction(
-            broker.bootstrap, live, config, records, args.rate, tmp / "worker-b.log"
-        )
-    if not delays:
-        print("reaction: no kill observed")
-        return
-    delays.sort()
-    p50 = delays[len(delays) // 2]
-    p99 = delays[min(len(delays) - 1, round(0.99 * (len(delays) - 1)))]
-    print(
-        f"reaction at {achieved:,.0f} events/s sustained ({len(delays)} kills): "
-        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms"
-    )
+        peak = statistics.median(figures["full worker (driftswitch run)"])
+        for share in (0.5, 0.8):
+            live = Topics.with_prefix(f"bench-b{round(share * 100)}")
+            await ensure_topics(bootstrap, live)
+            delays, achieved = await reaction(
+                bootstrap, live, config, records, share * peak, tmp / f"worker-b{share}.log"
+            )
+            if not delays:
+                print(f"reaction at {share:.0%} of the worker's rate: no kill observed")
+                continue
+            print(
+                f"reaction at {share:.0%} of the worker's rate ({achieved:,.0f} events/s "
+                f"sustained, {len(delays)} kills): p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
+                f"p99 {percentile(delays, 0.99) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms; "
+                f"{load()}"
+            )
 
 
 if __name__ == "__main__":
