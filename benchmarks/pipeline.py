@@ -34,6 +34,8 @@ import heapq
 import os
 import pstats
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -272,9 +274,17 @@ def start_worker(bootstrap: str, topics: Topics, config: Path, log: Path) -> Wor
 
 
 async def worker_throughput(
-    bootstrap: str, topics: Topics, config: Path, total: int, log: Path
+    bootstrap: str, topics: Topics, config: Path, total: int, log: Path, spy: Path | None = None
 ) -> float:
     worker = start_worker(bootstrap, topics, config, log)
+    sampler = None
+    if spy is not None:  # py-spy's collapsed stacks of the worker while it runs
+        pyspy = str(Path(sys.executable).with_name("py-spy"))
+        argv = [pyspy, "record", "--pid", str(worker.proc.pid), "--format", "raw"]
+        argv += ["--rate", "200", "--nonblocking", "--output", str(spy)]
+        sampler = subprocess.Popen(  # noqa: ASYNC220  (started once; nothing to await)
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
     try:
         first: tuple[float, int] | None = None
         deadline = time.monotonic() + 600
@@ -294,6 +304,9 @@ async def worker_throughput(
         raise RuntimeError(f"worker did not finish: see {log}")
     finally:
         worker.stop(timeout=20)
+        if sampler is not None:
+            sampler.wait(timeout=60)  # py-spy ends with the worker
+            print_spy(spy)
 
 
 async def wait_status(worker: WorkerProcess, cond: Callable[[dict[str, Any]], bool]) -> None:
@@ -356,6 +369,28 @@ async def reaction(
     return delays, achieved
 
 
+def print_spy(path: Path | None) -> None:
+    """The functions where py-spy's samples of the worker were, by own time and with callees."""
+    if path is None or not path.exists():
+        print("py-spy: no samples")
+        return
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] for f in stack.split(";")]
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    print(f"py-spy: {total} samples of the worker; top own time, then with callees:")
+    for title, table in (("own", own), ("incl.", inclusive)):
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:15]:
+            print(f"  {title:<5} {n / total:6.1%}  {frame}")
+
+
 def spread(values: list[float]) -> str:
     """min / median / max."""
     v = sorted(values)
@@ -378,6 +413,9 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="requests per flag")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile the join stage once")
+    parser.add_argument(
+        "--py-spy", action="store_true", help="sample the worker with py-spy in round 1"
+    )
     args = parser.parse_args()
 
     config_text, records = make_events(args.flags, args.requests)
@@ -405,8 +443,9 @@ async def main() -> None:
             batches = await fetch_batches(bootstrap, backlog, total)
             stage = join_stage(config, backlog, batches, args.profile and r == 0)
             del batches
+            spy = tmp / "worker.py-spy.txt" if args.py_spy and r == 0 else None
             rate = await worker_throughput(
-                bootstrap, backlog, config, total, tmp / f"worker-a{r}.log"
+                bootstrap, backlog, config, total, tmp / f"worker-a{r}.log", spy
             )
             for name, value in zip(figures, (bare, confluent, stage, rate), strict=True):
                 figures[name].append(value)

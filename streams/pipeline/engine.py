@@ -308,6 +308,8 @@ class Engine:
         join = self._join
         rejections: list[Rejection] = []
         predictions = outcomes = 0
+        # Latencies per variant, counted into its sketch once per batch (numpy; same buckets).
+        latencies: dict[VariantStats, list[float]] = {}
         for i, ev in enumerate(events):
             if isinstance(ev, _PREDICTIONS):
                 f = flags.get(ev.flag)
@@ -350,7 +352,11 @@ class Engine:
                 if errored:
                     st.errors += 1
                 if ev.latency_ms is not None:
-                    st.latency.add(ev.latency_ms)
+                    batch = latencies.get(st)
+                    if batch is None:
+                        latencies[st] = [ev.latency_ms]
+                    else:
+                        batch.append(ev.latency_ms)
                 if ev.score is not None:
                     st.score_n += 1
                     st.score_sum += ev.score
@@ -414,6 +420,8 @@ class Engine:
                 # Unreachable for the declared types; a caller may still pass anything.
                 detail = f"expected a prediction or an outcome, got {type(ev).__name__}"  # type: ignore[unreachable]
                 rejections.append(Rejection(i, UNSUPPORTED, detail))
+        for st, batch in latencies.items():
+            st.latency.add_many(batch)
         join.expire()
         counters = self.counters
         counters["predictions"] += predictions
