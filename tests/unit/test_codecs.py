@@ -12,7 +12,7 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
-from driftswitch.streams.contract.events import PredictionEvent, encode
+from driftswitch.streams.contract.events import PredictionEvent, encode, to_struct
 from driftswitch.streams.pipeline.ingest import Ingest, InputRecord
 
 #: The compression type in a v2 batch's attributes (Kafka protocol).
@@ -46,4 +46,4 @@ def test_a_compressed_batch_is_read_and_decoded(codec: str) -> None:
     read = [InputRecord("predictions", 0, rec.offset, rec.key, rec.value) for rec in batch]
     decoded = Ingest("predictions", "outcomes").decode(read)
     assert decoded.rejected == []
-    assert decoded.events == events
+    assert decoded.events == [to_struct(e) for e in events]
