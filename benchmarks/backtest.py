@@ -19,7 +19,7 @@ CPU time is what this process used; on a shared machine it is the steadier figur
 machine's load average is printed with the results. ``--profile`` prints cProfile's top functions
 of one end-to-end run. ``--rss-rounds K`` replays the decoded events K times (request ids and
 event times shifted per round, so the join's pending count stays steady) through one engine and
-prints the process RSS and pending count after the first round and at the end.
+prints the process RSS and pending count after every round.
 """
 
 from __future__ import annotations
@@ -80,14 +80,13 @@ def rss_mib() -> float:
 
 
 def rss_run(config_path: Path, decoded: list[list[Event]], rounds: int) -> None:
-    """Replay the events ``rounds`` times through one engine; RSS after round 1 and at the end."""
+    """Replay the events ``rounds`` times through one engine; RSS and pending after each."""
     engine = Engine(load_config(config_path))
     first_ts = decoded[0][0].ts
     last_ts = decoded[-1][-1].ts
     span = last_ts - first_ts + 60.0
     replace = msgspec.structs.replace
     events = 0
-    start: tuple[float, int] | None = None
     wall = time.perf_counter()
     for k in range(rounds):
         shift = k * span
@@ -97,17 +96,11 @@ def rss_run(config_path: Path, decoded: list[list[Event]], rounds: int) -> None:
             )
             events += len(batch)
         pending = engine._join.pending_predictions + engine._join.pending_outcomes
-        if start is None:
-            gc.collect()
-            start = (rss_mib(), pending)
-            print(f"after round 1 ({events:,} events): RSS {start[0]:.0f} MiB, pending {pending}")
-    gc.collect()
-    end = rss_mib()
-    pending = engine._join.pending_predictions + engine._join.pending_outcomes
-    print(
-        f"after round {rounds} ({events:,} events): RSS {end:.0f} MiB, pending {pending} "
-        f"({time.perf_counter() - wall:.0f} s); {load()}"
-    )
+        gc.collect()
+        print(
+            f"after round {k + 1} ({events:,} events): RSS {rss_mib():.0f} MiB, pending "
+            f"{pending} ({time.perf_counter() - wall:.0f} s); {load()}"
+        )
 
 
 def main() -> None:
