@@ -40,6 +40,7 @@ from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka.connect import read_partitions
 from driftswitch.streams.kafka.settings import KafkaSettings, as_settings
 from driftswitch.streams.tools.broker import free_port
+from driftswitch.streams.tools.demo import DEMO_GUARDRAILS
 
 __all__ = [
     "KILL_ON_ACCURACY",
@@ -52,17 +53,10 @@ __all__ = [
 
 _LOG_TAIL = 4000
 
-#: The guardrail most end-to-end tests give :func:`~driftswitch.streams.tools.simulate.config_yaml`:
-#: kill the candidate once its accuracy drifts from 0.90 towards 0.80 (Bernoulli CUSUM, a false
-#: alarm every 100,000 observations on average, no decision before 200 samples).
-KILL_ON_ACCURACY = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}
-        min_samples: 200
-        action: kill
-"""
+#: The guardrail most end-to-end tests give :func:`~driftswitch.streams.tools.simulate.config_yaml`,
+#: the demo's: kill the candidate once its accuracy drifts from 0.90 towards 0.80 (Bernoulli
+#: CUSUM, a false alarm every 100,000 observations on average, no decision before 200 samples).
+KILL_ON_ACCURACY = DEMO_GUARDRAILS
 
 
 class WorkerProcess:
