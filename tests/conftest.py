@@ -69,13 +69,20 @@ def tansu_processes(run_id: str) -> list[int]:
 
 def pytest_configure(config: pytest.Config) -> None:
     # Keep an id inherited from an outer run (pytest inside pytest); else start a new one.
-    os.environ.setdefault(RUN_ID_VAR, secrets.token_hex(8))
+    run_id = os.environ.setdefault(RUN_ID_VAR, secrets.token_hex(8))
+    # An xdist worker checks its own brokers only: the others may still be running theirs.
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker and not run_id.endswith(f"-{worker}"):
+        os.environ[RUN_ID_VAR] = f"{run_id}-{worker}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.broker)
+            # With ``--dist loadgroup`` (./run-tests), every broker test runs in one worker, on
+            # one broker, one after another; the unit tests share the other workers.
+            item.add_marker(pytest.mark.xdist_group("broker"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

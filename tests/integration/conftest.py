@@ -70,16 +70,24 @@ def read_json(broker: EmbeddedBroker) -> Callable[[str], list[Any]]:
     return read
 
 
-_ARTEFACTS = pytest.StashKey[list[Path]]()
-
-
 @pytest.fixture
 def record_artefact(request: pytest.FixtureRequest) -> Callable[[Path], None]:
     """``record_artefact(path)``: name a file this test made (a screenshot) in the run's summary,
-    so a CI log says where to find it."""
-    return request.config.stash.setdefault(_ARTEFACTS, []).append
+    so a CI log says where to find it. Carried by the test's report (``user_properties``), so it
+    reaches the summary from an xdist worker too."""
+
+    def record(path: Path) -> None:
+        request.node.user_properties.append(("artefact", str(path)))
+
+    return record
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    for path in config.stash.get(_ARTEFACTS, []):
+    seen: list[str] = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "artefact" and value not in seen:
+                    seen.append(value)
+    for path in seen:
         terminalreporter.write_line(f"artefact: {path}")
