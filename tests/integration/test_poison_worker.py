@@ -186,9 +186,12 @@ def test_poison_records_are_dead_lettered_and_the_worker_survives_restarts(
     worker = start_worker(config_path, log, args=args)
     worker.wait_active()
     produce_large(broker.bootstrap, records[:half])
+    # Read, and snapshotted at least once while running (how many snapshots depends on how
+    # the input came in batches: one, after the last batch, is enough). The clean stop below
+    # writes a snapshot of everything read in any case.
     worker.wait_for(
         "first half read and snapshotted",
-        lambda s: s["records"] == half and s["snapshots_written"] >= 2,
+        lambda s: s["records"] == half and s["snapshots_written"] >= 1,
         90,
     )
     # A clean stop, then a restart: it used to fail (null score sum; 64-bit overflow).
