@@ -24,6 +24,7 @@ import secrets
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # With ``--dist loadgroup`` (./run-tests), every broker test runs in one worker, on
             # one broker, one after another; the unit tests share the other workers.
             item.add_marker(pytest.mark.xdist_group("broker"))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """List the files tests named with ``record_artefact`` (tests/integration/conftest.py).
+
+    Here, not beside the fixture: under xdist the controlling process loads only this conftest.
+    """
+    seen: list[str] = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "artefact" and value not in seen:
+                    seen.append(value)
+    for path in seen:
+        terminalreporter.write_line(f"artefact: {path}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -80,14 +80,3 @@ def record_artefact(request: pytest.FixtureRequest) -> Callable[[Path], None]:
         request.node.user_properties.append(("artefact", str(path)))
 
     return record
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    seen: list[str] = []
-    for reports in terminalreporter.stats.values():
-        for report in reports:
-            for name, value in getattr(report, "user_properties", ()):
-                if name == "artefact" and value not in seen:
-                    seen.append(value)
-    for path in seen:
-        terminalreporter.write_line(f"artefact: {path}")
