@@ -52,9 +52,9 @@ from driftswitch.detectors.base import JSON
 from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.commands import Command, CommandError
 from driftswitch.streams.contract.events import FlagChangeEvent, InputEvent
-from driftswitch.streams.pipeline import control, policy
+from driftswitch.streams.pipeline import control
 from driftswitch.streams.pipeline.join import JoinBuffer, JoinStore, StoredJoinBuffer
-from driftswitch.streams.pipeline.monitor import Point, VariantStats, plain
+from driftswitch.streams.pipeline.monitor import Point, plain
 from driftswitch.streams.pipeline.observations import (
     CLICK_NOT_SHOWN,
     DUPLICATE_ITEM,
@@ -285,20 +285,10 @@ class Engine:
     def to_state(self) -> dict[str, JSON]:
         """Everything — join buffer, statistics, detectors, flag states, cooldowns, watermark —
         as plain JSON, so that ``Engine.from_state`` continues exactly."""
-        flags: dict[str, JSON] = {}
-        for name, f in self._flags.items():
-            flags[name] = {
-                "state": plain(f.state.model_dump(mode="json")),
-                "cooldowns": plain(f.cooldowns.to_state()),
-                "variants": {v: s.stats.to_state() for v, s in f.variants.items()},
-                "monitors": {m.guardrail.name: m.to_state() for m in f.monitors},
-                "rollout": f.rollout.to_state() if f.rollout is not None else None,
-            }
         return {
             "format": STATE_FORMAT,
-            "join": self._join.to_state(),
-            "counters": plain(self.counters),
-            "flags": flags,
+            **self._joiner.to_state(),
+            "flags": self._decider.to_state(),
         }
 
     @property
@@ -320,29 +310,6 @@ class Engine:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"engine state format {state.get('format')!r} is not {STATE_FORMAT}")
         engine = cls(config)
-        join = engine._joiner.join = (
-            JoinBuffer.from_state(state["join"])
-            if join_store is None
-            else StoredJoinBuffer.from_state(state["join"], join_store)
-        )
-        # The config's join settings win over the saved ones (they may have been changed).
-        join.ttl = config.join.ttl
-        join.max_pending = config.join.max_pending
-        engine._joiner.counters = {str(k): int(v) for k, v in state["counters"].items()}
-        for name, saved in state["flags"].items():
-            f = engine._flags.get(name)
-            if f is None:
-                continue
-            f.state = FlagChangeEvent.model_validate(saved["state"])
-            f.cooldowns = policy.Cooldowns.from_state(saved["cooldowns"])
-            for vname, vstate in saved["variants"].items():
-                if vname in f.variants:
-                    f.variants[vname].stats = VariantStats.from_state(vstate)
-            for mon in f.monitors:
-                mstate = saved["monitors"].get(mon.guardrail.name)
-                if mstate is not None:
-                    mon.restore(mstate)
-            rstate = saved.get("rollout")
-            if f.rollout is not None and (rstate is None or not f.rollout.restore(rstate)):
-                f.rollout.align(f.state)  # a new or changed plan starts at the live weights
+        engine._joiner.restore(state, join_store)
+        engine._decider.restore(state["flags"])
         return engine

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from driftswitch.detectors.base import JSON
 from driftswitch.streams.config.model import METRIC_TRAITS, Config, FlagConfig, Metric
 from driftswitch.streams.contract.events import (
     AnyPrediction,
@@ -61,7 +62,7 @@ from driftswitch.streams.pipeline.join import (
     Label,
     StoredJoinBuffer,
 )
-from driftswitch.streams.pipeline.monitor import Decision, Monitor, VariantStats
+from driftswitch.streams.pipeline.monitor import Decision, Monitor, VariantStats, plain
 from driftswitch.streams.pipeline.rollout import Rollout
 from driftswitch.streams.pipeline.rollout import prediction_reader as rollout_reader
 from driftswitch.streams.pipeline.scoring import label_value, same_label, score_pair
@@ -321,6 +322,21 @@ class Joiner:
         #: Events accepted and rejections by reason, since the join's state began.
         self.counters: dict[str, int] = {"predictions": 0, "outcomes": 0}
 
+    def to_state(self) -> dict[str, JSON]:
+        """The join buffer (or its store's checkpoint) and the counters, as plain JSON."""
+        return {"join": self.join.to_state(), "counters": plain(self.counters)}
+
+    def restore(self, state: Mapping[str, Any], join_store: JoinStore | None = None) -> None:
+        """Continue from :meth:`to_state` output (the config's join settings win)."""
+        join = self.join = (
+            JoinBuffer.from_state(state["join"])
+            if join_store is None
+            else StoredJoinBuffer.from_state(state["join"], join_store)
+        )
+        join.ttl = self.config.join.ttl
+        join.max_pending = self.config.join.max_pending
+        self.counters = {str(k): int(v) for k, v in state["counters"].items()}
+
     def process(
         self, events: Sequence[InputEvent], positions: Sequence[Any] | None = None
     ) -> tuple[list[Observation], list[Rejection]]:
@@ -532,6 +548,39 @@ class Decider:
         self.flags = flags
         self.monitors = [m for f in flags.values() for m in f.monitors]
         self.rollouts = [f for f in flags.values() if f.rollout is not None]
+
+    def to_state(self) -> dict[str, JSON]:
+        """Per flag: published state, cooldowns, statistics, detectors and rollout, as JSON."""
+        flags: dict[str, JSON] = {}
+        for name, f in self.flags.items():
+            flags[name] = {
+                "state": plain(f.state.model_dump(mode="json")),
+                "cooldowns": plain(f.cooldowns.to_state()),
+                "variants": {v: s.stats.to_state() for v, s in f.variants.items()},
+                "monitors": {m.guardrail.name: m.to_state() for m in f.monitors},
+                "rollout": f.rollout.to_state() if f.rollout is not None else None,
+            }
+        return flags
+
+    def restore(self, saved_flags: Mapping[str, Any]) -> None:
+        """Continue from :meth:`to_state` output: flags, variants and guardrails are matched by
+        name; a guardrail whose config changed, or a flag new in the config, starts afresh."""
+        for name, saved in saved_flags.items():
+            f = self.flags.get(name)
+            if f is None:
+                continue
+            f.state = FlagChangeEvent.model_validate(saved["state"])
+            f.cooldowns = policy.Cooldowns.from_state(saved["cooldowns"])
+            for vname, vstate in saved["variants"].items():
+                if vname in f.variants:
+                    f.variants[vname].stats = VariantStats.from_state(vstate)
+            for mon in f.monitors:
+                mstate = saved["monitors"].get(mon.guardrail.name)
+                if mstate is not None:
+                    mon.restore(mstate)
+            rstate = saved.get("rollout")
+            if f.rollout is not None and (rstate is None or not f.rollout.restore(rstate)):
+                f.rollout.align(f.state)  # a new or changed plan starts at the live weights
 
     def process(self, observations: Sequence[Observation]) -> list[Emitted]:
         """Apply observations in the given order; ``Emitted.index`` is the deciding

@@ -1,0 +1,245 @@
+"""The decide stage's input: observations from every join partition, merged in event time.
+
+Each join partition (a partition index of the input topics, :mod:`~driftswitch.streams.pipeline.
+observations`) sends the decide stage a stream of :class:`Batch`\\ es: the observations of one
+input batch, how far the partition has read its input topics, and its watermark. :class:`Merge`
+buffers the observations and releases them in :func:`~driftswitch.streams.pipeline.observations.
+event_order`, up to a bound every join partition has passed:
+
+``bound = min(watermark of each busy join partition) - allowed_lateness``
+
+A join partition that said it had read all its input (``idle``) does not hold the bound back; one
+never heard from does (the merge cannot know what it will send). With every partition idle,
+everything buffered is released. The released sequence is therefore the event-time order of all
+observations — the order ``driftswitch backtest --event-order`` feeds the same decision code —
+for any number of partitions and any skew between them, as long as no observation arrives after
+the bound has passed it.
+
+Late observations. One that sorts before the last observation released is *late*. It is applied
+at once, after what was already released, and counted (``late``): nothing is dropped, but its
+decisions may differ from the backtest's. Raise ``allowed_lateness`` to trade reaction time for
+fewer late observations: every decision waits until each busy partition has seen events that much
+later.
+
+Duplicates. A join partition that restarts from its last checkpoint sends some observations again,
+and a paused process that lost its partitions may still send for a while. Each run of a join
+partition (a start from a checkpoint) has its own id; every batch says which run sent it and how
+far that run has read each input topic; every observation names its input positions (one for a
+prediction, two for a joined pair). A run's output is a function of the inputs it consumed: it
+sends each observation whose inputs all lie inside its consumed prefix, once. So an observation
+was already sent iff some *other* run's consumed prefix holds all its inputs; such an observation
+is dropped (``duplicates``). The merge keeps one prefix per run, forgetting a run whose prefix
+another run's covers. This is exact without transactions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from driftswitch.detectors.base import JSON
+from driftswitch.streams.pipeline.observations import Observation, event_order
+
+__all__ = ["Batch", "Clock", "Merge"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one join partition sends for one input batch.
+
+    ``read`` maps each input topic's index (0 predictions, 1 outcomes, 2 re-routed records) to
+    the run's position after the batch: every offset below it has been read, by this run or by
+    the one whose checkpoint it started from. Each observation ends with its input positions,
+    ``(topic index, offset)`` pairs.
+    """
+
+    source: int
+    read: Mapping[int, int]
+    watermark: float
+    idle: bool = False
+    observations: Sequence[Observation] = field(default_factory=list)
+    #: Which run of the join partition sent it (a new id at every start from a checkpoint).
+    run: str = ""
+
+
+class Clock:
+    """A join partition's watermark, from the event times read on each of its input topics.
+
+    Records of one topic partition arrive roughly in event-time order, but a consumer may read
+    one topic far ahead of another. The partition's watermark is therefore the *smallest* of its
+    busy topics' largest event times: an observation still to come from a topic that is behind
+    is not older than that topic's time. A topic that has been read to its end (``caught up``)
+    does not hold the watermark back; when every topic is caught up the partition is idle.
+    """
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        #: Per topic index: the largest event time read.
+        self.seen: dict[int, float] = {}
+
+    def observe(self, topic: int, ts: float) -> None:
+        """Take an event time read on ``topic``."""
+        if ts > self.seen.get(topic, -math.inf):
+            self.seen[topic] = ts
+
+    def watermark(self, busy: Iterable[int]) -> tuple[float, bool]:
+        """``(watermark, idle)`` given the topics that still have records to read."""
+        busy = list(busy)
+        if not busy:
+            return max(self.seen.values(), default=-math.inf), True
+        return min(self.seen.get(t, -math.inf) for t in busy), False
+
+
+class Merge:
+    """Merges the join partitions' observations in event time (see the module doc).
+
+    Parameters
+    ----------
+    sources
+        How many join partitions there are (the input topics' partition count).
+    allowed_lateness
+        Seconds of event time the release waits behind the slowest busy join partition.
+    """
+
+    def __init__(self, sources: int, allowed_lateness: float = 0.0) -> None:
+        if sources < 1:
+            raise ValueError(f"sources must be >= 1, got {sources}")
+        if not allowed_lateness >= 0:
+            raise ValueError(f"allowed_lateness must be >= 0 seconds, got {allowed_lateness!r}")
+        self.sources = sources
+        self.allowed_lateness = float(allowed_lateness)
+        #: Per join partition and run: the end of the consumed prefix per input topic index.
+        self.consumed: list[dict[str, dict[int, int]]] = [{} for _ in range(sources)]
+        #: Per join partition: its latest watermark (``-inf`` before its first batch).
+        self.watermarks = [-math.inf] * sources
+        self.idle = [False] * sources
+        self._heap: list[tuple[tuple[float, str, int, bool], int, Observation]] = []
+        self._seq = 0
+        #: Sort key of the last observation released.
+        self.released: tuple[float, str, int, bool] | None = None
+        self.late = 0
+        self.duplicates = 0
+
+    def __len__(self) -> int:
+        """Observations buffered, waiting for the bound."""
+        return len(self._heap)
+
+    def add(self, batch: Batch) -> list[Observation]:
+        """Take one batch; return its late observations (to apply at once)."""
+        p = batch.source
+        if not 0 <= p < self.sources:
+            raise ValueError(f"join partition {p} outside 0..{self.sources - 1}")
+        runs = self.consumed[p]
+        others = [c for r, c in runs.items() if r != batch.run]
+        late: list[Observation] = []
+        heap = self._heap
+        released = self.released
+        for obs in batch.observations:
+            if others and any(
+                all(offset < c.get(topic, 0) for topic, offset in obs[-1]) for c in others
+            ):
+                self.duplicates += 1
+                continue
+            key = event_order(obs)
+            if released is not None and key < released:
+                self.late += 1
+                late.append(_renumbered(obs, len(late)))
+                continue
+            self._seq += 1
+            heapq.heappush(heap, (key, self._seq, obs))
+        consumed = runs.setdefault(batch.run, {})
+        for topic, end in batch.read.items():
+            if end > consumed.get(topic, 0):
+                consumed[topic] = end
+        if others:
+            _forget_covered(runs, batch.run)
+        if batch.watermark > self.watermarks[p]:
+            self.watermarks[p] = batch.watermark
+        self.idle[p] = batch.idle
+        return late
+
+    @property
+    def bound(self) -> float:
+        """Event time up to which observations are released (``inf``: all partitions idle)."""
+        busy = [w for w, idle in zip(self.watermarks, self.idle, strict=True) if not idle]
+        return min(busy) - self.allowed_lateness if busy else math.inf
+
+    def release(self) -> list[Observation]:
+        """The buffered observations before :attr:`bound`, in event-time order, their
+        ``index`` renumbered 0, 1, ... (the order :class:`~driftswitch.streams.pipeline.
+        observations.Decider` decides in)."""
+        bound = self.bound
+        heap = self._heap
+        out: list[Observation] = []
+        while heap and heap[0][0][0] < bound:
+            key, _, obs = heapq.heappop(heap)
+            self.released = key
+            out.append(_renumbered(obs, len(out)))
+        return out
+
+    # -- state -----------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, JSON]:
+        """Plain JSON: buffered observations, consumed prefixes, watermarks, counters."""
+        return {
+            "sources": self.sources,
+            "consumed": [
+                {r: {str(t): e for t, e in c.items()} for r, c in runs.items()}
+                for runs in self.consumed
+            ],
+            "watermarks": [w if math.isfinite(w) else None for w in self.watermarks],
+            "idle": list(self.idle),
+            "buffered": [_plain(obs) for _, _, obs in sorted(self._heap)],
+            "released": list(self.released) if self.released is not None else None,
+            "late": self.late,
+            "duplicates": self.duplicates,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], allowed_lateness: float = 0.0) -> Merge:
+        """A merge continuing from ``to_state`` output (``allowed_lateness`` from the config)."""
+        merge = cls(int(state["sources"]), allowed_lateness)
+        merge.consumed = [
+            {str(r): {int(t): int(e) for t, e in c.items()} for r, c in runs.items()}
+            for runs in state["consumed"]
+        ]
+        merge.watermarks = [-math.inf if w is None else float(w) for w in state["watermarks"]]
+        merge.idle = [bool(i) for i in state["idle"]]
+        for obs in state["buffered"]:
+            merge._seq += 1
+            merge._heap.append((event_order(obs), merge._seq, obs))
+        heapq.heapify(merge._heap)
+        released = state["released"]
+        merge.released = (
+            (float(released[0]), str(released[1]), int(released[2]), bool(released[3]))
+            if released is not None
+            else None
+        )
+        merge.late = int(state["late"])
+        merge.duplicates = int(state["duplicates"])
+        return merge
+
+
+def _plain(obs: Observation) -> list[Any]:
+    return [_plain(x) if isinstance(x, tuple) else x for x in obs]
+
+
+def _renumbered(obs: Observation, index: int) -> Observation:
+    return (obs[0], index, *obs[2:])
+
+
+def _forget_covered(runs: dict[str, dict[int, int]], current: str) -> None:
+    """Drop the runs (other than ``current``) whose consumed prefix another run's covers: every
+    observation they could vouch for, that run vouches for too."""
+    for r in list(runs):
+        if r == current:
+            continue
+        mine = runs[r]
+        for s, theirs in runs.items():
+            if s != r and all(e <= theirs.get(t, 0) for t, e in mine.items()):
+                del runs[r]
+                break

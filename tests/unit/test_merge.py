@@ -1,0 +1,273 @@
+"""The two halves and the event-time merge, without a broker: join partitions that read their
+topics with any skew, in any batch sizes, restarting from checkpoints and sending observations
+again, decide exactly what the engine decides on the same events in event-time order."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from driftswitch.streams.config.model import Config, parse_config
+from driftswitch.streams.contract.events import PredictionEvent
+from driftswitch.streams.pipeline.engine import Engine, Event
+from driftswitch.streams.pipeline.merge import Batch, Clock, Merge
+from driftswitch.streams.pipeline.observations import (
+    PREDICTED,
+    SCORED,
+    Decider,
+    Joiner,
+    build_flags,
+    event_order,
+)
+from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
+
+GUARDRAILS = """\
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
+        min_samples: 100
+        action: kill
+      - name: candidate-vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential, alpha: 0.05}
+        action: warn
+      - name: candidate-latency
+        variant: candidate
+        metric: latency_ms
+        detector: {kind: cusum_mean, shift: 1.0, warmup: 50, arl0: 1000}
+        action: hold
+      - name: shadow-errors
+        variant: shadow
+        metric: error_rate
+        detector: {kind: glr, min_drop: 0.05, baseline: 0.98, arl0: 1000}
+        action: kill
+"""
+
+SCENARIO = Scenario(
+    variants=(
+        VariantSpec("control", weight=50, accuracy=0.9),
+        VariantSpec("candidate", weight=50, accuracy=0.9, accuracy_after=0.7),
+        VariantSpec("shadow", accuracy=0.85, error_rate=0.02, shadow=True),
+    ),
+    requests=2500,
+    change_at=700,
+    rate=50.0,
+    label_delay=3.0,
+    label_fraction=0.95,
+    seed=5,
+)
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return parse_config(config_yaml(SCENARIO, GUARDRAILS))
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    return list(simulate(SCENARIO))
+
+
+def _key(ev: Event) -> tuple[float, str, int]:
+    return (ev.ts, ev.request_id, 0 if isinstance(ev, PredictionEvent) else 1)
+
+
+def _reference(config: Config, events: list[Event]) -> list[dict[str, Any]]:
+    """The engine's outputs on the events in event-time order (what the backtest decides)."""
+    engine = Engine(config)
+    ordered = sorted(events, key=_key)
+    out = []
+    for start in range(0, len(ordered), 700):
+        out += [
+            e.event.model_dump(mode="json")
+            for e in engine.process(ordered[start : start + 700]).outputs
+        ]
+    return out
+
+
+@dataclass
+class _Partition:
+    """One join partition: its two topics (predictions 0, outcomes 1), read positions, join."""
+
+    topics: list[list[Event]]
+    joiner: Joiner
+    clock: Clock = field(default_factory=Clock)
+    pos: list[int] = field(default_factory=lambda: [0, 0])
+    checkpoint: tuple[dict[str, Any], list[int], dict[int, float]] | None = None
+    run: str = "0"
+
+
+def _staged(
+    config: Config,
+    events: list[Event],
+    parts: int,
+    rng: random.Random,
+    *,
+    lateness: float = 0.0,
+    crashes: int = 0,
+) -> tuple[list[dict[str, Any]], Merge]:
+    topics: list[list[list[Event]]] = [[[], []] for _ in range(parts)]
+    for ev in events:  # the simulation's arrival order; each topic partition keeps it
+        p = zlib.crc32(ev.request_id.encode()) % parts
+        topics[p][0 if isinstance(ev, PredictionEvent) else 1].append(ev)
+    partitions = [_Partition(t, Joiner(config, track=True)) for t in topics]
+    merge = Merge(parts, lateness)
+    decider = Decider(build_flags(config))
+    outputs: list[dict[str, Any]] = []
+    sent_batches: list[Batch] = []
+    crash_at = sorted(rng.sample(range(10, 120), crashes)) if crashes else []
+    step = 0
+    while True:
+        live = [
+            i for i, p in enumerate(partitions) if any(p.pos[t] < len(p.topics[t]) for t in (0, 1))
+        ]
+        if not live and not merge:
+            break
+        step += 1
+        if crash_at and step == crash_at[0]:
+            crash_at.pop(0)
+            # A join partition dies and restarts from its last checkpoint: it reads (and
+            # sends) again what it had read since, with a fresh join from the checkpoint.
+            victim = partitions[rng.randrange(parts)]
+            victim.run = str(step)
+            if victim.checkpoint is not None:
+                state, pos, seen = victim.checkpoint
+                victim.joiner = Joiner(config, track=True)
+                victim.joiner.restore(json.loads(json.dumps(state)))
+                victim.pos = list(pos)
+                victim.clock = Clock()
+                victim.clock.seen = dict(seen)
+            else:
+                victim.joiner = Joiner(config, track=True)
+                victim.pos = [0, 0]
+                victim.clock = Clock()
+            continue
+        if not live:
+            late = merge.add(Batch(0, {}, -math.inf, idle=True))
+            assert not late
+        else:
+            i = rng.choice(live)
+            part = partitions[i]
+            # A skewed read: one topic at a time, a random amount.
+            t = rng.choice([t for t in (0, 1) if part.pos[t] < len(part.topics[t])])
+            start = part.pos[t]
+            end = min(len(part.topics[t]), start + rng.randint(1, 300))
+            batch = part.topics[t][start:end]
+            part.pos[t] = end
+            observations, rejections = part.joiner.process(
+                batch, [(t, o) for o in range(start, end)]
+            )
+            assert not rejections
+            for ev in batch:
+                part.clock.observe(t, ev.ts)
+            busy = [u for u in (0, 1) if part.pos[u] < len(part.topics[u])]
+            wm, idle = part.clock.watermark(busy)
+            sent = Batch(
+                i,
+                dict(enumerate(part.pos)),
+                wm,
+                idle,
+                json.loads(json.dumps(observations)),
+                part.run,
+            )
+            sent_batches.append(sent)
+            late = merge.add(sent)
+            if rng.random() < 0.2:
+                part.checkpoint = (part.joiner.to_state(), list(part.pos), dict(part.clock.seen))
+        if late:
+            outputs += [e.event.model_dump(mode="json") for e in decider.process(late)]
+        released = merge.release()
+        outputs += [e.event.model_dump(mode="json") for e in decider.process(released)]
+    return outputs, merge
+
+
+def test_the_reference_kills_holds_and_warns(config: Config, events: list[Event]) -> None:
+    """The scenario exercises several guardrails (a test that compares nothing proves nothing)."""
+    kinds = {(o.get("cause", {}) or {}).get("guardrail") for o in _reference(config, events)}
+    assert {"candidate-accuracy", "candidate-vs-control"} <= kinds
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_any_partitioning_and_skew_decides_like_event_order(
+    config: Config, events: list[Event], parts: int, seed: int
+) -> None:
+    got, merge = _staged(config, events, parts, random.Random(seed))
+    assert merge.late == 0
+    assert merge.duplicates == 0
+    assert got == _reference(config, events)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5, 6, 7, 8])
+def test_restarted_join_partitions_send_again_and_nothing_counts_twice(
+    config: Config, events: list[Event], seed: int
+) -> None:
+    got, merge = _staged(config, events, 3, random.Random(seed), crashes=6)
+    assert merge.duplicates > 0  # the restarts did send observations again
+    assert merge.late == 0
+    assert got == _reference(config, events)
+
+
+def test_arrival_order_is_not_event_order(config: Config, events: list[Event]) -> None:
+    """Without the merge (observations applied as they arrive) skew changes the decisions:
+    the merge is what makes them match."""
+    engine = Engine(config)
+    rng = random.Random(9)
+    shuffled = list(events)
+    # Outcomes read far ahead of predictions, as a skewed consumer would.
+    shuffled.sort(key=lambda ev: (isinstance(ev, PredictionEvent), rng.random() < 0.5))
+    arrival = [e.event.model_dump(mode="json") for e in engine.process(shuffled).outputs]
+    assert arrival != _reference(config, events)
+
+
+def test_observations_sort_in_event_time_with_ties_broken_by_request_and_side() -> None:
+    a = (PREDICTED, 0, "f", "v", 5.0, "r2", 0, True, False, None, None, None, None, None)
+    b = (SCORED, 1, "f", "v", 5.0, "r1", 1, 1, False, 1, None, None)
+    c = (SCORED, 2, "f", "v", 5.0, "r2", 0, 1, False, 1, None, None)
+    d = (PREDICTED, 3, "f", "v", 4.0, "r9", 0, True, False, None, None, None, None, None)
+    assert sorted([a, b, c, d], key=event_order) == [d, b, a, c]
+
+
+def test_a_late_observation_is_applied_and_counted() -> None:
+    merge = Merge(2)
+    obs = (PREDICTED, 0, "f", "v", 10.0, "r1", 0, True, False, None, None, None, None, None)
+    merge.add(Batch(0, {0: 1}, 10.0, False, [(*obs, ((0, 0),))]))
+    merge.add(Batch(1, {0: 1}, 20.0, False, []))
+    assert merge.release() == []  # partition 0 is at 10: nothing before 10 yet
+    merge.add(Batch(0, {0: 2}, 30.0, False, []))
+    assert [o[4] for o in merge.release()] == [10.0]
+    old = (PREDICTED, 0, "f", "v", 5.0, "r0", 0, True, False, None, None, None, None, None)
+    late = merge.add(Batch(1, {0: 2}, 20.0, False, [(*old, ((0, 1),))]))
+    assert [o[4] for o in late] == [5.0]
+    assert merge.late == 1
+
+
+def test_a_silent_partition_holds_the_release_back_until_it_is_idle() -> None:
+    merge = Merge(2)
+    obs = (PREDICTED, 0, "f", "v", 1.0, "r1", 0, True, False, None, None, None, None, None)
+    merge.add(Batch(0, {0: 1}, 100.0, False, [(*obs, ((0, 0),))]))
+    assert merge.release() == []
+    merge.add(Batch(1, {}, -math.inf, True, []))
+    assert len(merge.release()) == 1
+
+
+def test_the_merge_state_round_trips(config: Config, events: list[Event]) -> None:
+    joiner = Joiner(config, track=True)
+    batch = events[:400]
+    observations, _ = joiner.process(batch, [(0, o) for o in range(len(batch))])
+    merge = Merge(2, 1.5)
+    merge.add(Batch(0, {0: 400}, 1e9, False, observations))
+    copy = Merge.from_state(json.loads(json.dumps(merge.to_state())), 1.5)
+    assert copy.to_state() == json.loads(json.dumps(merge.to_state()))
+    merge.add(Batch(1, {}, 0.0, True, []))
+    copy.add(Batch(1, {}, 0.0, True, []))
+    assert json.loads(json.dumps(merge.release())) == json.loads(json.dumps(copy.release()))
