@@ -67,6 +67,7 @@ from driftswitch.streams.pipeline.observations import (
     Emitted,
     Flag,
     Joiner,
+    Observation,
     Rejection,
     build_flags,
 )
@@ -174,6 +175,12 @@ class Engine:
         if positions is not None:
             outputs = [Emitted(e.event, e.index, positions[e.index]) for e in outputs]
         return Result(outputs, rejections)
+
+    def decide(self, observations: Sequence[Observation]) -> list[Emitted]:
+        """Decide on observations from a join stage, already in order (the decide stage: see
+        :mod:`~driftswitch.streams.pipeline.merge`); ``Emitted.index`` is the deciding
+        observation's ``index``."""
+        return self._decider.process(observations)
 
     # -- manual control and config reload --------------------------------------------------
 

@@ -40,10 +40,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from driftswitch.detectors.base import JSON
 from driftswitch.streams.pipeline.observations import Observation, event_order
 
-__all__ = ["Batch", "Clock", "Merge"]
+__all__ = ["Batch", "BatchError", "Clock", "Merge", "decode_batch", "encode_batch"]
+
+#: Version of the observation batches' wire format (``"v"`` in each record).
+BATCH_FORMAT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,51 @@ class Batch:
     observations: Sequence[Observation] = field(default_factory=list)
     #: Which run of the join partition sent it (a new id at every start from a checkpoint).
     run: str = ""
+
+
+class BatchError(ValueError):
+    """A record on the observations topic that is not an observation batch."""
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """One batch as a record value of the observations topic (JSON, see :func:`decode_batch`)."""
+    return orjson.dumps(
+        {
+            "v": BATCH_FORMAT,
+            "source": batch.source,
+            "run": batch.run,
+            "read": {str(t): o for t, o in batch.read.items()},
+            "watermark": batch.watermark if math.isfinite(batch.watermark) else None,
+            "idle": batch.idle,
+            "observations": batch.observations,
+        }
+    )
+
+
+def decode_batch(value: bytes) -> Batch:
+    """The batch in a record value; :class:`BatchError` for anything else."""
+    try:
+        doc = orjson.loads(value)
+        if not isinstance(doc, dict) or doc.get("v") != BATCH_FORMAT:
+            raise BatchError(f"not an observation batch of format {BATCH_FORMAT}")
+        wm = doc["watermark"]
+        observations = doc["observations"]
+        if not isinstance(observations, list) or not all(
+            isinstance(o, list) and len(o) > 7 for o in observations
+        ):
+            raise BatchError("observations must be a list of observation arrays")
+        return Batch(
+            source=int(doc["source"]),
+            read={int(t): int(o) for t, o in doc["read"].items()},
+            watermark=-math.inf if wm is None else float(wm),
+            idle=bool(doc["idle"]),
+            observations=observations,
+            run=str(doc["run"]),
+        )
+    except BatchError:
+        raise
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BatchError(f"undecodable observation batch: {err}") from err
 
 
 class Clock:

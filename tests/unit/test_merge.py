@@ -16,7 +16,14 @@ import pytest
 from driftswitch.streams.config.model import Config, parse_config
 from driftswitch.streams.contract.events import PredictionEvent
 from driftswitch.streams.pipeline.engine import Engine, Event
-from driftswitch.streams.pipeline.merge import Batch, Clock, Merge
+from driftswitch.streams.pipeline.merge import (
+    Batch,
+    BatchError,
+    Clock,
+    Merge,
+    decode_batch,
+    encode_batch,
+)
 from driftswitch.streams.pipeline.observations import (
     PREDICTED,
     SCORED,
@@ -271,3 +278,32 @@ def test_the_merge_state_round_trips(config: Config, events: list[Event]) -> Non
     merge.add(Batch(1, {}, 0.0, True, []))
     copy.add(Batch(1, {}, 0.0, True, []))
     assert json.loads(json.dumps(merge.release())) == json.loads(json.dumps(copy.release()))
+
+
+def test_batches_round_trip_and_anything_else_is_refused(
+    config: Config, events: list[Event]
+) -> None:
+    joiner = Joiner(config, track=True)
+    batch = events[:300]
+    observations, _ = joiner.process(batch, [(1, o) for o in range(len(batch))])
+    sent = Batch(2, {0: 10, 1: 300}, 123.5, False, observations, "run-a")
+    got = decode_batch(encode_batch(sent))
+    assert (got.source, got.read, got.watermark, got.idle, got.run) == (
+        2,
+        {0: 10, 1: 300},
+        123.5,
+        False,
+        "run-a",
+    )
+    assert got.observations == json.loads(json.dumps(observations))
+    assert decode_batch(encode_batch(Batch(0, {}, -math.inf, True))).watermark == -math.inf
+    for bad in [
+        b"",
+        b"[]",
+        b'{"v": 2}',
+        b'{"v": 1, "source": 0}',
+        b"\xff",
+        b'{"v":1,"source":0,"run":"","read":{},"watermark":1,"idle":false,"observations":[1]}',
+    ]:
+        with pytest.raises(BatchError):
+            decode_batch(bad)
