@@ -27,6 +27,7 @@ with no other owner in between.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ from driftswitch.streams.kafka.connect import (
     Membership,
     check_membership,
     consumer,
+    open_admin,
     partitioner,
-    partitions_of,
     rebalance_listener,
     start,
     stop_quietly,
@@ -320,11 +321,7 @@ class StageMember:
         """Check the topics, open the consumer and subscribe (the first assignment follows in
         the background: :meth:`wait_assigned`). :class:`GroupError` when a topic is missing or
         the partition counts differ; ``KafkaConnectError`` when Kafka cannot be reached."""
-        counts = {t: len(await partitions_of(self.kafka, t)) for t in self.topics}
-        missing = sorted(t for t, n in counts.items() if n == 0)
-        if missing:
-            raise GroupError(f"topics not found: {', '.join(missing)}")
-        self._partitions = common_partitions(counts)
+        self._partitions = common_partitions(await _partition_counts(self.kafka, self.topics))
         self._stopping = False
         client = consumer(
             self.kafka,
@@ -350,6 +347,7 @@ class StageMember:
         self._stopping = True  # an assignment arriving now is not handed to the runner
         await self._revoke()
         client, self._consumer = self._consumer, None
+        await _leave_in_generation_zero(client)
         await stop_quietly(client)
 
     async def __aenter__(self) -> StageMember:
@@ -441,11 +439,16 @@ class StageMember:
         :attr:`Membership.CURRENT` when committed. A member the coordinator expelled, or one
         from an older generation, is refused (:attr:`Membership.EXPELLED`), as is a commit while
         the group rebalances or for an index not owned (:attr:`Membership.REBALANCING`): then
-        nothing was committed.
+        nothing was committed. A member that knows it was expelled (aiokafka reset its
+        generation) does not even send the commit.
         """
         from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
         self._raise_failure()
+        current = _generation_of(self.consumer)
+        if current != self._generation or not self._owned:
+            # aiokafka forgot its generation (the coordinator expelled it) or is joining anew.
+            return Membership.EXPELLED if current < 0 else Membership.REBALANCING
         try:
             await self.consumer.commit(
                 {self.tp(t, i): (offset, "") for (t, i), offset in offsets.items()}
@@ -530,8 +533,54 @@ class StageMember:
             self._assigned_once.set()
 
 
+async def _partition_counts(kafka: KafkaSettings, topics: Sequence[str]) -> dict[str, int]:
+    """``{topic: partition count}``; :class:`GroupError` naming the topics that do not exist.
+
+    Existence is checked by listing the topics first: a metadata request naming an unknown
+    topic creates it on a broker that auto-creates topics (Kafka's default, and Tansu).
+    """
+    admin = await open_admin(kafka)
+    try:
+        existing = set(await admin.list_topics())
+        missing = sorted(t for t in topics if t not in existing)
+        if missing:
+            raise GroupError(
+                f"topics not found: {', '.join(missing)} (create them first: driftswitch topics)"
+            )
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await stop_quietly(admin)
+    return {t["topic"]: len(t["partitions"]) for t in described if t["topic"] in topics}
+
+
 def _generation_of(client: Any) -> int:
     """The generation of ``client``'s current assignment. aiokafka keeps it on its group
     coordinator and has no public accessor; pinned by tests/integration/test_groups.py."""
     coordinator = getattr(client, "_coordinator", None)
     return int(getattr(coordinator, "generation", -1))
+
+
+async def _leave_in_generation_zero(client: Any) -> None:
+    """Send LeaveGroup for a member of generation 0, which aiokafka's close skips.
+
+    aiokafka leaves the group on close only from a generation above 0; Kafka numbers
+    generations from 1, but Tansu from 0, so a member stopping in Tansu's first generation
+    would hold its partitions until its session timed out (pinned by
+    tests/integration/test_tansu_quirks.py). LeaveGroup carries no generation; this sends what
+    aiokafka sends from later generations, best effort as aiokafka does.
+    """
+    coordinator = getattr(client, "_coordinator", None)
+    if (
+        coordinator is None
+        or getattr(coordinator, "generation", -1) != 0
+        or not getattr(coordinator, "member_id", "")
+        or getattr(coordinator, "_group_instance_id", None) is not None
+    ):
+        return
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(
+            coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id)),
+            5.0,
+        )
