@@ -544,9 +544,7 @@ async def _partition_counts(kafka: KafkaSettings, topics: Sequence[str]) -> dict
         existing = set(await admin.list_topics())
         missing = sorted(t for t in topics if t not in existing)
         if missing:
-            raise GroupError(
-                f"topics not found: {', '.join(missing)} (create them first: driftswitch topics)"
-            )
+            raise GroupError(f"topics not found: {', '.join(missing)}")
         described = await admin.describe_topics(list(topics))
     finally:
         await stop_quietly(admin)
