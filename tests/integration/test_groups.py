@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from confluent_kafka import Producer
 
 from driftswitch.streams.contract.topics import TopicSpec
@@ -323,6 +324,39 @@ def test_a_frozen_member_is_fenced_when_it_wakes(
                 if x.get("verdict") == "current" and x["generation"] > frozen_generation
             }
             assert committed == 7 or committed in later
+        finally:
+            await a.stop()
+
+    asyncio.run(run())
+
+
+def test_a_member_stopping_in_generation_zero_leaves_at_once(broker: EmbeddedBroker) -> None:
+    """Tansu's first generation is 0, where aiokafka's close sends no LeaveGroup
+    (tests/integration/test_tansu_quirks.py); ``StageMember.stop`` sends it."""
+
+    async def members(group: str) -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+        (entry,) = described.groups
+        return len(entry[-1])
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        group = fresh("grp.gen0-")
+        log: list[Any] = []
+        a, b = (Member(n, broker.bootstrap, group, topics, log) for n in "ab")
+        await asyncio.gather(a.start(), b.start())
+        try:
+            await until("a 2+2 split", lambda: len(a.member.owned) == len(b.member.owned) == 2)
+            assert a.member.generation == b.member.generation == 0
+            assert await members(group) == 2
+            await b.stop()
+            assert await members(group) == 1  # well within b's 6 s session
+            await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
         finally:
             await a.stop()
 
