@@ -55,6 +55,7 @@ __all__ = [
     "GroupError",
     "StageMember",
     "assign_indexes",
+    "common_partitions",
     "decode_claim",
     "encode_claim",
     "partition_for",
