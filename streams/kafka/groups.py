@@ -270,8 +270,10 @@ class StageMember:
 
     - ``on_revoked(indexes)`` before the member rejoins the group, with every index it owns
       (rebalances are eager). The next assignment is computed only after it returns, so a
-      runner that flushes and checkpoints there hands the indexes over cleanly. Also called
-      by :meth:`stop` before leaving.
+      runner that flushes and checkpoints there hands the indexes over cleanly; the indexes
+      count as owned until it returns, so it may :meth:`commit` its final offsets, and a
+      member the coordinator expelled meanwhile is refused there (its state must not be
+      written back). Also called by :meth:`stop` before leaving.
     - ``on_assigned(indexes)`` once the new assignment is known, with every index now owned
       (not only the new ones; :attr:`kept` tells which ones stayed with no owner in between).
 
@@ -494,16 +496,18 @@ class StageMember:
 
     async def _revoke(self) -> None:
         async with self._callbacks:
-            revoked, self._owned = set(self._owned), frozenset()
-            self._kept = frozenset()
+            revoked = set(self._owned)
             if not revoked:
                 return
             log.info("group %s: revoking partitions %s", self.group, sorted(revoked))
             try:
+                # Still owned while the callback runs: it may commit (fenced) its final offsets.
                 await self._on_revoked(revoked)
             except Exception as err:
                 log.exception("group %s: on_revoked(%s) failed", self.group, sorted(revoked))
                 self._failure = err
+            finally:
+                self._owned = self._kept = frozenset()
 
     async def _assign(self, indexes: set[int]) -> None:
         async with self._callbacks:

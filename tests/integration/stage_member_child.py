@@ -4,9 +4,12 @@
 [--freeze-after N]``
 
 Prints one JSON object a line on stdout: ``{"assigned": [...], "generation": g}`` and
-``{"revoked": [...]}`` as the rebalance callbacks run. With ``--commit`` it also commits,
-every 100 ms while it owns something, offset ``1000 + n`` (n = 0, 1, ...) of its lowest index in
-the first topic and prints ``{"commit": offset, "index": i, "started": t, "verdict": v}``, where
+``{"revoked": [...], "generation": g, "verdict": v}`` as the rebalance callbacks run (on
+revocation it commits offset ``500 + index`` of each index in the first topic, as a runner's
+final commit, and ``v`` says whether the coordinator accepted it). With ``--commit`` it also
+commits, every 100 ms while it owns something, offset ``1000 + n`` (n = 0, 1, ...) of its lowest
+index in the first topic and prints ``{"commit": offset, "index": i, "generation": g,
+"started": t, "verdict": v}``, where
 ``t`` is ``time.monotonic()`` when the commit was sent (one clock for every process on the
 machine), ``g`` the generation it believes it is in and ``v`` the
 :class:`~driftswitch.streams.kafka.connect.Membership` value. With ``--freeze-after N`` it
@@ -41,7 +44,9 @@ async def main(
         say(assigned=sorted(indexes), generation=member.generation)
 
     async def revoked(indexes: set[int]) -> None:
-        say(revoked=sorted(indexes))
+        # A runner's final commit before handing its indexes over.
+        verdict = await member.commit({(topics[0], i): 500 + i for i in indexes})
+        say(revoked=sorted(indexes), generation=member.generation, verdict=verdict.value)
 
     member = StageMember(
         as_settings(bootstrap),

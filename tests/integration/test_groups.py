@@ -90,9 +90,16 @@ class Member:
 
     async def _revoked(self, indexes: set[int]) -> None:
         self.log.append((self.name, "revoking", frozenset(indexes)))
-        # A runner flushing and checkpointing: nobody may get these indexes meanwhile.
+        # A runner flushing and checkpointing: nobody may get these indexes meanwhile. Its
+        # final offsets commit, fenced, while the indexes are still its own.
         await asyncio.sleep(self.revoke_delay_s)
-        self.log.append((self.name, "revoked", frozenset(indexes)))
+        topic = self.member.topics[0]
+        positions = {
+            (topic, i): await self.member.consumer.position(self.member.tp(topic, i))
+            for i in indexes
+        }
+        verdict = await self.member.commit(positions)
+        self.log.append((self.name, "revoked", frozenset(indexes), verdict))
 
     async def start(self) -> Member:
         await self.member.start()
@@ -118,7 +125,7 @@ class Member:
 
 
 def events(log: list[Any], name: str, kind: str) -> list[int]:
-    return [i for i, (who, what, _) in enumerate(log) if who == name and what == kind]
+    return [i for i, (who, what, *_) in enumerate(log) if who == name and what == kind]
 
 
 def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroker) -> None:
@@ -160,9 +167,14 @@ def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroke
             (revoked_done,) = events(log, "a", "revoked")
             (b_assigned,) = events(log, "b", "assigned")
             assert revoked_done < b_assigned
+            # Its final commit, made in on_revoked during the rebalance, was accepted.
+            assert log[revoked_done][3] is Membership.CURRENT
+            for index in b.member.owned:  # a had read the one record there
+                assert await b.member.consumer.committed(b.member.tp(topics[0], index)) == 1
             assert log[b_assigned][2] == b.member.owned
             assert b.assigned_tps() == {(t, p) for t in topics for p in b.member.owned}
-            b_every = {r for r in every if r[1] in b.member.owned}
+            # b starts where a's final commit left the first topic, at the beginning elsewhere.
+            b_every = {r for r in every if r[1] in b.member.owned and r[0] != topics[0]}
             await until("b reads its partitions", lambda: b.read == b_every)
 
             a.revoke_delay_s = 0.0
@@ -184,7 +196,7 @@ def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroke
             log_mark = len(log)
             await leaving.stop()
             members.remove(leaving)
-            assert (leaving.name, "revoked", gone) in log[log_mark:]
+            assert (leaving.name, "revoked", gone, Membership.CURRENT) in log[log_mark:]
             await until(
                 "the leaver's index to move",
                 lambda: sum(len(m.member.owned) for m in members) == 4,
@@ -310,18 +322,28 @@ def test_a_frozen_member_is_fenced_when_it_wakes(
             mark = len(child.lines)
             child.proc.send_signal(signal.SIGCONT)
             await until(
-                "the zombie's commit", lambda: any("verdict" in x for x in child.lines[mark:])
+                "the zombie's commit", lambda: any("commit" in x for x in child.lines[mark:])
             )
-            stale = next(x for x in child.lines[mark:] if "verdict" in x)
+            stale = next(x for x in child.lines[mark:] if "commit" in x)
             assert stale["generation"] == frozen_generation
             assert stale["index"] == index
             assert stale["verdict"] == Membership.EXPELLED.value
+            # Then aiokafka notices the expulsion and revokes; the final commit of the
+            # revocation is refused too.
+            await until(
+                "the zombie's revocation", lambda: any("revoked" in x for x in child.lines[mark:])
+            )
+            final = next(x for x in child.lines[mark:] if "revoked" in x)
+            assert set(final["revoked"]) == theirs
+            assert final["verdict"] == Membership.EXPELLED.value
             # Whatever the zombie committed after rejoining was accepted in a newer generation.
             committed = await a.member.consumer.committed(a.member.tp(topics[0], index))
             later = {
                 x["commit"]
                 for x in child.lines[mark:]
-                if x.get("verdict") == "current" and x["generation"] > frozen_generation
+                if "commit" in x
+                and x["verdict"] == "current"
+                and x["generation"] > frozen_generation
             }
             assert committed == 7 or committed in later
         finally:
