@@ -7,19 +7,30 @@ contract's, :data:`driftswitch.streams.contract.events.SCHEMA_VERSION`). Configu
 increasing
 precedence:
 
-- defaults: prefix ``driftswitch``, 4 partitions for predictions and outcomes, 1 for the others;
+- defaults: prefix ``driftswitch``, 4 partitions for predictions, outcomes, repartition and
+  observations, 1 for the others;
 - :meth:`Topics.with_prefix` / the constructor (one :class:`TopicSpec` per role), or the
   environment through :meth:`Topics.from_env`:
 
   ``DRIFTSWITCH_TOPIC_PREFIX``
       replaces ``driftswitch`` in every name (``acme.ds`` → ``acme.ds.predictions.v1``);
   ``DRIFTSWITCH_TOPIC_PARTITIONS``
-      partitions of the predictions and outcomes topics (always equal: the join is
-      co-partitioned by ``request_id``);
+      partitions of the predictions, outcomes and repartition topics (always equal: the join
+      is co-partitioned by ``request_id``);
+  ``DRIFTSWITCH_TOPIC_OBSERVATIONS_PARTITIONS``
+      partitions of the observations topic (keyed by flag: up to this many processes share
+      the decide stage);
   ``DRIFTSWITCH_TOPIC_REPLICATION_FACTOR``
       replication factor of every topic (1 suits the embedded broker; use 3 on real Kafka);
-  ``DRIFTSWITCH_TOPIC_PREDICTIONS`` … ``DRIFTSWITCH_TOPIC_DEADLETTER``
-      the full name of one topic, overriding the prefix for it.
+  ``DRIFTSWITCH_TOPIC_PREDICTIONS`` … ``DRIFTSWITCH_TOPIC_REPARTITION``
+      the full name of one topic (one variable per role of :data:`ROLES`), overriding the
+      prefix for it.
+
+The join stage reads partition ``p`` of predictions, outcomes and repartition together: a
+record whose key belongs in another partition (its producer used another partitioner than
+murmur2) is re-sent, keyed the same, to the repartition topic, where it lands in the partition
+its key belongs to. The join stage's output, compact scored observations keyed by flag, goes to
+the observations topic, which the decide stage reads.
 
 The flags topic is compacted (``cleanup.policy=compact``, key = flag) so its latest record per
 flag is the flag's state. The embedded Tansu broker accepts and reports that setting but never
@@ -39,6 +50,7 @@ from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.contract.events import SCHEMA_VERSION
 
 __all__ = [
+    "DEFAULT_OBSERVATION_PARTITIONS",
     "DEFAULT_PARTITIONS",
     "DEFAULT_PREFIX",
     "ROLES",
@@ -52,8 +64,18 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "driftswitch"
 #: Partitions of the keyed event topics: up to this many workers share the join.
 DEFAULT_PARTITIONS = 4
+#: Partitions of the observations topic: up to this many workers share the decisions.
+DEFAULT_OBSERVATION_PARTITIONS = 4
 #: The topic roles, in the order :meth:`Topics.specs` lists them.
-ROLES = ("predictions", "outcomes", "flags", "control", "deadletter")
+ROLES = (
+    "predictions",
+    "outcomes",
+    "flags",
+    "control",
+    "deadletter",
+    "observations",
+    "repartition",
+)
 #: Kafka's legal topic names: ASCII letters, digits, '.', '_', '-'; at most 249 characters.
 _TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 _COMPACT = {"cleanup.policy": "compact"}
@@ -86,10 +108,10 @@ def _name(prefix: str, role: str) -> str:
 
 
 def _default(role: str) -> TopicSpec:
-    return _defaults(DEFAULT_PREFIX, DEFAULT_PARTITIONS)[role]
+    return _defaults(DEFAULT_PREFIX, DEFAULT_PARTITIONS, DEFAULT_OBSERVATION_PARTITIONS)[role]
 
 
-def _defaults(prefix: str, partitions: int) -> dict[str, TopicSpec]:
+def _defaults(prefix: str, partitions: int, observation_partitions: int) -> dict[str, TopicSpec]:
     def spec(role: str, n: int, config: Mapping[str, str] | None = None) -> TopicSpec:
         return TopicSpec(name=_name(prefix, role), partitions=n, config=dict(config or {}))
 
@@ -102,11 +124,17 @@ def _defaults(prefix: str, partitions: int) -> dict[str, TopicSpec]:
         # Low volume and order matters (manual kill, then restore): one partition.
         "control": spec("control", 1),
         "deadletter": spec("deadletter", 1),
+        # The join stage's output, keyed by flag: the decide stage's unit of work.
+        "observations": spec("observations", observation_partitions),
+        # Input records re-sent to the partition their request_id belongs in: co-partitioned
+        # with predictions and outcomes.
+        "repartition": spec("repartition", partitions),
     }
 
 
 class Topics(BaseModel):
-    """The five topics of one driftswitch deployment (frozen; build it, never mutate it)."""
+    """The topics of one driftswitch deployment, one per role of :data:`ROLES` (frozen; build
+    it, never mutate it)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -130,6 +158,17 @@ class Topics(BaseModel):
         default_factory=lambda: _default("deadletter"),
         description="Rejected input records with the reason they were rejected.",
     )
+    observations: TopicSpec = Field(
+        default_factory=lambda: _default("observations"),
+        description="Scored observations from the join stage to the decide stage, keyed by flag.",
+    )
+    repartition: TopicSpec = Field(
+        default_factory=lambda: _default("repartition"),
+        description=(
+            "Input records re-sent, keyed by request_id, to the partition their key belongs in; "
+            "as many partitions as predictions and outcomes."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -142,6 +181,12 @@ class Topics(BaseModel):
                 f"co-partitioned by request_id), got {self.predictions.partitions} and "
                 f"{self.outcomes.partitions}"
             )
+        if self.repartition.partitions != self.predictions.partitions:
+            raise ValueError(
+                "the repartition topic needs as many partitions as predictions and outcomes "
+                f"(the join reads partition p of each together), got {self.repartition.partitions}"
+                f" and {self.predictions.partitions}"
+            )
         if not self.flags.compacted:
             raise ValueError("the flags topic must have cleanup.policy=compact")
         return self
@@ -152,16 +197,22 @@ class Topics(BaseModel):
         prefix: str = DEFAULT_PREFIX,
         *,
         partitions: int = DEFAULT_PARTITIONS,
+        observation_partitions: int = DEFAULT_OBSERVATION_PARTITIONS,
         replication_factor: int = 1,
         names: Mapping[str, str] | None = None,
     ) -> Self:
-        """Topics named ``<prefix>.<role>.v1``; ``names`` overrides single roles' full names."""
+        """Topics named ``<prefix>.<role>.v1``; ``names`` overrides single roles' full names.
+
+        ``partitions`` is the count of predictions, outcomes and repartition,
+        ``observation_partitions`` that of observations.
+        """
         unknown = sorted(set(names or {}) - set(ROLES))
         if unknown:
             raise TopicError(f"unknown topic role {unknown[0]!r}; known roles: {', '.join(ROLES)}")
         try:
             specs = {
-                role: spec.model_dump() for role, spec in _defaults(prefix, partitions).items()
+                role: spec.model_dump()
+                for role, spec in _defaults(prefix, partitions, observation_partitions).items()
             }
             for role, spec in specs.items():
                 spec["replication_factor"] = replication_factor
@@ -178,6 +229,9 @@ class Topics(BaseModel):
         """
         prefix = environ.get("DRIFTSWITCH_TOPIC_PREFIX", DEFAULT_PREFIX)
         partitions = _env_int(environ, "DRIFTSWITCH_TOPIC_PARTITIONS", DEFAULT_PARTITIONS)
+        observation_partitions = _env_int(
+            environ, "DRIFTSWITCH_TOPIC_OBSERVATIONS_PARTITIONS", DEFAULT_OBSERVATION_PARTITIONS
+        )
         replication = _env_int(environ, "DRIFTSWITCH_TOPIC_REPLICATION_FACTOR", 1)
         names = {
             role: environ[var]
@@ -185,12 +239,16 @@ class Topics(BaseModel):
             if (var := f"DRIFTSWITCH_TOPIC_{role.upper()}") in environ
         }
         return cls.with_prefix(
-            prefix, partitions=partitions, replication_factor=replication, names=names
+            prefix,
+            partitions=partitions,
+            observation_partitions=observation_partitions,
+            replication_factor=replication,
+            names=names,
         )
 
     def specs(self) -> tuple[TopicSpec, ...]:
         """Every topic, in :data:`ROLES` order."""
-        return (self.predictions, self.outcomes, self.flags, self.control, self.deadletter)
+        return tuple(getattr(self, role) for role in ROLES)
 
 
 def _env_int(environ: Mapping[str, str], var: str, default: int) -> int:

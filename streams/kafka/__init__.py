@@ -6,6 +6,8 @@
 - :mod:`~driftswitch.streams.kafka.connect`: the one factory for consumers, producers and admin
   clients, clear connection errors, reading partitions to the end, the lease's group assignor.
 - :mod:`~driftswitch.streams.kafka.topics`: creating driftswitch's topics.
+- :mod:`~driftswitch.streams.kafka.groups`: a stage's consumer-group membership (partition
+  indexes assigned across co-partitioned topics, sticky), and where murmur2 places a key.
 """
 
 from driftswitch.streams.kafka.settings import (

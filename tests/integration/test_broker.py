@@ -186,6 +186,8 @@ def test_ensure_topics_creates_driftswitch_topics_once(broker: EmbeddedBroker) -
         "it-ensure.flags.v1": 1,
         "it-ensure.control.v1": 1,
         "it-ensure.deadletter.v1": 1,
+        "it-ensure.observations.v1": 4,
+        "it-ensure.repartition.v1": 3,
     }
     assert flag_configs["cleanup.policy"] == "compact"
 

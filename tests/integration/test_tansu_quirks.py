@@ -11,6 +11,7 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from driftswitch.streams.contract.topics import TopicSpec
@@ -168,3 +169,54 @@ def test_consumer_group_commits_resume_and_rebalance(broker: EmbeddedBroker) -> 
     assert len(together[0]) == len(together[1]) == 2
     assert together[0] | together[1] == {0, 1, 2, 3}
     assert positions == {0: 5, 1: 6, 2: 7, 3: 8}
+
+
+def test_generations_count_from_zero_and_aiokafka_leaves_only_from_one(
+    broker: EmbeddedBroker,
+) -> None:
+    """Tansu numbers a group's generations from 0 (Kafka from 1). aiokafka sends LeaveGroup on
+    close only from a generation above 0, so a member stopping in generation 0 stays in the
+    group until its session times out, holding its partitions. ``StageMember.stop``
+    (``streams/kafka/groups.py``) sends the LeaveGroup itself then
+    (tests/integration/test_groups.py checks that it leaves at once).
+    """
+    topic, group = "quirk.generation-zero", "quirk-generation-zero"
+
+    def member() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=500,
+        )
+
+    async def members() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+        (entry,) = described.groups
+        return len(entry[-1])
+
+    async def run() -> tuple[list[int], int, int]:
+        await ensure_topics(broker.bootstrap, [TopicSpec(name=topic, partitions=2)])
+        first, second = member(), member()
+        await asyncio.gather(first.start(), second.start())
+        deadline = time.monotonic() + 60
+        while not (first.assignment() and second.assignment()) and time.monotonic() < deadline:
+            await asyncio.gather(*(m.getmany(timeout_ms=100) for m in (first, second)))
+        generations = [m._coordinator.generation for m in (first, second)]
+        before = await members()
+        await second.stop()
+        after = await members()  # well within the 10 s session of the member that stopped
+        await first.stop()
+        return generations, before, after
+
+    generations, before, after = asyncio.run(asyncio.wait_for(run(), 90))
+    assert generations == [0, 0]
+    assert before == 2
+    assert after == 2

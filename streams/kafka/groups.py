@@ -1,0 +1,589 @@
+"""Consumer-group membership for a stage that reads several co-partitioned topics.
+
+A stage (the join stage reads predictions, outcomes and the repartition topic) processes
+*partition indexes*: index ``p`` is partition ``p`` of every topic it reads, since a record's
+key places it in the same partition of each of them. So the group assignment hands out indexes,
+never single topic-partitions: whoever owns index ``p`` gets partition ``p`` of every topic.
+
+- :func:`assign_indexes` is that assignment, pure (no broker): balanced (the members' counts
+  differ by at most one), sticky (a member keeps what it owned in the previous generation as far
+  as balance allows) and deterministic (the same members and claims give the same answer).
+- :func:`stage_assignor` wraps it as an aiokafka assignor. Each member's join metadata carries
+  its *claim*: the indexes it owned and the generation it owned them in (:class:`Claim`). When
+  two members claim one index (a member expelled while frozen still claims what it had), the
+  claim of the later generation wins.
+- :class:`StageMember` is one process's membership: subscribe, rebalance callbacks per index,
+  ``getmany``, seeks, commits and the fencing check.
+- :func:`partition_for` is where Kafka's default partitioner of the Java client and aiokafka
+  (murmur2) puts a key.
+
+Rebalances are eager (aiokafka has no cooperative protocol): before a member rejoins, every
+index it owns is revoked and ``on_revoked`` is awaited, so a runner flushes and checkpoints
+them before any other member can be assigned one of them. The assignment that follows gives
+most of them straight back (stickiness); :attr:`StageMember.kept` says which ones came back
+with no other owner in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from driftswitch.streams.contract.errors import DriftswitchError
+from driftswitch.streams.kafka.connect import (
+    Membership,
+    check_membership,
+    consumer,
+    open_admin,
+    partitioner,
+    rebalance_listener,
+    start,
+    stop_quietly,
+    topic_partition,
+)
+from driftswitch.streams.kafka.settings import KafkaSettings
+
+__all__ = [
+    "ASSIGNOR_NAME",
+    "Claim",
+    "GroupError",
+    "StageMember",
+    "assign_indexes",
+    "common_partitions",
+    "decode_claim",
+    "encode_claim",
+    "partition_for",
+    "stage_assignor",
+]
+
+log = logging.getLogger(__name__)
+
+#: The assignment strategy's name in JoinGroup (every member of a stage group must use it).
+ASSIGNOR_NAME = "driftswitch-indexes"
+#: Version of the claim carried in the join metadata's ``user_data``.
+_CLAIM_VERSION = 1
+
+IndexCallback = Callable[[set[int]], Awaitable[None]]
+
+
+class GroupError(DriftswitchError):
+    """A stage's consumer group cannot work as set up (e.g. topics with different partition
+    counts), or a rebalance callback failed."""
+
+
+# -- placement ---------------------------------------------------------------------------------
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner puts ``key`` in, among ``partitions``.
+
+    That is murmur2 of the key, as the Java client and aiokafka compute it. librdkafka's default
+    (``consistent_random``: CRC32, used by confluent-kafka, kcat, Go and .NET clients) places
+    keys differently, so a record's partition says nothing about its key unless its producer is
+    known to use murmur2.
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions}")
+    every = list(range(partitions))
+    return int(partitioner()(key, every, every))
+
+
+# -- the assignment, pure ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a member says it owned when it joins: its indexes, and in which generation."""
+
+    owned: frozenset[int] = frozenset()
+    #: The group generation in which it was assigned ``owned`` (-1: none yet).
+    generation: int = -1
+
+
+def encode_claim(claim: Claim) -> bytes:
+    """``claim`` as the join metadata's ``user_data``."""
+    return orjson.dumps(
+        {"v": _CLAIM_VERSION, "generation": claim.generation, "owned": sorted(claim.owned)}
+    )
+
+
+def decode_claim(data: bytes | None) -> Claim:
+    """The claim in ``user_data``; an empty claim when there is none or it is unreadable (a
+    member that claims nothing is still assigned its share, it just keeps nothing)."""
+    if not data:
+        return Claim()
+    try:
+        raw = orjson.loads(data)
+        owned = frozenset(int(i) for i in raw["owned"])
+        generation = int(raw["generation"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        log.warning("ignoring an unreadable assignment claim %r", data[:100])
+        return Claim()
+    if raw.get("v") != _CLAIM_VERSION or any(i < 0 for i in owned):
+        log.warning("ignoring an assignment claim of another version or shape: %r", data[:100])
+        return Claim()
+    return Claim(owned, generation)
+
+
+def assign_indexes(partitions: int, claims: Mapping[str, Claim]) -> dict[str, frozenset[int]]:
+    """Share the indexes ``0 .. partitions-1`` among the members of ``claims``.
+
+    - Every index goes to exactly one member; the members' counts differ by at most one.
+    - Sticky: an index claimed by one member stays with it while that member has room in its
+      share. An index claimed by several goes to the claim of the latest generation (then the
+      smallest member id). The members owning the most get the larger shares, so as few
+      indexes as possible move.
+    - Deterministic: depends only on ``partitions`` and ``claims`` (not on dict order).
+    """
+    if partitions < 0:
+        raise ValueError(f"partitions must be >= 0, got {partitions}")
+    members = sorted(claims)
+    if not members:
+        return {}
+    # Who wins each claimed index: the latest generation, then the smallest member id.
+    winner: dict[int, str] = {}
+    for member in members:
+        claim = claims[member]
+        for index in claim.owned:
+            if index >= partitions:
+                continue
+            held = winner.get(index)
+            if held is None or claims[held].generation < claim.generation:
+                winner[index] = member
+    kept: dict[str, list[int]] = {m: [] for m in members}
+    for index in sorted(winner):
+        kept[winner[index]].append(index)
+    # Shares: the remainder goes to the members keeping the most (ties: smallest id).
+    base, extra = divmod(partitions, len(members))
+    ranked = sorted(members, key=lambda m: (-len(kept[m]), m))
+    share = {m: base + (1 if rank < extra else 0) for rank, m in enumerate(ranked)}
+    out: dict[str, list[int]] = {m: kept[m][: share[m]] for m in members}
+    taken = {i for owned in out.values() for i in owned}
+    free = [i for i in range(partitions) if i not in taken]
+    for member in members:
+        need = share[member] - len(out[member])
+        out[member].extend(free[:need])
+        del free[:need]
+    assert not free, free
+    return {m: frozenset(out[m]) for m in members}
+
+
+def common_partitions(counts: Mapping[str, int]) -> int:
+    """The partition count shared by every topic of ``counts``; :class:`GroupError` if the
+    topics differ (partition ``p`` of each would not hold the same keys)."""
+    distinct = sorted(set(counts.values()))
+    if len(distinct) > 1:
+        listed = ", ".join(f"{t}: {n}" for t, n in sorted(counts.items()))
+        raise GroupError(
+            "the topics a stage reads must have the same number of partitions (partition p of "
+            f"each holds the same keys), got {listed}"
+        )
+    return distinct[0] if distinct else 0
+
+
+# -- the aiokafka assignor ---------------------------------------------------------------------
+
+
+class _Claims:
+    """A member's current claim, read by its assignor when it joins."""
+
+    def __init__(self) -> None:
+        self.claim = Claim()
+
+
+def stage_assignor(claims: _Claims | None = None) -> type:
+    """An aiokafka assignor giving out partition indexes with :func:`assign_indexes`.
+
+    ``claims`` holds what this member claims in its join metadata (kept up to date by
+    :class:`StageMember`); without it the member claims nothing. The leader computes the
+    assignment from every member's claim; partition ``p`` of every topic a member subscribes
+    to goes with index ``p``. Topics whose partition counts differ are a setup error that
+    :meth:`StageMember.start` refuses; should they differ anyway (partitions added later), the
+    leader logs an error and hands out only the indexes every topic has.
+    """
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+    from aiokafka.coordinator.protocol import (
+        ConsumerProtocolMemberAssignment,
+        ConsumerProtocolMemberMetadata,
+    )
+
+    holder = claims if claims is not None else _Claims()
+
+    def assign(cls: Any, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
+        topics = sorted({t for meta in members.values() for t in meta.subscription})
+        counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
+        try:
+            partitions = common_partitions(counts)
+        except GroupError as err:
+            partitions = min(counts.values())
+            log.error("%s; assigning only partitions 0..%d", err, partitions - 1)
+        indexes = assign_indexes(
+            partitions, {m: decode_claim(meta.user_data) for m, meta in members.items()}
+        )
+        return {
+            member: ConsumerProtocolMemberAssignment(
+                0,
+                [(t, sorted(indexes[member])) for t in sorted(meta.subscription)],
+                b"",
+            )
+            for member, meta in members.items()
+        }
+
+    def metadata(cls: Any, topics: Iterable[str]) -> Any:
+        return ConsumerProtocolMemberMetadata(0, sorted(topics), encode_claim(holder.claim))
+
+    def on_assignment(cls: Any, assignment: Any) -> None:
+        return None
+
+    # Built with type(): aiokafka is untyped, and a class statement cannot subclass Any.
+    return type(
+        "StageAssignor",
+        (AbstractPartitionAssignor,),
+        {
+            "name": ASSIGNOR_NAME,
+            "version": 0,
+            "assign": classmethod(assign),
+            "metadata": classmethod(metadata),
+            "on_assignment": classmethod(on_assignment),
+        },
+    )
+
+
+# -- one member --------------------------------------------------------------------------------
+
+
+async def _nothing(indexes: set[int]) -> None:
+    return None
+
+
+class StageMember:
+    """One process's membership of a stage's consumer group.
+
+    It subscribes to ``topics`` (all with the same partition count, checked by :meth:`start`)
+    in group ``group`` with :func:`stage_assignor`, and calls the runner back per index:
+
+    - ``on_revoked(indexes)`` before the member rejoins the group, with every index it owns
+      (rebalances are eager). The next assignment is computed only after it returns, so a
+      runner that flushes and checkpoints there hands the indexes over cleanly; the indexes
+      count as owned until it returns, so it may :meth:`commit` its final offsets, and a
+      member the coordinator expelled meanwhile is refused there (its state must not be
+      written back). Also called by :meth:`stop` before leaving.
+    - ``on_assigned(indexes)`` once the new assignment is known, with every index now owned
+      (not only the new ones; :attr:`kept` tells which ones stayed with no owner in between).
+
+    A callback that raises is logged, and the error is raised again, as :class:`GroupError`,
+    from the next :meth:`getmany` or :meth:`check`: a runner that could not checkpoint must
+    stop rather than go on with state another member may have taken over.
+
+    The consumer is built by :func:`driftswitch.streams.kafka.connect.consumer` (TLS and SASL
+    settings of ``kafka``) with auto-commit off and ``auto_offset_reset="earliest"`` unless
+    ``options`` say otherwise; ``options`` go to aiokafka (e.g. ``session_timeout_ms``,
+    ``heartbeat_interval_ms``, ``fetch_max_wait_ms``, ``client_id``).
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        group: str,
+        topics: Sequence[str],
+        *,
+        on_assigned: IndexCallback = _nothing,
+        on_revoked: IndexCallback = _nothing,
+        **options: Any,
+    ) -> None:
+        if not topics:
+            raise GroupError("a stage member needs at least one topic")
+        if len(set(topics)) != len(topics):
+            raise GroupError(f"topics listed twice: {list(topics)}")
+        self.kafka = kafka
+        self.group = group
+        self.topics: tuple[str, ...] = tuple(topics)
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._options = {"enable_auto_commit": False, "auto_offset_reset": "earliest", **options}
+        self._claims = _Claims()
+        self._consumer: Any = None
+        self._owned: frozenset[int] = frozenset()
+        self._kept: frozenset[int] = frozenset()
+        self._generation = -1
+        self._partitions = 0
+        self._failure: BaseException | None = None
+        self._stopping = False
+        self._callbacks = asyncio.Lock()
+        self._assigned_once = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the topics, open the consumer and subscribe (the first assignment follows in
+        the background: :meth:`wait_assigned`). :class:`GroupError` when a topic is missing or
+        the partition counts differ; ``KafkaConnectError`` when Kafka cannot be reached."""
+        self._partitions = common_partitions(await _partition_counts(self.kafka, self.topics))
+        self._stopping = False
+        client = consumer(
+            self.kafka,
+            group_id=self.group,
+            partition_assignment_strategy=(stage_assignor(self._claims),),
+            **self._options,
+        )
+        await start(client, self.kafka)
+        self._consumer = client
+
+        async def revoked(_listener: Any, partitions: Any) -> None:
+            await self._revoke()
+
+        async def assigned(_listener: Any, partitions: Any) -> None:
+            await self._assign({tp.partition for tp in partitions})
+
+        client.subscribe(list(self.topics), listener=rebalance_listener(revoked, assigned))
+
+    async def stop(self) -> None:
+        """Revoke every owned index (``on_revoked``), then leave the group and close."""
+        if self._consumer is None:
+            return
+        self._stopping = True  # an assignment arriving now is not handed to the runner
+        await self._revoke()
+        client, self._consumer = self._consumer, None
+        await _leave_in_generation_zero(client)
+        await stop_quietly(client)
+
+    async def __aenter__(self) -> StageMember:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what it owns --------------------------------------------------------------------------
+
+    @property
+    def consumer(self) -> Any:
+        """The aiokafka consumer (started), for what this class does not pass through."""
+        if self._consumer is None:
+            raise GroupError("the stage member is not started")
+        return self._consumer
+
+    @property
+    def owned(self) -> frozenset[int]:
+        """The indexes this member owns now (empty between a revocation and an assignment)."""
+        return self._owned
+
+    @property
+    def kept(self) -> frozenset[int]:
+        """Of :attr:`owned`, those this member also owned in the generation just before: no
+        other member can have had them in between, so their in-memory state is still valid."""
+        return self._kept
+
+    @property
+    def generation(self) -> int:
+        """The group generation of the current assignment (-1 before the first)."""
+        return self._generation
+
+    @property
+    def partitions(self) -> int:
+        """The partition count every topic has (known after :meth:`start`)."""
+        return self._partitions
+
+    async def wait_assigned(self, timeout_s: float | None = None) -> frozenset[int]:
+        """Wait for the first assignment (``TimeoutError`` after ``timeout_s``); the indexes."""
+        await asyncio.wait_for(self._assigned_once.wait(), timeout_s)
+        return self._owned
+
+    def tp(self, topic: str, index: int) -> Any:
+        """aiokafka's ``TopicPartition`` for partition ``index`` of ``topic``."""
+        if topic not in self.topics:
+            raise GroupError(f"{topic!r} is not one of this stage's topics {list(self.topics)}")
+        return topic_partition(topic, index)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def getmany(
+        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Any:
+        """aiokafka's ``getmany``: ``{TopicPartition: [ConsumerRecord]}`` from ``partitions``
+        (``TopicPartition``s, see :meth:`tp`), by default from everything owned.
+
+        Raises :class:`GroupError` if a rebalance callback failed since the last call.
+        """
+        self._raise_failure()
+        return await self.consumer.getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+
+    def seek(self, topic: str, index: int, offset: int) -> None:
+        """Read partition ``index`` of ``topic`` from ``offset`` next (it must be owned)."""
+        self.consumer.seek(self.tp(topic, index), offset)
+
+    async def seek_to_committed(self, index: int) -> dict[str, int | None]:
+        """Seek partition ``index`` of every topic to its committed offset (to the beginning
+        where none is committed); returns ``{topic: committed offset or None}``."""
+        found: dict[str, int | None] = {}
+        for topic in self.topics:
+            tp = self.tp(topic, index)
+            committed = await self.consumer.committed(tp)
+            found[topic] = committed
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        return found
+
+    # -- fencing -------------------------------------------------------------------------------
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> Membership:
+        """Commit ``{(topic, index): next offset}`` as this member, fenced by the coordinator.
+
+        :attr:`Membership.CURRENT` when committed. A member the coordinator expelled, or one
+        from an older generation, is refused (:attr:`Membership.EXPELLED`), as is a commit while
+        the group rebalances or for an index not owned (:attr:`Membership.REBALANCING`): then
+        nothing was committed. A member that knows it was expelled (aiokafka reset its
+        generation) does not even send the commit.
+        """
+        from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+
+        self._raise_failure()
+        current = _generation_of(self.consumer)
+        if current != self._generation or not self._owned:
+            # aiokafka forgot its generation (the coordinator expelled it) or is joining anew.
+            return Membership.EXPELLED if current < 0 else Membership.REBALANCING
+        try:
+            await self.consumer.commit(
+                {self.tp(t, i): (offset, "") for (t, i), offset in offsets.items()}
+            )
+        except CommitFailedError as exc:
+            if isinstance(exc.__cause__, RebalanceInProgressError):
+                return Membership.REBALANCING
+            return Membership.EXPELLED
+        except IllegalStateError:
+            return Membership.REBALANCING
+        return Membership.CURRENT
+
+    async def check(self) -> Membership:
+        """Whether this member is still in the group's current generation (the fencing check of
+        :func:`~driftswitch.streams.kafka.connect.check_membership`).
+
+        It re-commits, fenced, the committed offset of one owned partition (the lowest index of
+        the first topic), so committed offsets are left as they are; a partition with nothing
+        committed gets :func:`check_membership`'s marker commit at offset 0, which is where a
+        reader with nothing committed starts anyway. :attr:`Membership.REBALANCING` when
+        nothing is owned.
+        """
+        self._raise_failure()
+        if not self._owned:
+            return Membership.REBALANCING
+        tp = self.tp(self.topics[0], min(self._owned))
+        try:
+            committed = await self.consumer.committed(tp)
+        except Exception:  # the coordinator is moving or unreachable: ask again later
+            log.debug("committed(%s) failed during a membership check", tp, exc_info=True)
+            return Membership.REBALANCING
+        if committed is None:
+            return await check_membership(self.consumer, tp)
+        return await self.commit({(tp.topic, tp.partition): committed})
+
+    # -- rebalance callbacks -------------------------------------------------------------------
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise GroupError(f"a rebalance callback failed: {failure!r}") from failure
+
+    async def _revoke(self) -> None:
+        async with self._callbacks:
+            revoked = set(self._owned)
+            if not revoked:
+                return
+            log.info("group %s: revoking partitions %s", self.group, sorted(revoked))
+            try:
+                # Still owned while the callback runs: it may commit (fenced) its final offsets.
+                await self._on_revoked(revoked)
+            except Exception as err:
+                log.exception("group %s: on_revoked(%s) failed", self.group, sorted(revoked))
+                self._failure = err
+            finally:
+                self._owned = self._kept = frozenset()
+
+    async def _assign(self, indexes: set[int]) -> None:
+        async with self._callbacks:
+            if self._stopping:
+                return
+            generation = _generation_of(self._consumer)
+            previous = self._claims.claim
+            self._kept = (
+                frozenset(indexes & previous.owned)
+                if previous.generation >= 0 and generation == previous.generation + 1
+                else frozenset()
+            )
+            self._owned = frozenset(indexes)
+            self._generation = generation
+            self._claims.claim = Claim(self._owned, generation)
+            log.info(
+                "group %s generation %d: assigned partitions %s (kept %s)",
+                self.group,
+                generation,
+                sorted(indexes),
+                sorted(self._kept),
+            )
+            try:
+                await self._on_assigned(set(indexes))
+            except Exception as err:
+                log.exception("group %s: on_assigned(%s) failed", self.group, sorted(indexes))
+                self._failure = err
+            self._assigned_once.set()
+
+
+async def _partition_counts(kafka: KafkaSettings, topics: Sequence[str]) -> dict[str, int]:
+    """``{topic: partition count}``; :class:`GroupError` naming the topics that do not exist.
+
+    Existence is checked by listing the topics first: a metadata request naming an unknown
+    topic creates it on a broker that auto-creates topics (Kafka's default, and Tansu).
+    """
+    admin = await open_admin(kafka)
+    try:
+        existing = set(await admin.list_topics())
+        missing = sorted(t for t in topics if t not in existing)
+        if missing:
+            raise GroupError(f"topics not found: {', '.join(missing)}")
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await stop_quietly(admin)
+    return {t["topic"]: len(t["partitions"]) for t in described if t["topic"] in topics}
+
+
+def _generation_of(client: Any) -> int:
+    """The generation of ``client``'s current assignment. aiokafka keeps it on its group
+    coordinator and has no public accessor; pinned by tests/integration/test_groups.py."""
+    coordinator = getattr(client, "_coordinator", None)
+    return int(getattr(coordinator, "generation", -1))
+
+
+async def _leave_in_generation_zero(client: Any) -> None:
+    """Send LeaveGroup for a member of generation 0, which aiokafka's close skips.
+
+    aiokafka leaves the group on close only from a generation above 0; Kafka numbers
+    generations from 1, but Tansu from 0, so a member stopping in Tansu's first generation
+    would hold its partitions until its session timed out (pinned by
+    tests/integration/test_tansu_quirks.py). LeaveGroup carries no generation; this sends what
+    aiokafka sends from later generations, best effort as aiokafka does.
+    """
+    coordinator = getattr(client, "_coordinator", None)
+    if (
+        coordinator is None
+        or getattr(coordinator, "generation", -1) != 0
+        or not getattr(coordinator, "member_id", "")
+        or getattr(coordinator, "_group_instance_id", None) is not None
+    ):
+        return
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(
+            coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id)),
+            5.0,
+        )

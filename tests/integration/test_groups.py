@@ -1,0 +1,440 @@
+"""Stage groups on the embedded broker: partition indexes assigned across three co-partitioned
+topics, moved on join, leave, SIGKILL and freeze; and where producers place keys.
+
+The assignment logic itself is unit-tested in tests/unit/test_groups.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from confluent_kafka import Producer
+
+from driftswitch.streams.contract.topics import TopicSpec
+from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.kafka.connect import Membership, read_partitions
+from driftswitch.streams.kafka.groups import GroupError, StageMember, partition_for
+from driftswitch.streams.kafka.settings import as_settings
+from driftswitch.streams.tools.broker import EmbeddedBroker
+
+CHILD = Path(__file__).with_name("stage_member_child.py")
+#: Short sessions: Tansu completes a join only after about half the session timeout.
+SESSION_MS = 6000
+OPTIONS: dict[str, Any] = {
+    "session_timeout_ms": SESSION_MS,
+    "heartbeat_interval_ms": 500,
+    "fetch_max_wait_ms": 100,
+}
+_names = itertools.count(1)
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}{next(_names)}-{secrets.token_hex(3)}"
+
+
+async def make_topics(bootstrap: str, n: int = 3, partitions: int = 4) -> list[str]:
+    names = [fresh(f"grp.t{i}-") for i in range(n)]
+    await ensure_topics(bootstrap, [TopicSpec(name=t, partitions=partitions) for t in names])
+    return names
+
+
+async def until(what: str, check: Callable[[], bool], limit_s: float = 90.0) -> None:
+    """Poll ``check`` until true; ``TimeoutError`` naming ``what`` after ``limit_s`` (a hang,
+    not a speed figure)."""
+    deadline = time.monotonic() + limit_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still waiting for {what} after {limit_s:g} s")
+        await asyncio.sleep(0.05)
+
+
+class Member:
+    """A :class:`StageMember` in this process with a task reading everything it owns."""
+
+    def __init__(
+        self, name: str, bootstrap: str, group: str, topics: list[str], log: list[Any]
+    ) -> None:
+        self.name = name
+        self.read: set[tuple[str, int, bytes]] = set()
+        self.log = log
+        self.member = StageMember(
+            as_settings(bootstrap),
+            group,
+            topics,
+            on_assigned=self._assigned,
+            on_revoked=self._revoked,
+            **OPTIONS,
+        )
+        self.task: asyncio.Task[None] | None = None
+        self.revoke_delay_s = 0.0
+
+    async def _assigned(self, indexes: set[int]) -> None:
+        self.log.append((self.name, "assigned", frozenset(indexes)))
+
+    async def _revoked(self, indexes: set[int]) -> None:
+        self.log.append((self.name, "revoking", frozenset(indexes)))
+        # A runner flushing and checkpointing: nobody may get these indexes meanwhile. Its
+        # final offsets commit, fenced, while the indexes are still its own.
+        await asyncio.sleep(self.revoke_delay_s)
+        topic = self.member.topics[0]
+        positions = {
+            (topic, i): await self.member.consumer.position(self.member.tp(topic, i))
+            for i in indexes
+        }
+        verdict = await self.member.commit(positions)
+        self.log.append((self.name, "revoked", frozenset(indexes), verdict))
+
+    async def start(self) -> Member:
+        await self.member.start()
+
+        async def pump() -> None:
+            while True:
+                batch = await self.member.getmany(timeout_ms=100)
+                for tp, records in batch.items():
+                    self.read.update((tp.topic, tp.partition, r.value) for r in records)
+
+        self.task = asyncio.create_task(pump())
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.member.stop()
+
+    def assigned_tps(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self.member.consumer.assignment()}
+
+
+def events(log: list[Any], name: str, kind: str) -> list[int]:
+    return [i for i, (who, what, *_) in enumerate(log) if who == name and what == kind]
+
+
+def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroker) -> None:
+    """One member owns all 4 indexes of 3 topics; a second takes 2 once the first has finished
+    its revocation, the first keeping 2 of its own; a third makes it 2/1/1; a leaver's index goes
+    to the others."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for t in topics:
+                for p in range(4):
+                    await producer.send_and_wait(t, f"{t}:{p}".encode(), partition=p)
+        finally:
+            await producer.stop()
+        every = {(t, p, f"{t}:{p}".encode()) for t in topics for p in range(4)}
+        group = fresh("grp.g-")
+        log: list[Any] = []
+        a = await Member("a", broker.bootstrap, group, topics, log).start()
+        members = [a]
+        try:
+            assert await a.member.wait_assigned(90) == {0, 1, 2, 3}
+            assert a.assigned_tps() == {(t, p) for t in topics for p in range(4)}
+            await until("a reads partition p of every topic", lambda: a.read == every)
+            first_generation = a.member.generation
+
+            # A second member: the first revokes everything (eager), slowly, and only then is
+            # anything assigned to anyone.
+            a.revoke_delay_s = 1.5
+            b = await Member("b", broker.bootstrap, group, topics, log).start()
+            members.append(b)
+            await until("a 2+2 split", lambda: len(a.member.owned) == len(b.member.owned) == 2)
+            assert a.member.owned | b.member.owned == {0, 1, 2, 3}
+            assert a.member.kept == a.member.owned  # kept its two, no one had them in between
+            assert b.member.kept == set()
+            assert a.member.generation == b.member.generation == first_generation + 1
+            (revoked_done,) = events(log, "a", "revoked")
+            (b_assigned,) = events(log, "b", "assigned")
+            assert revoked_done < b_assigned
+            # Its final commit, made in on_revoked during the rebalance, was accepted.
+            assert log[revoked_done][3] is Membership.CURRENT
+            for index in b.member.owned:  # a had read the one record there
+                assert await b.member.consumer.committed(b.member.tp(topics[0], index)) == 1
+            assert log[b_assigned][2] == b.member.owned
+            assert b.assigned_tps() == {(t, p) for t in topics for p in b.member.owned}
+            # b starts where a's final commit left the first topic, at the beginning elsewhere.
+            b_every = {r for r in every if r[1] in b.member.owned and r[0] != topics[0]}
+            await until("b reads its partitions", lambda: b.read == b_every)
+
+            a.revoke_delay_s = 0.0
+            before = {m.name: m.member.owned for m in members}
+            c = await Member("c", broker.bootstrap, group, topics, log).start()
+            members.append(c)
+            await until("a 2/1/1 split", lambda: len(c.member.owned) == 1)
+            await until("the split settles", lambda: sum(len(m.member.owned) for m in members) == 4)
+            assert sorted(len(m.member.owned) for m in members) == [1, 1, 2]
+            for m in (a, b):
+                assert m.member.owned <= before[m.name]
+                assert m.member.kept == m.member.owned
+            assert {i for m in members for i in m.member.owned} == {0, 1, 2, 3}
+
+            # A member that closes: its index goes to the one with a single index.
+            leaving = next(m for m in (a, b) if len(m.member.owned) == 1)
+            staying = next(m for m in (a, b) if m is not leaving)
+            gone = leaving.member.owned
+            log_mark = len(log)
+            await leaving.stop()
+            members.remove(leaving)
+            assert (leaving.name, "revoked", gone, Membership.CURRENT) in log[log_mark:]
+            await until(
+                "the leaver's index to move",
+                lambda: sum(len(m.member.owned) for m in members) == 4,
+            )
+            assert staying.member.owned <= before[staying.name]
+            assert len(staying.member.owned) == len(c.member.owned) == 2
+            assert gone <= c.member.owned
+        finally:
+            # One at a time: a Tansu group whose member leaves during a rebalance gets stuck.
+            for m in members:
+                await m.stop()
+
+    asyncio.run(run())
+
+
+class Child:
+    """tests/integration/stage_member_child.py in a subprocess, its JSON lines collected."""
+
+    def __init__(self, bootstrap: str, group: str, topics: list[str], *extra: str) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(CHILD),
+                bootstrap,
+                group,
+                ",".join(topics),
+                str(SESSION_MS),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(orjson.loads(line))
+
+    def owned(self) -> set[int]:
+        for line in reversed(self.lines):
+            if "assigned" in line:
+                return set(line["assigned"])
+            if "revoked" in line:
+                return set()
+        return set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(30)
+        self._reader.join(10)
+
+
+@pytest.fixture
+def children() -> Iterator[Callable[..., Child]]:
+    started: list[Child] = []
+
+    def start(*args: Any) -> Child:
+        child = Child(*args)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.stop()
+
+
+def test_a_killed_members_indexes_move_after_its_session_timeout(
+    broker: EmbeddedBroker, children: Callable[..., Child]
+) -> None:
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap)
+        group = fresh("grp.kill-")
+        log: list[Any] = []
+        child = children(broker.bootstrap, group, topics)
+        await until("the child's assignment", lambda: child.owned() == {0, 1, 2, 3})
+        a = await Member("a", broker.bootstrap, group, topics, log).start()
+        try:
+            await until("a 2+2 split", lambda: len(child.owned()) == 2 and len(a.member.owned) == 2)
+            theirs = child.owned()
+            assert a.member.owned == {0, 1, 2, 3} - theirs
+            child.proc.send_signal(signal.SIGKILL)
+            child.proc.wait(30)
+            # No revocation ran in the dead child; the coordinator expels it once its session
+            # times out, and the survivor gets everything.
+            await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
+            assert child.owned() == theirs
+            assert a.assigned_tps() == {(t, p) for t in topics for p in range(4)}
+        finally:
+            await a.stop()
+
+    asyncio.run(run())
+
+
+def test_a_frozen_member_is_fenced_when_it_wakes(
+    broker: EmbeddedBroker, children: Callable[..., Child]
+) -> None:
+    """A member paused past its session timeout (SIGSTOP) loses its indexes; the commit it sends
+    the instant it wakes, still believing it owns them, is refused, and the new owner's offset
+    stands."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap)
+        group = fresh("grp.freeze-")
+        log: list[Any] = []
+        a = await Member("a", broker.bootstrap, group, topics, log).start()
+        try:
+            await a.member.wait_assigned(90)
+            child = children(broker.bootstrap, group, topics, "--commit", "--freeze-after", "3")
+            await until("the child to freeze", lambda: any("freezing" in x for x in child.lines))
+            frozen_generation = next(x["freezing"] for x in child.lines if "freezing" in x)
+            theirs = child.owned()
+            assert len(theirs) == 2
+            assert frozen_generation == a.member.generation
+            await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
+            # The new owner commits its own offset for the zombie's lowest index.
+            index = min(theirs)
+            assert await a.member.commit({(topics[0], index): 7}) is Membership.CURRENT
+            mark = len(child.lines)
+            child.proc.send_signal(signal.SIGCONT)
+            await until(
+                "the zombie's commit", lambda: any("commit" in x for x in child.lines[mark:])
+            )
+            stale = next(x for x in child.lines[mark:] if "commit" in x)
+            assert stale["generation"] == frozen_generation
+            assert stale["index"] == index
+            assert stale["verdict"] == Membership.EXPELLED.value
+            # Then aiokafka notices the expulsion and revokes; the final commit of the
+            # revocation is refused too.
+            await until(
+                "the zombie's revocation", lambda: any("revoked" in x for x in child.lines[mark:])
+            )
+            final = next(x for x in child.lines[mark:] if "revoked" in x)
+            assert set(final["revoked"]) == theirs
+            assert final["verdict"] == Membership.EXPELLED.value
+            # Whatever the zombie committed after rejoining was accepted in a newer generation.
+            committed = await a.member.consumer.committed(a.member.tp(topics[0], index))
+            later = {
+                x["commit"]
+                for x in child.lines[mark:]
+                if "commit" in x
+                and x["verdict"] == "current"
+                and x["generation"] > frozen_generation
+            }
+            assert committed == 7 or committed in later
+        finally:
+            await a.stop()
+
+    asyncio.run(run())
+
+
+def test_a_member_stopping_in_generation_zero_leaves_at_once(broker: EmbeddedBroker) -> None:
+    """Tansu's first generation is 0, where aiokafka's close sends no LeaveGroup
+    (tests/integration/test_tansu_quirks.py); ``StageMember.stop`` sends it."""
+
+    async def members(group: str) -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+        (entry,) = described.groups
+        return len(entry[-1])
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        group = fresh("grp.gen0-")
+        log: list[Any] = []
+        a, b = (Member(n, broker.bootstrap, group, topics, log) for n in "ab")
+        await asyncio.gather(a.start(), b.start())
+        try:
+            await until("a 2+2 split", lambda: len(a.member.owned) == len(b.member.owned) == 2)
+            assert a.member.generation == b.member.generation == 0
+            assert await members(group) == 2
+            await b.stop()
+            assert await members(group) == 1  # well within b's 6 s session
+            await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
+        finally:
+            await a.stop()
+
+    asyncio.run(run())
+
+
+def test_start_refuses_topics_with_different_partition_counts(broker: EmbeddedBroker) -> None:
+    async def run() -> None:
+        four = await make_topics(broker.bootstrap, n=2)
+        (three,) = await make_topics(broker.bootstrap, n=1, partitions=3)
+        member = StageMember(as_settings(broker.bootstrap), fresh("grp.bad-"), [*four, three])
+        with pytest.raises(GroupError, match=rf"same number of partitions.*{three}: 3"):
+            await member.start()
+        missing = StageMember(as_settings(broker.bootstrap), fresh("grp.bad-"), ["grp.nothing"])
+        with pytest.raises(GroupError, match=r"topics not found: grp\.nothing"):
+            await missing.start()
+
+    asyncio.run(run())
+
+
+def test_producers_place_keys_by_murmur2_or_crc32(broker: EmbeddedBroker) -> None:
+    """aiokafka (as the Java client) puts a key where ``partition_for`` says; confluent-kafka's
+    default (librdkafka's consistent_random: CRC32 for a key) mostly does not."""
+    keys = [f"req-{i:04d}".encode() for i in range(50)]
+
+    async def aiokafka_produce(topic: str) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for key in keys:
+                await producer.send_and_wait(topic, b"v", key=key)
+        finally:
+            await producer.stop()
+
+    def confluent_produce(topic: str) -> None:
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+        for key in keys:
+            producer.produce(topic, b"v", key)
+        assert producer.flush(30) == 0
+
+    def placement(topic: str) -> dict[bytes, int]:
+        read = asyncio.run(read_partitions(as_settings(broker.bootstrap), topic))
+        found = {r.key: tp.partition for tp, recs in read.records.items() for r in recs}
+        assert sorted(found) == keys
+        return found
+
+    java, librd = fresh("grp.murmur-"), fresh("grp.crc-")
+    asyncio.run(
+        ensure_topics(broker.bootstrap, [TopicSpec(name=t, partitions=4) for t in (java, librd)])
+    )
+    asyncio.run(aiokafka_produce(java))
+    confluent_produce(librd)
+    by_aiokafka, by_confluent = placement(java), placement(librd)
+    assert by_aiokafka == {k: partition_for(k, 4) for k in keys}
+    same = sum(by_aiokafka[k] == by_confluent[k] for k in keys)
+    print(f"request ids co-located by a confluent-kafka and an aiokafka producer: {same} of 50")
+    assert same < len(keys)
+    # librdkafka's consistent_random hashes a key with CRC32.
+    assert by_confluent == {k: zlib.crc32(k) % 4 for k in keys}
