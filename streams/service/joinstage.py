@@ -1,0 +1,515 @@
+"""The join stage: predictions and outcomes in, observations out, in a Kafka consumer group.
+
+Shape (docs/architecture.md "Scaling out"):
+
+- **Partitions are the unit of work.** Every join-stage process is a member of the consumer
+  group ``<group>.join`` on the predictions, outcomes and repartition topics (equal partition
+  counts). The group hands out *partition indexes* (:mod:`driftswitch.streams.kafka.groups`):
+  whoever owns index ``p`` reads partition ``p`` of all three topics and keeps join partition
+  ``p``'s state. Add a process and the group rebalances; a process that stops or dies loses its
+  indexes to the others (after the session timeout).
+- **Exact joins whatever the producers' partitioner.** A record belongs to join partition
+  :func:`~driftswitch.streams.contract.placement.join_partition` of its ``request_id``. One read
+  anywhere else is decoded (bad records are dead-lettered here, with their reason) and its bytes
+  are re-routed, unchanged, to that partition of the repartition topic with an origin header
+  (``topic index/partition/offset``); the owner there joins it. Re-routed records are counted
+  (``rerouted``). A re-routed record sent twice (the sender restarted from a checkpoint) is
+  dropped by its origin offset.
+- **Observations.** Each input batch of a join partition goes through
+  :class:`~driftswitch.streams.pipeline.observations.Joiner` and leaves as one
+  :class:`~driftswitch.streams.pipeline.merge.Batch` per partition of the observations topic
+  (those of the flags placed there; an empty one carries the watermark), for the decide stage.
+- **Watermarks.** A join partition's watermark is the smallest of its busy sources' event
+  times (:class:`~driftswitch.streams.pipeline.merge.Clock`): its own two topics, and, for the
+  repartition topic, the *horizon* each other join partition announces in marker records on it
+  (the event time below which it will re-route nothing more; a marker follows the re-routed
+  records it covers in the same partition, so it is read after them).
+- **Checkpoints.** Every ``snapshot_interval`` seconds, after every record sent so far is
+  acknowledged and the group coordinator has confirmed this member still belongs to the current
+  generation, each join partition's state (join buffer, read positions, clock, re-route
+  offsets) goes to the state topic under the key ``<group>.join/<p>``. A new owner resumes from
+  it and reads again from its positions, under a new *run* id; the decide stage drops what it
+  sends a second time (:class:`~driftswitch.streams.pipeline.merge.Merge`). A member expelled
+  while paused (a zombie) may still send observations for a moment: they are duplicates of what
+  the new owner sends, dropped the same way, so no fencing token is needed here.
+- The join's pending entries are kept in memory and in each checkpoint; with the disk store the
+  single-process worker offers (``--state-dir``), this stage does not yet work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from driftswitch.streams.config.model import Config
+from driftswitch.streams.contract.events import InputEvent
+from driftswitch.streams.contract.placement import join_partition, observations_partition
+from driftswitch.streams.kafka import connect as kafka
+from driftswitch.streams.kafka.connect import Membership
+from driftswitch.streams.kafka.groups import StageMember
+from driftswitch.streams.pipeline.eventtime import reject_future
+from driftswitch.streams.pipeline.ingest import Decoded, Ingest, InputRecord, Rejected, Source
+from driftswitch.streams.pipeline.merge import Batch, Clock, encode_batch
+from driftswitch.streams.pipeline.observations import Joiner, Observation
+from driftswitch.streams.service.deadletter import deadletter_record
+from driftswitch.streams.service.snapshot import Snapshot, encode_chunks, latest_snapshot
+
+if TYPE_CHECKING:
+    from driftswitch.streams.service.metrics import Metrics
+    from driftswitch.streams.service.worker import WorkerSettings
+
+__all__ = ["HEADER_MARKER", "HEADER_ORIGIN", "JoinStage"]
+
+log = logging.getLogger(__name__)
+
+#: On a re-routed record: ``topic index/partition/offset`` where it was first read.
+HEADER_ORIGIN = "driftswitch.origin"
+#: On a marker record of the repartition topic (its value: ``{"source", "horizon", "idle"}``).
+HEADER_MARKER = "driftswitch.marker"
+#: Topic indexes in observation positions and batches.
+PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
+
+
+@dataclass
+class _Partition:
+    """One owned join partition's state."""
+
+    index: int
+    joiner: Joiner
+    run: str
+    #: Next offset to read per topic index.
+    read: dict[int, int] = field(default_factory=dict)
+    clock: Clock = field(default_factory=Clock)
+    #: ``"topic index/partition"`` of a re-routed record's origin → next origin offset.
+    origins: dict[str, int] = field(default_factory=dict)
+    #: Other join partitions' re-route horizons, from their markers: ``(event time, idle)``.
+    horizons: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    #: The horizon this partition last announced, and the watermark it last sent.
+    announced: tuple[float, bool] | None = None
+    sent: tuple[float, bool] | None = None
+    seq: int = 0
+    dirty: bool = False
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "joiner": self.joiner.to_state(),
+            "read": {str(t): o for t, o in self.read.items()},
+            "seen": {str(t): ts for t, ts in self.clock.seen.items() if math.isfinite(ts)},
+            "origins": self.origins,
+            "horizons": {
+                str(p): [h if math.isfinite(h) else None, idle]
+                for p, (h, idle) in self.horizons.items()
+            },
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.joiner.restore(state["joiner"])
+        self.read = {int(t): int(o) for t, o in state["read"].items()}
+        self.clock.seen = {int(t): float(ts) for t, ts in state["seen"].items()}
+        self.origins = {str(k): int(v) for k, v in state["origins"].items()}
+        self.horizons = {
+            int(p): (-math.inf if h is None else float(h), bool(idle))
+            for p, (h, idle) in state["horizons"].items()
+        }
+
+
+class JoinStage:
+    """One join-stage process (see the module doc). ``await stage.run()``; set :attr:`stop`."""
+
+    def __init__(
+        self, config: Config, settings: WorkerSettings, metrics: Metrics | None = None
+    ) -> None:
+        from driftswitch.streams.service.worker import state_topic
+
+        self.config = config
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = settings.topics
+        self.group = f"{settings.group}.join"
+        self.state_topic = state_topic(settings.topics)
+        self.ingest = Ingest(self.topics.predictions.name, self.topics.outcomes.name)
+        self.stop = asyncio.Event()
+        self.parts: dict[int, _Partition] = {}
+        self.counters: Counter[str] = Counter()
+        #: Seconds the last assignment took to restore its partitions.
+        self.recovery_seconds: float | None = None
+        self._names = {
+            PREDICTIONS: self.topics.predictions.name,
+            OUTCOMES: self.topics.outcomes.name,
+            REROUTED: self.topics.repartition.name,
+        }
+        self._index = {name: t for t, name in self._names.items()}
+        self._partitions = self.topics.predictions.partitions
+        self._outputs = self.topics.observations.partitions
+        self._member: StageMember | None = None
+        self._producer: Any = None
+        self._deliveries: list[asyncio.Future[Any]] = []
+        #: Stopped partitions kept in memory: reused if the next assignment gives them back.
+        self._parked: dict[int, _Partition] = {}
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Plain data for ``/healthz``: owned partitions, progress, re-routing, recovery."""
+        return {
+            "stage": "join",
+            "group": self.group,
+            "partitions": sorted(self.parts),
+            "records": self.counters["records"],
+            "events": self.ingest.accepted,
+            "rejected": dict(self.ingest.rejected),
+            "rerouted": self.counters["rerouted"],
+            "observations": self.counters["observations"],
+            "checkpoints": self.counters["checkpoints"],
+            "read": {str(p): dict(part.read) for p, part in self.parts.items()},
+            "pending": {
+                str(p): part.joiner.join.pending_predictions + part.joiner.join.pending_outcomes
+                for p, part in self.parts.items()
+            },
+            "recovery_seconds": (
+                round(self.recovery_seconds, 3) if self.recovery_seconds is not None else None
+            ),
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Join the group and process batches until :attr:`stop` is set."""
+        s = self.settings
+        self._producer = await kafka.open_producer(s.kafka, linger_ms=5, acks="all")
+        member = self._member = StageMember(
+            s.kafka,
+            self.group,
+            [self._names[PREDICTIONS], self._names[OUTCOMES], self._names[REROUTED]],
+            on_assigned=self._assigned,
+            on_revoked=self._revoked,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        try:
+            await member.start()
+            await self._loop()
+        finally:
+            with contextlib.suppress(Exception):
+                await member.stop()  # revokes: final checkpoints
+            await kafka.stop_quietly(self._producer)
+
+    async def _loop(self) -> None:
+        s = self.settings
+        assert self._member is not None
+        last = time.monotonic()
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        try:
+            while not self.stop.is_set():
+                fetch = asyncio.ensure_future(
+                    self._member.getmany(timeout_ms=s.poll_ms, max_records=s.max_records)
+                )
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await fetch
+                    break
+                await self._process(fetch.result())
+                if time.monotonic() - last >= s.snapshot_interval:
+                    await self._checkpoint(list(self.parts.values()))
+                    last = time.monotonic()
+        finally:
+            stop_wait.cancel()
+
+    # -- partitions coming and going ---------------------------------------------------------
+
+    async def _assigned(self, indexes: set[int]) -> None:
+        assert self._member is not None
+        t0 = time.monotonic()
+        # aiokafka may fetch for the new partitions while this runs: hold them until each one
+        # has its state and position.
+        consumer = self._member.consumer
+        held = [self._member.tp(name, i) for i in indexes for name in self._names.values()]
+        consumer.pause(*held)
+        kept = self._member.kept
+        load = [i for i in sorted(indexes) if not (i in kept and i in self._parked)]
+        saved = await self._load(load) if load else {}
+        for i in sorted(indexes):
+            part = self._parked.pop(i, None) if i in kept else None
+            if part is None:
+                part = _Partition(i, Joiner(self.config, track=True), run=uuid.uuid4().hex)
+                snap = saved.get(i)
+                if snap is not None:
+                    part.restore(snap.engine)
+                    part.seq = snap.seq
+            self.parts[i] = part
+            for t, name in self._names.items():
+                offset = part.read.get(t)
+                if offset is None:
+                    await self._member.consumer.seek_to_beginning(self._member.tp(name, i))
+                    part.read[t] = 0
+                else:
+                    self._member.seek(name, i, offset)
+        self._parked.clear()
+        consumer.resume(*held)
+        self.recovery_seconds = time.monotonic() - t0
+        log.info(
+            "join stage: partitions %s (restored %s from checkpoints) in %.2f s",
+            sorted(indexes),
+            sorted(saved),
+            self.recovery_seconds,
+        )
+
+    async def _revoked(self, indexes: set[int]) -> None:
+        parts = [self.parts[i] for i in sorted(indexes) if i in self.parts]
+        await self._checkpoint(parts)
+        for part in parts:
+            del self.parts[part.index]
+            self._parked[part.index] = part
+
+    async def _load(self, indexes: list[int]) -> dict[int, Snapshot]:
+        read = await kafka.read_partitions(
+            self.settings.kafka, self.state_topic.name, [0], max_partition_fetch_bytes=4 << 20
+        )
+        records = next(iter(read.records.values()), [])
+        found: dict[int, Snapshot] = {}
+        for i in indexes:
+            snap = latest_snapshot(records, self._key(i))
+            if snap is not None:
+                found[i] = snap
+        return found
+
+    def _key(self, index: int) -> bytes:
+        return f"{self.group}/{index}".encode()
+
+    async def _checkpoint(self, parts: list[_Partition]) -> None:
+        """Write the state of every changed partition of ``parts`` once everything sent so far
+        is acknowledged and the coordinator confirms this member is current."""
+        dirty = [p for p in parts if p.dirty]
+        if not dirty:
+            return
+        await self._flush()
+        assert self._member is not None
+        membership = await self._member.check()
+        if membership is not Membership.CURRENT:
+            log.warning(
+                "join stage: not checkpointing partitions %s: %s",
+                [p.index for p in dirty],
+                membership.value,
+            )
+            return
+        sends = []
+        for part in dirty:
+            part.seq += 1
+            snap = Snapshot(
+                part.seq,
+                part.to_state(),
+                {self._names[t]: {part.index: o} for t, o in part.read.items()},
+            )
+            for value, headers in encode_chunks(snap):
+                sends.append(
+                    await self._producer.send(
+                        self.state_topic.name, value, key=self._key(part.index), headers=headers
+                    )
+                )
+            part.dirty = False
+        await asyncio.gather(*sends)
+        self.counters["checkpoints"] += len(dirty)
+
+    async def _flush(self) -> None:
+        deliveries, self._deliveries = self._deliveries, []
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    async def _process(self, batch: dict[Any, list[Any]]) -> None:
+        by_index: dict[int, dict[int, list[Any]]] = {}
+        for tp, records in batch.items():
+            if tp.partition not in self.parts:
+                # Fetched before the partition was set up (or after it was revoked): read again.
+                if (
+                    records
+                    and self._member is not None
+                    and tp in self._member.consumer.assignment()
+                ):
+                    self._member.consumer.seek(tp, records[0].offset)
+                continue
+            by_index.setdefault(tp.partition, {})[self._index[tp.topic]] = records
+        # Also the owned partitions with nothing new: their watermark may have moved (caught up).
+        for i in self.parts:
+            by_index.setdefault(i, {})
+        for i, topics in sorted(by_index.items()):
+            part = self.parts.get(i)
+            if part is not None:
+                await self._process_partition(part, topics)
+
+    async def _process_partition(self, part: _Partition, topics: dict[int, list[Any]]) -> None:
+        n = self._partitions
+        i = part.index
+        own = topics.get(PREDICTIONS, []) + topics.get(OUTCOMES, [])
+        events: list[InputEvent] = []
+        positions: list[tuple[int, int]] = []
+        records: list[Any] = []  # parallel to events: the record to dead-letter if rejected
+        decoded: Decoded | None = None
+        if own:
+            decoded = self.ingest.decode(own)
+            reject_future(decoded, self.ingest, self.config.join.max_clock_skew, time.time())
+            for k, ev in enumerate(decoded.events):
+                rec = decoded.records[decoded.index[k]]
+                t = self._index[rec.topic]
+                part.clock.observe(t, ev.ts)
+                target = join_partition(ev.request_id, n)
+                if target != i:
+                    await self._reroute(rec, t, target)
+                    continue
+                events.append(ev)
+                positions.append((t, rec.offset))
+                records.append(rec)
+            await self._deadletter(decoded)
+        for rec in topics.get(REROUTED, []):
+            got = self._rerouted(part, rec)
+            if got is not None:
+                events.append(got[0])
+                positions.append((REROUTED, rec.offset))
+                records.append(got[1])
+        observations: list[Observation] = []
+        if events:
+            observations, rejections = part.joiner.process(events, positions)
+            for r in rejections:
+                rec = records[r.index]
+                self.ingest.accepted -= 1
+                rejected = self.ingest.reject(_source(rec), rec.key, rec.value, r.reason, r.detail)
+                await self._send_deadletter(rejected)
+        for t, recs in topics.items():
+            if recs:
+                part.read[t] = recs[-1].offset + 1
+        if any(topics.values()):
+            part.dirty = True
+            self.counters["records"] += sum(len(r) for r in topics.values())
+        await self._emit(part, observations, changed=any(topics.values()))
+
+    def _rerouted(self, part: _Partition, rec: Any) -> tuple[InputEvent, Any] | None:
+        """A record of the repartition topic: a marker (None), a duplicate (None), or the event
+        and a record standing for its origin (what a rejection dead-letters)."""
+        headers = dict(rec.headers or ())
+        if HEADER_MARKER in headers:
+            try:
+                doc = orjson.loads(rec.value)
+                horizon = doc["horizon"]
+                part.horizons[int(doc["source"])] = (
+                    -math.inf if horizon is None else float(horizon),
+                    bool(doc["idle"]),
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                log.warning("repartition marker at offset %d undecodable: %s", rec.offset, err)
+            return None
+        origin = headers.get(HEADER_ORIGIN)
+        try:
+            t, p, offset = (int(x) for x in (origin or b"").decode().split("/"))
+            name = self._names[t]
+        except (ValueError, KeyError):
+            log.warning("repartition record at offset %d has no valid origin: skipped", rec.offset)
+            return None
+        key = f"{t}/{p}"
+        if offset < part.origins.get(key, 0):
+            self.counters["rerouted_duplicates"] += 1
+            return None
+        part.origins[key] = offset + 1
+        standin = InputRecord(name, p, offset, rec.key, rec.value)
+        decoded = self.ingest.decode([standin])
+        if not decoded.events:  # checked where it was first read; only a changed decoder gets here
+            for rejected in decoded.rejected:
+                log.warning("re-routed record %s refused: %s", origin, rejected.reason)
+            return None
+        return decoded.events[0], standin
+
+    async def _reroute(self, rec: Any, t: int, target: int) -> None:
+        headers = [(HEADER_ORIGIN, f"{t}/{rec.partition}/{rec.offset}".encode())]
+        self._deliveries.append(
+            await self._producer.send(
+                self._names[REROUTED], rec.value, key=rec.key, partition=target, headers=headers
+            )
+        )
+        self.counters["rerouted"] += 1
+
+    async def _emit(self, part: _Partition, observations: list[Observation], changed: bool) -> None:
+        """Send the batch's observations to the observations topic (one batch per partition,
+        even empty: the watermark), and this partition's re-route horizon to the others."""
+        assert self._member is not None
+        member = self._member
+        busy = []
+        for t in (PREDICTIONS, OUTCOMES):
+            tp = member.tp(self._names[t], part.index)
+            hw = member.consumer.highwater(tp)
+            if hw is None or part.read.get(t, 0) < hw:
+                busy.append(t)
+        horizon = part.clock.watermark(busy)
+        times = [part.clock.seen.get(t, -math.inf) for t in busy]
+        for p in range(self._partitions):
+            if p == part.index:
+                continue
+            h, idle = part.horizons.get(p, (-math.inf, False))
+            if not idle:
+                times.append(h)
+        tp = member.tp(self._names[REROUTED], part.index)
+        hw = member.consumer.highwater(tp)
+        rerouted_busy = hw is None or part.read.get(REROUTED, 0) < hw
+        idle = not times and not rerouted_busy
+        watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
+        if not changed and not observations and (watermark, idle) == part.sent:
+            return
+        groups: dict[int, list[Observation]] = {q: [] for q in range(self._outputs)}
+        for obs in observations:
+            groups[observations_partition(obs[2], self._outputs)].append(obs)
+        for q, obs in groups.items():
+            value = encode_batch(Batch(part.index, dict(part.read), watermark, idle, obs, part.run))
+            self._deliveries.append(
+                await self._producer.send(
+                    self.topics.observations.name, value, key=str(part.index).encode(), partition=q
+                )
+            )
+        part.sent = (watermark, idle)
+        self.counters["observations"] += len(observations)
+        if horizon != part.announced:
+            part.announced = horizon
+            h, h_idle = horizon
+            value = orjson.dumps(
+                {"source": part.index, "horizon": h if math.isfinite(h) else None, "idle": h_idle}
+            )
+            for p in range(self._partitions):
+                if p != part.index:
+                    self._deliveries.append(
+                        await self._producer.send(
+                            self._names[REROUTED],
+                            value,
+                            partition=p,
+                            headers=[(HEADER_MARKER, b"1")],
+                        )
+                    )
+        if len(self._deliveries) > 10_000:
+            await self._flush()
+
+    async def _deadletter(self, decoded: Decoded) -> None:
+        for rejected in decoded.rejected:
+            await self._send_deadletter(rejected)
+
+    async def _send_deadletter(self, rejected: Rejected) -> None:
+        value, key, headers = deadletter_record(rejected)
+        self._deliveries.append(
+            await self._producer.send(self.topics.deadletter.name, value, key=key, headers=headers)
+        )
+        if self.metrics is not None:
+            self.metrics.record_deadletter(rejected.reason)
+
+
+def _source(rec: Any) -> Source:
+    return Source(rec.topic, rec.partition, rec.offset)
