@@ -6,11 +6,12 @@ because driftswitch or Kafka is down, so:
 
 - recording only appends to a bounded in-memory buffer (``O(1)``, never blocks); a background
   thread with its own asyncio loop drains it into the predictions/outcomes topics with aiokafka,
-  in batches keyed by ``request_id`` (aiokafka's murmur2 partitioner, as Java clients use it:
-  this client puts a prediction and its outcome in the same partition. Producers on librdkafka
-  (confluent-kafka, kcat, Go, .NET) default to a CRC32 partitioner and place the same key
-  elsewhere; the worker reads every partition, so its join does not depend on where a record
-  sits). While the broker is unreachable
+  in batches keyed by ``request_id`` and placed in the request's join partition (CRC-32 of the
+  key, as librdkafka's default partitioner places it:
+  :mod:`driftswitch.streams.contract.placement`), so a prediction and its outcome sit in the same
+  partition and the join stage re-routes nothing of this client's. Records placed otherwise (a
+  Java producer's murmur2) are still joined exactly, at the cost of a re-route). While the broker
+  is unreachable
   the buffer holds up to ``buffer_size`` events; beyond that new events are dropped and counted
   (:meth:`DriftswitchClient.stats`);
 - flag state is read from the compacted flags topic from its beginning up to the high
@@ -50,6 +51,7 @@ from pydantic import JsonValue, ValidationError
 from driftswitch.streams.contract.assign import Fractional
 from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.interleave import team_draft
+from driftswitch.streams.contract.placement import key_partitioner
 from driftswitch.streams.contract.targeting import evaluate, served_targeting, variant_name
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka.settings import (
@@ -975,7 +977,7 @@ class DriftswitchClient:
     async def _send_events(self) -> None:
         from driftswitch.streams.kafka import connect as kafka
 
-        partitioner = kafka.partitioner()
+        partitioner = key_partitioner
         backoff = 0.2
         while True:
             producer = kafka.producer(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 
-__all__ = ["join_partition", "observations_partition"]
+__all__ = ["join_partition", "key_partitioner", "observations_partition"]
 
 
 def join_partition(request_id: str, partitions: int) -> int:
@@ -36,3 +36,10 @@ def join_partition(request_id: str, partitions: int) -> int:
 def observations_partition(flag: str, partitions: int) -> int:
     """The observations-topic partition of ``flag``'s observations."""
     return zlib.crc32(flag.encode(errors="surrogatepass")) % partitions
+
+
+def key_partitioner(key: bytes, all_partitions: list[int], available: list[int]) -> int:
+    """An aiokafka ``partitioner`` placing a record keyed by its request id in its join
+    partition (what driftswitch's own producers use; ``available`` is ignored so that a
+    partition without a leader for a moment does not move a key)."""
+    return all_partitions[zlib.crc32(key) % len(all_partitions)]

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from driftswitch.streams.contract.errors import DriftswitchError
+from driftswitch.streams.contract.placement import key_partitioner
 
 __all__ = ["DEMO_GUARDRAILS", "DemoError", "demo_command", "demo_scenario"]
 
@@ -94,7 +95,7 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
         )
         local = KafkaSettings(bootstrap=broker.bootstrap)
         consumer = kafka.consumer(local, topics.flags.name, auto_offset_reset="earliest")
-        producer = kafka.producer(local, linger_ms=5)
+        producer = kafka.producer(local, linger_ms=5, partitioner=key_partitioner)
         started = time.monotonic()
 
         first_state = asyncio.Event()
