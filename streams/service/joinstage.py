@@ -32,8 +32,16 @@ Shape (docs/architecture.md "Scaling out"):
   sends a second time (:class:`~driftswitch.streams.pipeline.merge.Merge`). A member expelled
   while paused (a zombie) may still send observations for a moment: they are duplicates of what
   the new owner sends, dropped the same way, so no fencing token is needed here.
-- The join's pending entries are kept in memory and in each checkpoint; with the disk store the
-  single-process worker offers (``--state-dir``), this stage does not yet work.
+- **State on disk** (``state_dir``): each owned partition's pending entries live in its own
+  RocksDB store, ``<state_dir>/<group>.join/<p>``
+  (:class:`~driftswitch.streams.service.joinstore.RocksJoinStore`). A checkpoint commits the
+  changes since the last one to the store, atomically with the checkpoint's document, then sends
+  the document (without the entries) to the state topic: its cost is the input since the last
+  checkpoint, not the state's size. A new owner on the same disk opens the store and continues
+  when it holds the topic's latest checkpoint for the partition (or its successor: killed
+  between the two writes); otherwise it starts that partition's join empty and counts the
+  entries it could not recover (``join_entries_lost``). Without ``state_dir`` the entries are in
+  memory and in every checkpoint.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import logging
 import math
 import time
 import uuid
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -61,7 +70,13 @@ from driftswitch.streams.pipeline.ingest import Decoded, Ingest, InputRecord, Re
 from driftswitch.streams.pipeline.merge import Batch, Clock, encode_batch
 from driftswitch.streams.pipeline.observations import Joiner, Observation
 from driftswitch.streams.service.deadletter import deadletter_record
-from driftswitch.streams.service.snapshot import Snapshot, encode_chunks, latest_snapshot
+from driftswitch.streams.service.joinstore import RocksJoinStore
+from driftswitch.streams.service.snapshot import (
+    Snapshot,
+    decode_chunks,
+    encode_chunks,
+    latest_snapshot,
+)
 
 if TYPE_CHECKING:
     from driftswitch.streams.service.metrics import Metrics
@@ -98,6 +113,11 @@ class _Partition:
     sent: tuple[float, bool] | None = None
     seq: int = 0
     dirty: bool = False
+    #: This partition's disk store (``state_dir``), and the ids of its last checkpoint and the
+    #: one before.
+    store: RocksJoinStore | None = None
+    checkpoint: str = ""
+    parent: str = ""
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -112,7 +132,7 @@ class _Partition:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.joiner.restore(state["joiner"])
+        self.joiner.restore(state["joiner"], self.store)
         self.read = {int(t): int(o) for t, o in state["read"].items()}
         self.clock.seen = {int(t): float(ts) for t, ts in state["seen"].items()}
         self.origins = {str(k): int(v) for k, v in state["origins"].items()}
@@ -153,7 +173,8 @@ class JoinStage:
         self._member: StageMember | None = None
         self._producer: Any = None
         self._deliveries: list[asyncio.Future[Any]] = []
-        #: Stopped partitions kept in memory: reused if the next assignment gives them back.
+        #: Revoked partitions kept in memory (without a disk store): reused if the next assignment
+        #: gives them back with no other owner in between.
         self._parked: dict[int, _Partition] = {}
 
     # -- status ------------------------------------------------------------------------------
@@ -245,11 +266,7 @@ class JoinStage:
         for i in sorted(indexes):
             part = self._parked.pop(i, None) if i in kept else None
             if part is None:
-                part = _Partition(i, Joiner(self.config, track=True), run=uuid.uuid4().hex)
-                snap = saved.get(i)
-                if snap is not None:
-                    part.restore(snap.engine)
-                    part.seq = snap.seq
+                part = self._open(i, saved.get(i))
             self.parts[i] = part
             for t, name in self._names.items():
                 offset = part.read.get(t)
@@ -268,12 +285,67 @@ class JoinStage:
             self.recovery_seconds,
         )
 
+    def _open(self, index: int, snap: Snapshot | None) -> _Partition:
+        """A join partition continuing from ``snap`` (the state topic's latest for it), on its
+        disk store when there is one (module doc: State on disk)."""
+        store: RocksJoinStore | None = None
+        if self.settings.state_dir is not None:
+            store = RocksJoinStore(self.settings.state_dir / self.group / str(index))
+            snap = self._local(index, snap, store)
+        part = _Partition(
+            index, Joiner(self.config, track=True, join_store=store), run=uuid.uuid4().hex
+        )
+        part.store = store
+        if snap is not None:
+            part.restore(snap.engine)
+            part.seq = snap.seq
+            part.checkpoint, part.parent = snap.checkpoint, snap.parent
+        return part
+
+    def _local(self, index: int, snap: Snapshot | None, store: RocksJoinStore) -> Snapshot | None:
+        """The checkpoint to continue from given the topic's latest and the disk store's."""
+        raw = store.checkpoint()
+        local: Snapshot | None = None
+        if raw is not None:
+            try:
+                local = decode_chunks([raw])
+            except (ValueError, KeyError, zlib.error, orjson.JSONDecodeError) as err:
+                log.warning("join store %s: undecodable checkpoint, not used: %s", store.path, err)
+        if (
+            local is not None
+            and snap is not None
+            and snap.checkpoint
+            and snap.checkpoint in (local.checkpoint, local.parent)
+        ):
+            return local
+        if raw is not None:
+            log.warning("join store %s does not continue partition %d: emptied", store.path, index)
+            store.clear()
+        if snap is not None:
+            join = snap.engine["joiner"]["join"]
+            if join.get("stored"):
+                lost = int(join["pending_predictions"]) + int(join["pending_outcomes"])
+                join["pending_predictions"] = join["pending_outcomes"] = 0
+                self.counters["join_entries_lost"] += lost
+                log.error(
+                    "join partition %d: its %d pending entries are on another disk; its join "
+                    "starts empty here",
+                    index,
+                    lost,
+                )
+        return snap
+
     async def _revoked(self, indexes: set[int]) -> None:
         parts = [self.parts[i] for i in sorted(indexes) if i in self.parts]
         await self._checkpoint(parts)
         for part in parts:
             del self.parts[part.index]
-            self._parked[part.index] = part
+            if part.store is None:
+                self._parked[part.index] = part
+            else:
+                # Another process on this disk may open it next: release it now (a partition
+                # that comes back is reopened from its checkpoint, which is cheap on disk).
+                part.store.close()
 
     async def _load(self, indexes: list[int]) -> dict[int, Snapshot]:
         read = await kafka.read_partitions(
@@ -309,12 +381,20 @@ class JoinStage:
         sends = []
         for part in dirty:
             part.seq += 1
+            checkpoint = uuid.uuid4().hex
             snap = Snapshot(
                 part.seq,
                 part.to_state(),
                 {self._names[t]: {part.index: o} for t, o in part.read.items()},
+                checkpoint=checkpoint,
+                parent=part.checkpoint,
             )
-            for value, headers in encode_chunks(snap):
+            chunks = encode_chunks(snap)
+            if part.store is not None:
+                # Entries first, with the document (see _local).
+                part.store.commit(b"".join(value for value, _ in chunks))
+            part.checkpoint, part.parent = checkpoint, part.checkpoint
+            for value, headers in chunks:
                 sends.append(
                     await self._producer.send(
                         self.state_topic.name, value, key=self._key(part.index), headers=headers

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,9 +120,9 @@ async def _decide(
     return outputs, merge
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize(("processes", "on_disk"), [(1, False), (2, False), (3, False), (2, True)])
 def test_join_stage_processes_decide_like_the_event_ordered_engine(
-    broker: EmbeddedBroker, topics: Topics, processes: int
+    broker: EmbeddedBroker, topics: Topics, processes: int, on_disk: bool, tmp_path: Path
 ) -> None:
     config = parse_config(config_yaml(SCENARIO, GUARDRAILS))
     events = list(simulate(SCENARIO))
@@ -139,6 +140,7 @@ def test_join_stage_processes_decide_like_the_event_ordered_engine(
             group=f"{topics.flags.name}-g",
             snapshot_interval=0.5,
             session_timeout_ms=6000,
+            state_dir=tmp_path if on_disk else None,
         )
         stages = [JoinStage(config, settings) for _ in range(processes)]
         tasks = [asyncio.ensure_future(s.run()) for s in stages]
@@ -161,6 +163,8 @@ def test_join_stage_processes_decide_like_the_event_ordered_engine(
     # confluent-kafka placed every prediction where the join expects it (CRC-32); aiokafka's
     # murmur2 misplaced some outcomes, which were re-routed.
     assert 0 < rerouted <= misplaced
+    if on_disk:
+        assert any((tmp_path / f"{topics.flags.name}-g.join" / "0").iterdir())
     # The partitions were shared: each process owned some, together all, none twice.
     assert all(owned)
     assert sorted(i for o in owned for i in o) == list(range(topics.predictions.partitions))
