@@ -401,8 +401,9 @@ class Worker:
             self.topics.outcomes.name,
             repartition_topic(self.topics).name,
         )
-        #: The decide stage's event-time merge of the join partitions (unused by ``single``).
-        self.merge = self._new_merge()
+        #: The decide stage's event-time merges of the join partitions, one per observations
+        #: partition (unused by ``single``).
+        self.merges = self._new_merges()
         #: The join's store on local disk (``settings.state_dir``), or ``None``.
         self.join_store: RocksJoinStore | None = None
         if settings.state_dir is not None and not self.deciding:
@@ -486,34 +487,66 @@ class Worker:
         return status
 
     def merge_status(self) -> dict[str, Any]:
-        """The decide stage's merge: observations buffered, late and duplicate counts, the
-        release bound (event time; ``None`` before every busy join partition was heard from, or
-        once all are idle: ``all_idle``) and each join partition's watermark and idle flag."""
-        merge = self.merge
-        bound = merge.bound
+        """The decide stage's merges: observations buffered, late and duplicate counts (in all),
+        and per observations partition the same with its release bound (event time; ``None``
+        before every busy join partition was heard from, or once all are idle: ``all_idle``) and
+        each join partition's watermark and idle flag."""
+        partitions: dict[str, Any] = {}
+        for p, merge in sorted(self.merges.items()):
+            bound = merge.bound
+            partitions[str(p)] = {
+                "buffered": len(merge),
+                "late": merge.late,
+                "duplicates": merge.duplicates,
+                "bound": bound if math.isfinite(bound) else None,
+                "all_idle": bound == math.inf,
+                "sources": [
+                    {"source": j, "watermark": w if math.isfinite(w) else None, "idle": idle}
+                    for j, (w, idle) in enumerate(zip(merge.watermarks, merge.idle, strict=True))
+                ],
+            }
+        merges = self.merges.values()
         return {
-            "buffered": len(merge),
-            "late": merge.late,
-            "duplicates": merge.duplicates,
-            "allowed_lateness": merge.allowed_lateness,
-            "bound": bound if math.isfinite(bound) else None,
-            "all_idle": bound == math.inf,
-            "sources": [
-                {
-                    "source": p,
-                    "watermark": w if math.isfinite(w) else None,
-                    "idle": idle,
-                }
-                for p, (w, idle) in enumerate(zip(merge.watermarks, merge.idle, strict=True))
-            ],
+            "buffered": sum(len(m) for m in merges),
+            "late": sum(m.late for m in merges),
+            "duplicates": sum(m.duplicates for m in merges),
+            "allowed_lateness": self.config.join.allowed_lateness,
+            "partitions": partitions,
         }
 
-    def _new_merge(self, state: Any = None) -> Merge:
-        """A merge of the join partitions (one per input partition), or one continuing ``state``."""
+    def _new_merges(self, state: Any = None) -> dict[int, Merge]:
+        """One merge of the join partitions (one per input partition) per observations
+        partition, fresh or continuing ``state`` (:meth:`_merges_state`).
+
+        Per observations partition: a join partition's batches reach every observations
+        partition, each read at its own pace, so one merge over all of them would see a
+        batch's copy on a fast partition advance the watermark past observations still on a
+        slow one. The flags of different partitions are disjoint, so deciding each partition's
+        merge on its own decides every flag in its event-time order.
+        """
         lateness = self.config.join.allowed_lateness
-        if state is not None:
-            return Merge.from_state(state, lateness)
-        return Merge(sources=self.topics.predictions.partitions, allowed_lateness=lateness)
+        sources = self.topics.predictions.partitions
+        merges: dict[int, Merge] = {}
+        for p in range(self.observations.partitions):
+            saved = (state or {}).get(str(p))
+            if saved is not None and int(saved["sources"]) != sources:
+                log.error(
+                    "the snapshot's merge of observations partition %d has %s join partitions, "
+                    "the input topics now %d: that merge starts afresh",
+                    p,
+                    saved["sources"],
+                    sources,
+                )
+                saved = None
+            merges[p] = (
+                Merge.from_state(saved, lateness)
+                if saved is not None
+                else Merge(sources=sources, allowed_lateness=lateness)
+            )
+        return merges
+
+    def _merges_state(self) -> dict[str, Any]:
+        return {str(p): merge.to_state() for p, merge in self.merges.items()}
 
     def _input_specs(self) -> tuple[TopicSpec, ...]:
         """The topics this worker's stage reads (besides the control topic)."""
@@ -651,7 +684,7 @@ class Worker:
                 self.config, snapshot.engine, join_store=self.join_store
             )
             if self.deciding:
-                self.merge = self._new_merge(snapshot.merge)
+                self.merges = self._new_merges(snapshot.merge)
             self.offsets = snapshot.offsets
             self.marks = _marks_from_state(snapshot.marks)
             self._snapshot_seq = snapshot.seq
@@ -885,11 +918,12 @@ class Worker:
     async def _process_observations(self, batch: dict[Any, list[Any]]) -> None:
         """Merge one ``getmany`` batch of observation batches and decide on what it releases.
 
-        Records are taken in offset order per partition; one that is not an observation batch
-        is dead-lettered (``bad_observation_batch``). Late observations (module doc of
-        :mod:`~driftswitch.streams.pipeline.merge`) are decided first, then the ones released,
-        in event-time order; each decision's ``driftswitch.source`` is the last input position
-        of the observation that decided it.
+        Records are taken in offset order per partition, each into its partition's merge; one
+        that is not an observation batch is dead-lettered (``bad_observation_batch``). Late
+        observations (module doc of :mod:`~driftswitch.streams.pipeline.merge`) are decided
+        first, then the ones released, in event-time order per partition (the partitions' flags
+        are disjoint); each decision's ``driftswitch.source`` is the last input position of the
+        observation that decided it.
         """
         records: list[Any] = []
         for tp in sorted(batch, key=lambda t: t.partition):
@@ -902,7 +936,6 @@ class Worker:
             emitted, observations = self._decide_isolating(records, rejected)
             self._suspects.passed(records)
         else:
-            merge = self.merge
             late: list[Observation] = []
             for m in records:
                 try:
@@ -911,12 +944,12 @@ class Worker:
                     rejected.append(self._reject(m, BAD_OBSERVATION_BATCH, str(err)))
                     continue
                 try:
-                    late += merge.add(got)
+                    late += self.merges[m.partition].add(got)
                 except Exception as exc:
                     raise EngineFailedError(
                         f"merging an observation batch failed: {describe(exc)}"
                     ) from exc
-            observations = _numbered(late + merge.release())
+            observations = _numbered(late + self._release())
             try:
                 emitted = self.engine.decide(observations)
             except Exception as exc:
@@ -928,12 +961,16 @@ class Worker:
         self.counters["observations"] += len(observations)
         self._batch_done(len(records))
 
+    def _release(self) -> list[Observation]:
+        """What every partition's merge releases, partition after partition."""
+        return [obs for _, merge in sorted(self.merges.items()) for obs in merge.release()]
+
     def _read_batch(self, record: Any) -> Batch:
         """The observation batch in ``record``, each observation given its join partition
         (inserted before its positions, which stay last); :class:`BatchError` if it is not one
         this worker can merge."""
         batch = decode_batch(record.value or b"")
-        sources = self.merge.sources
+        sources = self.topics.predictions.partitions
         if not 0 <= batch.source < sources:
             raise BatchError(
                 f"join partition {batch.source} outside 0..{sources - 1} (the input topics "
@@ -976,7 +1013,8 @@ class Worker:
             except BatchError as err:
                 rejected.append(self._reject(m, BAD_OBSERVATION_BATCH, str(err)))
                 continue
-            trial = copy.deepcopy(self.merge)
+            merge = self.merges[m.partition]
+            trial = copy.deepcopy(merge)
             try:
                 trial.add(got)
                 trial.release()
@@ -985,8 +1023,8 @@ class Worker:
                 log.error("observation batch at %s left out: it breaks the merge", where)
                 rejected.append(self._reject(m, INTERNAL_ERROR, describe(exc)))
                 continue
-            late += self.merge.add(got)
-        observations = _numbered(late + self.merge.release())
+            late += merge.add(got)
+        observations = _numbered(late + self._release())
         self.engine, emitted, poisoned = _decide_contained(self.engine, observations)
         for index, detail in poisoned:
             obs = observations[index]
@@ -1091,7 +1129,8 @@ class Worker:
             raise
         async with self._engine_lock:
             self.config = config
-            self.merge.allowed_lateness = config.join.allowed_lateness
+            for merge in self.merges.values():
+                merge.allowed_lateness = config.join.allowed_lateness
             if self.role != "active":
                 self.engine = Engine(config, join_store=self.join_store)
                 log.info("config reloaded from %s (standby: applied when active)", path)
@@ -1230,8 +1269,12 @@ class Worker:
         metrics.observe_lifecycle(self.config, self.flags, active, time.time())
         metrics.set_state(self._store_bytes(), self.checkpoint_seconds, self.recovery_seconds)
         if self.deciding:
-            merge = self.merge
-            metrics.observe_merge(len(merge), merge.late, merge.duplicates)
+            merges = self.merges.values()
+            metrics.observe_merge(
+                sum(len(m) for m in merges),
+                sum(m.late for m in merges),
+                sum(m.duplicates for m in merges),
+            )
         if self._consumer is None or not active:
             return
         for tp in self._consumer.assignment():
@@ -1274,7 +1317,7 @@ class Worker:
                     for name in ("records", "batches", "join_entries_lost", "observations")
                 },
                 stage=self.stage,
-                merge=self.merge.to_state() if self.deciding else None,
+                merge=self._merges_state() if self.deciding else None,
             )
             return encode_chunks(snapshot)
         except Exception as exc:
@@ -1446,7 +1489,7 @@ class Worker:
             store.rollback()  # back to the last commit: the base snapshot's entries
         self.engine = Engine.from_state(self.config, base.engine, join_store=store)
         if self.deciding:
-            self.merge = self._new_merge(base.merge)
+            self.merges = self._new_merges(base.merge)
         self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
         self.marks = _marks_from_state(base.marks)
         for name in ("records", "batches", "join_entries_lost", "observations"):
