@@ -99,22 +99,14 @@ async def serve_worker(
     from driftswitch.streams.service.hooks import resolve_hooks
     from driftswitch.streams.service.http import serve
     from driftswitch.streams.service.metrics import Metrics
-    from driftswitch.streams.service.worker import (
-        Worker,
-        WorkerSettings,
-        observations_topic,
-        state_topic,
-    )
+    from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
 
     env = os.environ if environ is None else environ
     check_port(web_host, web_port)
     hooks = resolve_hooks(config, env)
     security = security if security is not None else KafkaSecurity()
     kafka = KafkaSettings(bootstrap=bootstrap, security=security)
-    specs = [*topics.specs(), state_topic(topics)]
-    if stage == "decide":
-        specs.append(observations_topic(topics))
-    await ensure_topics(kafka, specs)
+    await ensure_topics(kafka, [*topics.specs(), state_topic(topics)])
     settings = WorkerSettings(
         bootstrap=bootstrap,
         topics=topics,

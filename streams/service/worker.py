@@ -154,9 +154,7 @@ __all__ = [
     "NotActiveError",
     "Worker",
     "WorkerSettings",
-    "observations_topic",
     "read_flags",
-    "repartition_topic",
     "state_topic",
 ]
 
@@ -183,30 +181,6 @@ def state_topic(topics: Topics) -> TopicSpec:
         else flags + "-state"
     )
     return TopicSpec(name=name, partitions=1, replication_factor=topics.flags.replication_factor)
-
-
-def _beside(topics: Topics, role: str, partitions: int) -> TopicSpec:
-    flags = topics.flags.name
-    name = (
-        flags[: -len(".flags.v1")] + f".{role}.v1"
-        if flags.endswith(".flags.v1")
-        else f"{flags}-{role}"
-    )
-    return TopicSpec(
-        name=name, partitions=partitions, replication_factor=topics.flags.replication_factor
-    )
-
-
-def observations_topic(topics: Topics) -> TopicSpec:
-    """The observations topic beside ``topics``: ``<prefix>.observations.v1``, 4 partitions (the
-    join stage's output, the decide stage's input)."""
-    return _beside(topics, "observations", 4)
-
-
-def repartition_topic(topics: Topics) -> TopicSpec:
-    """The re-route topic beside ``topics``: ``<prefix>.repartition.v1``, co-partitioned with
-    predictions and outcomes (input topic index 2 of an observation's positions)."""
-    return _beside(topics, "repartition", topics.predictions.partitions)
 
 
 class NotActiveError(DriftswitchError):
@@ -395,11 +369,11 @@ class Worker:
         self.deciding = settings.stage == "decide"
         #: The decide stage's input, and the names of the join stage's input topics by the index
         #: an observation's positions give them (for the ``driftswitch.source`` header).
-        self.observations = observations_topic(self.topics)
+        self.observations = self.topics.observations
         self._join_inputs = (
             self.topics.predictions.name,
             self.topics.outcomes.name,
-            repartition_topic(self.topics).name,
+            self.topics.repartition.name,
         )
         #: The decide stage's event-time merges of the join partitions, one per observations
         #: partition (unused by ``single``).

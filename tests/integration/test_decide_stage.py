@@ -32,7 +32,7 @@ from driftswitch.streams.pipeline.engine import Engine, Event
 from driftswitch.streams.pipeline.ingest import HEADER_REASON
 from driftswitch.streams.pipeline.merge import Batch, Clock, Merge, encode_batch
 from driftswitch.streams.pipeline.observations import Decider, Joiner, build_flags
-from driftswitch.streams.service.worker import HEADER_SOURCE, observations_topic, state_topic
+from driftswitch.streams.service.worker import HEADER_SOURCE, state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 from driftswitch.streams.tools.testing import KILL_ON_ACCURACY, WorkerProcess, read_topic
@@ -183,8 +183,8 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
 
     prefix = f"decide-{secrets.token_hex(3)}"
     topics = Topics.with_prefix(prefix, partitions=PARTS)
-    obs_topic = observations_topic(topics)
-    asyncio.run(ensure_topics(broker.bootstrap, [*topics.specs(), state_topic(topics), obs_topic]))
+    obs_topic = topics.observations
+    asyncio.run(ensure_topics(broker.bootstrap, [*topics.specs(), state_topic(topics)]))
     records = [(q, encode_batch(b)) for q, b in routed(batches, obs_topic.partitions)]
 
     # What the decide stage must do: per observations partition, a merge in send order.
