@@ -494,6 +494,15 @@ class JoinConfig(_Model):
         description="An input event stamped further than this after its arrival (its Kafka "
         "record timestamp) is dead-lettered as future_timestamp.",
     )
+    allowed_lateness: Duration = Field(
+        0.5,
+        description="Decide stage (driftswitch run --stage decide): how far, in event time, "
+        "decisions wait behind the slowest busy join partition. Every decision waits until each "
+        "busy join partition has seen events this much later, so a larger value delays "
+        "reactions by that much event time; an observation that arrives after the release "
+        "passed it is applied late (after later ones) and counted as late, so a smaller value "
+        "risks decisions that differ from a backtest in event-time order.",
+    )
 
 
 class Config(_Model):

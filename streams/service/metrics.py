@@ -203,6 +203,26 @@ METRICS: tuple[MetricInfo, ...] = (
         ("topic", "partition"),
         "Input partitions whose data the broker lost (offset beyond the end, topic recreated).",
     ),
+    # The decide stage's event-time merge (driftswitch run --stage decide).
+    MetricInfo(
+        "driftswitch_merge_buffered_observations",
+        "gauge",
+        (),
+        "Decide stage: observations held until every busy join partition has passed them.",
+    ),
+    MetricInfo(
+        "driftswitch_late_observations_total",
+        "counter",
+        (),
+        "Decide stage: observations that arrived after later ones were released (beyond "
+        "join.allowed_lateness), applied late.",
+    ),
+    MetricInfo(
+        "driftswitch_duplicate_observations_total",
+        "counter",
+        (),
+        "Decide stage: observations a restarted join partition sent again, dropped.",
+    ),
 )
 
 #: Dead-letter reasons known in advance: their counters start at 0, so ``increase()`` and
@@ -221,6 +241,7 @@ DEADLETTER_REASONS = (
     "hook_failed",
     "hook_crashed",
     "overflow",
+    "bad_observation_batch",
 )
 #: The ``action`` values a decision can have (flag changes and alerts).
 DECISION_ACTIONS = (
@@ -260,6 +281,8 @@ class _SnapshotCollector(Collector):
 
     def __init__(self) -> None:
         self.snapshot: Mapping[str, Any] = {}
+        #: The decide stage's merge: ``(buffered, late, duplicates)``; None elsewhere.
+        self.merge: tuple[int, int, int] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # the label values are only known at scrape time
@@ -330,6 +353,12 @@ class _SnapshotCollector(Collector):
         join = _map(snap.get("join"))
         for kind in ("predictions", "outcomes"):
             put("driftswitch_join_pending", [kind], join.get(f"pending_{kind}"))
+        if self.merge is not None:
+            # Kept in the merge's state, so they survive restarts: counters from a snapshot.
+            buffered, late, duplicates = self.merge
+            put("driftswitch_merge_buffered_observations", [], buffered)
+            put("driftswitch_late_observations_total", [], late)
+            put("driftswitch_duplicate_observations_total", [], duplicates)
         yield from fams.values()
 
 
@@ -421,6 +450,11 @@ class Metrics:
                 if kind == "no_traffic" and traffic is None:
                     continue
                 self.flag_stale.labels(flag=name, reason=kind).set(int((name, kind) in found))
+
+    def observe_merge(self, buffered: int, late: int, duplicates: int) -> None:
+        """The decide stage's merge: observations buffered, and late and duplicate observations
+        since its state began (exported at scrape time, like the snapshot)."""
+        self._snapshot.merge = (buffered, late, duplicates)
 
     def record_batch(self, now: float | None = None) -> None:
         """Mark an input batch as processed at ``now`` (default: the current time)."""

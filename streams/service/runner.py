@@ -76,6 +76,7 @@ async def serve_worker(
     config_path: str | None = None,
     flagd_file: str | None = None,
     security: KafkaSecurity | None = None,
+    stage: str = "single",
 ) -> None:
     """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
 
@@ -87,6 +88,7 @@ async def serve_worker(
     /api/v1/config/reload`` re-read that file. With ``flagd_file``, a flagd flag-definition
     document is kept current there (atomically replaced on every published change). With
     ``state_dir``, the join's pending entries live in RocksDB there (see the worker module).
+    ``stage`` is the worker's (``single`` or ``decide``: the worker module's "Stages").
     """
     from prometheus_client import CollectorRegistry
 
@@ -112,6 +114,7 @@ async def serve_worker(
         snapshot_interval=snapshot_interval,
         security=security,
         state_dir=Path(state_dir) if state_dir is not None else None,
+        stage=stage,
     )
     metrics = Metrics(CollectorRegistry())
     metrics.init_labels(config.flags, {hook.format.value for hook in hooks})
@@ -133,7 +136,8 @@ async def serve_worker(
     except OSError as exc:  # taken between check_port and now
         raise StartupError(f"cannot listen on http://{web_host}:{web_port}: {exc}") from None
     log.info(
-        "driftswitch worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
+        "driftswitch %s worker: broker %s, HTTP http://%s:%d/healthz, flags on %s",
+        stage,
         kafka.describe(),
         web_host,
         web_port,

@@ -16,6 +16,10 @@ zlib-compressed JSON split into chunks of at most :data:`CHUNK_BYTES`. Chunk hea
 ``driftswitch.snapshot.chunk`` ``i/n``: this chunk's index (0-based) and the count
 =============================  ==================================================
 
+A decide-stage worker (:mod:`driftswitch.streams.service.worker`) also stores its event-time
+merge (buffered observations, consumed prefixes, watermarks); every snapshot says which stage
+wrote it.
+
 A snapshot counts only when all its chunks are read in order, so a worker killed while writing
 one resumes from the previous complete snapshot.
 
@@ -79,6 +83,12 @@ class Snapshot:
     #: a join store on local disk continues this snapshot only if it holds either id.
     checkpoint: str = ""
     parent: str = ""
+    #: Which kind of worker wrote it (``single`` in older snapshots): a worker resumes only from
+    #: its own stage's snapshots.
+    stage: str = "single"
+    #: The decide stage's event-time merge (:meth:`driftswitch.streams.pipeline.merge.Merge.
+    #: to_state`); ``None`` for a single worker.
+    merge: Any = None
 
 
 def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
@@ -92,6 +102,8 @@ def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes
         "marks": {t: {str(p): m for p, m in ps.items()} for t, ps in snapshot.marks.items()},
         "checkpoint": snapshot.checkpoint,
         "parent": snapshot.parent,
+        "stage": snapshot.stage,
+        "merge": snapshot.merge,
     }
     blob = zlib.compress(orjson.dumps(doc), 1)
     pieces = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
@@ -122,6 +134,8 @@ def decode_chunks(chunks: Sequence[bytes]) -> Snapshot:
         marks,
         str(doc.get("checkpoint", "")),
         str(doc.get("parent", "")),
+        str(doc.get("stage", "single")),
+        doc.get("merge"),
     )
 
 

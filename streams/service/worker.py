@@ -30,11 +30,28 @@ commit on the lease partition, which the coordinator refuses from a member it ex
 nothing more and stops; during a rebalance it waits until the lease is settled. What is left is
 the time between the coordinator's answer and the broker receiving the send: a freeze of more
 than a session timeout inside that window (milliseconds) is not fenced, since Kafka without
-transactions has no fencing token a consumer of the flags topic could check. Scaling the join
-out (a join stage and a decide stage, repartitioning per-flag aggregates) is future work.
+transactions has no fencing token a consumer of the flags topic could check.
+
+Stages. A worker runs one of two stages (``WorkerSettings.stage``). ``single`` (the default)
+reads the predictions and outcomes topics and does everything above in one process. ``decide``
+is the second half of a scaled-out deployment (docs/architecture.md "Scaling out"): join stage
+processes read predictions and outcomes in a consumer group and send, for each input batch of
+each join partition, an observation batch (:mod:`driftswitch.streams.pipeline.merge`) to every
+partition of the observations topic; the decide worker reads every partition of that topic,
+merges the batches in event time (:class:`~driftswitch.streams.pipeline.merge.Merge`: watermarks,
+``join.allowed_lateness``, duplicates from restarted join partitions dropped) and runs
+detectors, guardrails, rollouts and commands on what the merge releases
+(:meth:`Engine.decide`). The lease and fencing above are the decide stage's fencing: one decide
+worker is active and the only writer of every flag, standbys take over, and an expelled one
+publishes nothing. A record on the observations topic that is not an observation batch is
+dead-lettered with reason ``bad_observation_batch``. Without a snapshot the decide worker reads
+the observations topic from its beginning (the join stage's output is its input); replaying
+batches a snapshot already covers is impossible (the snapshot holds the offsets), and a join
+partition that sends observations again is caught by the merge.
 
 Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
-snapshot ``{engine.to_state(), next offset per input partition}`` to the state topic
+snapshot ``{engine.to_state(), next offset per input partition}`` (a decide worker: with the
+merge's state) to the state topic
 (:mod:`driftswitch.streams.service.snapshot`) after every flag change and dead-letter record of the
 batches it covers is acknowledged. A restarted worker loads the latest snapshot, seeks to its
 offsets and replays; the input since the snapshot is applied once to the restored state, so no
@@ -71,12 +88,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+import math
 import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,10 +114,22 @@ from driftswitch.streams.contract.events import Action, AlertEvent, FlagChangeEv
 from driftswitch.streams.contract.topics import Topics, TopicSpec
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings, as_settings
-from driftswitch.streams.pipeline.contain import INTERNAL_ERROR, describe, process_isolating
-from driftswitch.streams.pipeline.engine import Engine, Result
+from driftswitch.streams.pipeline.contain import (
+    INTERNAL_ERROR,
+    check_state,
+    describe,
+    process_isolating,
+)
+from driftswitch.streams.pipeline.engine import Emitted, Engine, Result
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
+from driftswitch.streams.pipeline.merge import Batch, BatchError, Merge, decode_batch
+from driftswitch.streams.pipeline.observations import (
+    INTERLEAVED,
+    PREDICTED,
+    SCORED,
+    Observation,
+)
 from driftswitch.streams.service.dataloss import CHECK_INTERVAL, Lost, Mark, find_lost, mark_of
 from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.joinstore import RocksJoinStore
@@ -117,7 +148,15 @@ if TYPE_CHECKING:
     from driftswitch.streams.service.hooks import FailedDelivery, Hook, HookDispatcher
     from driftswitch.streams.service.metrics import Metrics
 
-__all__ = ["NotActiveError", "Worker", "WorkerSettings", "read_flags", "state_topic"]
+__all__ = [
+    "BAD_OBSERVATION_BATCH",
+    "STAGES",
+    "NotActiveError",
+    "Worker",
+    "WorkerSettings",
+    "read_flags",
+    "state_topic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +164,12 @@ log = logging.getLogger(__name__)
 _HOLDER = b"holder"
 #: Header on each published flag change: ``topic/partition/offset`` of the input that caused it.
 HEADER_SOURCE = "driftswitch.source"
+#: What a worker can run: everything in one process, or the decide stage (module doc: Stages).
+STAGES = ("single", "decide")
+#: Dead-letter reason of an observations-topic record that is not an observation batch.
+BAD_OBSERVATION_BATCH = "bad_observation_batch"
+#: Observation kinds a decide worker accepts (the first element of each observation).
+_KINDS = frozenset((PREDICTED, SCORED, INTERLEAVED))
 
 
 def state_topic(topics: Topics) -> TopicSpec:
@@ -166,8 +211,14 @@ class WorkerSettings:
     #: TLS and SASL for every connection the worker makes.
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     #: Directory of the join's RocksDB store (``<state_dir>/<group>/join``); ``None`` keeps the
-    #: pending entries in memory and in every snapshot.
+    #: pending entries in memory and in every snapshot. Unused by the decide stage (no join).
     state_dir: Path | None = None
+    #: ``single`` (join and decide in one process) or ``decide`` (module doc: Stages).
+    stage: str = "single"
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -194,6 +245,81 @@ async def read_flags(bootstrap: str | KafkaSettings, topic: str) -> dict[str, Fl
             if have is None or event.version > have.version:
                 latest[event.flag] = event
     return latest
+
+
+def _numbered(observations: Sequence[Observation]) -> list[Observation]:
+    """The observations with ``index`` 0, 1, ... in this order: what ``Engine.decide`` reports
+    as ``Emitted.index``, so that each decision maps back to its observation (the merge numbers
+    its late and its released observations separately)."""
+    return [(obs[0], i, *obs[2:]) for i, obs in enumerate(observations)]
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _observation_problem(obs: Any, topics: int) -> str | None:
+    """What makes a decoded observation unusable by the merge and the worker, or None.
+
+    Checked: the kind; flag, variant and request id are strings; a finite event time; the side;
+    and the input positions last, ``[topic index, offset]`` pairs (topic index below
+    ``topics``). The remaining fields are the decision half's to read.
+    """
+    if not isinstance(obs, list):
+        return "not an array"
+    if not _is_int(obs[0]) or obs[0] not in _KINDS:
+        return f"unknown kind {obs[0]!r}"
+    if not (isinstance(obs[2], str) and isinstance(obs[3], str) and isinstance(obs[5], str)):
+        return "flag, variant and request id must be strings"
+    ts = obs[4]
+    if not (isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts)):
+        return f"event time {ts!r} is not a finite number"
+    if not _is_int(obs[6]):
+        return f"side {obs[6]!r} is not an integer"
+    positions = obs[-1]
+    if not isinstance(positions, list) or not positions:
+        return "the last element must be the input positions, [[topic, offset], ...]"
+    for pos in positions:
+        if not (
+            isinstance(pos, list)
+            and len(pos) == 2
+            and _is_int(pos[0])
+            and _is_int(pos[1])
+            and 0 <= pos[0] < topics
+            and pos[1] >= 0
+        ):
+            return f"input position {pos!r} is not [topic index 0..{topics - 1}, offset]"
+    return None
+
+
+def _decide_contained(
+    engine: Engine, observations: Sequence[Observation]
+) -> tuple[Engine, list[Emitted], list[tuple[int, str]]]:
+    """``engine.decide`` from checkpoints (deep copies), bisecting a failing run of observations
+    down to the ones that fail on their own; those are left out and returned as ``(index,
+    detail)``. The engine to continue with, the outputs (``index`` into ``observations``) and
+    what was left out (the decide stage's :func:`~driftswitch.streams.pipeline.contain.
+    process_isolating`)."""
+    outputs: list[Emitted] = []
+    poisoned: list[tuple[int, str]] = []
+
+    def run(engine: Engine, lo: int, hi: int) -> Engine:
+        if lo >= hi:
+            return engine
+        checkpoint = copy.deepcopy(engine)
+        try:
+            got = engine.decide(_numbered(observations[lo:hi]))
+            check_state(engine)
+        except Exception as exc:
+            if hi - lo == 1:
+                poisoned.append((lo, describe(exc)))
+                return checkpoint
+            mid = (lo + hi) // 2
+            return run(run(checkpoint, lo, mid), mid, hi)
+        outputs.extend(Emitted(e.event, e.index + lo) for e in got)
+        return engine
+
+    return run(engine, 0, len(observations)), outputs, poisoned
 
 
 def _marks_from_state(state: dict[str, dict[int, list[int]]]) -> dict[str, dict[int, Mark]]:
@@ -238,9 +364,23 @@ class Worker:
         self.topics = settings.topics
         self.state_topic = state_topic(settings.topics)
         self.ingest = Ingest(self.topics.predictions.name, self.topics.outcomes.name)
+        #: ``single`` or ``decide`` (module doc: Stages).
+        self.stage = settings.stage
+        self.deciding = settings.stage == "decide"
+        #: The decide stage's input, and the names of the join stage's input topics by the index
+        #: an observation's positions give them (for the ``driftswitch.source`` header).
+        self.observations = self.topics.observations
+        self._join_inputs = (
+            self.topics.predictions.name,
+            self.topics.outcomes.name,
+            self.topics.repartition.name,
+        )
+        #: The decide stage's event-time merges of the join partitions, one per observations
+        #: partition (unused by ``single``).
+        self.merges = self._new_merges()
         #: The join's store on local disk (``settings.state_dir``), or ``None``.
         self.join_store: RocksJoinStore | None = None
-        if settings.state_dir is not None:
+        if settings.state_dir is not None and not self.deciding:
             self.join_store = RocksJoinStore(Path(settings.state_dir) / settings.group / "join")
         self.engine = Engine(config, join_store=self.join_store)
         self.stop = asyncio.Event()
@@ -289,9 +429,11 @@ class Worker:
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Plain-data status: role, progress, rejections and the engine's view of every flag."""
-        return {
+        """Plain-data status: role, progress, rejections and the engine's view of every flag (a
+        decide worker: and its merge, :meth:`merge_status`)."""
+        status: dict[str, Any] = {
             "role": self.role,
+            "stage": self.stage,
             "unhealthy": self.unhealthy(),
             "group": self.settings.group,
             "resumed_from_snapshot": self.resumed_from,
@@ -313,6 +455,78 @@ class Worker:
             },
             "engine": self.engine.snapshot() if self.role == "active" else None,
         }
+        if self.deciding:
+            status["observations"] = self.counters["observations"]
+            status["merge"] = self.merge_status()
+        return status
+
+    def merge_status(self) -> dict[str, Any]:
+        """The decide stage's merges: observations buffered, late and duplicate counts (in all),
+        and per observations partition the same with its release bound (event time; ``None``
+        before every busy join partition was heard from, or once all are idle: ``all_idle``) and
+        each join partition's watermark and idle flag."""
+        partitions: dict[str, Any] = {}
+        for p, merge in sorted(self.merges.items()):
+            bound = merge.bound
+            partitions[str(p)] = {
+                "buffered": len(merge),
+                "late": merge.late,
+                "duplicates": merge.duplicates,
+                "bound": bound if math.isfinite(bound) else None,
+                "all_idle": bound == math.inf,
+                "sources": [
+                    {"source": j, "watermark": w if math.isfinite(w) else None, "idle": idle}
+                    for j, (w, idle) in enumerate(zip(merge.watermarks, merge.idle, strict=True))
+                ],
+            }
+        merges = self.merges.values()
+        return {
+            "buffered": sum(len(m) for m in merges),
+            "late": sum(m.late for m in merges),
+            "duplicates": sum(m.duplicates for m in merges),
+            "allowed_lateness": self.config.join.allowed_lateness,
+            "partitions": partitions,
+        }
+
+    def _new_merges(self, state: Any = None) -> dict[int, Merge]:
+        """One merge of the join partitions (one per input partition) per observations
+        partition, fresh or continuing ``state`` (:meth:`_merges_state`).
+
+        Per observations partition: a join partition's batches reach every observations
+        partition, each read at its own pace, so one merge over all of them would see a
+        batch's copy on a fast partition advance the watermark past observations still on a
+        slow one. The flags of different partitions are disjoint, so deciding each partition's
+        merge on its own decides every flag in its event-time order.
+        """
+        lateness = self.config.join.allowed_lateness
+        sources = self.topics.predictions.partitions
+        merges: dict[int, Merge] = {}
+        for p in range(self.observations.partitions):
+            saved = (state or {}).get(str(p))
+            if saved is not None and int(saved["sources"]) != sources:
+                log.error(
+                    "the snapshot's merge of observations partition %d has %s join partitions, "
+                    "the input topics now %d: that merge starts afresh",
+                    p,
+                    saved["sources"],
+                    sources,
+                )
+                saved = None
+            merges[p] = (
+                Merge.from_state(saved, lateness)
+                if saved is not None
+                else Merge(sources=sources, allowed_lateness=lateness)
+            )
+        return merges
+
+    def _merges_state(self) -> dict[str, Any]:
+        return {str(p): merge.to_state() for p, merge in self.merges.items()}
+
+    def _input_specs(self) -> tuple[TopicSpec, ...]:
+        """The topics this worker's stage reads (besides the control topic)."""
+        if self.deciding:
+            return (self.observations,)
+        return (self.topics.predictions, self.topics.outcomes)
 
     def _store_bytes(self) -> int:
         store = self.join_store
@@ -337,11 +551,11 @@ class Worker:
             self.recovery_seconds = time.monotonic() - started
             self.role = "active"
             log.info(
-                "worker active in group %s: %d flags, reading %s and %s",
+                "%s worker active in group %s: %d flags, reading %s",
+                self.stage,
                 s.group,
                 len(self.config.flags),
-                self.topics.predictions.name,
-                self.topics.outcomes.name,
+                " and ".join(spec.name for spec in self._input_specs()),
             )
             await self._loop()
             if self._consumer is not None and not self._lease_lost.is_set():
@@ -425,12 +639,26 @@ class Worker:
         t1 = time.monotonic()
         snapshot = await self._load_snapshot()
         t2 = time.monotonic()
+        if snapshot is not None and snapshot.stage != self.stage:
+            log.error(
+                "snapshot %d of group %s was written by a %s worker, and this one runs the %s "
+                "stage: not resumed from (give each stage its own --group); starting from the "
+                "published flag states",
+                snapshot.seq,
+                s.group,
+                snapshot.stage,
+                self.stage,
+            )
+            self._snapshot_seq = snapshot.seq
+            snapshot = None
         if self.join_store is not None:
             snapshot = self._local_checkpoint(snapshot, self.join_store)
         if snapshot is not None:
             self.engine = Engine.from_state(
                 self.config, snapshot.engine, join_store=self.join_store
             )
+            if self.deciding:
+                self.merges = self._new_merges(snapshot.merge)
             self.offsets = snapshot.offsets
             self.marks = _marks_from_state(snapshot.marks)
             self._snapshot_seq = snapshot.seq
@@ -458,7 +686,7 @@ class Worker:
         )
         tps = [
             kafka.topic_partition(spec.name, p)
-            for spec in (self.topics.predictions, self.topics.outcomes)
+            for spec in self._input_specs()
             for p in range(spec.partitions)
         ]
         control = kafka.topic_partition(self.topics.control.name, 0)
@@ -612,6 +840,9 @@ class Worker:
             await self._apply_commands(batch.pop(tp))
         if not batch:
             return
+        if self.deciding:
+            await self._process_observations(batch)
+            return
         # Predictions before outcomes, then by partition: a stable order for a batch.
         for tp in sorted(batch, key=lambda t: (t.topic == outcomes, t.partition)):
             msgs = batch[tp]
@@ -627,27 +858,156 @@ class Worker:
         for emitted in result.outputs:
             source = decoded.source(emitted.index)
             where = f"{source.topic}/{source.partition}/{source.offset}"
-            event_ts = decoded.events[emitted.index].ts
-            if isinstance(emitted.event, FlagChangeEvent):
-                await self._publish_flag(emitted.event, where, event_ts)
-            else:
-                await self._fence()
-                self.alerts.append(emitted.event)
-                del self.alerts[:-100]
-                log.warning(
-                    "alert (no flag change) from %s: %s",
-                    where,
-                    encode(emitted.event),
-                    extra=decision_context(emitted.event),
-                )
-                self._announce(emitted.event, event_ts)
+            await self._publish_output(emitted, where, decoded.events[emitted.index].ts)
         await self._deadletter(decoded)
-        self.counters["records"] += len(records)
+        self._batch_done(len(records))
+
+    def _batch_done(self, records: int) -> None:
+        self.counters["records"] += records
         self.counters["batches"] += 1
         self._last_batch_at = time.monotonic()
         self._dirty = True
         if self.metrics is not None:
             self.metrics.record_batch()
+
+    async def _publish_output(self, emitted: Emitted, where: str, event_ts: float) -> None:
+        """Publish a flag change, or log and announce an alert, decided by the input at
+        ``where`` (``topic/partition/offset``) of event time ``event_ts``."""
+        if isinstance(emitted.event, FlagChangeEvent):
+            await self._publish_flag(emitted.event, where, event_ts)
+            return
+        await self._fence()
+        self.alerts.append(emitted.event)
+        del self.alerts[:-100]
+        log.warning(
+            "alert (no flag change) from %s: %s",
+            where,
+            encode(emitted.event),
+            extra=decision_context(emitted.event),
+        )
+        self._announce(emitted.event, event_ts)
+
+    # -- the decide stage --------------------------------------------------------------------
+
+    async def _process_observations(self, batch: dict[Any, list[Any]]) -> None:
+        """Merge one ``getmany`` batch of observation batches and decide on what it releases.
+
+        Records are taken in offset order per partition, each into its partition's merge; one
+        that is not an observation batch is dead-lettered (``bad_observation_batch``). Late
+        observations (module doc of :mod:`~driftswitch.streams.pipeline.merge`) are decided
+        first, then the ones released, in event-time order per partition (the partitions' flags
+        are disjoint); each decision's ``driftswitch.source`` is the last input position of the
+        observation that decided it.
+        """
+        records: list[Any] = []
+        for tp in sorted(batch, key=lambda t: t.partition):
+            msgs = batch[tp]
+            records += msgs
+            self.offsets.setdefault(tp.topic, {})[tp.partition] = msgs[-1].offset + 1
+            self.marks.setdefault(tp.topic, {})[tp.partition] = mark_of(msgs[-1])
+        rejected: list[Rejected] = []
+        if self._suspects.covers(records):
+            emitted, observations = self._decide_isolating(records, rejected)
+            self._suspects.passed(records)
+        else:
+            late: list[Observation] = []
+            for m in records:
+                try:
+                    got = self._read_batch(m)
+                except BatchError as err:
+                    rejected.append(self._reject(m, BAD_OBSERVATION_BATCH, str(err)))
+                    continue
+                try:
+                    late += self.merges[m.partition].add(got)
+                except Exception as exc:
+                    raise EngineFailedError(
+                        f"merging an observation batch failed: {describe(exc)}"
+                    ) from exc
+            observations = _numbered(late + self._release())
+            try:
+                emitted = self.engine.decide(observations)
+            except Exception as exc:
+                raise EngineFailedError(f"deciding failed: {describe(exc)}") from exc
+        for e in emitted:
+            obs = observations[e.index]
+            await self._publish_output(e, self._where(obs), obs[4])
+        await self._send_deadletters(rejected)
+        self.counters["observations"] += len(observations)
+        self._batch_done(len(records))
+
+    def _release(self) -> list[Observation]:
+        """What every partition's merge releases, partition after partition."""
+        return [obs for _, merge in sorted(self.merges.items()) for obs in merge.release()]
+
+    def _read_batch(self, record: Any) -> Batch:
+        """The observation batch in ``record``, each observation given its join partition
+        (inserted before its positions, which stay last); :class:`BatchError` if it is not one
+        this worker can merge."""
+        batch = decode_batch(record.value or b"")
+        sources = self.topics.predictions.partitions
+        if not 0 <= batch.source < sources:
+            raise BatchError(
+                f"join partition {batch.source} outside 0..{sources - 1} (the input topics "
+                f"have {sources} partitions)"
+            )
+        for i, obs in enumerate(batch.observations):
+            problem = _observation_problem(obs, len(self._join_inputs))
+            if problem is not None:
+                raise BatchError(f"observations[{i}]: {problem}")
+        for obs in batch.observations:
+            assert isinstance(obs, list)  # checked above: decoded JSON arrays
+            obs.insert(len(obs) - 1, batch.source)
+        return batch
+
+    def _input_source(self, obs: Observation) -> Source:
+        """The last input an observation came from (the join partition is its input partition)."""
+        topic, offset = obs[-1][-1]
+        return Source(self._join_inputs[topic], obs[-2], offset)
+
+    def _where(self, obs: Observation) -> str:
+        """``topic/partition/offset`` of the last input an observation came from."""
+        source = self._input_source(obs)
+        return f"{source.topic}/{source.partition}/{source.offset}"
+
+    def _reject(self, record: Any, reason: str, detail: str) -> Rejected:
+        source = Source(record.topic, record.partition, record.offset)
+        return self.ingest.reject(source, record.key, record.value, reason, detail)
+
+    def _decide_isolating(
+        self, records: Sequence[Any], rejected: list[Rejected]
+    ) -> tuple[list[Emitted], list[Observation]]:
+        """The decide stage's batch on suspect input (after a failure): each record merged from
+        a copy of the merge, and the released observations decided with
+        :func:`_decide_contained`; a record or an observation that fails is left out and
+        dead-lettered as ``internal_error``."""
+        late: list[Observation] = []
+        for m in records:
+            try:
+                got = self._read_batch(m)
+            except BatchError as err:
+                rejected.append(self._reject(m, BAD_OBSERVATION_BATCH, str(err)))
+                continue
+            merge = self.merges[m.partition]
+            trial = copy.deepcopy(merge)
+            try:
+                trial.add(got)
+                trial.release()
+            except Exception as exc:
+                where = f"{m.topic}/{m.partition}/{m.offset}"
+                log.error("observation batch at %s left out: it breaks the merge", where)
+                rejected.append(self._reject(m, INTERNAL_ERROR, describe(exc)))
+                continue
+            late += merge.add(got)
+        observations = _numbered(late + self._release())
+        self.engine, emitted, poisoned = _decide_contained(self.engine, observations)
+        for index, detail in poisoned:
+            obs = observations[index]
+            source = self._input_source(obs)
+            where = self._where(obs)
+            log.error("observation from %s left out: it breaks the engine: %s", where, detail)
+            value = orjson.dumps(obs)
+            rejected.append(self.ingest.reject(source, None, value, INTERNAL_ERROR, detail))
+        return emitted, observations
 
     # -- manual control and config reload -----------------------------------------------------
 
@@ -743,6 +1103,8 @@ class Worker:
             raise
         async with self._engine_lock:
             self.config = config
+            for merge in self.merges.values():
+                merge.allowed_lateness = config.join.allowed_lateness
             if self.role != "active":
                 self.engine = Engine(config, join_store=self.join_store)
                 log.info("config reloaded from %s (standby: applied when active)", path)
@@ -880,6 +1242,13 @@ class Worker:
         metrics.observe_snapshot(self.engine.snapshot() if active else {})
         metrics.observe_lifecycle(self.config, self.flags, active, time.time())
         metrics.set_state(self._store_bytes(), self.checkpoint_seconds, self.recovery_seconds)
+        if self.deciding:
+            merges = self.merges.values()
+            metrics.observe_merge(
+                sum(len(m) for m in merges),
+                sum(m.late for m in merges),
+                sum(m.duplicates for m in merges),
+            )
         if self._consumer is None or not active:
             return
         for tp in self._consumer.assignment():
@@ -889,9 +1258,13 @@ class Worker:
                 metrics.set_lag(tp.topic, tp.partition, highwater - position)
 
     async def _deadletter(self, decoded: Decoded) -> None:
-        """Queue every rejected record for the dead-letter topic; the acks are awaited by
+        """Queue every rejected record of a batch for the dead-letter topic."""
+        await self._send_deadletters(decoded.rejected)
+
+    async def _send_deadletters(self, records: Iterable[Rejected]) -> None:
+        """Queue rejected records for the dead-letter topic; the acks are awaited by
         :meth:`_flush` before the next snapshot, not one by one."""
-        for rejected in decoded.rejected:
+        for rejected in records:
             value, key, headers = deadletter_record(rejected)
             delivery = await self._producer.send(
                 self.topics.deadletter.name, value, key=key, headers=headers
@@ -914,10 +1287,11 @@ class Worker:
                 offsets={t: dict(ps) for t, ps in self.offsets.items()},
                 marks={t: {p: m.to_state() for p, m in ps.items()} for t, ps in self.marks.items()},
                 counters={
-                    "records": self.counters["records"],
-                    "batches": self.counters["batches"],
-                    "join_entries_lost": self.counters["join_entries_lost"],
+                    name: self.counters[name]
+                    for name in ("records", "batches", "join_entries_lost", "observations")
                 },
+                stage=self.stage,
+                merge=self._merges_state() if self.deciding else None,
             )
             return encode_chunks(snapshot)
         except Exception as exc:
@@ -989,7 +1363,7 @@ class Worker:
         if not wait and time.monotonic() - self._last_input_check < CHECK_INTERVAL:
             return
         self._last_input_check = time.monotonic()
-        specs = (self.topics.predictions, self.topics.outcomes, self.topics.control)
+        specs = (*self._input_specs(), self.topics.control)
         positions = {
             kafka.topic_partition(spec.name, p): self.offsets.get(spec.name, {}).get(p, 0)
             for spec in specs
@@ -1088,9 +1462,11 @@ class Worker:
         if isinstance(store, RocksJoinStore):
             store.rollback()  # back to the last commit: the base snapshot's entries
         self.engine = Engine.from_state(self.config, base.engine, join_store=store)
+        if self.deciding:
+            self.merges = self._new_merges(base.merge)
         self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
         self.marks = _marks_from_state(base.marks)
-        for name in ("records", "batches", "join_entries_lost"):
+        for name in ("records", "batches", "join_entries_lost", "observations"):
             self.counters[name] = base.counters.get(name, 0)
         for tp in self._consumer.assignment():
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)

@@ -200,6 +200,17 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
     help="Keep the join's pending entries in RocksDB here, not in memory and snapshots "
     "(no eviction by count; restarts on the same disk recover in bounded time).",
 )
+@click.option(
+    "--stage",
+    type=click.Choice(["single", "decide"]),
+    default="single",
+    show_default=True,
+    envvar="DRIFTSWITCH_STAGE",
+    show_envvar=True,
+    help="single: join and decide in one worker. decide: the decide stage of a scaled-out "
+    "deployment, reading the join stage's observations topic (one active worker per --group, "
+    "standbys take over).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-format",
@@ -228,6 +239,7 @@ def run_command(
     log_level: str,
     log_format: str,
     flagd_file: str | None,
+    stage: str,
     **kafka_options: str | None,
 ) -> None:
     """Run the worker: consume events, evaluate guardrails, publish flag changes.
@@ -275,6 +287,7 @@ def run_command(
                 config_path=config_path,
                 flagd_file=flagd_file,
                 security=security,
+                stage=stage,
             )
 
     try:

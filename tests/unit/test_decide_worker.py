@@ -1,0 +1,221 @@
+"""The decide stage's pure parts, without a broker: which observation batches a decide worker
+accepts, how decisions map back to observations and their inputs, containment of an observation
+that breaks the engine, the merge in the snapshot and the status. The stage itself, through
+Kafka, is tests/integration/test_decide_stage.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.pipeline.merge import Batch, BatchError, encode_batch
+from driftswitch.streams.pipeline.observations import Joiner
+from driftswitch.streams.service.snapshot import Snapshot, decode_chunks, encode_chunks
+from driftswitch.streams.service.worker import (
+    Worker,
+    WorkerSettings,
+    _decide_contained,
+    _numbered,
+    _observation_problem,
+)
+
+CONFIG = parse_config(
+    """
+flags:
+  ranker:
+    default: control
+    variants:
+      control: {weight: 50, value: v1}
+      candidate: {weight: 50, value: v2}
+    guardrails:
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.9, target: 0.5, arl0: 1000}
+        min_samples: 20
+        action: kill
+join:
+  allowed_lateness: 2s
+"""
+)
+
+
+def _observations(n: int = 60) -> list[list[Any]]:
+    """Tracked observations (as decoded from the observations topic): the candidate is always
+    wrong, so the accuracy guardrail kills it."""
+    events: list[Any] = []
+    for i in range(n):
+        variant = "candidate" if i % 2 else "control"
+        events.append(
+            PredictionEvent(
+                request_id=f"r{i}", flag="ranker", variant=variant, ts=float(i), prediction=1
+            )
+        )
+        label = 0 if variant == "candidate" else 1
+        events.append(OutcomeEvent(request_id=f"r{i}", ts=i + 0.5, label=label))
+    topics = [0 if isinstance(ev, PredictionEvent) else 1 for ev in events]
+    positions = [(t, sum(1 for u in topics[:k] if u == t)) for k, t in enumerate(topics)]
+    observations, rejections = Joiner(CONFIG, track=True).process(events, positions)
+    assert not rejections
+    plain: list[list[Any]] = json.loads(json.dumps(observations))
+    return plain
+
+
+def _worker(stage: str = "decide") -> Worker:
+    return Worker(
+        CONFIG,
+        WorkerSettings(
+            bootstrap="127.0.0.1:1", topics=Topics.with_prefix("t", partitions=2), stage=stage
+        ),
+    )
+
+
+def _record(value: bytes, partition: int = 0, offset: int = 0) -> Any:
+    return SimpleNamespace(
+        topic="t.observations.v1", partition=partition, offset=offset, key=None, value=value
+    )
+
+
+def test_the_default_stage_is_single_and_others_are_refused() -> None:
+    assert WorkerSettings(bootstrap="x:1", topics=Topics()).stage == "single"
+    with pytest.raises(ValueError, match="stage must be one of single, decide"):
+        WorkerSettings(bootstrap="x:1", topics=Topics(), stage="join")
+
+
+def test_tracked_observations_pass_the_check() -> None:
+    observations = _observations()
+    assert observations
+    assert all(_observation_problem(o, 3) is None for o in observations)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda o: o.__setitem__(0, 7), "unknown kind 7"),
+        (lambda o: o.__setitem__(0, True), "unknown kind True"),
+        (lambda o: o.__setitem__(0, [1]), "unknown kind [1]"),
+        (lambda o: o.__setitem__(2, 5), "flag, variant and request id must be strings"),
+        (lambda o: o.__setitem__(5, None), "flag, variant and request id must be strings"),
+        (lambda o: o.__setitem__(4, "late"), "event time 'late' is not a finite number"),
+        (lambda o: o.__setitem__(4, math.nan), "event time nan is not a finite number"),
+        (lambda o: o.__setitem__(6, 0.5), "side 0.5 is not an integer"),
+        (lambda o: o.__setitem__(-1, []), "the last element must be the input positions"),
+        (lambda o: o.__setitem__(-1, [[3, 1]]), "input position [3, 1] is not"),
+        (lambda o: o.__setitem__(-1, [[0, -1]]), "input position [0, -1] is not"),
+        (lambda o: o.__setitem__(-1, [[0, 1, 2]]), "input position [0, 1, 2] is not"),
+    ],
+)
+def test_a_broken_observation_is_named(change: Any, problem: str) -> None:
+    obs = _observations()[0]
+    change(obs)
+    got = _observation_problem(obs, 3)
+    assert got is not None
+    assert got.startswith(problem)
+
+
+def test_a_batch_gets_its_join_partition_before_the_positions() -> None:
+    worker = _worker()
+    observations = _observations(4)
+    value = encode_batch(Batch(1, {0: 4, 1: 4}, 3.5, False, observations, "run"))
+    got = worker._read_batch(_record(value))
+    for sent, read in zip(observations, got.observations, strict=True):
+        assert list(read) == [*sent[:-1], 1, sent[-1]]
+    # The decision names the last input: join partition 1, the outcome's offset.
+    scored = got.observations[1]
+    assert scored[0] == 1  # SCORED: prediction, then outcome position
+    assert worker._where(scored) == "t.outcomes.v1/1/0"
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        (b"garbage", "undecodable observation batch"),
+        (b'{"v": 2}', "not an observation batch of format 1"),
+        (
+            encode_batch(Batch(4, {0: 1}, 1.0, False, [], "r")),
+            "join partition 4 outside 0..1",
+        ),
+        (
+            encode_batch(Batch(0, {0: 1}, 1.0, False, [[0, 0, "f", "v", 1.0, "r", 0, 1]], "r")),
+            r"observations\[0\]: the last element must be the input positions",
+        ),
+    ],
+)
+def test_what_is_not_a_batch_is_refused_with_a_reason(value: bytes, detail: str) -> None:
+    with pytest.raises(BatchError, match=detail):
+        _worker()._read_batch(_record(value))
+
+
+def test_numbering_follows_the_concatenation() -> None:
+    """Late and released observations are numbered apart by the merge: renumbered together,
+    ``Emitted.index`` finds the observation that decided."""
+    late = [(0, 0, "f"), (0, 1, "f")]
+    released = [(1, 0, "g"), (1, 1, "g"), (1, 2, "g")]
+    assert [o[1] for o in _numbered(late + released)] == [0, 1, 2, 3, 4]
+    assert [o[2] for o in _numbered(late + released)] == ["f", "f", "g", "g", "g"]
+
+
+def test_a_failing_observation_is_left_out_and_the_rest_decided() -> None:
+    observations = _numbered(_observations())
+    clean_engine = Engine(CONFIG)
+    clean = clean_engine.decide(observations)
+    assert [e.event.cause.action.value for e in clean] == ["kill"]
+    # A prediction whose latency is not a number breaks the statistics.
+    poison = list(observations[10])
+    assert poison[0] == 0
+    poison[9] = "slow"
+    broken = [*observations[:10], tuple(poison), *observations[10:]]
+    with pytest.raises(ValueError, match="could not convert string to float"):
+        Engine(CONFIG).decide(_numbered(broken))
+    engine, emitted, poisoned = _decide_contained(Engine(CONFIG), _numbered(broken))
+    assert [index for index, _ in poisoned] == [10]
+    assert poisoned[0][1].startswith("ValueError at ")  # type and place, never the message
+    assert [e.event for e in emitted] == [e.event for e in clean]
+    # Indexes point into the batch with the poison in it (after it: shifted by one).
+    assert [e.index for e in emitted] == [e.index + 1 for e in clean]
+    assert engine.snapshot() == clean_engine.snapshot()
+
+
+def test_the_merges_ride_the_snapshot() -> None:
+    worker = _worker()
+    value = encode_batch(Batch(0, {0: 4, 1: 4}, 3.5, False, _observations(4), "run"))
+    worker.merges[2].add(worker._read_batch(_record(value, partition=2)))
+    state = worker._merges_state()
+    snap = Snapshot(3, {}, {"t.observations.v1": {2: 1}}, stage="decide", merge=state)
+    back = decode_chunks([value for value, _ in encode_chunks(snap)])
+    assert (back.stage, back.merge) == ("decide", json.loads(json.dumps(state)))
+    restored = worker._new_merges(back.merge)
+    assert len(restored[2]) == len(worker.merges[2]) == 8
+    assert restored[2].allowed_lateness == 2.0
+    assert [len(m) for p, m in restored.items() if p != 2] == [0, 0, 0]
+    # A snapshot of an older worker has neither: it was a single worker's.
+    old = decode_chunks([value for value, _ in encode_chunks(Snapshot(1, {}, {}))])
+    assert (old.stage, old.merge) == ("single", None)
+
+
+def test_status_shows_each_partitions_merge() -> None:
+    worker = _worker()
+    value = encode_batch(Batch(1, {0: 4, 1: 4}, 3.5, False, _observations(4), "run"))
+    worker.merges[0].add(worker._read_batch(_record(value)))
+    status = worker.status()
+    assert status["stage"] == "decide"
+    merge = status["merge"]
+    assert (merge["buffered"], merge["late"], merge["duplicates"]) == (8, 0, 0)
+    assert merge["allowed_lateness"] == 2.0
+    first = merge["partitions"]["0"]
+    assert first["bound"] is None  # join partition 0 never heard from
+    assert first["all_idle"] is False
+    assert first["sources"] == [
+        {"source": 0, "watermark": None, "idle": False},
+        {"source": 1, "watermark": 3.5, "idle": False},
+    ]
+    assert sorted(merge["partitions"]) == ["0", "1", "2", "3"]
+    assert "merge" not in _worker("single").status()
