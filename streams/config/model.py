@@ -503,6 +503,13 @@ class JoinConfig(_Model):
         "passed it is applied late (after later ones) and counted as late, so a smaller value "
         "risks decisions that differ from a backtest in event-time order.",
     )
+    idle_after: Duration = Field(
+        2.0,
+        description="Join stage: a topic partition read to its end for this long (wall-clock "
+        "seconds) stops holding its join partition's watermark back, so a quiet partition "
+        "does not stall decisions; a record that arrives on it later with an older event time "
+        "may then be late (see allowed_lateness).",
+    )
 
 
 class Config(_Model):

@@ -64,7 +64,7 @@ from driftswitch.streams.contract.events import InputEvent
 from driftswitch.streams.contract.placement import join_partition, observations_partition
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.connect import Membership
-from driftswitch.streams.kafka.groups import StageMember
+from driftswitch.streams.kafka.groups import GroupError, StageMember
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, InputRecord, Rejected, Source
 from driftswitch.streams.pipeline.merge import Batch, Clock, encode_batch
@@ -111,6 +111,8 @@ class _Partition:
     #: The horizon this partition last announced, and the watermark it last sent.
     announced: tuple[float, bool] | None = None
     sent: tuple[float, bool] | None = None
+    #: Per topic index: since when (monotonic seconds) it has been read to its end.
+    caught_since: dict[int, float] = field(default_factory=dict)
     seq: int = 0
     dirty: bool = False
     #: This partition's disk store (``state_dir``), and the ids of its last checkpoint and the
@@ -191,15 +193,43 @@ class JoinStage:
             "rerouted": self.counters["rerouted"],
             "observations": self.counters["observations"],
             "checkpoints": self.counters["checkpoints"],
-            "read": {str(p): dict(part.read) for p, part in self.parts.items()},
+            "read": {
+                str(p): {self._names[t]: o for t, o in sorted(part.read.items())}
+                for p, part in self.parts.items()
+            },
             "pending": {
                 str(p): part.joiner.join.pending_predictions + part.joiner.join.pending_outcomes
                 for p, part in self.parts.items()
             },
+            "lag": self._lag(),
+            "join_entries_lost": self.counters["join_entries_lost"],
+            "store_bytes": sum(
+                p.store.size_bytes() for p in self.parts.values() if p.store is not None
+            ),
             "recovery_seconds": (
                 round(self.recovery_seconds, 3) if self.recovery_seconds is not None else None
             ),
         }
+
+    def _lag(self) -> dict[str, int]:
+        """Per owned partition index: records on its topics not read yet (as of the last fetch
+        answers)."""
+        member = self._member
+        try:
+            consumer = member.consumer if member is not None else None
+        except GroupError:  # not started, or stopped
+            consumer = None
+        if member is None or consumer is None:
+            return {}
+        lag: dict[str, int] = {}
+        for i, part in self.parts.items():
+            behind = 0
+            for t, name in self._names.items():
+                hw = consumer.highwater(member.tp(name, i))
+                if hw is not None:
+                    behind += max(0, hw - part.read.get(t, 0))
+            lag[str(i)] = behind
+        return lag
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -524,14 +554,8 @@ class JoinStage:
     async def _emit(self, part: _Partition, observations: list[Observation], changed: bool) -> None:
         """Send the batch's observations to the observations topic (one batch per partition,
         even empty: the watermark), and this partition's re-route horizon to the others."""
-        assert self._member is not None
-        member = self._member
-        busy = []
-        for t in (PREDICTIONS, OUTCOMES):
-            tp = member.tp(self._names[t], part.index)
-            hw = member.consumer.highwater(tp)
-            if hw is None or part.read.get(t, 0) < hw:
-                busy.append(t)
+        now = time.monotonic()
+        busy = [t for t in (PREDICTIONS, OUTCOMES) if self._busy(part, t, now)]
         horizon = part.clock.watermark(busy)
         times = [part.clock.seen.get(t, -math.inf) for t in busy]
         for p in range(self._partitions):
@@ -540,10 +564,7 @@ class JoinStage:
             h, idle = part.horizons.get(p, (-math.inf, False))
             if not idle:
                 times.append(h)
-        tp = member.tp(self._names[REROUTED], part.index)
-        hw = member.consumer.highwater(tp)
-        rerouted_busy = hw is None or part.read.get(REROUTED, 0) < hw
-        idle = not times and not rerouted_busy
+        idle = not times and not self._busy(part, REROUTED, now)
         watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
         if not changed and not observations and (watermark, idle) == part.sent:
             return
@@ -577,6 +598,17 @@ class JoinStage:
                     )
         if len(self._deliveries) > 10_000:
             await self._flush()
+
+    def _busy(self, part: _Partition, t: int, now: float) -> bool:
+        """Whether topic ``t`` of ``part`` may still bring older records: it has records not
+        read yet, or was read to its end less than ``join.idle_after`` seconds ago."""
+        assert self._member is not None
+        hw = self._member.consumer.highwater(self._member.tp(self._names[t], part.index))
+        if hw is None or part.read.get(t, 0) < hw:
+            part.caught_since.pop(t, None)
+            return True
+        since = part.caught_since.setdefault(t, now)
+        return now - since < self.config.join.idle_after
 
     async def _deadletter(self, decoded: Decoded) -> None:
         for rejected in decoded.rejected:

@@ -223,6 +223,37 @@ METRICS: tuple[MetricInfo, ...] = (
         (),
         "Decide stage: observations a restarted join partition sent again, dropped.",
     ),
+    # The join stage (driftswitch run --stage join or all).
+    MetricInfo(
+        "driftswitch_join_partitions_owned",
+        "gauge",
+        (),
+        "Join stage: partition indexes this process owns in the join stage's consumer group.",
+    ),
+    MetricInfo(
+        "driftswitch_join_records_total",
+        "counter",
+        (),
+        "Join stage: records read (predictions, outcomes, re-routed records and markers).",
+    ),
+    MetricInfo(
+        "driftswitch_join_rerouted_total",
+        "counter",
+        (),
+        "Join stage: records read outside their join partition, re-routed to it.",
+    ),
+    MetricInfo(
+        "driftswitch_join_lag_records",
+        "gauge",
+        ("partition",),
+        "Join stage: records not yet read per owned partition index (all its topics).",
+    ),
+    MetricInfo(
+        "driftswitch_join_stage_recovery_seconds",
+        "gauge",
+        (),
+        "Join stage: seconds the last assignment took to restore its partitions' state.",
+    ),
 )
 
 #: Dead-letter reasons known in advance: their counters start at 0, so ``increase()`` and
@@ -283,6 +314,8 @@ class _SnapshotCollector(Collector):
         self.snapshot: Mapping[str, Any] = {}
         #: The decide stage's merge: ``(buffered, late, duplicates)``; None elsewhere.
         self.merge: tuple[int, int, int] | None = None
+        #: The join stage's latest ``status()``; None without one.
+        self.join_status: Mapping[str, Any] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # the label values are only known at scrape time
@@ -359,6 +392,14 @@ class _SnapshotCollector(Collector):
             put("driftswitch_merge_buffered_observations", [], buffered)
             put("driftswitch_late_observations_total", [], late)
             put("driftswitch_duplicate_observations_total", [], duplicates)
+        if self.join_status is not None:
+            stage = self.join_status
+            put("driftswitch_join_partitions_owned", [], len(stage.get("partitions", ())))
+            put("driftswitch_join_records_total", [], stage.get("records"))
+            put("driftswitch_join_rerouted_total", [], stage.get("rerouted"))
+            for partition, lag in _map(stage.get("lag")).items():
+                put("driftswitch_join_lag_records", [str(partition)], lag)
+            put("driftswitch_join_stage_recovery_seconds", [], stage.get("recovery_seconds"))
         yield from fams.values()
 
 
@@ -412,6 +453,10 @@ class Metrics:
         return kind(base, info.help, list(info.labels), registry=self.registry, **kwargs)
 
     # -- called by the worker --------------------------------------------------------------
+
+    def observe_join_stage(self, status: Mapping[str, Any]) -> None:
+        """Export a join stage's ``status()`` from now on (refreshed before each scrape)."""
+        self._snapshot.join_status = status
 
     def observe_snapshot(self, snapshot: Mapping[str, Any]) -> None:
         """Export ``Engine.snapshot()`` from now on (a reference swap, cheap enough to call

@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
     from driftswitch.streams.config.model import Config
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka.settings import KafkaSecurity
+    from driftswitch.streams.service.joinstage import JoinStage
+    from driftswitch.streams.service.metrics import Metrics
+    from driftswitch.streams.service.worker import WorkerSettings
 
 __all__ = ["DEFAULT_WEB_PORT", "StartupError", "check_port", "serve_worker"]
 
@@ -88,7 +91,11 @@ async def serve_worker(
     /api/v1/config/reload`` re-read that file. With ``flagd_file``, a flagd flag-definition
     document is kept current there (atomically replaced on every published change). With
     ``state_dir``, the join's pending entries live in RocksDB there (see the worker module).
-    ``stage`` is the worker's (``single`` or ``decide``: the worker module's "Stages").
+    ``stage`` says what this process runs: ``single`` (one worker joins and decides),
+    ``decide`` (the decide stage: the worker module's "Stages"), ``join`` (the join stage,
+    :mod:`~driftswitch.streams.service.joinstage`, with ``/healthz`` and ``/metrics`` only) or
+    ``all`` (both stages in this process, talking through the observations topic as separate
+    processes would).
     """
     from prometheus_client import CollectorRegistry
 
@@ -98,6 +105,7 @@ async def serve_worker(
     from driftswitch.streams.service.auth import AdminAuth
     from driftswitch.streams.service.hooks import resolve_hooks
     from driftswitch.streams.service.http import serve
+    from driftswitch.streams.service.joinstage import JoinStage
     from driftswitch.streams.service.metrics import Metrics
     from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
 
@@ -114,9 +122,16 @@ async def serve_worker(
         snapshot_interval=snapshot_interval,
         security=security,
         state_dir=Path(state_dir) if state_dir is not None else None,
-        stage=stage,
+        # The join stage reads what it needs from these settings; the worker of "all" decides.
+        stage="decide" if stage in ("all", "join") else stage,
     )
     metrics = Metrics(CollectorRegistry())
+    if stage == "join":
+        await _serve_join_stage(config, settings, metrics, web_host, web_port, stop)
+        return
+    join_stage: JoinStage | None = None
+    if stage == "all":
+        join_stage = JoinStage(config, settings, metrics)
     metrics.init_labels(config.flags, {hook.format.value for hook in hooks})
     worker = Worker(
         config,
@@ -162,10 +177,26 @@ async def serve_worker(
     watcher = None
     if stop is not None:
         watcher = asyncio.ensure_future(_forward(stop, worker.stop))
+    if join_stage is not None:
+        worker.join_stage = join_stage
+        # One stop for both: the worker's stop (signals, ``stop``) also stops the join stage.
+        stages: asyncio.Future[object] = asyncio.ensure_future(
+            _forward(worker.stop, join_stage.stop)
+        )
     try:
         async with dispatcher:
-            await worker.run()
+            if join_stage is None:
+                await worker.run()
+            else:
+                joining = asyncio.ensure_future(join_stage.run())
+                try:
+                    await worker.run()
+                finally:
+                    join_stage.stop.set()
+                    await joining
     finally:
+        if join_stage is not None:
+            stages.cancel()
         if watcher is not None:
             watcher.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -176,3 +207,55 @@ async def serve_worker(
 async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
+
+
+async def _serve_join_stage(
+    config: Config,
+    settings: WorkerSettings,
+    metrics: Metrics,
+    web_host: str,
+    web_port: int,
+    stop: asyncio.Event | None,
+) -> None:
+    """A join-stage process: the stage, ``GET /healthz`` (its status) and ``GET /metrics``."""
+    from aiohttp import web
+
+    from driftswitch.streams.service.joinstage import JoinStage
+    from driftswitch.streams.service.metrics import metrics_handler
+
+    stage = JoinStage(config, settings, metrics)
+
+    def refresh() -> None:
+        metrics.observe_join_stage(stage.status())
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response(stage.status())
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(metrics, before_scrape=refresh))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, web_host, web_port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on http://{web_host}:{web_port}: {exc}") from None
+    log.info(
+        "driftswitch join stage: group %s.join, HTTP http://%s:%d/healthz",
+        settings.group,
+        web_host,
+        web_port,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stage.stop.set)
+    watcher = asyncio.ensure_future(_forward(stop, stage.stop)) if stop is not None else None
+    try:
+        await stage.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

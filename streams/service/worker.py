@@ -146,6 +146,7 @@ from driftswitch.streams.service.snapshot import (
 if TYPE_CHECKING:
     from driftswitch.streams.contract.flagd import FlagdFile
     from driftswitch.streams.service.hooks import FailedDelivery, Hook, HookDispatcher
+    from driftswitch.streams.service.joinstage import JoinStage
     from driftswitch.streams.service.metrics import Metrics
 
 __all__ = [
@@ -423,6 +424,9 @@ class Worker:
         self._lease_poller: asyncio.Future[None] | None = None
         #: Commands submitted here, by id, waiting for the loop to apply them.
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
+        #: The join stage running in this process (``driftswitch run --stage all``), whose
+        #: status and metrics this worker's HTTP API shows too.
+        self.join_stage: JoinStage | None = None
         #: Held while the engine changes (a batch, a command, a reload): one change at a time.
         self._engine_lock = asyncio.Lock()
 
@@ -458,6 +462,8 @@ class Worker:
         if self.deciding:
             status["observations"] = self.counters["observations"]
             status["merge"] = self.merge_status()
+        if self.join_stage is not None:
+            status["join_stage"] = self.join_stage.status()
         return status
 
     def merge_status(self) -> dict[str, Any]:
@@ -1237,6 +1243,8 @@ class Worker:
         metrics = self.metrics
         if metrics is None:
             return
+        if self.join_stage is not None:
+            metrics.observe_join_stage(self.join_stage.status())
         active = self.role == "active"
         metrics.set_active(active)
         metrics.observe_snapshot(self.engine.snapshot() if active else {})

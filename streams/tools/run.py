@@ -202,14 +202,15 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
 )
 @click.option(
     "--stage",
-    type=click.Choice(["single", "decide"]),
+    type=click.Choice(["single", "join", "decide", "all"]),
     default="single",
     show_default=True,
     envvar="DRIFTSWITCH_STAGE",
     show_envvar=True,
-    help="single: join and decide in one worker. decide: the decide stage of a scaled-out "
-    "deployment, reading the join stage's observations topic (one active worker per --group, "
-    "standbys take over).",
+    help="single: join and decide in one worker. join: a join-stage process (consumer group "
+    "GROUP.join; run as many as the input topics have partitions). decide: the decide stage, "
+    "reading the join stage's observations topic (one active worker per --group, standbys take "
+    "over). all: both stages in this process.",
 )
 @click.option("--log-level", default="info", show_default=True)
 @click.option(

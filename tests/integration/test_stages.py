@@ -1,0 +1,255 @@
+"""The two stages as real processes (`driftswitch run --stage join|decide|all`) on the embedded
+broker, with 4-partition input topics, predictions produced by confluent-kafka with its default
+partitioner and outcomes placed by murmur2 (a Java producer's), so a share of them is re-routed.
+
+- Equivalence: 1, 2 and 3 processes per stage publish exactly the flag changes the engine
+  decides on the same events in event-time order (``driftswitch backtest``'s order), and count
+  exactly the predictions and joins it counts. So does one process running both stages.
+- Churn: join processes added and removed mid-stream, and a process of each stage SIGKILLed
+  five times at random moments: nothing lost, duplicated or counted twice.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from driftswitch.streams.config.model import Config, load_config
+from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka.groups import partition_for
+from driftswitch.streams.pipeline.engine import Engine, Event
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
+from driftswitch.streams.tools.testing import KILL_ON_ACCURACY, WorkerProcess, flag_changes
+
+pytestmark = pytest.mark.xdist_group("broker")
+
+SCENARIO = Scenario(
+    requests=12_000,
+    change_at=6_000,
+    rate=100.0,
+    seed=23,
+    label_delay=3.0,
+    label_fraction=0.9,
+    variants=(
+        VariantSpec("control", weight=70, accuracy=0.90),
+        VariantSpec("candidate", weight=30, accuracy=0.90, accuracy_after=0.75),
+    ),
+)
+FAST = ["--snapshot-interval", "0.5"]
+
+
+def _key(ev: Event) -> tuple[float, str, int]:
+    return (ev.ts, ev.request_id, 0 if isinstance(ev, PredictionEvent) else 1)
+
+
+def _reference(config: Config, events: list[Event]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The engine's flag changes on the events in event-time order, and its per-variant counts."""
+    engine = Engine(config)
+    ordered = sorted(events, key=_key)
+    changes = []
+    for start in range(0, len(ordered), 1000):
+        for e in engine.process(ordered[start : start + 1000]).outputs:
+            if isinstance(e.event, FlagChangeEvent):
+                changes.append(e.event.model_dump(mode="json"))
+    return changes, _counts(engine.snapshot())
+
+
+def _counts(snapshot: Any) -> dict[str, Any]:
+    return {
+        f"{flag}/{v}": (s["predictions"], s["joined"])
+        for flag, f in snapshot["flags"].items()
+        for v, s in f["variants"].items()
+    }
+
+
+class _Producers:
+    """Events in event order, as services write them while things happen: predictions with
+    confluent-kafka's default partitioner (CRC-32), outcomes placed as a Java or aiokafka
+    producer would (murmur2), so a share of them sits outside its join partition."""
+
+    def __init__(self, bootstrap: str, topics: Topics) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+
+    def send(self, events: list[Event]) -> None:
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        n = self.topics.outcomes.partitions
+        for ev in events:
+            key = ev.request_id.encode()
+            while True:
+                try:
+                    if isinstance(ev, PredictionEvent):
+                        producer.produce(self.topics.predictions.name, encode(ev), key)
+                    else:
+                        where = partition_for(key, n)
+                        producer.produce(
+                            self.topics.outcomes.name, encode(ev), key, partition=where
+                        )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        assert producer.flush(30) == 0
+
+
+def _active(deciders: list[WorkerProcess]) -> WorkerProcess | None:
+    for w in deciders:
+        if w.proc.poll() is None:
+            status = w.health()
+            if status is not None and status.get("role") == "active":
+                return w
+    return None
+
+
+def _wait_done(
+    deciders: list[WorkerProcess],
+    expected: dict[str, Any],
+    timeout: float,
+    joiners: list[WorkerProcess] = (),  # type: ignore[assignment]
+) -> None:
+    """Until the active decide worker has counted exactly the expected predictions and joins
+    (failing at once if a join process exited)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        for j in joiners:
+            if j.proc.poll() is not None:
+                raise AssertionError(f"join process exited:\n{j.log.read_text()[-3000:]}")
+        w = _active(deciders)
+        if w is not None:
+            status = w.health()
+            engine = status.get("engine") if status else None
+            if engine:
+                last = _counts(engine)
+                if last == expected:
+                    return
+        time.sleep(0.5)
+    logs = "\n".join(w.log.read_text()[-3000:] for w in deciders)
+    raise AssertionError(f"counts not reached in {timeout} s: {last} != {expected}\n{logs}")
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Config, list[Event], list[dict[str, Any]], Any]:
+    config_path = tmp_path / "ranker.yaml"
+    config_path.write_text(config_yaml(SCENARIO, KILL_ON_ACCURACY))
+    config = load_config(config_path)
+    events: list[Event] = list(simulate(SCENARIO))
+    changes, counts = _reference(config, events)
+    assert [c["cause"]["action"] for c in changes] == ["kill"]
+    return config_path, config, events, changes, counts
+
+
+def _published(broker: EmbeddedBroker, topics: Topics) -> list[dict[str, Any]]:
+    return [
+        c.model_dump(mode="json") for c in flag_changes(broker.bootstrap, topics) if c.version > 1
+    ]
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_processes_per_stage_decide_like_the_backtest(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    tmp_path: Path,
+    start_worker: Any,
+    processes: int,
+) -> None:
+    config_path, _, events, changes, counts = _setup(tmp_path)
+    deciders = [
+        start_worker(config_path, tmp_path / f"decide{i}.log", args=["--stage", "decide", *FAST])
+        for i in range(processes)
+    ]
+    joiners = [
+        start_worker(config_path, tmp_path / f"join{i}.log", args=["--stage", "join", *FAST])
+        for i in range(processes)
+    ]
+    _Producers(broker.bootstrap, topics).send(events)
+    _wait_done(deciders, counts, 240, joiners)
+    assert _published(broker, topics) == changes
+    owned = [j.health()["partitions"] for j in joiners]  # type: ignore[index]
+    assert sorted(p for o in owned for p in o) == [0, 1, 2, 3]
+    assert sum(j.health()["rerouted"] for j in joiners) > 0  # type: ignore[index]
+
+
+def test_one_process_runs_both_stages(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, start_worker: Any
+) -> None:
+    config_path, _, events, changes, counts = _setup(tmp_path)
+    both = start_worker(config_path, tmp_path / "all.log", args=["--stage", "all", *FAST])
+    both.wait_active()
+    _Producers(broker.bootstrap, topics).send(events)
+    _wait_done([both], counts, 240)
+    assert _published(broker, topics) == changes
+    status = both.health()
+    assert status is not None
+    assert status["join_stage"]["partitions"] == [0, 1, 2, 3]
+    assert status["merge"]["late"] == 0
+    with urllib.request.urlopen(f"{both.url}/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    rerouted = re.search(r"^driftswitch_join_rerouted_total (\S+)$", metrics, re.M)
+    assert rerouted is not None
+    assert float(rerouted.group(1)) == status["join_stage"]["rerouted"] > 0
+
+
+def test_churn_and_sigkill_lose_and_double_count_nothing(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, start_worker: Any
+) -> None:
+    config_path, _, events, changes, counts = _setup(tmp_path)
+    rng = random.Random(5)
+    state = tmp_path / "state"
+    logs = iter(range(1000))
+
+    def join() -> WorkerProcess:
+        return start_worker(
+            config_path,
+            tmp_path / f"join{next(logs)}.log",
+            args=["--stage", "join", "--state-dir", str(state), *FAST],
+        )
+
+    def decide() -> WorkerProcess:
+        return start_worker(
+            config_path, tmp_path / f"decide{next(logs)}.log", args=["--stage", "decide", *FAST]
+        )
+
+    deciders = [decide()]
+    joiners = [join(), join()]
+    producers = _Producers(broker.bootstrap, topics)
+    waves = [events[i : i + len(events) // 8] for i in range(0, len(events), len(events) // 8)]
+    kills = 0
+    for n, wave in enumerate(waves):
+        producers.send(wave)
+        time.sleep(rng.uniform(0.2, 2.0))
+        if n == 1:
+            joiners.append(join())  # a process added mid-stream
+        elif n == 2:
+            joiners.pop(0).stop()  # one removed cleanly mid-stream
+        elif kills < 5:
+            # SIGKILL a join process and the decide process at a random moment; restart both.
+            victim = joiners.pop(rng.randrange(len(joiners)))
+            victim.proc.kill()
+            victim.proc.wait()
+            time.sleep(rng.uniform(0.0, 1.5))
+            active = _active(deciders) or deciders[0]
+            active.proc.kill()
+            active.proc.wait()
+            deciders = [d for d in deciders if d is not active] + [decide()]
+            joiners.append(join())
+            kills += 1
+    while kills < 5:
+        victim = joiners.pop(0)
+        victim.proc.kill()
+        victim.proc.wait()
+        joiners.append(join())
+        kills += 1
+    _wait_done(deciders, counts, 300, joiners)
+    assert _published(broker, topics) == changes
+    active = _active(deciders)
+    assert active is not None
+    merge = active.health()["merge"]  # type: ignore[index]
+    assert merge["late"] == 0
