@@ -175,6 +175,9 @@ class JoinStage:
         self._member: StageMember | None = None
         self._producer: Any = None
         self._deliveries: list[asyncio.Future[Any]] = []
+        #: Held while partitions are processed, checkpointed, assigned or revoked: aiokafka runs
+        #: the rebalance callbacks in its own task, beside this stage's loop.
+        self._lock = asyncio.Lock()
         #: Revoked partitions kept in memory (without a disk store): reused if the next assignment
         #: gives them back with no other owner in between.
         self._parked: dict[int, _Partition] = {}
@@ -273,16 +276,21 @@ class JoinStage:
                     with contextlib.suppress(asyncio.CancelledError):
                         await fetch
                     break
-                await self._process(fetch.result())
-                if time.monotonic() - last >= s.snapshot_interval:
-                    await self._checkpoint(list(self.parts.values()))
-                    last = time.monotonic()
+                async with self._lock:
+                    await self._process(fetch.result())
+                    if time.monotonic() - last >= s.snapshot_interval:
+                        await self._checkpoint(list(self.parts.values()))
+                        last = time.monotonic()
         finally:
             stop_wait.cancel()
 
     # -- partitions coming and going ---------------------------------------------------------
 
     async def _assigned(self, indexes: set[int]) -> None:
+        async with self._lock:
+            await self._assign(indexes)
+
+    async def _assign(self, indexes: set[int]) -> None:
         assert self._member is not None
         t0 = time.monotonic()
         # aiokafka may fetch for the new partitions while this runs: hold them until each one
@@ -366,6 +374,10 @@ class JoinStage:
         return snap
 
     async def _revoked(self, indexes: set[int]) -> None:
+        async with self._lock:
+            await self._revoke(indexes)
+
+    async def _revoke(self, indexes: set[int]) -> None:
         parts = [self.parts[i] for i in sorted(indexes) if i in self.parts]
         await self._checkpoint(parts)
         for part in parts:
