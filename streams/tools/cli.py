@@ -218,10 +218,26 @@ SHOWN_PER_REASON = 3
     metavar="OUT.html|OUT.png",
     help="Also write charts: out.html (self-contained, with out.png beside it) or out.png.",
 )
+@click.option(
+    "--order",
+    type=click.Choice(["file", "event"]),
+    default="file",
+    show_default=True,
+    help="file: replay the lines in file order (what a single worker reading one partition "
+    "decides). event: sorted by event time, ties by request id, predictions first (what the "
+    "decide stage of driftswitch run --stage join/decide/all decides); holds every event in "
+    "memory.",
+)
 def backtest(
-    config_path: str, events: str, as_json: bool, max_errors: int, report_path: str | None
+    config_path: str,
+    events: str,
+    as_json: bool,
+    max_errors: int,
+    report_path: str | None,
+    order: str,
 ) -> None:
-    """Replay EVENTS (JSON Lines) through the service's engine, in file order.
+    """Replay EVENTS (JSON Lines) through the service's engine, in file order (or, with
+    --order event, in event-time order).
 
     Bad lines are skipped and summarised on stderr per reason, with the first few of each as
     file:line: detail. The run fails (exit 1) when no line held a valid event, or when more than
@@ -247,6 +263,9 @@ def backtest(
     from driftswitch.streams.tools import report
 
     if report_path is not None:
+        if order == "event":
+            click.echo("driftswitch backtest: --report replays in file order only", err=True)
+            raise SystemExit(EXIT_USAGE)
         try:
             report.check_target(report_path)
         except report.ReportError as exc:
@@ -257,7 +276,9 @@ def backtest(
         if report_path is not None:
             result, data = report.replay(config, events, progress=progress)
         else:
-            result = report.run_with_progress(config, events, progress)
+            result = report.run_with_progress(
+                config, events, progress, event_order=order == "event"
+            )
     except OSError as exc:
         click.echo(f"driftswitch backtest: {events}: cannot read: {exc.strerror or exc}", err=True)
         raise SystemExit(EXIT_FAILED) from None

@@ -132,15 +132,18 @@ def stderr_progress(path: str | Path, force: bool = False) -> Progress | None:
     return show
 
 
-def run_with_progress(config: Config, path: str | Path, progress: Progress | None) -> Backtest:
+def run_with_progress(
+    config: Config, path: str | Path, progress: Progress | None, *, event_order: bool = False
+) -> Backtest:
     """:func:`driftswitch.streams.pipeline.backtest.run` on ``path``, reporting progress."""
     from driftswitch.streams.pipeline.backtest import run
 
     if progress is None:
-        return run(config, path)
+        return run(config, path, event_order=event_order)
     path = Path(path)
     with path.open("rb") as raw:
-        return run(config, _Counter(raw, path.stat().st_size, progress))  # type: ignore[arg-type]
+        counted = _Counter(raw, path.stat().st_size, progress)
+        return run(config, counted, event_order=event_order)  # type: ignore[arg-type]
 
 
 def check_target(target: str | Path) -> None:

@@ -2,9 +2,9 @@
 broker, with 4-partition input topics, predictions produced by confluent-kafka with its default
 partitioner and outcomes placed by murmur2 (a Java producer's), so a share of them is re-routed.
 
-- Equivalence: 1, 2 and 3 processes per stage publish exactly the flag changes the engine
-  decides on the same events in event-time order (``driftswitch backtest``'s order), and count
-  exactly the predictions and joins it counts. So does one process running both stages.
+- Equivalence: 1, 2 and 3 processes per stage publish exactly the flag changes
+  ``driftswitch backtest --order event`` decides on the same events, and count exactly the
+  predictions and joins it counts. So does one process running both stages.
 - Churn: join processes added and removed mid-stream, and a process of each stage SIGKILLed
   five times at random moments: nothing lost, duplicated or counted twice.
 """
@@ -25,7 +25,8 @@ from driftswitch.streams.config.model import Config, load_config
 from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka.groups import partition_for
-from driftswitch.streams.pipeline.engine import Engine, Event
+from driftswitch.streams.pipeline import backtest
+from driftswitch.streams.pipeline.engine import Event
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 from driftswitch.streams.tools.testing import KILL_ON_ACCURACY, WorkerProcess, flag_changes
@@ -47,20 +48,19 @@ SCENARIO = Scenario(
 FAST = ["--snapshot-interval", "0.5"]
 
 
-def _key(ev: Event) -> tuple[float, str, int]:
-    return (ev.ts, ev.request_id, 0 if isinstance(ev, PredictionEvent) else 1)
-
-
-def _reference(config: Config, events: list[Event]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The engine's flag changes on the events in event-time order, and its per-variant counts."""
-    engine = Engine(config)
-    ordered = sorted(events, key=_key)
-    changes = []
-    for start in range(0, len(ordered), 1000):
-        for e in engine.process(ordered[start : start + 1000]).outputs:
-            if isinstance(e.event, FlagChangeEvent):
-                changes.append(e.event.model_dump(mode="json"))
-    return changes, _counts(engine.snapshot())
+def _reference(
+    config: Config, events: list[Event], path: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``driftswitch backtest --order event`` on the events (written to ``path``, shuffled: the
+    backtest sorts them): its flag changes and per-variant counts."""
+    shuffled = list(events)
+    random.Random(1).shuffle(shuffled)
+    path.write_bytes(b"".join(encode(ev) + b"\n" for ev in shuffled))
+    result = backtest.run(config, path, event_order=True)
+    changes = [
+        out.model_dump(mode="json") for _, out in result.outputs if isinstance(out, FlagChangeEvent)
+    ]
+    return changes, _counts(result.engine.snapshot())
 
 
 def _counts(snapshot: Any) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def _setup(tmp_path: Path) -> tuple[Path, Config, list[Event], list[dict[str, An
     config_path.write_text(config_yaml(SCENARIO, KILL_ON_ACCURACY))
     config = load_config(config_path)
     events: list[Event] = list(simulate(SCENARIO))
-    changes, counts = _reference(config, events)
+    changes, counts = _reference(config, events, tmp_path / "events.jsonl")
     assert [c["cause"]["action"] for c in changes] == ["kill"]
     return config_path, config, events, changes, counts
 

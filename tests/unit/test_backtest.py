@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 
 import orjson
@@ -112,3 +113,44 @@ def test_read_lines_numbers_lines_across_reads() -> None:
     data = b"a\n \nb\nc"
     chunks = list(backtest.read_lines(io.BytesIO(data), chunk_lines=2))
     assert chunks == [([1, 3], [b"a", b"b"]), ([4], [b"c"])]
+
+
+def test_event_order_replays_any_line_order_as_the_sorted_events(tmp_path: Path) -> None:
+    """``--order event``: the lines sorted by event time (ties by request id, predictions
+    first), whatever their order in the file; the line numbers stay the file's."""
+    config = load_config(CONFIG)
+    lines = EVENTS.read_bytes().splitlines()
+    ordered = sorted(
+        range(len(lines)),
+        key=lambda i: (
+            orjson.loads(lines[i])["ts"],
+            orjson.loads(lines[i])["request_id"],
+            orjson.loads(lines[i]).get("kind") != "prediction",
+        ),
+    )
+    in_order = tmp_path / "sorted.jsonl"
+    in_order.write_bytes(b"\n".join(lines[i] for i in ordered) + b"\n")
+    shuffled = list(range(len(lines)))
+    random.Random(4).shuffle(shuffled)
+    mixed = tmp_path / "shuffled.jsonl"
+    mixed.write_bytes(b"\n".join(lines[i] for i in shuffled) + b"\n")
+
+    expected = backtest.run(config, in_order)
+    got = backtest.run(config, mixed, chunk_lines=333, event_order=True)
+    assert [o.model_dump(mode="json") for _, o in got.outputs] == [
+        o.model_dump(mode="json") for _, o in expected.outputs
+    ]
+    assert got.outputs
+    # Positions name the line in the file that was read.
+    for (line, out), (sorted_line, _) in zip(got.outputs, expected.outputs, strict=True):
+        assert lines[shuffled[line - 1]] == lines[ordered[sorted_line - 1]]
+        assert orjson.loads(lines[shuffled[line - 1]])["ts"] == out.ts
+    # In file order the shuffled lines decide differently (or not at all).
+    assert [o.model_dump(mode="json") for _, o in backtest.run(config, mixed).outputs] != [
+        o.model_dump(mode="json") for _, o in expected.outputs
+    ]
+    cli = CliRunner().invoke(
+        main, ["backtest", "--config", str(CONFIG), str(mixed), "--json", "--order", "event"]
+    )
+    assert cli.exit_code == 0, cli.output
+    assert [r["at"]["line"] for r in _json_records(cli.stdout)] == [p for p, _ in got.outputs]
