@@ -52,7 +52,6 @@ import logging
 import math
 import time
 import uuid
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,7 +72,7 @@ from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.joinstore import RocksJoinStore
 from driftswitch.streams.service.snapshot import (
     Snapshot,
-    decode_chunks,
+    continue_on_store,
     encode_chunks,
     latest_snapshot,
 )
@@ -342,36 +341,9 @@ class JoinStage:
 
     def _local(self, index: int, snap: Snapshot | None, store: RocksJoinStore) -> Snapshot | None:
         """The checkpoint to continue from given the topic's latest and the disk store's."""
-        raw = store.checkpoint()
-        local: Snapshot | None = None
-        if raw is not None:
-            try:
-                local = decode_chunks([raw])
-            except (ValueError, KeyError, zlib.error, orjson.JSONDecodeError) as err:
-                log.warning("join store %s: undecodable checkpoint, not used: %s", store.path, err)
-        if (
-            local is not None
-            and snap is not None
-            and snap.checkpoint
-            and snap.checkpoint in (local.checkpoint, local.parent)
-        ):
-            return local
-        if raw is not None:
-            log.warning("join store %s does not continue partition %d: emptied", store.path, index)
-            store.clear()
-        if snap is not None:
-            join = snap.engine["joiner"]["join"]
-            if join.get("stored"):
-                lost = int(join["pending_predictions"]) + int(join["pending_outcomes"])
-                join["pending_predictions"] = join["pending_outcomes"] = 0
-                self.counters["join_entries_lost"] += lost
-                log.error(
-                    "join partition %d: its %d pending entries are on another disk; its join "
-                    "starts empty here",
-                    index,
-                    lost,
-                )
-        return snap
+        resumed, lost = continue_on_store(snap, store, lambda s: s.engine["joiner"]["join"])
+        self.counters["join_entries_lost"] += lost
+        return resumed
 
     async def _revoked(self, indexes: set[int]) -> None:
         async with self._lock:

@@ -51,6 +51,7 @@ __all__ = [
     "HEADER_CHUNK",
     "HEADER_SNAPSHOT",
     "Snapshot",
+    "continue_on_store",
     "decode_chunks",
     "encode_chunks",
     "latest_snapshot",
@@ -176,3 +177,48 @@ def latest_snapshot(records: Sequence[Any], key: bytes) -> Snapshot | None:
                 log.warning("skipping undecodable snapshot %s: %s", sid, err)
             current, current_id = [], None
     return best
+
+
+def continue_on_store(
+    snapshot: Snapshot | None, store: Any, join_of: Any
+) -> tuple[Snapshot | None, int]:
+    """The snapshot to resume from, given the state topic's latest and a join store on disk
+    (a :class:`~driftswitch.streams.service.joinstore.RocksJoinStore`), and how many pending
+    join entries were lost.
+
+    The store's own document wins when it continues the topic's latest snapshot (same
+    checkpoint, or the next one: killed between the commit and the send). Otherwise the store is
+    emptied, and the entries the topic's snapshot says were on a disk (``join_of(snapshot)``:
+    its join state) are lost: they are counted, and that join state says none are pending.
+    """
+    raw = store.checkpoint()
+    local: Snapshot | None = None
+    if raw is not None:
+        try:
+            local = decode_chunks([raw])
+        except (ValueError, KeyError, zlib.error, orjson.JSONDecodeError) as err:
+            log.warning("join store %s: undecodable checkpoint, not used: %s", store.path, err)
+    if (
+        snapshot is not None
+        and local is not None
+        and snapshot.checkpoint
+        and snapshot.checkpoint in (local.checkpoint, local.parent)
+    ):
+        log.info("join store %s continues snapshot %d", store.path, snapshot.seq)
+        return local, 0
+    if raw is not None:
+        log.warning("join store %s does not continue the latest snapshot: emptied", store.path)
+        store.clear()
+    lost = 0
+    if snapshot is not None:
+        join = join_of(snapshot)
+        if join.get("stored"):
+            lost = int(join["pending_predictions"]) + int(join["pending_outcomes"])
+            join["pending_predictions"] = join["pending_outcomes"] = 0
+            log.error(
+                "snapshot %d keeps its %d pending join entries on another disk: the join "
+                "starts empty here",
+                snapshot.seq,
+                lost,
+            )
+    return snapshot, lost

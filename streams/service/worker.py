@@ -93,7 +93,6 @@ import logging
 import math
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +137,7 @@ from driftswitch.streams.service.pacing import snapshot_interval
 from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
     Snapshot,
+    continue_on_store,
     decode_chunks,
     encode_chunks,
     latest_snapshot,
@@ -732,43 +732,15 @@ class Worker:
     def _local_checkpoint(
         self, snapshot: Snapshot | None, store: RocksJoinStore
     ) -> Snapshot | None:
-        """The snapshot to resume from, given the latest on the state topic and the join store.
+        """The snapshot to resume from, given the latest on the state topic and the join store
+        (:func:`~driftswitch.streams.service.snapshot.continue_on_store`)."""
 
-        The store's own document wins when it continues the topic's latest snapshot (same
-        checkpoint, or the next one: killed between the commit and the send). Otherwise the
-        store is emptied; entries the topic's snapshot says were on a disk are lost (counted).
-        """
-        raw = store.checkpoint()
-        local: Snapshot | None = None
-        if raw is not None:
-            try:
-                local = decode_chunks([raw])
-            except (ValueError, KeyError, zlib.error, orjson.JSONDecodeError) as err:
-                log.warning("join store %s: undecodable checkpoint, not used: %s", store.path, err)
-        if (
-            snapshot is not None
-            and local is not None
-            and snapshot.checkpoint
-            and snapshot.checkpoint in (local.checkpoint, local.parent)
-        ):
-            log.info("join store %s continues snapshot %d", store.path, snapshot.seq)
-            return local
-        if raw is not None:
-            log.warning("join store %s does not continue the latest snapshot: emptied", store.path)
-            store.clear()
-        if snapshot is not None:
-            join = snapshot.engine.get("join", {}) if isinstance(snapshot.engine, dict) else {}
-            if join.get("stored"):
-                lost = int(join["pending_predictions"]) + int(join["pending_outcomes"])
-                join["pending_predictions"] = join["pending_outcomes"] = 0
-                self.counters["join_entries_lost"] += lost
-                log.error(
-                    "snapshot %d keeps its %d pending join entries on another disk: the join "
-                    "starts empty here",
-                    snapshot.seq,
-                    lost,
-                )
-        return snapshot
+        def join_of(snap: Snapshot) -> Any:
+            return snap.engine.get("join", {}) if isinstance(snap.engine, dict) else {}
+
+        resumed, lost = continue_on_store(snapshot, store, join_of)
+        self.counters["join_entries_lost"] += lost
+        return resumed
 
     async def _end_of(self, tp: Any) -> int:
         """The offset after the last record of ``tp``, read (Tansu under-reports end offsets)."""

@@ -254,3 +254,37 @@ def event_records(
         )
         for e in events
     ]
+
+
+#: Join settings for tests of the staged deployment: a topic read to its end stops holding the
+#: watermark back only after 5 s (not 2), so a loaded test machine that starves a producer for a
+#: moment does not make observations late.
+STAGE_TEST_JOIN = "join:\n  idle_after: 5\n"
+
+
+def produce_in_event_order(bootstrap: str, topics: Topics, events: Iterable[Any]) -> None:
+    """Write ``events`` in the given order, as model services write them while things happen:
+    predictions with confluent-kafka's default partitioner (CRC-32 of the key: their join
+    partition), outcomes where a Java or aiokafka producer would put them (murmur2 of the key),
+    so that a share of them sits outside its join partition and is re-routed."""
+    from confluent_kafka import Producer
+
+    from driftswitch.streams.contract.events import PredictionEvent, encode
+    from driftswitch.streams.kafka.groups import partition_for
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    n = topics.outcomes.partitions
+    for ev in events:
+        key = ev.request_id.encode()
+        while True:
+            try:
+                if isinstance(ev, PredictionEvent):
+                    producer.produce(topics.predictions.name, encode(ev), key)
+                else:
+                    where = partition_for(key, n)
+                    producer.produce(topics.outcomes.name, encode(ev), key, partition=where)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60) != 0:
+        raise RuntimeError("records still unacknowledged after 60 s")

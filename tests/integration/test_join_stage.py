@@ -1,7 +1,8 @@
-"""The join stage on the embedded broker: one or two processes in a consumer group join
-predictions produced by confluent-kafka (librdkafka's default partitioner) with outcomes produced
-by aiokafka (murmur2), re-route what is misplaced, and send observations whose event-time merge
-decides exactly what the engine decides on the same events in event-time order."""
+"""The join stage on the embedded broker: one to three processes in a consumer group join
+predictions produced by confluent-kafka (librdkafka's default partitioner) with outcomes placed
+by murmur2 (as a Java producer places them), re-route what is misplaced, and send observations
+whose event-time merge decides exactly what the engine decides on the same events in event-time
+order."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Producer
 
 from driftswitch.streams.config.model import Config, parse_config
-from driftswitch.streams.contract.events import PredictionEvent, encode
+from driftswitch.streams.contract.events import PredictionEvent
 from driftswitch.streams.contract.placement import join_partition
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.pipeline.engine import Engine, Event
@@ -25,6 +26,7 @@ from driftswitch.streams.service.joinstage import JoinStage
 from driftswitch.streams.service.worker import WorkerSettings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
+from driftswitch.streams.tools.testing import STAGE_TEST_JOIN, produce_in_event_order
 
 pytestmark = pytest.mark.xdist_group("broker")
 
@@ -68,25 +70,6 @@ def _reference(config: Config, events: list[Event]) -> tuple[list[dict[str, Any]
     return [e.event.model_dump(mode="json") for e in outputs], int(joined)  # type: ignore[arg-type]
 
 
-async def _produce(bootstrap: str, topics: Topics, events: list[Event]) -> None:
-    """Predictions with confluent-kafka (CRC-32 placement), outcomes with aiokafka (murmur2)."""
-    confluent = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    aio = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await aio.start()
-    try:
-        for ev in events:
-            value = encode(ev)
-            if isinstance(ev, PredictionEvent):
-                confluent.produce(topics.predictions.name, value, ev.request_id.encode())
-                confluent.poll(0)
-            else:
-                await aio.send(topics.outcomes.name, value, key=ev.request_id.encode())
-        await aio.flush()
-    finally:
-        await aio.stop()
-    assert confluent.flush(30) == 0
-
-
 async def _decide(
     bootstrap: str, topics: Topics, config: Config, expected: int, limit_s: float
 ) -> tuple[list[dict[str, Any]], Merge]:
@@ -124,7 +107,7 @@ async def _decide(
 def test_join_stage_processes_decide_like_the_event_ordered_engine(
     broker: EmbeddedBroker, topics: Topics, processes: int, on_disk: bool, tmp_path: Path
 ) -> None:
-    config = parse_config(config_yaml(SCENARIO, GUARDRAILS))
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
     events = list(simulate(SCENARIO))
     reference, joined = _reference(config, events)
     assert reference, "the scenario must decide something"
@@ -145,7 +128,9 @@ def test_join_stage_processes_decide_like_the_event_ordered_engine(
         stages = [JoinStage(config, settings) for _ in range(processes)]
         tasks = [asyncio.ensure_future(s.run()) for s in stages]
         try:
-            await _produce(broker.bootstrap, topics, events)
+            await asyncio.get_running_loop().run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
             outputs, merge = await _decide(
                 broker.bootstrap, topics, config, predictions + joined, limit_s=180
             )
@@ -160,8 +145,8 @@ def test_join_stage_processes_decide_like_the_event_ordered_engine(
     assert merge.late == 0
     assert outputs == reference
     rerouted = sum(s.counters["rerouted"] for s in stages)
-    # confluent-kafka placed every prediction where the join expects it (CRC-32); aiokafka's
-    # murmur2 misplaced some outcomes, which were re-routed.
+    # confluent-kafka placed every prediction where the join expects it (CRC-32); murmur2
+    # misplaced some outcomes, which were re-routed.
     assert 0 < rerouted <= misplaced
     if on_disk:
         assert any((tmp_path / f"{topics.flags.name}-g.join" / "0").iterdir())

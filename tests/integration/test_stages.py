@@ -19,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
 from driftswitch.streams.config.model import Config, load_config
-from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
+from driftswitch.streams.contract.events import FlagChangeEvent, encode
 from driftswitch.streams.contract.topics import Topics
-from driftswitch.streams.kafka.groups import partition_for
 from driftswitch.streams.pipeline import backtest
 from driftswitch.streams.pipeline.engine import Event
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import KILL_ON_ACCURACY, WorkerProcess, flag_changes
+from driftswitch.streams.tools.testing import (
+    KILL_ON_ACCURACY,
+    STAGE_TEST_JOIN,
+    WorkerProcess,
+    flag_changes,
+    produce_in_event_order,
+)
 
 pytestmark = pytest.mark.xdist_group("broker")
 
@@ -71,35 +75,6 @@ def _counts(snapshot: Any) -> dict[str, Any]:
     }
 
 
-class _Producers:
-    """Events in event order, as services write them while things happen: predictions with
-    confluent-kafka's default partitioner (CRC-32), outcomes placed as a Java or aiokafka
-    producer would (murmur2), so a share of them sits outside its join partition."""
-
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
-        self.bootstrap = bootstrap
-        self.topics = topics
-
-    def send(self, events: list[Event]) -> None:
-        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
-        n = self.topics.outcomes.partitions
-        for ev in events:
-            key = ev.request_id.encode()
-            while True:
-                try:
-                    if isinstance(ev, PredictionEvent):
-                        producer.produce(self.topics.predictions.name, encode(ev), key)
-                    else:
-                        where = partition_for(key, n)
-                        producer.produce(
-                            self.topics.outcomes.name, encode(ev), key, partition=where
-                        )
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        assert producer.flush(30) == 0
-
-
 def _active(deciders: list[WorkerProcess]) -> WorkerProcess | None:
     for w in deciders:
         if w.proc.poll() is None:
@@ -138,7 +113,7 @@ def _wait_done(
 
 def _setup(tmp_path: Path) -> tuple[Path, Config, list[Event], list[dict[str, Any]], Any]:
     config_path = tmp_path / "ranker.yaml"
-    config_path.write_text(config_yaml(SCENARIO, KILL_ON_ACCURACY))
+    config_path.write_text(config_yaml(SCENARIO, KILL_ON_ACCURACY) + STAGE_TEST_JOIN)
     config = load_config(config_path)
     events: list[Event] = list(simulate(SCENARIO))
     changes, counts = _reference(config, events, tmp_path / "events.jsonl")
@@ -169,7 +144,7 @@ def test_processes_per_stage_decide_like_the_backtest(
         start_worker(config_path, tmp_path / f"join{i}.log", args=["--stage", "join", *FAST])
         for i in range(processes)
     ]
-    _Producers(broker.bootstrap, topics).send(events)
+    produce_in_event_order(broker.bootstrap, topics, events)
     _wait_done(deciders, counts, 240, joiners)
     assert _published(broker, topics) == changes
     owned = [j.health()["partitions"] for j in joiners]  # type: ignore[index]
@@ -183,7 +158,7 @@ def test_one_process_runs_both_stages(
     config_path, _, events, changes, counts = _setup(tmp_path)
     both = start_worker(config_path, tmp_path / "all.log", args=["--stage", "all", *FAST])
     both.wait_active()
-    _Producers(broker.bootstrap, topics).send(events)
+    produce_in_event_order(broker.bootstrap, topics, events)
     _wait_done([both], counts, 240)
     assert _published(broker, topics) == changes
     status = both.health()
@@ -219,11 +194,10 @@ def test_churn_and_sigkill_lose_and_double_count_nothing(
 
     deciders = [decide()]
     joiners = [join(), join()]
-    producers = _Producers(broker.bootstrap, topics)
     waves = [events[i : i + len(events) // 8] for i in range(0, len(events), len(events) // 8)]
     kills = 0
     for n, wave in enumerate(waves):
-        producers.send(wave)
+        produce_in_event_order(broker.bootstrap, topics, wave)
         time.sleep(rng.uniform(0.2, 2.0))
         if n == 1:
             joiners.append(join())  # a process added mid-stream
