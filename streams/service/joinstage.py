@@ -89,6 +89,9 @@ log = logging.getLogger(__name__)
 HEADER_ORIGIN = "driftswitch.origin"
 #: On a marker record of the repartition topic (its value: ``{"source", "horizon", "idle"}``).
 HEADER_MARKER = "driftswitch.marker"
+#: Observations per record of the observations topic (about 200 bytes each: well under Kafka's
+#: default 1 MiB message limit).
+BATCH_OBSERVATIONS = 2000
 #: Topic indexes in observation positions and batches.
 PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
 
@@ -110,6 +113,8 @@ class _Partition:
     #: The horizon this partition last announced, and the watermark it last sent.
     announced: tuple[float, bool] | None = None
     sent: tuple[float, bool] | None = None
+    #: The read positions the last batch sent carried (the checkpoint's, after a restart).
+    sent_read: dict[int, int] = field(default_factory=dict)
     #: Per topic index: since when (monotonic seconds) it has been read to its end.
     caught_since: dict[int, float] = field(default_factory=dict)
     seq: int = 0
@@ -335,6 +340,7 @@ class JoinStage:
         part.store = store
         if snap is not None:
             part.restore(snap.engine)
+            part.sent_read = dict(part.read)
             part.seq = snap.seq
             part.checkpoint, part.parent = snap.checkpoint, snap.parent
         return part
@@ -555,14 +561,30 @@ class JoinStage:
         groups: dict[int, list[Observation]] = {q: [] for q in range(self._outputs)}
         for obs in observations:
             groups[observations_partition(obs[2], self._outputs)].append(obs)
+        # A batch of many observations goes out in several records. Only the last carries the
+        # new read positions and watermark: the earlier ones repeat what was sent before, so a
+        # process killed between them has not claimed (read positions are what the decide stage
+        # takes as sent) observations it never sent.
+        before_wm, _ = part.sent if part.sent is not None else (-math.inf, False)
+        key = str(part.index).encode()
         for q, obs in groups.items():
-            value = encode_batch(Batch(part.index, dict(part.read), watermark, idle, obs, part.run))
-            self._deliveries.append(
-                await self._producer.send(
-                    self.topics.observations.name, value, key=str(part.index).encode(), partition=q
+            chunks = [
+                obs[i : i + BATCH_OBSERVATIONS] for i in range(0, len(obs), BATCH_OBSERVATIONS)
+            ]
+            for n, chunk in enumerate(chunks or [[]], start=1):
+                final = n >= len(chunks)
+                batch = (
+                    Batch(part.index, dict(part.read), watermark, idle, chunk, part.run)
+                    if final
+                    else Batch(part.index, dict(part.sent_read), before_wm, False, chunk, part.run)
                 )
-            )
+                self._deliveries.append(
+                    await self._producer.send(
+                        self.topics.observations.name, encode_batch(batch), key=key, partition=q
+                    )
+                )
         part.sent = (watermark, idle)
+        part.sent_read = dict(part.read)
         self.counters["observations"] += len(observations)
         if horizon != part.announced:
             part.announced = horizon

@@ -70,12 +70,32 @@ def _reference(config: Config, events: list[Event]) -> tuple[list[dict[str, Any]
     return [e.event.model_dump(mode="json") for e in outputs], int(joined)  # type: ignore[arg-type]
 
 
+class _Merges:
+    """One merge per observations partition, as the decide stage keeps them (a join
+    partition's batch reaches every observations partition, each read at its own pace), with
+    their counters summed."""
+
+    def __init__(self, sources: int, partitions: int) -> None:
+        self.merges = [Merge(sources) for _ in range(partitions)]
+
+    @property
+    def late(self) -> int:
+        return sum(m.late for m in self.merges)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(m.duplicates for m in self.merges)
+
+    def done(self) -> bool:
+        return all(m.bound == math.inf and not len(m) for m in self.merges)
+
+
 async def _decide(
     bootstrap: str, topics: Topics, config: Config, expected: int, limit_s: float
-) -> tuple[list[dict[str, Any]], Merge]:
-    """Read the observations topic into a merge and a decider until ``expected`` observations
-    were applied and every join partition is idle."""
-    merge = Merge(topics.predictions.partitions)
+) -> tuple[list[dict[str, Any]], _Merges]:
+    """Read the observations topic into the merges and a decider until ``expected``
+    observations were applied and every join partition is idle."""
+    merges = _Merges(topics.predictions.partitions, topics.observations.partitions)
     decider = Decider(build_flags(config))
     consumer = AIOKafkaConsumer(
         topics.observations.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
@@ -88,19 +108,21 @@ async def _decide(
         deadline = loop.time() + limit_s
         while loop.time() < deadline:
             got = await consumer.getmany(timeout_ms=200)
-            for records in got.values():
+            for tp, records in got.items():
+                merge = merges.merges[tp.partition]
                 for rec in records:
                     late = merge.add(decode_batch(rec.value))
                     applied += len(late)
                     outputs += [e.event.model_dump(mode="json") for e in decider.process(late)]
-            released = merge.release()
-            applied += len(released)
-            outputs += [e.event.model_dump(mode="json") for e in decider.process(released)]
-            if applied >= expected and merge.bound == math.inf and not len(merge):
+            for merge in merges.merges:
+                released = merge.release()
+                applied += len(released)
+                outputs += [e.event.model_dump(mode="json") for e in decider.process(released)]
+            if applied >= expected and merges.done():
                 break
     finally:
         await consumer.stop()
-    return outputs, merge
+    return outputs, merges
 
 
 @pytest.mark.parametrize(("processes", "on_disk"), [(1, False), (2, False), (3, False), (2, True)])
@@ -116,7 +138,7 @@ def test_join_stage_processes_decide_like_the_event_ordered_engine(
         not isinstance(ev, PredictionEvent) for ev in events
     )  # an upper bound; the exact count is measured below
 
-    async def scenario() -> tuple[list[dict[str, Any]], Merge, list[JoinStage], list[set[int]]]:
+    async def scenario() -> tuple[list[dict[str, Any]], _Merges, list[JoinStage], list[set[int]]]:
         settings = WorkerSettings(
             bootstrap=broker.bootstrap,
             topics=topics,
@@ -173,3 +195,79 @@ def test_confluent_kafka_places_keys_where_the_join_expects_them(
     n = topics.predictions.partitions
     assert {rid: join_partition(rid, n) for rid in ids} == placed
     assert len(set(placed.values())) == n
+
+
+LATE = Scenario(
+    variants=(
+        VariantSpec("control", weight=50, accuracy=0.9),
+        VariantSpec("candidate", weight=50, accuracy=0.9, accuracy_after=0.8),
+    ),
+    requests=40_000,
+    change_at=10_000,
+    rate=40.0,
+    label_delay=1800.0,
+    label_fraction=0.95,
+    seed=3,
+)
+
+
+@pytest.mark.slow
+def test_labels_thirty_minutes_late_join_exactly_on_disk_across_a_restart(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    """Outcomes 30 minutes of event time (on average) after their predictions, so tens of
+    thousands of entries wait at once, far beyond ``join.max_pending`` (which bounds only the
+    in-memory join): on disk nothing is evicted, the join stage stops and a second one continues
+    from the stores, and every label joins, exactly as the event-ordered engine joins them."""
+    guardrails = GUARDRAILS
+    yaml = (
+        config_yaml(LATE, guardrails)
+        + "join:\n  ttl: 86400\n  max_pending: 1000\n  idle_after: 5\n"
+    )
+    config = parse_config(yaml)
+    events = list(simulate(LATE))
+    reference_config = parse_config(config_yaml(LATE, guardrails) + "join:\n  ttl: 86400\n")
+    reference, joined = _reference(reference_config, events)
+    predictions = sum(isinstance(ev, PredictionEvent) for ev in events)
+    half = len(events) // 2
+
+    async def scenario() -> tuple[list[dict[str, Any]], _Merges, int, int]:
+        settings = WorkerSettings(
+            bootstrap=broker.bootstrap,
+            topics=topics,
+            group=f"{topics.flags.name}-late",
+            snapshot_interval=0.5,
+            state_dir=tmp_path,
+        )
+        loop = asyncio.get_running_loop()
+        first = JoinStage(config, settings)
+        task = asyncio.ensure_future(first.run())
+        await loop.run_in_executor(
+            None, produce_in_event_order, broker.bootstrap, topics, events[:half]
+        )
+        peak = 0
+        while first.counters["records"] < half:  # read the first half (plus re-routes)
+            peak = max(peak, sum(first.status()["pending"].values()))
+            await asyncio.sleep(0.2)
+        peak = max(peak, sum(first.status()["pending"].values()))
+        first.stop.set()
+        await task
+        second = JoinStage(config, settings)
+        task = asyncio.ensure_future(second.run())
+        try:
+            await loop.run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events[half:]
+            )
+            outputs, merge = await _decide(
+                broker.bootstrap, topics, config, predictions + joined, limit_s=600
+            )
+        finally:
+            second.stop.set()
+            await task
+        return outputs, merge, peak, second.counters["join_entries_lost"]
+
+    outputs, merge, peak, lost = asyncio.run(scenario())
+    assert peak > 10 * config.join.max_pending  # far more waited than the in-memory bound
+    assert lost == 0
+    assert merge.late == 0
+    assert outputs == reference
