@@ -212,6 +212,41 @@ def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroke
     asyncio.run(run())
 
 
+def test_two_members_leaving_one_after_the_other_leave_the_third_everything(
+    broker: EmbeddedBroker,
+) -> None:
+    """The second leaves while the group rebalances after the first's leave; the survivor is
+    assigned every index (the Tansu group does not get stuck, as it did for plain aiokafka
+    consumers, see streams/tools/broker.py)."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        group = fresh("grp.leave2-")
+        log: list[Any] = []
+        members = [Member(n, broker.bootstrap, group, topics, log) for n in "abc"]
+        started: list[Member] = []
+        try:
+            for m in members:
+                started.append(await m.start())
+                await m.member.wait_assigned(90)
+            await until(
+                "a 2/1/1 split",
+                lambda: sorted(len(m.member.owned) for m in members) == [1, 1, 2],
+            )
+            a, b, c = members
+            await b.stop()
+            started.remove(b)
+            await c.stop()
+            started.remove(c)
+            await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
+            assert a.assigned_tps() == {(t, p) for t in topics for p in range(4)}
+        finally:
+            for m in started:
+                await m.stop()
+
+    asyncio.run(run())
+
+
 class Child:
     """tests/integration/stage_member_child.py in a subprocess, its JSON lines collected."""
 
