@@ -277,9 +277,13 @@ class StageMember:
     - ``on_assigned(indexes)`` once the new assignment is known, with every index now owned
       (not only the new ones; :attr:`kept` tells which ones stayed with no owner in between).
 
-    A callback that raises is logged, and the error is raised again, as :class:`GroupError`,
-    from the next :meth:`getmany` or :meth:`check`: a runner that could not checkpoint must
-    stop rather than go on with state another member may have taken over.
+    The callbacks run in aiokafka's coordination task, concurrently with the runner's own
+    loop: a runner processing a batch when ``on_revoked`` comes must finish or drop it there
+    (share a lock between the two), since after ``on_revoked`` returns the indexes may be
+    another member's. A callback that raises is logged, and the error is raised again, as
+    :class:`GroupError`, from the next :meth:`getmany`, :meth:`commit` or :meth:`check`: a
+    runner that could not checkpoint must stop rather than go on with state another member may
+    have taken over.
 
     The consumer is built by :func:`driftswitch.streams.kafka.connect.consumer` (TLS and SASL
     settings of ``kafka``) with auto-commit off and ``auto_offset_reset="earliest"`` unless
@@ -433,6 +437,17 @@ class StageMember:
             else:
                 self.consumer.seek(tp, committed)
         return found
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """``{(topic, index): records behind}`` for every owned partition that has had a fetch
+        answer: the high watermark of the last one minus the position. (Tansu reports the high
+        watermark as the last batch's base offset + 1, so it under-counts there.)"""
+        out: dict[tuple[str, int], int] = {}
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                out[(tp.topic, tp.partition)] = max(0, highwater - await self.consumer.position(tp))
+        return out
 
     # -- fencing -------------------------------------------------------------------------------
 

@@ -420,6 +420,34 @@ def test_a_member_stopping_in_generation_zero_leaves_at_once(broker: EmbeddedBro
     asyncio.run(run())
 
 
+def test_lag_counts_the_records_not_yet_read(broker: EmbeddedBroker) -> None:
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for i in range(5):  # one batch each: Tansu's high watermark is exact then
+                await producer.send_and_wait(topics[0], str(i).encode(), partition=0)
+        finally:
+            await producer.stop()
+        member = StageMember(as_settings(broker.bootstrap), fresh("grp.lag-"), topics, **OPTIONS)
+        async with member:
+            await member.wait_assigned(90)
+            tp = member.tp(topics[0], 0)
+            read: list[Any] = []
+            while len(read) < 2:
+                read += (await member.getmany(tp, timeout_ms=200, max_records=2 - len(read))).get(
+                    tp, []
+                )
+            lag = await member.lag()
+            assert lag[(topics[0], 0)] == 3
+            while len(read) < 5:
+                read += (await member.getmany(tp, timeout_ms=200)).get(tp, [])
+            assert (await member.lag())[(topics[0], 0)] == 0
+
+    asyncio.run(run())
+
+
 def test_start_refuses_topics_with_different_partition_counts(broker: EmbeddedBroker) -> None:
     async def run() -> None:
         four = await make_topics(broker.bootstrap, n=2)
