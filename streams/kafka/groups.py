@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,12 +278,11 @@ class StageMember:
       (not only the new ones; :attr:`kept` tells which ones stayed with no owner in between).
 
     The callbacks run in aiokafka's coordination task, concurrently with the runner's own
-    loop: a runner processing a batch when ``on_revoked`` comes must finish or drop it there
-    (share a lock between the two), since after ``on_revoked`` returns the indexes may be
-    another member's. A callback that raises is logged, and the error is raised again, as
-    :class:`GroupError`, from the next :meth:`getmany`, :meth:`commit` or :meth:`check`: a
-    runner that could not checkpoint must stop rather than go on with state another member may
-    have taken over.
+    loop: a runner processes each batch inside :meth:`processing`, which holds the callbacks
+    off meanwhile and drops a batch that a rebalance overtook. A callback that raises is
+    logged, and the error is raised again, as :class:`GroupError`, from the next
+    :meth:`getmany`, :meth:`commit` or :meth:`check`: a runner that could not checkpoint must
+    stop rather than go on with state another member may have taken over.
 
     The consumer is built by :func:`driftswitch.streams.kafka.connect.consumer` (TLS and SASL
     settings of ``kafka``) with auto-commit off and ``auto_offset_reset="earliest"`` unless
@@ -321,6 +320,10 @@ class StageMember:
         self._stopping = False
         self._callbacks = asyncio.Lock()
         self._assigned_once = asyncio.Event()
+        #: Counts rebalance callbacks (each revocation and assignment, before and after it).
+        self._epoch = 0
+        #: ``_epoch`` when the latest :meth:`getmany` began.
+        self._batch_epoch = -1
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -416,9 +419,27 @@ class StageMember:
         Raises :class:`GroupError` if a rebalance callback failed since the last call.
         """
         self._raise_failure()
-        return await self.consumer.getmany(
+        epoch = self._epoch
+        batch = await self.consumer.getmany(
             *partitions, timeout_ms=timeout_ms, max_records=max_records
         )
+        self._batch_epoch = epoch
+        return batch
+
+    @contextlib.asynccontextmanager
+    async def processing(self, batch: Any) -> AsyncIterator[Any]:
+        """Process the latest :meth:`getmany` batch with no rebalance callback interleaving.
+
+        ``async with member.processing(batch) as records:`` holds off ``on_revoked`` and
+        ``on_assigned`` until the block ends, and gives ``batch`` back, or ``{}`` when a
+        rebalance callback ran since the :meth:`getmany` that fetched it began: those records
+        may belong to another member now, or to a partition the runner has since seeked back
+        (``on_assigned`` seeks every owned partition to where its state stops), so they will
+        be read again and must be dropped. Without it, a revocation can run while the runner
+        is halfway through a batch. Do not call :meth:`stop` inside the block.
+        """
+        async with self._callbacks:
+            yield batch if self._batch_epoch == self._epoch else {}
 
     def seek(self, topic: str, index: int, offset: int) -> None:
         """Read partition ``index`` of ``topic`` from ``offset`` next (it must be owned)."""
@@ -511,6 +532,7 @@ class StageMember:
 
     async def _revoke(self) -> None:
         async with self._callbacks:
+            self._epoch += 1
             revoked = set(self._owned)
             if not revoked:
                 return
@@ -523,9 +545,11 @@ class StageMember:
                 self._failure = err
             finally:
                 self._owned = self._kept = frozenset()
+                self._epoch += 1
 
     async def _assign(self, indexes: set[int]) -> None:
         async with self._callbacks:
+            self._epoch += 1
             if self._stopping:
                 return
             generation = _generation_of(self._consumer)
@@ -550,6 +574,7 @@ class StageMember:
             except Exception as err:
                 log.exception("group %s: on_assigned(%s) failed", self.group, sorted(indexes))
                 self._failure = err
+            self._epoch += 1
             self._assigned_once.set()
 
 

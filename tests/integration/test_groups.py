@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import secrets
 import signal
@@ -416,6 +417,95 @@ def test_a_member_stopping_in_generation_zero_leaves_at_once(broker: EmbeddedBro
             await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
         finally:
             await a.stop()
+
+    asyncio.run(run())
+
+
+def test_processing_holds_rebalances_off_and_drops_an_overtaken_batch(
+    broker: EmbeddedBroker,
+) -> None:
+    """A batch processed inside ``processing`` finishes before the revocation starts; a batch
+    fetched before a rebalance and processed after it comes back empty."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+
+        async def produce(round_: int) -> None:
+            for t in topics:
+                for p in range(4):
+                    await producer.send_and_wait(t, f"{round_}".encode(), partition=p)
+
+        group = fresh("grp.proc-")
+        log: list[Any] = []
+
+        def member(name: str) -> StageMember:
+            async def revoked(indexes: set[int]) -> None:
+                log.append((name, "revoked"))
+
+            async def assigned(indexes: set[int]) -> None:
+                log.append((name, "assigned"))
+
+            kafka = as_settings(broker.bootstrap)
+            return StageMember(
+                kafka, group, topics, on_revoked=revoked, on_assigned=assigned, **OPTIONS
+            )
+
+        async def fetch(m: StageMember) -> Any:
+            while not (batch := await m.getmany(timeout_ms=200)):
+                pass
+            return batch
+
+        class Rebalancing(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                # Until a rejoins, a is the group's only member (b is waiting to join).
+                if "because it is rebalancing" in record.getMessage():
+                    log.append(("a", "rebalancing"))
+
+        a, b, c = member("a"), member("b"), member("c")
+        started = [a]
+        handler = Rebalancing()
+        logging.getLogger("aiokafka").addHandler(handler)
+        try:
+            await produce(0)
+            await a.start()
+            await a.wait_assigned(90)
+            batch = await fetch(a)
+            async with a.processing(batch) as records:
+                assert records == batch  # nothing happened since it was fetched
+
+            # A second member joins while a is inside the block: a's revocation waits for it.
+            await produce(1)
+            batch = await fetch(a)
+            async with a.processing(batch) as records:
+                assert records == batch
+                await b.start()
+                started.append(b)
+                # a's heartbeat learns of the rebalance; aiokafka then revokes, which waits.
+                await until("a rebalance", lambda: ("a", "rebalancing") in log)
+                await asyncio.sleep(1.0)
+                assert ("a", "revoked") not in log
+                assert not b.owned
+                log.append(("a", "block done"))
+            await until("the 2+2 split", lambda: len(a.owned) == len(b.owned) == 2)
+            assert log.index(("a", "block done")) < log.index(("a", "revoked"))
+
+            # A batch fetched, then overtaken by a rebalance before it is processed: dropped.
+            await produce(2)
+            batch = await fetch(a)
+            before = a.generation
+            await c.start()
+            started.append(c)
+            await until("c's assignment", lambda: bool(c.owned) and a.generation > before)
+            async with a.processing(batch) as records:
+                assert batch
+                assert records == {}
+        finally:
+            logging.getLogger("aiokafka").removeHandler(handler)
+            await producer.stop()
+            for m in started:
+                await m.stop()
 
     asyncio.run(run())
 
