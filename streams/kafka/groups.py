@@ -38,7 +38,6 @@ import orjson
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.kafka.connect import (
     Membership,
-    check_membership,
     consumer,
     open_admin,
     partitioner,
@@ -504,11 +503,13 @@ class StageMember:
         """Whether this member is still in the group's current generation (the fencing check of
         :func:`~driftswitch.streams.kafka.connect.check_membership`).
 
-        It re-commits, fenced, the committed offset of one owned partition (the lowest index of
-        the first topic), so committed offsets are left as they are; a partition with nothing
-        committed gets :func:`check_membership`'s marker commit at offset 0, which is where a
-        reader with nothing committed starts anyway. :attr:`Membership.REBALANCING` when
-        nothing is owned.
+        It re-commits, through :meth:`commit`, the committed offset of one owned partition (the
+        lowest index of the first topic), so committed offsets are left as they are; a
+        partition with nothing committed gets offset 0, where a reader with nothing committed
+        starts anyway. :attr:`Membership.REBALANCING` when nothing is owned. Unlike
+        :func:`~driftswitch.streams.kafka.connect.check_membership`, a member that aiokafka
+        already knows to be expelled sends nothing (aiokafka would send the commit without a
+        generation, which Kafka accepts for a group that has no members left).
         """
         self._raise_failure()
         if not self._owned:
@@ -519,9 +520,7 @@ class StageMember:
         except Exception:  # the coordinator is moving or unreachable: ask again later
             log.debug("committed(%s) failed during a membership check", tp, exc_info=True)
             return Membership.REBALANCING
-        if committed is None:
-            return await check_membership(self.consumer, tp)
-        return await self.commit({(tp.topic, tp.partition): committed})
+        return await self.commit({(tp.topic, tp.partition): committed or 0})
 
     # -- rebalance callbacks -------------------------------------------------------------------
 

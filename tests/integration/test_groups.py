@@ -172,6 +172,11 @@ def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroke
             assert log[revoked_done][3] is Membership.CURRENT
             for index in b.member.owned:  # a had read the one record there
                 assert await b.member.consumer.committed(b.member.tp(topics[0], index)) == 1
+            # The fence check re-commits what is committed: nothing moves.
+            assert await a.member.check() is Membership.CURRENT
+            assert await b.member.check() is Membership.CURRENT
+            for index in b.member.owned:
+                assert await b.member.consumer.committed(b.member.tp(topics[0], index)) == 1
             assert log[b_assigned][2] == b.member.owned
             assert b.assigned_tps() == {(t, p) for t in topics for p in b.member.owned}
             # b starts where a's final commit left the first topic, at the beginning elsewhere.
