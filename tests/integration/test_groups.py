@@ -336,6 +336,41 @@ def test_a_killed_members_indexes_move_after_its_session_timeout(
     asyncio.run(run())
 
 
+def test_a_member_killed_during_a_rebalance_holds_nothing_up_for_long(
+    broker: EmbeddedBroker, children: Callable[..., Child]
+) -> None:
+    """SIGKILL strikes a member while the group rebalances (a third member is joining): once its
+    session times out, the two others share every index."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap)
+        group = fresh("grp.killmid-")
+        log: list[Any] = []
+        child = children(broker.bootstrap, group, topics)
+        await until("the child's assignment", lambda: child.owned() == {0, 1, 2, 3})
+        b = await Member("b", broker.bootstrap, group, topics, log).start()
+        c = Member("c", broker.bootstrap, group, topics, log)
+        started = [b]
+        try:
+            await until("a 2+2 split", lambda: len(b.member.owned) == 2)
+            mark = len(log)
+            await c.start()
+            started.append(c)
+            await until("the rebalance", lambda: ("b", "revoked") in [x[:2] for x in log[mark:]])
+            child.proc.send_signal(signal.SIGKILL)
+            child.proc.wait(30)
+            await until(
+                "b and c to share every index",
+                lambda: b.member.owned | c.member.owned == {0, 1, 2, 3},
+            )
+            assert len(b.member.owned) == len(c.member.owned) == 2
+        finally:
+            for m in started:
+                await m.stop()
+
+    asyncio.run(run())
+
+
 def test_a_frozen_member_is_fenced_when_it_wakes(
     broker: EmbeddedBroker, children: Callable[..., Child]
 ) -> None:
