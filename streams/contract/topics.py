@@ -27,10 +27,11 @@ precedence:
       prefix for it.
 
 The join stage reads partition ``p`` of predictions, outcomes and repartition together: a
-record whose key belongs in another partition (its producer used another partitioner than
-murmur2) is re-sent, keyed the same, to the repartition topic, where it lands in the partition
-its key belongs to. The join stage's output, compact scored observations keyed by flag, goes to
-the observations topic, which the decide stage reads.
+record found outside the partition its ``request_id`` belongs in (producers' default
+partitioners differ: librdkafka's hashes keys with CRC-32, the Java client's and aiokafka's
+with murmur2) is re-sent to that partition of the repartition topic. The join stage's output,
+compact scored observations keyed by flag, goes to the observations topic, which the decide
+stage reads.
 
 The flags topic is compacted (``cleanup.policy=compact``, key = flag) so its latest record per
 flag is the flag's state. The embedded Tansu broker accepts and reports that setting but never

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,6 @@ import orjson
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.kafka.connect import (
     Membership,
-    check_membership,
     consumer,
     open_admin,
     partitioner,
@@ -277,8 +276,11 @@ class StageMember:
     - ``on_assigned(indexes)`` once the new assignment is known, with every index now owned
       (not only the new ones; :attr:`kept` tells which ones stayed with no owner in between).
 
-    A callback that raises is logged, and the error is raised again, as :class:`GroupError`,
-    from the next :meth:`getmany` or :meth:`check`: a runner that could not checkpoint must
+    The callbacks run in aiokafka's coordination task, concurrently with the runner's own
+    loop: a runner processes each batch inside :meth:`processing`, which holds the callbacks
+    off meanwhile and drops a batch that a rebalance overtook. A callback that raises is
+    logged, and the error is raised again, as :class:`GroupError`, from the next
+    :meth:`getmany`, :meth:`commit` or :meth:`check`: a runner that could not checkpoint must
     stop rather than go on with state another member may have taken over.
 
     The consumer is built by :func:`driftswitch.streams.kafka.connect.consumer` (TLS and SASL
@@ -317,6 +319,10 @@ class StageMember:
         self._stopping = False
         self._callbacks = asyncio.Lock()
         self._assigned_once = asyncio.Event()
+        #: Counts rebalance callbacks (each revocation and assignment, before and after it).
+        self._epoch = 0
+        #: ``_epoch`` when the latest :meth:`getmany` began.
+        self._batch_epoch = -1
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -412,9 +418,27 @@ class StageMember:
         Raises :class:`GroupError` if a rebalance callback failed since the last call.
         """
         self._raise_failure()
-        return await self.consumer.getmany(
+        epoch = self._epoch
+        batch = await self.consumer.getmany(
             *partitions, timeout_ms=timeout_ms, max_records=max_records
         )
+        self._batch_epoch = epoch
+        return batch
+
+    @contextlib.asynccontextmanager
+    async def processing(self, batch: Any) -> AsyncIterator[Any]:
+        """Process the latest :meth:`getmany` batch with no rebalance callback interleaving.
+
+        ``async with member.processing(batch) as records:`` holds off ``on_revoked`` and
+        ``on_assigned`` until the block ends, and gives ``batch`` back, or ``{}`` when a
+        rebalance callback ran since the :meth:`getmany` that fetched it began: those records
+        may belong to another member now, or to a partition the runner has since seeked back
+        (``on_assigned`` seeks every owned partition to where its state stops), so they will
+        be read again and must be dropped. Without it, a revocation can run while the runner
+        is halfway through a batch. Do not call :meth:`stop` inside the block.
+        """
+        async with self._callbacks:
+            yield batch if self._batch_epoch == self._epoch else {}
 
     def seek(self, topic: str, index: int, offset: int) -> None:
         """Read partition ``index`` of ``topic`` from ``offset`` next (it must be owned)."""
@@ -433,6 +457,17 @@ class StageMember:
             else:
                 self.consumer.seek(tp, committed)
         return found
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """``{(topic, index): records behind}`` for every owned partition that has had a fetch
+        answer: the high watermark of the last one minus the position. (Tansu reports the high
+        watermark as the last batch's base offset + 1, so it under-counts there.)"""
+        out: dict[tuple[str, int], int] = {}
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                out[(tp.topic, tp.partition)] = max(0, highwater - await self.consumer.position(tp))
+        return out
 
     # -- fencing -------------------------------------------------------------------------------
 
@@ -468,11 +503,13 @@ class StageMember:
         """Whether this member is still in the group's current generation (the fencing check of
         :func:`~driftswitch.streams.kafka.connect.check_membership`).
 
-        It re-commits, fenced, the committed offset of one owned partition (the lowest index of
-        the first topic), so committed offsets are left as they are; a partition with nothing
-        committed gets :func:`check_membership`'s marker commit at offset 0, which is where a
-        reader with nothing committed starts anyway. :attr:`Membership.REBALANCING` when
-        nothing is owned.
+        It re-commits, through :meth:`commit`, the committed offset of one owned partition (the
+        lowest index of the first topic), so committed offsets are left as they are; a
+        partition with nothing committed gets offset 0, where a reader with nothing committed
+        starts anyway. :attr:`Membership.REBALANCING` when nothing is owned. Unlike
+        :func:`~driftswitch.streams.kafka.connect.check_membership`, a member that aiokafka
+        already knows to be expelled sends nothing (aiokafka would send the commit without a
+        generation, which Kafka accepts for a group that has no members left).
         """
         self._raise_failure()
         if not self._owned:
@@ -483,9 +520,7 @@ class StageMember:
         except Exception:  # the coordinator is moving or unreachable: ask again later
             log.debug("committed(%s) failed during a membership check", tp, exc_info=True)
             return Membership.REBALANCING
-        if committed is None:
-            return await check_membership(self.consumer, tp)
-        return await self.commit({(tp.topic, tp.partition): committed})
+        return await self.commit({(tp.topic, tp.partition): committed or 0})
 
     # -- rebalance callbacks -------------------------------------------------------------------
 
@@ -496,6 +531,7 @@ class StageMember:
 
     async def _revoke(self) -> None:
         async with self._callbacks:
+            self._epoch += 1
             revoked = set(self._owned)
             if not revoked:
                 return
@@ -508,9 +544,11 @@ class StageMember:
                 self._failure = err
             finally:
                 self._owned = self._kept = frozenset()
+                self._epoch += 1
 
     async def _assign(self, indexes: set[int]) -> None:
         async with self._callbacks:
+            self._epoch += 1
             if self._stopping:
                 return
             generation = _generation_of(self._consumer)
@@ -535,6 +573,7 @@ class StageMember:
             except Exception as err:
                 log.exception("group %s: on_assigned(%s) failed", self.group, sorted(indexes))
                 self._failure = err
+            self._epoch += 1
             self._assigned_once.set()
 
 

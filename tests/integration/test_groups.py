@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import secrets
 import signal
@@ -171,6 +172,11 @@ def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroke
             assert log[revoked_done][3] is Membership.CURRENT
             for index in b.member.owned:  # a had read the one record there
                 assert await b.member.consumer.committed(b.member.tp(topics[0], index)) == 1
+            # The fence check re-commits what is committed: nothing moves.
+            assert await a.member.check() is Membership.CURRENT
+            assert await b.member.check() is Membership.CURRENT
+            for index in b.member.owned:
+                assert await b.member.consumer.committed(b.member.tp(topics[0], index)) == 1
             assert log[b_assigned][2] == b.member.owned
             assert b.assigned_tps() == {(t, p) for t in topics for p in b.member.owned}
             # b starts where a's final commit left the first topic, at the beginning elsewhere.
@@ -207,6 +213,41 @@ def test_indexes_move_with_members_and_stay_where_they_can(broker: EmbeddedBroke
         finally:
             # One at a time: a Tansu group whose member leaves during a rebalance gets stuck.
             for m in members:
+                await m.stop()
+
+    asyncio.run(run())
+
+
+def test_two_members_leaving_one_after_the_other_leave_the_third_everything(
+    broker: EmbeddedBroker,
+) -> None:
+    """The second leaves while the group rebalances after the first's leave; the survivor is
+    assigned every index (the Tansu group does not get stuck, as it did for plain aiokafka
+    consumers, see streams/tools/broker.py)."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        group = fresh("grp.leave2-")
+        log: list[Any] = []
+        members = [Member(n, broker.bootstrap, group, topics, log) for n in "abc"]
+        started: list[Member] = []
+        try:
+            for m in members:
+                started.append(await m.start())
+                await m.member.wait_assigned(90)
+            await until(
+                "a 2/1/1 split",
+                lambda: sorted(len(m.member.owned) for m in members) == [1, 1, 2],
+            )
+            a, b, c = members
+            await b.stop()
+            started.remove(b)
+            await c.stop()
+            started.remove(c)
+            await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
+            assert a.assigned_tps() == {(t, p) for t in topics for p in range(4)}
+        finally:
+            for m in started:
                 await m.stop()
 
     asyncio.run(run())
@@ -291,6 +332,41 @@ def test_a_killed_members_indexes_move_after_its_session_timeout(
             assert a.assigned_tps() == {(t, p) for t in topics for p in range(4)}
         finally:
             await a.stop()
+
+    asyncio.run(run())
+
+
+def test_a_member_killed_during_a_rebalance_holds_nothing_up_for_long(
+    broker: EmbeddedBroker, children: Callable[..., Child]
+) -> None:
+    """SIGKILL strikes a member while the group rebalances (a third member is joining): once its
+    session times out, the two others share every index."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap)
+        group = fresh("grp.killmid-")
+        log: list[Any] = []
+        child = children(broker.bootstrap, group, topics)
+        await until("the child's assignment", lambda: child.owned() == {0, 1, 2, 3})
+        b = await Member("b", broker.bootstrap, group, topics, log).start()
+        c = Member("c", broker.bootstrap, group, topics, log)
+        started = [b]
+        try:
+            await until("a 2+2 split", lambda: len(b.member.owned) == 2)
+            mark = len(log)
+            await c.start()
+            started.append(c)
+            await until("the rebalance", lambda: ("b", "revoked") in [x[:2] for x in log[mark:]])
+            child.proc.send_signal(signal.SIGKILL)
+            child.proc.wait(30)
+            await until(
+                "b and c to share every index",
+                lambda: b.member.owned | c.member.owned == {0, 1, 2, 3},
+            )
+            assert len(b.member.owned) == len(c.member.owned) == 2
+        finally:
+            for m in started:
+                await m.stop()
 
     asyncio.run(run())
 
@@ -381,6 +457,123 @@ def test_a_member_stopping_in_generation_zero_leaves_at_once(broker: EmbeddedBro
             await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
         finally:
             await a.stop()
+
+    asyncio.run(run())
+
+
+def test_processing_holds_rebalances_off_and_drops_an_overtaken_batch(
+    broker: EmbeddedBroker,
+) -> None:
+    """A batch processed inside ``processing`` finishes before the revocation starts; a batch
+    fetched before a rebalance and processed after it comes back empty."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+
+        async def produce(round_: int) -> None:
+            for t in topics:
+                for p in range(4):
+                    await producer.send_and_wait(t, f"{round_}".encode(), partition=p)
+
+        group = fresh("grp.proc-")
+        log: list[Any] = []
+
+        def member(name: str) -> StageMember:
+            async def revoked(indexes: set[int]) -> None:
+                log.append((name, "revoked"))
+
+            async def assigned(indexes: set[int]) -> None:
+                log.append((name, "assigned"))
+
+            kafka = as_settings(broker.bootstrap)
+            return StageMember(
+                kafka, group, topics, on_revoked=revoked, on_assigned=assigned, **OPTIONS
+            )
+
+        async def fetch(m: StageMember) -> Any:
+            while not (batch := await m.getmany(timeout_ms=200)):
+                pass
+            return batch
+
+        class Rebalancing(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                # Until a rejoins, a is the group's only member (b is waiting to join).
+                if "because it is rebalancing" in record.getMessage():
+                    log.append(("a", "rebalancing"))
+
+        a, b, c = member("a"), member("b"), member("c")
+        started = [a]
+        handler = Rebalancing()
+        logging.getLogger("aiokafka").addHandler(handler)
+        try:
+            await produce(0)
+            await a.start()
+            await a.wait_assigned(90)
+            batch = await fetch(a)
+            async with a.processing(batch) as records:
+                assert records == batch  # nothing happened since it was fetched
+
+            # A second member joins while a is inside the block: a's revocation waits for it.
+            await produce(1)
+            batch = await fetch(a)
+            async with a.processing(batch) as records:
+                assert records == batch
+                await b.start()
+                started.append(b)
+                # a's heartbeat learns of the rebalance; aiokafka then revokes, which waits.
+                await until("a rebalance", lambda: ("a", "rebalancing") in log)
+                await asyncio.sleep(1.0)
+                assert ("a", "revoked") not in log
+                assert not b.owned
+                log.append(("a", "block done"))
+            await until("the 2+2 split", lambda: len(a.owned) == len(b.owned) == 2)
+            assert log.index(("a", "block done")) < log.index(("a", "revoked"))
+
+            # A batch fetched, then overtaken by a rebalance before it is processed: dropped.
+            await produce(2)
+            batch = await fetch(a)
+            before = a.generation
+            await c.start()
+            started.append(c)
+            await until("c's assignment", lambda: bool(c.owned) and a.generation > before)
+            async with a.processing(batch) as records:
+                assert batch
+                assert records == {}
+        finally:
+            logging.getLogger("aiokafka").removeHandler(handler)
+            await producer.stop()
+            for m in started:
+                await m.stop()
+
+    asyncio.run(run())
+
+
+def test_lag_counts_the_records_not_yet_read(broker: EmbeddedBroker) -> None:
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for i in range(5):  # one batch each: Tansu's high watermark is exact then
+                await producer.send_and_wait(topics[0], str(i).encode(), partition=0)
+        finally:
+            await producer.stop()
+        member = StageMember(as_settings(broker.bootstrap), fresh("grp.lag-"), topics, **OPTIONS)
+        async with member:
+            await member.wait_assigned(90)
+            tp = member.tp(topics[0], 0)
+            read: list[Any] = []
+            while len(read) < 2:
+                read += (await member.getmany(tp, timeout_ms=200, max_records=2 - len(read))).get(
+                    tp, []
+                )
+            lag = await member.lag()
+            assert lag[(topics[0], 0)] == 3
+            while len(read) < 5:
+                read += (await member.getmany(tp, timeout_ms=200)).get(tp, [])
+            assert (await member.lag())[(topics[0], 0)] == 0
 
     asyncio.run(run())
 
