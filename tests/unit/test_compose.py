@@ -2,7 +2,8 @@
 
 Docker cannot run on the build machines, so this test reads the
 compose file the way compose would (YAML with merge keys) and checks what would otherwise only
-fail at ``docker compose up``.
+fail at ``docker compose up``. The deployment is the scaled one: join-stage and decide-stage
+processes of one group.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DOCS = ROOT / "README.md"
-WORKERS = ("worker-1", "worker-2")
+JOINS = ("join-1", "join-2")
+DECIDES = ("decide-1", "decide-2")
+WORKERS = (*JOINS, *DECIDES)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,16 @@ def parse_run(command: list[str]) -> click.Context:
     return sub.make_context(command[1], list(command[2:]), parent=ctx)
 
 
+def named_volumes(service: dict[str, Any]) -> dict[str, str]:
+    """Container path → volume name of the service's named volumes."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if not source.startswith(("./", "/")):
+            out[target] = source
+    return out
+
+
 def mounts(service: dict[str, Any]) -> dict[str, Path]:
     """Container path → host path of the service's bind mounts (named volumes skipped)."""
     out = {}
@@ -65,6 +78,9 @@ def test_services(compose: dict[str, Any]) -> None:
     for name, service in services(compose).items():
         assert "healthcheck" in service, f"{name} has no health check"
         assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
+    # Exactly the driftswitch services run the driftswitch image.
+    built = {name for name, service in services(compose).items() if "build" in service}
+    assert built == set(WORKERS)
 
 
 def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
@@ -118,6 +134,54 @@ def test_workers_share_one_group_and_publish_distinct_host_ports(compose: dict[s
     assert len({c.params["group"] for c in contexts}) == 1
     host_ports = [services(compose)[w]["ports"][0].rsplit(":", 1)[0] for w in WORKERS]
     assert len(set(host_ports)) == len(host_ports)
+    # Published on loopback only.
+    assert all(port.startswith("127.0.0.1:") for port in host_ports)
+    # One environment for every driftswitch service (the shared anchor).
+    envs = [services(compose)[w]["environment"] for w in WORKERS]
+    assert all(env == envs[0] for env in envs)
+
+
+@pytest.mark.parametrize("worker", JOINS)
+def test_join_services_run_the_join_stage_on_the_state_volume(
+    compose: dict[str, Any], worker: str
+) -> None:
+    service = services(compose)[worker]
+    params = parse_run(service["command"]).params
+    assert params["stage"] == "join"
+    # The RocksDB stores live on a named volume (kept across restarts), not in the container.
+    assert params["state_dir"] is not None
+    volume = named_volumes(service)[params["state_dir"]]
+    assert volume in compose["volumes"]
+
+
+def test_join_services_share_their_state_volume_and_fit_the_partitions(
+    compose: dict[str, Any],
+) -> None:
+    """A partition that moves between join processes finds its store only on a shared disk."""
+    volumes = {
+        named_volumes(services(compose)[w])[
+            parse_run(services(compose)[w]["command"]).params["state_dir"]
+        ]
+        for w in JOINS
+    }
+    assert len(volumes) == 1
+    # No other service mounts it.
+    others = [n for n in services(compose) if n not in JOINS]
+    assert all(volumes.isdisjoint(named_volumes(services(compose)[n]).values()) for n in others)
+    # A join process beyond the input partition count would own nothing.
+    partitions = int(services(compose)[JOINS[0]]["environment"]["DRIFTSWITCH_TOPIC_PARTITIONS"])
+    assert len(JOINS) <= partitions
+
+
+@pytest.mark.parametrize("worker", DECIDES)
+def test_decide_services_run_the_decide_stage(compose: dict[str, Any], worker: str) -> None:
+    service = services(compose)[worker]
+    command = service["command"]
+    assert parse_run(command).params["stage"] == "decide"
+    # The decide stage keeps no join store: its state is snapshotted to Kafka.
+    assert "--state-dir" not in command
+    assert "DRIFTSWITCH_STATE_DIR" not in service["environment"]
+    assert named_volumes(service) == {}
 
 
 def test_environment_names_are_known_to_the_code(compose: dict[str, Any]) -> None:
@@ -141,11 +205,13 @@ def test_prometheus_scrapes_the_workers_and_loads_the_rules(compose: dict[str, A
     prom = yaml.safe_load(PROMETHEUS.read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "driftswitch")
     assert job["metrics_path"] == "/metrics"
-    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
-    expected = {
-        f"{w}:{parse_run(services(compose)[w]['command']).params['web_port']}" for w in WORKERS
-    }
-    assert targets == expected
+    targets = [(t, sc["labels"]["stage"]) for sc in job["static_configs"] for t in sc["targets"]]
+    expected = set()
+    for w in WORKERS:
+        params = parse_run(services(compose)[w]["command"]).params
+        expected.add((f"{w}:{params['web_port']}", params["stage"]))
+    assert len(targets) == len(set(targets))
+    assert set(targets) == expected
     service = services(compose)["prometheus"]
     config_flag = next(a for a in service["command"] if a.startswith("--config.file="))
     config_in_container = config_flag.split("=", 1)[1]
