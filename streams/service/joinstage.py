@@ -280,8 +280,10 @@ class JoinStage:
                     with contextlib.suppress(asyncio.CancelledError):
                         await fetch
                     break
-                async with self._lock:
-                    await self._process(fetch.result())
+                # A batch fetched before a rebalance is dropped (processing() gives {}): its
+                # partitions were checkpointed and sought back, so it will be read again.
+                async with self._member.processing(fetch.result()) as batch, self._lock:
+                    await self._process(batch)
                     if time.monotonic() - last >= s.snapshot_interval:
                         await self._checkpoint(list(self.parts.values()))
                         last = time.monotonic()
