@@ -67,7 +67,7 @@ from driftswitch.streams.kafka.groups import GroupError, StageMember
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, InputRecord, Rejected, Source
 from driftswitch.streams.pipeline.merge import Batch, Clock, encode_batch
-from driftswitch.streams.pipeline.observations import Joiner, Observation
+from driftswitch.streams.pipeline.observations import Joiner, Observation, build_flags
 from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.joinstore import RocksJoinStore
 from driftswitch.streams.service.snapshot import (
@@ -289,6 +289,20 @@ class JoinStage:
                         last = time.monotonic()
         finally:
             stop_wait.cancel()
+
+    async def reconfigure(self, config: Config) -> None:
+        """Take a new (validated) config: its flags, variants and segment attributes decide what
+        the join accepts from the next batch on; pending entries and positions stay. Flags the
+        config dropped are rejected as unknown from then on (their pending entries join and are
+        skipped by the decide stage, which no longer knows them either)."""
+        async with self._lock:
+            self.config = config
+            for part in [*self.parts.values(), *self._parked.values()]:
+                part.joiner.config = config
+                part.joiner.flags = build_flags(config)
+                part.joiner.join.ttl = config.join.ttl
+                part.joiner.join.max_pending = config.join.max_pending
+        log.warning("join stage: config reloaded (%d flags)", len(config.flags))
 
     # -- partitions coming and going ---------------------------------------------------------
 

@@ -127,7 +127,7 @@ async def serve_worker(
     )
     metrics = Metrics(CollectorRegistry())
     if stage == "join":
-        await _serve_join_stage(config, settings, metrics, web_host, web_port, stop)
+        await _serve_join_stage(config, settings, metrics, web_host, web_port, stop, config_path)
         return
     join_stage: JoinStage | None = None
     if stage == "all":
@@ -216,8 +216,10 @@ async def _serve_join_stage(
     web_host: str,
     web_port: int,
     stop: asyncio.Event | None,
+    config_path: str | None,
 ) -> None:
-    """A join-stage process: the stage, ``GET /healthz`` (its status) and ``GET /metrics``."""
+    """A join-stage process: the stage, ``GET /healthz`` (its status) and ``GET /metrics``;
+    SIGHUP re-reads ``config_path`` (restart it for changed topics or state settings)."""
     from aiohttp import web
 
     from driftswitch.streams.service.joinstage import JoinStage
@@ -250,12 +252,34 @@ async def _serve_join_stage(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stage.stop.set)
+    reloads: set[asyncio.Future[object]] = set()
+
+    async def reload() -> None:
+        from driftswitch.streams.config.model import load_config
+        from driftswitch.streams.contract.errors import ConfigError
+
+        assert config_path is not None  # the handler is installed only with a path
+        path: str = config_path
+        try:
+            config = await loop.run_in_executor(None, load_config, path)
+        except ConfigError as err:
+            log.error("config reload rejected, the old config stays: %s", "; ".join(err.problems))
+            return
+        await stage.reconfigure(config)
+
+    def on_hup() -> None:
+        task: asyncio.Future[object] = asyncio.ensure_future(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     watcher = asyncio.ensure_future(_forward(stop, stage.stop)) if stop is not None else None
     try:
         await stage.run()
     finally:
         if watcher is not None:
             watcher.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

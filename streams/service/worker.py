@@ -1079,6 +1079,8 @@ class Worker:
                 "; ".join(err.problems),
             )
             raise
+        if self.join_stage is not None:
+            await self.join_stage.reconfigure(config)
         async with self._engine_lock:
             self.config = config
             for merge in self.merges.values():

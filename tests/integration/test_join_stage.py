@@ -271,3 +271,60 @@ def test_labels_thirty_minutes_late_join_exactly_on_disk_across_a_restart(
     assert lost == 0
     assert merge.late == 0
     assert outputs == reference
+
+
+async def _until(what: str, cond: Any, limit_s: float = 60) -> None:
+    """Poll ``cond()`` until it holds (AssertionError after ``limit_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not cond():
+        assert loop.time() < deadline, f"{what}: not reached in {limit_s} s"
+        await asyncio.sleep(0.1)
+
+
+def test_a_reloaded_config_changes_what_the_join_accepts(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    """A flag the config lacks is dead-lettered as unknown; after ``reconfigure`` (SIGHUP in a
+    join process) with a config that has it, its events are joined, the pending entries kept."""
+    before = parse_config(config_yaml(SCENARIO, GUARDRAILS))
+    search = "  search:\n    default: a\n    variants:\n      a: {weight: 100, value: a}\n"
+    after = parse_config(config_yaml(SCENARIO, GUARDRAILS) + search)
+
+    def prediction(rid: str, flag: str) -> PredictionEvent:
+        variant = "a" if flag == "search" else "control"
+        return PredictionEvent(request_id=rid, flag=flag, variant=variant, ts=1.0, prediction=1)
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int], int]:
+        settings = WorkerSettings(
+            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-reload"
+        )
+        stage = JoinStage(before, settings)
+        task = asyncio.ensure_future(stage.run())
+        loop = asyncio.get_running_loop()
+
+        async def send(events: list[Event]) -> None:
+            await loop.run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
+
+        try:
+            await send([prediction("r1", "search"), prediction("r2", "ranker")])
+            await _until(
+                "r1 rejected, r2 accepted",
+                lambda: stage.ingest.rejected["unknown_flag"] == 1 and stage.ingest.accepted == 1,
+            )
+            rejected_before = dict(stage.ingest.rejected)
+            await stage.reconfigure(after)
+            await send([prediction("r3", "search")])
+            await _until("r3 read", lambda: stage.ingest.accepted >= 2)
+            pending = sum(stage.status()["pending"].values())
+            return rejected_before, dict(stage.ingest.rejected), pending
+        finally:
+            stage.stop.set()
+            await task
+
+    rejected_before, rejected_after, pending = asyncio.run(scenario())
+    assert rejected_before == {"unknown_flag": 1}
+    assert rejected_after == {"unknown_flag": 1}  # r3 was accepted
+    assert pending == 2  # r2 (kept across the reload) and r3
