@@ -21,6 +21,7 @@ RULES_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 EXPECTED_ALERTS = {
     "DriftswitchDeadLetterRateHigh",
     "DriftswitchWorkerLagging",
+    "DriftswitchJoinLagging",
     "DriftswitchVariantKilled",
     "DriftswitchFlagStateStale",
     "DriftswitchNoActiveWorker",
