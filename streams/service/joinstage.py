@@ -166,8 +166,9 @@ class JoinStage:
         self.stop = asyncio.Event()
         self.parts: dict[int, _Partition] = {}
         self.counters: Counter[str] = Counter()
-        #: Seconds the last assignment took to restore its partitions.
+        #: Seconds the last assignment took to restore its partitions; the last checkpoint's.
         self.recovery_seconds: float | None = None
+        self.checkpoint_seconds = 0.0
         self._names = {
             PREDICTIONS: self.topics.predictions.name,
             OUTCOMES: self.topics.outcomes.name,
@@ -209,6 +210,7 @@ class JoinStage:
                 for p, part in self.parts.items()
             },
             "lag": self._lag(),
+            "checkpoint_seconds": round(self.checkpoint_seconds, 6),
             "join_entries_lost": self.counters["join_entries_lost"],
             "store_bytes": sum(
                 p.store.size_bytes() for p in self.parts.values() if p.store is not None
@@ -404,6 +406,7 @@ class JoinStage:
         dirty = [p for p in parts if p.dirty]
         if not dirty:
             return
+        started = time.monotonic()
         await self._flush()
         assert self._member is not None
         membership = await self._member.check()
@@ -439,6 +442,7 @@ class JoinStage:
             part.dirty = False
         await asyncio.gather(*sends)
         self.counters["checkpoints"] += len(dirty)
+        self.checkpoint_seconds = time.monotonic() - started
 
     async def _flush(self) -> None:
         deliveries, self._deliveries = self._deliveries, []

@@ -228,7 +228,10 @@ async def _serve_join_stage(
     stage = JoinStage(config, settings, metrics)
 
     def refresh() -> None:
-        metrics.observe_join_stage(stage.status())
+        status = stage.status()
+        metrics.observe_join_stage(status)
+        # The state gauges a single worker sets, from this process's partition stores.
+        metrics.set_state(status["store_bytes"], stage.checkpoint_seconds, stage.recovery_seconds)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response(stage.status())

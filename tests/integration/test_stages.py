@@ -150,6 +150,11 @@ def test_processes_per_stage_decide_like_the_backtest(
     owned = [j.health()["partitions"] for j in joiners]  # type: ignore[index]
     assert sorted(p for o in owned for p in o) == [0, 1, 2, 3]
     assert sum(j.health()["rerouted"] for j in joiners) > 0  # type: ignore[index]
+    with urllib.request.urlopen(f"{joiners[0].url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    owned_metric = re.search(r"^driftswitch_join_partitions_owned (\S+)$", text, re.M)
+    assert owned_metric is not None
+    assert float(owned_metric.group(1)) == len(joiners[0].health()["partitions"])  # type: ignore[index]
 
 
 def test_one_process_runs_both_stages(
