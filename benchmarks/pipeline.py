@@ -1,6 +1,7 @@
 """End-to-end pipeline benchmark: one worker's events/s, the bare-consumer ceilings, reaction time.
 
 Run: ``.venv/bin/python benchmarks/pipeline.py [--flags 40] [--requests 3000] [--repeat 3]``
+(``--help`` lists the other options)
 
 On one embedded broker, with events from :mod:`driftswitch.streams.tools.simulate` (``--flags``
 flags, each a control and a candidate whose accuracy drops from 0.90 to 0.75 at a different
@@ -10,17 +11,28 @@ request), ``--repeat`` rounds, each on a fresh backlog of the same events:
    confluent-kafka ``consume`` + ``orjson.loads`` + a dict count, over the backlog.
 2. **Join stage alone**: the backlog's batches as aiokafka returned them, already in memory, through
    the worker's ``Ingest.decode`` and ``Engine.process`` (decode, join, score, detect): no Kafka.
-3. **Full worker**: ``driftswitch run`` (a subprocess) consumes the backlog; the rate is records
-   over the time from its first to its last batch (``/healthz`` polled every 20 ms), so the lease
-   and start-up are not counted.
+3. **Full worker**: ``driftswitch run`` (a subprocess) consumes the backlog; the rate is the records
+   processed between two ``/healthz`` polls (every ``--poll`` s) that both fall inside its busy
+   period, so start-up, the lease and the poll interval add nothing. The worker answers a poll
+   between batches, and each answer serialises the engine's view of every flag (a few ms).
 
 Then min / median / max of each and the worker's share of the aiokafka + orjson ceiling (per round,
-then the median). ``--profile`` prints cProfile's top functions of the join stage.
+then the median). ``--profile`` prints cProfile's top functions of the join stage; ``--py-spy``
+samples the worker of round 1 (py-spy, from the ``dev`` extra).
 
-4. **Reaction time** at 50 % and 80 % of the worker's median rate: on fresh topics the same events
-   are produced at that rate while a worker runs. For every kill, reaction = time the flag change is
-   read from the flags topic minus the time the broker acknowledged the input that caused it (the
-   worker names it in the change's ``driftswitch.source`` header).
+4. **Reaction time** at ``--shares`` (default 50 % and 80 %) of the worker's median rate (or of
+   ``--peak``): on fresh topics the same events are produced at that rate while a worker runs.
+   The producer is confluent-kafka (librdkafka batches and sends from its own threads), in a
+   thread, paced in steps of about 1 ms of records, so the rate asked for is really offered; the
+   rate reached is printed. For every kill, reaction = the time the flag change is read from the
+   flags topic minus the time the broker acknowledged the input that caused it (the worker names
+   it in the change's ``driftswitch.source`` header; the acknowledgement time is the record's
+   create time plus librdkafka's produce-to-ack latency). The part of it spent before the worker
+   sent the change (its create time, stamped by the worker's producer) is printed too, with the
+   worker's mean records per batch, its snapshots and its largest lag (acknowledged minus
+   processed records, sampled every second; ``--show-lag`` prints every sample).
+   ``--worker-arg`` passes options to ``driftswitch run`` (throughput and reaction runs), e.g.
+   ``--worker-arg=--snapshot-interval=60``.
 
 Prints one line per figure and the machine's load average. Timing lives here, never in tests.
 """
@@ -39,11 +51,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from driftswitch.streams.config.model import load_config
@@ -107,35 +120,66 @@ def make_events(flags: int, requests: int) -> tuple[str, list[tuple[bool, bytes,
     return "\n".join(config) + "\n", records
 
 
-async def produce(
-    bootstrap: str, topics: Topics, records: list[tuple[bool, bytes, bytes]], rate: float | None
-) -> dict[tuple[str, int, int], float]:
-    """Produce the records (paced at ``rate``/s if given); return ack time per record."""
-    acks: dict[tuple[str, int, int], float] = {}
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, max_batch_size=262144)
-    await producer.start()
+def produce(
+    bootstrap: str,
+    topics: Topics,
+    records: list[tuple[bool, bytes, bytes]],
+    rate: float | None,
+    acks: dict[tuple[str, int, int], float] | None = None,
+) -> tuple[dict[tuple[str, int, int], float], float]:
+    """Produce the records, paced at ``rate``/s if given, with confluent-kafka (librdkafka batches
+    and sends from its own threads, so the Python side only enqueues: this offers 80 % of a
+    worker's rate even on a busy machine, where an aiokafka producer in the benchmark's event loop
+    could not).
 
-    def acked(fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            meta = fut.result()
-            acks[(meta.topic, meta.partition, meta.offset)] = time.monotonic()
+    Returns the broker's acknowledgement time of every record (wall clock, ``time.time()``: the
+    record's create time plus librdkafka's measured produce-to-ack latency, so it does not depend
+    on when the delivery callback happens to run; into ``acks`` if given, as they come) and the
+    rate offered (records over the time from the first to the last ``produce`` call).
+    """
+    from confluent_kafka import Producer
 
-    try:
-        started = time.monotonic()
-        step = 500
-        for i in range(0, len(records), step):
-            for is_pred, key, value in records[i : i + step]:
-                topic = topics.predictions.name if is_pred else topics.outcomes.name
-                fut = await producer.send(topic, value, key=key)
-                fut.add_done_callback(acked)
-            if rate is not None:
-                ahead = (i + step) / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return acks
+    if acks is None:
+        acks = {}
+    failed: list[str] = []
+
+    def acked(err: Any, msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+            return
+        _, created_ms = msg.timestamp()
+        acks[(msg.topic(), msg.partition(), msg.offset())] = created_ms / 1000 + msg.latency()
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 2,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 2_097_151,
+            # The Java client's placement (aiokafka's too), not librdkafka's CRC32 default.
+            "partitioner": "murmur2_random",
+        }
+    )
+    predictions, outcomes = topics.predictions.name, topics.outcomes.name
+    # Paced: about 1 ms worth of records per step; unpaced: large steps.
+    step = max(1, round(rate / 1000)) if rate is not None else 5_000
+    send = producer.produce
+    started = time.monotonic()
+    for i in range(0, len(records), step):
+        for is_pred, key, value in records[i : i + step]:
+            send(predictions if is_pred else outcomes, value, key, on_delivery=acked)
+        producer.poll(0)
+        if rate is not None:
+            ahead = (i + step) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    offered = len(records) / (time.monotonic() - started)
+    left = producer.flush(120)
+    if left or failed:
+        raise RuntimeError(f"{left} records not acknowledged, {len(failed)} failed: {failed[:3]}")
+    return acks, offered
 
 
 def _partitions(topics: Topics) -> list[TopicPartition]:
@@ -221,9 +265,10 @@ def confluent_consumer(bootstrap: str, topics: Topics, total: int) -> float:
             if first is None and msgs:
                 first = time.monotonic()
             for msg in msgs:
-                if msg.error() is not None:
+                value = msg.value()
+                if msg.error() is not None or value is None:
                     continue
-                obj = loads(msg.value())
+                obj = loads(value)
                 counts[obj["request_id"][:8]] = counts.get(obj["request_id"][:8], 0) + 1
                 n += 1
     finally:
@@ -269,14 +314,24 @@ async def bare_consumer(
     return n / (time.monotonic() - first)
 
 
-def start_worker(bootstrap: str, topics: Topics, config: Path, log: Path) -> WorkerProcess:
-    return WorkerProcess(bootstrap, topics, config, log, args=["--log-level", "warning"])
-
-
 async def worker_throughput(
-    bootstrap: str, topics: Topics, config: Path, total: int, log: Path, spy: Path | None = None
+    bootstrap: str,
+    topics: Topics,
+    config: Path,
+    total: int,
+    log: Path,
+    poll: float,
+    worker_args: list[str],
+    spy: Path | None = None,
 ) -> float:
-    worker = start_worker(bootstrap, topics, config, log)
+    """Records/s of ``driftswitch run`` over the backlog: records processed between two
+    /healthz polls that both fall inside its busy period (the first poll with records > 0 and the
+    last one with records < total), so start-up and the end are not counted and the poll interval
+    adds no error. Each poll costs the worker a few ms (the engine's view of every flag is
+    serialised), which is why ``poll`` is not tiny."""
+    worker = WorkerProcess(
+        bootstrap, topics, config, log, args=["--log-level", "warning", *worker_args]
+    )
     sampler = None
     if spy is not None:  # py-spy's collapsed stacks of the worker while it runs
         pyspy = str(Path(sys.executable).with_name("py-spy"))
@@ -287,6 +342,7 @@ async def worker_throughput(
         )
     try:
         first: tuple[float, int] | None = None
+        last: tuple[float, int] | None = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
@@ -294,13 +350,15 @@ async def worker_throughput(
             status = await asyncio.to_thread(worker.health)
             records = status["records"] if status else 0
             now = time.monotonic()
-            if first is None and records > 0:
-                first = (now, records)
-            if records >= total and first is not None:
-                if records == first[1]:  # all read between two polls: nothing was measured
-                    raise RuntimeError("backlog read in one poll; use more --requests")
-                return (records - first[1]) / (now - first[0])
-            await asyncio.sleep(0.02)
+            if records >= total:
+                if first is None or last is None or last[1] == first[1]:
+                    raise RuntimeError("backlog read within two polls; use more --requests")
+                return (last[1] - first[1]) / (last[0] - first[0])
+            if records > 0:
+                if first is None:
+                    first = (now, records)
+                last = (now, records)
+            await asyncio.sleep(poll)
         raise RuntimeError(f"worker did not finish: see {log}")
     finally:
         worker.stop(timeout=20)
@@ -309,7 +367,9 @@ async def worker_throughput(
             print_spy(spy)
 
 
-async def wait_status(worker: WorkerProcess, cond: Callable[[dict[str, Any]], bool]) -> None:
+async def wait_status(
+    worker: WorkerProcess, cond: Callable[[dict[str, Any]], bool], every: float = 0.1
+) -> None:
     """Poll the worker's /healthz until ``cond`` holds (a child process: nothing to await)."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -318,8 +378,24 @@ async def wait_status(worker: WorkerProcess, cond: Callable[[dict[str, Any]], bo
         status = await asyncio.to_thread(worker.health)
         if status is not None and cond(status):
             return
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(every)
     raise RuntimeError("worker did not reach the expected state")
+
+
+@dataclass
+class Reaction:
+    """One reaction run: delays of the kills, the rate offered, and what the worker did."""
+
+    delays: list[float]
+    #: Per kill, deciding event's ack → the flag change's create time (the worker's producer
+    #: stamps it when the worker sends it): fetching, waiting for and processing batches.
+    in_worker: list[float]
+    offered: float
+    #: Largest (records acknowledged - records processed) in the once-a-second samples.
+    max_lag: int
+    #: Records per ``getmany`` batch, mean over the run.
+    batch: float
+    snapshots: int
 
 
 async def reaction(
@@ -329,9 +405,13 @@ async def reaction(
     records: list[tuple[bool, bytes, bytes]],
     rate: float,
     log: Path,
-) -> tuple[list[float], float]:
-    worker = start_worker(bootstrap, topics, config, log)
-    changes: list[tuple[float, FlagChangeEvent, str]] = []
+    worker_args: list[str],
+    show_lag: bool = False,
+) -> Reaction:
+    worker = WorkerProcess(
+        bootstrap, topics, config, log, args=["--log-level", "warning", *worker_args]
+    )
+    changes: list[tuple[float, float, FlagChangeEvent, str]] = []
     follower = AIOKafkaConsumer(
         topics.flags.name,
         bootstrap_servers=bootstrap,
@@ -344,29 +424,51 @@ async def reaction(
         async for rec in follower:
             headers = dict(rec.headers or ())
             source = headers.get(HEADER_SOURCE, b"").decode()
-            changes.append(
-                (time.monotonic(), FlagChangeEvent.model_validate_json(rec.value), source)
-            )
+            event = FlagChangeEvent.model_validate_json(rec.value)
+            changes.append((time.time(), rec.timestamp / 1000, event, source))
 
     task = asyncio.ensure_future(follow())
+    max_lag = 0
     try:
         await wait_status(worker, lambda s: s["role"] == "active")
-        started = time.monotonic()
-        acks = await produce(bootstrap, topics, records, rate)
-        achieved = len(records) / (time.monotonic() - started)
-        await wait_status(worker, lambda s: s["records"] >= len(records))
+        acked: dict[tuple[str, int, int], float] = {}
+        producing = asyncio.ensure_future(
+            asyncio.to_thread(produce, bootstrap, topics, records, rate, acked)
+        )
+        # Progress once a second: /healthz serialises the engine's view of every flag (a few
+        # ms of the worker's loop), so it is not polled often while the figure is taken.
+        while not producing.done():
+            await asyncio.wait({producing}, timeout=1.0)
+            status = await asyncio.to_thread(worker.health)
+            if status is not None:  # acknowledged by the broker, not yet processed
+                max_lag = max(max_lag, len(acked) - status["records"])
+                if show_lag:
+                    print(f"    lag {len(acked) - status['records']:,} ({len(acked):,} acked)")
+        acks, offered = producing.result()
+        await wait_status(worker, lambda s: s["records"] >= len(records), every=0.5)
         await asyncio.sleep(0.5)
+        status = worker.health() or {}
     finally:
         task.cancel()
         await follower.stop()
         worker.stop(timeout=20)
-    delays = []
-    for read_at, change, source in changes:
+    delays, in_worker = [], []
+    for read_at, created, change, source in changes:
         if change.cause.action.value != "kill" or not source:
             continue
         topic, partition, offset = source.rsplit("/", 2)
-        delays.append(read_at - acks[(topic, int(partition), int(offset))])
-    return delays, achieved
+        acked_at = acks[(topic, int(partition), int(offset))]
+        delays.append(read_at - acked_at)
+        in_worker.append(created - acked_at)
+    batches = max(1, status.get("batches", 1))
+    return Reaction(
+        delays,
+        in_worker,
+        offered,
+        max_lag,
+        status.get("records", 0) / batches,
+        status.get("snapshots_written", 0),
+    )
 
 
 def print_spy(path: Path | None) -> None:
@@ -416,6 +518,26 @@ async def main() -> None:
     parser.add_argument(
         "--py-spy", action="store_true", help="sample the worker with py-spy in round 1"
     )
+    parser.add_argument(
+        "--poll", type=float, default=0.2, help="seconds between /healthz polls of the worker"
+    )
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra `driftswitch run` argument (repeatable): --worker-arg=--snapshot-interval=5",
+    )
+    parser.add_argument(
+        "--peak",
+        type=float,
+        help="the worker's maximum rate for the reaction runs (default: measured)",
+    )
+    parser.add_argument(
+        "--shares", default="0.5,0.8", help="reaction runs at these fractions of the peak"
+    )
+    parser.add_argument(
+        "--show-lag", action="store_true", help="print the worker's lag every second (reaction)"
+    )
     args = parser.parse_args()
 
     config_text, records = make_events(args.flags, args.requests)
@@ -437,7 +559,7 @@ async def main() -> None:
         for r in range(args.repeat):
             backlog = Topics.with_prefix(f"bench-a{r}")
             await ensure_topics(bootstrap, backlog)
-            await produce(bootstrap, backlog, records, None)
+            await asyncio.to_thread(produce, bootstrap, backlog, records, None)
             bare = await bare_consumer(bootstrap, backlog, total, orjson.loads)
             confluent = await asyncio.to_thread(confluent_consumer, bootstrap, backlog, total)
             batches = await fetch_batches(bootstrap, backlog, total)
@@ -445,7 +567,14 @@ async def main() -> None:
             del batches
             spy = tmp / "worker.py-spy.txt" if args.py_spy and r == 0 else None
             rate = await worker_throughput(
-                bootstrap, backlog, config, total, tmp / f"worker-a{r}.log", spy
+                bootstrap,
+                backlog,
+                config,
+                total,
+                tmp / f"worker-a{r}.log",
+                args.poll,
+                args.worker_arg,
+                spy,
             )
             for name, value in zip(figures, (bare, confluent, stage, rate), strict=True):
                 figures[name].append(value)
@@ -454,28 +583,45 @@ async def main() -> None:
                 f"round {r + 1}: aiokafka {bare:,.0f}, confluent {confluent:,.0f}, join stage "
                 f"{stage:,.0f}, worker {rate:,.0f} events/s ({rate / bare:.0%}); {load()}"
             )
-        print("events/s, min / median / max of", args.repeat, "rounds:")
-        for name, values in figures.items():
-            print(f"  {name:<52} {spread(values)}")
-        print(
-            f"  worker / bare aiokafka + orjson, per round: "
-            f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
-        )
-        peak = statistics.median(figures["full worker (driftswitch run)"])
-        for share in (0.5, 0.8):
+        if args.repeat:
+            print("events/s, min / median / max of", args.repeat, "rounds:")
+            for name, values in figures.items():
+                print(f"  {name:<52} {spread(values)}")
+            print(
+                f"  worker / bare aiokafka + orjson, per round: "
+                f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
+            )
+        peak = args.peak or statistics.median(figures["full worker (driftswitch run)"])
+        for share in (float(x) for x in args.shares.split(",")):
             live = Topics.with_prefix(f"bench-b{round(share * 100)}")
             await ensure_topics(bootstrap, live)
-            delays, achieved = await reaction(
-                bootstrap, live, config, records, share * peak, tmp / f"worker-b{share}.log"
+            run = await reaction(
+                bootstrap,
+                live,
+                config,
+                records,
+                share * peak,
+                tmp / f"worker-b{share}.log",
+                args.worker_arg,
+                args.show_lag,
             )
-            if not delays:
-                print(f"reaction at {share:.0%} of the worker's rate: no kill observed")
+            head = (
+                f"reaction at {share:.0%} of {peak:,.0f} events/s ({run.offered:,.0f} offered; "
+                f"worker: {run.batch:,.0f} records/batch, {run.snapshots} snapshots, max lag "
+                f"{run.max_lag:,})"
+            )
+            if not run.delays:
+                print(f"{head}: no kill observed")
                 continue
+            d = run.delays
             print(
-                f"reaction at {share:.0%} of the worker's rate ({achieved:,.0f} events/s "
-                f"sustained, {len(delays)} kills): p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
-                f"p99 {percentile(delays, 0.99) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms; "
-                f"{load()}"
+                f"{head}, {len(d)} kills: p50 {percentile(d, 0.5) * 1000:.0f} ms, "
+                f"p99 {percentile(d, 0.99) * 1000:.0f} ms, max {max(d) * 1000:.0f} ms; {load()}"
+            )
+            w = run.in_worker
+            print(
+                f"  of which ack → flag change sent by the worker: p50 "
+                f"{percentile(w, 0.5) * 1000:.0f} ms, p99 {percentile(w, 0.99) * 1000:.0f} ms"
             )
 
 
