@@ -32,7 +32,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -284,6 +284,42 @@ class ReferenceDrift(BaseDetector):
                 self._close_window()
                 alarmed = alarmed or self._drift
         return alarmed
+
+    def update_until_alarm(self, xs: Sequence[float]) -> int | None:
+        """Feed values in order (numpy binning per window) up to and including the one that
+        closes the first alarming window; its index, or None. The state is the one
+        :meth:`update` would leave after the same values."""
+        values = np.asarray(xs, dtype=np.float64)
+        if values.size == 0:
+            return None
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"detector {self.kind!r} needs finite values")
+        start = 0
+        if not self.reference_ready:
+            take = min(self.reference_size - len(self._reference_values), values.size)
+            self._reference_values.extend(values[:take].tolist())
+            self._n += take
+            self._drift = False
+            start = take
+            if len(self._reference_values) == self.reference_size:
+                self._finish_reference()
+        edges = np.asarray(self._edges, dtype=np.float64)
+        while start < values.size:
+            take = min(self.window - self._filled, values.size - start)
+            binned = np.bincount(
+                np.searchsorted(edges, values[start : start + take], side="right"),
+                minlength=len(self._counts),
+            )
+            self._counts = [c + int(b) for c, b in zip(self._counts, binned, strict=True)]
+            self._filled += take
+            self._n += take
+            start += take
+            self._drift = False
+            if self._filled == self.window:
+                self._close_window()
+                if self._drift:
+                    return start - 1
+        return None
 
     @property
     def drift_detected(self) -> bool:

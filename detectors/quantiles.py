@@ -18,7 +18,7 @@ threshold in the metric's units (an SLO such as "p99 latency ≤ 250 ms").
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -273,6 +273,24 @@ class LatencyQuantile(BaseDetector):
                 self._close_window()
                 alarmed = alarmed or self._drift
         return alarmed
+
+    def update_until_alarm(self, xs: Sequence[float]) -> int | None:
+        """Feed values in order (numpy bucketing per window) up to and including the one that
+        closes the first alarming window; its index, or None. The state is the one
+        :meth:`update` would leave after the same values."""
+        values = np.asarray(xs, dtype=np.float64)
+        start = 0
+        while start < values.size:
+            take = min(self.window - self._sketch.count, values.size - start)
+            self._sketch.add_many(values[start : start + take])
+            self._n += take
+            start += take
+            self._drift = False
+            if self._sketch.count == self.window:
+                self._close_window()
+                if self._drift:
+                    return start - 1
+        return None
 
     @property
     def drift_detected(self) -> bool:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, ClassVar, Self
 
@@ -455,6 +455,46 @@ class GLR(BernoulliDetector):
             start += end
         self._load(hist)
         return alarmed
+
+    def update_until_alarm(self, xs: Sequence[float]) -> int | None:
+        """Feed events in order up to and including the first alarm; its index, or None.
+
+        The warm-up and short batches go one event at a time; longer ones through
+        :func:`glr_path` (vectorised), stopping at the first crossing: the state is the one
+        :meth:`update` would leave after the same events.
+        """
+        ints = check_bits(xs).astype(np.int64)
+        start = 0
+        while not self.calibrated and start < len(ints):  # no alarm while learning
+            self._n += 1
+            self._warm(int(ints[start]))
+            start += 1
+        if len(ints) - start <= _STEP_MAX:
+            for i, x in enumerate(ints[start:].tolist()):
+                if self._step(x):
+                    return start + i
+            return None
+        hist = self._history()
+        while start < len(ints):
+            if self._detected:
+                hist = hist[:0]
+                self._stat = 0.0
+                self._detected = False
+            new = ints[start : start + 4 * _CHUNK]
+            path = glr_path(hist, new, self._windows, self._q0, self._q1)
+            hits = np.flatnonzero(path >= self._h)
+            end = len(new) if len(hits) == 0 else int(hits[0]) + 1
+            self._n += end
+            self._stat = float(path[end - 1])
+            hist = np.concatenate([hist, new[:end]])[-self._windows[-1] :]
+            start += end
+            if len(hits):
+                self._detected = True
+                self._alarms += 1
+                self._load(hist)
+                return start - 1
+        self._load(hist)
+        return None
 
     @property
     def statistic(self) -> float:

@@ -9,15 +9,15 @@ Observations are collected per batch and fed in arrival order when the batch is 
 *per-observation semantics*: the result — which observation raised an alarm, and the detector
 state afterwards — is the same however the stream is cut into batches. That is what lets the live
 worker (Kafka batches), a restarted worker (replay after a snapshot) and ``backtest`` (file chunks)
-reach the same decisions on the same events. Detectors whose ``update_until_alarm`` is vectorised
-(CUSUM) take the whole batch in one call, which stops at the first alarm and says where; the rest
-of the batch follows in the next call. Other detectors with a vectorised ``update_many`` take the
-batch in one call too, and only when it reports an alarm is the batch replayed one observation
-at a time from the state saved before it. (Bernoulli
-CUSUM's ``update_counts`` draws a random order inside a batch, which would make decisions depend on
-batch boundaries, so the ordered batch path is used instead.) Two-sample detectors (``sequential``)
-are fed both arms, one observation at a time: the order of the arms matters for when harm is
-declared.
+reach the same decisions on the same events. Detectors with their own ``update_until_alarm``
+(Bernoulli ``cusum`` and ``glr``, ``psi``/``js``/``ks``, ``latency_quantile``: vectorised) take the
+whole batch in one call, which stops at the first alarm and says where; the rest of the batch
+follows in the next call. No detector state is saved per batch. The others (river's detectors,
+``cusum_mean``) are fed one observation at a time. (Bernoulli detectors' ``update_counts`` draws a
+random order inside a batch, which would make decisions depend on batch boundaries, so the
+ordered batch path is used instead.) Two-sample detectors (``sequential``) take a batch in one
+``update_until_harm`` call until harm shows, then one observation at a time: the order of the
+arms matters for when harm is declared.
 
 ``min_samples`` gates every decision: an alarm while the variant has fewer samples is not a
 breach, and the status says "no decision yet". A one-sample detector's alarm is an edge; a
@@ -284,7 +284,6 @@ class Monitor:
         "trace",
         "two_sample",
         "until_alarm",
-        "vectorised",
         "window_events",
         "window_first",
         "window_last",
@@ -313,9 +312,6 @@ class Monitor:
         #: Stops a batch at its first alarm itself: no saved state, no replay.
         self.until_alarm = (
             one_sample and cls.update_until_alarm is not BaseDetector.update_until_alarm
-        )
-        self.vectorised = (
-            one_sample and not self.until_alarm and cls.update_many is not BaseDetector.update_many
         )
         #: Observations since the last flush: (arm, value, batch index, ts); arm 1 = the variant,
         #: 0 = the ``compare_to`` control.
@@ -360,13 +356,6 @@ class Monitor:
             return self._feed_paired(pending)
         if self.until_alarm:
             return self._feed_until_alarm(pending)
-        if self.vectorised:
-            saved = self.detector.to_state()
-            if not self.detector.update_many([p[1] for p in pending]):
-                self._account(pending)
-                return []
-            # An alarm in the batch: replay it one by one from the saved state to find where.
-            self.detector = registry.restore(saved)
         return self._feed_one_by_one(pending)
 
     def _account(self, pending: list[tuple[int, float, int, float]]) -> None:

@@ -297,16 +297,25 @@ def test_state_round_trip_continues_exactly(kind: str, data: st.DataObject) -> N
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_update_until_alarm_stops_where_one_by_one_alarms(kind: str, data: st.DataObject) -> None:
-    """Batches cut anywhere: each call stops at the first alarm, with the state ``update`` would
-    leave there, and reports its index; the alarms are those of feeding one at a time."""
+    """Batches cut anywhere (a few long ones, or many short ones): each call stops at the first
+    alarm and reports its index, and the state after every call — at an alarm or at the end of
+    a batch — is the one ``update`` leaves after the same observations."""
     stream = _case(kind).stream()
+    if data.draw(st.booleans(), label="short batches"):
+        step = data.draw(st.integers(1, 24), label="step")
+        cuts = list(range(step, len(stream), step))
+    else:
+        cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=6))))
+    ends = {hi - 1 for hi in [*cuts, len(stream)]}
     one = _build(kind)
     want = []
+    states: dict[int, str] = {}
     for i, x in enumerate(stream):
         one.update(x)
         if one.drift_detected:
             want.append(i)
-    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=6))))
+        if one.drift_detected or i in ends:
+            states[i] = json.dumps(one.to_state())
     batched = _build(kind)
     got: list[int] = []
     for lo, hi in itertools.pairwise([0, *cuts, len(stream)]):
@@ -314,10 +323,12 @@ def test_update_until_alarm_stops_where_one_by_one_alarms(kind: str, data: st.Da
         while start < hi:
             k = batched.update_until_alarm(stream[start:hi])
             if k is None:
+                assert not batched.drift_detected
+                assert json.dumps(batched.to_state()) == states[hi - 1], hi - 1
                 break
             assert batched.drift_detected
             got.append(start + k)
+            assert json.dumps(batched.to_state()) == states[start + k], start + k
             start += k + 1
     assert got == want
     assert batched.n == one.n
-    assert json.dumps(batched.to_state()) == json.dumps(one.to_state())
