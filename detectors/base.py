@@ -127,7 +127,8 @@ class BaseDetector(ABC):
         Returns that observation's index (the rest are not fed: the caller acts on the alarm,
         then feeds them), or None when all were fed without one. The state afterwards is the
         one ``update`` would leave after the same observations. Detectors whose batch update
-        can stop at an alarm override this (CUSUM does); the default feeds one at a time.
+        can stop at an alarm override this (Bernoulli CUSUM and GLR, psi/js/ks, latency_quantile);
+        the default feeds one at a time.
         """
         for i, x in enumerate(xs):
             self.update(x)
