@@ -38,7 +38,13 @@ from driftswitch.streams.pipeline.observations import Decider, Joiner, build_fla
 from driftswitch.streams.service.worker import HEADER_SOURCE, state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import KILL_ON_ACCURACY, WorkerProcess, read_topic
+from driftswitch.streams.tools.testing import (
+    KILL_ON_ACCURACY,
+    WorkerProcess,
+    event_records,
+    flag_changes,
+    read_topic,
+)
 
 SCENARIO = Scenario(
     requests=12_000,
@@ -50,6 +56,33 @@ SCENARIO = Scenario(
         VariantSpec("control", weight=70, accuracy=0.90),
         VariantSpec("candidate", weight=30, accuracy=0.90, accuracy_after=0.75),
     ),
+)
+#: A kill and a warning, for the test of a snapshot of another stage.
+GUARDRAILS = """\
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
+        min_samples: 100
+        action: kill
+      - name: candidate-vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential, alpha: 0.05}
+        action: warn
+"""
+STAGED = Scenario(
+    variants=(
+        VariantSpec("control", weight=50, accuracy=0.9),
+        VariantSpec("candidate", weight=50, accuracy=0.9, accuracy_after=0.7),
+    ),
+    requests=2000,
+    change_at=600,
+    rate=50.0,
+    label_delay=3.0,
+    label_fraction=0.95,
+    seed=7,
 )
 #: Join partitions (the input topics' partition count).
 PARTS = 2
@@ -273,3 +306,34 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
     else:  # dead-lettering is at least once: a replay after SIGKILL may send it again
         assert reasons
         assert set(reasons) == {("bad_observation_batch", GARBAGE)}
+
+
+def test_a_decide_worker_does_not_resume_a_single_workers_snapshot(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, produce: Any
+) -> None:
+    """A deployment moving from one worker to the two stages under the same group: the decide
+    worker starts from the published flag states, not from the single worker's state (whose
+    offsets are of other topics), and says so."""
+    config_path = tmp_path / "ranker.yaml"
+    config_path.write_text(config_yaml(STAGED, GUARDRAILS))
+    events: list[Event] = list(simulate(STAGED))[:500]
+    produce(event_records(topics, events))
+    log = tmp_path / "worker.log"
+    args = ["--snapshot-interval", "0.5"]
+    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=args) as single:
+        single.wait_for(
+            "all read and a snapshot",
+            lambda s: s["records"] == len(events) and s["snapshots_written"] >= 1,
+            60,
+        )
+        single.stop()
+    decide_args = ["--stage", "decide", *args]
+    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=decide_args) as decide:
+        decide.wait_active()
+        status = decide.health() or {}
+        assert status["stage"] == "decide"
+        assert status["resumed_from_snapshot"] is None
+        assert status["observations"] == 0
+    assert "was written by a single worker, and this one runs the decide stage" in log.read_text()
+    # The published version 1 was adopted, not published again.
+    assert [c.version for c in flag_changes(broker.bootstrap, topics)] == [1]
