@@ -19,6 +19,7 @@ import json
 import random
 import secrets
 import signal
+import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from driftswitch.streams.config.model import Config, load_config
 from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent
@@ -281,6 +283,15 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
         assert merge["late"] == 0
         assert merge["buffered"] == 0  # both join partitions said they are idle
         assert status["observations"] == decided  # each observation decided once
+        with urllib.request.urlopen(f"{second.url}/metrics", timeout=5) as r:
+            exposed = {
+                s.name: s.value
+                for family in text_string_to_metric_families(r.read().decode())
+                for s in family.samples
+            }
+        assert exposed["driftswitch_duplicate_observations_total"] == duplicates
+        assert exposed["driftswitch_late_observations_total"] == 0
+        assert exposed["driftswitch_merge_buffered_observations"] == 0
         # No statistic counted twice: the decide stage's equal the engine's in event order.
         live = second.get("/api/v1/flags/ranker")["evaluation"]["variants"]
         offline: Any = engine.snapshot()
