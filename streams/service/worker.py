@@ -648,8 +648,8 @@ class Worker:
         if snapshot is not None and snapshot.stage != self.stage:
             log.error(
                 "snapshot %d of group %s was written by a %s worker, and this one runs the %s "
-                "stage: not resumed from (give each stage its own --group); starting from the "
-                "published flag states",
+                "stage: not resumed from; starting from the published flag states with fresh "
+                "statistics",
                 snapshot.seq,
                 s.group,
                 snapshot.stage,

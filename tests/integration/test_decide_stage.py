@@ -5,7 +5,8 @@ two join partitions that read their predictions and outcomes with skew, one of w
 from a checkpoint and sends observations again under a new run id. Its observation batches go,
 as the join stage sends them, to every partition of the observations topic, each with the
 observations of the flags routed there; one undecodable record is mixed in. A decide worker
-reads them, is stopped cleanly mid-stream and a second one resumes from its snapshot. What it
+reads them, is stopped mid-stream (cleanly, or by SIGKILL right after the deciding input was
+sent) and a second one resumes from its snapshot. What it
 publishes must be exactly what the engine decides on the same events in event-time order
 (``driftswitch backtest``'s order), nothing decided twice, duplicates dropped and counted, the bad
 record dead-lettered with its reason.
@@ -17,12 +18,16 @@ import asyncio
 import json
 import random
 import secrets
+import signal
+import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from driftswitch.streams.config.model import Config, load_config
 from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent
@@ -35,7 +40,13 @@ from driftswitch.streams.pipeline.observations import Decider, Joiner, build_fla
 from driftswitch.streams.service.worker import HEADER_SOURCE, state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import KILL_ON_ACCURACY, WorkerProcess, read_topic
+from driftswitch.streams.tools.testing import (
+    KILL_ON_ACCURACY,
+    WorkerProcess,
+    event_records,
+    flag_changes,
+    read_topic,
+)
 
 SCENARIO = Scenario(
     requests=12_000,
@@ -47,6 +58,33 @@ SCENARIO = Scenario(
         VariantSpec("control", weight=70, accuracy=0.90),
         VariantSpec("candidate", weight=30, accuracy=0.90, accuracy_after=0.75),
     ),
+)
+#: A kill and a warning, for the test of a snapshot of another stage.
+GUARDRAILS = """\
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
+        min_samples: 100
+        action: kill
+      - name: candidate-vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential, alpha: 0.05}
+        action: warn
+"""
+STAGED = Scenario(
+    variants=(
+        VariantSpec("control", weight=50, accuracy=0.9),
+        VariantSpec("candidate", weight=50, accuracy=0.9, accuracy_after=0.7),
+    ),
+    requests=2000,
+    change_at=600,
+    rate=50.0,
+    label_delay=3.0,
+    label_fraction=0.95,
+    seed=7,
 )
 #: Join partitions (the input topics' partition count).
 PARTS = 2
@@ -172,8 +210,9 @@ def produce(bootstrap: str, topic: str, records: list[tuple[int, bytes]]) -> Non
     assert producer.flush(30) == 0
 
 
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 def test_decide_stage_decides_like_event_order_across_a_restart(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: EmbeddedBroker, tmp_path: Path, stop: str
 ) -> None:
     config_path = tmp_path / "ranker.yaml"
     config_path.write_text(config_yaml(SCENARIO, KILL_ON_ACCURACY))
@@ -211,14 +250,28 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
     args = ["--stage", "decide", "--snapshot-interval", "0.5"]
     log = tmp_path / "decide.log"
     produce(broker.bootstrap, obs_topic.name, first_part)
+    # SIGKILL just after the kill's input (record 651 of 800 here) is sent, wherever the
+    # worker is then: decisions published since its last snapshot are decided again on resume.
+    more = (len(records) * 83 // 100) // obs_topic.partitions * obs_topic.partitions
     with WorkerProcess(broker.bootstrap, topics, config_path, log, args=args) as first:
-        first.wait_for("the first part read", lambda s: s["records"] == len(first_part), 60)
+        first.wait_for(
+            "the first part read and a snapshot",
+            lambda s: s["records"] == len(first_part) and s["snapshots_written"] >= 1,
+            60,
+        )
         status = first.health() or {}
         assert status["stage"] == "decide"
         assert status["merge"]["late"] == 0
         assert status["rejected"] == {"bad_observation_batch": 1}
-        first.stop()  # SIGTERM: a clean stop writes a final snapshot
-        assert first.proc.returncode == 0
+        if stop == "sigterm":
+            first.stop()  # a clean stop writes a final snapshot
+            assert first.proc.returncode == 0
+        else:
+            produce(broker.bootstrap, obs_topic.name, records[cut:more])
+            first.wait_for("more read", lambda s: s["records"] > len(first_part), 30)
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait()
+            cut = more
 
     produce(broker.bootstrap, obs_topic.name, records[cut:])
     with WorkerProcess(broker.bootstrap, topics, config_path, log, args=args) as second:
@@ -230,6 +283,15 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
         assert merge["late"] == 0
         assert merge["buffered"] == 0  # both join partitions said they are idle
         assert status["observations"] == decided  # each observation decided once
+        with urllib.request.urlopen(f"{second.url}/metrics", timeout=5) as r:
+            exposed = {
+                s.name: s.value
+                for family in text_string_to_metric_families(r.read().decode())
+                for s in family.samples
+            }
+        assert exposed["driftswitch_duplicate_observations_total"] == duplicates
+        assert exposed["driftswitch_late_observations_total"] == 0
+        assert exposed["driftswitch_merge_buffered_observations"] == 0
         # No statistic counted twice: the decide stage's equal the engine's in event order.
         live = second.get("/api/v1/flags/ranker")["evaluation"]["variants"]
         offline: Any = engine.snapshot()
@@ -249,6 +311,40 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
     assert inputs[int(partition)][t][int(offset)].request_id == deciders[0]
 
     dead = read_topic(broker.bootstrap, topics.deadletter.name)
-    assert [(dict(r.headers)[HEADER_REASON].decode(), r.value) for r in dead] == [
-        ("bad_observation_batch", GARBAGE)
-    ]
+    reasons = [(dict(r.headers)[HEADER_REASON].decode(), r.value) for r in dead]
+    if stop == "sigterm":
+        assert reasons == [("bad_observation_batch", GARBAGE)]
+    else:  # dead-lettering is at least once: a replay after SIGKILL may send it again
+        assert reasons
+        assert set(reasons) == {("bad_observation_batch", GARBAGE)}
+
+
+def test_a_decide_worker_does_not_resume_a_single_workers_snapshot(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, produce: Any
+) -> None:
+    """A deployment moving from one worker to the two stages under the same group: the decide
+    worker starts from the published flag states, not from the single worker's state (whose
+    offsets are of other topics), and says so."""
+    config_path = tmp_path / "ranker.yaml"
+    config_path.write_text(config_yaml(STAGED, GUARDRAILS))
+    events: list[Event] = list(simulate(STAGED))[:500]
+    produce(event_records(topics, events))
+    log = tmp_path / "worker.log"
+    args = ["--snapshot-interval", "0.5"]
+    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=args) as single:
+        single.wait_for(
+            "all read and a snapshot",
+            lambda s: s["records"] == len(events) and s["snapshots_written"] >= 1,
+            60,
+        )
+        single.stop()
+    decide_args = ["--stage", "decide", *args]
+    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=decide_args) as decide:
+        decide.wait_active()
+        status = decide.health() or {}
+        assert status["stage"] == "decide"
+        assert status["resumed_from_snapshot"] is None
+        assert status["observations"] == 0
+    assert "was written by a single worker, and this one runs the decide stage" in log.read_text()
+    # The published version 1 was adopted, not published again.
+    assert [c.version for c in flag_changes(broker.bootstrap, topics)] == [1]

@@ -204,6 +204,15 @@ def test_names_units_and_label_sets_follow_the_style_guide() -> None:
     metrics.set_active(False)
     metrics.record_input_reset("t", 0)
     metrics.observe_merge(3, 1, 2)
+    metrics.observe_join_stage(
+        {
+            "partitions": [0, 1],
+            "records": 5,
+            "rerouted": 1,
+            "lag": {"0": 2},
+            "recovery_seconds": 0.5,
+        }
+    )
     allowed_labels = {
         "flag",
         "variant",
