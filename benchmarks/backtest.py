@@ -32,7 +32,6 @@ import pstats
 import statistics
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,22 +79,9 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def rss_run(
-    config_path: Path, decoded: list[list[Event]], rounds: int, ordered_join: bool = False
-) -> None:
-    """Replay the events ``rounds`` times through one engine; RSS and pending after each.
-
-    ``ordered_join`` swaps the in-memory join's three dicts for ``OrderedDict``s (the change
-    ``benchmarks/join.py`` measures; not what ships): with plain dicts, removing the oldest
-    entries one by one slows down as deleted slots pile up at the front of the dicts, so the
-    later rounds, where round 1's joined ids expire, take far longer.
-    """
+def rss_run(config_path: Path, decoded: list[list[Event]], rounds: int) -> None:
+    """Replay the events ``rounds`` times through one engine; RSS and pending after each."""
     engine = Engine(load_config(config_path))
-    if ordered_join:
-        join = engine._join
-        join._predictions = OrderedDict(join._predictions)  # type: ignore[union-attr]
-        join._outcomes = OrderedDict(join._outcomes)  # type: ignore[union-attr]
-        join._joined = OrderedDict(join._joined)  # type: ignore[union-attr]
     first_ts = decoded[0][0].ts
     last_ts = decoded[-1][-1].ts
     span = last_ts - first_ts + 60.0
@@ -124,11 +110,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one end-to-end run")
     parser.add_argument("--rss-rounds", type=int, default=0, help="RSS over K replays (0: skip)")
-    parser.add_argument(
-        "--ordered-join",
-        action="store_true",
-        help="--rss-rounds with the join's dicts as OrderedDicts (the proposed change)",
-    )
     args = parser.parse_args()
     config = load_config(args.config)
     scenario = Scenario(requests=args.requests, change_at=args.requests // 2, seed=1)
@@ -141,7 +122,7 @@ def main() -> None:
         chunks = [lines[i : i + backtest.CHUNK_LINES] for i in range(0, n, backtest.CHUNK_LINES)]
         decoded: list[list[Event]] = [decode_chunk(c)[0] for c in chunks]
         if args.rss_rounds:
-            rss_run(args.config, decoded, args.rss_rounds, args.ordered_join)
+            rss_run(args.config, decoded, args.rss_rounds)
             return
         if args.profile:
             profile = cProfile.Profile()

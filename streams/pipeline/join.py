@@ -14,8 +14,8 @@ within the TTL, is a duplicate: it is reported (``DUPLICATE``) and changes nothi
 replayed after a crash is never counted twice. The buffer is bounded by ``max_pending``: beyond it
 the oldest unjoined entry is evicted and counted.
 
-Entries are plain tuples in insertion-ordered dicts, so the hot path allocates one tuple per
-buffered record and the state is plain JSON.
+Entries are plain tuples in insertion-ordered ``OrderedDict`` maps (the oldest leaves in O(1)), so
+the hot path allocates one tuple per buffered record and the state is plain JSON.
 
 :class:`StoredJoinBuffer` is the same join on a :class:`JoinStore` (one entry per request id,
 ordered by event time), for state that does not fit in memory: the worker's store is RocksDB on
@@ -27,6 +27,7 @@ the TTL always join. Backtests and the pure pipeline use :class:`JoinBuffer`.
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any, Final, Protocol
@@ -104,10 +105,14 @@ class JoinBuffer:
         self.watermark = 0.0
         #: The WATERMARK_RANK largest event times seen, ascending.
         self._latest: list[float] = []
-        self._predictions: dict[str, PendingPrediction] = {}
-        self._outcomes: dict[str, PendingOutcome] = {}
+        # OrderedDicts, not dicts: the oldest entry is removed with next(iter(...)), which on a
+        # dict scans past every slot deleted before it (a removal then costs 60–130 µs at
+        # 100k–1M entries once entries start leaving; benchmarks/join.py), on an OrderedDict
+        # it is O(1).
+        self._predictions: OrderedDict[str, PendingPrediction] = OrderedDict()
+        self._outcomes: OrderedDict[str, PendingOutcome] = OrderedDict()
         # request_id → event time of the later side, for duplicate detection within the TTL.
-        self._joined: dict[str, float] = {}
+        self._joined: OrderedDict[str, float] = OrderedDict()
         self.joined = 0
         #: Expired predictions per group (they were scored, but never got a label).
         self.expired_predictions: dict[str, int] = {}
@@ -315,11 +320,13 @@ class JoinBuffer:
         buf = cls(float(state["ttl"]), max(1, int(state["max_pending"])))
         buf.watermark = float(state["watermark"])
         buf._latest = sorted(float(t) for t in state.get("latest", [buf.watermark]))
-        buf._predictions = {
-            rid: (float(ts), g, _tuple(p)) for rid, ts, g, p in state.get("predictions", ())
-        }
-        buf._outcomes = {rid: (float(ts), label) for rid, ts, label in state.get("outcomes", ())}
-        buf._joined = {rid: float(ts) for rid, ts in state.get("joined_ids", ())}
+        buf._predictions = OrderedDict(
+            (rid, (float(ts), g, _tuple(p))) for rid, ts, g, p in state.get("predictions", ())
+        )
+        buf._outcomes = OrderedDict(
+            (rid, (float(ts), label)) for rid, ts, label in state.get("outcomes", ())
+        )
+        buf._joined = OrderedDict((rid, float(ts)) for rid, ts in state.get("joined_ids", ()))
         buf.joined = int(state["joined"])
         buf.expired_predictions = {str(k): int(v) for k, v in state["expired_predictions"].items()}
         buf.expired_outcomes = int(state["expired_outcomes"])
