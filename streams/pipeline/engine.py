@@ -248,8 +248,12 @@ class Engine:
     # -- status ----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, JSON]:
-        """Plain-data status of every flag, variant and guardrail (for /metrics and the API)."""
+        """Plain-data status of every flag, variant and guardrail (for /metrics and the API).
+
+        ``watermark`` is the join's event-time watermark, or, in the decide stage (whose join
+        half sees no events), the event time of the last observation decided on."""
         expired = self._join.expired_predictions
+        now = self._join.watermark or self._decider.latest
         flags: dict[str, JSON] = {}
         for name, f in self._flags.items():
             variants: dict[str, JSON] = {}
@@ -267,13 +271,11 @@ class Engine:
                 "variants": variants,
                 "guardrails": {m.guardrail.name: m.summary() for m in f.monitors},
                 "rollout": (
-                    f.rollout.summary(f.state.paused, self._join.watermark)
-                    if f.rollout is not None
-                    else None
+                    f.rollout.summary(f.state.paused, now) if f.rollout is not None else None
                 ),
             }
         return {
-            "watermark": self._join.watermark,
+            "watermark": now,
             "join": plain(self._join.counters()),
             "counters": plain(self.counters),
             "flags": flags,

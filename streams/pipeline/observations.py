@@ -548,6 +548,9 @@ class Decider:
         self.flags = flags
         self.monitors = [m for f in flags.values() for m in f.monitors]
         self.rollouts = [f for f in flags.values() if f.rollout is not None]
+        #: Event time of the last observation decided on (the decide stage's "now": its
+        #: observations come in event-time order); None before the first.
+        self.latest: float | None = None
 
     def to_state(self) -> dict[str, JSON]:
         """Per flag: published state, cooldowns, statistics, detectors and rollout, as JSON."""
@@ -587,6 +590,8 @@ class Decider:
         observation's ``index``. An observation of an unconfigured flag or variant (the config
         changed) is skipped."""
         flags = self.flags
+        if observations and (self.latest is None or observations[-1][4] > self.latest):
+            self.latest = observations[-1][4]
         # Latencies per variant, counted into its sketch once per batch (numpy; same buckets).
         latencies: dict[VariantStats, list[float]] = {}
         for obs in observations:
