@@ -202,8 +202,8 @@ LATE = Scenario(
         VariantSpec("control", weight=50, accuracy=0.9),
         VariantSpec("candidate", weight=50, accuracy=0.9, accuracy_after=0.8),
     ),
-    requests=40_000,
-    change_at=10_000,
+    requests=20_000,
+    change_at=5_000,
     rate=40.0,
     label_delay=1800.0,
     label_fraction=0.95,
@@ -228,6 +228,7 @@ def test_labels_thirty_minutes_late_join_exactly_on_disk_across_a_restart(
     events = list(simulate(LATE))
     reference_config = parse_config(config_yaml(LATE, guardrails) + "join:\n  ttl: 86400\n")
     reference, joined = _reference(reference_config, events)
+    assert [r["cause"]["action"] for r in reference][:1] == ["kill"]
     predictions = sum(isinstance(ev, PredictionEvent) for ev in events)
     half = len(events) // 2
 

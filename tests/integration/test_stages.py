@@ -38,8 +38,8 @@ from driftswitch.streams.tools.testing import (
 pytestmark = pytest.mark.xdist_group("broker")
 
 SCENARIO = Scenario(
-    requests=12_000,
-    change_at=6_000,
+    requests=6_000,
+    change_at=3_000,
     rate=100.0,
     seed=23,
     label_delay=3.0,
