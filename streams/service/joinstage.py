@@ -576,6 +576,25 @@ class JoinStage:
                 times.append(h)
         idle = not times and not self._busy(part, REROUTED, now)
         watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
+        # The horizon first, whether or not a batch goes out below: the other partitions wait
+        # for it (a partition whose own topics fell idle must say so even if nothing else
+        # changed, or every partition waits for the others).
+        if horizon != part.announced:
+            part.announced = horizon
+            h, h_idle = horizon
+            value = orjson.dumps(
+                {"source": part.index, "horizon": h if math.isfinite(h) else None, "idle": h_idle}
+            )
+            for p in range(self._partitions):
+                if p != part.index:
+                    self._deliveries.append(
+                        await self._producer.send(
+                            self._names[REROUTED],
+                            value,
+                            partition=p,
+                            headers=[(HEADER_MARKER, b"1")],
+                        )
+                    )
         if not changed and not observations and (watermark, idle) == part.sent:
             return
         groups: dict[int, list[Observation]] = {q: [] for q in range(self._outputs)}
@@ -606,22 +625,6 @@ class JoinStage:
         part.sent = (watermark, idle)
         part.sent_read = dict(part.read)
         self.counters["observations"] += len(observations)
-        if horizon != part.announced:
-            part.announced = horizon
-            h, h_idle = horizon
-            value = orjson.dumps(
-                {"source": part.index, "horizon": h if math.isfinite(h) else None, "idle": h_idle}
-            )
-            for p in range(self._partitions):
-                if p != part.index:
-                    self._deliveries.append(
-                        await self._producer.send(
-                            self._names[REROUTED],
-                            value,
-                            partition=p,
-                            headers=[(HEADER_MARKER, b"1")],
-                        )
-                    )
         if len(self._deliveries) > 10_000:
             await self._flush()
 

@@ -262,11 +262,14 @@ def event_records(
 STAGE_TEST_JOIN = "join:\n  idle_after: 5\n"
 
 
-def produce_in_event_order(bootstrap: str, topics: Topics, events: Iterable[Any]) -> None:
+def produce_in_event_order(
+    bootstrap: str, topics: Topics, events: Iterable[Any], *, outcomes_by: str = "murmur2"
+) -> None:
     """Write ``events`` in the given order, as model services write them while things happen:
     predictions with confluent-kafka's default partitioner (CRC-32 of the key: their join
     partition), outcomes where a Java or aiokafka producer would put them (murmur2 of the key),
-    so that a share of them sits outside its join partition and is re-routed."""
+    so that a share of them sits outside its join partition and is re-routed; with
+    ``outcomes_by="crc32"`` outcomes too go to their join partition (nothing is re-routed)."""
     from confluent_kafka import Producer
 
     from driftswitch.streams.contract.events import PredictionEvent, encode
@@ -280,6 +283,8 @@ def produce_in_event_order(bootstrap: str, topics: Topics, events: Iterable[Any]
             try:
                 if isinstance(ev, PredictionEvent):
                     producer.produce(topics.predictions.name, encode(ev), key)
+                elif outcomes_by == "crc32":
+                    producer.produce(topics.outcomes.name, encode(ev), key)
                 else:
                     where = partition_for(key, n)
                     producer.produce(topics.outcomes.name, encode(ev), key, partition=where)
