@@ -364,6 +364,7 @@ def stage_run(
     records: list[tuple[int, bytes, bytes, int | None]],
     expected: dict[str, Any],
     idle_window: float,
+    broker_pid: int,
 ) -> dict[str, Any]:
     """One measurement: ``k`` join and ``k`` decide processes on fresh topics; baseline once
     they are assigned and idle; then the backlog is produced and read until the active decide
@@ -414,9 +415,10 @@ def stage_run(
                 raise RuntimeError("the processes did not settle in 180 s")
             stable = stable + 1 if settled() else 0
             time.sleep(1.0)
-        started = {w.proc.pid: cpu_seconds(w.proc.pid) for w in everything}
+        pids = [w.proc.pid for w in everything] + [broker_pid]
+        started = {pid: cpu_seconds(pid) for pid in pids}
         time.sleep(idle_window)
-        base = {w.proc.pid: cpu_seconds(w.proc.pid) for w in everything}
+        base = {pid: cpu_seconds(pid) for pid in pids}
         idle = {pid: (base[pid] - started[pid]) / idle_window for pid in base}
         active = next(d for d in procs["decide"] if (d.health() or {}).get("role") == "active")
 
@@ -449,7 +451,7 @@ def stage_run(
             engine = (active.health() or {}).get("engine")
             counts = stage_counts(engine) if engine else None
         wall = time.perf_counter() - t0
-        cpu = {w.proc.pid: cpu_seconds(w.proc.pid) - base[w.proc.pid] for w in everything}
+        cpu = {pid: cpu_seconds(pid) - base[pid] for pid in pids}
         rss = {w.proc.pid: peak_rss_of(w.proc.pid) for w in everything}
         joins = [j.health() or {} for j in procs["join"]]
         load_after = load_average()
@@ -477,6 +479,7 @@ def stage_run(
         "events_per_s": n / wall,
         "join": stage("join"),
         "decide": stage("decide"),
+        "broker": {"cpu_per_m": cpu[broker_pid] / n * 1e6, "idle_cpu_per_s": idle[broker_pid]},
         "rerouted": sum(j.get("rerouted", 0) for j in joins),
         "join_records": sum(j.get("records", 0) for j in joins),
         "observations": sum(j.get("observations", 0) for j in joins),
@@ -514,7 +517,15 @@ def stages_benchmark(
                     for k in ks:
                         name = f"scale-{tag}-{placement}-r{r}-k{k}"
                         row = stage_run(
-                            broker.bootstrap, work, config, k, name, records, expected, idle_window
+                            broker.bootstrap,
+                            work,
+                            config,
+                            k,
+                            name,
+                            records,
+                            expected,
+                            idle_window,
+                            broker.pid,
                         )
                         row["round"] = r
                         rows.append(row)
@@ -534,17 +545,34 @@ def stage_table(rows: list[dict[str, Any]], ks: list[int], placement: str) -> No
         return f"{format(mid, fmt)} ({format(lo, fmt)}–{format(hi, fmt)})"
 
     print(f"\nprocesses per stage, outcomes placed by {placement} (median (min–max) of rounds):")
-    head = ("k", "events/s", "wall s", "join CPU-s/M", "decide CPU-s/M", "join idle CPU-s/s")
-    print(f"{head[0]:>2} {head[1]:>22} {head[2]:>20} {head[3]:>22} {head[4]:>22} {head[5]:>18}")
+    head = ("k", "events/s", "wall s", "join CPU-s/M", "decide CPU-s/M", "broker CPU-s/M")
+    print(f"{head[0]:>2} {head[1]:>22} {head[2]:>20} {head[3]:>22} {head[4]:>22} {head[5]:>22}")
     for k in ks:
         at = [r for r in rows if r["k"] == k]
-        idle = [sum(r["join"]["idle_cpu_per_s"]) for r in at]
         print(
             f"{k:>2} {spread([r['events_per_s'] for r in at], ',.0f'):>22} "
             f"{spread([r['wall_s'] for r in at], '.1f'):>20} "
             f"{spread([r['join']['cpu_per_m'] for r in at], '.1f'):>22} "
             f"{spread([r['decide']['cpu_per_m'] for r in at], '.1f'):>22} "
-            f"{spread(idle, '.3f'):>18}"
+            f"{spread([r['broker']['cpu_per_m'] for r in at], '.1f'):>22}"
+        )
+    print(
+        "idle cost: the stage's CPU-s per second while assigned and idle, summed over its\n"
+        "processes, times the run's wall time, per million events (an upper bound of the fixed\n"
+        "per-process overhead in the figures above: polling, heartbeats, timers):"
+    )
+    for k in ks:
+        at = [r for r in rows if r["k"] == k]
+        cost = {
+            s: [sum(r[s]["idle_cpu_per_s"]) * r["wall_s"] / r["events"] * 1e6 for r in at]
+            for s in ("join", "decide")
+        }
+        rate = {s: [sum(r[s]["idle_cpu_per_s"]) for r in at] for s in ("join", "decide")}
+        print(
+            f"  k={k} join {spread(cost['join'], '.1f')} CPU-s/M "
+            f"(idle {spread(rate['join'], '.3f')} CPU-s/s), "
+            f"decide {spread(cost['decide'], '.1f')} CPU-s/M "
+            f"(idle {spread(rate['decide'], '.3f')} CPU-s/s)"
         )
     print("ratio of CPU-s per million events to k=1, per round (median (min–max)):")
     for k in ks[1:]:
