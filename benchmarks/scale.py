@@ -584,6 +584,19 @@ def stage_table(rows: list[dict[str, Any]], ks: list[int], placement: str) -> No
                 if one and at:
                     ratios.append(at[0][s]["cpu_per_m"] / one[0][s]["cpu_per_m"])
             print(f"  k={k} {s:<6} {spread(ratios, '.3f')}")
+    if len(rows) >= 3:
+        print(
+            "least-squares fit over the runs: join CPU-s = per-event cost x events\n"
+            "+ per-process-second cost x (k x wall s)"
+        )
+        for s in ("join",):
+            xs = [r["k"] * r["wall_s"] for r in rows]
+            ys = [r[s]["cpu_s"] for r in rows]
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            sxx = sum((x - mx) ** 2 for x in xs)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+            per_m = (my - slope * mx) / rows[0]["events"] * 1e6
+            print(f"  {per_m:.1f} CPU-s per million events + {slope:.3f} CPU-s per process-second")
     rss = {s: max(max(r[s]["peak_rss_mb"]) for r in rows) for s in ("join", "decide")}
     print(f"peak RSS per process (max over runs): join {rss['join']} MB, decide {rss['decide']} MB")
 
