@@ -1,6 +1,7 @@
 """Join state at scale: peak RSS, checkpoint cost and recovery time of the disk-backed join.
 
     .venv/bin/python benchmarks/scale.py [--pending 20000000] [--rate 50000] [--dir DIR]
+    .venv/bin/python benchmarks/scale.py --stages 1,2,3 [--events 400000] [--rounds 3]
 
 A child process fills a :class:`~driftswitch.streams.service.joinstore.RocksJoinStore` through
 :class:`~driftswitch.streams.pipeline.join.StoredJoinBuffer` with ``--pending`` predictions
@@ -24,6 +25,26 @@ SIGKILL once everything is read and snapshotted, restart, and print ``recovery_s
 ``/healthz`` (lease held → active: state topic read, store opened, inputs sought) and the
 restart's wall time until every entry is back (process start, the lease's session timeout and
 the replay since the last snapshot included).
+
+With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run
+--stage join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of
+``--flags`` flags (4-partition input and observations topics) is prepared once; then, per
+``--rounds`` and per k, on fresh topics, k join processes and k decide processes (one active,
+k-1 standbys) start; once every input partition is assigned, one decide process is active and
+the assignment has held for 3 s, each process's CPU time (utime + stime, /proc/<pid>/stat) is
+read twice, ``--idle-window`` seconds apart (its idle CPU rate); the second reading is the
+baseline, so process start, imports, group joins and the first reads of the empty topics are
+not counted. Then the backlog is produced (predictions with confluent-kafka's default
+partitioner; outcomes by ``--placement``: ``murmur2``, a Java/aiokafka producer's, about 3 in 4
+re-routed, or ``crc32``, their join partition, none re-routed) and the run ends when the active
+decide process's ``/healthz`` counts every prediction and join the engine counts on the events
+in event-time order. Printed per run and summarised (median, min-max): wall seconds from the
+first record produced (producing and the join stage's ``idle_after`` included) and events/s;
+CPU-seconds per million events of the join stage (its processes summed), of the decide stage
+(standbys included) and of the broker; the idle cost of each stage (idle CPU rate times wall
+time, an upper bound of its fixed per-process overhead); the ratio of CPU per million events at
+k processes to 1 process per round; a least-squares split of the join stage's CPU into a
+per-event and a per-process-second cost; peak RSS (VmHWM) per process.
 """
 
 from __future__ import annotations
