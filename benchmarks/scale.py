@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +338,11 @@ def stage_backlog(total: int, flags: int) -> tuple[str, list[Any], dict[str, Any
     def key(e: Any) -> tuple[float, str, int]:
         return (e.ts, e.request_id, 0 if isinstance(e, PredictionEvent) else 1)
 
-    events = list(heapq.merge(*(simulate(s) for s in scenarios), key=key))
+    def own_ids(s: Scenario) -> Iterator[Any]:  # simulate() numbers every flag's requests alike
+        for e in simulate(s):
+            yield e.model_copy(update={"request_id": f"{s.flag}-{e.request_id}"})
+
+    events = list(heapq.merge(*(own_ids(s) for s in scenarios), key=key))
     engine = Engine(parse_config(text, "<scale config>"))
     for start in range(0, len(events), 1000):
         engine.process(events[start : start + 1000])
