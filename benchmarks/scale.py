@@ -1,6 +1,7 @@
 """Join state at scale: peak RSS, checkpoint cost and recovery time of the disk-backed join.
 
     .venv/bin/python benchmarks/scale.py [--pending 20000000] [--rate 50000] [--dir DIR]
+    .venv/bin/python benchmarks/scale.py --stages 1,2,3 [--events 400000] [--rounds 3]
 
 A child process fills a :class:`~driftswitch.streams.service.joinstore.RocksJoinStore` through
 :class:`~driftswitch.streams.pipeline.join.StoredJoinBuffer` with ``--pending`` predictions
@@ -24,6 +25,26 @@ SIGKILL once everything is read and snapshotted, restart, and print ``recovery_s
 ``/healthz`` (lease held → active: state topic read, store opened, inputs sought) and the
 restart's wall time until every entry is back (process start, the lease's session timeout and
 the replay since the last snapshot included).
+
+With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run
+--stage join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of
+``--flags`` flags (4-partition input and observations topics) is prepared once; then, per
+``--rounds`` and per k, on fresh topics, k join processes and k decide processes (one active,
+k-1 standbys) start; once every input partition is assigned, one decide process is active and
+the assignment has held for 3 s, each process's CPU time (utime + stime, /proc/<pid>/stat) is
+read twice, ``--idle-window`` seconds apart (its idle CPU rate); the second reading is the
+baseline, so process start, imports, group joins and the first reads of the empty topics are
+not counted. Then the backlog is produced (predictions with confluent-kafka's default
+partitioner; outcomes by ``--placement``: ``murmur2``, a Java/aiokafka producer's, about 3 in 4
+re-routed, or ``crc32``, their join partition, none re-routed) and the run ends when the active
+decide process's ``/healthz`` counts every prediction and join the engine counts on the events
+in event-time order. Printed per run and summarised (median, min-max): wall seconds from the
+first record produced (producing and the join stage's ``idle_after`` included) and events/s;
+CPU-seconds per million events of the join stage (its processes summed), of the decide stage
+(standbys included) and of the broker; the idle cost of each stage (idle CPU rate times wall
+time, an upper bound of its fixed per-process overhead); the ratio of CPU per million events at
+k processes to 1 process per round; a least-squares split of the join stage's CPU into a
+per-event and a per-process-second cost; peak RSS (VmHWM) per process.
 """
 
 from __future__ import annotations
@@ -39,7 +60,9 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -236,6 +259,386 @@ def worker_recovery(counts: list[int]) -> list[tuple[int, str, float, float, int
     return rows
 
 
+# -- processes per stage: CPU per event as the stages scale out --------------------------------
+
+#: Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat.
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (its threads included), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is fields[0]
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_of(pid: int) -> float:
+    """VmHWM of ``pid`` in MB, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def stage_flags(count: int) -> list[str]:
+    """``count`` flag names, spread over the 4 observation partitions where possible."""
+    from driftswitch.streams.contract.placement import observations_partition
+
+    names: list[str] = []
+    used: set[int] = set()
+    i = 0
+    while len(names) < count:
+        name = f"model{i}"
+        part = observations_partition(name, 4)
+        if part not in used or len(used) == 4:
+            names.append(name)
+            used.add(part)
+        i += 1
+    return names
+
+
+def stage_backlog(total: int, flags: int) -> tuple[str, list[Any], dict[str, Any]]:
+    """The config, the events of ``flags`` simulated model services merged in event-time order
+    (``total`` events in all, predictions and outcomes), and the counts the engine reaches on
+    them in that order (per flag and variant: predictions, joined)."""
+    import heapq
+
+    from driftswitch.streams.config.model import parse_config
+    from driftswitch.streams.contract.events import PredictionEvent
+    from driftswitch.streams.pipeline.engine import Engine
+    from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
+    from driftswitch.streams.tools.testing import KILL_ON_ACCURACY
+
+    label_fraction = 0.9
+    requests = int(total / flags / (1 + label_fraction))
+    scenarios = [
+        Scenario(
+            flag=name,
+            requests=requests,
+            change_at=requests // 2,
+            rate=250.0,
+            seed=100 + n,
+            label_delay=3.0,
+            label_fraction=label_fraction,
+            variants=(
+                VariantSpec("control", weight=70, accuracy=0.90),
+                VariantSpec("candidate", weight=30, accuracy=0.90, accuracy_after=0.75),
+            ),
+        )
+        for n, name in enumerate(stage_flags(flags))
+    ]
+    text = "flags:\n" + "".join(
+        config_yaml(s, KILL_ON_ACCURACY).removeprefix("flags:\n") for s in scenarios
+    )
+
+    def key(e: Any) -> tuple[float, str, int]:
+        return (e.ts, e.request_id, 0 if isinstance(e, PredictionEvent) else 1)
+
+    def own_ids(s: Scenario) -> Iterator[Any]:  # simulate() numbers every flag's requests alike
+        for e in simulate(s):
+            yield e.model_copy(update={"request_id": f"{s.flag}-{e.request_id}"})
+
+    events = list(heapq.merge(*(own_ids(s) for s in scenarios), key=key))
+    engine = Engine(parse_config(text, "<scale config>"))
+    for start in range(0, len(events), 1000):
+        engine.process(events[start : start + 1000])
+    return text, events, stage_counts(engine.snapshot())
+
+
+def stage_counts(snapshot: Any) -> dict[str, Any]:
+    return {
+        f"{flag}/{v}": [s["predictions"], s["joined"]]
+        for flag, f in snapshot["flags"].items()
+        for v, s in f["variants"].items()
+    }
+
+
+def stage_records(events: list[Any], placement: str) -> list[tuple[int, bytes, bytes, int | None]]:
+    """``(0 predictions | 1 outcomes, key, value, partition)`` per event, in event order.
+
+    Predictions carry no partition: confluent-kafka's default partitioner (CRC-32) places them,
+    which is their join partition. Outcomes go where ``placement`` says: ``murmur2`` (a Java or
+    aiokafka producer's default: about 3 in 4 outside their join partition, so re-routed) or
+    ``crc32`` (their join partition: nothing re-routed).
+    """
+    from driftswitch.streams.contract.events import PredictionEvent, encode
+    from driftswitch.streams.contract.placement import join_partition
+    from driftswitch.streams.kafka.groups import partition_for
+
+    out: list[tuple[int, bytes, bytes, int | None]] = []
+    for e in events:
+        key = e.request_id.encode()
+        if isinstance(e, PredictionEvent):
+            out.append((0, key, encode(e), None))
+        elif placement == "murmur2":
+            out.append((1, key, encode(e), partition_for(key, 4)))
+        else:
+            out.append((1, key, encode(e), join_partition(e.request_id, 4)))
+    return out
+
+
+class ProcessExitedError(RuntimeError):
+    """A stage process exited during a run (e.g. a decide process expelled from its lease group
+    after missing heartbeats on a starved machine): the run's CPU figures are incomplete."""
+
+
+def stage_run(
+    bootstrap: str,
+    work: Path,
+    config: Path,
+    k: int,
+    name: str,
+    records: list[tuple[int, bytes, bytes, int | None]],
+    expected: dict[str, Any],
+    idle_window: float,
+    broker_pid: int,
+) -> dict[str, Any]:
+    """One measurement: ``k`` join and ``k`` decide processes on fresh topics; baseline once
+    they are assigned and idle; then the backlog is produced and read until the active decide
+    process has counted every prediction and join."""
+    import asyncio
+
+    from confluent_kafka import Producer
+
+    from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.kafka import ensure_topics
+    from driftswitch.streams.service.worker import state_topic
+    from driftswitch.streams.tools.testing import WorkerProcess
+
+    topics = Topics.with_prefix(name, partitions=4, observation_partitions=4)
+    asyncio.run(ensure_topics(bootstrap, [*topics.specs(), state_topic(topics)]))
+    quiet = ["--log-level", "warning"]
+    procs: dict[str, list[WorkerProcess]] = {"join": [], "decide": []}
+    try:
+        for i in range(k):
+            for role in ("decide", "join"):
+                log = work / f"{name}-{role}{i}.log"
+                procs[role].append(
+                    WorkerProcess(bootstrap, topics, config, log, args=["--stage", role, *quiet])
+                )
+        everything = procs["join"] + procs["decide"]
+
+        def settled() -> bool:
+            parts = []
+            for j in procs["join"]:
+                status = j.health()
+                if status is None:
+                    return False
+                parts.append(status["partitions"])
+            roles = [(d.health() or {}).get("role") for d in procs["decide"]]
+            return (
+                sorted(p for o in parts for p in o) == [0, 1, 2, 3]
+                and all(parts)
+                and roles.count("active") == 1
+            )
+
+        deadline = time.monotonic() + 180
+        stable = 0
+        while stable < 3:  # the same assignment for 3 polls one second apart
+            for w in everything:
+                if w.proc.poll() is not None:
+                    raise ProcessExitedError(f"{w.log} exited:\n{w.log.read_text()[-1500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the processes did not settle in 180 s")
+            stable = stable + 1 if settled() else 0
+            time.sleep(1.0)
+        pids = [w.proc.pid for w in everything] + [broker_pid]
+        started = {pid: cpu_seconds(pid) for pid in pids}
+        time.sleep(idle_window)
+        base = {pid: cpu_seconds(pid) for pid in pids}
+        idle = {pid: (base[pid] - started[pid]) / idle_window for pid in base}
+        active = next(d for d in procs["decide"] if (d.health() or {}).get("role") == "active")
+
+        load_before = load_average()
+        t0 = time.perf_counter()
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+        names = (topics.predictions.name, topics.outcomes.name)
+        for which, key, value, partition in records:
+            while True:
+                try:
+                    if partition is None:
+                        producer.produce(names[which], value, key)
+                    else:
+                        producer.produce(names[which], value, key, partition=partition)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        assert producer.flush(120) == 0
+        del producer
+        produced = time.perf_counter() - t0
+        counts: Any = None
+        deadline = time.monotonic() + 1800
+        while counts != expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not counted in 1800 s: {counts} != {expected}")
+            for w in everything:
+                if w.proc.poll() is not None:
+                    raise ProcessExitedError(f"{w.log} exited:\n{w.log.read_text()[-1500:]}")
+            time.sleep(0.25)
+            engine = (active.health() or {}).get("engine")
+            counts = stage_counts(engine) if engine else None
+        wall = time.perf_counter() - t0
+        cpu = {pid: cpu_seconds(pid) - base[pid] for pid in pids}
+        rss = {w.proc.pid: peak_rss_of(w.proc.pid) for w in everything}
+        joins = [j.health() or {} for j in procs["join"]]
+        load_after = load_average()
+    finally:
+        for ws in procs.values():
+            for w in ws:
+                w.stop()
+    n = len(records)
+
+    def stage(s: str) -> dict[str, Any]:
+        pids = [w.proc.pid for w in procs[s]]
+        return {
+            "cpu_s": sum(cpu[p] for p in pids),
+            "cpu_per_m": sum(cpu[p] for p in pids) / n * 1e6,
+            "per_process_cpu_s": [round(cpu[p], 2) for p in pids],
+            "idle_cpu_per_s": [round(idle[p], 4) for p in pids],
+            "peak_rss_mb": [round(rss[p]) for p in pids],
+        }
+
+    return {
+        "k": k,
+        "events": n,
+        "wall_s": wall,
+        "produce_s": produced,
+        "events_per_s": n / wall,
+        "join": stage("join"),
+        "decide": stage("decide"),
+        "broker": {"cpu_per_m": cpu[broker_pid] / n * 1e6, "idle_cpu_per_s": idle[broker_pid]},
+        "rerouted": sum(j.get("rerouted", 0) for j in joins),
+        "join_records": sum(j.get("records", 0) for j in joins),
+        "observations": sum(j.get("observations", 0) for j in joins),
+        "load": f"{load_before} -> {load_after}",
+    }
+
+
+def stages_benchmark(
+    ks: list[int], total: int, flags: int, rounds: int, placements: list[str], idle_window: float
+) -> None:
+    """Print, per placement, one row per (round, k) and the min/median/max summary with the
+    ratios of CPU per million events at k processes to 1 process, per stage."""
+    import secrets
+
+    from driftswitch.streams.tools.broker import EmbeddedBroker
+
+    print(f"simulating {total:,} events of {flags} flags ...", flush=True)
+    text, events, expected = stage_backlog(total, flags)
+    work = Path(tempfile.mkdtemp(prefix="driftswitch-scale-stages-"))
+    config = work / "config.yaml"
+    config.write_text(text)
+    tag = secrets.token_hex(2)
+    try:
+        with EmbeddedBroker() as broker:
+            for placement in placements:
+                records = stage_records(events, placement)
+                print(
+                    f"\noutcomes placed by {placement}; {len(records):,} events "
+                    f"({sum(r[0] == 0 for r in records):,} predictions), {flags} flags, "
+                    f"load average at start {load_average()}",
+                    flush=True,
+                )
+                rows: list[dict[str, Any]] = []
+                for r in range(rounds):
+                    for k in ks:
+                        for attempt in range(3):
+                            name = f"scale-{tag}-{placement}-r{r}-k{k}-a{attempt}"
+                            try:
+                                row = stage_run(
+                                    broker.bootstrap,
+                                    work,
+                                    config,
+                                    k,
+                                    name,
+                                    records,
+                                    expected,
+                                    idle_window,
+                                    broker.pid,
+                                )
+                                break
+                            except ProcessExitedError as err:
+                                print(f"run discarded, retried on fresh topics: {err}", flush=True)
+                        else:
+                            raise SystemExit(f"k={k}: a process exited in 3 attempts")
+                        row["round"] = r
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                stage_table(rows, ks, placement)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stage_table(rows: list[dict[str, Any]], ks: list[int], placement: str) -> None:
+    import statistics
+
+    def spread(values: list[float], fmt: str) -> str:
+        if len(values) == 1:
+            return format(values[0], fmt)
+        lo, mid, hi = min(values), statistics.median(values), max(values)
+        return f"{format(mid, fmt)} ({format(lo, fmt)}–{format(hi, fmt)})"
+
+    print(f"\nprocesses per stage, outcomes placed by {placement} (median (min–max) of rounds):")
+    head = ("k", "events/s", "wall s", "join CPU-s/M", "decide CPU-s/M", "broker CPU-s/M")
+    print(f"{head[0]:>2} {head[1]:>22} {head[2]:>20} {head[3]:>22} {head[4]:>22} {head[5]:>22}")
+    for k in ks:
+        at = [r for r in rows if r["k"] == k]
+        print(
+            f"{k:>2} {spread([r['events_per_s'] for r in at], ',.0f'):>22} "
+            f"{spread([r['wall_s'] for r in at], '.1f'):>20} "
+            f"{spread([r['join']['cpu_per_m'] for r in at], '.1f'):>22} "
+            f"{spread([r['decide']['cpu_per_m'] for r in at], '.1f'):>22} "
+            f"{spread([r['broker']['cpu_per_m'] for r in at], '.1f'):>22}"
+        )
+    print(
+        "idle cost: the stage's CPU-s per second while assigned and idle, summed over its\n"
+        "processes, times the run's wall time, per million events (an upper bound of the fixed\n"
+        "per-process overhead in the figures above: polling, heartbeats, timers):"
+    )
+    for k in ks:
+        at = [r for r in rows if r["k"] == k]
+        cost = {
+            s: [sum(r[s]["idle_cpu_per_s"]) * r["wall_s"] / r["events"] * 1e6 for r in at]
+            for s in ("join", "decide")
+        }
+        rate = {s: [sum(r[s]["idle_cpu_per_s"]) for r in at] for s in ("join", "decide")}
+        print(
+            f"  k={k} join {spread(cost['join'], '.1f')} CPU-s/M "
+            f"(idle {spread(rate['join'], '.3f')} CPU-s/s), "
+            f"decide {spread(cost['decide'], '.1f')} CPU-s/M "
+            f"(idle {spread(rate['decide'], '.3f')} CPU-s/s)"
+        )
+    print("ratio of CPU-s per million events to k=1, per round (median (min–max)):")
+    for k in ks[1:]:
+        for s in ("join", "decide"):
+            ratios = []
+            for r in {row["round"] for row in rows}:
+                one = [x for x in rows if x["round"] == r and x["k"] == ks[0]]
+                at = [x for x in rows if x["round"] == r and x["k"] == k]
+                if one and at:
+                    ratios.append(at[0][s]["cpu_per_m"] / one[0][s]["cpu_per_m"])
+            print(f"  k={k} {s:<6} {spread(ratios, '.3f')}")
+    if len(rows) >= 3:
+        print(
+            "least-squares fit over the runs: join CPU-s = per-event cost x events\n"
+            "+ per-process-second cost x (k x wall s)"
+        )
+        for s in ("join",):
+            xs = [r["k"] * r["wall_s"] for r in rows]
+            ys = [r[s]["cpu_s"] for r in rows]
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            sxx = sum((x - mx) ** 2 for x in xs)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+            per_m = (my - slope * mx) / rows[0]["events"] * 1e6
+            print(f"  {per_m:.1f} CPU-s per million events + {slope:.3f} CPU-s per process-second")
+    rss = {s: max(max(r[s]["peak_rss_mb"]) for r in rows) for s in ("join", "decide")}
+    print(f"peak RSS per process (max over runs): join {rss['join']} MB, decide {rss['decide']} MB")
+
+
 def child(argv: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True, bufsize=1
@@ -252,7 +655,33 @@ def main() -> None:
     parser.add_argument(
         "--worker", default="", help="pending counts for the worker runs, e.g. 50000,300000"
     )
+    parser.add_argument(
+        "--stages",
+        default="",
+        help="processes per stage to measure, e.g. 1,2,3 (runs only this mode)",
+    )
+    parser.add_argument("--events", type=int, default=400_000, help="backlog for --stages")
+    parser.add_argument("--flags", type=int, default=4, help="simulated flags for --stages")
+    parser.add_argument("--rounds", type=int, default=1, help="repetitions for --stages")
+    parser.add_argument(
+        "--placement",
+        default="murmur2,crc32",
+        help="outcome placements for --stages: murmur2 (re-routed), crc32 (in place), or both",
+    )
+    parser.add_argument(
+        "--idle-window",
+        type=float,
+        default=5.0,
+        help="seconds the --stages processes sit idle before the backlog (idle CPU rate)",
+    )
     args = parser.parse_args()
+    if args.stages:
+        placements = args.placement.split(",")
+        if set(placements) - {"murmur2", "crc32"}:
+            parser.error("--placement takes murmur2, crc32 or both")
+        ks = [int(k) for k in args.stages.split(",")]
+        stages_benchmark(ks, args.events, args.flags, args.rounds, placements, args.idle_window)
+        return
     if args.child is not None:
         (fill if args.child == "fill" else recover)(args.dir, args.pending, args.rate)
         return
