@@ -58,6 +58,40 @@ _LOG_TAIL = 4000
 #: CUSUM, a false alarm every 100,000 observations on average, no decision before 200 samples).
 KILL_ON_ACCURACY = DEMO_GUARDRAILS
 
+#: Guardrails for a flag ``ranker`` whose candidate loses accuracy: a CUSUM kill and a
+#: sequential comparison against control that warns (the stage and merge tests).
+ACCURACY_GUARDRAILS = """\
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
+        min_samples: 100
+        action: kill
+      - name: candidate-vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential, alpha: 0.05}
+        action: warn
+"""
+#: The same plus a latency hold on the candidate and an error-rate kill on a shadow variant
+#: (the engine tests: several guardrails of several kinds decide on one stream).
+ENGINE_GUARDRAILS = (
+    ACCURACY_GUARDRAILS
+    + """\
+      - name: candidate-latency
+        variant: candidate
+        metric: latency_ms
+        detector: {kind: cusum_mean, shift: 1.0, warmup: 50, arl0: 1000}
+        action: hold
+      - name: shadow-errors
+        variant: shadow
+        metric: error_rate
+        detector: {kind: glr, min_drop: 0.05, baseline: 0.98, arl0: 1000}
+        action: kill
+"""
+)
+
 
 class WorkerProcess:
     """``driftswitch run --broker ...`` as a child process, with its HTTP port and log file.

@@ -41,6 +41,7 @@ from driftswitch.streams.service.worker import HEADER_SOURCE, state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 from driftswitch.streams.tools.testing import (
+    ACCURACY_GUARDRAILS,
     KILL_ON_ACCURACY,
     WorkerProcess,
     event_records,
@@ -60,20 +61,7 @@ SCENARIO = Scenario(
     ),
 )
 #: A kill and a warning, for the test of a snapshot of another stage.
-GUARDRAILS = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
-        min_samples: 100
-        action: kill
-      - name: candidate-vs-control
-        variant: candidate
-        compare_to: control
-        metric: accuracy
-        detector: {kind: sequential, alpha: 0.05}
-        action: warn
-"""
+GUARDRAILS = ACCURACY_GUARDRAILS
 STAGED = Scenario(
     variants=(
         VariantSpec("control", weight=50, accuracy=0.9),

@@ -27,24 +27,15 @@ from driftswitch.streams.service.joinstage import JoinStage
 from driftswitch.streams.service.worker import WorkerSettings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import STAGE_TEST_JOIN, produce_in_event_order
+from driftswitch.streams.tools.testing import (
+    ACCURACY_GUARDRAILS,
+    STAGE_TEST_JOIN,
+    produce_in_event_order,
+)
 
 pytestmark = pytest.mark.xdist_group("broker")
 
-GUARDRAILS = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
-        min_samples: 100
-        action: kill
-      - name: candidate-vs-control
-        variant: candidate
-        compare_to: control
-        metric: accuracy
-        detector: {kind: sequential, alpha: 0.05}
-        action: warn
-"""
+GUARDRAILS = ACCURACY_GUARDRAILS
 
 SCENARIO = Scenario(
     variants=(

@@ -33,31 +33,9 @@ from driftswitch.streams.pipeline.observations import (
     event_order,
 )
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
+from driftswitch.streams.tools.testing import ENGINE_GUARDRAILS
 
-GUARDRAILS = """\
-      - name: candidate-accuracy
-        variant: candidate
-        metric: accuracy
-        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 10000}
-        min_samples: 100
-        action: kill
-      - name: candidate-vs-control
-        variant: candidate
-        compare_to: control
-        metric: accuracy
-        detector: {kind: sequential, alpha: 0.05}
-        action: warn
-      - name: candidate-latency
-        variant: candidate
-        metric: latency_ms
-        detector: {kind: cusum_mean, shift: 1.0, warmup: 50, arl0: 1000}
-        action: hold
-      - name: shadow-errors
-        variant: shadow
-        metric: error_rate
-        detector: {kind: glr, min_drop: 0.05, baseline: 0.98, arl0: 1000}
-        action: kill
-"""
+GUARDRAILS = ENGINE_GUARDRAILS
 
 SCENARIO = Scenario(
     variants=(
