@@ -189,6 +189,9 @@ async def serve_worker(
                 await worker.run()
             else:
                 joining = asyncio.ensure_future(join_stage.run())
+                # A join stage that ends (an error) stops the worker too: the process exits
+                # with that error instead of deciding on without input.
+                joining.add_done_callback(lambda _: worker.stop.set())
                 try:
                     await worker.run()
                 finally:
