@@ -490,6 +490,7 @@ class JoinStage:
                 target = join_partition(ev.request_id, n)
                 if target != i:
                     await self._reroute(rec, t, target)
+                    self.ingest.accepted -= 1  # counted where it is joined
                     continue
                 events.append(ev)
                 positions.append((t, rec.offset))
