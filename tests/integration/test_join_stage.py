@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Producer
 
 from driftswitch.streams.config.model import Config, parse_config
-from driftswitch.streams.contract.events import PredictionEvent
+from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.placement import join_partition
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.pipeline.engine import Engine, Event
@@ -336,3 +336,41 @@ def test_a_reloaded_config_changes_what_the_join_accepts(
     assert rejected_before == {"unknown_flag": 1}
     assert rejected_after == {"unknown_flag": 1}  # r3 was accepted
     assert pending == 2  # r2 (kept across the reload) and r3
+
+
+def test_partitions_that_fall_idle_release_everything_even_when_their_watermark_stays(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    """Every event at one event time and nothing re-routed: when the partitions' topics fall
+    idle, their watermarks do not move, so no batch of observations needs to go out; each must
+    still tell the others it is idle (its re-route horizon), or every partition waits for the
+    others and the last observations are never released."""
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
+    events: list[Event] = []
+    for i in range(200):
+        rid = f"same-time-{i}"
+        variant = "candidate" if i % 2 else "control"
+        events.append(
+            PredictionEvent(request_id=rid, flag="ranker", variant=variant, ts=5.0, prediction=1)
+        )
+        events.append(OutcomeEvent(request_id=rid, ts=5.0, label=1))
+
+    async def scenario() -> _Merges:
+        settings = WorkerSettings(
+            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-still"
+        )
+        stage = JoinStage(config, settings)
+        task = asyncio.ensure_future(stage.run())
+        try:
+            send = partial(produce_in_event_order, outcomes_by="crc32")
+            await asyncio.get_running_loop().run_in_executor(
+                None, send, broker.bootstrap, topics, events
+            )
+            _, merges = await _decide(broker.bootstrap, topics, config, 400, limit_s=60)
+        finally:
+            stage.stop.set()
+            await task
+        return merges
+
+    merges = asyncio.run(scenario())
+    assert merges.done(), [(m.bound, len(m), m.idle) for m in merges.merges]
