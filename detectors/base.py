@@ -136,6 +136,19 @@ class BaseDetector(ABC):
                 return i
         return None
 
+    def _update_many_through_alarms(self, values: Sequence[float]) -> bool:
+        """``update_many`` for a detector with a batched ``update_until_alarm``: feed ``values``
+        in calls of it, each resuming after the previous alarm; whether any alarmed."""
+        alarmed = False
+        start = 0
+        while start < len(values):
+            hit = self.update_until_alarm(values[start:])
+            if hit is None:
+                break
+            alarmed = True
+            start += hit + 1
+        return alarmed
+
     def update_counts(self, n: int, total: float, total_sq: float | None = None) -> bool:
         """Feed a pre-aggregated batch: ``n`` observations summing to ``total``.
 

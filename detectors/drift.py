@@ -33,7 +33,7 @@ import bisect
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -254,36 +254,7 @@ class ReferenceDrift(BaseDetector):
     def update_many(self, xs: Iterable[float]) -> bool:
         """Feed values in order with numpy binning; return whether any window alarmed."""
         values = np.asarray(list(xs) if not isinstance(xs, np.ndarray) else xs, dtype=np.float64)
-        if values.size == 0:
-            return False
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"detector {self.kind!r} needs finite values")
-        alarmed = False
-        start = 0
-        if not self.reference_ready:
-            take = min(self.reference_size - len(self._reference_values), values.size)
-            self._reference_values.extend(values[:take].tolist())
-            self._n += take
-            self._drift = False
-            start = take
-            if len(self._reference_values) == self.reference_size:
-                self._finish_reference()
-        edges = np.asarray(self._edges, dtype=np.float64)
-        while start < values.size:
-            take = min(self.window - self._filled, values.size - start)
-            chunk = values[start : start + take]
-            binned = np.bincount(
-                np.searchsorted(edges, chunk, side="right"), minlength=len(self._counts)
-            )
-            self._counts = [c + int(b) for c, b in zip(self._counts, binned, strict=True)]
-            self._filled += take
-            self._n += take
-            start += take
-            self._drift = False
-            if self._filled == self.window:
-                self._close_window()
-                alarmed = alarmed or self._drift
-        return alarmed
+        return self._update_many_through_alarms(cast(Sequence[float], values))
 
     def update_until_alarm(self, xs: Sequence[float]) -> int | None:
         """Feed values in order (numpy binning per window) up to and including the one that

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import numpy as np
 
@@ -261,18 +261,7 @@ class LatencyQuantile(BaseDetector):
     def update_many(self, xs: Iterable[float]) -> bool:
         """Feed values in order (numpy bucketing per window); return whether any window alarmed."""
         values = np.asarray(xs if isinstance(xs, np.ndarray) else list(xs), dtype=np.float64)
-        alarmed = False
-        start = 0
-        while start < values.size:
-            take = min(self.window - self._sketch.count, values.size - start)
-            self._sketch.add_many(values[start : start + take])
-            self._n += take
-            start += take
-            self._drift = False
-            if self._sketch.count == self.window:
-                self._close_window()
-                alarmed = alarmed or self._drift
-        return alarmed
+        return self._update_many_through_alarms(cast(Sequence[float], values))
 
     def update_until_alarm(self, xs: Sequence[float]) -> int | None:
         """Feed values in order (numpy bucketing per window) up to and including the one that
