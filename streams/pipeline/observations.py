@@ -63,8 +63,7 @@ from driftswitch.streams.pipeline.join import (
     StoredJoinBuffer,
 )
 from driftswitch.streams.pipeline.monitor import Decision, Monitor, VariantStats, plain
-from driftswitch.streams.pipeline.rollout import Rollout
-from driftswitch.streams.pipeline.rollout import prediction_reader as rollout_reader
+from driftswitch.streams.pipeline.rollout import LABEL_FREE, Rollout
 from driftswitch.streams.pipeline.scoring import label_value, same_label, score_pair
 from driftswitch.streams.pipeline.segments import SegmentDecision, SegmentMonitor
 from driftswitch.streams.pipeline.transitions import initial_state
@@ -259,9 +258,7 @@ class Flag:
         if config.rollout is not None:
             plan = config.rollout
             self.rollout = rollout = Rollout(name, config, plan)
-            reader = (
-                _fact_reader(plan.metric, None) if rollout_reader(plan.metric) is not None else None
-            )
+            reader = _fact_reader(plan.metric, None) if plan.metric in LABEL_FREE else None
             sides = [(rollout.candidate, 1), (rollout.control, 0)]
             if plan.metric is Metric.INTERLEAVING:
                 sides = []  # fed per interleaved impression (Decider._interleaved)

@@ -64,7 +64,7 @@ move only from ``compare_to`` to the candidate as it advances
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from driftswitch.detectors import registry
@@ -81,7 +81,6 @@ from driftswitch.streams.config.model import (
 from driftswitch.streams.contract.events import (
     Action,
     AlertEvent,
-    AnyPrediction,
     Cause,
     CauseKind,
     FlagChangeEvent,
@@ -514,19 +513,6 @@ def _published_phase(state: FlagChangeEvent) -> int | None:
     return phase if isinstance(phase, int) and not isinstance(phase, bool) else None
 
 
-def _error_bit(event: AnyPrediction) -> float:
-    return 0.0 if event.error is None else 1.0
-
-
-def _latency(event: AnyPrediction) -> float | None:
-    return event.latency_ms
-
-
-def prediction_reader(metric: Metric) -> Callable[[AnyPrediction], float | None] | None:
-    """How a label-free rollout metric reads its observation from a prediction; None for the
-    metrics that need a label (accuracy, abs_error, squared_error: scored on the join)."""
-    if metric is Metric.ERROR_RATE:
-        return _error_bit
-    if metric is Metric.LATENCY_MS:
-        return _latency
-    return None
+#: Rollout metrics read from a prediction alone; the others (accuracy, abs_error, squared_error)
+#: are scored on the join, and interleaving on an impression's clicks.
+LABEL_FREE = frozenset({Metric.ERROR_RATE, Metric.LATENCY_MS})
