@@ -58,8 +58,11 @@ def _key(ev: Event) -> tuple[float, str, int]:
 def _reference(config: Config, events: list[Event]) -> tuple[list[dict[str, Any]], int]:
     engine = Engine(config)
     outputs = engine.process(sorted(events, key=_key)).outputs
-    joined = engine.snapshot()["join"]["joined"]  # type: ignore[index]
-    return [e.event.model_dump(mode="json") for e in outputs], int(joined)  # type: ignore[arg-type]
+    join = engine.snapshot()["join"]
+    assert isinstance(join, dict)
+    joined = join["joined"]
+    assert isinstance(joined, int)
+    return [e.event.model_dump(mode="json") for e in outputs], joined
 
 
 class _Merges:

@@ -15,6 +15,7 @@ import random
 import re
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def _wait_done(
     deciders: list[WorkerProcess],
     expected: dict[str, Any],
     timeout: float,
-    joiners: list[WorkerProcess] = (),  # type: ignore[assignment]
+    joiners: Sequence[WorkerProcess] = (),
 ) -> None:
     """Until the active decide worker has counted exactly the expected predictions and joins
     (failing at once if a join process exited)."""
