@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -32,9 +33,17 @@ from driftswitch.streams.contract.events import (
     to_struct,
 )
 from driftswitch.streams.pipeline.backtest import decode_chunk
-from driftswitch.streams.pipeline.contain import check_state, describe, process_isolating
+from driftswitch.streams.pipeline.contain import (
+    check_joiner,
+    check_state,
+    describe,
+    join_isolating,
+    process_isolating,
+)
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import Ingest, InputRecord
+from driftswitch.streams.pipeline.join import MemoryJoinStore, StoredJoinBuffer
+from driftswitch.streams.pipeline.observations import Joiner
 
 
 def decode_event(line: bytes) -> Decoded:
@@ -299,6 +308,79 @@ def test_process_isolating_leaves_out_the_one_event_that_breaks_the_engine() -> 
     assert [e.event for e in result.outputs] == [e.event for e in expected.outputs]
     assert [(kept[r.index], r.reason) for r in expected.rejections] == [
         (r.index, r.reason) for r in result.rejections
+    ]
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["memory", "store"])
+def test_join_isolating_leaves_out_the_events_that_break_the_join(stored: bool) -> None:
+    """The join stage's containment: what one ``Joiner.process`` of the other events gives,
+    the same state, and the events that fail on their own left out, whatever their fault."""
+    config = parse_config(CONFIG)
+    events: list[PredictionEvent | OutcomeEvent] = []
+    for i in range(40):
+        events.append(
+            PredictionEvent(
+                request_id=f"r{i}", flag="ranker", variant="candidate", ts=float(i), prediction=1
+            )
+        )
+        events.append(OutcomeEvent(request_id=f"r{i}", ts=float(i) + 0.5, label=i % 3 != 0))
+    positions = [(k % 2, 1000 + k) for k in range(len(events))]
+
+    def odd(rid: str, **fields: Any) -> PredictionEvent:
+        base: dict[str, Any] = {
+            "flag": "ranker",
+            "variant": "candidate",
+            "ts": 6.0,
+            "prediction": 1,
+            "latency_ms": None,
+            "served": True,
+            "score": None,
+            "error": None,
+            "ranking": None,
+            "attributes": None,
+            "subject": None,
+            "features": None,
+        }
+        return PredictionEvent.model_construct(request_id=rid, **{**base, **fields})
+
+    # Events validation could never produce (built bypassing it): the first makes ``process``
+    # raise, the second's observation does not encode, the third leaves a state that does not
+    # checkpoint (its prediction waits for an outcome that never comes).
+    raising, unencodable, unsaved = 31, 12, 64
+    events[raising] = odd("bad", ts=object())
+    events[unencodable] = odd("odd", latency_ms=object())
+    events[unsaved] = odd("late", ts=70.0, prediction=object())
+    # In a store the third one's entry fails where the store writes it, not in the state.
+    poison = sorted([raising, unencodable] if stored else [raising, unencodable, unsaved])
+    kept = [k for k in range(len(events)) if k not in poison]
+
+    def joiner() -> Joiner:
+        return Joiner(config, track=True, join_store=MemoryJoinStore() if stored else None)
+
+    reference = joiner()
+    expected, expected_rejections = reference.process(
+        [events[k] for k in kept], [positions[k] for k in kept]
+    )
+    with pytest.raises(TypeError):
+        joiner().process([events[raising]], [positions[raising]])
+    broken = joiner()
+    got, _ = broken.process([events[unencodable]], [positions[unencodable]])
+    with pytest.raises(TypeError):
+        check_joiner(broken, got)
+    broken = joiner()
+    broken.process([events[unsaved]], [positions[unsaved]])
+    if not stored:
+        with pytest.raises(TypeError):
+            check_joiner(broken)
+
+    result, observations, rejections, poisoned = join_isolating(joiner(), events, positions)
+    assert [p.index for p in poisoned] == poison
+    assert all(p.detail.startswith("TypeError at ") for p in poisoned)
+    assert result.to_state() == reference.to_state()
+    assert isinstance(result.join, StoredJoinBuffer) == stored
+    assert observations == [(o[0], kept[o[1]], *o[2:]) for o in expected]
+    assert [(r.index, r.reason, r.position) for r in rejections] == [
+        (kept[r.index], r.reason, r.position) for r in expected_rejections
     ]
 
 
