@@ -30,6 +30,12 @@ sends each observation whose inputs all lie inside its consumed prefix, once. So
 was already sent iff some *other* run's consumed prefix holds all its inputs; such an observation
 is dropped (``duplicates``). The merge keeps one prefix per run, forgetting a run whose prefix
 another run's covers. This is exact without transactions.
+
+Epochs. Positions are offsets as long as the broker keeps its data. When a join partition finds
+that the broker lost an input (a topic recreated: offsets start again below what was read), it
+moves to a new *epoch* and numbers its input ``epoch * EPOCH_SPAN + offset`` from then on (in
+observations, batches and re-route origins), so that positions keep growing and no earlier run's
+prefix covers the new data. :func:`offset_of` gives the offset back.
 """
 
 from __future__ import annotations
@@ -45,10 +51,26 @@ import orjson
 from driftswitch.detectors.base import JSON
 from driftswitch.streams.pipeline.observations import Observation, event_order
 
-__all__ = ["Batch", "BatchError", "Clock", "Merge", "decode_batch", "encode_batch"]
+__all__ = [
+    "EPOCH_SPAN",
+    "Batch",
+    "BatchError",
+    "Clock",
+    "Merge",
+    "decode_batch",
+    "encode_batch",
+    "offset_of",
+]
 
 #: Version of the observation batches' wire format (``"v"`` in each record).
 BATCH_FORMAT = 1
+#: Positions per epoch (module doc: Epochs): more offsets than a partition will hold.
+EPOCH_SPAN = 1 << 40
+
+
+def offset_of(position: int) -> int:
+    """The offset of an input position (module doc: Epochs)."""
+    return position % EPOCH_SPAN
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,15 @@ from typing import Any
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSettings
 
-__all__ = ["ANSWER_TIMEOUT", "CHECK_INTERVAL", "Lost", "Mark", "find_lost", "mark_of"]
+__all__ = [
+    "ANSWER_TIMEOUT",
+    "CHECK_INTERVAL",
+    "Lost",
+    "Mark",
+    "describe_lost",
+    "find_lost",
+    "mark_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,23 @@ class Lost:
     #: The offset of the last record consumed, when the record there now is another one (the
     #: position is within the data); None when the position is beyond the data.
     replaced: int | None = None
+
+
+def describe_lost(topic: str, partition: int, position: int, found: Lost) -> str:
+    """The ERROR line for a partition whose data the broker lost, read to ``position``."""
+    if found.replaced is not None:
+        return (
+            f"input {topic}[{partition}]: read to offset {position}, but the record at offset "
+            f"{found.replaced} is not the one consumed there: the topic was recreated or the "
+            f"broker lost its data. Resuming from offset {found.start}, the start of the new "
+            "data (README.md: Bad input, event time and broker data loss)"
+        )
+    return (
+        f"input {topic}[{partition}]: read to offset {position}, but the broker holds offsets "
+        f"{found.start} to {found.end} only: the topic was recreated or the broker lost its "
+        f"data. Resuming from offset {found.start}, the start of the new data (README.md: Bad "
+        "input, event time and broker data loss)"
+    )
 
 
 async def _fetch_at(consumer: Any, tp: Any, offset: int) -> tuple[Any | None, int]:

@@ -42,6 +42,25 @@ Shape (docs/architecture.md "Scaling out"):
   between the two writes); otherwise it starts that partition's join empty and counts the
   entries it could not recover (``join_entries_lost``). Without ``state_dir`` the entries are in
   memory and in every checkpoint.
+- **Poison containment.** Validation is meant to let through only what the join can process and
+  checkpoint. An input that still breaks it (``Joiner.process`` raises, its observations do not
+  encode, or the partition's state no longer checkpoints) stops only that partition, for a
+  moment: it is reopened from its last checkpoint under a new run, as a new owner would reopen
+  it, and the input since then is replayed with containment
+  (:func:`~driftswitch.streams.pipeline.contain.join_isolating`): the inputs that fail on their
+  own are left out and dead-lettered as ``internal_error`` (with the exception's type and where
+  it was raised), everything else is joined once (the decide stage drops what the new run sends
+  again). Counted in ``recoveries`` and ``driftswitch_engine_recoveries_total``. An input whose
+  only fault is the state it leaves is found at the next checkpoint: the observations sent from
+  it before then stay sent.
+- **Input the broker lost** (:mod:`~driftswitch.streams.service.dataloss`): when a partition is
+  assigned, and every ``CHECK_INTERVAL`` seconds while the input is idle, its read positions and
+  the fingerprint of the last record read on each of its topics are checked against what the
+  broker holds. A topic recreated (or a broker that lost its data) is read again from the start
+  of its new data, with the worker's ERROR line, ``input_resets`` and
+  ``driftswitch_input_resets_total``; the partition then moves to a new epoch
+  (:mod:`~driftswitch.streams.pipeline.merge`: Epochs), so that the decide stage does not take
+  the new data's observations for ones it already has.
 """
 
 from __future__ import annotations
@@ -64,12 +83,23 @@ from driftswitch.streams.contract.placement import join_partition, observations_
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.connect import Membership
 from driftswitch.streams.kafka.groups import GroupError, StageMember
+from driftswitch.streams.pipeline.contain import INTERNAL_ERROR, describe, join_isolating
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, InputRecord, Rejected, Source
-from driftswitch.streams.pipeline.merge import Batch, Clock, encode_batch
+from driftswitch.streams.pipeline.join import StoredJoinBuffer
+from driftswitch.streams.pipeline.merge import EPOCH_SPAN, Batch, Clock, encode_batch, offset_of
 from driftswitch.streams.pipeline.observations import Joiner, Observation, build_flags
+from driftswitch.streams.service.dataloss import (
+    CHECK_INTERVAL,
+    Lost,
+    Mark,
+    describe_lost,
+    find_lost,
+    mark_of,
+)
 from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.joinstore import RocksJoinStore
+from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
     Snapshot,
     continue_on_store,
@@ -96,6 +126,15 @@ BATCH_OBSERVATIONS = 2000
 PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
 
 
+class _JoinFailedError(EngineFailedError):
+    """A join partition failed on its input; ``ends`` (topic index → offset) is how far the
+    input that may be at fault reaches."""
+
+    def __init__(self, message: str, ends: dict[int, int]) -> None:
+        super().__init__(message)
+        self.ends = ends
+
+
 @dataclass
 class _Partition:
     """One owned join partition's state."""
@@ -113,8 +152,13 @@ class _Partition:
     #: The horizon this partition last announced, and the watermark it last sent.
     announced: tuple[float, bool] | None = None
     sent: tuple[float, bool] | None = None
-    #: The read positions the last batch sent carried (the checkpoint's, after a restart).
+    #: The read positions (logical: ``epoch``) the last batch sent carried (the checkpoint's,
+    #: after a restart).
     sent_read: dict[int, int] = field(default_factory=dict)
+    #: Raised each time the broker is found to have lost this partition's input (module doc).
+    epoch: int = 0
+    #: Per topic index: the last record read (the data-loss check's fingerprint).
+    marks: dict[int, Mark] = field(default_factory=dict)
     #: Per topic index: since when (monotonic seconds) it has been read to its end.
     caught_since: dict[int, float] = field(default_factory=dict)
     seq: int = 0
@@ -131,17 +175,26 @@ class _Partition:
             "read": {str(t): o for t, o in self.read.items()},
             "seen": {str(t): ts for t, ts in self.clock.seen.items() if math.isfinite(ts)},
             "origins": self.origins,
+            "epoch": self.epoch,
+            "marks": {str(t): m.to_state() for t, m in self.marks.items()},
             "horizons": {
                 str(p): [h if math.isfinite(h) else None, idle]
                 for p, (h, idle) in self.horizons.items()
             },
         }
 
+    def logical(self, read: dict[int, int]) -> dict[int, int]:
+        """Read positions in this epoch's numbering (what batches carry)."""
+        base = self.epoch * EPOCH_SPAN
+        return {t: base + o for t, o in read.items()}
+
     def restore(self, state: dict[str, Any]) -> None:
         self.joiner.restore(state["joiner"], self.store)
         self.read = {int(t): int(o) for t, o in state["read"].items()}
         self.clock.seen = {int(t): float(ts) for t, ts in state["seen"].items()}
         self.origins = {str(k): int(v) for k, v in state["origins"].items()}
+        self.epoch = int(state.get("epoch", 0))
+        self.marks = {int(t): Mark.from_state(m) for t, m in state.get("marks", {}).items()}
         self.horizons = {
             int(p): (-math.inf if h is None else float(h), bool(idle))
             for p, (h, idle) in state["horizons"].items()
@@ -186,6 +239,13 @@ class JoinStage:
         #: Revoked partitions kept in memory (without a disk store): reused if the next assignment
         #: gives them back with no other owner in between.
         self._parked: dict[int, _Partition] = {}
+        #: Input to replay with containment after a partition failed (module doc).
+        self._suspects = Suspects()
+        #: The data-loss check running in the background, the positions it checks, and when
+        #: the last one started (monotonic seconds).
+        self._input_check: asyncio.Future[dict[Any, Lost]] | None = None
+        self._input_check_from: dict[Any, int] = {}
+        self._last_input_check = 0.0
 
     # -- status ------------------------------------------------------------------------------
 
@@ -199,8 +259,11 @@ class JoinStage:
             "events": self.ingest.accepted,
             "rejected": dict(self.ingest.rejected),
             "rerouted": self.counters["rerouted"],
+            "rerouted_duplicates": self.counters["rerouted_duplicates"],
             "observations": self.counters["observations"],
             "checkpoints": self.counters["checkpoints"],
+            "recoveries": self.counters["recoveries"],
+            "input_resets": self.counters["input_resets"],
             "read": {
                 str(p): {self._names[t]: o for t, o in sorted(part.read.items())}
                 for p, part in self.parts.items()
@@ -262,6 +325,8 @@ class JoinStage:
             await member.start()
             await self._loop()
         finally:
+            if self._input_check is not None:
+                self._input_check.cancel()
             with contextlib.suppress(Exception):
                 await member.stop()  # revokes: final checkpoints
             await kafka.stop_quietly(self._producer)
@@ -286,6 +351,8 @@ class JoinStage:
                 # partitions were checkpointed and sought back, so it will be read again.
                 async with self._member.processing(fetch.result()) as batch, self._lock:
                     await self._process(batch)
+                    if not batch:
+                        await self._check_input()
                     if time.monotonic() - last >= s.snapshot_interval:
                         await self._checkpoint(list(self.parts.values()))
                         last = time.monotonic()
@@ -328,14 +395,9 @@ class JoinStage:
             if part is None:
                 part = self._open(i, saved.get(i))
             self.parts[i] = part
-            for t, name in self._names.items():
-                offset = part.read.get(t)
-                if offset is None:
-                    await self._member.consumer.seek_to_beginning(self._member.tp(name, i))
-                    part.read[t] = 0
-                else:
-                    self._member.seek(name, i, offset)
+            await self._seek(part)
         self._parked.clear()
+        await self._check_input(indexes)
         consumer.resume(*held)
         self.recovery_seconds = time.monotonic() - t0
         log.info(
@@ -344,6 +406,85 @@ class JoinStage:
             sorted(saved),
             self.recovery_seconds,
         )
+
+    async def _check_input(self, indexes: set[int] | None = None) -> None:
+        """Detect input the broker lost (module doc) and resume each such topic from the start
+        of its new data, loudly. For ``indexes`` (just assigned) the check runs now; without,
+        it runs in the background every ``CHECK_INTERVAL`` seconds of idle input and its result
+        is applied on a later call."""
+        if indexes is None:
+            task = self._input_check
+            if task is not None:
+                if not task.done():
+                    return
+                self._input_check = None
+                try:
+                    lost = task.result()
+                except Exception as exc:  # a broker hiccup: check again later
+                    log.warning("join stage: checking the input for lost data failed: %s", exc)
+                    return
+                self._reset_lost(lost, self._input_check_from)
+                return
+            if time.monotonic() - self._last_input_check < CHECK_INTERVAL:
+                return
+            self._last_input_check = time.monotonic()
+        assert self._member is not None
+        positions: dict[Any, int] = {}
+        marks: dict[Any, Mark] = {}
+        for i in sorted(self.parts if indexes is None else indexes):
+            part = self.parts.get(i)
+            if part is None:
+                continue
+            for t, name in self._names.items():
+                tp = self._member.tp(name, i)
+                positions[tp] = part.read.get(t, 0)
+                if t in part.marks:
+                    marks[tp] = part.marks[t]
+        check = asyncio.ensure_future(find_lost(self.settings.kafka, positions, marks))
+        if indexes is None:
+            self._input_check, self._input_check_from = check, positions
+            return
+        try:
+            lost = await check
+        except Exception as exc:  # a broker hiccup: the idle checks look again
+            log.warning(
+                "join stage: checking the input for lost data on assignment failed: %s", exc
+            )
+            return
+        self._reset_lost(lost, positions)
+
+    def _reset_lost(self, lost: dict[Any, Lost], checked: dict[Any, int]) -> None:
+        """Resume each topic whose data the broker lost from the start of its new data; its
+        partition moves to a new epoch (once per check)."""
+        assert self._member is not None
+        moved: set[int] = set()
+        for tp, found in sorted(lost.items(), key=lambda x: (x[0].partition, x[0].topic)):
+            part = self.parts.get(tp.partition)
+            t = self._index[tp.topic]
+            if part is None or part.read.get(t, 0) != checked.get(tp):
+                continue  # gone, or read on since the check started: the data is there after all
+            log.error("join stage: %s", describe_lost(tp.topic, tp.partition, part.read[t], found))
+            if self.metrics is not None:
+                self.metrics.record_input_reset(tp.topic, tp.partition)
+            self.counters["input_resets"] += 1
+            if part.index not in moved:
+                part.epoch += 1
+                moved.add(part.index)
+            self._member.seek(tp.topic, tp.partition, found.start)
+            part.read[t] = found.start
+            part.marks.pop(t, None)
+            part.dirty = True
+
+    async def _seek(self, part: _Partition) -> None:
+        """Seek the partition's topics to its read positions (the beginning where it has none)."""
+        assert self._member is not None
+        for t, name in self._names.items():
+            offset = part.read.get(t)
+            if offset is None:
+                await self._member.consumer.seek_to_beginning(self._member.tp(name, part.index))
+                part.read[t] = 0
+            else:
+                self._member.seek(name, part.index, offset)
 
     def _open(self, index: int, snap: Snapshot | None) -> _Partition:
         """A join partition continuing from ``snap`` (the state topic's latest for it), on its
@@ -358,7 +499,7 @@ class JoinStage:
         part.store = store
         if snap is not None:
             part.restore(snap.engine)
-            part.sent_read = dict(part.read)
+            part.sent_read = part.logical(part.read)
             part.seq = snap.seq
             part.checkpoint, part.parent = snap.checkpoint, snap.parent
         return part
@@ -375,7 +516,7 @@ class JoinStage:
 
     async def _revoke(self, indexes: set[int]) -> None:
         parts = [self.parts[i] for i in sorted(indexes) if i in self.parts]
-        await self._checkpoint(parts)
+        await self._checkpoint(parts, recover=False)
         for part in parts:
             del self.parts[part.index]
             if part.store is None:
@@ -400,9 +541,13 @@ class JoinStage:
     def _key(self, index: int) -> bytes:
         return f"{self.group}/{index}".encode()
 
-    async def _checkpoint(self, parts: list[_Partition]) -> None:
+    async def _checkpoint(self, parts: list[_Partition], recover: bool = True) -> None:
         """Write the state of every changed partition of ``parts`` once everything sent so far
-        is acknowledged and the coordinator confirms this member is current."""
+        is acknowledged and the coordinator confirms this member is current.
+
+        A partition whose state does not encode is not checkpointed; with ``recover`` it is
+        reopened from its last checkpoint and its input since replayed with containment (module
+        doc), otherwise (it is leaving this process) its next owner does the same."""
         dirty = [p for p in parts if p.dirty]
         if not dirty:
             return
@@ -418,17 +563,22 @@ class JoinStage:
             )
             return
         sends = []
+        failed: list[tuple[_Partition, str]] = []
         for part in dirty:
-            part.seq += 1
             checkpoint = uuid.uuid4().hex
-            snap = Snapshot(
-                part.seq,
-                part.to_state(),
-                {self._names[t]: {part.index: o} for t, o in part.read.items()},
-                checkpoint=checkpoint,
-                parent=part.checkpoint,
-            )
-            chunks = encode_chunks(snap)
+            try:
+                snap = Snapshot(
+                    part.seq + 1,
+                    part.to_state(),
+                    {self._names[t]: {part.index: o} for t, o in part.read.items()},
+                    checkpoint=checkpoint,
+                    parent=part.checkpoint,
+                )
+                chunks = encode_chunks(snap)
+            except Exception as exc:
+                failed.append((part, describe(exc)))
+                continue
+            part.seq += 1
             if part.store is not None:
                 # Entries first, with the document (see _local).
                 part.store.commit(b"".join(value for value, _ in chunks))
@@ -441,8 +591,14 @@ class JoinStage:
                 )
             part.dirty = False
         await asyncio.gather(*sends)
-        self.counters["checkpoints"] += len(dirty)
+        self.counters["checkpoints"] += len(dirty) - len(failed)
         self.checkpoint_seconds = time.monotonic() - started
+        for part, detail in failed:
+            message = f"checkpointing join partition {part.index} failed: {detail}"
+            if recover:
+                await self._recover(part, _JoinFailedError(message, dict(part.read)))
+            else:
+                log.error("%s; its next owner replays from the last checkpoint", message)
 
     async def _flush(self) -> None:
         deliveries, self._deliveries = self._deliveries, []
@@ -470,11 +626,44 @@ class JoinStage:
         for i, topics in sorted(by_index.items()):
             part = self.parts.get(i)
             if part is not None:
-                await self._process_partition(part, topics)
+                try:
+                    await self._process_partition(part, topics)
+                except _JoinFailedError as err:
+                    await self._recover(part, err)
+
+    async def _recover(self, part: _Partition, err: _JoinFailedError) -> None:
+        """Reopen a failed partition from its last checkpoint (as a new owner would: a new run,
+        the disk store back at its last commit) and replay its input since with containment, up
+        to ``err.ends`` at least (module doc: Poison containment)."""
+        i = part.index
+        log.error(
+            "join partition %d: %s: restoring its last checkpoint and replaying with containment",
+            i,
+            err,
+        )
+        self.counters["recoveries"] += 1
+        if self.metrics is not None:
+            self.metrics.record_recovery()
+        suspect = {t: max(part.read.get(t, 0), err.ends.get(t, 0)) for t in {*part.read, *err.ends}}
+        del self.parts[i]
+        if part.store is not None:
+            part.store.close()  # uncommitted changes go: the store is back at its last commit
+        saved = await self._load([i])
+        fresh = self._open(i, saved.get(i))
+        self.parts[i] = fresh
+        await self._seek(fresh)
+        self._suspects.add(
+            {self._names[t]: {i: o} for t, o in fresh.read.items()},
+            {self._names[t]: {i: o} for t, o in suspect.items()},
+        )
 
     async def _process_partition(self, part: _Partition, topics: dict[int, list[Any]]) -> None:
+        """Decode, re-route, join and emit one batch of a partition; :class:`_JoinFailedError` if
+        the join or the encoding of its observations fails (nothing of the batch was sent then,
+        besides re-routed and dead-lettered records, which are sent again idempotently)."""
         n = self._partitions
         i = part.index
+        base = part.epoch * EPOCH_SPAN
         own = topics.get(PREDICTIONS, []) + topics.get(OUTCOMES, [])
         events: list[InputEvent] = []
         positions: list[tuple[int, int]] = []
@@ -489,22 +678,34 @@ class JoinStage:
                 part.clock.observe(t, ev.ts)
                 target = join_partition(ev.request_id, n)
                 if target != i:
-                    await self._reroute(rec, t, target)
+                    await self._reroute(rec, t, target, base)
                     self.ingest.accepted -= 1  # counted where it is joined
                     continue
                 events.append(ev)
-                positions.append((t, rec.offset))
+                positions.append((t, base + rec.offset))
                 records.append(rec)
             await self._deadletter(decoded)
         for rec in topics.get(REROUTED, []):
             got = self._rerouted(part, rec)
             if got is not None:
                 events.append(got[0])
-                positions.append((REROUTED, rec.offset))
+                positions.append((REROUTED, base + rec.offset))
                 records.append(got[1])
         observations: list[Observation] = []
         if events:
-            observations, rejections = part.joiner.process(events, positions)
+            read = [rec for recs in topics.values() for rec in recs]
+            if self._suspects.covers(read):
+                observations, rejections = await self._join_contained(
+                    part, events, positions, records
+                )
+                self._suspects.passed(read)
+            else:
+                try:
+                    observations, rejections = part.joiner.process(events, positions)
+                except Exception as exc:
+                    raise _JoinFailedError(
+                        f"joining a batch failed: {describe(exc)}", _ends(topics)
+                    ) from exc
             for r in rejections:
                 rec = records[r.index]
                 self.ingest.accepted -= 1
@@ -513,10 +714,45 @@ class JoinStage:
         for t, recs in topics.items():
             if recs:
                 part.read[t] = recs[-1].offset + 1
+                part.marks[t] = mark_of(recs[-1])
         if any(topics.values()):
             part.dirty = True
             self.counters["records"] += sum(len(r) for r in topics.values())
         await self._emit(part, observations, changed=any(topics.values()))
+
+    async def _join_contained(
+        self,
+        part: _Partition,
+        events: list[InputEvent],
+        positions: list[tuple[int, int]],
+        records: list[Any],
+    ) -> tuple[list[Observation], list[Any]]:
+        """The join of a suspect batch (after a failure): events that fail on their own are left
+        out and dead-lettered as ``internal_error``."""
+        part.joiner, observations, rejections, poisoned = join_isolating(
+            part.joiner, events, positions
+        )
+        if part.store is not None:
+            # Containment continues on a copy of the joiner: its store view is the one to commit.
+            join = part.joiner.join
+            assert isinstance(join, StoredJoinBuffer)
+            assert isinstance(join.store, RocksJoinStore)
+            part.store = join.store
+        for p in poisoned:
+            rec = records[p.index]
+            log.error(
+                "event at %s[%d]@%d left out: it breaks the join: %s",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                p.detail,
+            )
+            self.ingest.accepted -= 1
+            rejected = self.ingest.reject(
+                _source(rec), rec.key, rec.value, INTERNAL_ERROR, p.detail
+            )
+            await self._send_deadletter(rejected)
+        return observations, rejections
 
     def _rerouted(self, part: _Partition, rec: Any) -> tuple[InputEvent, Any] | None:
         """A record of the repartition topic: a marker (None), a duplicate (None), or the event
@@ -545,7 +781,7 @@ class JoinStage:
             self.counters["rerouted_duplicates"] += 1
             return None
         part.origins[key] = offset + 1
-        standin = InputRecord(name, p, offset, rec.key, rec.value)
+        standin = InputRecord(name, p, offset_of(offset), rec.key, rec.value)
         decoded = self.ingest.decode([standin])
         if not decoded.events:  # checked where it was first read; only a changed decoder gets here
             for rejected in decoded.rejected:
@@ -553,8 +789,10 @@ class JoinStage:
             return None
         return decoded.events[0], standin
 
-    async def _reroute(self, rec: Any, t: int, target: int) -> None:
-        headers = [(HEADER_ORIGIN, f"{t}/{rec.partition}/{rec.offset}".encode())]
+    async def _reroute(self, rec: Any, t: int, target: int, base: int) -> None:
+        """Send ``rec`` to its join partition; its origin offset is logical (``base``: the
+        sender's epoch), so that a reset input's records are not taken for ones sent before."""
+        headers = [(HEADER_ORIGIN, f"{t}/{rec.partition}/{base + rec.offset}".encode())]
         self._deliveries.append(
             await self._producer.send(
                 self._names[REROUTED], rec.value, key=rec.key, partition=target, headers=headers
@@ -577,6 +815,12 @@ class JoinStage:
                 times.append(h)
         idle = not times and not self._busy(part, REROUTED, now)
         watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
+        send = changed or bool(observations) or (watermark, idle) != part.sent
+        # Encoded before anything is sent: observations that do not encode fail the batch whole.
+        try:
+            records = self._encode(part, observations, watermark, idle) if send else []
+        except Exception as exc:
+            raise _JoinFailedError(f"encoding observations failed: {describe(exc)}", {}) from exc
         # The horizon first, whether or not a batch goes out below: the other partitions wait
         # for it (a partition whose own topics fell idle must say so even if nothing else
         # changed, or every partition waits for the others).
@@ -596,8 +840,25 @@ class JoinStage:
                             headers=[(HEADER_MARKER, b"1")],
                         )
                     )
-        if not changed and not observations and (watermark, idle) == part.sent:
+        if not send:
             return
+        key = str(part.index).encode()
+        for q, value in records:
+            self._deliveries.append(
+                await self._producer.send(
+                    self.topics.observations.name, value, key=key, partition=q
+                )
+            )
+        part.sent = (watermark, idle)
+        part.sent_read = part.logical(part.read)
+        self.counters["observations"] += len(observations)
+        if len(self._deliveries) > 10_000:
+            await self._flush()
+
+    def _encode(
+        self, part: _Partition, observations: list[Observation], watermark: float, idle: bool
+    ) -> list[tuple[int, bytes]]:
+        """The observations topic's records for one batch: ``(partition, value)``."""
         groups: dict[int, list[Observation]] = {q: [] for q in range(self._outputs)}
         for obs in observations:
             groups[observations_partition(obs[2], self._outputs)].append(obs)
@@ -606,7 +867,7 @@ class JoinStage:
         # process killed between them has not claimed (read positions are what the decide stage
         # takes as sent) observations it never sent.
         before_wm, _ = part.sent if part.sent is not None else (-math.inf, False)
-        key = str(part.index).encode()
+        records: list[tuple[int, bytes]] = []
         for q, obs in groups.items():
             chunks = [
                 obs[i : i + BATCH_OBSERVATIONS] for i in range(0, len(obs), BATCH_OBSERVATIONS)
@@ -614,20 +875,12 @@ class JoinStage:
             for n, chunk in enumerate(chunks or [[]], start=1):
                 final = n >= len(chunks)
                 batch = (
-                    Batch(part.index, dict(part.read), watermark, idle, chunk, part.run)
+                    Batch(part.index, part.logical(part.read), watermark, idle, chunk, part.run)
                     if final
                     else Batch(part.index, dict(part.sent_read), before_wm, False, chunk, part.run)
                 )
-                self._deliveries.append(
-                    await self._producer.send(
-                        self.topics.observations.name, encode_batch(batch), key=key, partition=q
-                    )
-                )
-        part.sent = (watermark, idle)
-        part.sent_read = dict(part.read)
-        self.counters["observations"] += len(observations)
-        if len(self._deliveries) > 10_000:
-            await self._flush()
+                records.append((q, encode_batch(batch)))
+        return records
 
     def _busy(self, part: _Partition, t: int, now: float) -> bool:
         """Whether topic ``t`` of ``part`` may still bring older records: it has records not
@@ -651,6 +904,11 @@ class JoinStage:
         )
         if self.metrics is not None:
             self.metrics.record_deadletter(rejected.reason)
+
+
+def _ends(topics: dict[int, list[Any]]) -> dict[int, int]:
+    """Per topic index of a batch: the offset after its last record."""
+    return {t: recs[-1].offset + 1 for t, recs in topics.items() if recs}
 
 
 def _source(rec: Any) -> Source:

@@ -122,14 +122,21 @@ from driftswitch.streams.pipeline.contain import (
 from driftswitch.streams.pipeline.engine import Emitted, Engine, Result
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
-from driftswitch.streams.pipeline.merge import Batch, BatchError, Merge, decode_batch
+from driftswitch.streams.pipeline.merge import Batch, BatchError, Merge, decode_batch, offset_of
 from driftswitch.streams.pipeline.observations import (
     INTERLEAVED,
     PREDICTED,
     SCORED,
     Observation,
 )
-from driftswitch.streams.service.dataloss import CHECK_INTERVAL, Lost, Mark, find_lost, mark_of
+from driftswitch.streams.service.dataloss import (
+    CHECK_INTERVAL,
+    Lost,
+    Mark,
+    describe_lost,
+    find_lost,
+    mark_of,
+)
 from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.joinstore import RocksJoinStore
 from driftswitch.streams.service.logs import decision_context, decision_level
@@ -939,8 +946,8 @@ class Worker:
 
     def _input_source(self, obs: Observation) -> Source:
         """The last input an observation came from (the join partition is its input partition)."""
-        topic, offset = obs[-1][-1]
-        return Source(self._join_inputs[topic], obs[-2], offset)
+        topic, position = obs[-1][-1]
+        return Source(self._join_inputs[topic], obs[-2], offset_of(position))
 
     def _where(self, obs: Observation) -> str:
         """``topic/partition/offset`` of the last input an observation came from."""
@@ -1371,35 +1378,11 @@ class Worker:
     def _reset_lost(self, lost: dict[Any, Lost]) -> None:
         """Apply the data-loss policy to partitions whose data the broker lost."""
         for tp, found in lost.items():
-            start, end = found.start, found.end
+            start = found.start
             position = self.offsets.get(tp.topic, {}).get(tp.partition, 0)
             if position != self._input_check_from.get(tp):
                 continue  # read on since the check started: the data is there after all
-            if found.replaced is not None:
-                log.error(
-                    "input %s[%d]: read to offset %d, but the record at offset %d is not the one "
-                    "consumed there: the topic was recreated or the broker lost its data. "
-                    "Resuming from offset %d, the start of the new data (README.md: Bad input, "
-                    "event time and broker data loss)",
-                    tp.topic,
-                    tp.partition,
-                    position,
-                    found.replaced,
-                    start,
-                )
-            else:
-                log.error(
-                    "input %s[%d]: read to offset %d, but the broker holds offsets %d to %d only: "
-                    "the topic was recreated or the broker lost its data. Resuming from offset %d, "
-                    "the start of the new data (README.md: Bad input, event time and broker data "
-                    "loss)",
-                    tp.topic,
-                    tp.partition,
-                    position,
-                    start,
-                    end,
-                    start,
-                )
+            log.error("%s", describe_lost(tp.topic, tp.partition, position, found))
             if self.metrics is not None:
                 self.metrics.record_input_reset(tp.topic, tp.partition)
             self.counters["input_resets"] += 1
