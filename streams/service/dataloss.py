@@ -46,6 +46,7 @@ __all__ = [
     "Lost",
     "Mark",
     "describe_lost",
+    "describe_rewound",
     "find_lost",
     "mark_of",
 ]
@@ -108,6 +109,17 @@ def describe_lost(topic: str, partition: int, position: int, found: Lost) -> str
         f"{found.start} to {found.end} only: the topic was recreated or the broker lost its "
         f"data. Resuming from offset {found.start}, the start of the new data (README.md: Bad "
         "input, event time and broker data loss)"
+    )
+
+
+def describe_rewound(topic: str, partition: int, position: int, offset: int) -> str:
+    """The ERROR line for a partition whose records came back from ``offset``, below the
+    ``position`` read to: the consumer found its position out of range and started again."""
+    return (
+        f"input {topic}[{partition}]: read to offset {position}, but the next records start at "
+        f"offset {offset}: the topic was recreated or the broker lost its data. Resuming from "
+        f"offset {offset}, the start of the new data (README.md: Bad input, event time and "
+        "broker data loss)"
     )
 
 

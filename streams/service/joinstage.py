@@ -94,6 +94,7 @@ from driftswitch.streams.service.dataloss import (
     Lost,
     Mark,
     describe_lost,
+    describe_rewound,
     find_lost,
     mark_of,
 )
@@ -475,6 +476,25 @@ class JoinStage:
             part.marks.pop(t, None)
             part.dirty = True
 
+    def _check_rewound(self, part: _Partition, topics: dict[int, list[Any]]) -> None:
+        """Records that start below the position read to: the consumer found that position out
+        of range (the broker lost the data) and started again at the new data's beginning. The
+        partition moves to a new epoch, as when :meth:`_check_input` finds it."""
+        moved = False
+        for t, recs in topics.items():
+            read = part.read.get(t, 0)
+            if not recs or recs[0].offset >= read:
+                continue
+            name = self._names[t]
+            log.error("join stage: %s", describe_rewound(name, part.index, read, recs[0].offset))
+            if self.metrics is not None:
+                self.metrics.record_input_reset(name, part.index)
+            self.counters["input_resets"] += 1
+            if not moved:
+                part.epoch += 1
+                moved = True
+            part.marks.pop(t, None)
+
     async def _seek(self, part: _Partition) -> None:
         """Seek the partition's topics to its read positions (the beginning where it has none)."""
         assert self._member is not None
@@ -663,6 +683,7 @@ class JoinStage:
         besides re-routed and dead-lettered records, which are sent again idempotently)."""
         n = self._partitions
         i = part.index
+        self._check_rewound(part, topics)
         base = part.epoch * EPOCH_SPAN
         own = topics.get(PREDICTIONS, []) + topics.get(OUTCOMES, [])
         events: list[InputEvent] = []

@@ -327,3 +327,24 @@ def produce_in_event_order(
                 producer.poll(0.05)
     if producer.flush(60) != 0:
         raise RuntimeError("records still unacknowledged after 60 s")
+
+
+async def recreate_inputs(bootstrap: str, topics: Topics) -> None:
+    """Delete the input topics (predictions, outcomes) and create them again, empty: what a
+    broker that lost its data looks like to a worker."""
+    from driftswitch.streams.kafka import connect as kafka
+    from driftswitch.streams.kafka import ensure_topics
+    from driftswitch.streams.kafka.settings import as_settings
+
+    admin = await kafka.open_admin(as_settings(bootstrap))
+    try:
+        await admin.delete_topics([topics.predictions.name, topics.outcomes.name])
+    finally:
+        await admin.close()
+    for _ in range(50):  # deletion settles asynchronously on some brokers
+        try:
+            await ensure_topics(bootstrap, topics)
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
+    await ensure_topics(bootstrap, topics)

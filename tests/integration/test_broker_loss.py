@@ -14,11 +14,10 @@ import pytest
 
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import connect as kafka
-from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.kafka.settings import as_settings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import WorkerProcess, event_records
+from driftswitch.streams.tools.testing import WorkerProcess, event_records, recreate_inputs
 
 pytestmark = pytest.mark.broker
 
@@ -28,21 +27,6 @@ SCENARIO = Scenario(
     seed=5,
     variants=(VariantSpec("control", weight=50), VariantSpec("candidate", weight=50)),
 )
-
-
-async def recreate(bootstrap: str, topics: Topics) -> None:
-    admin = await kafka.open_admin(as_settings(bootstrap))
-    try:
-        await admin.delete_topics([topics.predictions.name, topics.outcomes.name])
-    finally:
-        await admin.close()
-    for _ in range(50):  # deletion settles asynchronously on some brokers
-        try:
-            await ensure_topics(bootstrap, topics)
-            return
-        except Exception:
-            await asyncio.sleep(0.2)
-    await ensure_topics(bootstrap, topics)
 
 
 async def end_offsets(bootstrap: str, topics: Topics) -> dict[tuple[str, int], int]:
@@ -72,7 +56,7 @@ def test_input_recreated_while_down_is_read_from_the_start_of_the_new_data(
     worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
     worker.stop()
 
-    asyncio.run(recreate(broker.bootstrap, topics))
+    asyncio.run(recreate_inputs(broker.bootstrap, topics))
     produce(new)
     worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
     worker.wait_active()
@@ -106,7 +90,7 @@ def test_input_recreated_while_running_is_detected_when_idle(
     produce(old)
     worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
 
-    asyncio.run(recreate(broker.bootstrap, topics))
+    asyncio.run(recreate_inputs(broker.bootstrap, topics))
     produce(new)
     # The idle check (every 5 s) finds the positions beyond the new data and resets them.
     worker.wait_for("new data read", lambda s: s["records"] == len(old) + len(new), 90)
@@ -134,7 +118,7 @@ def test_input_recreated_and_refilled_past_the_old_offsets_is_detected_by_identi
     positions = (worker.health() or {})["offsets"]
     worker.stop()
 
-    asyncio.run(recreate(broker.bootstrap, topics))
+    asyncio.run(recreate_inputs(broker.bootstrap, topics))
     produce(new)
     ends = asyncio.run(end_offsets(broker.bootstrap, topics))
     for topic, parts in positions.items():
