@@ -64,7 +64,7 @@ async def _flag(request: web.Request) -> web.Response:
         return _json({"error": "unknown_flag", "flag": name}, 404)
     body: dict[str, Any] = {"state": event.model_dump(mode="json")}
     if worker.role == "active":
-        engine = worker.engine.snapshot()
+        engine = worker.engine_snapshot()
         flags = engine.get("flags", engine) if isinstance(engine, dict) else {}
         body["evaluation"] = flags.get(name) if isinstance(flags, dict) else None
         add_budgets(worker.config, name, body["evaluation"])

@@ -284,6 +284,17 @@ class JoinStage:
             ),
         }
 
+    def join_counters(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The join buffers' counters summed over the owned partitions (pending, joined,
+        expired, evicted, duplicates), and expired predictions per ``flag/variant``."""
+        counters: Counter[str] = Counter()
+        expired: Counter[str] = Counter()
+        for part in self.parts.values():
+            join = part.joiner.join
+            counters.update(join.counters())
+            expired.update(join.expired_predictions)
+        return dict(counters), dict(expired)
+
     def _lag(self) -> dict[str, int]:
         """Per owned partition index: records on its topics not read yet (as of the last fetch
         answers)."""

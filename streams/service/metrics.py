@@ -254,6 +254,55 @@ METRICS: tuple[MetricInfo, ...] = (
         (),
         "Join stage: seconds the last assignment took to restore its partitions' state.",
     ),
+    MetricInfo(
+        "driftswitch_join_events_total",
+        "counter",
+        (),
+        "Join stage: events accepted and joined in this process's partitions.",
+    ),
+    MetricInfo(
+        "driftswitch_join_observations_total",
+        "counter",
+        (),
+        "Join stage: observations sent to the decide stage.",
+    ),
+    MetricInfo(
+        "driftswitch_join_checkpoints_total",
+        "counter",
+        (),
+        "Join stage: partition checkpoints written.",
+    ),
+    MetricInfo(
+        "driftswitch_join_rerouted_duplicates_total",
+        "counter",
+        (),
+        "Join stage: re-routed records received a second time (a sender restarted), dropped.",
+    ),
+    MetricInfo(
+        "driftswitch_join_stage_pending",
+        "gauge",
+        ("partition",),
+        "Join stage: unjoined entries (predictions and outcomes) per owned partition index.",
+    ),
+    MetricInfo(
+        "driftswitch_join_stage_store_bytes",
+        "gauge",
+        (),
+        "Join stage: size on disk of the owned partitions' RocksDB stores; 0 without them.",
+    ),
+    MetricInfo(
+        "driftswitch_join_stage_checkpoint_seconds",
+        "gauge",
+        (),
+        "Join stage: duration of the last checkpoint of its partitions.",
+    ),
+    MetricInfo(
+        "driftswitch_join_entries_lost_total",
+        "counter",
+        (),
+        "Pending join entries a restart could not recover (a disk store left behind on "
+        "another machine, or behind the state topic's checkpoint).",
+    ),
 )
 
 #: Dead-letter reasons known in advance: their counters start at 0, so ``increase()`` and
@@ -316,6 +365,8 @@ class _SnapshotCollector(Collector):
         self.merge: tuple[int, int, int] | None = None
         #: The join stage's latest ``status()``; None without one.
         self.join_status: Mapping[str, Any] | None = None
+        #: Join entries a single worker's restarts could not recover.
+        self.entries_lost = 0
 
     def describe(self) -> Iterable[Metric]:
         return []  # the label values are only known at scrape time
@@ -400,6 +451,18 @@ class _SnapshotCollector(Collector):
             for partition, lag in _map(stage.get("lag")).items():
                 put("driftswitch_join_lag_records", [str(partition)], lag)
             put("driftswitch_join_stage_recovery_seconds", [], stage.get("recovery_seconds"))
+            put("driftswitch_join_events_total", [], stage.get("events"))
+            put("driftswitch_join_observations_total", [], stage.get("observations"))
+            put("driftswitch_join_checkpoints_total", [], stage.get("checkpoints"))
+            put("driftswitch_join_rerouted_duplicates_total", [], stage.get("rerouted_duplicates"))
+            for partition, pending in _map(stage.get("pending")).items():
+                put("driftswitch_join_stage_pending", [str(partition)], pending)
+            put("driftswitch_join_stage_store_bytes", [], stage.get("store_bytes"))
+            put("driftswitch_join_stage_checkpoint_seconds", [], stage.get("checkpoint_seconds"))
+        lost = self.entries_lost
+        if self.join_status is not None:
+            lost += int(_num(self.join_status.get("join_entries_lost")) or 0)
+        put("driftswitch_join_entries_lost_total", [], lost)
         yield from fams.values()
 
 
@@ -537,8 +600,12 @@ class Metrics:
         """Count one input partition found reset by the broker (its data lost)."""
         self.input_resets.labels(topic=topic, partition=str(partition)).inc()
 
-    def set_state(self, store_bytes: int, checkpoint: float, recovery: float | None) -> None:
-        """The join store's size, the last checkpoint's and the last recovery's duration."""
+    def set_state(
+        self, store_bytes: int, checkpoint: float, recovery: float | None, entries_lost: int = 0
+    ) -> None:
+        """The join store's size, the last checkpoint's and the last recovery's duration, and
+        the join entries a (single) worker's restarts could not recover."""
+        self._snapshot.entries_lost = entries_lost
         self.join_store_bytes.set(store_bytes)
         self.checkpoint_seconds.set(checkpoint)
         if recovery is not None:

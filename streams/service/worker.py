@@ -464,7 +464,7 @@ class Worker:
                     round(self.recovery_seconds, 3) if self.recovery_seconds is not None else None
                 ),
             },
-            "engine": self.engine.snapshot() if self.role == "active" else None,
+            "engine": self.engine_snapshot() if self.role == "active" else None,
         }
         if self.deciding:
             status["observations"] = self.counters["observations"]
@@ -472,6 +472,23 @@ class Worker:
         if self.join_stage is not None:
             status["join_stage"] = self.join_stage.status()
         return status
+
+    def engine_snapshot(self) -> dict[str, Any]:
+        """``Engine.snapshot()``; in the decide stage its ``join`` section (and each variant's
+        ``expired``) comes from the join stage running in this process (``--stage all``:
+        :meth:`JoinStage.join_counters`), or says where the join's counts are."""
+        snap: dict[str, Any] = self.engine.snapshot()
+        if not self.deciding:
+            return snap
+        if self.join_stage is None:
+            snap["join"] = {"in": "the join stage's processes: see their /healthz"}
+            return snap
+        counters, expired = self.join_stage.join_counters()
+        snap["join"] = {**counters, "from": "join_stage: the partitions this process owns"}
+        for flag, f in snap["flags"].items():
+            for variant, stats in f["variants"].items():
+                stats["expired"] = expired.get(f"{flag}/{variant}", 0)
+        return snap
 
     def merge_status(self) -> dict[str, Any]:
         """The decide stage's merges: observations buffered, late and duplicate counts (in all),
@@ -1228,9 +1245,14 @@ class Worker:
             metrics.observe_join_stage(self.join_stage.status())
         active = self.role == "active"
         metrics.set_active(active)
-        metrics.observe_snapshot(self.engine.snapshot() if active else {})
+        metrics.observe_snapshot(self.engine_snapshot() if active else {})
         metrics.observe_lifecycle(self.config, self.flags, active, time.time())
-        metrics.set_state(self._store_bytes(), self.checkpoint_seconds, self.recovery_seconds)
+        metrics.set_state(
+            self._store_bytes(),
+            self.checkpoint_seconds,
+            self.recovery_seconds,
+            self.counters["join_entries_lost"],
+        )
         if self.deciding:
             merges = self.merges.values()
             metrics.observe_merge(

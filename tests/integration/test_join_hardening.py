@@ -250,3 +250,8 @@ def test_input_the_broker_lost_is_read_again_from_the_start_of_the_new_data(
     status = worker.health()
     assert status is not None
     assert status["unhealthy"] is None
+    # The engine section's join counts are the join stage's (this process owns every partition).
+    join = status["engine"]["join"]
+    assert join["from"].startswith("join_stage")
+    pending = join["pending_predictions"] + join["pending_outcomes"]
+    assert pending == sum(status["join_stage"]["pending"].values()) > 0

@@ -211,6 +211,14 @@ def test_names_units_and_label_sets_follow_the_style_guide() -> None:
             "rerouted": 1,
             "lag": {"0": 2},
             "recovery_seconds": 0.5,
+            "events": 4,
+            "observations": 6,
+            "checkpoints": 2,
+            "rerouted_duplicates": 0,
+            "pending": {"0": 3, "1": 0},
+            "store_bytes": 0,
+            "checkpoint_seconds": 0.01,
+            "join_entries_lost": 7,
         }
     )
     allowed_labels = {
@@ -265,3 +273,41 @@ def test_metrics_endpoint() -> None:
     assert content_type.startswith("text/plain; version=0.0.4")
     assert 'driftswitch_deadletter_records_total{reason="oversize"} 2.0' in text
     assert calls == [1]
+
+
+def test_join_stage_counters_are_exported_with_the_entries_lost() -> None:
+    """What the join stage's /healthz shows, /metrics has: its counters, pending entries per
+    partition, store and checkpoint gauges, and the entries a restart could not recover (a
+    single worker's too)."""
+    single = Metrics(CollectorRegistry())
+    single.set_state(0, 0.0, None, entries_lost=3)
+    assert value(samples(single), "driftswitch_join_entries_lost_total") == 3
+    stage = Metrics(CollectorRegistry())
+    stage.set_state(0, 0.0, None)
+    stage.observe_join_stage(
+        {
+            "partitions": [0, 1],
+            "records": 9,
+            "events": 4,
+            "observations": 6,
+            "checkpoints": 2,
+            "rerouted": 1,
+            "rerouted_duplicates": 1,
+            "pending": {"0": 3, "1": 0},
+            "lag": {"0": 2, "1": 0},
+            "store_bytes": 4096,
+            "checkpoint_seconds": 0.25,
+            "recovery_seconds": 0.5,
+            "join_entries_lost": 7,
+        }
+    )
+    got = samples(stage)
+    assert value(got, "driftswitch_join_entries_lost_total") == 7
+    assert value(got, "driftswitch_join_events_total") == 4
+    assert value(got, "driftswitch_join_observations_total") == 6
+    assert value(got, "driftswitch_join_checkpoints_total") == 2
+    assert value(got, "driftswitch_join_rerouted_duplicates_total") == 1
+    assert value(got, "driftswitch_join_stage_pending", partition="0") == 3
+    assert value(got, "driftswitch_join_stage_pending", partition="1") == 0
+    assert value(got, "driftswitch_join_stage_store_bytes") == 4096
+    assert value(got, "driftswitch_join_stage_checkpoint_seconds") == 0.25
