@@ -17,12 +17,14 @@ from driftswitch.streams.config.model import Config, parse_config
 from driftswitch.streams.contract.events import PredictionEvent
 from driftswitch.streams.pipeline.engine import Engine, Event
 from driftswitch.streams.pipeline.merge import (
+    EPOCH_SPAN,
     Batch,
     BatchError,
     Clock,
     Merge,
     decode_batch,
     encode_batch,
+    offset_of,
 )
 from driftswitch.streams.pipeline.observations import (
     PREDICTED,
@@ -234,6 +236,30 @@ def test_a_late_observation_is_applied_and_counted() -> None:
     late = merge.add(Batch(1, {0: 2}, 20.0, False, [(*old, ((0, 1),))]))
     assert [o[4] for o in late] == [5.0]
     assert merge.late == 1
+
+
+def test_a_new_epoch_is_not_taken_for_what_earlier_runs_sent() -> None:
+    """After the broker lost a join partition's input, offsets start again at 0: in a new epoch
+    its positions stay above every earlier run's prefix, and within the epoch a restarted run's
+    repeats are still dropped."""
+
+    def obs(rid: str, ts: float, position: int) -> tuple[Any, ...]:
+        fact = (PREDICTED, 0, "f", "v", ts, rid, 0, True, False, None, None, None, None, None)
+        return (*fact, ((0, position),))
+
+    merge = Merge(1)
+    merge.add(Batch(0, {0: 100}, 10.0, False, [obs("old", 10.0, 99)], run="a"))
+    # Without an epoch, the new data's offset 5 is inside run "a"'s prefix: dropped.
+    merge.add(Batch(0, {0: 6}, 11.0, False, [obs("lost", 11.0, 5)], run="b"))
+    assert merge.duplicates == 1
+    new = EPOCH_SPAN + 5
+    merge.add(Batch(0, {0: new + 1}, 12.0, False, [obs("new", 12.0, new)], run="c"))
+    # A restart within the epoch sends it again: a duplicate of run "c"'s.
+    merge.add(Batch(0, {0: new + 1}, 12.0, False, [obs("new", 12.0, new)], run="d"))
+    merge.add(Batch(0, {0: new + 1}, 12.0, True, [], run="d"))
+    assert [o[5] for o in merge.release()] == ["old", "new"]
+    assert merge.duplicates == 2
+    assert offset_of(new) == 5
 
 
 def test_a_silent_partition_holds_the_release_back_until_it_is_idle() -> None:
