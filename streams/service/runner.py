@@ -27,11 +27,22 @@ if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
     from driftswitch.streams.service.metrics import Metrics
     from driftswitch.streams.service.worker import WorkerSettings
 
-__all__ = ["DEFAULT_WEB_PORT", "StartupError", "check_port", "serve_worker"]
+__all__ = [
+    "DEFAULT_STAGE",
+    "DEFAULT_WEB_PORT",
+    "STAGES",
+    "StartupError",
+    "check_port",
+    "serve_worker",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEB_PORT = 6066
+#: What a process can run (``driftswitch run --stage``), and what it runs by default: both
+#: stages, connected through the observations topic.
+STAGES = ("all", "join", "decide", "single")
+DEFAULT_STAGE = "all"
 
 
 class StartupError(DriftswitchError):
@@ -79,7 +90,7 @@ async def serve_worker(
     config_path: str | None = None,
     flagd_file: str | None = None,
     security: KafkaSecurity | None = None,
-    stage: str = "single",
+    stage: str = DEFAULT_STAGE,
 ) -> None:
     """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
 
@@ -91,11 +102,11 @@ async def serve_worker(
     /api/v1/config/reload`` re-read that file. With ``flagd_file``, a flagd flag-definition
     document is kept current there (atomically replaced on every published change). With
     ``state_dir``, the join's pending entries live in RocksDB there (see the worker module).
-    ``stage`` says what this process runs: ``single`` (one worker joins and decides),
-    ``decide`` (the decide stage: the worker module's "Stages"), ``join`` (the join stage,
-    :mod:`~driftswitch.streams.service.joinstage`, with ``/healthz`` and ``/metrics`` only) or
-    ``all`` (both stages in this process, talking through the observations topic as separate
-    processes would).
+    ``stage`` says what this process runs: ``all`` (the default: both stages in this process,
+    talking through the observations topic as separate processes would), ``join`` (the join
+    stage, :mod:`~driftswitch.streams.service.joinstage`, with ``/healthz`` and ``/metrics``
+    only), ``decide`` (the decide stage: the worker module's "Stages") or ``single`` (one
+    worker joins and decides in one step, without the observations topic).
     """
     from prometheus_client import CollectorRegistry
 

@@ -1,10 +1,11 @@
 """``driftswitch demo``: the whole loop on one machine in under a minute.
 
-It starts the embedded broker, creates the topics, runs a worker in this process, and plays a
-simulated model service (:mod:`driftswitch.streams.tools.simulate`) through a real Kafka client
-(aiokafka): a control and a candidate whose accuracy drops from 0.90 to 0.75 halfway. A second
-client follows the flags topic the way a model service would and prints each flag change with
-its cause as it arrives: first the initial state, then the candidate's kill.
+It starts the embedded broker, creates the topics, runs a worker in this process (both stages,
+as ``driftswitch run`` does by default), and plays a simulated model service
+(:mod:`driftswitch.streams.tools.simulate`) through a real Kafka client (aiokafka): a control
+and a candidate whose accuracy drops from 0.90 to 0.75 halfway. A second client follows the
+flags topic the way a model service would and prints each flag change with its cause as it
+arrives: first the initial state, then the candidate's kill.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka import connect as kafka
     from driftswitch.streams.kafka.settings import KafkaSettings
-    from driftswitch.streams.service.runner import check_port, serve_worker
+    from driftswitch.streams.service.runner import DEFAULT_STAGE, check_port, serve_worker
     from driftswitch.streams.tools.broker import EmbeddedBroker, free_port
     from driftswitch.streams.tools.simulate import config_yaml, simulate
 
@@ -87,7 +88,9 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
         console.print(f"[bold]broker[/] embedded Tansu at {broker.bootstrap} (memory storage)")
         stop = asyncio.Event()
         worker = asyncio.ensure_future(
-            serve_worker(config, broker.bootstrap, topics, web_port=port, stop=stop)
+            serve_worker(
+                config, broker.bootstrap, topics, web_port=port, stop=stop, stage=DEFAULT_STAGE
+            )
         )
         console.print(
             f"[bold]worker[/] in this process; status at http://127.0.0.1:{port}/healthz, "

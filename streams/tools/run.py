@@ -20,7 +20,9 @@ import click
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.kafka.options import security_options
 from driftswitch.streams.service.runner import (
+    DEFAULT_STAGE,
     DEFAULT_WEB_PORT,
+    STAGES,
     StartupError,
     check_port,
     serve_worker,
@@ -202,15 +204,16 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
 )
 @click.option(
     "--stage",
-    type=click.Choice(["single", "join", "decide", "all"]),
-    default="single",
+    type=click.Choice(STAGES),
+    default=DEFAULT_STAGE,
     show_default=True,
     envvar="DRIFTSWITCH_STAGE",
     show_envvar=True,
-    help="single: join and decide in one worker. join: a join-stage process (consumer group "
-    "GROUP.join; run as many as the input topics have partitions). decide: the decide stage, "
-    "reading the join stage's observations topic (one active worker per --group, standbys take "
-    "over). all: both stages in this process.",
+    help="all: both stages in this process, connected through the observations topic. join: a "
+    "join-stage process (consumer group GROUP.join; run as many as the input topics have "
+    "partitions). decide: the decide stage, reading the observations topic (one active worker "
+    "per --group, standbys take over). single: join and decide in one worker, without the "
+    "observations topic (snapshots of a single worker do not carry over to the stages).",
 )
 @click.option("--log-level", default="info", show_default=True)
 @click.option(

@@ -20,6 +20,9 @@ from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yam
 from driftswitch.streams.tools.testing import WorkerProcess, event_records, recreate_inputs
 
 pytestmark = pytest.mark.broker
+#: Runs ``--stage single`` on purpose: the single worker's data-loss check (the join
+#: stage's: test_join_hardening.py).
+SINGLE = ["--stage", "single"]
 
 SCENARIO = Scenario(
     requests=3_000,
@@ -50,7 +53,7 @@ def test_input_recreated_while_down_is_read_from_the_start_of_the_new_data(
     records = event_records(topics, list(simulate(SCENARIO)))
     old, new = records[:4000], records[4000:5000]  # fewer new records than the old offsets
     log = tmp_path / "worker.log"
-    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker = start_worker(config, log, args=[*SINGLE, "--snapshot-interval", "0.2"])
     worker.wait_active()
     produce(old)
     worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
@@ -58,7 +61,7 @@ def test_input_recreated_while_down_is_read_from_the_start_of_the_new_data(
 
     asyncio.run(recreate_inputs(broker.bootstrap, topics))
     produce(new)
-    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker = start_worker(config, log, args=[*SINGLE, "--snapshot-interval", "0.2"])
     worker.wait_active()
     # Every new record is read: none skipped because the old offsets were higher.
     worker.wait_for("new data read", lambda s: s["records"] == len(old) + len(new), 60)
@@ -85,7 +88,7 @@ def test_input_recreated_while_running_is_detected_when_idle(
     records = event_records(topics, list(simulate(SCENARIO)))
     old, new = records[:4000], records[4000:5000]
     log = tmp_path / "worker.log"
-    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker = start_worker(config, log, args=[*SINGLE, "--snapshot-interval", "0.2"])
     worker.wait_active()
     produce(old)
     worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
@@ -111,7 +114,7 @@ def test_input_recreated_and_refilled_past_the_old_offsets_is_detected_by_identi
     # old offset, so offsets alone look fine; only the record at the old position differs.
     old, new = records[:1500], records[1500:6000]
     log = tmp_path / "worker.log"
-    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker = start_worker(config, log, args=[*SINGLE, "--snapshot-interval", "0.2"])
     worker.wait_active()
     produce(old)
     worker.wait_for("old data read", lambda s: s["records"] == len(old), 60)
@@ -125,7 +128,7 @@ def test_input_recreated_and_refilled_past_the_old_offsets_is_detected_by_identi
         for p, offset in parts.items():
             if topic != topics.control.name:
                 assert ends[(topic, int(p))] > offset  # refilled past the old position
-    worker = start_worker(config, log, args=["--snapshot-interval", "0.2"])
+    worker = start_worker(config, log, args=[*SINGLE, "--snapshot-interval", "0.2"])
     worker.wait_active()
     # Every new record is read: the old offsets would have skipped the first ones.
     worker.wait_for("new data read", lambda s: s["records"] == len(old) + len(new), 60)

@@ -25,6 +25,9 @@ from driftswitch.streams.tools.testing import (
 )
 
 pytestmark = pytest.mark.broker
+#: Runs ``--stage single`` on purpose: the single worker's lease (the decide
+#: stage's: test_decide_stage.py).
+SINGLE = ["--stage", "single"]
 
 GUARDRAIL = KILL_ON_ACCURACY
 SCENARIO = Scenario(
@@ -81,7 +84,7 @@ def test_a_worker_frozen_past_its_session_publishes_nothing_when_it_wakes(
     config_path = tmp_path / "ranker.yaml"
     config_path.write_text(config_yaml(SCENARIO, GUARDRAIL))
     records = event_records(topics, list(simulate(SCENARIO)))
-    args = ["--snapshot-interval", "0.3"]
+    args = [*SINGLE, "--snapshot-interval", "0.3"]
     zombie_log = tmp_path / "zombie.log"
     zombie = start_worker(config_path, zombie_log, args=args, env={"PYTHONPATH": str(inject)})
     zombie.wait_active()

@@ -40,6 +40,9 @@ from driftswitch.streams.tools.testing import (
 )
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+#: Runs ``--stage single`` on purpose: the single worker's decoder and snapshots under every
+#: input (it waits for the single worker's record counts).
+SINGLE = ["--stage", "single"]
 
 GUARDRAIL = KILL_ON_ACCURACY
 SCENARIO = Scenario(
@@ -167,7 +170,7 @@ def test_fuzzed_input_with_restarts_kills_like_backtest(
     thirds.append(records[2 * len(records) // 3 :])
 
     log = tmp_path / "worker.log"
-    args = ["--snapshot-interval", "0.3"]
+    args = [*SINGLE, "--snapshot-interval", "0.3"]
     done = 0
     worker = start_worker(config_path, log, args=args)
     worker.wait_active()

@@ -27,6 +27,9 @@ from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes, read_topic
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+#: Runs ``--stage single`` on purpose: the single worker's join store (the join
+#: stage's: test_join_stage.py).
+SINGLE = ["--stage", "single"]
 
 #: Predictions per second of event time, and the label delay: 36,000 entries wait at a time.
 RATE = 20.0
@@ -116,7 +119,7 @@ def test_labels_30_minutes_late_all_join_across_sigkills(
     first_cut, second_cut = len(records) // 3, 2 * len(records) // 3
     state = tmp_path / "state"
     log = tmp_path / "worker.log"
-    fast = ["--snapshot-interval", "0.5"]
+    fast = [*SINGLE, "--snapshot-interval", "0.5"]
 
     # 1. Without a store (and a bound the in-memory join does not reach): the entries are in
     #    the snapshots; then SIGKILL, with input read since the last snapshot.
@@ -186,7 +189,7 @@ def test_a_store_that_does_not_continue_the_snapshot_is_not_used(
     events = delayed_events()[:20_000]
     records = event_records(topics, events)
     log = tmp_path / "worker.log"
-    first = start_worker(config_path, log, args=["--state-dir", str(tmp_path / "a")])
+    first = start_worker(config_path, log, args=[*SINGLE, "--state-dir", str(tmp_path / "a")])
     first.wait_active()
     produce(records)
     first.wait_for("all read", lambda s: s["records"] == len(records), 120)
@@ -194,7 +197,7 @@ def test_a_store_that_does_not_continue_the_snapshot_is_not_used(
     owed = pending["pending_predictions"] + pending["pending_outcomes"]
     assert owed > 1000
     first.stop()
-    second = start_worker(config_path, log, args=["--state-dir", str(tmp_path / "b")])
+    second = start_worker(config_path, log, args=[*SINGLE, "--state-dir", str(tmp_path / "b")])
     second.wait_active()
     status = second.health() or {}
     assert status["state"]["join_entries_lost"] == owed

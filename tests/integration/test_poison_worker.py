@@ -47,6 +47,9 @@ from driftswitch.streams.tools.testing import (
 )
 
 pytestmark = pytest.mark.broker
+#: Runs ``--stage single`` on purpose: the single worker's containment and snapshots
+#: (the join stage's: test_join_hardening.py).
+SINGLE = ["--stage", "single"]
 
 GUARDRAIL = KILL_ON_ACCURACY
 SCENARIO = Scenario(
@@ -182,7 +185,7 @@ def test_poison_records_are_dead_lettered_and_the_worker_survives_restarts(
     half = len(records) // 2
 
     log = tmp_path / "worker.log"
-    args = ["--snapshot-interval", "0.2"]
+    args = [*SINGLE, "--snapshot-interval", "0.2"]
     worker = start_worker(config_path, log, args=args)
     worker.wait_active()
     produce_large(broker.bootstrap, records[:half])
@@ -269,7 +272,10 @@ def test_an_event_that_breaks_the_engine_is_contained_and_dead_lettered(
     records = mix(event_records(topics, events), bad)
     log = tmp_path / "worker.log"
     worker = start_worker(
-        config_path, log, args=["--snapshot-interval", "0.2"], env={"PYTHONPATH": str(inject)}
+        config_path,
+        log,
+        args=[*SINGLE, "--snapshot-interval", "0.2"],
+        env={"PYTHONPATH": str(inject)},
     )
     worker.wait_active()
     produce(records)

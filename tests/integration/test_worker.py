@@ -47,6 +47,10 @@ from driftswitch.streams.tools.testing import (
 )
 
 GUARDRAIL = KILL_ON_ACCURACY
+#: Runs ``--stage single`` on purpose: the single worker, its snapshots, restarts and status
+#: counts.
+SINGLE = ["--stage", "single"]
+
 SCENARIO = Scenario(
     requests=12_000,
     change_at=6_000,
@@ -114,7 +118,7 @@ def test_confluent_events_kill_the_candidate_like_backtest(
     flagd_path = tmp_path / "flags.flagd.json"
     started = time.time()
     worker = start_worker(
-        config_path, tmp_path / "worker.log", args=["--flagd-file", str(flagd_path)]
+        config_path, tmp_path / "worker.log", args=[*SINGLE, "--flagd-file", str(flagd_path)]
     )
     worker.wait_active()
     active = time.time()
@@ -204,7 +208,7 @@ def test_garbage_changes_no_decision_and_is_dead_lettered(
             mixed.append(garbage[i // step])
         mixed.append(record)
 
-    worker = start_worker(config_path, tmp_path / "worker.log")
+    worker = start_worker(config_path, tmp_path / "worker.log", args=SINGLE)
     worker.wait_active()
     produce(mixed)
     worker.wait_for("all records read", lambda s: s["records"] == len(mixed), 60)
@@ -255,7 +259,7 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(
     # The candidate degrades from request 6,000 on; the kill comes after ~13,000 events.
     cut = 10_000
     log = tmp_path / "worker.log"
-    first = start_worker(config_path, log, args=["--snapshot-interval", "0.5"])
+    first = start_worker(config_path, log, args=[*SINGLE, "--snapshot-interval", "0.5"])
     first.wait_active()
     produce(records[:cut])
     first.wait_for(
@@ -270,7 +274,7 @@ def test_sigkill_and_restart_loses_and_repeats_nothing(
     first.proc.wait()
     produce(records[cut + 500 :])
 
-    second = start_worker(config_path, log, args=["--snapshot-interval", "0.5"])
+    second = start_worker(config_path, log, args=[*SINGLE, "--snapshot-interval", "0.5"])
     second.wait_for("resumed", lambda s: s["role"] == "active", 60)
     status = second.health() or {}
     assert status["resumed_from_snapshot"] is not None
@@ -300,9 +304,9 @@ def test_a_second_worker_stands_by_and_writes_nothing(
     produce: Callable[[list[tuple[str, bytes, bytes]]], None],
     tmp_path: Path,
 ) -> None:
-    first = start_worker(config_path, tmp_path / "first.log")
+    first = start_worker(config_path, tmp_path / "first.log", args=SINGLE)
     first.wait_active()
-    second = start_worker(config_path, tmp_path / "second.log")
+    second = start_worker(config_path, tmp_path / "second.log", args=SINGLE)
     second.wait_for("standby", lambda s: s["role"] == "standby", 60)
     produce(event_records(topics, events))
     # The lease group rebalanced when the second joined; the sticky assignor kept the lease
