@@ -77,6 +77,7 @@ async def main(commands: int) -> None:
                     stop=stop,
                     environ=env,
                     config_path=str(path),
+                    stage="single",  # the figures in README.md are the single worker's
                 )
             )
             base = f"http://127.0.0.1:{port}"

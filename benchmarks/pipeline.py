@@ -330,7 +330,11 @@ async def worker_throughput(
     adds no error. Each poll costs the worker a few ms (the engine's view of every flag is
     serialised), which is why ``poll`` is not tiny."""
     worker = WorkerProcess(
-        bootstrap, topics, config, log, args=["--log-level", "warning", *worker_args]
+        bootstrap,
+        topics,
+        config,
+        log,
+        args=["--log-level", "warning", "--stage", "single", *worker_args],
     )
     sampler = None
     if spy is not None:  # py-spy's collapsed stacks of the worker while it runs
@@ -409,7 +413,11 @@ async def reaction(
     show_lag: bool = False,
 ) -> Reaction:
     worker = WorkerProcess(
-        bootstrap, topics, config, log, args=["--log-level", "warning", *worker_args]
+        bootstrap,
+        topics,
+        config,
+        log,
+        args=["--log-level", "warning", "--stage", "single", *worker_args],
     )
     changes: list[tuple[float, float, FlagChangeEvent, str]] = []
     follower = AIOKafkaConsumer(

@@ -223,7 +223,7 @@ def worker_recovery(counts: list[int]) -> list[tuple[int, str, float, float, int
                             producer.poll(0.05)
                 assert producer.flush(120) == 0
                 del producer  # closed before the broker stops
-                args = ["--log-level", "warning", "--snapshot-interval", "1"]
+                args = ["--log-level", "warning", "--stage", "single", "--snapshot-interval", "1"]
                 if mode == "--state-dir":
                     args += ["--state-dir", str(work / f"state{n}")]
                 log = work / f"worker{n}.log"
