@@ -425,12 +425,15 @@ def test_the_worker_and_the_client_reach_the_broker_over_tls(
                 assert client.record(event)
             assert client.flush(30)
             assert client.stats().sent == len(events)
+        # The default deployment (--stage all): its join stage reads the input.
         worker.wait_for(
-            "every event read over TLS", lambda s: s.get("events") == len(events), timeout=60
+            "every event read over TLS",
+            lambda s: s["join_stage"]["events"] == len(events),
+            timeout=60,
         )
         status = worker.health()
         assert status is not None
-        assert status["rejected"] == {}
+        assert status["join_stage"]["rejected"] == {}
     assert [c.flag for c in read_flags_over(settings, topics)] == [SCENARIO.flag]
     assert f"broker {tls.bootstrap} (SSL)" in log.read_text()
 

@@ -41,6 +41,10 @@ from driftswitch.streams.tools.testing import (
     wait_until,
 )
 
+#: ``--stage single``: it waits for the single worker's count of input records, and checks
+#: decisions and metrics right after (the stages decide later, once the merge releases).
+SINGLE = ["--stage", "single"]
+
 SECRET = "e2e-hook-secret-7f3a"
 SCENARIO = Scenario(
     requests=6_000,
@@ -136,7 +140,7 @@ def test_hooks_metrics_and_logs_after_a_kill(
 
     log = tmp_path / "worker.log"
     env = {"DRIFTSWITCH_LOG_FORMAT": "json", "E2E_HOOK_SECRET": SECRET}
-    with WorkerProcess(broker.bootstrap, topics, config, log, env=env) as worker:
+    with WorkerProcess(broker.bootstrap, topics, config, log, env=env, args=SINGLE) as worker:
         port = worker.port
 
         def status() -> dict[str, Any]:

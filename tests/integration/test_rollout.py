@@ -32,6 +32,9 @@ from driftswitch.streams.tools.simulate import (
 )
 from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes
 
+#: ``--stage single``: the single worker decides in arrival order, and this test compares it with
+#: ``driftswitch backtest`` in file order (the stages decide like ``--order event``).
+SINGLE = ["--stage", "single"]
 ROLLOUT = """\
     rollout:
       variant: candidate
@@ -120,7 +123,7 @@ def test_live_rollout_matches_backtest(
     offline_changes = [o for _, o in offline.outputs if isinstance(o, FlagChangeEvent)]
     assert sequence(offline_changes) == expected
 
-    worker = start_worker(config_path, tmp_path / "worker.log")
+    worker = start_worker(config_path, tmp_path / "worker.log", args=SINGLE)
     worker.wait_active()
     produce(event_records(topics, events))
     worker.wait_for("all records read", lambda s: s["records"] == len(events), 240)

@@ -35,6 +35,9 @@ from driftswitch.streams.tools.simulate import Scenario, VariantSpec, simulate, 
 from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes
 
 ROOT = Path(__file__).resolve().parents[2]
+#: ``--stage single``: it waits for the single worker's count of input records, and reads the
+#: published decisions right after (the stages decide later, once the merge releases).
+SINGLE = ["--stage", "single"]
 SCENARIO = Scenario(
     requests=4_800,
     change_at=1_600,
@@ -65,7 +68,7 @@ def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
     worker = start_worker(
         config,
         tmp_path / "worker.log",
-        args=["--flagd-file", str(flagd_path)],
+        args=[*SINGLE, "--flagd-file", str(flagd_path)],
         env={"DRIFTSWITCH_ADMIN_TOKEN": TOKEN},
     )
     worker.wait_active()
