@@ -319,7 +319,8 @@ def test_a_decide_worker_does_not_resume_a_single_workers_snapshot(
     produce(event_records(topics, events))
     log = tmp_path / "worker.log"
     args = ["--snapshot-interval", "0.5"]
-    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=args) as single:
+    single_args = ["--stage", "single", *args]  # a single worker on purpose
+    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=single_args) as single:
         single.wait_for(
             "all read and a snapshot",
             lambda s: s["records"] == len(events) and s["snapshots_written"] >= 1,
