@@ -44,11 +44,11 @@ def tune_gc() -> None:
     The hot path allocates a few short-lived tuples per event, which reference counting frees;
     with Python's default thresholds the collector still runs a young-generation pass every 700
     allocations, and its older passes walk every object that survived: the pending join entries,
-    the merge's buffer, the detectors. ``driftswitch run`` spent 20-35 % of its time on that
-    under a backlog (``benchmarks/pipeline.py``). So the objects of start-up (modules, config)
-    are frozen out of the collector's sight, and passes come every 50,000 allocations instead
-    (older generations proportionally rarer). Cyclic garbage, which the service rarely makes,
-    waits a little longer to be freed.
+    the merge's buffer, the detectors. With them, ``driftswitch run`` took 15-50 % longer over
+    the same backlog (measured on a busy machine, in pairs, several times). So the objects of
+    start-up (modules, config) are frozen out of the collector's sight, and passes come every
+    50,000 allocations instead (older generations proportionally rarer). Cyclic garbage, which
+    the service rarely makes, waits a little longer to be freed.
     """
     import gc
 
