@@ -11,10 +11,14 @@ request), ``--repeat`` rounds, each on a fresh backlog of the same events:
    confluent-kafka ``consume`` + ``orjson.loads`` + a dict count, over the backlog.
 2. **Join stage alone**: the backlog's batches as aiokafka returned them, already in memory, through
    the worker's ``Ingest.decode`` and ``Engine.process`` (decode, join, score, detect): no Kafka.
-3. **Full worker**: ``driftswitch run`` (a subprocess) consumes the backlog; the rate is the records
-   processed between two ``/healthz`` polls (every ``--poll`` s) that both fall inside its busy
-   period, so start-up, the lease and the poll interval add nothing. The worker answers a poll
-   between batches, and each answer serialises the engine's view of every flag (a few ms).
+3. **Full worker**: ``driftswitch run`` (a subprocess, with ``--worker-arg`` options such as
+   ``--worker-arg=--stage=single``) is started on empty topics; once it is active (with both
+   stages in one process, ``--stage all``: once its join stage owns every input partition), the
+   same records are produced as fast as the producer goes, and the rate is the records over the
+   time from the first send to the first ``/healthz`` poll (every ``--poll`` s) that finds all of
+   them processed (with both stages: every observation decided). Start-up and the lease are not
+   counted; the end is at most one poll late. The worker answers a poll between batches, and
+   each answer serialises the engine's view of every flag (a few ms).
 
 Then min / median / max of each and the worker's share of the aiokafka + orjson ceiling (per round,
 then the median). ``--profile`` prints cProfile's top functions of the join stage; ``--py-spy``
@@ -43,6 +47,7 @@ import argparse
 import asyncio
 import cProfile
 import heapq
+import math
 import os
 import pstats
 import statistics
@@ -158,8 +163,9 @@ def produce(
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 2_000_000,
             "queue.buffering.max.kbytes": 2_097_151,
-            # The Java client's placement (aiokafka's too), not librdkafka's CRC32 default.
-            "partitioner": "murmur2_random",
+            # librdkafka's default (CRC-32 of the key), which is where driftswitch's join stage
+            # and client place a request id: with --stage all nothing is re-routed.
+            "partitioner": "consistent_random",
         }
     )
     predictions, outcomes = topics.predictions.name, topics.outcomes.name
@@ -318,23 +324,26 @@ async def worker_throughput(
     bootstrap: str,
     topics: Topics,
     config: Path,
-    total: int,
+    records: list[tuple[bool, bytes, bytes]],
     log: Path,
     poll: float,
     worker_args: list[str],
     spy: Path | None = None,
 ) -> float:
-    """Records/s of ``driftswitch run`` over the backlog: records processed between two
-    /healthz polls that both fall inside its busy period (the first poll with records > 0 and the
-    last one with records < total), so start-up and the end are not counted and the poll interval
-    adds no error. Each poll costs the worker a few ms (the engine's view of every flag is
-    serialised), which is why ``poll`` is not tiny."""
+    """Records/s that ``driftswitch run`` sustains: it is started on empty ``topics`` and,
+    once it is active (with both stages in one process: once the join stage owns every input
+    partition too), the records are produced as fast as the producer goes (faster than any
+    worker), and the rate is the records over the time from the first send to the first
+    /healthz poll that finds every record processed (with both stages: every observation
+    decided). Start-up is not counted; the end is at most one poll late, so the figure is at
+    most ``poll`` seconds' worth low. Each poll costs the worker a few ms (the engine's view of
+    every flag is serialised), which is why ``poll`` is not tiny."""
     worker = WorkerProcess(
         bootstrap,
         topics,
         config,
         log,
-        args=["--log-level", "warning", "--stage", "single", *worker_args],
+        args=["--log-level", "warning", *worker_args],
     )
     sampler = None
     if spy is not None:  # py-spy's collapsed stacks of the worker while it runs
@@ -345,23 +354,20 @@ async def worker_throughput(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
     try:
-        first: tuple[float, int] | None = None
-        last: tuple[float, int] | None = None
-        deadline = time.monotonic() + 600
+        await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
+        started = time.monotonic()
+        producing = asyncio.ensure_future(
+            asyncio.to_thread(produce, bootstrap, topics, records, None)
+        )
+        deadline = started + 600
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.proc.returncode}: see {log}")
             status = await asyncio.to_thread(worker.health)
-            records = status["records"] if status else 0
-            now = time.monotonic()
-            if records >= total:
-                if first is None or last is None or last[1] == first[1]:
-                    raise RuntimeError("backlog read within two polls; use more --requests")
-                return (last[1] - first[1]) / (last[0] - first[0])
-            if records > 0:
-                if first is None:
-                    first = (now, records)
-                last = (now, records)
+            if status is not None and done(status, topics, len(records)):
+                now = time.monotonic()
+                await producing
+                return len(records) / (now - started)
             await asyncio.sleep(poll)
         raise RuntimeError(f"worker did not finish: see {log}")
     finally:
@@ -369,6 +375,34 @@ async def worker_throughput(
         if sampler is not None:
             sampler.wait(timeout=60)  # py-spy ends with the worker
             print_spy(spy)
+
+
+def ready(status: dict[str, Any], partitions: int) -> bool:
+    """The worker is active and, with both stages in one process, its join stage owns all
+    ``partitions`` input partitions."""
+    join = status.get("join_stage")
+    owned = len(join["partitions"]) if join is not None else partitions
+    return bool(status["role"] == "active" and owned == partitions)
+
+
+def processed(status: dict[str, Any], topics: Topics) -> int:
+    """Input records the process has consumed: the worker's (``--stage single``) or, with both
+    stages in one process (``--stage all``), how far the join stage has read the input topics
+    (its ``records`` also count re-routed records and markers)."""
+    join = status.get("join_stage")
+    if join is None:
+        return int(status["records"])
+    inputs = (topics.predictions.name, topics.outcomes.name)
+    return sum(o for read in join["read"].values() for t, o in read.items() if t in inputs)
+
+
+def done(status: dict[str, Any], topics: Topics, total: int) -> bool:
+    """Every one of ``total`` input records is consumed and, with both stages, every observation
+    the join stage emitted is applied by the decide stage."""
+    join = status.get("join_stage")
+    if processed(status, topics) < total:
+        return False
+    return join is None or status.get("observations", 0) >= join["observations"]
 
 
 async def wait_status(
@@ -417,7 +451,7 @@ async def reaction(
         topics,
         config,
         log,
-        args=["--log-level", "warning", "--stage", "single", *worker_args],
+        args=["--log-level", "warning", *worker_args],
     )
     changes: list[tuple[float, float, FlagChangeEvent, str]] = []
     follower = AIOKafkaConsumer(
@@ -438,7 +472,7 @@ async def reaction(
     task = asyncio.ensure_future(follow())
     max_lag = 0
     try:
-        await wait_status(worker, lambda s: s["role"] == "active")
+        await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
         acked: dict[tuple[str, int, int], float] = {}
         producing = asyncio.ensure_future(
             asyncio.to_thread(produce, bootstrap, topics, records, rate, acked)
@@ -449,11 +483,13 @@ async def reaction(
             await asyncio.wait({producing}, timeout=1.0)
             status = await asyncio.to_thread(worker.health)
             if status is not None:  # acknowledged by the broker, not yet processed
-                max_lag = max(max_lag, len(acked) - status["records"])
+                max_lag = max(max_lag, len(acked) - processed(status, topics))
                 if show_lag:
-                    print(f"    lag {len(acked) - status['records']:,} ({len(acked):,} acked)")
+                    print(
+                        f"    lag {len(acked) - processed(status, topics):,} ({len(acked):,} acked)"
+                    )
         acks, offered = producing.result()
-        await wait_status(worker, lambda s: s["records"] >= len(records), every=0.5)
+        await wait_status(worker, lambda s: done(s, topics, len(records)), every=0.5)
         await asyncio.sleep(0.5)
         status = worker.health() or {}
     finally:
@@ -474,7 +510,9 @@ async def reaction(
         in_worker,
         offered,
         max_lag,
-        status.get("records", 0) / batches,
+        # With both stages in one process the worker's batches are the decide stage's, of
+        # observation records: no input records per batch to report.
+        status.get("records", 0) / batches if "join_stage" not in status else math.nan,
         status.get("snapshots_written", 0),
     )
 
@@ -541,7 +579,9 @@ async def main() -> None:
         help="the worker's maximum rate for the reaction runs (default: measured)",
     )
     parser.add_argument(
-        "--shares", default="0.5,0.8", help="reaction runs at these fractions of the peak"
+        "--shares",
+        default="0.5,0.8",
+        help='reaction runs at these fractions of the peak ("" for none)',
     )
     parser.add_argument(
         "--show-lag", action="store_true", help="print the worker's lag every second (reaction)"
@@ -574,11 +614,13 @@ async def main() -> None:
             stage = join_stage(config, backlog, batches, args.profile and r == 0)
             del batches
             spy = tmp / "worker.py-spy.txt" if args.py_spy and r == 0 else None
+            flood = Topics.with_prefix(f"bench-w{r}")
+            await ensure_topics(bootstrap, flood)
             rate = await worker_throughput(
                 bootstrap,
-                backlog,
+                flood,
                 config,
-                total,
+                records,
                 tmp / f"worker-a{r}.log",
                 args.poll,
                 args.worker_arg,
@@ -600,7 +642,7 @@ async def main() -> None:
                 f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
             )
         peak = args.peak or statistics.median(figures["full worker (driftswitch run)"])
-        for share in (float(x) for x in args.shares.split(",")):
+        for share in (float(x) for x in args.shares.split(",") if x.strip()):
             live = Topics.with_prefix(f"bench-b{round(share * 100)}")
             await ensure_topics(bootstrap, live)
             run = await reaction(

@@ -368,6 +368,11 @@ class JoinStage:
                     if time.monotonic() - last >= s.snapshot_interval:
                         await self._checkpoint(list(self.parts.values()))
                         last = time.monotonic()
+                # Let the other tasks of this process run: with records already fetched,
+                # getmany and the producer's sends return without suspending, so a backlog
+                # would otherwise keep the event loop until it is read (the decide stage of
+                # --stage all, the HTTP server and the consumers' fetches waited).
+                await asyncio.sleep(0)
         finally:
             stop_wait.cancel()
 

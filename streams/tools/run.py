@@ -26,6 +26,7 @@ from driftswitch.streams.service.runner import (
     StartupError,
     check_port,
     serve_worker,
+    tune_gc,
 )
 
 if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
@@ -294,6 +295,7 @@ def run_command(
                 stage=stage,
             )
 
+    tune_gc()
     try:
         asyncio.run(main())
     except DriftswitchError as err:
