@@ -412,3 +412,26 @@ def test_fast_path_agrees_on_any_number(token: bytes, where: bytes) -> None:
 @given(text=st.text(max_size=12), where=st.sampled_from([b'"r"', b'"f"', b'"v"']))
 def test_fast_path_agrees_on_any_string(text: str, where: bytes) -> None:
     _fast_agree_all([(_PRED + b"}").replace(where, orjson.dumps(text), 1)])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        _PRED.replace(b'"f"', b'"f/x"') + b"}",
+        _PRED.replace(b'"v"', b'"-v"') + b"}",
+        _PRED.replace(b'"f"', b'"' + b"f" * 129 + b'"') + b"}",
+        _PRED.replace(b'"f"', b'"f\\n"') + b"}",
+        _OUT + b',"flag":"f","variant":"v v"}',
+        _OUT + b',"flag":"","variant":"v"}',
+    ],
+)
+def test_batch_of_valid_lines_checks_every_name(bad: bytes) -> None:
+    """A name the pattern refuses, in a batch msgspec accepts whole (names are checked after
+    msgspec, once per distinct name), is rejected as the model rejects it, and only that line."""
+    good = [_PRED + b"}", _OUT + b',"flag":"f","variant":"v"}']
+    lines = [*good, bad, *good]
+    got = decode_lines(lines)
+    assert isinstance(got[2], EventError)
+    assert _same(got[2], _reference(bad))
+    assert [isinstance(g, EventError) for g in got] == [False, False, True, False, False]
+    _fast_agree_all(lines)
