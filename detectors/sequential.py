@@ -833,6 +833,54 @@ class Sequential(Comparison):
             self._drift = False
         return None
 
+    def update_many_standing(self, arms: Sequence[int], xs: Sequence[float]) -> bool:
+        """Feed a batch in order once harm stands, as ``update`` one at a time would, and return
+        True; or feed nothing and return False when this does not apply (method other than
+        ``mixture``, no harm yet, a value that is not 0/1: the caller feeds one at a time).
+
+        For ``mixture`` harm, once shown, stands, so after every observation of the batch
+        ``harm`` holds and ``drift_detected`` is False; the looks the schedule makes inside the
+        batch only record the counts they saw (what ``interval`` reads). The state afterwards is
+        the one ``update`` leaves."""
+        c, v = self._arms["control"], self._arms["variant"]
+        least = self.min_samples
+        if self.method != "mixture" or not self._harm or c.n < least or v.n < least:
+            return False
+        n = len(xs)
+        if not n:
+            return True
+        bits = np.asarray(xs, dtype=np.float64)
+        if not np.all((bits == 0) | (bits == 1)):
+            return False
+        variant = np.asarray(arms, dtype=np.int64) != 0
+        start = self.n
+        # The looks: ``_fed`` looks at the first total at or past ``_next_look``, then schedules.
+        look = max(self._next_look, start + 1)
+        last_look: int | None = None
+        while look <= start + n:
+            last_look = look
+            look += block_length(look)
+        self._next_look = look
+        nv = np.cumsum(variant)
+        ov = np.cumsum(bits * variant)
+        oc = np.cumsum(bits * ~variant)
+        c0, v0 = c.n, v.n
+        oc0, ov0 = self._ones["control"], self._ones["variant"]
+        if last_look is not None:
+            j = last_look - start - 1
+            n_v = v0 + int(nv[j])
+            n_c = c0 + (j + 1) - int(nv[j])
+            self._look = (oc0 + int(oc[j]), n_c, ov0 + int(ov[j]), n_v)
+            self._cached = None
+            self._lower, self._upper = -math.inf, math.inf
+            self._non_inferior = False
+        last = n - 1
+        self._set_counts(
+            c0 + n - int(nv[last]), oc0 + int(oc[last]), v0 + int(nv[last]), ov0 + int(ov[last])
+        )
+        self._drift = False
+        return True
+
     def _set_counts(self, n_c: int, ones_c: int, n_v: int, ones_v: int) -> None:
         self._ones["control"], self._ones["variant"] = ones_c, ones_v
         self._arms["control"].set_bits(n_c, ones_c)

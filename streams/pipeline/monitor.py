@@ -422,7 +422,9 @@ class Monitor:
         ``min_samples`` therefore acts at the first observation that meets the gate.
 
         Until harm shows, the batch goes to the detector in one ``update_until_harm`` call (no
-        decision is possible before it); from the observation that shows it on, one at a time.
+        decision is possible before it); from the observation that shows it on, one at a time —
+        or, for a detector whose harm stands for good (``update_many_standing``), in one call
+        up to each observation the gates let breach (:meth:`_feed_standing`).
         """
         det = self.detector
         flip = self.flip
@@ -444,6 +446,9 @@ class Monitor:
             start = k + 1
         else:
             out = []
+        standing = getattr(det, "update_many_standing", None)
+        if standing is not None and det.harm and start < len(pending):
+            start += self._feed_standing(standing, pending[start:] if start else pending, out)
         samples = self.samples
         for obs in pending[start:] if start else pending:
             arm = obs[0]
@@ -456,6 +461,47 @@ class Monitor:
             if det.harm:
                 out += self._gate(obs)
         return out
+
+    def _feed_standing(
+        self, standing: Any, pending: list[tuple[int, float, int, float]], out: list[Decision]
+    ) -> int:
+        """Once harm stands for good (the detector's ``update_many_standing`` feeds only then),
+        the batch goes in as few calls as it breaches (plus one), each up to the next
+        observation the gates let breach, which then breaches on the detector's state after
+        it, exactly as one at a time. Returns how many observations were fed."""
+        flip = self.flip
+        least = self.guardrail.min_samples
+        cooldown = self.guardrail.cooldown
+        samples = self.samples
+        begin = 0
+        n = len(pending)
+        while begin < n:
+            # The next observation at which the gates hold (harm holds after every one).
+            s1 = samples[1]
+            last = self.last_breach_ts
+            hit: int | None = None
+            for j in range(begin, n):
+                obs = pending[j]
+                s1 += obs[0]
+                if s1 >= least and (last is None or obs[3] >= last + cooldown):
+                    hit = j
+                    break
+            end = n if hit is None else hit + 1
+            part = pending[begin:end]
+            xs = [1.0 - p[1] for p in part] if flip else [p[1] for p in part]
+            if not standing([p[0] for p in part], xs):
+                return begin  # fed nothing: the caller goes on one at a time
+            variant = sum(p[0] for p in part)
+            samples[1] += variant
+            samples[0] += len(part) - variant
+            if self.window_first is None:
+                self.window_first = part[0][3]
+            self.window_last = part[-1][3]
+            self.window_events += len(part)
+            if hit is not None:
+                out.append(self._breach(pending[hit]))
+            begin = end
+        return n
 
     def _gate(self, obs: tuple[int, float, int, float]) -> list[Decision]:
         """A breach at ``obs`` (harm stands) if ``min_samples`` and the cooldown allow."""

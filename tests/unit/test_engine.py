@@ -334,3 +334,61 @@ flags:
     assert [b.ts for b in breaches] == [49.0 + 10 * k for k in range(len(breaches))]
     assert len(breaches) == 16  # ts 49, 59, ..., 199
     assert all(b.interval is not None and b.interval[1] < 0 for b in breaches)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    least=st.integers(1, 300),
+    cooldown=st.sampled_from(["0s", "1s", "7s", "1h"]),
+    cuts=st.lists(st.integers(1, 1999), max_size=6),
+)
+def test_comparison_harm_standing_decides_in_batches_as_one_at_a_time(
+    seed: int, least: int, cooldown: str, cuts: list[int]
+) -> None:
+    """Once a comparison's harm stands, batches go to the detector up to each breach
+    (``update_many_standing``): the same breaches, with the same evidence, and the same state
+    as feeding one observation at a time, wherever the batches are cut."""
+    import random
+
+    from driftswitch.detectors.sequential import Sequential
+    from driftswitch.streams.pipeline.monitor import Monitor
+
+    cfg = parse_config(
+        f"""
+flags:
+  ranker:
+    default: control
+    variants: {{control: {{weight: 90, value: a}}, candidate: {{weight: 10, value: b}}}}
+    guardrails:
+      - name: vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {{kind: sequential}}
+        min_samples: {least}
+        cooldown: {cooldown}
+        action: warn
+"""
+    )
+    flag = cfg.flags["ranker"]
+    rng = random.Random(seed)
+    pending = []
+    for i in range(2000):
+        arm = int(rng.random() < 0.3)
+        pending.append((arm, float(rng.random() < (0.5 if arm else 0.1)), i, i / 20))
+
+    def run(batched: bool) -> tuple[list[Any], Any]:
+        mon = Monitor("ranker", flag, flag.guardrails[0])
+        if not batched:
+            mon.detector.update_many_standing = lambda arms, xs: False
+        assert isinstance(mon.detector, Sequential)
+        breaches = []
+        for lo, hi in itertools.pairwise([0, *sorted(set(cuts)), len(pending)]):
+            mon.pending.extend(pending[lo:hi])
+            breaches += mon.flush()
+        return breaches, mon.to_state()
+
+    got, want = run(True), run(False)
+    assert got == want
+    assert len(want[0]) >= 1

@@ -513,3 +513,48 @@ def test_update_until_harm_matches_one_at_a_time(
     assert got == want
     assert batched.to_state() == one.to_state()
     assert batched.explain() == one.explain()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    least=st.integers(1, 60),
+    cuts=st.lists(st.integers(1, 2999), max_size=8),
+    counts_at=st.integers(0, 3000),
+)
+def test_update_many_standing_matches_one_at_a_time(
+    seed: int, least: int, cuts: list[int], counts_at: int
+) -> None:
+    """Once harm stands, batches cut anywhere (after an optional ``update_counts`` batch that
+    moves the look schedule off its one-at-a-time grid) leave the state, evidence and reads
+    ``update`` leaves after every batch; before harm it feeds nothing."""
+    rng = random.Random(seed)
+    arms = [int(rng.random() < 0.3) for _ in range(6000)]
+    xs = [float(rng.random() < (0.4 if a else 0.1)) for a in arms]
+    one = Sequential(alpha=0.05, min_samples=least)
+    batched = Sequential(alpha=0.05, min_samples=least)
+    if counts_at:
+        for det in (one, batched):
+            det.update_counts("control", counts_at // 3, float(counts_at // 30))
+    assert not batched.update_many_standing(arms[:10], xs[:10])
+    k = batched.update_until_harm(arms, xs)
+    assert k is not None, "the variant is far worse: harm shows"
+    for a, x in zip(arms[: k + 1], xs[: k + 1], strict=True):
+        one.update("variant" if a else "control", x)
+    assert batched.to_state() == one.to_state()
+    rest = k + 1
+    assert batched.update_many_standing([1, 0], [0.5, 1.0]) is False  # not 0/1: nothing fed
+    assert batched.to_state() == one.to_state()
+    for lo, hi in itertools.pairwise([0, *sorted({c % 3000 for c in cuts}), 3000]):
+        assert batched.update_many_standing(arms[rest + lo : rest + hi], xs[rest + lo : rest + hi])
+        for a, x in zip(arms[rest + lo : rest + hi], xs[rest + lo : rest + hi], strict=True):
+            one.update("variant" if a else "control", x)
+        assert batched.to_state() == one.to_state()
+        assert batched.explain() == one.explain()
+        assert (batched.harm, batched.drift_detected, batched.interval, batched.statistic) == (
+            one.harm,
+            one.drift_detected,
+            one.interval,
+            one.statistic,
+        )
+    assert Sequential(method="betting").update_many_standing([1], [1.0]) is False
