@@ -128,13 +128,33 @@ class JoinBuffer:
         self, request_id: str, ts: float, group: str, payload: Any
     ) -> PendingOutcome | _Duplicate | None:
         """Offer a prediction: its waiting outcome ``(ts, label)``, ``DUPLICATE`` or ``None``."""
-        if ts > self.watermark:
-            self._advance(ts)
-        cutoff = self.watermark - self.ttl
+        # The hot path: _advance and _remember inlined (per event, a call costs as much).
+        watermark = self.watermark
+        if ts > watermark:
+            latest = self._latest
+            if len(latest) == 2 == WATERMARK_RANK:
+                top = latest[1]
+                if ts > top:
+                    latest[0] = watermark = top
+                    latest[1] = ts
+                else:
+                    latest[0] = watermark = ts
+                self.watermark = watermark
+            else:
+                self._advance(ts)
+                watermark = self.watermark
+        cutoff = watermark - self.ttl
         outcome = self._outcomes.pop(request_id, None)
         if outcome is not None:
             if outcome[0] >= cutoff:
-                self._remember(request_id, ts if ts > outcome[0] else outcome[0])
+                self.joined += 1
+                joined = self._joined
+                size = len(joined)
+                joined[request_id] = ts if ts > outcome[0] else outcome[0]
+                if len(joined) == size:  # joined before: keep insertion order = recency
+                    joined.move_to_end(request_id)
+                if len(joined) > self.max_pending:
+                    del joined[next(iter(joined))]
                 return outcome
             self.expired_outcomes += 1  # it waited too long: counted now, as a sweep would
         pending = self._predictions.get(request_id)
@@ -161,13 +181,33 @@ class JoinBuffer:
     ) -> PendingPrediction | _Duplicate | None:
         """Offer an outcome: its waiting prediction ``(ts, group, payload)``, ``DUPLICATE`` or
         ``None`` (now pending, or already expired)."""
-        if ts > self.watermark:
-            self._advance(ts)
-        cutoff = self.watermark - self.ttl
+        # The hot path: _advance and _remember inlined, as in add_prediction.
+        watermark = self.watermark
+        if ts > watermark:
+            latest = self._latest
+            if len(latest) == 2 == WATERMARK_RANK:
+                top = latest[1]
+                if ts > top:
+                    latest[0] = watermark = top
+                    latest[1] = ts
+                else:
+                    latest[0] = watermark = ts
+                self.watermark = watermark
+            else:
+                self._advance(ts)
+                watermark = self.watermark
+        cutoff = watermark - self.ttl
         prediction = self._predictions.pop(request_id, None)
         if prediction is not None:
             if prediction[0] >= cutoff:
-                self._remember(request_id, ts if ts > prediction[0] else prediction[0])
+                self.joined += 1
+                joined = self._joined
+                size = len(joined)
+                joined[request_id] = ts if ts > prediction[0] else prediction[0]
+                if len(joined) == size:  # joined before: keep insertion order = recency
+                    joined.move_to_end(request_id)
+                if len(joined) > self.max_pending:
+                    del joined[next(iter(joined))]
                 return prediction
             self._count_expired(prediction[1])
         pending = self._outcomes.get(request_id)
@@ -199,14 +239,6 @@ class JoinBuffer:
         latest.sort()
         if len(latest) >= WATERMARK_RANK:
             self.watermark = latest[0]
-
-    def _remember(self, request_id: str, ts: float) -> None:
-        self.joined += 1
-        joined = self._joined
-        joined.pop(request_id, None)  # keep insertion order = recency
-        joined[request_id] = ts
-        if len(joined) > self.max_pending:
-            del joined[next(iter(joined))]
 
     def _count_expired(self, group: str) -> None:
         counts = self.expired_predictions

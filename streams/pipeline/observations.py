@@ -345,6 +345,9 @@ class Joiner:
         if track and positions is None:
             raise ValueError("a tracking join needs the inputs' positions")
         out: list[Observation] = []
+        append = out.append
+        add_prediction = join.add_prediction
+        add_outcome = join.add_outcome
         rejections: list[Rejection] = []
         predictions = outcomes = 0
         for i, ev in enumerate(events):
@@ -381,7 +384,7 @@ class Joiner:
                     payload = (*payload, values, rseg)
                 elif values is not None:
                     payload = (*payload, values)
-                got = join.add_prediction(rid, ts, v.group, payload)
+                got = add_prediction(rid, ts, v.group, payload)
                 if got is DUPLICATE:
                     detail = f"request_id {rid!r} already seen"
                     rejections.append(Rejection(i, DUPLICATE_REASON, detail))
@@ -409,15 +412,24 @@ class Joiner:
                 if track:
                     assert positions is not None
                     fact = (*fact, (positions[i],))
-                out.append(fact)
+                append(fact)
                 if got is not None:
                     label: Any = got[1]  # a label, or an interleaved impression's clicks
+                    later = got[0] > ts
+                    if not track and type(prediction) is not list and type(label) is not dict:
+                        # The usual pair (_pair's last case), built in place.
+                        append(
+                            (
+                                SCORED, i, f.name, v.name, got[0] if later else ts, rid,
+                                1 if later else 0, prediction, errored, label, values, rseg,
+                            )
+                        )  # fmt: skip
+                        continue
                     where = None
                     if track:
                         label, where = label
                         assert positions is not None
                         where = (positions[i], where)
-                    later = got[0] > ts
                     obs = _pair(
                         f, v.name, prediction, errored, label, i, got[0] if later else ts,
                         rid, 1 if later else 0, values, rseg, where,
@@ -425,7 +437,7 @@ class Joiner:
                     if isinstance(obs, tuple) and obs[0] == "reject":
                         rejections.append(Rejection(i, obs[1], obs[2]))
                     else:
-                        out.append(obs)
+                        append(obs)
             elif isinstance(ev, _OUTCOMES):
                 if ev.flag is not None:
                     f = flags.get(ev.flag)
@@ -440,7 +452,7 @@ class Joiner:
                 if ev.clicks is not None or ev.clicked_positions is not None:
                     label = {"items": ev.clicks or [], "positions": ev.clicked_positions or []}
                 stored: Any = (label, positions[i]) if positions is not None and track else label
-                found = join.add_outcome(ev.request_id, ev.ts, stored)
+                found = add_outcome(ev.request_id, ev.ts, stored)
                 if found is DUPLICATE:
                     detail = f"request_id {ev.request_id!r} already has an outcome"
                     rejections.append(Rejection(i, DUPLICATE_REASON, detail))
@@ -451,12 +463,22 @@ class Joiner:
                     f = flags.get(p[0])
                     if f is None or p[1] not in f.variants:
                         continue  # a flag or variant the config no longer has
+                    earlier = found[0] > ev.ts
+                    n = len(p)
+                    if not track and type(p[2]) is not list and type(label) is not dict:
+                        # The usual pair (_pair's last case), built in place.
+                        append(
+                            (
+                                SCORED, i, f.name, p[1], found[0] if earlier else ev.ts,
+                                ev.request_id, 0 if earlier else 1, p[2], p[3], label,
+                                p[4] if n > 4 else None, p[5] if n > 5 else None,
+                            )
+                        )  # fmt: skip
+                        continue
                     where = None
                     if track:
                         assert positions is not None
                         where = (p[6], positions[i])
-                    earlier = found[0] > ev.ts
-                    n = len(p)
                     obs = _pair(
                         f, p[1], p[2], p[3], label, i, found[0] if earlier else ev.ts,
                         ev.request_id, 0 if earlier else 1, p[4] if n > 4 else None,
@@ -465,7 +487,7 @@ class Joiner:
                     if isinstance(obs, tuple) and obs[0] == "reject":
                         rejections.append(Rejection(i, obs[1], obs[2]))
                     else:
-                        out.append(obs)
+                        append(obs)
             else:
                 # Unreachable for the declared types; a caller may still pass anything.
                 detail = f"expected a prediction or an outcome, got {type(ev).__name__}"  # type: ignore[unreachable]
