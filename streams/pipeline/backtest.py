@@ -16,8 +16,10 @@ import gc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
+from operator import attrgetter, itemgetter, not_
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 from rich.console import Console
@@ -148,14 +150,17 @@ def run(
 
 def decode_chunk(lines: Sequence[bytes]) -> tuple[list[Event], list[tuple[int, EventError]]]:
     """Decode lines into the events (in order) and the rejected lines' ``(index, error)``."""
+    got = decode_lines(lines)
+    if not any(map(isinstance, got, repeat(EventError))):
+        return cast("list[Event]", got), []  # every line decoded: no loop over them
     events: list[Event] = []
     errors: list[tuple[int, EventError]] = []
     append = events.append
-    for i, got in enumerate(decode_lines(lines)):
-        if isinstance(got, EventError):
-            errors.append((i, got))
+    for i, one in enumerate(got):
+        if isinstance(one, EventError):
+            errors.append((i, one))
         else:
-            append(got)
+            append(one)
     return events, errors
 
 
@@ -185,28 +190,57 @@ def _run(config: Config, source: BinaryIO, chunk_lines: int) -> Backtest:
     return result
 
 
+_TS = attrgetter("ts")
+_REQUEST_ID = attrgetter("request_id")
+_PREDICTIONS = (PredictionStruct, PredictionEvent)
+
+
 def event_key(event: Event) -> tuple[float, str, int]:
     """The event-time order of the decide stage: time, then request id, predictions first."""
     return (
         event.ts,
         event.request_id,
-        0 if isinstance(event, PredictionStruct | PredictionEvent) else 1,
+        0 if isinstance(event, _PREDICTIONS) else 1,
     )
+
+
+def sort_order(events: Sequence[Event]) -> list[int]:
+    """The indices of ``events`` sorted stably by :func:`event_key`, the keys built and compared
+    without a Python call per event (the index last: equal keys keep their order)."""
+    keys = sorted(
+        zip(
+            map(_TS, events),
+            map(_REQUEST_ID, events),
+            map(not_, map(isinstance, events, repeat(_PREDICTIONS))),
+            range(len(events)),
+            strict=True,
+        )
+    )
+    return list(map(itemgetter(3), keys))
 
 
 def _run_sorted(config: Config, source: BinaryIO, chunk_lines: int) -> Backtest:
     result = Backtest(Engine(config))
-    decoded: list[tuple[Event, int]] = []
-    for numbers, lines in read_lines(source, chunk_lines):
-        events, errors = decode_chunk(lines)
-        bad = {i for i, _ in errors}
-        result.bad_lines.extend(BadLine(numbers[i], e.reason, e.detail) for i, e in errors)
-        decoded.extend(zip(events, [n for i, n in enumerate(numbers) if i not in bad], strict=True))
-        result.lines += len(numbers)
-    decoded.sort(key=lambda pair: event_key(pair[0]))
-    for start in range(0, len(decoded), chunk_lines):
-        chunk = decoded[start : start + chunk_lines]
-        out = result.engine.process([e for e, _ in chunk], [n for _, n in chunk])
+    events: list[Event] = []
+    numbers: list[int] = []
+    for chunk_numbers, lines in read_lines(source, chunk_lines):
+        decoded, errors = decode_chunk(lines)
+        events += decoded
+        if errors:
+            bad = {i for i, _ in errors}
+            result.bad_lines.extend(
+                BadLine(chunk_numbers[i], e.reason, e.detail) for i, e in errors
+            )
+            numbers += [n for i, n in enumerate(chunk_numbers) if i not in bad]
+        else:
+            numbers += chunk_numbers
+        result.lines += len(chunk_numbers)
+    order = sort_order(events)
+    events = list(map(events.__getitem__, order))
+    numbers = list(map(numbers.__getitem__, order))
+    for start in range(0, len(events), chunk_lines):
+        chunk = events[start : start + chunk_lines]
+        out = result.engine.process(chunk, numbers[start : start + chunk_lines])
         result.bad_lines.extend(BadLine(r.position, r.reason, r.detail) for r in out.rejections)
         result.outputs.extend((e.position, e.event) for e in out.outputs)
         result.events += len(chunk) - len(out.rejections)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
+from typing import Any
 
 import orjson
 from click.testing import CliRunner
@@ -154,3 +155,67 @@ def test_event_order_replays_any_line_order_as_the_sorted_events(tmp_path: Path)
     )
     assert cli.exit_code == 0, cli.output
     assert [r["at"]["line"] for r in _json_records(cli.stdout)] == [p for p, _ in got.outputs]
+
+
+def test_event_order_with_bad_lines_and_ties_is_a_stable_sort_by_event_key(
+    tmp_path: Path,
+) -> None:
+    """``--order event`` replays exactly the decoded events sorted (stably) by ``event_key``:
+    bad lines are skipped with their numbers, and equal keys (a line repeated, so its copy is
+    the duplicate) keep file order, whichever chunk they are read in."""
+    from driftswitch.streams.pipeline.engine import Engine
+
+    config = load_config(CONFIG)
+    lines = EVENTS.read_bytes().splitlines()
+    rng = random.Random(9)
+    mixed = list(lines)
+    rng.shuffle(mixed)
+    for k in range(0, len(mixed), 97):
+        mixed.insert(k, b'{"kind":"prediction","flag":"ranker"}')  # invalid
+    for k in range(50, len(mixed), 89):
+        mixed.insert(k + 7, mixed[k])  # the same event again, later in the file
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(mixed) + b"\n")
+
+    got = backtest.run(config, path, chunk_lines=251, event_order=True)
+
+    decoded = []
+    for number, line in enumerate(mixed, start=1):
+        events, errors = backtest.decode_chunk([line])
+        if not errors:
+            decoded.append((events[0], number))
+    decoded.sort(key=lambda pair: backtest.event_key(pair[0]))
+    engine = Engine(config)
+    want = engine.process([e for e, _ in decoded], [n for _, n in decoded])
+    assert [(line, o.model_dump(mode="json")) for line, o in got.outputs] == [
+        (e.position, e.event.model_dump(mode="json")) for e in want.outputs
+    ]
+    assert got.outputs
+    rejected = sorted([b.line for b in got.bad_lines if b.reason == "duplicate"])
+    assert rejected == sorted(r.position for r in want.rejections)
+    assert rejected
+    assert len(got.bad_lines) - len(rejected) == sum(
+        1 for line in mixed if line == b'{"kind":"prediction","flag":"ranker"}'
+    )
+    assert got.events == len(decoded) - len(want.rejections)
+    assert got.lines == len(mixed)
+
+
+def test_sort_order_is_a_stable_sort_by_event_key() -> None:
+    """Ties on time, on time and request id, and on the whole key, in both event forms."""
+    from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent, to_struct
+
+    rng = random.Random(3)
+    events: list[Any] = []
+    for _ in range(400):
+        rid = f"r{rng.randrange(20)}"
+        ts = float(rng.randrange(5))
+        if rng.random() < 0.5:
+            ev: Any = PredictionEvent(
+                request_id=rid, flag="ranker", variant="control", ts=ts, prediction=1
+            )
+        else:
+            ev = OutcomeEvent(request_id=rid, ts=ts, label=1)
+        events.append(to_struct(ev) if rng.random() < 0.5 else ev)
+    want = sorted(range(len(events)), key=lambda i: backtest.event_key(events[i]))
+    assert backtest.sort_order(events) == want
