@@ -8,6 +8,7 @@ Simulates ``--requests`` requests (about 2N events: predictions and outcomes; th
 min / median / max events/s, wall and CPU, of:
 
 - ``backtest.run`` end to end (read, decode, engine): the figure the 200k events/s target is about;
+- the same with ``event_order`` (``--order event``: every event decoded, sorted, then replayed);
 - the decoders side by side, on the same lines: ``decode_lines`` (what backtest and the worker use:
   msgspec structs, the pydantic model deciding what msgspec refuses), pydantic-core's
   ``validate_json`` on the bytes (``decode_line``, the previous path), and msgspec decoding a whole
@@ -134,6 +135,9 @@ def main() -> None:
         def run() -> None:
             outputs.append(len(backtest.run(config, path).outputs))
 
+        def run_sorted() -> None:
+            outputs.append(len(backtest.run(config, path, event_order=True).outputs))
+
         def engine_only() -> None:
             engine = Engine(config)
             for batch in decoded:
@@ -146,6 +150,7 @@ def main() -> None:
 
         cases: list[tuple[str, Callable[[], object]]] = [
             ("backtest.run end to end", run),
+            ("backtest.run --order event", run_sorted),
             ("decode_lines (msgspec + model fallback)", lambda: [decode_lines(c) for c in chunks]),
             ("pydantic-core validate_json per line", pydantic_decode),
             (
