@@ -514,6 +514,10 @@ def stage_run(
         "rerouted": sum(j.get("rerouted", 0) for j in joins),
         "join_records": sum(j.get("records", 0) for j in joins),
         "observations": sum(j.get("observations", 0) for j in joins),
+        "join_batches": sum(j.get("batches", 0) for j in joins),
+        "observation_records": sum(j.get("observation_records", 0) for j in joins),
+        "markers": sum(j.get("markers", 0) for j in joins),
+        "checkpoints": sum(j.get("checkpoints", 0) for j in joins),
         "load": f"{load_before} -> {load_after}",
     }
 

@@ -265,6 +265,9 @@ class JoinStage:
             "checkpoints": self.counters["checkpoints"],
             "recoveries": self.counters["recoveries"],
             "input_resets": self.counters["input_resets"],
+            "batches": self.counters["batches"],
+            "observation_records": self.counters["observation_records"],
+            "markers": self.counters["markers"],
             "read": {
                 str(p): {self._names[t]: o for t, o in sorted(part.read.items())}
                 for p, part in self.parts.items()
@@ -362,6 +365,8 @@ class JoinStage:
                 # A batch fetched before a rebalance is dropped (processing() gives {}): its
                 # partitions were checkpointed and sought back, so it will be read again.
                 async with self._member.processing(fetch.result()) as batch, self._lock:
+                    if batch:
+                        self.counters["batches"] += 1
                     await self._process(batch)
                     if not batch:
                         await self._check_input()
@@ -877,6 +882,7 @@ class JoinStage:
                             headers=[(HEADER_MARKER, b"1")],
                         )
                     )
+                    self.counters["markers"] += 1
         if not send:
             return
         key = str(part.index).encode()
@@ -886,6 +892,7 @@ class JoinStage:
                     self.topics.observations.name, value, key=key, partition=q
                 )
             )
+            self.counters["observation_records"] += 1
         part.sent = (watermark, idle)
         part.sent_read = part.logical(part.read)
         self.counters["observations"] += len(observations)
