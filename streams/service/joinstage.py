@@ -332,7 +332,6 @@ class JoinStage:
             on_revoked=self._revoked,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
         )
