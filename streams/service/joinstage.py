@@ -24,14 +24,21 @@ Shape (docs/architecture.md "Scaling out"):
   repartition topic, the *horizon* each other join partition announces in marker records on it
   (the event time below which it will re-route nothing more; a marker follows the re-routed
   records it covers in the same partition, so it is read after them).
-- **Checkpoints.** Every ``snapshot_interval`` seconds, after every record sent so far is
-  acknowledged and the group coordinator has confirmed this member still belongs to the current
-  generation, each join partition's state (join buffer, read positions, clock, re-route
-  offsets) goes to the state topic under the key ``<group>.join/<p>``. A new owner resumes from
-  it and reads again from its positions, under a new *run* id; the decide stage drops what it
-  sends a second time (:class:`~driftswitch.streams.pipeline.merge.Merge`). A member expelled
-  while paused (a zombie) may still send observations for a moment: they are duplicates of what
-  the new owner sends, dropped the same way, so no fencing token is needed here.
+- **Checkpoints.** After every record sent so far is acknowledged and the group coordinator has
+  confirmed this member still belongs to the current generation, a join partition's state (join
+  buffer, read positions, clock, re-route offsets) goes to the state topic under the key
+  ``<group>.join/<p>``. A partition that read something is checkpointed at most every
+  ``snapshot_interval`` seconds, and only once the CPU time spent on its input since its last
+  checkpoint is :data:`WORK_PER_CHECKPOINT` times what that checkpoint cost, or
+  :data:`~driftswitch.streams.service.pacing.MAX_SNAPSHOT_INTERVAL` seconds have passed: a
+  checkpoint costs at most a tenth of the work it saves, per partition, whether a process owns
+  one partition or all of them (in memory a checkpoint serialises all the pending entries, so on
+  a clock alone its cost would follow the processes' wall time, not the input). A new owner
+  resumes from it and reads again from its positions, under a new *run* id; the decide stage
+  drops what it sends a second time (:class:`~driftswitch.streams.pipeline.merge.Merge`). A
+  member expelled while paused (a zombie) may still send observations for a moment: they are
+  duplicates of what the new owner sends, dropped the same way, so no fencing token is needed
+  here.
 - **State on disk** (``state_dir``): each owned partition's pending entries live in its own
   RocksDB store, ``<state_dir>/<group>.join/<p>``
   (:class:`~driftswitch.streams.service.joinstore.RocksJoinStore`). A checkpoint commits the
@@ -100,6 +107,7 @@ from driftswitch.streams.service.dataloss import (
 )
 from driftswitch.streams.service.deadletter import deadletter_record
 from driftswitch.streams.service.joinstore import RocksJoinStore
+from driftswitch.streams.service.pacing import MAX_SNAPSHOT_INTERVAL
 from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
     Snapshot,
@@ -112,7 +120,7 @@ if TYPE_CHECKING:
     from driftswitch.streams.service.metrics import Metrics
     from driftswitch.streams.service.worker import WorkerSettings
 
-__all__ = ["HEADER_MARKER", "HEADER_ORIGIN", "JoinStage"]
+__all__ = ["HEADER_MARKER", "HEADER_ORIGIN", "WORK_PER_CHECKPOINT", "JoinStage"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +131,9 @@ HEADER_MARKER = "driftswitch.marker"
 #: Observations per record of the observations topic (about 200 bytes each: well under Kafka's
 #: default 1 MiB message limit).
 BATCH_OBSERVATIONS = 2000
+#: A partition's checkpoint waits until the CPU time spent on its input since the last one is this
+#: many times what the last one cost (or ``MAX_SNAPSHOT_INTERVAL`` seconds have passed).
+WORK_PER_CHECKPOINT = 10.0
 #: Topic indexes in observation positions and batches.
 PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
 
@@ -169,6 +180,12 @@ class _Partition:
     store: RocksJoinStore | None = None
     checkpoint: str = ""
     parent: str = ""
+    #: CPU seconds spent on this partition's input since its last checkpoint, what that
+    #: checkpoint cost (CPU seconds), and when (monotonic seconds) it was taken or the partition
+    #: was opened.
+    work: float = 0.0
+    cost: float = 0.0
+    saved_at: float = field(default_factory=time.monotonic)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -369,8 +386,10 @@ class JoinStage:
                     await self._process(batch)
                     if not batch:
                         await self._check_input()
-                    if time.monotonic() - last >= s.snapshot_interval:
-                        await self._checkpoint(list(self.parts.values()))
+                    now = time.monotonic()
+                    if now - last >= s.snapshot_interval:
+                        due = [p for p in self.parts.values() if self._due(p, now)]
+                        await self._checkpoint(due)
                         last = time.monotonic()
                 # Let the other tasks of this process run: with records already fetched,
                 # getmany and the producer's sends return without suspending, so a backlog
@@ -379,6 +398,13 @@ class JoinStage:
                 await asyncio.sleep(0)
         finally:
             stop_wait.cancel()
+
+    def _due(self, part: _Partition, now: float) -> bool:
+        """Whether ``part`` is to be checkpointed now (module doc: Checkpoints)."""
+        waited = now - part.saved_at
+        if not part.dirty or waited < self.settings.snapshot_interval:
+            return False
+        return part.work >= WORK_PER_CHECKPOINT * part.cost or waited >= MAX_SNAPSHOT_INTERVAL
 
     async def reconfigure(self, config: Config) -> None:
         """Take a new (validated) config: its flags, variants and segment attributes decide what
@@ -605,6 +631,7 @@ class JoinStage:
         sends = []
         failed: list[tuple[_Partition, str]] = []
         for part in dirty:
+            cpu = time.thread_time()
             checkpoint = uuid.uuid4().hex
             try:
                 snap = Snapshot(
@@ -623,6 +650,7 @@ class JoinStage:
                 # Entries first, with the document (see _local).
                 part.store.commit(b"".join(value for value, _ in chunks))
             part.checkpoint, part.parent = checkpoint, part.checkpoint
+            part.cost = time.thread_time() - cpu
             for value, headers in chunks:
                 sends.append(
                     await self._producer.send(
@@ -630,6 +658,8 @@ class JoinStage:
                     )
                 )
             part.dirty = False
+            part.work = 0.0
+            part.saved_at = time.monotonic()
         await asyncio.gather(*sends)
         self.counters["checkpoints"] += len(dirty) - len(failed)
         self.checkpoint_seconds = time.monotonic() - started
@@ -666,10 +696,12 @@ class JoinStage:
         for i, topics in sorted(by_index.items()):
             part = self.parts.get(i)
             if part is not None:
+                cpu = time.thread_time()
                 try:
                     await self._process_partition(part, topics)
                 except _JoinFailedError as err:
                     await self._recover(part, err)
+                part.work += time.thread_time() - cpu
 
     async def _recover(self, part: _Partition, err: _JoinFailedError) -> None:
         """Reopen a failed partition from its last checkpoint (as a new owner would: a new run,
