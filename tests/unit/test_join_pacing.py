@@ -1,0 +1,70 @@
+"""When the join stage checkpoints a partition: at most every ``snapshot_interval`` seconds, once
+the CPU time spent on its input is ``WORK_PER_CHECKPOINT`` times its last checkpoint's cost, or
+after ``MAX_SNAPSHOT_INTERVAL`` seconds (no broker: the rule only reads the partition's figures)."""
+
+from __future__ import annotations
+
+from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.service.joinstage import WORK_PER_CHECKPOINT, JoinStage
+from driftswitch.streams.service.pacing import MAX_SNAPSHOT_INTERVAL
+from driftswitch.streams.service.worker import WorkerSettings
+
+CONFIG = """\
+flags:
+  ranker:
+    default: control
+    variants:
+      control: {weight: 100, value: v1}
+"""
+
+
+def _stage(interval: float = 1.0) -> JoinStage:
+    settings = WorkerSettings(
+        bootstrap="127.0.0.1:1",
+        topics=Topics.with_prefix("t"),
+        snapshot_interval=interval,
+    )
+    return JoinStage(parse_config(CONFIG), settings)
+
+
+def test_a_partition_that_read_nothing_is_never_due() -> None:
+    stage = _stage()
+    part = stage._open(0, None)
+    part.saved_at = 0.0
+    assert not stage._due(part, 3600.0)
+
+
+def test_a_cheap_checkpoint_follows_the_configured_interval() -> None:
+    stage = _stage(interval=1.0)
+    part = stage._open(0, None)
+    part.dirty, part.saved_at, part.cost, part.work = True, 100.0, 0.0, 0.0
+    assert not stage._due(part, 100.9)
+    assert stage._due(part, 101.0)
+
+
+def test_a_costly_checkpoint_waits_for_ten_times_its_cost_in_work() -> None:
+    stage = _stage(interval=1.0)
+    part = stage._open(0, None)
+    part.dirty, part.saved_at, part.cost = True, 100.0, 0.2
+    part.work = WORK_PER_CHECKPOINT * 0.2 - 0.01
+    assert not stage._due(part, 105.0)
+    part.work = WORK_PER_CHECKPOINT * 0.2
+    assert not stage._due(part, 100.5)  # never more often than the configured interval
+    assert stage._due(part, 101.0)
+
+
+def test_a_partition_with_little_work_is_still_saved_after_the_longest_interval() -> None:
+    stage = _stage(interval=1.0)
+    part = stage._open(0, None)
+    part.dirty, part.saved_at, part.cost, part.work = True, 100.0, 1.0, 0.0
+    assert not stage._due(part, 100.0 + MAX_SNAPSHOT_INTERVAL - 0.1)
+    assert stage._due(part, 100.0 + MAX_SNAPSHOT_INTERVAL)
+
+
+def test_a_configured_interval_longer_than_the_longest_wins() -> None:
+    stage = _stage(interval=2 * MAX_SNAPSHOT_INTERVAL)
+    part = stage._open(0, None)
+    part.dirty, part.saved_at, part.cost, part.work = True, 0.0, 0.0, 5.0
+    assert not stage._due(part, MAX_SNAPSHOT_INTERVAL + 1)
+    assert stage._due(part, 2 * MAX_SNAPSHOT_INTERVAL)
