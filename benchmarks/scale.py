@@ -26,25 +26,25 @@ SIGKILL once everything is read and snapshotted, restart, and print ``recovery_s
 restart's wall time until every entry is back (process start, the lease's session timeout and
 the replay since the last snapshot included).
 
-With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run
---stage join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of
-``--flags`` flags (4-partition input and observations topics) is prepared once; then, per
-``--rounds`` and per k, on fresh topics, k join processes and k decide processes (one active,
-k-1 standbys) start; once every input partition is assigned, one decide process is active and
-the assignment has held for 3 s, each process's CPU time (utime + stime, /proc/<pid>/stat) is
-read twice, ``--idle-window`` seconds apart (its idle CPU rate); the second reading is the
-baseline, so process start, imports, group joins and the first reads of the empty topics are
-not counted. Then the backlog is produced (predictions with confluent-kafka's default
+With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run --stage
+join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of ``--flags``
+flags (4-partition input and observations topics) is prepared once; then, per ``--rounds`` and per
+k, on fresh topics, k join processes and k decide processes (one active, k-1 standbys;
+``--decide-processes N``: N whatever k) start; once every input partition is assigned, one decide
+process is active and the assignment has held for 3 s, each process's CPU time (utime + stime,
+/proc/<pid>/stat) is read twice, ``--idle-window`` seconds apart (its idle CPU rate); the second
+reading is the baseline, so process start, imports, group joins and the first reads of the empty
+topics are not counted. Then the backlog is produced (predictions with confluent-kafka's default
 partitioner; outcomes by ``--placement``: ``murmur2``, a Java/aiokafka producer's, about 3 in 4
 re-routed, or ``crc32``, their join partition, none re-routed) and the run ends when the active
-decide process's ``/healthz`` counts every prediction and join the engine counts on the events
-in event-time order. Printed per run and summarised (median, min-max): wall seconds from the
-first record produced (producing and the join stage's ``idle_after`` included) and events/s;
-CPU-seconds per million events of the join stage (its processes summed), of the decide stage
-(standbys included) and of the broker; the idle cost of each stage (idle CPU rate times wall
-time, an upper bound of its fixed per-process overhead); the ratio of CPU per million events at
-k processes to 1 process per round; a least-squares split of the join stage's CPU into a
-per-event and a per-process-second cost; peak RSS (VmHWM) per process.
+decide process's ``/healthz`` counts every prediction and join the engine counts on the events in
+event-time order. Printed per run and summarised (median, min-max): wall seconds from the first
+record produced (producing and the join stage's ``idle_after`` included) and events/s; CPU-seconds
+per million events of the join stage (its processes summed), of the decide stage (standbys included)
+and of the broker; the idle cost of each stage (idle CPU rate times wall time, an upper bound of its
+fixed per-process overhead); the ratio of CPU per million events at k processes to 1 process per
+round; a least-squares split of the join stage's CPU into a per-event and a per-process-second cost;
+peak RSS (VmHWM) per process.
 """
 
 from __future__ import annotations
@@ -401,10 +401,11 @@ def stage_run(
     expected: dict[str, Any],
     idle_window: float,
     broker_pid: int,
+    deciders: int | None = None,
 ) -> dict[str, Any]:
-    """One measurement: ``k`` join and ``k`` decide processes on fresh topics; baseline once
-    they are assigned and idle; then the backlog is produced and read until the active decide
-    process has counted every prediction and join."""
+    """One measurement: ``k`` join and ``k`` decide processes (``deciders`` if given) on fresh
+    topics; baseline once they are assigned and idle; then the backlog is produced and read until
+    the active decide process has counted every prediction and join."""
     import asyncio
 
     from confluent_kafka import Producer
@@ -419,8 +420,10 @@ def stage_run(
     quiet = ["--log-level", "warning"]
     procs: dict[str, list[WorkerProcess]] = {"join": [], "decide": []}
     try:
-        for i in range(k):
+        for i in range(max(k, deciders or k)):
             for role in ("decide", "join"):
+                if i >= (k if role == "join" else deciders or k):
+                    continue
                 log = work / f"{name}-{role}{i}.log"
                 procs[role].append(
                     WorkerProcess(bootstrap, topics, config, log, args=["--stage", role, *quiet])
@@ -528,7 +531,13 @@ def stage_run(
 
 
 def stages_benchmark(
-    ks: list[int], total: int, flags: int, rounds: int, placements: list[str], idle_window: float
+    ks: list[int],
+    total: int,
+    flags: int,
+    rounds: int,
+    placements: list[str],
+    idle_window: float,
+    deciders: int | None = None,
 ) -> None:
     """Print, per placement, one row per (round, k) and the min/median/max summary with the
     ratios of CPU per million events at k processes to 1 process, per stage."""
@@ -568,6 +577,7 @@ def stages_benchmark(
                                     expected,
                                     idle_window,
                                     broker.pid,
+                                    deciders,
                                 )
                                 break
                             except ProcessExitedError as err:
@@ -683,13 +693,28 @@ def main() -> None:
         default=5.0,
         help="seconds the --stages processes sit idle before the backlog (idle CPU rate)",
     )
+    parser.add_argument(
+        "--decide-processes",
+        type=int,
+        default=None,
+        help="decide processes per --stages run (default: k; 1 measures the join stage without "
+        "the decide standbys' lease rebalances, which starve on a loaded machine)",
+    )
     args = parser.parse_args()
     if args.stages:
         placements = args.placement.split(",")
         if set(placements) - {"murmur2", "crc32"}:
             parser.error("--placement takes murmur2, crc32 or both")
         ks = [int(k) for k in args.stages.split(",")]
-        stages_benchmark(ks, args.events, args.flags, args.rounds, placements, args.idle_window)
+        stages_benchmark(
+            ks,
+            args.events,
+            args.flags,
+            args.rounds,
+            placements,
+            args.idle_window,
+            args.decide_processes,
+        )
         return
     if args.child is not None:
         (fill if args.child == "fill" else recover)(args.dir, args.pending, args.rate)
