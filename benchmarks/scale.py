@@ -259,6 +259,226 @@ def worker_recovery(counts: list[int]) -> list[tuple[int, str, float, float, int
     return rows
 
 
+# -- the join stage at 20M pending: a real `driftswitch run --stage join --state-dir` -------------
+
+STAGE_CONFIG = """\
+flags:
+  ranker:
+    default: control
+    variants:
+      control: {weight: 50, value: control}
+      candidate: {weight: 50, value: candidate}
+join:
+  ttl: 2h
+  max_pending: 1000
+  idle_after: 5
+"""
+
+
+def vm_kb(pid: int, field: str) -> int:
+    """A ``Vm*`` line of /proc/<pid>/status, in kB (0 once the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, Any]:
+    """Fill a join-stage process to ``pending`` waiting predictions, SIGKILL it while ``labelled``
+    more predictions and the outcomes of as many early ones are being read, restart it, and
+    measure (see the module doc)."""
+    import asyncio
+    import threading
+
+    from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.kafka import ensure_topics
+    from driftswitch.streams.service.worker import state_topic
+    from driftswitch.streams.tools.broker import EmbeddedBroker
+    from driftswitch.streams.tools.delayedlabels import DelayedLabels, produce
+    from driftswitch.streams.tools.testing import WorkerProcess
+
+    workload = DelayedLabels(pending, labelled)
+    work = Path(tempfile.mkdtemp(prefix="driftswitch-scale-join-"))
+    config = work / "config.yaml"
+    config.write_text(STAGE_CONFIG)
+    args = ["--stage", "join", "--state-dir", str(work / "state"), "--log-level", "warning"]
+    args += ["--snapshot-interval", "1"]
+    out: dict[str, Any] = {"pending": pending, "labelled": labelled}
+
+    def pending_of(s: dict[str, Any]) -> int:
+        return sum(s["pending"].values())
+
+    def read_all(s: dict[str, Any]) -> bool:
+        """Every record produced read: offsets are counts (no transactions)."""
+        read = {t: sum(p.get(t, 0) for p in s["read"].values()) for t in names}
+        return read == {names[0]: workload.predictions, names[1]: labelled}
+
+    def background(start: int, stop: int) -> threading.Thread:
+        thread = threading.Thread(
+            target=produce, args=(broker.bootstrap, topics, workload, start, stop, producers)
+        )
+        thread.start()
+        return thread
+
+    try:
+        with EmbeddedBroker() as broker:
+            topics = Topics.with_prefix("scalejoin", partitions=4)
+            names = (topics.predictions.name, topics.outcomes.name)
+            asyncio.run(ensure_topics(broker.bootstrap, [*topics.specs(), state_topic(topics)]))
+            broker_pid = broker.pid
+            log = work / "join.log"
+            first = WorkerProcess(broker.bootstrap, topics, config, log, args=args)
+            try:
+                first.wait_for("assigned", lambda s: len(s["partitions"]) == 4, 300)
+                started = time.monotonic()
+                thread = background(0, pending)
+                # Samples once a second: (wall s, events, pending, checkpoints, last checkpoint s,
+                # stage RSS MB, broker RSS MB).
+                samples: list[tuple[float, int, int, int, float, float, float]] = []
+                last_print = 0.0
+                while True:
+                    s = first.health()
+                    if first.proc.poll() is not None:
+                        raise SystemExit(f"join stage exited:\n{log.read_text()[-3000:]}")
+                    if s is not None:
+                        now = time.monotonic() - started
+                        row = (
+                            now,
+                            int(s["events"]),
+                            pending_of(s),
+                            int(s["checkpoints"]),
+                            float(s["checkpoint_seconds"]),
+                            vm_kb(first.proc.pid, "VmRSS") / 1024,
+                            vm_kb(broker_pid, "VmRSS") / 1024,
+                        )
+                        samples.append(row)
+                        if now - last_print >= 60:
+                            last_print = now
+                            print(
+                                f"  {now:6.0f} s: {row[1]:>11,} read, {row[2]:>11,} pending, "
+                                f"last checkpoint {row[4]:.3f} s, RSS stage {row[5]:,.0f} MB, "
+                                f"broker {row[6]:,.0f} MB",
+                                flush=True,
+                            )
+                        if row[2] == pending and row[1] == pending:
+                            break
+                    time.sleep(1)
+                thread.join()
+                fill_s = samples[-1][0]
+                # Past the next checkpoint of every partition.
+                done = samples[-1][3]
+                first.wait_for("checkpointed", lambda s: int(s["checkpoints"]) >= done + 4, 120)
+                end = first.health() or {}
+                out.update(
+                    fill_s=fill_s,
+                    fill_events_per_s=pending / fill_s,
+                    store_bytes=int(end["store_bytes"]),
+                    stage_peak_rss_mb=vm_kb(first.proc.pid, "VmHWM") / 1024,
+                    broker_rss_mb=vm_kb(broker_pid, "VmRSS") / 1024,
+                    join_entries_lost_first=int(end["join_entries_lost"]),
+                )
+                tenth = [r for r in samples if r[1] <= pending / 10 and r[3] > 0]
+                last = [r for r in samples if r[1] >= pending * 9 / 10]
+
+                def rate(rows: list[Any]) -> float:
+                    if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
+                        return float("nan")
+                    return (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])
+
+                def mean(values: list[float]) -> float:
+                    return sum(values) / len(values) if values else float("nan")
+
+                out.update(
+                    checkpoint_first_tenth_s=mean([r[4] for r in tenth]),
+                    checkpoint_last_tenth_s=mean([r[4] for r in last]),
+                    events_per_s_first_tenth=rate(tenth),
+                    events_per_s_last_tenth=rate(last),
+                    checkpoint_max_s=max(r[4] for r in samples),
+                )
+                # Then input the process never checkpoints: SIGKILL while it is being read.
+                before = int(end["events"])
+                thread = background(pending, pending + labelled)
+                first.wait_for(
+                    "part of the labels read",
+                    lambda s: int(s["events"]) >= before + labelled // 2,
+                    1800,
+                )
+                out["stage_peak_rss_mb"] = vm_kb(first.proc.pid, "VmHWM") / 1024
+                first.proc.send_signal(signal.SIGKILL)
+                first.proc.wait()
+                killed_at = time.monotonic()
+            finally:
+                first.stop()
+            second = WorkerProcess(broker.bootstrap, topics, config, log, args=args)
+            try:
+                second.wait_for("recovered", lambda s: s["recovery_seconds"] is not None, 600)
+                s = second.health() or {}
+                out["recovery_seconds"] = float(s["recovery_seconds"])
+                out["restart_to_assigned_s"] = time.monotonic() - killed_at
+                thread.join()
+                second.wait_for(
+                    "caught up", lambda s: read_all(s) and pending_of(s) == pending, 3600
+                )
+                out["restart_to_caught_up_s"] = time.monotonic() - killed_at
+                s = second.health() or {}
+                out.update(
+                    events_after_restart=int(s["events"]),
+                    read_all=read_all(s),
+                    pending_after=pending_of(s),
+                    rejected_after=s["rejected"],
+                    join_entries_lost=int(s["join_entries_lost"]),
+                    recovery_peak_rss_mb=vm_kb(second.proc.pid, "VmHWM") / 1024,
+                    broker_peak_rss_mb=vm_kb(broker_pid, "VmHWM") / 1024,
+                )
+            finally:
+                second.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def join_stage_report(r: dict[str, Any]) -> None:
+    rows = [
+        ("pending entries after the fill", f"{r['pending']:,}"),
+        ("fill: wall s / events/s read", f"{r['fill_s']:.0f} / {r['fill_events_per_s']:,.0f}"),
+        (
+            "events/s read, first / last tenth",
+            f"{r['events_per_s_first_tenth']:,.0f} / {r['events_per_s_last_tenth']:,.0f}",
+        ),
+        ("join stage peak RSS (VmHWM, MB)", f"{r['stage_peak_rss_mb']:,.0f}"),
+        ("store size on disk (MB)", f"{r['store_bytes'] / 1e6:,.0f}"),
+        (
+            "checkpoint s (one per 1 s of input), first / last tenth",
+            f"{r['checkpoint_first_tenth_s']:.3f} / {r['checkpoint_last_tenth_s']:.3f}",
+        ),
+        ("checkpoint s, max", f"{r['checkpoint_max_s']:.3f}"),
+        ("after SIGKILL: /healthz recovery_seconds", f"{r['recovery_seconds']:.2f}"),
+        ("after SIGKILL: restart to partitions restored (s)", f"{r['restart_to_assigned_s']:.1f}"),
+        ("after SIGKILL: restart to caught up (s)", f"{r['restart_to_caught_up_s']:.1f}"),
+        ("restarted process peak RSS (MB)", f"{r['recovery_peak_rss_mb']:,.0f}"),
+        ("broker peak RSS (MB)", f"{r['broker_peak_rss_mb']:,.0f}"),
+        (
+            "after the restart: events read again or new / pending / lost",
+            f"{r['events_after_restart']:,} / {r['pending_after']:,} / {r['join_entries_lost']}",
+        ),
+    ]
+    for name, value in rows:
+        print(f"{name:<56} {value:>22}")
+    ok = (
+        r["pending_after"] == r["pending"]
+        and r["read_all"]
+        and not r["rejected_after"]
+        and r["join_entries_lost"] == 0
+        and r["join_entries_lost_first"] == 0
+    )
+    print(f"{'every label joined, nothing lost or duplicated':<56} {'yes' if ok else 'NO':>22}")
+    if not ok:
+        raise SystemExit(f"join stage run mismatch: {r}")
+
+
 # -- processes per stage: CPU per event as the stages scale out --------------------------------
 
 #: Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat.
@@ -700,7 +920,26 @@ def main() -> None:
         help="decide processes per --stages run (default: k; 1 measures the join stage without "
         "the decide standbys' lease rebalances, which starve on a loaded machine)",
     )
+    parser.add_argument(
+        "--join-stage",
+        type=int,
+        default=0,
+        help="pending entries for a real join-stage process, e.g. 20000000 (runs only this mode)",
+    )
+    parser.add_argument(
+        "--labelled", type=int, default=200_000, help="labels after the fill (--join-stage)"
+    )
+    parser.add_argument(
+        "--producers", type=int, default=2, help="producer processes (--join-stage)"
+    )
     args = parser.parse_args()
+    if args.join_stage:
+        print(
+            f"a join-stage process (--state-dir) filled to {args.join_stage:,} pending, "
+            f"SIGKILLed while {args.labelled:,} labels arrive, restarted ..."
+        )
+        join_stage_report(join_stage_scale(args.join_stage, args.labelled, args.producers))
+        return
     if args.stages:
         placements = args.placement.split(",")
         if set(placements) - {"murmur2", "crc32"}:
