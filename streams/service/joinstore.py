@@ -64,6 +64,11 @@ def _options() -> Options:
     table.set_bloom_filter(10, False)  # a lookup of an absent request id reads no block
     opts.set_block_based_table_factory(table)
     opts.set_compression_type(DBCompressionType.lz4())
+    # Small memtables (RocksDB's default is 64 MiB, two of them): a store reopened after a
+    # SIGKILL replays its unflushed write-ahead log, at most about two memtables, so this bounds
+    # the recovery time (300k entries: 3.5 s with the default, 0.6 s with 8 MiB), and a process
+    # owning several partitions holds less memory.
+    opts.set_write_buffer_size(8 << 20)
     return opts
 
 
