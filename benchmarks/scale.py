@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py [--pending 20000000] [--rate 50000] [--dir DIR]
     .venv/bin/python benchmarks/scale.py --stages 1,2,3 [--events 400000] [--rounds 3]
+    .venv/bin/python benchmarks/scale.py --join-stage 20000000 [--labelled 200000]
 
 A child process fills a :class:`~driftswitch.streams.service.joinstore.RocksJoinStore` through
 :class:`~driftswitch.streams.pipeline.join.StoredJoinBuffer` with ``--pending`` predictions
@@ -25,6 +26,21 @@ SIGKILL once everything is read and snapshotted, restart, and print ``recovery_s
 ``/healthz`` (lease held → active: state topic read, store opened, inputs sought) and the
 restart's wall time until every entry is back (process start, the lease's session timeout and
 the replay since the last snapshot included).
+
+With ``--join-stage N`` it runs only a real join-stage process (``driftswitch run --stage join
+--state-dir DIR --snapshot-interval 1``, 4-partition topics on the embedded broker): predictions
+of :class:`~driftswitch.streams.tools.delayedlabels.DelayedLabels` (labels 30 minutes of event
+time late) are produced by ``--producers`` confluent-kafka processes while the stage reads them,
+until ``N`` entries are pending (``join.max_pending`` is 1,000: nothing may be evicted). Sampled
+once a second from ``/healthz`` and /proc: the stage's RSS (and its peak, VmHWM), the broker's, and
+the last checkpoint's duration (one checkpoint per second of input: its cost per second of
+input), for the first and the last tenth of the fill. Then ``--labelled`` more predictions and
+the labels of as many early ones are produced (so ``N`` stay pending), and the stage is SIGKILLed
+once half of them are read, some of it after its last checkpoint. A second process starts on
+the same state directory: printed are its ``/healthz`` ``recovery_seconds`` (state topic read,
+stores opened, inputs sought), the wall time from the SIGKILL until its partitions are restored
+(the group's session timeout included) and until it has read everything, and a check that
+exactly ``N`` entries are pending then, none lost, none rejected as a duplicate.
 
 With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run --stage
 join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of ``--flags``

@@ -126,8 +126,8 @@ def _produce_share(
             "linger.ms": 50,
             "batch.num.messages": 10_000,
             "batch.size": 1 << 20,
-            "queue.buffering.max.messages": 500_000,
-            "queue.buffering.max.kbytes": 1 << 20,
+            "queue.buffering.max.messages": 200_000,
+            "queue.buffering.max.kbytes": 64 << 10,  # 64 MiB: a slow broker holds the loop back
         }
     )
     send = producer.produce
