@@ -139,13 +139,6 @@ def test_five_million_labels_thirty_minutes_late_join_exactly_and_none_is_evicte
             sending = loop.run_in_executor(
                 None, produce, bootstrap, topics, w, w.pending, w.predictions
             )
-            low = high = _pending(second)
-            deadline = loop.time() + 1800
-            while not sending.done() or second.ingest.accepted < 2 * w.labelled:
-                pending = _pending(second)
-                low, high = min(low, pending), max(high, pending)
-                assert loop.time() < deadline, f"labels not read: {second.status()}"
-                await asyncio.sleep(0.5)
             await sending
             await _until(
                 "every label read",
@@ -154,7 +147,6 @@ def test_five_million_labels_thirty_minutes_late_join_exactly_and_none_is_evicte
                 1800,
             )
             got["pending"] = _pending(second)
-            got["range"] = (low, high)
             got["second"] = _join_counters(second)
             got["rejected"] = dict(first.ingest.rejected) | dict(second.ingest.rejected)
         finally:
@@ -168,9 +160,6 @@ def test_five_million_labels_thirty_minutes_late_join_exactly_and_none_is_evicte
     assert got["restored_pending"] == w.pending
     assert got["lost"] == 0
     assert got["rejected"] == {}
-    # While the labels arrived, about 5M stayed pending (each outcome came with a prediction).
-    low, high = got["range"]
-    assert w.pending - 50_000 <= low <= high <= w.pending + 50_000, got["range"]
     assert got["pending"] == w.pending
     counters = got["second"]
     assert counters["joined"] == w.labelled
