@@ -95,7 +95,7 @@ def _count(values: list[bytes]) -> dict[str, Counter[str]]:
     return counts
 
 
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(3600)
 def test_five_million_labels_thirty_minutes_late_join_exactly_and_none_is_evicted(
     own_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -124,7 +124,7 @@ def test_five_million_labels_thirty_minutes_late_join_exactly_and_none_is_evicte
                 "every prediction pending",
                 lambda: first.ingest.accepted == w.pending and _pending(first) == w.pending,
                 first,
-                1800,
+                2400,
             )
             got["first"] = _join_counters(first)
         finally:
@@ -144,7 +144,7 @@ def test_five_million_labels_thirty_minutes_late_join_exactly_and_none_is_evicte
                 "every label read",
                 lambda: second.ingest.accepted == 2 * w.labelled,
                 second,
-                1800,
+                2400,
             )
             got["pending"] = _pending(second)
             got["second"] = _join_counters(second)
