@@ -56,7 +56,7 @@ def tune_gc() -> None:
     The hot path allocates a few short-lived tuples per event, which reference counting frees;
     with Python's default thresholds the collector still runs a young-generation pass every 700
     allocations, and its older passes walk every object that survived: the pending join entries,
-    the merge's buffer, the detectors. With them, ``driftswitch run`` took 15-50 % longer over
+    the merge's buffer, the detectors. With them, ``driftswitch run`` took 15-55 % longer over
     the same backlog (measured on a busy machine, in pairs, several times). So the objects of
     start-up (modules, config) are frozen out of the collector's sight, and passes come every
     50,000 allocations instead (older generations proportionally rarer). Cyclic garbage, which
