@@ -322,13 +322,16 @@ class JoinBuffer:
     # -- state -----------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, JSON]:
-        """Everything, as JSON data (entries in arrival order; payload tuples encode as arrays)."""
+        """Everything, as plain JSON data (entries in arrival order): what a restore from its
+        JSON gives back exactly, so payload tuples are written as lists."""
         return {
             "ttl": self.ttl,
             "max_pending": self.max_pending,
             "watermark": self.watermark,
             "latest": list(self._latest),
-            "predictions": [[rid, ts, g, p] for rid, (ts, g, p) in self._predictions.items()],
+            "predictions": [
+                [rid, ts, g, _plain(p)] for rid, (ts, g, p) in self._predictions.items()
+            ],
             "outcomes": [[rid, ts, label] for rid, (ts, label) in self._outcomes.items()],
             "joined_ids": [[rid, ts] for rid, ts in self._joined.items()],
             "joined": self.joined,
@@ -365,6 +368,10 @@ class JoinBuffer:
         buf.duplicate_predictions = int(state["duplicate_predictions"])
         buf.duplicate_outcomes = int(state["duplicate_outcomes"])
         return buf
+
+
+def _plain(payload: Any) -> Any:
+    return list(payload) if isinstance(payload, tuple) else payload
 
 
 def _tuple(payload: Any) -> Any:
