@@ -23,7 +23,19 @@ Shape (docs/architecture.md "Scaling out"):
   times (:class:`~driftswitch.streams.pipeline.merge.Clock`): its own two topics, and, for the
   repartition topic, the *horizon* each other join partition announces in marker records on it
   (the event time below which it will re-route nothing more; a marker follows the re-routed
-  records it covers in the same partition, so it is read after them).
+  records it covers in the same partition, so it is read after them). When one process owns
+  both partitions, a partition takes the other's latest horizon from memory instead, as soon as
+  it has read a marker of the other's current run (which follows everything earlier owners
+  re-routed) and every record the other re-routed to it since: a horizon then no longer waits
+  for a round trip through the broker, which held decisions back by seconds of event time.
+- **Event-time alignment.** The merge releases nothing past the slowest partition, so reading one
+  partition (or topic) far ahead of the others only fills the decide stage's buffer (and its
+  snapshots). A process therefore reads at most :data:`JOIN_MAX_RECORDS` records per batch and
+  skips, in the next fetch, the input topics whose event time is more than :data:`ALIGNMENT`
+  seconds ahead of its slowest input topic with records waiting (:func:`held_back`); a skipped
+  topic is read again after :data:`ALIGNMENT_HOLD` seconds whatever the others do, so a topic
+  whose event times stop advancing cannot stall the rest. Alignment changes only the order in
+  which records are read, never what is decided.
 - **Checkpoints.** After every record sent so far is acknowledged and the group coordinator has
   confirmed this member still belongs to the current generation, a join partition's state (join
   buffer, read positions, clock, re-route offsets) goes to the state topic under the key
@@ -79,8 +91,9 @@ import math
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -134,6 +147,16 @@ BATCH_OBSERVATIONS = 2000
 #: A partition's checkpoint waits until the CPU time spent on its input since the last one is this
 #: many times what the last one cost (or ``MAX_SNAPSHOT_INTERVAL`` seconds have passed).
 WORK_PER_CHECKPOINT = 10.0
+#: Event-time alignment (module doc): a partition's topic is read only while its event time is at
+#: most this many seconds ahead of the slowest busy topic of the process's partitions.
+ALIGNMENT = 1.0
+#: Wall-clock seconds an input topic may be held back by the alignment before it is read again
+#: (so a topic whose event times stop advancing cannot stall the others).
+ALIGNMENT_HOLD = 2.0
+#: Records per batch of the join stage: small enough that one batch of one partition does not
+#: run far ahead in event time (the alignment acts between batches).
+JOIN_MAX_RECORDS = 5000
+Key = TypeVar("Key")
 #: Topic indexes in observation positions and batches.
 PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
 
@@ -161,6 +184,10 @@ class _Partition:
     origins: dict[str, int] = field(default_factory=dict)
     #: Other join partitions' re-route horizons, from their markers: ``(event time, idle)``.
     horizons: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    #: Per other join partition: the run that sent the last marker read from it.
+    marker_runs: dict[int, str] = field(default_factory=dict)
+    #: Per join partition this one re-routed records to: the last send's delivery.
+    rerouted_to: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     #: The horizon this partition last announced, and the watermark it last sent.
     announced: tuple[float, bool] | None = None
     sent: tuple[float, bool] | None = None
@@ -264,6 +291,8 @@ class JoinStage:
         self._input_check: asyncio.Future[dict[Any, Lost]] | None = None
         self._input_check_from: dict[Any, int] = {}
         self._last_input_check = 0.0
+        #: Input topics the event-time alignment holds back: ``(partition, topic) -> since``.
+        self._held: dict[tuple[int, int], float] = {}
 
     # -- status ------------------------------------------------------------------------------
 
@@ -287,6 +316,17 @@ class JoinStage:
             "markers": self.counters["markers"],
             "read": {
                 str(p): {self._names[t]: o for t, o in sorted(part.read.items())}
+                for p, part in self.parts.items()
+            },
+            "watermarks": {
+                str(p): {
+                    "watermark": _finite(part.sent[0]) if part.sent is not None else None,
+                    "idle": part.sent[1] if part.sent is not None else False,
+                    "seen": {
+                        self._names[t]: _finite(v) for t, v in sorted(part.clock.seen.items())
+                    },
+                    "held": sorted(self._names[t] for i, t in self._held if i == p),
+                }
                 for p, part in self.parts.items()
             },
             "pending": {
@@ -370,7 +410,11 @@ class JoinStage:
         try:
             while not self.stop.is_set():
                 fetch = asyncio.ensure_future(
-                    self._member.getmany(timeout_ms=s.poll_ms, max_records=s.max_records)
+                    self._member.getmany(
+                        *self._aligned(),
+                        timeout_ms=s.poll_ms,
+                        max_records=min(s.max_records, JOIN_MAX_RECORDS),
+                    )
                 )
                 await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():
@@ -398,6 +442,36 @@ class JoinStage:
                 await asyncio.sleep(0)
         finally:
             stop_wait.cancel()
+
+    def _aligned(self) -> list[Any]:
+        """The topic partitions to read from next (module doc: Event-time alignment), or ``[]``
+        for all of them: every owned one but the input topics whose event time is more than
+        :data:`ALIGNMENT` seconds ahead of the slowest input topic with records waiting, each
+        held back for at most :data:`ALIGNMENT_HOLD` seconds at a time."""
+        member = self._member
+        if member is None or len(self.parts) < 1:
+            return []
+        now = time.monotonic()
+        waiting: list[float] = []
+        times: dict[tuple[int, int], float] = {}
+        for i, part in self.parts.items():
+            for t in (PREDICTIONS, OUTCOMES):
+                seen = part.clock.seen.get(t)
+                if seen is None:
+                    continue
+                times[i, t] = seen
+                hw = member.consumer.highwater(member.tp(self._names[t], i))
+                if hw is not None and part.read.get(t, 0) < hw:
+                    waiting.append(seen)
+        ahead = held_back(times, waiting, self._held, now)
+        if not ahead:
+            return []
+        return [
+            member.tp(self._names[t], i)
+            for i in self.parts
+            for t in (PREDICTIONS, OUTCOMES, REROUTED)
+            if (i, t) not in ahead
+        ]
 
     def _due(self, part: _Partition, now: float) -> bool:
         """Whether ``part`` is to be checkpointed now (module doc: Checkpoints)."""
@@ -751,7 +825,7 @@ class JoinStage:
                 part.clock.observe(t, ev.ts)
                 target = join_partition(ev.request_id, n)
                 if target != i:
-                    await self._reroute(rec, t, target, base)
+                    await self._reroute(part, rec, t, target, base)
                     self.ingest.accepted -= 1  # counted where it is joined
                     continue
                 events.append(ev)
@@ -835,10 +909,12 @@ class JoinStage:
             try:
                 doc = orjson.loads(rec.value)
                 horizon = doc["horizon"]
-                part.horizons[int(doc["source"])] = (
+                source = int(doc["source"])
+                part.horizons[source] = (
                     -math.inf if horizon is None else float(horizon),
                     bool(doc["idle"]),
                 )
+                part.marker_runs[source] = str(doc.get("run", ""))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 log.warning("repartition marker at offset %d undecodable: %s", rec.offset, err)
             return None
@@ -862,16 +938,33 @@ class JoinStage:
             return None
         return decoded.events[0], standin
 
-    async def _reroute(self, rec: Any, t: int, target: int, base: int) -> None:
+    async def _reroute(self, part: _Partition, rec: Any, t: int, target: int, base: int) -> None:
         """Send ``rec`` to its join partition; its origin offset is logical (``base``: the
         sender's epoch), so that a reset input's records are not taken for ones sent before."""
         headers = [(HEADER_ORIGIN, f"{t}/{rec.partition}/{base + rec.offset}".encode())]
-        self._deliveries.append(
-            await self._producer.send(
-                self._names[REROUTED], rec.value, key=rec.key, partition=target, headers=headers
-            )
+        delivery = await self._producer.send(
+            self._names[REROUTED], rec.value, key=rec.key, partition=target, headers=headers
         )
+        self._deliveries.append(delivery)
+        part.rerouted_to[target] = delivery
         self.counters["rerouted"] += 1
+
+    def _horizon(self, part: _Partition, other: int) -> tuple[float, bool]:
+        """Join partition ``other``'s re-route horizon as ``part`` may use it (module doc:
+        Watermarks): the one its last marker carried or, when this process owns ``other`` too,
+        the one it computed last, once ``part`` has read a marker of its current run and every
+        record it re-routed to ``part`` since."""
+        marked = part.horizons.get(other, (-math.inf, False))
+        owner = self.parts.get(other)
+        if owner is None or owner.announced is None or part.marker_runs.get(other) != owner.run:
+            return marked
+        delivery = owner.rerouted_to.get(part.index)
+        if delivery is not None:
+            if not delivery.done() or delivery.cancelled() or delivery.exception() is not None:
+                return marked
+            if part.read.get(REROUTED, 0) <= delivery.result().offset:
+                return marked
+        return owner.announced
 
     async def _emit(self, part: _Partition, observations: list[Observation], changed: bool) -> None:
         """Send the batch's observations to the observations topic (one batch per partition,
@@ -883,7 +976,7 @@ class JoinStage:
         for p in range(self._partitions):
             if p == part.index:
                 continue
-            h, idle = part.horizons.get(p, (-math.inf, False))
+            h, idle = self._horizon(part, p)
             if not idle:
                 times.append(h)
         idle = not times and not self._busy(part, REROUTED, now)
@@ -901,7 +994,12 @@ class JoinStage:
             part.announced = horizon
             h, h_idle = horizon
             value = orjson.dumps(
-                {"source": part.index, "horizon": h if math.isfinite(h) else None, "idle": h_idle}
+                {
+                    "source": part.index,
+                    "horizon": h if math.isfinite(h) else None,
+                    "idle": h_idle,
+                    "run": part.run,
+                }
             )
             for p in range(self._partitions):
                 if p != part.index:
@@ -984,6 +1082,45 @@ class JoinStage:
 def _ends(topics: dict[int, list[Any]]) -> dict[int, int]:
     """Per topic index of a batch: the offset after its last record."""
     return {t: recs[-1].offset + 1 for t, recs in topics.items() if recs}
+
+
+def held_back(
+    times: Mapping[Key, float],
+    waiting: Iterable[float],
+    held: dict[Key, float],
+    now: float,
+    alignment: float = ALIGNMENT,
+    hold: float = ALIGNMENT_HOLD,
+) -> set[Key]:
+    """Event-time alignment (module doc): the input topics not to read now.
+
+    ``times`` are the topics' event times (the largest read), ``waiting`` those of the topics
+    with records waiting to be read. A topic more than ``alignment`` seconds ahead of the
+    slowest waiting one is held back, but for at most ``hold`` seconds of ``now`` (monotonic)
+    at a time; ``held`` (updated) says since when each one is held.
+    """
+    waiting = list(waiting)
+    if not waiting:
+        held.clear()
+        return set()
+    limit = min(waiting) + alignment
+    ahead: set[Key] = set()
+    for key, seen in times.items():
+        if seen <= limit:
+            held.pop(key, None)
+            continue
+        since = held.setdefault(key, now)
+        if now - since <= hold:
+            ahead.add(key)
+        else:
+            del held[key]  # read once, then held again if still ahead
+    for key in [k for k in held if k not in times]:
+        del held[key]
+    return ahead
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _source(rec: Any) -> Source:
