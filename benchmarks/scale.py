@@ -376,7 +376,7 @@ def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, A
                             print(
                                 f"  {now:6.0f} s: {row[1]:>11,} read, {row[2]:>11,} pending, "
                                 f"last checkpoint {row[4]:.3f} s, RSS stage {row[5]:,.0f} MB, "
-                                f"broker {row[6]:,.0f} MB",
+                                f"broker {row[6]:,.0f} MB, load {load_average()}",
                                 flush=True,
                             )
                         if row[2] == pending and row[1] == pending:
@@ -490,6 +490,7 @@ def join_stage_report(r: dict[str, Any]) -> None:
         and r["join_entries_lost"] == 0
         and r["join_entries_lost_first"] == 0
     )
+    print(f"{'load average (1, 5, 15 min) at the end':<56} {load_average():>22}")
     print(f"{'every label joined, nothing lost or duplicated':<56} {'yes' if ok else 'NO':>22}")
     if not ok:
         raise SystemExit(f"join stage run mismatch: {r}")
