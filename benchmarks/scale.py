@@ -426,6 +426,10 @@ def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, A
                 first.proc.send_signal(signal.SIGKILL)
                 first.proc.wait()
                 killed_at = time.monotonic()
+                # The stores as the SIGKILL left them, hard links (instant): opened alone after
+                # the run, they show what replaying the write-ahead logs costs.
+                wal_bytes = sum(f.stat().st_size for f in (work / "state").rglob("*.log"))
+                subprocess.run(["cp", "-al", str(work / "state"), str(work / "killed")], check=True)
             finally:
                 first.stop()
             second = WorkerProcess(broker.bootstrap, topics, config, log, args=args)
@@ -451,9 +455,43 @@ def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, A
                 )
             finally:
                 second.stop()
+            out.update(recovery_parts(broker.bootstrap, state_topic(topics).name, work / "killed"))
+            out["wal_bytes"] = wal_bytes
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def recovery_parts(bootstrap: str, state: str, killed: Path) -> dict[str, Any]:
+    """Two parts of the restart's ``recovery_seconds``, each timed alone once the run is over:
+    reading the whole state topic (it grows with the run's history: one record per partition
+    per checkpoint; the restarted process's included) and opening the stores as the SIGKILL left
+    them (write-ahead log replay)."""
+    import asyncio
+
+    from driftswitch.streams.kafka.connect import read_partitions
+    from driftswitch.streams.kafka.settings import KafkaSettings
+
+    t0 = time.monotonic()
+    read = asyncio.run(
+        read_partitions(
+            KafkaSettings(bootstrap=bootstrap), state, [0], max_partition_fetch_bytes=4 << 20
+        )
+    )
+    read_s = time.monotonic() - t0
+    records = next(iter(read.records.values()), [])
+    opened = []
+    for path in sorted(p for p in killed.glob("*/*") if p.is_dir()):
+        t0 = time.monotonic()
+        RocksJoinStore(path).close()
+        opened.append(time.monotonic() - t0)
+    return {
+        "state_records": len(records),
+        "state_bytes": sum(len(r.value or b"") for r in records),
+        "state_read_s": read_s,
+        "stores_opened": len(opened),
+        "stores_open_s": sum(opened),
+    }
 
 
 def join_stage_report(r: dict[str, Any]) -> None:
@@ -472,6 +510,14 @@ def join_stage_report(r: dict[str, Any]) -> None:
         ),
         ("checkpoint s, max", f"{r['checkpoint_max_s']:.3f}"),
         ("after SIGKILL: /healthz recovery_seconds", f"{r['recovery_seconds']:.2f}"),
+        (
+            "  of which, timed alone: state topic read (records, MB)",
+            f"{r['state_read_s']:.2f} ({r['state_records']:,}, {r['state_bytes'] / 1e6:,.1f})",
+        ),
+        (
+            "  and: opening the SIGKILLed stores (stores, WAL MB)",
+            f"{r['stores_open_s']:.2f} ({r['stores_opened']}, {r['wal_bytes'] / 1e6:,.1f})",
+        ),
         ("after SIGKILL: restart to partitions restored (s)", f"{r['restart_to_assigned_s']:.1f}"),
         ("after SIGKILL: restart to caught up (s)", f"{r['restart_to_caught_up_s']:.1f}"),
         ("restarted process peak RSS (MB)", f"{r['recovery_peak_rss_mb']:,.0f}"),
