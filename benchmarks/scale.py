@@ -40,7 +40,10 @@ once half of them are read, some of it after its last checkpoint. A second proce
 the same state directory: printed are its ``/healthz`` ``recovery_seconds`` (state topic read,
 stores opened, inputs sought), the wall time from the SIGKILL until its partitions are restored
 (the group's session timeout included) and until it has read everything, and a check that
-exactly ``N`` entries are pending then, none lost, none rejected as a duplicate.
+exactly ``N`` entries are pending then, none lost, none rejected as a duplicate. Two parts of
+``recovery_seconds`` are also timed alone once the run is over: reading the whole state topic
+(it grows with the run's history) and opening hard-linked copies of the stores taken at the
+SIGKILL (write-ahead log replay; the logs' size at the SIGKILL is printed too).
 
 With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run --stage
 join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of ``--flags``
