@@ -405,7 +405,7 @@ def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, A
                 def rate(rows: list[Any]) -> float:
                     if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
                         return float("nan")
-                    return (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])
+                    return float((rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0]))
 
                 def mean(values: list[float]) -> float:
                     return sum(values) / len(values) if values else float("nan")
