@@ -506,7 +506,8 @@ class JoinConfig(_Model):
     idle_after: Duration = Field(
         2.0,
         description="Join stage: a topic partition read to its end for this long (wall-clock "
-        "seconds) stops holding its join partition's watermark back, so a quiet partition "
+        "seconds between the broker's fetch answers) stops holding its join partition's "
+        "watermark back, so a quiet partition "
         "does not stall decisions; a record that arrives on it later with an older event time "
         "may then be late (see allowed_lateness).",
     )

@@ -198,7 +198,8 @@ class _Partition:
     epoch: int = 0
     #: Per topic index: the last record read (the data-loss check's fingerprint).
     marks: dict[int, Mark] = field(default_factory=dict)
-    #: Per topic index: since when (monotonic seconds) it has been read to its end.
+    #: Per topic index: since when it has been read to its end (the wall-clock time, in
+    #: seconds, of the first fetch answer that said so).
     caught_since: dict[int, float] = field(default_factory=dict)
     seq: int = 0
     dirty: bool = False
@@ -969,8 +970,7 @@ class JoinStage:
     async def _emit(self, part: _Partition, observations: list[Observation], changed: bool) -> None:
         """Send the batch's observations to the observations topic (one batch per partition,
         even empty: the watermark), and this partition's re-route horizon to the others."""
-        now = time.monotonic()
-        busy = [t for t in (PREDICTIONS, OUTCOMES) if self._busy(part, t, now)]
+        busy = [t for t in (PREDICTIONS, OUTCOMES) if self._busy(part, t)]
         horizon = part.clock.watermark(busy)
         times = [part.clock.seen.get(t, -math.inf) for t in busy]
         for p in range(self._partitions):
@@ -979,7 +979,7 @@ class JoinStage:
             h, idle = self._horizon(part, p)
             if not idle:
                 times.append(h)
-        idle = not times and not self._busy(part, REROUTED, now)
+        idle = not times and not self._busy(part, REROUTED)
         watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
         send = changed or bool(observations) or (watermark, idle) != part.sent
         # Encoded before anything is sent: observations that do not encode fail the batch whole.
@@ -1055,16 +1055,25 @@ class JoinStage:
                 records.append((q, encode_batch(batch)))
         return records
 
-    def _busy(self, part: _Partition, t: int, now: float) -> bool:
+    def _busy(self, part: _Partition, t: int) -> bool:
         """Whether topic ``t`` of ``part`` may still bring older records: it has records not
-        read yet, or was read to its end less than ``join.idle_after`` seconds ago."""
+        read yet, or the broker's answers have said it was read to its end for less than
+        ``join.idle_after`` seconds.
+
+        Measured between fetch answers, not on this process's clock: a process too busy to
+        fetch (a long batch, a loaded machine) has not learnt that nothing new arrived, and
+        taking its silence for idleness would let the watermark pass records still to come."""
         assert self._member is not None
-        hw = self._member.consumer.highwater(self._member.tp(self._names[t], part.index))
+        consumer = self._member.consumer
+        tp = self._member.tp(self._names[t], part.index)
+        hw = consumer.highwater(tp)
         if hw is None or part.read.get(t, 0) < hw:
             part.caught_since.pop(t, None)
             return True
-        since = part.caught_since.setdefault(t, now)
-        return now - since < self.config.join.idle_after
+        polled = consumer.last_poll_timestamp(tp)
+        answered = polled / 1000 if polled is not None else time.time()
+        since = part.caught_since.setdefault(t, answered)
+        return answered - since < self.config.join.idle_after
 
     async def _deadletter(self, decoded: Decoded) -> None:
         for rejected in decoded.rejected:
