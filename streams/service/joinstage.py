@@ -296,6 +296,7 @@ class JoinStage:
         self._loss = LossCheck.of(settings.kafka, "join stage")
         #: Partitions assigned and paused until the data-loss check of the assignment answers.
         self._checking: set[Any] = set()
+        self._checking_since = 0.0
 
     # -- status ------------------------------------------------------------------------------
 
@@ -524,6 +525,7 @@ class JoinStage:
         # background, so this callback returns at once. Those kept in memory read on: their
         # positions are this process's own, and a reset skips a position read on since.
         self._checking = {tp for tp in paused if tp.partition in load}
+        self._checking_since = time.monotonic()
         self._start_check(sorted(indexes))
         consumer.resume(*(paused - self._checking))
         self.recovery_seconds = time.monotonic() - t0
@@ -571,6 +573,11 @@ class JoinStage:
         still = held & set(consumer.assignment())
         if still:
             consumer.resume(*still)
+            log.info(
+                "join stage: partitions %s checked for lost input in %.2f s: reading",
+                sorted({tp.partition for tp in still}),
+                time.monotonic() - self._checking_since,
+            )
 
     def _reset_lost(self, checked: Checked) -> None:
         """Resume each topic whose data the broker lost from the start of its new data; its
