@@ -356,6 +356,7 @@ class StageMember:
             **self._options,
         )
         await start(client, self.kafka)
+        _leave_from_generation_zero(client)
         self._consumer = client
 
         async def revoked(_listener: Any, partitions: Any) -> None:
@@ -373,8 +374,12 @@ class StageMember:
         self._stopping = True  # an assignment arriving now is not handed to the runner
         await self._revoke()
         client, self._consumer = self._consumer, None
-        await _leave_in_generation_zero(client)
-        await stop_quietly(client)
+        # A rebalance in flight is finished first (its JoinGroup is answered once every member
+        # has rejoined, or after the rebalance timeout), then the member leaves.
+        rebalance_ms = self._options.get("rebalance_timeout_ms") or self._options.get(
+            "session_timeout_ms", 10_000
+        )
+        await stop_quietly(client, timeout_s=rebalance_ms / 1000 + 5.0)
 
     async def __aenter__(self) -> StageMember:
         await self.start()
@@ -619,27 +624,38 @@ def _generation_of(client: Any) -> int:
     return int(getattr(coordinator, "generation", -1))
 
 
-async def _leave_in_generation_zero(client: Any) -> None:
-    """Send LeaveGroup for a member of generation 0, which aiokafka's close skips.
+def _leave_from_generation_zero(client: Any) -> None:
+    """Make ``client``'s close send LeaveGroup in generation 0 too, which aiokafka skips.
 
     aiokafka leaves the group on close only from a generation above 0; Kafka numbers
     generations from 1, but Tansu from 0, so a member stopping in Tansu's first generation
     would hold its partitions until its session timed out (pinned by
-    tests/integration/test_tansu_quirks.py). LeaveGroup carries no generation; this sends what
-    aiokafka sends from later generations, best effort as aiokafka does.
+    tests/integration/test_tansu_quirks.py). The LeaveGroup is sent where aiokafka sends its
+    own: in the coordinator's close, after its coordination task has finished, so never while
+    this member's JoinGroup is in flight. A LeaveGroup sent then (before the consumer's close)
+    left the Tansu group stuck in that rebalance, every later member unassigned for minutes
+    (tests/integration/test_groups.py). Best effort, as aiokafka's.
     """
     coordinator = getattr(client, "_coordinator", None)
-    if (
-        coordinator is None
-        or getattr(coordinator, "generation", -1) != 0
-        or not getattr(coordinator, "member_id", "")
-        or getattr(coordinator, "_group_instance_id", None) is not None
-    ):
+    leave = getattr(coordinator, "_maybe_leave_group", None)
+    if coordinator is None or leave is None:
         return
-    from aiokafka.protocol.group import LeaveGroupRequest
 
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(
-            coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id)),
-            5.0,
-        )
+    async def maybe_leave_group() -> None:
+        if (
+            getattr(coordinator, "generation", -1) == 0
+            and getattr(coordinator, "member_id", "")
+            and getattr(coordinator, "_group_instance_id", None) is None
+        ):
+            from aiokafka.protocol.group import LeaveGroupRequest
+
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    coordinator._send_req(
+                        LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+                    ),
+                    5.0,
+                )
+        await leave()
+
+    coordinator._maybe_leave_group = maybe_leave_group

@@ -21,6 +21,11 @@ position) is not taken as a recreation.
 
 The check runs when the worker resumes, and in the background whenever its input has been idle
 for :data:`CHECK_INTERVAL` seconds, on a consumer of its own (the hot loop never waits for it).
+The join stage checks a partition when it is assigned one, in the background too: the partition
+stays paused until the answer comes, so that nothing is read from it before the check says
+whether its data is there, while the rebalance callback returns at once (a check takes a
+connection and a fetch per partition, seconds on a loaded broker, and a member slow in its
+callbacks holds up the whole group's rebalance). :class:`LossCheck` is that scheduling, for both.
 Tansu reports a partition's end (ListOffsets) as the base offset of its last batch, so a
 position past the reported end is confirmed by a fetch: every fetch answer carries the
 partition's true high watermark, even an answer without records. The check waits for that
@@ -30,10 +35,11 @@ a slow broker is never taken for one that lost its data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +49,8 @@ from driftswitch.streams.kafka.settings import KafkaSettings
 __all__ = [
     "ANSWER_TIMEOUT",
     "CHECK_INTERVAL",
+    "Checked",
+    "LossCheck",
     "Lost",
     "Mark",
     "describe_lost",
@@ -186,3 +194,132 @@ async def find_lost(
             end = max(ends[tp], positions[tp])
             lost[tp] = Lost(starts[tp], end, replaced=mark.offset)
         return lost
+
+
+#: What :class:`LossCheck` runs: ``find_lost`` with its Kafka settings bound.
+Finder = Callable[[Mapping[Any, int], Mapping[Any, Mark]], Awaitable[dict[Any, Lost]]]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A finished check: the positions it checked (those at its start), the partitions it found
+    lost, and, when it failed (a broker hiccup), why (``lost`` is empty then)."""
+
+    positions: dict[Any, int]
+    lost: dict[Any, Lost]
+    error: str | None = None
+
+
+class LossCheck:
+    """One process's data-loss check, run in the background: one check at a time.
+
+    - :meth:`start` begins a check of ``positions`` (and ``marks``) as a task; one still running
+      is cancelled, superseded by the new one (its positions may be out of date: a newer
+      assignment).
+    - :meth:`poll` gives the finished check once (None while it runs, or when none was
+      started); :meth:`wait` waits for it. A check that raised is logged as a warning and
+      given back with ``error`` set and nothing lost: the caller goes on as if nothing were
+      lost, and a later idle check looks again.
+    - :meth:`due`: no check is running or waiting to be polled, and none started in the last
+      :data:`CHECK_INTERVAL` seconds (the idle checks' pace).
+    - :meth:`cancel` drops the check (its partitions were revoked, or the process stops).
+
+    ``find`` is :func:`find_lost` with the Kafka settings bound (``LossCheck.of(settings)``);
+    ``clock`` gives monotonic seconds. ``who`` starts the warning line.
+    """
+
+    def __init__(
+        self,
+        find: Finder,
+        who: str = "",
+        *,
+        interval: float = CHECK_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._find = find
+        self._who = f"{who}: " if who else ""
+        self._interval = interval
+        self._clock = clock
+        self._task: asyncio.Future[dict[Any, Lost]] | None = None
+        self._positions: dict[Any, int] = {}
+        self._started: float | None = None
+        #: Cancelled checks still closing their consumer (kept referenced until they end).
+        self._closing: set[asyncio.Future[dict[Any, Lost]]] = set()
+
+    @classmethod
+    def of(cls, settings: KafkaSettings, who: str = "") -> LossCheck:
+        """A scheduler running :func:`find_lost` against ``settings``' brokers."""
+
+        async def find(positions: Mapping[Any, int], marks: Mapping[Any, Mark]) -> dict[Any, Lost]:
+            return await find_lost(settings, positions, marks)
+
+        return cls(find, who)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a check was started and has not been polled yet (running or finished)."""
+        return self._task is not None
+
+    def due(self) -> bool:
+        """Whether an idle check may start now (see the class doc)."""
+        if self._task is not None:
+            return False
+        return self._started is None or self._clock() - self._started >= self._interval
+
+    def start(self, positions: Mapping[Any, int], marks: Mapping[Any, Mark]) -> None:
+        """Check ``positions`` (and the ``marks`` of the last records read there) in the
+        background, superseding a check still running."""
+        self.cancel()
+        self._positions = dict(positions)
+        self._started = self._clock()
+        self._task = asyncio.ensure_future(self._find(self._positions, dict(marks)))
+
+    def poll(self) -> Checked | None:
+        """The finished check (once), or None while it runs or when none is pending."""
+        task = self._task
+        if task is None or not task.done():
+            return None
+        self._task = None
+        try:
+            lost = task.result()
+        except asyncio.CancelledError:  # cancelled from outside: as a failed check
+            return self._failed("cancelled")
+        except Exception as exc:  # a broker hiccup: a later check looks again
+            return self._failed(str(exc) or type(exc).__name__)
+        return Checked(self._positions, lost)
+
+    async def wait(self) -> Checked | None:
+        """Wait for the pending check to finish and give it (None when none is pending)."""
+        task = self._task
+        if task is None:
+            return None
+        await asyncio.wait({task})
+        return self.poll()
+
+    def cancel(self) -> None:
+        """Drop the pending check, running or finished (its result is never applied)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if task.done():
+            if not task.cancelled():
+                task.exception()  # retrieved: asyncio does not log it as never retrieved
+            return
+        task.cancel()
+        self._closing.add(task)
+        task.add_done_callback(self._closed)
+
+    async def close(self) -> None:
+        """Cancel the pending check and wait until every cancelled one has closed its consumer."""
+        self.cancel()
+        if self._closing:
+            await asyncio.wait(set(self._closing))
+
+    def _closed(self, task: asyncio.Future[dict[Any, Lost]]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    def _failed(self, why: str) -> Checked:
+        log.warning("%schecking the input for lost data failed: %s", self._who, why)
+        return Checked(self._positions, {}, error=why)

@@ -79,7 +79,12 @@ Shape (docs/architecture.md "Scaling out"):
   of its new data, with the worker's ERROR line, ``input_resets`` and
   ``driftswitch_input_resets_total``; the partition then moves to a new epoch
   (:mod:`~driftswitch.streams.pipeline.merge`: Epochs), so that the decide stage does not take
-  the new data's observations for ones it already has.
+  the new data's observations for ones it already has. The check on assignment runs in the
+  background (:class:`~driftswitch.streams.service.dataloss.LossCheck`), so that the rebalance
+  callback returns at once: a partition opened from a checkpoint stays paused, neither read nor
+  processed, until the answer comes (then it is reset if need be, and resumed if still owned; a
+  check that failed resumes it too, and the idle checks look again). A revocation drops a check
+  still running; a newer assignment's check supersedes an older one.
 """
 
 from __future__ import annotations
@@ -110,12 +115,11 @@ from driftswitch.streams.pipeline.join import StoredJoinBuffer
 from driftswitch.streams.pipeline.merge import EPOCH_SPAN, Batch, Clock, encode_batch, offset_of
 from driftswitch.streams.pipeline.observations import Joiner, Observation, build_flags
 from driftswitch.streams.service.dataloss import (
-    CHECK_INTERVAL,
-    Lost,
+    Checked,
+    LossCheck,
     Mark,
     describe_lost,
     describe_rewound,
-    find_lost,
     mark_of,
 )
 from driftswitch.streams.service.deadletter import deadletter_record
@@ -287,13 +291,13 @@ class JoinStage:
         self._parked: dict[int, _Partition] = {}
         #: Input to replay with containment after a partition failed (module doc).
         self._suspects = Suspects()
-        #: The data-loss check running in the background, the positions it checks, and when
-        #: the last one started (monotonic seconds).
-        self._input_check: asyncio.Future[dict[Any, Lost]] | None = None
-        self._input_check_from: dict[Any, int] = {}
-        self._last_input_check = 0.0
         #: Input topics the event-time alignment holds back: ``(partition, topic) -> since``.
         self._held: dict[tuple[int, int], float] = {}
+        #: The data-loss check, in the background (module doc: Input the broker lost).
+        self._loss = LossCheck.of(settings.kafka, "join stage")
+        #: Partitions assigned and paused until the data-loss check of the assignment answers.
+        self._checking: set[Any] = set()
+        self._checking_since = 0.0
 
     # -- status ------------------------------------------------------------------------------
 
@@ -397,10 +401,9 @@ class JoinStage:
             await member.start()
             await self._loop()
         finally:
-            if self._input_check is not None:
-                self._input_check.cancel()
             with contextlib.suppress(Exception):
                 await member.stop()  # revokes: final checkpoints
+            await self._loss.close()
             await kafka.stop_quietly(self._producer)
 
     async def _loop(self) -> None:
@@ -429,8 +432,7 @@ class JoinStage:
                     if batch:
                         self.counters["batches"] += 1
                     await self._process(batch)
-                    if not batch:
-                        await self._check_input()
+                    self._check_input(idle=not batch)
                     now = time.monotonic()
                     if now - last >= s.snapshot_interval:
                         due = [p for p in self.parts.values() if self._due(p, now)]
@@ -507,8 +509,8 @@ class JoinStage:
         # aiokafka may fetch for the new partitions while this runs: hold them until each one
         # has its state and position.
         consumer = self._member.consumer
-        held = [self._member.tp(name, i) for i in indexes for name in self._names.values()]
-        consumer.pause(*held)
+        paused = {self._member.tp(name, i) for i in indexes for name in self._names.values()}
+        consumer.pause(*paused)
         kept = self._member.kept
         load = [i for i in sorted(indexes) if not (i in kept and i in self._parked)]
         saved = await self._load(load) if load else {}
@@ -519,8 +521,14 @@ class JoinStage:
             self.parts[i] = part
             await self._seek(part)
         self._parked.clear()
-        await self._check_input(indexes)
-        consumer.resume(*held)
+        # The partitions opened from a checkpoint stay paused until the data-loss check answers
+        # (nothing is read before it says whether their data is there); it runs in the
+        # background, so this callback returns at once. Those kept in memory read on: their
+        # positions are this process's own, and a reset skips a position read on since.
+        self._checking = {tp for tp in paused if tp.partition in load}
+        self._checking_since = time.monotonic()
+        self._start_check(sorted(indexes))
+        consumer.resume(*(paused - self._checking))
         self.recovery_seconds = time.monotonic() - t0
         log.info(
             "join stage: partitions %s (restored %s from checkpoints) in %.2f s",
@@ -529,31 +537,13 @@ class JoinStage:
             self.recovery_seconds,
         )
 
-    async def _check_input(self, indexes: set[int] | None = None) -> None:
-        """Detect input the broker lost (module doc) and resume each such topic from the start
-        of its new data, loudly. For ``indexes`` (just assigned) the check runs now; without,
-        it runs in the background every ``CHECK_INTERVAL`` seconds of idle input and its result
-        is applied on a later call."""
-        if indexes is None:
-            task = self._input_check
-            if task is not None:
-                if not task.done():
-                    return
-                self._input_check = None
-                try:
-                    lost = task.result()
-                except Exception as exc:  # a broker hiccup: check again later
-                    log.warning("join stage: checking the input for lost data failed: %s", exc)
-                    return
-                self._reset_lost(lost, self._input_check_from)
-                return
-            if time.monotonic() - self._last_input_check < CHECK_INTERVAL:
-                return
-            self._last_input_check = time.monotonic()
+    def _start_check(self, indexes: list[int]) -> None:
+        """Start the data-loss check (module doc) of the read positions and marks of the owned
+        partitions among ``indexes``, superseding one still running."""
         assert self._member is not None
         positions: dict[Any, int] = {}
         marks: dict[Any, Mark] = {}
-        for i in sorted(self.parts if indexes is None else indexes):
+        for i in indexes:
             part = self.parts.get(i)
             if part is None:
                 continue
@@ -562,28 +552,43 @@ class JoinStage:
                 positions[tp] = part.read.get(t, 0)
                 if t in part.marks:
                     marks[tp] = part.marks[t]
-        check = asyncio.ensure_future(find_lost(self.settings.kafka, positions, marks))
-        if indexes is None:
-            self._input_check, self._input_check_from = check, positions
-            return
-        try:
-            lost = await check
-        except Exception as exc:  # a broker hiccup: the idle checks look again
-            log.warning(
-                "join stage: checking the input for lost data on assignment failed: %s", exc
-            )
-            return
-        self._reset_lost(lost, positions)
+        self._loss.start(positions, marks)
 
-    def _reset_lost(self, lost: dict[Any, Lost], checked: dict[Any, int]) -> None:
+    def _check_input(self, idle: bool) -> None:
+        """Apply the data-loss check's answer when it has come, and resume the partitions held
+        for it; with ``idle`` input, start a new check every ``CHECK_INTERVAL`` seconds."""
+        checked = self._loss.poll()
+        if checked is not None:
+            self._checked(checked)
+        elif idle and self._loss.due():
+            self._start_check(sorted(self.parts))
+
+    def _checked(self, checked: Checked) -> None:
+        """A check's answer: reset what it found lost, and resume the partitions held for it
+        that are still assigned (a later rebalance may have taken them; a failed check resumes
+        them too, and the idle checks look again)."""
+        assert self._member is not None
+        self._reset_lost(checked)
+        held, self._checking = self._checking, set()
+        consumer = self._member.consumer
+        still = held & set(consumer.assignment())
+        if still:
+            consumer.resume(*still)
+            log.info(
+                "join stage: partitions %s checked for lost input in %.2f s: reading",
+                sorted({tp.partition for tp in still}),
+                time.monotonic() - self._checking_since,
+            )
+
+    def _reset_lost(self, checked: Checked) -> None:
         """Resume each topic whose data the broker lost from the start of its new data; its
         partition moves to a new epoch (once per check)."""
         assert self._member is not None
         moved: set[int] = set()
-        for tp, found in sorted(lost.items(), key=lambda x: (x[0].partition, x[0].topic)):
+        for tp, found in sorted(checked.lost.items(), key=lambda x: (x[0].partition, x[0].topic)):
             part = self.parts.get(tp.partition)
             t = self._index[tp.topic]
-            if part is None or part.read.get(t, 0) != checked.get(tp):
+            if part is None or part.read.get(t, 0) != checked.positions.get(tp):
                 continue  # gone, or read on since the check started: the data is there after all
             log.error("join stage: %s", describe_lost(tp.topic, tp.partition, part.read[t], found))
             if self.metrics is not None:
@@ -656,6 +661,10 @@ class JoinStage:
             await self._revoke(indexes)
 
     async def _revoke(self, indexes: set[int]) -> None:
+        # A check still running is of partitions leaving (rebalances are eager: all of them);
+        # the next assignment starts its own.
+        self._loss.cancel()
+        self._checking.clear()
         parts = [self.parts[i] for i in sorted(indexes) if i in self.parts]
         await self._checkpoint(parts, recover=False)
         for part in parts:
@@ -754,8 +763,10 @@ class JoinStage:
 
     async def _process(self, batch: dict[Any, list[Any]]) -> None:
         by_index: dict[int, dict[int, list[Any]]] = {}
+        # Partitions waiting for their data-loss check are not processed yet (see _assign).
+        waiting = {tp.partition for tp in self._checking}
         for tp, records in batch.items():
-            if tp.partition not in self.parts:
+            if tp.partition not in self.parts or tp.partition in waiting:
                 # Fetched before the partition was set up (or after it was revoked): read again.
                 if (
                     records
@@ -767,7 +778,8 @@ class JoinStage:
             by_index.setdefault(tp.partition, {})[self._index[tp.topic]] = records
         # Also the owned partitions with nothing new: their watermark may have moved (caught up).
         for i in self.parts:
-            by_index.setdefault(i, {})
+            if i not in waiting:
+                by_index.setdefault(i, {})
         for i, topics in sorted(by_index.items()):
             part = self.parts.get(i)
             if part is not None:

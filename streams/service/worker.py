@@ -130,11 +130,10 @@ from driftswitch.streams.pipeline.observations import (
     Observation,
 )
 from driftswitch.streams.service.dataloss import (
-    CHECK_INTERVAL,
-    Lost,
+    Checked,
+    LossCheck,
     Mark,
     describe_lost,
-    find_lost,
     mark_of,
 )
 from driftswitch.streams.service.deadletter import deadletter_record
@@ -413,13 +412,12 @@ class Worker:
         #: after an engine failure (:mod:`driftswitch.streams.service.recovery`).
         self._base_chunks: list[bytes] = []
         self._suspects = Suspects()
-        #: When the input was last checked for data the broker lost, when a batch was last
-        #: processed, and since when the lease has been missing (monotonic seconds).
-        self._last_input_check = 0.0
+        #: When a batch was last processed, and since when the lease has been missing
+        #: (monotonic seconds).
         self._last_batch_at = time.monotonic()
         self._lease_missing_since: float | None = None
-        self._input_check: asyncio.Future[dict[Any, Lost]] | None = None
-        self._input_check_from: dict[Any, int] = {}
+        #: The check for input the broker lost (see the dataloss module).
+        self._loss = LossCheck.of(settings.kafka)
         self._dirty = False
         self._lease_held = asyncio.Event()
         self._lease_lost = asyncio.Event()
@@ -602,8 +600,7 @@ class Worker:
             self.role = "stopped"
             if self._lease_poller is not None:
                 self._lease_poller.cancel()
-            if self._input_check is not None:
-                self._input_check.cancel()
+            await self._loss.close()
             if self.hooks is not None:
                 # Deliver or dead-letter what is queued while the producer is still up.
                 await self.hooks.close()
@@ -1356,24 +1353,17 @@ class Worker:
         """Detect input the broker lost (:mod:`driftswitch.streams.service.dataloss`) and
         resume each such partition from the start of its new data, loudly.
 
-        With ``wait`` (on resuming) the check runs now; otherwise (idle input) it runs in the
-        background every ``CHECK_INTERVAL`` seconds and its result is applied on a later call.
+        With ``wait`` (on resuming) the check runs now, superseding an idle one still pending;
+        otherwise (idle input) it runs in the background every ``CHECK_INTERVAL`` seconds and its
+        result is applied on a later call.
         """
-        task = self._input_check
-        if task is not None:
-            if not task.done():
+        if not wait:
+            checked = self._loss.poll()
+            if checked is not None:
+                self._reset_lost(checked)
                 return
-            self._input_check = None
-            try:
-                lost = task.result()
-            except Exception as exc:  # a broker hiccup: check again later
-                log.warning("checking the input for lost data failed: %s", exc)
+            if not self._loss.due():
                 return
-            self._reset_lost(lost)
-            return
-        if not wait and time.monotonic() - self._last_input_check < CHECK_INTERVAL:
-            return
-        self._last_input_check = time.monotonic()
         specs = (*self._input_specs(), self.topics.control)
         positions = {
             kafka.topic_partition(spec.name, p): self.offsets.get(spec.name, {}).get(p, 0)
@@ -1385,24 +1375,18 @@ class Worker:
             for tp in positions
             if (mark := self.marks.get(tp.topic, {}).get(tp.partition)) is not None
         }
-        check = asyncio.ensure_future(find_lost(self.settings.kafka, positions, marks))
-        self._input_check_from = positions
-        if not wait:
-            self._input_check = check
-            return
-        try:
-            lost = await check
-        except Exception as exc:  # a broker hiccup: the idle checks look again
-            log.warning("checking the input for lost data on resuming failed: %s", exc)
-            return
-        self._reset_lost(lost)
+        self._loss.start(positions, marks)
+        if wait:
+            checked = await self._loss.wait()
+            if checked is not None:
+                self._reset_lost(checked)
 
-    def _reset_lost(self, lost: dict[Any, Lost]) -> None:
+    def _reset_lost(self, checked: Checked) -> None:
         """Apply the data-loss policy to partitions whose data the broker lost."""
-        for tp, found in lost.items():
+        for tp, found in checked.lost.items():
             start = found.start
             position = self.offsets.get(tp.topic, {}).get(tp.partition, 0)
-            if position != self._input_check_from.get(tp):
+            if position != checked.positions.get(tp):
                 continue  # read on since the check started: the data is there after all
             log.error("%s", describe_lost(tp.topic, tp.partition, position, found))
             if self.metrics is not None:

@@ -461,6 +461,44 @@ def test_a_member_stopping_in_generation_zero_leaves_at_once(broker: EmbeddedBro
     asyncio.run(run())
 
 
+def test_a_member_stopping_while_its_group_rebalances_out_of_generation_zero(
+    broker: EmbeddedBroker,
+) -> None:
+    """A member stopped while the group rebalances (a third joined) from generation 0: the
+    others are assigned every index. Its LeaveGroup waits until its JoinGroup is answered; sent
+    before (as ``StageMember.stop`` once did in generation 0), it left the Tansu group stuck in
+    that rebalance, nobody assigned anything for minutes."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap, n=2)
+        group = fresh("grp.gen0-rebalance-")
+        log: list[Any] = []
+        a, b, c = (Member(n, broker.bootstrap, group, topics, log) for n in "abc")
+        await asyncio.gather(a.start(), b.start())
+        started = [a, b]
+        try:
+            await until("a 2+2 split", lambda: len(a.member.owned) == len(b.member.owned) == 2)
+            assert a.member.generation == b.member.generation == 0
+            mark = len(log)
+            started.append(await c.start())
+            await until("a to revoke for c", lambda: bool(events(log[mark:], "a", "revoked")))
+            started.remove(a)
+            await a.stop()
+            await until(
+                "b and c to own every index",
+                lambda: (
+                    b.member.owned | c.member.owned == {0, 1, 2, 3}
+                    and len(b.member.owned) == len(c.member.owned) == 2
+                ),
+                limit_s=60,
+            )
+        finally:
+            for m in started:
+                await m.stop()
+
+    asyncio.run(run())
+
+
 def test_processing_holds_rebalances_off_and_drops_an_overtaken_batch(
     broker: EmbeddedBroker,
 ) -> None:
