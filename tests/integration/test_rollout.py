@@ -1,16 +1,16 @@
 """End to end: progressive rollouts through `driftswitch run` on the embedded broker.
 
 Simulated traffic that followed the flag's weights (``simulate_following``) is produced with
-confluent-kafka to the predictions and outcomes topics of a live worker subprocess. The flag
-changes it publishes must be the same sequence — version, cause, action, weights — as
-``driftswitch backtest`` of the same events: an equal candidate ramps to 100 % with each step's
-evidence, a worse one is killed at the first step. The HTTP API shows the rollout's position.
+confluent-kafka to the 4-partition predictions and outcomes topics of a live worker subprocess
+(``driftswitch run``: both stages, deciding in event-time order whatever the partitions' read
+skew). The flag changes it publishes must be the same sequence — version, cause, action,
+weights — as ``driftswitch backtest --order event`` of the same events: an equal candidate
+ramps to 100 % with each step's evidence, a worse one is killed at the first step. The HTTP API
+shows the rollout's position.
 """
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ import pytest
 from driftswitch.streams.config.model import load_config
 from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.topics import Topics
-from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.pipeline.backtest import run as run_backtest
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import (
@@ -30,11 +29,13 @@ from driftswitch.streams.tools.simulate import (
     simulate_following,
     write_jsonl,
 )
-from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes
+from driftswitch.streams.tools.testing import (
+    STAGE_TEST_JOIN,
+    WorkerProcess,
+    event_records,
+    flag_changes,
+)
 
-#: ``--stage single``: the single worker decides in arrival order, and this test compares it with
-#: ``driftswitch backtest`` in file order (the stages decide like ``--order event``).
-SINGLE = ["--stage", "single"]
 ROLLOUT = """\
     rollout:
       variant: candidate
@@ -45,22 +46,6 @@ ROLLOUT = """\
       on_harm: kill
 """
 Event = PredictionEvent | OutcomeEvent
-
-
-@pytest.fixture
-def topics(broker: EmbeddedBroker) -> Topics:
-    """One partition per topic, so the worker reads events in the order backtest replays them.
-
-    With several partitions the worker consumes them with some skew (one partition's batch runs
-    ahead of another's), and a rollout's event-time gates can then fall differently near the
-    end of a finite stream: replaying these scenarios through the engine in skewed batch orders
-    (8 partitions, random batch sizes) left out the final advance in 5 of 10 orders. Decisions
-    in the middle of a long stream agree; the exact-sequence comparison needs the same order.
-    """
-    prefix = f"rollout-{secrets.token_hex(4)}"
-    created = Topics.with_prefix(prefix, partitions=1)
-    asyncio.run(ensure_topics(broker.bootstrap, created))
-    return created
 
 
 def scenario(accuracy: float) -> Scenario:
@@ -112,25 +97,25 @@ def test_live_rollout_matches_backtest(
 ) -> None:
     sc = scenario(accuracy)
     config_path = tmp_path / "ranker.yaml"
-    config_path.write_text(config_yaml(sc) + ROLLOUT)
+    config_path.write_text(config_yaml(sc) + ROLLOUT + STAGE_TEST_JOIN)
     config = load_config(config_path)
     events = simulate_following(sc, config)
 
     events_path = tmp_path / "events.jsonl"
     write_jsonl(events, events_path)
-    offline = run_backtest(config, events_path)
+    offline = run_backtest(config, events_path, event_order=True)
     assert offline.bad_lines == []
     offline_changes = [o for _, o in offline.outputs if isinstance(o, FlagChangeEvent)]
     assert sequence(offline_changes) == expected
 
-    worker = start_worker(config_path, tmp_path / "worker.log", args=SINGLE)
+    worker = start_worker(config_path, tmp_path / "worker.log")
     worker.wait_active()
     produce(event_records(topics, events))
-    worker.wait_for("all records read", lambda s: s["records"] == len(events), 240)
+    worker.wait_caught_up(len(events), 300)
 
     live = flag_changes(broker.bootstrap, topics)
     assert [(c.version, c.cause.action.value) for c in live[:1]] == [(1, "init")]
-    assert sequence(live[1:]) == sequence(offline_changes)
+    assert sequence(live[1:]) == sequence(offline_changes), worker.health()
     for step, change in enumerate(live[1:]):
         cause = change.cause
         assert cause.evidence["step"] == step  # each step's evidence travels with its change
