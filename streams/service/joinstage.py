@@ -832,12 +832,19 @@ class JoinStage:
                 positions.append((t, base + rec.offset))
                 records.append(rec)
             await self._deadletter(decoded)
+        # Topics that brought records to join: not at their end, whatever the last fetch
+        # answers said (a fetch that returns every record up to the end never shows the topic
+        # behind), so their idle time starts again (``_busy``). Markers are not such records.
+        fresh = {t for t in (PREDICTIONS, OUTCOMES) if topics.get(t)}
         for rec in topics.get(REROUTED, []):
             got = self._rerouted(part, rec)
             if got is not None:
                 events.append(got[0])
                 positions.append((REROUTED, base + rec.offset))
                 records.append(got[1])
+                fresh.add(REROUTED)
+        for t in fresh:
+            part.caught_since.pop(t, None)
         observations: list[Observation] = []
         if events:
             read = [rec for recs in topics.values() for rec in recs]
