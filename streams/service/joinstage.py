@@ -994,6 +994,9 @@ class JoinStage:
             records = self._encode(part, observations, watermark, idle) if send else []
         except Exception as exc:
             raise _JoinFailedError(f"encoding observations failed: {describe(exc)}", {}) from exc
+        # Counted before the first send can suspend: /healthz never shows read positions whose
+        # observations it does not count (what a wait for the decide stage compares with).
+        self.counters["observations"] += len(observations)
         # The horizon first, whether or not a batch goes out below: the other partitions wait
         # for it (a partition whose own topics fell idle must say so even if nothing else
         # changed, or every partition waits for the others).
@@ -1031,7 +1034,6 @@ class JoinStage:
             self.counters["observation_records"] += 1
         part.sent = (watermark, idle)
         part.sent_read = part.logical(part.read)
-        self.counters["observations"] += len(observations)
         if len(self._deliveries) > 10_000:
             await self._flush()
 

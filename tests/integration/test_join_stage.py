@@ -426,3 +426,47 @@ def test_a_batch_that_read_new_input_does_not_say_its_partition_is_idle(
                 checked += 1
             before[(batch.source, batch.run)] = read
     assert checked > 0
+
+
+def test_the_status_counts_the_observations_of_every_record_it_shows_read(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    """Whenever the join stage's loop waits (on a send), ``status()`` counts the observations of
+    every input record its read positions cover: what a wait for the decide stage (``done`` in
+    ``benchmarks/pipeline.py``, ``caught_up`` in ``streams/tools/testing.py``) compares with.
+    Predictions only, placed in their join partitions: each is one observation. Every send
+    yields to the event loop here, as a full producer batch makes aiokafka wait."""
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
+    events = [ev for ev in sorted(simulate(SCENARIO), key=_key) if isinstance(ev, PredictionEvent)]
+    seen: list[tuple[int, int]] = []
+
+    async def scenario() -> None:
+        settings = WorkerSettings(
+            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-consistent"
+        )
+        stage = JoinStage(config, settings)
+        task = asyncio.ensure_future(stage.run())
+        try:
+            await _until("the producer open", lambda: stage._producer is not None)
+            producer = stage._producer
+            send = producer.send
+
+            async def yielding_send(*args: Any, **kwargs: Any) -> Any:
+                status = stage.status()
+                read = sum(r.get(topics.predictions.name, 0) for r in status["read"].values())
+                seen.append((read, status["observations"]))
+                await asyncio.sleep(0)
+                return await send(*args, **kwargs)
+
+            producer.send = yielding_send
+            await asyncio.get_running_loop().run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
+            await _until("all read", lambda: stage.counters["observations"] == len(events), 120)
+        finally:
+            stage.stop.set()
+            await task
+
+    asyncio.run(scenario())
+    assert any(read > 0 for read, _ in seen)
+    assert [(read, observations) for read, observations in seen if read != observations] == []
