@@ -272,16 +272,18 @@ def caught_up(status: Mapping[str, Any], topics: Topics, total: int) -> bool:
 
     - ``--stage single``: its count of input records is ``total`` (it decides as it reads).
     - ``--stage all`` (the default): the join stage's read positions on the input topics add up
-      to ``total``; every observations partition's merge has heard every join partition say it
-      is idle (so it has every batch sent before, and holds nothing back: ``all_idle``) with
-      nothing buffered; and the decide stage has decided as many observations as the join
-      stage sent (its count grows only once a batch's flag changes are published). The
-      ``all_idle`` condition also makes the join stage's count final: a join partition says it
-      is idle only in a batch after the one that carried its last observations.
+      to ``total`` (its count of observations then covers them: it is counted before the
+      batch is sent); every observations partition's merge has heard every join partition say
+      it is idle, with nothing buffered (``all_idle``: a batch that read new input is never
+      idle, so each partition's last observations arrived before); and the decide stage has
+      decided as many observations as the join stage sent (its count grows only once a
+      batch's flag changes are published).
 
-    Re-routed records (a producer whose partitioner is not librdkafka's) are read twice and
-    joined where they are re-routed to; ``all_idle`` covers them too, since a join partition is
-    idle only once the others' re-routing horizons are.
+    Re-routed records (a producer whose partitioner is not librdkafka's) are joined in the
+    partition they are re-routed to, after the read positions already cover them; ``all_idle``
+    covers them too, since a join partition is idle only once the others' re-routing horizons
+    are. Observations dropped as duplicates (a join partition replayed after a restart) are
+    never decided: this does not hold after such a restart.
     """
     if status.get("role") != "active":
         return False
