@@ -355,6 +355,14 @@ class JoinStage:
             expired.update(join.expired_predictions)
         return dict(counters), dict(expired)
 
+    def input_counters(self) -> dict[str, int]:
+        """The joiners' counters summed over the owned partitions: events accepted
+        (``predictions``, ``outcomes``) and the join's rejections by reason."""
+        counters: Counter[str] = Counter({"predictions": 0, "outcomes": 0})
+        for part in self.parts.values():
+            counters.update(part.joiner.counters)
+        return dict(counters)
+
     def _lag(self) -> dict[str, int]:
         """Per owned partition index: records on its topics not read yet (as of the last fetch
         answers)."""

@@ -149,6 +149,10 @@ def test_hooks_metrics_and_logs_after_a_kill(
         produce(event_records(topics, events) + garbage)
         total = len(events) + len(GARBAGE)
         worker.wait_caught_up(total, 240)
+        # The engine's input counts are the join stage's (it runs in this process).
+        counters = status()["engine"]["counters"]
+        assert counters["predictions"] == len(predictions)
+        assert counters["outcomes"] == len(events) - len(predictions)
         # init + kill to each hook: the audit hook gets both, the broken one dead-letters both.
         wait_until(
             "hook deliveries settled",
