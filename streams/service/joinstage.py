@@ -360,6 +360,14 @@ class JoinStage:
             expired.update(join.expired_predictions)
         return dict(counters), dict(expired)
 
+    def input_counters(self) -> dict[str, int]:
+        """The joiners' counters summed over the owned partitions: events accepted
+        (``predictions``, ``outcomes``) and the join's rejections by reason."""
+        counters: Counter[str] = Counter({"predictions": 0, "outcomes": 0})
+        for part in self.parts.values():
+            counters.update(part.joiner.counters)
+        return dict(counters)
+
     def _lag(self) -> dict[str, int]:
         """Per owned partition index: records on its topics not read yet (as of the last fetch
         answers)."""
@@ -845,12 +853,19 @@ class JoinStage:
                 positions.append((t, base + rec.offset))
                 records.append(rec)
             await self._deadletter(decoded)
+        # Topics that brought records to join: not at their end, whatever the last fetch
+        # answers said (a fetch that returns every record up to the end never shows the topic
+        # behind), so their idle time starts again (``_busy``). Markers are not such records.
+        fresh = {t for t in (PREDICTIONS, OUTCOMES) if topics.get(t)}
         for rec in topics.get(REROUTED, []):
             got = self._rerouted(part, rec)
             if got is not None:
                 events.append(got[0])
                 positions.append((REROUTED, base + rec.offset))
                 records.append(got[1])
+                fresh.add(REROUTED)
+        for t in fresh:
+            part.caught_since.pop(t, None)
         observations: list[Observation] = []
         if events:
             read = [rec for recs in topics.values() for rec in recs]
@@ -999,6 +1014,9 @@ class JoinStage:
             records = self._encode(part, observations, watermark, idle) if send else []
         except Exception as exc:
             raise _JoinFailedError(f"encoding observations failed: {describe(exc)}", {}) from exc
+        # Counted before the first send can suspend: /healthz never shows read positions whose
+        # observations it does not count (what a wait for the decide stage compares with).
+        self.counters["observations"] += len(observations)
         # The horizon first, whether or not a batch goes out below: the other partitions wait
         # for it (a partition whose own topics fell idle must say so even if nothing else
         # changed, or every partition waits for the others).
@@ -1036,7 +1054,6 @@ class JoinStage:
             self.counters["observation_records"] += 1
         part.sent = (watermark, idle)
         part.sent_read = part.logical(part.read)
-        self.counters["observations"] += len(observations)
         if len(self._deliveries) > 10_000:
             await self._flush()
 

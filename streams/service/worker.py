@@ -473,8 +473,9 @@ class Worker:
 
     def engine_snapshot(self) -> dict[str, Any]:
         """``Engine.snapshot()``; in the decide stage its ``join`` section (and each variant's
-        ``expired``) comes from the join stage running in this process (``--stage all``:
-        :meth:`JoinStage.join_counters`), or says where the join's counts are."""
+        ``expired``) and its ``counters`` (events accepted, the join's rejections) come from
+        the join stage running in this process (``--stage all``: :meth:`JoinStage.join_counters`,
+        :meth:`JoinStage.input_counters`), or ``join`` says where the join's counts are."""
         snap: dict[str, Any] = self.engine.snapshot()
         if not self.deciding:
             return snap
@@ -483,6 +484,7 @@ class Worker:
             return snap
         counters, expired = self.join_stage.join_counters()
         snap["join"] = {**counters, "from": "join_stage: the partitions this process owns"}
+        snap["counters"] = self.join_stage.input_counters()
         for flag, f in snap["flags"].items():
             for variant, stats in f["variants"].items():
                 stats["expired"] = expired.get(f"{flag}/{variant}", 0)

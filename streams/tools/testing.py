@@ -45,6 +45,7 @@ from driftswitch.streams.tools.demo import DEMO_GUARDRAILS
 __all__ = [
     "KILL_ON_ACCURACY",
     "WorkerProcess",
+    "caught_up",
     "event_records",
     "flag_changes",
     "read_topic",
@@ -124,6 +125,7 @@ class WorkerProcess:
     ) -> None:
         self.port = free_port()
         self.log = log
+        self.topics = topics
         prefix = topics.flags.name.removesuffix(".flags.v1")
         child_env = {
             **os.environ,
@@ -221,6 +223,15 @@ class WorkerProcess:
             f"{self.log.read_text()[-_LOG_TAIL:]}"
         )
 
+    def wait_caught_up(self, total: int, timeout: float) -> None:
+        """Wait until the worker has read ``total`` input records and decided on all of them
+        (:func:`caught_up`)."""
+        self.wait_for(
+            f"all {total} input records read and decided",
+            lambda s: caught_up(s, self.topics, total),
+            timeout,
+        )
+
     def wait_active(self, timeout: float = 60) -> None:
         """Wait until this worker holds the lease (``role`` is ``active``)."""
         self.wait_for("active", lambda s: s.get("role") == "active", timeout)
@@ -252,6 +263,47 @@ def wait_until(
         time.sleep(interval)
     tail = "" if log is None else f":\n{log.read_text()[-_LOG_TAIL:]}"
     raise AssertionError(f"{what}: not reached in {timeout} s{tail}")
+
+
+def caught_up(status: Mapping[str, Any], topics: Topics, total: int) -> bool:
+    """Whether the process whose ``/healthz`` body is ``status`` has read all ``total`` records
+    of the input topics (predictions and outcomes, from offset 0) and decided on everything
+    they hold, so that its flag changes are published and its counts final.
+
+    - ``--stage single``: its count of input records is ``total`` (it decides as it reads).
+    - ``--stage all`` (the default): the join stage's read positions on the input topics add up
+      to ``total`` (its count of observations then covers them: it is counted before the
+      batch is sent); every observations partition's merge has heard every join partition say
+      it is idle, with nothing buffered (``all_idle``: a batch that read new input is never
+      idle, so each partition's last observations arrived before); and the decide stage has
+      decided as many observations as the join stage sent (its count grows only once a
+      batch's flag changes are published).
+
+    Re-routed records (a producer whose partitioner is not librdkafka's) are joined in the
+    partition they are re-routed to, after the read positions already cover them; ``all_idle``
+    covers them too, since a join partition is idle only once the others' re-routing horizons
+    are. Observations dropped as duplicates (a join partition replayed after a restart) are
+    never decided: this does not hold after such a restart.
+    """
+    if status.get("role") != "active":
+        return False
+    join = status.get("join_stage")
+    if join is None:
+        if status.get("stage") != "single":
+            raise ValueError(f"caught_up: a {status.get('stage')!r} process has no input count")
+        return bool(status["records"] == total)
+    inputs = (topics.predictions.name, topics.outcomes.name)
+    read = sum(
+        o for positions in join["read"].values() for t, o in positions.items() if t in inputs
+    )
+    merge = status["merge"]
+    return bool(
+        read == total
+        and merge["partitions"]
+        and all(p["all_idle"] for p in merge["partitions"].values())
+        and merge["buffered"] == 0
+        and status["observations"] >= join["observations"]
+    )
 
 
 def read_topic(bootstrap: str | KafkaSettings, topic: str, partition: int = 0) -> list[Any]:

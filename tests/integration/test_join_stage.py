@@ -31,6 +31,7 @@ from driftswitch.streams.tools.testing import (
     ACCURACY_GUARDRAILS,
     STAGE_TEST_JOIN,
     produce_in_event_order,
+    read_topic,
 )
 
 pytestmark = pytest.mark.xdist_group("broker")
@@ -377,3 +378,95 @@ def test_partitions_that_fall_idle_release_everything_even_when_their_watermark_
 
     merges = asyncio.run(scenario())
     assert merges.done(), [(m.bound, len(m), m.idle) for m in merges.merges]
+
+
+def test_a_batch_that_read_new_input_does_not_say_its_partition_is_idle(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    """Every join partition falls idle, then a burst arrives (outcomes placed by murmur2, so
+    some are re-routed). A batch that read new predictions or outcomes must not be idle: its
+    topics were not at their end. Counting a topic read to its end since the first fetch that
+    found it there, however many records came after, sent the first batch of a burst that one
+    fetch read whole as idle, and the merge released it at once, ahead of the other partitions'
+    older events (which then came late)."""
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + "join:\n  idle_after: 1\n")
+    events = sorted(simulate(SCENARIO), key=_key)[:600]
+    predictions = sum(isinstance(ev, PredictionEvent) for ev in events)
+    joined = _reference(config, events)[1]
+
+    async def scenario() -> int:
+        settings = WorkerSettings(
+            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-burst"
+        )
+        stage = JoinStage(config, settings)
+        task = asyncio.ensure_future(stage.run())
+        try:
+            await _decide(broker.bootstrap, topics, config, 0, limit_s=60)  # all idle
+            await asyncio.get_running_loop().run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
+            await _decide(broker.bootstrap, topics, config, predictions + joined, limit_s=120)
+        finally:
+            stage.stop.set()
+            await task
+        return int(stage.counters["rerouted"])
+
+    rerouted = asyncio.run(scenario())
+    assert rerouted > 0
+    inputs = {0, 1}  # the predictions and outcomes topics' indexes in a batch's read positions
+    checked = 0
+    for q in range(topics.observations.partitions):
+        before: dict[tuple[int, str], dict[int, int]] = {}
+        for rec in read_topic(broker.bootstrap, topics.observations.name, q):
+            batch = decode_batch(rec.value)
+            read = {t: o for t, o in batch.read.items() if t in inputs}
+            previous = before.get((batch.source, batch.run), {})
+            if any(o > previous.get(t, 0) for t, o in read.items()):
+                assert not batch.idle, (q, batch.source, read, previous)
+                checked += 1
+            before[(batch.source, batch.run)] = read
+    assert checked > 0
+
+
+def test_the_status_counts_the_observations_of_every_record_it_shows_read(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    """Whenever the join stage's loop waits (on a send), ``status()`` counts the observations of
+    every input record its read positions cover: what a wait for the decide stage (``done`` in
+    ``benchmarks/pipeline.py``, ``caught_up`` in ``streams/tools/testing.py``) compares with.
+    Predictions only, placed in their join partitions: each is one observation. Every send
+    yields to the event loop here, as a full producer batch makes aiokafka wait."""
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
+    events = [ev for ev in sorted(simulate(SCENARIO), key=_key) if isinstance(ev, PredictionEvent)]
+    seen: list[tuple[int, int]] = []
+
+    async def scenario() -> None:
+        settings = WorkerSettings(
+            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-consistent"
+        )
+        stage = JoinStage(config, settings)
+        task = asyncio.ensure_future(stage.run())
+        try:
+            await _until("the producer open", lambda: stage._producer is not None)
+            producer = stage._producer
+            send = producer.send
+
+            async def yielding_send(*args: Any, **kwargs: Any) -> Any:
+                status = stage.status()
+                read = sum(r.get(topics.predictions.name, 0) for r in status["read"].values())
+                seen.append((read, status["observations"]))
+                await asyncio.sleep(0)
+                return await send(*args, **kwargs)
+
+            producer.send = yielding_send
+            await asyncio.get_running_loop().run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
+            await _until("all read", lambda: stage.counters["observations"] == len(events), 120)
+        finally:
+            stage.stop.set()
+            await task
+
+    asyncio.run(scenario())
+    assert any(read > 0 for read, _ in seen)
+    assert [(read, observations) for read, observations in seen if read != observations] == []

@@ -41,10 +41,6 @@ from driftswitch.streams.tools.testing import (
     wait_until,
 )
 
-#: ``--stage single``: it waits for the single worker's count of input records, and checks
-#: decisions and metrics right after (the stages decide later, once the merge releases).
-SINGLE = ["--stage", "single"]
-
 SECRET = "e2e-hook-secret-7f3a"
 SCENARIO = Scenario(
     requests=6_000,
@@ -140,7 +136,7 @@ def test_hooks_metrics_and_logs_after_a_kill(
 
     log = tmp_path / "worker.log"
     env = {"DRIFTSWITCH_LOG_FORMAT": "json", "E2E_HOOK_SECRET": SECRET}
-    with WorkerProcess(broker.bootstrap, topics, config, log, env=env, args=SINGLE) as worker:
+    with WorkerProcess(broker.bootstrap, topics, config, log, env=env) as worker:
         port = worker.port
 
         def status() -> dict[str, Any]:
@@ -152,7 +148,11 @@ def test_hooks_metrics_and_logs_after_a_kill(
         ]
         produce(event_records(topics, events) + garbage)
         total = len(events) + len(GARBAGE)
-        wait_until("all records read", lambda: status().get("records") == total, 60, log=log)
+        worker.wait_caught_up(total, 240)
+        # The engine's input counts are the join stage's (it runs in this process).
+        counters = status()["engine"]["counters"]
+        assert counters["predictions"] == len(predictions)
+        assert counters["outcomes"] == len(events) - len(predictions)
         # init + kill to each hook: the audit hook gets both, the broken one dead-letters both.
         wait_until(
             "hook deliveries settled",
@@ -233,10 +233,20 @@ def test_hooks_metrics_and_logs_after_a_kill(
     lag_series = [
         labels for (name, labels) in metrics if name == "driftswitch_consumer_lag_records"
     ]
-    # Every input partition of both event topics, plus the control topic's one partition.
-    assert len(lag_series) == 2 * topics.predictions.partitions + 1
-    assert set(lags) == {topics.predictions.name, topics.outcomes.name, topics.control.name}
+    # The decide stage's consumer: every partition of the observations topic, plus the control
+    # topic's one partition.
+    assert len(lag_series) == topics.observations.partitions + 1
+    assert set(lags) == {topics.observations.name, topics.control.name}
     assert all(v >= 0 for v in lags.values())
+    # The join stage's: every join partition (the index of the predictions, outcomes and
+    # repartition topics' partitions), all owned by this process.
+    join_lags = {
+        dict(labels)["partition"]: v
+        for (name, labels), v in metrics.items()
+        if name == "driftswitch_join_lag_records"
+    }
+    assert set(join_lags) == {str(p) for p in range(topics.predictions.partitions)}
+    assert all(v >= 0 for v in join_lags.values())
     assert (value(metrics, "driftswitch_last_batch_timestamp_seconds") or 0) > 0
 
     # --- the failed deliveries are on the dead-letter topic, with the event and hook headers.

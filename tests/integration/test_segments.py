@@ -35,9 +35,6 @@ from driftswitch.streams.tools.simulate import Scenario, VariantSpec, simulate, 
 from driftswitch.streams.tools.testing import WorkerProcess, event_records, flag_changes
 
 ROOT = Path(__file__).resolve().parents[2]
-#: ``--stage single``: it waits for the single worker's count of input records, and reads the
-#: published decisions right after (the stages decide later, once the merge releases).
-SINGLE = ["--stage", "single"]
 SCENARIO = Scenario(
     requests=4_800,
     change_at=1_600,
@@ -68,7 +65,7 @@ def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
     worker = start_worker(
         config,
         tmp_path / "worker.log",
-        args=[*SINGLE, "--flagd-file", str(flagd_path)],
+        args=["--flagd-file", str(flagd_path)],
         env={"DRIFTSWITCH_ADMIN_TOKEN": TOKEN},
     )
     worker.wait_active()
@@ -78,7 +75,7 @@ def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
     api.set_provider_and_wait(DriftswitchProvider(client), domain="segments-ours")
     try:
         produce(event_records(topics, events))
-        worker.wait_for("all records read", lambda s: s["records"] == len(events), 120)
+        worker.wait_caught_up(len(events), 240)
 
         changes = flag_changes(broker.bootstrap, topics)
         assert [(c.version, c.cause.action.value) for c in changes] == [(1, "init"), (2, "kill")]
@@ -89,11 +86,11 @@ def test_a_jp_only_kill_reaches_client_openfeature_and_flagd(
         assert kill.variants["candidate"].weight == 50
         assert not kill.variants["candidate"].killed
 
-        # backtest decides the same on the same events.
+        # backtest decides the same on the same events, in event-time order as the worker does.
         path = tmp_path / "events.jsonl"
         write_jsonl(events, path)
         offline = [
-            o for _, o in run_backtest(load_config(config), path).outputs
+            o for _, o in run_backtest(load_config(config), path, event_order=True).outputs
             if isinstance(o, FlagChangeEvent)
         ]  # fmt: skip
         assert [(o.version, o.segments, o.cause.segment) for o in offline] == [
