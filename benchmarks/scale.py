@@ -280,19 +280,6 @@ def worker_recovery(counts: list[int]) -> list[tuple[int, str, float, float, int
 
 # -- the join stage at 20M pending: a real `driftswitch run --stage join --state-dir` -------------
 
-STAGE_CONFIG = """\
-flags:
-  ranker:
-    default: control
-    variants:
-      control: {weight: 50, value: control}
-      candidate: {weight: 50, value: candidate}
-join:
-  ttl: 2h
-  max_pending: 1000
-  idle_after: 5
-"""
-
 
 def vm_kb(pid: int, field: str) -> int:
     """A ``Vm*`` line of /proc/<pid>/status, in kB (0 once the process is gone)."""
@@ -316,13 +303,13 @@ def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, A
     from driftswitch.streams.kafka import ensure_topics
     from driftswitch.streams.service.worker import state_topic
     from driftswitch.streams.tools.broker import EmbeddedBroker
-    from driftswitch.streams.tools.delayedlabels import DelayedLabels, produce
+    from driftswitch.streams.tools.delayedlabels import CONFIG, DelayedLabels, produce
     from driftswitch.streams.tools.testing import WorkerProcess
 
     workload = DelayedLabels(pending, labelled)
     work = Path(tempfile.mkdtemp(prefix="driftswitch-scale-join-"))
     config = work / "config.yaml"
-    config.write_text(STAGE_CONFIG)
+    config.write_text(CONFIG)
     args = ["--stage", "join", "--state-dir", str(work / "state"), "--log-level", "warning"]
     args += ["--snapshot-interval", "1"]
     out: dict[str, Any] = {"pending": pending, "labelled": labelled}

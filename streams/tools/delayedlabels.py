@@ -29,9 +29,25 @@ import orjson
 
 from driftswitch.streams.contract.topics import Topics
 
-__all__ = ["DelayedLabels", "produce"]
+__all__ = ["CONFIG", "DelayedLabels", "produce"]
 
 VARIANTS = ("control", "candidate")
+
+#: The config the workload is made for: one flag with :data:`VARIANTS`, a join that keeps
+#: entries for 2 h (longer than the 30-minute delay) and holds at most 1,000 in memory (the rest
+#: wait on disk with ``state_dir``), and partitions idle after 5 s without input.
+CONFIG = """\
+flags:
+  ranker:
+    default: control
+    variants:
+      control: {weight: 50, value: control}
+      candidate: {weight: 50, value: candidate}
+join:
+  ttl: 2h
+  max_pending: 1000
+  idle_after: 5
+"""
 
 
 @dataclass(frozen=True)

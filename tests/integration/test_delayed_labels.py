@@ -33,24 +33,11 @@ from driftswitch.streams.pipeline.observations import PREDICTED, SCORED
 from driftswitch.streams.service.joinstage import JoinStage
 from driftswitch.streams.service.worker import WorkerSettings, state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
-from driftswitch.streams.tools.delayedlabels import DelayedLabels, produce
+from driftswitch.streams.tools.delayedlabels import CONFIG, DelayedLabels, produce
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.xdist_group("broker")]
 
 WORKLOAD = DelayedLabels(pending=5_000_000, labelled=200_000)
-
-CONFIG = """\
-flags:
-  ranker:
-    default: control
-    variants:
-      control: {weight: 50, value: control}
-      candidate: {weight: 50, value: candidate}
-join:
-  ttl: 2h
-  max_pending: 1000
-  idle_after: 5
-"""
 
 
 @pytest.fixture(scope="module")

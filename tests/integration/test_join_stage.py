@@ -7,7 +7,9 @@ order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,24 @@ async def _decide(
     finally:
         await consumer.stop()
     return outputs, merges
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    broker: EmbeddedBroker, topics: Topics, config: Config, name: str
+) -> AsyncIterator[JoinStage]:
+    """A join stage running in this event loop, in group ``<flags topic>-<name>``, stopped (and
+    waited for) on leaving the block."""
+    settings = WorkerSettings(
+        bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-{name}"
+    )
+    stage = JoinStage(config, settings)
+    task = asyncio.ensure_future(stage.run())
+    try:
+        yield stage
+    finally:
+        stage.stop.set()
+        await task
 
 
 @pytest.mark.parametrize(
@@ -308,19 +328,14 @@ def test_a_reloaded_config_changes_what_the_join_accepts(
         return PredictionEvent(request_id=rid, flag=flag, variant=variant, ts=1.0, prediction=1)
 
     async def scenario() -> tuple[dict[str, int], dict[str, int], int]:
-        settings = WorkerSettings(
-            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-reload"
-        )
-        stage = JoinStage(before, settings)
-        task = asyncio.ensure_future(stage.run())
-        loop = asyncio.get_running_loop()
+        async with _running(broker, topics, before, "reload") as stage:
+            loop = asyncio.get_running_loop()
 
-        async def send(events: list[Event]) -> None:
-            await loop.run_in_executor(
-                None, produce_in_event_order, broker.bootstrap, topics, events
-            )
+            async def send(events: list[Event]) -> None:
+                await loop.run_in_executor(
+                    None, produce_in_event_order, broker.bootstrap, topics, events
+                )
 
-        try:
             await send([prediction("r1", "search"), prediction("r2", "ranker")])
             await _until(
                 "r1 rejected, r2 accepted",
@@ -332,9 +347,6 @@ def test_a_reloaded_config_changes_what_the_join_accepts(
             await _until("r3 read", lambda: stage.ingest.accepted >= 2)
             pending = sum(stage.status()["pending"].values())
             return rejected_before, dict(stage.ingest.rejected), pending
-        finally:
-            stage.stop.set()
-            await task
 
     rejected_before, rejected_after, pending = asyncio.run(scenario())
     assert rejected_before == {"unknown_flag": 1}
@@ -360,20 +372,12 @@ def test_partitions_that_fall_idle_release_everything_even_when_their_watermark_
         events.append(OutcomeEvent(request_id=rid, ts=5.0, label=1))
 
     async def scenario() -> _Merges:
-        settings = WorkerSettings(
-            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-still"
-        )
-        stage = JoinStage(config, settings)
-        task = asyncio.ensure_future(stage.run())
-        try:
+        async with _running(broker, topics, config, "still"):
             send = partial(produce_in_event_order, outcomes_by="crc32")
             await asyncio.get_running_loop().run_in_executor(
                 None, send, broker.bootstrap, topics, events
             )
             _, merges = await _decide(broker.bootstrap, topics, config, 400, limit_s=60)
-        finally:
-            stage.stop.set()
-            await task
         return merges
 
     merges = asyncio.run(scenario())
@@ -395,20 +399,12 @@ def test_a_batch_that_read_new_input_does_not_say_its_partition_is_idle(
     joined = _reference(config, events)[1]
 
     async def scenario() -> int:
-        settings = WorkerSettings(
-            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-burst"
-        )
-        stage = JoinStage(config, settings)
-        task = asyncio.ensure_future(stage.run())
-        try:
+        async with _running(broker, topics, config, "burst") as stage:
             await _decide(broker.bootstrap, topics, config, 0, limit_s=60)  # all idle
             await asyncio.get_running_loop().run_in_executor(
                 None, produce_in_event_order, broker.bootstrap, topics, events
             )
             await _decide(broker.bootstrap, topics, config, predictions + joined, limit_s=120)
-        finally:
-            stage.stop.set()
-            await task
         return int(stage.counters["rerouted"])
 
     rerouted = asyncio.run(scenario())
@@ -441,12 +437,7 @@ def test_the_status_counts_the_observations_of_every_record_it_shows_read(
     seen: list[tuple[int, int]] = []
 
     async def scenario() -> None:
-        settings = WorkerSettings(
-            bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-consistent"
-        )
-        stage = JoinStage(config, settings)
-        task = asyncio.ensure_future(stage.run())
-        try:
+        async with _running(broker, topics, config, "consistent") as stage:
             await _until("the producer open", lambda: stage._producer is not None)
             producer = stage._producer
             send = producer.send
@@ -463,9 +454,6 @@ def test_the_status_counts_the_observations_of_every_record_it_shows_read(
                 None, produce_in_event_order, broker.bootstrap, topics, events
             )
             await _until("all read", lambda: stage.counters["observations"] == len(events), 120)
-        finally:
-            stage.stop.set()
-            await task
 
     asyncio.run(scenario())
     assert any(read > 0 for read, _ in seen)
