@@ -45,13 +45,12 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import itemgetter
 from typing import Any, cast
 
 import orjson
 
 from driftswitch.detectors.base import JSON
-from driftswitch.streams.pipeline.observations import PREDICTED, Observation, event_order
+from driftswitch.streams.pipeline.observations import Observation, event_order
 
 __all__ = [
     "EPOCH_SPAN",
@@ -191,16 +190,16 @@ class Merge:
         #: Per join partition: its latest watermark (``-inf`` before its first batch).
         self.watermarks = [-math.inf] * sources
         self.idle = [False] * sources
-        #: Buffered ``(event_order key, observation)`` pairs, sorted, one list per join
-        #: partition (index ``p + 1``) and one for those restored from a snapshot (index 0). A
-        #: partition's batches mostly sort after what it sent before, so adding one costs a sort
-        #: of the batch and of the part of that partition's buffer it overlaps (where a heap
-        #: compared every observation with log n others twice); a release merges each list's
-        #: prefix before the bound. Equal keys come from one partition (they name one request),
-        #: and stay in the order they arrived.
-        self._buffers: list[list[tuple[tuple[float, str, int, bool], Observation]]] = [
-            [] for _ in range(sources + 1)
-        ]
+        #: Buffered observations, sorted in :func:`~driftswitch.streams.pipeline.observations.
+        #: event_order`, one list per join partition (index ``p + 1``) and one for those
+        #: restored from a snapshot (index 0). A partition's batches mostly sort after what it
+        #: sent before, so adding one costs a sort of the batch and of the part of that
+        #: partition's buffer it overlaps (where a heap compared every observation with log n
+        #: others twice); a release merges each list's prefix before the bound. Equal keys come
+        #: from one partition (they name one request) and stay in the order they arrived. Sort
+        #: keys are made while sorting only: kept beside every buffered observation they were
+        #: two more objects each for the garbage collector to walk.
+        self._buffers: list[list[Observation]] = [[] for _ in range(sources + 1)]
         #: Sort key of the last observation released.
         self.released: tuple[float, str, int, bool] | None = None
         self.late = 0
@@ -218,7 +217,7 @@ class Merge:
         runs = self.consumed[p]
         others = [c for r, c in runs.items() if r != batch.run]
         late: list[Observation] = []
-        new: list[tuple[tuple[float, str, int, bool], Observation]] = []
+        new: list[Observation] = []
         released = self.released
         for obs in batch.observations:
             if others and any(
@@ -226,21 +225,21 @@ class Merge:
             ):
                 self.duplicates += 1
                 continue
-            key = (obs[4], obs[5], obs[6], obs[0] != PREDICTED)  # event_order, inlined
-            if released is not None and key < released:
+            if released is not None and event_order(obs) < released:
                 self.late += 1
                 late.append(_renumbered(obs, len(late)))
                 continue
-            new.append((key, obs))
+            new.append(obs)
         if new:
-            new.sort(key=_KEY)
+            new.sort(key=event_order)
             buffer = self._buffers[p + 1]
-            if buffer and new[0][0] < buffer[-1][0]:
+            first = event_order(new[0])
+            if buffer and first < event_order(buffer[-1]):
                 # Overlaps the tail: sort the tail (which goes first among equal keys) with it.
-                i = bisect_right(buffer, new[0][0], key=_KEY)
+                i = bisect_right(buffer, first, key=event_order)
                 new[:0] = buffer[i:]
                 del buffer[i:]
-                new.sort(key=_KEY)
+                new.sort(key=event_order)
             buffer += new
         consumed = runs.setdefault(batch.run, {})
         for topic, end in batch.read.items():
@@ -282,13 +281,13 @@ class Merge:
                 del buffer[:cut]
         if not runs:
             return []
-        pairs = runs[0]
+        out = runs[0]
         for run in runs[1:]:
-            pairs += run
+            out += run
         if len(runs) > 1:
-            pairs.sort(key=_KEY)  # stable: the restored list's go first among equal keys
-        self.released = pairs[-1][0]
-        return [obs for _, obs in pairs]
+            out.sort(key=event_order)  # stable: the restored list's go first among equal keys
+        self.released = event_order(out[-1])
+        return out
 
     # -- state -----------------------------------------------------------------------------
 
@@ -304,9 +303,7 @@ class Merge:
             "idle": list(self.idle),
             # Observations are tuples of JSON values, which JSON encoders write as arrays:
             # copied into lists, a snapshot of a large buffer took twice as long.
-            "buffered": cast(
-                list[JSON], [obs for _, obs in sorted(chain(*self._buffers), key=_KEY)]
-            ),
+            "buffered": cast(list[JSON], sorted(chain(*self._buffers), key=event_order)),
             "released": list(self.released) if self.released is not None else None,
             "late": self.late,
             "duplicates": self.duplicates,
@@ -322,7 +319,7 @@ class Merge:
         ]
         merge.watermarks = [-math.inf if w is None else float(w) for w in state["watermarks"]]
         merge.idle = [bool(i) for i in state["idle"]]
-        merge._buffers[0] = sorted(((event_order(obs), obs) for obs in state["buffered"]), key=_KEY)
+        merge._buffers[0] = sorted(state["buffered"], key=event_order)
         released = state["released"]
         merge.released = (
             (float(released[0]), str(released[1]), int(released[2]), bool(released[3]))
@@ -334,12 +331,8 @@ class Merge:
         return merge
 
 
-#: Sort key of a buffered pair (its event order) and its event time.
-_KEY = itemgetter(0)
-
-
-def _event_time(pair: tuple[tuple[float, str, int, bool], Observation]) -> float:
-    return pair[0][0]
+def _event_time(obs: Observation) -> float:
+    return float(obs[4])
 
 
 def _renumbered(obs: Observation, index: int) -> Observation:
