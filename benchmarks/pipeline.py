@@ -25,7 +25,9 @@ then the median). ``--profile`` prints cProfile's top functions of the join stag
 samples the worker of round 1 (py-spy, from the ``dev`` extra).
 
 4. **Reaction time** at ``--shares`` (default 50 % and 80 %) of the worker's median rate (or of
-   ``--peak``): on fresh topics the same events are produced at that rate while a worker runs.
+   ``--peak``): on fresh topics the same events are produced at that rate while a worker runs,
+   each stamped with about the time it is produced (:func:`restamp`: event time runs at the
+   wall clock's speed, as in a live service).
    The producer is confluent-kafka (librdkafka batches and sends from its own threads), in a
    thread, paced in steps of about 1 ms of records, so the rate asked for is really offered; the
    rate reached is printed. For every kill, reaction = the time the flag change is read from the
@@ -123,6 +125,26 @@ def make_events(flags: int, requests: int) -> tuple[str, list[tuple[bool, bytes,
         value = encode(event.model_copy(update={"request_id": key}))
         records.append((is_pred, key.encode(), value))
     return "\n".join(config) + "\n", records
+
+
+def restamp(
+    records: list[tuple[bool, bytes, bytes]], rate: float
+) -> list[tuple[bool, bytes, bytes]]:
+    """The records with their event times moved so that, produced at ``rate`` records/s from
+    now, each is stamped about when it is produced, as a live service stamps its predictions
+    and outcomes: the simulation's event time (100 requests per second per flag) is stretched
+    or squeezed to the wall clock. A decision waits for event time (``join.allowed_lateness``,
+    the watermarks), so the simulated times would turn that wait into more or less wall time
+    than a live stream gives it. The order of the records and every count are unchanged."""
+    docs = [orjson.loads(value) for _, _, value in records]
+    first, last = docs[0]["ts"], docs[-1]["ts"]
+    stretch = (len(records) / rate) / (last - first)
+    start = time.time()
+    out = []
+    for (is_pred, key, _), doc in zip(records, docs, strict=True):
+        doc["ts"] = round(start + (doc["ts"] - first) * stretch, 6)
+        out.append((is_pred, key, orjson.dumps(doc)))
+    return out
 
 
 def produce(
@@ -649,7 +671,7 @@ async def main() -> None:
                 bootstrap,
                 live,
                 config,
-                records,
+                restamp(records, share * peak),
                 share * peak,
                 tmp / f"worker-b{share}.log",
                 args.worker_arg,

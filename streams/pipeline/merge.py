@@ -40,10 +40,11 @@ prefix covers the new data. :func:`offset_of` gives the offset back.
 
 from __future__ import annotations
 
-import heapq
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, cast
 
 import orjson
@@ -189,8 +190,16 @@ class Merge:
         #: Per join partition: its latest watermark (``-inf`` before its first batch).
         self.watermarks = [-math.inf] * sources
         self.idle = [False] * sources
-        self._heap: list[tuple[tuple[float, str, int, bool], int, Observation]] = []
-        self._seq = 0
+        #: Buffered observations, sorted in :func:`~driftswitch.streams.pipeline.observations.
+        #: event_order`, one list per join partition (index ``p + 1``) and one for those
+        #: restored from a snapshot (index 0). A partition's batches mostly sort after what it
+        #: sent before, so adding one costs a sort of the batch and of the part of that
+        #: partition's buffer it overlaps (where a heap compared every observation with log n
+        #: others twice); a release merges each list's prefix before the bound. Equal keys come
+        #: from one partition (they name one request) and stay in the order they arrived. Sort
+        #: keys are made while sorting only: kept beside every buffered observation they were
+        #: two more objects each for the garbage collector to walk.
+        self._buffers: list[list[Observation]] = [[] for _ in range(sources + 1)]
         #: Sort key of the last observation released.
         self.released: tuple[float, str, int, bool] | None = None
         self.late = 0
@@ -198,7 +207,7 @@ class Merge:
 
     def __len__(self) -> int:
         """Observations buffered, waiting for the bound."""
-        return len(self._heap)
+        return sum(map(len, self._buffers))
 
     def add(self, batch: Batch) -> list[Observation]:
         """Take one batch; return its late observations (to apply at once)."""
@@ -208,7 +217,7 @@ class Merge:
         runs = self.consumed[p]
         others = [c for r, c in runs.items() if r != batch.run]
         late: list[Observation] = []
-        heap = self._heap
+        new: list[Observation] = []
         released = self.released
         for obs in batch.observations:
             if others and any(
@@ -216,13 +225,22 @@ class Merge:
             ):
                 self.duplicates += 1
                 continue
-            key = event_order(obs)
-            if released is not None and key < released:
+            if released is not None and event_order(obs) < released:
                 self.late += 1
                 late.append(_renumbered(obs, len(late)))
                 continue
-            self._seq += 1
-            heapq.heappush(heap, (key, self._seq, obs))
+            new.append(obs)
+        if new:
+            new.sort(key=event_order)
+            buffer = self._buffers[p + 1]
+            first = event_order(new[0])
+            if buffer and first < event_order(buffer[-1]):
+                # Overlaps the tail: sort the tail (which goes first among equal keys) with it.
+                i = bisect_right(buffer, first, key=event_order)
+                new[:0] = buffer[i:]
+                del buffer[i:]
+                new.sort(key=event_order)
+            buffer += new
         consumed = runs.setdefault(batch.run, {})
         for topic, end in batch.read.items():
             if end > consumed.get(topic, 0):
@@ -244,13 +262,31 @@ class Merge:
         """The buffered observations before :attr:`bound`, in event-time order, their
         ``index`` renumbered 0, 1, ... (the order :class:`~driftswitch.streams.pipeline.
         observations.Decider` decides in)."""
+        return [_renumbered(obs, i) for i, obs in enumerate(self.take())]
+
+    def take(self) -> list[Observation]:
+        """:meth:`release` without the renumbering, for a caller that numbers them itself.
+        Observations with equal keys (one request's, so from one join partition) come in the
+        order they were added."""
         bound = self.bound
-        heap = self._heap
-        out: list[Observation] = []
-        while heap and heap[0][0][0] < bound:
-            key, _, obs = heapq.heappop(heap)
-            self.released = key
-            out.append(_renumbered(obs, len(out)))
+        if bound == -math.inf:
+            return []
+        runs = []
+        for buffer in self._buffers:
+            if not buffer:
+                continue
+            cut = len(buffer) if bound == math.inf else bisect_left(buffer, bound, key=_event_time)
+            if cut:
+                runs.append(buffer[:cut])
+                del buffer[:cut]
+        if not runs:
+            return []
+        out = runs[0]
+        for run in runs[1:]:
+            out += run
+        if len(runs) > 1:
+            out.sort(key=event_order)  # stable: the restored list's go first among equal keys
+        self.released = event_order(out[-1])
         return out
 
     # -- state -----------------------------------------------------------------------------
@@ -267,7 +303,7 @@ class Merge:
             "idle": list(self.idle),
             # Observations are tuples of JSON values, which JSON encoders write as arrays:
             # copied into lists, a snapshot of a large buffer took twice as long.
-            "buffered": cast(list[JSON], [obs for _, _, obs in sorted(self._heap)]),
+            "buffered": cast(list[JSON], sorted(chain(*self._buffers), key=event_order)),
             "released": list(self.released) if self.released is not None else None,
             "late": self.late,
             "duplicates": self.duplicates,
@@ -283,10 +319,7 @@ class Merge:
         ]
         merge.watermarks = [-math.inf if w is None else float(w) for w in state["watermarks"]]
         merge.idle = [bool(i) for i in state["idle"]]
-        for obs in state["buffered"]:
-            merge._seq += 1
-            merge._heap.append((event_order(obs), merge._seq, obs))
-        heapq.heapify(merge._heap)
+        merge._buffers[0] = sorted(state["buffered"], key=event_order)
         released = state["released"]
         merge.released = (
             (float(released[0]), str(released[1]), int(released[2]), bool(released[3]))
@@ -296,6 +329,10 @@ class Merge:
         merge.late = int(state["late"])
         merge.duplicates = int(state["duplicates"])
         return merge
+
+
+def _event_time(obs: Observation) -> float:
+    return float(obs[4])
 
 
 def _renumbered(obs: Observation, index: int) -> Observation:

@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -137,7 +138,7 @@ if TYPE_CHECKING:
     from driftswitch.streams.service.metrics import Metrics
     from driftswitch.streams.service.worker import WorkerSettings
 
-__all__ = ["HEADER_MARKER", "HEADER_ORIGIN", "WORK_PER_CHECKPOINT", "JoinStage"]
+__all__ = ["HEADER_MARKER", "HEADER_ORIGIN", "WORK_PER_CHECKPOINT", "JoinStage", "LocalBatches"]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,62 @@ JOIN_MAX_RECORDS = 5000
 Key = TypeVar("Key")
 #: Topic indexes in observation positions and batches.
 PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
+
+
+#: Bytes of observation records :class:`LocalBatches` holds at most.
+LOCAL_BATCH_BYTES = 16 * 1024 * 1024
+
+
+class LocalBatches:
+    """The observation batches this process's join stage sent, for a decide stage in the same
+    process (``--stage all``): it takes a record it reads from here, by partition and offset,
+    instead of decoding and validating the same bytes again.
+
+    An entry is added when the broker acknowledges the record (its offset known) and taken when
+    the decide stage reads a record at that position *with the same bytes*, so a record anyone
+    else wrote there (a topic recreated since) is never taken for ours; a record read before its
+    acknowledgement was handled here is simply decoded. Entries not taken (a standby decide
+    stage, a position read again after a rebalance) are dropped oldest first beyond
+    :data:`LOCAL_BATCH_BYTES`.
+    """
+
+    __slots__ = ("_entries", "_size", "limit", "taken")
+
+    def __init__(self, limit: int = LOCAL_BATCH_BYTES) -> None:
+        self._entries: dict[tuple[int, int], tuple[bytes, Batch]] = {}
+        self._size = 0
+        self.limit = limit
+        #: Records taken from here instead of decoded.
+        self.taken = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, partition: int, offset: int, value: bytes, batch: Batch) -> None:
+        """Keep ``batch``, sent as ``value`` and stored at ``partition``/``offset``."""
+        entries = self._entries
+        entries[partition, offset] = (value, batch)
+        self._size += len(value)
+        while self._size > self.limit and entries:
+            old, _ = entries.pop(next(iter(entries)))
+            self._size -= len(old)
+
+    def take(self, partition: int, offset: int, value: bytes | None) -> Batch | None:
+        """The batch sent as ``value`` to ``partition``/``offset``, once; None if not here."""
+        entry = self._entries.get((partition, offset))
+        if entry is None or entry[0] != value:
+            return None
+        del self._entries[partition, offset]
+        self._size -= len(entry[0])
+        self.taken += 1
+        return entry[1]
+
+    def sent(self, value: bytes, batch: Batch, delivery: asyncio.Future[Any]) -> None:
+        """A done callback of the send of ``value``: keep ``batch`` if the broker took it."""
+        if delivery.cancelled() or delivery.exception() is not None:
+            return
+        meta = delivery.result()
+        self.add(meta.partition, meta.offset, value, batch)
 
 
 class _JoinFailedError(EngineFailedError):
@@ -283,6 +340,8 @@ class JoinStage:
         self._member: StageMember | None = None
         self._producer: Any = None
         self._deliveries: list[asyncio.Future[Any]] = []
+        #: Set when a decide stage runs in the same process (:class:`LocalBatches`).
+        self.local: LocalBatches | None = None
         #: Held while partitions are processed, checkpointed, assigned or revoked: aiokafka runs
         #: the rebalance callbacks in its own task, beside this stage's loop.
         self._lock = asyncio.Lock()
@@ -318,6 +377,8 @@ class JoinStage:
             "input_resets": self.counters["input_resets"],
             "batches": self.counters["batches"],
             "observation_records": self.counters["observation_records"],
+            # With the decide stage in this process: records it took from memory.
+            "observation_records_local": self.local.taken if self.local is not None else 0,
             "markers": self.counters["markers"],
             "read": {
                 str(p): {self._names[t]: o for t, o in sorted(part.read.items())}
@@ -1045,12 +1106,14 @@ class JoinStage:
         if not send:
             return
         key = str(part.index).encode()
-        for q, value in records:
-            self._deliveries.append(
-                await self._producer.send(
-                    self.topics.observations.name, value, key=key, partition=q
-                )
+        local = self.local
+        for q, value, batch in records:
+            delivery = await self._producer.send(
+                self.topics.observations.name, value, key=key, partition=q
             )
+            if local is not None:
+                delivery.add_done_callback(functools.partial(local.sent, value, batch))
+            self._deliveries.append(delivery)
             self.counters["observation_records"] += 1
         part.sent = (watermark, idle)
         part.sent_read = part.logical(part.read)
@@ -1059,8 +1122,8 @@ class JoinStage:
 
     def _encode(
         self, part: _Partition, observations: list[Observation], watermark: float, idle: bool
-    ) -> list[tuple[int, bytes]]:
-        """The observations topic's records for one batch: ``(partition, value)``."""
+    ) -> list[tuple[int, bytes, Batch]]:
+        """The observations topic's records for one batch: ``(partition, value, batch)``."""
         groups: dict[int, list[Observation]] = {q: [] for q in range(self._outputs)}
         for obs in observations:
             groups[observations_partition(obs[2], self._outputs)].append(obs)
@@ -1069,7 +1132,7 @@ class JoinStage:
         # process killed between them has not claimed (read positions are what the decide stage
         # takes as sent) observations it never sent.
         before_wm, _ = part.sent if part.sent is not None else (-math.inf, False)
-        records: list[tuple[int, bytes]] = []
+        records: list[tuple[int, bytes, Batch]] = []
         for q, obs in groups.items():
             chunks = [
                 obs[i : i + BATCH_OBSERVATIONS] for i in range(0, len(obs), BATCH_OBSERVATIONS)
@@ -1081,7 +1144,7 @@ class JoinStage:
                     if final
                     else Batch(part.index, dict(part.sent_read), before_wm, False, chunk, part.run)
                 )
-                records.append((q, encode_batch(batch)))
+                records.append((q, encode_batch(batch), batch))
         return records
 
     def _busy(self, part: _Partition, t: int) -> bool:

@@ -140,7 +140,7 @@ async def serve_worker(
     from driftswitch.streams.service.auth import AdminAuth
     from driftswitch.streams.service.hooks import resolve_hooks
     from driftswitch.streams.service.http import serve
-    from driftswitch.streams.service.joinstage import JoinStage
+    from driftswitch.streams.service.joinstage import JoinStage, LocalBatches
     from driftswitch.streams.service.metrics import Metrics
     from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
 
@@ -167,6 +167,7 @@ async def serve_worker(
     join_stage: JoinStage | None = None
     if stage == "all":
         join_stage = JoinStage(config, settings, metrics)
+        join_stage.local = LocalBatches()  # the decide stage below takes its batches
     metrics.init_labels(config.flags, {hook.format.value for hook in hooks})
     worker = Worker(
         config,

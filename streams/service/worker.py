@@ -937,13 +937,28 @@ class Worker:
         self._batch_done(len(records))
 
     def _release(self) -> list[Observation]:
-        """What every partition's merge releases, partition after partition."""
-        return [obs for _, merge in sorted(self.merges.items()) for obs in merge.release()]
+        """What every partition's merge releases, partition after partition (numbered by the
+        caller, :func:`_numbered`)."""
+        return [obs for _, merge in sorted(self.merges.items()) for obs in merge.take()]
 
     def _read_batch(self, record: Any) -> Batch:
         """The observation batch in ``record``, each observation given its join partition
         (inserted before its positions, which stay last); :class:`BatchError` if it is not one
-        this worker can merge."""
+        this worker can merge. A batch this process's join stage sent is taken from memory
+        (:class:`~driftswitch.streams.service.joinstage.LocalBatches`), already checked."""
+        local = self.join_stage.local if self.join_stage is not None else None
+        if local is not None:
+            sent = local.take(record.partition, record.offset, record.value)
+            if sent is not None:
+                source = sent.source
+                return Batch(
+                    source,
+                    sent.read,
+                    sent.watermark,
+                    sent.idle,
+                    [(*obs[:-1], source, obs[-1]) for obs in sent.observations],
+                    sent.run,
+                )
         batch = decode_batch(record.value or b"")
         sources = self.topics.predictions.partitions
         if not 0 <= batch.source < sources:

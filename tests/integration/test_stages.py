@@ -207,6 +207,10 @@ def test_one_process_runs_both_stages(
     assert status is not None
     assert status["join_stage"]["partitions"] == [0, 1, 2, 3]
     assert status["merge"]["late"] == 0
+    # The decide stage took (most of) its own join stage's batches from memory, and decided
+    # exactly what the backtest decides all the same.
+    join = status["join_stage"]
+    assert 0 < join["observation_records_local"] <= join["observation_records"]
     with urllib.request.urlopen(f"{both.url}/metrics", timeout=30) as r:
         metrics = r.read().decode()
     rerouted = re.search(r"^driftswitch_join_rerouted_total (\S+)$", metrics, re.M)
