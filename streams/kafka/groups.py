@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -299,6 +300,11 @@ class StageMember:
     ``fetch_max_wait_ms`` :data:`STAGE_FETCH_MAX_WAIT_MS` unless ``options`` say otherwise;
     ``options`` go to aiokafka (e.g. ``session_timeout_ms``, ``heartbeat_interval_ms``,
     ``fetch_max_wait_ms``, ``client_id``).
+
+    ``replaces`` is the member id of a process this one replaces and that is known to be dead
+    (its record in a state directory: :mod:`driftswitch.streams.service.startup`). :meth:`start`
+    removes it from the group (LeaveGroup on its behalf) before joining, so the group does not
+    wait for its session to time out before handing its partitions over (:attr:`replaced`).
     """
 
     def __init__(
@@ -309,6 +315,7 @@ class StageMember:
         *,
         on_assigned: IndexCallback = _nothing,
         on_revoked: IndexCallback = _nothing,
+        replaces: str | None = None,
         **options: Any,
     ) -> None:
         if not topics:
@@ -320,6 +327,7 @@ class StageMember:
         self.topics: tuple[str, ...] = tuple(topics)
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._replaces = replaces
         self._options = {
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
@@ -340,6 +348,13 @@ class StageMember:
         self._epoch = 0
         #: ``_epoch`` when the latest :meth:`getmany` began.
         self._batch_epoch = -1
+        #: When (:func:`time.time`) the first JoinGroup was sent, first answered without error
+        #: (``joined``) and the first SyncGroup answered without error (``synced``).
+        self.timeline: dict[str, float] = {}
+        #: With ``replaces``: whether the coordinator answered its removal without error
+        #: (``False``: Kafka did not know the member; ``None``: no answer, or nothing to
+        #: replace). The embedded broker answers without error for an unknown member too.
+        self.replaced: bool | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -357,7 +372,10 @@ class StageMember:
         )
         await start(client, self.kafka)
         _leave_from_generation_zero(client)
+        _time_group_requests(client, self.timeline)
         self._consumer = client
+        if self._replaces:
+            self.replaced = await _remove_member(client, self.group, self._replaces)
 
         async def revoked(_listener: Any, partitions: Any) -> None:
             await self._revoke()
@@ -401,6 +419,12 @@ class StageMember:
     def owned(self) -> frozenset[int]:
         """The indexes this member owns now (empty between a revocation and an assignment)."""
         return self._owned
+
+    @property
+    def member_id(self) -> str:
+        """This member's id in the group (``""`` before it has joined)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        return str(getattr(coordinator, "member_id", "") or "")
 
     @property
     def kept(self) -> frozenset[int]:
@@ -622,6 +646,64 @@ def _generation_of(client: Any) -> int:
     coordinator and has no public accessor; pinned by tests/integration/test_groups.py."""
     coordinator = getattr(client, "_coordinator", None)
     return int(getattr(coordinator, "generation", -1))
+
+
+async def _remove_member(client: Any, group: str, member_id: str) -> bool | None:
+    """Remove ``member_id`` from ``group`` (LeaveGroup sent on its behalf), before ``client``
+    joins: a process known to be dead, which this one replaces.
+
+    Without it the coordinator keeps the dead member until its session times out, and the
+    group's next generation waits for it: the replacement could not be assigned anything
+    before then. A member that is not (or no longer) in the group is answered
+    UNKNOWN_MEMBER_ID, which changes nothing. Best effort: a failure is logged and the member
+    joins anyway (the dead one then times out as before). Were the member alive after all, it
+    is expelled as by a session timeout and fenced as such (:meth:`StageMember.commit`).
+    """
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    coordinator = client._coordinator
+    try:
+        await asyncio.wait_for(coordinator.ensure_coordinator_known(), 30.0)
+        response = await asyncio.wait_for(
+            coordinator._send_req(LeaveGroupRequest(group, member_id)), 10.0
+        )
+    except Exception as err:  # the join that follows retries the coordinator anyway
+        log.warning("group %s: could not remove the dead member %s: %r", group, member_id, err)
+        return None
+    # aiokafka sends LeaveGroup v0/v1: one error code (Tansu answers 0 for an unknown member too).
+    code = int(response.error_code)
+    log.info(
+        "group %s: %s the dead member %s before joining",
+        group,
+        "removed" if code == 0 else f"could not remove (error code {code})",
+        member_id,
+    )
+    return code == 0
+
+
+def _time_group_requests(client: Any, timeline: dict[str, float]) -> None:
+    """Record in ``timeline`` when ``client`` first sends JoinGroup (``join_sent``), first has
+    one answered without error (``joined``) and first has SyncGroup answered (``synced``)."""
+    coordinator = getattr(client, "_coordinator", None)
+    send = getattr(coordinator, "_send_req", None)
+    if coordinator is None or send is None:
+        return
+
+    async def send_req(request: Any) -> Any:
+        api = getattr(request, "API_KEY", None)
+        if api == _JOIN_GROUP:
+            timeline.setdefault("join_sent", time.time())
+        response = await send(request)
+        if api in (_JOIN_GROUP, _SYNC_GROUP) and getattr(response, "error_code", 1) == 0:
+            timeline.setdefault("joined" if api == _JOIN_GROUP else "synced", time.time())
+        return response
+
+    coordinator._send_req = send_req
+
+
+#: Kafka API keys of JoinGroup and SyncGroup.
+_JOIN_GROUP = 11
+_SYNC_GROUP = 14
 
 
 def _leave_from_generation_zero(client: Any) -> None:

@@ -132,6 +132,7 @@ from driftswitch.streams.service.snapshot import (
     encode_chunks,
     latest_snapshot,
 )
+from driftswitch.streams.service.startup import STARTUP, dead_predecessor, record_member
 
 if TYPE_CHECKING:
     from driftswitch.streams.service.metrics import Metrics
@@ -160,6 +161,8 @@ ALIGNMENT_HOLD = 2.0
 #: Records per batch of the join stage: small enough that one batch of one partition does not
 #: run far ahead in event time (the alignment acts between batches).
 JOIN_MAX_RECORDS = 5000
+#: The file in ``<state_dir>/<group>.join/`` where a process records its group member id.
+MEMBER_FILE = "member.json"
 Key = TypeVar("Key")
 #: Topic indexes in observation positions and batches.
 PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
@@ -298,6 +301,10 @@ class JoinStage:
         #: Partitions assigned and paused until the data-loss check of the assignment answers.
         self._checking: set[Any] = set()
         self._checking_since = 0.0
+        #: Where this process records its member id, for a process that replaces it
+        #: (:mod:`~driftswitch.streams.service.startup`); only with a state directory.
+        state_dir = settings.state_dir
+        self._member_file = state_dir / self.group / MEMBER_FILE if state_dir is not None else None
 
     # -- status ------------------------------------------------------------------------------
 
@@ -347,6 +354,7 @@ class JoinStage:
             "recovery_seconds": (
                 round(self.recovery_seconds, 3) if self.recovery_seconds is not None else None
             ),
+            "startup_seconds": STARTUP.seconds(),
         }
 
     def join_counters(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -394,12 +402,23 @@ class JoinStage:
         """Join the group and process batches until :attr:`stop` is set."""
         s = self.settings
         self._producer = await kafka.open_producer(s.kafka, linger_ms=5, acks="all")
+        STARTUP.mark("producer")
+        replaces = dead_predecessor(self._member_file) if self._member_file is not None else None
+        if replaces is not None:
+            log.warning(
+                "join stage: the process that last ran on %s is gone; removing its member %s "
+                "from group %s",
+                self._member_file.parent if self._member_file is not None else None,
+                replaces,
+                self.group,
+            )
         member = self._member = StageMember(
             s.kafka,
             self.group,
             [self._names[PREDICTIONS], self._names[OUTCOMES], self._names[REROUTED]],
             on_assigned=self._assigned,
             on_revoked=self._revoked,
+            replaces=replaces,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -407,6 +426,7 @@ class JoinStage:
         )
         try:
             await member.start()
+            STARTUP.mark("subscribed")
             await self._loop()
         finally:
             with contextlib.suppress(Exception):
@@ -514,6 +534,11 @@ class JoinStage:
     async def _assign(self, indexes: set[int]) -> None:
         assert self._member is not None
         t0 = time.monotonic()
+        for step in ("join_sent", "joined", "synced"):
+            if step in self._member.timeline:
+                STARTUP.mark_at(step, self._member.timeline[step])
+        STARTUP.mark("assigned")
+        self._record_member()
         # aiokafka may fetch for the new partitions while this runs: hold them until each one
         # has its state and position.
         consumer = self._member.consumer
@@ -538,12 +563,25 @@ class JoinStage:
         self._start_check(sorted(indexes))
         consumer.resume(*(paused - self._checking))
         self.recovery_seconds = time.monotonic() - t0
+        STARTUP.mark("restored")
+        if not self._checking:
+            STARTUP.mark("reading")
         log.info(
             "join stage: partitions %s (restored %s from checkpoints) in %.2f s",
             sorted(indexes),
             sorted(saved),
             self.recovery_seconds,
         )
+
+    def _record_member(self) -> None:
+        """Record this process's member id in the state directory (module doc: State on disk)."""
+        if self._member_file is None or self._member is None or not self._member.member_id:
+            return
+        try:
+            self._member_file.parent.mkdir(parents=True, exist_ok=True)
+            record_member(self._member_file, self._member.member_id)
+        except OSError as err:  # the stores on the same disk will fail louder
+            log.warning("join stage: cannot record the member id in %s: %r", self._member_file, err)
 
     def _start_check(self, indexes: list[int]) -> None:
         """Start the data-loss check (module doc) of the read positions and marks of the owned
@@ -582,6 +620,7 @@ class JoinStage:
         still = held & set(consumer.assignment())
         if still:
             consumer.resume(*still)
+            STARTUP.mark("reading")
             log.info(
                 "join stage: partitions %s checked for lost input in %.2f s: reading",
                 sorted({tp.partition for tp in still}),

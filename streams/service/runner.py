@@ -142,14 +142,17 @@ async def serve_worker(
     from driftswitch.streams.service.http import serve
     from driftswitch.streams.service.joinstage import JoinStage
     from driftswitch.streams.service.metrics import Metrics
+    from driftswitch.streams.service.startup import STARTUP
     from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
 
+    STARTUP.mark("imports")
     env = os.environ if environ is None else environ
     check_port(web_host, web_port)
     hooks = resolve_hooks(config, env)
     security = security if security is not None else KafkaSecurity()
     kafka = KafkaSettings(bootstrap=bootstrap, security=security)
     await ensure_topics(kafka, [*topics.specs(), state_topic(topics)])
+    STARTUP.mark("topics")
     settings = WorkerSettings(
         bootstrap=bootstrap,
         topics=topics,
@@ -262,6 +265,7 @@ async def _serve_join_stage(
 
     from driftswitch.streams.service.joinstage import JoinStage
     from driftswitch.streams.service.metrics import metrics_handler
+    from driftswitch.streams.service.startup import STARTUP
 
     stage = JoinStage(config, settings, metrics)
 
@@ -284,6 +288,7 @@ async def _serve_join_stage(
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on http://{web_host}:{web_port}: {exc}") from None
+    STARTUP.mark("http")
     log.info(
         "driftswitch join stage: group %s.join, HTTP http://%s:%d/healthz",
         settings.group,

@@ -1,0 +1,146 @@
+"""A process's start: when it reached each step, and the dead process it replaces.
+
+When a process reached each step of its start, for ``/healthz`` (``startup_seconds``).
+
+A restarted stage process is not working again until it has started Python, imported its
+modules, joined its consumer group, been assigned partitions and restored their state. The
+stage's ``recovery_seconds`` covers only the last step; :data:`STARTUP` records them all, as
+seconds since the process began (its start time in ``/proc/self/stat`` on Linux, else when this
+module was imported), so the time from a SIGKILL to the partitions being read again can be split
+into its parts (``benchmarks/scale.py --join-stage`` prints them).
+
+The process it replaces: a stage process with a state directory records there its group member
+id, its pid, its host and when it started (:func:`record_member`). A process started later on
+the same directory reads that record (:func:`dead_predecessor`): if the recorded process is gone
+(no process with that pid, or one that started at another time: the pid was reused), its member
+id is that of a dead member, which the new process removes from the group before joining
+(:class:`~driftswitch.streams.kafka.groups.StageMember` ``replaces``). The group then need not
+wait for the dead member's session to time out before it hands its partitions over. A record
+from another host is not checked (its pid says nothing here) and is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+__all__ = [
+    "STARTUP",
+    "Startup",
+    "dead_predecessor",
+    "predecessor_of",
+    "process_started",
+    "record_member",
+]
+
+log = logging.getLogger(__name__)
+
+
+def process_started(pid: int | str = "self") -> float | None:
+    """When process ``pid`` started, as :func:`time.time`, from ``/proc`` (``None`` when there is
+    no such process, or no ``/proc``).
+
+    ``/proc/<pid>/stat`` field 22 is the start in clock ticks since boot; ``/proc/stat``'s
+    ``btime`` is the boot in seconds since the epoch."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    # The command name (field 2) may hold spaces: the fields after it follow its last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    try:
+        ticks = int(fields[19])  # field 22 overall
+    except (IndexError, ValueError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Startup:
+    """The steps of one process's start, each recorded once (the first time)."""
+
+    def __init__(self, began: float | None = None) -> None:
+        #: The process's start (:func:`time.time`); its resolution is a clock tick (10 ms).
+        self.began = began if began is not None else (process_started() or time.time())
+        self._steps: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        """Record that ``step`` is reached now, unless it was reached before."""
+        self._steps.setdefault(step, time.time())
+
+    def mark_at(self, step: str, at: float) -> None:
+        """Record that ``step`` was reached at ``at`` (:func:`time.time`), unless it was before."""
+        self._steps.setdefault(step, at)
+
+    def seconds(self) -> dict[str, float]:
+        """``{step: seconds since the process began}``, in the order the steps were reached."""
+        return {
+            step: round(at - self.began, 3)
+            for step, at in sorted(self._steps.items(), key=lambda item: item[1])
+        }
+
+
+#: This process's start.
+STARTUP = Startup()
+
+
+def record_member(path: Path, member_id: str) -> None:
+    """Record in ``path`` that this process is ``member_id`` (atomically replaced)."""
+    record = {
+        "member_id": member_id,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": STARTUP.began,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(record))
+    os.replace(tmp, path)
+
+
+def predecessor_of(
+    record: dict[str, object],
+    host: str,
+    started_of: Callable[[int], float | None],
+    own_pid: int,
+) -> str | None:
+    """The member id in ``record`` if its process is dead, else ``None``.
+
+        Dead: on this ``host``, and no process has its pid (``started_of(pid)`` is ``None``), or the
+        one that has it started more than a second away from the recorded start (the pid was reused;
+        :data:`STARTUP` is precise to a clock tick). A record of this very process (``own_pid`` with
+        its start) is not a predecessor, and where ``started_of`` cannot tell even this process's
+    start (no ``/proc``), nothing is."""
+    member_id, pid, started = record.get("member_id"), record.get("pid"), record.get("started")
+    if not isinstance(member_id, str) or not member_id or record.get("host") != host:
+        return None
+    if not isinstance(pid, int) or not isinstance(started, int | float):
+        return None
+    if started_of(own_pid) is None:
+        return None  # no /proc here: nothing can be told
+    now = started_of(pid)
+    if now is not None and abs(now - started) <= 1.0:
+        return None  # alive (this process, or another one on the same directory)
+    return member_id
+
+
+def dead_predecessor(path: Path) -> str | None:
+    """The member id recorded in ``path`` (:func:`record_member`) if its process is dead
+    (:func:`predecessor_of`); ``None`` when there is no record or it is unreadable."""
+    try:
+        record = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as err:
+        log.warning("ignoring the unreadable member record %s: %r", path, err)
+        return None
+    if not isinstance(record, dict):
+        return None
+    return predecessor_of(record, socket.gethostname(), process_started, os.getpid())
