@@ -303,7 +303,7 @@ def join_stage_scale(
 
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka import ensure_topics
-    from driftswitch.streams.service.joinstage import MEMBER_FILE
+    from driftswitch.streams.service.startup import MEMBER_PREFIX, MEMBER_SUFFIX
     from driftswitch.streams.service.worker import state_topic
     from driftswitch.streams.tools.broker import EmbeddedBroker
     from driftswitch.streams.tools.delayedlabels import CONFIG, DelayedLabels, produce
@@ -424,7 +424,7 @@ def join_stage_scale(
                 # the run, they show what replaying the write-ahead logs costs.
                 wal_bytes = sum(f.stat().st_size for f in (work / "state").rglob("*.log"))
                 subprocess.run(["cp", "-al", str(work / "state"), str(work / "killed")], check=True)
-                records = list((work / "state").glob(f"*/{MEMBER_FILE}"))
+                records = list((work / "state").glob(f"*/{MEMBER_PREFIX}*{MEMBER_SUFFIX}"))
                 out["member_record"] = bool(records) and not forget_member
                 if forget_member:
                     for record in records:

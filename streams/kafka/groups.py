@@ -301,10 +301,11 @@ class StageMember:
     ``options`` go to aiokafka (e.g. ``session_timeout_ms``, ``heartbeat_interval_ms``,
     ``fetch_max_wait_ms``, ``client_id``).
 
-    ``replaces`` is the member id of a process this one replaces and that is known to be dead
-    (its record in a state directory: :mod:`driftswitch.streams.service.startup`). :meth:`start`
-    removes it from the group (LeaveGroup on its behalf) before joining, so the group does not
-    wait for its session to time out before handing its partitions over (:attr:`replaced`).
+    ``replaces`` are the member ids of processes this one replaces and that are known to be dead
+    (their records in a state directory: :mod:`driftswitch.streams.service.startup`).
+    :meth:`start` removes them from the group (LeaveGroup on their behalf) before joining, so the
+    group does not wait for their sessions to time out before handing their partitions over
+    (:attr:`replaced`).
     """
 
     def __init__(
@@ -315,7 +316,7 @@ class StageMember:
         *,
         on_assigned: IndexCallback = _nothing,
         on_revoked: IndexCallback = _nothing,
-        replaces: str | None = None,
+        replaces: Iterable[str] = (),
         **options: Any,
     ) -> None:
         if not topics:
@@ -327,7 +328,7 @@ class StageMember:
         self.topics: tuple[str, ...] = tuple(topics)
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
-        self._replaces = replaces
+        self._replaces = tuple(replaces)
         self._options = {
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
@@ -351,10 +352,10 @@ class StageMember:
         #: When (:func:`time.time`) the first JoinGroup was sent, first answered without error
         #: (``joined``) and the first SyncGroup answered without error (``synced``).
         self.timeline: dict[str, float] = {}
-        #: With ``replaces``: whether the coordinator answered its removal without error
-        #: (``False``: Kafka did not know the member; ``None``: no answer, or nothing to
-        #: replace). The embedded broker answers without error for an unknown member too.
-        self.replaced: bool | None = None
+        #: Per member of ``replaces``: whether the coordinator answered its removal without
+        #: error (``False``: Kafka did not know the member; ``None``: no answer). The embedded
+        #: broker answers without error for an unknown member too.
+        self.replaced: dict[str, bool | None] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -374,8 +375,8 @@ class StageMember:
         _leave_from_generation_zero(client)
         _time_group_requests(client, self.timeline)
         self._consumer = client
-        if self._replaces:
-            self.replaced = await _remove_member(client, self.group, self._replaces)
+        for dead in self._replaces:
+            self.replaced[dead] = await _remove_member(client, self.group, dead)
 
         async def revoked(_listener: Any, partitions: Any) -> None:
             await self._revoke()

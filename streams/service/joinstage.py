@@ -132,7 +132,12 @@ from driftswitch.streams.service.snapshot import (
     encode_chunks,
     latest_snapshot,
 )
-from driftswitch.streams.service.startup import STARTUP, dead_predecessor, record_member
+from driftswitch.streams.service.startup import (
+    STARTUP,
+    dead_predecessors,
+    forget_member,
+    record_member,
+)
 
 if TYPE_CHECKING:
     from driftswitch.streams.service.metrics import Metrics
@@ -161,8 +166,6 @@ ALIGNMENT_HOLD = 2.0
 #: Records per batch of the join stage: small enough that one batch of one partition does not
 #: run far ahead in event time (the alignment acts between batches).
 JOIN_MAX_RECORDS = 5000
-#: The file in ``<state_dir>/<group>.join/`` where a process records its group member id.
-MEMBER_FILE = "member.json"
 Key = TypeVar("Key")
 #: Topic indexes in observation positions and batches.
 PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
@@ -304,7 +307,7 @@ class JoinStage:
         #: Where this process records its member id, for a process that replaces it
         #: (:mod:`~driftswitch.streams.service.startup`); only with a state directory.
         state_dir = settings.state_dir
-        self._member_file = state_dir / self.group / MEMBER_FILE if state_dir is not None else None
+        self._members_dir = state_dir / self.group if state_dir is not None else None
 
     # -- status ------------------------------------------------------------------------------
 
@@ -403,14 +406,14 @@ class JoinStage:
         s = self.settings
         self._producer = await kafka.open_producer(s.kafka, linger_ms=5, acks="all")
         STARTUP.mark("producer")
-        replaces = dead_predecessor(self._member_file) if self._member_file is not None else None
-        if replaces is not None:
+        dead = dead_predecessors(self._members_dir) if self._members_dir is not None else {}
+        if dead:
             log.warning(
-                "join stage: the process that last ran on %s is gone; removing its member %s "
-                "from group %s",
-                self._member_file.parent if self._member_file is not None else None,
-                replaces,
+                "join stage: removing from group %s the members of processes that ran on %s and "
+                "are gone: %s",
                 self.group,
+                self._members_dir,
+                ", ".join(sorted(dead.values())),
             )
         member = self._member = StageMember(
             s.kafka,
@@ -418,7 +421,7 @@ class JoinStage:
             [self._names[PREDICTIONS], self._names[OUTCOMES], self._names[REROUTED]],
             on_assigned=self._assigned,
             on_revoked=self._revoked,
-            replaces=replaces,
+            replaces=sorted(dead.values()),
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -426,11 +429,16 @@ class JoinStage:
         )
         try:
             await member.start()
+            for path, member_id in dead.items():
+                if member.replaced.get(member_id) is not None:  # answered: removed, or unknown
+                    path.unlink(missing_ok=True)
             STARTUP.mark("subscribed")
             await self._loop()
         finally:
             with contextlib.suppress(Exception):
                 await member.stop()  # revokes: final checkpoints
+                if self._members_dir is not None:
+                    forget_member(self._members_dir)  # it left the group
             await self._loss.close()
             await kafka.stop_quietly(self._producer)
 
@@ -575,13 +583,13 @@ class JoinStage:
 
     def _record_member(self) -> None:
         """Record this process's member id in the state directory (module doc: State on disk)."""
-        if self._member_file is None or self._member is None or not self._member.member_id:
+        if self._members_dir is None or self._member is None or not self._member.member_id:
             return
         try:
-            self._member_file.parent.mkdir(parents=True, exist_ok=True)
-            record_member(self._member_file, self._member.member_id)
+            self._members_dir.mkdir(parents=True, exist_ok=True)
+            record_member(self._members_dir, self._member.member_id)
         except OSError as err:  # the stores on the same disk will fail louder
-            log.warning("join stage: cannot record the member id in %s: %r", self._member_file, err)
+            log.warning("join stage: cannot record the member id in %s: %r", self._members_dir, err)
 
     def _start_check(self, indexes: list[int]) -> None:
         """Start the data-loss check (module doc) of the read positions and marks of the owned

@@ -9,11 +9,12 @@ seconds since the process began (its start time in ``/proc/self/stat`` on Linux,
 module was imported), so the time from a SIGKILL to the partitions being read again can be split
 into its parts (``benchmarks/scale.py --join-stage`` prints them).
 
-The process it replaces: a stage process with a state directory records there its group member
-id, its pid, its host and when it started (:func:`record_member`). A process started later on
-the same directory reads that record (:func:`dead_predecessor`): if the recorded process is gone
-(no process with that pid, or one that started at another time: the pid was reused), its member
-id is that of a dead member, which the new process removes from the group before joining
+The processes it replaces: a stage process with a state directory records there, in a file of
+its own (several processes may share the directory), its group member id, its pid, its host and
+when it started (:func:`record_member`; removed on a clean stop). A process started later on the
+same directory reads those records (:func:`dead_predecessors`): a recorded process that is gone
+(no process with that pid, or one that started at another time: the pid was reused) was a dead
+member, which the new process removes from the group before joining
 (:class:`~driftswitch.streams.kafka.groups.StageMember` ``replaces``). The group then need not
 wait for the dead member's session to time out before it hands its partitions over. A record
 from another host is not checked (its pid says nothing here) and is left alone.
@@ -33,7 +34,9 @@ import orjson
 __all__ = [
     "STARTUP",
     "Startup",
-    "dead_predecessor",
+    "dead_predecessors",
+    "forget_member",
+    "member_record",
     "predecessor_of",
     "process_started",
     "record_member",
@@ -92,17 +95,33 @@ class Startup:
 STARTUP = Startup()
 
 
-def record_member(path: Path, member_id: str) -> None:
-    """Record in ``path`` that this process is ``member_id`` (atomically replaced)."""
+def member_record(directory: Path, pid: int | None = None) -> Path:
+    """The file in ``directory`` where process ``pid`` (default: this one) records its member."""
+    return directory / f"{MEMBER_PREFIX}{os.getpid() if pid is None else pid}{MEMBER_SUFFIX}"
+
+
+#: A member record's file name: prefix, the process id, suffix.
+MEMBER_PREFIX, MEMBER_SUFFIX = "member-", ".json"
+
+
+def record_member(directory: Path, member_id: str) -> None:
+    """Record in ``directory`` that this process is ``member_id`` (its own file, atomically
+    replaced: several processes may share the directory)."""
     record = {
         "member_id": member_id,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": STARTUP.began,
     }
+    path = member_record(directory)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(orjson.dumps(record))
     os.replace(tmp, path)
+
+
+def forget_member(directory: Path) -> None:
+    """Remove this process's record (it left its group cleanly)."""
+    member_record(directory).unlink(missing_ok=True)
 
 
 def predecessor_of(
@@ -113,10 +132,10 @@ def predecessor_of(
 ) -> str | None:
     """The member id in ``record`` if its process is dead, else ``None``.
 
-        Dead: on this ``host``, and no process has its pid (``started_of(pid)`` is ``None``), or the
-        one that has it started more than a second away from the recorded start (the pid was reused;
-        :data:`STARTUP` is precise to a clock tick). A record of this very process (``own_pid`` with
-        its start) is not a predecessor, and where ``started_of`` cannot tell even this process's
+    Dead: on this ``host``, and no process has its pid (``started_of(pid)`` is ``None``), or the
+    one that has it started more than a second away from the recorded start (the pid was reused;
+    :data:`STARTUP` is precise to a clock tick). A record of this very process (``own_pid`` with
+    its start) is not a predecessor, and where ``started_of`` cannot tell even this process's
     start (no ``/proc``), nothing is."""
     member_id, pid, started = record.get("member_id"), record.get("pid"), record.get("started")
     if not isinstance(member_id, str) or not member_id or record.get("host") != host:
@@ -131,16 +150,23 @@ def predecessor_of(
     return member_id
 
 
-def dead_predecessor(path: Path) -> str | None:
-    """The member id recorded in ``path`` (:func:`record_member`) if its process is dead
-    (:func:`predecessor_of`); ``None`` when there is no record or it is unreadable."""
-    try:
-        record = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, orjson.JSONDecodeError) as err:
-        log.warning("ignoring the unreadable member record %s: %r", path, err)
-        return None
-    if not isinstance(record, dict):
-        return None
-    return predecessor_of(record, socket.gethostname(), process_started, os.getpid())
+def dead_predecessors(directory: Path) -> dict[Path, str]:
+    """``{record file: member id}`` of the processes recorded in ``directory``
+    (:func:`record_member`) that are dead (:func:`predecessor_of`). Unreadable records are
+    skipped."""
+    found: dict[Path, str] = {}
+    host, pid = socket.gethostname(), os.getpid()
+    for path in sorted(directory.glob(f"{MEMBER_PREFIX}*{MEMBER_SUFFIX}")):
+        try:
+            record = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            continue  # removed meanwhile by its process (a clean stop) or another replacement
+        except (OSError, orjson.JSONDecodeError) as err:
+            log.warning("ignoring the unreadable member record %s: %r", path, err)
+            continue
+        member_id = (
+            predecessor_of(record, host, process_started, pid) if isinstance(record, dict) else None
+        )
+        if member_id is not None:
+            found[path] = member_id
+    return found

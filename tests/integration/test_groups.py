@@ -372,12 +372,12 @@ def test_a_replacement_removes_the_killed_member_it_replaces_instead_of_waiting_
             topics,
             on_assigned=b._assigned,
             on_revoked=b._revoked,
-            replaces=dead,
+            replaces=[dead],
             **{**OPTIONS, "session_timeout_ms": session_ms},
         )
         await b.start()
         try:
-            assert b.member.replaced is True
+            assert b.member.replaced == {dead: True}
             # The dead member's session (20 s, from its last heartbeat at most 0.5 s before the
             # kill) has not run out yet when the new member owns everything.
             await until(
@@ -416,7 +416,7 @@ def test_replacing_a_member_the_group_does_not_know_changes_nothing(
                 topics,
                 on_assigned=b._assigned,
                 on_revoked=b._revoked,
-                replaces="gone-" + secrets.token_hex(4),
+                replaces=["gone-" + secrets.token_hex(4)],
                 **OPTIONS,
             )
             await b.start()
