@@ -306,6 +306,10 @@ class StageMember:
     :meth:`start` removes them from the group (LeaveGroup on their behalf) before joining, so the
     group does not wait for their sessions to time out before handing their partitions over
     (:attr:`replaced`).
+
+    ``unbound``: the member may be started before its runner is ready (to join the group while
+    the process still starts); its rebalance callbacks wait until :meth:`bind` gives them. aiokafka
+    sends no heartbeat while a callback runs, so the wait counts toward the session timeout.
     """
 
     def __init__(
@@ -317,6 +321,7 @@ class StageMember:
         on_assigned: IndexCallback = _nothing,
         on_revoked: IndexCallback = _nothing,
         replaces: Iterable[str] = (),
+        unbound: bool = False,
         **options: Any,
     ) -> None:
         if not topics:
@@ -329,6 +334,10 @@ class StageMember:
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._replaces = tuple(replaces)
+        #: Set once the callbacks are known (:meth:`bind`); rebalance callbacks wait for it.
+        self._bound = asyncio.Event()
+        if not unbound:
+            self._bound.set()
         self._options = {
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
@@ -386,10 +395,24 @@ class StageMember:
 
         client.subscribe(list(self.topics), listener=rebalance_listener(revoked, assigned))
 
+    def bind(self, on_assigned: IndexCallback, on_revoked: IndexCallback) -> None:
+        """Set the rebalance callbacks of a member made ``unbound``: started before its runner
+        was ready, its first callback waits until this is called."""
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._bound.set()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options its consumer was opened with."""
+        return dict(self._options)
+
     async def stop(self) -> None:
         """Revoke every owned index (``on_revoked``), then leave the group and close."""
         if self._consumer is None:
             return
+        if not self._bound.is_set():
+            self.bind(_nothing, _nothing)  # its runner never came: nothing to hand over
         self._stopping = True  # an assignment arriving now is not handed to the runner
         await self._revoke()
         client, self._consumer = self._consumer, None
@@ -442,6 +465,17 @@ class StageMember:
     def partitions(self) -> int:
         """The partition count every topic has (known after :meth:`start`)."""
         return self._partitions
+
+    async def wait_joining(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the first JoinGroup has been sent: from then on the
+        coordinator works on this member's join whatever this process does; whether it was."""
+        deadline = time.monotonic() + timeout_s
+        while "join_sent" not in self.timeline:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the request's bytes leave on the next turn of the loop
+        return True
 
     async def wait_assigned(self, timeout_s: float | None = None) -> frozenset[int]:
         """Wait for the first assignment (``TimeoutError`` after ``timeout_s``); the indexes."""
@@ -577,6 +611,7 @@ class StageMember:
             raise GroupError(f"a rebalance callback failed: {failure!r}") from failure
 
     async def _revoke(self) -> None:
+        await self._bound.wait()
         async with self._callbacks:
             self._epoch += 1
             revoked = set(self._owned)
@@ -594,6 +629,7 @@ class StageMember:
                 self._epoch += 1
 
     async def _assign(self, indexes: set[int]) -> None:
+        await self._bound.wait()
         async with self._callbacks:
             self._epoch += 1
             if self._stopping:

@@ -60,7 +60,11 @@ Shape (docs/architecture.md "Scaling out"):
   when it holds the topic's latest checkpoint for the partition (or its successor: killed
   between the two writes); otherwise it starts that partition's join empty and counts the
   entries it could not recover (``join_entries_lost``). Without ``state_dir`` the entries are in
-  memory and in every checkpoint.
+  memory and in every checkpoint. The process also records its group member id there
+  (``member-<pid>.json``), and one started later on the directory removes the members of the
+  processes recorded there that are gone, before it joins
+  (:mod:`~driftswitch.streams.service.startup`): the group need not wait for a SIGKILLed
+  member's session to time out.
 - **Poison containment.** Validation is meant to let through only what the join can process and
   checkpoint. An input that still breaks it (``Joiner.process`` raises, its observations do not
   encode, or the partition's state no longer checkpoints) stops only that partition, for a
@@ -134,8 +138,8 @@ from driftswitch.streams.service.snapshot import (
 )
 from driftswitch.streams.service.startup import (
     STARTUP,
-    dead_predecessors,
     forget_member,
+    join_member,
     record_member,
 )
 
@@ -401,46 +405,53 @@ class JoinStage:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Join the group and process batches until :attr:`stop` is set."""
+    async def run(self, member: StageMember | None = None) -> None:
+        """Join the group and process batches until :attr:`stop` is set.
+
+        ``member``: the stage's group member already started (unbound) by
+        :func:`~driftswitch.streams.service.startup.join_member` while the process was still
+        starting, so that the group's rebalance overlapped the rest of the start; this stage
+        takes it over (and stops it). One opened with other settings is stopped and replaced."""
         s = self.settings
-        self._producer = await kafka.open_producer(s.kafka, linger_ms=5, acks="all")
-        STARTUP.mark("producer")
-        dead = dead_predecessors(self._members_dir) if self._members_dir is not None else {}
-        if dead:
-            log.warning(
-                "join stage: removing from group %s the members of processes that ran on %s and "
-                "are gone: %s",
-                self.group,
-                self._members_dir,
-                ", ".join(sorted(dead.values())),
-            )
-        member = self._member = StageMember(
-            s.kafka,
-            self.group,
-            [self._names[PREDICTIONS], self._names[OUTCOMES], self._names[REROUTED]],
-            on_assigned=self._assigned,
-            on_revoked=self._revoked,
-            replaces=sorted(dead.values()),
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=s.heartbeat_interval_ms,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
         try:
-            await member.start()
-            for path, member_id in dead.items():
-                if member.replaced.get(member_id) is not None:  # answered: removed, or unknown
-                    path.unlink(missing_ok=True)
-            STARTUP.mark("subscribed")
+            if member is not None and not self._fits(member):
+                log.warning("join stage: the member started early does not fit; joining anew")
+                await member.stop()
+                member = None
+            self._producer = await kafka.open_producer(s.kafka, linger_ms=5, acks="all")
+            STARTUP.mark("producer")
+            if member is None:
+                member = await join_member(
+                    s.kafka,
+                    self.group,
+                    self.topics,
+                    self._members_dir,
+                    session_timeout_ms=s.session_timeout_ms,
+                    heartbeat_interval_ms=s.heartbeat_interval_ms,
+                )
+            self._member = member
+            member.bind(self._assigned, self._revoked)
             await self._loop()
         finally:
-            with contextlib.suppress(Exception):
-                await member.stop()  # revokes: final checkpoints
-                if self._members_dir is not None:
-                    forget_member(self._members_dir)  # it left the group
+            if member is not None:
+                with contextlib.suppress(Exception):
+                    await member.stop()  # revokes: final checkpoints
+                    if self._members_dir is not None:
+                        forget_member(self._members_dir)  # it left the group
             await self._loss.close()
-            await kafka.stop_quietly(self._producer)
+            if self._producer is not None:
+                await kafka.stop_quietly(self._producer)
+
+    def _fits(self, member: StageMember) -> bool:
+        """Whether ``member`` (started early) is this stage's: group, topics and session."""
+        s, options = self.settings, member.options
+        return (
+            member.group == self.group
+            and member.topics
+            == (self._names[PREDICTIONS], self._names[OUTCOMES], self._names[REROUTED])
+            and options.get("session_timeout_ms") == s.session_timeout_ms
+            and options.get("heartbeat_interval_ms") == s.heartbeat_interval_ms
+        )
 
     async def _loop(self) -> None:
         s = self.settings

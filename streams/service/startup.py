@@ -28,14 +28,23 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
+if TYPE_CHECKING:
+    from driftswitch.streams.contract.topics import Topics
+    from driftswitch.streams.kafka.groups import StageMember
+    from driftswitch.streams.kafka.settings import KafkaSettings
+
 __all__ = [
+    "JOIN_HEARTBEAT_INTERVAL_MS",
+    "JOIN_SESSION_TIMEOUT_MS",
     "STARTUP",
     "Startup",
     "dead_predecessors",
     "forget_member",
+    "join_member",
     "member_record",
     "predecessor_of",
     "process_started",
@@ -170,3 +179,53 @@ def dead_predecessors(directory: Path) -> dict[Path, str]:
         if member_id is not None:
             found[path] = member_id
     return found
+
+
+#: A join-stage member's session timeout and heartbeat interval (the worker settings' defaults;
+#: tests/unit/test_startup.py checks they agree).
+JOIN_SESSION_TIMEOUT_MS = 6_000
+JOIN_HEARTBEAT_INTERVAL_MS = 1_000
+
+
+async def join_member(
+    kafka: KafkaSettings,
+    group: str,
+    topics: Topics,
+    members_dir: Path | None,
+    *,
+    session_timeout_ms: int = JOIN_SESSION_TIMEOUT_MS,
+    heartbeat_interval_ms: int = JOIN_HEARTBEAT_INTERVAL_MS,
+) -> StageMember:
+    """The join stage's group member, started and ``unbound`` (its runner binds the callbacks):
+    it reads the prediction, outcome and repartition topics of ``topics`` in ``group``, and
+    first removes the dead members recorded in ``members_dir`` (module doc). Raises as
+    :meth:`StageMember.start <driftswitch.streams.kafka.groups.StageMember.start>` does."""
+    from driftswitch.streams.kafka.groups import StageMember
+
+    dead = dead_predecessors(members_dir) if members_dir is not None else {}
+    if dead:
+        log.warning(
+            "join stage: removing from group %s the members of processes that ran on %s and are "
+            "gone: %s",
+            group,
+            members_dir,
+            ", ".join(sorted(dead.values())),
+        )
+    member = StageMember(
+        kafka,
+        group,
+        [topics.predictions.name, topics.outcomes.name, topics.repartition.name],
+        replaces=sorted(dead.values()),
+        unbound=True,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await member.start()
+    await member.wait_joining(10.0)  # then the coordinator works while this process starts
+    for path, member_id in dead.items():
+        if member.replaced.get(member_id) is not None:  # answered: removed, or unknown
+            path.unlink(missing_ok=True)
+    STARTUP.mark("subscribed")
+    return member

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import orjson
 
+from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.service.startup import (
+    JOIN_HEARTBEAT_INTERVAL_MS,
+    JOIN_SESSION_TIMEOUT_MS,
     STARTUP,
     Startup,
     dead_predecessors,
@@ -21,6 +24,7 @@ from driftswitch.streams.service.startup import (
     process_started,
     record_member,
 )
+from driftswitch.streams.service.worker import WorkerSettings
 
 HOST = "h1"
 
@@ -100,3 +104,9 @@ def test_steps_are_kept_once_in_the_order_reached() -> None:
     assert startup.seconds() == {"a": 1.25, "b": 2.5}
     startup.mark("c")
     assert list(startup.seconds()) == ["a", "b", "c"]
+
+
+def test_the_join_members_session_is_the_worker_settings_default() -> None:
+    defaults = WorkerSettings(bootstrap="127.0.0.1:1", topics=Topics.with_prefix("t"))
+    assert defaults.session_timeout_ms == JOIN_SESSION_TIMEOUT_MS
+    assert defaults.heartbeat_interval_ms == JOIN_HEARTBEAT_INTERVAL_MS
