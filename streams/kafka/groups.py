@@ -611,7 +611,10 @@ class StageMember:
             raise GroupError(f"a rebalance callback failed: {failure!r}") from failure
 
     async def _revoke(self) -> None:
-        await self._bound.wait()
+        if not self._bound.is_set():
+            # aiokafka revokes (nothing) before the first join too; an unbound member cannot
+            # own anything before its runner binds (:meth:`_assign` waits for it).
+            return
         async with self._callbacks:
             self._epoch += 1
             revoked = set(self._owned)
