@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py [--pending 20000000] [--rate 50000] [--dir DIR]
     .venv/bin/python benchmarks/scale.py --stages 1,2,3 [--events 400000] [--rounds 3]
-    .venv/bin/python benchmarks/scale.py --join-stage 20000000 [--labelled 200000]
+    .venv/bin/python benchmarks/scale.py --join-stage 20000000 [--labelled 200000] [--forget-member]
 
 A child process fills a :class:`~driftswitch.streams.service.joinstore.RocksJoinStore` through
 :class:`~driftswitch.streams.pipeline.join.StoredJoinBuffer` with ``--pending`` predictions
@@ -43,7 +43,12 @@ stores opened, inputs sought), the wall time from the SIGKILL until its partitio
 exactly ``N`` entries are pending then, none lost, none rejected as a duplicate. Two parts of
 ``recovery_seconds`` are also timed alone once the run is over: reading the whole state topic
 (it grows with the run's history) and opening hard-linked copies of the stores taken at the
-SIGKILL (write-ahead log replay; the logs' size at the SIGKILL is printed too).
+SIGKILL (write-ahead log replay; the logs' size at the SIGKILL is printed too). The restart is
+also printed step by step, in seconds after the SIGKILL: the process spawned, then each step of
+its ``/healthz`` ``startup_seconds`` (Python and the command line, JoinGroup sent, the service's
+modules imported, JoinGroup answered, SyncGroup answered, partitions restored, reading again).
+``--forget-member`` deletes the killed process's member record before the restart, so the group
+keeps the dead member until its session times out (the restart without that removal).
 
 With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run --stage
 join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of ``--flags``
