@@ -468,7 +468,7 @@ class StageMember:
 
     async def wait_joining(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until the first JoinGroup has been sent: from then on the
-        coordinator works on this member's join whatever this process does; whether it was."""
+        coordinator works on this member's join whatever this process does. Whether it was."""
         deadline = time.monotonic() + timeout_s
         while "join_sent" not in self.timeline:
             if time.monotonic() > deadline:
