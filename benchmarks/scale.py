@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py [--pending 20000000] [--rate 50000] [--dir DIR]
     .venv/bin/python benchmarks/scale.py --stages 1,2,3 [--events 400000] [--rounds 3]
-    .venv/bin/python benchmarks/scale.py --join-stage 20000000 [--labelled 200000]
+    .venv/bin/python benchmarks/scale.py --join-stage 20000000 [--labelled 200000] [--forget-member]
 
 A child process fills a :class:`~driftswitch.streams.service.joinstore.RocksJoinStore` through
 :class:`~driftswitch.streams.pipeline.join.StoredJoinBuffer` with ``--pending`` predictions
@@ -43,7 +43,12 @@ stores opened, inputs sought), the wall time from the SIGKILL until its partitio
 exactly ``N`` entries are pending then, none lost, none rejected as a duplicate. Two parts of
 ``recovery_seconds`` are also timed alone once the run is over: reading the whole state topic
 (it grows with the run's history) and opening hard-linked copies of the stores taken at the
-SIGKILL (write-ahead log replay; the logs' size at the SIGKILL is printed too).
+SIGKILL (write-ahead log replay; the logs' size at the SIGKILL is printed too). The restart is
+also printed step by step, in seconds after the SIGKILL: the process spawned, then each step of
+its ``/healthz`` ``startup_seconds`` (Python and the command line, JoinGroup sent, the service's
+modules imported, JoinGroup answered, SyncGroup answered, partitions restored, reading again).
+``--forget-member`` deletes the killed process's member record before the restart, so the group
+keeps the dead member until its session times out (the restart without that removal).
 
 With ``--stages 1,2,3`` it runs only the stages as separate processes (``driftswitch run --stage
 join|decide``) on the embedded broker: a backlog of ``--events`` simulated events of ``--flags``
@@ -292,7 +297,9 @@ def vm_kb(pid: int, field: str) -> int:
     return 0
 
 
-def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, Any]:
+def join_stage_scale(
+    pending: int, labelled: int, producers: int, forget_member: bool = False
+) -> dict[str, Any]:
     """Fill a join-stage process to ``pending`` waiting predictions, SIGKILL it while ``labelled``
     more predictions and the outcomes of as many early ones are being read, restart it, and
     measure (see the module doc)."""
@@ -301,6 +308,7 @@ def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, A
 
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka import ensure_topics
+    from driftswitch.streams.service.startup import MEMBER_PREFIX, MEMBER_SUFFIX
     from driftswitch.streams.service.worker import state_topic
     from driftswitch.streams.tools.broker import EmbeddedBroker
     from driftswitch.streams.tools.delayedlabels import CONFIG, DelayedLabels, produce
@@ -416,18 +424,29 @@ def join_stage_scale(pending: int, labelled: int, producers: int) -> dict[str, A
                 first.proc.send_signal(signal.SIGKILL)
                 first.proc.wait()
                 killed_at = time.monotonic()
+                killed_wall = time.time()
                 # The stores as the SIGKILL left them, hard links (instant): opened alone after
                 # the run, they show what replaying the write-ahead logs costs.
                 wal_bytes = sum(f.stat().st_size for f in (work / "state").rglob("*.log"))
                 subprocess.run(["cp", "-al", str(work / "state"), str(work / "killed")], check=True)
+                records = list((work / "state").glob(f"*/{MEMBER_PREFIX}*{MEMBER_SUFFIX}"))
+                out["member_record"] = bool(records) and not forget_member
+                if forget_member:
+                    for record in records:
+                        record.unlink()
             finally:
                 first.stop()
+            spawned_wall = time.time()
             second = WorkerProcess(broker.bootstrap, topics, config, log, args=args)
             try:
                 second.wait_for("recovered", lambda s: s["recovery_seconds"] is not None, 600)
+                out["restart_to_assigned_s"] = time.monotonic() - killed_at
                 s = second.health() or {}
                 out["recovery_seconds"] = float(s["recovery_seconds"])
-                out["restart_to_assigned_s"] = time.monotonic() - killed_at
+                second.wait_for("reading", lambda s: "reading" in s["startup_seconds"], 600)
+                s = second.health() or {}
+                out["spawn_s"] = spawned_wall - killed_wall
+                out["startup_seconds"] = dict(s["startup_seconds"])
                 thread.join()
                 second.wait_for(
                     "caught up", lambda s: read_all(s) and pending_of(s) == pending, 3600
@@ -484,6 +503,39 @@ def recovery_parts(bootstrap: str, state: str, killed: Path) -> dict[str, Any]:
     }
 
 
+#: What each step of a restarted join-stage process's ``/healthz`` ``startup_seconds`` ends.
+RESTART_STEPS = {
+    "main": "Python started, command line parsed",
+    "imports": "the service's modules imported",
+    "topics": "topics checked",
+    "http": "HTTP listening",
+    "producer": "producer connected",
+    "join_sent": "JoinGroup sent",
+    "subscribed": "dead member removed, JoinGroup out",
+    "joined": "JoinGroup answered (the rebalance)",
+    "synced": "SyncGroup answered (assignment)",
+    "assigned": "rebalance callback entered",
+    "restored": "state read, stores opened, sought",
+    "reading": "input checked, partitions resumed",
+}
+
+
+def restart_steps(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows: each step of the restart, as seconds from the SIGKILL (and the step's own)."""
+    removed = "removed" if r["member_record"] else "left to time out"
+    rows = [
+        (f"  the killed member: {removed}", ""),
+        ("  SIGKILL to: process spawned", f"{r['spawn_s']:.2f}"),
+    ]
+    last = r["spawn_s"]
+    for step, at in r["startup_seconds"].items():
+        t = r["spawn_s"] + float(at)
+        what = RESTART_STEPS.get(step, step)
+        rows.append((f"    {step}: {what}"[:56], f"{t:.2f} (+{t - last:.2f})"))
+        last = t
+    return rows
+
+
 def join_stage_report(r: dict[str, Any]) -> None:
     rows = [
         ("pending entries after the fill", f"{r['pending']:,}"),
@@ -509,6 +561,7 @@ def join_stage_report(r: dict[str, Any]) -> None:
             f"{r['stores_open_s']:.2f} ({r['stores_opened']}, {r['wal_bytes'] / 1e6:,.1f})",
         ),
         ("after SIGKILL: restart to partitions restored (s)", f"{r['restart_to_assigned_s']:.1f}"),
+        *restart_steps(r),
         ("after SIGKILL: restart to caught up (s)", f"{r['restart_to_caught_up_s']:.1f}"),
         ("restarted process peak RSS (MB)", f"{r['recovery_peak_rss_mb']:,.0f}"),
         ("broker peak RSS (MB)", f"{r['broker_peak_rss_mb']:,.0f}"),
@@ -985,13 +1038,21 @@ def main() -> None:
     parser.add_argument(
         "--producers", type=int, default=2, help="producer processes (--join-stage)"
     )
+    parser.add_argument(
+        "--forget-member",
+        action="store_true",
+        help="--join-stage: delete the killed process's member record before the restart, so "
+        "the group waits for its session to time out (the restart as it was without it)",
+    )
     args = parser.parse_args()
     if args.join_stage:
         print(
             f"a join-stage process (--state-dir) filled to {args.join_stage:,} pending, "
             f"SIGKILLed while {args.labelled:,} labels arrive, restarted ..."
         )
-        join_stage_report(join_stage_scale(args.join_stage, args.labelled, args.producers))
+        join_stage_report(
+            join_stage_scale(args.join_stage, args.labelled, args.producers, args.forget_member)
+        )
         return
     if args.stages:
         placements = args.placement.split(",")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -299,6 +300,16 @@ class StageMember:
     ``fetch_max_wait_ms`` :data:`STAGE_FETCH_MAX_WAIT_MS` unless ``options`` say otherwise;
     ``options`` go to aiokafka (e.g. ``session_timeout_ms``, ``heartbeat_interval_ms``,
     ``fetch_max_wait_ms``, ``client_id``).
+
+    ``replaces`` are the member ids of processes this one replaces and that are known to be dead
+    (their records in a state directory: :mod:`driftswitch.streams.service.startup`).
+    :meth:`start` removes them from the group (LeaveGroup on their behalf) before joining, so the
+    group does not wait for their sessions to time out before handing their partitions over
+    (:attr:`replaced`).
+
+    ``unbound``: the member may be started before its runner is ready (to join the group while
+    the process still starts); its rebalance callbacks wait until :meth:`bind` gives them. aiokafka
+    sends no heartbeat while a callback runs, so the wait counts toward the session timeout.
     """
 
     def __init__(
@@ -309,6 +320,8 @@ class StageMember:
         *,
         on_assigned: IndexCallback = _nothing,
         on_revoked: IndexCallback = _nothing,
+        replaces: Iterable[str] = (),
+        unbound: bool = False,
         **options: Any,
     ) -> None:
         if not topics:
@@ -320,6 +333,11 @@ class StageMember:
         self.topics: tuple[str, ...] = tuple(topics)
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._replaces = tuple(replaces)
+        #: Set once the callbacks are known (:meth:`bind`); rebalance callbacks wait for it.
+        self._bound = asyncio.Event()
+        if not unbound:
+            self._bound.set()
         self._options = {
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
@@ -340,6 +358,13 @@ class StageMember:
         self._epoch = 0
         #: ``_epoch`` when the latest :meth:`getmany` began.
         self._batch_epoch = -1
+        #: When (:func:`time.time`) the first JoinGroup was sent, first answered without error
+        #: (``joined``) and the first SyncGroup answered without error (``synced``).
+        self.timeline: dict[str, float] = {}
+        #: Per member of ``replaces``: whether the coordinator answered its removal without
+        #: error (``False``: Kafka did not know the member; ``None``: no answer). The embedded
+        #: broker answers without error for an unknown member too.
+        self.replaced: dict[str, bool | None] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -357,7 +382,10 @@ class StageMember:
         )
         await start(client, self.kafka)
         _leave_from_generation_zero(client)
+        _time_group_requests(client, self.timeline)
         self._consumer = client
+        for dead in self._replaces:
+            self.replaced[dead] = await _remove_member(client, self.group, dead)
 
         async def revoked(_listener: Any, partitions: Any) -> None:
             await self._revoke()
@@ -367,10 +395,24 @@ class StageMember:
 
         client.subscribe(list(self.topics), listener=rebalance_listener(revoked, assigned))
 
+    def bind(self, on_assigned: IndexCallback, on_revoked: IndexCallback) -> None:
+        """Set the rebalance callbacks of a member made ``unbound``: started before its runner
+        was ready, its first callback waits until this is called."""
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._bound.set()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options its consumer was opened with."""
+        return dict(self._options)
+
     async def stop(self) -> None:
         """Revoke every owned index (``on_revoked``), then leave the group and close."""
         if self._consumer is None:
             return
+        if not self._bound.is_set():
+            self.bind(_nothing, _nothing)  # its runner never came: nothing to hand over
         self._stopping = True  # an assignment arriving now is not handed to the runner
         await self._revoke()
         client, self._consumer = self._consumer, None
@@ -403,6 +445,12 @@ class StageMember:
         return self._owned
 
     @property
+    def member_id(self) -> str:
+        """This member's id in the group (``""`` before it has joined)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        return str(getattr(coordinator, "member_id", "") or "")
+
+    @property
     def kept(self) -> frozenset[int]:
         """Of :attr:`owned`, those this member also owned in the generation just before: no
         other member can have had them in between, so their in-memory state is still valid."""
@@ -417,6 +465,17 @@ class StageMember:
     def partitions(self) -> int:
         """The partition count every topic has (known after :meth:`start`)."""
         return self._partitions
+
+    async def wait_joining(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the first JoinGroup has been sent: from then on the
+        coordinator works on this member's join whatever this process does. Whether it was."""
+        deadline = time.monotonic() + timeout_s
+        while "join_sent" not in self.timeline:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the request's bytes leave on the next turn of the loop
+        return True
 
     async def wait_assigned(self, timeout_s: float | None = None) -> frozenset[int]:
         """Wait for the first assignment (``TimeoutError`` after ``timeout_s``); the indexes."""
@@ -552,6 +611,10 @@ class StageMember:
             raise GroupError(f"a rebalance callback failed: {failure!r}") from failure
 
     async def _revoke(self) -> None:
+        if not self._bound.is_set():
+            # aiokafka revokes (nothing) before the first join too; an unbound member cannot
+            # own anything before its runner binds (:meth:`_assign` waits for it).
+            return
         async with self._callbacks:
             self._epoch += 1
             revoked = set(self._owned)
@@ -569,6 +632,7 @@ class StageMember:
                 self._epoch += 1
 
     async def _assign(self, indexes: set[int]) -> None:
+        await self._bound.wait()
         async with self._callbacks:
             self._epoch += 1
             if self._stopping:
@@ -622,6 +686,64 @@ def _generation_of(client: Any) -> int:
     coordinator and has no public accessor; pinned by tests/integration/test_groups.py."""
     coordinator = getattr(client, "_coordinator", None)
     return int(getattr(coordinator, "generation", -1))
+
+
+async def _remove_member(client: Any, group: str, member_id: str) -> bool | None:
+    """Remove ``member_id`` from ``group`` (LeaveGroup sent on its behalf), before ``client``
+    joins: a process known to be dead, which this one replaces.
+
+    Without it the coordinator keeps the dead member until its session times out, and the
+    group's next generation waits for it: the replacement could not be assigned anything
+    before then. A member that is not (or no longer) in the group is answered
+    UNKNOWN_MEMBER_ID, which changes nothing. Best effort: a failure is logged and the member
+    joins anyway (the dead one then times out as before). Were the member alive after all, it
+    is expelled as by a session timeout and fenced as such (:meth:`StageMember.commit`).
+    """
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    coordinator = client._coordinator
+    try:
+        await asyncio.wait_for(coordinator.ensure_coordinator_known(), 30.0)
+        response = await asyncio.wait_for(
+            coordinator._send_req(LeaveGroupRequest(group, member_id)), 10.0
+        )
+    except Exception as err:  # the join that follows retries the coordinator anyway
+        log.warning("group %s: could not remove the dead member %s: %r", group, member_id, err)
+        return None
+    # aiokafka sends LeaveGroup v0/v1: one error code (Tansu answers 0 for an unknown member too).
+    code = int(response.error_code)
+    log.info(
+        "group %s: %s the dead member %s before joining",
+        group,
+        "removed" if code == 0 else f"could not remove (error code {code})",
+        member_id,
+    )
+    return code == 0
+
+
+def _time_group_requests(client: Any, timeline: dict[str, float]) -> None:
+    """Record in ``timeline`` when ``client`` first sends JoinGroup (``join_sent``), first has
+    one answered without error (``joined``) and first has SyncGroup answered (``synced``)."""
+    coordinator = getattr(client, "_coordinator", None)
+    send = getattr(coordinator, "_send_req", None)
+    if coordinator is None or send is None:
+        return
+
+    async def send_req(request: Any) -> Any:
+        api = getattr(request, "API_KEY", None)
+        if api == _JOIN_GROUP:
+            timeline.setdefault("join_sent", time.time())
+        response = await send(request)
+        if api in (_JOIN_GROUP, _SYNC_GROUP) and getattr(response, "error_code", 1) == 0:
+            timeline.setdefault("joined" if api == _JOIN_GROUP else "synced", time.time())
+        return response
+
+    coordinator._send_req = send_req
+
+
+#: Kafka API keys of JoinGroup and SyncGroup.
+_JOIN_GROUP = 11
+_SYNC_GROUP = 14
 
 
 def _leave_from_generation_zero(client: Any) -> None:

@@ -60,7 +60,11 @@ Shape (docs/architecture.md "Scaling out"):
   when it holds the topic's latest checkpoint for the partition (or its successor: killed
   between the two writes); otherwise it starts that partition's join empty and counts the
   entries it could not recover (``join_entries_lost``). Without ``state_dir`` the entries are in
-  memory and in every checkpoint.
+  memory and in every checkpoint. The process also records its group member id there
+  (``member-<pid>.json``), and one started later on the directory removes the members of the
+  processes recorded there that are gone, before it joins
+  (:mod:`~driftswitch.streams.service.startup`): the group need not wait for a SIGKILLed
+  member's session to time out.
 - **Poison containment.** Validation is meant to let through only what the join can process and
   checkpoint. An input that still breaks it (``Joiner.process`` raises, its observations do not
   encode, or the partition's state no longer checkpoints) stops only that partition, for a
@@ -132,6 +136,12 @@ from driftswitch.streams.service.snapshot import (
     continue_on_store,
     encode_chunks,
     latest_snapshot,
+)
+from driftswitch.streams.service.startup import (
+    STARTUP,
+    forget_member,
+    join_member,
+    record_member,
 )
 
 if TYPE_CHECKING:
@@ -357,6 +367,10 @@ class JoinStage:
         #: Partitions assigned and paused until the data-loss check of the assignment answers.
         self._checking: set[Any] = set()
         self._checking_since = 0.0
+        #: Where this process records its member id, for a process that replaces it
+        #: (:mod:`~driftswitch.streams.service.startup`); only with a state directory.
+        state_dir = settings.state_dir
+        self._members_dir = state_dir / self.group if state_dir is not None else None
 
     # -- status ------------------------------------------------------------------------------
 
@@ -408,6 +422,7 @@ class JoinStage:
             "recovery_seconds": (
                 round(self.recovery_seconds, 3) if self.recovery_seconds is not None else None
             ),
+            "startup_seconds": STARTUP.seconds(),
         }
 
     def join_counters(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -451,29 +466,53 @@ class JoinStage:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Join the group and process batches until :attr:`stop` is set."""
+    async def run(self, member: StageMember | None = None) -> None:
+        """Join the group and process batches until :attr:`stop` is set.
+
+        ``member``: the stage's group member already started (unbound) by
+        :func:`~driftswitch.streams.service.startup.join_member` while the process was still
+        starting, so that the group's rebalance overlapped the rest of the start; this stage
+        takes it over (and stops it). One opened with other settings is stopped and replaced."""
         s = self.settings
-        self._producer = await kafka.open_producer(s.kafka, linger_ms=5, acks="all")
-        member = self._member = StageMember(
-            s.kafka,
-            self.group,
-            [self._names[PREDICTIONS], self._names[OUTCOMES], self._names[REROUTED]],
-            on_assigned=self._assigned,
-            on_revoked=self._revoked,
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=s.heartbeat_interval_ms,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
         try:
-            await member.start()
+            if member is not None and not self._fits(member):
+                log.warning("join stage: the member started early does not fit; joining anew")
+                await member.stop()
+                member = None
+            self._producer = await kafka.open_producer(s.kafka, linger_ms=5, acks="all")
+            STARTUP.mark("producer")
+            if member is None:
+                member = await join_member(
+                    s.kafka,
+                    self.group,
+                    self.topics,
+                    self._members_dir,
+                    session_timeout_ms=s.session_timeout_ms,
+                    heartbeat_interval_ms=s.heartbeat_interval_ms,
+                )
+            self._member = member
+            member.bind(self._assigned, self._revoked)
             await self._loop()
         finally:
-            with contextlib.suppress(Exception):
-                await member.stop()  # revokes: final checkpoints
+            if member is not None:
+                with contextlib.suppress(Exception):
+                    await member.stop()  # revokes: final checkpoints
+                    if self._members_dir is not None:
+                        forget_member(self._members_dir)  # it left the group
             await self._loss.close()
-            await kafka.stop_quietly(self._producer)
+            if self._producer is not None:
+                await kafka.stop_quietly(self._producer)
+
+    def _fits(self, member: StageMember) -> bool:
+        """Whether ``member`` (started early) is this stage's: group, topics and session."""
+        s, options = self.settings, member.options
+        return (
+            member.group == self.group
+            and member.topics
+            == (self._names[PREDICTIONS], self._names[OUTCOMES], self._names[REROUTED])
+            and options.get("session_timeout_ms") == s.session_timeout_ms
+            and options.get("heartbeat_interval_ms") == s.heartbeat_interval_ms
+        )
 
     async def _loop(self) -> None:
         s = self.settings
@@ -575,6 +614,11 @@ class JoinStage:
     async def _assign(self, indexes: set[int]) -> None:
         assert self._member is not None
         t0 = time.monotonic()
+        for step in ("join_sent", "joined", "synced"):
+            if step in self._member.timeline:
+                STARTUP.mark_at(step, self._member.timeline[step])
+        STARTUP.mark("assigned")
+        self._record_member()
         # aiokafka may fetch for the new partitions while this runs: hold them until each one
         # has its state and position.
         consumer = self._member.consumer
@@ -599,12 +643,25 @@ class JoinStage:
         self._start_check(sorted(indexes))
         consumer.resume(*(paused - self._checking))
         self.recovery_seconds = time.monotonic() - t0
+        STARTUP.mark("restored")
+        if not self._checking:
+            STARTUP.mark("reading")
         log.info(
             "join stage: partitions %s (restored %s from checkpoints) in %.2f s",
             sorted(indexes),
             sorted(saved),
             self.recovery_seconds,
         )
+
+    def _record_member(self) -> None:
+        """Record this process's member id in the state directory (module doc: State on disk)."""
+        if self._members_dir is None or self._member is None or not self._member.member_id:
+            return
+        try:
+            self._members_dir.mkdir(parents=True, exist_ok=True)
+            record_member(self._members_dir, self._member.member_id)
+        except OSError as err:  # the stores on the same disk will fail louder
+            log.warning("join stage: cannot record the member id in %s: %r", self._members_dir, err)
 
     def _start_check(self, indexes: list[int]) -> None:
         """Start the data-loss check (module doc) of the read positions and marks of the owned
@@ -643,6 +700,7 @@ class JoinStage:
         still = held & set(consumer.assignment())
         if still:
             consumer.resume(*still)
+            STARTUP.mark("reading")
             log.info(
                 "join stage: partitions %s checked for lost input in %.2f s: reading",
                 sorted({tp.partition for tp in still}),

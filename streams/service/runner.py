@@ -22,7 +22,8 @@ from driftswitch.streams.contract.errors import DriftswitchError
 if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
     from driftswitch.streams.config.model import Config
     from driftswitch.streams.contract.topics import Topics
-    from driftswitch.streams.kafka.settings import KafkaSecurity
+    from driftswitch.streams.kafka.groups import StageMember
+    from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings
     from driftswitch.streams.service.joinstage import JoinStage
     from driftswitch.streams.service.metrics import Metrics
     from driftswitch.streams.service.worker import WorkerSettings
@@ -132,24 +133,94 @@ async def serve_worker(
     only), ``decide`` (the decide stage: the worker module's "Stages") or ``single`` (one
     worker joins and decides in one step, without the observations topic).
     """
+    from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings
+
+    check_port(web_host, web_port)
+    security = security if security is not None else KafkaSecurity()
+    # A join-stage process joins its group first, while the rest of it starts (the group's
+    # rebalance takes a few seconds): the member waits, unbound, for the stage to take it over.
+    early = None
+    if stage == "join":
+        early = await _join_early(
+            KafkaSettings(bootstrap=bootstrap, security=security), group, topics, state_dir
+        )
+    try:
+        await _serve(
+            config,
+            bootstrap,
+            topics,
+            web_host=web_host,
+            web_port=web_port,
+            group=group,
+            snapshot_interval=snapshot_interval,
+            state_dir=state_dir,
+            stop=stop,
+            environ=environ,
+            config_path=config_path,
+            flagd_file=flagd_file,
+            security=security,
+            stage=stage,
+            member=early,
+        )
+    finally:
+        if early is not None:
+            await early.stop()  # a no-op once the join stage has stopped it
+
+
+async def _join_early(
+    kafka: KafkaSettings, group: str, topics: Topics, state_dir: str | None
+) -> StageMember | None:
+    """The join stage's member, started before the rest of the process
+    (:func:`~driftswitch.streams.service.startup.join_member`), or ``None`` when it cannot start
+    yet (e.g. the topics do not exist before the first start): the stage joins later then."""
+    from driftswitch.streams.service.startup import join_member
+
+    members_dir = Path(state_dir) / f"{group}.join" if state_dir is not None else None
+    try:
+        return await join_member(kafka, f"{group}.join", topics, members_dir)
+    except Exception as err:  # the stage's own start reports what is wrong
+        log.info("join stage: not joining the group before the start is done: %r", err)
+        return None
+
+
+async def _serve(
+    config: Config,
+    bootstrap: str,
+    topics: Topics,
+    *,
+    web_host: str,
+    web_port: int,
+    group: str,
+    snapshot_interval: float,
+    state_dir: str | None,
+    stop: asyncio.Event | None,
+    environ: Mapping[str, str] | None,
+    config_path: str | None,
+    flagd_file: str | None,
+    security: KafkaSecurity,
+    stage: str,
+    member: StageMember | None,
+) -> None:
+    """:func:`serve_worker`, once a join-stage process's ``member`` is started (or ``None``)."""
     from prometheus_client import CollectorRegistry
 
     from driftswitch.streams.contract.errors import ConfigError
     from driftswitch.streams.contract.flagd import FlagdFile
-    from driftswitch.streams.kafka import KafkaSecurity, KafkaSettings, ensure_topics
+    from driftswitch.streams.kafka import KafkaSettings, ensure_topics
     from driftswitch.streams.service.auth import AdminAuth
     from driftswitch.streams.service.hooks import resolve_hooks
     from driftswitch.streams.service.http import serve
     from driftswitch.streams.service.joinstage import JoinStage, LocalBatches
     from driftswitch.streams.service.metrics import Metrics
+    from driftswitch.streams.service.startup import STARTUP
     from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
 
+    STARTUP.mark("imports")
     env = os.environ if environ is None else environ
-    check_port(web_host, web_port)
     hooks = resolve_hooks(config, env)
-    security = security if security is not None else KafkaSecurity()
     kafka = KafkaSettings(bootstrap=bootstrap, security=security)
     await ensure_topics(kafka, [*topics.specs(), state_topic(topics)])
+    STARTUP.mark("topics")
     settings = WorkerSettings(
         bootstrap=bootstrap,
         topics=topics,
@@ -162,7 +233,9 @@ async def serve_worker(
     )
     metrics = Metrics(CollectorRegistry())
     if stage == "join":
-        await _serve_join_stage(config, settings, metrics, web_host, web_port, stop, config_path)
+        await _serve_join_stage(
+            config, settings, metrics, web_host, web_port, stop, config_path, member
+        )
         return
     join_stage: JoinStage | None = None
     if stage == "all":
@@ -256,13 +329,16 @@ async def _serve_join_stage(
     web_port: int,
     stop: asyncio.Event | None,
     config_path: str | None,
+    member: StageMember | None = None,
 ) -> None:
     """A join-stage process: the stage, ``GET /healthz`` (its status) and ``GET /metrics``;
-    SIGHUP re-reads ``config_path`` (restart it for changed topics or state settings)."""
+    SIGHUP re-reads ``config_path`` (restart it for changed topics or state settings).
+    ``member``: the stage's group member, started early (:func:`serve_worker`)."""
     from aiohttp import web
 
     from driftswitch.streams.service.joinstage import JoinStage
     from driftswitch.streams.service.metrics import metrics_handler
+    from driftswitch.streams.service.startup import STARTUP
 
     stage = JoinStage(config, settings, metrics)
 
@@ -285,6 +361,7 @@ async def _serve_join_stage(
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on http://{web_host}:{web_port}: {exc}") from None
+    STARTUP.mark("http")
     log.info(
         "driftswitch join stage: group %s.join, HTTP http://%s:%d/healthz",
         settings.group,
@@ -318,7 +395,7 @@ async def _serve_join_stage(
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     watcher = asyncio.ensure_future(_forward(stop, stage.stop)) if stop is not None else None
     try:
-        await stage.run()
+        await stage.run(member)
     finally:
         if watcher is not None:
             watcher.cancel()

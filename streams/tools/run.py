@@ -254,6 +254,9 @@ def run_command(
     TLS and SASL for Kafka: the --kafka-* options or DRIFTSWITCH_KAFKA_* variables (README
     "Connecting to your Kafka").
     """
+    from driftswitch.streams.service.startup import STARTUP
+
+    STARTUP.mark("main")  # Python started, the command line parsed
     from driftswitch.streams.config.model import load_config
     from driftswitch.streams.kafka.options import security_from_options
 

@@ -3,7 +3,8 @@
 ``python stage_member_child.py BOOTSTRAP GROUP TOPIC[,TOPIC...] SESSION_TIMEOUT_MS [--commit]
 [--freeze-after N]``
 
-Prints one JSON object a line on stdout: ``{"assigned": [...], "generation": g}`` and
+Prints one JSON object a line on stdout: ``{"assigned": [...], "generation": g, "member": id}``
+and
 ``{"revoked": [...], "generation": g, "verdict": v}`` as the rebalance callbacks run (on
 revocation it commits offset ``500 + index`` of each index in the first topic, as a runner's
 final commit, and ``v`` says whether the coordinator accepted it). With ``--commit`` it also
@@ -41,7 +42,7 @@ async def main(
     bootstrap: str, group: str, topics: list[str], session_ms: int, commit: bool, freeze: int
 ) -> None:
     async def assigned(indexes: set[int]) -> None:
-        say(assigned=sorted(indexes), generation=member.generation)
+        say(assigned=sorted(indexes), generation=member.generation, member=member.member_id)
 
     async def revoked(indexes: set[int]) -> None:
         # A runner's final commit before handing its indexes over.

@@ -256,7 +256,14 @@ def test_two_members_leaving_one_after_the_other_leave_the_third_everything(
 class Child:
     """tests/integration/stage_member_child.py in a subprocess, its JSON lines collected."""
 
-    def __init__(self, bootstrap: str, group: str, topics: list[str], *extra: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: list[str],
+        *extra: str,
+        session_ms: int = SESSION_MS,
+    ) -> None:
         self.lines: list[dict[str, Any]] = []
         self.proc = subprocess.Popen(
             [
@@ -265,7 +272,7 @@ class Child:
                 bootstrap,
                 group,
                 ",".join(topics),
-                str(SESSION_MS),
+                str(session_ms),
                 *extra,
             ],
             stdout=subprocess.PIPE,
@@ -299,8 +306,8 @@ class Child:
 def children() -> Iterator[Callable[..., Child]]:
     started: list[Child] = []
 
-    def start(*args: Any) -> Child:
-        child = Child(*args)
+    def start(*args: Any, **kwargs: Any) -> Child:
+        child = Child(*args, **kwargs)
         started.append(child)
         return child
 
@@ -330,6 +337,97 @@ def test_a_killed_members_indexes_move_after_its_session_timeout(
             await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
             assert child.owned() == theirs
             assert a.assigned_tps() == {(t, p) for t in topics for p in range(4)}
+        finally:
+            await a.stop()
+
+    asyncio.run(run())
+
+
+def test_a_replacement_removes_the_killed_member_it_replaces_instead_of_waiting_for_its_session(
+    broker: EmbeddedBroker, children: Callable[..., Child]
+) -> None:
+    """A process restarted in place of a SIGKILLed one names the dead member (``replaces``): it
+    is removed from the group before the new member joins, so the new member gets every index
+    before the dead one's session could have timed out. Without the removal the group keeps the
+    dead member (and its claim on the indexes) until its session times out: the embedded broker
+    evicts it only then, and a join completes only after half the session timeout, so the first
+    assignment could not come before the whole session had passed."""
+    session_ms = 20_000
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap)
+        group = fresh("grp.replace-")
+        child = children(broker.bootstrap, group, topics, session_ms=session_ms)
+        await until("the child's assignment", lambda: child.owned() == {0, 1, 2, 3})
+        dead = next(line["member"] for line in child.lines if "assigned" in line)
+        assert dead
+        child.proc.send_signal(signal.SIGKILL)
+        child.proc.wait(30)
+        killed = time.monotonic()
+        log: list[Any] = []
+        b = Member("b", broker.bootstrap, group, topics, log)
+        b.member = StageMember(
+            as_settings(broker.bootstrap),
+            group,
+            topics,
+            on_assigned=b._assigned,
+            on_revoked=b._revoked,
+            replaces=[dead],
+            **{**OPTIONS, "session_timeout_ms": session_ms},
+        )
+        await b.start()
+        try:
+            assert b.member.replaced == {dead: True}
+            # The dead member's session (20 s, from its last heartbeat at most 0.5 s before the
+            # kill) has not run out yet when the new member owns everything.
+            await until(
+                "b to own every index",
+                lambda: b.member.owned == {0, 1, 2, 3},
+                limit_s=session_ms / 1000 - 0.5 - (time.monotonic() - killed),
+            )
+            assert log[0] == ("b", "assigned", frozenset({0, 1, 2, 3}))
+            assert b.member.member_id
+            assert b.member.member_id != dead
+            assert set(b.member.timeline) == {"join_sent", "joined", "synced"}
+            assert b.assigned_tps() == {(t, p) for t in topics for p in range(4)}
+        finally:
+            await b.stop()
+
+    asyncio.run(run())
+
+
+def test_replacing_a_member_the_group_does_not_know_changes_nothing(
+    broker: EmbeddedBroker,
+) -> None:
+    """A recorded member id the coordinator no longer knows (it left cleanly, or timed out) is
+    removed to no effect: the replacement joins and is assigned as any new member."""
+
+    async def run() -> None:
+        topics = await make_topics(broker.bootstrap)
+        group = fresh("grp.replace-unknown-")
+        log: list[Any] = []
+        a = await Member("a", broker.bootstrap, group, topics, log).start()
+        try:
+            await until("a to own every index", lambda: a.member.owned == {0, 1, 2, 3})
+            b = Member("b", broker.bootstrap, group, topics, log)
+            b.member = StageMember(
+                as_settings(broker.bootstrap),
+                group,
+                topics,
+                on_assigned=b._assigned,
+                on_revoked=b._revoked,
+                replaces=["gone-" + secrets.token_hex(4)],
+                **OPTIONS,
+            )
+            await b.start()
+            try:
+                await until(
+                    "a 2+2 split",
+                    lambda: len(a.member.owned) == 2 and len(b.member.owned) == 2,
+                )
+                assert a.member.owned | b.member.owned == {0, 1, 2, 3}
+            finally:
+                await b.stop()
         finally:
             await a.stop()
 

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Producer
@@ -26,6 +27,7 @@ from driftswitch.streams.pipeline.engine import Engine, Event
 from driftswitch.streams.pipeline.merge import Merge, decode_batch
 from driftswitch.streams.pipeline.observations import Decider, build_flags
 from driftswitch.streams.service.joinstage import JoinStage
+from driftswitch.streams.service.startup import member_record
 from driftswitch.streams.service.worker import WorkerSettings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
@@ -284,9 +286,18 @@ def test_labels_thirty_minutes_late_join_exactly_on_disk_across_a_restart(
         peak = max(peak, sum(first.status()["pending"].values()))
         first.stop.set()
         await task
+        # A clean stop leaves the group and removes the process's member record; the next
+        # stage on the directory records its own once assigned.
+        members = tmp_path / f"{settings.group}.join"
+        assert not list(members.glob("member-*.json"))
         second = JoinStage(config, settings)
         task = asyncio.ensure_future(second.run())
         try:
+            await _until("the second stage's assignment", lambda: bool(second.parts))
+            record = orjson.loads(member_record(members).read_bytes())
+            assert second._member is not None
+            assert record["member_id"] == second._member.member_id
+            assert {"assigned", "restored"} <= set(second.status()["startup_seconds"])
             await loop.run_in_executor(
                 None, produce_in_event_order, broker.bootstrap, topics, events[half:]
             )
