@@ -1,0 +1,467 @@
+"""Soak benchmark: the RSS of ``driftswitch run`` (both stages, one process) over millions of
+events at a steady pending count.
+
+Run: ``.venv/bin/python benchmarks/soak.py [--events 10000000] [--pending 200000] [--csv FILE]``
+(``--help`` lists the other options)
+
+The workload (:class:`Soak`): ``--flags`` flags, each with a control, a candidate and a
+challenger (45 / 45 / 10 %), guarded by a CUSUM kill on the candidate's accuracy, a sequential
+comparison of candidate and control that warns, and a latency hold on the challenger. Predictions
+come at ``--rate`` per second of event time, round-robin over the flags; the outcome of
+prediction ``j`` is written right after prediction ``j + pending`` (at its event time), so once
+the first outcome arrives ``pending`` predictions wait at once and keep waiting until the last
+prediction. The first flag's candidate drops from 0.90 to 0.75 accuracy halfway, so a kill
+happens mid-run. Labels, variants and latencies are pure functions of the index: nothing is
+held in memory but the records in flight.
+
+On an embedded broker, one ``driftswitch run`` (``--stage all`` by default; ``--worker-arg``
+passes options) is started on empty topics; once it owns every input partition, the records are
+produced with confluent-kafka, paced by the worker: the producer stays at most ``--backlog``
+records ahead of what the worker has read (``/healthz``), so the broker never holds a backlog of
+millions and the worker is never idle. Every ``--every`` seconds the worker's RSS
+(``/proc/<pid>/status`` VmRSS), the broker's RSS and the worker's ``/healthz`` (records read,
+observations decided, join entries pending, the decide stage's merge buffer) are sampled.
+
+Printed at the end:
+
+- the worker's RSS when the pending count first reaches its steady value, at the start of the
+  steady window (once the join's joined-id map is also full: ``ttl`` seconds of event time after
+  the first outcome, with a margin), at the end, and the maximum;
+- the RSS slope over the steady window in MB per million events (least squares);
+- events/s (the worker's read rate over the whole run and over the steady window);
+- the pending count at the start of the steady window and at the end; the merge buffer's
+  maximum; the broker's RSS at both ends.
+
+``--csv FILE`` writes every sample. Timing lives here, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from driftswitch.streams.config.model import load_config
+from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.testing import WorkerProcess
+
+#: Start of event time (2026-01-01T00:00:00Z).
+T0 = 1_767_225_600.0
+
+#: ``(variant, weight)``, in the order a prediction's draw picks them.
+VARIANTS = (("control", 45), ("candidate", 45), ("challenger", 10))
+
+GUARDRAILS = """\
+    guardrails:
+      - name: candidate-accuracy
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 1000000}
+        min_samples: 200
+        action: kill
+      - name: candidate-vs-control
+        variant: candidate
+        compare_to: control
+        metric: accuracy
+        detector: {kind: sequential, alpha: 0.05}
+        action: warn
+      - name: challenger-latency
+        variant: challenger
+        metric: latency_ms
+        detector: {kind: cusum_mean, shift: 1.0, warmup: 50, arl0: 1000000}
+        action: hold
+"""
+
+
+def _mix(i: int) -> int:
+    """A 32-bit hash of ``i`` (Knuth's multiplicative hash, then an xorshift): the workload's
+    per-prediction draws, reproducible without a random generator's state."""
+    h = (i * 2_654_435_761) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 2_246_822_519) & 0xFFFFFFFF
+    return h ^ (h >> 13)
+
+
+@dataclass(frozen=True)
+class Soak:
+    """``predictions`` predictions at ``rate`` per second of event time over ``flags`` flags; the
+    outcome of prediction ``j`` comes right after prediction ``j + pending``."""
+
+    predictions: int
+    pending: int
+    flags: int = 20
+    rate: float = 1000.0
+
+    @classmethod
+    def for_events(cls, events: int, pending: int, flags: int, rate: float) -> Soak:
+        """The workload of about ``events`` records (predictions plus outcomes): every prediction
+        but the last ``pending`` gets its outcome, so ``2 * predictions - pending`` records."""
+        if pending < 1 or events < 2 * pending:
+            raise ValueError(f"events ({events}) must be at least twice pending ({pending})")
+        return cls((events + pending + 1) // 2, pending, flags, rate)
+
+    @property
+    def events(self) -> int:
+        """Records in all: every prediction, and an outcome for all but the last ``pending``."""
+        return self.predictions + max(0, self.predictions - self.pending)
+
+    def order(self, start: int, stop: int) -> Iterator[tuple[bool, int]]:
+        """``(is_prediction, index)`` for predictions ``start .. stop - 1``, each followed by the
+        outcome that arrives with it: that of prediction ``index - pending``, if any."""
+        for i in range(start, min(stop, self.predictions)):
+            yield True, i
+            j = i - self.pending
+            if j >= 0:
+                yield False, j
+
+    def ts(self, i: int) -> float:
+        """Prediction ``i``'s event time."""
+        return T0 + i / self.rate
+
+    def flag(self, i: int) -> str:
+        return f"model-{i % self.flags:02d}"
+
+    @staticmethod
+    def variant(i: int) -> str:
+        draw = _mix(i) % 100
+        for name, weight in VARIANTS:
+            if draw < weight:
+                return name
+            draw -= weight
+        raise AssertionError("weights sum to 100")
+
+    @staticmethod
+    def request_id(i: int) -> str:
+        return f"soak-{i:010d}"
+
+    def accuracy(self, i: int) -> float:
+        """0.90, but 0.75 for the first flag's candidate in the second half."""
+        drifted = (
+            i % self.flags == 0 and i >= self.predictions // 2 and self.variant(i) == "candidate"
+        )
+        return 0.75 if drifted else 0.90
+
+    def label(self, i: int) -> int:
+        """Prediction ``i``'s outcome: its prediction (``i``'s parity) when it is right, which it
+        is with probability :meth:`accuracy`."""
+        right = (_mix(i) >> 8) % 1000 < round(self.accuracy(i) * 1000)
+        return i & 1 if right else 1 - (i & 1)
+
+    def records(self, start: int, stop: int) -> Iterator[tuple[bool, bytes, bytes]]:
+        """``(is_prediction, key, value)`` in :meth:`order`."""
+        dumps = orjson.dumps
+        for is_prediction, i in self.order(start, stop):
+            rid = self.request_id(i)
+            if is_prediction:
+                value = {
+                    "kind": "prediction",
+                    "request_id": rid,
+                    "flag": self.flag(i),
+                    "variant": self.variant(i),
+                    "ts": self.ts(i),
+                    "prediction": i & 1,
+                    "latency_ms": 15.0 + (_mix(i) >> 16) % 100 / 10,
+                }
+            else:  # arrives at the event time of the prediction it comes after
+                value = {
+                    "kind": "outcome",
+                    "request_id": rid,
+                    "ts": self.ts(i + self.pending),
+                    "label": self.label(i),
+                }
+            yield is_prediction, rid.encode(), dumps(value)
+
+    def config(self, ttl: float) -> str:
+        """The worker's YAML config: the flags with their guardrails, and a join ``ttl``
+        (seconds of event time) that outlives the label delay."""
+        lines = ["flags:"]
+        for f in range(self.flags):
+            lines += [f"  model-{f:02d}:", "    default: control", "    variants:"]
+            lines += [f"      {name}: {{weight: {w}, value: {name}}}" for name, w in VARIANTS]
+            lines.append(GUARDRAILS.rstrip("\n"))
+        lines += ["join:", f"  ttl: {ttl:g}"]
+        return "\n".join(lines) + "\n"
+
+    def warmup(self, ttl: float) -> int:
+        """Records after which every bounded join structure is at its steady size: the pending
+        predictions (from the first outcome on) and the joined ids, which are kept for ``ttl``
+        seconds of event time after their outcome."""
+        predictions = min(self.predictions, self.pending + round(ttl * self.rate))
+        return predictions + max(0, predictions - self.pending)
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The least-squares slope of ``ys`` over ``xs`` (at least two distinct ``xs``)."""
+    n = len(xs)
+    if n != len(ys) or n < 2:
+        raise ValueError("slope needs two or more (x, y) pairs")
+    mx = sum(xs) / n
+    my = sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("slope needs two distinct x values")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident set (VmRSS), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def read_records(status: dict[str, Any], topics: Topics) -> int:
+    """Input records the process's join stage has read (``--stage single``: the worker's)."""
+    join = status.get("join_stage")
+    if join is None:
+        return int(status["records"])
+    inputs = (topics.predictions.name, topics.outcomes.name)
+    return sum(o for read in join["read"].values() for t, o in read.items() if t in inputs)
+
+
+def pending(status: dict[str, Any]) -> int:
+    """Join entries waiting (predictions and outcomes, every owned partition)."""
+    join = status.get("join_stage")
+    if join is not None:
+        return sum(int(v) for v in join["pending"].values())
+    counters = status["engine"]["join"]
+    return int(counters["pending_predictions"]) + int(counters["pending_outcomes"])
+
+
+@dataclass
+class Sample:
+    seconds: float
+    read: int
+    produced: int
+    decided: int
+    pending: int
+    merge: int
+    rss_mb: float
+    broker_rss_mb: float
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f}"
+
+
+class Pacer:
+    """The producer's side: sends the workload, never more than ``backlog`` records ahead of
+    what the worker has read (``read``, set by the sampler)."""
+
+    def __init__(self, bootstrap: str, topics: Topics, soak: Soak, backlog: int) -> None:
+        self.bootstrap, self.topics, self.soak, self.backlog = bootstrap, topics, soak, backlog
+        self.read = 0
+        self.produced = 0
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as err:  # reported by the main loop
+            self.error = err
+        finally:
+            self.finished.set()
+
+    def _run(self) -> None:
+        from confluent_kafka import Producer
+
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": 20,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": 500_000,
+                # librdkafka's default partitioner (CRC-32 of the key), where driftswitch's join
+                # stage places a request id: nothing is re-routed.
+                "partitioner": "consistent_random",
+            }
+        )
+        predictions, outcomes = self.topics.predictions.name, self.topics.outcomes.name
+        send = producer.produce
+        step = 5_000  # predictions per round (about twice as many records)
+        for start in range(0, self.soak.predictions, step):
+            while self.produced - self.read > self.backlog:
+                if self.stopping.is_set():
+                    return
+                producer.poll(0.1)
+            for is_prediction, key, value in self.soak.records(start, start + step):
+                while True:
+                    try:
+                        send(predictions if is_prediction else outcomes, value, key)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                self.produced += 1
+            producer.poll(0)
+        if producer.flush(300) != 0:
+            raise RuntimeError("records still unacknowledged after 300 s")
+
+
+async def soak_run(args: argparse.Namespace) -> list[Sample]:
+    soak = Soak.for_events(args.events, args.pending, args.flags, args.rate)
+    tmp = Path(tempfile.mkdtemp(prefix="driftswitch-soak-"))
+    config = tmp / "config.yaml"
+    config.write_text(soak.config(args.ttl))
+    load_config(config)  # fails here, not in the worker, on a bad config
+    print(
+        f"workload: {soak.events:,} events ({soak.predictions:,} predictions, {args.flags} flags "
+        f"x 3 variants, 3 guardrails each), {args.pending:,} pending, {args.rate:g} "
+        f"predictions/s of event time, join ttl {args.ttl:g} s; worker log {tmp}/worker.log; "
+        f"{load()}"
+    )
+    samples: list[Sample] = []
+    async with EmbeddedBroker() as broker:
+        topics = Topics.with_prefix("soak")
+        await ensure_topics(broker.bootstrap, topics)
+        worker = WorkerProcess(
+            broker.bootstrap,
+            topics,
+            config,
+            tmp / "worker.log",
+            args=["--log-level", "warning", *args.worker_arg],
+        )
+        pacer: Pacer | None = None
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                status = await asyncio.to_thread(worker.health)
+                join = status.get("join_stage") if status else None
+                owned = len(join["partitions"]) if join else topics.predictions.partitions
+                if status and status["role"] == "active" and owned == topics.predictions.partitions:
+                    break
+                if worker.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start: see {tmp}/worker.log")
+                await asyncio.sleep(0.2)
+            pacer = Pacer(broker.bootstrap, topics, soak, args.backlog)
+            thread = threading.Thread(target=pacer.run, daemon=True)
+            started = time.monotonic()
+            thread.start()
+            last_print = started
+            while True:
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {worker.proc.returncode}: see {tmp}")
+                if pacer.error is not None:
+                    raise RuntimeError("producer failed") from pacer.error
+                status = await asyncio.to_thread(worker.health)
+                if status is not None:
+                    read = read_records(status, topics)
+                    pacer.read = read
+                    join = status.get("join_stage")
+                    decided = int(status.get("observations", 0))
+                    sample = Sample(
+                        seconds=time.monotonic() - started,
+                        read=read,
+                        produced=pacer.produced,
+                        decided=decided,
+                        pending=pending(status),
+                        merge=int(status.get("merge", {}).get("buffered", 0)),
+                        rss_mb=rss_mb(worker.proc.pid),
+                        broker_rss_mb=rss_mb(broker.pid),
+                    )
+                    samples.append(sample)
+                    if time.monotonic() - last_print >= args.print_every:
+                        last_print = time.monotonic()
+                        print(
+                            f"  {sample.seconds:6.0f} s: read {read:,} of {soak.events:,}, "
+                            f"pending {sample.pending:,}, merge {sample.merge:,}, RSS "
+                            f"{sample.rss_mb:.0f} MB (broker {sample.broker_rss_mb:.0f} MB); "
+                            f"{load()}",
+                            flush=True,
+                        )
+                    emitted = int(join["observations"]) if join is not None else decided
+                    if pacer.finished.is_set() and read >= soak.events and decided >= emitted:
+                        break
+                await asyncio.sleep(args.every)
+        finally:
+            if pacer is not None:
+                pacer.stopping.set()
+            worker.stop(timeout=30)
+    report(samples, soak, soak.warmup(args.ttl))
+    return samples
+
+
+def report(samples: list[Sample], soak: Soak, warmup: int) -> None:
+    """Print the figures (module doc)."""
+    end = samples[-1]
+    first = next((s for s in samples if s.pending >= soak.pending * 0.98), None)
+    steady = [s for s in samples if s.read >= warmup]
+    print(f"events: {end.read:,} read in {end.seconds:.0f} s ({end.read / end.seconds:,.0f}/s)")
+    if first is not None:
+        print(
+            f"RSS when pending first reached {soak.pending:,} (at {first.read:,} events): "
+            f"{first.rss_mb:.0f} MB"
+        )
+    print(f"RSS at the end: {end.rss_mb:.0f} MB; max {max(s.rss_mb for s in samples):.0f} MB")
+    if len(steady) >= 2:
+        start = steady[0]
+        per_m = slope([s.read / 1e6 for s in steady], [s.rss_mb for s in steady])
+        rate = (end.read - start.read) / (end.seconds - start.seconds)
+        print(
+            f"steady window ({start.read:,} .. {end.read:,} events, {len(steady)} samples): RSS "
+            f"{start.rss_mb:.0f} → {end.rss_mb:.0f} MB, slope {per_m:+.2f} MB per million "
+            f"events, {rate:,.0f} events/s"
+        )
+        print(f"pending at its start {start.pending:,}, at the end {end.pending:,}")
+        print(
+            f"broker RSS {start.broker_rss_mb:.0f} → {end.broker_rss_mb:.0f} MB; merge buffer "
+            f"max {max(s.merge for s in steady):,}"
+        )
+    else:
+        print(f"no steady window: fewer than 2 samples after {warmup:,} events")
+    print(load())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--pending", type=int, default=200_000)
+    parser.add_argument("--flags", type=int, default=20)
+    parser.add_argument(
+        "--rate", type=float, default=1000.0, help="predictions per second of event time"
+    )
+    parser.add_argument("--ttl", type=float, default=300.0, help="the join's ttl, seconds")
+    parser.add_argument(
+        "--backlog", type=int, default=300_000, help="records produced ahead of the worker"
+    )
+    parser.add_argument("--every", type=float, default=2.0, help="seconds between samples")
+    parser.add_argument("--print-every", type=float, default=60.0, help="seconds between lines")
+    parser.add_argument("--csv", type=Path, help="write every sample here")
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra `driftswitch run` argument (repeatable): --worker-arg=--stage=single",
+    )
+    args = parser.parse_args(argv)
+    samples = asyncio.run(soak_run(args))
+    if args.csv is not None:
+        with args.csv.open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(Sample.__dataclass_fields__)
+            for s in samples:
+                writer.writerow(vars(s).values())
+        print(f"samples: {args.csv}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
