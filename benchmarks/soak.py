@@ -29,7 +29,12 @@ Printed at the end:
 - the pending count at the start of the steady window and at the end; the merge buffer's
   maximum; the broker's RSS at both ends.
 
-``--csv FILE`` writes every sample. Timing lives here, never in tests.
+``--csv FILE`` writes every sample as it is taken. ``--tracemalloc DIR`` is for finding what
+grows: the worker then runs with Python's ``tracemalloc`` (slower, more memory) and dumps a
+snapshot into ``DIR`` every ``--tracemalloc-every`` seconds (a ``sitecustomize`` module put on
+the worker's ``PYTHONPATH``; nothing in driftswitch changes), and the script prints the
+allocation sites that grew most between the first snapshot of the steady window and the last.
+Timing lives here, never in tests.
 """
 
 from __future__ import annotations
@@ -93,6 +98,78 @@ class Sample:
     merge: int
     rss_mb: float
     broker_rss_mb: float
+
+
+#: The worker's ``sitecustomize`` with ``--tracemalloc``: trace from start-up, and dump a snapshot
+#: every ``SOAK_TRACEMALLOC_EVERY`` seconds into ``SOAK_TRACEMALLOC_DIR`` from a daemon thread.
+SITECUSTOMIZE = """\
+import os, threading, time, tracemalloc
+
+def _dump(directory, every):
+    n = 0
+    while True:
+        time.sleep(every)
+        n += 1
+        snapshot = tracemalloc.take_snapshot()
+        path = os.path.join(directory, f"snap-{n:04d}-{time.time():.0f}.tracemalloc")
+        snapshot.dump(path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+_dir = os.environ.get("SOAK_TRACEMALLOC_DIR")
+if _dir:
+    tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "4")))
+    threading.Thread(
+        target=_dump, args=(_dir, float(os.environ["SOAK_TRACEMALLOC_EVERY"])), daemon=True
+    ).start()
+"""
+
+
+def tracemalloc_env(directory: Path, every: float, frames: int) -> dict[str, str | None]:
+    """The worker's environment for ``--tracemalloc``: :data:`SITECUSTOMIZE` on its path."""
+    site = directory / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "PYTHONPATH": path,
+        "SOAK_TRACEMALLOC_DIR": str(directory),
+        "SOAK_TRACEMALLOC_EVERY": repr(every),
+        "SOAK_TRACEMALLOC_FRAMES": str(frames),
+    }
+
+
+def tracemalloc_report(directory: Path, after: float, top: int = 25) -> None:
+    """The allocation sites (tracebacks) that grew most from the first snapshot dumped at or
+    after wall time ``after`` (``time.time()``) to the last one."""
+    import tracemalloc
+
+    snaps = sorted(directory.glob("snap-*.tracemalloc"))
+    stamped = [(float(p.stem.rsplit("-", 1)[1]), p) for p in snaps]
+    steady = [p for t, p in stamped if t >= after] or [p for _, p in stamped]
+    if len(steady) < 2:
+        print(f"tracemalloc: {len(steady)} snapshot(s) in the steady window, nothing to compare")
+        return
+    first = tracemalloc.Snapshot.load(str(steady[0]))
+    last = tracemalloc.Snapshot.load(str(steady[-1]))
+    exclude = [
+        tracemalloc.Filter(False, tracemalloc.__file__),
+        tracemalloc.Filter(False, "<frozen *>"),
+    ]
+    first, last = first.filter_traces(exclude), last.filter_traces(exclude)
+    total = sum(s.size for s in last.statistics("filename")) - sum(
+        s.size for s in first.statistics("filename")
+    )
+    print(
+        f"tracemalloc: {steady[0].name} → {steady[-1].name}: traced memory "
+        f"{total / 2**20:+.1f} MB; top growth by traceback:"
+    )
+    for stat in last.compare_to(first, "traceback")[:top]:
+        print(
+            f"  {stat.size_diff / 2**20:+8.2f} MB {stat.count_diff:+9,} blocks "
+            f"(now {stat.size / 2**20:.1f} MB)"
+        )
+        for line in stat.traceback.format()[-8:]:
+            print(f"      {line}")
 
 
 def load() -> str:
@@ -171,14 +248,19 @@ async def soak_run(args: argparse.Namespace) -> list[Sample]:
     async with EmbeddedBroker() as broker:
         topics = Topics.with_prefix("soak")
         await ensure_topics(broker.bootstrap, topics)
+        env = None
+        if args.tracemalloc is not None:
+            env = tracemalloc_env(args.tracemalloc, args.tracemalloc_every, args.tracemalloc_frames)
         worker = WorkerProcess(
             broker.bootstrap,
             topics,
             config,
             tmp / "worker.log",
+            env=env,
             args=["--log-level", "warning", *args.worker_arg],
         )
         pacer: Pacer | None = None
+        out = None
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -190,6 +272,12 @@ async def soak_run(args: argparse.Namespace) -> list[Sample]:
                 if worker.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"worker did not start: see {tmp}/worker.log")
                 await asyncio.sleep(0.2)
+            warmup = soak.warmup(args.ttl)
+            steady_at: float | None = None
+            out = args.csv.open("w", newline="") if args.csv is not None else None
+            writer = csv.writer(out) if out is not None else None
+            if writer is not None:
+                writer.writerow(Sample.__dataclass_fields__)
             pacer = Pacer(broker.bootstrap, topics, soak, args.backlog)
             thread = threading.Thread(target=pacer.run, daemon=True)
             started = time.monotonic()
@@ -217,6 +305,11 @@ async def soak_run(args: argparse.Namespace) -> list[Sample]:
                         broker_rss_mb=rss_mb(broker.pid),
                     )
                     samples.append(sample)
+                    if writer is not None and out is not None:
+                        writer.writerow(vars(sample).values())
+                        out.flush()
+                    if steady_at is None and read >= warmup:
+                        steady_at = time.time()
                     if time.monotonic() - last_print >= args.print_every:
                         last_print = time.monotonic()
                         print(
@@ -234,7 +327,11 @@ async def soak_run(args: argparse.Namespace) -> list[Sample]:
             if pacer is not None:
                 pacer.stopping.set()
             worker.stop(timeout=30)
-    report(samples, soak, soak.warmup(args.ttl))
+            if out is not None:
+                out.close()
+    report(samples, soak, warmup)
+    if args.tracemalloc is not None:
+        tracemalloc_report(args.tracemalloc, steady_at if steady_at is not None else 0.0)
     return samples
 
 
@@ -285,19 +382,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--print-every", type=float, default=60.0, help="seconds between lines")
     parser.add_argument("--csv", type=Path, help="write every sample here")
     parser.add_argument(
+        "--tracemalloc", type=Path, help="trace the worker's allocations, snapshots in this dir"
+    )
+    parser.add_argument("--tracemalloc-every", type=float, default=60.0)
+    parser.add_argument("--tracemalloc-frames", type=int, default=4)
+    parser.add_argument(
         "--worker-arg",
         action="append",
         default=[],
         help="extra `driftswitch run` argument (repeatable): --worker-arg=--stage=single",
     )
     args = parser.parse_args(argv)
-    samples = asyncio.run(soak_run(args))
+    if args.tracemalloc is not None:
+        args.tracemalloc.mkdir(parents=True, exist_ok=True)
+    asyncio.run(soak_run(args))
     if args.csv is not None:
-        with args.csv.open("w", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(Sample.__dataclass_fields__)
-            for s in samples:
-                writer.writerow(vars(s).values())
         print(f"samples: {args.csv}", file=sys.stderr)
 
 
