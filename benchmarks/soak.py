@@ -29,7 +29,8 @@ Printed at the end:
 - the pending count at the start of the steady window and at the end; the merge buffer's
   maximum; the broker's RSS at both ends.
 
-``--csv FILE`` writes every sample as it is taken. ``--tracemalloc DIR`` is for finding what
+``--csv FILE`` writes every sample as it is taken; ``--from-csv FILE`` prints the figures of such
+a file again (give the same workload options). ``--tracemalloc DIR`` is for finding what
 grows: the worker then runs with Python's ``tracemalloc`` (slower, more memory) and dumps a
 snapshot into ``DIR`` every ``--tracemalloc-every`` seconds (a ``sitecustomize`` module put on
 the worker's ``PYTHONPATH``; nothing in driftswitch changes), and the script prints the
@@ -356,6 +357,20 @@ def report(samples: list[Sample], soak: Soak, warmup: int) -> None:
             f"{start.rss_mb:.0f} → {end.rss_mb:.0f} MB, slope {per_m:+.2f} MB per million "
             f"events, {rate:,.0f} events/s"
         )
+        half = len(steady) // 2
+        if half >= 2:
+            halves = [steady[: half + 1], steady[half:]]
+            fits = [slope([s.read / 1e6 for s in h], [s.rss_mb for s in h]) for h in halves]
+            print(
+                f"  slope over its first / second half: {fits[0]:+.2f} / {fits[1]:+.2f} MB per "
+                f"million events (split at {steady[half].read:,})"
+            )
+        marks = []
+        for m in range(1, end.read // 1_000_000 + 1):
+            at = next((s for s in samples if s.read >= m * 1_000_000), None)
+            if at is not None:
+                marks.append(f"{m}M {at.rss_mb:.0f}")
+        print(f"  RSS (MB) at each million events read: {', '.join(marks)}")
         print(f"pending at its start {start.pending:,}, at the end {end.pending:,}")
         print(
             f"broker RSS {start.broker_rss_mb:.0f} → {end.broker_rss_mb:.0f} MB; merge buffer "
@@ -392,7 +407,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[],
         help="extra `driftswitch run` argument (repeatable): --worker-arg=--stage=single",
     )
+    parser.add_argument(
+        "--from-csv",
+        type=Path,
+        help="print the figures of an earlier run's --csv samples (same workload options)",
+    )
     args = parser.parse_args(argv)
+    if args.from_csv is not None:
+        with args.from_csv.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        samples = [
+            Sample(
+                seconds=float(r["seconds"]),
+                read=int(r["read"]),
+                produced=int(r["produced"]),
+                decided=int(r["decided"]),
+                pending=int(r["pending"]),
+                merge=int(r["merge"]),
+                rss_mb=float(r["rss_mb"]),
+                broker_rss_mb=float(r["broker_rss_mb"]),
+            )
+            for r in rows
+        ]
+        soak = Soak.for_events(args.events, args.pending, args.flags, args.rate)
+        report(samples, soak, soak.warmup(args.ttl))
+        return
     if args.tracemalloc is not None:
         args.tracemalloc.mkdir(parents=True, exist_ok=True)
     asyncio.run(soak_run(args))
