@@ -24,7 +24,8 @@ def test_each_outcome_comes_right_after_the_prediction_pending_places_later() ->
         else:
             assert last_prediction == i + soak.pending
     outcomes = Counter(i for is_prediction, i in order if not is_prediction)
-    assert sorted(outcomes) == list(range(50 - 7)) and set(outcomes.values()) == {1}
+    assert sorted(outcomes) == list(range(50 - 7))
+    assert set(outcomes.values()) == {1}
 
 
 def test_ranges_concatenate_to_the_whole_workload() -> None:
