@@ -15,7 +15,7 @@ passes options) is started on empty topics; once it owns every input partition, 
 produced with confluent-kafka (librdkafka's default partitioner, CRC-32 of the key, where the
 join stage places a request id), paced by the worker: the producer stays at most ``--backlog``
 records ahead of what the worker has read (``/healthz``), so the broker never holds a backlog of
-millions and the worker is never idle. Every ``--every`` seconds the worker's RSS
+millions and the worker has records waiting. Every ``--every`` seconds the worker's RSS
 (``/proc/<pid>/status`` VmRSS), the broker's RSS and the worker's ``/healthz`` (records read,
 observations decided, join entries pending, the decide stage's merge buffer) are sampled.
 
@@ -23,8 +23,10 @@ Printed at the end:
 
 - the worker's RSS when the pending count first reaches its steady value, at the start of the
   steady window (once the join's joined-id map is also full: ``ttl`` seconds of event time after
-  the first outcome, with a margin), at the end, and the maximum;
-- the RSS slope over the steady window in MB per million events (least squares);
+  the first outcome, :meth:`~driftswitch.streams.tools.soak.Soak.warmup`), at the end, and the
+  maximum; the RSS at each million events read;
+- the RSS slope over the steady window, and over each half of it, in MB per million events
+  (least squares);
 - events/s (the worker's read rate over the whole run and over the steady window);
 - the pending count at the start of the steady window and at the end; the merge buffer's
   maximum; the broker's RSS at both ends.
