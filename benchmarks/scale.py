@@ -715,6 +715,60 @@ def stage_records(events: list[Any], placement: str) -> list[tuple[int, bytes, b
     return out
 
 
+def produce_records(
+    bootstrap: str, names: tuple[str, str], records: list[tuple[int, bytes, bytes, int | None]]
+) -> None:
+    """Produce ``records`` (:func:`stage_records`) in their order, with confluent-kafka."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for which, key, value, partition in records:
+        while True:
+            try:
+                if partition is None:
+                    producer.produce(names[which], value, key)
+                else:
+                    producer.produce(names[which], value, key, partition=partition)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) != 0:
+        raise RuntimeError("records not delivered in 120 s")
+
+
+#: Producer processes for a pre-produced backlog.
+PRODUCERS = 2
+
+
+def produce_in_parallel(
+    bootstrap: str,
+    names: tuple[str, str],
+    records: list[tuple[int, bytes, bytes, int | None]],
+    workers: int,
+) -> None:
+    """:func:`produce_records` split over ``workers`` forked processes by input partition, so
+    each partition's records keep their order (predictions still placed by confluent-kafka's
+    partitioner: their join partition)."""
+    import multiprocessing
+
+    from driftswitch.streams.contract.placement import join_partition
+
+    def part(r: tuple[int, bytes, bytes, int | None]) -> int:
+        return r[3] if r[3] is not None else join_partition(r[1].decode(), 4)
+
+    shares = [[r for r in records if part(r) % workers == w] for w in range(workers)]
+    fork = multiprocessing.get_context("fork")
+    children = [
+        fork.Process(target=produce_records, args=(bootstrap, names, share)) for share in shares
+    ]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join()
+    if any(c.exitcode != 0 for c in children):
+        raise RuntimeError(f"a producer failed: exit codes {[c.exitcode for c in children]}")
+
+
 #: Runs of one (round, k) tried on fresh topics before the benchmark gives up: on a loaded machine
 #: a starved decide process loses its lease now and then (session timeout 6 s).
 ATTEMPTS = 6
@@ -745,8 +799,6 @@ def stage_run(
     prediction and join. With ``live``, they are not stopped: the baseline is taken before the
     backlog is produced, and they read it as it comes."""
     import asyncio
-
-    from confluent_kafka import Producer
 
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka import ensure_topics
@@ -805,20 +857,12 @@ def stage_run(
             for w in everything:
                 w.proc.send_signal(signal.SIGSTOP)
         t0 = time.perf_counter()
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
         names = (topics.predictions.name, topics.outcomes.name)
-        for which, key, value, partition in records:
-            while True:
-                try:
-                    if partition is None:
-                        producer.produce(names[which], value, key)
-                    else:
-                        producer.produce(names[which], value, key, partition=partition)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        assert producer.flush(120) == 0
-        del producer
+        if live:
+            produce_records(bootstrap, names, records)
+        else:
+            # Stopped processes miss their heartbeats: produce fast (the session timeout is 6 s).
+            produce_in_parallel(bootstrap, names, records, PRODUCERS)
         produced = time.perf_counter() - t0
         if not live:
             # The backlog is there: count from here, every process at once.
