@@ -1,7 +1,7 @@
 """Join state at scale: peak RSS, checkpoint cost and recovery time of the disk-backed join.
 
     .venv/bin/python benchmarks/scale.py [--pending 20000000] [--rate 50000] [--dir DIR]
-    .venv/bin/python benchmarks/scale.py --stages 1,2,3 [--events 400000] [--rounds 3]
+    .venv/bin/python benchmarks/scale.py --stages 1,2,3 [--events 400000] [--rounds 3] [--live]
     .venv/bin/python benchmarks/scale.py --join-stage 20000000 [--labelled 200000] [--forget-member]
 
 A child process fills a :class:`~driftswitch.streams.service.joinstore.RocksJoinStore` through
@@ -56,14 +56,21 @@ flags (4-partition input and observations topics) is prepared once; then, per ``
 k, on fresh topics, k join processes and k decide processes (one active, k-1 standbys;
 ``--decide-processes N``: N whatever k) start; once every input partition is assigned, one decide
 process is active and the assignment has held for 3 s, each process's CPU time (utime + stime,
-/proc/<pid>/stat) is read twice, ``--idle-window`` seconds apart (its idle CPU rate); the second
-reading is the baseline, so process start, imports, group joins and the first reads of the empty
-topics are not counted. Then the backlog is produced (predictions with confluent-kafka's default
-partitioner; outcomes by ``--placement``: ``murmur2``, a Java/aiokafka producer's, about 3 in 4
-re-routed, or ``crc32``, their join partition, none re-routed) and the run ends when the active
-decide process's ``/healthz`` counts every prediction and join the engine counts on the events in
-event-time order. Printed per run and summarised (median, min-max): wall seconds from the first
-record produced (producing and the join stage's ``idle_after`` included) and events/s; CPU-seconds
+/proc/<pid>/stat) is read twice, ``--idle-window`` seconds apart (its idle CPU rate). Then every
+stage process is stopped (SIGSTOP), the backlog is produced (predictions with confluent-kafka's
+default partitioner; outcomes by ``--placement``: ``murmur2``, a Java/aiokafka producer's, about 3
+in 4 re-routed, or ``crc32``, their join partition, none re-routed), each process's CPU time (and
+the broker's) is read as the baseline, and all of them continue (SIGCONT) at once: a pre-produced
+backlog, read by processes already assigned; process start, imports, group joins, the reads of
+the empty topics and the production are not counted, and the standbys' polling while the backlog
+is read is. A run whose assignment changed meanwhile (stopped past the session timeout, or a
+starved member) is discarded and run again on fresh topics. With ``--live`` (the earlier method)
+nothing is stopped: the second idle reading is the baseline and the processes read the backlog
+as it is produced, so their polling during the production counts too. The run ends when the
+active decide process's ``/healthz`` counts every prediction and join the engine counts on the
+events in event-time order. Printed per run and summarised (median, min-max): wall seconds from
+SIGCONT (``--live``: from the first record produced), the join stage's ``idle_after`` included,
+and events/s; CPU-seconds
 per million events of the join stage (its processes summed), of the decide stage (standbys included)
 and of the broker; the idle cost of each stage (idle CPU rate times wall time, an upper bound of its
 fixed per-process overhead); the ratio of CPU per million events at k processes to 1 process per
@@ -74,6 +81,7 @@ peak RSS (VmHWM) per process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -707,6 +715,60 @@ def stage_records(events: list[Any], placement: str) -> list[tuple[int, bytes, b
     return out
 
 
+def produce_records(
+    bootstrap: str, names: tuple[str, str], records: list[tuple[int, bytes, bytes, int | None]]
+) -> None:
+    """Produce ``records`` (:func:`stage_records`) in their order, with confluent-kafka."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for which, key, value, partition in records:
+        while True:
+            try:
+                if partition is None:
+                    producer.produce(names[which], value, key)
+                else:
+                    producer.produce(names[which], value, key, partition=partition)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) != 0:
+        raise RuntimeError("records not delivered in 120 s")
+
+
+#: Producer processes for a pre-produced backlog.
+PRODUCERS = 2
+
+
+def produce_in_parallel(
+    bootstrap: str,
+    names: tuple[str, str],
+    records: list[tuple[int, bytes, bytes, int | None]],
+    workers: int,
+) -> None:
+    """:func:`produce_records` split over ``workers`` forked processes by input partition, so
+    each partition's records keep their order (predictions still placed by confluent-kafka's
+    partitioner: their join partition)."""
+    import multiprocessing
+
+    from driftswitch.streams.contract.placement import join_partition
+
+    def part(r: tuple[int, bytes, bytes, int | None]) -> int:
+        return r[3] if r[3] is not None else join_partition(r[1].decode(), 4)
+
+    shares = [[r for r in records if part(r) % workers == w] for w in range(workers)]
+    fork = multiprocessing.get_context("fork")
+    children = [
+        fork.Process(target=produce_records, args=(bootstrap, names, share)) for share in shares
+    ]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join()
+    if any(c.exitcode != 0 for c in children):
+        raise RuntimeError(f"a producer failed: exit codes {[c.exitcode for c in children]}")
+
+
 #: Runs of one (round, k) tried on fresh topics before the benchmark gives up: on a loaded machine
 #: a starved decide process loses its lease now and then (session timeout 6 s).
 ATTEMPTS = 6
@@ -714,7 +776,8 @@ ATTEMPTS = 6
 
 class ProcessExitedError(RuntimeError):
     """A stage process exited during a run (e.g. a decide process expelled from its lease group
-    after missing heartbeats on a starved machine): the run's CPU figures are incomplete."""
+    after missing heartbeats on a starved machine), or the assignment changed: the run's CPU
+    figures are incomplete or include a rebalance."""
 
 
 def stage_run(
@@ -728,13 +791,14 @@ def stage_run(
     idle_window: float,
     broker_pid: int,
     deciders: int | None = None,
+    live: bool = False,
 ) -> dict[str, Any]:
     """One measurement: ``k`` join and ``k`` decide processes (``deciders`` if given) on fresh
-    topics; baseline once they are assigned and idle; then the backlog is produced and read until
-    the active decide process has counted every prediction and join."""
+    topics, assigned and idle; then the backlog is produced while they are stopped (SIGSTOP) and
+    read from when they continue (SIGCONT) until the active decide process has counted every
+    prediction and join. With ``live``, they are not stopped: the baseline is taken before the
+    backlog is produced, and they read it as it comes."""
     import asyncio
-
-    from confluent_kafka import Producer
 
     from driftswitch.streams.contract.topics import Topics
     from driftswitch.streams.kafka import ensure_topics
@@ -786,24 +850,26 @@ def stage_run(
         base = {pid: cpu_seconds(pid) for pid in pids}
         idle = {pid: (base[pid] - started[pid]) / idle_window for pid in base}
         active = next(d for d in procs["decide"] if (d.health() or {}).get("role") == "active")
+        owned = [(j.health() or {}).get("partitions") for j in procs["join"]]
 
         load_before = load_average()
+        if not live:
+            for w in everything:
+                w.proc.send_signal(signal.SIGSTOP)
         t0 = time.perf_counter()
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
         names = (topics.predictions.name, topics.outcomes.name)
-        for which, key, value, partition in records:
-            while True:
-                try:
-                    if partition is None:
-                        producer.produce(names[which], value, key)
-                    else:
-                        producer.produce(names[which], value, key, partition=partition)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        assert producer.flush(120) == 0
-        del producer
+        if live:
+            produce_records(bootstrap, names, records)
+        else:
+            # Stopped processes miss their heartbeats: produce fast (the session timeout is 6 s).
+            produce_in_parallel(bootstrap, names, records, PRODUCERS)
         produced = time.perf_counter() - t0
+        if not live:
+            # The backlog is there: count from here, every process at once.
+            base = {pid: cpu_seconds(pid) for pid in pids}
+            t0 = time.perf_counter()
+            for w in everything:
+                w.proc.send_signal(signal.SIGCONT)
         counts: Any = None
         deadline = time.monotonic() + 1800
         while counts != expected:
@@ -820,9 +886,20 @@ def stage_run(
         rss = {w.proc.pid: peak_rss_of(w.proc.pid) for w in everything}
         joins = [j.health() or {} for j in procs["join"]]
         load_after = load_average()
+        if [j.get("partitions") for j in joins] != owned or (active.health() or {}).get(
+            "role"
+        ) != "active":
+            # Stopped longer than the session timeout (a slow production), or a starved member:
+            # the run's CPU includes a rebalance.
+            raise ProcessExitedError(
+                f"the assignment changed during the run: join partitions {owned} -> "
+                f"{[j.get('partitions') for j in joins]}, or the active decide process changed"
+            )
     finally:
         for ws in procs.values():
             for w in ws:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGCONT)
                 w.stop()
     n = len(records)
 
@@ -841,6 +918,7 @@ def stage_run(
         "events": n,
         "wall_s": wall,
         "produce_s": produced,
+        "method": "live" if live else "pre-produced",
         "events_per_s": n / wall,
         "join": stage("join"),
         "decide": stage("decide"),
@@ -864,6 +942,7 @@ def stages_benchmark(
     placements: list[str],
     idle_window: float,
     deciders: int | None = None,
+    live: bool = False,
 ) -> None:
     """Print, per placement, one row per (round, k) and the min/median/max summary with the
     ratios of CPU per million events at k processes to 1 process, per stage."""
@@ -882,7 +961,8 @@ def stages_benchmark(
             for placement in placements:
                 records = stage_records(events, placement)
                 print(
-                    f"\noutcomes placed by {placement}; {len(records):,} events "
+                    f"\n{'live' if live else 'pre-produced'} backlog, "
+                    f"outcomes placed by {placement}; {len(records):,} events "
                     f"({sum(r[0] == 0 for r in records):,} predictions), {flags} flags, "
                     f"load average at start {load_average()}",
                     flush=True,
@@ -904,6 +984,7 @@ def stages_benchmark(
                                     idle_window,
                                     broker.pid,
                                     deciders,
+                                    live,
                                 )
                                 break
                             except ProcessExitedError as err:
@@ -1027,6 +1108,12 @@ def main() -> None:
         "the decide standbys' lease rebalances, which starve on a loaded machine)",
     )
     parser.add_argument(
+        "--live",
+        action="store_true",
+        help="--stages: produce the backlog while the processes run and count from before it "
+        "(the earlier method), instead of stopping them while it is produced",
+    )
+    parser.add_argument(
         "--join-stage",
         type=int,
         default=0,
@@ -1067,6 +1154,7 @@ def main() -> None:
             placements,
             args.idle_window,
             args.decide_processes,
+            args.live,
         )
         return
     if args.child is not None:

@@ -209,6 +209,10 @@ class WorkerSettings:
     group: str = "driftswitch"
     snapshot_interval: float = 1.0
     poll_ms: int = 50
+    #: The join stage's ``getmany`` timeout while all its partitions are idle and sent
+    #: (``JoinStage._quiet``): records end the wait at once, so it sets only how often an idle
+    #: loop turns (the idle data-loss check's start; each turn costs CPU).
+    idle_poll_ms: int = 1000
     #: How long the broker may hold a fetch with no data. Tansu answers an empty fetch only when
     #: this runs out (no wake-up on new data), so it bounds the reaction time: keep it short.
     fetch_max_wait_ms: int = 20

@@ -127,12 +127,12 @@ async def _decide(
 
 @contextlib.asynccontextmanager
 async def _running(
-    broker: EmbeddedBroker, topics: Topics, config: Config, name: str
+    broker: EmbeddedBroker, topics: Topics, config: Config, name: str, **options: Any
 ) -> AsyncIterator[JoinStage]:
-    """A join stage running in this event loop, in group ``<flags topic>-<name>``, stopped (and
-    waited for) on leaving the block."""
+    """A join stage running in this event loop, in group ``<flags topic>-<name>`` (``options``:
+    more :class:`WorkerSettings`), stopped (and waited for) on leaving the block."""
     settings = WorkerSettings(
-        bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-{name}"
+        bootstrap=broker.bootstrap, topics=topics, group=f"{topics.flags.name}-{name}", **options
     )
     stage = JoinStage(config, settings)
     task = asyncio.ensure_future(stage.run())
@@ -469,3 +469,41 @@ def test_the_status_counts_the_observations_of_every_record_it_shows_read(
     asyncio.run(scenario())
     assert any(read > 0 for read, _ in seen)
     assert [(read, observations) for read, observations in seen if read != observations] == []
+
+
+def test_an_idle_join_stage_reads_records_that_arrive_during_its_long_idle_wait(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    """Once every partition is idle and sent, the loop's ``getmany`` waits ``idle_poll_ms``
+    (here an hour) instead of ``poll_ms``: records that a fetch brings must end that wait, or an
+    idle join stage would answer new input only when its idle poll runs out."""
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
+    events = [ev for ev in sorted(simulate(SCENARIO), key=_key) if isinstance(ev, PredictionEvent)]
+    hour_ms = 3_600_000
+    timeouts: list[int] = []
+
+    async def scenario() -> tuple[int, bool]:
+        async with _running(broker, topics, config, "wake", idle_poll_ms=hour_ms) as stage:
+            await _until("assigned", lambda: stage._member is not None and bool(stage.parts))
+            member = stage._member
+            assert member is not None
+            getmany = member.getmany
+
+            async def recording(*partitions: Any, **kwargs: Any) -> Any:
+                timeouts.append(kwargs["timeout_ms"])
+                return await getmany(*partitions, **kwargs)
+
+            member.getmany = recording
+            await _until("an idle wait begun", lambda: hour_ms in timeouts)
+            await asyncio.get_running_loop().run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
+            await _until("all read", lambda: stage.counters["observations"] == len(events))
+            quiet_while_reading = stage._quiet()
+            await _until("idle again", stage._quiet)
+            return len(stage.parts), quiet_while_reading
+
+    owned, quiet_while_reading = asyncio.run(scenario())
+    assert owned == topics.predictions.partitions
+    assert not quiet_while_reading  # the partitions read to their end are busy for idle_after
+    assert WorkerSettings(bootstrap="", topics=topics).poll_ms in timeouts
