@@ -351,15 +351,16 @@ async def worker_throughput(
     poll: float,
     worker_args: list[str],
     spy: Path | None = None,
-) -> float:
-    """Records/s that ``driftswitch run`` sustains: it is started on empty ``topics`` and,
-    once it is active (with both stages in one process: once the join stage owns every input
-    partition too), the records are produced as fast as the producer goes (faster than any
-    worker), and the rate is the records over the time from the first send to the first
-    /healthz poll that finds every record processed (with both stages: every observation
-    decided). Start-up is not counted; the end is at most one poll late, so the figure is at
-    most ``poll`` seconds' worth low. Each poll costs the worker a few ms (the engine's view of
-    every flag is serialised), which is why ``poll`` is not tiny."""
+) -> tuple[float, float]:
+    """Records/s that ``driftswitch run`` sustains, and records per CPU-second of its process over
+    the same span (utime + stime: steadier than the wall rate on a shared machine). It is
+    started on empty ``topics`` and, once it is active (with both stages in one process: once
+    the join stage owns every input partition too), the records are produced as fast as the
+    producer goes (faster than any worker), and the rate is the records over the time from the
+    first send to the first /healthz poll that finds every record processed (with both stages:
+    every observation decided). Start-up is not counted; the end is at most one poll late, so
+    the figure is at most ``poll`` seconds' worth low. Each poll costs the worker a few ms (the
+    engine's view of every flag is serialised), which is why ``poll`` is not tiny."""
     worker = WorkerProcess(
         bootstrap,
         topics,
@@ -378,6 +379,7 @@ async def worker_throughput(
     try:
         await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
         started = time.monotonic()
+        cpu = cpu_seconds(worker.proc.pid)
         producing = asyncio.ensure_future(
             asyncio.to_thread(produce, bootstrap, topics, records, None)
         )
@@ -388,8 +390,9 @@ async def worker_throughput(
             status = await asyncio.to_thread(worker.health)
             if status is not None and done(status, topics, len(records)):
                 now = time.monotonic()
+                cpu = cpu_seconds(worker.proc.pid) - cpu
                 await producing
-                return len(records) / (now - started)
+                return len(records) / (now - started), len(records) / cpu
             await asyncio.sleep(poll)
         raise RuntimeError(f"worker did not finish: see {log}")
     finally:
@@ -397,6 +400,13 @@ async def worker_throughput(
         if sampler is not None:
             sampler.wait(timeout=60)  # py-spy ends with the worker
             print_spy(spy)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` so far (/proc/<pid>/stat, in clock ticks)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ready(status: dict[str, Any], partitions: int) -> bool:
@@ -622,6 +632,7 @@ async def main() -> None:
         "bare confluent-kafka + orjson": [],
         "join stage alone (decode, join, score, detect; CPU)": [],
         "full worker (driftswitch run)": [],
+        "full worker, per CPU-second of its process": [],
     }
     shares: list[float] = []
     async with EmbeddedBroker() as broker:
@@ -638,7 +649,7 @@ async def main() -> None:
             spy = tmp / "worker.py-spy.txt" if args.py_spy and r == 0 else None
             flood = Topics.with_prefix(f"bench-w{r}")
             await ensure_topics(bootstrap, flood)
-            rate = await worker_throughput(
+            rate, per_cpu = await worker_throughput(
                 bootstrap,
                 flood,
                 config,
@@ -648,12 +659,13 @@ async def main() -> None:
                 args.worker_arg,
                 spy,
             )
-            for name, value in zip(figures, (bare, confluent, stage, rate), strict=True):
+            for name, value in zip(figures, (bare, confluent, stage, rate, per_cpu), strict=True):
                 figures[name].append(value)
             shares.append(rate / bare)
             print(
                 f"round {r + 1}: aiokafka {bare:,.0f}, confluent {confluent:,.0f}, join stage "
-                f"{stage:,.0f}, worker {rate:,.0f} events/s ({rate / bare:.0%}); {load()}"
+                f"{stage:,.0f}, worker {rate:,.0f} events/s ({rate / bare:.0%}; {per_cpu:,.0f} per "
+                f"CPU-second of its process); {load()}"
             )
         if args.repeat:
             print("events/s, min / median / max of", args.repeat, "rounds:")
