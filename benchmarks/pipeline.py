@@ -74,6 +74,7 @@ from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import Ingest
 from driftswitch.streams.service.worker import HEADER_SOURCE
 from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.procstat import cpu_seconds
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, simulate
 from driftswitch.streams.tools.testing import WorkerProcess
 
@@ -400,13 +401,6 @@ async def worker_throughput(
         if sampler is not None:
             sampler.wait(timeout=60)  # py-spy ends with the worker
             print_spy(spy)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` so far (/proc/<pid>/stat, in clock ticks)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is fields[0]
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ready(status: dict[str, Any], partitions: int) -> bool:

@@ -100,6 +100,7 @@ import orjson
 
 from driftswitch.streams.pipeline.join import JoinBuffer, StoredJoinBuffer
 from driftswitch.streams.service.joinstore import RocksJoinStore
+from driftswitch.streams.tools.procstat import cpu_seconds
 
 T0 = 1_700_000_000.0
 TTL = 7 * 86400.0
@@ -594,16 +595,6 @@ def join_stage_report(r: dict[str, Any]) -> None:
 
 
 # -- processes per stage: CPU per event as the stages scale out --------------------------------
-
-#: Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat.
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (its threads included), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is fields[0]
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def peak_rss_of(pid: int) -> float:
