@@ -91,7 +91,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +99,7 @@ import orjson
 
 from driftswitch.streams.pipeline.join import JoinBuffer, StoredJoinBuffer
 from driftswitch.streams.service.joinstore import RocksJoinStore
+from driftswitch.streams.service.snapshot import compress
 from driftswitch.streams.tools.procstat import cpu_seconds
 
 T0 = 1_700_000_000.0
@@ -194,7 +194,7 @@ def in_memory_snapshot(count: int) -> dict[str, float]:
     for i in range(count):
         buf.add_prediction(rid(i), T0 + i / 50_000, "ranker/control", payload(i))
     t = time.perf_counter()
-    blob = zlib.compress(orjson.dumps(buf.to_state()), 1)
+    blob = compress(orjson.dumps(buf.to_state()))
     return {"snapshot_s": time.perf_counter() - t, "snapshot_mb": len(blob) / 1e6}
 
 
@@ -862,6 +862,7 @@ def stage_run(
             for w in everything:
                 w.proc.send_signal(signal.SIGCONT)
         counts: Any = None
+        buffered = 0  # the active decide process's merge, most observations buffered in a poll
         deadline = time.monotonic() + 1800
         while counts != expected:
             if time.monotonic() > deadline:
@@ -870,12 +871,15 @@ def stage_run(
                 if w.proc.poll() is not None:
                     raise ProcessExitedError(f"{w.log} exited:\n{w.log.read_text()[-1500:]}")
             time.sleep(0.25)
-            engine = (active.health() or {}).get("engine")
+            status = active.health() or {}
+            buffered = max(buffered, (status.get("merge") or {}).get("buffered", 0))
+            engine = status.get("engine")
             counts = stage_counts(engine) if engine else None
         wall = time.perf_counter() - t0
         cpu = {pid: cpu_seconds(pid) - base[pid] for pid in pids}
         rss = {w.proc.pid: peak_rss_of(w.proc.pid) for w in everything}
         joins = [j.health() or {} for j in procs["join"]]
+        decided = active.health() or {}
         load_after = load_average()
         if [j.get("partitions") for j in joins] != owned or (active.health() or {}).get(
             "role"
@@ -921,6 +925,10 @@ def stage_run(
         "observation_records": sum(j.get("observation_records", 0) for j in joins),
         "markers": sum(j.get("markers", 0) for j in joins),
         "checkpoints": sum(j.get("checkpoints", 0) for j in joins),
+        "decide_records": decided.get("records", 0),
+        "decide_batches": decided.get("batches", 0),
+        "decide_snapshots": decided.get("snapshots_written", 0),
+        "decide_merge_max": buffered,
         "load": f"{load_before} -> {load_after}",
     }
 

@@ -301,9 +301,12 @@ class Merge:
             ],
             "watermarks": [w if math.isfinite(w) else None for w in self.watermarks],
             "idle": list(self.idle),
-            # Observations are tuples of JSON values, which JSON encoders write as arrays:
-            # copied into lists, a snapshot of a large buffer took twice as long.
-            "buffered": cast(list[JSON], sorted(chain(*self._buffers), key=event_order)),
+            # Each list is sorted already and :meth:`from_state` sorts their concatenation (in
+            # this order: the restored list first among equal keys), so no sort here: at 100k
+            # buffered it was a third of a snapshot's CPU. Observations are tuples of JSON
+            # values, which JSON encoders write as arrays: copied into lists, a snapshot of a
+            # large buffer took twice as long.
+            "buffered": cast(list[JSON], list(chain(*self._buffers))),
             "released": list(self.released) if self.released is not None else None,
             "late": self.late,
             "duplicates": self.duplicates,

@@ -9,7 +9,10 @@ offsets and replays from there, so every input record is applied exactly once to
 resumes.
 
 Snapshots go to the state topic (one partition, key = the worker's group id), as
-zlib-compressed JSON split into chunks of at most :data:`CHUNK_BYTES`. Chunk headers:
+Zstandard-compressed JSON (level 1) split into chunks of at most :data:`CHUNK_BYTES`; snapshots
+of earlier versions, zlib-compressed, still load (:func:`decompress` tells them apart by the
+Zstandard frame's magic number). Zstandard level 1 took 42 ms and 2.1 MB where zlib level 1 took
+100 ms and 3.2 MB, on a decide stage's merge holding 100k observations. Chunk headers:
 
 =============================  ==================================================
 ``driftswitch.snapshot.id``    the snapshot's sequence number (decimal), per key
@@ -44,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cramjam
 import orjson
 
 __all__ = [
@@ -51,8 +55,10 @@ __all__ = [
     "HEADER_CHUNK",
     "HEADER_SNAPSHOT",
     "Snapshot",
+    "compress",
     "continue_on_store",
     "decode_chunks",
+    "decompress",
     "encode_chunks",
     "latest_snapshot",
 ]
@@ -65,6 +71,24 @@ HEADER_CHUNK = "driftswitch.snapshot.chunk"
 CHUNK_BYTES = 512 * 1024
 #: Format of the snapshot document; a reader refuses other formats.
 FORMAT = 1
+#: The first bytes of a Zstandard frame (RFC 8878); a zlib stream starts with 0x78.
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def compress(data: bytes) -> bytes:
+    """A snapshot document's bytes as written: Zstandard, level 1."""
+    return bytes(cramjam.zstd.compress(data, level=1))
+
+
+def decompress(blob: bytes) -> bytes:
+    """What :func:`compress` (or an earlier version's ``zlib.compress``) made of a document;
+    ``ValueError`` if ``blob`` is neither."""
+    try:
+        if blob.startswith(ZSTD_MAGIC):
+            return bytes(cramjam.zstd.decompress(blob))
+        return zlib.decompress(blob)
+    except (zlib.error, cramjam.DecompressionError) as err:
+        raise ValueError(f"snapshot not decompressible: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -106,7 +130,7 @@ def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes
         "stage": snapshot.stage,
         "merge": snapshot.merge,
     }
-    blob = zlib.compress(orjson.dumps(doc), 1)
+    blob = compress(orjson.dumps(doc))
     pieces = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     seq = str(snapshot.seq).encode()
     return [
@@ -117,7 +141,7 @@ def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes
 
 def decode_chunks(chunks: Sequence[bytes]) -> Snapshot:
     """Rebuild a snapshot from its chunk values (all of them, in order)."""
-    doc = orjson.loads(zlib.decompress(b"".join(chunks)))
+    doc = orjson.loads(decompress(b"".join(chunks)))
     if doc.get("format") != FORMAT:
         raise ValueError(f"snapshot format {doc.get('format')!r}, expected {FORMAT}")
     offsets = {
@@ -173,7 +197,7 @@ def latest_snapshot(records: Sequence[Any], key: bytes) -> Snapshot | None:
         if len(current) == count:
             try:
                 best = decode_chunks(current)
-            except (ValueError, zlib.error, orjson.JSONDecodeError, KeyError) as err:
+            except (ValueError, orjson.JSONDecodeError, KeyError) as err:
                 log.warning("skipping undecodable snapshot %s: %s", sid, err)
             current, current_id = [], None
     return best
@@ -196,7 +220,7 @@ def continue_on_store(
     if raw is not None:
         try:
             local = decode_chunks([raw])
-        except (ValueError, KeyError, zlib.error, orjson.JSONDecodeError) as err:
+        except (ValueError, KeyError, orjson.JSONDecodeError) as err:
             log.warning("join store %s: undecodable checkpoint, not used: %s", store.path, err)
     if (
         snapshot is not None

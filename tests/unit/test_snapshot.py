@@ -7,11 +7,14 @@ import zlib
 from dataclasses import dataclass
 
 import orjson
+import pytest
 
 from driftswitch.streams.service.dataloss import Mark, mark_of
 from driftswitch.streams.service.snapshot import (
     CHUNK_BYTES,
+    ZSTD_MAGIC,
     Snapshot,
+    decompress,
     encode_chunks,
     latest_snapshot,
 )
@@ -64,10 +67,42 @@ def test_interleaved_partial_snapshot_is_dropped() -> None:
 def test_marks_round_trip_and_older_snapshots_load_without_them() -> None:
     snap = Snapshot(3, {}, {"p": {0: 10}}, {}, {"p": {0: [9, 1_700_000_000_000, 4_000_000_000]}})
     assert latest_snapshot(_records(b"g", snap), b"g") == snap
-    doc = orjson.loads(zlib.decompress(encode_chunks(snap)[0][0]))
+    doc = orjson.loads(decompress(encode_chunks(snap)[0][0]))
     del doc["marks"]
     old = [Rec(b"g", zlib.compress(orjson.dumps(doc)), encode_chunks(snap)[0][1])]
     assert latest_snapshot(old, b"g") == Snapshot(3, {}, {"p": {0: 10}}, {})
+
+
+def test_snapshots_are_zstandard_and_earlier_zlib_ones_still_load() -> None:
+    snap = Snapshot(4, _big_state(2), {"p": {0: 7}}, {"records": 7})
+    records = _records(b"g", snap)
+    assert records[0].value is not None
+    assert records[0].value.startswith(ZSTD_MAGIC)
+    assert latest_snapshot(records, b"g") == snap
+    # The same document as an earlier version wrote it: zlib, level 1.
+    doc = decompress(b"".join(r.value or b"" for r in records))
+    old = [
+        Rec(
+            b"g",
+            zlib.compress(doc, 1),
+            [("driftswitch.snapshot.id", b"4"), ("driftswitch.snapshot.chunk", b"0/1")],
+        )
+    ]
+    assert latest_snapshot(old, b"g") == snap
+
+
+def test_an_undecompressible_snapshot_is_skipped_for_the_one_before() -> None:
+    good = _records(b"g", Snapshot(1, {"n": 1}, {"p": {0: 1}}))
+    broken = [
+        Rec(
+            b"g",
+            ZSTD_MAGIC + b"not a frame",
+            [("driftswitch.snapshot.id", b"2"), ("driftswitch.snapshot.chunk", b"0/1")],
+        )
+    ]
+    assert latest_snapshot([*good, *broken], b"g") == Snapshot(1, {"n": 1}, {"p": {0: 1}})
+    with pytest.raises(ValueError, match="not decompressible"):
+        decompress(b"neither zlib nor zstandard")
 
 
 def test_a_mark_tells_records_apart_by_key_value_and_timestamp() -> None:
