@@ -393,6 +393,48 @@ async def read_partitions(
     return TopicRead(records, next_offsets)
 
 
+async def read_ranges(
+    kafka: KafkaSettings,
+    topic: str,
+    ranges: Mapping[int, tuple[int, int]],
+    *,
+    idle_ms: int = 300,
+    limit_s: float = 120.0,
+    **options: Any,
+) -> dict[int, list[Any]]:
+    """The records of ``topic`` with ``first <= offset < end`` per partition (``ranges``:
+    ``{partition: (first, end)}``), in offset order: fewer where the broker no longer has them
+    (a partition ends at the high watermark of the broker's answers, as :func:`read_to_end`).
+    ``TimeoutError`` after ``limit_s`` seconds. ``options`` go to the consumer."""
+    out: dict[int, list[Any]] = {p: [] for p in ranges}
+    wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
+    if not wanted:
+        return out
+    client = await open_consumer(kafka, enable_auto_commit=False, **options)
+    try:
+        tps = {topic_partition(topic, p): p for p in wanted}
+        client.assign(list(tps))
+        for tp, p in tps.items():
+            client.seek(tp, wanted[p][0])
+        pending = set(tps)
+        deadline = time.monotonic() + limit_s
+        while pending:
+            batch = await client.getmany(*pending, timeout_ms=idle_ms, max_records=10_000)
+            for tp, recs in batch.items():
+                first, end = wanted[tps[tp]]
+                out[tps[tp]] += [r for r in recs if first <= r.offset < end]
+            for tp in list(pending):
+                if await client.position(tp) >= wanted[tps[tp]][1] or await caught_up(client, [tp]):
+                    pending.discard(tp)
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"reading {topic} {sorted(wanted.items())} took over {limit_s:.0f} s"
+                )
+    finally:
+        await stop_quietly(client)
+    return out
+
+
 # -- the worker's lease ------------------------------------------------------------------------
 
 

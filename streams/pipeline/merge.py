@@ -31,6 +31,16 @@ was already sent iff some *other* run's consumed prefix holds all its inputs; su
 is dropped (``duplicates``). The merge keeps one prefix per run, forgetting a run whose prefix
 another run's covers. This is exact without transactions.
 
+Snapshots. A merge's state (:meth:`Merge.to_state`) holds its consumed prefixes, watermarks
+and counters, and either the buffered observations themselves or, for a *tagged* merge, only
+their tags: each observation then carries, third from last (before its join partition and its
+input positions), an integer naming where it can be read again. The decide stage tags each
+observation with its record's offset on the observations topic and its index in that record
+(:data:`TAG_SPAN`), so its snapshots stay small however many observations wait for the bound,
+and a restart reads those records again and hands the tagged observations back
+(:meth:`Merge.replay`). Untagged merges (and snapshots of earlier versions) keep the
+observations in the state.
+
 Epochs. Positions are offsets as long as the broker keeps its data. When a join partition finds
 that the broker lost an input (a topic recreated: offsets start again below what was read), it
 moves to a new *epoch* and numbers its input ``epoch * EPOCH_SPAN + offset`` from then on (in
@@ -54,6 +64,7 @@ from driftswitch.streams.pipeline.observations import Observation, event_order
 
 __all__ = [
     "EPOCH_SPAN",
+    "TAG_SPAN",
     "Batch",
     "BatchError",
     "Clock",
@@ -67,6 +78,11 @@ __all__ = [
 BATCH_FORMAT = 1
 #: Positions per epoch (module doc: Epochs): more offsets than a partition will hold.
 EPOCH_SPAN = 1 << 40
+
+
+#: Tags per observations record (module doc: Snapshots): ``tag = offset * TAG_SPAN + index``;
+#: a record holds at most a few thousand observations.
+TAG_SPAN = 1 << 20
 
 
 def offset_of(position: int) -> int:
@@ -176,15 +192,22 @@ class Merge:
         How many join partitions there are (the input topics' partition count).
     allowed_lateness
         Seconds of event time the release waits behind the slowest busy join partition.
+    tagged
+        Whether observations carry a tag third from last (module doc: Snapshots): the state then
+        lists the buffered observations' tags instead of the observations.
     """
 
-    def __init__(self, sources: int, allowed_lateness: float = 0.0) -> None:
+    def __init__(self, sources: int, allowed_lateness: float = 0.0, tagged: bool = False) -> None:
         if sources < 1:
             raise ValueError(f"sources must be >= 1, got {sources}")
         if not allowed_lateness >= 0:
             raise ValueError(f"allowed_lateness must be >= 0 seconds, got {allowed_lateness!r}")
         self.sources = sources
         self.allowed_lateness = float(allowed_lateness)
+        self.tagged = tagged
+        #: Tags of buffered observations a restored state named, not yet handed back with
+        #: :meth:`replay`, sorted.
+        self.missing: list[int] = []
         #: Per join partition and run: the end of the consumed prefix per input topic index.
         self.consumed: list[dict[str, dict[int, int]]] = [{} for _ in range(sources)]
         #: Per join partition: its latest watermark (``-inf`` before its first batch).
@@ -199,6 +222,9 @@ class Merge:
         #: from one partition (they name one request) and stay in the order they arrived. Sort
         #: keys are made while sorting only: kept beside every buffered observation they were
         #: two more objects each for the garbage collector to walk.
+        #: A tagged merge keeps in the restored list only what a state without tags restored
+        #: (an earlier version's snapshot); observations given back by :meth:`replay` go to
+        #: their partitions' lists.
         self._buffers: list[list[Observation]] = [[] for _ in range(sources + 1)]
         #: Sort key of the last observation released.
         self.released: tuple[float, str, int, bool] | None = None
@@ -306,16 +332,50 @@ class Merge:
             # buffered it was a third of a snapshot's CPU. Observations are tuples of JSON
             # values, which JSON encoders write as arrays: copied into lists, a snapshot of a
             # large buffer took twice as long.
-            "buffered": cast(list[JSON], list(chain(*self._buffers))),
+            "buffered": cast(
+                list[JSON],
+                list(self._buffers[0] if self.tagged else chain(*self._buffers)),
+            ),
+            # A tagged merge: the tags of the rest, and of what a restore has not handed back.
+            **({"replay": cast(list[JSON], self._tags())} if self.tagged else {}),
             "released": list(self.released) if self.released is not None else None,
             "late": self.late,
             "duplicates": self.duplicates,
         }
 
+    def _tags(self) -> list[int]:
+        tags = [obs[-3] for buffer in self._buffers[1:] for obs in buffer]
+        tags += self.missing
+        tags.sort()
+        return tags
+
+    def replay(self, observations: Iterable[Observation]) -> None:
+        """Hand back, after :meth:`from_state`, buffered observations the state named by tag
+        (read again, in the order they first arrived): each goes to its join partition's list
+        (second from last) and its tag leaves :attr:`missing`; observations whose tags the
+        state did not name are ignored."""
+        wanted = set(self.missing)
+        got: list[list[Observation]] = [[] for _ in range(self.sources)]
+        for obs in observations:
+            tag = obs[-3]
+            if tag in wanted:
+                wanted.discard(tag)
+                got[obs[-2]].append(obs)
+        for p, more in enumerate(got):
+            if more:
+                buffer = self._buffers[p + 1]
+                buffer += more
+                buffer.sort(key=event_order)  # stable: arrival order among equal keys
+        self.missing = sorted(wanted)
+
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], allowed_lateness: float = 0.0) -> Merge:
-        """A merge continuing from ``to_state`` output (``allowed_lateness`` from the config)."""
-        merge = cls(int(state["sources"]), allowed_lateness)
+    def from_state(
+        cls, state: Mapping[str, Any], allowed_lateness: float = 0.0, tagged: bool = False
+    ) -> Merge:
+        """A merge continuing from ``to_state`` output (``allowed_lateness`` from the config).
+        Tagged observations the state names are missing (:attr:`missing`) until handed back
+        with :meth:`replay`."""
+        merge = cls(int(state["sources"]), allowed_lateness, tagged or "replay" in state)
         merge.consumed = [
             {str(r): {int(t): int(e) for t, e in c.items()} for r, c in runs.items()}
             for runs in state["consumed"]
@@ -323,6 +383,7 @@ class Merge:
         merge.watermarks = [-math.inf if w is None else float(w) for w in state["watermarks"]]
         merge.idle = [bool(i) for i in state["idle"]]
         merge._buffers[0] = sorted(state["buffered"], key=event_order)
+        merge.missing = sorted(int(t) for t in state.get("replay", ()))
         released = state["released"]
         merge.released = (
             (float(released[0]), str(released[1]), int(released[2]), bool(released[3]))

@@ -122,7 +122,14 @@ from driftswitch.streams.pipeline.contain import (
 from driftswitch.streams.pipeline.engine import Emitted, Engine, Result
 from driftswitch.streams.pipeline.eventtime import reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, Rejected, Source
-from driftswitch.streams.pipeline.merge import Batch, BatchError, Merge, decode_batch, offset_of
+from driftswitch.streams.pipeline.merge import (
+    TAG_SPAN,
+    Batch,
+    BatchError,
+    Merge,
+    decode_batch,
+    offset_of,
+)
 from driftswitch.streams.pipeline.observations import (
     INTERLEAVED,
     PREDICTED,
@@ -547,11 +554,61 @@ class Worker:
                 )
                 saved = None
             merges[p] = (
-                Merge.from_state(saved, lateness)
+                Merge.from_state(saved, lateness, tagged=True)
                 if saved is not None
-                else Merge(sources=sources, allowed_lateness=lateness)
+                else Merge(sources=sources, allowed_lateness=lateness, tagged=True)
             )
         return merges
+
+    async def _replay_merges(self) -> None:
+        """Give the restored merges back their buffered observations: the snapshot names them by
+        tag (observations record offset and index, :data:`~driftswitch.streams.pipeline.merge.
+        TAG_SPAN`), so those records are read again from the observations topic. One the broker
+        no longer has is logged and counted (``observations_lost``): what it held is not decided.
+        """
+        ranges = {
+            p: (merge.missing[0] // TAG_SPAN, merge.missing[-1] // TAG_SPAN + 1)
+            for p, merge in self.merges.items()
+            if merge.missing
+        }
+        if not ranges:
+            return
+        started = time.monotonic()
+        read = await kafka.read_ranges(
+            self.settings.kafka,
+            self.observations.name,
+            ranges,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        wanted = 0
+        for p, records in read.items():
+            merge = self.merges[p]
+            wanted += len(merge.missing)
+            needed = {tag // TAG_SPAN for tag in merge.missing}
+            observations: list[Observation] = []
+            for record in records:
+                if record.offset in needed:
+                    with contextlib.suppress(BatchError):  # dead-lettered when first read
+                        observations += self._read_batch(record).observations
+            merge.replay(observations)
+            if merge.missing:
+                log.error(
+                    "%d buffered observations of %s[%d] are gone from the broker (records %d to "
+                    "%d): they are not decided",
+                    len(merge.missing),
+                    self.observations.name,
+                    p,
+                    merge.missing[0] // TAG_SPAN,
+                    merge.missing[-1] // TAG_SPAN,
+                )
+                self.counters["observations_lost"] += len(merge.missing)
+                merge.missing = []
+        log.info(
+            "merge buffers rebuilt from %s: %d observations in %.2f s",
+            self.observations.name,
+            wanted,
+            time.monotonic() - started,
+        )
 
     def _merges_state(self) -> dict[str, Any]:
         return {str(p): merge.to_state() for p, merge in self.merges.items()}
@@ -692,6 +749,7 @@ class Worker:
             )
             if self.deciding:
                 self.merges = self._new_merges(snapshot.merge)
+                await self._replay_merges()
             self.offsets = snapshot.offsets
             self.marks = _marks_from_state(snapshot.marks)
             self._snapshot_seq = snapshot.seq
@@ -946,8 +1004,10 @@ class Worker:
         return [obs for _, merge in sorted(self.merges.items()) for obs in merge.take()]
 
     def _read_batch(self, record: Any) -> Batch:
-        """The observation batch in ``record``, each observation given its join partition
-        (inserted before its positions, which stay last); :class:`BatchError` if it is not one
+        """The observation batch in ``record``, each observation given its tag (the record's
+        offset times :data:`~driftswitch.streams.pipeline.merge.TAG_SPAN` plus its index in the
+        record) and its join partition, inserted in this order before its input positions,
+        which stay last; :class:`BatchError` if it is not one
         this worker can merge. A batch this process's join stage sent is taken from memory
         (:class:`~driftswitch.streams.service.joinstage.LocalBatches`), already checked."""
         local = self.join_stage.local if self.join_stage is not None else None
@@ -955,12 +1015,16 @@ class Worker:
             sent = local.take(record.partition, record.offset, record.value)
             if sent is not None:
                 source = sent.source
+                base = record.offset * TAG_SPAN
                 return Batch(
                     source,
                     sent.read,
                     sent.watermark,
                     sent.idle,
-                    [(*obs[:-1], source, obs[-1]) for obs in sent.observations],
+                    [
+                        (*obs[:-1], base + i, source, obs[-1])
+                        for i, obs in enumerate(sent.observations)
+                    ],
                     sent.run,
                 )
         batch = decode_batch(record.value or b"")
@@ -974,9 +1038,10 @@ class Worker:
             problem = _observation_problem(obs, len(self._join_inputs))
             if problem is not None:
                 raise BatchError(f"observations[{i}]: {problem}")
-        for obs in batch.observations:
+        base = record.offset * TAG_SPAN
+        for i, obs in enumerate(batch.observations):
             assert isinstance(obs, list)  # checked above: decoded JSON arrays
-            obs.insert(len(obs) - 1, batch.source)
+            obs[-1:-1] = (base + i, batch.source)
         return batch
 
     def _input_source(self, obs: Observation) -> Source:
@@ -1456,6 +1521,7 @@ class Worker:
         self.engine = Engine.from_state(self.config, base.engine, join_store=store)
         if self.deciding:
             self.merges = self._new_merges(base.merge)
+            await self._replay_merges()
         self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
         self.marks = _marks_from_state(base.marks)
         for name in ("records", "batches", "join_entries_lost", "observations"):

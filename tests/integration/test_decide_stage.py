@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import secrets
 import signal
 import urllib.request
@@ -266,6 +267,12 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
         second.wait_for("everything read", lambda s: s["records"] == len(records) + 1, 60)
         status = second.health() or {}
         assert status["resumed_from_snapshot"] is not None
+        # The snapshot named the buffered observations by tag; the restart read them again.
+        text = log.read_text()
+        rebuilt = re.search(r"merge buffers rebuilt from \S+: (\d+) observations", text)
+        assert rebuilt is not None
+        assert int(rebuilt.group(1)) > 0
+        assert "gone from the broker" not in text
         merge = status["merge"]
         assert merge["duplicates"] == duplicates
         assert merge["late"] == 0

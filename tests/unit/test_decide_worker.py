@@ -16,7 +16,7 @@ from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.pipeline.engine import Engine
-from driftswitch.streams.pipeline.merge import Batch, BatchError, encode_batch
+from driftswitch.streams.pipeline.merge import TAG_SPAN, Batch, BatchError, encode_batch
 from driftswitch.streams.pipeline.observations import Joiner
 from driftswitch.streams.service.snapshot import Snapshot, decode_chunks, encode_chunks
 from driftswitch.streams.service.worker import (
@@ -121,13 +121,14 @@ def test_a_broken_observation_is_named(change: Any, problem: str) -> None:
     assert got.startswith(problem)
 
 
-def test_a_batch_gets_its_join_partition_before_the_positions() -> None:
+def test_a_batch_gets_its_tag_and_join_partition_before_the_positions() -> None:
     worker = _worker()
     observations = _observations(4)
     value = encode_batch(Batch(1, {0: 4, 1: 4}, 3.5, False, observations, "run"))
-    got = worker._read_batch(_record(value))
-    for sent, read in zip(observations, got.observations, strict=True):
-        assert list(read) == [*sent[:-1], 1, sent[-1]]
+    got = worker._read_batch(_record(value, offset=7))
+    for i, (sent, read) in enumerate(zip(observations, got.observations, strict=True)):
+        # The tag: where the observation can be read again (record offset 7, index i).
+        assert list(read) == [*sent[:-1], 7 * TAG_SPAN + i, 1, sent[-1]]
     # The decision names the last input: join partition 1, the outcome's offset.
     scored = got.observations[1]
     assert scored[0] == 1  # SCORED: prediction, then outcome position
@@ -187,13 +188,22 @@ def test_a_failing_observation_is_left_out_and_the_rest_decided() -> None:
 def test_the_merges_ride_the_snapshot() -> None:
     worker = _worker()
     value = encode_batch(Batch(0, {0: 4, 1: 4}, 3.5, False, _observations(4), "run"))
-    worker.merges[2].add(worker._read_batch(_record(value, partition=2)))
+    worker.merges[2].add(worker._read_batch(_record(value, partition=2, offset=5)))
     state = worker._merges_state()
     snap = Snapshot(3, {}, {"t.observations.v1": {2: 1}}, stage="decide", merge=state)
     back = decode_chunks([value for value, _ in encode_chunks(snap)])
     assert (back.stage, back.merge) == ("decide", json.loads(json.dumps(state)))
+    # The snapshot names the buffered observations by tag (record offset 5, indexes 0..7)...
+    assert state["2"]["buffered"] == []
+    assert state["2"]["replay"] == [5 * TAG_SPAN + i for i in range(8)]
     restored = worker._new_merges(back.merge)
+    assert len(restored[2]) == 0
+    assert restored[2].missing == state["2"]["replay"]
+    # ... and a restart reads that record again and gets them back, in the same order.
+    restored[2].replay(worker._read_batch(_record(value, partition=2, offset=5)).observations)
+    assert restored[2].missing == []
     assert len(restored[2]) == len(worker.merges[2]) == 8
+    assert restored[2].to_state() == worker.merges[2].to_state()
     assert restored[2].allowed_lateness == 2.0
     assert [len(m) for p, m in restored.items() if p != 2] == [0, 0, 0]
     # A snapshot of an older worker has neither: it was a single worker's.
