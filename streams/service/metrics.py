@@ -223,6 +223,13 @@ METRICS: tuple[MetricInfo, ...] = (
         (),
         "Decide stage: observations a restarted join partition sent again, dropped.",
     ),
+    MetricInfo(
+        "driftswitch_lost_observations_total",
+        "counter",
+        (),
+        "Decide stage: buffered observations a restart could not read again (their records "
+        "gone from the observations topic), not decided.",
+    ),
     # The join stage (driftswitch run --stage join or all).
     MetricInfo(
         "driftswitch_join_partitions_owned",
@@ -362,7 +369,7 @@ class _SnapshotCollector(Collector):
     def __init__(self) -> None:
         self.snapshot: Mapping[str, Any] = {}
         #: The decide stage's merge: ``(buffered, late, duplicates)``; None elsewhere.
-        self.merge: tuple[int, int, int] | None = None
+        self.merge: tuple[int, int, int, int] | None = None
         #: The join stage's latest ``status()``; None without one.
         self.join_status: Mapping[str, Any] | None = None
         #: Join entries a single worker's restarts could not recover.
@@ -439,10 +446,11 @@ class _SnapshotCollector(Collector):
             put("driftswitch_join_pending", [kind], join.get(f"pending_{kind}"))
         if self.merge is not None:
             # Kept in the merge's state, so they survive restarts: counters from a snapshot.
-            buffered, late, duplicates = self.merge
+            buffered, late, duplicates, lost = self.merge
             put("driftswitch_merge_buffered_observations", [], buffered)
             put("driftswitch_late_observations_total", [], late)
             put("driftswitch_duplicate_observations_total", [], duplicates)
+            put("driftswitch_lost_observations_total", [], lost)
         if self.join_status is not None:
             stage = self.join_status
             put("driftswitch_join_partitions_owned", [], len(stage.get("partitions", ())))
@@ -559,10 +567,10 @@ class Metrics:
                     continue
                 self.flag_stale.labels(flag=name, reason=kind).set(int((name, kind) in found))
 
-    def observe_merge(self, buffered: int, late: int, duplicates: int) -> None:
-        """The decide stage's merge: observations buffered, and late and duplicate observations
-        since its state began (exported at scrape time, like the snapshot)."""
-        self._snapshot.merge = (buffered, late, duplicates)
+    def observe_merge(self, buffered: int, late: int, duplicates: int, lost: int = 0) -> None:
+        """The decide stage's merge: observations buffered, and late, duplicate and lost
+        observations since its state began (exported at scrape time, like the snapshot)."""
+        self._snapshot.merge = (buffered, late, duplicates, lost)
 
     def record_batch(self, now: float | None = None) -> None:
         """Mark an input batch as processed at ``now`` (default: the current time)."""

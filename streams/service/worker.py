@@ -265,6 +265,10 @@ async def read_flags(bootstrap: str | KafkaSettings, topic: str) -> dict[str, Fl
     return latest
 
 
+#: Counters a snapshot keeps (the rest start again at 0 with each process).
+KEPT_COUNTERS = ("records", "batches", "join_entries_lost", "observations", "observations_lost")
+
+
 def _numbered(observations: Sequence[Observation]) -> list[Observation]:
     """The observations with ``index`` 0, 1, ... in this order: what ``Engine.decide`` reports
     as ``Emitted.index``, so that each decision maps back to its observation (the merge numbers
@@ -525,6 +529,7 @@ class Worker:
             "buffered": sum(len(m) for m in merges),
             "late": sum(m.late for m in merges),
             "duplicates": sum(m.duplicates for m in merges),
+            "lost": self.counters["observations_lost"],
             "allowed_lateness": self.config.join.allowed_lateness,
             "partitions": partitions,
         }
@@ -749,13 +754,14 @@ class Worker:
             )
             if self.deciding:
                 self.merges = self._new_merges(snapshot.merge)
-                await self._replay_merges()
             self.offsets = snapshot.offsets
             self.marks = _marks_from_state(snapshot.marks)
             self._snapshot_seq = snapshot.seq
             self._checkpoint, self._parent = snapshot.checkpoint, snapshot.parent
             self.resumed_from = snapshot.seq
             self.counters.update(snapshot.counters)
+            if self.deciding:
+                await self._replay_merges()
             log.info("resumed from snapshot %d at offsets %s", snapshot.seq, snapshot.offsets)
             # Flags added to the config since the snapshot have never been published.
             for state in self.engine.states():
@@ -1342,6 +1348,7 @@ class Worker:
                 sum(len(m) for m in merges),
                 sum(m.late for m in merges),
                 sum(m.duplicates for m in merges),
+                self.counters["observations_lost"],
             )
         if self._consumer is None or not active:
             return
@@ -1380,10 +1387,7 @@ class Worker:
                 engine=self.engine.to_state(),
                 offsets={t: dict(ps) for t, ps in self.offsets.items()},
                 marks={t: {p: m.to_state() for p, m in ps.items()} for t, ps in self.marks.items()},
-                counters={
-                    name: self.counters[name]
-                    for name in ("records", "batches", "join_entries_lost", "observations")
-                },
+                counters={name: self.counters[name] for name in KEPT_COUNTERS},
                 stage=self.stage,
                 merge=self._merges_state() if self.deciding else None,
             )
@@ -1521,11 +1525,12 @@ class Worker:
         self.engine = Engine.from_state(self.config, base.engine, join_store=store)
         if self.deciding:
             self.merges = self._new_merges(base.merge)
-            await self._replay_merges()
         self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
         self.marks = _marks_from_state(base.marks)
-        for name in ("records", "batches", "join_entries_lost", "observations"):
+        for name in KEPT_COUNTERS:
             self.counters[name] = base.counters.get(name, 0)
+        if self.deciding:
+            await self._replay_merges()
         for tp in self._consumer.assignment():
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)
             if offset is not None:

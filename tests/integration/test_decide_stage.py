@@ -287,6 +287,8 @@ def test_decide_stage_decides_like_event_order_across_a_restart(
         assert exposed["driftswitch_duplicate_observations_total"] == duplicates
         assert exposed["driftswitch_late_observations_total"] == 0
         assert exposed["driftswitch_merge_buffered_observations"] == 0
+        assert exposed["driftswitch_lost_observations_total"] == 0
+        assert merge["lost"] == 0
         # No statistic counted twice: the decide stage's equal the engine's in event order.
         live = second.get("/api/v1/flags/ranker")["evaluation"]["variants"]
         offline: Any = engine.snapshot()

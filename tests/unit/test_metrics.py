@@ -203,7 +203,7 @@ def test_names_units_and_label_sets_follow_the_style_guide() -> None:
     )
     metrics.set_active(False)
     metrics.record_input_reset("t", 0)
-    metrics.observe_merge(3, 1, 2)
+    metrics.observe_merge(3, 1, 2, 4)
     metrics.observe_join_stage(
         {
             "partitions": [0, 1],
