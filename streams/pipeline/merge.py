@@ -260,12 +260,26 @@ class Merge:
             new.sort(key=event_order)
             buffer = self._buffers[p + 1]
             first = event_order(new[0])
-            if buffer and first < event_order(buffer[-1]):
-                # Overlaps the tail: sort the tail (which goes first among equal keys) with it.
+            last = event_order(buffer[-1]) if buffer else None
+            if last is not None and first < last:
+                # Overlaps the tail buffer[i:], which goes first among equal keys. The part of the
+                # batch before its last key (new[:j]) goes in either one by one (a bisection
+                # each: few of them into a long tail, as re-routed outcomes make) or sorted
+                # together with the tail (many, or a short tail): whichever makes fewer keys.
                 i = bisect_right(buffer, first, key=event_order)
-                new[:0] = buffer[i:]
-                del buffer[i:]
-                new.sort(key=event_order)
+                j = bisect_left(new, last, key=event_order)
+                tail = len(buffer) - i
+                if j * tail.bit_length() < tail + len(new):
+                    lo = i
+                    for obs in new[:j]:
+                        lo = bisect_right(buffer, event_order(obs), lo, key=event_order)
+                        buffer.insert(lo, obs)
+                        lo += 1
+                    del new[:j]
+                else:
+                    new[:0] = buffer[i:]
+                    del buffer[i:]
+                    new.sort(key=event_order)
             buffer += new
         consumed = runs.setdefault(batch.run, {})
         for topic, end in batch.read.items():
