@@ -94,7 +94,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -585,10 +585,23 @@ class Worker:
             ranges,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        wanted = 0
+        back, lost = self._replayed(read)
+        log.info(
+            "merge buffers rebuilt from %s: %d observations read again, %d lost, in %.2f s",
+            self.observations.name,
+            back,
+            lost,
+            time.monotonic() - started,
+        )
+
+    def _replayed(self, read: Mapping[int, Sequence[Any]]) -> tuple[int, int]:
+        """Hand the records :meth:`_replay_merges` read again (per observations partition) to
+        their merges; return how many buffered observations came back and how many were lost
+        (logged, counted in ``observations_lost``, and forgotten)."""
+        back = lost = 0
         for p, records in read.items():
             merge = self.merges[p]
-            wanted += len(merge.missing)
+            wanted = len(merge.missing)
             needed = {tag // TAG_SPAN for tag in merge.missing}
             observations: list[Observation] = []
             for record in records:
@@ -596,6 +609,7 @@ class Worker:
                     with contextlib.suppress(BatchError):  # dead-lettered when first read
                         observations += self._read_batch(record).observations
             merge.replay(observations)
+            back += wanted - len(merge.missing)
             if merge.missing:
                 log.error(
                     "%d buffered observations of %s[%d] are gone from the broker (records %d to "
@@ -606,14 +620,10 @@ class Worker:
                     merge.missing[0] // TAG_SPAN,
                     merge.missing[-1] // TAG_SPAN,
                 )
+                lost += len(merge.missing)
                 self.counters["observations_lost"] += len(merge.missing)
                 merge.missing = []
-        log.info(
-            "merge buffers rebuilt from %s: %d observations in %.2f s",
-            self.observations.name,
-            wanted,
-            time.monotonic() - started,
-        )
+        return back, lost
 
     def _merges_state(self) -> dict[str, Any]:
         return {str(p): merge.to_state() for p, merge in self.merges.items()}

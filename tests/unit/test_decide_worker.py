@@ -229,3 +229,33 @@ def test_status_shows_each_partitions_merge() -> None:
     ]
     assert sorted(merge["partitions"]) == ["0", "1", "2", "3"]
     assert "merge" not in _worker("single").status()
+
+
+def test_a_restart_counts_the_buffered_observations_it_cannot_read_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = _worker()
+    values = [
+        encode_batch(Batch(0, {0: 4, 1: 4}, 3.5, False, _observations(4), "run")),
+        encode_batch(Batch(1, {0: 8, 1: 8}, 3.5, False, _observations(4), "run")),
+    ]
+    for offset, value in ((5, values[0]), (9, values[1])):
+        worker.merges[2].add(worker._read_batch(_record(value, partition=2, offset=offset)))
+    restored = _worker()
+    restored.merges = restored._new_merges(json.loads(json.dumps(worker._merges_state())))
+    assert len(restored.merges[2].missing) == 16
+    # The broker has only the first record left (the second gone: retention, a new topic).
+    with caplog.at_level("ERROR"):
+        got = restored._replayed({2: [_record(values[0], partition=2, offset=5)]})
+    assert got == (8, 8)
+    assert restored.counters["observations_lost"] == 8
+    assert restored.merges[2].missing == []
+    assert len(restored.merges[2]) == 8
+    assert "8 buffered observations of t.observations.v1[2] are gone" in caplog.text
+    assert restored.status()["merge"]["lost"] == 8
+    # Both there: nothing lost.
+    again = _worker()
+    again.merges = again._new_merges(json.loads(json.dumps(worker._merges_state())))
+    records = [_record(v, partition=2, offset=o) for o, v in ((5, values[0]), (9, values[1]))]
+    assert again._replayed({2: records}) == (16, 0)
+    assert again.merges[2].to_state() == worker.merges[2].to_state()
