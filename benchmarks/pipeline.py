@@ -132,18 +132,22 @@ def restamp(
     records: list[tuple[bool, bytes, bytes]], rate: float
 ) -> list[tuple[bool, bytes, bytes]]:
     """The records with their event times moved so that, produced at ``rate`` records/s from
-    now, each is stamped about when it is produced, as a live service stamps its predictions
-    and outcomes: the simulation's event time (100 requests per second per flag) is stretched
-    or squeezed to the wall clock. A decision waits for event time (``join.allowed_lateness``,
-    the watermarks), so the simulated times would turn that wait into more or less wall time
-    than a live stream gives it. The order of the records and every count are unchanged."""
-    docs = [orjson.loads(value) for _, _, value in records]
-    first, last = docs[0]["ts"], docs[-1]["ts"]
-    stretch = (len(records) / rate) / (last - first)
+    now, each is stamped when it is produced, as a live service stamps its predictions and
+    outcomes: record ``i`` at ``now + i / rate`` (:func:`produce` paces record ``i`` to that
+    moment). A decision waits for event time (``join.allowed_lateness``, the watermarks), so
+    event time must run at the wall clock's speed: the simulation's own times (100 requests per
+    second per flag) would make it run slower where predictions and outcomes overlap and faster
+    where only one of them flows. The earlier version stretched the simulated times linearly
+    over the run, and their density varies: records were stamped up to 2 s before they were
+    produced in the middle of a run, and every decision there waited that much longer for the
+    0.5 s of event time the merge holds back. The order of the records and every count are
+    unchanged (the records are in event-time order, so each outcome still follows its
+    prediction)."""
     start = time.time()
     out = []
-    for (is_pred, key, _), doc in zip(records, docs, strict=True):
-        doc["ts"] = round(start + (doc["ts"] - first) * stretch, 6)
+    for i, (is_pred, key, value) in enumerate(records):
+        doc = orjson.loads(value)
+        doc["ts"] = round(start + i / rate, 6)
         out.append((is_pred, key, orjson.dumps(doc)))
     return out
 
