@@ -34,7 +34,8 @@ samples the worker of round 1 (py-spy, from the ``dev`` extra).
    flags topic minus the time the broker acknowledged the input that caused it (the worker names
    it in the change's ``driftswitch.source`` header; the acknowledgement time is the record's
    create time plus librdkafka's produce-to-ack latency). The part of it spent before the worker
-   sent the change (its create time, stamped by the worker's producer) is printed too, with the
+   sent the change (its create time, stamped by the worker's producer) is printed too, and the
+   input's produce → broker acknowledgement latency (librdkafka's per-record figure), with the
    worker's mean records per batch, its snapshots and its largest lag (acknowledged minus
    processed records, sampled every second; ``--show-lag`` prints every sample).
    ``--worker-arg`` passes options to ``driftswitch run`` (throughput and reaction runs), e.g.
@@ -132,8 +133,8 @@ def restamp(
     records: list[tuple[bool, bytes, bytes]], rate: float
 ) -> list[tuple[bool, bytes, bytes]]:
     """The records with their event times moved so that, produced at ``rate`` records/s from
-    now, each is stamped when it is produced, as a live service stamps its predictions and
-    outcomes: record ``i`` at ``now + i / rate`` (:func:`produce` paces record ``i`` to that
+    now, each is stamped about when it is produced (the encoding here takes a moment), as a live
+    service stamps its predictions and outcomes: record ``i`` at ``now + i / rate`` (:func:`produce` paces record ``i`` to that
     moment). A decision waits for event time (``join.allowed_lateness``, the watermarks), so
     event time must run at the wall clock's speed: the simulation's own times (100 requests per
     second per flag) would make it run slower where predictions and outcomes overlap and faster
@@ -158,6 +159,7 @@ def produce(
     records: list[tuple[bool, bytes, bytes]],
     rate: float | None,
     acks: dict[tuple[str, int, int], float] | None = None,
+    latencies: list[float] | None = None,
 ) -> tuple[dict[tuple[str, int, int], float], float]:
     """Produce the records, paced at ``rate``/s if given, with confluent-kafka (librdkafka batches
     and sends from its own threads, so the Python side only enqueues: this offers 80 % of a
@@ -167,7 +169,8 @@ def produce(
     Returns the broker's acknowledgement time of every record (wall clock, ``time.time()``: the
     record's create time plus librdkafka's measured produce-to-ack latency, so it does not depend
     on when the delivery callback happens to run; into ``acks`` if given, as they come) and the
-    rate offered (records over the time from the first to the last ``produce`` call).
+    rate offered (records over the time from the first to the last ``produce`` call). With
+    ``latencies``, each record's produce-to-ack latency (seconds) is appended to it.
     """
     from confluent_kafka import Producer
 
@@ -181,6 +184,8 @@ def produce(
             return
         _, created_ms = msg.timestamp()
         acks[(msg.topic(), msg.partition(), msg.offset())] = created_ms / 1000 + msg.latency()
+        if latencies is not None:
+            latencies.append(msg.latency())
 
     producer = Producer(
         {
@@ -464,6 +469,8 @@ class Reaction:
     #: Records per ``getmany`` batch, mean over the run.
     batch: float
     snapshots: int
+    #: The input's produce → broker acknowledgement latency, per record (seconds).
+    input_acks: list[float]
 
 
 async def reaction(
@@ -504,8 +511,11 @@ async def reaction(
     try:
         await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
         acked: dict[tuple[str, int, int], float] = {}
+        latencies: list[float] = []
         producing = asyncio.ensure_future(
-            asyncio.to_thread(produce, bootstrap, topics, records, rate, acked)
+            asyncio.to_thread(
+                produce, bootstrap, topics, restamp(records, rate), rate, acked, latencies
+            )
         )
         # Progress once a second: /healthz serialises the engine's view of every flag (a few
         # ms of the worker's loop), so it is not polled often while the figure is taken.
@@ -544,6 +554,7 @@ async def reaction(
         # observation records: no input records per batch to report.
         status.get("records", 0) / batches if "join_stage" not in status else math.nan,
         status.get("snapshots_written", 0),
+        latencies,
     )
 
 
@@ -681,7 +692,7 @@ async def main() -> None:
                 bootstrap,
                 live,
                 config,
-                restamp(records, share * peak),
+                records,
                 share * peak,
                 tmp / f"worker-b{share}.log",
                 args.worker_arg,
@@ -704,6 +715,11 @@ async def main() -> None:
             print(
                 f"  of which ack → flag change sent by the worker: p50 "
                 f"{percentile(w, 0.5) * 1000:.0f} ms, p99 {percentile(w, 0.99) * 1000:.0f} ms"
+            )
+            a = run.input_acks
+            print(
+                f"  the input's produce → broker ack: p50 {percentile(a, 0.5) * 1000:.1f} ms, "
+                f"p99 {percentile(a, 0.99) * 1000:.1f} ms"
             )
 
 
