@@ -132,18 +132,18 @@ def make_events(flags: int, requests: int) -> tuple[str, list[tuple[bool, bytes,
 def restamp(
     records: list[tuple[bool, bytes, bytes]], rate: float
 ) -> list[tuple[bool, bytes, bytes]]:
-    """The records with their event times moved so that, produced at ``rate`` records/s from
-    now, each is stamped about when it is produced (the encoding here takes a moment), as a live
-    service stamps its predictions and outcomes: record ``i`` at ``now + i / rate`` (:func:`produce` paces record ``i`` to that
-    moment). A decision waits for event time (``join.allowed_lateness``, the watermarks), so
-    event time must run at the wall clock's speed: the simulation's own times (100 requests per
-    second per flag) would make it run slower where predictions and outcomes overlap and faster
-    where only one of them flows. The earlier version stretched the simulated times linearly
-    over the run, and their density varies: records were stamped up to 2 s before they were
-    produced in the middle of a run, and every decision there waited that much longer for the
-    0.5 s of event time the merge holds back. The order of the records and every count are
-    unchanged (the records are in event-time order, so each outcome still follows its
-    prediction)."""
+    """The records with their event times moved so that, produced at ``rate`` records/s from now,
+    each is stamped about when it is produced (the encoding here takes a moment), as a live
+    service stamps its predictions and outcomes: record ``i`` at ``now + i / rate``
+    (:func:`produce` paces record ``i`` to that moment). A decision waits for event time
+    (``join.allowed_lateness``, the watermarks), so event time must run at the wall clock's
+    speed: the simulation's own times (100 requests per second per flag) would make it run
+    slower where predictions and outcomes overlap and faster where only one of them flows. The
+    earlier version stretched the simulated times linearly over the run, and their density
+    varies: records were stamped up to 2 s before they were produced in the middle of a run, and
+    every decision there waited that much longer for the 0.5 s of event time the merge holds
+    back. The order of the records and every count are unchanged (the records are in event-time
+    order, so each outcome still follows its prediction)."""
     start = time.time()
     out = []
     for i, (is_pred, key, value) in enumerate(records):
