@@ -382,6 +382,15 @@ class Merge:
                 buffer.sort(key=event_order)  # stable: arrival order among equal keys
         self.missing = sorted(wanted)
 
+    def inline(self) -> None:
+        """Keep every observation buffered now in the state itself, as an untagged merge does:
+        for when the records their tags name are gone (the observations topic recreated), so
+        that a later restart neither misses them nor takes the new records at those offsets for
+        them. Observations added afterwards are tagged again as usual."""
+        moved = list(chain(*self._buffers))
+        moved.sort(key=event_order)  # stable: the restored list first among equal keys
+        self._buffers = [moved] + [[] for _ in range(self.sources)]
+
     @classmethod
     def from_state(
         cls, state: Mapping[str, Any], allowed_lateness: float = 0.0, tagged: bool = False

@@ -1492,6 +1492,10 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.record_input_reset(tp.topic, tp.partition)
             self.counters["input_resets"] += 1
+            if self.deciding and tp.topic == self.observations.name:
+                # The records the buffered observations' tags name are gone: keep those
+                # observations in the snapshots themselves from now on.
+                self.merges[tp.partition].inline()
             self._consumer.seek(tp, start)
             self.offsets.setdefault(tp.topic, {})[tp.partition] = start
             self.marks.get(tp.topic, {}).pop(tp.partition, None)

@@ -433,3 +433,24 @@ def test_observations_a_tagged_state_names_but_nobody_gives_back_stay_missing() 
     restored.replay([(*obs[:7], 3 * TAG_SPAN + 2, *obs[8:])])  # another observation
     assert restored.missing == [3 * TAG_SPAN + 1]
     assert restored.to_state()["replay"] == [3 * TAG_SPAN + 1]  # not forgotten by a snapshot
+
+
+def test_a_tagged_merge_keeps_its_observations_inline_once_their_records_are_gone() -> None:
+    merge = Merge(2, 0.0, tagged=True)
+    obs = [
+        (PREDICTED, 0, "f", "v", float(t), f"r{t}", 0, 7 * TAG_SPAN + t, t % 2, ((0, t),))
+        for t in range(6)
+    ]
+    merge.add(Batch(0, {0: 6}, 10.0, False, obs[0::2]))
+    merge.add(Batch(1, {0: 6}, 10.0, False, obs[1::2]))
+    assert merge.to_state()["replay"] == [7 * TAG_SPAN + t for t in range(6)]
+    merge.inline()  # the observations topic was recreated: offset 7 names another record now
+    state = json.loads(json.dumps(merge.to_state()))
+    assert state["replay"] == []
+    assert [o[5] for o in state["buffered"]] == [f"r{t}" for t in range(6)]
+    restored = Merge.from_state(state)
+    assert restored.missing == []
+    assert len(restored) == 6
+    for p in range(2):
+        restored.add(Batch(p, {0: 9}, math.inf, True, []))
+    assert [o[5] for o in restored.release()] == [f"r{t}" for t in range(6)]
