@@ -770,8 +770,6 @@ class Worker:
             self._checkpoint, self._parent = snapshot.checkpoint, snapshot.parent
             self.resumed_from = snapshot.seq
             self.counters.update(snapshot.counters)
-            if self.deciding:
-                await self._replay_merges()
             log.info("resumed from snapshot %d at offsets %s", snapshot.seq, snapshot.offsets)
             # Flags added to the config since the snapshot have never been published.
             for state in self.engine.states():
@@ -814,6 +812,10 @@ class Worker:
             self.offsets.setdefault(control.topic, {})[0] = offset
         self._consumer.seek(control, offset)
         await self._check_input(wait=True)
+        if self.deciding:
+            # After the data-loss check: the tags of a recreated observations partition name
+            # other records now (_reset_lost counts its observations lost instead).
+            await self._replay_merges()
         chunks = self._snapshot_chunks(self._snapshot_seq, self._checkpoint, self._parent)
         self._base_chunks = [value for value, _ in chunks]
         store = self.engine.join_store
@@ -1494,8 +1496,20 @@ class Worker:
             self.counters["input_resets"] += 1
             if self.deciding and tp.topic == self.observations.name:
                 # The records the buffered observations' tags name are gone: keep those
-                # observations in the snapshots themselves from now on.
-                self.merges[tp.partition].inline()
+                # observations in the snapshots themselves from now on; those a restart has not
+                # read again yet are lost.
+                merge = self.merges[tp.partition]
+                merge.inline()
+                if merge.missing:
+                    log.error(
+                        "%d buffered observations of %s[%d] are gone with its old data: they "
+                        "are not decided",
+                        len(merge.missing),
+                        tp.topic,
+                        tp.partition,
+                    )
+                    self.counters["observations_lost"] += len(merge.missing)
+                    merge.missing = []
             self._consumer.seek(tp, start)
             self.offsets.setdefault(tp.topic, {})[tp.partition] = start
             self.marks.get(tp.topic, {}).pop(tp.partition, None)

@@ -346,3 +346,63 @@ def test_a_decide_worker_does_not_resume_a_single_workers_snapshot(
     assert "was written by a single worker, and this one runs the decide stage" in log.read_text()
     # The published version 1 was adopted, not published again.
     assert [c.version for c in flag_changes(broker.bootstrap, topics)] == [1]
+
+
+def test_a_restart_after_the_observations_topic_was_recreated_takes_no_new_record_for_an_old(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The snapshot names the buffered observations by the offsets of their records; once the
+    topic is recreated, other records sit at those offsets. The restart's data-loss check finds
+    the topic recreated before the buffer is read again: those observations are counted lost,
+    and nothing from the new records is taken for them."""
+    config_path = tmp_path / "ranker.yaml"
+    config_path.write_text(config_yaml(SCENARIO, KILL_ON_ACCURACY))
+    config = load_config(config_path)
+    batches, _ = join_stage(config, list(simulate(SCENARIO)), random.Random(3))
+    topics = Topics.with_prefix(f"recreated-{secrets.token_hex(3)}", partitions=PARTS)
+    obs_topic = topics.observations
+    asyncio.run(ensure_topics(broker.bootstrap, [*topics.specs(), state_topic(topics)]))
+    # Join partition 1 is never heard from at first, so partition 0's observations stay buffered.
+    only = [b for b in batches if b.source == 0][:30]
+    old = [(q, encode_batch(b)) for q, b in routed(only, obs_topic.partitions)]
+    produce(broker.bootstrap, obs_topic.name, old)
+    args = ["--stage", "decide", "--snapshot-interval", "0.2"]
+    log = tmp_path / "decide.log"
+    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=args) as first:
+        first.wait_for("the old records read", lambda s: s["records"] == len(old), 60)
+        buffered = (first.health() or {})["merge"]["buffered"]
+        first.stop()  # a final snapshot naming them
+    assert buffered > 0
+
+    async def recreate() -> None:
+        from driftswitch.streams.kafka import connect as kafka
+        from driftswitch.streams.kafka.settings import as_settings
+
+        admin = await kafka.open_admin(as_settings(broker.bootstrap))
+        try:
+            await admin.delete_topics([obs_topic.name])
+        finally:
+            await admin.close()
+        for _ in range(50):
+            try:
+                await ensure_topics(broker.bootstrap, [obs_topic])
+                return
+            except Exception:
+                await asyncio.sleep(0.2)
+
+    asyncio.run(recreate())
+    # Other batches at the same offsets: join partition 1's.
+    other = [b for b in batches if b.source == 1][:30]
+    new = [(q, encode_batch(b)) for q, b in routed(other, obs_topic.partitions)]
+    produce(broker.bootstrap, obs_topic.name, new)
+    with WorkerProcess(broker.bootstrap, topics, config_path, log, args=args) as second:
+        second.wait_for("the new records read", lambda s: s["records"] == len(old) + len(new), 60)
+        status = second.health() or {}
+    text = log.read_text()
+    assert f"{buffered} buffered observations of {obs_topic.name}" in text
+    assert "gone with its old data" in text
+    assert status["merge"]["lost"] == buffered
+    assert "observations read again" not in text  # nothing rebuilt from the new records
+    # What is buffered now came from the new records only.
+    expected_new = sum(len(b.observations) for _, b in routed(other, obs_topic.partitions))
+    assert status["merge"]["buffered"] + status["observations"] <= expected_new
