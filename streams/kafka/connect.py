@@ -326,24 +326,37 @@ async def caught_up(consumer: Any, partitions: Iterable[Any]) -> bool:
 
 
 async def read_to_end(
-    consumer: Any, partitions: Sequence[Any], *, idle_ms: int = 300, limit_s: float = 120.0
+    consumer: Any,
+    partitions: Sequence[Any],
+    *,
+    idle_ms: int = 300,
+    limit_s: float = 120.0,
+    ends: Mapping[Any, int] | None = None,
 ) -> dict[Any, list[Any]]:
     """Read assigned ``partitions`` from their current position to the end; return the records.
 
     "The end" is the high watermark carried by the broker's fetch answers, not the end offset
     that ListOffsets reports (Tansu reports the base offset of the last batch there). An empty
     poll of ``idle_ms`` proves nothing, since the broker may just be slow: the read goes on until
-    every partition's position has reached the high watermark of a fetch answer.
+    every partition's position has reached the high watermark of a fetch answer, or the offset
+    ``ends`` gives it (records from there on are left out).
     ``TimeoutError`` if that takes more than ``limit_s`` seconds.
     """
     out: dict[Any, list[Any]] = {tp: [] for tp in partitions}
+    stop = dict(ends or {})
     pending = set(partitions)
     deadline = time.monotonic() + limit_s
     while pending:
         batch = await consumer.getmany(*pending, timeout_ms=idle_ms, max_records=10_000)
         for tp, recs in batch.items():
-            out[tp].extend(recs)
-        pending -= {tp for tp in pending if await caught_up(consumer, [tp])}
+            end = stop.get(tp)
+            out[tp].extend(recs if end is None else [r for r in recs if r.offset < end])
+        pending -= {
+            tp
+            for tp in pending
+            if (tp in stop and await consumer.position(tp) >= stop[tp])
+            or await caught_up(consumer, [tp])
+        }
         if pending and time.monotonic() > deadline:
             raise TimeoutError(
                 f"reading {sorted(f'{tp.topic}[{tp.partition}]' for tp in pending)} to the end "
@@ -416,22 +429,13 @@ async def read_ranges(
         client.assign(list(tps))
         for tp, p in tps.items():
             client.seek(tp, wanted[p][0])
-        pending = set(tps)
-        deadline = time.monotonic() + limit_s
-        while pending:
-            batch = await client.getmany(*pending, timeout_ms=idle_ms, max_records=10_000)
-            for tp, recs in batch.items():
-                first, end = wanted[tps[tp]]
-                out[tps[tp]] += [r for r in recs if first <= r.offset < end]
-            for tp in list(pending):
-                if await client.position(tp) >= wanted[tps[tp]][1] or await caught_up(client, [tp]):
-                    pending.discard(tp)
-            if pending and time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"reading {topic} {sorted(wanted.items())} took over {limit_s:.0f} s"
-                )
+        ends = {tp: wanted[p][1] for tp, p in tps.items()}
+        read = await read_to_end(client, list(tps), idle_ms=idle_ms, limit_s=limit_s, ends=ends)
     finally:
         await stop_quietly(client)
+    for tp, recs in read.items():
+        first = wanted[tps[tp]][0]
+        out[tps[tp]] = [r for r in recs if r.offset >= first]
     return out
 
 

@@ -610,20 +610,27 @@ class Worker:
                         observations += self._read_batch(record).observations
             merge.replay(observations)
             back += wanted - len(merge.missing)
-            if merge.missing:
-                log.error(
-                    "%d buffered observations of %s[%d] are gone from the broker (records %d to "
-                    "%d): they are not decided",
-                    len(merge.missing),
-                    self.observations.name,
-                    p,
-                    merge.missing[0] // TAG_SPAN,
-                    merge.missing[-1] // TAG_SPAN,
-                )
-                lost += len(merge.missing)
-                self.counters["observations_lost"] += len(merge.missing)
-                merge.missing = []
+            lost += self._lose_missing(p, "are gone from the broker")
         return back, lost
+
+    def _lose_missing(self, partition: int, why: str) -> int:
+        """Give up the buffered observations of ``partition``'s merge not read again yet: log
+        them (``why``), count them in ``observations_lost``; return how many."""
+        merge = self.merges[partition]
+        missing = merge.missing
+        if missing:
+            log.error(
+                "%d buffered observations of %s[%d] %s (records %d to %d): they are not decided",
+                len(missing),
+                self.observations.name,
+                partition,
+                why,
+                missing[0] // TAG_SPAN,
+                missing[-1] // TAG_SPAN,
+            )
+            self.counters["observations_lost"] += len(missing)
+            merge.missing = []
+        return len(missing)
 
     def _merges_state(self) -> dict[str, Any]:
         return {str(p): merge.to_state() for p, merge in self.merges.items()}
@@ -1498,18 +1505,8 @@ class Worker:
                 # The records the buffered observations' tags name are gone: keep those
                 # observations in the snapshots themselves from now on; those a restart has not
                 # read again yet are lost.
-                merge = self.merges[tp.partition]
-                merge.inline()
-                if merge.missing:
-                    log.error(
-                        "%d buffered observations of %s[%d] are gone with its old data: they "
-                        "are not decided",
-                        len(merge.missing),
-                        tp.topic,
-                        tp.partition,
-                    )
-                    self.counters["observations_lost"] += len(merge.missing)
-                    merge.missing = []
+                self.merges[tp.partition].inline()
+                self._lose_missing(tp.partition, "are gone with its old data")
             self._consumer.seek(tp, start)
             self.offsets.setdefault(tp.topic, {})[tp.partition] = start
             self.marks.get(tp.topic, {}).pop(tp.partition, None)
