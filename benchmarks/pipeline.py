@@ -22,12 +22,13 @@ request), ``--repeat`` rounds, each on a fresh backlog of the same events:
 
 Then min / median / max of each and the worker's share of the aiokafka + orjson ceiling (per round,
 then the median). ``--profile`` prints cProfile's top functions of the join stage; ``--py-spy``
-samples the worker of round 1 (py-spy, from the ``dev`` extra).
+samples the worker of round 1, or with ``--repeat 0`` of the first reaction run, from the moment
+it is active (py-spy, from the ``dev`` extra).
 
 4. **Reaction time** at ``--shares`` (default 50 % and 80 %) of the worker's median rate (or of
    ``--peak``): on fresh topics the same events are produced at that rate while a worker runs,
-   each stamped with about the time it is produced (:func:`restamp`: event time runs at the
-   wall clock's speed, as in a live service).
+   each stamped with the time it is sent (:func:`restamp`: event time runs at the wall clock's
+   speed, as in a live service).
    The producer is confluent-kafka (librdkafka batches and sends from its own threads), in a
    thread, paced in steps of about 1 ms of records, so the rate asked for is really offered; the
    rate reached is printed. For every kill, reaction = the time the flag change is read from the
@@ -130,27 +131,33 @@ def make_events(flags: int, requests: int) -> tuple[str, list[tuple[bool, bytes,
 
 
 def restamp(
-    records: list[tuple[bool, bytes, bytes]], rate: float
+    records: list[tuple[bool, bytes, bytes]], rate: float, start: float
 ) -> list[tuple[bool, bytes, bytes]]:
-    """The records with their event times moved so that, produced at ``rate`` records/s from now,
-    each is stamped about when it is produced (the encoding here takes a moment), as a live
-    service stamps its predictions and outcomes: record ``i`` at ``now + i / rate``
-    (:func:`produce` paces record ``i`` to that moment). A decision waits for event time
-    (``join.allowed_lateness``, the watermarks), so event time must run at the wall clock's
-    speed: the simulation's own times (100 requests per second per flag) would make it run
-    slower where predictions and outcomes overlap and faster where only one of them flows. The
-    earlier version stretched the simulated times linearly over the run, and their density
-    varies: records were stamped up to 2 s before they were produced in the middle of a run, and
-    every decision there waited that much longer for the 0.5 s of event time the merge holds
-    back. The order of the records and every count are unchanged (the records are in event-time
-    order, so each outcome still follows its prediction)."""
-    start = time.time()
+    """The records with their event times moved so that, produced at ``rate`` records/s from
+    ``start`` (wall clock, ``time.time()``; :func:`produce` with the same ``start`` paces record
+    ``i`` to ``start + i / rate``), each is stamped when it is produced, as a live service stamps
+    its predictions and outcomes: record ``i`` at ``start + i / rate``. A decision waits for
+    event time (``join.allowed_lateness``, the watermarks), so event time must run at the wall
+    clock's speed and be the time of sending: records stamped before they are sent make every
+    decision wait that much longer. Two earlier versions did: one stretched the simulated times
+    (100 requests per second per flag, whose density varies) linearly over the run, so records
+    were stamped up to 2 s early in the middle of a run; the next stamped from the moment the
+    restamping began, and re-encoding 240,000 records takes about 2.5 s, so every record was
+    stamped that much before it was sent. ``start`` must therefore lie after this function
+    returns (:func:`start_after`). The order of the records and every count are unchanged (the
+    records are in event-time order, so each outcome still follows its prediction)."""
     out = []
     for i, (is_pred, key, value) in enumerate(records):
         doc = orjson.loads(value)
         doc["ts"] = round(start + i / rate, 6)
         out.append((is_pred, key, orjson.dumps(doc)))
     return out
+
+
+def start_after(records: int) -> float:
+    """A wall-clock start for :func:`restamp` and :func:`produce` that leaves time to restamp
+    ``records`` records first (about 10 µs each here; 25 µs allowed, plus half a second)."""
+    return time.time() + 0.5 + 25e-6 * records
 
 
 def produce(
@@ -160,6 +167,7 @@ def produce(
     rate: float | None,
     acks: dict[tuple[str, int, int], float] | None = None,
     latencies: list[float] | None = None,
+    start: float | None = None,
 ) -> tuple[dict[tuple[str, int, int], float], float]:
     """Produce the records, paced at ``rate``/s if given, with confluent-kafka (librdkafka batches
     and sends from its own threads, so the Python side only enqueues: this offers 80 % of a
@@ -170,7 +178,10 @@ def produce(
     record's create time plus librdkafka's measured produce-to-ack latency, so it does not depend
     on when the delivery callback happens to run; into ``acks`` if given, as they come) and the
     rate offered (records over the time from the first to the last ``produce`` call). With
-    ``latencies``, each record's produce-to-ack latency (seconds) is appended to it.
+    ``latencies``, each record's produce-to-ack latency (seconds) is appended to it. With
+    ``start`` (wall clock, as given to :func:`restamp`), the first record is sent at ``start``
+    and record ``i`` paced to ``start + i / rate``; a start already past is an error, since the
+    records would then be stamped before they are sent.
     """
     from confluent_kafka import Producer
 
@@ -204,6 +215,11 @@ def produce(
     # Paced: about 1 ms worth of records per step; unpaced: large steps.
     step = max(1, round(rate / 1000)) if rate is not None else 5_000
     send = producer.produce
+    if start is not None:
+        wait = start - time.time()
+        if wait < 0:
+            raise RuntimeError(f"the records were stamped to start {-wait:.2f} s ago")
+        time.sleep(wait)
     started = time.monotonic()
     for i in range(0, len(records), step):
         for is_pred, key, value in records[i : i + step]:
@@ -379,15 +395,9 @@ async def worker_throughput(
         args=["--log-level", "warning", *worker_args],
     )
     sampler = None
-    if spy is not None:  # py-spy's collapsed stacks of the worker while it runs
-        pyspy = str(Path(sys.executable).with_name("py-spy"))
-        argv = [pyspy, "record", "--pid", str(worker.proc.pid), "--format", "raw"]
-        argv += ["--rate", "200", "--nonblocking", "--output", str(spy)]
-        sampler = subprocess.Popen(  # noqa: ASYNC220  (started once; nothing to await)
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
     try:
         await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
+        sampler = sample(worker, spy)
         started = time.monotonic()
         cpu = cpu_seconds(worker.proc.pid)
         producing = asyncio.ensure_future(
@@ -410,6 +420,17 @@ async def worker_throughput(
         if sampler is not None:
             sampler.wait(timeout=60)  # py-spy ends with the worker
             print_spy(spy)
+
+
+def sample(worker: WorkerProcess, spy: Path | None) -> subprocess.Popen[bytes] | None:
+    """Start py-spy on the worker (collapsed stacks into ``spy``, until the worker ends), once it
+    is active: start-up and imports are not what is measured."""
+    if spy is None:
+        return None
+    pyspy = str(Path(sys.executable).with_name("py-spy"))
+    argv = [pyspy, "record", "--pid", str(worker.proc.pid), "--format", "raw"]
+    argv += ["--rate", "200", "--nonblocking", "--output", str(spy)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def ready(status: dict[str, Any], partitions: int) -> bool:
@@ -482,6 +503,7 @@ async def reaction(
     log: Path,
     worker_args: list[str],
     show_lag: bool = False,
+    spy: Path | None = None,
 ) -> Reaction:
     worker = WorkerProcess(
         bootstrap,
@@ -508,14 +530,16 @@ async def reaction(
 
     task = asyncio.ensure_future(follow())
     max_lag = 0
+    sampler = None
     try:
         await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
+        sampler = sample(worker, spy)
         acked: dict[tuple[str, int, int], float] = {}
         latencies: list[float] = []
+        start = start_after(len(records))
+        stamped = restamp(records, rate, start)
         producing = asyncio.ensure_future(
-            asyncio.to_thread(
-                produce, bootstrap, topics, restamp(records, rate), rate, acked, latencies
-            )
+            asyncio.to_thread(produce, bootstrap, topics, stamped, rate, acked, latencies, start)
         )
         # Progress once a second: /healthz serialises the engine's view of every flag (a few
         # ms of the worker's loop), so it is not polled often while the figure is taken.
@@ -536,6 +560,9 @@ async def reaction(
         task.cancel()
         await follower.stop()
         worker.stop(timeout=20)
+        if sampler is not None:
+            sampler.wait(timeout=60)
+            print_spy(spy)
     delays, in_worker = [], []
     for read_at, created, change, source in changes:
         if change.cause.action.value != "kill" or not source:
@@ -603,7 +630,9 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile the join stage once")
     parser.add_argument(
-        "--py-spy", action="store_true", help="sample the worker with py-spy in round 1"
+        "--py-spy",
+        action="store_true",
+        help="py-spy the worker in round 1 (--repeat 0: in the first reaction run)",
     )
     parser.add_argument(
         "--poll", type=float, default=0.2, help="seconds between /healthz polls of the worker"
@@ -697,6 +726,8 @@ async def main() -> None:
                 tmp / f"worker-b{share}.log",
                 args.worker_arg,
                 args.show_lag,
+                # --py-spy samples the first reaction run's worker when no round ran.
+                tmp / "reaction.py-spy.txt" if args.py_spy and not args.repeat else None,
             )
             head = (
                 f"reaction at {share:.0%} of {peak:,.0f} events/s ({run.offered:,.0f} offered; "

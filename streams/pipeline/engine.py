@@ -293,7 +293,9 @@ class Engine:
 
     def to_state(self) -> dict[str, JSON]:
         """Everything — join buffer, statistics, detectors, flag states, cooldowns, watermark —
-        as plain JSON, so that ``Engine.from_state`` continues exactly."""
+        as JSON data, so that ``Engine.from_state`` continues exactly. The join's entries are
+        its own maps, not copies (:meth:`~driftswitch.streams.pipeline.join.JoinBuffer.to_state`):
+        serialise the state before the engine processes anything else."""
         return {
             "format": STATE_FORMAT,
             **self._joiner.to_state(),

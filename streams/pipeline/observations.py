@@ -320,7 +320,9 @@ class Joiner:
         self.counters: dict[str, int] = {"predictions": 0, "outcomes": 0}
 
     def to_state(self) -> dict[str, JSON]:
-        """The join buffer (or its store's checkpoint) and the counters, as plain JSON."""
+        """The join buffer (or its store's checkpoint) and the counters, as JSON data; the
+        buffer's entries are its own maps (``JoinBuffer.to_state``): serialise before the next
+        batch."""
         return {"join": self.join.to_state(), "counters": plain(self.counters)}
 
     def restore(self, state: Mapping[str, Any], join_store: JoinStore | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -108,9 +109,7 @@ def test_recently_joined_ids_are_bounded_too() -> None:
     for i in range(5):
         buf.add_prediction(f"r{i}", float(i), "f/a", None)
         buf.add_outcome(f"r{i}", float(i), 1)
-    joined_ids = buf.to_state()["joined_ids"]
-    assert isinstance(joined_ids, list)
-    assert [json.dumps(entry) for entry in joined_ids] == ['["r3", 3.0]', '["r4", 4.0]']
+    assert orjson.loads(orjson.dumps(buf.to_state()))["joined_ids"] == {"r3": 3.0, "r4": 4.0}
 
 
 _ops = st.lists(
@@ -144,12 +143,51 @@ def test_state_round_trip_and_sweeps_do_not_change_results(
     first = JoinBuffer(ttl, bound)
     got = _apply(first, ops[:cut])
     first.expire()
-    resumed = JoinBuffer.from_state(json.loads(json.dumps(first.to_state())))
+    # Through orjson, as every snapshot is: it writes a dict's own order, which for an
+    # OrderedDict could differ from its iteration order (JoinBuffer.to_state).
+    resumed = JoinBuffer.from_state(orjson.loads(orjson.dumps(first.to_state())))
     got += _apply(resumed, ops[cut:])
     resumed.expire()
     assert [_plain(x) for x in got] == [_plain(x) for x in expected]
-    assert resumed.to_state() == json.loads(json.dumps(whole.to_state()))
+    assert orjson.dumps(resumed.to_state()) == orjson.dumps(whole.to_state())
 
 
 def _plain(x: object) -> object:
     return json.loads(json.dumps(x, default=str))
+
+
+def test_the_state_keeps_a_rejoined_id_in_recency_order() -> None:
+    """A request id joined again goes to the end of the joined ids in the serialised state too,
+    so a restored buffer forgets the same id first (OrderedDict.move_to_end would have moved it
+    only in the iteration order, not in what orjson writes)."""
+    buf = JoinBuffer(ttl=10.0, max_pending=3)
+    for rid, ts in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        buf.add_prediction(rid, ts, "f/x", None)
+        buf.add_outcome(rid, ts, 1)
+    buf.add_prediction("d", 20.0, "f/x", None)  # a's, b's and c's joins are now past the ttl
+    buf.add_prediction("a", 21.0, "f/x", None)
+    buf.add_outcome("a", 21.0, 1)  # a joined again: the most recent
+    state = orjson.loads(orjson.dumps(buf.to_state()))
+    assert list(state["joined_ids"]) == ["b", "c", "a"]
+    resumed = JoinBuffer.from_state(state)
+    resumed.add_prediction("e", 22.0, "f/x", None)
+    resumed.add_outcome("e", 22.0, 1)  # one joined id too many: b, the oldest, goes
+    assert list(orjson.loads(orjson.dumps(resumed.to_state()))["joined_ids"]) == ["c", "a", "e"]
+
+
+def test_a_state_of_an_earlier_version_with_lists_of_entries_still_loads() -> None:
+    buf = JoinBuffer(ttl=60.0, max_pending=100)
+    buf.add_prediction("p", 1.0, "f/x", ("f", "x", True, False))
+    buf.add_outcome("o", 2.0, "cat")
+    buf.add_prediction("j", 3.0, "f/x", ("f", "x", 1, False))
+    buf.add_outcome("j", 4.0, 1)
+    state = orjson.loads(orjson.dumps(buf.to_state()))
+    older = {
+        **state,
+        "predictions": [[rid, *entry] for rid, entry in state["predictions"].items()],
+        "outcomes": [[rid, *entry] for rid, entry in state["outcomes"].items()],
+        "joined_ids": [[rid, ts] for rid, ts in state["joined_ids"].items()],
+    }
+    restored = JoinBuffer.from_state(older)
+    assert orjson.dumps(restored.to_state()) == orjson.dumps(buf.to_state())
+    assert restored.add_outcome("p", 5.0, True) == (1.0, "f/x", ("f", "x", True, False))

@@ -170,7 +170,10 @@ def _staged(
             sent_batches.append(sent)
             late = merge.add(sent)
             if rng.random() < 0.2:
-                part.checkpoint = (part.joiner.to_state(), list(part.pos), dict(part.clock.seen))
+                # Serialised at once, as the join stage's checkpoint is: the state holds the
+                # join's own maps (JoinBuffer.to_state).
+                saved = json.loads(json.dumps(part.joiner.to_state()))
+                part.checkpoint = (saved, list(part.pos), dict(part.clock.seen))
         if late:
             outputs += [e.event.model_dump(mode="json") for e in decider.process(late)]
         released = merge.release()
