@@ -40,7 +40,10 @@ it is active (py-spy, from the ``dev`` extra).
    worker's mean records per batch, its snapshots and its largest lag (acknowledged minus
    processed records, sampled every second; ``--show-lag`` prints every sample).
    ``--worker-arg`` passes options to ``driftswitch run`` (throughput and reaction runs), e.g.
-   ``--worker-arg=--snapshot-interval=60``.
+   ``--worker-arg=--snapshot-interval=60``. ``--bare-follower`` adds a control: a bare aiokafka
+   consumer (the join stage's fetch wait) follows the same input, and its ack → consumed delay
+   is printed for every record and for the kills' deciding records: what the broker alone takes
+   to hand the same records to a consumer, beside the worker's reaction.
 
 Prints one line per figure and the machine's load average. Timing lives here, never in tests.
 """
@@ -60,7 +63,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -492,6 +495,11 @@ class Reaction:
     snapshots: int
     #: The input's produce → broker acknowledgement latency, per record (seconds).
     input_acks: list[float]
+    #: With a bare follower (``--bare-follower``): each input record's ack → consumed delay for
+    #: a bare aiokafka consumer following the same topics (seconds), and the same at the kills'
+    #: deciding records.
+    bare: list[float] = field(default_factory=list)
+    bare_at_kills: list[float] = field(default_factory=list)
 
 
 async def reaction(
@@ -504,6 +512,7 @@ async def reaction(
     worker_args: list[str],
     show_lag: bool = False,
     spy: Path | None = None,
+    bare_follower: bool = False,
 ) -> Reaction:
     worker = WorkerProcess(
         bootstrap,
@@ -529,6 +538,29 @@ async def reaction(
             changes.append((time.time(), rec.timestamp / 1000, event, source))
 
     task = asyncio.ensure_future(follow())
+    consumed: dict[tuple[str, int, int], float] = {}
+    tail = None
+    if bare_follower:
+        tail = AIOKafkaConsumer(
+            topics.predictions.name,
+            topics.outcomes.name,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,  # the join stage's fetch wait
+        )
+        await tail.start()
+
+        async def follow_input() -> None:
+            assert tail is not None
+            while True:
+                got = await tail.getmany(timeout_ms=100, max_records=20_000)
+                now = time.time()
+                for tp, recs in got.items():
+                    for rec in recs:
+                        consumed[(tp.topic, tp.partition, rec.offset)] = now
+
+        tailing = asyncio.ensure_future(follow_input())
     max_lag = 0
     sampler = None
     try:
@@ -559,18 +591,24 @@ async def reaction(
     finally:
         task.cancel()
         await follower.stop()
+        if tail is not None:
+            tailing.cancel()
+            await tail.stop()
         worker.stop(timeout=20)
         if sampler is not None:
             sampler.wait(timeout=60)
             print_spy(spy)
-    delays, in_worker = [], []
+    delays, in_worker, bare_at_kills = [], [], []
     for read_at, created, change, source in changes:
         if change.cause.action.value != "kill" or not source:
             continue
         topic, partition, offset = source.rsplit("/", 2)
-        acked_at = acks[(topic, int(partition), int(offset))]
+        key = (topic, int(partition), int(offset))
+        acked_at = acks[key]
         delays.append(read_at - acked_at)
         in_worker.append(created - acked_at)
+        if key in consumed:
+            bare_at_kills.append(consumed[key] - acked_at)
     batches = max(1, status.get("batches", 1))
     return Reaction(
         delays,
@@ -582,6 +620,8 @@ async def reaction(
         status.get("records", 0) / batches if "join_stage" not in status else math.nan,
         status.get("snapshots_written", 0),
         latencies,
+        [consumed[k] - at for k, at in acks.items() if k in consumed],
+        bare_at_kills,
     )
 
 
@@ -656,6 +696,12 @@ async def main() -> None:
     parser.add_argument(
         "--show-lag", action="store_true", help="print the worker's lag every second (reaction)"
     )
+    parser.add_argument(
+        "--bare-follower",
+        action="store_true",
+        help="reaction runs: a bare aiokafka consumer follows the input too (the broker's own "
+        "ack → consumed delay for the same records, beside the worker's reaction)",
+    )
     args = parser.parse_args()
 
     config_text, records = make_events(args.flags, args.requests)
@@ -728,6 +774,7 @@ async def main() -> None:
                 args.show_lag,
                 # --py-spy samples the first reaction run's worker when no round ran.
                 tmp / "reaction.py-spy.txt" if args.py_spy and not args.repeat else None,
+                args.bare_follower,
             )
             head = (
                 f"reaction at {share:.0%} of {peak:,.0f} events/s ({run.offered:,.0f} offered; "
@@ -752,6 +799,14 @@ async def main() -> None:
                 f"  the input's produce → broker ack: p50 {percentile(a, 0.5) * 1000:.1f} ms, "
                 f"p99 {percentile(a, 0.99) * 1000:.1f} ms"
             )
+            if run.bare:
+                b, k = run.bare, run.bare_at_kills or [math.nan]
+                print(
+                    f"  a bare consumer following the same input, ack → consumed: every record "
+                    f"p50 {percentile(b, 0.5) * 1000:.0f} ms, p99 {percentile(b, 0.99) * 1000:.0f}"
+                    f" ms; the kills' deciding records p50 {percentile(k, 0.5) * 1000:.0f} ms, "
+                    f"max {max(k) * 1000:.0f} ms"
+                )
 
 
 if __name__ == "__main__":
