@@ -182,7 +182,7 @@ class VariantStats:
             "predictions": self.predictions,
             "shadow": self.shadow,
             "errors": self.errors,
-            "latency": plain(self.latency.to_state()),
+            "latency": self.latency.to_state(),  # plain JSON already: finite floats, ints
             "score_n": self.score_n,
             "score_sum": self.score_sum,
             "joined": self.joined,
