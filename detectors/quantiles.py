@@ -17,7 +17,9 @@ threshold in the metric's units (an SLO such as "p99 latency ≤ 250 ms").
 
 from __future__ import annotations
 
+import functools
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Self, cast
 
@@ -27,6 +29,20 @@ from driftswitch.detectors.base import JSON, BaseDetector, check_kind
 from driftswitch.detectors.registry import register
 
 __all__ = ["LatencyQuantile", "QuantileSketch"]
+
+
+#: Below this many values, ``QuantileSketch.add_many`` counts them one by one (no numpy).
+SMALL_BATCH = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(min_value: float, gamma: float, max_key: int) -> tuple[list[float], Any]:
+    """The upper bound ``min_value·γ^k`` of every bucket ``k`` (0 … ``max_key``), as a list and
+    as a read-only numpy array: shared by the sketches of one accuracy and range."""
+    bounds = [min_value * gamma**k for k in range(max_key + 1)]
+    array = np.array(bounds, dtype=np.float64)
+    array.setflags(write=False)
+    return bounds, array
 
 
 class QuantileSketch:
@@ -57,14 +73,19 @@ class QuantileSketch:
         self.max_value = float(max_value)
         self._gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
         self._log_gamma = math.log(self._gamma)
-        self._max_key = self._key(self.max_value)
+        top = math.log(self.max_value / self.min_value) / self._log_gamma
+        self._max_key = max(1, math.ceil(top))
+        self._bounds, self._bounds_array = _bounds(self.min_value, self._gamma, self._max_key)
         self._counts: dict[int, int] = {}
         self._count = 0
 
     def _key(self, x: float) -> int:
-        if x <= self.min_value:
-            return 0
-        return max(1, math.ceil(math.log(x / self.min_value) / self._log_gamma))
+        """The bucket of ``x``: the first ``k`` with ``x <= min_value·γ^k`` (0 at or below
+        ``min_value``), at most the last bucket. Found by comparing with the buckets' bounds,
+        not by taking a logarithm, so that ``add`` and ``add_many`` (numpy, whose ``log`` may
+        round differently from the C library's) put every value in the same bucket: the
+        counts never depend on how the values were batched."""
+        return min(bisect_left(self._bounds, x), self._max_key)
 
     def _value(self, key: int) -> float:
         if key == 0:
@@ -79,21 +100,34 @@ class QuantileSketch:
     def add(self, x: float) -> None:
         """Count one value."""
         self._check(x)
-        key = min(self._key(x), self._max_key)
+        key = self._key(x)
         self._counts[key] = self._counts.get(key, 0) + 1
         self._count += 1
 
     def add_many(self, xs: Iterable[float]) -> None:
-        """Count many values at once (numpy bucketing; same buckets as ``add``)."""
-        values = np.asarray(xs if isinstance(xs, np.ndarray) else list(xs), dtype=np.float64)
+        """Count many values at once (the same buckets as ``add``): one by one below
+        :data:`SMALL_BATCH` values, where numpy's fixed cost per call is most of the work (a
+        live worker's batches are small), with numpy above."""
+        if not isinstance(xs, np.ndarray):
+            xs = list(xs)
+            if len(xs) < SMALL_BATCH:
+                # Converted and checked as numpy does, all before any is counted.
+                floats = [float(x) for x in xs]
+                for x in floats:
+                    if not (math.isfinite(x) and x >= 0):
+                        raise ValueError("quantile sketch takes finite values >= 0")
+                counts = self._counts
+                for x in floats:
+                    key = self._key(x)
+                    counts[key] = counts.get(key, 0) + 1
+                self._count += len(floats)
+                return
+        values = np.asarray(xs, dtype=np.float64)
         if values.size == 0:
             return
         if not bool(np.all(np.isfinite(values) & (values >= 0))):
             raise ValueError("quantile sketch takes finite values >= 0")
-        keys = np.zeros(values.size, dtype=np.int64)
-        positive = values > self.min_value
-        raw = np.ceil(np.log(values[positive] / self.min_value) / self._log_gamma)
-        keys[positive] = np.clip(raw, 1, self._max_key).astype(np.int64)
+        keys = np.minimum(np.searchsorted(self._bounds_array, values, side="left"), self._max_key)
         unique, counts = np.unique(keys, return_counts=True)
         for key, count in zip(unique.tolist(), counts.tolist(), strict=True):
             self._counts[key] = self._counts.get(key, 0) + count

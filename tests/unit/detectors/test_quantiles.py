@@ -70,6 +70,43 @@ def test_add_and_add_many_agree_and_respect_the_bound(values: list[float], q: fl
     assert single.quantile(q) == pytest.approx(batch.quantile(q), rel=0.0201)
 
 
+def test_every_path_puts_every_value_in_the_same_bucket_however_batched() -> None:
+    """Values on and next to bucket bounds, and random ones, counted one by one, in small
+    batches (counted one by one inside add_many) and in large ones (numpy): the same counts, so
+    a live worker's small batches and a backtest's large ones give the same sketch."""
+    rng = np.random.default_rng(5)
+    probe = QuantileSketch()
+    bounds = [probe.min_value * probe._gamma**k for k in range(0, probe._max_key + 1, 7)]
+    values = [0.0, probe.min_value, probe.max_value, probe.max_value * 10]
+    for b in bounds:
+        values += [b, math.nextafter(b, math.inf), math.nextafter(b, 0.0)]
+    values += rng.lognormal(4.0, 3.0, 5_000).tolist()
+    rng.shuffle(values)
+    one, small, large, array = (QuantileSketch() for _ in range(4))
+    for v in values:
+        one.add(v)
+    for i in range(0, len(values), 7):
+        small.add_many(values[i : i + 7])
+    large.add_many(values)
+    array.add_many(np.asarray(values))
+    assert one.to_state() == small.to_state() == large.to_state() == array.to_state()
+    assert one.count == len(values)
+
+
+def test_a_bucket_holds_the_values_up_to_its_bound() -> None:
+    sketch = QuantileSketch(relative_accuracy=0.01)
+    bound = sketch.min_value * sketch._gamma**100  # bucket 100's upper bound
+    for x, key in ((bound, 100), (math.nextafter(bound, math.inf), 101), (sketch.min_value, 0)):
+        for add in (
+            sketch.add,
+            lambda v: sketch.add_many([v]),
+            lambda v: sketch.add_many([v] * 80),
+        ):
+            before = dict(sketch._counts)
+            add(x)
+            assert {k for k in sketch._counts if sketch._counts[k] != before.get(k)} == {key}
+
+
 def test_merge_is_exact() -> None:
     rng = np.random.default_rng(8)
     a_values, b_values = rng.lognormal(3, 1, 1000), rng.lognormal(5, 1, 1000)
