@@ -116,10 +116,10 @@ class QuantileSketch:
                 for x in floats:
                     if not (math.isfinite(x) and x >= 0):
                         raise ValueError("quantile sketch takes finite values >= 0")
-                counts = self._counts
+                table = self._counts
                 for x in floats:
                     key = self._key(x)
-                    counts[key] = counts.get(key, 0) + 1
+                    table[key] = table.get(key, 0) + 1
                 self._count += len(floats)
                 return
         values = np.asarray(xs, dtype=np.float64)
