@@ -22,38 +22,12 @@ import argparse
 import asyncio
 import contextlib
 import os
-import time
 
-from aiokafka import AIOKafkaConsumer
-from pipeline import make_events, percentile, produce, restamp, start_after
+from pipeline import follow_input, make_events, percentile, produce, restamp, start_after
 
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
-
-
-async def follow(
-    bootstrap: str, topics: Topics, wait_ms: int, consumed: dict[tuple[str, int, int], float]
-) -> None:
-    """Record when each input record reaches a bare consumer (until cancelled)."""
-    consumer = AIOKafkaConsumer(
-        topics.predictions.name,
-        topics.outcomes.name,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=wait_ms,
-    )
-    await consumer.start()
-    try:
-        while True:
-            got = await consumer.getmany(timeout_ms=100, max_records=20_000)
-            now = time.time()
-            for tp, records in got.items():
-                for rec in records:
-                    consumed[(tp.topic, tp.partition, rec.offset)] = now
-    finally:
-        await consumer.stop()
 
 
 async def main() -> None:
@@ -78,7 +52,7 @@ async def main() -> None:
         task = None
         if not args.no_consumer:
             task = asyncio.ensure_future(
-                follow(broker.bootstrap, topics, args.fetch_wait_ms, consumed)
+                follow_input(broker.bootstrap, topics, args.fetch_wait_ms, consumed)
             )
         acks: dict[tuple[str, int, int], float] = {}
         latencies: list[float] = []

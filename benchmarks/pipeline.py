@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import heapq
 import math
@@ -436,6 +437,31 @@ def sample(worker: WorkerProcess, spy: Path | None) -> subprocess.Popen[bytes] |
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+async def follow_input(
+    bootstrap: str, topics: Topics, wait_ms: int, consumed: dict[tuple[str, int, int], float]
+) -> None:
+    """A bare consumer following the input topics from their start (``wait_ms``: its fetch
+    wait): when each record reached it, wall clock, into ``consumed`` (until cancelled)."""
+    consumer = AIOKafkaConsumer(
+        topics.predictions.name,
+        topics.outcomes.name,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=wait_ms,
+    )
+    await consumer.start()
+    try:
+        while True:
+            got = await consumer.getmany(timeout_ms=100, max_records=20_000)
+            now = time.time()
+            for tp, records in got.items():
+                for rec in records:
+                    consumed[(tp.topic, tp.partition, rec.offset)] = now
+    finally:
+        await consumer.stop()
+
+
 def ready(status: dict[str, Any], partitions: int) -> bool:
     """The worker is active and, with both stages in one process, its join stage owns all
     ``partitions`` input partitions."""
@@ -539,28 +565,9 @@ async def reaction(
 
     task = asyncio.ensure_future(follow())
     consumed: dict[tuple[str, int, int], float] = {}
-    tail = None
-    if bare_follower:
-        tail = AIOKafkaConsumer(
-            topics.predictions.name,
-            topics.outcomes.name,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,  # the join stage's fetch wait
-        )
-        await tail.start()
-
-        async def follow_input() -> None:
-            assert tail is not None
-            while True:
-                got = await tail.getmany(timeout_ms=100, max_records=20_000)
-                now = time.time()
-                for tp, recs in got.items():
-                    for rec in recs:
-                        consumed[(tp.topic, tp.partition, rec.offset)] = now
-
-        tailing = asyncio.ensure_future(follow_input())
+    tailing = None
+    if bare_follower:  # the join stage's fetch wait
+        tailing = asyncio.ensure_future(follow_input(bootstrap, topics, 100, consumed))
     max_lag = 0
     sampler = None
     try:
@@ -591,9 +598,10 @@ async def reaction(
     finally:
         task.cancel()
         await follower.stop()
-        if tail is not None:
+        if tailing is not None:
             tailing.cancel()
-            await tail.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tailing
         worker.stop(timeout=20)
         if sampler is not None:
             sampler.wait(timeout=60)
