@@ -327,12 +327,12 @@ class JoinBuffer:
 
         The entries are the buffer's own maps, ``{request_id: entry}`` (tuples, which JSON
         writes as arrays), not copies: a checkpoint of a million pending entries is then one
-        pass of the serialiser over them, not a million new lists first (5–10 times the CPU with
-        compression, and as many short-lived objects as entries). Serialise the state before the buffer changes
-        again (every caller encodes it at once). Serialisers read a dict's own order, which
-        for an ``OrderedDict`` can differ from its iteration order after ``move_to_end``: the
-        maps therefore never move an entry (:func:`_to_end` deletes and inserts again), so both
-        orders are arrival order."""
+        pass of the serialiser over them, not a million new lists first (5–10 times the CPU,
+        compression included, and as many short-lived objects as entries). Serialise the state
+        before the buffer changes again (every caller encodes it at once). Serialisers read a
+        dict's own order, which for an ``OrderedDict`` can differ from its iteration order
+        after ``move_to_end``: the maps therefore never move an entry (:func:`_to_end` deletes
+        and inserts again), so both orders are arrival order."""
         return {
             "ttl": self.ttl,
             "max_pending": self.max_pending,
