@@ -142,12 +142,13 @@ def restamp(
     ``i`` to ``start + i / rate``), each is stamped when it is produced, as a live service stamps
     its predictions and outcomes: record ``i`` at ``start + i / rate``. A decision waits for
     event time (``join.allowed_lateness``, the watermarks), so event time must run at the wall
-    clock's speed and be the time of sending: records stamped before they are sent make every
-    decision wait that much longer. Two earlier versions did: one stretched the simulated times
-    (100 requests per second per flag, whose density varies) linearly over the run, so records
-    were stamped up to 2 s early in the middle of a run; the next stamped from the moment the
-    restamping began, and re-encoding 240,000 records takes about 2.5 s, so every record was
-    stamped that much before it was sent. ``start`` must therefore lie after this function
+    clock's speed. An earlier version stretched the simulated times (100 requests per second
+    per flag, whose density varies) linearly over the run: where predictions and outcomes
+    overlap, event time ran slower than the wall clock, and decisions there waited up to 2 s
+    longer. The next stamped from the moment the restamping began, and re-encoding 240,000
+    records takes about 2.5 s: every record was stamped that much before it was sent (a
+    uniform shift, which moves the watermarks with it and changes no reaction time, but each
+    event's ``ts`` was not its send time). ``start`` must therefore lie after this function
     returns (:func:`start_after`). The order of the records and every count are unchanged (the
     records are in event-time order, so each outcome still follows its prediction)."""
     out = []
