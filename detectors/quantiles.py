@@ -72,8 +72,7 @@ class QuantileSketch:
         self.min_value = float(min_value)
         self.max_value = float(max_value)
         self._gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
-        self._log_gamma = math.log(self._gamma)
-        top = math.log(self.max_value / self.min_value) / self._log_gamma
+        top = math.log(self.max_value / self.min_value) / math.log(self._gamma)
         self._max_key = max(1, math.ceil(top))
         self._bounds, self._bounds_array = _bounds(self.min_value, self._gamma, self._max_key)
         self._counts: dict[int, int] = {}
@@ -114,8 +113,7 @@ class QuantileSketch:
                 # Converted and checked as numpy does, all before any is counted.
                 floats = [float(x) for x in xs]
                 for x in floats:
-                    if not (math.isfinite(x) and x >= 0):
-                        raise ValueError("quantile sketch takes finite values >= 0")
+                    self._check(x)
                 table = self._counts
                 for x in floats:
                     key = self._key(x)

@@ -321,7 +321,7 @@ class JoinBuffer:
 
     # -- state -----------------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, JSON]:
+    def to_state(self) -> dict[str, Any]:
         """Everything, as JSON data once serialised (entries in arrival order): what a restore
         from its JSON gives back exactly.
 
@@ -338,9 +338,9 @@ class JoinBuffer:
             "max_pending": self.max_pending,
             "watermark": self.watermark,
             "latest": list(self._latest),
-            "predictions": self._predictions,  # type: ignore[dict-item]  # tuples: JSON arrays
-            "outcomes": self._outcomes,  # type: ignore[dict-item]
-            "joined_ids": self._joined,  # type: ignore[dict-item]
+            "predictions": self._predictions,  # entries are tuples: JSON arrays
+            "outcomes": self._outcomes,
+            "joined_ids": self._joined,
             "joined": self.joined,
             "expired_predictions": dict(self.expired_predictions),
             "expired_outcomes": self.expired_outcomes,
