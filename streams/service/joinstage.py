@@ -45,7 +45,14 @@ Shape (docs/architecture.md "Scaling out"):
   :data:`~driftswitch.streams.service.pacing.MAX_SNAPSHOT_INTERVAL` seconds have passed: a
   checkpoint costs at most a tenth of the work it saves, per partition, whether a process owns
   one partition or all of them (in memory a checkpoint serialises all the pending entries, so on
-  a clock alone its cost would follow the processes' wall time, not the input). A new owner
+  a clock alone its cost would follow the processes' wall time, not the input). With the
+  entries in memory, the loop only takes the state (encodes it, with the records sent until
+  then): a task of its own waits for those records' acknowledgements and the coordinator's
+  answer, sends the checkpoint and waits for its acknowledgement, while the loop goes on reading
+  (those waits, inside the loop, held input back by up to a few hundred milliseconds and were
+  most of the reaction time's tail). Checkpoints are written one at a time, in order; one
+  whose member turned out not to be current is dropped and its partitions taken again next
+  time; a revocation, a recovery and a stop wait for the one being written. A new owner
   resumes from it and reads again from its positions, under a new *run* id; the decide stage
   drops what it sends a second time (:class:`~driftswitch.streams.pipeline.merge.Merge`). A
   member expelled while paused (a zombie) may still send observations for a moment: they are
@@ -137,6 +144,7 @@ from driftswitch.streams.service.joinstore import RocksJoinStore
 from driftswitch.streams.service.pacing import MAX_SNAPSHOT_INTERVAL
 from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
+    Chunk,
     Snapshot,
     continue_on_store,
     encode_chunks,
@@ -355,6 +363,8 @@ class JoinStage:
         self._member: StageMember | None = None
         self._producer: Any = None
         self._deliveries: list[asyncio.Future[Any]] = []
+        #: A checkpoint taken but still being written (module doc: Checkpoints), if any.
+        self._writing: asyncio.Future[None] | None = None
         #: Set when a decide stage runs in the same process (:class:`LocalBatches`).
         self.local: LocalBatches | None = None
         #: Held while partitions are processed, checkpointed, assigned or revoked: aiokafka runs
@@ -506,6 +516,8 @@ class JoinStage:
                     await member.stop()  # revokes: final checkpoints
                     if self._members_dir is not None:
                         forget_member(self._members_dir)  # it left the group
+            with contextlib.suppress(Exception):
+                await self._settle()  # not revoked (the loop failed): whatever it comes to
             await self._loss.close()
             if self._producer is not None:
                 await kafka.stop_quietly(self._producer)
@@ -556,10 +568,11 @@ class JoinStage:
                         self.counters["batches"] += 1
                     await self._process(batch)
                     self._check_input(idle=not batch)
+                    self._written()
                     now = time.monotonic()
                     if now - last >= s.snapshot_interval:
                         due = [p for p in self.parts.values() if self._due(p, now)]
-                        await self._checkpoint(due)
+                        await self._checkpoint(due, behind=True)
                         last = time.monotonic()
                 # Let the other tasks of this process run: with records already fetched,
                 # getmany and the producer's sends return without suspending, so a backlog
@@ -858,28 +871,63 @@ class JoinStage:
     def _key(self, index: int) -> bytes:
         return f"{self.group}/{index}".encode()
 
-    async def _checkpoint(self, parts: list[_Partition], recover: bool = True) -> None:
+    async def _checkpoint(
+        self, parts: list[_Partition], recover: bool = True, behind: bool = False
+    ) -> None:
         """Write the state of every changed partition of ``parts`` once everything sent so far
         is acknowledged and the coordinator confirms this member is current.
+
+        With ``behind`` (the loop's periodic checkpoints) and the entries in memory, the state
+        is taken now and written by a task of its own (module doc: Checkpoints), so the loop
+        goes on while the acknowledgements and the coordinator's answer come; with a disk store,
+        or without ``behind``, this returns once the checkpoint is written. Either way it first
+        waits for the checkpoint still being written, if any: they go out in order.
 
         A partition whose state does not encode is not checkpointed; with ``recover`` it is
         reopened from its last checkpoint and its input since replayed with containment (module
         doc), otherwise (it is leaving this process) its next owner does the same."""
+        await self._settle()
         dirty = [p for p in parts if p.dirty]
         if not dirty:
             return
         started = time.monotonic()
-        await self._flush()
+        if behind and all(p.store is None for p in dirty):
+            # Everything sent until now, and only that, is what this state has sent.
+            deliveries, self._deliveries = self._deliveries, []
+            taken, failed = self._take(dirty)
+            self._writing = asyncio.ensure_future(self._write(taken, deliveries, started))
+        else:
+            await self._flush()
+            if not await self._current(dirty):
+                return
+            taken, failed = self._take(dirty)
+            await self._send(taken, started)
+        for part, detail in failed:
+            message = f"checkpointing join partition {part.index} failed: {detail}"
+            if recover:
+                await self._recover(part, _JoinFailedError(message, dict(part.read)))
+            else:
+                log.error("%s; its next owner replays from the last checkpoint", message)
+
+    async def _current(self, dirty: list[_Partition]) -> bool:
+        """Whether the group coordinator confirms this member is current (else, logged)."""
         assert self._member is not None
         membership = await self._member.check()
-        if membership is not Membership.CURRENT:
-            log.warning(
-                "join stage: not checkpointing partitions %s: %s",
-                [p.index for p in dirty],
-                membership.value,
-            )
-            return
-        sends = []
+        if membership is Membership.CURRENT:
+            return True
+        log.warning(
+            "join stage: not checkpointing partitions %s: %s",
+            [p.index for p in dirty],
+            membership.value,
+        )
+        return False
+
+    def _take(
+        self, dirty: list[_Partition]
+    ) -> tuple[list[tuple[_Partition, list[Chunk]]], list[tuple[_Partition, str]]]:
+        """Each partition's state, encoded now (with a disk store: committed to it, entries with
+        the document, see :meth:`_local`), and the partitions whose state did not encode."""
+        taken: list[tuple[_Partition, list[Chunk]]] = []
         failed: list[tuple[_Partition, str]] = []
         for part in dirty:
             cpu = time.thread_time()
@@ -902,24 +950,55 @@ class JoinStage:
                 part.store.commit(b"".join(value for value, _ in chunks))
             part.checkpoint, part.parent = checkpoint, part.checkpoint
             part.cost = time.thread_time() - cpu
+            part.dirty = False
+            part.work = 0.0
+            part.saved_at = time.monotonic()
+            taken.append((part, chunks))
+        return taken, failed
+
+    async def _send(self, taken: list[tuple[_Partition, list[Chunk]]], started: float) -> None:
+        """Send checkpoints to the state topic and wait for the broker's acknowledgements."""
+        sends = []
+        for part, chunks in taken:
             for value, headers in chunks:
                 sends.append(
                     await self._producer.send(
                         self.state_topic.name, value, key=self._key(part.index), headers=headers
                     )
                 )
-            part.dirty = False
-            part.work = 0.0
-            part.saved_at = time.monotonic()
         await asyncio.gather(*sends)
-        self.counters["checkpoints"] += len(dirty) - len(failed)
+        self.counters["checkpoints"] += len(taken)
         self.checkpoint_seconds = time.monotonic() - started
-        for part, detail in failed:
-            message = f"checkpointing join partition {part.index} failed: {detail}"
-            if recover:
-                await self._recover(part, _JoinFailedError(message, dict(part.read)))
-            else:
-                log.error("%s; its next owner replays from the last checkpoint", message)
+
+    async def _write(
+        self,
+        taken: list[tuple[_Partition, list[Chunk]]],
+        deliveries: list[asyncio.Future[Any]],
+        started: float,
+    ) -> None:
+        """Write checkpoints taken earlier (:meth:`_checkpoint` ``behind``): once the records
+        sent before they were taken are acknowledged and the member is current. Otherwise the
+        partitions are marked changed again, for the next checkpoint."""
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        if not await self._current([part for part, _ in taken]):
+            for part, _ in taken:
+                part.dirty = True
+            return
+        await self._send(taken, started)
+
+    def _written(self) -> None:
+        """Raise here, in the loop, what writing the last checkpoint in the background raised."""
+        writing = self._writing
+        if writing is not None and writing.done():
+            self._writing = None
+            writing.result()
+
+    async def _settle(self) -> None:
+        """Wait until the checkpoint being written in the background, if any, is written."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     async def _flush(self) -> None:
         deliveries, self._deliveries = self._deliveries, []
@@ -970,6 +1049,7 @@ class JoinStage:
         self.counters["recoveries"] += 1
         if self.metrics is not None:
             self.metrics.record_recovery()
+        await self._settle()  # the last checkpoint is the one written
         suspect = {t: max(part.read.get(t, 0), err.ends.get(t, 0)) for t in {*part.read, *err.ends}}
         del self.parts[i]
         if part.store is not None:

@@ -54,6 +54,7 @@ __all__ = [
     "CHUNK_BYTES",
     "HEADER_CHUNK",
     "HEADER_SNAPSHOT",
+    "Chunk",
     "Snapshot",
     "compress",
     "continue_on_store",
@@ -64,6 +65,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: One record of a snapshot on the state topic: ``(value, headers)``.
+Chunk = tuple[bytes, list[tuple[str, bytes]]]
 
 HEADER_SNAPSHOT = "driftswitch.snapshot.id"
 HEADER_CHUNK = "driftswitch.snapshot.chunk"
@@ -116,7 +120,7 @@ class Snapshot:
     merge: Any = None
 
 
-def encode_chunks(snapshot: Snapshot) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+def encode_chunks(snapshot: Snapshot) -> list[Chunk]:
     """Serialise a snapshot into ``(value, headers)`` chunks, in order."""
     doc = {
         "format": FORMAT,

@@ -51,15 +51,19 @@ partition that sends observations again is caught by the merge.
 
 Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
 snapshot ``{engine.to_state(), next offset per input partition}`` (a decide worker: with the
-merge's state) to the state topic
-(:mod:`driftswitch.streams.service.snapshot`) after every flag change and dead-letter record of the
-batches it covers is acknowledged. A restarted worker loads the latest snapshot, seeks to its
-offsets and replays; the input since the snapshot is applied once to the restored state, so no
-outcome is counted twice. Replayed decisions carry the versions they had when first published,
-and the worker reads the flags topic at start and publishes only versions newer than the ones
-already there, so no decision is duplicated; decisions are published before any snapshot
-covers their input, so none is lost. The interleaving of records from different partitions in a
-replay can differ from the first run's; the counts it feeds are the same. Input offsets are
+merge's state) to the state topic (:mod:`driftswitch.streams.service.snapshot`) after every flag
+change and dead-letter record of the batches it covers is acknowledged. Without a join store on
+disk, the loop only takes the state (encodes it, with the records sent until then); a task of its
+own waits for those acknowledgements and the lease's confirmation, sends the snapshot and waits for
+its acknowledgement, while the loop goes on (inside the loop, those waits held decisions back by up
+to a few hundred milliseconds). Snapshots are written one at a time, in order; a stop, an
+operator's command and the next snapshot wait for the one being written. A restarted worker loads
+the latest snapshot, seeks to its offsets and replays; the input since the snapshot is applied once
+to the restored state, so no outcome is counted twice. Replayed decisions carry the versions they
+had when first published, and the worker reads the flags topic at start and publishes only versions
+newer than the ones already there, so no decision is duplicated; decisions are published before any
+snapshot covers their input, so none is lost. The interleaving of records from different partitions
+in a replay can differ from the first run's; the counts it feeds are the same. Input offsets are
 never committed to a Kafka consumer group: the snapshot is the only record of them, so group lag
 tools do not show this worker's progress (``/healthz`` does).
 
@@ -149,6 +153,7 @@ from driftswitch.streams.service.logs import decision_context, decision_level
 from driftswitch.streams.service.pacing import snapshot_interval
 from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
+    Chunk,
     Snapshot,
     continue_on_store,
     decode_chunks,
@@ -441,6 +446,8 @@ class Worker:
         self._lease: Any = None
         self._deliveries: list[asyncio.Future[Any]] = []
         self._snapshot_cost = 0.0
+        #: A snapshot taken but still being written (module doc: Restart safety), if any.
+        self._writing: asyncio.Future[None] | None = None
         self._lease_poller: asyncio.Future[None] | None = None
         #: Commands submitted here, by id, waiting for the loop to apply them.
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
@@ -683,6 +690,8 @@ class Worker:
                     )
         finally:
             self.role = "stopped"
+            with contextlib.suppress(Exception):
+                await self._settle()  # the loop failed: whatever the last one comes to
             if self._lease_poller is not None:
                 self._lease_poller.cancel()
             await self._loss.close()
@@ -891,13 +900,14 @@ class Worker:
                 if not batch:
                     await self._check_input(wait=False)
                 try:
+                    self._written()
                     if batch:
                         async with self._engine_lock:
                             await self._process(batch)
                     now = time.monotonic()
                     interval = snapshot_interval(s.snapshot_interval, self._snapshot_cost)
                     if self._dirty and now - last_snapshot >= interval:
-                        await self._write_snapshot()
+                        await self._write_snapshot(behind=True)
                         last_snapshot = time.monotonic()
                         self._snapshot_cost = last_snapshot - now
                 except EngineFailedError as err:
@@ -1416,31 +1426,83 @@ class Worker:
                 f"snapshot of the engine state failed: {describe(exc)}"
             ) from exc
 
-    async def _write_snapshot(self, patience: float | None = None) -> None:
+    async def _write_snapshot(self, patience: float | None = None, behind: bool = False) -> None:
         """Flush pending sends, then write ``{engine state, offsets}`` to the state topic (once
-        the lease is confirmed: :meth:`_fence` with ``patience``)."""
+        the lease is confirmed: :meth:`_fence` with ``patience``).
+
+        With ``behind`` (the loop's periodic snapshots) and no join store on disk, the state is
+        taken now and written by a task of its own, while the loop goes on (module doc: Restart
+        safety); otherwise this returns once the snapshot is written. Either way it first waits
+        for the snapshot still being written, if any: snapshots go out in order."""
+        await self._settle()
+        store = self.engine.join_store
+        if behind and not isinstance(store, RocksJoinStore):
+            # Everything sent until now, and only that, is what this state has sent.
+            deliveries, self._deliveries = self._deliveries, []
+            started = time.monotonic()
+            chunks = self._take_snapshot()
+            self._writing = asyncio.ensure_future(
+                self._write(chunks, deliveries, patience, started)
+            )
+            return
         await self._flush()
         await self._fence(patience)
         started = time.monotonic()
-        checkpoint = uuid.uuid4().hex
-        chunks = self._snapshot_chunks(self._snapshot_seq + 1, checkpoint, self._checkpoint)
-        store = self.engine.join_store
+        chunks = self._take_snapshot()
         if isinstance(store, RocksJoinStore):
             # Entries first, with the document: the store never runs ahead of a snapshot that
             # is not its own or its parent (see _local_checkpoint).
             store.commit(b"".join(value for value, _ in chunks))
+        await self._send_snapshot(chunks, started)
+
+    def _take_snapshot(self) -> list[Chunk]:
+        """The current state as the next snapshot's chunks; from here on it is the base that
+        a recovery restores (:meth:`_recover`)."""
+        checkpoint = uuid.uuid4().hex
+        chunks = self._snapshot_chunks(self._snapshot_seq + 1, checkpoint, self._checkpoint)
         self._snapshot_seq += 1
+        self._base_chunks = [value for value, _ in chunks]
+        self._checkpoint, self._parent = checkpoint, self._checkpoint
+        self._dirty = False
+        return chunks
+
+    async def _send_snapshot(self, chunks: list[Chunk], started: float) -> None:
+        """Send a snapshot's chunks to the state topic; wait for the acknowledgements."""
         key = self.settings.group.encode()
         sends = [
             await self._producer.send(self.state_topic.name, value, key=key, headers=headers)
             for value, headers in chunks
         ]
         await asyncio.gather(*sends)
-        self._base_chunks = [value for value, _ in chunks]
-        self._checkpoint, self._parent = checkpoint, self._checkpoint
         self.checkpoint_seconds = time.monotonic() - started
         self.counters["snapshots"] += 1
-        self._dirty = False
+
+    async def _write(
+        self,
+        chunks: list[Chunk],
+        deliveries: list[asyncio.Future[Any]],
+        patience: float | None,
+        started: float,
+    ) -> None:
+        """Write a snapshot taken earlier (:meth:`_write_snapshot` ``behind``): once the records
+        sent before it was taken are acknowledged and the lease is confirmed."""
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        await self._fence(patience)
+        await self._send_snapshot(chunks, started)
+
+    def _written(self) -> None:
+        """Raise here, in the loop, what writing the last snapshot in the background raised."""
+        writing = self._writing
+        if writing is not None and writing.done():
+            self._writing = None
+            writing.result()
+
+    async def _settle(self) -> None:
+        """Wait until the snapshot being written in the background, if any, is written."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     def _evaluate(self, decoded: Decoded) -> Result:
         """``Engine.process`` on a batch; on suspect input (after a failure), with containment:

@@ -27,6 +27,7 @@ from driftswitch.streams.service.runner import (
     check_port,
     serve_worker,
     tune_gc,
+    tune_malloc,
 )
 
 if TYPE_CHECKING:  # imported where used: `driftswitch --help` stays fast
@@ -299,6 +300,7 @@ def run_command(
             )
 
     tune_gc()
+    tune_malloc()
     try:
         asyncio.run(main())
     except DriftswitchError as err:
