@@ -634,6 +634,82 @@ async def reaction(
     )
 
 
+@dataclass
+class Probe:
+    """One run of the rate search (:func:`search`): a reaction run at ``rate``."""
+
+    rate: float
+    run: Reaction
+    records: int
+    #: The largest lag the worker may reach and still count as keeping up, records.
+    lag_limit: float
+
+    @property
+    def offered_ok(self) -> bool:
+        """The producer really offered the rate (within 3 %)."""
+        return self.run.offered >= 0.97 * self.rate
+
+    @property
+    def sustained(self) -> bool:
+        """The worker kept up: its lag stayed within the limit all the run."""
+        return self.offered_ok and self.run.max_lag <= self.lag_limit
+
+
+async def search(
+    bootstrap: str,
+    config: Path,
+    events: Callable[[int], list[tuple[bool, bytes, bytes]]],
+    start: float,
+    seconds: float,
+    lag_seconds: float,
+    steps: int,
+    tmp: Path,
+    worker_args: list[str],
+) -> float:
+    """The highest rate at which a live ``driftswitch run`` keeps up: reaction runs of
+    ``seconds`` each (``events(n)``: the first ``n`` records of a set large enough), from
+    ``start`` doubling until one is not sustained, then ``steps`` bisections between the
+    highest sustained rate and the lowest one not sustained.
+
+    A run is sustained when the worker's lag (records the broker acknowledged and the worker
+    had not read yet, sampled every second) never exceeded ``lag_seconds`` seconds of input:
+    above its capacity the lag grows for as long as the run lasts (by the excess rate times the
+    run's length), below it the lag stays at what a batch or two hold. A rate the producer
+    could not offer ends the search upwards: what the worker can do above it is not measured.
+    Returns the highest sustained rate (0 if none was)."""
+    good, bad = 0.0, math.inf
+    rate, k = start, 0
+    while True:
+        k += 1
+        topics = Topics.with_prefix(f"bench-s{k}")
+        await ensure_topics(bootstrap, topics)
+        records = events(math.ceil(rate * seconds))
+        run = await reaction(
+            bootstrap, topics, config, records, rate, tmp / f"worker-s{k}.log", worker_args
+        )
+        probe = Probe(rate, run, len(records), lag_seconds * rate)
+        if probe.sustained:
+            good, verdict = rate, "sustained"
+        else:
+            bad = rate
+            verdict = "not sustained" if probe.offered_ok else "the producer fell short"
+        d = run.delays or [math.nan]
+        print(
+            f"  search {k}: {rate:,.0f} events/s asked, {run.offered:,.0f} offered, "
+            f"{len(records):,} records: max lag {run.max_lag:,} ({run.max_lag / rate:.2f} s of "
+            f"input), reaction p50 {percentile(d, 0.5) * 1000:.0f} ms, p99 "
+            f"{percentile(d, 0.99) * 1000:.0f} ms ({len(run.delays)} kills): {verdict}; {load()}"
+        )
+        if math.isinf(bad):
+            rate *= 2  # still growing
+            continue
+        if steps <= 0:
+            break
+        steps -= 1
+        rate = (good + bad) / 2
+    return good
+
+
 def print_spy(path: Path | None) -> None:
     """The functions where py-spy's samples of the worker were, by own time and with callees."""
     if path is None or not path.exists():
@@ -711,6 +787,23 @@ async def main() -> None:
         help="reaction runs: a bare aiokafka consumer follows the input too (the broker's own "
         "ack → consumed delay for the same records, beside the worker's reaction)",
     )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="find the highest rate a live worker keeps up with (reaction runs, see search()); "
+        "the reaction runs' shares are then of that rate",
+    )
+    parser.add_argument(
+        "--search-seconds", type=float, default=15.0, help="length of each search run"
+    )
+    parser.add_argument(
+        "--lag-limit",
+        type=float,
+        default=1.0,
+        help="a search run is sustained if the worker's lag stays within this many seconds "
+        "of input",
+    )
+    parser.add_argument("--search-steps", type=int, default=3, help="bisections once a rate fails")
     args = parser.parse_args()
 
     config_text, records = make_events(args.flags, args.requests)
@@ -769,6 +862,36 @@ async def main() -> None:
                 f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
             )
         peak = args.peak or statistics.median(figures["full worker (driftswitch run)"])
+        sets = {len(records): records}
+
+        def events(n: int) -> list[tuple[bool, bytes, bytes]]:
+            """The first ``n`` records of a set of at least ``n`` (made once, as needed)."""
+            have = max(sets)
+            if n > have:
+                made = make_events(args.flags, math.ceil(args.requests * n / have))[1]
+                sets[len(made)] = made
+                return made[:n]
+            return sets[have][:n]
+
+        if args.search:
+            print(
+                f"searching the highest sustained live rate from {peak:,.0f} events/s "
+                f"({args.search_seconds:.0f} s runs; sustained: lag within {args.lag_limit} s of "
+                f"input)"
+            )
+            found = await search(
+                bootstrap,
+                config,
+                events,
+                peak,
+                args.search_seconds,
+                args.lag_limit,
+                args.search_steps,
+                tmp,
+                args.worker_arg,
+            )
+            print(f"highest sustained live rate: {found:,.0f} events/s")
+            peak = found
         for share in (float(x) for x in args.shares.split(",") if x.strip()):
             live = Topics.with_prefix(f"bench-b{round(share * 100)}")
             await ensure_topics(bootstrap, live)
@@ -776,7 +899,8 @@ async def main() -> None:
                 bootstrap,
                 live,
                 config,
-                records,
+                # After a search, as long as its runs; else the whole set.
+                events(math.ceil(share * peak * args.search_seconds)) if args.search else records,
                 share * peak,
                 tmp / f"worker-b{share}.log",
                 args.worker_arg,

@@ -23,12 +23,13 @@ from driftswitch.streams.config.model import Config, parse_config
 from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.placement import join_partition
 from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.pipeline.engine import Engine, Event
 from driftswitch.streams.pipeline.merge import Merge, decode_batch
 from driftswitch.streams.pipeline.observations import Decider, build_flags
 from driftswitch.streams.service.joinstage import JoinStage
 from driftswitch.streams.service.startup import member_record
-from driftswitch.streams.service.worker import WorkerSettings
+from driftswitch.streams.service.worker import WorkerSettings, state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 from driftswitch.streams.tools.testing import (
@@ -507,3 +508,55 @@ def test_an_idle_join_stage_reads_records_that_arrive_during_its_long_idle_wait(
     assert owned == topics.predictions.partitions
     assert not quiet_while_reading  # the partitions read to their end are busy for idle_after
     assert WorkerSettings(bootstrap="", topics=topics).poll_ms in timeouts
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_checkpoint_holds_the_state_when_taken_and_is_written_behind_the_loop(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, on_disk: bool
+) -> None:
+    """The loop's checkpoints (``behind``) take the state at once; with the entries in memory a
+    task of its own writes it, and what reaches the state topic is the state when taken, not
+    what the loop read meanwhile. With a disk store the checkpoint is written before the call
+    returns (its commit cannot wait). Either way the next checkpoint waits for it."""
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
+    predictions = [
+        ev for ev in sorted(simulate(SCENARIO), key=_key) if isinstance(ev, PredictionEvent)
+    ]
+    first, later = predictions[:50], predictions[50:80]
+    options: dict[str, Any] = {"snapshot_interval": 3600.0}  # only the checkpoints taken here
+    if on_disk:
+        options["state_dir"] = tmp_path
+
+    async def scenario() -> tuple[bool, dict[int, dict[str, int]], dict[int, Any], int]:
+        await ensure_topics(broker.bootstrap, [state_topic(topics)])  # as `driftswitch run` does
+        async with _running(broker, topics, config, f"behind-{on_disk}", **options) as stage:
+            loop = asyncio.get_running_loop()
+
+            async def send(events: list[Event]) -> None:
+                await loop.run_in_executor(
+                    None, produce_in_event_order, broker.bootstrap, topics, events
+                )
+
+            await send(first)
+            await _until("first read", lambda: stage.ingest.accepted == len(first))
+            async with stage._lock:
+                parts = list(stage.parts.values())
+                taken = {p.index: {stage._names[t]: o for t, o in p.read.items()} for p in parts}
+                await stage._checkpoint(parts, behind=True)
+                writing = stage._writing is not None and not stage._writing.done()
+            await send(later)
+            await _until("later read", lambda: stage.ingest.accepted == len(first) + len(later))
+            await stage._settle()
+            saved = await stage._load(sorted(taken))
+            return writing, taken, saved, stage.counters["checkpoints"]
+
+    writing, taken, saved, checkpoints = asyncio.run(scenario())
+    assert writing is not on_disk
+    assert checkpoints == len(taken) == topics.predictions.partitions
+    for index, positions in taken.items():
+        snap = saved[index]
+        assert {t: o[index] for t, o in snap.offsets.items()} == positions
+    pending = sum(
+        len(saved[i].engine["joiner"]["join"]["predictions"]) for i in taken if not on_disk
+    )
+    assert pending == (0 if on_disk else len(first))
