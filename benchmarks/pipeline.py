@@ -45,6 +45,15 @@ it is active (py-spy, from the ``dev`` extra).
    is printed for every record and for the kills' deciding records: what the broker alone takes
    to hand the same records to a consumer, beside the worker's reaction.
 
+5. **The highest sustained live rate** (``--search``): what "the maximum" of the reaction runs
+   should be. The flood rate of step 3 is not it: it includes the wait for the last records'
+   watermarks at the end, and a live worker reads small batches. :func:`search` runs reaction
+   runs of ``--search-seconds`` (15 s) each, from the flood rate (or ``--peak``) doubling until
+   one is not sustained, then ``--search-steps`` (3) bisections. A run is sustained when the
+   worker's lag never exceeded ``--lag-limit`` (1 s) of input: above the worker's capacity the
+   lag grows by the excess rate for as long as the run lasts. The reaction runs at
+   ``--shares`` then take their share of the rate found, and last as long as a search run.
+
 Prints one line per figure and the machine's load average. Timing lives here, never in tests.
 """
 

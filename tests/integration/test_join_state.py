@@ -136,18 +136,32 @@ def test_labels_30_minutes_late_all_join_across_sigkills(
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
 
-    # 2. With a store: the inline entries move onto the disk. SIGKILL mid-stream.
+    # 2. With a store: the inline entries move onto the disk at its first snapshot, the next
+    #    one commits only what changed since. Then SIGKILL mid-stream, right after more input
+    #    was read. (Each part is produced only once the one before is read and snapshotted: a
+    #    worker that reads a whole part in a few batches writes one snapshot for it, then none
+    #    while the input is idle.)
     second = start_worker(config_path, log, args=[*fast, "--state-dir", str(state)])
     second.wait_active()
-    produce(records[first_cut:second_cut])
+    mid = (first_cut + second_cut) // 2
+    after = second_cut + 5_000
+    produce(records[first_cut:mid])
     second.wait_for(
-        "more read after a snapshot",
-        lambda s: s["records"] > first_cut + 10_000 and s["snapshots_written"] >= 2,
+        "half read, a snapshot on the store",
+        lambda s: s["records"] == mid and s["snapshots_written"] >= 1,
         120,
     )
+    produce(records[mid:second_cut])
+    second.wait_for(
+        "the rest read, a second snapshot",
+        lambda s: s["records"] == second_cut and s["snapshots_written"] >= 2,
+        120,
+    )
+    produce(records[second_cut:after])
+    second.wait_for("more read", lambda s: s["records"] == after, 120)
     second.proc.send_signal(signal.SIGKILL)
     second.proc.wait()
-    produce(records[second_cut:])
+    produce(records[after:])
 
     # 3. Restart on the same disk: the store continues the latest snapshot.
     third = start_worker(config_path, log, args=[*fast, "--state-dir", str(state)])
