@@ -48,7 +48,7 @@ it is active (py-spy, from the ``dev`` extra).
 5. **The highest sustained live rate** (``--search``): what "the maximum" of the reaction runs
    should be. The flood rate of step 3 is not it: it includes the wait for the last records'
    watermarks at the end, and a live worker reads small batches. :func:`search` runs reaction
-   runs of ``--search-seconds`` (15 s) each, from the flood rate (or ``--peak``) doubling until
+   runs of ``--seconds`` (15 s) each, from the flood rate (or ``--peak``) doubling until
    one is not sustained, then ``--search-steps`` (3) bisections. A run is sustained when the
    worker's lag never exceeded ``--lag-limit`` (1 s) of input: above the worker's capacity the
    lag grows by the excess rate for as long as the run lasts. The reaction runs at
@@ -803,7 +803,10 @@ async def main() -> None:
         "the reaction runs' shares are then of that rate",
     )
     parser.add_argument(
-        "--search-seconds", type=float, default=15.0, help="length of each search run"
+        "--seconds",
+        type=float,
+        help="length of each search and reaction run (default: 15 s for search runs; reaction "
+        "runs then last as long, and without a search send the whole event set)",
     )
     parser.add_argument(
         "--lag-limit",
@@ -877,15 +880,17 @@ async def main() -> None:
             """The first ``n`` records of a set of at least ``n`` (made once, as needed)."""
             have = max(sets)
             if n > have:
-                made = make_events(args.flags, math.ceil(args.requests * n / have))[1]
+                # ``records`` holds ``args.requests`` requests per flag, the others more.
+                made = make_events(args.flags, math.ceil(args.requests * n / len(records)))[1]
                 sets[len(made)] = made
                 return made[:n]
             return sets[have][:n]
 
         if args.search:
+            seconds = args.seconds = args.seconds or 15.0
             print(
                 f"searching the highest sustained live rate from {peak:,.0f} events/s "
-                f"({args.search_seconds:.0f} s runs; sustained: lag within {args.lag_limit} s of "
+                f"({seconds:.0f} s runs; sustained: lag within {args.lag_limit} s of "
                 f"input)"
             )
             found = await search(
@@ -893,7 +898,7 @@ async def main() -> None:
                 config,
                 events,
                 peak,
-                args.search_seconds,
+                seconds,
                 args.lag_limit,
                 args.search_steps,
                 tmp,
@@ -908,8 +913,8 @@ async def main() -> None:
                 bootstrap,
                 live,
                 config,
-                # After a search, as long as its runs; else the whole set.
-                events(math.ceil(share * peak * args.search_seconds)) if args.search else records,
+                # As long as --seconds (search runs), else the whole set.
+                events(math.ceil(share * peak * args.seconds)) if args.seconds else records,
                 share * peak,
                 tmp / f"worker-b{share}.log",
                 args.worker_arg,
