@@ -648,6 +648,14 @@ async def reaction(
     )
 
 
+async def live_reaction(topics: Topics, *args: Any) -> Reaction:
+    """:func:`reaction` (with ``args`` after its bootstrap and topics) on an embedded broker
+    started for this run alone (module doc)."""
+    async with EmbeddedBroker() as fresh:
+        await ensure_topics(fresh.bootstrap, topics)
+        return await reaction(fresh.bootstrap, topics, *args)
+
+
 @dataclass
 class Probe:
     """One run of the rate search (:func:`search`): a reaction run at ``rate``."""
@@ -680,7 +688,7 @@ async def search(
     worker_args: list[str],
 ) -> float:
     """The highest rate at which a live ``driftswitch run`` keeps up: reaction runs of
-    ``seconds`` each (``events(n)``: the first ``n`` records of a set large enough), from
+    ``seconds`` each (``events(n)``: a set of about ``n`` records), from
     ``start`` doubling until one is not sustained, then ``steps`` bisections between the
     highest sustained rate and the lowest one not sustained.
 
@@ -696,17 +704,9 @@ async def search(
         k += 1
         topics = Topics.with_prefix(f"bench-s{k}")
         records = events(math.ceil(rate * seconds))
-        async with EmbeddedBroker() as fresh:  # see the module doc
-            await ensure_topics(fresh.bootstrap, topics)
-            run = await reaction(
-                fresh.bootstrap,
-                topics,
-                config,
-                records,
-                rate,
-                tmp / f"worker-s{k}.log",
-                worker_args,
-            )
+        run = await live_reaction(
+            topics, config, records, rate, tmp / f"worker-s{k}.log", worker_args
+        )
         probe = Probe(rate, run, len(records), lag_seconds * rate)
         if probe.sustained:
             good, verdict = rate, "sustained"
@@ -885,17 +885,17 @@ async def main() -> None:
                 f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
             )
         peak = args.peak or statistics.median(figures["full worker (driftswitch run)"])
-        sets = {len(records): records}
+        sets = {args.requests: records}  # by requests per flag
 
         def events(n: int) -> list[tuple[bool, bytes, bytes]]:
-            """The first ``n`` records of a set of at least ``n`` (made once, as needed)."""
-            have = max(sets)
-            if n > have:
-                # ``records`` holds ``args.requests`` requests per flag, the others more.
-                made = make_events(args.flags, math.ceil(args.requests * n / len(records)))[1]
-                sets[len(made)] = made
-                return made[:n]
-            return sets[have][:n]
+            """About ``n`` records: a set made for that many (once), with as many requests per
+            flag as ``n`` needs. Not a prefix of a longer set: there the drifts sit at other
+            points of the run, and a kill decided near its end waits for the input to fall idle
+            (``join.idle_after``) before the watermark lets it through."""
+            requests = math.ceil(args.requests * n / len(records))
+            if requests not in sets:
+                sets[requests] = make_events(args.flags, requests)[1]
+            return sets[requests]
 
         if args.search:
             seconds = args.seconds = args.seconds or 15.0
@@ -918,22 +918,19 @@ async def main() -> None:
             peak = found
         for share in (float(x) for x in args.shares.split(",") if x.strip()):
             live = Topics.with_prefix(f"bench-b{round(share * 100)}")
-            async with EmbeddedBroker() as fresh:  # see the module doc
-                await ensure_topics(fresh.bootstrap, live)
-                run = await reaction(
-                    fresh.bootstrap,
-                    live,
-                    config,
-                    # As long as --seconds (search runs), else the whole set.
-                    events(math.ceil(share * peak * args.seconds)) if args.seconds else records,
-                    share * peak,
-                    tmp / f"worker-b{share}.log",
-                    args.worker_arg,
-                    args.show_lag,
-                    # --py-spy samples the first reaction run's worker when no round ran.
-                    tmp / "reaction.py-spy.txt" if args.py_spy and not args.repeat else None,
-                    args.bare_follower,
-                )
+            run = await live_reaction(
+                live,
+                config,
+                # As long as --seconds (search runs), else the whole set.
+                events(math.ceil(share * peak * args.seconds)) if args.seconds else records,
+                share * peak,
+                tmp / f"worker-b{share}.log",
+                args.worker_arg,
+                args.show_lag,
+                # --py-spy samples the first reaction run's worker when no round ran.
+                tmp / "reaction.py-spy.txt" if args.py_spy and not args.repeat else None,
+                args.bare_follower,
+            )
             head = (
                 f"reaction at {share:.0%} of {peak:,.0f} events/s ({run.offered:,.0f} offered; "
                 f"worker: {run.batch:,.0f} records/batch, {run.snapshots} snapshots, max lag "

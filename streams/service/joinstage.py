@@ -146,6 +146,7 @@ from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
     Chunk,
     Snapshot,
+    Writing,
     continue_on_store,
     encode_chunks,
     latest_snapshot,
@@ -364,7 +365,7 @@ class JoinStage:
         self._producer: Any = None
         self._deliveries: list[asyncio.Future[Any]] = []
         #: A checkpoint taken but still being written (module doc: Checkpoints), if any.
-        self._writing: asyncio.Future[None] | None = None
+        self._writing = Writing()
         #: Set when a decide stage runs in the same process (:class:`LocalBatches`).
         self.local: LocalBatches | None = None
         #: Held while partitions are processed, checkpointed, assigned or revoked: aiokafka runs
@@ -517,7 +518,7 @@ class JoinStage:
                     if self._members_dir is not None:
                         forget_member(self._members_dir)  # it left the group
             with contextlib.suppress(Exception):
-                await self._settle()  # not revoked (the loop failed): whatever it comes to
+                await self._writing.settle()  # not revoked (the loop failed): whatever it comes to
             await self._loss.close()
             if self._producer is not None:
                 await kafka.stop_quietly(self._producer)
@@ -568,7 +569,7 @@ class JoinStage:
                         self.counters["batches"] += 1
                     await self._process(batch)
                     self._check_input(idle=not batch)
-                    self._written()
+                    self._writing.check()
                     now = time.monotonic()
                     if now - last >= s.snapshot_interval:
                         due = [p for p in self.parts.values() if self._due(p, now)]
@@ -886,7 +887,7 @@ class JoinStage:
         A partition whose state does not encode is not checkpointed; with ``recover`` it is
         reopened from its last checkpoint and its input since replayed with containment (module
         doc), otherwise (it is leaving this process) its next owner does the same."""
-        await self._settle()
+        await self._writing.settle()
         dirty = [p for p in parts if p.dirty]
         if not dirty:
             return
@@ -895,7 +896,7 @@ class JoinStage:
             # Everything sent until now, and only that, is what this state has sent.
             deliveries, self._deliveries = self._deliveries, []
             taken, failed = self._take(dirty)
-            self._writing = asyncio.ensure_future(self._write(taken, deliveries, started))
+            self._writing.start(self._write(taken, deliveries, started))
         else:
             await self._flush()
             if not await self._current(dirty):
@@ -987,19 +988,6 @@ class JoinStage:
             return
         await self._send(taken, started)
 
-    def _written(self) -> None:
-        """Raise here, in the loop, what writing the last checkpoint in the background raised."""
-        writing = self._writing
-        if writing is not None and writing.done():
-            self._writing = None
-            writing.result()
-
-    async def _settle(self) -> None:
-        """Wait until the checkpoint being written in the background, if any, is written."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
-
     async def _flush(self) -> None:
         deliveries, self._deliveries = self._deliveries, []
         if deliveries:
@@ -1049,7 +1037,7 @@ class JoinStage:
         self.counters["recoveries"] += 1
         if self.metrics is not None:
             self.metrics.record_recovery()
-        await self._settle()  # the last checkpoint is the one written
+        await self._writing.settle()  # the last checkpoint is the one written
         suspect = {t: max(part.read.get(t, 0), err.ends.get(t, 0)) for t in {*part.read, *err.ends}}
         del self.parts[i]
         if part.store is not None:

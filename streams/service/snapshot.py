@@ -41,9 +41,10 @@ snapshot per key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ __all__ = [
     "HEADER_SNAPSHOT",
     "Chunk",
     "Snapshot",
+    "Writing",
     "compress",
     "continue_on_store",
     "decode_chunks",
@@ -118,6 +120,41 @@ class Snapshot:
     #: The decide stage's event-time merge (:meth:`driftswitch.streams.pipeline.merge.Merge.
     #: to_state`); ``None`` for a single worker.
     merge: Any = None
+
+
+class Writing:
+    """The one snapshot (or join checkpoint) a loop took and a task of its own is still writing:
+    the loop serialises the state, the task waits for the acknowledgements and the fencing check
+    and sends it, while the loop goes on. One at a time, so they reach the state topic in order.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[None] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether one is being written."""
+        return self._task is not None and not self._task.done()
+
+    def start(self, write: Coroutine[Any, Any, None]) -> None:
+        """Write in the background; only after :meth:`settle` (nothing else is being written)."""
+        assert self._task is None, "settle() the write before starting the next"
+        self._task = asyncio.ensure_future(write)
+
+    def check(self) -> None:
+        """Raise here (in the loop) what a finished write raised."""
+        task = self._task
+        if task is not None and task.done():
+            self._task = None
+            task.result()
+
+    async def settle(self) -> None:
+        """Wait until the write under way, if any, is done (raising what it raised)."""
+        task, self._task = self._task, None
+        if task is not None:
+            await task
 
 
 def encode_chunks(snapshot: Snapshot) -> list[Chunk]:

@@ -155,6 +155,7 @@ from driftswitch.streams.service.recovery import EngineFailedError, Suspects
 from driftswitch.streams.service.snapshot import (
     Chunk,
     Snapshot,
+    Writing,
     continue_on_store,
     decode_chunks,
     encode_chunks,
@@ -447,7 +448,7 @@ class Worker:
         self._deliveries: list[asyncio.Future[Any]] = []
         self._snapshot_cost = 0.0
         #: A snapshot taken but still being written (module doc: Restart safety), if any.
-        self._writing: asyncio.Future[None] | None = None
+        self._writing = Writing()
         self._lease_poller: asyncio.Future[None] | None = None
         #: Commands submitted here, by id, waiting for the loop to apply them.
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
@@ -691,7 +692,7 @@ class Worker:
         finally:
             self.role = "stopped"
             with contextlib.suppress(Exception):
-                await self._settle()  # the loop failed: whatever the last one comes to
+                await self._writing.settle()  # the loop failed: whatever the last one comes to
             if self._lease_poller is not None:
                 self._lease_poller.cancel()
             await self._loss.close()
@@ -900,7 +901,7 @@ class Worker:
                 if not batch:
                     await self._check_input(wait=False)
                 try:
-                    self._written()
+                    self._writing.check()
                     if batch:
                         async with self._engine_lock:
                             await self._process(batch)
@@ -1434,16 +1435,14 @@ class Worker:
         taken now and written by a task of its own, while the loop goes on (module doc: Restart
         safety); otherwise this returns once the snapshot is written. Either way it first waits
         for the snapshot still being written, if any: snapshots go out in order."""
-        await self._settle()
+        await self._writing.settle()
         store = self.engine.join_store
         if behind and not isinstance(store, RocksJoinStore):
             # Everything sent until now, and only that, is what this state has sent.
             deliveries, self._deliveries = self._deliveries, []
             started = time.monotonic()
             chunks = self._take_snapshot()
-            self._writing = asyncio.ensure_future(
-                self._write(chunks, deliveries, patience, started)
-            )
+            self._writing.start(self._write(chunks, deliveries, patience, started))
             return
         await self._flush()
         await self._fence(patience)
@@ -1490,19 +1489,6 @@ class Worker:
             await asyncio.gather(*deliveries)
         await self._fence(patience)
         await self._send_snapshot(chunks, started)
-
-    def _written(self) -> None:
-        """Raise here, in the loop, what writing the last snapshot in the background raised."""
-        writing = self._writing
-        if writing is not None and writing.done():
-            self._writing = None
-            writing.result()
-
-    async def _settle(self) -> None:
-        """Wait until the snapshot being written in the background, if any, is written."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
 
     def _evaluate(self, decoded: Decoded) -> Result:
         """``Engine.process`` on a batch; on suspect input (after a failure), with containment:

@@ -265,6 +265,16 @@ def wait_until(
     raise AssertionError(f"{what}: not reached in {timeout} s{tail}")
 
 
+async def until(what: str, cond: Callable[[], bool], limit_s: float = 60) -> None:
+    """:func:`wait_until` inside an event loop (for a stage running in it): poll ``cond()``
+    every 0.1 s until it holds; AssertionError after ``limit_s`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not cond():
+        assert loop.time() < deadline, f"{what}: not reached in {limit_s} s"
+        await asyncio.sleep(0.1)
+
+
 def caught_up(status: Mapping[str, Any], topics: Topics, total: int) -> bool:
     """Whether the process whose ``/healthz`` body is ``status`` has read all ``total`` records
     of the input topics (predictions and outcomes, from offset 0) and decided on everything

@@ -37,6 +37,7 @@ from driftswitch.streams.tools.testing import (
     STAGE_TEST_JOIN,
     produce_in_event_order,
     read_topic,
+    until,
 )
 
 pytestmark = pytest.mark.xdist_group("broker")
@@ -294,7 +295,7 @@ def test_labels_thirty_minutes_late_join_exactly_on_disk_across_a_restart(
         second = JoinStage(config, settings)
         task = asyncio.ensure_future(second.run())
         try:
-            await _until("the second stage's assignment", lambda: bool(second.parts))
+            await until("the second stage's assignment", lambda: bool(second.parts))
             record = orjson.loads(member_record(members).read_bytes())
             assert second._member is not None
             assert record["member_id"] == second._member.member_id
@@ -315,15 +316,6 @@ def test_labels_thirty_minutes_late_join_exactly_on_disk_across_a_restart(
     assert lost == 0
     assert merge.late == 0
     assert outputs == reference
-
-
-async def _until(what: str, cond: Any, limit_s: float = 60) -> None:
-    """Poll ``cond()`` until it holds (AssertionError after ``limit_s``)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while not cond():
-        assert loop.time() < deadline, f"{what}: not reached in {limit_s} s"
-        await asyncio.sleep(0.1)
 
 
 def test_a_reloaded_config_changes_what_the_join_accepts(
@@ -349,14 +341,14 @@ def test_a_reloaded_config_changes_what_the_join_accepts(
                 )
 
             await send([prediction("r1", "search"), prediction("r2", "ranker")])
-            await _until(
+            await until(
                 "r1 rejected, r2 accepted",
                 lambda: stage.ingest.rejected["unknown_flag"] == 1 and stage.ingest.accepted == 1,
             )
             rejected_before = dict(stage.ingest.rejected)
             await stage.reconfigure(after)
             await send([prediction("r3", "search")])
-            await _until("r3 read", lambda: stage.ingest.accepted >= 2)
+            await until("r3 read", lambda: stage.ingest.accepted >= 2)
             pending = sum(stage.status()["pending"].values())
             return rejected_before, dict(stage.ingest.rejected), pending
 
@@ -450,7 +442,7 @@ def test_the_status_counts_the_observations_of_every_record_it_shows_read(
 
     async def scenario() -> None:
         async with _running(broker, topics, config, "consistent") as stage:
-            await _until("the producer open", lambda: stage._producer is not None)
+            await until("the producer open", lambda: stage._producer is not None)
             producer = stage._producer
             send = producer.send
 
@@ -465,7 +457,7 @@ def test_the_status_counts_the_observations_of_every_record_it_shows_read(
             await asyncio.get_running_loop().run_in_executor(
                 None, produce_in_event_order, broker.bootstrap, topics, events
             )
-            await _until("all read", lambda: stage.counters["observations"] == len(events), 120)
+            await until("all read", lambda: stage.counters["observations"] == len(events), 120)
 
     asyncio.run(scenario())
     assert any(read > 0 for read, _ in seen)
@@ -485,7 +477,7 @@ def test_an_idle_join_stage_reads_records_that_arrive_during_its_long_idle_wait(
 
     async def scenario() -> tuple[int, bool]:
         async with _running(broker, topics, config, "wake", idle_poll_ms=hour_ms) as stage:
-            await _until("assigned", lambda: stage._member is not None and bool(stage.parts))
+            await until("assigned", lambda: stage._member is not None and bool(stage.parts))
             member = stage._member
             assert member is not None
             getmany = member.getmany
@@ -495,13 +487,13 @@ def test_an_idle_join_stage_reads_records_that_arrive_during_its_long_idle_wait(
                 return await getmany(*partitions, **kwargs)
 
             member.getmany = recording
-            await _until("an idle wait begun", lambda: hour_ms in timeouts)
+            await until("an idle wait begun", lambda: hour_ms in timeouts)
             await asyncio.get_running_loop().run_in_executor(
                 None, produce_in_event_order, broker.bootstrap, topics, events
             )
-            await _until("all read", lambda: stage.counters["observations"] == len(events))
+            await until("all read", lambda: stage.counters["observations"] == len(events))
             quiet_while_reading = stage._quiet()
-            await _until("idle again", stage._quiet)
+            await until("idle again", stage._quiet)
             return len(stage.parts), quiet_while_reading
 
     owned, quiet_while_reading = asyncio.run(scenario())
@@ -538,15 +530,15 @@ def test_a_checkpoint_holds_the_state_when_taken_and_is_written_behind_the_loop(
                 )
 
             await send(first)
-            await _until("first read", lambda: stage.ingest.accepted == len(first))
+            await until("first read", lambda: stage.ingest.accepted == len(first))
             async with stage._lock:
                 parts = list(stage.parts.values())
                 taken = {p.index: {stage._names[t]: o for t, o in p.read.items()} for p in parts}
                 await stage._checkpoint(parts, behind=True)
-                writing = stage._writing is not None and not stage._writing.done()
+                writing = stage._writing.pending
             await send(later)
-            await _until("later read", lambda: stage.ingest.accepted == len(first) + len(later))
-            await stage._settle()
+            await until("later read", lambda: stage.ingest.accepted == len(first) + len(later))
+            await stage._writing.settle()
             saved = await stage._load(sorted(taken))
             return writing, taken, saved, stage.counters["checkpoints"]
 

@@ -17,7 +17,7 @@ from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.service.worker import Worker, WorkerSettings, state_topic
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import ACCURACY_GUARDRAILS, produce_in_event_order
+from driftswitch.streams.tools.testing import ACCURACY_GUARDRAILS, produce_in_event_order, until
 
 pytestmark = pytest.mark.xdist_group("broker")
 
@@ -28,14 +28,6 @@ SCENARIO = Scenario(
     label_delay=1.0,
     seed=3,
 )
-
-
-async def _until(what: str, cond: Any, limit_s: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while not cond():
-        assert loop.time() < deadline, f"{what}: not reached in {limit_s} s"
-        await asyncio.sleep(0.05)
 
 
 def test_a_snapshot_holds_the_state_when_taken_and_is_written_behind_the_loop(
@@ -62,20 +54,20 @@ def test_a_snapshot_holds_the_state_when_taken_and_is_written_behind_the_loop(
         task = asyncio.ensure_future(worker.run())
         loop = asyncio.get_running_loop()
         try:
-            await _until("active", lambda: worker.role == "active")
+            await until("active", lambda: worker.role == "active")
             await loop.run_in_executor(
                 None, produce_in_event_order, broker.bootstrap, topics, first
             )
-            await _until("first read", lambda: worker.counters["records"] == len(first))
+            await until("first read", lambda: worker.counters["records"] == len(first))
             async with worker._engine_lock:  # between two batches
                 offsets = {t: dict(ps) for t, ps in worker.offsets.items()}
                 await worker._write_snapshot(behind=True)
-                writing = worker._writing is not None and not worker._writing.done()
+                writing = worker._writing.pending
             await loop.run_in_executor(
                 None, produce_in_event_order, broker.bootstrap, topics, later
             )
-            await _until("later read", lambda: worker.counters["records"] == len(events))
-            await worker._settle()
+            await until("later read", lambda: worker.counters["records"] == len(events))
+            await worker._writing.settle()
             taken = await worker._load_snapshot()
         finally:
             worker.stop.set()
