@@ -1436,8 +1436,7 @@ class Worker:
         safety); otherwise this returns once the snapshot is written. Either way it first waits
         for the snapshot still being written, if any: snapshots go out in order."""
         await self._writing.settle()
-        store = self.engine.join_store
-        if behind and not isinstance(store, RocksJoinStore):
+        if behind and not isinstance(self.engine.join_store, RocksJoinStore):
             # Everything sent until now, and only that, is what this state has sent.
             deliveries, self._deliveries = self._deliveries, []
             started = time.monotonic()
@@ -1448,6 +1447,7 @@ class Worker:
         await self._fence(patience)
         started = time.monotonic()
         chunks = self._take_snapshot()
+        store = self.engine.join_store
         if isinstance(store, RocksJoinStore):
             # Entries first, with the document: the store never runs ahead of a snapshot that
             # is not its own or its parent (see _local_checkpoint).
