@@ -885,17 +885,15 @@ async def main() -> None:
                 f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
             )
         peak = args.peak or statistics.median(figures["full worker (driftswitch run)"])
-        sets = {args.requests: records}  # by requests per flag
 
         def events(n: int) -> list[tuple[bool, bytes, bytes]]:
-            """About ``n`` records: a set made for that many (once), with as many requests per
-            flag as ``n`` needs. Not a prefix of a longer set: there the drifts sit at other
-            points of the run, and a kill decided near its end waits for the input to fall idle
-            (``join.idle_after``) before the watermark lets it through."""
+            """About ``n`` records: a set made for that many, with as many requests per flag as
+            ``n`` needs. Not a prefix of a longer set: there the drifts sit at other points of
+            the run, and a kill decided near its end waits for the input to fall idle
+            (``join.idle_after``) before the watermark lets it through. Made anew for each run
+            and not kept: a set of 600k records takes about 2.5 GB while it is made."""
             requests = math.ceil(args.requests * n / len(records))
-            if requests not in sets:
-                sets[requests] = make_events(args.flags, requests)[1]
-            return sets[requests]
+            return records if requests == args.requests else make_events(args.flags, requests)[1]
 
         if args.search:
             seconds = args.seconds = args.seconds or 15.0
