@@ -664,7 +664,6 @@ class Probe:
 
     rate: float
     run: Reaction
-    records: int
     #: The largest lag the worker may reach and still count as keeping up, records.
     lag_limit: float
 
@@ -709,7 +708,7 @@ async def search(
         run = await live_reaction(
             topics, config, records, rate, tmp / f"worker-s{k}.log", worker_args
         )
-        probe = Probe(rate, run, len(records), lag_seconds * rate)
+        probe = Probe(rate, run, lag_seconds * rate)
         if probe.sustained:
             good, verdict = rate, "sustained"
         else:
