@@ -903,17 +903,17 @@ async def main() -> None:
                 return pool.submit(make_events, args.flags, requests).result()[1]
 
         if args.search:
-            seconds = args.seconds = args.seconds or 15.0
+            args.seconds = args.seconds or 15.0  # the reaction runs below last as long
             print(
                 f"searching the highest sustained live rate from {peak:,.0f} events/s "
-                f"({seconds:.0f} s runs; sustained: lag within {args.lag_limit} s of "
+                f"({args.seconds:.0f} s runs; sustained: lag within {args.lag_limit} s of "
                 f"input)"
             )
             found = await search(
                 config,
                 events,
                 peak,
-                seconds,
+                args.seconds,
                 args.lag_limit,
                 args.search_steps,
                 tmp,
