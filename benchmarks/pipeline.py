@@ -12,13 +12,14 @@ request), ``--repeat`` rounds, each on a fresh backlog of the same events:
 2. **Join stage alone**: the backlog's batches as aiokafka returned them, already in memory, through
    the worker's ``Ingest.decode`` and ``Engine.process`` (decode, join, score, detect): no Kafka.
 3. **Full worker**: ``driftswitch run`` (a subprocess, with ``--worker-arg`` options such as
-   ``--worker-arg=--stage=single``) is started on empty topics; once it is active (with both
-   stages in one process, ``--stage all``: once its join stage owns every input partition), the
-   same records are produced as fast as the producer goes, and the rate is the records over the
-   time from the first send to the first ``/healthz`` poll (every ``--poll`` s) that finds all of
-   them processed (with both stages: every observation decided). Start-up and the lease are not
-   counted; the end is at most one poll late. The worker answers a poll between batches, and
-   each answer serialises the engine's view of every flag (a few ms).
+   ``--worker-arg=--stage=single``) is started on the same backlog and reads it from the start,
+   as the bare consumers did. Its ``/healthz`` is polled every ``--poll`` s, and the rate is
+   taken between the polls at which 10 % and 90 % of the input was decided
+   (:func:`steady_rate`): start-up, the lease and the wait for the last watermarks at the end
+   are outside that window. The worker answers a poll between batches, and each answer
+   serialises the engine's view of every flag (a few ms). (Until 2026-11-30 the records were
+   produced onto the running worker instead, and the rate ran to the end: the benchmark's
+   producer shared the 2 cores with it, and the end's ``join.idle_after`` wait was counted.)
 
 Then min / median / max of each and the worker's share of the aiokafka + orjson ceiling (per round,
 then the median). ``--profile`` prints cProfile's top functions of the join stage; ``--py-spy``
@@ -393,21 +394,26 @@ async def worker_throughput(
     bootstrap: str,
     topics: Topics,
     config: Path,
-    records: list[tuple[bool, bytes, bytes]],
+    total: int,
     log: Path,
     poll: float,
     worker_args: list[str],
     spy: Path | None = None,
 ) -> tuple[float, float]:
-    """Records/s that ``driftswitch run`` sustains, and records per CPU-second of its process over
-    the same span (utime + stime: steadier than the wall rate on a shared machine). It is
-    started on empty ``topics`` and, once it is active (with both stages in one process: once
-    the join stage owns every input partition too), the records are produced as fast as the
-    producer goes (faster than any worker), and the rate is the records over the time from the
-    first send to the first /healthz poll that finds every record processed (with both stages:
-    every observation decided). Start-up is not counted; the end is at most one poll late, so
-    the figure is at most ``poll`` seconds' worth low. Each poll costs the worker a few ms (the
-    engine's view of every flag is serialised), which is why ``poll`` is not tiny."""
+    """Records/s that ``driftswitch run`` sustains over the backlog the bare consumers read
+    (``total`` records already on ``topics``), and records per CPU-second of its process over
+    the same span (utime + stime).
+
+    The worker starts on those topics and reads them from the start, as the bare consumers do.
+    Its ``/healthz`` is polled every ``poll`` s from the moment it answers, and the rate is taken
+    over the steady middle of the run: from the poll at which 10 % of the input was decided to the
+    one at which 90 % was (:func:`steady_rate`). Start-up, the group join and the lease come
+    before that window; the end, where the last observations wait ``join.idle_after`` for the
+    input to fall idle before their watermark lets them through, after it. "Decided" is the
+    decide stage's count of applied observations as a share of all the join stage emits (known
+    at the end), with both stages in one process; the records read with ``--stage single``.
+    Each poll costs the worker a few ms (the engine's view of every flag is serialised), which
+    is why ``poll`` is not tiny."""
     worker = WorkerProcess(
         bootstrap,
         topics,
@@ -416,24 +422,20 @@ async def worker_throughput(
         args=["--log-level", "warning", *worker_args],
     )
     sampler = None
+    # (monotonic time, CPU seconds of the worker, its status) per poll.
+    polls: list[tuple[float, float, dict[str, Any]]] = []
     try:
-        await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
+        await wait_status(worker, lambda s: True, every=poll)
         sampler = sample(worker, spy)
-        started = time.monotonic()
-        cpu = cpu_seconds(worker.proc.pid)
-        producing = asyncio.ensure_future(
-            asyncio.to_thread(produce, bootstrap, topics, records, None)
-        )
-        deadline = started + 600
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.proc.returncode}: see {log}")
             status = await asyncio.to_thread(worker.health)
-            if status is not None and done(status, topics, len(records)):
-                now = time.monotonic()
-                cpu = cpu_seconds(worker.proc.pid) - cpu
-                await producing
-                return len(records) / (now - started), len(records) / cpu
+            if status is not None:
+                polls.append((time.monotonic(), cpu_seconds(worker.proc.pid), status))
+                if done(status, topics, total):
+                    return steady_rate(polls, topics, total)
             await asyncio.sleep(poll)
         raise RuntimeError(f"worker did not finish: see {log}")
     finally:
@@ -441,6 +443,30 @@ async def worker_throughput(
         if sampler is not None:
             sampler.wait(timeout=60)  # py-spy ends with the worker
             print_spy(spy)
+
+
+def steady_rate(
+    polls: list[tuple[float, float, dict[str, Any]]], topics: Topics, total: int
+) -> tuple[float, float]:
+    """Input records/s, and per CPU-second of the worker, between the polls at which 10 % and
+    90 % of the work was done: with both stages, the share of the join stage's observations (the
+    last poll's count: all of them) the decide stage had applied; with one stage, of the
+    records read. Each end is the first poll at or past its mark, and the records counted are
+    the share done between them times ``total``."""
+    last = polls[-1][2]
+    join = last.get("join_stage")
+
+    def share(status: dict[str, Any]) -> float:
+        if join is None:
+            return processed(status, topics) / total
+        return float(status.get("observations", 0)) / float(join["observations"])
+
+    lo = next(p for p in polls if share(p[2]) >= 0.1)
+    hi = next(p for p in polls if share(p[2]) >= 0.9)
+    if hi is lo:
+        raise RuntimeError("10 % to 90 % of the input within one poll: poll more often")
+    records = (share(hi[2]) - share(lo[2])) * total
+    return records / (hi[0] - lo[0]), records / (hi[1] - lo[1])
 
 
 def sample(worker: WorkerProcess, spy: Path | None) -> subprocess.Popen[bytes] | None:
@@ -772,7 +798,9 @@ def percentile(values: list[float], q: float) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flags", type=int, default=40)
-    parser.add_argument("--requests", type=int, default=3000, help="requests per flag")
+    parser.add_argument(
+        "--requests", type=int, default=12500, help="requests per flag (12,500: 1M events)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile the join stage once")
     parser.add_argument(
@@ -857,13 +885,11 @@ async def main() -> None:
             stage = join_stage(config, backlog, batches, args.profile and r == 0)
             del batches
             spy = tmp / "worker.py-spy.txt" if args.py_spy and r == 0 else None
-            flood = Topics.with_prefix(f"bench-w{r}")
-            await ensure_topics(bootstrap, flood)
             rate, per_cpu = await worker_throughput(
                 bootstrap,
-                flood,
+                backlog,
                 config,
-                records,
+                total,
                 tmp / f"worker-a{r}.log",
                 args.poll,
                 args.worker_arg,

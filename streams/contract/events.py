@@ -8,7 +8,7 @@ integer's range (:data:`NUMBER_LIMIT`). Every model forbids unknown fields, so a
 reported instead of silently ignored.
 
 Decode once, at the edge, with one decoder: for input records (the live worker and ``backtest``),
-:func:`decode_value` and :func:`decode_lines`; for single documents
+:func:`decode_value`, :func:`decode_values` and :func:`decode_lines`; for single documents
 :func:`decode_model` (and its short forms
 :func:`decode_prediction`, :func:`decode_outcome`; control commands use it too) and, for JSON Lines
 files whose records name their ``kind``, :func:`decode_line`. Each is pydantic's validation of the
@@ -763,6 +763,27 @@ def decode_value(value: bytes, prediction: bool) -> Decoded:
     if prediction:
         return to_struct(decode_model(PredictionEvent, value))
     return to_struct(decode_model(OutcomeEvent, value))
+
+
+def decode_values(values: Sequence[bytes], prediction: bool) -> list[Decoded] | None:
+    """:func:`decode_value` of every record of one input topic, in one call: msgspec over all of
+    them (no Python loop), then the distinct flag and variant names checked once each. ``None``
+    if msgspec refuses any of them, or a name fails: the caller then decodes them one by one,
+    and :func:`decode_value` gives each refused record its model's verdict."""
+    if not values or max(map(len, values)) > MAX_EVENT_BYTES:
+        return None
+    try:
+        events: list[Decoded] = list(
+            map((_FAST_PREDICTION if prediction else _FAST_OUTCOME).decode, values)
+        )
+    except _FastError:
+        return None
+    names = set(map(_FLAG, events))
+    names.update(map(_VARIANT, events))
+    names.discard(None)
+    if names <= _GOOD_NAMES or all(map(_good_name, names)):
+        return events
+    return None
 
 
 def decode_lines(lines: Sequence[bytes]) -> list[Decoded | EventError]:

@@ -179,8 +179,9 @@ class Engine:
     def decide(self, observations: Sequence[Observation]) -> list[Emitted]:
         """Decide on observations from a join stage, already in order (the decide stage: see
         :mod:`~driftswitch.streams.pipeline.merge`); ``Emitted.index`` is the deciding
-        observation's ``index``."""
-        return self._decider.process(observations)
+        observation's position in ``observations`` (whatever their own ``index`` fields say:
+        the merge numbers its late and its released observations apart)."""
+        return self._decider.process(observations, by_position=True)
 
     # -- manual control and config reload --------------------------------------------------
 

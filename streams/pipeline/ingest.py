@@ -34,7 +34,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
@@ -42,6 +42,7 @@ from driftswitch.streams.contract.events import (
     decode_outcome,
     decode_prediction,
     decode_value,
+    decode_values,
 )
 
 __all__ = [
@@ -171,18 +172,36 @@ class Ingest:
         rejected: list[Rejected] = []
         append, mark = events.append, index.append
         predictions = self.predictions_topic
-        for i, rec in enumerate(records):
-            value = rec.value
-            on_predictions = rec.topic == predictions
-            if value is None:  # a tombstone: nothing to decode
-                rejected.append(self._rejected(rec, EventError("null_value", ""), on_predictions))
+        start = 0
+        while start < len(records):
+            # A run of records of one topic: decoded in one call when every one of them is a
+            # valid event msgspec reads (the usual case), else one by one.
+            topic = records[start].topic
+            end = start + 1
+            while end < len(records) and records[end].topic == topic:
+                end += 1
+            on_predictions = topic == predictions
+            run = [rec.value for rec in records[start:end]]
+            got = None if None in run else decode_values(cast(list[bytes], run), on_predictions)
+            if got is not None:
+                events += got
+                index += range(start, end)
+                start = end
                 continue
-            try:
-                append(decode_value(value, on_predictions))
-            except EventError as err:
-                rejected.append(self._rejected(rec, err, on_predictions))
-            else:
-                mark(i)
+            for i in range(start, end):
+                rec = records[i]
+                value = rec.value
+                if value is None:  # a tombstone: nothing to decode
+                    null = EventError("null_value", "")
+                    rejected.append(self._rejected(rec, null, on_predictions))
+                    continue
+                try:
+                    append(decode_value(value, on_predictions))
+                except EventError as err:
+                    rejected.append(self._rejected(rec, err, on_predictions))
+                else:
+                    mark(i)
+            start = end
         self.accepted += len(events)
         return Decoded(events, index, records, rejected)
 

@@ -227,7 +227,7 @@ class Merge:
         #: their partitions' lists.
         self._buffers: list[list[Observation]] = [[] for _ in range(sources + 1)]
         #: Sort key of the last observation released.
-        self.released: tuple[float, str, int, bool] | None = None
+        self.released: tuple[float, str, int, int] | None = None
         self.late = 0
         self.duplicates = 0
 
@@ -245,13 +245,17 @@ class Merge:
         late: list[Observation] = []
         new: list[Observation] = []
         released = self.released
+        # The event time of the last released: an observation after it is not late, and only
+        # one at that very time needs its whole key compared.
+        edge = released[0] if released is not None else -math.inf
         for obs in batch.observations:
             if others and any(
                 all(offset < c.get(topic, 0) for topic, offset in obs[-1]) for c in others
             ):
                 self.duplicates += 1
                 continue
-            if released is not None and event_order(obs) < released:
+            ts = obs[4]
+            if ts <= edge and (ts < edge or event_order(obs) < cast(Any, released)):
                 self.late += 1
                 late.append(_renumbered(obs, len(late)))
                 continue
@@ -409,7 +413,7 @@ class Merge:
         merge.missing = sorted(int(t) for t in state.get("replay", ()))
         released = state["released"]
         merge.released = (
-            (float(released[0]), str(released[1]), int(released[2]), bool(released[3]))
+            (float(released[0]), str(released[1]), int(released[2]), int(released[3]))
             if released is not None
             else None
         )

@@ -35,8 +35,9 @@ drop the ones a restarted join stage sends again.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from driftswitch.detectors.base import JSON
@@ -102,9 +103,12 @@ _OUTCOMES = (OutcomeStruct, OutcomeEvent)
 Observation = tuple[Any, ...] | list[Any]
 
 
-def event_order(obs: Observation) -> tuple[float, str, int, bool]:
-    """The sort key putting observations in event-time order (see the module doc)."""
-    return (obs[4], obs[5], obs[6], obs[0] != PREDICTED)
+#: The sort key putting observations in event-time order (see the module doc): ``(ts,
+#: request_id, side, kind)``, read by a C function (as a Python function, one call per
+#: observation was about 4 % of a worker's CPU). At the same time, request and side a
+#: prediction's observation sorts first (``PREDICTED`` is the lowest kind); a request has one
+#: prediction and at most one pair, so no other two kinds meet there.
+event_order: Callable[[Observation], tuple[float, str, int, int]] = itemgetter(4, 5, 6, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,16 +610,19 @@ class Decider:
             if f.rollout is not None and (rstate is None or not f.rollout.restore(rstate)):
                 f.rollout.align(f.state)  # a new or changed plan starts at the live weights
 
-    def process(self, observations: Sequence[Observation]) -> list[Emitted]:
+    def process(
+        self, observations: Sequence[Observation], *, by_position: bool = False
+    ) -> list[Emitted]:
         """Apply observations in the given order; ``Emitted.index`` is the deciding
-        observation's ``index``. An observation of an unconfigured flag or variant (the config
-        changed) is skipped."""
+        observation's ``index`` or, ``by_position``, its position in ``observations`` (the
+        decide stage's numbering, without a copy of every observation to renumber it). An
+        observation of an unconfigured flag or variant (the config changed) is skipped."""
         flags = self.flags
         if observations and (self.latest is None or observations[-1][4] > self.latest):
             self.latest = observations[-1][4]
         # Latencies per variant, counted into its sketch once per batch (numpy; same buckets).
         latencies: dict[VariantStats, list[float]] = {}
-        for obs in observations:
+        for n, obs in enumerate(observations):
             f = flags.get(obs[2])
             if f is None:
                 continue
@@ -623,7 +630,7 @@ class Decider:
             if v is None:
                 continue
             kind = obs[0]
-            i = obs[1]
+            i = n if by_position else obs[1]
             ts = obs[4]
             if kind == PREDICTED:
                 st = v.stats

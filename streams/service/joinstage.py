@@ -112,16 +112,18 @@ import logging
 import math
 import time
 import uuid
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.events import InputEvent
-from driftswitch.streams.contract.placement import join_partition, observations_partition
+from driftswitch.streams.contract.placement import join_partitions, observations_partition
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.connect import Membership
 from driftswitch.streams.kafka.groups import GroupError, StageMember
@@ -182,6 +184,8 @@ ALIGNMENT = 1.0
 #: Wall-clock seconds an input topic may be held back by the alignment before it is read again
 #: (so a topic whose event times stop advancing cannot stall the others).
 ALIGNMENT_HOLD = 2.0
+_EVENT_TIME = attrgetter("ts")
+_REQUEST_ID = attrgetter("request_id")
 #: Records per batch of the join stage: small enough that one batch of one partition does not
 #: run far ahead in event time (the alignment acts between batches).
 JOIN_MAX_RECORDS = 5000
@@ -1067,13 +1071,20 @@ class JoinStage:
         if own:
             decoded = self.ingest.decode(own)
             reject_future(decoded, self.ingest, self.config.join.max_clock_skew, time.time())
-            for k, ev in enumerate(decoded.events):
-                rec = decoded.records[decoded.index[k]]
-                t = self._index[rec.topic]
-                part.clock.observe(t, ev.ts)
-                target = join_partition(ev.request_id, n)
-                if target != i:
-                    await self._reroute(part, rec, t, target, base)
+            accepted, index = decoded.events, decoded.index
+            # ``own`` holds the predictions, then the outcomes: the events before ``split``
+            # came from the predictions topic. Each topic's clock takes its latest event time.
+            split = bisect_left(index, len(topics.get(PREDICTIONS, ())))
+            if split:
+                part.clock.observe(PREDICTIONS, max(map(_EVENT_TIME, accepted[:split])))
+            if split < len(accepted):
+                part.clock.observe(OUTCOMES, max(map(_EVENT_TIME, accepted[split:])))
+            targets = join_partitions(map(_REQUEST_ID, accepted), n)
+            for k, ev in enumerate(accepted):
+                rec = own[index[k]]
+                t = PREDICTIONS if k < split else OUTCOMES
+                if targets[k] != i:
+                    await self._reroute(part, rec, t, targets[k], base)
                     self.ingest.accepted -= 1  # counted where it is joined
                     continue
                 events.append(ev)

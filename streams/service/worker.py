@@ -275,13 +275,6 @@ async def read_flags(bootstrap: str | KafkaSettings, topic: str) -> dict[str, Fl
 KEPT_COUNTERS = ("records", "batches", "join_entries_lost", "observations", "observations_lost")
 
 
-def _numbered(observations: Sequence[Observation]) -> list[Observation]:
-    """The observations with ``index`` 0, 1, ... in this order: what ``Engine.decide`` reports
-    as ``Emitted.index``, so that each decision maps back to its observation (the merge numbers
-    its late and its released observations separately)."""
-    return [(obs[0], i, *obs[2:]) for i, obs in enumerate(observations)]
-
-
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -336,7 +329,7 @@ def _decide_contained(
             return engine
         checkpoint = copy.deepcopy(engine)
         try:
-            got = engine.decide(_numbered(observations[lo:hi]))
+            got = engine.decide(observations[lo:hi])
             check_state(engine)
         except Exception as exc:
             if hi - lo == 1:
@@ -1022,7 +1015,7 @@ class Worker:
                     raise EngineFailedError(
                         f"merging an observation batch failed: {describe(exc)}"
                     ) from exc
-            observations = _numbered(late + self._release())
+            observations = late + self._release()
             try:
                 emitted = self.engine.decide(observations)
             except Exception as exc:
@@ -1035,8 +1028,8 @@ class Worker:
         self._batch_done(len(records))
 
     def _release(self) -> list[Observation]:
-        """What every partition's merge releases, partition after partition (numbered by the
-        caller, :func:`_numbered`)."""
+        """What every partition's merge releases, partition after partition (``Engine.decide``
+        numbers them by position)."""
         return [obs for _, merge in sorted(self.merges.items()) for obs in merge.take()]
 
     def _read_batch(self, record: Any) -> Batch:
@@ -1119,7 +1112,7 @@ class Worker:
                 rejected.append(self._reject(m, INTERNAL_ERROR, describe(exc)))
                 continue
             late += merge.add(got)
-        observations = _numbered(late + self._release())
+        observations = late + self._release()
         self.engine, emitted, poisoned = _decide_contained(self.engine, observations)
         for index, detail in poisoned:
             obs = observations[index]

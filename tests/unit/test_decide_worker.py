@@ -17,13 +17,12 @@ from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.merge import TAG_SPAN, Batch, BatchError, encode_batch
-from driftswitch.streams.pipeline.observations import Joiner
+from driftswitch.streams.pipeline.observations import SCORED, Joiner
 from driftswitch.streams.service.snapshot import Snapshot, decode_chunks, encode_chunks
 from driftswitch.streams.service.worker import (
     Worker,
     WorkerSettings,
     _decide_contained,
-    _numbered,
     _observation_problem,
 )
 
@@ -155,17 +154,20 @@ def test_what_is_not_a_batch_is_refused_with_a_reason(value: bytes, detail: str)
         _worker()._read_batch(_record(value))
 
 
-def test_numbering_follows_the_concatenation() -> None:
-    """Late and released observations are numbered apart by the merge: renumbered together,
-    ``Emitted.index`` finds the observation that decided."""
-    late = [(0, 0, "f"), (0, 1, "f")]
-    released = [(1, 0, "g"), (1, 1, "g"), (1, 2, "g")]
-    assert [o[1] for o in _numbered(late + released)] == [0, 1, 2, 3, 4]
-    assert [o[2] for o in _numbered(late + released)] == ["f", "f", "g", "g", "g"]
+def test_a_decision_names_the_position_of_the_observation_that_decided() -> None:
+    """Each observation's own ``index`` is its input's (the merge numbers late and released
+    observations apart): ``Engine.decide`` reports positions in what it was given instead."""
+    # Their own indexes all say 0, as the first of each of many merged batches would.
+    observations = [(o[0], 0, *o[2:]) for o in _observations()]
+    (kill,) = Engine(CONFIG).decide(observations)
+    assert kill.event.cause.action.value == "kill"
+    assert observations[kill.index][0] == SCORED
+    assert not Engine(CONFIG).decide(observations[: kill.index])
+    assert Engine(CONFIG).decide(observations[: kill.index + 1])[0].index == kill.index
 
 
 def test_a_failing_observation_is_left_out_and_the_rest_decided() -> None:
-    observations = _numbered(_observations())
+    observations = _observations()
     clean_engine = Engine(CONFIG)
     clean = clean_engine.decide(observations)
     assert [e.event.cause.action.value for e in clean] == ["kill"]
@@ -175,8 +177,8 @@ def test_a_failing_observation_is_left_out_and_the_rest_decided() -> None:
     poison[9] = "slow"
     broken = [*observations[:10], tuple(poison), *observations[10:]]
     with pytest.raises(ValueError, match="could not convert string to float"):
-        Engine(CONFIG).decide(_numbered(broken))
-    engine, emitted, poisoned = _decide_contained(Engine(CONFIG), _numbered(broken))
+        Engine(CONFIG).decide(broken)
+    engine, emitted, poisoned = _decide_contained(Engine(CONFIG), broken)
     assert [index for index, _ in poisoned] == [10]
     assert poisoned[0][1].startswith("ValueError at ")  # type and place, never the message
     assert [e.event for e in emitted] == [e.event for e in clean]

@@ -119,6 +119,33 @@ def test_records_stamped_beyond_the_clock_skew_are_rejected_as_future_timestamp(
     assert ingest.accepted == 3
 
 
+def test_batches_of_stamped_records_are_checked_event_by_event_in_effect() -> None:
+    """Whether a batch takes the check without a call per event (every record stamped, none
+    late) or not, the events rejected are exactly those stamped beyond their own arrival."""
+    rng = random.Random(7)
+    now, skew = 1_800_000_000.0, 600.0
+    for _ in range(200):
+        records = []
+        for k in range(rng.randrange(1, 20)):
+            arrived = now + rng.choice((-7200.0, -3600.0, -10.0, 0.0, 3600.0))  # some capped
+            ts = min(arrived, now) + skew + rng.choice((-100.0, -1.0, 0.0, 1.0, 5.0))
+            if rng.random() < 0.8:  # most batches: nothing ahead of its arrival
+                ts -= 200.0
+            records.append(Rec(k, _value(ts), int(arrived * 1000)))
+        ingest = Ingest("p", "o")
+        decoded = ingest.decode(records)
+        reject_future(decoded, ingest, skew, now)
+        expected = [
+            r.offset
+            for r, e in zip(records, ingest.decode(records).events, strict=True)
+            if e.ts > min(r.timestamp / 1000.0, now) + skew
+        ]
+        assert sorted(r.source.offset for r in decoded.rejected) == expected
+        assert [records[i].offset for i in decoded.index] == sorted(
+            set(range(len(records))) - set(expected)
+        )
+
+
 def test_arrival_time() -> None:
     assert arrival_time(Rec(0, b"", 1_000_000), 5000.0) == 1000.0
     assert arrival_time(Rec(0, b"", 9_000_000), 5000.0) == 5000.0

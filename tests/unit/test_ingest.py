@@ -74,6 +74,33 @@ def test_good_records_decode_in_order_with_sources() -> None:
     assert ingest.accepted == 2
 
 
+def test_a_batch_decodes_as_its_records_do_one_by_one() -> None:
+    """Runs of one topic are decoded in one call when msgspec reads all of them, else one by
+    one: either way each record gets what it gets alone (event, lax value read by the model,
+    or rejection), in order."""
+    good = [_bytes({**PRED, "request_id": f"r{i}"}) for i in range(5)]
+    values = [
+        *[(PT, v) for v in good],  # a clean run: one call
+        (OT, _bytes(OUT)),
+        (OT, _bytes({**OUT, "ts": "2026-01-01T00:00:00Z"})),  # lax: the model reads it
+        (OT, None),
+        (OT, b"{"),
+        (PT, _bytes({**PRED, "flag": "no spaces"})),  # msgspec reads it; the name fails
+        (PT, good[0]),
+        (OT, _bytes(OUT)),  # a clean run of one
+    ]
+    records = [InputRecord(t, 0, k, b"k", v) for k, (t, v) in enumerate(values)]
+    batch = Ingest(PT, OT).decode(records)
+    alone = [Ingest(PT, OT).decode([r]) for r in records]
+    assert batch.events == [e for d in alone for e in d.events]
+    assert batch.index == [k for k, d in enumerate(alone) if d.events]
+    assert [(r.source.offset, r.reason) for r in batch.rejected] == [
+        (r.source.offset, r.reason) for d in alone for r in d.rejected
+    ]
+    assert [r.reason for r in batch.rejected] == ["null_value", "malformed_json", "schema"]
+    assert len(batch.events) == 9
+
+
 def test_engine_rejections_keep_the_original_bytes() -> None:
     ingest = Ingest(PT, OT)
     raw = _bytes({**PRED, "flag": "nosuch"})

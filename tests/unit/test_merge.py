@@ -28,6 +28,7 @@ from driftswitch.streams.pipeline.merge import (
     offset_of,
 )
 from driftswitch.streams.pipeline.observations import (
+    INTERLEAVED,
     PREDICTED,
     SCORED,
     Decider,
@@ -228,6 +229,35 @@ def test_observations_sort_in_event_time_with_ties_broken_by_request_and_side() 
     assert sorted([a, b, c, d], key=event_order) == [d, b, a, c]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_event_order_sorts_as_time_request_side_then_prediction_first(seed: int) -> None:
+    """``event_order`` (a C key: time, request, side, kind) sorts exactly as the documented
+    order (time, request, side, the prediction before the pair) on what the join sends: per
+    request one prediction and at most one pair, scored or interleaved; shared event times,
+    equal keys (a request sent again) and both sides included."""
+    rng = random.Random(seed)
+    observations: list[tuple[Any, ...]] = []
+
+    def when() -> float:
+        return float(rng.randrange(10)) if seed % 2 else rng.uniform(0.0, 10.0)
+
+    for r in range(rng.randrange(0, 60)):
+        predicted, outcome = when(), when()
+        # The pair at the later time; its side 1 (the outcome) on a tie.
+        side = 1 if outcome >= predicted else 0
+        pair = rng.choice((SCORED, INTERLEAVED))
+        joined = rng.random() < 0.8
+        for _ in range(rng.choice((1, 1, 2))):  # a restarted join partition sends some again
+            n = len(observations)
+            observations.append((PREDICTED, n, "f", "v", predicted, f"r{r}", 0))
+            if joined:
+                ts = max(predicted, outcome)
+                observations.append((pair, n + 1, "f", "v", ts, f"r{r}", side))
+    rng.shuffle(observations)
+    documented = sorted(observations, key=lambda o: (o[4], o[5], o[6], o[0] != PREDICTED))
+    assert sorted(observations, key=event_order) == documented
+
+
 def test_a_late_observation_is_applied_and_counted() -> None:
     merge = Merge(2)
     obs = (PREDICTED, 0, "f", "v", 10.0, "r1", 0, True, False, None, None, None, None, None)
@@ -317,11 +347,16 @@ def test_batches_round_trip_and_anything_else_is_refused(
             decode_batch(bad)
 
 
+@pytest.mark.parametrize("digits", [1, None], ids=["ties", "no-ties"])
 @pytest.mark.parametrize("seed", range(5))
-def test_releases_follow_event_order_then_arrival_whatever_the_overlap(seed: int) -> None:
+def test_releases_follow_event_order_then_arrival_whatever_the_overlap(
+    seed: int, digits: int | None
+) -> None:
     """Batches overlapping each other and a partition's earlier ones, requests repeated within a
     partition (equal keys), releases at random bounds and a state round trip in the middle: what
-    comes out is what a reference sort by (event order, arrival) gives, and nothing else."""
+    comes out is what a reference sort by (event order, arrival) gives, and nothing else. Event
+    times rounded to ``digits`` decimals share values (the merge then sorts by the whole key);
+    unrounded, none do (it sorts by event time alone)."""
     rng = random.Random(seed)
     parts = 3
     merge = Merge(parts, 0.25)
@@ -334,7 +369,7 @@ def test_releases_follow_event_order_then_arrival_whatever_the_overlap(seed: int
         p = rng.randrange(parts)
         batch = []
         for _ in range(rng.randrange(0, 40)):
-            ts = round(clock[p] + rng.uniform(-2.0, 1.0), 1)
+            ts = round(clock[p] + rng.uniform(-2.0, 1.0), digits)
             rid = f"p{p}-r{rng.randrange(5)}"  # few ids per partition: equal keys happen
             kind = rng.choice((PREDICTED, SCORED))
             obs = (kind, 0, "f", "v", ts, rid, rng.randrange(2), arrival, None, None, ((0, 0),))
