@@ -435,6 +435,12 @@ async def worker_throughput(
             if status is not None:
                 polls.append((time.monotonic(), cpu_seconds(worker.proc.pid), status))
                 if done(status, topics, total):
+                    join = status.get("join_stage")
+                    if join is not None and join["observation_records"]:
+                        local = join["observation_records_local"] / join["observation_records"]
+                        print(
+                            f"  observation records the decide stage took from memory: {local:.0%}"
+                        )
                     return steady_rate(polls, topics, total)
             await asyncio.sleep(poll)
         raise RuntimeError(f"worker did not finish: see {log}")

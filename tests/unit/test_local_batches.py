@@ -2,60 +2,45 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-from driftswitch.streams.pipeline.merge import Batch
+from driftswitch.streams.pipeline.merge import Batch, decode_batch, encode_batch
 from driftswitch.streams.service.joinstage import LocalBatches
 
 
-def _batch(source: int) -> Batch:
-    return Batch(source, {0: 1}, 1.0, False, [], "run")
+def _batch(source: int, watermark: float = 1.0) -> Batch:
+    return Batch(source, {0: 1}, watermark, False, [], "run")
 
 
-def test_a_batch_is_taken_once_at_its_position_with_its_bytes() -> None:
+def test_a_batch_is_taken_once_by_its_bytes() -> None:
     local = LocalBatches()
     sent = _batch(2)
-    local.add(0, 7, b"value", sent)
-    assert local.take(0, 8, b"value") is None  # another position
-    assert local.take(1, 7, b"value") is None  # another partition
-    assert local.take(0, 7, b"other") is None  # someone else's record there: decode it
-    assert local.take(0, 7, b"value") is sent
-    assert local.take(0, 7, b"value") is None  # once
+    value = encode_batch(sent)
+    local.add(value, sent)
+    assert local.take(encode_batch(_batch(2, 2.0))) is None  # another batch: decode it
+    assert local.take(None) is None  # a tombstone
+    assert local.take(bytes(value)) is sent  # the same bytes, read back from the broker
+    assert local.take(value) is None  # once
     assert local.taken == 1
     assert len(local) == 0
 
 
+def test_what_is_taken_is_what_decoding_the_bytes_gives() -> None:
+    sent = _batch(3)
+    local = LocalBatches()
+    local.add(encode_batch(sent), sent)
+    assert decode_batch(encode_batch(sent)) == local.take(encode_batch(sent))
+
+
 def test_batches_not_taken_are_dropped_oldest_first_beyond_the_limit() -> None:
     local = LocalBatches(limit=10)
-    for offset in range(5):
-        local.add(0, offset, b"abcd", _batch(0))  # 4 bytes each: two fit
+    values = [bytes([65 + i]) * 4 for i in range(5)]  # 4 bytes each: two fit
+    for v in values:
+        local.add(v, _batch(0))
     assert len(local) == 2
-    assert local.take(0, 2, b"abcd") is None
-    assert local.take(0, 3, b"abcd") is not None
-    assert local.take(0, 4, b"abcd") is not None
-
-
-class _Meta:
-    def __init__(self, partition: int, offset: int) -> None:
-        self.partition, self.offset = partition, offset
-
-
-def test_only_an_acknowledged_send_is_kept() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        local = LocalBatches()
-        ok: asyncio.Future[Any] = loop.create_future()
-        ok.set_result(_Meta(3, 42))
-        failed: asyncio.Future[Any] = loop.create_future()
-        failed.set_exception(RuntimeError("broker down"))
-        cancelled: asyncio.Future[Any] = loop.create_future()
-        cancelled.cancel()
-        sent = _batch(1)
-        local.sent(b"v", sent, ok)
-        local.sent(b"w", _batch(1), failed)
-        local.sent(b"x", _batch(1), cancelled)
-        assert len(local) == 1
-        assert local.take(3, 42, b"v") is sent
-    finally:
-        loop.close()
+    assert local.take(values[2]) is None
+    assert local.take(values[3]) is not None
+    assert local.take(values[4]) is not None
+    local.add(values[0], _batch(0))
+    local.add(values[0], _batch(0))  # the same bytes again: counted once
+    assert len(local) == 1
+    local.add(values[1], _batch(0))
+    assert len(local) == 2  # 8 bytes: both fit
