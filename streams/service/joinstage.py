@@ -195,53 +195,91 @@ PREDICTIONS, OUTCOMES, REROUTED = 0, 1, 2
 
 #: Bytes of observation records :class:`LocalBatches` holds at most.
 LOCAL_BATCH_BYTES = 16 * 1024 * 1024
+#: Seconds without a :meth:`LocalBatches.take` after which the decide stage counts as not
+#: reading (a standby): the join stage no longer waits for it.
+LOCAL_READER_IDLE = 1.0
+#: Longest wait of one turn of the join stage for the decide stage (:attr:`LocalBatches.behind`).
+LOCAL_WAIT_MAX = 1.0
 
 
 class LocalBatches:
     """The observation batches this process's join stage sent, for a decide stage in the same
-    process (``--stage all``): it takes a record it reads from here, by its bytes, instead of
-    decoding and validating the same bytes again.
+    process (``--stage all``): it takes a record it reads from here, by its partition and bytes,
+    instead of decoding and validating the same bytes again.
 
     An entry is added when the record is sent and taken when the decide stage reads a record
-    with *the same bytes*: the bytes encode the whole batch (source, run, read positions,
-    watermark, observations), so decoding them gives this batch back, whoever wrote them and
-    wherever they landed, and taking it changes nothing but the cost. Keyed by position on the
-    acknowledgement instead, as before, about 6 % of the records of a backlog were read before
-    their acknowledgement was handled, and were decoded. Entries not taken (a standby
-    decide stage, a send that failed) are dropped oldest first beyond :data:`LOCAL_BATCH_BYTES`.
+    with *the same bytes* in that partition: the bytes encode the whole batch (source, run, read
+    positions, watermark, observations), so decoding them gives this batch back, whoever wrote
+    them, and taking it changes nothing but the cost. (The partition is part of the key because
+    a batch with nothing for several partitions sends each of them the same bytes: its read
+    positions and watermark.) Keyed by the acknowledged offset instead, as before, about 6 % of
+    the records of a backlog were read before their acknowledgement was handled, and were
+    decoded. Entries not taken (a standby decide stage, a send that failed) are dropped oldest
+    first beyond :data:`LOCAL_BATCH_BYTES`.
+
+    :attr:`behind` is the join stage's back-pressure: reading a backlog, the join stage (one
+    task of the process) outran the decide stage (another) until its batches were dropped here,
+    and decoding them made the decide stage slower still (up to half of the records were
+    decoded). So the join stage reads on only while the decide stage keeps up, that is while
+    less than half of :attr:`limit` waits here, or while the decide stage takes nothing (a
+    standby: it took nothing for :data:`LOCAL_READER_IDLE` seconds).
     """
 
-    __slots__ = ("_entries", "_size", "limit", "taken")
+    __slots__ = ("_entries", "_last_take", "_room", "_size", "limit", "taken")
 
     def __init__(self, limit: int = LOCAL_BATCH_BYTES) -> None:
-        self._entries: dict[bytes, Batch] = {}
+        self._entries: dict[tuple[int, bytes], Batch] = {}
         self._size = 0
         self.limit = limit
         #: Records taken from here instead of decoded.
         self.taken = 0
+        self._last_take = -math.inf
+        #: Set while less than half of :attr:`limit` waits here.
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @property
+    def behind(self) -> bool:
+        """Whether the decide stage, taking batches, has half of :attr:`limit` or more to take."""
+        reading = time.monotonic() - self._last_take < LOCAL_READER_IDLE
+        return reading and not self._room.is_set()
+
+    async def caught_up(self) -> None:
+        """Wait until less than half of :attr:`limit` waits here."""
+        await self._room.wait()
+
+    def _sized(self) -> None:
+        if self._size * 2 >= self.limit:
+            self._room.clear()
+        else:
+            self._room.set()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, value: bytes, batch: Batch) -> None:
-        """Keep ``batch``, sent as ``value``."""
+    def add(self, partition: int, value: bytes, batch: Batch) -> None:
+        """Keep ``batch``, sent as ``value`` to ``partition``."""
         entries = self._entries
-        if value not in entries:
+        key = (partition, value)
+        if key not in entries:
             self._size += len(value)
-        entries[value] = batch
+        entries[key] = batch
         while self._size > self.limit and entries:
             old = next(iter(entries))
             del entries[old]
-            self._size -= len(old)
+            self._size -= len(old[1])
+        self._sized()
 
-    def take(self, value: bytes | None) -> Batch | None:
-        """The batch sent as ``value``, once; None if not here."""
+    def take(self, partition: int, value: bytes | None) -> Batch | None:
+        """The batch sent as ``value`` to ``partition``, once; None if not here."""
         if value is None:
             return None
-        batch = self._entries.pop(value, None)
+        self._last_take = time.monotonic()
+        batch = self._entries.pop((partition, value), None)
         if batch is None:
             return None
         self._size -= len(value)
+        self._sized()
         self.taken += 1
         return batch
 
@@ -542,6 +580,7 @@ class JoinStage:
         rebalanced = asyncio.ensure_future(self._rebalanced.wait())
         try:
             while not self.stop.is_set():
+                await self._wait_for_decide()
                 quiet = self._quiet()
                 fetch = asyncio.ensure_future(
                     self._member.getmany(
@@ -583,6 +622,15 @@ class JoinStage:
         finally:
             stop_wait.cancel()
             rebalanced.cancel()
+
+    async def _wait_for_decide(self) -> None:
+        """With a decide stage in this process that has fallen behind (:attr:`LocalBatches.
+        behind`), wait until it has caught up, at most :data:`LOCAL_WAIT_MAX` seconds."""
+        local = self.local
+        if local is not None and local.behind:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOCAL_WAIT_MAX):
+                    await local.caught_up()
 
     def _quiet(self) -> bool:
         """Whether nothing is left to do until records arrive (module doc: Idle): every owned
@@ -1288,7 +1336,7 @@ class JoinStage:
         local = self.local
         for q, value, batch in records:
             if local is not None:
-                local.add(value, batch)
+                local.add(q, value, batch)
             delivery = await self._producer.send(
                 self.topics.observations.name, value, key=key, partition=q
             )

@@ -1041,7 +1041,7 @@ class Worker:
         (:class:`~driftswitch.streams.service.joinstage.LocalBatches`), already checked."""
         local = self.join_stage.local if self.join_stage is not None else None
         if local is not None:
-            sent = local.take(record.value)
+            sent = local.take(record.partition, record.value)
             if sent is not None:
                 source = sent.source
                 base = record.offset * TAG_SPAN
