@@ -41,7 +41,9 @@ it is active (py-spy, from the ``dev`` extra).
    worker's mean records per batch, its snapshots and its largest lag (acknowledged minus
    processed records, sampled every second; ``--show-lag`` prints every sample).
    ``--worker-arg`` passes options to ``driftswitch run`` (throughput and reaction runs), e.g.
-   ``--worker-arg=--snapshot-interval=60``. ``--bare-follower`` adds a control: a bare aiokafka
+   ``--worker-arg=--snapshot-interval=60``; ``--allowed-lateness`` sets the worker's
+   ``join.allowed_lateness`` (default 0.5 s: a decision waits until every join partition has
+   read events that much later, the floor of every reaction time). ``--bare-follower`` adds a control: a bare aiokafka
    consumer (the join stage's fetch wait) follows the same input, and its ack → consumed delay
    is printed for every record and for the kills' deciding records: what the broker alone takes
    to hand the same records to a consumer, beside the worker's reaction.
@@ -862,9 +864,16 @@ async def main() -> None:
         "of input",
     )
     parser.add_argument("--search-steps", type=int, default=3, help="bisections once a rate fails")
+    parser.add_argument(
+        "--allowed-lateness",
+        help="the worker's join.allowed_lateness (default: the config's default, 0.5 s), e.g. "
+        "250ms: how long a decision waits for every join partition to pass its event time",
+    )
     args = parser.parse_args()
 
     config_text, records = make_events(args.flags, args.requests)
+    if args.allowed_lateness:
+        config_text += f"join:\n  allowed_lateness: {args.allowed_lateness}\n"
     tmp = Path(tempfile.mkdtemp(prefix="driftswitch-bench-"))
     config = tmp / "config.yaml"
     config.write_text(config_text)
