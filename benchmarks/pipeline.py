@@ -43,10 +43,11 @@ it is active (py-spy, from the ``dev`` extra).
    ``--worker-arg`` passes options to ``driftswitch run`` (throughput and reaction runs), e.g.
    ``--worker-arg=--snapshot-interval=60``; ``--allowed-lateness`` sets the worker's
    ``join.allowed_lateness`` (default 0.5 s: a decision waits until every join partition has
-   read events that much later, the floor of every reaction time). ``--bare-follower`` adds a control: a bare aiokafka
-   consumer (the join stage's fetch wait) follows the same input, and its ack → consumed delay
-   is printed for every record and for the kills' deciding records: what the broker alone takes
-   to hand the same records to a consumer, beside the worker's reaction.
+   read events that much later, the floor of every reaction time). ``--bare-follower`` adds a
+   control: a bare aiokafka consumer (the join stage's fetch wait) follows the same input, and
+   its ack → consumed delay is printed for every record and for the kills' deciding records:
+   what the broker alone takes to hand the same records to a consumer, beside the worker's
+   reaction.
 
 5. **The highest sustained live rate** (``--search``): what "the maximum" of the reaction runs
    should be. The flood rate of step 3 is not it: it includes the wait for the last records'
