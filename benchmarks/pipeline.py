@@ -50,9 +50,9 @@ it is active (py-spy, from the ``dev`` extra).
    reaction.
 
 5. **The highest sustained live rate** (``--search``): what "the maximum" of the reaction runs
-   should be. The flood rate of step 3 is not it: it includes the wait for the last records'
-   watermarks at the end, and a live worker reads small batches. :func:`search` runs reaction
-   runs of ``--seconds`` (15 s) each, from the flood rate (or ``--peak``) doubling until
+   should be. The backlog rate of step 3 is not it: a live worker reads small batches and
+   shares the 2 cores with the benchmark's producer as well as the broker. :func:`search` runs
+   reaction runs of ``--seconds`` (15 s) each, from the backlog rate (or ``--peak``) doubling until
    one is not sustained, then ``--search-steps`` (3) bisections. A run is sustained when the
    worker's lag never exceeded ``--lag-limit`` (1 s) of input: above the worker's capacity the
    lag grows by the excess rate for as long as the run lasts. The reaction runs at
