@@ -34,7 +34,9 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, cast
+from itertools import groupby
+from operator import attrgetter
+from typing import NamedTuple, Protocol
 
 from driftswitch.streams.contract.errors import EventError
 from driftswitch.streams.contract.events import (
@@ -61,6 +63,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_TOPIC = attrgetter("topic")
+_VALUE = attrgetter("value")
 
 HEADER_REASON = "driftswitch.reason"
 HEADER_DETAIL = "driftswitch.detail"
@@ -172,25 +177,21 @@ class Ingest:
         rejected: list[Rejected] = []
         append, mark = events.append, index.append
         predictions = self.predictions_topic
-        start = 0
-        while start < len(records):
-            # A run of records of one topic: decoded in one call when every one of them is a
-            # valid event msgspec reads (the usual case), else one by one.
-            topic = records[start].topic
-            end = start + 1
-            while end < len(records) and records[end].topic == topic:
-                end += 1
+        end = 0
+        # Runs of records of one topic (found without a Python step per record): each decoded
+        # in one call when every one of them is a valid event msgspec reads (the usual case),
+        # else one by one.
+        for topic, group in groupby(records, _TOPIC):
+            run = list(group)
+            start, end = end, end + len(run)
             on_predictions = topic == predictions
-            run = [rec.value for rec in records[start:end]]
-            got = None if None in run else decode_values(cast(list[bytes], run), on_predictions)
+            values = list(map(_VALUE, run))
+            got = None if None in values else decode_values(values, on_predictions)
             if got is not None:
                 events += got
                 index += range(start, end)
-                start = end
                 continue
-            for i in range(start, end):
-                rec = records[i]
-                value = rec.value
+            for i, rec, value in zip(range(start, end), run, values, strict=True):
                 if value is None:  # a tombstone: nothing to decode
                     null = EventError("null_value", "")
                     rejected.append(self._rejected(rec, null, on_predictions))
@@ -201,7 +202,6 @@ class Ingest:
                     rejected.append(self._rejected(rec, err, on_predictions))
                 else:
                     mark(i)
-            start = end
         self.accepted += len(events)
         return Decoded(events, index, records, rejected)
 
