@@ -579,6 +579,8 @@ class Reaction:
     #: Records per ``getmany`` batch, mean over the run.
     batch: float
     snapshots: int
+    #: Observations the decide stage applied late (after its release had passed them).
+    late: int
     #: The input's produce → broker acknowledgement latency, per record (seconds).
     input_acks: list[float]
     #: With a bare follower (``--bare-follower``): each input record's ack → consumed delay for
@@ -689,6 +691,7 @@ async def reaction(
         # observation records: no input records per batch to report.
         status.get("records", 0) / batches if "join_stage" not in status else math.nan,
         status.get("snapshots_written", 0),
+        status.get("merge", {}).get("late", 0),
         latencies,
         [consumed[k] - at for k, at in acks.items() if k in consumed],
         bare_at_kills,
@@ -1037,7 +1040,8 @@ async def main() -> None:
                 head = (
                     f"reaction at {share:.0%} of {peak:,.0f} events/s ({run.offered:,.0f} offered; "
                     f"worker: {run.batch:,.0f} records/batch, {run.snapshots} snapshots, max lag "
-                    f"{run.max_lag:,}, growing {lag_growth(run.lags, share * peak):+.3f} s/s)"
+                    f"{run.max_lag:,}, growing {lag_growth(run.lags, share * peak):+.3f} s/s, "
+                    f"{run.late:,} observations late)"
                 )
                 if not run.delays:
                     print(f"{head}: no kill observed")

@@ -26,7 +26,17 @@ bench = _benchmark()
 
 
 def _run(lags: list[tuple[float, int]], offered: float) -> object:
-    return bench.Reaction([], [], offered, max(lag for _, lag in lags), lags, 0.0, 0, [])
+    return bench.Reaction(
+        delays=[],
+        in_worker=[],
+        offered=offered,
+        max_lag=max(lag for _, lag in lags),
+        lags=lags,
+        batch=0.0,
+        snapshots=0,
+        late=0,
+        input_acks=[],
+    )
 
 
 def test_growth_is_the_lag_slope_in_seconds_of_input_after_the_warm_up() -> None:
