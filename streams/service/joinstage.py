@@ -186,7 +186,7 @@ BATCH_OBSERVATIONS = 2000
 #: ``max_batch_size``, 16 KiB by default). A record that does not fit its partition's open batch
 #: waits in ``send`` until the batch is sent, and aiokafka sends one request per broker at a time:
 #: at 16 KiB nearly every observation record waited for the previous request's answer, and at
-#: 33,700 events/s live the join loop spent 2.3 s of every 5 s in ``send`` (0.02 s at 512 KiB).
+#: 33,700 events/s live the join loop spent 1.9-2.3 s of every 5 s in ``send`` (0.02 s at 512 KiB).
 #: A full record of :data:`BATCH_OBSERVATIONS` fits, well under Kafka's default 1 MiB limit.
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: A partition's checkpoint waits until the CPU time spent on its input since the last one is this
