@@ -39,7 +39,10 @@ it is active (py-spy, from the ``dev`` extra).
    sent the change (its create time, stamped by the worker's producer) is printed too, and the
    input's produce → broker acknowledgement latency (librdkafka's per-record figure), with the
    worker's mean records per batch, its snapshots and its largest lag (acknowledged minus
-   processed records, sampled every second; ``--show-lag`` prints every sample).
+   processed records, sampled every second; ``--show-lag`` prints every sample), the lag's
+   growth (:func:`lag_growth`), the observations the decide stage applied late, and the CPU
+   that the broker, the worker and this process (the producer and the followers) used while
+   the records were produced, in cores (:func:`cores`).
    ``--worker-arg`` passes options to ``driftswitch run`` (throughput and reaction runs), e.g.
    ``--worker-arg=--snapshot-interval=60``; ``--allowed-lateness`` sets the worker's
    ``join.allowed_lateness`` (default 0.5 s: a decision waits until every join partition has
@@ -581,6 +584,9 @@ class Reaction:
     snapshots: int
     #: Observations the decide stage applied late (after its release had passed them).
     late: int
+    #: CPU used while the records were produced, in cores (CPU-seconds per second), per process:
+    #: ``broker``, ``worker`` and ``benchmark`` (this process: the producer and the followers).
+    cpu: dict[str, float]
     #: The input's produce → broker acknowledgement latency, per record (seconds).
     input_acks: list[float]
     #: With a bare follower (``--bare-follower``): each input record's ack → consumed delay for
@@ -601,6 +607,7 @@ async def reaction(
     show_lag: bool = False,
     spy: Path | None = None,
     bare_follower: bool = False,
+    broker_pid: int | None = None,
 ) -> Reaction:
     worker = WorkerProcess(
         bootstrap,
@@ -632,6 +639,8 @@ async def reaction(
         tailing = asyncio.ensure_future(follow_input(bootstrap, topics, 100, consumed))
     max_lag = 0
     lags: list[tuple[float, int]] = []
+    #: (wall time, CPU-seconds per process) at each sample once the records are due.
+    used: list[tuple[float, dict[str, float]]] = []
     sampler = None
     try:
         await wait_status(worker, lambda s: ready(s, topics.predictions.partitions))
@@ -652,6 +661,11 @@ async def reaction(
                 lag = len(acked) - processed(status, topics)
                 max_lag = max(max_lag, lag)
                 lags.append((time.time() - start, lag))
+            if time.time() >= start:
+                pids = {"worker": worker.proc.pid, "benchmark": os.getpid()}
+                if broker_pid is not None:
+                    pids["broker"] = broker_pid
+                used.append((time.time(), {k: cpu_seconds(pid) for k, pid in pids.items()}))
                 if show_lag:
                     print(f"    lag {lag:,} ({len(acked):,} acked)")
         acks, offered = producing.result()
@@ -692,6 +706,7 @@ async def reaction(
         status.get("records", 0) / batches if "join_stage" not in status else math.nan,
         status.get("snapshots_written", 0),
         status.get("merge", {}).get("late", 0),
+        cores(used),
         latencies,
         [consumed[k] - at for k, at in acks.items() if k in consumed],
         bare_at_kills,
@@ -703,7 +718,16 @@ async def live_reaction(topics: Topics, *args: Any) -> Reaction:
     started for this run alone (module doc)."""
     async with EmbeddedBroker() as fresh:
         await ensure_topics(fresh.bootstrap, topics)
-        return await reaction(fresh.bootstrap, topics, *args)
+        return await reaction(fresh.bootstrap, topics, *args, broker_pid=fresh.pid)
+
+
+def cores(used: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Per process, the CPU-seconds per second between the first and the last of ``used``
+    (``(wall time, CPU-seconds per process)``); empty with fewer than two samples."""
+    if len(used) < 2:
+        return {}
+    (t0, first), (t1, last) = used[0], used[-1]
+    return {k: (last[k] - first[k]) / (t1 - t0) for k in first if t1 > t0}
 
 
 #: The first seconds of a live run's lag samples that :func:`lag_growth` leaves out: the worker's
@@ -1041,7 +1065,8 @@ async def main() -> None:
                     f"reaction at {share:.0%} of {peak:,.0f} events/s ({run.offered:,.0f} offered; "
                     f"worker: {run.batch:,.0f} records/batch, {run.snapshots} snapshots, max lag "
                     f"{run.max_lag:,}, growing {lag_growth(run.lags, share * peak):+.3f} s/s, "
-                    f"{run.late:,} observations late)"
+                    f"{run.late:,} observations late; CPU in cores: "
+                    f"{', '.join(f'{k} {v:.2f}' for k, v in sorted(run.cpu.items()))})"
                 )
                 if not run.delays:
                     print(f"{head}: no kill observed")

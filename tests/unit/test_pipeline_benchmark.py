@@ -35,6 +35,7 @@ def _run(lags: list[tuple[float, int]], offered: float) -> object:
         batch=0.0,
         snapshots=0,
         late=0,
+        cpu={},
         input_acks=[],
     )
 
