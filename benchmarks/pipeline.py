@@ -661,13 +661,13 @@ async def reaction(
                 lag = len(acked) - processed(status, topics)
                 max_lag = max(max_lag, lag)
                 lags.append((time.time() - start, lag))
+                if show_lag:
+                    print(f"    lag {lag:,} ({len(acked):,} acked)")
             if time.time() >= start:
                 pids = {"worker": worker.proc.pid, "benchmark": os.getpid()}
                 if broker_pid is not None:
                     pids["broker"] = broker_pid
                 used.append((time.time(), {k: cpu_seconds(pid) for k, pid in pids.items()}))
-                if show_lag:
-                    print(f"    lag {lag:,} ({len(acked):,} acked)")
         acks, offered = producing.result()
         await wait_status(worker, lambda s: done(s, topics, len(records)), every=0.5)
         await asyncio.sleep(0.5)
@@ -724,10 +724,10 @@ async def live_reaction(topics: Topics, *args: Any) -> Reaction:
 def cores(used: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
     """Per process, the CPU-seconds per second between the first and the last of ``used``
     (``(wall time, CPU-seconds per process)``); empty with fewer than two samples."""
-    if len(used) < 2:
+    if len(used) < 2 or used[-1][0] <= used[0][0]:
         return {}
     (t0, first), (t1, last) = used[0], used[-1]
-    return {k: (last[k] - first[k]) / (t1 - t0) for k in first if t1 > t0}
+    return {k: (last[k] - first[k]) / (t1 - t0) for k in first}
 
 
 #: The first seconds of a live run's lag samples that :func:`lag_growth` leaves out: the worker's
