@@ -449,9 +449,12 @@ async def worker_throughput(
                 if done(status, topics, total):
                     join = status.get("join_stage")
                     if join is not None and join["observation_records"]:
-                        local = join["observation_records_local"] / join["observation_records"]
+                        sent = join["observation_records"]
+                        local = join["observation_records_local"] / sent
+                        acked = join.get("observation_records_acked", 0) / sent
                         print(
                             f"  observation records the decide stage took from memory: {local:.0%}"
+                            f" ({acked:.0%} on their acknowledgement)"
                         )
                     return steady_rate(polls, topics, total)
             await asyncio.sleep(poll)

@@ -101,7 +101,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -165,7 +165,7 @@ from driftswitch.streams.service.snapshot import (
 if TYPE_CHECKING:
     from driftswitch.streams.contract.flagd import FlagdFile
     from driftswitch.streams.service.hooks import FailedDelivery, Hook, HookDispatcher
-    from driftswitch.streams.service.joinstage import JoinStage
+    from driftswitch.streams.service.joinstage import JoinStage, LocalBatches
     from driftswitch.streams.service.metrics import Metrics
 
 __all__ = [
@@ -190,6 +190,23 @@ STAGES = ("single", "decide")
 BAD_OBSERVATION_BATCH = "bad_observation_batch"
 #: Observation kinds a decide worker accepts (the first element of each observation).
 _KINDS = frozenset((PREDICTED, SCORED, INTERLEAVED))
+
+
+#: Observation records taken on acknowledgement that a fetch has not brought yet, kept at most
+#: (:meth:`Worker._take_acknowledged`; beyond it the oldest go unchecked).
+_TAKEN_ACKED_MAX = 10_000
+
+
+class _Acknowledged(NamedTuple):
+    """An observations-topic record this process's join stage sent, taken on the broker's
+    acknowledgement (:class:`~driftswitch.streams.service.joinstage.LocalBatches`): what the
+    decide stage reads of a consumer record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
 
 
 def state_topic(topics: Topics) -> TopicSpec:
@@ -448,6 +465,11 @@ class Worker:
         #: The join stage running in this process (``driftswitch run --stage all``), whose
         #: status and metrics this worker's HTTP API shows too.
         self.join_stage: JoinStage | None = None
+        #: Observation records taken on their acknowledgement that no fetch has brought yet:
+        #: ``(partition, offset) → value``, compared with the record the fetch brings.
+        self._taken_acked: dict[tuple[int, int], bytes] = {}
+        #: False once a fetched record was not the one acknowledged at its offset.
+        self._take_acked = True
         #: Held while the engine changes (a batch, a command, a reload): one change at a time.
         self._engine_lock = asyncio.Lock()
 
@@ -876,28 +898,42 @@ class Worker:
         s = self.settings
         last_snapshot = time.monotonic()
         stop_wait = asyncio.ensure_future(self.stop.wait())
+        # With the join stage in this process, its records are also taken on acknowledgement.
+        local = self.join_stage.local if self.join_stage is not None and self.deciding else None
+        fetch: asyncio.Future[Any] | None = None
         try:
             while not self.stop.is_set():
                 if not self._lease_held.is_set():
                     await self._wait_for_lease(stop_wait)
                     continue
-                fetch = asyncio.ensure_future(
-                    self._consumer.getmany(timeout_ms=s.poll_ms, max_records=s.max_records)
-                )
-                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not fetch.done():
-                    fetch.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await fetch
+                if fetch is None:
+                    fetch = asyncio.ensure_future(
+                        self._consumer.getmany(timeout_ms=s.poll_ms, max_records=s.max_records)
+                    )
+                waits = {fetch, stop_wait}
+                arrived = None
+                if local is not None and self._take_acked:
+                    arrived = asyncio.ensure_future(local.arrived.wait())
+                    waits.add(arrived)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if arrived is not None:
+                    arrived.cancel()
+                if self.stop.is_set() and not fetch.done():
                     break
-                batch = fetch.result()
-                if not batch:
-                    await self._check_input(wait=False)
+                batch: dict[Any, list[Any]] = {}
+                if fetch.done():
+                    batch = fetch.result()
+                    fetch = None
+                    if not batch:
+                        await self._check_input(wait=False)
                 try:
                     self._writing.check()
-                    if batch:
+                    if batch or local is not None:
                         async with self._engine_lock:
-                            await self._process(batch)
+                            if local is not None:
+                                self._take_acknowledged(batch, local)
+                            if batch:
+                                await self._process(batch)
                     now = time.monotonic()
                     interval = snapshot_interval(s.snapshot_interval, self._snapshot_cost)
                     if self._dirty and now - last_snapshot >= interval:
@@ -910,6 +946,64 @@ class Worker:
                     break
         finally:
             stop_wait.cancel()
+            if fetch is not None and not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetch
+
+    def _take_acknowledged(self, batch: dict[Any, list[Any]], local: LocalBatches) -> None:
+        """Complete a fetched ``batch`` (maybe empty) with the observation records this
+        process's join stage sent whose turn it is, taken on their acknowledgement
+        (:class:`~driftswitch.streams.service.joinstage.LocalBatches`), and drop from it the
+        fetched records taken that way before.
+
+        The record the broker acknowledged at the offset this stage reads next in a partition
+        is the next record there, so taking it is the same as reading it. A fetched record taken
+        before must be the one acknowledged at its offset; one that is not means the broker's
+        acknowledgements cannot be trusted: records are no longer taken on acknowledgement, and
+        the failure (:class:`EngineFailedError`) replays from the last snapshot."""
+        topic = self.observations.name
+        positions = self.offsets.get(topic, {})
+        taken = self._taken_acked
+        for tp in [t for t in batch if t.topic == topic]:
+            start = positions.get(tp.partition)
+            msgs = batch[tp]
+            if start is None or msgs[0].offset >= start:
+                continue
+            for m in msgs:
+                if m.offset >= start:
+                    break
+                sent = taken.pop((tp.partition, m.offset), None)
+                if sent is not None and sent != m.value:
+                    self._take_acked = False
+                    raise EngineFailedError(
+                        f"the record at {topic}/{tp.partition}/{m.offset} is not the one the "
+                        "broker acknowledged there: no longer taking the join stage's records "
+                        "on acknowledgement"
+                    )
+            kept = [m for m in msgs if m.offset >= start]
+            if kept:
+                batch[tp] = kept
+            else:
+                del batch[tp]
+        local.arrived.clear()
+        if not self._take_acked:
+            return
+        for p in range(self.observations.partitions):
+            start = positions.get(p)
+            if start is None:
+                continue
+            tp = kafka.topic_partition(topic, p)
+            read = batch.get(tp, [])
+            got = local.acknowledged(p, read[-1].offset + 1 if read else start)
+            if not got:
+                continue
+            records = [_Acknowledged(topic, p, offset, key, value) for offset, key, value in got]
+            for r in records:
+                taken[(p, r.offset)] = r.value
+            batch[tp] = [*read, *records]
+        while len(taken) > _TAKEN_ACKED_MAX:
+            del taken[next(iter(taken))]
 
     async def _wait_for_lease(self, stop_wait: asyncio.Future[Any]) -> None:
         """During a rebalance of the lease group: publish nothing until it is settled."""
@@ -947,10 +1041,12 @@ class Worker:
         self.ingest.reject_events(
             decoded, [(r.index, r.reason, r.detail) for r in result.rejections]
         )
+        outputs = []
         for emitted in result.outputs:
             source = decoded.source(emitted.index)
             where = f"{source.topic}/{source.partition}/{source.offset}"
-            await self._publish_output(emitted, where, decoded.events[emitted.index].ts)
+            outputs.append((emitted, where, decoded.events[emitted.index].ts))
+        await self._publish_outputs(outputs)
         await self._deadletter(decoded)
         self._batch_done(len(records))
 
@@ -962,22 +1058,45 @@ class Worker:
         if self.metrics is not None:
             self.metrics.record_batch()
 
-    async def _publish_output(self, emitted: Emitted, where: str, event_ts: float) -> None:
-        """Publish a flag change, or log and announce an alert, decided by the input at
-        ``where`` (``topic/partition/offset``) of event time ``event_ts``."""
-        if isinstance(emitted.event, FlagChangeEvent):
-            await self._publish_flag(emitted.event, where, event_ts)
+    async def _publish_outputs(self, outputs: Sequence[tuple[Emitted, str, float]]) -> None:
+        """Publish one batch's decisions, in order: each a flag change to publish or an alert to
+        log and announce, with ``where`` (``topic/partition/offset``) and the event time of the
+        input that decided it.
+
+        One fence covers them all (:meth:`_fence`), the flag changes are sent together and
+        acknowledged together, and then each is recorded, logged and announced in turn. A
+        change of the same flag sent later in the batch follows the earlier one on its
+        partition. Published one at a time, each change waited for the fence and the
+        acknowledgement of every change before it in its batch: on the embedded broker under
+        load, three kills decided by one batch took 170, 33 and 45 ms in turn, so the third
+        went out 250 ms after the first was decided instead of with it."""
+        if not outputs:
             return
         await self._fence()
-        self.alerts.append(emitted.event)
+        sends = []
+        for emitted, where, _ in outputs:
+            event = emitted.event
+            change = event if isinstance(event, FlagChangeEvent) else None
+            sends.append(await self._send_flag(change, where) if change is not None else None)
+        await asyncio.gather(*(delivery for _, delivery in filter(None, sends)))
+        await self._write_flagd(*(event for event, _ in filter(None, sends)))
+        for (emitted, where, event_ts), sent in zip(outputs, sends, strict=True):
+            if isinstance(emitted.event, AlertEvent):
+                self._alerted(emitted.event, where, event_ts)
+            elif sent is not None:
+                self._flag_published(sent[0], event_ts)
+
+    def _alerted(self, event: AlertEvent, where: str, event_ts: float) -> None:
+        """Keep, log and announce an alert decided by the input at ``where`` (fenced)."""
+        self.alerts.append(event)
         del self.alerts[:-100]
         log.warning(
             "alert (no flag change) from %s: %s",
             where,
-            encode(emitted.event),
-            extra=decision_context(emitted.event),
+            encode(event),
+            extra=decision_context(event),
         )
-        self._announce(emitted.event, event_ts)
+        self._announce(event, event_ts)
 
     # -- the decide stage --------------------------------------------------------------------
 
@@ -996,7 +1115,11 @@ class Worker:
             msgs = batch[tp]
             records += msgs
             self.offsets.setdefault(tp.topic, {})[tp.partition] = msgs[-1].offset + 1
-            self.marks.setdefault(tp.topic, {})[tp.partition] = mark_of(msgs[-1])
+            # The mark is the last record fetched (one taken on acknowledgement has no timestamp
+            # here); an older one identifies the partition's data as well.
+            fetched = next((m for m in reversed(msgs) if not isinstance(m, _Acknowledged)), None)
+            if fetched is not None:
+                self.marks.setdefault(tp.topic, {})[tp.partition] = mark_of(fetched)
         rejected: list[Rejected] = []
         if self._suspects.covers(records):
             emitted, observations = self._decide_isolating(records, rejected)
@@ -1020,9 +1143,9 @@ class Worker:
                 emitted = self.engine.decide(observations)
             except Exception as exc:
                 raise EngineFailedError(f"deciding failed: {describe(exc)}") from exc
-        for e in emitted:
-            obs = observations[e.index]
-            await self._publish_output(e, self._where(obs), obs[4])
+        await self._publish_outputs(
+            [(e, self._where(observations[e.index]), observations[e.index][4]) for e in emitted]
+        )
         await self._send_deadletters(rejected)
         self.counters["observations"] += len(observations)
         self._batch_done(len(records))
@@ -1282,6 +1405,18 @@ class Worker:
         ``event_ts`` is the time of the input event that decided it (for the latency metric).
         """
         await self._fence()
+        sent = await self._send_flag(event, source)
+        if sent is not None:
+            event, delivery = sent
+            await delivery
+            await self._write_flagd(event)
+            self._flag_published(event, event_ts)
+
+    async def _send_flag(
+        self, event: FlagChangeEvent, source: str | None
+    ) -> tuple[FlagChangeEvent, asyncio.Future[Any]] | None:
+        """Send a flag change (fenced by the caller) unless the flags topic already has this
+        version or a newer one: the change as sent, and its delivery; None if not sent."""
         have = self.flags.get(event.flag)
         if event.cause.action is Action.INIT and event.ts == 0.0:
             # The engine's version 1 has no event time (it precedes every event, and backtest
@@ -1294,14 +1429,17 @@ class Worker:
                 event.version,
                 extra=decision_context(event),
             )
-            return
+            return None
         headers = [(HEADER_SOURCE, source.encode())] if source else None
-        await self._producer.send_and_wait(
+        delivery = await self._producer.send(
             self.topics.flags.name, encode(event), key=event.flag.encode(), headers=headers
         )
+        return event, delivery
+
+    def _flag_published(self, event: FlagChangeEvent, event_ts: float | None) -> None:
+        """Record, log and announce a flag change the broker acknowledged."""
         self.flags[event.flag] = event
         self.counters["published"] += 1
-        await self._write_flagd(event)
         cause = event.cause
         log.log(
             decision_level(event),
@@ -1551,6 +1689,9 @@ class Worker:
             self._consumer.seek(tp, start)
             self.offsets.setdefault(tp.topic, {})[tp.partition] = start
             self.marks.get(tp.topic, {}).pop(tp.partition, None)
+            if tp.topic == self.observations.name:
+                for key in [k for k in self._taken_acked if k[0] == tp.partition]:
+                    del self._taken_acked[key]
             self._dirty = True
 
     def unhealthy(self) -> str | None:
@@ -1593,6 +1734,7 @@ class Worker:
             self.merges = self._new_merges(base.merge)
         self.offsets = {t: dict(ps) for t, ps in base.offsets.items()}
         self.marks = _marks_from_state(base.marks)
+        self._taken_acked.clear()  # read again from the snapshot's offsets
         for name in KEPT_COUNTERS:
             self.counters[name] = base.counters.get(name, 0)
         if self.deciding:

@@ -211,6 +211,8 @@ def test_one_process_runs_both_stages(
     # exactly what the backtest decides all the same.
     join = status["join_stage"]
     assert 0 < join["observation_records_local"] <= join["observation_records"]
+    # Most of them as soon as the broker acknowledged them (LocalBatches.acknowledged).
+    assert 0 < join["observation_records_acked"] <= join["observation_records_local"]
     with urllib.request.urlopen(f"{both.url}/metrics", timeout=30) as r:
         metrics = r.read().decode()
     rerouted = re.search(r"^driftswitch_join_rerouted_total (\S+)$", metrics, re.M)

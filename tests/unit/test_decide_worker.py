@@ -5,19 +5,29 @@ Kafka, is tests/integration/test_decide_stage.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.structs import RecordMetadata
 
 from driftswitch.streams.config.model import parse_config
-from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent
+from driftswitch.streams.contract.events import (
+    AlertEvent,
+    FlagChangeEvent,
+    OutcomeEvent,
+    PredictionEvent,
+)
 from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.merge import TAG_SPAN, Batch, BatchError, encode_batch
-from driftswitch.streams.pipeline.observations import SCORED, Joiner
+from driftswitch.streams.pipeline.observations import SCORED, Emitted, Joiner
+from driftswitch.streams.service.joinstage import LocalBatches
+from driftswitch.streams.service.recovery import EngineFailedError
 from driftswitch.streams.service.snapshot import Snapshot, decode_chunks, encode_chunks
 from driftswitch.streams.service.worker import (
     Worker,
@@ -261,3 +271,149 @@ def test_a_restart_counts_the_buffered_observations_it_cannot_read_again(
     records = [_record(v, partition=2, offset=o) for o, v in ((5, values[0]), (9, values[1]))]
     assert again._replayed({2: records}) == (16, 0)
     assert again.merges[2].to_state() == worker.merges[2].to_state()
+
+
+def _with_local_join_stage() -> tuple[Worker, LocalBatches]:
+    """A decide worker with a join stage in its process (``--stage all``), reading partition 0
+    of the observations topic from offset 5."""
+    worker = _worker()
+    local = LocalBatches()
+    worker.join_stage = SimpleNamespace(local=local)  # type: ignore[assignment]
+    worker.offsets[worker.observations.name] = {0: 5, 1: 0}
+    return worker, local
+
+
+def _sent(local: LocalBatches, batch: Batch, offset: int) -> bytes:
+    """``batch`` sent by the local join stage to partition 0 and acknowledged at ``offset``."""
+    value = encode_batch(batch)
+    local.add(0, value, batch)
+    delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    delivery.set_result(RecordMetadata("t.observations.v1", 0, None, offset, -1, 0, 0))
+    local.delivered(0, b"0", value, delivery)
+    return value
+
+
+def _fetched(value: bytes, offset: int) -> Any:
+    return SimpleNamespace(
+        topic="t.observations.v1", partition=0, offset=offset, key=b"0", value=value, timestamp=0
+    )
+
+
+def test_the_join_stages_records_are_taken_on_acknowledgement_in_their_turn() -> None:
+    """Records this process's join stage sent are merged as soon as the broker acknowledges
+    them, if every record before them was read; the fetch that brings them later skips them."""
+
+    async def scenario() -> None:
+        worker, local = _with_local_join_stage()
+        topic = worker.observations.name
+        tp = kafka.topic_partition(topic, 0)
+        observations = _observations(3)
+        ours = [
+            Batch(0, {0: k + 1, 1: k + 1}, float(k), False, observations[2 * k : 2 * k + 2], "a")
+            for k in range(3)
+        ]
+        # Acknowledged at 5, 6 and 8: the record at 7 is another writer's.
+        values = [_sent(local, b, offset) for b, offset in zip(ours, (5, 6, 8), strict=True)]
+        batch: dict[Any, list[Any]] = {}
+        worker._take_acknowledged(batch, local)
+        assert [(m.offset, m.value) for m in batch[tp]] == [(5, values[0]), (6, values[1])]
+        assert not local.arrived.is_set()
+        await worker._process_observations(batch)
+        assert worker.offsets[topic][0] == 7
+        assert local.taken == 2  # from memory, not decoded
+        assert 0 not in worker.marks.get(topic, {})  # marks come from fetched records only
+        # Merged (held back: join partition 1 was never heard from).
+        assert len(worker.merges[0]) == len(ours[0].observations) + len(ours[1].observations) > 0
+        # The fetch brings 5 and 6 again, then 7: 5 and 6 are skipped, 7 read, then 8 taken.
+        theirs = encode_batch(Batch(1, {0: 1, 1: 1}, 0.5, False, observations[:1], "b"))
+        fetched = {tp: [_fetched(values[0], 5), _fetched(values[1], 6), _fetched(theirs, 7)]}
+        worker._take_acknowledged(fetched, local)
+        assert [m.offset for m in fetched[tp]] == [7, 8]
+        await worker._process_observations(fetched)
+        assert worker.offsets[topic][0] == 9
+        assert worker.marks[topic][0].offset == 7
+        assert local.taken_acked == 3
+        assert worker._taken_acked == {(0, 8): values[2]}
+
+    asyncio.run(scenario())
+
+
+def test_a_fetched_record_unlike_the_acknowledged_one_stops_taking_on_acknowledgement() -> None:
+    async def scenario() -> None:
+        worker, local = _with_local_join_stage()
+        topic = worker.observations.name
+        tp = kafka.topic_partition(topic, 0)
+        observations = _observations(2)
+        first = _sent(local, Batch(0, {0: 1, 1: 1}, 0.0, False, observations[:2], "a"), 5)
+        batch: dict[Any, list[Any]] = {}
+        worker._take_acknowledged(batch, local)
+        await worker._process_observations(batch)
+        other = encode_batch(Batch(1, {0: 1, 1: 1}, 0.5, False, observations[:1], "b"))
+        assert other != first
+        with pytest.raises(EngineFailedError, match=f"{topic}/0/5 is not the one the broker"):
+            worker._take_acknowledged({tp: [_fetched(other, 5)]}, local)
+        _sent(local, Batch(0, {0: 2, 1: 2}, 1.0, False, observations[2:], "a"), 6)
+        later: dict[Any, list[Any]] = {}
+        worker._take_acknowledged(later, local)
+        assert later == {}  # read from the broker from now on
+
+    asyncio.run(scenario())
+
+
+def test_a_batchs_decisions_share_one_fence_and_are_acknowledged_together() -> None:
+    """Decisions of one batch are sent after one fence and before any acknowledgement, then
+    recorded and announced in order; a version already on the flags topic is not sent again."""
+
+    async def scenario() -> None:
+        worker = _worker()
+        (kill,) = Engine(CONFIG).decide(_observations())
+        event = kill.event
+        assert isinstance(event, FlagChangeEvent)
+        later = event.model_copy(update={"version": event.version + 1})
+        alert = AlertEvent(
+            flag=event.flag,
+            guardrail="candidate-accuracy",
+            variant="candidate",
+            cause=event.cause,
+            ts=event.ts,
+            flag_version=later.version,
+        )
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[str, bytes | None, asyncio.Future[Any]]] = []
+        fences: list[int] = []
+
+        class Producer:
+            async def send(self, topic: str, value: bytes, **kw: Any) -> asyncio.Future[Any]:
+                sent.append((topic, kw.get("key"), loop.create_future()))
+                return sent[-1][2]
+
+        async def fence(patience: float | None = None) -> None:
+            fences.append(len(sent))
+
+        worker._producer = Producer()
+        worker._fence = fence  # type: ignore[method-assign]
+        outputs = [
+            (Emitted(event, 0), "t.outcomes.v1/0/7", 1.0),
+            (Emitted(alert, 1), "t.outcomes.v1/0/8", 2.0),
+            (Emitted(later, 2), "t.outcomes.v1/1/9", 3.0),
+        ]
+        publishing = asyncio.ensure_future(worker._publish_outputs(outputs))
+        await asyncio.sleep(0.01)
+        assert fences == [0]  # one fence, before anything was sent
+        assert [(t, k) for t, k, _ in sent] == [("t.flags.v1", b"ranker")] * 2
+        assert not publishing.done()
+        assert not worker.flags
+        assert not worker.alerts  # announced in order, after the acknowledgements
+        sent[1][2].set_result(None)
+        sent[0][2].set_result(None)
+        await asyncio.wait_for(publishing, 1.0)
+        assert worker.flags == {"ranker": later}
+        assert worker.counters["published"] == 2
+        assert worker.alerts == [alert]
+        # Versions the flags topic has are not sent again; nothing to publish, no fence.
+        await worker._publish_outputs([(Emitted(event, 0), "t.outcomes.v1/0/7", 1.0)])
+        await worker._publish_outputs([])
+        assert len(sent) == 2
+        assert fences == [0, 2]
+
+    asyncio.run(scenario())

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
 from driftswitch.streams.pipeline.merge import Batch, decode_batch, encode_batch
 from driftswitch.streams.service import joinstage
@@ -95,3 +98,70 @@ def test_a_decide_stage_that_stopped_taking_holds_nothing_back(
     assert local.behind
     now[0] += joinstage.LOCAL_READER_IDLE
     assert not local.behind
+
+
+def _acked(local: LocalBatches, partition: int, value: bytes, offset: int | None) -> None:
+    """Deliver the send of ``value`` to ``partition``: acknowledged at ``offset``, or failed."""
+    loop = asyncio.new_event_loop()
+    try:
+        delivery: asyncio.Future[Any] = loop.create_future()
+        if offset is None:
+            delivery.set_exception(KafkaError("broker down"))
+        else:
+            delivery.set_result(
+                RecordMetadata("t.observations.v1", partition, None, offset, -1, 0, 0)
+            )
+        local.delivered(partition, b"k", value, delivery)
+    finally:
+        loop.close()
+
+
+def test_acknowledged_records_are_handed_out_in_offset_order_up_to_a_gap() -> None:
+    local = LocalBatches()
+    values = [encode_batch(_batch(0, float(i))) for i in range(5)]
+    for v in values:
+        local.add(0, v, decode_batch(v))
+    # Acknowledged out of order, 12 and 13 not yet.
+    for offset, v in ((11, values[1]), (10, values[0]), (14, values[4])):
+        _acked(local, 0, v, offset)
+    assert local.arrived.is_set()
+    assert local.acknowledged(1, 10) == []  # nothing sent to partition 1
+    assert local.acknowledged(0, 9) == []  # the record at 9 is someone else's: read it first
+    assert local.acknowledged(0, 10) == [(10, b"k", values[0]), (11, b"k", values[1])]
+    assert local.taken_acked == 2
+    # The batches stay until taken by their bytes, as a fetched record's would be.
+    assert local.take(0, values[0]) is not None
+    # A fetch brings 12 (taken from memory by its bytes) before its acknowledgement is handled.
+    assert local.take(0, values[2]) is not None
+    _acked(local, 0, values[2], 12)
+    assert local.acknowledged(0, 13) == []  # 13 not acknowledged yet
+    _acked(local, 0, values[3], 13)
+    assert local.acknowledged(0, 13) == [(13, b"k", values[3]), (14, b"k", values[4])]
+
+
+def test_a_failed_or_dropped_send_is_not_handed_out() -> None:
+    local = LocalBatches(limit=10)
+    _acked(local, 0, b"AAAA", 0)  # never added (the batch was not kept)
+    assert not local.arrived.is_set()
+    local.add(0, b"BBBB", _batch(0))
+    _acked(local, 0, b"BBBB", None)  # the send failed
+    assert not local.arrived.is_set()
+    local.add(0, b"CCCC", _batch(0))
+    _acked(local, 0, b"CCCC", 1)
+    for v in (b"DDDD", b"EEEE"):  # 4 bytes each: CCCC is dropped beyond the limit
+        local.add(0, v, _batch(0))
+    _acked(local, 0, b"DDDD", 2)
+    assert local.acknowledged(0, 1) == []  # dropped: the fetch brings it, then 2 follows
+    assert local.acknowledged(0, 2) == [(2, b"k", b"DDDD")]
+
+
+def test_acknowledgements_nobody_takes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A standby decide stage takes nothing: the oldest acknowledgements are forgotten."""
+    monkeypatch.setattr(joinstage, "LOCAL_ACKED_MAX", 3)
+    local = LocalBatches()
+    values = [bytes([65 + i]) * 4 for i in range(5)]
+    for offset, v in enumerate(values):
+        local.add(0, v, _batch(0))
+        _acked(local, 0, v, offset)
+    assert local.acknowledged(0, 0) == []
+    assert [offset for offset, _, _ in local.acknowledged(0, 2)] == [2, 3, 4]
