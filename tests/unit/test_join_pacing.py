@@ -4,6 +4,8 @@ after ``MAX_SNAPSHOT_INTERVAL`` seconds (no broker: the rule only reads the part
 
 from __future__ import annotations
 
+import asyncio
+
 from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.service.joinstage import WORK_PER_CHECKPOINT, JoinStage
@@ -68,3 +70,30 @@ def test_a_configured_interval_longer_than_the_longest_wins() -> None:
     part.dirty, part.saved_at, part.cost, part.work = True, 0.0, 0.0, 5.0
     assert not stage._due(part, MAX_SNAPSHOT_INTERVAL + 1)
     assert stage._due(part, 2 * MAX_SNAPSHOT_INTERVAL)
+
+
+def test_in_memory_one_partition_is_checkpointed_per_turn_and_none_while_one_is_written() -> None:
+    """The loop encodes at most one partition's state per turn (the one due longest) and never
+    waits for the write of the last one."""
+
+    async def scenario() -> None:
+        stage = _stage(interval=1.0)
+        parts = [stage._open(i, None) for i in range(3)]
+        stage.parts = {p.index: p for p in parts}
+        for part, saved in zip(parts, (100.0, 90.0, 95.0), strict=True):
+            part.dirty, part.saved_at, part.cost, part.work = True, saved, 0.0, 1.0
+        assert stage._to_checkpoint(99.0) == [parts[1]]  # 1 and 2 are due, 1 for longer
+        parts[1].dirty = False
+        assert stage._to_checkpoint(99.0) == [parts[2]]  # 0 is not due before 101
+        written = asyncio.get_running_loop().create_future()
+        stage._writing.start(written)
+        assert stage._to_checkpoint(200.0) == []
+        written.set_result(None)
+        await asyncio.sleep(0)
+        assert stage._to_checkpoint(200.0) == [parts[2]]
+        # With a disk store every partition due is committed, in the loop.
+        for part in parts:
+            part.store = object()  # type: ignore[assignment]
+        assert stage._to_checkpoint(200.0) == [parts[0], parts[2]]
+
+    asyncio.run(scenario())
