@@ -34,7 +34,6 @@ __all__ = [
     "STAGES",
     "StartupError",
     "check_port",
-    "collect_young",
     "serve_worker",
     "tune_gc",
     "tune_malloc",
@@ -70,30 +69,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-#: Seconds between the young-generation passes :func:`collect_young` makes.
-YOUNG_INTERVAL = 0.2
-
-
-async def collect_young(interval: float = YOUNG_INTERVAL) -> None:
-    """Run the collector's young-generation pass every ``interval`` seconds, until cancelled.
-
-    Python 3.11 starts a young pass once the tracked objects allocated since the last one,
-    minus those freed (of any age), pass the threshold. In the worker the old objects it frees
-    (pending entries joined or expired, observations released) offset the new ones, so the young
-    generation held about 130,000 objects (120,000 of them tuples: observations, input
-    positions, pending entries) when a pass came, and the pass stopped the event loop for
-    55-75 ms, about once a second at 34,000 events/s: in the middle of one stage's batch or the
-    other's, it delayed whatever decision was due. Passes on a clock walk the same objects in
-    smaller portions (10-12 ms at the median, 40 ms at most, same load); each object is still
-    walked once by a young pass. An idle process's pass finds next to nothing.
-    """
-    import gc
-
-    while True:
-        await asyncio.sleep(interval)
-        gc.collect(0)
 
 
 #: glibc's ``mallopt`` parameters (``malloc.h``).

@@ -25,7 +25,6 @@ from driftswitch.streams.service.runner import (
     STAGES,
     StartupError,
     check_port,
-    collect_young,
     serve_worker,
     tune_gc,
     tune_malloc,
@@ -284,25 +283,21 @@ def run_command(
         check_port(web_host, web_port)  # before a broker is started or contacted
         if given:
             await probe_broker(given, security.security_protocol)
-        young = asyncio.ensure_future(collect_young())
-        try:
-            async with embedded_or_given(given) as address:
-                await serve_worker(
-                    config,
-                    address,
-                    topics,
-                    web_host=web_host,
-                    web_port=web_port,
-                    group=group,
-                    snapshot_interval=snapshot_interval,
-                    state_dir=state_dir,
-                    config_path=config_path,
-                    flagd_file=flagd_file,
-                    security=security,
-                    stage=stage,
-                )
-        finally:
-            young.cancel()
+        async with embedded_or_given(given) as address:
+            await serve_worker(
+                config,
+                address,
+                topics,
+                web_host=web_host,
+                web_port=web_port,
+                group=group,
+                snapshot_interval=snapshot_interval,
+                state_dir=state_dir,
+                config_path=config_path,
+                flagd_file=flagd_file,
+                security=security,
+                stage=stage,
+            )
 
     tune_gc()
     tune_malloc()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 from collections.abc import Iterator
 
 import pytest
 
-from driftswitch.streams.service.runner import GC_THRESHOLDS, collect_young, tune_gc
+from driftswitch.streams.service.runner import GC_THRESHOLDS, tune_gc
 
 
 @pytest.fixture
@@ -44,31 +42,3 @@ def test_cycles_are_still_collected() -> None:
     del a, b
     # A full pass (what the thresholds schedule, only less often) still frees a cycle.
     assert gc.collect() >= 2
-
-
-def test_young_passes_come_on_a_clock() -> None:
-    """``collect_young`` runs a young-generation pass every interval until cancelled (automatic
-    passes are off here, so every pass seen is one it made)."""
-    passes: list[int] = []
-
-    def seen(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            passes.append(info["generation"])
-
-    async def scenario() -> None:
-        task = asyncio.ensure_future(collect_young(0.01))
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0.05)
-
-    gc.callbacks.append(seen)
-    gc.disable()
-    try:
-        asyncio.run(scenario())
-    finally:
-        gc.enable()
-        gc.callbacks.remove(seen)
-    assert 5 <= len(passes) <= 21
-    assert set(passes) == {0}
