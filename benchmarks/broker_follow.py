@@ -8,7 +8,8 @@ when it is sent, are produced at ``--rate`` per second with the same paced confl
 producer, while one bare aiokafka consumer (``--fetch-wait-ms``: the join stage's fetch wait is
 100 ms) follows the two input topics from their start. Per ``--window`` seconds of the run it
 prints how many records the broker acknowledged and, for those, the delay from the broker's
-acknowledgement to the consumer receiving them (p50, p99); then the produce → ack latency over
+acknowledgement to the consumer receiving them (p50, p99), the same over the whole run (p99,
+p99.9, the slowest record and where it was); then the produce → ack latency over
 the whole run. ``--no-consumer`` produces alone.
 
 This is the control for ``benchmarks/pipeline.py``'s reaction runs: what the broker takes to hand
@@ -81,6 +82,14 @@ async def main() -> None:
             if len(delays) < len(rows):
                 line += f" ({len(rows) - len(delays)} never consumed)"
         print(line)
+    delays = {key: consumed[key] - acked for key, acked in acks.items() if key in consumed}
+    if delays:
+        worst = max(delays, key=delays.__getitem__)
+        print(
+            f"ack → consumed over the run: p99 {percentile(list(delays.values()), 0.99) * 1000:.0f}"
+            f" ms, p99.9 {percentile(list(delays.values()), 0.999) * 1000:.0f} ms, max "
+            f"{delays[worst] * 1000:.0f} ms ({worst[0]}[{worst[1]}] offset {worst[2]})"
+        )
     print(
         f"produce → ack over the run: p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
         f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; "

@@ -1096,7 +1096,9 @@ async def main() -> None:
                     print(
                         f"  a bare consumer following the same input, ack → consumed: every "
                         f"record p50 {percentile(b, 0.5) * 1000:.0f} ms, p99 "
-                        f"{percentile(b, 0.99) * 1000:.0f} ms; the kills' deciding records p50 "
+                        f"{percentile(b, 0.99) * 1000:.0f} ms, p99.9 "
+                        f"{percentile(b, 0.999) * 1000:.0f} ms, max {max(b) * 1000:.0f} ms; "
+                        f"the kills' deciding records p50 "
                         f"{percentile(k, 0.5) * 1000:.0f} ms, max {max(k) * 1000:.0f} ms"
                     )
             if args.runs > 1 and pooled:
