@@ -113,7 +113,13 @@ from driftswitch.streams.contract.commands import (
     decode_command,
 )
 from driftswitch.streams.contract.errors import ConfigError, DriftswitchError, EventError
-from driftswitch.streams.contract.events import Action, AlertEvent, FlagChangeEvent, encode
+from driftswitch.streams.contract.events import (
+    Action,
+    AlertEvent,
+    FlagChangeEvent,
+    Output,
+    encode,
+)
 from driftswitch.streams.contract.topics import Topics, TopicSpec
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.settings import KafkaSecurity, KafkaSettings, as_settings
@@ -1045,7 +1051,7 @@ class Worker:
         for emitted in result.outputs:
             source = decoded.source(emitted.index)
             where = f"{source.topic}/{source.partition}/{source.offset}"
-            outputs.append((emitted, where, decoded.events[emitted.index].ts))
+            outputs.append((emitted.event, where, decoded.events[emitted.index].ts))
         await self._publish_outputs(outputs)
         await self._deadletter(decoded)
         self._batch_done(len(records))
@@ -1058,10 +1064,12 @@ class Worker:
         if self.metrics is not None:
             self.metrics.record_batch()
 
-    async def _publish_outputs(self, outputs: Sequence[tuple[Emitted, str, float]]) -> None:
-        """Publish one batch's decisions, in order: each a flag change to publish or an alert to
-        log and announce, with ``where`` (``topic/partition/offset``) and the event time of the
-        input that decided it.
+    async def _publish_outputs(
+        self, outputs: Sequence[tuple[Output, str | None, float | None]]
+    ) -> None:
+        """Publish decisions, in order: each a flag change to publish or an alert to log and
+        announce, with ``where`` (``topic/partition/offset``, None for a change no input made)
+        and the event time of the input that decided it.
 
         One fence covers them all (:meth:`_fence`), the flag changes are sent together and
         acknowledged together, and then each is recorded, logged and announced in turn. A
@@ -1074,19 +1082,20 @@ class Worker:
             return
         await self._fence()
         sends = []
-        for emitted, where, _ in outputs:
-            event = emitted.event
-            change = event if isinstance(event, FlagChangeEvent) else None
-            sends.append(await self._send_flag(change, where) if change is not None else None)
+        for event, where, _ in outputs:
+            if isinstance(event, FlagChangeEvent):
+                sends.append(await self._send_flag(event, where))
+            else:
+                sends.append(None)
         await asyncio.gather(*(delivery for _, delivery in filter(None, sends)))
         await self._write_flagd(*(event for event, _ in filter(None, sends)))
-        for (emitted, where, event_ts), sent in zip(outputs, sends, strict=True):
-            if isinstance(emitted.event, AlertEvent):
-                self._alerted(emitted.event, where, event_ts)
+        for (event, where, event_ts), sent in zip(outputs, sends, strict=True):
+            if isinstance(event, AlertEvent):
+                self._alerted(event, where, event_ts)
             elif sent is not None:
                 self._flag_published(sent[0], event_ts)
 
-    def _alerted(self, event: AlertEvent, where: str, event_ts: float) -> None:
+    def _alerted(self, event: AlertEvent, where: str | None, event_ts: float | None) -> None:
         """Keep, log and announce an alert decided by the input at ``where`` (fenced)."""
         self.alerts.append(event)
         del self.alerts[:-100]
@@ -1143,8 +1152,9 @@ class Worker:
                 emitted = self.engine.decide(observations)
             except Exception as exc:
                 raise EngineFailedError(f"deciding failed: {describe(exc)}") from exc
+        deciding = [observations[e.index] for e in emitted]
         await self._publish_outputs(
-            [(e, self._where(observations[e.index]), observations[e.index][4]) for e in emitted]
+            [(e.event, self._where(obs), obs[4]) for e, obs in zip(emitted, deciding, strict=True)]
         )
         await self._send_deadletters(rejected)
         self.counters["observations"] += len(observations)
@@ -1404,13 +1414,7 @@ class Worker:
 
         ``event_ts`` is the time of the input event that decided it (for the latency metric).
         """
-        await self._fence()
-        sent = await self._send_flag(event, source)
-        if sent is not None:
-            event, delivery = sent
-            await delivery
-            await self._write_flagd(event)
-            self._flag_published(event, event_ts)
+        await self._publish_outputs([(event, source, event_ts)])
 
     async def _send_flag(
         self, event: FlagChangeEvent, source: str | None

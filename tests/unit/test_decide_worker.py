@@ -25,8 +25,8 @@ from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.merge import TAG_SPAN, Batch, BatchError, encode_batch
-from driftswitch.streams.pipeline.observations import SCORED, Emitted, Joiner
-from driftswitch.streams.service.joinstage import LocalBatches
+from driftswitch.streams.pipeline.observations import SCORED, Joiner
+from driftswitch.streams.service.joinstage import JoinStage, LocalBatches
 from driftswitch.streams.service.recovery import EngineFailedError
 from driftswitch.streams.service.snapshot import Snapshot, decode_chunks, encode_chunks
 from driftswitch.streams.service.worker import (
@@ -278,7 +278,8 @@ def _with_local_join_stage() -> tuple[Worker, LocalBatches]:
     of the observations topic from offset 5."""
     worker = _worker()
     local = LocalBatches()
-    worker.join_stage = SimpleNamespace(local=local)  # type: ignore[assignment]
+    worker.join_stage = JoinStage(CONFIG, worker.settings)
+    worker.join_stage.local = local
     worker.offsets[worker.observations.name] = {0: 5, 1: 0}
     return worker, local
 
@@ -360,7 +361,9 @@ def test_a_fetched_record_unlike_the_acknowledged_one_stops_taking_on_acknowledg
     asyncio.run(scenario())
 
 
-def test_a_batchs_decisions_share_one_fence_and_are_acknowledged_together() -> None:
+def test_a_batchs_decisions_share_one_fence_and_are_acknowledged_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Decisions of one batch are sent after one fence and before any acknowledgement, then
     recorded and announced in order; a version already on the flags topic is not sent again."""
 
@@ -391,11 +394,11 @@ def test_a_batchs_decisions_share_one_fence_and_are_acknowledged_together() -> N
             fences.append(len(sent))
 
         worker._producer = Producer()
-        worker._fence = fence  # type: ignore[method-assign]
-        outputs = [
-            (Emitted(event, 0), "t.outcomes.v1/0/7", 1.0),
-            (Emitted(alert, 1), "t.outcomes.v1/0/8", 2.0),
-            (Emitted(later, 2), "t.outcomes.v1/1/9", 3.0),
+        monkeypatch.setattr(worker, "_fence", fence)
+        outputs: list[tuple[FlagChangeEvent | AlertEvent, str | None, float | None]] = [
+            (event, "t.outcomes.v1/0/7", 1.0),
+            (alert, "t.outcomes.v1/0/8", 2.0),
+            (later, "t.outcomes.v1/1/9", 3.0),
         ]
         publishing = asyncio.ensure_future(worker._publish_outputs(outputs))
         await asyncio.sleep(0.01)
@@ -411,7 +414,7 @@ def test_a_batchs_decisions_share_one_fence_and_are_acknowledged_together() -> N
         assert worker.counters["published"] == 2
         assert worker.alerts == [alert]
         # Versions the flags topic has are not sent again; nothing to publish, no fence.
-        await worker._publish_outputs([(Emitted(event, 0), "t.outcomes.v1/0/7", 1.0)])
+        await worker._publish_outputs([(event, "t.outcomes.v1/0/7", 1.0)])
         await worker._publish_outputs([])
         assert len(sent) == 2
         assert fences == [0, 2]

@@ -5,10 +5,12 @@ after ``MAX_SNAPSHOT_INTERVAL`` seconds (no broker: the rule only reads the part
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.service.joinstage import WORK_PER_CHECKPOINT, JoinStage
+from driftswitch.streams.service.joinstore import RocksJoinStore
 from driftswitch.streams.service.pacing import MAX_SNAPSHOT_INTERVAL
 from driftswitch.streams.service.worker import WorkerSettings
 
@@ -72,7 +74,9 @@ def test_a_configured_interval_longer_than_the_longest_wins() -> None:
     assert stage._due(part, 2 * MAX_SNAPSHOT_INTERVAL)
 
 
-def test_in_memory_one_partition_is_checkpointed_per_turn_and_none_while_one_is_written() -> None:
+def test_in_memory_one_partition_is_checkpointed_per_turn_and_none_while_one_is_written(
+    tmp_path: Path,
+) -> None:
     """The loop encodes at most one partition's state per turn (the one due longest) and never
     waits for the write of the last one."""
 
@@ -93,7 +97,12 @@ def test_in_memory_one_partition_is_checkpointed_per_turn_and_none_while_one_is_
         assert stage._to_checkpoint(200.0) == [parts[2]]
         # With a disk store every partition due is committed, in the loop.
         for part in parts:
-            part.store = object()  # type: ignore[assignment]
-        assert stage._to_checkpoint(200.0) == [parts[0], parts[2]]
+            part.store = RocksJoinStore(tmp_path / str(part.index))
+        try:
+            assert stage._to_checkpoint(200.0) == [parts[0], parts[2]]
+        finally:
+            for part in parts:
+                assert part.store is not None
+                part.store.close()
 
     asyncio.run(scenario())
