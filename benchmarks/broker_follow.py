@@ -1,7 +1,7 @@
 """The embedded broker alone under a live stream: produce → ack and ack → consumed over time.
 
 Run: ``.venv/bin/python benchmarks/broker_follow.py [--rate 4000] [--events 240000]
-[--fetch-wait-ms 100] [--window 6] [--no-consumer]``
+[--fetch-wait-ms 100] [--window 6] [--linger-ms 5] [--no-consumer]``
 
 No driftswitch process runs. The events of ``benchmarks/pipeline.py`` (40 flags), each stamped
 when it is sent, are produced at ``--rate`` per second with the same paced confluent-kafka
@@ -10,7 +10,10 @@ producer, while one bare aiokafka consumer (``--fetch-wait-ms``: the join stage'
 prints how many records the broker acknowledged and, for those, the delay from the broker's
 acknowledgement to the consumer receiving them (p50, p99), the same over the whole run (p99,
 p99.9, the slowest record and where it was); then the produce → ack latency over
-the whole run. ``--no-consumer`` produces alone.
+the whole run and the CPU the broker used while the records were produced (until the last
+was acknowledged), in cores.
+``--linger-ms`` is the producer's ``linger.ms`` (default 5, librdkafka's; until 2026-11-30 the
+benchmarks' producer used 2). ``--no-consumer`` produces alone.
 
 This is the control for ``benchmarks/pipeline.py``'s reaction runs: what the broker takes to hand
 records to a consumer that does nothing with them, and whether that stays constant as the
@@ -23,12 +26,15 @@ import argparse
 import asyncio
 import contextlib
 import os
+import time
 
+import pipeline
 from pipeline import follow_input, make_events, percentile, produce, restamp, start_after
 
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
+from driftswitch.streams.tools.procstat import cpu_seconds
 
 
 async def main() -> None:
@@ -37,8 +43,12 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=240_000)
     parser.add_argument("--fetch-wait-ms", type=int, default=100)
     parser.add_argument("--window", type=float, default=6.0, help="seconds per printed line")
+    parser.add_argument(
+        "--linger-ms", type=int, default=pipeline.LINGER_MS, help="the producer's linger.ms"
+    )
     parser.add_argument("--no-consumer", action="store_true", help="produce alone")
     args = parser.parse_args()
+    pipeline.LINGER_MS = args.linger_ms
 
     _, records = make_events(40, 3000)
     records = records[: args.events]
@@ -57,9 +67,14 @@ async def main() -> None:
             )
         acks: dict[tuple[str, int, int], float] = {}
         latencies: list[float] = []
+        wait = start - time.time()
+        if wait > 0.05:  # the CPU is counted from the first record's send
+            await asyncio.sleep(wait - 0.05)
+        cpu = (time.time(), cpu_seconds(broker.pid))
         await asyncio.to_thread(
             produce, broker.bootstrap, topics, stamped, args.rate, acks, latencies, start
         )
+        broker_cores = (cpu_seconds(broker.pid) - cpu[1]) / (time.time() - cpu[0])
         await asyncio.sleep(3)  # the consumer's last fetches
         if task is not None:
             task.cancel()
@@ -93,7 +108,8 @@ async def main() -> None:
         )
     print(
         f"produce → ack over the run: p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
-        f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; "
+        f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; the broker used {broker_cores:.2f} "
+        "cores while they were produced and acknowledged; "
         "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     )
 

@@ -30,30 +30,31 @@ it is active (py-spy, from the ``dev`` extra).
    ``--peak``): on fresh topics the same events are produced at that rate while a worker runs,
    each stamped with the time it is sent (:func:`restamp`: event time runs at the wall clock's
    speed, as in a live service).
-   The producer is confluent-kafka (librdkafka batches and sends from its own threads), in a
-   thread, paced in steps of about 1 ms of records, so the rate asked for is really offered; the
-   rate reached is printed. For every kill, reaction = the time the flag change is read from the
-   flags topic minus the time the broker acknowledged the input that caused it (the worker names
-   it in the change's ``driftswitch.source`` header; the acknowledgement time is the record's
-   create time plus librdkafka's produce-to-ack latency). The part of it spent before the worker
-   sent the change (its create time, stamped by the worker's producer) is printed too, and the
-   input's produce → broker acknowledgement latency (librdkafka's per-record figure), with the
-   worker's mean records per batch, its snapshots and its largest lag (acknowledged minus
-   processed records, sampled every second; ``--show-lag`` prints every sample), the lag's
-   growth (:func:`lag_growth`), the observations the decide stage applied late, and the CPU
-   that the broker, the worker and this process (the producer and the followers) used while
-   the records were produced, in cores (:func:`cores`).
-   ``--worker-arg`` passes options to ``driftswitch run`` (throughput and reaction runs), e.g.
-   ``--worker-arg=--snapshot-interval=60``; ``--allowed-lateness`` sets the worker's
-   ``join.allowed_lateness`` (default 0.5 s: a decision waits until every join partition has
-   read events that much later, the floor of every reaction time). ``--bare-follower`` adds a
-   control: a bare aiokafka consumer (the join stage's fetch wait) follows the same input, and
-   its ack → consumed delay is printed for every record and for the kills' deciding records:
-   what the broker alone takes to hand the same records to a consumer, beside the worker's
-   reaction.
-   ``--runs N`` makes N reaction runs per share and pools their kills as well: a run has 40
-   kills (one per flag), so its p99 is its slowest kill, and the pooled p99 of 10 runs is the
-   fifth slowest of 400.
+   The producer is confluent-kafka (librdkafka batches and sends from its own threads), in a thread,
+   paced in steps of about 1 ms of records, so the rate asked for is really offered; the rate
+   reached is printed. It lingers librdkafka's default 5 ms (``--linger-ms``; 2 ms until 2026-11-30,
+   when the embedded broker took most of a core for the input alone). For every kill, reaction = the
+   time the flag change is read from the flags topic minus the time the broker acknowledged the
+   input that caused it (the worker names it in the change's ``driftswitch.source`` header; the
+   acknowledgement time is the record's create time plus librdkafka's produce-to-ack latency). The
+   part of it spent before the worker sent the change (its create time, stamped by the worker's
+   producer) is printed too, and the input's produce → broker acknowledgement latency (librdkafka's
+   per-record figure), with the worker's mean records per batch, its snapshots and its largest lag
+   (acknowledged minus processed records, sampled every second; ``--show-lag`` prints every sample),
+   the lag's growth (:func:`lag_growth`), the observations the decide stage applied late, and the
+   CPU that the broker, the worker and this process (the producer and the followers) used while the
+   records were produced, in cores (:func:`cores`). ``--worker-arg`` passes options to ``driftswitch
+   run`` (throughput and reaction runs), e.g. ``--worker-arg=--snapshot-interval=60``;
+   ``--allowed-lateness`` sets the worker's ``join.allowed_lateness`` (default 0.5 s: a decision
+   waits until every join partition has read events that much later, the floor of every reaction
+   time). ``--bare-follower`` adds a control: a bare aiokafka consumer (the join stage's fetch wait)
+   follows the same input, and its ack → consumed delay is printed for every record and for the
+   kills' deciding records: what the broker alone takes to hand the same records to a consumer,
+   beside the worker's reaction. ``--runs N`` makes N reaction runs per share and pools their kills
+   as well: a run has 40 kills (one per flag), so its p99 is its slowest kill, and the pooled p99 of
+   10 runs is the fifth slowest of 400. Each run also prints the input's disorder as the join
+   stage counted it (``/healthz`` ``join_stage.disorder``: records behind the newest event time
+   of their partition, the furthest, and those beyond ``join.allowed_lateness``).
 
 5. **The highest sustained live rate** (``--search``): what "the maximum" of the reaction runs
    should be. The backlog rate of step 3 is not it: a live worker reads small batches and
@@ -194,6 +195,14 @@ def start_after(records: int) -> float:
     return time.time() + 0.5 + 25e-6 * records
 
 
+#: The paced producer's ``linger.ms``: librdkafka's default (and the driftswitch client's
+#: ``linger_s``), what a model service's producer uses unless tuned. Until 2026-11-30 it was
+#: 2 ms: about 0.95 of a core for the embedded broker alone at 34,387 events/s, against
+#: 0.65-0.8 at 5 ms (``benchmarks/broker_follow.py --rate 34387 --fetch-wait-ms 20``).
+#: ``--linger-ms`` sets it for a run.
+LINGER_MS = 5
+
+
 def produce(
     bootstrap: str,
     topics: Topics,
@@ -236,7 +245,7 @@ def produce(
         {
             "bootstrap.servers": bootstrap,
             "acks": "all",
-            "linger.ms": 2,
+            "linger.ms": LINGER_MS,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 2_000_000,
             "queue.buffering.max.kbytes": 2_097_151,
@@ -582,7 +591,8 @@ class Reaction:
     max_lag: int
     #: Those samples: (seconds since the first record was due, lag in records).
     lags: list[tuple[float, int]]
-    #: Records per ``getmany`` batch, mean over the run.
+    #: Input records per batch (the join stage's, with both stages in one process), mean over
+    #: the run.
     batch: float
     snapshots: int
     #: Observations the decide stage applied late (after its release had passed them).
@@ -597,6 +607,9 @@ class Reaction:
     #: deciding records.
     bare: list[float] = field(default_factory=list)
     bare_at_kills: list[float] = field(default_factory=list)
+    #: The join stage's ``/healthz`` ``disorder`` per input topic (how far behind the newest
+    #: event time of its partition each record came); empty for ``--stage single``.
+    disorder: dict[str, Any] = field(default_factory=dict)
 
 
 async def reaction(
@@ -697,22 +710,23 @@ async def reaction(
         in_worker.append(created - acked_at)
         if key in consumed:
             bare_at_kills.append(consumed[key] - acked_at)
-    batches = max(1, status.get("batches", 1))
+    # With both stages in one process the top-level batches are the decide stage's, of
+    # observation records: the input's records per batch are the join stage's.
+    reader = status.get("join_stage", status)
     return Reaction(
         delays,
         in_worker,
         offered,
         max_lag,
         lags,
-        # With both stages in one process the worker's batches are the decide stage's, of
-        # observation records: no input records per batch to report.
-        status.get("records", 0) / batches if "join_stage" not in status else math.nan,
+        reader.get("records", 0) / max(1, reader.get("batches", 1)),
         status.get("snapshots_written", 0),
         status.get("merge", {}).get("late", 0),
         cores(used),
         latencies,
         [consumed[k] - at for k, at in acks.items() if k in consumed],
         bare_at_kills,
+        status.get("join_stage", {}).get("disorder", {}),
     )
 
 
@@ -879,6 +893,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def main() -> None:
+    global LINGER_MS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flags", type=int, default=40)
     parser.add_argument(
@@ -890,6 +905,12 @@ async def main() -> None:
         "--py-spy",
         action="store_true",
         help="py-spy the worker in round 1 (--repeat 0: in the first reaction run)",
+    )
+    parser.add_argument(
+        "--py-spy-out",
+        type=Path,
+        metavar="FILE",
+        help="with --py-spy: write py-spy's raw collapsed stacks to FILE (kept after the run)",
     )
     parser.add_argument(
         "--poll", type=float, default=0.2, help="seconds between /healthz polls of the worker"
@@ -945,6 +966,12 @@ async def main() -> None:
         help="a search run is sustained if the worker's lag stays within this many seconds "
         "of input (and does not grow: LAG_GROWTH)",
     )
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=LINGER_MS,
+        help=f"linger.ms of the paced producer (default {LINGER_MS}: librdkafka's)",
+    )
     parser.add_argument("--search-steps", type=int, default=3, help="bisections once a rate fails")
     parser.add_argument(
         "--allowed-lateness",
@@ -952,6 +979,7 @@ async def main() -> None:
         "250ms: how long a decision waits for every join partition to pass its event time",
     )
     args = parser.parse_args()
+    LINGER_MS = args.linger_ms
 
     config_text, records = make_events(args.flags, args.requests)
     if args.allowed_lateness:
@@ -981,7 +1009,7 @@ async def main() -> None:
             batches = await fetch_batches(bootstrap, backlog, total)
             stage = join_stage(config, backlog, batches, args.profile and r == 0)
             del batches
-            spy = tmp / "worker.py-spy.txt" if args.py_spy and r == 0 else None
+            spy = (args.py_spy_out or tmp / "worker.py-spy.txt") if args.py_spy and r == 0 else None
             rate, per_cpu = await worker_throughput(
                 bootstrap,
                 backlog,
@@ -1059,7 +1087,7 @@ async def main() -> None:
                     args.worker_arg,
                     args.show_lag,
                     # --py-spy samples the first reaction run's worker when no round ran.
-                    tmp / "reaction.py-spy.txt"
+                    (args.py_spy_out or tmp / "reaction.py-spy.txt")
                     if args.py_spy and not args.repeat and not n
                     else None,
                     args.bare_follower,
@@ -1091,6 +1119,16 @@ async def main() -> None:
                     f"  the input's produce → broker ack: p50 {percentile(a, 0.5) * 1000:.1f} ms, "
                     f"p99 {percentile(a, 0.99) * 1000:.1f} ms"
                 )
+                if run.disorder:
+                    got = run.disorder.values()
+                    print(
+                        f"  the input's disorder: {sum(d['behind'] for d in got):,} of "
+                        f"{sum(d['records'] for d in got):,} records behind the newest event time"
+                        f" of their partition, the furthest by "
+                        f"{max(d['max_seconds'] for d in got) * 1000:.1f} ms, "
+                        f"{sum(d['beyond_lateness'] for d in got):,} by more than "
+                        "join.allowed_lateness"
+                    )
                 if run.bare:
                     b, k = run.bare, run.bare_at_kills or [math.nan]
                     print(

@@ -130,7 +130,7 @@ from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka.connect import Membership
 from driftswitch.streams.kafka.groups import GroupError, StageMember
 from driftswitch.streams.pipeline.contain import INTERNAL_ERROR, describe, join_isolating
-from driftswitch.streams.pipeline.eventtime import reject_future
+from driftswitch.streams.pipeline.eventtime import Disorder, reject_future
 from driftswitch.streams.pipeline.ingest import Decoded, Ingest, InputRecord, Rejected, Source
 from driftswitch.streams.pipeline.join import StoredJoinBuffer
 from driftswitch.streams.pipeline.merge import EPOCH_SPAN, Batch, Clock, encode_batch, offset_of
@@ -474,6 +474,9 @@ class JoinStage:
         self.stop = asyncio.Event()
         self.parts: dict[int, _Partition] = {}
         self.counters: Counter[str] = Counter()
+        #: Per input topic (index): how far behind its partition's newest event time each
+        #: record came (:class:`~driftswitch.streams.pipeline.eventtime.Disorder`).
+        self.disorder = {t: Disorder(config.join.allowed_lateness) for t in (PREDICTIONS, OUTCOMES)}
         #: Seconds the last assignment took to restore its partitions; the last checkpoint's.
         self.recovery_seconds: float | None = None
         self.checkpoint_seconds = 0.0
@@ -538,6 +541,7 @@ class JoinStage:
             # Of those, records taken on their acknowledgement, before any fetch brought them.
             "observation_records_acked": self.local.taken_acked if self.local is not None else 0,
             "markers": self.counters["markers"],
+            "disorder": {self._names[t]: d.status() for t, d in self.disorder.items()},
             "read": {
                 str(p): {self._names[t]: o for t, o in sorted(part.read.items())}
                 for p, part in self.parts.items()
@@ -1219,12 +1223,13 @@ class JoinStage:
             reject_future(decoded, self.ingest, self.config.join.max_clock_skew, time.time())
             accepted, index = decoded.events, decoded.index
             # ``own`` holds the predictions, then the outcomes: the events before ``split``
-            # came from the predictions topic. Each topic's clock takes its latest event time.
+            # came from the predictions topic. Each topic's clock takes its latest event time,
+            # and the topic's disorder counts how far behind it each event came.
             split = bisect_left(index, len(topics.get(PREDICTIONS, ())))
-            if split:
-                part.clock.observe(PREDICTIONS, max(map(_EVENT_TIME, accepted[:split])))
-            if split < len(accepted):
-                part.clock.observe(OUTCOMES, max(map(_EVENT_TIME, accepted[split:])))
+            for t, on in ((PREDICTIONS, accepted[:split]), (OUTCOMES, accepted[split:])):
+                if on:
+                    newest = part.clock.seen.get(t, -math.inf)
+                    part.clock.observe(t, self.disorder[t].observe(newest, map(_EVENT_TIME, on)))
             targets = join_partitions(map(_REQUEST_ID, accepted), n)
             if targets.count(i) == len(targets):  # nothing to re-route: the usual batch
                 events = list(accepted)

@@ -36,7 +36,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from driftswitch.streams.config.model import Config
@@ -286,6 +291,14 @@ METRICS: tuple[MetricInfo, ...] = (
         "Join stage: re-routed records received a second time (a sender restarted), dropped.",
     ),
     MetricInfo(
+        "driftswitch_join_input_disorder_seconds",
+        "histogram",
+        ("topic",),
+        "Join stage: how far each input record's event time was behind the newest already "
+        "read on its topic partition (0 in order). Records further behind than "
+        "join.allowed_lateness (a bucket bound) can make observations late.",
+    ),
+    MetricInfo(
         "driftswitch_join_stage_pending",
         "gauge",
         ("partition",),
@@ -467,11 +480,29 @@ class _SnapshotCollector(Collector):
                 put("driftswitch_join_stage_pending", [str(partition)], pending)
             put("driftswitch_join_stage_store_bytes", [], stage.get("store_bytes"))
             put("driftswitch_join_stage_checkpoint_seconds", [], stage.get("checkpoint_seconds"))
+            disorder = _disorder(_map(stage.get("disorder")))
+            if disorder is not None:
+                yield disorder
         lost = self.entries_lost
         if self.join_status is not None:
             lost += int(_num(self.join_status.get("join_entries_lost")) or 0)
         put("driftswitch_join_entries_lost_total", [], lost)
         yield from fams.values()
+
+
+def _disorder(topics: Mapping[str, Any]) -> HistogramMetricFamily | None:
+    """``driftswitch_join_input_disorder_seconds`` from a join stage's ``status()["disorder"]``
+    (:meth:`~driftswitch.streams.pipeline.eventtime.Disorder.status` per topic)."""
+    if not topics:
+        return None
+    name = "driftswitch_join_input_disorder_seconds"
+    info = _INFO[name]
+    family = HistogramMetricFamily(name, info.help, labels=list(info.labels))
+    for topic, d in sorted(topics.items()):
+        buckets = [(str(float(bound)), n) for bound, n in d["buckets"]]
+        buckets.append(("+Inf", d["records"]))
+        family.add_metric([topic], buckets, d["sum_seconds"])
+    return family
 
 
 class Metrics:

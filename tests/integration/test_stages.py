@@ -218,6 +218,20 @@ def test_one_process_runs_both_stages(
     rerouted = re.search(r"^driftswitch_join_rerouted_total (\S+)$", metrics, re.M)
     assert rerouted is not None
     assert float(rerouted.group(1)) == status["join_stage"]["rerouted"] > 0
+    # Produced in event order by one producer: every event was read, and none came behind the
+    # newest event time already read on its topic partition.
+    disorder = join["disorder"]
+    assert sorted(disorder) == sorted([topics.predictions.name, topics.outcomes.name])
+    assert sum(d["records"] for d in disorder.values()) == len(events)
+    assert [d["behind"] for d in disorder.values()] == [0, 0]
+    for topic, d in disorder.items():
+        count = re.search(
+            rf'^driftswitch_join_input_disorder_seconds_count{{topic="{re.escape(topic)}"}} (\S+)$',
+            metrics,
+            re.M,
+        )
+        assert count is not None
+        assert float(count.group(1)) == d["records"] > 0
 
 
 @pytest.mark.timeout(900)  # waits for the groups to settle before each step: minutes when loaded

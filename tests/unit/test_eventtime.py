@@ -3,14 +3,21 @@ a guardrail, and records stamped beyond ``join.max_clock_skew`` after arrival ar
 
 from __future__ import annotations
 
+import math
 import random
 
 import orjson
+import pytest
 
 from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, PredictionEvent
 from driftswitch.streams.pipeline.engine import Engine
-from driftswitch.streams.pipeline.eventtime import FUTURE_TIMESTAMP, arrival_time, reject_future
+from driftswitch.streams.pipeline.eventtime import (
+    FUTURE_TIMESTAMP,
+    Disorder,
+    arrival_time,
+    reject_future,
+)
 from driftswitch.streams.pipeline.ingest import Ingest
 from driftswitch.streams.pipeline.join import JoinBuffer
 
@@ -150,3 +157,57 @@ def test_arrival_time() -> None:
     assert arrival_time(Rec(0, b"", 1_000_000), 5000.0) == 1000.0
     assert arrival_time(Rec(0, b"", 9_000_000), 5000.0) == 5000.0
     assert arrival_time(object(), 5000.0) == 5000.0
+
+
+def test_disorder_counts_how_far_behind_the_newest_each_record_came() -> None:
+    """In order counts as 0; a record stamped before one already read counts the difference;
+    ``join.allowed_lateness`` is a bucket bound of its own, and records beyond it are counted."""
+    disorder = Disorder(lateness=0.3)
+    assert 0.3 in disorder.bounds
+    newest = disorder.observe(-math.inf, [1.0, 3.0, 2.0, 2.9995, 4.0, 3.7, 3.4])
+    assert newest == 4.0
+    # 2.0 is 1.0 behind 3.0; 2.9995 is 0.0005 behind; 3.7 is 0.3 behind 4.0 (not beyond the
+    # lateness: "further behind than" it); 3.4 is 0.6 behind.
+    assert disorder.observe(newest, [3.9, 5.0]) == 5.0  # 3.9 is 0.1 behind the 4.0 carried over
+    status = disorder.status()
+    assert status["records"] == 9
+    assert status["behind"] == 5
+    assert status["beyond_lateness"] == 2
+    assert status["max_seconds"] == 1.0
+    assert status["sum_seconds"] == pytest.approx(1.0 + 0.0005 + 0.3 + 0.6 + 0.1)
+    buckets = dict(status["buckets"])
+    assert buckets[0.0] == 4  # 1.0, 3.0, 4.0, 5.0
+    assert buckets[0.001] == 5
+    assert buckets[0.25] == 6  # and 0.1
+    assert buckets[0.3] == 7  # and the 0.3 exactly at the lateness
+    assert buckets[0.5] == 7
+    assert buckets[1.0] == 9
+    assert buckets[3600.0] == 9
+    assert list(buckets) == sorted(buckets)
+
+
+def test_disorder_does_not_depend_on_how_the_records_were_batched() -> None:
+    """The same stream read in any batches gives the same counts as a record-by-record reference
+    (each record against the largest event time before it)."""
+    rng = random.Random(7)
+    for _ in range(50):
+        times = [i * 0.01 + rng.expovariate(1.0) * rng.choice((0.0, 0.01, 1.0)) for i in range(300)]
+        reference = [max([t, *times[:k]]) - t for k, t in enumerate(times)]
+        disorder = Disorder(lateness=0.5)
+        newest, k = -math.inf, 0
+        while k < len(times):
+            n = rng.randint(1, 40)
+            newest = disorder.observe(newest, times[k : k + n])
+            k += n
+        assert newest == max(times)
+        status = disorder.status()
+        assert status["behind"] == sum(d > 0 for d in reference)
+        assert status["beyond_lateness"] == sum(d > 0.5 for d in reference)
+        assert status["max_seconds"] == pytest.approx(max(reference), abs=1e-6)
+        for bound, n in status["buckets"]:
+            assert n == sum(d <= bound for d in reference)
+
+
+def test_disorder_refuses_a_negative_lateness() -> None:
+    with pytest.raises(ValueError, match="lateness"):
+        Disorder(lateness=-0.1)

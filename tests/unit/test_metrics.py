@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from typing import Any
 
 import prometheus_client
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.pipeline.eventtime import Disorder
 from driftswitch.streams.service.metrics import METRICS, Metrics, metrics_handler
 
 #: The shape of ``Engine.snapshot()``.
@@ -219,6 +222,7 @@ def test_names_units_and_label_sets_follow_the_style_guide() -> None:
             "store_bytes": 0,
             "checkpoint_seconds": 0.01,
             "join_entries_lost": 7,
+            "disorder": {"driftswitch.predictions.v1": Disorder(0.5).status()},
         }
     )
     allowed_labels = {
@@ -284,6 +288,8 @@ def test_join_stage_counters_are_exported_with_the_entries_lost() -> None:
     assert value(samples(single), "driftswitch_join_entries_lost_total") == 3
     stage = Metrics(CollectorRegistry())
     stage.set_state(0, 0.0, None)
+    predictions = Disorder(lateness=0.5)
+    predictions.observe(-math.inf, [10.0, 12.0, 11.0, 11.9, 13.0])  # 1.0 and 0.1 behind
     stage.observe_join_stage(
         {
             "partitions": [0, 1],
@@ -299,6 +305,7 @@ def test_join_stage_counters_are_exported_with_the_entries_lost() -> None:
             "checkpoint_seconds": 0.25,
             "recovery_seconds": 0.5,
             "join_entries_lost": 7,
+            "disorder": {"driftswitch.predictions.v1": predictions.status()},
         }
     )
     got = samples(stage)
@@ -311,3 +318,12 @@ def test_join_stage_counters_are_exported_with_the_entries_lost() -> None:
     assert value(got, "driftswitch_join_stage_pending", partition="1") == 0
     assert value(got, "driftswitch_join_stage_store_bytes") == 4096
     assert value(got, "driftswitch_join_stage_checkpoint_seconds") == 0.25
+    disorder = "driftswitch_join_input_disorder_seconds"
+    topic = "driftswitch.predictions.v1"
+    assert value(got, f"{disorder}_count", topic=topic) == 5
+    assert value(got, f"{disorder}_sum", topic=topic) == pytest.approx(1.1)
+    assert value(got, f"{disorder}_bucket", topic=topic, le="0.0") == 3
+    assert value(got, f"{disorder}_bucket", topic=topic, le="0.1") == 4
+    assert value(got, f"{disorder}_bucket", topic=topic, le="0.5") == 4
+    assert value(got, f"{disorder}_bucket", topic=topic, le="1.0") == 5
+    assert value(got, f"{disorder}_bucket", topic=topic, le="+Inf") == 5
