@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "DriftswitchHookFailing",
     "DriftswitchInputReset",
     "DriftswitchEngineRecovered",
+    "DriftswitchObservationsLate",
     "DriftswitchFlagDebt",
 }
 
