@@ -197,8 +197,8 @@ def start_after(records: int) -> float:
 
 #: The paced producer's ``linger.ms``: librdkafka's default (and the driftswitch client's
 #: ``linger_s``), what a model service's producer uses unless tuned. Until 2026-11-30 it was
-#: 2 ms: about 0.95 of a core for the embedded broker alone at 34,387 events/s, against
-#: 0.65-0.8 at 5 ms (``benchmarks/broker_follow.py --rate 34387 --fetch-wait-ms 20``).
+#: 2 ms: 0.91-1.03 of a core for the embedded broker alone at 34,387 events/s, against
+#: 0.53-0.83 at 5 ms (``benchmarks/broker_follow.py --rate 34387 --fetch-wait-ms 20``).
 #: ``--linger-ms`` sets it for a run.
 LINGER_MS = 5
 

@@ -149,7 +149,8 @@ class Disorder:
     def observe(self, newest: float, times: Iterable[float]) -> float:
         """Count ``times``, the event times of records in the order they were read on one topic
         partition, against ``newest``, the latest event time read there before them
-        (``-inf`` for none); returns the latest event time read there after them."""
+        (``-inf`` for none); returns the latest event time read there after them. The times are
+        finite: the event contract refuses NaN and infinities."""
         behind: list[float] = []
         n = 0
         for t in times:

@@ -801,8 +801,13 @@ class JoinStage:
         """Take a new (validated) config: its flags, variants and segment attributes decide what
         the join accepts from the next batch on; pending entries and positions stay. Flags the
         config dropped are rejected as unknown from then on (their pending entries join and are
-        skipped by the decide stage, which no longer knows them either)."""
+        skipped by the decide stage, which no longer knows them either). A new
+        ``join.allowed_lateness`` is a new bucket bound of the input disorder's counts, which
+        start again (Prometheus's ``rate`` takes that as a counter reset)."""
         async with self._lock:
+            lateness = config.join.allowed_lateness
+            if lateness != self.config.join.allowed_lateness:
+                self.disorder = {t: Disorder(lateness) for t in self.disorder}
             self.config = config
             for part in [*self.parts.values(), *self._parked.values()]:
                 part.joiner.config = config

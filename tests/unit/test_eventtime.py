@@ -161,27 +161,29 @@ def test_arrival_time() -> None:
 
 def test_disorder_counts_how_far_behind_the_newest_each_record_came() -> None:
     """In order counts as 0; a record stamped before one already read counts the difference;
-    ``join.allowed_lateness`` is a bucket bound of its own, and records beyond it are counted."""
-    disorder = Disorder(lateness=0.3)
-    assert 0.3 in disorder.bounds
-    newest = disorder.observe(-math.inf, [1.0, 3.0, 2.0, 2.9995, 4.0, 3.7, 3.4])
+    ``join.allowed_lateness`` is a bucket bound of its own, and records beyond it are counted.
+    (The times are sums of powers of two, so every difference below is exact.)"""
+    disorder = Disorder(lateness=0.375)
+    assert 0.375 in disorder.bounds
+    newest = disorder.observe(-math.inf, [1.0, 3.0, 2.0, 2.9990234375, 4.0, 3.625, 3.375])
     assert newest == 4.0
-    # 2.0 is 1.0 behind 3.0; 2.9995 is 0.0005 behind; 3.7 is 0.3 behind 4.0 (not beyond the
-    # lateness: "further behind than" it); 3.4 is 0.6 behind.
-    assert disorder.observe(newest, [3.9, 5.0]) == 5.0  # 3.9 is 0.1 behind the 4.0 carried over
+    # 2.0 is 1.0 behind 3.0; 2.9990234375 is 2**-10 (under 1 ms) behind; 3.625 is 0.375 behind
+    # 4.0, exactly the lateness (not beyond: "further behind than" it); 3.375 is 0.625 behind.
+    assert disorder.observe(newest, [3.875, 5.0]) == 5.0  # 0.125 behind the 4.0 carried over
     status = disorder.status()
     assert status["records"] == 9
     assert status["behind"] == 5
     assert status["beyond_lateness"] == 2
     assert status["max_seconds"] == 1.0
-    assert status["sum_seconds"] == pytest.approx(1.0 + 0.0005 + 0.3 + 0.6 + 0.1)
+    assert status["sum_seconds"] == pytest.approx(1.0 + 2**-10 + 0.375 + 0.625 + 0.125)
     buckets = dict(status["buckets"])
     assert buckets[0.0] == 4  # 1.0, 3.0, 4.0, 5.0
     assert buckets[0.001] == 5
-    assert buckets[0.25] == 6  # and 0.1
-    assert buckets[0.3] == 7  # and the 0.3 exactly at the lateness
+    assert buckets[0.1] == 5
+    assert buckets[0.25] == 6  # and 0.125
+    assert buckets[0.375] == 7  # and the one exactly at the lateness
     assert buckets[0.5] == 7
-    assert buckets[1.0] == 9
+    assert buckets[1.0] == 9  # 0.625, and 1.0 exactly at a bound
     assert buckets[3600.0] == 9
     assert list(buckets) == sorted(buckets)
 
