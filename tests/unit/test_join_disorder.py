@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import math
 
-from driftswitch.streams.config.model import parse_config
+from driftswitch.streams.config.model import Config, parse_config
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.service.joinstage import JoinStage
 from driftswitch.streams.service.worker import WorkerSettings
 
-CONFIG = """\
-flags:
-  ranker:
-    default: control
-    variants:
-      control: {weight: 100, value: v1}
-"""
+
+def _config(lateness: str) -> Config:
+    flags = "{ranker: {default: a, variants: {a: {weight: 100, value: 1}}}}"
+    return parse_config(f"join: {{allowed_lateness: {lateness}}}\nflags: {flags}\n")
 
 
 def _counted(stage: JoinStage) -> dict[str, int]:
@@ -28,7 +25,7 @@ def test_a_reload_that_changes_the_allowed_lateness_starts_the_counts_again() ->
     """The allowed lateness is a bucket bound of the counts: a reload keeping it keeps them, a
     reload changing it starts them again with the new bound."""
     topics = Topics.with_prefix("t")
-    stage = JoinStage(parse_config(CONFIG), WorkerSettings(bootstrap="127.0.0.1:1", topics=topics))
+    stage = JoinStage(_config("500ms"), WorkerSettings(bootstrap="127.0.0.1:1", topics=topics))
     predictions = topics.predictions.name
     for d in stage.disorder.values():
         assert d.lateness == 0.5
@@ -37,10 +34,10 @@ def test_a_reload_that_changes_the_allowed_lateness_starts_the_counts_again() ->
     counted = _counted(stage)
     assert sum(counted.values()) == 2
 
-    asyncio.run(stage.reconfigure(parse_config(CONFIG)))
+    asyncio.run(stage.reconfigure(_config("0.5")))
     assert _counted(stage) == counted
 
-    asyncio.run(stage.reconfigure(parse_config(CONFIG + "join:\n  allowed_lateness: 250ms\n")))
+    asyncio.run(stage.reconfigure(_config("250ms")))
     status = stage.status()["disorder"]
     assert sorted(status) == sorted([predictions, topics.outcomes.name])
     for d in status.values():
