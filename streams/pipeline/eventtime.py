@@ -123,11 +123,11 @@ class Disorder:
 
     The newest event time per partition is the caller's to keep (the join stage's clock holds it
     and checkpoints it): :meth:`observe` takes it and returns it moved on. ``lateness`` (seconds,
-    ``join.allowed_lateness``) is one of the bucket bounds, and records further behind than it
-    are counted apart (``beyond``).
+    ``join.allowed_lateness``) is one of the bucket bounds, so the records further behind than it
+    are those of the buckets above it.
     """
 
-    __slots__ = ("beyond", "bounds", "counts", "largest", "lateness", "records", "total")
+    __slots__ = ("bounds", "counts", "largest", "lateness", "records", "total")
 
     def __init__(self, lateness: float) -> None:
         if not lateness >= 0:
@@ -143,8 +143,6 @@ class Disorder:
         self.total = 0.0
         #: The furthest behind a record came, seconds.
         self.largest = 0.0
-        #: Records further behind than ``lateness``.
-        self.beyond = 0
 
     def observe(self, newest: float, times: Iterable[float]) -> float:
         """Count ``times``, the event times of records in the order they were read on one topic
@@ -162,12 +160,9 @@ class Disorder:
         self.records += n
         self.counts[0] += n - len(behind)
         if behind:
-            bounds, counts, lateness = self.bounds, self.counts, self.lateness
-            beyond = 0
+            bounds, counts = self.bounds, self.counts
             for d in behind:
                 counts[bisect_left(bounds, d)] += 1
-                beyond += d > lateness
-            self.beyond += beyond
             self.total += sum(behind)
             self.largest = max(self.largest, *behind)
         return newest
@@ -179,7 +174,7 @@ class Disorder:
         return {
             "records": self.records,
             "behind": self.records - self.counts[0],
-            "beyond_lateness": self.beyond,
+            "beyond_lateness": sum(self.counts[self.bounds.index(self.lateness) + 1 :]),
             "lateness_seconds": self.lateness,
             "max_seconds": round(self.largest, 6),
             "sum_seconds": round(self.total, 6),
