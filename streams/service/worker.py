@@ -737,6 +737,9 @@ class Worker:
             self._lease_missing_since = time.monotonic()
 
         async def assigned(_listener: Any, partitions: Any) -> None:
+            if self.join_stage is not None and self.join_stage.local is not None:
+                # Whether this process's join stage keeps its batches for its decide stage.
+                self.join_stage.local.leased = bool(partitions)
             if partitions:
                 self._lease.pause(*partitions)
                 self._lease_held.set()
@@ -1163,7 +1166,10 @@ class Worker:
     def _release(self) -> list[Observation]:
         """What every partition's merge releases, partition after partition (``Engine.decide``
         numbers them by position)."""
-        return [obs for _, merge in sorted(self.merges.items()) for obs in merge.take()]
+        released: list[Observation] = []
+        for _, merge in sorted(self.merges.items()):
+            released += merge.take()
+        return released
 
     def _read_batch(self, record: Any) -> Batch:
         """The observation batch in ``record``, each observation given its tag (the record's
@@ -1178,17 +1184,11 @@ class Worker:
             if sent is not None:
                 source = sent.source
                 base = record.offset * TAG_SPAN
-                return Batch(
-                    source,
-                    sent.read,
-                    sent.watermark,
-                    sent.idle,
-                    [
-                        (*obs[:-1], base + i, source, obs[-1])
-                        for i, obs in enumerate(sent.observations)
-                    ],
-                    sent.run,
-                )
+                tagged = [
+                    (*obs[:-1], tag, source, obs[-1])
+                    for tag, obs in enumerate(sent.observations, base)
+                ]
+                return Batch(source, sent.read, sent.watermark, sent.idle, tagged, sent.run)
         batch = decode_batch(record.value or b"")
         sources = self.topics.predictions.partitions
         if not 0 <= batch.source < sources:

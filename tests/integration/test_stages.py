@@ -213,6 +213,7 @@ def test_one_process_runs_both_stages(
     assert 0 < join["observation_records_local"] <= join["observation_records"]
     # Most of them as soon as the broker acknowledged them (LocalBatches.acknowledged).
     assert 0 < join["observation_records_acked"] <= join["observation_records_local"]
+    assert join["local_decide_leased"] is True
     with urllib.request.urlopen(f"{both.url}/metrics", timeout=30) as r:
         metrics = r.read().decode()
     rerouted = re.search(r"^driftswitch_join_rerouted_total (\S+)$", metrics, re.M)
@@ -232,6 +233,25 @@ def test_one_process_runs_both_stages(
         )
         assert count is not None
         assert float(count.group(1)) == d["records"] > 0
+
+
+def test_a_standby_process_keeps_nothing_for_its_decide_stage(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path, start_worker: Any
+) -> None:
+    """Two ``--stage all`` processes: the second one's decide stage stands by, so its join
+    stage keeps no batches for it (LocalBatches.leased) and is never held back waiting for it,
+    while the first one's keeps them."""
+    config_path, *_ = _setup(tmp_path)
+    first = start_worker(config_path, tmp_path / "first.log", args=["--stage", "all", *FAST])
+    first.wait_active()
+    second = start_worker(config_path, tmp_path / "second.log", args=["--stage", "all", *FAST])
+    second.wait_for(
+        "a standby whose join stage knows it",
+        lambda s: s["role"] == "standby" and s["join_stage"]["local_decide_leased"] is False,
+        120,
+    )
+    first.wait_for("the lease kept", lambda s: s["join_stage"]["local_decide_leased"] is True, 60)
+    assert (first.health() or {})["role"] == "active"
 
 
 @pytest.mark.timeout(900)  # waits for the groups to settle before each step: minutes when loaded

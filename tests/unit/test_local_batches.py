@@ -67,37 +67,43 @@ def test_batches_not_taken_are_dropped_oldest_first_beyond_the_limit() -> None:
     assert len(local) == 2  # 8 bytes: both fit
 
 
-def test_the_join_stage_waits_only_for_a_decide_stage_that_is_taking() -> None:
-    """``behind`` (the join stage's back-pressure) holds while half the limit or more waits and
-    the decide stage takes; a decide stage that takes nothing (a standby) holds nothing back."""
+def test_the_join_stage_waits_for_a_decide_stage_that_holds_or_may_yet_hold_the_lease() -> None:
+    """``behind`` (the join stage's back-pressure) holds while half the limit or more waits,
+    from the start (the decide stage's lease group has not answered yet: it restores, then
+    takes) and while this process holds the lease; taking makes room again."""
 
     async def scenario() -> None:
-        local = LocalBatches(limit=8)
-        local.add(0, b"aaaa", _batch(0))  # half the limit waits, but nobody has taken yet
-        assert not local.behind
-        assert local.take(0, b"none") is None  # the decide stage reads (a record not here)
-        assert local.behind
-        waiting = asyncio.ensure_future(local.caught_up())
-        await asyncio.sleep(0.01)
-        assert not waiting.done()
-        assert local.take(0, b"aaaa") is not None
-        await asyncio.wait_for(waiting, 1.0)  # room again: the join stage reads on
-        assert not local.behind
+        for leased in (None, True):
+            local = LocalBatches(limit=8)
+            local.leased = leased
+            local.add(0, b"aa", _batch(0))
+            assert not local.behind  # less than half the limit waits
+            local.add(0, b"bb", _batch(0))
+            assert local.behind  # nothing taken yet: a starting decide stage counts
+            waiting = asyncio.ensure_future(local.caught_up())
+            await asyncio.sleep(0.01)
+            assert not waiting.done()
+            assert local.take(0, b"aa") is not None
+            await asyncio.wait_for(waiting, 1.0)  # room again: the join stage reads on
+            assert not local.behind
 
     asyncio.run(scenario())
 
 
-def test_a_decide_stage_that_stopped_taking_holds_nothing_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(joinstage.time, "monotonic", lambda: now[0])
+def test_a_standby_decide_stage_holds_nothing_back() -> None:
+    """Another process holds the lease and reads the batches from the broker: the join stage
+    reads on, and what waits here is dropped oldest first beyond the limit."""
     local = LocalBatches(limit=8)
-    local.take(0, b"x")
+    assert local.leased is None
     local.add(0, b"aaaa", _batch(0))
     assert local.behind
-    now[0] += joinstage.LOCAL_READER_IDLE
+    local.leased = False
     assert not local.behind
+    local.add(0, b"bbbbbbb", _batch(0))
+    assert not local.behind
+    assert len(local) == 1  # the oldest was dropped
+    local.leased = True  # the lease came to this process (the active one stopped)
+    assert local.behind
 
 
 def _acked(local: LocalBatches, partition: int, value: bytes, offset: int | None) -> None:
