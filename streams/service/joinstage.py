@@ -480,6 +480,10 @@ class JoinStage:
         #: Per input topic (index): how far behind its partition's newest event time each
         #: record came (:class:`~driftswitch.streams.pipeline.eventtime.Disorder`).
         self.disorder = {t: Disorder(config.join.allowed_lateness) for t in (PREDICTIONS, OUTCOMES)}
+        #: Per (join partition, input topic): ``(epoch, offset)`` up to which its records were
+        #: counted in :attr:`disorder`, so that what a recovery or a reassignment to this process
+        #: reads again (from the last checkpoint) is not counted twice.
+        self._disorder_counted: dict[tuple[int, int], tuple[int, int]] = {}
         #: Seconds the last assignment took to restore its partitions; the last checkpoint's.
         self.recovery_seconds: float | None = None
         self.checkpoint_seconds = 0.0
@@ -1237,10 +1241,9 @@ class JoinStage:
             # came from the predictions topic. Each topic's clock takes its latest event time,
             # and the topic's disorder counts how far behind it each event came.
             split = bisect_left(index, len(topics.get(PREDICTIONS, ())))
-            for t, on in ((PREDICTIONS, accepted[:split]), (OUTCOMES, accepted[split:])):
-                if on:
-                    newest = part.clock.seen.get(t, -math.inf)
-                    part.clock.observe(t, self.disorder[t].observe(newest, map(_EVENT_TIME, on)))
+            for t, first, end in ((PREDICTIONS, 0, split), (OUTCOMES, split, len(accepted))):
+                if end > first:
+                    self._observe_disorder(part, t, accepted, first, end, own, index)
             targets = join_partitions(map(_REQUEST_ID, accepted), n)
             if targets.count(i) == len(targets):  # nothing to re-route: the usual batch
                 events = list(accepted)
@@ -1300,6 +1303,33 @@ class JoinStage:
             part.dirty = True
             self.counters["records"] += sum(len(r) for r in topics.values())
         await self._emit(part, observations, changed=any(topics.values()))
+
+    def _observe_disorder(
+        self,
+        part: _Partition,
+        t: int,
+        accepted: list[InputEvent],
+        first: int,
+        end: int,
+        own: list[Any],
+        index: list[int],
+    ) -> None:
+        """Move topic ``t``'s clock on with ``accepted[first:end]`` (read from ``own[index[k]]``,
+        in offset order) and count their disorder, except for the records this process already
+        counted (read again from the last checkpoint after a recovery or a reassignment)."""
+        newest = part.clock.seen.get(t, -math.inf)
+        start = first
+        epoch, counted = self._disorder_counted.get((part.index, t), (part.epoch, 0))
+        if epoch == part.epoch and own[index[first]].offset < counted:
+            start = bisect_left(range(first, end), counted, key=lambda k: own[index[k]].offset)
+            start += first
+            newest = max(newest, *map(_EVENT_TIME, accepted[first:start]))
+        part.clock.observe(
+            t, self.disorder[t].observe(newest, map(_EVENT_TIME, accepted[start:end]))
+        )
+        last = own[index[end - 1]].offset + 1
+        if epoch != part.epoch or last > counted:
+            self._disorder_counted[(part.index, t)] = (part.epoch, last)
 
     async def _join_contained(
         self,

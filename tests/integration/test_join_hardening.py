@@ -196,6 +196,9 @@ def test_events_that_break_the_join_are_contained_and_dead_lettered(
     stage = status["join_stage"]
     assert stage["recoveries"] == 2  # one per failing partition
     assert stage["rejected"] == {"internal_error": 2}
+    # The input each recovery read again from its partition's last checkpoint is not counted
+    # twice in the input's disorder: every record once.
+    assert sum(d["records"] for d in stage["disorder"].values()) == len(records)
     assert status["merge"]["late"] <= 1  # the corrupt event (early event time) at most
     metrics = _metrics(worker)
     assert 'driftswitch_deadletter_records_total{reason="internal_error"} 2.0' in metrics
