@@ -463,7 +463,11 @@ async def worker_throughput(
                         acked = join.get("observation_records_acked", 0) / sent
                         print(
                             f"  observation records the decide stage took from memory: {local:.0%}"
-                            f" ({acked:.0%} on their acknowledgement)"
+                            f" ({acked:.0%} on their acknowledgement); records per batch: join"
+                            f" stage {join['records'] / max(join['batches'], 1):,.0f}, decide"
+                            f" stage {status['records'] / max(status['batches'], 1):,.1f}"
+                            f" ({status['observations'] / max(status['batches'], 1):,.0f}"
+                            " observations)"
                         )
                     return steady_rate(polls, topics, total)
             await asyncio.sleep(poll)
