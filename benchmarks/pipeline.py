@@ -627,6 +627,7 @@ async def reaction(
     show_lag: bool = False,
     spy: Path | None = None,
     bare_follower: bool = False,
+    *,
     broker_pid: int | None = None,
 ) -> Reaction:
     worker = WorkerProcess(
