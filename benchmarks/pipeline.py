@@ -11,6 +11,10 @@ request), ``--repeat`` rounds, each on a fresh backlog of the same events:
    confluent-kafka ``consume`` + ``orjson.loads`` + a dict count, over the backlog.
 2. **Join stage alone**: the backlog's batches as aiokafka returned them, already in memory, through
    the worker's ``Ingest.decode`` and ``Engine.process`` (decode, join, score, detect): no Kafka.
+   And what the join stage of ``--stage all`` does itself with the same batches
+   (:func:`join_stage_own`): per partition, decode, join with the inputs' positions
+   (``Joiner(track=True)``) and encode the observations as one batch record; the rest of the
+   worker's time is Kafka, checkpoints and the decide stage.
 3. **Full worker**: ``driftswitch run`` (a subprocess, with ``--worker-arg`` options such as
    ``--worker-arg=--stage=single``) is started on the same backlog and reads it from the start,
    as the bare consumers did. Its ``/healthz`` is polled every ``--poll`` s, and the rate is
@@ -91,6 +95,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -107,6 +112,8 @@ from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import Ingest
+from driftswitch.streams.pipeline.merge import Batch, encode_batch
+from driftswitch.streams.pipeline.observations import Joiner
 from driftswitch.streams.service.worker import HEADER_SOURCE
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.procstat import cpu_seconds
@@ -311,6 +318,37 @@ async def fetch_batches(bootstrap: str, topics: Topics, total: int) -> list[list
     finally:
         await consumer.stop()
     return batches
+
+
+def join_stage_own(config: Path, topics: Topics, batches: list[list[Any]]) -> float:
+    """Events/s of what the worker's join stage does itself with the fetched batches, CPU time
+    of this process (no Kafka): per partition, as ``JoinStage._process_partition`` does in the
+    usual case, its predictions then its outcomes decoded (``Ingest.decode``), joined with
+    their input positions by that partition's ``Joiner(track=True)``, and the observations
+    encoded as one batch record (``encode_batch``). The records are split by partition before
+    the clock starts (the consumer hands them out so)."""
+    loaded = load_config(config)
+    ingest = Ingest(topics.predictions.name, topics.outcomes.name)
+    predictions = topics.predictions.name
+    split: list[list[tuple[int, list[Any], int]]] = []
+    for batch in batches:
+        parts: dict[int, tuple[list[Any], list[Any]]] = {}
+        for rec in batch:
+            parts.setdefault(rec.partition, ([], []))[rec.topic != predictions].append(rec)
+        split.append([(p, [*preds, *outs], len(preds)) for p, (preds, outs) in parts.items()])
+    joiners = {p: Joiner(loaded, track=True) for p in range(topics.predictions.partitions)}
+    total = sum(len(b) for b in batches)
+    started = time.process_time()
+    for parts_of_batch in split:
+        for p, own, n in parts_of_batch:
+            decoded = ingest.decode(own)
+            index = decoded.index
+            cut = bisect_left(index, n)
+            positions = [(0, own[j].offset) for j in index[:cut]]
+            positions += [(1, own[j].offset) for j in index[cut:]]
+            observations, _ = joiners[p].process(decoded.events, positions)
+            encode_batch(Batch(p, {0: own[-1].offset + 1}, 0.0, False, observations, "run"))
+    return total / (time.process_time() - started)
 
 
 def join_stage(config: Path, topics: Topics, batches: list[list[Any]], profile: bool) -> float:
@@ -999,6 +1037,7 @@ async def main() -> None:
         "bare aiokafka + orjson": [],
         "bare confluent-kafka + orjson": [],
         "join stage alone (decode, join, score, detect; CPU)": [],
+        "the join stage's own work (decode, join, encode; CPU)": [],
         "full worker (driftswitch run)": [],
         "full worker, per CPU-second of its process": [],
     }
@@ -1013,6 +1052,7 @@ async def main() -> None:
             confluent = await asyncio.to_thread(confluent_consumer, bootstrap, backlog, total)
             batches = await fetch_batches(bootstrap, backlog, total)
             stage = join_stage(config, backlog, batches, args.profile and r == 0)
+            own = join_stage_own(config, backlog, batches)
             del batches
             spy = (args.py_spy_out or tmp / "worker.py-spy.txt") if args.py_spy and r == 0 else None
             rate, per_cpu = await worker_throughput(
@@ -1025,18 +1065,19 @@ async def main() -> None:
                 args.worker_arg,
                 spy,
             )
-            for name, value in zip(figures, (bare, confluent, stage, rate, per_cpu), strict=True):
+            measured = (bare, confluent, stage, own, rate, per_cpu)
+            for name, value in zip(figures, measured, strict=True):
                 figures[name].append(value)
             shares.append(rate / bare)
             print(
                 f"round {r + 1}: aiokafka {bare:,.0f}, confluent {confluent:,.0f}, join stage "
-                f"{stage:,.0f}, worker {rate:,.0f} events/s ({rate / bare:.0%}; {per_cpu:,.0f} per "
-                f"CPU-second of its process); {load()}"
+                f"{stage:,.0f} (its own work {own:,.0f}), worker {rate:,.0f} events/s "
+                f"({rate / bare:.0%}; {per_cpu:,.0f} per CPU-second of its process); {load()}"
             )
         if args.repeat:
             print("events/s, min / median / max of", args.repeat, "rounds:")
             for name, values in figures.items():
-                print(f"  {name:<52} {spread(values)}")
+                print(f"  {name:<54} {spread(values)}")
             print(
                 f"  worker / bare aiokafka + orjson, per round: "
                 f"{' '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%})"
