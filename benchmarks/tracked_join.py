@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,6 +38,7 @@ from driftswitch.streams.config.model import Config, load_config
 from driftswitch.streams.pipeline import observations
 from driftswitch.streams.pipeline.ingest import Ingest
 from driftswitch.streams.service.joinstage import JOIN_MAX_RECORDS, OUTCOMES, PREDICTIONS
+from driftswitch.streams.tools.testing import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,13 +111,7 @@ def at_revision(rev: str) -> ModuleType:
     ).stdout
     tmp = Path(tempfile.mkdtemp()) / "observations_at_rev.py"
     tmp.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("observations_at_rev", tmp)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_file(tmp, "observations_at_rev")
 
 
 def plain(results: list[Any]) -> list[Any]:

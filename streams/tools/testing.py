@@ -7,7 +7,8 @@ through
 ``DRIFTSWITCH_TOPIC_*``), with its HTTP port and a log file, and polls ``/healthz``.
 :func:`read_topic` and :func:`flag_changes` read a one-partition topic to its end (the flags
 topic is the audit log of every decision); :func:`event_records` turns events into the keyed
-records a model service produces; :func:`wait_until` polls any condition.
+records a model service produces; :func:`wait_until` polls any condition; :func:`load_file`
+loads a Python file that is not part of a package (a benchmark script).
 
 Failures raise :class:`AssertionError` with the worker's log tail, so a test framework reports
 them as test failures with the reason in view.
@@ -16,6 +17,7 @@ them as test failures with the reason in view.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import subprocess
@@ -25,7 +27,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Self
 
 import orjson
@@ -410,3 +412,16 @@ async def recreate_inputs(bootstrap: str, topics: Topics) -> None:
         except Exception:
             await asyncio.sleep(0.2)
     await ensure_topics(bootstrap, topics)
+
+
+def load_file(path: Path, name: str) -> ModuleType:
+    """The Python file at ``path`` (a benchmark script, a module as it was at another revision)
+    loaded as a module named ``name``, registered in ``sys.modules`` (dataclasses look their
+    module up there)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

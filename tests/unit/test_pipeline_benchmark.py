@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from driftswitch.streams.tools.testing import load_file
 
-def _benchmark() -> ModuleType:
-    path = Path(__file__).parents[2] / "benchmarks" / "pipeline.py"
-    spec = importlib.util.spec_from_file_location("pipeline_benchmark", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _benchmark()
+bench = load_file(Path(__file__).parents[2] / "benchmarks" / "pipeline.py", "pipeline_benchmark")
 
 
 def _run(lags: list[tuple[float, int]], offered: float) -> object:
