@@ -322,11 +322,13 @@ async def fetch_batches(bootstrap: str, topics: Topics, total: int) -> list[list
 
 def join_stage_own(config: Path, topics: Topics, batches: list[list[Any]]) -> float:
     """Events/s of what the worker's join stage does itself with the fetched batches, CPU time
-    of this process (no Kafka): per partition, as ``JoinStage._process_partition`` does in the
-    usual case, its predictions then its outcomes decoded (``Ingest.decode``), joined with
-    their input positions by that partition's ``Joiner(track=True)``, and the observations
-    encoded as one batch record (``encode_batch``). The records are split by partition before
-    the clock starts (the consumer hands them out so)."""
+    of this process (no Kafka): per partition, its predictions then its outcomes decoded
+    (``Ingest.decode``), joined with their input positions by that partition's
+    ``Joiner(track=True)``, and the observations encoded as one batch record
+    (``encode_batch``). The records are split by partition before the clock starts (the
+    consumer hands them out so). A best case: ``JoinStage._process_partition`` also checks
+    event times against the clock (``reject_future``), counts the input's disorder, checks
+    each record's join partition and keeps the batch for the decide stage."""
     loaded = load_config(config)
     ingest = Ingest(topics.predictions.name, topics.outcomes.name)
     predictions = topics.predictions.name

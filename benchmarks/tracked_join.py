@@ -109,9 +109,10 @@ def at_revision(rev: str) -> ModuleType:
         check=True,
         capture_output=True,
     ).stdout
-    tmp = Path(tempfile.mkdtemp()) / "observations_at_rev.py"
-    tmp.write_bytes(source)
-    return load_file(tmp, "observations_at_rev")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "observations_at_rev.py"
+        path.write_bytes(source)
+        return load_file(path, "observations_at_rev")
 
 
 def plain(results: list[Any]) -> list[Any]:

@@ -252,21 +252,25 @@ class LocalBatches:
     backlog run were decoded, 4-8 % with the back-pressure, most of them from before the decide
     stage held its lease). So the join stage reads on only while less than half of
     :attr:`limit` waits here, unless this process's decide stage is a standby (:attr:`leased`
-    is ``False``: another process holds the lease and reads the batches from the broker). A
-    decide stage still starting counts as one that will take: until its lease group has
-    answered, and while it restores its snapshot, batches wait here rather than be dropped.
+    is ``False``: another process holds the lease and reads the batches from the broker; a
+    standby's batches are not kept at all, and what was kept is dropped when the lease goes
+    elsewhere, so that a standby taking over later finds no batches from before its snapshot
+    filling the room). A decide stage still starting counts as one that will take: until its
+    lease group has answered, and while it restores its snapshot, the join stage holds back
+    (at most :data:`LOCAL_WAIT_MAX` seconds a turn, so a long restore still drops the oldest).
     (Before, a decide stage that had not taken anything for a second counted as a standby, and
-    at start-up the join stage ran unchecked: 6-16 % of a backlog's observation records were
-    then decoded from the broker, which cost the decide stage about 4 % of the process's CPU.)
+    at start-up the join stage ran ahead: in this repository's backlog benchmark 2-16 % of the
+    observation records were then decoded from the broker, which took 4 % of the worker's
+    samples in the profiled round where 16 % were.)
     """
 
     __slots__ = (
         "_acked",
         "_entries",
+        "_leased",
         "_room",
         "_size",
         "arrived",
-        "leased",
         "limit",
         "taken",
         "taken_acked",
@@ -285,12 +289,26 @@ class LocalBatches:
         self.limit = limit
         #: Records taken from here instead of decoded.
         self.taken = 0
-        #: Whether this process's decide stage holds the lease (so takes these batches): ``None``
-        #: until its lease group first answers, then set on every assignment (the worker's).
-        self.leased: bool | None = None
+        self._leased: bool | None = None
         #: Set while less than half of :attr:`limit` waits here.
         self._room = asyncio.Event()
         self._room.set()
+
+    @property
+    def leased(self) -> bool | None:
+        """Whether this process's decide stage holds the lease (so takes these batches): ``None``
+        until its lease group first answers, then set at every assignment (the worker's).
+        ``False`` drops what is kept; nothing is kept until it is ``None`` or ``True`` again."""
+        return self._leased
+
+    @leased.setter
+    def leased(self, value: bool | None) -> None:
+        self._leased = value
+        if value is False:
+            self._entries.clear()
+            self._acked.clear()
+            self._size = 0
+            self._sized()
 
     @property
     def behind(self) -> bool:
@@ -312,7 +330,9 @@ class LocalBatches:
         return len(self._entries)
 
     def add(self, partition: int, value: bytes, batch: Batch) -> None:
-        """Keep ``batch``, sent as ``value`` to ``partition``."""
+        """Keep ``batch``, sent as ``value`` to ``partition`` (not for a standby)."""
+        if self._leased is False:
+            return
         entries = self._entries
         key = (partition, value)
         if key not in entries:
@@ -543,7 +563,9 @@ class JoinStage:
             "input_resets": self.counters["input_resets"],
             "batches": self.counters["batches"],
             "observation_records": self.counters["observation_records"],
-            # With the decide stage in this process: records it took from memory.
+            # With the decide stage in this process: batches kept for it now, and records it
+            # took from memory.
+            "observation_batches_kept": len(self.local) if self.local is not None else 0,
             "observation_records_local": self.local.taken if self.local is not None else 0,
             # Of those, records taken on their acknowledgement, before any fetch brought them.
             "observation_records_acked": self.local.taken_acked if self.local is not None else 0,
@@ -726,12 +748,21 @@ class JoinStage:
 
     async def _wait_for_decide(self) -> None:
         """With a decide stage in this process that has fallen behind (:attr:`LocalBatches.
-        behind`), wait until it has caught up, at most :data:`LOCAL_WAIT_MAX` seconds."""
+        behind`), wait until it has caught up, at most :data:`LOCAL_WAIT_MAX` seconds, or until
+        the stage stops."""
         local = self.local
         if local is not None and local.behind:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LOCAL_WAIT_MAX):
-                    await local.caught_up()
+            caught_up = asyncio.ensure_future(local.caught_up())
+            stopping = asyncio.ensure_future(self.stop.wait())
+            try:
+                await asyncio.wait(
+                    {caught_up, stopping},
+                    timeout=LOCAL_WAIT_MAX,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                caught_up.cancel()
+                stopping.cancel()
 
     def _quiet(self) -> bool:
         """Whether nothing is left to do until records arrive (module doc: Idle): every owned

@@ -239,17 +239,26 @@ def test_a_standby_process_keeps_nothing_for_its_decide_stage(
     broker: EmbeddedBroker, topics: Topics, tmp_path: Path, start_worker: Any
 ) -> None:
     """Two ``--stage all`` processes: the second one's decide stage stands by, so its join
-    stage keeps no batches for it (LocalBatches.leased) and is never held back waiting for it,
-    while the first one's keeps them."""
+    stage (which owns partitions too once the join group has rebalanced, and sends their
+    watermarks) keeps no batches for it and is never held back by it (LocalBatches.leased);
+    the first one holds the lease."""
     config_path, *_ = _setup(tmp_path)
     first = start_worker(config_path, tmp_path / "first.log", args=["--stage", "all", *FAST])
     first.wait_active()
     second = start_worker(config_path, tmp_path / "second.log", args=["--stage", "all", *FAST])
     second.wait_for(
-        "a standby whose join stage knows it",
-        lambda s: s["role"] == "standby" and s["join_stage"]["local_decide_leased"] is False,
+        "a standby whose join stage knows it, and sent batches for its partitions",
+        lambda s: (
+            s["role"] == "standby"
+            and s["join_stage"]["local_decide_leased"] is False
+            and bool(s["join_stage"]["partitions"])
+            and s["join_stage"]["observation_records"] > 0
+        ),
         120,
     )
+    join = (second.health() or {})["join_stage"]
+    assert join["observation_batches_kept"] == 0
+    assert join["observation_records_local"] == 0
     first.wait_for("the lease kept", lambda s: s["join_stage"]["local_decide_leased"] is True, 60)
     assert (first.health() or {})["role"] == "active"
 

@@ -90,20 +90,28 @@ def test_the_join_stage_waits_for_a_decide_stage_that_holds_or_may_yet_hold_the_
     asyncio.run(scenario())
 
 
-def test_a_standby_decide_stage_holds_nothing_back() -> None:
+def test_a_standby_decide_stage_holds_nothing_back_and_nothing_is_kept_for_it() -> None:
     """Another process holds the lease and reads the batches from the broker: the join stage
-    reads on, and what waits here is dropped oldest first beyond the limit."""
+    reads on, and keeps nothing here; what it kept while the lease group had not answered is
+    dropped, so a standby that takes over later finds no batches from before its snapshot."""
     local = LocalBatches(limit=8)
     assert local.leased is None
     local.add(0, b"aaaa", _batch(0))
+    _acked(local, 0, b"aaaa", 5)
     assert local.behind
     local.leased = False
     assert not local.behind
-    local.add(0, b"bbbbbbb", _batch(0))
-    assert not local.behind
-    assert len(local) == 1  # the oldest was dropped
+    assert len(local) == 0
+    assert local.acknowledged(0, 5) == []
+    local.add(0, b"bbbb", _batch(0))
+    _acked(local, 0, b"bbbb", 6)
+    assert len(local) == 0  # a standby's batches are not kept
+    assert local.take(0, b"bbbb") is None
     local.leased = True  # the lease came to this process (the active one stopped)
+    assert not local.behind  # nothing from before waits
+    local.add(0, b"cccc", _batch(0))
     assert local.behind
+    assert local.take(0, b"cccc") is not None
 
 
 def _acked(local: LocalBatches, partition: int, value: bytes, offset: int | None) -> None:
