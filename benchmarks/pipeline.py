@@ -114,6 +114,7 @@ from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import Ingest
 from driftswitch.streams.pipeline.merge import Batch, encode_batch
 from driftswitch.streams.pipeline.observations import Joiner
+from driftswitch.streams.service.joinstage import OUTCOMES, PREDICTIONS
 from driftswitch.streams.service.worker import HEADER_SOURCE
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.procstat import cpu_seconds
@@ -346,8 +347,8 @@ def join_stage_own(config: Path, topics: Topics, batches: list[list[Any]]) -> fl
             decoded = ingest.decode(own)
             index = decoded.index
             cut = bisect_left(index, n)
-            positions = [(0, own[j].offset) for j in index[:cut]]
-            positions += [(1, own[j].offset) for j in index[cut:]]
+            positions = [(PREDICTIONS, own[j].offset) for j in index[:cut]]
+            positions += [(OUTCOMES, own[j].offset) for j in index[cut:]]
             observations, _ = joiners[p].process(decoded.events, positions)
             encode_batch(Batch(p, {0: own[-1].offset + 1}, 0.0, False, observations, "run"))
     return total / (time.process_time() - started)
