@@ -11,6 +11,7 @@ partitioner and outcomes placed by murmur2 (a Java producer's), so a share of th
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -109,7 +110,31 @@ def _wait_done(
                     return
         time.sleep(0.5)
     logs = "\n".join(w.log.read_text()[-3000:] for w in deciders)
-    raise AssertionError(f"counts not reached in {timeout} s: {last} != {expected}\n{logs}")
+    logs += "\n".join(f"{j.log.name}:\n{j.log.read_text()[-1500:]}" for j in joiners)
+    raise AssertionError(
+        f"counts not reached in {timeout} s: {last} != {expected}\n{_states(deciders, joiners)}"
+        f"\n{logs}"
+    )
+
+
+def _states(deciders: Sequence[WorkerProcess], joiners: Sequence[WorkerProcess]) -> str:
+    """For a failure's message: the live decide processes' merges (bounds, each join
+    partition's watermark and idle flag) and the join processes' partitions, read positions,
+    watermarks, pending entries and lag, from their /healthz."""
+    lines = []
+    for kind, procs in (("decide", deciders), ("join", joiners)):
+        for w in procs:
+            status = w.health() if w.proc.poll() is None else None
+            if status is None:
+                lines.append(f"{kind} {w.log.name}: no /healthz")
+                continue
+            if kind == "decide":
+                part: Any = {"role": status.get("role"), "merge": status.get("merge")}
+            else:
+                keys = ("partitions", "read", "watermarks", "pending", "lag", "rerouted")
+                part = {k: status.get(k) for k in keys}
+            lines.append(f"{kind} {w.log.name}: {json.dumps(part)}")
+    return "\n".join(lines)
 
 
 def _setup(
