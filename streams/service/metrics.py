@@ -299,6 +299,14 @@ METRICS: tuple[MetricInfo, ...] = (
         "join.allowed_lateness (a bucket bound) can make observations late.",
     ),
     MetricInfo(
+        "driftswitch_join_input_beyond_lateness_total",
+        "counter",
+        ("topic",),
+        "Join stage: input records further behind the newest event time already read on their "
+        "topic partition than join.allowed_lateness (the disorder histogram's records above "
+        "that bound, whatever it is configured to); each can make observations late.",
+    ),
+    MetricInfo(
         "driftswitch_join_stage_pending",
         "gauge",
         ("partition",),
@@ -480,6 +488,12 @@ class _SnapshotCollector(Collector):
                 put("driftswitch_join_stage_pending", [str(partition)], pending)
             put("driftswitch_join_stage_store_bytes", [], stage.get("store_bytes"))
             put("driftswitch_join_stage_checkpoint_seconds", [], stage.get("checkpoint_seconds"))
+            for topic, d in sorted(_map(stage.get("disorder")).items()):
+                put(
+                    "driftswitch_join_input_beyond_lateness_total",
+                    [str(topic)],
+                    _map(d).get("beyond_lateness"),
+                )
             disorder = _disorder(_map(stage.get("disorder")))
             if disorder is not None:
                 yield disorder

@@ -258,6 +258,13 @@ def test_one_process_runs_both_stages(
         )
         assert count is not None
         assert float(count.group(1)) == d["records"] > 0
+        beyond = re.search(
+            rf'^driftswitch_join_input_beyond_lateness_total{{topic="{re.escape(topic)}"}} (\S+)$',
+            metrics,
+            re.M,
+        )
+        assert beyond is not None  # exported from the start, at 0: the alert sees the first
+        assert float(beyond.group(1)) == d["beyond_lateness"] == 0
 
 
 def test_a_standby_process_keeps_nothing_for_its_decide_stage(

@@ -17,6 +17,7 @@ from driftswitch.streams.service.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+HISTOGRAM_SERIES = ("count", "sum", "bucket")
 RULES_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 EXPECTED_ALERTS = {
     "DriftswitchDeadLetterRateHigh",
@@ -29,6 +30,7 @@ EXPECTED_ALERTS = {
     "DriftswitchInputReset",
     "DriftswitchEngineRecovered",
     "DriftswitchObservationsLate",
+    "DriftswitchInputDisordered",
     "DriftswitchFlagDebt",
 }
 
@@ -73,6 +75,8 @@ def test_every_alert_is_unit_tested_and_uses_real_metrics() -> None:
     }
     assert tested == EXPECTED_ALERTS  # each alert is shown to fire at least once
     known = {m.name for m in METRICS}
+    # A histogram's series: _count, _sum and _bucket.
+    known |= {f"{m.name}_{s}" for m in METRICS if m.type == "histogram" for s in HISTOGRAM_SERIES}
     for rule in alerts:
         used = set(re.findall(r"\bdriftswitch_[a-z_]+", rule["expr"]))
         assert used, rule["alert"]

@@ -327,3 +327,5 @@ def test_join_stage_counters_are_exported_with_the_entries_lost() -> None:
     assert value(got, f"{disorder}_bucket", topic=topic, le="0.5") == 4
     assert value(got, f"{disorder}_bucket", topic=topic, le="1.0") == 5
     assert value(got, f"{disorder}_bucket", topic=topic, le="+Inf") == 5
+    # Beyond the allowed lateness (0.5 s here): the one record 1.0 s behind.
+    assert value(got, "driftswitch_join_input_beyond_lateness_total", topic=topic) == 1
