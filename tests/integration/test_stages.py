@@ -15,6 +15,7 @@ import json
 import random
 import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,9 +92,11 @@ def _wait_done(
     expected: dict[str, Any],
     timeout: float,
     joiners: Sequence[WorkerProcess] = (),
+    gone: Sequence[WorkerProcess] = (),
 ) -> None:
     """Until the active decide worker has counted exactly the expected predictions and joins
-    (failing at once if a join process exited)."""
+    (failing at once if a join process exited). A failure shows the processes' states and
+    logs, and the logs of those ``gone`` (stopped or killed earlier)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -109,32 +112,48 @@ def _wait_done(
                 if last == expected:
                     return
         time.sleep(0.5)
-    logs = "\n".join(w.log.read_text()[-3000:] for w in deciders)
-    logs += "\n".join(f"{j.log.name}:\n{j.log.read_text()[-1500:]}" for j in joiners)
     raise AssertionError(
-        f"counts not reached in {timeout} s: {last} != {expected}\n{_states(deciders, joiners)}"
-        f"\n{logs}"
+        f"counts not reached in {timeout} s: {last} != {expected}\n"
+        f"{_states(deciders, joiners)}\n{_tails([*deciders, *joiners])}\n{_tails(gone, 800)}"
+    )
+
+
+def _tails(procs: Sequence[WorkerProcess], chars: int = 2000) -> str:
+    """For a failure's message: the end of each process's log, under its name."""
+    return "\n".join(
+        f"--- {w.log.name}:\n{w.log.read_text(errors='replace')[-chars:]}" for w in procs
     )
 
 
 def _states(deciders: Sequence[WorkerProcess], joiners: Sequence[WorkerProcess]) -> str:
-    """For a failure's message: the live decide processes' merges (bounds, each join
-    partition's watermark and idle flag) and the join processes' partitions, read positions,
-    watermarks, pending entries and lag, from their /healthz."""
+    """For a failure's message: the decide processes' merges (bounds, each join partition's
+    watermark and idle flag) and the join processes' partitions, read positions, watermarks,
+    pending entries and lag, from their /healthz (its body also when it answers 503)."""
     lines = []
     for kind, procs in (("decide", deciders), ("join", joiners)):
         for w in procs:
-            status = w.health() if w.proc.poll() is None else None
-            if status is None:
-                lines.append(f"{kind} {w.log.name}: no /healthz")
-                continue
-            if kind == "decide":
-                part: Any = {"role": status.get("role"), "merge": status.get("merge")}
-            else:
-                keys = ("partitions", "read", "watermarks", "pending", "lag", "rerouted")
-                part = {k: status.get(k) for k in keys}
-            lines.append(f"{kind} {w.log.name}: {json.dumps(part)}")
+            lines.append(f"{kind} {w.log.name}: {_state(kind, w)}")
     return "\n".join(lines)
+
+
+def _state(kind: str, w: WorkerProcess) -> str:
+    rc = w.proc.poll()
+    if rc is not None:
+        return f"exited, rc={rc}"
+    try:
+        try:
+            with urllib.request.urlopen(f"{w.url}/healthz", timeout=5) as r:
+                code, body = r.status, r.read()
+        except urllib.error.HTTPError as err:  # 503: unhealthy, and why (in the body)
+            code, body = err.code, err.read()
+        status = json.loads(body)
+        if kind == "decide":
+            keys: tuple[str, ...] = ("role", "unhealthy", "offsets", "merge")
+        else:
+            keys = ("partitions", "read", "watermarks", "pending", "lag", "rerouted", "unhealthy")
+        return f"HTTP {code} {json.dumps({k: status.get(k) for k in keys})}"
+    except Exception as err:  # whatever it is, the failure's own message must survive
+        return f"/healthz unreadable: {err!r}"
 
 
 def _setup(
@@ -263,7 +282,7 @@ def test_one_process_runs_both_stages(
             metrics,
             re.M,
         )
-        assert beyond is not None  # exported from the start, at 0: the alert sees the first
+        assert beyond is not None  # exported while still 0: increase() sees the first one
         assert float(beyond.group(1)) == d["beyond_lateness"] == 0
 
 
@@ -309,17 +328,27 @@ def test_churn_and_sigkill_lose_and_double_count_nothing(
     parts = topics.predictions.partitions
     logs = iter(range(1000))
 
+    started: list[WorkerProcess] = []
+
     def join() -> WorkerProcess:
-        return start_worker(
-            config_path,
-            tmp_path / f"join{next(logs)}.log",
-            args=["--stage", "join", "--state-dir", str(state), *FAST],
+        started.append(
+            start_worker(
+                config_path,
+                tmp_path / f"join{next(logs)}.log",
+                args=["--stage", "join", "--state-dir", str(state), *FAST],
+            )
         )
+        return started[-1]
 
     def decide() -> WorkerProcess:
-        return start_worker(
-            config_path, tmp_path / f"decide{next(logs)}.log", args=["--stage", "decide", *FAST]
+        started.append(
+            start_worker(
+                config_path,
+                tmp_path / f"decide{next(logs)}.log",
+                args=["--stage", "decide", *FAST],
+            )
         )
+        return started[-1]
 
     deciders = [decide()]
     joiners = [join(), join()]
@@ -352,7 +381,8 @@ def test_churn_and_sigkill_lose_and_double_count_nothing(
         victim.proc.wait()
         joiners.append(join())
         kills += 1
-    _wait_done(deciders, counts, 300, joiners)
+    gone = [w for w in started if w not in deciders and w not in joiners]
+    _wait_done(deciders, counts, 300, joiners, gone)
     assert _published(broker, topics) == changes
     active = _active(deciders)
     assert active is not None

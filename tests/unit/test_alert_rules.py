@@ -17,8 +17,9 @@ from driftswitch.streams.service.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
-HISTOGRAM_SERIES = ("count", "sum", "bucket")
 RULES_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
+#: The series of a histogram metric a rule may use.
+HISTOGRAM_SERIES = ("count", "sum", "bucket")
 EXPECTED_ALERTS = {
     "DriftswitchDeadLetterRateHigh",
     "DriftswitchWorkerLagging",
