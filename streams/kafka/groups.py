@@ -525,16 +525,30 @@ class StageMember:
         """Read partition ``index`` of ``topic`` from ``offset`` next (it must be owned)."""
         self.consumer.seek(self.tp(topic, index), offset)
 
+    def seek_to_start(self, topic: str, index: int) -> None:
+        """Read partition ``index`` of ``topic`` from its first record next (it must be owned).
+
+        From offset 0, not from the offset the broker names as the partition's start
+        (``seek_to_beginning``, a ListOffsets request): the embedded broker has answered that
+        with the base offset of the first batch it stored, above a batch another producer was
+        writing at lower offsets at the same moment, and kept answering so. A join stage then
+        skipped the partition's first 6,955 records without a word
+        (tests/integration/test_delayed_labels.py, produced from two processes at once). Where
+        offset 0 is gone (retention), the fetch finds it out of range and the consumer starts
+        at the first offset the broker holds (``auto_offset_reset="earliest"``), as before."""
+        self.consumer.seek(self.tp(topic, index), 0)
+
     async def seek_to_committed(self, index: int) -> dict[str, int | None]:
-        """Seek partition ``index`` of every topic to its committed offset (to the beginning
-        where none is committed); returns ``{topic: committed offset or None}``."""
+        """Seek partition ``index`` of every topic to its committed offset (to its start,
+        :meth:`seek_to_start`, where none is committed); returns ``{topic: committed offset or
+        None}``."""
         found: dict[str, int | None] = {}
         for topic in self.topics:
             tp = self.tp(topic, index)
             committed = await self.consumer.committed(tp)
             found[topic] = committed
             if committed is None:
-                await self.consumer.seek_to_beginning(tp)
+                self.seek_to_start(topic, index)
             else:
                 self.consumer.seek(tp, committed)
         return found

@@ -1002,12 +1002,13 @@ class JoinStage:
             part.marks.pop(t, None)
 
     async def _seek(self, part: _Partition) -> None:
-        """Seek the partition's topics to its read positions (the beginning where it has none)."""
+        """Seek the partition's topics to its read positions (their start where it has none:
+        :meth:`StageMember.seek_to_start`)."""
         assert self._member is not None
         for t, name in self._names.items():
             offset = part.read.get(t)
             if offset is None:
-                await self._member.consumer.seek_to_beginning(self._member.tp(name, part.index))
+                self._member.seek_to_start(name, part.index)
                 part.read[t] = 0
             else:
                 self._member.seek(name, part.index, offset)
