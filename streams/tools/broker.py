@@ -23,6 +23,11 @@ Tansu is a development broker; production points ``--broker`` at real Kafka. Wha
 - The end offset (high watermark) of a partition is its last batch's base offset + 1, not one
   past its last record (batches of 1, 5, 5, 1, 3 records: 13 instead of 15). Lag is
   under-reported and "read up to the end offset" stops short: read until idle instead.
+- A partition's start (ListOffsets earliest, ``seek_to_beginning``) was once answered with
+  6,955 while the partition held records from offset 0, and stayed so: two producer
+  processes had written its first batches at the same moment. Not reproduced on demand (8
+  trials of the same race), so not pinned; the join stage reads a partition it has no
+  position for from offset 0 (``StageMember.seek_to_start`` in ``streams/kafka/groups.py``).
 - ``create_topics`` honours partition counts and configs; an existing topic answers
   TOPIC_ALREADY_EXISTS (36), as Kafka does. Producing to an unknown topic auto-creates it.
 - A fetch is held for ``fetch_max_wait_ms`` even when records arrive: produce-to-``getmany``
