@@ -529,11 +529,10 @@ class StageMember:
         """Read partition ``index`` of ``topic`` from its first record next (it must be owned).
 
         From offset 0, not from the offset the broker names as the partition's start
-        (``seek_to_beginning``, a ListOffsets request): the embedded broker has answered that
-        with the base offset of the first batch it stored, above a batch another producer was
-        writing at lower offsets at the same moment, and kept answering so. A join stage then
-        skipped the partition's first 6,955 records without a word
-        (tests/integration/test_delayed_labels.py, produced from two processes at once). Where
+        (``seek_to_beginning``, a ListOffsets request): the embedded broker once answered 6,955
+        for a partition that held records from offset 0 (two producer processes had written its
+        first batches at the same moment), and kept answering so, and a join stage skipped those
+        6,955 records without a word (tests/integration/test_delayed_labels.py). Where
         offset 0 is gone (retention), the fetch finds it out of range and the consumer starts
         at the first offset the broker holds (``auto_offset_reset="earliest"``), as before."""
         self.consumer.seek(self.tp(topic, index), 0)
