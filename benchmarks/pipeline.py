@@ -350,7 +350,9 @@ def join_stage_own(config: Path, topics: Topics, batches: list[list[Any]]) -> fl
             positions = [(PREDICTIONS, own[j].offset) for j in index[:cut]]
             positions += [(OUTCOMES, own[j].offset) for j in index[cut:]]
             observations, _ = joiners[p].process(decoded.events, positions)
-            encode_batch(Batch(p, {0: own[-1].offset + 1}, 0.0, False, observations, "run"))
+            encode_batch(
+                Batch(p, {PREDICTIONS: own[-1].offset + 1}, 0.0, False, observations, "run")
+            )
     return total / (time.process_time() - started)
 
 

@@ -535,7 +535,7 @@ class StageMember:
         6,955 records without a word (tests/integration/test_delayed_labels.py). Where
         offset 0 is gone (retention), the fetch finds it out of range and the consumer starts
         at the first offset the broker holds (``auto_offset_reset="earliest"``), as before."""
-        self.consumer.seek(self.tp(topic, index), 0)
+        self.seek(topic, index, 0)
 
     async def seek_to_committed(self, index: int) -> dict[str, int | None]:
         """Seek partition ``index`` of every topic to its committed offset (to its start,

@@ -488,13 +488,14 @@ class _SnapshotCollector(Collector):
                 put("driftswitch_join_stage_pending", [str(partition)], pending)
             put("driftswitch_join_stage_store_bytes", [], stage.get("store_bytes"))
             put("driftswitch_join_stage_checkpoint_seconds", [], stage.get("checkpoint_seconds"))
-            for topic, d in sorted(_map(stage.get("disorder")).items()):
+            topics = _map(stage.get("disorder"))
+            for topic, d in sorted(topics.items()):
                 put(
                     "driftswitch_join_input_beyond_lateness_total",
                     [str(topic)],
                     _map(d).get("beyond_lateness"),
                 )
-            disorder = _disorder(_map(stage.get("disorder")))
+            disorder = _disorder(topics)
             if disorder is not None:
                 yield disorder
         lost = self.entries_lost

@@ -330,25 +330,16 @@ def test_churn_and_sigkill_lose_and_double_count_nothing(
 
     started: list[WorkerProcess] = []
 
-    def join() -> WorkerProcess:
-        started.append(
-            start_worker(
-                config_path,
-                tmp_path / f"join{next(logs)}.log",
-                args=["--stage", "join", "--state-dir", str(state), *FAST],
-            )
-        )
+    def start(stage: str, *args: str) -> WorkerProcess:
+        log = tmp_path / f"{stage}{next(logs)}.log"
+        started.append(start_worker(config_path, log, args=["--stage", stage, *args, *FAST]))
         return started[-1]
 
+    def join() -> WorkerProcess:
+        return start("join", "--state-dir", str(state))
+
     def decide() -> WorkerProcess:
-        started.append(
-            start_worker(
-                config_path,
-                tmp_path / f"decide{next(logs)}.log",
-                args=["--stage", "decide", *FAST],
-            )
-        )
-        return started[-1]
+        return start("decide")
 
     deciders = [decide()]
     joiners = [join(), join()]
