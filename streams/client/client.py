@@ -919,7 +919,7 @@ class DriftswitchClient:
                     partitions = consumer.partitions_for_topic(topic)
                 tps = [kafka.topic_partition(topic, p) for p in sorted(partitions)]
                 consumer.assign(tps)
-                await consumer.seek_to_beginning(*tps)
+                kafka.seek_to_start(consumer, *tps)
                 backoff = 0.2
                 self._trouble.recovered()
                 await self._consume_flags(consumer, tps)

@@ -8,7 +8,8 @@ protocol and the SASL mechanism and user (never a password), in place of aiokafk
 "Unable to bootstrap" and the log lines before it.
 
 Also here: reading partitions "to the end" (:func:`read_to_end`, :func:`read_partitions`), which
-the worker's restore, the admin API's history and the test helpers share; the partitions of a
+the worker's restore, the admin API's history and the test helpers share; where a read starts
+(:func:`seek_to_start`: offset 0, never the start a broker names); the partitions of a
 topic from fresh metadata (:func:`partitions_of`); and the few aiokafka classes the worker's
 lease needs (:func:`lease_assignor`, :func:`rebalance_listener`).
 """
@@ -51,6 +52,7 @@ __all__ = [
     "read_partitions",
     "read_to_end",
     "rebalance_listener",
+    "seek_to_start",
     "ssl_context",
     "start",
     "stop_quietly",
@@ -365,6 +367,24 @@ async def read_to_end(
     return out
 
 
+def seek_to_start(consumer: Any, *partitions: Any) -> None:
+    """Read each of the assigned ``partitions`` from its first record next.
+
+    From offset 0, not from the offset the broker names as the partition's start
+    (``seek_to_beginning``, a ListOffsets request): the embedded broker once answered 6,955 for a
+    partition that held records from offset 0 (two producer processes had written its first
+    batches at the same moment), and kept answering so, and a join stage skipped those 6,955
+    records without a word (tests/integration/test_delayed_labels.py;
+    tests/integration/test_wrong_start.py puts such a broker in front of every reader that
+    starts at the beginning). Where offset 0 is gone (retention on Kafka), the fetch finds it
+    out of range and the consumer starts at the first offset the broker holds: ``consumer``
+    must be built with ``auto_offset_reset="earliest"`` (aiokafka's default, ``latest``,
+    would skip to the end instead).
+    """
+    for tp in partitions:
+        consumer.seek(tp, 0)
+
+
 @dataclass(frozen=True)
 class TopicRead:
     """What :func:`read_partitions` read: records per partition, and where each one ends."""
@@ -385,10 +405,11 @@ async def read_partitions(
 ) -> TopicRead:
     """Open a consumer, assign ``partitions`` of ``topic`` (default: all), read them to the end.
 
-    Reads from the beginning of each partition (see :func:`read_to_end` for "the end").
-    ``options`` go to the consumer (e.g. ``max_partition_fetch_bytes``).
+    Reads from the beginning of each partition (:func:`seek_to_start`; see :func:`read_to_end`
+    for "the end"). ``options`` go to the consumer (e.g. ``max_partition_fetch_bytes``).
     """
-    client = await open_consumer(kafka, enable_auto_commit=False, **options)
+    options = {"enable_auto_commit": False, "auto_offset_reset": "earliest", **options}
+    client = await open_consumer(kafka, **options)
     try:
         if partitions is None:
             known = client.partitions_for_topic(topic)
@@ -397,12 +418,16 @@ async def read_partitions(
             parts = sorted(partitions)
         tps = [topic_partition(topic, p) for p in parts]
         client.assign(tps)
-        await client.seek_to_beginning(*tps)
-        starts = {tp: await client.position(tp) for tp in tps}
+        seek_to_start(client, *tps)
         records = await read_to_end(client, tps, idle_ms=idle_ms)
+        # An empty partition ends where the read stands: 0, or the broker's first offset where
+        # offset 0 was out of range.
+        next_offsets = {
+            tp: recs[-1].offset + 1 if recs else await client.position(tp)
+            for tp, recs in records.items()
+        }
     finally:
         await stop_quietly(client)
-    next_offsets = {tp: recs[-1].offset + 1 if recs else starts[tp] for tp, recs in records.items()}
     return TopicRead(records, next_offsets)
 
 

@@ -43,6 +43,7 @@ from driftswitch.streams.kafka.connect import (
     open_admin,
     partitioner,
     rebalance_listener,
+    seek_to_start,
     start,
     stop_quietly,
     topic_partition,
@@ -526,16 +527,11 @@ class StageMember:
         self.consumer.seek(self.tp(topic, index), offset)
 
     def seek_to_start(self, topic: str, index: int) -> None:
-        """Read partition ``index`` of ``topic`` from its first record next (it must be owned).
-
-        From offset 0, not from the offset the broker names as the partition's start
-        (``seek_to_beginning``, a ListOffsets request): the embedded broker once answered 6,955
-        for a partition that held records from offset 0 (two producer processes had written its
-        first batches at the same moment), and kept answering so, and a join stage skipped those
-        6,955 records without a word (tests/integration/test_delayed_labels.py). Where
-        offset 0 is gone (retention), the fetch finds it out of range and the consumer starts
-        at the first offset the broker holds (``auto_offset_reset="earliest"``), as before."""
-        self.seek(topic, index, 0)
+        """Read partition ``index`` of ``topic`` from its first record next (it must be owned):
+        from offset 0, not from the start the broker names (see
+        :func:`driftswitch.streams.kafka.connect.seek_to_start`; this consumer resets to
+        ``earliest``)."""
+        seek_to_start(self.consumer, self.tp(topic, index))
 
     async def seek_to_committed(self, index: int) -> dict[str, int | None]:
         """Seek partition ``index`` of every topic to its committed offset (to its start,

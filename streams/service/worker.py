@@ -826,6 +826,10 @@ class Worker:
         self._consumer = await kafka.open_consumer(
             s.kafka,
             enable_auto_commit=False,
+            # A position out of range restarts at the broker's first offset, never its last:
+            # where the records before it went (retention), nothing later is skipped; and
+            # seek_to_start below relies on it.
+            auto_offset_reset="earliest",
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
@@ -840,7 +844,7 @@ class Worker:
         for tp in tps:
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)
             if offset is None:
-                await self._consumer.seek_to_beginning(tp)
+                kafka.seek_to_start(self._consumer, tp)
                 self.offsets.setdefault(tp.topic, {})[tp.partition] = 0
             else:
                 self._consumer.seek(tp, offset)
