@@ -151,6 +151,7 @@ from driftswitch.streams.service.dataloss import (
     LossCheck,
     Mark,
     describe_lost,
+    describe_rewound,
     mark_of,
 )
 from driftswitch.streams.service.deadletter import deadletter_record
@@ -943,6 +944,8 @@ class Worker:
                     self._writing.check()
                     if batch or local is not None:
                         async with self._engine_lock:
+                            if batch:
+                                self._check_rewound(batch)
                             if local is not None:
                                 self._take_acknowledged(batch, local)
                             if batch:
@@ -1685,22 +1688,44 @@ class Worker:
             if position != checked.positions.get(tp):
                 continue  # read on since the check started: the data is there after all
             log.error("%s", describe_lost(tp.topic, tp.partition, position, found))
-            if self.metrics is not None:
-                self.metrics.record_input_reset(tp.topic, tp.partition)
-            self.counters["input_resets"] += 1
-            if self.deciding and tp.topic == self.observations.name:
-                # The records the buffered observations' tags name are gone: keep those
-                # observations in the snapshots themselves from now on; those a restart has not
-                # read again yet are lost.
-                self.merges[tp.partition].inline()
-                self._lose_missing(tp.partition, "are gone with its old data")
             self._consumer.seek(tp, start)
-            self.offsets.setdefault(tp.topic, {})[tp.partition] = start
-            self.marks.get(tp.topic, {}).pop(tp.partition, None)
-            if tp.topic == self.observations.name:
-                for key in [k for k in self._taken_acked if k[0] == tp.partition]:
-                    del self._taken_acked[key]
-            self._dirty = True
+            self._resume_from(tp, start)
+
+    def _check_rewound(self, batch: dict[Any, list[Any]]) -> None:
+        """Apply the data-loss policy to partitions whose fetched records start below the
+        position read to: the consumer found that position out of range (on Kafka: the broker
+        lost the data, or the topic was recreated) and started again at the new data's first
+        offset (``auto_offset_reset="earliest"``). Observation records below the position that
+        this process took on acknowledgement are not that (:meth:`_take_acknowledged`)."""
+        observations = self.observations.name
+        for tp, msgs in batch.items():
+            position = self.offsets.get(tp.topic, {}).get(tp.partition)
+            first = msgs[0].offset if msgs else None
+            if position is None or first is None or first >= position:
+                continue
+            if tp.topic == observations and (tp.partition, first) in self._taken_acked:
+                continue
+            log.error("%s", describe_rewound(tp.topic, tp.partition, position, first))
+            self._resume_from(tp, first)
+
+    def _resume_from(self, tp: Any, start: int) -> None:
+        """The data-loss policy for a partition whose data the broker lost, read from ``start``
+        next: counted, and its position, fingerprint and observations made to match."""
+        if self.metrics is not None:
+            self.metrics.record_input_reset(tp.topic, tp.partition)
+        self.counters["input_resets"] += 1
+        if self.deciding and tp.topic == self.observations.name:
+            # The records the buffered observations' tags name are gone: keep those
+            # observations in the snapshots themselves from now on; those a restart has not
+            # read again yet are lost.
+            self.merges[tp.partition].inline()
+            self._lose_missing(tp.partition, "are gone with its old data")
+        self.offsets.setdefault(tp.topic, {})[tp.partition] = start
+        self.marks.get(tp.topic, {}).pop(tp.partition, None)
+        if tp.topic == self.observations.name:
+            for key in [k for k in self._taken_acked if k[0] == tp.partition]:
+                del self._taken_acked[key]
+        self._dirty = True
 
     def unhealthy(self) -> str | None:
         """Why this worker holds input it is not processing (``/healthz`` answers 503), or None.

@@ -26,6 +26,7 @@ from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.merge import TAG_SPAN, Batch, BatchError, encode_batch
 from driftswitch.streams.pipeline.observations import SCORED, Joiner
+from driftswitch.streams.service.dataloss import Mark
 from driftswitch.streams.service.joinstage import JoinStage, LocalBatches
 from driftswitch.streams.service.recovery import EngineFailedError
 from driftswitch.streams.service.snapshot import Snapshot, decode_chunks, encode_chunks
@@ -418,5 +419,72 @@ def test_a_batchs_decisions_share_one_fence_and_are_acknowledged_together(
         await worker._publish_outputs([])
         assert len(sent) == 2
         assert fences == [0, 2]
+
+    asyncio.run(scenario())
+
+
+def test_records_below_the_read_position_resume_from_the_new_data_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The consumer found its position out of range (on Kafka: the broker lost the data) and
+    started again at the new data's first offset (``auto_offset_reset="earliest"``): the
+    data-loss policy applies, as when the idle check finds it."""
+    single = _worker("single")
+    predictions = single.topics.predictions.name
+    tp = kafka.topic_partition(predictions, 1)
+    single.offsets[predictions] = {0: 40, 1: 100}
+    single.marks[predictions] = {1: Mark(99, 1, 2)}
+    with caplog.at_level("ERROR"):
+        single._check_rewound({tp: [_fetched(b"{}", 3)]})
+    assert single.offsets[predictions] == {0: 40, 1: 3}
+    assert single.marks[predictions] == {}
+    assert single.counters["input_resets"] == 1
+    assert (
+        f"input {predictions}[1]: read to offset 100, but the next records start at offset 3"
+    ) in caplog.text
+    # At or past the position (a gap: retention), and a partition never read: nothing.
+    single._check_rewound(
+        {
+            tp: [_fetched(b"{}", 3)],
+            kafka.topic_partition(predictions, 0): [_fetched(b"{}", 90)],
+            kafka.topic_partition(single.topics.outcomes.name, 0): [_fetched(b"{}", 0)],
+        }
+    )
+    assert single.counters["input_resets"] == 1
+
+    # The decide stage: the buffered observations' records are gone with the old data.
+    decide = _worker()
+    topic = decide.observations.name
+    value = encode_batch(Batch(0, {0: 4, 1: 4}, 3.5, False, _observations(4), "run"))
+    decide.merges[0].add(decide._read_batch(_record(value, partition=0, offset=5)))
+    decide.offsets[topic] = {0: 6, 1: 0}
+    decide._check_rewound({kafka.topic_partition(topic, 0): [_fetched(value, 0)]})
+    assert decide.offsets[topic][0] == 0
+    assert decide.counters["input_resets"] == 1
+    assert (
+        "replay" not in decide.merges[0].to_state() or decide.merges[0].to_state()["replay"] == []
+    )
+    assert len(decide.merges[0].to_state()["buffered"]) == 8  # kept in the snapshots now
+
+
+def test_records_taken_on_acknowledgement_are_not_taken_for_a_rewind() -> None:
+    async def scenario() -> None:
+        worker, local = _with_local_join_stage()
+        topic = worker.observations.name
+        tp = kafka.topic_partition(topic, 0)
+        observations = _observations(1)
+        value = _sent(local, Batch(0, {0: 1, 1: 1}, 0.0, False, observations, "a"), 5)
+        batch: dict[Any, list[Any]] = {}
+        worker._take_acknowledged(batch, local)
+        await worker._process_observations(batch)
+        assert worker.offsets[topic][0] == 6
+        fetched = {tp: [_fetched(value, 5)]}  # the fetch brings the record taken at 5
+        worker._check_rewound(fetched)
+        assert worker.counters["input_resets"] == 0
+        assert worker.offsets[topic][0] == 6
+        # A record below the position that was not taken is a rewind.
+        worker._check_rewound({tp: [_fetched(value, 2)]})
+        assert worker.counters["input_resets"] == 1
+        assert worker.offsets[topic][0] == 2
 
     asyncio.run(scenario())
