@@ -94,9 +94,11 @@ def mark_of(record: Any) -> Mark:
 
 @dataclass(frozen=True)
 class Lost:
-    """A partition whose data the broker lost: the range it holds now, and how it was found."""
+    """A partition whose data the broker lost: where its data ends now, and how it was found.
 
-    start: int
+    Its data is read again from its start: from offset 0, never from the start a ListOffsets
+    answer names (``seek_to_start`` in ``streams/kafka/connect.py``)."""
+
     end: int
     #: The offset of the last record consumed, when the record there now is another one (the
     #: position is within the data); None when the position is beyond the data.
@@ -109,14 +111,14 @@ def describe_lost(topic: str, partition: int, position: int, found: Lost) -> str
         return (
             f"input {topic}[{partition}]: read to offset {position}, but the record at offset "
             f"{found.replaced} is not the one consumed there: the topic was recreated or the "
-            f"broker lost its data. Resuming from offset {found.start}, the start of the new "
-            "data (README.md: Bad input, event time and broker data loss)"
+            "broker lost its data. Resuming from the start of the new data (README.md: Bad "
+            "input, event time and broker data loss)"
         )
     return (
-        f"input {topic}[{partition}]: read to offset {position}, but the broker holds offsets "
-        f"{found.start} to {found.end} only: the topic was recreated or the broker lost its "
-        f"data. Resuming from offset {found.start}, the start of the new data (README.md: Bad "
-        "input, event time and broker data loss)"
+        f"input {topic}[{partition}]: read to offset {position}, but the broker's data ends at "
+        f"offset {found.end}: the topic was recreated or the broker lost its data. Resuming "
+        "from the start of the new data (README.md: Bad input, event time and broker data "
+        "loss)"
     )
 
 
@@ -195,13 +197,12 @@ async def find_lost(
             return {}
         consumer.assign(suspect)
         consumer.pause(*suspect)
-        starts: Mapping[Any, int] = await consumer.beginning_offsets(suspect)
         lost: dict[Any, Lost] = {}
         at_ends = await _fetch_all(consumer, {tp: ends[tp] for tp in beyond})
         for tp in beyond:
             _, end = at_ends[tp]
             if positions[tp] > end:
-                lost[tp] = Lost(starts[tp], end)
+                lost[tp] = Lost(end)
         at_marks = await _fetch_all(
             consumer, {tp: mark.offset for tp, mark in marks.items() if tp not in lost}
         )
@@ -216,7 +217,7 @@ async def find_lost(
             if mark_of(found) == mark:
                 continue
             end = max(ends[tp], positions[tp])
-            lost[tp] = Lost(starts[tp], end, replaced=mark.offset)
+            lost[tp] = Lost(end, replaced=mark.offset)
         return lost
 
 

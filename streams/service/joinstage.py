@@ -977,8 +977,8 @@ class JoinStage:
             if part.index not in moved:
                 part.epoch += 1
                 moved.add(part.index)
-            self._member.seek(tp.topic, tp.partition, found.start)
-            part.read[t] = found.start
+            self._member.seek_to_start(tp.topic, tp.partition)
+            part.read[t] = 0
             part.marks.pop(t, None)
             part.dirty = True
 

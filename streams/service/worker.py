@@ -1683,13 +1683,12 @@ class Worker:
     def _reset_lost(self, checked: Checked) -> None:
         """Apply the data-loss policy to partitions whose data the broker lost."""
         for tp, found in checked.lost.items():
-            start = found.start
             position = self.offsets.get(tp.topic, {}).get(tp.partition, 0)
             if position != checked.positions.get(tp):
                 continue  # read on since the check started: the data is there after all
             log.error("%s", describe_lost(tp.topic, tp.partition, position, found))
-            self._consumer.seek(tp, start)
-            self._resume_from(tp, start)
+            kafka.seek_to_start(self._consumer, tp)
+            self._resume_from(tp, 0)
 
     def _check_rewound(self, batch: dict[Any, list[Any]]) -> None:
         """Apply the data-loss policy to partitions whose fetched records start below the

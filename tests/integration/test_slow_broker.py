@@ -166,7 +166,7 @@ def test_the_lost_data_check_through_a_slow_broker_finds_intact_data_intact(
     finally:
         proxy.delay = 0.0
     assert lost == {}
-    assert lost_beyond == {tp: Lost(0, BATCHES * PER_BATCH) for tp in positions}
+    assert lost_beyond == {tp: Lost(BATCHES * PER_BATCH) for tp in positions}
 
 
 async def end_offsets(bootstrap: str, tps: list[Any]) -> dict[Any, int]:

@@ -11,7 +11,8 @@ from offset 0 reads everything, and never asks.
 
 Readers covered: ``read_partitions`` (the snapshots', checkpoints' and flags' restore), the
 Python client's flags, and a worker of each kind that reads its inputs from the start: both
-stages in one process, and the one-step worker; each restarted once, from its snapshots.
+stages in one process, and the one-step worker; each restarted once, from its snapshots, and
+once after the broker lost its input (the data-loss policy reads the new data from its start).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import pytest
 from aiokafka.protocol import offset as protocol
+from confluent_kafka import Producer
 
 from driftswitch.streams.client.client import DriftswitchClient
 from driftswitch.streams.config.model import load_config
@@ -42,7 +44,12 @@ from driftswitch.streams.pipeline import backtest
 from driftswitch.streams.service.worker import read_flags
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
-from driftswitch.streams.tools.testing import WorkerProcess, produce_in_event_order
+from driftswitch.streams.tools.testing import (
+    WorkerProcess,
+    event_records,
+    produce_in_event_order,
+    recreate_inputs,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -374,3 +381,50 @@ def test_a_worker_reads_its_inputs_and_snapshots_from_offset_zero(
         assert _counts(status["engine"]) == expected
     finally:
         again.stop()
+
+
+def _predicted(status: dict[str, Any]) -> int:
+    return sum(
+        v["predictions"] for f in status["engine"]["flags"].values() for v in f["variants"].values()
+    )
+
+
+def _produce_records(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for topic, key, value in records:
+        producer.produce(topic, value, key)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+@pytest.mark.parametrize("stage", ["all", "single"])
+def test_input_the_broker_lost_is_read_again_from_offset_zero(
+    lying: Lying, tmp_path: Path, stage: str
+) -> None:
+    """The input topics deleted and created again while the worker was down: its positions are
+    beyond the new data, and it reads the new data from its start, all of it."""
+    topics = new_topics(lying.bootstrap)
+    config_path = tmp_path / "ranker.yaml"
+    config_path.write_text(config_yaml(SCENARIO, ""))
+    events = list(simulate(SCENARIO))
+    old, new = events[:2000], events[2000:2600]  # fewer new records than the old offsets
+    predictions = [sum(isinstance(e, PredictionEvent) for e in part) for part in (old, new)]
+    args = ["--stage", stage, "--snapshot-interval", "0.3"]
+    log = tmp_path / "worker.log"
+    _produce_records(lying.bootstrap, event_records(topics, old))
+    worker = WorkerProcess(lying.bootstrap, topics, config_path, log, args=args)
+    try:
+        worker.wait_active()
+        _wait(worker, "the old data counted", lambda s: _predicted(s) == predictions[0])
+    finally:
+        worker.stop()
+
+    asyncio.run(recreate_inputs(lying.bootstrap, topics))
+    _produce_records(lying.bootstrap, event_records(topics, new))
+    again = WorkerProcess(lying.bootstrap, topics, config_path, log, args=args)
+    try:
+        again.wait_active()
+        _wait(again, "the new data counted", lambda s: _predicted(s) == sum(predictions))
+    finally:
+        again.stop()
+    assert "the topic was recreated or the broker lost its data" in log.read_text()

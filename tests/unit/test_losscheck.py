@@ -60,10 +60,10 @@ def test_poll_gives_the_finished_check_once_with_the_positions_it_started_from()
         await _settle()
         assert check.poll() is None  # still running
         assert find.calls == [({("a", 0): 10, ("a", 1): 20}, {("a", 0): Mark(9, 1, 2)})]
-        find.answers[0].set_result({("a", 1): Lost(0, 5)})
+        find.answers[0].set_result({("a", 1): Lost(5)})
         await _settle()
         got = check.poll()
-        assert got == Checked({("a", 0): 10, ("a", 1): 20}, {("a", 1): Lost(0, 5)})
+        assert got == Checked({("a", 0): 10, ("a", 1): 20}, {("a", 1): Lost(5)})
         assert got.error is None
         assert check.poll() is None
         assert not check.pending
@@ -113,7 +113,7 @@ def test_cancel_drops_a_running_or_finished_check_and_close_waits_for_it() -> No
         check = LossCheck(find)
         check.start({("a", 0): 1}, {})
         await _settle()
-        find.answers[0].set_result({("a", 0): Lost(0, 0)})
+        find.answers[0].set_result({("a", 0): Lost(0)})
         await _settle()
         check.cancel()  # finished but never polled: its answer is not applied
         assert check.poll() is None
