@@ -110,6 +110,7 @@ from driftswitch.streams.config.model import load_config
 from driftswitch.streams.contract.events import FlagChangeEvent, PredictionEvent, encode
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.kafka.connect import seek_to_start
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.ingest import Ingest
 from driftswitch.streams.pipeline.merge import Batch, encode_batch
@@ -300,13 +301,14 @@ async def fetch_batches(bootstrap: str, topics: Topics, total: int) -> list[list
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
     )
     await consumer.start()
     tps = _partitions(topics)
     consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
+    seek_to_start(consumer, *tps)  # as the worker reads: from offset 0
     batches: list[list[Any]] = []
     n = 0
     try:
@@ -424,6 +426,7 @@ async def bare_consumer(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=16 * 1024 * 1024,
     )
@@ -434,7 +437,7 @@ async def bare_consumer(
         for p in range(spec.partitions)
     ]
     consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
+    seek_to_start(consumer, *tps)  # as the worker reads: from offset 0
     counts: dict[str, int] = {}
     n = 0
     first: float | None = None
