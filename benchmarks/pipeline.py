@@ -381,7 +381,7 @@ def join_stage(config: Path, topics: Topics, batches: list[list[Any]], profile: 
 
 def confluent_consumer(bootstrap: str, topics: Topics, total: int) -> float:
     """Records/s of confluent-kafka ``consume`` + ``orjson.loads`` + a dict count."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import Consumer
     from confluent_kafka import TopicPartition as CTopicPartition
 
     consumer = Consumer(
@@ -389,13 +389,13 @@ def confluent_consumer(bootstrap: str, topics: Topics, total: int) -> float:
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-confluent-{time.monotonic_ns()}",
             "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
             "fetch.max.bytes": 16 * 1024 * 1024,
             "max.partition.fetch.bytes": 4 * 1024 * 1024,
         }
     )
-    consumer.assign(
-        [CTopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in _partitions(topics)]
-    )
+    # From offset 0, as the worker reads (seek_to_start), not the start the broker names.
+    consumer.assign([CTopicPartition(tp.topic, tp.partition, 0) for tp in _partitions(topics)])
     counts: dict[str, int] = {}
     n = 0
     first: float | None = None

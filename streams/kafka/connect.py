@@ -374,12 +374,11 @@ def seek_to_start(consumer: Any, *partitions: Any) -> None:
     (``seek_to_beginning``, a ListOffsets request): the embedded broker once answered 6,955 for a
     partition that held records from offset 0 (two producer processes had written its first
     batches at the same moment), and kept answering so, and a join stage skipped those 6,955
-    records without a word (tests/integration/test_delayed_labels.py;
-    tests/integration/test_wrong_start.py puts such a broker in front of every reader that
-    starts at the beginning). Where offset 0 is gone (retention on Kafka), the fetch finds it
-    out of range and the consumer starts at the first offset the broker holds: ``consumer``
-    must be built with ``auto_offset_reset="earliest"`` (aiokafka's default, ``latest``,
-    would skip to the end instead).
+    records without a word (tests/integration/test_wrong_start.py puts a broker that names a
+    wrong start in front of the readers that start at the beginning). Where offset 0 is gone
+    (retention on Kafka), the fetch finds it out of range and the consumer starts at the first
+    offset the broker holds: ``consumer`` must be built with ``auto_offset_reset="earliest"``
+    (aiokafka's default, ``latest``, would skip to the end instead).
     """
     for tp in partitions:
         consumer.seek(tp, 0)
@@ -448,7 +447,10 @@ async def read_ranges(
     wanted = {p: r for p, r in ranges.items() if r[1] > r[0]}
     if not wanted:
         return out
-    client = await open_consumer(kafka, enable_auto_commit=False, **options)
+    # A range that starts where retention deleted records reads on from the broker's first
+    # offset (``earliest``), not from its end.
+    options = {"enable_auto_commit": False, "auto_offset_reset": "earliest", **options}
+    client = await open_consumer(kafka, **options)
     try:
         tps = {topic_partition(topic, p): p for p in wanted}
         client.assign(list(tps))

@@ -185,9 +185,15 @@ async def find_lost(
     if not positions:
         return {}
     marks = {tp: m for tp, m in (marks or {}).items() if tp in positions}
-    # Small fetches: only the first record at each offset is compared.
+    # Small fetches: only the first record at each offset is compared. A mark's offset that
+    # retention deleted is out of range: the fetch starts again at the broker's first offset
+    # (``earliest``), whose record is not at the mark's offset, so it is not taken for a
+    # recreation (``latest`` would wait at the end for an answer that never comes).
     async with kafka.consuming(
-        settings, enable_auto_commit=False, max_partition_fetch_bytes=64 * 1024
+        settings,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=64 * 1024,
     ) as consumer:
         tps = list(positions)
         ends: Mapping[Any, int] = await consumer.end_offsets(tps)

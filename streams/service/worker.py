@@ -475,6 +475,10 @@ class Worker:
         #: Observation records taken on their acknowledgement that no fetch has brought yet:
         #: ``(partition, offset) → value``, compared with the record the fetch brings.
         self._taken_acked: dict[tuple[int, int], bytes] = {}
+        #: Per assigned partition: the offset the consumer's next fetched record should have
+        #: (where it was sought to, or after the last record fetched): records that start below
+        #: it were rewound (:meth:`_check_rewound`).
+        self._fetch_at: dict[Any, int] = {}
         #: False once a fetched record was not the one acknowledged at its offset.
         self._take_acked = True
         #: Held while the engine changes (a batch, a command, a reload): one change at a time.
@@ -829,7 +833,7 @@ class Worker:
             enable_auto_commit=False,
             # A position out of range restarts at the broker's first offset, never its last:
             # where the records before it went (retention), nothing later is skipped; and
-            # seek_to_start below relies on it.
+            # _seek relies on it.
             auto_offset_reset="earliest",
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -845,10 +849,8 @@ class Worker:
         for tp in tps:
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)
             if offset is None:
-                kafka.seek_to_start(self._consumer, tp)
-                self.offsets.setdefault(tp.topic, {})[tp.partition] = 0
-            else:
-                self._consumer.seek(tp, offset)
+                offset = self.offsets.setdefault(tp.topic, {})[tp.partition] = 0
+            self._seek(tp, offset)
         # Commands: from the snapshot's offset (each is applied to the state exactly once);
         # without a snapshot, from the end: the published states adopted above include every
         # earlier command, and applying one again could undo what happened after it.
@@ -856,7 +858,7 @@ class Worker:
         if offset is None:
             offset = await self._end_of(control)
             self.offsets.setdefault(control.topic, {})[0] = offset
-        self._consumer.seek(control, offset)
+        self._seek(control, offset)
         await self._check_input(wait=True)
         if self.deciding:
             # After the data-loss check: the tags of a recreated observations partition name
@@ -1687,23 +1689,35 @@ class Worker:
             if position != checked.positions.get(tp):
                 continue  # read on since the check started: the data is there after all
             log.error("%s", describe_lost(tp.topic, tp.partition, position, found))
-            kafka.seek_to_start(self._consumer, tp)
+            self._seek(tp, 0)
             self._resume_from(tp, 0)
 
+    def _seek(self, tp: Any, offset: int) -> None:
+        """Read ``tp`` from ``offset`` next, and expect the fetch there (offset 0: from the first
+        record, never from the start the broker names: ``seek_to_start`` in
+        ``streams/kafka/connect.py``)."""
+        if offset == 0:
+            kafka.seek_to_start(self._consumer, tp)
+        else:
+            self._consumer.seek(tp, offset)
+        self._fetch_at[tp] = offset
+
     def _check_rewound(self, batch: dict[Any, list[Any]]) -> None:
-        """Apply the data-loss policy to partitions whose fetched records start below the
-        position read to: the consumer found that position out of range (on Kafka: the broker
-        lost the data, or the topic was recreated) and started again at the new data's first
-        offset (``auto_offset_reset="earliest"``). Observation records below the position that
-        this process took on acknowledgement are not that (:meth:`_take_acknowledged`)."""
-        observations = self.observations.name
+        """Apply the data-loss policy to partitions whose fetched records start below where the
+        fetch stood: the consumer found that position out of range (on Kafka: the broker lost
+        the data, or the topic was recreated) and started again at the new data's first offset
+        (``auto_offset_reset="earliest"``). Where the fetch stood, not the position read to:
+        in a ``--stage all`` process the decide stage reads its own join stage's records ahead
+        of the fetch, on their acknowledgement (:meth:`_take_acknowledged`)."""
         for tp, msgs in batch.items():
-            position = self.offsets.get(tp.topic, {}).get(tp.partition)
-            first = msgs[0].offset if msgs else None
-            if position is None or first is None or first >= position:
+            if not msgs:
                 continue
-            if tp.topic == observations and (tp.partition, first) in self._taken_acked:
+            first = msgs[0].offset
+            expected = self._fetch_at.get(tp)
+            self._fetch_at[tp] = msgs[-1].offset + 1
+            if expected is None or first >= expected:
                 continue
+            position = self.offsets.get(tp.topic, {}).get(tp.partition, expected)
             log.error("%s", describe_rewound(tp.topic, tp.partition, position, first))
             self._resume_from(tp, first)
 
@@ -1774,7 +1788,7 @@ class Worker:
         for tp in self._consumer.assignment():
             offset = self.offsets.get(tp.topic, {}).get(tp.partition)
             if offset is not None:
-                self._consumer.seek(tp, offset)
+                self._seek(tp, offset)
         self._dirty = False
 
     async def _flush(self) -> None:

@@ -26,9 +26,9 @@ Tansu is a development broker; production points ``--broker`` at real Kafka. Wha
 - A partition's start (ListOffsets earliest, ``seek_to_beginning``) was once answered with
   6,955 while the partition held records from offset 0, and stayed so: two producer
   processes had written its first batches at the same moment. Not reproduced on demand (8
-  trials of the same race), so not pinned. Every driftswitch reader that starts at the
-  beginning (the join stage, the worker, the snapshots' and flags' reads, the Python client)
-  starts from offset 0 instead (``seek_to_start`` in ``streams/kafka/connect.py``);
+  trials of the same race), so not pinned. driftswitch's readers that start at the beginning
+  (the join stage, the worker, the snapshots' and flags' reads, the Python client) start from
+  offset 0 instead (``seek_to_start`` in ``streams/kafka/connect.py``);
   tests/integration/test_wrong_start.py gives them such an answer through a proxy.
 - ``create_topics`` honours partition counts and configs; an existing topic answers
   TOPIC_ALREADY_EXISTS (36), as Kafka does. Producing to an unknown topic auto-creates it.

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, Producer
 
 from driftswitch.streams.contract.topics import ROLES, TopicError, Topics, TopicSpec
 from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.kafka.connect import seek_to_start
 from driftswitch.streams.tools.broker import BrokerError, EmbeddedBroker, free_port
 
 # Every test here starts a Tansu broker (the session's or its own).
@@ -70,7 +71,9 @@ async def aio_consume(
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        seek_to_start(consumer, *tps)  # not the broker's named start
         got: list[Record] = []
         deadline = time.monotonic() + timeout_s
         while len(got) < count and time.monotonic() < deadline:

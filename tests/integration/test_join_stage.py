@@ -23,6 +23,7 @@ from driftswitch.streams.config.model import Config, parse_config
 from driftswitch.streams.contract.events import OutcomeEvent, PredictionEvent
 from driftswitch.streams.contract.placement import join_partition
 from driftswitch.streams.contract.topics import Topics
+from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.pipeline.engine import Engine, Event
 from driftswitch.streams.pipeline.merge import Merge, decode_batch
@@ -99,10 +100,16 @@ async def _decide(
     observations were applied and every join partition is idle."""
     merges = _Merges(topics.predictions.partitions, topics.observations.partitions)
     decider = Decider(build_flags(config))
-    consumer = AIOKafkaConsumer(
-        topics.observations.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
+    # From offset 0, as the decide stage reads: several join processes write this topic at once,
+    # and the embedded broker once named a wrong start for such a partition (seek_to_start).
+    tps = [
+        kafka.topic_partition(topics.observations.name, p)
+        for p in range(topics.observations.partitions)
+    ]
+    consumer.assign(tps)
+    kafka.seek_to_start(consumer, *tps)
     outputs: list[dict[str, Any]] = []
     applied = 0
     try:

@@ -432,58 +432,74 @@ def test_records_below_the_read_position_resume_from_the_new_data_loudly(
     single = _worker("single")
     predictions = single.topics.predictions.name
     tp = kafka.topic_partition(predictions, 1)
+    other = kafka.topic_partition(predictions, 0)
     single.offsets[predictions] = {0: 40, 1: 100}
     single.marks[predictions] = {1: Mark(99, 1, 2)}
+    single._fetch_at.update({tp: 100, other: 40})  # where the consumer was sought to
     with caplog.at_level("ERROR"):
-        single._check_rewound({tp: [_fetched(b"{}", 3)]})
+        single._check_rewound({tp: [_fetched(b"{}", 3), _fetched(b"{}", 4)]})
     assert single.offsets[predictions] == {0: 40, 1: 3}
     assert single.marks[predictions] == {}
     assert single.counters["input_resets"] == 1
     assert (
         f"input {predictions}[1]: read to offset 100, but the next records start at offset 3"
     ) in caplog.text
-    # At or past the position (a gap: retention), and a partition never read: nothing.
+    # Where the last fetch ended, past it (a gap: retention), and a partition never sought:
+    # nothing.
     single._check_rewound(
         {
-            tp: [_fetched(b"{}", 3)],
-            kafka.topic_partition(predictions, 0): [_fetched(b"{}", 90)],
+            tp: [_fetched(b"{}", 5)],
+            other: [_fetched(b"{}", 90)],
             kafka.topic_partition(single.topics.outcomes.name, 0): [_fetched(b"{}", 0)],
         }
     )
     assert single.counters["input_resets"] == 1
+    assert single._fetch_at[tp] == 6
+    single._check_rewound({tp: [_fetched(b"{}", 5)]})  # the same record again: a rewind
+    assert single.counters["input_resets"] == 2
 
     # The decide stage: the buffered observations' records are gone with the old data.
     decide = _worker()
     topic = decide.observations.name
+    obs_tp = kafka.topic_partition(topic, 0)
     value = encode_batch(Batch(0, {0: 4, 1: 4}, 3.5, False, _observations(4), "run"))
     decide.merges[0].add(decide._read_batch(_record(value, partition=0, offset=5)))
     decide.offsets[topic] = {0: 6, 1: 0}
-    decide._check_rewound({kafka.topic_partition(topic, 0): [_fetched(value, 0)]})
+    decide._fetch_at[obs_tp] = 6
+    decide._check_rewound({obs_tp: [_fetched(value, 0)]})
     assert decide.offsets[topic][0] == 0
     assert decide.counters["input_resets"] == 1
-    assert (
-        "replay" not in decide.merges[0].to_state() or decide.merges[0].to_state()["replay"] == []
-    )
-    assert len(decide.merges[0].to_state()["buffered"]) == 8  # kept in the snapshots now
+    state = decide.merges[0].to_state()
+    assert state["replay"] == []  # no tag names a record of the old data any more:
+    assert len(state["buffered"]) == 8  # the observations are kept in the snapshots instead
 
 
 def test_records_taken_on_acknowledgement_are_not_taken_for_a_rewind() -> None:
+    """The decide stage reads its own join stage's records ahead of the fetch: the fetch that
+    brings them later is no rewind, even once the check of what was taken forgot them."""
+
     async def scenario() -> None:
         worker, local = _with_local_join_stage()
         topic = worker.observations.name
         tp = kafka.topic_partition(topic, 0)
-        observations = _observations(1)
-        value = _sent(local, Batch(0, {0: 1, 1: 1}, 0.0, False, observations, "a"), 5)
+        worker._fetch_at[tp] = 5  # sought to its position at the start
+        observations = _observations(2)
+        values = [
+            _sent(local, Batch(0, {0: k + 1, 1: k + 1}, float(k), False, [obs], "a"), 5 + k)
+            for k, obs in enumerate(observations[:2])
+        ]
         batch: dict[Any, list[Any]] = {}
         worker._take_acknowledged(batch, local)
         await worker._process_observations(batch)
-        assert worker.offsets[topic][0] == 6
-        fetched = {tp: [_fetched(value, 5)]}  # the fetch brings the record taken at 5
-        worker._check_rewound(fetched)
+        assert worker.offsets[topic][0] == 7
+        worker._check_rewound({tp: [_fetched(values[0], 5)]})
         assert worker.counters["input_resets"] == 0
-        assert worker.offsets[topic][0] == 6
-        # A record below the position that was not taken is a rewind.
-        worker._check_rewound({tp: [_fetched(value, 2)]})
+        worker._taken_acked.clear()  # forgotten (_TAKEN_ACKED_MAX): still no rewind
+        worker._check_rewound({tp: [_fetched(values[1], 6)]})
+        assert worker.counters["input_resets"] == 0
+        assert worker.offsets[topic][0] == 7
+        # A fetch that starts below where the last one ended is a rewind.
+        worker._check_rewound({tp: [_fetched(values[0], 2)]})
         assert worker.counters["input_resets"] == 1
         assert worker.offsets[topic][0] == 2
 
