@@ -502,6 +502,11 @@ async def worker_throughput(
             if status is not None:
                 polls.append((time.monotonic(), cpu_seconds(worker.proc.pid), status))
                 if done(status, topics, total):
+                    resets = status["input_resets"] + (status.get("join_stage") or {}).get(
+                        "input_resets", 0
+                    )
+                    if resets:  # the backlog is never lost: a reset is a fault of the worker
+                        raise RuntimeError(f"the worker reset {resets} input partitions: {log}")
                     join = status.get("join_stage")
                     if join is not None and join["observation_records"]:
                         sent = join["observation_records"]

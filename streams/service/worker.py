@@ -500,6 +500,9 @@ class Worker:
             "batches": self.counters["batches"],
             "flag_changes_published": self.counters["published"],
             "snapshots_written": self.counters["snapshots"],
+            # Input partitions found lost by the broker since this process started (data-loss
+            # policy: streams/service/dataloss.py, and records that came back rewound).
+            "input_resets": self.counters["input_resets"],
             "rejected": dict(self.ingest.rejected),
             "offsets": {t: {str(p): o for p, o in ps.items()} for t, ps in self.offsets.items()},
             "state": {

@@ -397,8 +397,15 @@ def test_a_worker_reads_its_inputs_and_snapshots_from_offset_zero(
         # Resumed from the snapshot it wrote, and counted nothing twice with everything read.
         assert status["resumed_from_snapshot"] is not None
         assert _counts(status["engine"]) == expected
+        assert _resets(status) == 0  # nothing taken for lost data
     finally:
         again.stop()
+
+
+def _resets(status: dict[str, Any]) -> int:
+    """Input partitions the worker (and its join stage) found lost since it started."""
+    join = status.get("join_stage") or {}
+    return int(status["input_resets"]) + int(join.get("input_resets", 0))
 
 
 def _predicted(status: dict[str, Any]) -> int:
@@ -443,6 +450,10 @@ def test_input_the_broker_lost_is_read_again_from_offset_zero(
     try:
         again.wait_active()
         _wait(again, "the new data counted", lambda s: _predicted(s) == sum(predictions))
+        status = again.health()
+        assert status is not None
+        # Both input topics' partitions that held old data (4 each) found lost, once.
+        assert _resets(status) == 8
     finally:
         again.stop()
     assert "the topic was recreated or the broker lost its data" in log.read_text()
