@@ -30,7 +30,6 @@ from typing import Any
 
 import pytest
 from aiokafka.protocol import offset as protocol
-from confluent_kafka import Producer
 
 from driftswitch.streams.client.client import DriftswitchClient
 from driftswitch.streams.config.model import load_config
@@ -45,7 +44,6 @@ from driftswitch.streams.tools.broker import EmbeddedBroker, free_port
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, config_yaml, simulate
 from driftswitch.streams.tools.testing import (
     WorkerProcess,
-    event_records,
     produce_in_event_order,
     recreate_inputs,
 )
@@ -414,14 +412,6 @@ def _predicted(status: dict[str, Any]) -> int:
     )
 
 
-def _produce_records(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for topic, key, value in records:
-        producer.produce(topic, value, key)
-        producer.poll(0)
-    assert producer.flush(30) == 0
-
-
 @pytest.mark.parametrize("stage", ["all", "single"])
 def test_input_the_broker_lost_is_read_again_from_offset_zero(
     lying: Lying, tmp_path: Path, stage: str
@@ -436,7 +426,7 @@ def test_input_the_broker_lost_is_read_again_from_offset_zero(
     predictions = [sum(isinstance(e, PredictionEvent) for e in part) for part in (old, new)]
     args = ["--stage", stage, "--snapshot-interval", "0.3"]
     log = tmp_path / "worker.log"
-    _produce_records(lying.bootstrap, event_records(topics, old))
+    produce_in_event_order(lying.bootstrap, topics, old)
     worker = WorkerProcess(lying.bootstrap, topics, config_path, log, args=args)
     try:
         worker.wait_active()
@@ -445,7 +435,7 @@ def test_input_the_broker_lost_is_read_again_from_offset_zero(
         worker.stop()
 
     asyncio.run(recreate_inputs(lying.bootstrap, topics))
-    _produce_records(lying.bootstrap, event_records(topics, new))
+    produce_in_event_order(lying.bootstrap, topics, new)
     again = WorkerProcess(lying.bootstrap, topics, config_path, log, args=args)
     try:
         again.wait_active()
