@@ -97,13 +97,23 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
             f"flags at http://127.0.0.1:{port}/api/v1/flags"
         )
         local = KafkaSettings(bootstrap=broker.bootstrap)
-        consumer = kafka.consumer(local, topics.flags.name, auto_offset_reset="earliest")
+        consumer = kafka.consumer(local, auto_offset_reset="earliest")
         producer = kafka.producer(local, linger_ms=5, partitioner=key_partitioner)
         started = time.monotonic()
 
         first_state = asyncio.Event()
 
         async def follow_flags() -> None:
+            # Once the worker has created the flags topic, from offset 0 (seek_to_start in
+            # streams/kafka/connect.py: never the start the broker names).
+            while True:
+                partitions = await kafka.partitions_of(local, topics.flags.name)
+                if partitions:
+                    break
+                await asyncio.sleep(0.1)
+            tps = [kafka.topic_partition(topics.flags.name, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            kafka.seek_to_start(consumer, *tps)
             async for record in consumer:
                 change = FlagChangeEvent.model_validate_json(record.value)
                 seen.append(change)
