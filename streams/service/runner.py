@@ -158,8 +158,12 @@ async def serve_worker(
     flagd_file: str | None = None,
     security: KafkaSecurity | None = None,
     stage: str = DEFAULT_STAGE,
+    handle_signals: bool = True,
 ) -> None:
     """Create the topics, then run one worker and its HTTP API until ``stop`` (or a signal).
+
+    With ``handle_signals`` (the default), SIGINT and SIGTERM stop the worker gracefully; a caller
+    that handles them itself (``driftswitch demo``) passes ``False`` and sets ``stop``.
 
     ``security`` (TLS, SASL) applies to every Kafka connection of the worker; default PLAINTEXT.
 
@@ -203,6 +207,7 @@ async def serve_worker(
             security=security,
             stage=stage,
             member=early,
+            handle_signals=handle_signals,
         )
     finally:
         if early is not None:
@@ -242,6 +247,7 @@ async def _serve(
     security: KafkaSecurity,
     stage: str,
     member: StageMember | None,
+    handle_signals: bool,
 ) -> None:
     """:func:`serve_worker`, once a join-stage process's ``member`` is started (or ``None``)."""
     from prometheus_client import CollectorRegistry
@@ -276,7 +282,7 @@ async def _serve(
     metrics = Metrics(CollectorRegistry())
     if stage == "join":
         await _serve_join_stage(
-            config, settings, metrics, web_host, web_port, stop, config_path, member
+            config, settings, metrics, web_host, web_port, stop, config_path, member, handle_signals
         )
         return
     join_stage: JoinStage | None = None
@@ -310,7 +316,8 @@ async def _serve(
         topics.flags.name,
     )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    stops = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for sig in stops:
         loop.add_signal_handler(sig, worker.stop.set)
     reloads: set[asyncio.Future[object]] = set()
 
@@ -353,7 +360,7 @@ async def _serve(
             stages.cancel()
         if watcher is not None:
             watcher.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (*stops, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
 
@@ -372,6 +379,7 @@ async def _serve_join_stage(
     stop: asyncio.Event | None,
     config_path: str | None,
     member: StageMember | None = None,
+    handle_signals: bool = True,
 ) -> None:
     """A join-stage process: the stage, ``GET /healthz`` (its status) and ``GET /metrics``;
     SIGHUP re-reads ``config_path`` (restart it for changed topics or state settings).
@@ -411,7 +419,8 @@ async def _serve_join_stage(
         web_port,
     )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    stops = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for sig in stops:
         loop.add_signal_handler(sig, stage.stop.set)
     reloads: set[asyncio.Future[object]] = set()
 
@@ -441,6 +450,6 @@ async def _serve_join_stage(
     finally:
         if watcher is not None:
             watcher.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (*stops, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

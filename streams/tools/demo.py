@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from typing import Any
 
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 
 class DemoError(DriftswitchError):
     """The demo could not run (its port is taken, the worker stopped)."""
+
+
+class DemoInterruptedError(DemoError):
+    """A signal (Ctrl-C, SIGTERM) ended the demo; the worker and the broker were stopped."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted ({name}): the worker and the broker were stopped")
 
 
 DEMO_GUARDRAILS = """\
@@ -58,6 +68,36 @@ def demo_scenario(requests: int, seed: int) -> Any:
 
 
 async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> bool:
+    """The demo; the first SIGINT or SIGTERM stops it cleanly (the worker, its clients and the
+    broker) and raises :class:`DemoInterruptedError`."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        if not received:  # later signals: the stop under way is bounded by its timeouts
+            received.append(signum)
+            task.cancel()
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for signum in handled:
+        loop.add_signal_handler(signum, interrupt, signum)
+    try:
+        ok = await _play(requests, rate, seed, web_port)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        raise DemoInterruptedError(received[0]) from None
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+    if received:  # the cancellation landed where the stop swallows it: still an interruption
+        raise DemoInterruptedError(received[0])
+    return ok
+
+
+async def _play(requests: int, rate: float, seed: int, web_port: int | None) -> bool:
     from rich.console import Console
     from rich.panel import Panel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -89,7 +129,13 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
         stop = asyncio.Event()
         worker = asyncio.ensure_future(
             serve_worker(
-                config, broker.bootstrap, topics, web_port=port, stop=stop, stage=DEFAULT_STAGE
+                config,
+                broker.bootstrap,
+                topics,
+                web_port=port,
+                stop=stop,
+                stage=DEFAULT_STAGE,
+                handle_signals=False,  # _demo's handler stops everything
             )
         )
         console.print(
@@ -102,6 +148,7 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
         started = time.monotonic()
 
         first_state = asyncio.Event()
+        follower: asyncio.Future[None] | None = None
 
         async def follow_flags() -> None:
             # Once the worker has created the flags topic, from offset 0 (seek_to_start in
@@ -129,9 +176,9 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
                 follower = asyncio.ensure_future(follow_flags())
                 # The worker creates the topics and publishes the initial flag state first.
                 waiter = asyncio.ensure_future(first_state.wait())
-                await asyncio.wait({worker, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({worker, follower, waiter}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
-            _raise_if_failed(worker)
+            _raise_if_failed(worker, follower)
             console.print(
                 f"[bold]model service[/] {len(events):,} events: control 0.90, candidate 0.90 "
                 f"then 0.75 from request {scenario.change_at:,}; {rate:,.0f} events/s"
@@ -157,19 +204,25 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
                         await producer.send(topic, encode(event), key=event.request_id.encode())
                     note = "candidate KILLED" if killed.is_set() else "candidate serving"
                     progress.update(task, advance=len(events[i : i + step]), note=note)
-                    _raise_if_failed(worker)
+                    _raise_if_failed(worker, follower)
                     if killed.is_set():
                         break
                     await asyncio.sleep(max(0.0, 0.05 - (time.monotonic() - tick)))
                 await producer.flush()
             if not killed.is_set():
-                with (
-                    _step(console, "all events sent; waiting for the worker's decision..."),
-                    contextlib.suppress(TimeoutError),
-                ):
-                    await asyncio.wait_for(killed.wait(), timeout=15)
-            follower.cancel()
+                with _step(console, "all events sent; waiting for the worker's decision..."):
+                    decided = asyncio.ensure_future(killed.wait())
+                    await asyncio.wait(
+                        {worker, follower, decided}, timeout=15, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    decided.cancel()
+                _raise_if_failed(worker, follower)
         finally:
+            if follower is not None:
+                follower.cancel()
+                # Its own error, if any, was raised above.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await follower
             stop.set()
             await producer.stop()
             await consumer.stop()
@@ -196,15 +249,24 @@ def _step(console: Any, text: str) -> Any:
     return contextlib.nullcontext()
 
 
-def _raise_if_failed(worker: asyncio.Future[None], finished: bool = False) -> None:
-    """Stop the demo with the worker's own error if it ended (e.g. it could not start);
-    ``finished``: the demo asked it to stop, so only an error counts."""
+def _raise_if_failed(
+    worker: asyncio.Future[None],
+    follower: asyncio.Future[None] | None = None,
+    finished: bool = False,
+) -> None:
+    """Stop the demo with the worker's own error if it ended (e.g. it could not start), or with
+    the flags follower's (it runs until cancelled, so its end is always a failure);
+    ``finished``: the demo asked the worker to stop, so only an error counts."""
     if worker.done() and not worker.cancelled():
         err = worker.exception()
         if err is not None:
             raise DemoError(f"the worker failed: {err}") from err
         if not finished:
             raise DemoError("the worker stopped early")
+    if follower is not None and follower.done() and not follower.cancelled():
+        err = follower.exception()
+        what = f"{type(err).__name__}: {err}" if err is not None else "it stopped"
+        raise DemoError(f"following the flags topic failed: {what}") from err
 
 
 def _show_change(console: Any, panel: Any, change: Any, elapsed: float) -> None:
@@ -256,6 +318,9 @@ def demo_command(requests: int, rate: float, seed: int, web_port: int | None) ->
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         ok = asyncio.run(_demo(requests, rate, seed, web_port))
+    except DemoInterruptedError as err:
+        click.echo(f"driftswitch demo: {err}", err=True)
+        raise SystemExit(128 + err.signum) from None  # the shell's convention: 130 for Ctrl-C
     except DriftswitchError as err:
         click.echo(f"driftswitch demo: {err}", err=True)
         raise SystemExit(1) from None
