@@ -98,6 +98,7 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
 
 
 async def _play(requests: int, rate: float, seed: int, web_port: int | None) -> bool:
+    """Broker, worker, model service and flags follower; whether the candidate was killed."""
     from rich.console import Console
     from rich.panel import Panel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
