@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -67,37 +70,56 @@ def demo_scenario(requests: int, seed: int) -> Any:
     )
 
 
+@dataclass
+class _Signals:
+    """The signals the demo received, and whether its stop is under way."""
+
+    received: list[int] = field(default_factory=list)
+    #: Set where the demo starts to stop (the worker, its clients, the broker): a first signal
+    #: from then on lets the stop finish instead of cancelling it halfway.
+    stopping: bool = False
+
+
 async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> bool:
     """The demo; the first SIGINT or SIGTERM stops it cleanly (the worker, its clients and the
-    broker) and raises :class:`DemoInterruptedError`."""
+    broker) and raises :class:`DemoInterruptedError`; a second one exits at once."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    received: list[int] = []
+    signals = _Signals()
 
     def interrupt(signum: int) -> None:
-        if not received:  # later signals: the stop under way is bounded by its timeouts
-            received.append(signum)
+        if signals.received:  # the stop under way takes too long for the user: leave now
+            name = signal.Signals(signum).name
+            sys.stdout.flush()
+            sys.stderr.write(f"driftswitch demo: second signal ({name}): exiting at once\n")
+            sys.stderr.flush()
+            # The broker dies with this process (PR_SET_PDEATHSIG, streams/tools/broker.py).
+            os._exit(128 + signum)
+        signals.received.append(signum)
+        if not signals.stopping:
             task.cancel()
 
     handled = (signal.SIGINT, signal.SIGTERM)
     for signum in handled:
         loop.add_signal_handler(signum, interrupt, signum)
     try:
-        ok = await _play(requests, rate, seed, web_port)
+        ok = await _play(requests, rate, seed, web_port, signals)
     except asyncio.CancelledError:
-        if not received:
+        if not signals.received:
             raise
-        raise DemoInterruptedError(received[0]) from None
+        raise DemoInterruptedError(signals.received[0]) from None
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
-    if received:  # the cancellation landed where the stop swallows it: still an interruption
-        raise DemoInterruptedError(received[0])
+    if signals.received:  # it came while the demo was stopping, which it let finish
+        raise DemoInterruptedError(signals.received[0])
     return ok
 
 
-async def _play(requests: int, rate: float, seed: int, web_port: int | None) -> bool:
+async def _play(
+    requests: int, rate: float, seed: int, web_port: int | None, signals: _Signals
+) -> bool:
     """Broker, worker, model service and flags follower; whether the candidate was killed."""
     from rich.console import Console
     from rich.panel import Panel
@@ -165,8 +187,8 @@ async def _play(requests: int, rate: float, seed: int, web_port: int | None) -> 
             async for record in consumer:
                 change = FlagChangeEvent.model_validate_json(record.value)
                 seen.append(change)
-                first_state.set()
                 _show_change(console, Panel, change, time.monotonic() - started)
+                first_state.set()
                 if change.variants.get("candidate") and change.variants["candidate"].killed:
                     killed.set()
 
@@ -177,8 +199,12 @@ async def _play(requests: int, rate: float, seed: int, web_port: int | None) -> 
                 follower = asyncio.ensure_future(follow_flags())
                 # The worker creates the topics and publishes the initial flag state first.
                 waiter = asyncio.ensure_future(first_state.wait())
-                await asyncio.wait({worker, follower, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+                try:
+                    await asyncio.wait(
+                        {worker, follower, waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    waiter.cancel()
             _raise_if_failed(worker, follower)
             console.print(
                 f"[bold]model service[/] {len(events):,} events: control 0.90, candidate 0.90 "
@@ -213,26 +239,33 @@ async def _play(requests: int, rate: float, seed: int, web_port: int | None) -> 
             if not killed.is_set():
                 with _step(console, "all events sent; waiting for the worker's decision..."):
                     decided = asyncio.ensure_future(killed.wait())
-                    await asyncio.wait(
-                        {worker, follower, decided}, timeout=15, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    decided.cancel()
-                _raise_if_failed(worker, follower)
+                    try:
+                        await asyncio.wait(
+                            {worker, follower, decided},
+                            timeout=15,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    finally:
+                        decided.cancel()
+            _raise_if_failed(worker, follower)
         finally:
-            if follower is not None:
-                follower.cancel()
-                # Its own error, if any, was raised above.
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await follower
-            stop.set()
-            await producer.stop()
-            await consumer.stop()
-            await asyncio.wait({worker}, timeout=30)
-            if not worker.done():
-                worker.cancel()
-                await asyncio.wait({worker})
+            signals.stopping = True
+            with _step(console, "stopping the worker and the clients..."):
+                if follower is not None:
+                    follower.cancel()
+                    # Its own error, if any, was raised above (no await since the last check).
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await follower
+                stop.set()
+                await producer.stop()
+                await consumer.stop()
+                await asyncio.wait({worker}, timeout=30)
+                if not worker.done():
+                    worker.cancel()
+                    await asyncio.wait({worker})
         _raise_if_failed(worker, finished=True)
     finally:
+        signals.stopping = True
         with _step(console, "stopping the broker..."):
             await broker.stop_async()
     if killed.is_set():
@@ -309,7 +342,16 @@ def _show_change(console: Any, panel: Any, change: Any, elapsed: float) -> None:
     )
 
 
-@click.command("demo")
+#: ``driftswitch demo --help``'s epilog (the README's exit codes, with the demo's own).
+DEMO_EXIT_CODES = (
+    "Exit codes: 0 the candidate was killed; 1 it was not killed in time, or the demo failed (a "
+    "busy --web-port, the worker or the flags follower failed); 2 usage; 130 (143) stopped by "
+    "Ctrl-C (SIGTERM), after stopping the worker, its clients and the broker; a second signal "
+    "exits at once, with the broker."
+)
+
+
+@click.command("demo", epilog=DEMO_EXIT_CODES)
 @click.option("--requests", type=click.IntRange(min=1000), default=20_000, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=100), default=5_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)

@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from driftswitch.streams.tools.broker import EmbeddedBroker
+
+
+def _start_demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("driftswitch")), "demo", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _read_until(demo: subprocess.Popen[str], prefix: str) -> list[str]:
+    """The demo's output lines up to the first that starts with ``prefix``."""
+    assert demo.stdout is not None
+    seen = []
+    for line in demo.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"no line starting with {prefix!r}:\n" + "".join(seen))
 
 
 def test_demo_kills_the_degrading_candidate(broker: EmbeddedBroker) -> None:
@@ -35,6 +57,8 @@ def test_demo_kills_the_degrading_candidate(broker: EmbeddedBroker) -> None:
         "starting the worker",
         "model service 16,000 events",
         "producing",
+        "stopping the worker and the clients",
+        "stopping the broker",
         "done: the candidate was killed",
     ]
     positions = [out.find(phase) for phase in phases]
@@ -51,21 +75,9 @@ def test_demo_kills_the_degrading_candidate(broker: EmbeddedBroker) -> None:
 def test_demo_stops_cleanly_on_a_signal(broker: EmbeddedBroker, signum: int) -> None:
     # Ctrl-C (or a SIGTERM) mid-run: the worker, its clients and the broker are stopped, and the
     # demo says it was interrupted (exit 128 + the signal), not that its worker "stopped early".
-    demo = subprocess.Popen(
-        [str(Path(sys.executable).with_name("driftswitch")), "demo", "--rate", "100"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    demo = _start_demo("--rate", "100")  # the 40,000 events would take 400 s
     try:
-        assert demo.stdout is not None
-        seen = []
-        for line in demo.stdout:  # the 40,000 events take 400 s at this rate
-            seen.append(line)
-            if line.startswith("model service"):
-                break
-        assert seen, "no output"
-        assert seen[-1].startswith("model service"), "".join(seen)
+        _read_until(demo, "model service")
         demo.send_signal(signum)
         out, err = demo.communicate(timeout=60)
     finally:
@@ -78,6 +90,58 @@ def test_demo_stops_cleanly_on_a_signal(broker: EmbeddedBroker, signum: int) -> 
     assert "stopped early" not in err
     assert "Traceback" not in err
     assert "stopping the broker" in out
+
+
+def test_demo_lets_its_stop_finish_on_a_signal(broker: EmbeddedBroker) -> None:
+    # Ctrl-C while the demo stops its worker (it takes a few seconds, with nothing else on the
+    # screen): the stop is not cut short (a cancelled stop left the worker running while the
+    # broker went away), and the demo still says it was interrupted.
+    demo = _start_demo("--requests", "8000")
+    try:
+        seen = _read_until(demo, "stopping the worker")
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    out = "".join(seen) + out
+    assert demo.returncode == 130, out + err
+    assert "driftswitch demo: interrupted (SIGINT): the worker and the broker were stopped" in err
+    assert "done: the candidate was killed" in out  # the verdict, after every step of the stop
+    assert "stopping the broker" in out
+    for noise in ("Traceback", "Unclosed", "Task was destroyed", "ERROR"):
+        assert noise not in err, err
+
+
+def test_demo_exits_at_once_on_a_second_signal(broker: EmbeddedBroker) -> None:
+    # Two signals: the second does not wait for the stop the first began, and the embedded
+    # broker (started by the demo, not the fixture's) goes with the demo's process.
+    demo = _start_demo("--rate", "100")
+    try:
+        seen = _read_until(demo, "model service")
+        started = [line for line in seen if line.startswith("broker embedded Tansu at")]
+        assert started, "".join(seen)
+        bootstrap = started[0].split(" at ")[1].split()[0]
+        demo.send_signal(signal.SIGINT)
+        _read_until(demo, "stopping the worker")  # the first one began the stop
+        demo.send_signal(signal.SIGTERM)
+        _out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 128 + signal.SIGTERM, err
+    assert "driftswitch demo: second signal (SIGTERM): exiting at once" in err
+    host, port = bootstrap.rsplit(":", 1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            break  # nothing listens there any more
+        assert time.monotonic() < deadline, f"the demo's broker still listens at {bootstrap}"
+        time.sleep(0.1)
 
 
 def test_demo_ends_with_the_flag_followers_error(broker: EmbeddedBroker) -> None:
