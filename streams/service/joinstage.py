@@ -103,6 +103,17 @@ Shape (docs/architecture.md "Scaling out"):
   instead of ``poll_ms`` (50 ms). Records end that wait as soon as a fetch brings them, so this
   adds no latency; it cuts an idle process's loop turns from 20 to 1 a second. The fetches
   themselves go on every ``fetch_max_wait_ms`` (:mod:`~driftswitch.streams.kafka.groups`).
+  An idle partition says so again every :data:`IDLE_REPEAT` seconds (its empty batch to every
+  observations partition, its idle horizon to the other join partitions): a process that lost
+  the partition while paused (a zombie, woken later) may land one last batch or marker saying
+  "busy" after the new owner's "idle", and the decide stage's merge and the other partitions
+  believe the last word they read; without the repeat that word stood until input arrived, and
+  held back every decision of a quiet system. Reading markers alone does not make a partition
+  due for a checkpoint as input does (so the repeats neither keep an idle process from its
+  long waits nor make it serialise its pending entries every few seconds): such a partition is
+  checkpointed with its next input, or after :data:`MARKERS_CHECKPOINT_INTERVAL` seconds, so
+  that its checkpoint's read position on the repartition topic stays within the topic's
+  retention; a restart reads the markers since again, which only repeats what they said.
 """
 
 from __future__ import annotations
@@ -204,6 +215,12 @@ ALIGNMENT_HOLD = 2.0
 _EVENT_TIME = attrgetter("ts")
 _SAVED_AT = attrgetter("saved_at")
 _REQUEST_ID = attrgetter("request_id")
+#: Seconds between an idle partition's repeats of its idle batch and horizon (module doc: Idle):
+#: how long a zombie's late "busy" can hold back the decide stage of a quiet system.
+IDLE_REPEAT = 5.0
+#: Seconds after which a partition that read only markers since its last checkpoint is
+#: checkpointed (module doc: Idle).
+MARKERS_CHECKPOINT_INTERVAL = 3600.0
 #: Records per batch of the join stage: small enough that one batch of one partition does not
 #: run far ahead in event time (the alignment acts between batches).
 JOIN_MAX_RECORDS = 5000
@@ -423,6 +440,9 @@ class _Partition:
     #: The horizon this partition last announced, and the watermark it last sent.
     announced: tuple[float, bool] | None = None
     sent: tuple[float, bool] | None = None
+    #: When (monotonic seconds) the horizon was last announced and the last batch sent.
+    announced_at: float = -math.inf
+    sent_at: float = -math.inf
     #: The read positions (logical: ``epoch``) the last batch sent carried (the checkpoint's,
     #: after a restart).
     sent_read: dict[int, int] = field(default_factory=dict)
@@ -434,7 +454,9 @@ class _Partition:
     #: seconds, of the first fetch answer that said so).
     caught_since: dict[int, float] = field(default_factory=dict)
     seq: int = 0
+    #: Input read since the last checkpoint; or only markers (module doc: Idle).
     dirty: bool = False
+    markers_unsaved: bool = False
     #: This partition's disk store (``state_dir``), and the ids of its last checkpoint and the
     #: one before.
     store: RocksJoinStore | None = None
@@ -500,10 +522,15 @@ class JoinStage:
         #: Per input topic (index): how far behind its partition's newest event time each
         #: record came (:class:`~driftswitch.streams.pipeline.eventtime.Disorder`).
         self.disorder = {t: Disorder(config.join.allowed_lateness) for t in (PREDICTIONS, OUTCOMES)}
-        #: Per (join partition, input topic): ``(epoch, offset)`` up to which its records were
+        #: Per (join partition, input topic): ``(resets, offset)`` up to which its records were
         #: counted in :attr:`disorder`, so that what a recovery or a reassignment to this process
-        #: reads again (from the last checkpoint) is not counted twice.
+        #: reads again (from the last checkpoint) is not counted twice; ``resets`` is
+        #: :attr:`_topic_resets`' then, since offsets below it count again only in new data.
         self._disorder_counted: dict[tuple[int, int], tuple[int, int]] = {}
+        #: Per (join partition, input topic): how often this process found the broker had lost
+        #: the topic's data. Per topic, as offsets are (the partition's epoch moves with any of
+        #: its topics), and never rolled back by a checkpoint's restore, as the counts are not.
+        self._topic_resets: Counter[tuple[int, int]] = Counter()
         #: Seconds the last assignment took to restore its partitions; the last checkpoint's.
         self.recovery_seconds: float | None = None
         self.checkpoint_seconds = 0.0
@@ -834,7 +861,9 @@ class JoinStage:
     def _due(self, part: _Partition, now: float) -> bool:
         """Whether ``part`` is to be checkpointed now (module doc: Checkpoints)."""
         waited = now - part.saved_at
-        if not part.dirty or waited < self.settings.snapshot_interval:
+        if not part.dirty:
+            return part.markers_unsaved and waited >= MARKERS_CHECKPOINT_INTERVAL
+        if waited < self.settings.snapshot_interval:
             return False
         return part.work >= WORK_PER_CHECKPOINT * part.cost or waited >= MAX_SNAPSHOT_INTERVAL
 
@@ -974,6 +1003,7 @@ class JoinStage:
             if self.metrics is not None:
                 self.metrics.record_input_reset(tp.topic, tp.partition)
             self.counters["input_resets"] += 1
+            self._topic_resets[(part.index, t)] += 1
             if part.index not in moved:
                 part.epoch += 1
                 moved.add(part.index)
@@ -996,6 +1026,7 @@ class JoinStage:
             if self.metrics is not None:
                 self.metrics.record_input_reset(name, part.index)
             self.counters["input_resets"] += 1
+            self._topic_resets[(part.index, t)] += 1
             if not moved:
                 part.epoch += 1
                 moved = True
@@ -1089,7 +1120,7 @@ class JoinStage:
         reopened from its last checkpoint and its input since replayed with containment (module
         doc), otherwise (it is leaving this process) its next owner does the same."""
         await self._writing.settle()
-        dirty = [p for p in parts if p.dirty]
+        dirty = [p for p in parts if p.dirty or p.markers_unsaved]
         if not dirty:
             return
         started = time.monotonic()
@@ -1152,7 +1183,7 @@ class JoinStage:
                 part.store.commit(b"".join(value for value, _ in chunks))
             part.checkpoint, part.parent = checkpoint, part.checkpoint
             part.cost = time.thread_time() - cpu
-            part.dirty = False
+            part.dirty = part.markers_unsaved = False
             part.work = 0.0
             part.saved_at = time.monotonic()
             taken.append((part, chunks))
@@ -1331,10 +1362,17 @@ class JoinStage:
             if recs:
                 part.read[t] = recs[-1].offset + 1
                 part.marks[t] = mark_of(recs[-1])
-        if any(topics.values()):
-            part.dirty = True
+        fetched = any(topics.values())
+        if fetched:
             self.counters["records"] += sum(len(r) for r in topics.values())
-        await self._emit(part, observations, changed=any(topics.values()))
+        # Input: records to join. What else the repartition topic brings (markers, records
+        # read before) changes what this partition says only through its horizons.
+        data = bool(own) or REROUTED in fresh
+        if data:
+            part.dirty = True
+        elif fetched:
+            part.markers_unsaved = True
+        await self._emit(part, observations, changed=data)
 
     def _observe_disorder(
         self,
@@ -1351,8 +1389,9 @@ class JoinStage:
         counted (read again from the last checkpoint after a recovery or a reassignment)."""
         newest = part.clock.seen.get(t, -math.inf)
         start = first
-        epoch, counted = self._disorder_counted.get((part.index, t), (part.epoch, 0))
-        if epoch == part.epoch and own[index[first]].offset < counted:
+        resets = self._topic_resets[(part.index, t)]
+        then, counted = self._disorder_counted.get((part.index, t), (resets, 0))
+        if then == resets and own[index[first]].offset < counted:
             start = bisect_left(range(first, end), counted, key=lambda k: own[index[k]].offset)
             start += first
             newest = max(newest, *map(_EVENT_TIME, accepted[first:start]))
@@ -1360,8 +1399,8 @@ class JoinStage:
             t, self.disorder[t].observe(newest, map(_EVENT_TIME, accepted[start:end]))
         )
         last = own[index[end - 1]].offset + 1
-        if epoch != part.epoch or last > counted:
-            self._disorder_counted[(part.index, t)] = (part.epoch, last)
+        if then != resets or last > counted:
+            self._disorder_counted[(part.index, t)] = (resets, last)
 
     async def _join_contained(
         self,
@@ -1476,7 +1515,9 @@ class JoinStage:
                 times.append(h)
         idle = not times and not self._busy(part, REROUTED)
         watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
+        now = time.monotonic()
         send = changed or bool(observations) or (watermark, idle) != part.sent
+        send = send or (idle and now - part.sent_at >= IDLE_REPEAT)  # module doc: Idle
         # Encoded before anything is sent: observations that do not encode fail the batch whole.
         try:
             records = self._encode(part, observations, watermark, idle) if send else []
@@ -1488,8 +1529,9 @@ class JoinStage:
         # The horizon first, whether or not a batch goes out below: the other partitions wait
         # for it (a partition whose own topics fell idle must say so even if nothing else
         # changed, or every partition waits for the others).
-        if horizon != part.announced:
+        if horizon != part.announced or (horizon[1] and now - part.announced_at >= IDLE_REPEAT):
             part.announced = horizon
+            part.announced_at = now
             h, h_idle = horizon
             value = orjson.dumps(
                 {
@@ -1525,6 +1567,7 @@ class JoinStage:
             self._deliveries.append(delivery)
             self.counters["observation_records"] += 1
         part.sent = (watermark, idle)
+        part.sent_at = now
         part.sent_read = part.logical(part.read)
         if len(self._deliveries) > 10_000:
             await self._flush()

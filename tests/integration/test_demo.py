@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +16,21 @@ import pytest
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 
-def _start_demo(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _running_demo(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``driftswitch demo ARGS``, its output piped; killed if still running on leaving."""
+    demo = subprocess.Popen(
         [str(Path(sys.executable).with_name("driftswitch")), "demo", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        yield demo
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
 
 
 def _read_until(demo: subprocess.Popen[str], prefix: str) -> list[str]:
@@ -75,15 +85,10 @@ def test_demo_kills_the_degrading_candidate(broker: EmbeddedBroker) -> None:
 def test_demo_stops_cleanly_on_a_signal(broker: EmbeddedBroker, signum: int) -> None:
     # Ctrl-C (or a SIGTERM) mid-run: the worker, its clients and the broker are stopped, and the
     # demo says it was interrupted (exit 128 + the signal), not that its worker "stopped early".
-    demo = _start_demo("--rate", "100")  # the 40,000 events would take 400 s
-    try:
+    with _running_demo("--rate", "100") as demo:  # the 40,000 events would take 400 s
         _read_until(demo, "model service")
         demo.send_signal(signum)
         out, err = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
     assert demo.returncode == 128 + signum, err
     name = signal.Signals(signum).name
     assert f"driftswitch demo: interrupted ({name}): the worker and the broker were stopped" in err
@@ -96,15 +101,10 @@ def test_demo_lets_its_stop_finish_on_a_signal(broker: EmbeddedBroker) -> None:
     # Ctrl-C while the demo stops its worker (it takes a few seconds, with nothing else on the
     # screen): the stop is not cut short (a cancelled stop left the worker running while the
     # broker went away), and the demo still says it was interrupted.
-    demo = _start_demo("--requests", "8000")
-    try:
+    with _running_demo("--requests", "8000") as demo:
         seen = _read_until(demo, "stopping the worker")
         demo.send_signal(signal.SIGINT)
         out, err = demo.communicate(timeout=90)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
     out = "".join(seen) + out
     assert demo.returncode == 130, out + err
     assert "driftswitch demo: interrupted (SIGINT): the worker and the broker were stopped" in err
@@ -117,8 +117,7 @@ def test_demo_lets_its_stop_finish_on_a_signal(broker: EmbeddedBroker) -> None:
 def test_demo_exits_at_once_on_a_second_signal(broker: EmbeddedBroker) -> None:
     # Two signals: the second does not wait for the stop the first began, and the embedded
     # broker (started by the demo, not the fixture's) goes with the demo's process.
-    demo = _start_demo("--rate", "100")
-    try:
+    with _running_demo("--rate", "100") as demo:
         seen = _read_until(demo, "model service")
         started = [line for line in seen if line.startswith("broker embedded Tansu at")]
         assert started, "".join(seen)
@@ -127,10 +126,6 @@ def test_demo_exits_at_once_on_a_second_signal(broker: EmbeddedBroker) -> None:
         _read_until(demo, "stopping the worker")  # the first one began the stop
         demo.send_signal(signal.SIGTERM)
         _out, err = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
     assert demo.returncode == 128 + signal.SIGTERM, err
     assert "driftswitch demo: second signal (SIGTERM): exiting at once" in err
     host, port = bootstrap.rsplit(":", 1)

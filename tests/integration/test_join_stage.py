@@ -26,8 +26,9 @@ from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import connect as kafka
 from driftswitch.streams.kafka import ensure_topics
 from driftswitch.streams.pipeline.engine import Engine, Event
-from driftswitch.streams.pipeline.merge import Merge, decode_batch
+from driftswitch.streams.pipeline.merge import Batch, Merge, decode_batch, encode_batch
 from driftswitch.streams.pipeline.observations import Decider, build_flags
+from driftswitch.streams.service import joinstage
 from driftswitch.streams.service.joinstage import JoinStage
 from driftswitch.streams.service.startup import member_record
 from driftswitch.streams.service.worker import WorkerSettings, state_topic
@@ -393,6 +394,93 @@ def test_partitions_that_fall_idle_release_everything_even_when_their_watermark_
 
     merges = asyncio.run(scenario())
     assert merges.done(), [(m.bound, len(m), m.idle) for m in merges.merges]
+
+
+def test_an_idle_partition_repeats_that_it_is_idle_over_a_zombies_late_word(
+    broker: EmbeddedBroker, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that lost join partition 0 while paused (a zombie, woken later) lands one
+    last batch and one last round of re-route markers after the owner said the partition is
+    idle. They say "busy": the merge, and the other partitions (which then say "busy" too),
+    believe the last word they read, so nothing more would be released until input arrived.
+    The owner repeats its idle batch and markers every ``IDLE_REPEAT`` seconds, which undoes
+    both."""
+    monkeypatch.setattr(joinstage, "IDLE_REPEAT", 1.0)
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
+    events = [ev for ev in sorted(simulate(SCENARIO), key=_key) if isinstance(ev, PredictionEvent)]
+    name, outputs = topics.observations.name, topics.observations.partitions
+
+    async def read_into(merges: _Merges, consumer: AIOKafkaConsumer, ends: dict[int, int]) -> None:
+        """Every record below ``ends`` (per observations partition) into ``merges``."""
+        read = dict.fromkeys(ends, 0)
+        while any(read[q] < ends[q] for q in ends):
+            got = await consumer.getmany(timeout_ms=200)
+            for tp, records in got.items():
+                for rec in records:
+                    if rec.offset >= ends[tp.partition]:
+                        consumer.seek(tp, ends[tp.partition])  # read again by release()
+                        break
+                    merges.merges[tp.partition].add(decode_batch(rec.value))
+                    read[tp.partition] = rec.offset + 1
+            for merge in merges.merges:
+                merge.release()
+
+    async def release(merges: _Merges, consumer: AIOKafkaConsumer) -> None:
+        """Read on until every merge has released everything."""
+        while not merges.done():
+            got = await consumer.getmany(timeout_ms=200)
+            for tp, records in got.items():
+                for rec in records:
+                    merges.merges[tp.partition].add(decode_batch(rec.value))
+            for merge in merges.merges:
+                merge.release()
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        async with _running(broker, topics, config, "zombie"):
+            await asyncio.get_running_loop().run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
+            _, merges = await _decide(broker.bootstrap, topics, config, len(events), limit_s=60)
+            idle_before = merges.done()
+            zombie = Producer({"bootstrap.servers": broker.bootstrap})
+            late = Batch(0, {}, -math.inf, idle=False, observations=[], run="zombie")
+            ends: dict[int, int] = {}
+
+            def landed(err: Any, msg: Any) -> None:
+                assert err is None, err
+                ends[msg.partition()] = msg.offset() + 1
+
+            marker = orjson.dumps({"source": 0, "horizon": None, "idle": False, "run": "zombie"})
+            for p in range(1, topics.repartition.partitions):
+                zombie.produce(
+                    topics.repartition.name,
+                    marker,
+                    partition=p,
+                    headers=[(joinstage.HEADER_MARKER, b"1")],
+                )
+            for q in range(outputs):
+                zombie.produce(name, encode_batch(late), key=b"0", partition=q, on_delivery=landed)
+            assert zombie.flush(10) == 0
+            assert sorted(ends) == list(range(outputs))
+            merges = _Merges(topics.predictions.partitions, outputs)
+            consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+            await consumer.start()
+            try:
+                tps = [kafka.topic_partition(name, q) for q in range(outputs)]
+                consumer.assign(tps)
+                kafka.seek_to_start(consumer, *tps)
+                await read_into(merges, consumer, ends)  # up to the zombie's batch, included
+                held = not merges.done()
+                with contextlib.suppress(TimeoutError):  # never released: checked below
+                    await asyncio.wait_for(release(merges, consumer), timeout=30)
+            finally:
+                await consumer.stop()
+            return idle_before, held, merges.done()
+
+    idle_before, held, released = asyncio.run(scenario())
+    assert idle_before  # every partition had said it was idle
+    assert held  # the zombie's late "busy" held the merge back
+    assert released  # the owner's repeat released everything again, with no new input
 
 
 def test_a_batch_that_read_new_input_does_not_say_its_partition_is_idle(

@@ -80,3 +80,42 @@ def test_records_at_or_after_the_read_position_change_nothing() -> None:
     assert part.epoch == 0
     assert part.marks == {PREDICTIONS: mark}
     assert stage.counters["input_resets"] == 0
+
+
+def _times(*ts: float) -> list[SimpleNamespace]:
+    return [SimpleNamespace(ts=t) for t in ts]
+
+
+def test_a_reset_of_one_topic_leaves_the_other_topics_records_counted_once() -> None:
+    # The input's disorder counts each record once per process, also what a recovery from an
+    # older checkpoint reads again. The outcomes topic's data is lost and read anew: that
+    # moves the partition to a new epoch, but the predictions' offsets still name the same
+    # records, so a recovery from a checkpoint taken before the reset (in the old epoch) must
+    # not count the predictions it reads again.
+    stage, _ = _stage()
+    part = stage._open(0, None)
+    disorder = stage.disorder
+    stage._observe_disorder(
+        part, PREDICTIONS, _times(1, 2, 3, 4), 0, 4, _records(0, 1, 2, 3), [0, 1, 2, 3]
+    )
+    stage._observe_disorder(part, OUTCOMES, _times(1, 2), 0, 2, _records(0, 1), [0, 1])
+    part.read = {PREDICTIONS: 4, OUTCOMES: 2}
+    stage._check_rewound(part, {OUTCOMES: _records(0)})
+    assert part.epoch == 1
+    stage._observe_disorder(part, OUTCOMES, _times(5), 0, 1, _records(0), [0])  # the new data
+    stage._observe_disorder(part, PREDICTIONS, _times(5, 6), 0, 2, _records(4, 5), [0, 1])
+    assert (disorder[PREDICTIONS].records, disorder[OUTCOMES].records) == (6, 3)
+    older = stage._open(0, None)  # the checkpoint before the reset: epoch 0
+    assert older.epoch == 0
+    stage._observe_disorder(
+        older,
+        PREDICTIONS,
+        _times(1, 2, 3, 4, 5, 6),
+        0,
+        6,
+        _records(0, 1, 2, 3, 4, 5),
+        list(range(6)),
+    )
+    assert disorder[PREDICTIONS].records == 6  # read again, not counted again
+    stage._observe_disorder(older, PREDICTIONS, _times(7), 0, 1, _records(6), [0])
+    assert disorder[PREDICTIONS].records == 7  # what follows is counted
