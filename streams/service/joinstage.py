@@ -108,7 +108,12 @@ Shape (docs/architecture.md "Scaling out"):
   the partition while paused (a zombie, woken later) may land one last batch or marker saying
   "busy" after the new owner's "idle", and the decide stage's merge and the other partitions
   believe the last word they read; without the repeat that word stood until input arrived, and
-  held back every decision of a quiet system. Reading markers alone does not make a partition
+  held back every decision of a quiet system. A repeat goes out only while the group
+  coordinator's last confirmation that this member is current is fresh
+  (:data:`REPEAT_CONFIRMED_WITHIN`; :meth:`JoinStage._repeat_due`): the zombie itself, woken
+  with partitions it no longer owns, must not repeat "idle" for a new owner that may still be
+  catching up (the decide stage would then release past that owner's observations, which would
+  come late). Reading markers alone does not make a partition
   due for a checkpoint as input does (so the repeats neither keep an idle process from its
   long waits nor make it serialise its pending entries every few seconds): such a partition is
   checkpointed with its next input, or after :data:`MARKERS_CHECKPOINT_INTERVAL` seconds, so
@@ -218,6 +223,10 @@ _REQUEST_ID = attrgetter("request_id")
 #: Seconds between an idle partition's repeats of its idle batch and horizon (module doc: Idle):
 #: how long a zombie's late "busy" can hold back the decide stage of a quiet system.
 IDLE_REPEAT = 5.0
+#: Repeats go out only while the group coordinator's last confirmation that this member is
+#: current is at most this many seconds old: less than any session timeout (Kafka's minimum
+#: is 6 s), so that a process woken from a pause that cost it its partitions repeats nothing.
+REPEAT_CONFIRMED_WITHIN = 2.0
 #: Seconds after which a partition that read only markers since its last checkpoint is
 #: checkpointed (module doc: Idle).
 MARKERS_CHECKPOINT_INTERVAL = 3600.0
@@ -440,14 +449,14 @@ class _Partition:
     #: The horizon this partition last announced, and the watermark it last sent.
     announced: tuple[float, bool] | None = None
     sent: tuple[float, bool] | None = None
-    #: When (monotonic seconds) the horizon was last announced and the last batch sent.
-    announced_at: float = -math.inf
-    sent_at: float = -math.inf
     #: The read positions (logical: ``epoch``) the last batch sent carried (the checkpoint's,
     #: after a restart).
     sent_read: dict[int, int] = field(default_factory=dict)
     #: Raised each time the broker is found to have lost this partition's input (module doc).
     epoch: int = 0
+    #: Per topic index: how often the broker was found to have lost that topic's data (what
+    #: the input's disorder counts keep apart: :meth:`JoinStage._observe_disorder`).
+    resets: dict[int, int] = field(default_factory=dict)
     #: Per topic index: the last record read (the data-loss check's fingerprint).
     marks: dict[int, Mark] = field(default_factory=dict)
     #: Per topic index: since when it has been read to its end (the wall-clock time, in
@@ -476,6 +485,7 @@ class _Partition:
             "seen": {str(t): ts for t, ts in self.clock.seen.items() if math.isfinite(ts)},
             "origins": self.origins,
             "epoch": self.epoch,
+            "resets": {str(t): n for t, n in self.resets.items()},
             "marks": {str(t): m.to_state() for t, m in self.marks.items()},
             "horizons": {
                 str(p): [h if math.isfinite(h) else None, idle]
@@ -494,6 +504,7 @@ class _Partition:
         self.clock.seen = {int(t): float(ts) for t, ts in state["seen"].items()}
         self.origins = {str(k): int(v) for k, v in state["origins"].items()}
         self.epoch = int(state.get("epoch", 0))
+        self.resets = {int(t): int(n) for t, n in state.get("resets", {}).items()}
         self.marks = {int(t): Mark.from_state(m) for t, m in state.get("marks", {}).items()}
         self.horizons = {
             int(p): (-math.inf if h is None else float(h), bool(idle))
@@ -524,13 +535,16 @@ class JoinStage:
         self.disorder = {t: Disorder(config.join.allowed_lateness) for t in (PREDICTIONS, OUTCOMES)}
         #: Per (join partition, input topic): ``(resets, offset)`` up to which its records were
         #: counted in :attr:`disorder`, so that what a recovery or a reassignment to this process
-        #: reads again (from the last checkpoint) is not counted twice; ``resets`` is
-        #: :attr:`_topic_resets`' then, since offsets below it count again only in new data.
+        #: reads again (from the last checkpoint) is not counted twice; ``resets`` is the topic's
+        #: :attr:`_Partition.resets` then: offsets name the same records only within one.
         self._disorder_counted: dict[tuple[int, int], tuple[int, int]] = {}
-        #: Per (join partition, input topic): how often this process found the broker had lost
-        #: the topic's data. Per topic, as offsets are (the partition's epoch moves with any of
-        #: its topics), and never rolled back by a checkpoint's restore, as the counts are not.
-        self._topic_resets: Counter[tuple[int, int]] = Counter()
+        #: Idle repeats (module doc: Idle): when the last went out; when the last check that
+        #: the coordinator answered "current" was started, and the check under way; whether the
+        #: partitions processed in this turn of the loop repeat.
+        self._repeated_at = -math.inf
+        self._confirmed_at = -math.inf
+        self._confirming: asyncio.Future[None] | None = None
+        self._repeating = False
         #: Seconds the last assignment took to restore its partitions; the last checkpoint's.
         self.recovery_seconds: float | None = None
         self.checkpoint_seconds = 0.0
@@ -772,6 +786,8 @@ class JoinStage:
         finally:
             stop_wait.cancel()
             rebalanced.cancel()
+            if self._confirming is not None:
+                self._confirming.cancel()
 
     async def _wait_for_decide(self) -> None:
         """With a decide stage in this process that has fallen behind (:attr:`LocalBatches.
@@ -1003,7 +1019,7 @@ class JoinStage:
             if self.metrics is not None:
                 self.metrics.record_input_reset(tp.topic, tp.partition)
             self.counters["input_resets"] += 1
-            self._topic_resets[(part.index, t)] += 1
+            part.resets[t] = part.resets.get(t, 0) + 1
             if part.index not in moved:
                 part.epoch += 1
                 moved.add(part.index)
@@ -1026,11 +1042,12 @@ class JoinStage:
             if self.metrics is not None:
                 self.metrics.record_input_reset(name, part.index)
             self.counters["input_resets"] += 1
-            self._topic_resets[(part.index, t)] += 1
+            part.resets[t] = part.resets.get(t, 0) + 1
             if not moved:
                 part.epoch += 1
                 moved = True
             part.marks.pop(t, None)
+            part.dirty = True  # the new epoch is checkpointed as input would be
 
     async def _seek(self, part: _Partition) -> None:
         """Seek the partition's topics to its read positions (their start where it has none:
@@ -1120,7 +1137,10 @@ class JoinStage:
         reopened from its last checkpoint and its input since replayed with containment (module
         doc), otherwise (it is leaving this process) its next owner does the same."""
         await self._writing.settle()
-        dirty = [p for p in parts if p.dirty or p.markers_unsaved]
+        now = time.monotonic()
+        # Markers alone only once due (module doc: Idle), at a revocation too: the repeats leave
+        # nearly every idle partition with some, and a checkpoint serialises its pending entries.
+        dirty = [p for p in parts if p.dirty or self._due(p, now)]
         if not dirty:
             return
         started = time.monotonic()
@@ -1228,6 +1248,37 @@ class JoinStage:
     # -- the hot path ------------------------------------------------------------------------
 
     async def _process(self, batch: dict[Any, list[Any]]) -> None:
+        self._repeating = self._repeat_due(time.monotonic())
+        try:
+            await self._process_partitions(batch)
+        finally:
+            self._repeating = False
+
+    def _repeat_due(self, now: float) -> bool:
+        """Whether the idle partitions repeat what they said in this turn (module doc: Idle):
+        every :data:`IDLE_REPEAT` seconds, once the group coordinator has confirmed that this
+        member is current on a check started at most :data:`REPEAT_CONFIRMED_WITHIN` seconds
+        ago (the check runs in the background and this turn waits for nothing). A process woken
+        from a pause that cost it its partitions (a zombie) thus repeats no "idle" for a new
+        owner that may still be catching up: its last confirmation is older than the pause."""
+        if now - self._repeated_at < IDLE_REPEAT or self._member is None:
+            return False
+        if now - self._confirmed_at <= REPEAT_CONFIRMED_WITHIN:
+            self._repeated_at = now
+            return True
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.ensure_future(self._confirm(self._member))
+        return False
+
+    async def _confirm(self, member: StageMember) -> None:
+        started = time.monotonic()
+        try:
+            if await member.check() is Membership.CURRENT:
+                self._confirmed_at = started
+        except Exception:  # unconfirmed, so no repeat; the loop meets a failed member itself
+            log.debug("join stage: membership check for the idle repeats failed", exc_info=True)
+
+    async def _process_partitions(self, batch: dict[Any, list[Any]]) -> None:
         by_index: dict[int, dict[int, list[Any]]] = {}
         # Partitions waiting for their data-loss check are not processed yet (see _assign).
         waiting = {tp.partition for tp in self._checking}
@@ -1389,7 +1440,7 @@ class JoinStage:
         counted (read again from the last checkpoint after a recovery or a reassignment)."""
         newest = part.clock.seen.get(t, -math.inf)
         start = first
-        resets = self._topic_resets[(part.index, t)]
+        resets = part.resets.get(t, 0)
         then, counted = self._disorder_counted.get((part.index, t), (resets, 0))
         if then == resets and own[index[first]].offset < counted:
             start = bisect_left(range(first, end), counted, key=lambda k: own[index[k]].offset)
@@ -1515,9 +1566,8 @@ class JoinStage:
                 times.append(h)
         idle = not times and not self._busy(part, REROUTED)
         watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
-        now = time.monotonic()
         send = changed or bool(observations) or (watermark, idle) != part.sent
-        send = send or (idle and now - part.sent_at >= IDLE_REPEAT)  # module doc: Idle
+        send = send or (idle and self._repeating)  # module doc: Idle
         # Encoded before anything is sent: observations that do not encode fail the batch whole.
         try:
             records = self._encode(part, observations, watermark, idle) if send else []
@@ -1529,9 +1579,8 @@ class JoinStage:
         # The horizon first, whether or not a batch goes out below: the other partitions wait
         # for it (a partition whose own topics fell idle must say so even if nothing else
         # changed, or every partition waits for the others).
-        if horizon != part.announced or (horizon[1] and now - part.announced_at >= IDLE_REPEAT):
+        if horizon != part.announced or (horizon[1] and self._repeating):
             part.announced = horizon
-            part.announced_at = now
             h, h_idle = horizon
             value = orjson.dumps(
                 {
@@ -1567,7 +1616,6 @@ class JoinStage:
             self._deliveries.append(delivery)
             self.counters["observation_records"] += 1
         part.sent = (watermark, idle)
-        part.sent_at = now
         part.sent_read = part.logical(part.read)
         if len(self._deliveries) > 10_000:
             await self._flush()

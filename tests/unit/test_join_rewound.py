@@ -91,7 +91,8 @@ def test_a_reset_of_one_topic_leaves_the_other_topics_records_counted_once() -> 
     # older checkpoint reads again. The outcomes topic's data is lost and read anew: that
     # moves the partition to a new epoch, but the predictions' offsets still name the same
     # records, so a recovery from a checkpoint taken before the reset (in the old epoch) must
-    # not count the predictions it reads again.
+    # not count the predictions it reads again, nor the outcomes' new data when it finds the
+    # loss again.
     stage, _ = _stage()
     part = stage._open(0, None)
     disorder = stage.disorder
@@ -119,3 +120,12 @@ def test_a_reset_of_one_topic_leaves_the_other_topics_records_counted_once() -> 
     assert disorder[PREDICTIONS].records == 6  # read again, not counted again
     stage._observe_disorder(older, PREDICTIONS, _times(7), 0, 1, _records(6), [0])
     assert disorder[PREDICTIONS].records == 7  # what follows is counted
+    # The recovery finds the outcomes lost again (its checkpoint's position is the old data's):
+    # the new data it reads again was counted already.
+    older.read[OUTCOMES] = 2
+    stage._check_rewound(older, {OUTCOMES: _records(0)})
+    assert older.resets == part.resets == {OUTCOMES: 1}
+    stage._observe_disorder(older, OUTCOMES, _times(5), 0, 1, _records(0), [0])
+    assert disorder[OUTCOMES].records == 3
+    stage._observe_disorder(older, OUTCOMES, _times(6), 0, 1, _records(1), [0])
+    assert disorder[OUTCOMES].records == 4
