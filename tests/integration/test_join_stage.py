@@ -483,6 +483,43 @@ def test_an_idle_partition_repeats_that_it_is_idle_over_a_zombies_late_word(
     assert released  # the owner's repeat released everything again, with no new input
 
 
+def test_an_idle_join_stage_repeating_itself_stays_quiet_and_takes_no_checkpoints(
+    broker: EmbeddedBroker, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle repeats are markers to the other join partitions, read like input: they must
+    not make a partition due for a checkpoint (each serialises its pending entries) nor keep
+    the loop from its long idle waits."""
+    monkeypatch.setattr(joinstage, "IDLE_REPEAT", 0.5)
+    config = parse_config(config_yaml(SCENARIO, GUARDRAILS) + STAGE_TEST_JOIN)
+    events = [ev for ev in sorted(simulate(SCENARIO), key=_key) if isinstance(ev, PredictionEvent)]
+
+    async def scenario() -> tuple[int, int, int, int]:
+        async with _running(broker, topics, config, "repeats") as stage:
+            await asyncio.get_running_loop().run_in_executor(
+                None, produce_in_event_order, broker.bootstrap, topics, events
+            )
+            await until("all read", lambda: stage.counters["observations"] == len(events), 120)
+            await until("idle and checkpointed", stage._quiet, 60)
+            checkpoints, markers = stage.counters["checkpoints"], stage.counters["markers"]
+            quiet = 0
+            for _ in range(40):  # 4 s: about 8 rounds of repeats
+                await asyncio.sleep(0.1)
+                quiet += stage._quiet()
+            unsaved = sum(p.markers_unsaved for p in stage.parts.values())
+            return (
+                stage.counters["checkpoints"] - checkpoints,
+                stage.counters["markers"] - markers,
+                quiet,
+                unsaved,
+            )
+
+    checkpoints, markers, quiet, unsaved = asyncio.run(scenario())
+    assert markers > 0  # the partitions repeated their idle horizons to each other
+    assert unsaved > 0  # and read each other's
+    assert checkpoints == 0
+    assert quiet >= 20, quiet  # mostly quiet (an idle data-loss check is not)
+
+
 def test_a_batch_that_read_new_input_does_not_say_its_partition_is_idle(
     broker: EmbeddedBroker, topics: Topics
 ) -> None:
