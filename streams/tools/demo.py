@@ -198,13 +198,7 @@ async def _play(
                 await kafka.start(producer, local)
                 follower = asyncio.ensure_future(follow_flags())
                 # The worker creates the topics and publishes the initial flag state first.
-                waiter = asyncio.ensure_future(first_state.wait())
-                try:
-                    await asyncio.wait(
-                        {worker, follower, waiter}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    waiter.cancel()
+                await _until(first_state, worker, follower)
             _raise_if_failed(worker, follower)
             console.print(
                 f"[bold]model service[/] {len(events):,} events: control 0.90, candidate 0.90 "
@@ -238,15 +232,7 @@ async def _play(
                 await producer.flush()
             if not killed.is_set():
                 with _step(console, "all events sent; waiting for the worker's decision..."):
-                    decided = asyncio.ensure_future(killed.wait())
-                    try:
-                        await asyncio.wait(
-                            {worker, follower, decided},
-                            timeout=15,
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                    finally:
-                        decided.cancel()
+                    await _until(killed, worker, follower, seconds=15)
             _raise_if_failed(worker, follower)
         finally:
             signals.stopping = True
@@ -273,6 +259,17 @@ async def _play(
     else:
         console.print("[bold red]no kill seen[/]: the candidate was not killed in time.")
     return killed.is_set()
+
+
+async def _until(
+    event: asyncio.Event, *tasks: asyncio.Future[Any], seconds: float | None = None
+) -> None:
+    """Wait until ``event`` is set, one of ``tasks`` ends or ``seconds`` pass."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, *tasks}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 def _step(console: Any, text: str) -> Any:

@@ -410,28 +410,27 @@ def test_an_idle_partition_repeats_that_it_is_idle_over_a_zombies_late_word(
     events = [ev for ev in sorted(simulate(SCENARIO), key=_key) if isinstance(ev, PredictionEvent)]
     name, outputs = topics.observations.name, topics.observations.partitions
 
-    async def read_into(merges: _Merges, consumer: AIOKafkaConsumer, ends: dict[int, int]) -> None:
-        """Every record below ``ends`` (per observations partition) into ``merges``."""
-        read = dict.fromkeys(ends, 0)
-        while any(read[q] < ends[q] for q in ends):
+    async def feed(
+        merges: _Merges, consumer: AIOKafkaConsumer, ends: dict[int, int] | None = None
+    ) -> None:
+        """Read into ``merges`` every record below ``ends`` (per observations partition), or,
+        without ``ends``, until every merge has released everything."""
+        read = dict.fromkeys(ends or {}, 0)
+
+        def more() -> bool:
+            if ends is None:
+                return not merges.done()
+            return any(read[q] < ends[q] for q in ends)
+
+        while more():
             got = await consumer.getmany(timeout_ms=200)
             for tp, records in got.items():
                 for rec in records:
-                    if rec.offset >= ends[tp.partition]:
-                        consumer.seek(tp, ends[tp.partition])  # read again by release()
+                    if ends is not None and rec.offset >= ends[tp.partition]:
+                        consumer.seek(tp, ends[tp.partition])  # read again by the next feed
                         break
                     merges.merges[tp.partition].add(decode_batch(rec.value))
                     read[tp.partition] = rec.offset + 1
-            for merge in merges.merges:
-                merge.release()
-
-    async def release(merges: _Merges, consumer: AIOKafkaConsumer) -> None:
-        """Read on until every merge has released everything."""
-        while not merges.done():
-            got = await consumer.getmany(timeout_ms=200)
-            for tp, records in got.items():
-                for rec in records:
-                    merges.merges[tp.partition].add(decode_batch(rec.value))
             for merge in merges.merges:
                 merge.release()
 
@@ -469,10 +468,10 @@ def test_an_idle_partition_repeats_that_it_is_idle_over_a_zombies_late_word(
                 tps = [kafka.topic_partition(name, q) for q in range(outputs)]
                 consumer.assign(tps)
                 kafka.seek_to_start(consumer, *tps)
-                await read_into(merges, consumer, ends)  # up to the zombie's batch, included
+                await feed(merges, consumer, ends)  # up to the zombie's batch, included
                 held = not merges.done()
                 with contextlib.suppress(TimeoutError):  # never released: checked below
-                    await asyncio.wait_for(release(merges, consumer), timeout=30)
+                    await asyncio.wait_for(feed(merges, consumer), timeout=30)
             finally:
                 await consumer.stop()
             return idle_before, held, merges.done()

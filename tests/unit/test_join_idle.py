@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from types import SimpleNamespace
+from typing import cast
 
 from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka.connect import Membership
+from driftswitch.streams.kafka.groups import StageMember
 from driftswitch.streams.service.joinstage import (
     IDLE_REPEAT,
     MARKERS_CHECKPOINT_INTERVAL,
@@ -67,7 +69,7 @@ def test_idle_repeats_wait_for_a_fresh_confirmation_that_this_member_is_current(
             checks.append(time.monotonic())
             return answer[0]
 
-        stage._member = SimpleNamespace(check=check)  # type: ignore[assignment]
+        stage._member = cast(StageMember, SimpleNamespace(check=check))  # only check() is used
 
         async def settled() -> None:
             assert stage._confirming is not None
