@@ -268,9 +268,9 @@ class LocalBatches:
     decide stage takes it at once (:meth:`acknowledged`) and skips it when its fetch brings it.
     That saves the broker's fetch hop on every decision (8 ms at the median, 62 ms at p99 at
     34k events/s on the embedded broker, timed once; the reaction figure did not move beyond
-    its noise, README "Current figures"). A record another writer put before it (another
-    process's join stage, a paused process) is read first, as any other, so the order per
-    partition is the log's.
+    its noise: docs/performance.md, "2026-11-30, late evening"). A record another writer put
+    before it (another process's join stage, a paused process) is read first, as any other, so
+    the order per partition is the log's.
 
     :attr:`behind` is the join stage's back-pressure: reading a backlog, the join stage (one
     task of the process) can outrun the decide stage (another) until its batches are dropped

@@ -49,7 +49,7 @@ from driftswitch.streams.contract.events import FlagChangeEvent
 
 __all__ = ["LATENCY_BUCKETS", "METRICS", "MetricInfo", "Metrics", "metrics_handler"]
 
-#: Event-to-decision latency buckets, seconds: the target is p99 < 1 s (README "Architecture").
+#: Event-to-decision latency buckets, seconds: the target is p99 < 1 s (README "Performance").
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 #: The guardrail states of :meth:`Engine.snapshot`, exported as one 0/1 series each.

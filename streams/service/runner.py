@@ -91,7 +91,7 @@ def tune_malloc() -> bool:
     the tables of large dicts as they grow, fetched batches. On the heap, each peak of them
     left its high-water mark in the RSS: over a 4M-event soak at a steady 200,000 pending the
     RSS rose from 380 to 423 MB (+12.9 MB per million events), and with the thresholds fixed
-    it stayed at 330-366 MB, ending where it began (README "Memory over a long run").
+    it stayed at 330-366 MB, ending where it began (docs/performance.md, "Memory over a long run").
 
     Setting both thresholds fixes them at :data:`MMAP_THRESHOLD` (which also turns off glibc's
     adjusting). Nothing happens where the C library is not glibc (its allocator keeps its own

@@ -7,7 +7,7 @@ Shape (docs/architecture.md):
   records to
   the dead-letter topic) and handed whole to :meth:`Engine.process`; join, scoring, statistics,
   detectors, policy and flag versions all live in the engine, which the backtest shares. Nothing
-  on the hot path handles one event at a time (README "Architecture" has the figures).
+  on the hot path handles one event at a time (README "Performance" has the figures).
 - Flag changes are published to the flags topic (key = flag, value = the encoded
   :class:`FlagChangeEvent`) and acknowledged before the worker goes on.
 
