@@ -108,12 +108,14 @@ Shape (docs/architecture.md "Scaling out"):
   the partition while paused (a zombie, woken later) may land one last batch or marker saying
   "busy" after the new owner's "idle", and the decide stage's merge and the other partitions
   believe the last word they read; without the repeat that word stood until input arrived, and
-  held back every decision of a quiet system. A repeat goes out only while the group
-  coordinator's last confirmation that this member is current is fresh
-  (:data:`REPEAT_CONFIRMED_WITHIN`; :meth:`JoinStage._repeat_due`): the zombie itself, woken
-  with partitions it no longer owns, must not repeat "idle" for a new owner that may still be
-  catching up (the decide stage would then release past that owner's observations, which would
-  come late). Reading markers alone does not make a partition
+  held back every decision of a quiet system. A repeat, and a partition's turn from busy to
+  idle, go out only while the group coordinator's last confirmation that this member is
+  current is fresh (:data:`CONFIRMED_WITHIN`; :meth:`JoinStage._confirmed`); a partition
+  about to turn idle stays busy where it is until a confirmation comes (a coordinator's round
+  trip, asked beside the loop). The zombie itself, woken with partitions it no longer owns,
+  must say "idle" for none of them, neither again nor for the first time, while a new owner
+  may still be catching up: the decide stage would then release past that owner's
+  observations, which would come late. Reading markers alone does not make a partition
   due for a checkpoint as input does (so the repeats neither keep an idle process from its
   long waits nor make it serialise its pending entries every few seconds): such a partition is
   checkpointed with its next input, or after :data:`MARKERS_CHECKPOINT_INTERVAL` seconds, so
@@ -220,13 +222,16 @@ ALIGNMENT_HOLD = 2.0
 _EVENT_TIME = attrgetter("ts")
 _SAVED_AT = attrgetter("saved_at")
 _REQUEST_ID = attrgetter("request_id")
+#: What a partition that has sent or announced nothing yet counts as.
+_BUSY = (-math.inf, False)
 #: Seconds between an idle partition's repeats of its idle batch and horizon (module doc: Idle):
 #: how long a zombie's late "busy" can hold back the decide stage of a quiet system.
 IDLE_REPEAT = 5.0
-#: Repeats go out only while the group coordinator's last confirmation that this member is
-#: current is at most this many seconds old: less than any session timeout (Kafka's minimum
-#: is 6 s), so that a process woken from a pause that cost it its partitions repeats nothing.
-REPEAT_CONFIRMED_WITHIN = 2.0
+#: A repeat, and a partition's turn from busy to idle, go out only while the group
+#: coordinator's last confirmation that this member is current is at most this many seconds
+#: old: less than any session timeout (Kafka's minimum is 6 s), so that a process woken from a
+#: pause that cost it its partitions says "idle" for none of them (module doc: Idle).
+CONFIRMED_WITHIN = 2.0
 #: Seconds after which a partition that read only markers since its last checkpoint is
 #: checkpointed (module doc: Idle).
 MARKERS_CHECKPOINT_INTERVAL = 3600.0
@@ -1256,17 +1261,23 @@ class JoinStage:
 
     def _repeat_due(self, now: float) -> bool:
         """Whether the idle partitions repeat what they said in this turn (module doc: Idle):
-        every :data:`IDLE_REPEAT` seconds, once the group coordinator has confirmed that this
-        member is current on a check started at most :data:`REPEAT_CONFIRMED_WITHIN` seconds
-        ago (the check runs in the background and this turn waits for nothing). A process woken
-        from a pause that cost it its partitions (a zombie) thus repeats no "idle" for a new
-        owner that may still be catching up: its last confirmation is older than the pause."""
+        every :data:`IDLE_REPEAT` seconds, once :meth:`_confirmed`."""
         if now - self._repeated_at < IDLE_REPEAT or self._member is None:
             return False
-        if now - self._confirmed_at <= REPEAT_CONFIRMED_WITHIN:
+        if self._confirmed(now):
             self._repeated_at = now
             return True
-        if self._confirming is None or self._confirming.done():
+        return False
+
+    def _confirmed(self, now: float) -> bool:
+        """Whether the group coordinator has confirmed that this member is current on a check
+        started at most :data:`CONFIRMED_WITHIN` seconds ago; if not, a check starts in the
+        background and the caller waits for nothing (it asks again on a later turn). A process
+        woken from a pause that cost it its partitions (a zombie) is not confirmed: its last
+        confirmation is older than the pause, and the coordinator's next answer expels it."""
+        if now - self._confirmed_at <= CONFIRMED_WITHIN:
+            return True
+        if self._member is not None and (self._confirming is None or self._confirming.done()):
             self._confirming = asyncio.ensure_future(self._confirm(self._member))
         return False
 
@@ -1565,6 +1576,14 @@ class JoinStage:
             if not idle:
                 times.append(h)
         idle = not times and not self._busy(part, REROUTED)
+        # Turning idle needs a fresh confirmation that this process still owns its partitions
+        # (module doc: Idle); until it comes, the partition stays busy where it is.
+        announced_idle = (part.announced or _BUSY)[1]
+        sent_idle = (part.sent or _BUSY)[1]
+        turning = (horizon[1] and not announced_idle) or (idle and not sent_idle)
+        if turning and not self._confirmed(time.monotonic()):
+            horizon = (horizon[0], horizon[1] and announced_idle)
+            idle = idle and sent_idle
         watermark = min(times) if times else max(part.clock.seen.values(), default=-math.inf)
         send = changed or bool(observations) or (watermark, idle) != part.sent
         send = send or (idle and self._repeating)  # module doc: Idle
