@@ -44,7 +44,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ from driftswitch.streams.contract.commands import Command, CommandError
 from driftswitch.streams.contract.events import FlagChangeEvent, InputEvent
 from driftswitch.streams.pipeline import control
 from driftswitch.streams.pipeline.join import JoinBuffer, JoinStore, StoredJoinBuffer
-from driftswitch.streams.pipeline.monitor import Point, plain
+from driftswitch.streams.pipeline.monitor import Decision, Point, plain
 from driftswitch.streams.pipeline.observations import (
     CLICK_NOT_SHOWN,
     DUPLICATE_ITEM,
@@ -161,6 +161,12 @@ class Engine:
         if f.rollout is not None:
             f.rollout.align(state)  # a restart without a snapshot: resume at the published step
         return True
+
+    def on_breach(self, callback: Callable[[Decision], None] | None) -> None:
+        """Have ``callback`` called with every guardrail breach, in input order, whether or not
+        the policy then changes the flag (a cooldown, a variant already killed); ``None`` stops
+        it. The backtest report marks every alarm with it."""
+        self._decider.on_breach = callback
 
     # -- the hot path ----------------------------------------------------------------------
 

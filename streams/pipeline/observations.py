@@ -591,6 +591,9 @@ class Decider:
         #: Event time of the last observation decided on (the decide stage's "now": its
         #: observations come in event-time order); None before the first.
         self.latest: float | None = None
+        #: Called with every breach, in input order, before the policy acts on it, whether or
+        #: not it changes the flag (the backtest report marks them all); None in the services.
+        self.on_breach: Callable[[Decision], None] | None = None
 
     def to_state(self) -> dict[str, JSON]:
         """Per flag: published state, cooldowns, statistics, detectors and rollout, as JSON."""
@@ -788,6 +791,9 @@ class Decider:
         if not decisions and not rollouts:
             return []
         decisions.sort(key=lambda d: d.index)  # stable: same index → config order
+        if self.on_breach is not None:
+            for d in decisions:
+                self.on_breach(d)
         outputs: list[Emitted] = []
         if not rollouts:
             for d in decisions:

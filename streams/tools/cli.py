@@ -216,7 +216,8 @@ SHOWN_PER_REASON = 3
     "report_path",
     default=None,
     metavar="OUT.html|OUT.png",
-    help="Also write charts: out.html (self-contained, with out.png beside it) or out.png.",
+    help="Also write charts: out.html (self-contained, with out.png beside it) or out.png "
+    "(file order only; needs matplotlib, the report extra).",
 )
 @click.option(
     "--order",
@@ -270,7 +271,8 @@ def backtest(
             report.check_target(report_path)
         except report.ReportError as exc:
             click.echo(f"driftswitch backtest: {exc}", err=True)
-            raise SystemExit(EXIT_USAGE) from None
+            missing = isinstance(exc, report.MissingMatplotlibError)
+            raise SystemExit(EXIT_FAILED if missing else EXIT_USAGE) from None
     try:
         progress = report.stderr_progress(events)
         if report_path is not None:

@@ -162,8 +162,8 @@ async def _play(
             )
         )
         console.print(
-            f"[bold]worker[/] in this process; status at http://127.0.0.1:{port}/healthz, "
-            f"flags at http://127.0.0.1:{port}/api/v1/flags"
+            f"[bold]worker[/] in this process; status page at http://127.0.0.1:{port}/ "
+            f"(health at /healthz, flags at /api/v1/flags)"
         )
         local = KafkaSettings(bootstrap=broker.bootstrap)
         consumer = kafka.consumer(local, auto_offset_reset="earliest")

@@ -78,7 +78,8 @@ async def read_traffic(
 
 @click.group("flags")
 def flags_group() -> None:
-    """Flag lifecycle: who owns each flag, and which ones are due for removal."""
+    """Flags from the command line: kill and restore a variant through a worker's admin API;
+    report who owns each flag and which ones are due for removal."""
 
 
 @flags_group.command("report")
@@ -192,8 +193,11 @@ def _command(action: str, flag: str, body: dict[str, Any], api: str) -> None:
     if not token:
         click.echo(f"driftswitch flags {action}: set {TOKEN_ENV} (the admin token)", err=True)
         raise SystemExit(1)
+    # The worker's web address; the API's own base (what the README's examples call $API) too.
+    base = api.rstrip("/").removesuffix("/api/v1")
+    url = f"{base}/api/v1/flags/{flag}/{action}"
     req = urllib.request.Request(
-        f"{api.rstrip('/')}/api/v1/flags/{flag}/{action}",
+        url,
         data=orjson.dumps(body),
         method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
@@ -203,10 +207,10 @@ def _command(action: str, flag: str, body: dict[str, Any], api: str) -> None:
             answer = orjson.loads(r.read())
     except urllib.error.HTTPError as err:
         detail = err.read().decode("utf-8", "replace")
-        click.echo(f"driftswitch flags {action}: HTTP {err.code}: {detail}", err=True)
+        click.echo(f"driftswitch flags {action}: {url}: HTTP {err.code}: {detail}", err=True)
         raise SystemExit(1) from None
     except OSError as err:
-        click.echo(f"driftswitch flags {action}: {api}: {err}", err=True)
+        click.echo(f"driftswitch flags {action}: {url}: {err}", err=True)
         raise SystemExit(1) from None
     change = answer.get("change", {})
     click.echo(

@@ -22,8 +22,10 @@ from __future__ import annotations
 import html
 import io
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,6 +34,7 @@ import orjson
 from driftswitch.streams.config.model import Config
 from driftswitch.streams.contract.errors import DriftswitchError
 from driftswitch.streams.contract.events import FlagChangeEvent
+from driftswitch.streams.pipeline import segments
 from driftswitch.streams.pipeline.backtest import (
     Backtest,
     format_value,
@@ -39,6 +42,8 @@ from driftswitch.streams.pipeline.backtest import (
     replay_chunk,
 )
 from driftswitch.streams.pipeline.engine import Engine
+from driftswitch.streams.pipeline.monitor import Decision
+from driftswitch.streams.pipeline.segments import SegmentDecision
 
 __all__ = [
     "SAMPLES",
@@ -68,6 +73,10 @@ Progress = Callable[[int, int], None]
 
 class ReportError(DriftswitchError):
     """The report cannot be written (matplotlib missing, unknown file type)."""
+
+
+class MissingMatplotlibError(ReportError):
+    """matplotlib, which draws the charts, is not installed (not a usage error: exit 1)."""
 
 
 @dataclass
@@ -185,6 +194,8 @@ def replay(
             "changes": [],
         }
     initial = {s.flag: s for s in engine.initial_states()}
+    breaches: list[Decision] = []
+    engine.on_breach(breaches.append)
     first_ts: float | None = None
     with path.open("rb") as raw:
         stream = _Counter(raw, total, progress)
@@ -193,8 +204,10 @@ def replay(
             if events and first_ts is None:
                 first_ts = min(e.ts for e in events)
             _sample(engine, data)
+    engine.on_breach(None)
     result.bad_lines.sort(key=lambda b: b.line)
     _changes(result, data, initial, first_ts)
+    _alarms(result, data, breaches)
     return result, data
 
 
@@ -245,10 +258,6 @@ def _changes(
             "actor": out.actor if isinstance(out, FlagChangeEvent) else "driftswitch",
         }
         d["changes"].append(record)
-        if c.guardrail is not None and c.guardrail in d["guardrails"]:
-            d["guardrails"][c.guardrail]["alarms"].append(
-                [out.ts, c.statistic, c.threshold, c.action.value]
-            )
         if isinstance(out, FlagChangeEvent):
             for v, w in out.served_weights().items():
                 d["weights"].setdefault(v, []).append([out.ts, w])
@@ -261,6 +270,34 @@ def _changes(
                     series.append([end, series[-1][1]])
 
 
+def _alarms(result: Backtest, data: ReportData, breaches: list[Decision]) -> None:
+    """Every breach on its guardrail's chart, as the summary's "alarms" counts them: ``[ts,
+    statistic, threshold, what it did]``, the action of the flag change or alert it caused, or
+    "no change" (a cooldown, a variant already killed). Its statistic also joins the sampled
+    series, which would otherwise pass between samples the moment the detector crossed (a
+    detector restarts after an alarm)."""
+    acted = {
+        (out.flag, out.cause.guardrail, out.ts): out.cause.action.value
+        for _, out in result.outputs
+        if out.cause.guardrail is not None
+    }
+    for d in breaches:
+        g = data.flags[d.flag]["guardrails"].get(d.guardrail.name)
+        if g is None:
+            continue
+        what = acted.get((d.flag, d.guardrail.name, d.ts), "no change")
+        if isinstance(d, SegmentDecision):
+            what = f"{segments.label(d.segment)}: {what}"
+        g["alarms"].append([d.ts, d.statistic, d.threshold, what])
+        if d.statistic is not None:
+            points = g["points"]
+            at = bisect_left(points, d.ts, key=_TS)
+            points.insert(at, [d.ts, d.statistic, d.threshold])
+
+
+_TS: Callable[[list[Any]], float] = itemgetter(0)
+
+
 # --------------------------------------------------------------------------- drawing
 
 
@@ -268,8 +305,10 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ReportError(
-            "backtest --report draws its charts with matplotlib: pip install 'driftswitch[report]'"
+        raise MissingMatplotlibError(
+            "backtest --report draws its charts with matplotlib, which is not installed: "
+            "pip install 'driftswitch[report]' (in a checkout run by ./driftswitch: "
+            ".venv/bin/pip install 'matplotlib>=3.8,<4')"
         ) from None
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "driftswitch"
@@ -299,7 +338,7 @@ def _figure(plt: Any, name: str, d: dict[str, Any]) -> Any:
                 (2, THRESHOLD_COLOUR, "--", "threshold"),
             ):
                 ax.plot(when, [p[column] for p in pts], color=colour, lw=1.8, ls=style, label=label)
-        for alarm in g["alarms"]:
+        for k, alarm in enumerate(g["alarms"]):
             ax.axvline(_dates([alarm[0]])[0], color=ALARM_COLOUR, lw=2, ls=":")
             if alarm[1] is not None:
                 ax.plot(_dates([alarm[0]]), [alarm[1]], marker="v", ms=9, color=ALARM_COLOUR)
@@ -307,7 +346,7 @@ def _figure(plt: Any, name: str, d: dict[str, Any]) -> Any:
                 f"alarm: {alarm[3]}",
                 (_dates([alarm[0]])[0], 1.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(3, -12),
+                xytext=(3, -12 - 10 * (k % 3)),  # staggered: alarms close in time stay legible
                 textcoords="offset points",
                 fontsize=8,
                 color="#8c3d6b",

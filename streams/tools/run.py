@@ -186,8 +186,16 @@ def topics_from(environ: Mapping[str, str]) -> Topics:
 
 @click.command("run")
 @deployment_options(group_help="Worker group (lease).")
-@click.option("--web-port", type=click.IntRange(1, 65535), default=DEFAULT_WEB_PORT)
-@click.option("--web-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--web-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_WEB_PORT,
+    show_default=True,
+    help="Port of the status page, the admin API, /healthz and /metrics.",
+)
+@click.option(
+    "--web-host", default="127.0.0.1", show_default=True, help="Address the web port listens on."
+)
 @click.option(
     "--snapshot-interval",
     type=click.FloatRange(min=0.0),

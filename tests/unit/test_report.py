@@ -11,6 +11,7 @@ import io
 import os
 import re
 import struct
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -132,25 +133,34 @@ def test_the_charted_data_matches_the_backtest_json(
         (o["at"]["line"], o["cause"]["action"], o["cause"].get("guardrail"), o.get("version"))
         for o in outputs
     ]
-    # Each alarm marked on a guardrail's chart is a --json decision of that guardrail.
+    # Every alarm the summary counts is marked on its guardrail's chart: those that changed the
+    # flag or alerted are the --json decisions of that guardrail, the others did nothing (the
+    # candidate already killed), and the statistic's line passes through each.
+    config, events = files
+    result = bt.run(load_config(config), events)
+    snap: dict[str, Any] = result.engine.snapshot()["flags"]["ranker"]
     for name, g in flag["guardrails"].items():
-        expected = [
+        acted = [a for a in g["alarms"] if a[3] != "no change"]
+        assert acted == [
             [o["ts"], o["cause"]["statistic"], o["cause"]["threshold"], o["cause"]["action"]]
             for o in outputs
             if o["cause"].get("guardrail") == name
         ]
-        assert g["alarms"] == expected
-    assert flag["guardrails"]["candidate-accuracy"]["alarms"][0][3] == "kill"
+        assert len(g["alarms"]) == snap["guardrails"][name]["breaches"]
+        for ts, statistic, threshold, _ in g["alarms"]:
+            assert [ts, statistic, threshold] in g["points"]
+    kill = flag["guardrails"]["candidate-accuracy"]["alarms"][0]
+    assert kill[3] == "kill"
+    assert kill[1] >= kill[2]  # the statistic at its threshold or beyond
     assert flag["guardrails"]["candidate-warn"]["alarms"]
+    # The warning guardrail keeps alarming after the kill, to no effect.
+    assert [a[3] for a in flag["guardrails"]["candidate-warn"]["alarms"]].count("no change") > 0
     # The weights step through every flag change: the last point is the last state's weights.
     last_change = [o for o in outputs if "version" in o][-1]
     for variant, state in last_change["variants"].items():
         served = 0 if state.get("killed") else state["weight"]
         assert flag["weights"][variant][-1][1] == served
     # The statistic and accuracy series end where the replay's engine ends.
-    config, events = files
-    result = bt.run(load_config(config), events)
-    snap: dict[str, Any] = result.engine.snapshot()["flags"]["ranker"]
     for name, g in snap["guardrails"].items():
         last = flag["guardrails"][name]["points"][-1]
         assert last[1:] == [g["statistic"], g["threshold"]]
@@ -190,6 +200,25 @@ def test_report_png_alone_and_a_bad_suffix(files: tuple[Path, Path], tmp_path: P
     )
     assert result.stdout == ""  # refused before the replay
     assert not bad.exists()
+
+
+def test_without_matplotlib_the_report_fails_before_the_replay_and_says_how_to_install_it(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run that cannot be done here (exit 1), not a usage error (exit 2).
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    config, events = files
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(
+        main, ["backtest", "--config", str(config), str(events), "--report", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "matplotlib, which is not installed: pip install 'driftswitch[report]'" in (
+        result.stderr
+    )
+    assert ".venv/bin/pip install 'matplotlib>=3.8,<4'" in result.stderr
+    assert result.stdout == ""
+    assert not out.exists()
 
 
 def test_progress_reports_bytes_read_and_keeps_the_result(
