@@ -601,7 +601,10 @@ class StageMember:
         already knows to be expelled sends nothing (aiokafka would send the commit without a
         generation, which Kafka accepts for a group that has no members left).
         """
-        self._raise_failure()
+        # A failed rebalance callback raises here too, and stays for the runner's next
+        # getmany: a check made beside the loop (the join stage's idle confirmations) must not
+        # take it from the loop.
+        self._raise_failure(keep=True)
         if not self._owned:
             return Membership.REBALANCING
         tp = self.tp(self.topics[0], min(self._owned))
@@ -610,13 +613,17 @@ class StageMember:
         except Exception:  # the coordinator is moving or unreachable: ask again later
             log.debug("committed(%s) failed during a membership check", tp, exc_info=True)
             return Membership.REBALANCING
+        self._raise_failure(keep=True)  # a callback that failed during that wait
         return await self.commit({(tp.topic, tp.partition): committed or 0})
 
     # -- rebalance callbacks -------------------------------------------------------------------
 
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
+    def _raise_failure(self, keep: bool = False) -> None:
+        """:class:`GroupError` if a rebalance callback failed; once, unless ``keep``."""
+        failure = self._failure
+        if failure is not None:
+            if not keep:
+                self._failure = None
             raise GroupError(f"a rebalance callback failed: {failure!r}") from failure
 
     async def _revoke(self) -> None:

@@ -3,6 +3,7 @@ tests/integration)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Mapping
@@ -230,3 +231,21 @@ def test_partition_for_is_stable_and_in_range() -> None:
     assert len({partition_for(k, 4) for k in keys}) == 4
     with pytest.raises(ValueError, match="at least 1"):
         partition_for(b"k", 0)
+
+
+def test_a_failed_rebalance_callback_still_reaches_getmany_after_a_membership_check() -> None:
+    # The join stage checks its membership beside its loop (JoinStage._confirm); a failure the
+    # check raised first must still stop the loop, which meets it at its next getmany.
+    async def scenario() -> None:
+        async def restore(indexes: set[int]) -> None:
+            raise RuntimeError("restoring partition 0 failed")
+
+        member = StageMember(as_settings("localhost:9"), "g", ["a"], on_assigned=restore)
+        await member._assign({0})  # as aiokafka calls it after a rebalance
+        for _ in range(2):
+            with pytest.raises(GroupError, match="restoring partition 0 failed"):
+                await member.check()
+        with pytest.raises(GroupError, match="restoring partition 0 failed"):
+            await member.getmany()  # raised before it fetches: this member has no consumer
+
+    asyncio.run(scenario())
