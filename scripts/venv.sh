@@ -73,19 +73,24 @@ with_progress() {
 
 ensure_venv() {
   local extra=$1 py=${PYTHON:-python3}
-  # Serialise concurrent callers (parallel test runs would otherwise race inside pip).
+  # Serialise concurrent callers (parallel test runs would otherwise race inside pip). flock is
+  # util-linux's; where it is missing (macOS), callers are not serialised: start one at a time.
   mkdir -p "$VENV"
-  exec 9>"$VENV.lock"
-  flock 9
+  local locked=
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$VENV.lock"
+    flock 9
+    locked=1
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
     rm -rf "$VENV"
-    echo "driftswitch: creating $VENV (first run only; the install below takes 1-5 minutes)" >&2
+    echo "driftswitch: creating $VENV (first run only; the install below takes 1-4 minutes)" >&2
     "$py" -m venv "$VENV"
     echo "driftswitch:   upgrading pip in $VENV" >&2
     quiet "$VENV/bin/python" -m pip install --upgrade pip
   fi
   local want have
-  want="$extra $(cat pyproject.toml | sha1sum | cut -c1-40)"
+  want="$extra $(digest < pyproject.toml)"
   have=$(cat "$VENV/.deps-stamp" 2>/dev/null || true)
   if [ "$want" != "$have" ] && ! { [ "$extra" = service ] && [ "${have%% *}" = dev ] && [ "${have#* }" = "${want#* }" ]; }; then
     if [ -z "$have" ]; then
@@ -100,11 +105,16 @@ ensure_venv() {
     echo "$want" > "$VENV/.deps-stamp"
   fi
   local files
-  files=$(find streams detectors -name '*.py' -o -name 'py.typed' | sort | sha1sum | cut -c1-40)
+  files=$(find streams detectors -name '*.py' -o -name 'py.typed' | sort | digest)
   if [ "$files" != "$(cat "$VENV/.files-stamp" 2>/dev/null || true)" ]; then
     echo "driftswitch: linking driftswitch's source files into $VENV (after a change of files)" >&2
     quiet "$VENV/bin/python" -m pip install --no-deps -e . --config-settings editable_mode=strict
     echo "$files" > "$VENV/.files-stamp"
   fi
-  flock -u 9
+  if [ -n "$locked" ]; then flock -u 9; fi
+}
+
+# The SHA-1 of stdin, hex (GNU coreutils' sha1sum; macOS has shasum instead).
+digest() {
+  if command -v sha1sum >/dev/null 2>&1; then sha1sum; else shasum -a 1; fi | cut -c1-40
 }
