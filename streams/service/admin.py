@@ -70,6 +70,18 @@ class CommandBody(BaseModel):
     actor: str | None = Field(None, description="Who (the X-Driftswitch-Actor header wins).")
 
 
+#: The body each command takes, for the message refusing a body that does not fit.
+_EXPECTED_BODY = {
+    CommandAction.KILL: '"variant" (required), "segment" ({"region": "jp"}), "reason"',
+    CommandAction.RESTORE: '"variant" (required), "weight", "segment", "reason"',
+    CommandAction.SET_WEIGHTS: '"weights" (required: {VARIANT: percent, ...}), "reason"',
+    CommandAction.PAUSE: '"reason"',
+    CommandAction.RESUME: '"reason"',
+    CommandAction.PIN: '"variant" (required), "reason"',
+    CommandAction.UNPIN: '"reason"',
+}
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, default=str),
@@ -126,6 +138,10 @@ def routes(worker: Worker, auth: AdminAuth, *, wait_s: float = 10.0) -> list[web
                 body = CommandBody.model_validate(await _body(request))
             except (ValueError, orjson.JSONDecodeError) as err:
                 message = validation_message(err) if isinstance(err, ValidationError) else str(err)
+                message += (
+                    f"; expected a JSON object with {_EXPECTED_BODY[action]}, and optionally "
+                    '"actor" (docs/control.md)'
+                )
                 return _error(400, "invalid_request", message)
             actor = request.headers.get(ACTOR_HEADER) or body.actor or "admin"
             fields = body.model_dump(exclude_none=True, exclude={"actor"})

@@ -135,6 +135,15 @@ def test_answers_for_each_outcome(worker: StandIn) -> None:
         assert (status, out["error"]) == (404, "unknown_flag")
         status, _, out = await call("POST", kill, {"variant": "candidate", "color": 1}, AUTH)
         assert (status, out["error"]) == (400, "invalid_request")
+        # A refused body says what the command takes.
+        weights = "/api/v1/flags/ranker/weights"
+        status, _, out = await call("PUT", weights, {"control": 90, "candidate": 10}, AUTH)
+        assert (status, out["error"]) == (400, "invalid_request")
+        assert out["message"] == (
+            "control: Extra inputs are not permitted; candidate: Extra inputs are not permitted; "
+            'expected a JSON object with "weights" (required: {VARIANT: percent, ...}), '
+            '"reason", and optionally "actor" (docs/control.md)'
+        )
         status, _, out = await call("POST", "/api/v1/flags/ranker/pause", {"weight": 3}, AUTH)
         assert (status, out["error"]) == (400, "invalid_command")
         worker.answer = lambda c: CommandResult("rejected", code="conflict", message="unpin first")
