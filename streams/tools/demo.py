@@ -78,11 +78,18 @@ class _Signals:
     #: Set where the demo starts to stop (the worker, its clients, the broker): a first signal
     #: from then on lets the stop finish instead of cancelling it halfway.
     stopping: bool = False
+    #: With ``--stay``, the verdict once the demo waits for the signal that ends it (which then
+    #: ends it as the verdict says, not as an interruption).
+    verdict: bool | None = None
 
 
-async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> bool:
+async def _demo(
+    requests: int, rate: float, seed: int, web_port: int | None, stay: bool = False
+) -> bool:
     """The demo; the first SIGINT or SIGTERM stops it cleanly (the worker, its clients and the
-    broker) and raises :class:`DemoInterruptedError`; a second one exits at once."""
+    broker) and raises :class:`DemoInterruptedError`; a second one exits at once. With
+    ``stay``, the worker runs on after the verdict until the first signal, which then stops the
+    demo without an error: the verdict is returned."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -104,10 +111,12 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
     for signum in handled:
         loop.add_signal_handler(signum, interrupt, signum)
     try:
-        ok = await _play(requests, rate, seed, web_port, signals)
+        ok = await _play(requests, rate, seed, web_port, signals, stay)
     except asyncio.CancelledError:
         if not signals.received:
             raise
+        if signals.verdict is not None:  # --stay: the signal it waited for
+            return signals.verdict
         raise DemoInterruptedError(signals.received[0]) from None
     finally:
         for signum in handled:
@@ -118,7 +127,7 @@ async def _demo(requests: int, rate: float, seed: int, web_port: int | None) -> 
 
 
 async def _play(
-    requests: int, rate: float, seed: int, web_port: int | None, signals: _Signals
+    requests: int, rate: float, seed: int, web_port: int | None, signals: _Signals, stay: bool
 ) -> bool:
     """Broker, worker, model service and flags follower; whether the candidate was killed."""
     from rich.console import Console
@@ -234,6 +243,15 @@ async def _play(
                 with _step(console, "all events sent; waiting for the worker's decision..."):
                     await _until(killed, worker, follower, seconds=15)
             _raise_if_failed(worker, follower)
+            if stay:
+                _verdict(console, killed.is_set())
+                console.print(
+                    f"[bold]staying[/]: the worker runs on; status page at "
+                    f"http://127.0.0.1:{port}/ (Ctrl-C stops the demo)"
+                )
+                signals.verdict = killed.is_set()
+                await _until(asyncio.Event(), worker, follower)  # until a signal cancels it
+                _raise_if_failed(worker, follower)
         finally:
             signals.stopping = True
             with _step(console, "stopping the worker and the clients..."):
@@ -254,11 +272,16 @@ async def _play(
         signals.stopping = True
         with _step(console, "stopping the broker..."):
             await broker.stop_async()
-    if killed.is_set():
+    if not stay:
+        _verdict(console, killed.is_set())
+    return killed.is_set()
+
+
+def _verdict(console: Any, killed: bool) -> None:
+    if killed:
         console.print("[bold green]done[/]: the candidate was killed; traffic goes to control.")
     else:
         console.print("[bold red]no kill seen[/]: the candidate was not killed in time.")
-    return killed.is_set()
 
 
 async def _until(
@@ -344,7 +367,8 @@ DEMO_EXIT_CODES = (
     "Exit codes: 0 the candidate was killed; 1 it was not killed in time, or the demo failed (a "
     "busy --web-port, the worker or the flags follower failed); 2 usage; 130 (143) stopped by "
     "Ctrl-C (SIGTERM), after stopping the worker, its clients and the broker; a second signal "
-    "exits at once, with the broker."
+    "exits at once, with the broker. With --stay, the Ctrl-C (SIGTERM) that ends the wait "
+    "after the verdict stops the demo as usual and it exits as the verdict says (0 or 1)."
 )
 
 
@@ -352,12 +376,22 @@ DEMO_EXIT_CODES = (
 @click.option("--requests", type=click.IntRange(min=1000), default=20_000, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=100), default=5_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--web-port", type=click.IntRange(1, 65535), default=None)
-def demo_command(requests: int, rate: float, seed: int, web_port: int | None) -> None:
+@click.option(
+    "--web-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the worker's status page and API (default: a free port).",
+)
+@click.option(
+    "--stay",
+    is_flag=True,
+    help="After the verdict, keep the worker and its status page running until Ctrl-C.",
+)
+def demo_command(requests: int, rate: float, seed: int, web_port: int | None, stay: bool) -> None:
     """Embedded broker + worker + a simulated model service whose candidate degrades."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
-        ok = asyncio.run(_demo(requests, rate, seed, web_port))
+        ok = asyncio.run(_demo(requests, rate, seed, web_port, stay))
     except DemoInterruptedError as err:
         click.echo(f"driftswitch demo: {err}", err=True)
         raise SystemExit(128 + err.signum) from None  # the shell's convention: 130 for Ctrl-C

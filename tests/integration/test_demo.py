@@ -8,9 +8,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from driftswitch.streams.tools.broker import EmbeddedBroker
@@ -111,6 +113,29 @@ def test_demo_lets_its_stop_finish_on_a_signal(broker: EmbeddedBroker) -> None:
     assert "done: the candidate was killed" in out  # the verdict, after every step of the stop
     assert "stopping the broker" in out
     for noise in ("Traceback", "Unclosed", "Task was destroyed", "ERROR"):
+        assert noise not in err, err
+
+
+def test_demo_stays_with_its_status_page_until_ctrl_c(broker: EmbeddedBroker) -> None:
+    # --stay: after the verdict the worker and its status page run on, so that a newcomer can
+    # look at the page; the Ctrl-C that ends the wait is how the demo ends, not an interruption.
+    with _running_demo("--requests", "8000", "--stay") as demo:
+        seen = _read_until(demo, "staying")
+        url = seen[-1].split("status page at ", 1)[1].split(" ", 1)[0]
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200
+            assert "text/html" in page.headers["Content-Type"]
+        with urllib.request.urlopen(url + "api/v1/flags/ranker", timeout=10) as answer:
+            state = orjson.loads(answer.read())
+        assert state["state"]["variants"]["candidate"]["killed"] is True
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=90)
+    out = "".join(seen) + out
+    assert demo.returncode == 0, out + err
+    assert "done: the candidate was killed" in out
+    assert out.find("done: the candidate was killed") < out.find("staying")
+    assert "stopping the broker" in out
+    for noise in ("interrupted", "Traceback", "Unclosed", "Task was destroyed", "ERROR"):
         assert noise not in err, err
 
 
