@@ -11,9 +11,11 @@ because driftswitch or Kafka is down, so:
   :mod:`driftswitch.streams.contract.placement`), so a prediction and its outcome sit in the same
   partition and the join stage re-routes nothing of this client's. Records placed otherwise (a
   Java producer's murmur2) are still joined exactly, at the cost of a re-route). While the broker
-  is unreachable
-  the buffer holds up to ``buffer_size`` events; beyond that new events are dropped and counted
-  (:meth:`DriftswitchClient.stats`);
+  is unreachable the buffer holds up to ``buffer_size`` events (those handed to the producer
+  included); beyond that new events are dropped and counted (:meth:`DriftswitchClient.stats`).
+  An event whose send failed for a passing reason (no connection, no answer within
+  ``request_timeout_ms``) goes back to the front of the buffer, in its partition's order, and
+  is sent once the broker answers; only what the broker refuses for good counts as failed;
 - flag state is read from the compacted flags topic from its beginning up to the high
   watermark of the broker's fetch answers (the embedded Tansu broker never compacts and reports
   the end offset of a partition as its last batch's base offset, so "read up to the end offset"
@@ -41,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -185,8 +187,9 @@ class ClientStats:
 
     Every recorded event is, at any moment, exactly one of: ``buffered`` (waiting), ``in_flight``
     (handed to the producer), ``sent`` (acknowledged by the broker), ``failed`` (the broker
-    refused it, it could not be encoded, or it was still unsent when the client closed) or
-    ``dropped`` (the buffer was full).
+    refused it for good, it could not be encoded, or it was still unsent when the client
+    closed) or ``dropped`` (the buffer was full). An event the broker did not answer for goes
+    from ``in_flight`` back to ``buffered``, not to ``failed``.
     """
 
     recorded: int
@@ -217,6 +220,29 @@ class _FlagEntry:
 _Pending = tuple[str, bytes, "dict[str, Any] | PredictionEvent | OutcomeEvent"]
 
 
+@dataclass(slots=True)
+class _Delivery:
+    """What became of one partition's share of a send: counts, and the records (by index in
+    the share taken from the buffer) that go back to the buffer."""
+
+    sent: int = 0
+    failed: int = 0
+    retry: list[int] = field(default_factory=list)
+    trouble: Exception | None = None  # why records went back to the buffer
+    broken: Exception | None = None  # the producer is unusable (make a new one)
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether a send failed for a reason that passes: no connection, no answer within
+    ``request_timeout_ms`` (aiokafka's ``KafkaTimeoutError``), no leader (aiokafka marks these
+    ``retriable``). Such events wait for the broker in the buffer instead of failing."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    if isinstance(exc, KafkaTimeoutError | ConnectionError | TimeoutError):
+        return True
+    return bool(getattr(exc, "retriable", False))
+
+
 def _payload_bytes(payload: dict[str, Any] | PredictionEvent | OutcomeEvent) -> bytes:
     if isinstance(payload, dict):
         return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -236,7 +262,9 @@ class DriftswitchClient:
         Flag → variant served while the flag's state is unknown (before the first read, or a
         flag driftswitch never published).
     buffer_size
-        Events held while they cannot be sent; beyond it new events are dropped and counted.
+        Events held until the broker acknowledges them (waiting, or handed to the producer);
+        beyond it new events are dropped and counted. Events whose delivery failed because
+        the broker could not be reached go back to the buffer and are sent once it is back.
     follow_flags, record_events
         Turn either half off (a pure recorder, or a pure flag reader; its record calls are
         counted as dropped).
@@ -795,7 +823,8 @@ class DriftswitchClient:
             key = str(request_id).encode(errors="replace")
         with self._lock:
             self._recorded += 1
-            if not self.record_events or len(self._buffer) >= self.buffer_size:
+            held = len(self._buffer) + self._in_flight  # in flight may come back (an outage)
+            if not self.record_events or held >= self.buffer_size:
                 self._dropped += 1
                 if self._dropped & (self._dropped - 1) == 0:  # 1, 2, 4, ...: log, not flood
                     log.warning(
@@ -939,7 +968,11 @@ class DriftswitchClient:
         """A connection error as it is (it names the broker), anything else with the broker."""
         if isinstance(exc, KafkaConnectError):
             return str(exc)
-        return f"{self.kafka.describe()}: {type(exc).__name__}: {exc}"
+        text = str(exc)
+        name = type(exc).__name__
+        if not text.startswith(name):  # aiokafka's errors name themselves
+            text = f"{name}: {text}"
+        return f"{self.kafka.describe()}: {text}"
 
     async def _consume_flags(self, consumer: Any, tps: list[Any]) -> None:
         from driftswitch.streams.kafka import connect as kafka
@@ -996,12 +1029,29 @@ class DriftswitchClient:
                 partitions: dict[str, list[int]] = {}
                 for role, name in self._topic_names.items():
                     partitions[role] = sorted(await producer.partitions_for(name))
+                retry_s = 0.2
                 while True:
                     if not self._buffer:
                         if await self._sleep_or_stop(self.linger_s):
                             return
                         continue
-                    await self._send_some(producer, partitions, partitioner)
+                    trouble = await self._send_some(producer, partitions, partitioner)
+                    if trouble is None:
+                        if self._producer_failing:
+                            self._producer_connected = True
+                            self._producer_failing = False
+                            self._trouble.recovered()
+                        retry_s = 0.2
+                        continue
+                    # The broker did not answer: the events are back in the buffer. Say so
+                    # (once, then at a growing interval) and try again a little later; aiokafka
+                    # reconnects by itself.
+                    self._producer_connected = False
+                    self._producer_failing = True
+                    self._trouble.failed("sending events", self._why(trouble))
+                    if await self._sleep_or_stop(retry_s):
+                        return
+                    retry_s = min(retry_s * 2, 5.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -1017,62 +1067,93 @@ class DriftswitchClient:
 
     async def _send_some(
         self, producer: Any, partitions: Mapping[str, list[int]], partitioner: Any
-    ) -> None:
-        """Drain up to ``max_batch`` events into one batch per partition and await delivery."""
+    ) -> Exception | None:
+        """Move up to ``max_batch`` events from the buffer to their partitions and await them.
+
+        Returns the error that made some of them go back to the buffer (``None`` if none did).
+        An event whose delivery failed for a reason that passes (no connection, no answer
+        within ``request_timeout_ms``, no leader) goes back to the front of the buffer, with the
+        events recorded after it in its partition, in their order: an outage costs no events and
+        reorders none of a partition's. Only an event the broker refuses for good (too large,
+        not authorised) or that cannot be encoded counts as ``failed``.
+        """
         with self._lock:
             n = min(len(self._buffer), self.max_batch)
             items = [self._buffer.popleft() for _ in range(n)]
             self._in_flight += n
-        batches: dict[tuple[str, int], Any] = {}
-        submitted: list[tuple[int, asyncio.Future[Any]]] = []
+        slots: dict[tuple[str, int], list[tuple[int, bytes, bytes]]] = {}
         bad = 0
-        error: Exception | None = None
-        try:
-            for role, key, payload in items:
-                try:
-                    value = _payload_bytes(payload)
-                except (TypeError, orjson.JSONEncodeError) as exc:
-                    bad += 1
-                    log.warning("driftswitch: unencodable %s event dropped: %s", role, exc)
-                    continue
-                all_partitions = partitions[role]
-                partition = partitioner(key, all_partitions, all_partitions)
-                slot = (role, partition)
-                batch = batches.get(slot)
-                if batch is None:
-                    batch = batches[slot] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is not None:
-                    continue
-                # The batch is full: submit it and start another one with this event.
-                future = await producer.send_batch(
-                    batch, self._topic_names[role], partition=partition
-                )
-                submitted.append((batch.record_count(), future))
-                batch = batches[slot] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    bad += 1
-                    log.warning("driftswitch: %s event of %d bytes too large", role, len(value))
-            for (role, partition), batch in batches.items():
-                if batch.record_count():
-                    future = await producer.send_batch(
-                        batch, self._topic_names[role], partition=partition
-                    )
-                    submitted.append((batch.record_count(), future))
-        except Exception as exc:  # the producer broke: count what never reached it
-            error = exc
-        unsent = n - sum(count for count, _ in submitted)  # bad, or never submitted
+        for index, (role, key, payload) in enumerate(items):
+            try:
+                value = _payload_bytes(payload)
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                bad += 1
+                log.warning("driftswitch: unencodable %s event dropped: %s", role, exc)
+                continue
+            all_partitions = partitions[role]
+            partition = partitioner(key, all_partitions, all_partitions)
+            slots.setdefault((role, partition), []).append((index, key, value))
+        # Cancelled (the client closes): what is in flight then, close() counts as lost.
+        outcomes = await asyncio.gather(
+            *(self._send_partition(producer, slot, records) for slot, records in slots.items())
+        )
+        sent = sum(o.sent for o in outcomes)
+        failed = bad + sum(o.failed for o in outcomes)
+        retry = sorted(i for o in outcomes for i in o.retry)
         with self._lock:
-            self._failed += unsent
-            self._in_flight -= unsent
-        results = await asyncio.gather(*(f for _, f in submitted), return_exceptions=True)
-        for (count, _), result in zip(submitted, results, strict=True):
-            with self._lock:
-                self._in_flight -= count
-                if isinstance(result, BaseException):
-                    self._failed += count
-                else:
-                    self._sent += count
-            if isinstance(result, BaseException):
-                log.warning("driftswitch: %d events not delivered: %s", count, result)
-        if error is not None:
-            raise error
+            self._in_flight -= n
+            self._sent += sent
+            self._failed += failed
+            self._buffer.extendleft(items[i] for i in reversed(retry))
+        broken = next((o.broken for o in outcomes if o.broken is not None), None)
+        if broken is not None:
+            raise broken  # the producer itself is unusable: make a new one
+        return next((o.trouble for o in outcomes if o.trouble is not None), None)
+
+    async def _send_partition(
+        self, producer: Any, slot: tuple[str, int], records: list[tuple[int, bytes, bytes]]
+    ) -> _Delivery:
+        """Send one partition's records in order, one batch at a time (aiokafka sends a
+        partition's batches one at a time anyway), so that a batch is handed over only once
+        the one before it is delivered: when one fails for a passing reason, it and every
+        record after it return to the buffer, and none of them overtakes another."""
+        role, partition = slot
+        topic = self._topic_names[role]
+        outcome = _Delivery()
+        position = 0
+        while position < len(records):
+            batch = producer.create_batch()
+            end = position
+            while end < len(records):
+                _, key, value = records[end]
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    break
+                end += 1
+            if end == position:  # a record larger than an empty batch can hold
+                outcome.failed += 1
+                log.warning(
+                    "driftswitch: %s event of %d bytes too large", role, len(records[end][2])
+                )
+                position += 1
+                continue
+            count = end - position
+            try:
+                future = await producer.send_batch(batch, topic, partition=partition)
+                await future
+            except Exception as exc:
+                from aiokafka.errors import KafkaError, ProducerClosed
+
+                if not _passing(exc):
+                    if isinstance(exc, KafkaError) and not isinstance(exc, ProducerClosed):
+                        # The broker refused this batch for good: the next ones may pass.
+                        outcome.failed += count
+                        log.warning("driftswitch: %d events not delivered: %r", count, exc)
+                        position = end
+                        continue
+                    outcome.broken = exc
+                outcome.trouble = exc
+                outcome.retry.extend(index for index, _, _ in records[position:])
+                return outcome
+            outcome.sent += count
+            position = end
+        return outcome

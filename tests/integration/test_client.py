@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,8 @@ from driftswitch.streams.contract.events import (
 from driftswitch.streams.contract.flagd import FlagdFile
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.kafka.connect import read_partitions
+from driftswitch.streams.kafka.settings import as_settings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 FLAG = "ranker"
@@ -278,6 +281,66 @@ def test_the_client_keeps_serving_and_buffering_when_the_broker_is_gone() -> Non
         assert stats.staleness_s == float("inf")
     finally:
         cold.close(timeout_s=0.5)
+
+
+def test_events_recorded_during_an_outage_wait_in_the_buffer_and_arrive_once_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker is gone for longer than the producer's request timeout, then back on the same
+    port: what was recorded meanwhile, and what was handed to the producer when it went, is
+    delivered once, in each partition's order, and the outage is logged once."""
+    caplog.set_level(logging.INFO, logger="driftswitch.streams.client.client")
+    first = EmbeddedBroker(stop_timeout=0.5).start()  # stopped below: a crash, not a drain
+    port = first.port
+    # Four partitions: a topic the producer auto-creates on the new broker has as many.
+    topics = Topics.with_prefix("outage", partitions=4)
+    second: EmbeddedBroker | None = None
+    client = DriftswitchClient(
+        first.bootstrap,
+        topics=topics,
+        follow_flags=False,
+        max_batch=50,
+        producer_options={"request_timeout_ms": 1_000},
+    )
+    try:
+        asyncio.run(ensure_topics(first.bootstrap, topics))
+        client.start()
+        assert client.record_prediction("warm", FLAG, "control", 1)
+        assert client.flush()
+        first.stop()
+        names = [f"r{i:04d}" for i in range(400)]
+        for name in names[:200]:
+            assert client.record_prediction(name, FLAG, "control", 1)
+        # Wait until the producer gave up on a batch (its request timeout passed): the batch
+        # then either failed (counted) or went back to the buffer (the client says it is not
+        # connected).
+        wait_until(
+            lambda: client.stats().failed > 0 or not client.stats().producer_connected,
+            "a batch given up",
+        )
+        for name in names[200:]:
+            assert client.record_prediction(name, FLAG, "control", 1)
+        during = client.stats()
+        assert (during.failed, during.dropped) == (0, 0)
+        second = EmbeddedBroker(port=port, stop_timeout=0.5).start()
+        asyncio.run(ensure_topics(second.bootstrap, topics))
+        assert client.flush(PATIENCE_S)
+        stats = client.stats()
+        read = asyncio.run(read_partitions(as_settings(second.bootstrap), topics.predictions.name))
+    finally:
+        client.close(timeout_s=2.0)
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert (stats.sent, stats.failed, stats.dropped, stats.buffered) == (401, 0, 0, 0)
+    by_partition = [[r.key.decode() for r in records] for records in read.records.values()]
+    arrived = [key for keys in by_partition for key in keys]
+    assert sorted(arrived) == names  # every one, once ("warm" went to the first broker)
+    assert all(keys == sorted(keys) for keys in by_partition)  # in the order recorded
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot reach Kafka" in m for m in messages) == 1
+    assert not [m for m in messages if "not delivered" in m or "still cannot" in m]
+    assert sum("reached Kafka" in m and "after" in m for m in messages) == 1
 
 
 def test_callbacks_and_provider_events_run_for_each_accepted_change(
