@@ -719,7 +719,9 @@ class DriftswitchClient:
         The flag decides who takes part: a user assigned a variant other than the flag's default
         sees the team-draft interleaving (:mod:`~driftswitch.streams.contract.interleave`) of
         that variant's ranking with the default variant's (while the default serves traffic);
-        everyone else sees their variant's ranking alone. A kill or shift so takes users out of
+        everyone else sees their variant's ranking alone. The assignment is :meth:`variant`'s
+        over ``targeting_key`` and ``attributes``, so the flag's targeting and segment kills
+        apply. A kill or shift so takes users out of
         the experiment, and a rollout's steps set the share of users in it. The draws are
         seeded from ``flag`` and ``request_id``, so the same call returns the same list. One
         prediction event is queued with each position's team (``ranking``); send the clicks
@@ -727,7 +729,8 @@ class DriftswitchClient:
         usable ranking it returns the first ranking given, truncated to ``k``.
         """
         try:
-            assigned = self.variant(flag, targeting_key)
+            # The attributes too: targeting rules and segment kills decide who takes part.
+            assigned = self.variant(flag, targeting_key, attributes)
             default = self._fallback(flag)
             entry = self._flags.get(flag)
             if entry is not None and default is not None:
