@@ -19,9 +19,12 @@ because driftswitch or Kafka is down, so:
 - flag state is read from the compacted flags topic from its beginning up to the high
   watermark of the broker's fetch answers (the embedded Tansu broker never compacts and reports
   the end offset of a partition as its last batch's base offset, so "read up to the end offset"
-  would stop short: ``tests/integration/test_tansu_quirks.py``), then followed. A record whose
-  version is not newer than the held one is ignored. The cache survives a broker outage: the
-  last known state keeps being served;
+  would stop short: ``tests/integration/test_tansu_quirks.py``), then followed. During that
+  first read only the newest state per flag is kept; they are applied together once it ends
+  (then :attr:`DriftswitchClient.bootstrapped`), so the defaults serve until then and no
+  historical state is ever served or reported to :meth:`DriftswitchClient.on_change`. A record
+  whose version is not newer than the held one is ignored. The cache survives a broker outage:
+  the last known state keeps being served;
 - :meth:`DriftswitchClient.variant` is :class:`~driftswitch.streams.contract.assign.Fractional`
   over the cached state (bit-for-bit flagd ``fractional``), a killed variant is never served,
   an unknown flag gets its configured default, and nothing on that path raises.
@@ -580,8 +583,9 @@ class DriftswitchClient:
     def on_change(self, callback: Callable[[FlagChangeEvent], None]) -> Callable[[], None]:
         """Call ``callback(state)`` after every accepted flag change; returns an unsubscriber.
 
-        Callbacks run on the client's background thread; an exception in one is logged and
-        does not affect the others.
+        The first read of the flags topic reports each flag once, with its current state (not
+        every version in the topic's history). Callbacks run on the client's background
+        thread; an exception in one is logged and does not affect the others.
         """
         with self._lock:
             self._callbacks.append(callback)
@@ -981,23 +985,49 @@ class DriftswitchClient:
         from driftswitch.streams.kafka import connect as kafka
 
         assert self._stopping is not None
+        # Until the topic is read to its end, only the newest state per flag is kept, and
+        # applied once caught up: the history of a flag (a candidate killed, restored, killed
+        # again) is never served, and on_change fires once per flag with its current state.
+        latest: dict[str, FlagChangeEvent] = {}
         while not self._stopping.is_set():
             timeout = self.poll_s if self._bootstrapped.is_set() else self.idle_s
             batches = await consumer.getmany(timeout_ms=max(1, int(timeout * 1000)))
             for records in batches.values():
                 for record in records:
-                    self._apply_record(record)
+                    state = self._decode_record(record)
+                    if state is None:
+                        continue
+                    if self._bootstrapped.is_set():
+                        self.apply(state)
+                    else:
+                        self._keep_latest(latest, state)
             if not self._bootstrapped.is_set() and await kafka.caught_up(consumer, tps):
                 # Every partition read up to the end its last fetch answer reported.
+                for state in latest.values():
+                    self.apply(state)
+                latest.clear()
                 self._last_update = time.monotonic()
                 self._bootstrapped.set()
                 log.info(
                     "driftswitch: %d flag state(s) read from %s", len(self._flags), tps[0].topic
                 )
 
-    def _apply_record(self, record: Any) -> None:
+    def _keep_latest(self, latest: dict[str, FlagChangeEvent], state: FlagChangeEvent) -> None:
+        """During the first read: keep ``state`` if it is newer than what is held and kept."""
+        held = self._flags.get(state.flag)
+        kept = latest.get(state.flag)
+        newest = max(
+            (e.version for e in (held.state if held else None, kept) if e is not None),
+            default=None,
+        )
+        if newest is not None and state.version <= newest:
+            self._stale_ignored += 1
+            return
+        latest[state.flag] = state
+
+    def _decode_record(self, record: Any) -> FlagChangeEvent | None:
         try:
-            state = FlagChangeEvent.model_validate_json(record.value)
+            return FlagChangeEvent.model_validate_json(record.value)
         except (ValidationError, ValueError, TypeError) as exc:
             self._bad_flag_records += 1
             log.warning(
@@ -1007,8 +1037,7 @@ class DriftswitchClient:
                 record.offset,
                 exc,
             )
-            return
-        self.apply(state)
+            return None
 
     async def _send_events(self) -> None:
         from driftswitch.streams.kafka import connect as kafka

@@ -177,10 +177,48 @@ def test_versions_not_newer_than_the_held_one_are_ignored(
     publish(broker.bootstrap, topics, state(4, candidate_weight=70))
     wait_until(lambda: seen[-1:] == [4], "version 4 applied")
     stats = client.stats()
-    assert seen == [1, 3, 4]
+    assert seen == [3, 4]  # the first read reports the current state only
     assert (stats.stale_versions_ignored, stats.bad_flag_records) == (2, 1)
     expected = Fractional.from_event(state(4, candidate_weight=70))
     assert all(client.variant(FLAG, k) == expected.variant(k) for k in KEYS)
+
+
+def test_the_first_read_serves_defaults_then_only_each_flags_current_state(
+    broker: EmbeddedBroker, topics: Topics, client: DriftswitchClient
+) -> None:
+    """A flag with a long history (its candidate killed and restored 1,000 times, killed
+    last): while the topic is read the defaults serve, never a historical state, and on_change
+    fires once per flag, with the state read last."""
+    versions = 2_000
+    history = [state(v, killed=v % 2 == 0, candidate_weight=100) for v in range(1, versions + 1)]
+    other = [
+        state(v).model_copy(update={"flag": "other"}) for v in range(1, 11)
+    ]  # a second flag, interleaved with the first
+    records = [(e.flag.encode(), encode(e)) for e in history[:1_000] + other + history[1_000:]]
+
+    async def publish_all() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            sent = [await producer.send(topics.flags.name, v, key=k) for k, v in records]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish_all())
+    seen: list[tuple[str, int]] = []
+    client.on_change(lambda s: seen.append((s.flag, s.version)))
+    client.start()
+    served: set[str | None] = set()
+    while not client.bootstrapped:
+        served.add(client.variant(FLAG, "user-1"))
+        assert client.flag_state(FLAG) is None
+        if client.wait_ready(0.001):
+            break
+    assert served <= {"control"}
+    assert sorted(seen) == [("other", 10), (FLAG, versions)]
+    assert client.variant(FLAG, "user-1") == "control"  # the last state killed the candidate
+    assert client.stats().flag_updates == 2
 
 
 def test_events_are_recorded_keyed_and_co_partitioned(
