@@ -191,8 +191,9 @@ class ClientStats:
     Every recorded event is, at any moment, exactly one of: ``buffered`` (waiting), ``in_flight``
     (handed to the producer), ``sent`` (acknowledged by the broker), ``failed`` (the broker
     refused it for good, it could not be encoded, or it was still unsent when the client
-    closed) or ``dropped`` (the buffer was full). An event the broker did not answer for goes
-    from ``in_flight`` back to ``buffered``, not to ``failed``.
+    closed) or ``dropped`` (the buffer was full, or it was recorded after ``close()``). An event
+    the broker did not answer for goes from ``in_flight`` back to ``buffered``, not to
+    ``failed``.
     """
 
     recorded: int
@@ -352,6 +353,8 @@ class DriftswitchClient:
         self._failed = 0
         self._producer_connected = False
         self._producer_failing = False  # set while the producer cannot connect
+        self._closed = False  # close() called and start() not called since: records are refused
+        self._closed_warned = False
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -374,6 +377,8 @@ class DriftswitchClient:
         global _atexit_registered
         if self._thread is not None:
             return self.wait_ready(wait_s)
+        self._closed = False
+        self._closed_warned = False
         if self._quiet_logs:
             _quiet_kafka_logs()
         ready = threading.Event()
@@ -414,7 +419,12 @@ class DriftswitchClient:
         self.close(self.exit_timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Send what is buffered (up to ``timeout_s``), then stop the background thread."""
+        """Send what is buffered (up to ``timeout_s``), then stop the background thread.
+
+        From here until :meth:`start` is called again, recording returns False and counts the
+        event as dropped: nothing would ever send it.
+        """
+        self._closed = True
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -657,9 +667,9 @@ class DriftswitchClient:
     ) -> bool:
         """Queue one prediction event (schema: :class:`PredictionEvent`); never blocks.
 
-        Returns False if it was dropped because the buffer is full. Fields are not validated
-        here (that would cost the request path); the worker dead-letters a bad event with a
-        reason.
+        Returns False if it was dropped: the buffer is full, or the client is closed. Fields
+        are not validated here (that would cost the request path); the worker dead-letters a
+        bad event with a reason.
         """
         event: dict[str, Any] = {
             "request_id": request_id,
@@ -830,6 +840,15 @@ class DriftswitchClient:
             key = str(request_id).encode(errors="replace")
         with self._lock:
             self._recorded += 1
+            if self._closed:
+                self._dropped += 1
+                if not self._closed_warned:
+                    self._closed_warned = True
+                    log.warning(
+                        "driftswitch: event recorded after close() dropped (and counted as "
+                        "dropped from now on); start() the client again to record"
+                    )
+                return False
             held = len(self._buffer) + self._in_flight  # in flight may come back (an outage)
             if not self.record_events or held >= self.buffer_size:
                 self._dropped += 1
