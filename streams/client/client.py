@@ -790,7 +790,16 @@ class DriftswitchClient:
         flag: str | None = None,
     ) -> bool:
         """Queue the outcome of an interleaved impression: the item ids clicked (and/or the
-        0-based ``positions``); no clicks at all is a valid outcome (a tie). Never blocks."""
+        0-based ``positions``); no clicks at all is a valid outcome (a tie). Never blocks.
+
+        ``items`` is a list (or other iterable) of ids: a bare ``str`` is refused with a
+        ``TypeError``, since iterating it would record each of its characters as a click.
+        """
+        if isinstance(items, str | bytes):
+            raise TypeError(
+                f"record_clicks takes a list of clicked item ids, got {type(items).__name__} "
+                f"{items!r}: pass [{items!r}]"
+            )
         event: dict[str, Any] = {
             "request_id": request_id,
             "ts": time.time() if ts is None else ts,

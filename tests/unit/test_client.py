@@ -233,3 +233,13 @@ def test_recording_after_close_is_refused_and_counted_as_dropped(
         assert client.record_outcome("r1", 1)
     finally:
         client.close(timeout_s=0.2)
+
+
+@pytest.mark.parametrize("clicked", ["doc-7", b"doc-7"])
+def test_record_clicks_refuses_a_bare_string(clicked: Any) -> None:
+    """A str is an iterable of str: "doc-7" would record the clicks d, o, c, -, 7."""
+    client = unstarted()
+    with pytest.raises(TypeError, match=r"list of clicked item ids.*pass \["):
+        client.record_clicks("r1", clicked)
+    assert client.stats().recorded == 0
+    assert client.record_clicks("r1", ["doc-7"])
