@@ -24,7 +24,8 @@ because driftswitch or Kafka is down, so:
   (then :attr:`DriftswitchClient.bootstrapped`), so the defaults serve until then and no
   historical state is ever served or reported to :meth:`DriftswitchClient.on_change`. A record
   whose version is not newer than the held one is ignored. The cache survives a broker outage:
-  the last known state keeps being served;
+  the last known state keeps being served. A flags topic that does not exist (a wrong prefix)
+  is logged once, then looked for at a growing interval while the defaults serve;
 - :meth:`DriftswitchClient.variant` is :class:`~driftswitch.streams.contract.assign.Fractional`
   over the cached state (bit-for-bit flagd ``fractional``), a killed variant is never served,
   an unknown flag gets its configured default, and nothing on that path raises.
@@ -295,6 +296,11 @@ class DriftswitchClient:
     states are read, :meth:`variant` serves the defaults; :meth:`wait_ready` blocks for them.
     Callbacks registered with :meth:`on_change` run on the client's thread.
     """
+
+    #: While the flags topic does not exist, the client looks for it again after 0.2 s, then
+    #: at a doubling interval up to 10 s (it says so once in the log).
+    MISSING_TOPIC_FIRST_S = 0.2
+    MISSING_TOPIC_MAX_S = 10.0
 
     def __init__(
         self,
@@ -962,6 +968,8 @@ class DriftswitchClient:
 
         topic = self.topics.flags.name
         backoff = 0.2
+        missing_since: float | None = None  # since when the flags topic is known to be missing
+        missing_wait = self.MISSING_TOPIC_FIRST_S
         while True:
             consumer = kafka.consumer(
                 self.kafka,
@@ -976,11 +984,35 @@ class DriftswitchClient:
             try:
                 await kafka.start(consumer, self.kafka)
                 partitions = consumer.partitions_for_topic(topic)
-                while not partitions:
-                    if await self._sleep_or_stop(backoff):
+                if not partitions:
+                    # A wrong prefix or a worker never run: say so once, then look again at a
+                    # growing interval (the broker is up; only the topic is missing). A new
+                    # consumer reads the metadata afresh; this one's cache would not show the
+                    # topic before its periodic refresh (metadata_max_age_ms, 5 min).
+                    if missing_since is None:
+                        missing_since = time.monotonic()
+                        log.warning(
+                            "driftswitch: the flags topic %r does not exist at %s; serving the "
+                            "defaults, and looking for it again at a growing interval (up to "
+                            "%.0f s). Check that the client's topic names (Topics, e.g. the "
+                            "prefix) are the worker's (DRIFTSWITCH_TOPIC_PREFIX) and that the "
+                            "worker has run (`driftswitch run` creates the topics)",
+                            topic,
+                            self.bootstrap,
+                            self.MISSING_TOPIC_MAX_S,
+                        )
+                    self._trouble.recovered()  # the broker answered
+                    if await self._sleep_or_stop(missing_wait):
                         return
-                    await consumer.topics()
-                    partitions = consumer.partitions_for_topic(topic)
+                    missing_wait = min(missing_wait * 2, self.MISSING_TOPIC_MAX_S)
+                    continue
+                if missing_since is not None:
+                    log.info(
+                        "driftswitch: the flags topic %r appeared after %.0f s",
+                        topic,
+                        time.monotonic() - missing_since,
+                    )
+                    missing_since = None
                 tps = [kafka.topic_partition(topic, p) for p in sorted(partitions)]
                 consumer.assign(tps)
                 kafka.seek_to_start(consumer, *tps)

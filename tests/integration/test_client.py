@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -379,6 +380,56 @@ def test_events_recorded_during_an_outage_wait_in_the_buffer_and_arrive_once_in_
     assert sum("cannot reach Kafka" in m for m in messages) == 1
     assert not [m for m in messages if "not delivered" in m or "still cannot" in m]
     assert sum("reached Kafka" in m and "after" in m for m in messages) == 1
+
+
+def test_a_missing_flags_topic_is_logged_once_and_looked_for_less_and_less_often(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client whose flags topic does not exist (a wrong prefix) says so once, naming the
+    topic, serves the defaults, polls the broker's metadata at a growing interval, and picks
+    the topic up once it exists."""
+    caplog.set_level(logging.INFO, logger="driftswitch.streams.client.client")
+    # A look at the broker's metadata: a consumer's start, or its topics() (a metadata request).
+    polls: list[float] = []
+    start, topics_of = AIOKafkaConsumer.start, AIOKafkaConsumer.topics
+
+    async def counted_start(consumer: AIOKafkaConsumer) -> None:
+        polls.append(time.monotonic())
+        await start(consumer)
+
+    async def counted_topics(consumer: AIOKafkaConsumer) -> set[str]:
+        polls.append(time.monotonic())
+        return await topics_of(consumer)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "start", counted_start)
+    monkeypatch.setattr(AIOKafkaConsumer, "topics", counted_topics)
+    wrong = Topics.with_prefix(f"{topics.flags.name}-wrong", partitions=1)
+    client = DriftswitchClient(
+        broker.bootstrap, topics=wrong, defaults={FLAG: "control"}, record_events=False
+    )
+    client.start()
+    try:
+        wait_until(lambda: len(polls) >= 5, "five looks for the topic")
+        assert client.variant(FLAG, "user-1") == "control"
+        assert not client.bootstrapped
+        gaps = [b - a for a, b in itertools.pairwise(polls)]
+        # The waits between looks double from 0.2 s: 0.2, 0.4, 0.8, then 1.6 s at least.
+        assert gaps[3] >= 1.6
+        asyncio.run(ensure_topics(broker.bootstrap, wrong))
+        publish(broker.bootstrap, wrong, state(1, killed=True))
+        assert client.wait_ready(PATIENCE_S)
+        assert client.flag_state(FLAG) == state(1, killed=True)
+    finally:
+        client.close(timeout_s=2.0)
+    messages = [r.getMessage() for r in caplog.records]
+    missing = [m for m in messages if "does not exist" in m]
+    assert len(missing) == 1
+    assert repr(wrong.flags.name) in missing[0]
+    assert "prefix" in missing[0]
+    assert sum("appeared after" in m for m in messages) == 1
 
 
 def test_callbacks_and_provider_events_run_for_each_accepted_change(
