@@ -248,9 +248,39 @@ def _passing(exc: BaseException) -> bool:
     return bool(getattr(exc, "retriable", False))
 
 
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first nan or infinite float in ``value`` (``None`` if there is none)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} = {value}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _non_finite(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _payload_bytes(payload: dict[str, Any] | PredictionEvent | OutcomeEvent) -> bytes:
+    """The event as JSON; ``ValueError`` for a nan or infinite number.
+
+    orjson writes those as ``null``, which the schema reads as "absent" (a nan score would
+    vanish) or as a missing required field (a nan prediction would be dead-lettered as
+    "required"): the contract wants every number finite, so such an event is refused here,
+    on the client's thread, where it is counted as failed and logged. The scan runs only
+    when the JSON holds a ``null``, which the client's own fields never do.
+    """
     if isinstance(payload, dict):
-        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        value = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        if b"null" in value:
+            where = _non_finite(payload, "")
+            if where is not None:
+                raise ValueError(f"{where}: every number in an event must be finite")
+        return value
     return orjson.dumps(payload.model_dump(mode="json", exclude_none=True))
 
 
@@ -675,7 +705,9 @@ class DriftswitchClient:
 
         Returns False if it was dropped: the buffer is full, or the client is closed. Fields
         are not validated here (that would cost the request path); the worker dead-letters a
-        bad event with a reason.
+        bad event with a reason. A nan or infinite number (score, latency, prediction, a
+        feature) cannot be written as JSON: the event is not sent, and counts as ``failed``
+        with a warning, as any event that cannot be encoded.
         """
         event: dict[str, Any] = {
             "request_id": request_id,
@@ -1178,7 +1210,7 @@ class DriftswitchClient:
         for index, (role, key, payload) in enumerate(items):
             try:
                 value = _payload_bytes(payload)
-            except (TypeError, orjson.JSONEncodeError) as exc:
+            except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
                 bad += 1
                 log.warning("driftswitch: unencodable %s event dropped: %s", role, exc)
                 continue

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -430,6 +431,28 @@ def test_a_missing_flags_topic_is_logged_once_and_looked_for_less_and_less_often
     assert repr(wrong.flags.name) in missing[0]
     assert "prefix" in missing[0]
     assert sum("appeared after" in m for m in messages) == 1
+
+
+def test_events_with_a_nan_or_infinite_number_are_not_sent_and_count_as_failed(
+    broker: EmbeddedBroker, topics: Topics, read_json: Callable[[str], list[Any]]
+) -> None:
+    """JSON has no nan: written as null, a nan score would arrive as "no score" and a nan
+    prediction as "prediction missing". The contract wants every number finite, so the client
+    refuses such events as it refuses any it cannot encode: not sent, counted as failed."""
+    nan, inf = float("nan"), float("inf")
+    with DriftswitchClient(broker.bootstrap, topics=topics, follow_flags=False) as client:
+        assert client.record_prediction("nan-score", FLAG, "control", 1, score=nan)
+        assert client.record_prediction("inf-latency", FLAG, "control", 1, latency_ms=inf)
+        assert client.record_prediction("nan-feature", FLAG, "control", 1, features={"x": nan})
+        assert client.record_prediction("nan-prediction", FLAG, "control", nan)
+        assert client.record_outcome("nan-label", -inf)
+        assert client.record_prediction("fine", FLAG, "control", 0.5, score=0.5)
+        assert client.record_outcome("fine", 1)
+        assert client.flush()
+        stats = client.stats()
+    assert (stats.sent, stats.failed, stats.dropped) == (2, 5, 0)
+    sent = read_json(topics.predictions.name) + read_json(topics.outcomes.name)
+    assert sorted(str(e["request_id"]) for e in sent) == ["fine", "fine"]
 
 
 def test_callbacks_and_provider_events_run_for_each_accepted_change(
