@@ -11,15 +11,21 @@ because driftswitch or Kafka is down, so:
   :mod:`driftswitch.streams.contract.placement`), so a prediction and its outcome sit in the same
   partition and the join stage re-routes nothing of this client's. Records placed otherwise (a
   Java producer's murmur2) are still joined exactly, at the cost of a re-route). While the broker
-  is unreachable
-  the buffer holds up to ``buffer_size`` events; beyond that new events are dropped and counted
-  (:meth:`DriftswitchClient.stats`);
+  is unreachable the buffer holds up to ``buffer_size`` events (those handed to the producer
+  included); beyond that new events are dropped and counted (:meth:`DriftswitchClient.stats`).
+  An event whose send failed for a passing reason (no connection, no answer within
+  ``request_timeout_ms``) goes back to the front of the buffer, in its partition's order, and
+  is sent once the broker answers; only what the broker refuses for good counts as failed;
 - flag state is read from the compacted flags topic from its beginning up to the high
   watermark of the broker's fetch answers (the embedded Tansu broker never compacts and reports
   the end offset of a partition as its last batch's base offset, so "read up to the end offset"
-  would stop short: ``tests/integration/test_tansu_quirks.py``), then followed. A record whose
-  version is not newer than the held one is ignored. The cache survives a broker outage: the
-  last known state keeps being served;
+  would stop short: ``tests/integration/test_tansu_quirks.py``), then followed. During that
+  first read only the newest state per flag is kept; they are applied together once it ends
+  (then :attr:`DriftswitchClient.bootstrapped`), so the defaults serve until then and no
+  historical state is ever served or reported to :meth:`DriftswitchClient.on_change`. A record
+  whose version is not newer than the held one is ignored. The cache survives a broker outage:
+  the last known state keeps being served. A flags topic that does not exist (a wrong prefix)
+  is logged once, then looked for at a growing interval while the defaults serve;
 - :meth:`DriftswitchClient.variant` is :class:`~driftswitch.streams.contract.assign.Fractional`
   over the cached state (bit-for-bit flagd ``fractional``), a killed variant is never served,
   an unknown flag gets its configured default, and nothing on that path raises.
@@ -41,7 +47,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -185,8 +191,10 @@ class ClientStats:
 
     Every recorded event is, at any moment, exactly one of: ``buffered`` (waiting), ``in_flight``
     (handed to the producer), ``sent`` (acknowledged by the broker), ``failed`` (the broker
-    refused it, it could not be encoded, or it was still unsent when the client closed) or
-    ``dropped`` (the buffer was full).
+    refused it for good, it could not be encoded, or it was still unsent when the client
+    closed) or ``dropped`` (the buffer was full, or it was recorded after ``close()``). An event
+    the broker did not answer for goes from ``in_flight`` back to ``buffered``, not to
+    ``failed``.
     """
 
     recorded: int
@@ -217,9 +225,62 @@ class _FlagEntry:
 _Pending = tuple[str, bytes, "dict[str, Any] | PredictionEvent | OutcomeEvent"]
 
 
+@dataclass(slots=True)
+class _Delivery:
+    """What became of one partition's share of a send: counts, and the records (by index in
+    the share taken from the buffer) that go back to the buffer."""
+
+    sent: int = 0
+    failed: int = 0
+    retry: list[int] = field(default_factory=list)
+    trouble: Exception | None = None  # why records went back to the buffer
+    broken: Exception | None = None  # the producer is unusable (make a new one)
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether a send failed for a reason that passes: no connection, no answer within
+    ``request_timeout_ms`` (aiokafka's ``KafkaTimeoutError``), no leader (aiokafka marks these
+    ``retriable``). Such events wait for the broker in the buffer instead of failing."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    if isinstance(exc, KafkaTimeoutError | ConnectionError | TimeoutError):
+        return True
+    return bool(getattr(exc, "retriable", False))
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first nan or infinite float in ``value`` (``None`` if there is none)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} = {value}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _non_finite(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _payload_bytes(payload: dict[str, Any] | PredictionEvent | OutcomeEvent) -> bytes:
+    """The event as JSON; ``ValueError`` for a nan or infinite number.
+
+    orjson writes those as ``null``, which the schema reads as "absent" (a nan score would
+    vanish) or as a missing required field (a nan prediction would be dead-lettered as
+    "required"): the contract wants every number finite, so such an event is refused here,
+    on the client's thread, where it is counted as failed and logged. The scan runs only
+    when the JSON holds a ``null``, which the client's own fields never do.
+    """
     if isinstance(payload, dict):
-        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        value = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        if b"null" in value:
+            where = _non_finite(payload, "")
+            if where is not None:
+                raise ValueError(f"{where}: every number in an event must be finite")
+        return value
     return orjson.dumps(payload.model_dump(mode="json", exclude_none=True))
 
 
@@ -236,7 +297,9 @@ class DriftswitchClient:
         Flag → variant served while the flag's state is unknown (before the first read, or a
         flag driftswitch never published).
     buffer_size
-        Events held while they cannot be sent; beyond it new events are dropped and counted.
+        Events held until the broker acknowledges them (waiting, or handed to the producer);
+        beyond it new events are dropped and counted. Events whose delivery failed because
+        the broker could not be reached go back to the buffer and are sent once it is back.
     follow_flags, record_events
         Turn either half off (a pure recorder, or a pure flag reader; its record calls are
         counted as dropped).
@@ -263,6 +326,11 @@ class DriftswitchClient:
     states are read, :meth:`variant` serves the defaults; :meth:`wait_ready` blocks for them.
     Callbacks registered with :meth:`on_change` run on the client's thread.
     """
+
+    #: While the flags topic does not exist, the client looks for it again after 0.2 s, then
+    #: at a doubling interval up to 10 s (it says so once in the log).
+    MISSING_TOPIC_FIRST_S = 0.2
+    MISSING_TOPIC_MAX_S = 10.0
 
     def __init__(
         self,
@@ -321,6 +389,8 @@ class DriftswitchClient:
         self._failed = 0
         self._producer_connected = False
         self._producer_failing = False  # set while the producer cannot connect
+        self._closed = False  # close() called and start() not called since: records are refused
+        self._closed_warned = False
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -343,6 +413,8 @@ class DriftswitchClient:
         global _atexit_registered
         if self._thread is not None:
             return self.wait_ready(wait_s)
+        self._closed = False
+        self._closed_warned = False
         if self._quiet_logs:
             _quiet_kafka_logs()
         ready = threading.Event()
@@ -383,7 +455,12 @@ class DriftswitchClient:
         self.close(self.exit_timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Send what is buffered (up to ``timeout_s``), then stop the background thread."""
+        """Send what is buffered (up to ``timeout_s``), then stop the background thread.
+
+        From here until :meth:`start` is called again, recording returns False and counts the
+        event as dropped: nothing would ever send it.
+        """
+        self._closed = True
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -552,8 +629,9 @@ class DriftswitchClient:
     def on_change(self, callback: Callable[[FlagChangeEvent], None]) -> Callable[[], None]:
         """Call ``callback(state)`` after every accepted flag change; returns an unsubscriber.
 
-        Callbacks run on the client's background thread; an exception in one is logged and
-        does not affect the others.
+        The first read of the flags topic reports each flag once, with its current state (not
+        every version in the topic's history). Callbacks run on the client's background
+        thread; an exception in one is logged and does not affect the others.
         """
         with self._lock:
             self._callbacks.append(callback)
@@ -625,9 +703,11 @@ class DriftswitchClient:
     ) -> bool:
         """Queue one prediction event (schema: :class:`PredictionEvent`); never blocks.
 
-        Returns False if it was dropped because the buffer is full. Fields are not validated
-        here (that would cost the request path); the worker dead-letters a bad event with a
-        reason.
+        Returns False if it was dropped: the buffer is full, or the client is closed. Fields
+        are not validated here (that would cost the request path); the worker dead-letters a
+        bad event with a reason. A nan or infinite number (score, latency, prediction, a
+        feature) cannot be written as JSON: the event is not sent, and counts as ``failed``
+        with a warning, as any event that cannot be encoded.
         """
         event: dict[str, Any] = {
             "request_id": request_id,
@@ -691,7 +771,9 @@ class DriftswitchClient:
         The flag decides who takes part: a user assigned a variant other than the flag's default
         sees the team-draft interleaving (:mod:`~driftswitch.streams.contract.interleave`) of
         that variant's ranking with the default variant's (while the default serves traffic);
-        everyone else sees their variant's ranking alone. A kill or shift so takes users out of
+        everyone else sees their variant's ranking alone. The assignment is :meth:`variant`'s
+        over ``targeting_key`` and ``attributes``, so the flag's targeting and segment kills
+        apply. A kill or shift so takes users out of
         the experiment, and a rollout's steps set the share of users in it. The draws are
         seeded from ``flag`` and ``request_id``, so the same call returns the same list. One
         prediction event is queued with each position's team (``ranking``); send the clicks
@@ -699,7 +781,8 @@ class DriftswitchClient:
         usable ranking it returns the first ranking given, truncated to ``k``.
         """
         try:
-            assigned = self.variant(flag, targeting_key)
+            # The attributes too: targeting rules and segment kills decide who takes part.
+            assigned = self.variant(flag, targeting_key, attributes)
             default = self._fallback(flag)
             entry = self._flags.get(flag)
             if entry is not None and default is not None:
@@ -745,7 +828,16 @@ class DriftswitchClient:
         flag: str | None = None,
     ) -> bool:
         """Queue the outcome of an interleaved impression: the item ids clicked (and/or the
-        0-based ``positions``); no clicks at all is a valid outcome (a tie). Never blocks."""
+        0-based ``positions``); no clicks at all is a valid outcome (a tie). Never blocks.
+
+        ``items`` is a list (or other iterable) of ids: a bare ``str`` is refused with a
+        ``TypeError``, since iterating it would record each of its characters as a click.
+        """
+        if isinstance(items, str | bytes):
+            raise TypeError(
+                f"record_clicks takes a list of clicked item ids, got {type(items).__name__} "
+                f"{items!r}: pass [{items!r}]"
+            )
         event: dict[str, Any] = {
             "request_id": request_id,
             "ts": time.time() if ts is None else ts,
@@ -795,7 +887,17 @@ class DriftswitchClient:
             key = str(request_id).encode(errors="replace")
         with self._lock:
             self._recorded += 1
-            if not self.record_events or len(self._buffer) >= self.buffer_size:
+            if self._closed:
+                self._dropped += 1
+                if not self._closed_warned:
+                    self._closed_warned = True
+                    log.warning(
+                        "driftswitch: event recorded after close() dropped (and counted as "
+                        "dropped from now on); start() the client again to record"
+                    )
+                return False
+            held = len(self._buffer) + self._in_flight  # in flight may come back (an outage)
+            if not self.record_events or held >= self.buffer_size:
                 self._dropped += 1
                 if self._dropped & (self._dropped - 1) == 0:  # 1, 2, 4, ...: log, not flood
                     log.warning(
@@ -898,6 +1000,8 @@ class DriftswitchClient:
 
         topic = self.topics.flags.name
         backoff = 0.2
+        missing_since: float | None = None  # since when the flags topic is known to be missing
+        missing_wait = self.MISSING_TOPIC_FIRST_S
         while True:
             consumer = kafka.consumer(
                 self.kafka,
@@ -912,11 +1016,35 @@ class DriftswitchClient:
             try:
                 await kafka.start(consumer, self.kafka)
                 partitions = consumer.partitions_for_topic(topic)
-                while not partitions:
-                    if await self._sleep_or_stop(backoff):
+                if not partitions:
+                    # A wrong prefix or a worker never run: say so once, then look again at a
+                    # growing interval (the broker is up; only the topic is missing). A new
+                    # consumer reads the metadata afresh; this one's cache would not show the
+                    # topic before its periodic refresh (metadata_max_age_ms, 5 min).
+                    if missing_since is None:
+                        missing_since = time.monotonic()
+                        log.warning(
+                            "driftswitch: the flags topic %r does not exist at %s; serving the "
+                            "defaults, and looking for it again at a growing interval (up to "
+                            "%.0f s). Check that the client's topic names (Topics, e.g. the "
+                            "prefix) are the worker's (DRIFTSWITCH_TOPIC_PREFIX) and that the "
+                            "worker has run (`driftswitch run` creates the topics)",
+                            topic,
+                            self.bootstrap,
+                            self.MISSING_TOPIC_MAX_S,
+                        )
+                    self._trouble.recovered()  # the broker answered
+                    if await self._sleep_or_stop(missing_wait):
                         return
-                    await consumer.topics()
-                    partitions = consumer.partitions_for_topic(topic)
+                    missing_wait = min(missing_wait * 2, self.MISSING_TOPIC_MAX_S)
+                    continue
+                if missing_since is not None:
+                    log.info(
+                        "driftswitch: the flags topic %r appeared after %.0f s",
+                        topic,
+                        time.monotonic() - missing_since,
+                    )
+                    missing_since = None
                 tps = [kafka.topic_partition(topic, p) for p in sorted(partitions)]
                 consumer.assign(tps)
                 kafka.seek_to_start(consumer, *tps)
@@ -939,29 +1067,59 @@ class DriftswitchClient:
         """A connection error as it is (it names the broker), anything else with the broker."""
         if isinstance(exc, KafkaConnectError):
             return str(exc)
-        return f"{self.kafka.describe()}: {type(exc).__name__}: {exc}"
+        text = str(exc)
+        name = type(exc).__name__
+        if not text.startswith(name):  # aiokafka's errors name themselves
+            text = f"{name}: {text}"
+        return f"{self.kafka.describe()}: {text}"
 
     async def _consume_flags(self, consumer: Any, tps: list[Any]) -> None:
         from driftswitch.streams.kafka import connect as kafka
 
         assert self._stopping is not None
+        # Until the topic is read to its end, only the newest state per flag is kept, and
+        # applied once caught up: the history of a flag (a candidate killed, restored, killed
+        # again) is never served, and on_change fires once per flag with its current state.
+        latest: dict[str, FlagChangeEvent] = {}
         while not self._stopping.is_set():
             timeout = self.poll_s if self._bootstrapped.is_set() else self.idle_s
             batches = await consumer.getmany(timeout_ms=max(1, int(timeout * 1000)))
             for records in batches.values():
                 for record in records:
-                    self._apply_record(record)
+                    state = self._decode_record(record)
+                    if state is None:
+                        continue
+                    if self._bootstrapped.is_set():
+                        self.apply(state)
+                    else:
+                        self._keep_latest(latest, state)
             if not self._bootstrapped.is_set() and await kafka.caught_up(consumer, tps):
                 # Every partition read up to the end its last fetch answer reported.
+                for state in latest.values():
+                    self.apply(state)
+                latest.clear()
                 self._last_update = time.monotonic()
                 self._bootstrapped.set()
                 log.info(
                     "driftswitch: %d flag state(s) read from %s", len(self._flags), tps[0].topic
                 )
 
-    def _apply_record(self, record: Any) -> None:
+    def _keep_latest(self, latest: dict[str, FlagChangeEvent], state: FlagChangeEvent) -> None:
+        """During the first read: keep ``state`` if it is newer than what is held and kept."""
+        held = self._flags.get(state.flag)
+        kept = latest.get(state.flag)
+        newest = max(
+            (e.version for e in (held.state if held else None, kept) if e is not None),
+            default=None,
+        )
+        if newest is not None and state.version <= newest:
+            self._stale_ignored += 1
+            return
+        latest[state.flag] = state
+
+    def _decode_record(self, record: Any) -> FlagChangeEvent | None:
         try:
-            state = FlagChangeEvent.model_validate_json(record.value)
+            return FlagChangeEvent.model_validate_json(record.value)
         except (ValidationError, ValueError, TypeError) as exc:
             self._bad_flag_records += 1
             log.warning(
@@ -971,8 +1129,7 @@ class DriftswitchClient:
                 record.offset,
                 exc,
             )
-            return
-        self.apply(state)
+            return None
 
     async def _send_events(self) -> None:
         from driftswitch.streams.kafka import connect as kafka
@@ -996,12 +1153,29 @@ class DriftswitchClient:
                 partitions: dict[str, list[int]] = {}
                 for role, name in self._topic_names.items():
                     partitions[role] = sorted(await producer.partitions_for(name))
+                retry_s = 0.2
                 while True:
                     if not self._buffer:
                         if await self._sleep_or_stop(self.linger_s):
                             return
                         continue
-                    await self._send_some(producer, partitions, partitioner)
+                    trouble = await self._send_some(producer, partitions, partitioner)
+                    if trouble is None:
+                        if self._producer_failing:
+                            self._producer_connected = True
+                            self._producer_failing = False
+                            self._trouble.recovered()
+                        retry_s = 0.2
+                        continue
+                    # The broker did not answer: the events are back in the buffer. Say so
+                    # (once, then at a growing interval) and try again a little later; aiokafka
+                    # reconnects by itself.
+                    self._producer_connected = False
+                    self._producer_failing = True
+                    self._trouble.failed("sending events", self._why(trouble))
+                    if await self._sleep_or_stop(retry_s):
+                        return
+                    retry_s = min(retry_s * 2, 5.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -1017,62 +1191,93 @@ class DriftswitchClient:
 
     async def _send_some(
         self, producer: Any, partitions: Mapping[str, list[int]], partitioner: Any
-    ) -> None:
-        """Drain up to ``max_batch`` events into one batch per partition and await delivery."""
+    ) -> Exception | None:
+        """Move up to ``max_batch`` events from the buffer to their partitions and await them.
+
+        Returns the error that made some of them go back to the buffer (``None`` if none did).
+        An event whose delivery failed for a reason that passes (no connection, no answer
+        within ``request_timeout_ms``, no leader) goes back to the front of the buffer, with the
+        events recorded after it in its partition, in their order: an outage costs no events and
+        reorders none of a partition's. Only an event the broker refuses for good (too large,
+        not authorised) or that cannot be encoded counts as ``failed``.
+        """
         with self._lock:
             n = min(len(self._buffer), self.max_batch)
             items = [self._buffer.popleft() for _ in range(n)]
             self._in_flight += n
-        batches: dict[tuple[str, int], Any] = {}
-        submitted: list[tuple[int, asyncio.Future[Any]]] = []
+        slots: dict[tuple[str, int], list[tuple[int, bytes, bytes]]] = {}
         bad = 0
-        error: Exception | None = None
-        try:
-            for role, key, payload in items:
-                try:
-                    value = _payload_bytes(payload)
-                except (TypeError, orjson.JSONEncodeError) as exc:
-                    bad += 1
-                    log.warning("driftswitch: unencodable %s event dropped: %s", role, exc)
-                    continue
-                all_partitions = partitions[role]
-                partition = partitioner(key, all_partitions, all_partitions)
-                slot = (role, partition)
-                batch = batches.get(slot)
-                if batch is None:
-                    batch = batches[slot] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is not None:
-                    continue
-                # The batch is full: submit it and start another one with this event.
-                future = await producer.send_batch(
-                    batch, self._topic_names[role], partition=partition
-                )
-                submitted.append((batch.record_count(), future))
-                batch = batches[slot] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    bad += 1
-                    log.warning("driftswitch: %s event of %d bytes too large", role, len(value))
-            for (role, partition), batch in batches.items():
-                if batch.record_count():
-                    future = await producer.send_batch(
-                        batch, self._topic_names[role], partition=partition
-                    )
-                    submitted.append((batch.record_count(), future))
-        except Exception as exc:  # the producer broke: count what never reached it
-            error = exc
-        unsent = n - sum(count for count, _ in submitted)  # bad, or never submitted
+        for index, (role, key, payload) in enumerate(items):
+            try:
+                value = _payload_bytes(payload)
+            except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+                bad += 1
+                log.warning("driftswitch: unencodable %s event dropped: %s", role, exc)
+                continue
+            all_partitions = partitions[role]
+            partition = partitioner(key, all_partitions, all_partitions)
+            slots.setdefault((role, partition), []).append((index, key, value))
+        # Cancelled (the client closes): what is in flight then, close() counts as lost.
+        outcomes = await asyncio.gather(
+            *(self._send_partition(producer, slot, records) for slot, records in slots.items())
+        )
+        sent = sum(o.sent for o in outcomes)
+        failed = bad + sum(o.failed for o in outcomes)
+        retry = sorted(i for o in outcomes for i in o.retry)
         with self._lock:
-            self._failed += unsent
-            self._in_flight -= unsent
-        results = await asyncio.gather(*(f for _, f in submitted), return_exceptions=True)
-        for (count, _), result in zip(submitted, results, strict=True):
-            with self._lock:
-                self._in_flight -= count
-                if isinstance(result, BaseException):
-                    self._failed += count
-                else:
-                    self._sent += count
-            if isinstance(result, BaseException):
-                log.warning("driftswitch: %d events not delivered: %s", count, result)
-        if error is not None:
-            raise error
+            self._in_flight -= n
+            self._sent += sent
+            self._failed += failed
+            self._buffer.extendleft(items[i] for i in reversed(retry))
+        broken = next((o.broken for o in outcomes if o.broken is not None), None)
+        if broken is not None:
+            raise broken  # the producer itself is unusable: make a new one
+        return next((o.trouble for o in outcomes if o.trouble is not None), None)
+
+    async def _send_partition(
+        self, producer: Any, slot: tuple[str, int], records: list[tuple[int, bytes, bytes]]
+    ) -> _Delivery:
+        """Send one partition's records in order, one batch at a time (aiokafka sends a
+        partition's batches one at a time anyway), so that a batch is handed over only once
+        the one before it is delivered: when one fails for a passing reason, it and every
+        record after it return to the buffer, and none of them overtakes another."""
+        role, partition = slot
+        topic = self._topic_names[role]
+        outcome = _Delivery()
+        position = 0
+        while position < len(records):
+            batch = producer.create_batch()
+            end = position
+            while end < len(records):
+                _, key, value = records[end]
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    break
+                end += 1
+            if end == position:  # a record larger than an empty batch can hold
+                outcome.failed += 1
+                log.warning(
+                    "driftswitch: %s event of %d bytes too large", role, len(records[end][2])
+                )
+                position += 1
+                continue
+            count = end - position
+            try:
+                future = await producer.send_batch(batch, topic, partition=partition)
+                await future
+            except Exception as exc:
+                from aiokafka.errors import KafkaError, ProducerClosed
+
+                if not _passing(exc):
+                    if isinstance(exc, KafkaError) and not isinstance(exc, ProducerClosed):
+                        # The broker refused this batch for good: the next ones may pass.
+                        outcome.failed += count
+                        log.warning("driftswitch: %d events not delivered: %r", count, exc)
+                        position = end
+                        continue
+                    outcome.broken = exc
+                outcome.trouble = exc
+                outcome.retry.extend(index for index, _, _ in records[position:])
+                return outcome
+            outcome.sent += count
+            position = end
+        return outcome

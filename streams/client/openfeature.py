@@ -17,7 +17,8 @@ evaluation failed                          ``ERROR`` (``GENERAL``)
 ========================================  ==========================================
 
 ``flag_metadata`` carries the state's ``version``. Every accepted flag change is emitted as
-``PROVIDER_CONFIGURATION_CHANGED`` with ``flags_changed=[flag]``.
+``PROVIDER_CONFIGURATION_CHANGED`` with ``flags_changed=[flag]``; the client's first read of the
+flags topic emits it once per flag, for the flag's current state.
 """
 
 from __future__ import annotations

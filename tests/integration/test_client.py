@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -31,6 +34,8 @@ from driftswitch.streams.contract.events import (
 from driftswitch.streams.contract.flagd import FlagdFile
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.kafka import ensure_topics
+from driftswitch.streams.kafka.connect import read_partitions
+from driftswitch.streams.kafka.settings import as_settings
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 FLAG = "ranker"
@@ -174,10 +179,48 @@ def test_versions_not_newer_than_the_held_one_are_ignored(
     publish(broker.bootstrap, topics, state(4, candidate_weight=70))
     wait_until(lambda: seen[-1:] == [4], "version 4 applied")
     stats = client.stats()
-    assert seen == [1, 3, 4]
+    assert seen == [3, 4]  # the first read reports the current state only
     assert (stats.stale_versions_ignored, stats.bad_flag_records) == (2, 1)
     expected = Fractional.from_event(state(4, candidate_weight=70))
     assert all(client.variant(FLAG, k) == expected.variant(k) for k in KEYS)
+
+
+def test_the_first_read_serves_defaults_then_only_each_flags_current_state(
+    broker: EmbeddedBroker, topics: Topics, client: DriftswitchClient
+) -> None:
+    """A flag with a long history (its candidate killed and restored 1,000 times, killed
+    last): while the topic is read the defaults serve, never a historical state, and on_change
+    fires once per flag, with the state read last."""
+    versions = 2_000
+    history = [state(v, killed=v % 2 == 0, candidate_weight=100) for v in range(1, versions + 1)]
+    other = [
+        state(v).model_copy(update={"flag": "other"}) for v in range(1, 11)
+    ]  # a second flag, interleaved with the first
+    records = [(e.flag.encode(), encode(e)) for e in history[:1_000] + other + history[1_000:]]
+
+    async def publish_all() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            sent = [await producer.send(topics.flags.name, v, key=k) for k, v in records]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish_all())
+    seen: list[tuple[str, int]] = []
+    client.on_change(lambda s: seen.append((s.flag, s.version)))
+    client.start()
+    served: set[str | None] = set()
+    while not client.bootstrapped:
+        served.add(client.variant(FLAG, "user-1"))
+        assert client.flag_state(FLAG) is None
+        if client.wait_ready(0.001):
+            break
+    assert served <= {"control"}
+    assert sorted(seen) == [("other", 10), (FLAG, versions)]
+    assert client.variant(FLAG, "user-1") == "control"  # the last state killed the candidate
+    assert client.stats().flag_updates == 2
 
 
 def test_events_are_recorded_keyed_and_co_partitioned(
@@ -278,6 +321,138 @@ def test_the_client_keeps_serving_and_buffering_when_the_broker_is_gone() -> Non
         assert stats.staleness_s == float("inf")
     finally:
         cold.close(timeout_s=0.5)
+
+
+def test_events_recorded_during_an_outage_wait_in_the_buffer_and_arrive_once_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker is gone for longer than the producer's request timeout, then back on the same
+    port: what was recorded meanwhile, and what was handed to the producer when it went, is
+    delivered once, in each partition's order, and the outage is logged once."""
+    caplog.set_level(logging.INFO, logger="driftswitch.streams.client.client")
+    first = EmbeddedBroker(stop_timeout=0.5).start()  # stopped below: a crash, not a drain
+    port = first.port
+    # Four partitions: a topic the producer auto-creates on the new broker has as many.
+    topics = Topics.with_prefix("outage", partitions=4)
+    second: EmbeddedBroker | None = None
+    client = DriftswitchClient(
+        first.bootstrap,
+        topics=topics,
+        follow_flags=False,
+        max_batch=50,
+        producer_options={"request_timeout_ms": 1_000},
+    )
+    try:
+        asyncio.run(ensure_topics(first.bootstrap, topics))
+        client.start()
+        assert client.record_prediction("warm", FLAG, "control", 1)
+        assert client.flush()
+        first.stop()
+        names = [f"r{i:04d}" for i in range(400)]
+        for name in names[:200]:
+            assert client.record_prediction(name, FLAG, "control", 1)
+        # Wait until the producer gave up on a batch (its request timeout passed): the batch
+        # then either failed (counted) or went back to the buffer (the client says it is not
+        # connected).
+        wait_until(
+            lambda: client.stats().failed > 0 or not client.stats().producer_connected,
+            "a batch given up",
+        )
+        for name in names[200:]:
+            assert client.record_prediction(name, FLAG, "control", 1)
+        during = client.stats()
+        assert (during.failed, during.dropped) == (0, 0)
+        second = EmbeddedBroker(port=port, stop_timeout=0.5).start()
+        asyncio.run(ensure_topics(second.bootstrap, topics))
+        assert client.flush(PATIENCE_S)
+        stats = client.stats()
+        read = asyncio.run(read_partitions(as_settings(second.bootstrap), topics.predictions.name))
+    finally:
+        client.close(timeout_s=2.0)
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert (stats.sent, stats.failed, stats.dropped, stats.buffered) == (401, 0, 0, 0)
+    by_partition = [[r.key.decode() for r in records] for records in read.records.values()]
+    arrived = [key for keys in by_partition for key in keys]
+    assert sorted(arrived) == names  # every one, once ("warm" went to the first broker)
+    assert all(keys == sorted(keys) for keys in by_partition)  # in the order recorded
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot reach Kafka" in m for m in messages) == 1
+    assert not [m for m in messages if "not delivered" in m or "still cannot" in m]
+    assert sum("reached Kafka" in m and "after" in m for m in messages) == 1
+
+
+def test_a_missing_flags_topic_is_logged_once_and_looked_for_less_and_less_often(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client whose flags topic does not exist (a wrong prefix) says so once, naming the
+    topic, serves the defaults, polls the broker's metadata at a growing interval, and picks
+    the topic up once it exists."""
+    caplog.set_level(logging.INFO, logger="driftswitch.streams.client.client")
+    # A look at the broker's metadata: a consumer's start, or its topics() (a metadata request).
+    polls: list[float] = []
+    start, topics_of = AIOKafkaConsumer.start, AIOKafkaConsumer.topics
+
+    async def counted_start(consumer: AIOKafkaConsumer) -> None:
+        polls.append(time.monotonic())
+        await start(consumer)
+
+    async def counted_topics(consumer: AIOKafkaConsumer) -> set[str]:
+        polls.append(time.monotonic())
+        return await topics_of(consumer)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "start", counted_start)
+    monkeypatch.setattr(AIOKafkaConsumer, "topics", counted_topics)
+    wrong = Topics.with_prefix(f"{topics.flags.name}-wrong", partitions=1)
+    client = DriftswitchClient(
+        broker.bootstrap, topics=wrong, defaults={FLAG: "control"}, record_events=False
+    )
+    client.start()
+    try:
+        wait_until(lambda: len(polls) >= 5, "five looks for the topic")
+        assert client.variant(FLAG, "user-1") == "control"
+        assert not client.bootstrapped
+        gaps = [b - a for a, b in itertools.pairwise(polls)]
+        # The waits between looks double from 0.2 s: 0.2, 0.4, 0.8, then 1.6 s at least.
+        assert gaps[3] >= 1.6
+        asyncio.run(ensure_topics(broker.bootstrap, wrong))
+        publish(broker.bootstrap, wrong, state(1, killed=True))
+        assert client.wait_ready(PATIENCE_S)
+        assert client.flag_state(FLAG) == state(1, killed=True)
+    finally:
+        client.close(timeout_s=2.0)
+    messages = [r.getMessage() for r in caplog.records]
+    missing = [m for m in messages if "does not exist" in m]
+    assert len(missing) == 1
+    assert repr(wrong.flags.name) in missing[0]
+    assert "prefix" in missing[0]
+    assert sum("appeared after" in m for m in messages) == 1
+
+
+def test_events_with_a_nan_or_infinite_number_are_not_sent_and_count_as_failed(
+    broker: EmbeddedBroker, topics: Topics, read_json: Callable[[str], list[Any]]
+) -> None:
+    """JSON has no nan: written as null, a nan score would arrive as "no score" and a nan
+    prediction as "prediction missing". The contract wants every number finite, so the client
+    refuses such events as it refuses any it cannot encode: not sent, counted as failed."""
+    nan, inf = float("nan"), float("inf")
+    with DriftswitchClient(broker.bootstrap, topics=topics, follow_flags=False) as client:
+        assert client.record_prediction("nan-score", FLAG, "control", 1, score=nan)
+        assert client.record_prediction("inf-latency", FLAG, "control", 1, latency_ms=inf)
+        assert client.record_prediction("nan-feature", FLAG, "control", 1, features={"x": nan})
+        assert client.record_prediction("nan-prediction", FLAG, "control", nan)
+        assert client.record_outcome("nan-label", -inf)
+        assert client.record_prediction("fine", FLAG, "control", 0.5, score=0.5)
+        assert client.record_outcome("fine", 1)
+        assert client.flush()
+        stats = client.stats()
+    assert (stats.sent, stats.failed, stats.dropped) == (2, 5, 0)
+    sent = read_json(topics.predictions.name) + read_json(topics.outcomes.name)
+    assert sorted(str(e["request_id"]) for e in sent) == ["fine", "fine"]
 
 
 def test_callbacks_and_provider_events_run_for_each_accepted_change(

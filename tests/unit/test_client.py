@@ -211,3 +211,35 @@ def test_a_client_can_be_closed_without_a_broker_and_started_again() -> None:
         0,
         False,
     )
+
+
+def test_recording_after_close_is_refused_and_counted_as_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing sends what is recorded after close(): say so (False, dropped, one warning)."""
+    client = unstarted(follow_flags=False)
+    client.start(wait_s=0)
+    client.close(timeout_s=0.2)
+    accepted = [client.record_prediction(f"r{i}", "f", "a", 1) for i in range(3)]
+    accepted.append(client.record_outcome("r0", 1))
+    accepted.append(client.record_clicks("r0", ["doc-7"]))
+    stats = client.stats()
+    assert accepted == [False] * 5
+    assert (stats.recorded, stats.dropped, stats.buffered) == (5, 5, 0)
+    warnings = [r for r in caplog.records if "after close()" in r.getMessage()]
+    assert len(warnings) == 1
+    client.start(wait_s=0)  # started again: recording works again
+    try:
+        assert client.record_outcome("r1", 1)
+    finally:
+        client.close(timeout_s=0.2)
+
+
+@pytest.mark.parametrize("clicked", ["doc-7", b"doc-7"])
+def test_record_clicks_refuses_a_bare_string(clicked: Any) -> None:
+    """A str is an iterable of str: "doc-7" would record the clicks d, o, c, -, 7."""
+    client = unstarted()
+    with pytest.raises(TypeError, match=r"list of clicked item ids.*pass \["):
+        client.record_clicks("r1", clicked)
+    assert client.stats().recorded == 0
+    assert client.record_clicks("r1", ["doc-7"])

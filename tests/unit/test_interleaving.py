@@ -486,6 +486,36 @@ def test_a_killed_candidate_leaves_the_experiment_and_bad_input_never_raises() -
     assert client.interleave("search", "u1", None, k=3, request_id="r") == []  # type: ignore[arg-type]
 
 
+def test_interleaving_applies_targeting_and_segment_kills_to_the_attributes_given() -> None:
+    """A candidate killed in one segment (region=jp) interleaves nobody there, as variant()
+    serves it to nobody there; elsewhere the experiment goes on."""
+    client = DriftswitchClient("127.0.0.1:1", defaults={"search": "control"})
+    kill_in_jp = FlagChangeEvent.model_validate(
+        {
+            **_state({"control": 50, "candidate": 50}).model_dump(mode="json"),
+            "segments": [{"variant": "candidate", "match": {"region": "jp"}}],
+        }
+    )
+    client.apply(kill_in_jp)
+    rankings = {"control": A, "candidate": B}
+    users = [f"user-{i}" for i in range(200)]
+
+    def shown(region: str) -> list[list[str]]:
+        attributes = {"region": region}
+        return [
+            client.interleave(
+                "search", u, rankings, k=4, request_id=f"{region}-{u}", attributes=attributes
+            )
+            for u in users
+        ]
+
+    assert all(items == A[:4] for items in shown("jp"))
+    assert {client.variant("search", u, {"region": "jp"}) for u in users} == {"control"}
+    jp_impressions = [e for e in _recorded(client) if isinstance(e, PredictionEvent)]
+    assert {e.variant for e in jp_impressions} == {"control"}
+    assert sum(any(i in B for i in items) for items in shown("us")) > 0
+
+
 def test_docstring_examples_print_what_they_claim() -> None:
     import doctest
 
