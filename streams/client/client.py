@@ -43,6 +43,7 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -83,6 +84,17 @@ def _close_at_exit() -> None:
     for client in list(_RUNNING):
         with contextlib.suppress(Exception):
             client._close_at_exit()
+
+
+def _after_fork_in_child() -> None:
+    """A forked process (gunicorn's ``--preload``, multiprocessing's fork) has none of its
+    parent's threads: each running client starts afresh on its first use in the child."""
+    for client in list(_RUNNING):
+        client._reset_after_fork()
+    _RUNNING.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _QuietKafkaLogs(logging.Filter):
@@ -391,6 +403,8 @@ class DriftswitchClient:
         self._producer_failing = False  # set while the producer cannot connect
         self._closed = False  # close() called and start() not called since: records are refused
         self._closed_warned = False
+        self._restart = False  # forked while running: start again on first use (in the child)
+        self._failing_flags: dict[str, int] = {}  # evaluations that raised, per flag
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -411,6 +425,7 @@ class DriftswitchClient:
         log (once, then at a growing interval) and keeps trying in the background.
         """
         global _atexit_registered
+        self._restart = False
         if self._thread is not None:
             return self.wait_ready(wait_s)
         self._closed = False
@@ -428,6 +443,31 @@ class DriftswitchClient:
             atexit.register(_close_at_exit)
             _atexit_registered = True
         return self.wait_ready(wait_s)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the parent's thread, loop and Kafka clients are not there. The
+        child keeps the flag states read so far (served until it has read the topic itself)
+        and starts with an empty buffer and zero counts (what the parent held, the parent
+        sends); its client starts again on first use (:meth:`_start_after_fork`)."""
+        self._lock = threading.Lock()  # the parent's thread may have held it at the fork
+        self._bootstrapped = threading.Event()
+        self._buffer = collections.deque()
+        self._recorded = self._dropped = self._in_flight = self._sent = self._failed = 0
+        self._producer_connected = self._producer_failing = False
+        self._thread = None
+        self._loop = None
+        self._stopping = None
+        self._tasks = []
+        self._trouble = _Trouble(self.bootstrap)
+        self._restart = True
+
+    def _start_after_fork(self) -> None:
+        with self._lock:
+            if not self._restart:
+                return
+            self._restart = False
+        log.info("driftswitch: client started again in forked process %d", os.getpid())
+        self.start(wait_s=0)
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
         """Block until the flags topic has been read to its end once, or ``timeout_s`` passed;
@@ -538,6 +578,8 @@ class DriftswitchClient:
         over ``targeting_key`` and ``attributes``, so every flagd/OpenFeature client agrees.
         Unknown state gives the configured default (``None`` if there is none).
         """
+        if self._restart:
+            self._start_after_fork()
         try:
             entry = self._flags.get(flag)
             if entry is None:
@@ -546,8 +588,23 @@ class DriftswitchClient:
                 return self._targeted(entry, targeting_key, attributes)[0]
             return entry.split.variant(targeting_key)
         except Exception:
-            log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
+            self._evaluation_failed(flag)
             return self._fallback(flag)
+
+    def _evaluation_failed(self, flag: str) -> None:
+        """Log an evaluation that raised: the first of a flag with its traceback, then at 2, 4,
+        8, ... failures a line with the count (a context every request sends, e.g. a value the
+        rule cannot compare, must not flood the log)."""
+        key = flag if type(flag) is str else repr(flag)  # never raises: any argument
+        n = self._failing_flags[key] = self._failing_flags.get(key, 0) + 1
+        if n == 1:
+            log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
+        elif n & (n - 1) == 0:
+            log.warning(
+                "driftswitch: evaluating flag %r failed %d times so far; serving the default",
+                flag,
+                n,
+            )
 
     @staticmethod
     def _targeted(
@@ -597,6 +654,8 @@ class DriftswitchClient:
         default: JsonValue = None,
     ) -> Resolution:
         """The variant, its value and the reason (what the OpenFeature provider reports)."""
+        if self._restart:
+            self._start_after_fork()
         try:
             entry = self._flags.get(flag)
             if entry is None:
@@ -613,7 +672,7 @@ class DriftswitchClient:
             value = variant_state.value if variant_state is not None else default
             return Resolution(name, value, reason, state.version)
         except Exception as exc:
-            log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
+            self._evaluation_failed(flag)
             error = f"{type(exc).__name__}: {exc}"
             return Resolution(self._fallback(flag), default, "error", error=error)
 
@@ -881,6 +940,8 @@ class DriftswitchClient:
         request_id: str,
         payload: dict[str, Any] | PredictionEvent | OutcomeEvent,
     ) -> bool:
+        if self._restart:
+            self._start_after_fork()
         try:
             key = request_id.encode()
         except Exception:

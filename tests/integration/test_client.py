@@ -492,3 +492,41 @@ def test_callbacks_and_provider_events_run_for_each_accepted_change(
         assert (missing.value, missing.error_code) == ("x", "FLAG_NOT_FOUND")
     finally:
         provider.shutdown()
+
+
+def _in_forked_child(client: DriftswitchClient, out: Any) -> None:
+    """Runs in a child forked from a process whose client was running (gunicorn --preload)."""
+    started = client.stats()  # the parent's buffer and counts are the parent's
+    served = client.variant(FLAG, "user-1")  # the first use starts the client here
+    ready = client.wait_ready(PATIENCE_S)
+    recorded = [client.record_prediction(f"child-{i}", FLAG, "control", i) for i in range(5)]
+    flushed = client.flush(PATIENCE_S)
+    stats = client.stats()
+    client.close(timeout_s=2.0)
+    out.put((started.recorded, started.buffered, served, ready, recorded, flushed, stats.sent))
+
+
+def test_a_client_forked_while_running_starts_again_in_the_child(
+    broker: EmbeddedBroker, topics: Topics, read_json: Callable[[str], list[Any]]
+) -> None:
+    import multiprocessing
+
+    publish(broker.bootstrap, topics, state(1), state(2, killed=True))
+    fork = multiprocessing.get_context("fork")
+    out = fork.Queue()
+    with DriftswitchClient(broker.bootstrap, topics=topics, defaults={FLAG: "control"}) as client:
+        assert client.wait_ready(PATIENCE_S)
+        assert client.record_prediction("parent-0", FLAG, "control", 0)
+        child = fork.Process(target=_in_forked_child, args=(client, out))
+        child.start()
+        started, buffered, served, ready, recorded, flushed, sent = out.get(timeout=2 * PATIENCE_S)
+        child.join(PATIENCE_S)
+        assert client.flush(PATIENCE_S)
+    assert child.exitcode == 0
+    assert (started, buffered) == (0, 0)  # nothing of the parent's sent twice
+    assert served == "control"  # the killed candidate: the states read before the fork serve
+    assert ready  # and the child read the flags topic itself
+    assert recorded == [True] * 5
+    assert (flushed, sent) == (True, 5)
+    ids = sorted(str(e["request_id"]) for e in read_json(topics.predictions.name))
+    assert ids == ["child-0", "child-1", "child-2", "child-3", "child-4", "parent-0"]

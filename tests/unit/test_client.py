@@ -243,3 +243,43 @@ def test_record_clicks_refuses_a_bare_string(clicked: Any) -> None:
         client.record_clicks("r1", clicked)
     assert client.stats().recorded == 0
     assert client.record_clicks("r1", ["doc-7"])
+
+
+def test_an_evaluation_that_keeps_failing_logs_its_traceback_once_then_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A context every request sends (here a datetime, which OpenFeature allows and the rule's
+    # comparison cannot take) fails each evaluation: the default serves, and the log gets the
+    # first traceback and then one line at 2, 4, 8, ... failures, not 1,000 tracebacks.
+    import datetime
+
+    client = DriftswitchClient("127.0.0.1:1", defaults={"ranker": "control"})
+    client.apply(
+        FlagChangeEvent.model_validate(
+            {
+                "flag": "ranker",
+                "version": 1,
+                "default_variant": "control",
+                "variants": {
+                    "control": {"weight": 90, "value": "a"},
+                    "candidate": {"weight": 10, "value": "b"},
+                },
+                "targeting": {"if": [{"<": [{"var": "age"}, 18]}, "candidate", None]},
+                "cause": {"kind": "config", "action": "init"},
+                "ts": 1_767_225_600.0,
+                "actor": "driftswitch",
+            }
+        )
+    )
+    # A naive datetime: the interpreter's comparison raises (an aware one compares as None).
+    when = {"age": datetime.datetime(2026, 1, 1)}
+    with caplog.at_level("WARNING", logger="driftswitch.streams.client.client"):
+        served = {client.variant("ranker", f"user-{i}", when) for i in range(1000)}
+        resolved = client.resolve("ranker", "user-1", when)
+    assert served == {"control"}
+    assert (resolved.variant, resolved.reason) == ("control", "error")
+    records = [r for r in caplog.records if "evaluating flag 'ranker' failed" in r.getMessage()]
+    assert [r.exc_info is not None for r in records] == [True] + [False] * 9  # 1, 2, 4, ... 512
+    assert records[-1].getMessage() == (
+        "driftswitch: evaluating flag 'ranker' failed 512 times so far; serving the default"
+    )
