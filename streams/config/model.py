@@ -615,17 +615,28 @@ def _boolean_hint(word: str, value: bool) -> str:
 
 
 class _Problems:
-    """Collects problems as ``file:line: path: message``."""
+    """Collects problems as ``file:line: path: message``; :attr:`items` lists them by line."""
 
     def __init__(self, source: str, root: yaml.Node | None) -> None:
         self.source = source
         self.root = root
-        self.items: list[str] = []
+        self._found: list[tuple[int, str]] = []  # (line, or 0 without one; the problem)
+        self._seen: set[str] = set()
 
     def add(self, path: Sequence[str | int], message: str) -> None:
         node = _node_at(self.root, path)
-        where = f"{self.source}:{node.start_mark.line + 1}" if node is not None else self.source
-        self.items.append(f"{where}: {_display_path(self.root, path)}: {message}")
+        line = node.start_mark.line + 1 if node is not None else 0
+        where = f"{self.source}:{line}" if line else self.source
+        problem = f"{where}: {_display_path(self.root, path)}: {message}"
+        if problem not in self._seen:  # two checks may find the same thing: say it once
+            self._seen.add(problem)
+            self._found.append((line, problem))
+
+    @property
+    def items(self) -> list[str]:
+        """The problems in file order: by line, in the order found within a line; a problem
+        without a line (about the whole file) first."""
+        return [p for _, p in sorted(self._found, key=lambda found: found[0])]
 
 
 def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:

@@ -318,3 +318,18 @@ def test_config_error_lists_problems() -> None:
     assert info.value.problems == [
         "x.yaml:1: flags: Dictionary should have at least 1 item after validation, not 0"
     ]
+
+
+def test_problems_are_listed_in_line_order() -> None:
+    """A schema problem low in the file (line 20) comes after a cross-field one above it (line 3),
+    though the schema is checked first; two problems on one line keep the order found."""
+    text = bad("default: control", "default: stable") + "join: {ttl: soon, max_pending: 0}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml")
+    assert info.value.problems == [
+        "c.yaml:3: flags.ranker.default: default variant 'stable' is not a variant; "
+        "known: control, candidate",
+        "c.yaml:20: join.ttl: expected a duration such as 30s, 10m, 2h or a number of seconds, "
+        "got 'soon'",
+        "c.yaml:20: join.max_pending: Input should be greater than or equal to 1",
+    ]
