@@ -22,6 +22,7 @@ points at. The shape of ``flags`` is the contract (fields may be added, none ren
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from driftswitch.detectors import registry
 from driftswitch.streams.config import budget
@@ -657,13 +659,18 @@ def _model_in(annotation: Any) -> Any:
     return annotation
 
 
+def _written_names(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by the name written in the file: the alias when there is one."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
 def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
-    """Field names allowed where the unknown field ``loc[-1]`` was found."""
+    """Names (as written: aliases) allowed where the unknown field ``loc[-1]`` was found."""
     current: Any = model
     for part in loc[:-1]:
         current = _model_in(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
+            field = _written_names(current).get(str(part))
             if field is None:
                 return None
             current = field.annotation
@@ -673,8 +680,17 @@ def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[st
             return None
     current = _model_in(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
+        return sorted(_written_names(current))
     return None
+
+
+def _unknown_field_message(unknown: str | int, allowed: list[str] | None) -> str:
+    """``unknown field``, with the closest allowed name when it looks like a typo of one."""
+    if not allowed:
+        return "unknown field"
+    close = difflib.get_close_matches(str(unknown), allowed, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field{guess}; allowed: {', '.join(allowed)}"
 
 
 def _add_validation_errors(
@@ -695,10 +711,8 @@ def _add_validation_errors(
             node = _value_node(problems.root, [*prefix, *loc])
             if node is not None and node.tag == _BOOL_TAG:
                 msg = _boolean_hint(node.value, value)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc)
-            if allowed:
-                msg += f"; allowed: {', '.join(allowed)}"
+        if err["type"] == "extra_forbidden" and loc:
+            msg = _unknown_field_message(loc[-1], _allowed_fields(model, loc))
         problems.add([*prefix, *loc], msg)
 
 

@@ -104,7 +104,27 @@ BAD_CONFIGS = [
     (
         "unknown-field",
         bad("        min_samples: 200", "        min_sample: 200"),
-        [":12: flags.ranker.guardrails[0].min_sample", "unknown field", "allowed:", "min_samples"],
+        [
+            ":12: flags.ranker.guardrails[0].min_sample",
+            "unknown field (did you mean 'min_samples'?); allowed:",
+            "min_samples",
+        ],
+    ),
+    (
+        "unknown-field-near-miss",
+        bad("    guardrails:", "    guardrail:"),
+        [
+            ":7: flags.ranker.guardrail: unknown field (did you mean 'guardrails'?); allowed: "
+            "default, description, expires, guardrails, hooks,"
+        ],
+    ),
+    (
+        "unknown-top-level-field-lists-names-as-written",
+        GOOD + "joins: {ttl: 1h}\n",
+        [
+            ":20: joins: unknown field (did you mean 'join'?); allowed: $evaluators, flags, "
+            "hooks, join"
+        ],
     ),
     (
         "unknown-action",
