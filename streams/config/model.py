@@ -651,6 +651,39 @@ def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+#: Error kinds whose message names no input: ``missing`` and ``extra_forbidden`` have their own
+#: words, ``value_error`` and ``assertion_error`` come from our validators (which say what they
+#: were given, e.g. a duration), and a length error already counts the items.
+_NO_INPUT_SHOWN = {"missing", "extra_forbidden", "value_error", "assertion_error"}
+_LENGTH_ERRORS = {"too_short", "too_long"}
+#: Values under these keys are never echoed: a webhook's URL may carry a token.
+_SECRET_KEYS = {"hooks"}
+_SHOWN_CHARS = 40
+
+
+def _shown_input(kind: str, value: object) -> str | None:
+    """What the file gave, short, for a schema message; None when it would not help."""
+    if kind in _NO_INPUT_SHOWN:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "...")
+    if isinstance(value, date):
+        return value.isoformat()
+    if kind in _LENGTH_ERRORS:
+        return None
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return None
+
+
 def _model_in(annotation: Any) -> Any:
     """Unwrap ``X | None`` to ``X`` (the field types here have at most one model)."""
     args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
@@ -700,17 +733,26 @@ def _add_validation_errors(
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         msg = _pydantic_message(err, model)
         value = err.get("input")
+        node = _value_node(problems.root, [*prefix, *loc])
         if loc and loc[-1] == "[key]":  # the name of a flag or variant, not its value
             loc = loc[:-1]
             key = _node_at(problems.root, [*prefix, *loc])
             if isinstance(value, bool) and key is not None and key.tag == _BOOL_TAG:
                 msg = f"invalid name: {_boolean_hint(key.value, value)}"
-            else:
+            else:  # the path shows the name
                 msg = f"invalid name: {msg} (letters, digits, '_', '.', '-')"
-        elif isinstance(value, bool) and err["type"] == "string_type":
-            node = _value_node(problems.root, [*prefix, *loc])
-            if node is not None and node.tag == _BOOL_TAG:
+        elif _SECRET_KEYS.intersection(str(p) for p in [*prefix, *loc]):
+            # Our validators end a message with ", got <the value>": not here.
+            msg = msg.split(", got ", 1)[0] if err["type"] == "value_error" else msg
+        elif isinstance(value, bool) and node is not None and node.tag == _BOOL_TAG:
+            if err["type"] == "string_type":
                 msg = _boolean_hint(node.value, value)
+            else:
+                msg += f" (got {node.value})"  # as written: `yes`, not true
+        else:
+            shown = _shown_input(err["type"], value)
+            if shown is not None:
+                msg += f" (got {shown})"
         if err["type"] == "extra_forbidden" and loc:
             msg = _unknown_field_message(loc[-1], _allowed_fields(model, loc))
         problems.add([*prefix, *loc], msg)

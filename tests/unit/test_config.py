@@ -132,17 +132,55 @@ BAD_CONFIGS = [
             "        action: kill\n      - name: candidate-vs",
             "        action: explode\n      - name: candidate-vs",
         ),
-        [":13: flags.ranker.guardrails[0].action", "'warn', 'hold', 'shift' or 'kill'"],
+        [
+            ":13: flags.ranker.guardrails[0].action",
+            "'warn', 'hold', 'shift' or 'kill' (got 'explode')",
+        ],
     ),
     (
         "unknown-metric",
         bad("metric: accuracy", "metric: acuracy"),
-        [":10: flags.ranker.guardrails[0].metric", "'accuracy'", "'latency_ms'"],
+        [":10: flags.ranker.guardrails[0].metric", "'accuracy'", "'latency_ms'", "(got 'acuracy')"],
     ),
     (
         "negative-weight",
         bad("weight: 90,", "weight: -5,"),
-        [":5: flags.ranker.variants.control.weight", "greater than or equal to 0"],
+        [":5: flags.ranker.variants.control.weight", "greater than or equal to 0 (got -5)"],
+    ),
+    (
+        "type-error-names-the-value",
+        bad("weight: 90,", "weight: ninety,"),
+        [
+            ":5: flags.ranker.variants.control.weight: Input should be a valid integer, unable to "
+            "parse string as an integer (got 'ninety')"
+        ],
+    ),
+    (
+        "type-error-names-a-long-value-cut-short",
+        bad("min_samples: 200", "min_samples: " + "9" * 30 + " samples or so, whichever first"),
+        [
+            ":12: flags.ranker.guardrails[0].min_samples: Input should be a valid integer, "
+            "unable to parse string as an integer (got '" + "9" * 30 + " samples o...')"
+        ],
+    ),
+    (
+        "type-error-names-a-yaml-boolean-as-written",
+        bad(
+            "        action: kill\n      - name: candidate-vs",
+            "        action: yes\n      - name: candidate-vs",
+        ),
+        [
+            ":13: flags.ranker.guardrails[0].action: Input should be 'warn', 'hold', 'shift' or "
+            "'kill' (got yes)"
+        ],
+    ),
+    (
+        "type-error-names-what-a-container-is",
+        bad("detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}", "detector: []"),
+        [
+            ":11: flags.ranker.guardrails[0].detector: Input should be a valid dictionary or "
+            "instance of DetectorSpec (got a list)"
+        ],
     ),
     (
         "bad-detector-parameter",
@@ -351,5 +389,30 @@ def test_problems_are_listed_in_line_order() -> None:
         "known: control, candidate",
         "c.yaml:20: join.ttl: expected a duration such as 30s, 10m, 2h or a number of seconds, "
         "got 'soon'",
-        "c.yaml:20: join.max_pending: Input should be greater than or equal to 1",
+        "c.yaml:20: join.max_pending: Input should be greater than or equal to 1 (got 0)",
+    ]
+
+
+def test_values_in_hooks_are_never_echoed() -> None:
+    """A webhook URL may carry a token (Slack's do): a problem under `hooks` names the field and
+    what was expected, never what was given; elsewhere the value is shown."""
+    token = "T000/B000/s3cr3tt0k3n"
+    text = GOOD.replace("    variants:", "    owner: 7\n    variants:", 1) + textwrap.dedent(
+        f"""\
+        hooks:
+          - url: https://hooks.slack.com/services/{token} ?
+            format: slack
+            max_attempts: {token}
+            timeout: [{token}]
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml")
+    assert info.value.problems == [
+        "c.yaml:4: flags.ranker.owner: Input should be a valid string (got 7)",
+        "c.yaml:22: hooks[0].url: String should match pattern '^https?://\\S+$'",
+        "c.yaml:24: hooks[0].max_attempts: Input should be a valid integer, unable to parse "
+        "string as an integer",
+        "c.yaml:25: hooks[0].timeout: expected a duration such as 30s, 10m, 2h or a number of "
+        "seconds",
     ]
