@@ -717,11 +717,17 @@ def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[st
     return None
 
 
+#: How alike (difflib's ratio) an unknown field and an allowed one must be to suggest it: a
+#: typo (`varient`, `detecter`, `guardrail`) is above, an unrelated word (`colour` and
+#: `rollout`: 0.62) below.
+_NEAR_MISS = 0.7
+
+
 def _unknown_field_message(unknown: str | int, allowed: list[str] | None) -> str:
     """``unknown field``, with the closest allowed name when it looks like a typo of one."""
     if not allowed:
         return "unknown field"
-    close = difflib.get_close_matches(str(unknown), allowed, n=1)
+    close = difflib.get_close_matches(str(unknown), allowed, n=1, cutoff=_NEAR_MISS)
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown field{guess}; allowed: {', '.join(allowed)}"
 

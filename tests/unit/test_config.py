@@ -416,3 +416,14 @@ def test_values_in_hooks_are_never_echoed() -> None:
         "c.yaml:25: hooks[0].timeout: expected a duration such as 30s, 10m, 2h or a number of "
         "seconds",
     ]
+
+
+def test_an_unknown_field_unlike_any_allowed_suggests_none() -> None:
+    """`colour` is as near `rollout` as difflib's default cutoff (0.6) lets through: no guess."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad("    default: control", "    default: control\n    colour: red"), "c.yaml")
+    assert info.value.problems == [
+        "c.yaml:4: flags.ranker.colour: unknown field; allowed: default, description, expires, "
+        "guardrails, hooks, owner, positive_label, rollout, tags, targeting, task, temporary, "
+        "variants"
+    ]
