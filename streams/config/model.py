@@ -22,8 +22,10 @@ points at. The shape of ``flags`` is the contract (fields may be added, none ren
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -41,10 +43,12 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from driftswitch.detectors import registry
 from driftswitch.streams.config import budget
@@ -615,17 +619,28 @@ def _boolean_hint(word: str, value: bool) -> str:
 
 
 class _Problems:
-    """Collects problems as ``file:line: path: message``."""
+    """Collects problems as ``file:line: path: message``; :attr:`items` lists them by line."""
 
     def __init__(self, source: str, root: yaml.Node | None) -> None:
         self.source = source
         self.root = root
-        self.items: list[str] = []
+        self._found: list[tuple[int, str]] = []  # (line, or 0 without one; the problem)
+        self._seen: set[str] = set()
 
     def add(self, path: Sequence[str | int], message: str) -> None:
         node = _node_at(self.root, path)
-        where = f"{self.source}:{node.start_mark.line + 1}" if node is not None else self.source
-        self.items.append(f"{where}: {_display_path(self.root, path)}: {message}")
+        line = node.start_mark.line + 1 if node is not None else 0
+        where = f"{self.source}:{line}" if line else self.source
+        problem = f"{where}: {_display_path(self.root, path)}: {message}"
+        if problem not in self._seen:  # two checks may find the same thing: say it once
+            self._seen.add(problem)
+            self._found.append((line, problem))
+
+    @property
+    def items(self) -> list[str]:
+        """The problems in file order: by line, in the order found within a line; a problem
+        without a line (about the whole file) first."""
+        return [p for _, p in sorted(self._found, key=lambda found: found[0])]
 
 
 def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
@@ -638,6 +653,39 @@ def _pydantic_message(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+#: Error kinds whose message names no input: ``missing`` and ``extra_forbidden`` have their own
+#: words, ``value_error`` and ``assertion_error`` come from our validators (which say what they
+#: were given, e.g. a duration), and a length error already counts the items.
+_NO_INPUT_SHOWN = {"missing", "extra_forbidden", "value_error", "assertion_error"}
+_LENGTH_ERRORS = {"too_short", "too_long"}
+#: Values under these keys are never echoed: a webhook's URL may carry a token.
+_SECRET_KEYS = {"hooks"}
+_SHOWN_CHARS = 40
+
+
+def _shown_input(kind: str, value: object) -> str | None:
+    """What the file gave, short, for a schema message; None when it would not help."""
+    if kind in _NO_INPUT_SHOWN:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "...")
+    if isinstance(value, date):
+        return value.isoformat()
+    if kind in _LENGTH_ERRORS:
+        return None
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return None
+
+
 def _model_in(annotation: Any) -> Any:
     """Unwrap ``X | None`` to ``X`` (the field types here have at most one model)."""
     args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
@@ -646,13 +694,18 @@ def _model_in(annotation: Any) -> Any:
     return annotation
 
 
+def _written_names(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by the name written in the file: the alias when there is one."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
 def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
-    """Field names allowed where the unknown field ``loc[-1]`` was found."""
+    """Names (as written: aliases) allowed where the unknown field ``loc[-1]`` was found."""
     current: Any = model
     for part in loc[:-1]:
         current = _model_in(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
+            field = _written_names(current).get(str(part))
             if field is None:
                 return None
             current = field.annotation
@@ -662,32 +715,54 @@ def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[st
             return None
     current = _model_in(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
+        return sorted(_written_names(current))
     return None
+
+
+#: How alike (difflib's ratio) an unknown field and an allowed one must be to suggest it: a
+#: typo (`varient`, `detecter`, `guardrail`) is above, an unrelated word (`colour` and
+#: `rollout`: 0.62) below.
+_NEAR_MISS = 0.7
+
+
+def _unknown_field_message(unknown: str | int, allowed: list[str] | None) -> str:
+    """``unknown field``, with the closest allowed name when it looks like a typo of one."""
+    if not allowed:
+        return "unknown field"
+    close = difflib.get_close_matches(str(unknown), allowed, n=1, cutoff=_NEAR_MISS)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field{guess}; allowed: {', '.join(allowed)}"
 
 
 def _add_validation_errors(
     problems: _Problems, exc: ValidationError, prefix: Sequence[str | int], model: type[BaseModel]
 ) -> None:
     for err in exc.errors(include_url=False):
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        loc = _error_loc(err)
         msg = _pydantic_message(err, model)
         value = err.get("input")
+        node = _value_node(problems.root, [*prefix, *loc])
         if loc and loc[-1] == "[key]":  # the name of a flag or variant, not its value
             loc = loc[:-1]
             key = _node_at(problems.root, [*prefix, *loc])
             if isinstance(value, bool) and key is not None and key.tag == _BOOL_TAG:
                 msg = f"invalid name: {_boolean_hint(key.value, value)}"
-            else:
+            else:  # the path shows the name
                 msg = f"invalid name: {msg} (letters, digits, '_', '.', '-')"
-        elif isinstance(value, bool) and err["type"] == "string_type":
-            node = _value_node(problems.root, [*prefix, *loc])
-            if node is not None and node.tag == _BOOL_TAG:
+        elif _SECRET_KEYS.intersection(str(p) for p in [*prefix, *loc]):
+            # Our validators end a message with ", got <the value>": not here.
+            msg = msg.split(", got ", 1)[0] if err["type"] == "value_error" else msg
+        elif isinstance(value, bool) and node is not None and node.tag == _BOOL_TAG:
+            if err["type"] == "string_type":
                 msg = _boolean_hint(node.value, value)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc)
-            if allowed:
-                msg += f"; allowed: {', '.join(allowed)}"
+            else:
+                msg += f" (got {node.value})"  # as written: `yes`, not true
+        else:
+            shown = _shown_input(err["type"], value)
+            if shown is not None:
+                msg += f" (got {shown})"
+        if err["type"] == "extra_forbidden" and loc:
+            msg = _unknown_field_message(loc[-1], _allowed_fields(model, loc))
         problems.add([*prefix, *loc], msg)
 
 
@@ -701,9 +776,34 @@ def _value_kind(value: object) -> str:
     return "object" if isinstance(value, dict) else type(value).__name__
 
 
-def _check_flag(problems: _Problems, name: str, flag: FlagConfig) -> None:
-    """Cross-field rules pydantic cannot express, each reported at its own path."""
+#: A guardrail to check: its index in the file, the guardrail, and the fields that parsed (None:
+#: all of them). A guardrail with schema problems is checked on the fields that parsed.
+_GuardrailPart = tuple[int, Guardrail, frozenset[str] | None]
+
+
+def _check_flag(
+    problems: _Problems, name: str, flag: FlagConfig | None, guardrails: Sequence[_GuardrailPart]
+) -> None:
+    """Cross-field rules pydantic cannot express, each reported at its own path.
+
+    ``flag`` is None when its variants or default did not parse: then only what the guardrails
+    say of themselves is checked.
+    """
     here: list[str | int] = ["flags", name]
+    if flag is not None:
+        _check_variants(problems, here, flag)
+    seen: set[str] = set()
+    for i, g, parsed in guardrails:
+        _check_guardrail(problems, [*here, "guardrails", i], flag, g, parsed)
+        if parsed is not None and "name" not in parsed:
+            continue
+        if g.name in seen:
+            problems.add([*here, "guardrails", i, "name"], f"duplicate guardrail name {g.name!r}")
+        seen.add(g.name)
+
+
+def _check_variants(problems: _Problems, here: list[str | int], flag: FlagConfig) -> None:
+    """The variants, the default and the rollout."""
     served = {n: v for n, v in flag.variants.items() if not v.shadow}
     for vname, v in flag.variants.items():
         if v.shadow and v.weight:
@@ -733,40 +833,55 @@ def _check_flag(problems: _Problems, name: str, flag: FlagConfig) -> None:
         problems.add([*here, "default"], "the default variant cannot be a shadow variant")
     if flag.rollout is not None:
         _check_rollout(problems, [*here, "rollout"], flag, flag.rollout, known)
-    seen: set[str] = set()
-    for i, g in enumerate(flag.guardrails):
-        _check_guardrail(problems, [*here, "guardrails", i], flag, g, known)
-        if g.name in seen:
-            problems.add([*here, "guardrails", i, "name"], f"duplicate guardrail name {g.name!r}")
-        seen.add(g.name)
 
 
 def _check_guardrail(
-    problems: _Problems, here: list[str | int], flag: FlagConfig, g: Guardrail, known: str
+    problems: _Problems,
+    here: list[str | int],
+    flag: FlagConfig | None,
+    g: Guardrail,
+    parsed: frozenset[str] | None = None,
 ) -> None:
-    if g.variant not in flag.variants:
+    """A guardrail's rules; with ``parsed``, only those whose fields all parsed (the others are
+    not set on ``g``). Without ``flag``, only those about the guardrail itself."""
+
+    def has(*fields: str) -> bool:
+        return parsed is None or parsed.issuperset(fields)
+
+    known = ", ".join(flag.variants) if flag is not None else ""
+    if flag is not None and has("variant") and g.variant not in flag.variants:
         problems.add([*here, "variant"], f"variant {g.variant!r} does not exist; known: {known}")
-    if g.compare_to is not None:
-        if g.compare_to == g.variant:
+    if has("compare_to") and g.compare_to is not None:
+        if has("variant") and g.compare_to == g.variant:
             problems.add([*here, "compare_to"], "a variant cannot be compared to itself")
-        elif g.compare_to not in flag.variants:
+        elif flag is not None and g.compare_to not in flag.variants:
             problems.add(
                 [*here, "compare_to"], f"variant {g.compare_to!r} does not exist; known: {known}"
             )
-    if g.action in (GuardrailAction.KILL, GuardrailAction.SHIFT) and g.variant == flag.default:
+    if (
+        flag is not None
+        and has("action", "variant")
+        and g.action in (GuardrailAction.KILL, GuardrailAction.SHIFT)
+        and g.variant == flag.default
+    ):
         problems.add(
             [*here, "action"],
             f"cannot {g.action} the default variant {g.variant!r}: traffic falls back to it",
         )
-    if g.metric is Metric.FEATURE and not g.feature:
-        problems.add([*here, "feature"], "metric 'feature' needs `feature: <feature name>`")
-    if g.metric is not Metric.FEATURE and g.feature:
-        problems.add([*here, "feature"], "`feature` is only used with metric 'feature'")
-    if g.segment_by is not None:
-        _check_segment_by(problems, here, g)
-    elif g.metric_segments:
+    if has("metric", "feature"):
+        if g.metric is Metric.FEATURE and not g.feature:
+            problems.add([*here, "feature"], "metric 'feature' needs `feature: <feature name>`")
+        if g.metric is not Metric.FEATURE and g.feature:
+            problems.add([*here, "feature"], "`feature` is only used with metric 'feature'")
+    if has("segment_by") and g.segment_by is not None:
+        _check_segment_by(problems, here, g, has)
+    elif has("segment_by", "metric_segments") and g.metric_segments:
         problems.add([*here, "metric_segments"], "`metric_segments` needs `segment_by`")
-    _check_detector(problems, here, g.detector, g.metric, g.compare_to, g)
+    if has("detector", "metric", "compare_to"):
+        budget_parsed = has("false_alarm_every", "expected_rate")
+        _check_detector(
+            problems, here, g.detector, g.metric, g.compare_to, g if budget_parsed else None
+        )
 
 
 #: An attribute a guardrail segments by: ``attributes.<name>`` (a flat attribute of predictions).
@@ -778,7 +893,10 @@ def segment_names(paths: list[str]) -> list[str]:
     return [p.removeprefix("attributes.") for p in paths]
 
 
-def _check_segment_by(problems: _Problems, here: list[str | int], g: Guardrail) -> None:
+def _check_segment_by(
+    problems: _Problems, here: list[str | int], g: Guardrail, has: Callable[..., bool]
+) -> None:
+    """``segment_by``; ``has(*fields)`` says whether those fields of ``g`` parsed."""
     assert g.segment_by is not None
     for i, path in enumerate(g.segment_by):
         if not SEGMENT_PATH.fullmatch(path):
@@ -788,13 +906,13 @@ def _check_segment_by(problems: _Problems, here: list[str | int], g: Guardrail) 
             )
     if len(set(g.segment_by)) != len(g.segment_by):
         problems.add([*here, "segment_by"], "an attribute is named twice")
-    if g.action is GuardrailAction.SHIFT:
+    if has("action") and g.action is GuardrailAction.SHIFT:
         problems.add(
             [*here, "action"],
             "a guardrail with `segment_by` does warn, hold or kill (in the segment); shift moves "
             "weight for everyone",
         )
-    if g.metric is Metric.INTERLEAVING:
+    if has("metric") and g.metric is Metric.INTERLEAVING:
         problems.add([*here, "segment_by"], "metric 'interleaving' cannot be segmented")
 
 
@@ -894,21 +1012,98 @@ def _check_budget(
     return ok
 
 
-def _check_raw_detectors(problems: _Problems, here: list[str | int], fdata: object) -> None:
-    """Detector checks for a flag whose own schema failed: each guardrail whose detector and
-    metric parse is checked, so parameter problems show up with the others, not after them."""
-    raw = fdata.get("guardrails") if isinstance(fdata, dict) else None
-    for i, g in enumerate(raw if isinstance(raw, list) else ()):
-        if not isinstance(g, dict):
-            continue
-        compare_to = g.get("compare_to")
+#: Flag fields no cross-field rule reads beside their own: one that does not parse is left out
+#: and the rest of the flag checked (a broken rollout or targeting is not checked further).
+_FLAG_FIELDS_APART = frozenset(
+    {
+        "description",
+        "owner",
+        "tags",
+        "expires",
+        "temporary",
+        "task",
+        "positive_label",
+        "hooks",
+        "rollout",
+        "targeting",
+    }
+)
+
+
+def _error_loc(err: Mapping[str, Any]) -> list[str | int]:
+    return [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+
+
+def _flag_parts(
+    fdata: object, exc: ValidationError
+) -> tuple[FlagConfig | None, list[_GuardrailPart]]:
+    """What of a flag can be checked across fields although its schema failed (``exc``).
+
+    The flag without the fields in error that nothing else reads (rollout, hooks, ...) and without
+    unknown fields, or None when its variants or default are in error (then every rule involving
+    them is skipped rather than guessed); and each guardrail at its index in the file, with the
+    fields that parsed when some did not.
+    """
+    if not isinstance(fdata, dict):
+        return None, []
+    core_ok = True
+    left_out: set[str] = set()
+    guardrail_errors: dict[int, set[str | int]] = {}
+    for loc in map(_error_loc, exc.errors(include_url=False)):
+        top = loc[0] if loc else None
+        if top == "guardrails" and len(loc) >= 2 and isinstance(loc[1], int):
+            guardrail_errors.setdefault(loc[1], set()).add(loc[2] if len(loc) > 2 else "")
+        elif top == "guardrails" or top in _FLAG_FIELDS_APART:
+            left_out.add(str(top))
+        elif isinstance(top, str) and top not in FlagConfig.model_fields:  # an unknown field
+            left_out.add(top)
+        else:  # variants, default, or the flag is not a mapping
+            core_ok = False
+    flag: FlagConfig | None = None
+    if core_ok:
+        rest = {k: v for k, v in fdata.items() if k not in left_out and k != "guardrails"}
         try:
-            detector = DetectorSpec.model_validate(g.get("detector"))
-            metric = Metric(str(g.get("metric")))
-        except (ValidationError, ValueError):
-            continue  # reported by the schema check
-        if compare_to is None or isinstance(compare_to, str):
-            _check_detector(problems, [*here, "guardrails", i], detector, metric, compare_to)
+            flag = FlagConfig.model_validate(rest)
+        except ValidationError:  # not expected: the errors above were all set apart
+            flag = None
+    raw = fdata.get("guardrails")
+    if "guardrails" in left_out or not isinstance(raw, list):
+        return flag, []
+    parts: list[_GuardrailPart] = []
+    for i, g in enumerate(raw):
+        if i not in guardrail_errors:
+            parts.append((i, Guardrail.model_validate(g), None))
+        elif isinstance(g, dict) and "" not in guardrail_errors[i]:
+            parts.append((i, *_parsed_fields(g, guardrail_errors[i])))
+    return flag, parts
+
+
+def _parsed_fields(raw: dict[str, Any], bad: set[str | int]) -> tuple[Guardrail, frozenset[str]]:
+    """A guardrail with only the fields that parsed set (a field left unset has its default),
+    and their names."""
+    values: dict[str, Any] = {}
+    for name, field in Guardrail.model_fields.items():
+        if name in bad:
+            continue
+        if name not in raw:
+            if not field.is_required():
+                values[name] = field.get_default(call_default_factory=True)
+            continue
+        try:
+            values[name] = _field_adapter(name).validate_python(raw[name])
+        except ValidationError:  # not expected: the field had no error of its own
+            continue
+    return Guardrail.model_construct(**values), frozenset(values)
+
+
+@functools.cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    """Validates one field of a guardrail on its own."""
+    field = Guardrail.model_fields[name]
+    annotation: Any = field.annotation
+    if field.metadata:  # constraints (ge=0, ...) and validators (a duration's)
+        annotation = Annotated[annotation, *field.metadata]
+    return TypeAdapter(annotation)
 
 
 def assignment_order(flag: FlagConfig) -> list[str]:
@@ -1081,16 +1276,18 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:  # every schema problem, across all flags
         _add_validation_errors(problems, exc, [], Config)
-    # Cross-field rules for every flag whose own schema is fine, even if another flag's is not.
+    # Cross-field rules for every flag, even if another flag's schema failed; a flag whose own
+    # schema failed is checked on the parts that parsed (each reported at its path in the file).
     flags_data = data.get("flags")
     for name, fdata in flags_data.items() if isinstance(flags_data, dict) else ():
+        flag: FlagConfig | None
         try:
             flag = FlagConfig.model_validate(fdata)
-        except ValidationError:  # reported above; its detectors are still checked
-            _check_raw_detectors(problems, ["flags", str(name)], fdata)
-            continue
-        _check_flag(problems, str(name), flag)
-        if flag.targeting is not None:
+            guardrails: list[_GuardrailPart] = [(i, g, None) for i, g in enumerate(flag.guardrails)]
+        except ValidationError as exc:  # reported above
+            flag, guardrails = _flag_parts(fdata, exc)
+        _check_flag(problems, str(name), flag, guardrails)
+        if flag is not None and flag.targeting is not None:
             refs = data.get("$evaluators")
             for path, message in targeting.check_rule(
                 flag.targeting,

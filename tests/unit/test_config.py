@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from driftswitch.detectors import registry
 from driftswitch.streams.config.model import (
     GuardrailAction,
     Metric,
@@ -104,7 +105,27 @@ BAD_CONFIGS = [
     (
         "unknown-field",
         bad("        min_samples: 200", "        min_sample: 200"),
-        [":12: flags.ranker.guardrails[0].min_sample", "unknown field", "allowed:", "min_samples"],
+        [
+            ":12: flags.ranker.guardrails[0].min_sample",
+            "unknown field (did you mean 'min_samples'?); allowed:",
+            "min_samples",
+        ],
+    ),
+    (
+        "unknown-field-near-miss",
+        bad("    guardrails:", "    guardrail:"),
+        [
+            ":7: flags.ranker.guardrail: unknown field (did you mean 'guardrails'?); allowed: "
+            "default, description, expires, guardrails, hooks,"
+        ],
+    ),
+    (
+        "unknown-top-level-field-lists-names-as-written",
+        GOOD + "joins: {ttl: 1h}\n",
+        [
+            ":20: joins: unknown field (did you mean 'join'?); allowed: $evaluators, flags, "
+            "hooks, join"
+        ],
     ),
     (
         "unknown-action",
@@ -112,17 +133,55 @@ BAD_CONFIGS = [
             "        action: kill\n      - name: candidate-vs",
             "        action: explode\n      - name: candidate-vs",
         ),
-        [":13: flags.ranker.guardrails[0].action", "'warn', 'hold', 'shift' or 'kill'"],
+        [
+            ":13: flags.ranker.guardrails[0].action",
+            "'warn', 'hold', 'shift' or 'kill' (got 'explode')",
+        ],
     ),
     (
         "unknown-metric",
         bad("metric: accuracy", "metric: acuracy"),
-        [":10: flags.ranker.guardrails[0].metric", "'accuracy'", "'latency_ms'"],
+        [":10: flags.ranker.guardrails[0].metric", "'accuracy'", "'latency_ms'", "(got 'acuracy')"],
     ),
     (
         "negative-weight",
         bad("weight: 90,", "weight: -5,"),
-        [":5: flags.ranker.variants.control.weight", "greater than or equal to 0"],
+        [":5: flags.ranker.variants.control.weight", "greater than or equal to 0 (got -5)"],
+    ),
+    (
+        "type-error-names-the-value",
+        bad("weight: 90,", "weight: ninety,"),
+        [
+            ":5: flags.ranker.variants.control.weight: Input should be a valid integer, unable to "
+            "parse string as an integer (got 'ninety')"
+        ],
+    ),
+    (
+        "type-error-names-a-long-value-cut-short",
+        bad("min_samples: 200", "min_samples: " + "9" * 30 + " samples or so, whichever first"),
+        [
+            ":12: flags.ranker.guardrails[0].min_samples: Input should be a valid integer, "
+            "unable to parse string as an integer (got '" + "9" * 30 + " samples o...')"
+        ],
+    ),
+    (
+        "type-error-names-a-yaml-boolean-as-written",
+        bad(
+            "        action: kill\n      - name: candidate-vs",
+            "        action: yes\n      - name: candidate-vs",
+        ),
+        [
+            ":13: flags.ranker.guardrails[0].action: Input should be 'warn', 'hold', 'shift' or "
+            "'kill' (got yes)"
+        ],
+    ),
+    (
+        "type-error-names-what-a-container-is",
+        bad("detector: {kind: cusum, baseline: 0.90, target: 0.80, arl0: 100000}", "detector: []"),
+        [
+            ":11: flags.ranker.guardrails[0].detector: Input should be a valid dictionary or "
+            "instance of DetectorSpec (got a list)"
+        ],
     ),
     (
         "bad-detector-parameter",
@@ -317,4 +376,158 @@ def test_config_error_lists_problems() -> None:
         parse_config(textwrap.dedent("flags: {}\n"), "x.yaml")
     assert info.value.problems == [
         "x.yaml:1: flags: Dictionary should have at least 1 item after validation, not 0"
+    ]
+
+
+def test_problems_are_listed_in_line_order() -> None:
+    """A schema problem low in the file (line 20) comes after a cross-field one above it (line 3),
+    though the schema is checked first; two problems on one line keep the order found."""
+    text = bad("default: control", "default: stable") + "join: {ttl: soon, max_pending: 0}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml")
+    assert info.value.problems == [
+        "c.yaml:3: flags.ranker.default: default variant 'stable' is not a variant; "
+        "known: control, candidate",
+        "c.yaml:20: join.ttl: expected a duration such as 30s, 10m, 2h or a number of seconds, "
+        "got 'soon'",
+        "c.yaml:20: join.max_pending: Input should be greater than or equal to 1 (got 0)",
+    ]
+
+
+def test_values_in_hooks_are_never_echoed() -> None:
+    """A webhook URL may carry a token (Slack's do): a problem under `hooks` names the field and
+    what was expected, never what was given; elsewhere the value is shown."""
+    token = "T000/B000/s3cr3tt0k3n"
+    text = GOOD.replace("    variants:", "    owner: 7\n    variants:", 1) + textwrap.dedent(
+        f"""\
+        hooks:
+          - url: https://hooks.slack.com/services/{token} ?
+            format: slack
+            max_attempts: {token}
+            timeout: [{token}]
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml")
+    assert info.value.problems == [
+        "c.yaml:4: flags.ranker.owner: Input should be a valid string (got 7)",
+        "c.yaml:22: hooks[0].url: String should match pattern '^https?://\\S+$'",
+        "c.yaml:24: hooks[0].max_attempts: Input should be a valid integer, unable to parse "
+        "string as an integer",
+        "c.yaml:25: hooks[0].timeout: expected a duration such as 30s, 10m, 2h or a number of "
+        "seconds",
+    ]
+
+
+def test_an_unknown_field_unlike_any_allowed_suggests_none() -> None:
+    """`colour` is as near `rollout` as difflib's default cutoff (0.6) lets through: no guess."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad("    default: control", "    default: control\n    colour: red"), "c.yaml")
+    assert info.value.problems == [
+        "c.yaml:4: flags.ranker.colour: unknown field; allowed: default, description, expires, "
+        "guardrails, hooks, owner, positive_label, rollout, tags, targeting, task, temporary, "
+        "variants"
+    ]
+
+
+MANY_MISTAKES = """\
+$evaluators:
+  internal: {ends_with: [{var: email}, "@example.com"]}
+flags:
+  ranker:
+    default: contrl
+    colour: red
+    variants:
+      control:   {weight: 80, value: ranker-v1}
+      candidate: {weight: 10, value: ranker-v2}
+    targeting:
+      if: [{$ref: internl}, candidat, null]
+    guardrails:
+      - name: acc
+        variant: candidate
+        metric: accuracy
+        detector: {kind: cusumm, baseline: 0.90, target: 0.80}
+        action: explode
+      - name: acc
+        variant: candidate
+        compare_to: contrl
+        metric: accuracy
+        detector: {kind: sequential, alpha: 2}
+        action: kill
+      - name: latency
+        variant: candidat
+        metric: latency_ms
+        detecter: {kind: page_hinkley}
+        action: warn
+      - name: vs-control
+        variant: [candidate]
+        compare_to: 5
+        metric: accuracy
+        detector: {kind: sequential}
+        action: kill
+      - {name: budget, variant: candidate, metric: accuracy, false_alarm_every: 90d,
+         expected_rate: fast, detector: {kind: cusum, baseline: 0.9, target: 0.8}, action: warn}
+    rollout: {variant: candidate, steps: [10, 50, 100], alpha: 2}
+  search:
+    default: a
+    variants:
+      a: {weight: lots, value: 1}
+      b: {weight: 0, value: 2}
+    guardrails:
+      - {name: g, variant: b, metric: accuracy, detector: {kind: cusum, arl0: -1}, action: kill}
+      - {name: g, variant: b, metric: accuracy, detector: {kind: cusum}, action: kill}
+joins: {ttl: 1h}
+"""
+
+
+def test_schema_and_cross_field_problems_are_reported_in_one_run() -> None:
+    """A flag with schema problems is still checked across fields on the parts that parsed: the
+    flag without its broken rollout and unknown field; each guardrail at its own index, on the
+    fields that parsed (`search`, whose variants do not parse, on what its guardrails say of
+    themselves). Nothing is reported that the broken parts would only seem to cause: no `set
+    compare_to` for guardrail 3 (its compare_to is there, just not a string), no
+    `cannot kill the default` guessed from a variant that did not parse, no `needs
+    expected_rate` for guardrail 4 (its rate is there, just unreadable), no weights of `search`;
+    and each problem once."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(MANY_MISTAKES, "c.yaml")
+    known = "known: control, candidate"
+    ranker, search = "c.yaml:{}: flags.ranker.", "c.yaml:{}: flags.search."
+    assert info.value.problems == [
+        ranker.format(5) + f"default: default variant 'contrl' is not a variant; {known}",
+        ranker.format(6) + "colour: unknown field; allowed: default, description, expires, "
+        "guardrails, hooks, owner, positive_label, rollout, tags, targeting, task, temporary, "
+        "variants",
+        ranker.format(7) + "variants: weights of served variants must add up to 100, got 90 "
+        "(control=80, candidate=10)",
+        ranker.format(11)
+        + "targeting.if[0].$ref: unknown evaluator 'internl'; known ($evaluators): internal",
+        ranker.format(11) + f"targeting.if[1]: variant 'candidat' does not exist; {known}",
+        ranker.format(16) + "guardrails[0].detector.kind: unknown detector kind 'cusumm'; "
+        f"known kinds: {', '.join(registry.kinds())}",
+        ranker.format(17) + "guardrails[0].action: Input should be 'warn', 'hold', 'shift' or "
+        "'kill' (got 'explode')",
+        ranker.format(18) + "guardrails[1].name: duplicate guardrail name 'acc'",
+        ranker.format(20) + f"guardrails[1].compare_to: variant 'contrl' does not exist; {known}",
+        ranker.format(22) + "guardrails[1].detector: alpha must be a number in (0, 1), got 2",
+        ranker.format(24) + "guardrails[2].detector: required field is missing",
+        ranker.format(25) + f"guardrails[2].variant: variant 'candidat' does not exist; {known}",
+        ranker.format(27) + "guardrails[2].detecter: unknown field (did you mean 'detector'?); "
+        "allowed: action, compare_to, cooldown, detector, expected_rate, false_alarm_every, "
+        "feature, max_segments, metric, metric_segments, min_samples, name, segment_by, "
+        "shift_by, variant",
+        ranker.format(30) + "guardrails[3].variant: Input should be a valid string (got a list)",
+        ranker.format(31) + "guardrails[3].compare_to: Input should be a valid string (got 5)",
+        ranker.format(36) + "guardrails[4].expected_rate: expected a rate such as 40/s, "
+        "2400/m, 100000/d or events per second, got 'fast'",
+        ranker.format(37) + "rollout.alpha: Input should be less than 1 (got 2)",
+        search.format(41) + "variants.a.weight: Input should be a valid integer, unable to parse "
+        "string as an integer (got 'lots')",
+        search.format(44) + "guardrails[0].detector: give exactly one of target (accuracy after "
+        "the change) or drop",
+        search.format(45) + "guardrails[1].detector: give exactly one of target (accuracy after "
+        "the change) or drop",
+        search.format(45) + "guardrails[1].name: duplicate guardrail name 'g'",
+        "c.yaml:46: joins: unknown field (did you mean 'join'?); allowed: $evaluators, flags, "
+        "hooks, join",
     ]
