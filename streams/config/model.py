@@ -1252,11 +1252,33 @@ def _too_large(source: str, size: int) -> str:
     )
 
 
+def _unbuildable(root: yaml.Node | None) -> yaml.ScalarNode | None:
+    """The first scalar under ``root`` that YAML cannot build (its line for the error)."""
+    builder = _Loader("")  # the failed loader still holds the node it was building
+    try:
+        stack = [root] if root is not None else []
+        while stack:
+            node = stack.pop()
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    builder.construct_object(node)
+                except ValueError:
+                    return node
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(reversed(node.value))
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(n for pair in reversed(node.value) for n in reversed(pair))
+        return None
+    finally:
+        builder.dispose()
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate configuration text; ``ConfigError`` lists every problem."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError([_too_large(source, len(text.encode("utf-8", "replace")))])
     loader = _Loader(text)
+    root: yaml.Node | None = None
     try:  # one parse: the node tree gives line numbers, the data is built from it
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
@@ -1265,6 +1287,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    except ValueError as exc:  # a scalar YAML cannot build, e.g. the date 2024-13-01
+        node = _unbuildable(root)
+        where = f"{source}:{node.start_mark.line + 1}" if node is not None else source
+        value = f" {node.value!r}" if node is not None else ""
+        raise ConfigError([f"{where}: invalid YAML value{value}: {exc}"]) from None
     finally:
         loader.dispose()
     problems = _Problems(source, root)

@@ -103,6 +103,11 @@ BAD_CONFIGS = [
         [":6:", "invalid YAML"],
     ),
     (
+        "yaml-value-it-cannot-build",  # PyYAML raised ValueError: a traceback, not a problem
+        bad("    default: control", "    default: control\n    expires: 2024-13-01"),
+        [":4: invalid YAML value '2024-13-01': month must be in 1..12"],
+    ),
+    (
         "unknown-field",
         bad("        min_samples: 200", "        min_sample: 200"),
         [
