@@ -48,6 +48,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -95,6 +96,32 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _ThreadPerCall(concurrent.futures.ThreadPoolExecutor):
+    """The executor of a client's loop, which aiokafka uses to resolve the broker's host name:
+    a daemon thread per call. concurrent.futures' pools refuse work once the interpreter exits,
+    and the flush at exit (:func:`_close_at_exit`) may still have to connect, so a client that
+    had not yet connected lost every event it held when its bootstrap was a host name."""
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=call, name=f"{_THREAD_NAME}-call", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass  # nothing pooled: each call's thread ends with its call
 
 
 class _QuietKafkaLogs(logging.Filter):
@@ -1014,6 +1041,7 @@ class DriftswitchClient:
 
     def _run_loop(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
+        loop.set_default_executor(_ThreadPerCall())
         self._loop = loop
         asyncio.set_event_loop(loop)
         self._stopping = asyncio.Event()

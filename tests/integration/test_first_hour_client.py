@@ -9,15 +9,21 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from driftswitch.streams.client import DriftswitchClient
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.tools.broker import EmbeddedBroker
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_an_unclosed_client_delivers_its_events_at_interpreter_exit(
-    broker: EmbeddedBroker, topics: Topics, read_json: Callable[[str], list[Any]]
+    broker: EmbeddedBroker, topics: Topics, read_json: Callable[[str], list[Any]], host: str
 ) -> None:
+    # With a host name, the client has to resolve it at exit if it has not connected yet, after
+    # the interpreter's thread pools refuse work (every event was lost: "cannot reach Kafka").
     prefix = topics.predictions.name.rsplit(".predictions", 1)[0]
+    bootstrap = broker.bootstrap.replace("127.0.0.1", host)
     code = f"""
         import logging
         logging.basicConfig(level=logging.INFO)
@@ -25,7 +31,7 @@ def test_an_unclosed_client_delivers_its_events_at_interpreter_exit(
         from driftswitch.streams.contract.topics import Topics
 
         topics = Topics.with_prefix({prefix!r}, partitions=4)
-        client = DriftswitchClient({broker.bootstrap!r}, topics=topics)
+        client = DriftswitchClient({bootstrap!r}, topics=topics)
         client.start()
         for i in range(10):
             client.record_prediction(f"exit-{{i}}", "ranker", "control", 1)
