@@ -276,17 +276,6 @@ class _Delivery:
     broken: Exception | None = None  # the producer is unusable (make a new one)
 
 
-def _passing(exc: BaseException) -> bool:
-    """Whether a send failed for a reason that passes: no connection, no answer within
-    ``request_timeout_ms`` (aiokafka's ``KafkaTimeoutError``), no leader (aiokafka marks these
-    ``retriable``). Such events wait for the broker in the buffer instead of failing."""
-    from aiokafka.errors import KafkaTimeoutError
-
-    if isinstance(exc, KafkaTimeoutError | ConnectionError | TimeoutError):
-        return True
-    return bool(getattr(exc, "retriable", False))
-
-
 def _non_finite(value: Any, path: str) -> str | None:
     """The path of the first nan or infinite float in ``value`` (``None`` if there is none)."""
     if isinstance(value, float):
@@ -1330,6 +1319,8 @@ class DriftswitchClient:
         partition's batches one at a time anyway), so that a batch is handed over only once
         the one before it is delivered: when one fails for a passing reason, it and every
         record after it return to the buffer, and none of them overtakes another."""
+        from driftswitch.streams.kafka import connect as kafka
+
         role, partition = slot
         topic = self._topic_names[role]
         outcome = _Delivery()
@@ -1354,15 +1345,13 @@ class DriftswitchClient:
                 future = await producer.send_batch(batch, topic, partition=partition)
                 await future
             except Exception as exc:
-                from aiokafka.errors import KafkaError, ProducerClosed
-
-                if not _passing(exc):
-                    if isinstance(exc, KafkaError) and not isinstance(exc, ProducerClosed):
-                        # The broker refused this batch for good: the next ones may pass.
-                        outcome.failed += count
-                        log.warning("driftswitch: %d events not delivered: %r", count, exc)
-                        position = end
-                        continue
+                failure = kafka.send_failure(exc)
+                if failure is kafka.SendFailure.REFUSED:  # for good: the next ones may pass
+                    outcome.failed += count
+                    log.warning("driftswitch: %d events not delivered: %r", count, exc)
+                    position = end
+                    continue
+                if failure is kafka.SendFailure.BROKEN:
                     outcome.broken = exc
                 outcome.trouble = exc
                 outcome.retry.extend(index for index, _, _ in records[position:])

@@ -35,6 +35,7 @@ from driftswitch.streams.kafka.settings import (
 
 __all__ = [
     "Membership",
+    "SendFailure",
     "TopicRead",
     "caught_up",
     "check_membership",
@@ -53,6 +54,7 @@ __all__ = [
     "read_to_end",
     "rebalance_listener",
     "seek_to_start",
+    "send_failure",
     "ssl_context",
     "start",
     "stop_quietly",
@@ -169,6 +171,30 @@ async def stop_quietly(client: Any, timeout_s: float = 5.0) -> None:
     closer = getattr(client, "stop", None) or client.close
     with contextlib.suppress(Exception):
         await asyncio.wait_for(closer(), timeout_s)
+
+
+class SendFailure(enum.Enum):
+    """What a failed produce means for the records it carried (:func:`send_failure`)."""
+
+    #: No connection, no answer within ``request_timeout_ms``, no leader: send them again later.
+    PASSING = "passing"
+    #: The broker refused them for good (too large, not authorised): the next ones may pass.
+    REFUSED = "refused"
+    #: The producer itself is unusable (closed, or an error not Kafka's): make a new one.
+    BROKEN = "broken"
+
+
+def send_failure(exc: BaseException) -> SendFailure:
+    """Classify the exception a produce (``send_batch`` or its delivery) raised."""
+    from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
+
+    if isinstance(exc, KafkaTimeoutError | ConnectionError | TimeoutError):
+        return SendFailure.PASSING
+    if getattr(exc, "retriable", False):  # aiokafka's errors that pass (no leader, ...)
+        return SendFailure.PASSING
+    if isinstance(exc, KafkaError) and not isinstance(exc, ProducerClosed):
+        return SendFailure.REFUSED
+    return SendFailure.BROKEN
 
 
 async def start(client: Any, kafka: KafkaSettings) -> Any:

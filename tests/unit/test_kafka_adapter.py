@@ -389,3 +389,26 @@ def test_the_readme_table_lists_every_setting() -> None:
     for row, (field, var) in zip(rows, ENV.items(), strict=True):
         assert row.startswith(f"| `{var}` | `--kafka-{field.replace('_', '-')}` | ")
         assert f"| `{PROPERTIES[field]}` |" in row
+
+
+def test_a_failed_produce_is_classified_for_the_records_it_carried() -> None:
+    from aiokafka.errors import (
+        KafkaTimeoutError,
+        MessageSizeTooLargeError,
+        NotLeaderForPartitionError,
+        ProducerClosed,
+        TopicAuthorizationFailedError,
+    )
+
+    passing, refused, broken = (
+        kafka.SendFailure.PASSING,
+        kafka.SendFailure.REFUSED,
+        kafka.SendFailure.BROKEN,
+    )
+    assert kafka.send_failure(KafkaTimeoutError()) is passing  # no answer in request_timeout_ms
+    assert kafka.send_failure(NotLeaderForPartitionError()) is passing  # retriable
+    assert kafka.send_failure(ConnectionResetError()) is passing
+    assert kafka.send_failure(MessageSizeTooLargeError()) is refused
+    assert kafka.send_failure(TopicAuthorizationFailedError()) is refused
+    assert kafka.send_failure(ProducerClosed()) is broken
+    assert kafka.send_failure(RuntimeError("the producer's task died")) is broken
