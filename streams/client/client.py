@@ -410,6 +410,7 @@ class DriftswitchClient:
 
         self._buffer: collections.deque[_Pending] = collections.deque()
         self._lock = threading.Lock()
+        self._apply_lock = threading.Lock()
         self._recorded = 0
         self._dropped = 0
         self._in_flight = 0
@@ -465,7 +466,8 @@ class DriftswitchClient:
         child keeps the flag states read so far (served until it has read the topic itself)
         and starts with an empty buffer and zero counts (what the parent held, the parent
         sends); its client starts again on first use (:meth:`_start_after_fork`)."""
-        self._lock = threading.Lock()  # the parent's thread may have held it at the fork
+        self._lock = threading.Lock()  # the parent's thread may have held them at the fork
+        self._apply_lock = threading.Lock()
         self._bootstrapped = threading.Event()
         self._buffer = collections.deque()
         self._recorded = self._dropped = self._in_flight = self._sent = self._failed = 0
@@ -737,17 +739,20 @@ class DriftswitchClient:
         The follower calls this for every record; tests and embedders may call it directly.
         """
         self._last_update = time.monotonic()
-        held = self._flags.get(state.flag)
-        if held is not None and state.version <= held.state.version:
-            self._stale_ignored += 1
-            return False
-        split = Fractional.from_event(state)
-        served = {name for name, _ in split.fractions} or {state.default_variant}
-        only = next(iter(served)) if len(served) == 1 else None
-        targeted = state.targeting is not None or state.segments or state.rollout_gate
-        rule = served_targeting(state) if targeted else None
-        self._flags[state.flag] = _FlagEntry(state, split, only, rule)
-        self._flag_updates += 1
+        # One apply at a time (the follower's thread, an embedder's): an older state checked
+        # before a newer one was held must not replace it.
+        with self._apply_lock:
+            held = self._flags.get(state.flag)
+            if held is not None and state.version <= held.state.version:
+                self._stale_ignored += 1
+                return False
+            split = Fractional.from_event(state)
+            served = {name for name, _ in split.fractions} or {state.default_variant}
+            only = next(iter(served)) if len(served) == 1 else None
+            targeted = state.targeting is not None or state.segments or state.rollout_gate
+            rule = served_targeting(state) if targeted else None
+            self._flags[state.flag] = _FlagEntry(state, split, only, rule)
+            self._flag_updates += 1
         with self._lock:
             callbacks = list(self._callbacks)
         for callback in callbacks:

@@ -283,3 +283,42 @@ def test_an_evaluation_that_keeps_failing_logs_its_traceback_once_then_counts(
     assert records[-1].getMessage() == (
         "driftswitch: evaluating flag 'ranker' failed 512 times so far; serving the default"
     )
+
+
+def test_an_older_state_checked_before_a_newer_one_was_held_does_not_replace_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # apply() from two threads (the follower's, an embedder's): version 2 is checked against
+    # version 1 and is being prepared when version 3 comes; version 3 must be what is held.
+    import threading
+
+    from driftswitch.streams.client import client as module
+
+    def version(n: int) -> FlagChangeEvent:
+        return state(n, {"a": (50, False, 1), "b": (50, False, 2)}, "a")
+
+    client = unstarted()
+    client.apply(version(1))
+    preparing, newer_came = threading.Event(), threading.Event()
+    prepare = module.Fractional.from_event
+
+    def slow_for_version_2(event: FlagChangeEvent) -> Fractional:
+        if event.version == 2:
+            preparing.set()
+            newer_came.wait(0.5)  # with the lock, version 3 waits for this apply instead
+        return prepare(event)
+
+    monkeypatch.setattr(module.Fractional, "from_event", slow_for_version_2)
+    older = threading.Thread(target=client.apply, args=(version(2),))
+    older.start()
+    assert preparing.wait(10)
+
+    def newer() -> None:
+        newer_came.set()
+        client.apply(version(3))
+
+    later = threading.Thread(target=newer)
+    later.start()
+    older.join(10)
+    later.join(10)
+    assert held(client, "f").version == 3
