@@ -421,7 +421,8 @@ class DriftswitchClient:
         self._closed = False  # close() called and start() not called since: records are refused
         self._closed_warned = False
         self._restart = False  # forked while running: start again on first use (in the child)
-        self._failing_flags: dict[str, int] = {}  # evaluations that raised, per flag
+        #: Evaluations that raised, per (what was done, flag): how often, for the log.
+        self._failing_flags: dict[tuple[str, str], int] = {}
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -609,19 +610,23 @@ class DriftswitchClient:
             self._evaluation_failed(flag)
             return self._fallback(flag)
 
-    def _evaluation_failed(self, flag: str) -> None:
+    def _evaluation_failed(
+        self, flag: str, doing: str = "evaluating", serving: str = "the default"
+    ) -> None:
         """Log an evaluation that raised: the first of a flag with its traceback, then at 2, 4,
         8, ... failures a line with the count (a context every request sends, e.g. a value the
         rule cannot compare, must not flood the log)."""
-        key = flag if type(flag) is str else repr(flag)  # never raises: any argument
+        key = (doing, flag if type(flag) is str else repr(flag))  # never raises: any argument
         n = self._failing_flags[key] = self._failing_flags.get(key, 0) + 1
         if n == 1:
-            log.exception("driftswitch: evaluating flag %r failed; serving the default", flag)
+            log.exception("driftswitch: %s flag %r failed; serving %s", doing, flag, serving)
         elif n & (n - 1) == 0:
             log.warning(
-                "driftswitch: evaluating flag %r failed %d times so far; serving the default",
+                "driftswitch: %s flag %r failed %d times so far; serving %s",
+                doing,
                 flag,
                 n,
+                serving,
             )
 
     @staticmethod
@@ -891,7 +896,7 @@ class DriftswitchClient:
             self._enqueue("predictions", request_id, event)
             return [item for item, _ in merged]
         except Exception:
-            log.exception("driftswitch: interleaving flag %r failed; serving a plain ranking", flag)
+            self._evaluation_failed(flag, "interleaving", "a plain ranking")
             try:
                 first = next(iter(rankings.values()), [])
                 return [str(x) for x in first][: max(k, 0)]

@@ -7,6 +7,7 @@ import math
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -577,3 +578,27 @@ def test_the_example_events_kill_the_candidate_in_a_backtest() -> None:
     assert evidence["wins"] < evidence["losses"]  # type: ignore[operator]
     assert kill.cause.interval is not None
     assert kill.cause.interval[1] < 0.5
+
+
+def test_an_interleaving_that_keeps_failing_logs_its_traceback_once_then_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A ranking that is not a list of items fails the calls that use it: a plain ranking serves
+    # (the first given, truncated), and the log gets one traceback, then a line at 2, 4, 8, ...
+    client = DriftswitchClient("127.0.0.1:1", defaults={"search": "control"})
+    client.apply(_state({"control": 50, "candidate": 50}))
+    rankings: dict[str, Any] = {"control": A, "candidate": 7}
+    with caplog.at_level("WARNING", logger="driftswitch.streams.client.client"):
+        for i in range(100):
+            client.interleave("search", f"user-{i}", rankings, k=4, request_id=f"q-{i}")
+    # The calls that fail are those of users assigned the candidate (the others see control's
+    # ranking alone): logged at the 1st, 2nd, 4th, ... of them.
+    failed = sum(client.variant("search", f"user-{i}") == "candidate" for i in range(100))
+    assert failed > 8
+    counted = failed.bit_length() - 1  # the powers of two up to ``failed``, after the first
+    records = [r for r in caplog.records if "interleaving flag 'search' failed" in r.getMessage()]
+    assert [r.exc_info is not None for r in records] == [True] + [False] * counted
+    assert records[-1].getMessage() == (
+        f"driftswitch: interleaving flag 'search' failed {2**counted} times so far; "
+        "serving a plain ranking"
+    )
