@@ -402,15 +402,26 @@ class DriftswitchClient:
 
         self._flags: dict[str, _FlagEntry] = {}
         self._callbacks: list[Callable[[FlagChangeEvent], None]] = []
-        self._bootstrapped = threading.Event()
         self._last_update: float | None = None
         self._flag_updates = 0
         self._stale_ignored = 0
         self._bad_flag_records = 0
+        self._closed = False  # close() called and start() not called since: records are refused
+        self._closed_warned = False
+        #: Evaluations that raised, per (what was done, flag): how often, for the log.
+        self._failing_flags: dict[tuple[str, str], int] = {}
+        self._stop_timeout_s = 5.0
+        self.exit_timeout_s = exit_timeout_s
+        self._fresh_process_state()
+        self._restart = False  # forked while running: start again on first use (in the child)
 
-        self._buffer: collections.deque[_Pending] = collections.deque()
+    def _fresh_process_state(self) -> None:
+        """What belongs to this process's run of the client: the locks, the buffer and its
+        counts, the background thread and its loop (a forked child starts these afresh)."""
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
+        self._bootstrapped = threading.Event()
+        self._buffer: collections.deque[_Pending] = collections.deque()
         self._recorded = 0
         self._dropped = 0
         self._in_flight = 0
@@ -418,19 +429,11 @@ class DriftswitchClient:
         self._failed = 0
         self._producer_connected = False
         self._producer_failing = False  # set while the producer cannot connect
-        self._closed = False  # close() called and start() not called since: records are refused
-        self._closed_warned = False
-        self._restart = False  # forked while running: start again on first use (in the child)
-        #: Evaluations that raised, per (what was done, flag): how often, for the log.
-        self._failing_flags: dict[tuple[str, str], int] = {}
-
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._stop_timeout_s = 5.0
-        self.exit_timeout_s = exit_timeout_s
-        self._trouble = _Trouble(bootstrap)
+        self._trouble = _Trouble(self.bootstrap)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -466,18 +469,9 @@ class DriftswitchClient:
         """In a forked child: the parent's thread, loop and Kafka clients are not there. The
         child keeps the flag states read so far (served until it has read the topic itself)
         and starts with an empty buffer and zero counts (what the parent held, the parent
-        sends); its client starts again on first use (:meth:`_start_after_fork`)."""
-        self._lock = threading.Lock()  # the parent's thread may have held them at the fork
-        self._apply_lock = threading.Lock()
-        self._bootstrapped = threading.Event()
-        self._buffer = collections.deque()
-        self._recorded = self._dropped = self._in_flight = self._sent = self._failed = 0
-        self._producer_connected = self._producer_failing = False
-        self._thread = None
-        self._loop = None
-        self._stopping = None
-        self._tasks = []
-        self._trouble = _Trouble(self.bootstrap)
+        sends); its client starts again on first use (:meth:`_start_after_fork`). New locks
+        too: the parent's thread may have held one at the fork."""
+        self._fresh_process_state()
         self._restart = True
 
     def _start_after_fork(self) -> None:

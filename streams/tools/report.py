@@ -43,7 +43,6 @@ from driftswitch.streams.pipeline.backtest import (
 )
 from driftswitch.streams.pipeline.engine import Engine
 from driftswitch.streams.pipeline.monitor import Decision
-from driftswitch.streams.pipeline.segments import SegmentDecision
 
 __all__ = [
     "SAMPLES",
@@ -286,16 +285,13 @@ def _alarms(result: Backtest, data: ReportData, breaches: list[Decision]) -> Non
         if g is None:
             continue
         what = acted.get((d.flag, d.guardrail.name, d.ts), "no change")
-        if isinstance(d, SegmentDecision):
+        if isinstance(d, segments.SegmentDecision):
             what = f"{segments.label(d.segment)}: {what}"
         g["alarms"].append([d.ts, d.statistic, d.threshold, what])
         if d.statistic is not None:
             points = g["points"]
-            at = bisect_left(points, d.ts, key=_TS)
+            at = bisect_left(points, d.ts, key=itemgetter(0))
             points.insert(at, [d.ts, d.statistic, d.threshold])
-
-
-_TS: Callable[[list[Any]], float] = itemgetter(0)
 
 
 # --------------------------------------------------------------------------- drawing

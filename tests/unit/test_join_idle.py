@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import orjson
+import pytest
 
 from driftswitch.streams.config.model import parse_config
 from driftswitch.streams.contract.topics import Topics
@@ -117,7 +118,9 @@ class _Producer:
         return done
 
 
-def test_a_busy_partition_turns_idle_only_on_a_fresh_confirmation() -> None:
+def test_a_busy_partition_turns_idle_only_on_a_fresh_confirmation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # A process woken from a pause that cost it its partitions (a zombie) may find them caught
     # up at once (its last fetch answers are older than the pause). Its "idle", landing after
     # the new owner's "busy", would let the decide stage and the other partitions pass records
@@ -136,7 +139,7 @@ def test_a_busy_partition_turns_idle_only_on_a_fresh_confirmation() -> None:
         part.sent = part.announced = (100.0, False)  # busy so far
         for other in range(1, stage._partitions):
             part.horizons[other] = (-math.inf, True)  # the other partitions are idle
-        stage._busy = lambda part, t: False  # type: ignore[method-assign]  # all caught up
+        monkeypatch.setattr(stage, "_busy", lambda part, t: False)  # all caught up
 
         def said() -> tuple[set[bool], set[bool]]:
             observations = stage.topics.observations.name
