@@ -11,7 +11,8 @@ so a rule gives the same variant here as in flagd and every flagd OpenFeature pr
 :func:`served_targeting` combines a flag state's rule with its weights into the one expression
 the flagd document carries and the client evaluates:
 
-- the rule's result is served when it names a live (not killed) variant;
+- the rule's result is served when it names a live (not killed) variant; as in flagd, a boolean
+  result names the variant ``true`` or ``false``;
 - when it names a killed variant, the default variant is served (a kill moves exactly that
   variant's users to the default, as in :func:`driftswitch.streams.contract.assign.fractions`);
 - otherwise (``null``, or anything that is not a variant) the weights decide, through the same
@@ -474,10 +475,42 @@ def _served_rule(event: FlagChangeEvent) -> dict[str, Any] | None:
     live = [name for name, state in event.variants.items() if not state.killed]
     killed = [name for name, state in event.variants.items() if state.killed and name != default]
     branches: list[Any] = [{"in": [rule, live]}, rule]
+    branches += [
+        branch
+        for name in _BOOLEAN_NAMES
+        if name in live
+        for branch in (_yields_boolean(rule, name), name)
+    ]
     if killed and default_live:
         branches += [{"in": [rule, killed]}, default]
+        for name in _BOOLEAN_NAMES:
+            if name in killed:
+                branches += [_yields_boolean(rule, name), default]
     branches.append(weights)
     return {"if": branches}
+
+
+#: The variant names a boolean result of a rule names (flagd serves ``true`` as "true").
+_BOOLEAN_NAMES = ("true", "false")
+
+
+def _yields_boolean(rule: Any, name: str) -> dict[str, Any]:
+    """JSON Logic that holds when ``rule`` yields the boolean that flagd names ``name``.
+
+    ``in`` cannot test it: a boolean is not in a list of strings. ``===`` alone does not either:
+    panzi-json-logic (flagd's Python core) compares with Python's ``==``, where ``1 == True`` and
+    ``0 == False``, while flagd's Go and JavaScript evaluators compare strictly. ``cat`` tells
+    them apart in every interpreter: a boolean becomes "true"/"false" (Go, JavaScript) or
+    "True"/"False" (panzi), a number its digits, and a string that equals a boolean never passes
+    ``===``. So a rule yielding ``1`` names no variant anywhere, as in flagd.
+    """
+    value = name == "true"
+    return {
+        "and": [
+            {"===": [rule, value]},
+            {"in": [{"cat": [rule]}, [name, name.capitalize()]]},
+        ]
+    }
 
 
 def evaluate(

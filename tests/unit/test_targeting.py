@@ -8,6 +8,7 @@ the rule sets below.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import string
@@ -402,3 +403,92 @@ def test_a_kill_keeps_the_rule_and_a_reload_replaces_it() -> None:
         }
     finally:
         client.close()
+
+
+BOOLEAN = """\
+flags:
+  beta:
+    default: "false"
+    variants:
+      "true":  {weight: 30, value: ON}
+      "false": {weight: 70, value: OFF}
+    targeting:
+      if:
+        - {==: [{var: tier}, pro]}
+        - true
+        - {var: wanted}
+"""
+
+#: What ``wanted`` may be: booleans name a variant in flagd, as does the string "true"; numbers,
+#: other spellings and null do not (flagd's core names ``1`` "1", not "true"): the weights decide.
+WANTED: list[Any] = [True, False, 1, 0, 1.0, 0.0, "true", "True", "FALSE", None, [True], "nope"]
+
+
+def test_a_boolean_result_names_the_true_or_false_variant_as_flagd_does(tmp_path: Path) -> None:
+    # The oracle: flagd's own core given the flag's rule as written (no driftswitch wrapping),
+    # through openfeature-provider-flagd in file mode.
+    state = initial_state("beta", parse_config(BOOLEAN, "flags.yaml").flags["beta"])
+    raw = tmp_path / "raw.json"
+    raw.write_text(
+        json.dumps(
+            {
+                "flags": {
+                    "beta": {
+                        "state": "ENABLED",
+                        "variants": {"true": "ON", "false": "OFF"},
+                        "defaultVariant": "false",
+                        "targeting": state.targeting,
+                    }
+                }
+            }
+        )
+    )
+    weights = served_targeting(state.model_copy(update={"targeting": None}))
+    assert weights == {"fractional": [["true", 30], ["false", 70]]}
+    ours = DriftswitchClient("127.0.0.1:1")
+    flagd_log = logging.getLogger("openfeature.contrib")
+    level = flagd_log.level
+    flagd_log.setLevel(logging.CRITICAL)  # flagd logs every result that names no variant
+    try:
+        assert ours.apply(state)
+        flagd = ready_client(
+            "boolean-raw",
+            FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(raw)),
+        )
+        served: dict[str, set[str]] = {}
+        for i in range(600):
+            key = f"user-{i}"
+            wanted = WANTED[i % len(WANTED)]
+            attributes = {"tier": "pro" if i % 7 == 0 else "free", "wanted": wanted}
+            context = EvaluationContext(key, attributes)
+            theirs = flagd.get_string_details("beta", "fallback", context)
+            expected = (
+                theirs.variant
+                if theirs.reason == Reason.TARGETING_MATCH
+                else evaluate("beta", weights, key, attributes)
+            )
+            got = ours.resolve("beta", key, attributes)
+            assert (got.variant, repr(wanted), attributes["tier"]) == (
+                expected,
+                repr(wanted),
+                attributes["tier"],
+            )
+            assert got.reason == "targeting"
+            served.setdefault(repr(wanted) if attributes["tier"] == "free" else "pro", set()).add(
+                str(got.variant)
+            )
+        # Every kind of result was met: booleans name their variant, everything else splits.
+        assert served["pro"] == served["True"] == served["'true'"] == {"true"}
+        assert served["False"] == {"false"}
+        for other in ("1", "0", "1.0", "0.0", "'True'", "'FALSE'", "None", "[True]", "'nope'"):
+            assert served[other] == {"true", "false"}, other
+        # A kill of "true" sends the users a boolean true names to the default, as any kill.
+        kill = Command(action=CommandAction.KILL, flag="beta", variant="true", actor="t")
+        killed = transition(state, parse_config(BOOLEAN, "flags.yaml").flags["beta"], kill, 1.0)
+        assert killed is not None
+        assert ours.apply(killed)
+        assert {ours.variant("beta", f"u{i}", {"tier": "pro"}) for i in range(50)} == {"false"}
+    finally:
+        flagd_log.setLevel(level)
+        api.clear_providers()
+        ours.close()
