@@ -214,6 +214,13 @@ _ARITY: dict[str, tuple[int, int | None]] = {
 
 KNOWN_OPERATORS = frozenset(_ARITY)
 
+#: Operators whose result is always ``true`` or ``false`` (or ``null``): as a rule's result they
+#: can only name the variants ``true`` and ``false``.
+_YIELDS_BOOLEAN = frozenset(
+    {"!", "!!", "==", "!=", "===", "!==", "<", "<=", ">", ">=", "in"}
+    | {"starts_with", "ends_with", "sem_ver", "all", "some", "none"}
+)
+
 
 def _plural(n: int) -> str:
     return f"{n} argument" + ("" if n == 1 else "s")
@@ -300,6 +307,16 @@ def _check(
             problems.append(
                 (path, f"variant {node!r} does not exist; known: {', '.join(variants)}")
             )
+        elif result and isinstance(node, bool) and variants is not None:
+            name = variant_name(node)
+            if name not in variants:
+                problems.append(
+                    (
+                        path,
+                        f"variant {name!r} does not exist ({name} names it, as in flagd); known: "
+                        f"{', '.join(variants)}; null lets the weights decide",
+                    )
+                )
         return
     if len(node) != 1:
         keys = ", ".join(repr(k) for k in node) or "none"
@@ -347,6 +364,20 @@ def _check(
     if op == "fractional":
         _check_fractional(items, variants, evaluators, here, problems, seen)
         return
+    if (
+        result
+        and op in _YIELDS_BOOLEAN
+        and variants is not None
+        and not any(name in variants for name in _BOOLEAN_NAMES)
+    ):
+        problems.append(
+            (
+                here,
+                f"variant 'true' or 'false' does not exist ({op!r} yields one, and names it, as "
+                f"in flagd); known: {', '.join(variants)}; to serve a variant when it holds, "
+                f"make it a condition: if: [<this>, <variant>, null]",
+            )
+        )
     for i, item in enumerate(items):
         branch = op in ("if", "?:") and result and (i % 2 == 1 or i == len(items) - 1)
         if op == "?:":

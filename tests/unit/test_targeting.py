@@ -349,6 +349,36 @@ BAD_RULES = [
         ],
     ),
     (
+        "boolean-result-without-its-variant",
+        GOOD.replace("- candidate", "- true"),
+        [
+            ":10: flags.ranker.targeting.if[1]",
+            "variant 'true' does not exist (true names it, as in flagd)",
+            "known: control, candidate",
+        ],
+    ),
+    (
+        "comparison-as-the-result",
+        GOOD.split("    targeting:")[0] + "    targeting: {in: [{var: region}, [nz, au]]}\n",
+        [
+            ":7: flags.ranker.targeting.in",
+            "variant 'true' or 'false' does not exist ('in' yields one",
+            "if: [<this>, <variant>, null]",
+        ],
+    ),
+    (
+        "comparison-as-the-result-through-a-ref",
+        "$evaluators:\n  staff: {ends_with: [{var: email}, '@example.com']}\n"
+        + GOOD.replace("- {in: [{var: region}, [nz, au]]}\n        - candidate", "- true").replace(
+            "- null", "- {$ref: staff}"
+        ),
+        [
+            ":12: flags.ranker.targeting.if[1].$ref.ends_with",
+            "variant 'true' or 'false' does not exist ('ends_with' yields one",
+            "(through $evaluators.staff)",
+        ],
+    ),
+    (
         "evaluator-cycle",
         "$evaluators:\n  a: {$ref: b}\n  b: {$ref: a}\n" + GOOD,
         [":2: $evaluators.a", "cycle: a -> b -> a"],
@@ -372,7 +402,7 @@ def test_bad_rule_is_rejected_by_validate(tmp_path: Path, text: str, expected: l
 
 
 def test_good_rules_validate(tmp_path: Path) -> None:
-    for text in (GOOD, CONFIG):
+    for text in (GOOD, CONFIG, BOOLEAN):
         path = tmp_path / "flags.yaml"
         path.write_text(textwrap.dedent(text), encoding="utf-8")
         result = CliRunner().invoke(main, ["validate", str(path)])
