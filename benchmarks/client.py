@@ -5,16 +5,14 @@ client's background thread shares the core with the caller, as in a single-core 
 Prints:
 
 1. ``variant()`` calls/s: the bare :class:`~driftswitch.streams.contract.assign.Fractional`, the
-client,
-   ``resolve()``, and our OpenFeature provider through the OpenFeature API;
+   client, ``resolve()``, and our OpenFeature provider through the OpenFeature API;
 2. event-record calls/s: ``record_prediction()`` into the buffer (no broker), and with an
    embedded broker while the background thread sends (plus the delivered rate after ``flush``);
 3. kill/restore propagation: seconds from the broker's acknowledgement of a flag change until the
    client, our OpenFeature provider and openfeature-provider-flagd in file mode (reading the file
    :class:`~driftswitch.streams.contract.flagd.FlagdFile` writes from the client's callbacks; it
-   polls
-   every 500 ms by default) all serve the new state, over ``--changes`` changes published at
-   random moments.
+   polls every 500 ms by default) all serve the new state, over ``--changes`` changes published
+   at random moments.
 
 Run: ``.venv/bin/python benchmarks/client.py [--calls N] [--events N] [--changes N]``.
 """
