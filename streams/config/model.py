@@ -723,13 +723,39 @@ def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[st
 #: typo (`varient`, `detecter`, `guardrail`) is above, an unrelated word (`colour` and
 #: `rollout`: 0.62) below.
 _NEAR_MISS = 0.7
+#: Shortest name suggested for being one edit away (:func:`_one_edit_apart`): a one- or
+#: two-letter word is one edit away from too many others for that to say it is a typo.
+_ONE_EDIT_MIN_CHARS = 3
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by one edit: one letter inserted, deleted or replaced, or
+    two adjacent letters swapped (Damerau-Levenshtein distance 1).
+
+    difflib's ratio misses such a typo in a short name (`tll` for `ttl` is 0.67: one letter of
+    three is off), though it is as plainly a typo as `detecter` is."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0  # the first position where they differ
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):  # one letter inserted at i
+        return a[i:] == b[i + 1 :]
+    replaced = a[i + 1 :] == b[i + 1 :]
+    swapped = a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :]
+    return replaced or swapped
 
 
 def _unknown_field_message(unknown: str | int, allowed: list[str] | None) -> str:
     """``unknown field``, with the closest allowed name when it looks like a typo of one."""
     if not allowed:
         return "unknown field"
-    close = difflib.get_close_matches(str(unknown), allowed, n=1, cutoff=_NEAR_MISS)
+    word = str(unknown)
+    close = difflib.get_close_matches(word, allowed, n=1, cutoff=_NEAR_MISS)
+    if not close and len(word) >= _ONE_EDIT_MIN_CHARS:
+        close = [name for name in allowed if _one_edit_apart(word, name)][:1]
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown field{guess}; allowed: {', '.join(allowed)}"
 

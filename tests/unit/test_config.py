@@ -15,6 +15,7 @@ from driftswitch.detectors import registry
 from driftswitch.streams.config.model import (
     GuardrailAction,
     Metric,
+    _one_edit_apart,
     load_config,
     parse_config,
     parse_duration,
@@ -433,6 +434,55 @@ def test_an_unknown_field_unlike_any_allowed_suggests_none() -> None:
         "guardrails, hooks, owner, positive_label, rollout, tags, targeting, task, temporary, "
         "variants"
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (  # difflib's ratio of `tll` and `ttl` is 0.67, under the cutoff
+            "join: {tll: 1h}\n",
+            "c.yaml:20: join.tll: unknown field (did you mean 'ttl'?); allowed: allowed_lateness, "
+            "idle_after, max_clock_skew, max_pending, ttl",
+        ),
+        (  # two adjacent letters swapped: 0.67 too
+            "hooks:\n  - {ulr: https://hooks.example.com/x, format: slack}\n",
+            "c.yaml:21: hooks[0].ulr: unknown field (did you mean 'url'?); allowed: backoff, "
+            "format, max_attempts, max_backoff, name, secret_env, timeout, url, url_env, "
+            "warn_resolve_after",
+        ),
+        (  # two letters off: not a typo of `ttl`, no guess
+            "join: {lat: 1h}\n",
+            "c.yaml:20: join.lat: unknown field; allowed: allowed_lateness, idle_after, "
+            "max_clock_skew, max_pending, ttl",
+        ),
+    ],
+    ids=["one-letter-replaced", "adjacent-letters-swapped", "two-letters-off"],
+)
+def test_a_short_field_one_edit_away_is_suggested(extra: str, expected: str) -> None:
+    """A short name one edit from an allowed one is suggested, though difflib's ratio is low."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + extra, "c.yaml")
+    assert info.value.problems == [expected]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "apart"),
+    [
+        ("tll", "ttl", True),  # replaced
+        ("ulr", "url", True),  # adjacent letters swapped
+        ("owner", "onwer", True),  # swapped in the middle
+        ("tags", "tag", True),  # deleted
+        ("ttl", "ttll", True),  # inserted
+        ("ttl", "ttl", False),  # the same
+        ("abcd", "badc", False),  # two swaps
+        ("abc", "cba", False),  # swapped but not adjacent
+        ("url", "url_env", False),  # four letters more
+        ("colour", "rollout", False),
+    ],
+)
+def test_one_edit_apart(a: str, b: str, apart: bool) -> None:
+    assert _one_edit_apart(a, b) is apart
+    assert _one_edit_apart(b, a) is apart
 
 
 MANY_MISTAKES = """\
