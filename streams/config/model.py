@@ -25,12 +25,12 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -723,13 +723,39 @@ def _allowed_fields(model: type[BaseModel], loc: Sequence[str | int]) -> list[st
 #: typo (`varient`, `detecter`, `guardrail`) is above, an unrelated word (`colour` and
 #: `rollout`: 0.62) below.
 _NEAR_MISS = 0.7
+#: Shortest name suggested for being one edit away (:func:`_one_edit_apart`): a one- or
+#: two-letter word is one edit away from too many others for that to say it is a typo.
+_ONE_EDIT_MIN_CHARS = 3
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by one edit: one letter inserted, deleted or replaced, or
+    two adjacent letters swapped (Damerau-Levenshtein distance 1).
+
+    difflib's ratio misses such a typo in a short name (`tll` for `ttl` is 0.67: one letter of
+    three is off), though it is as plainly a typo as `detecter` is."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0  # the first position where they differ
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):  # one letter inserted at i
+        return a[i:] == b[i + 1 :]
+    replaced = a[i + 1 :] == b[i + 1 :]
+    swapped = a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :]
+    return replaced or swapped
 
 
 def _unknown_field_message(unknown: str | int, allowed: list[str] | None) -> str:
     """``unknown field``, with the closest allowed name when it looks like a typo of one."""
     if not allowed:
         return "unknown field"
-    close = difflib.get_close_matches(str(unknown), allowed, n=1, cutoff=_NEAR_MISS)
+    word = str(unknown)
+    close = difflib.get_close_matches(word, allowed, n=1, cutoff=_NEAR_MISS)
+    if not close and len(word) >= _ONE_EDIT_MIN_CHARS:
+        close = [name for name in allowed if _one_edit_apart(word, name)][:1]
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown field{guess}; allowed: {', '.join(allowed)}"
 
@@ -781,58 +807,100 @@ def _value_kind(value: object) -> str:
 _GuardrailPart = tuple[int, Guardrail, frozenset[str] | None]
 
 
+@dataclass(frozen=True)
+class _FlagParsed:
+    """Which fields of a flag's variants and rollout parsed, when some did not.
+
+    A rule is checked only if every field it reads parsed: a rule that reads a broken field would
+    report a guess, or the same mistake again in other words.
+    """
+
+    #: The fields that parsed of each variant with schema problems (a variant not named here
+    #: parsed whole; one that is not a mapping has none).
+    variants: Mapping[str, frozenset[str]]
+    #: The fields of the rollout that parsed; None: all of them.
+    rollout: frozenset[str] | None
+
+    def variant_has(self, name: str, *fields: str) -> bool:
+        """Whether ``fields`` of the variant ``name`` parsed."""
+        parsed = self.variants.get(name)
+        return parsed is None or parsed.issuperset(fields)
+
+    def rollout_has(self, *fields: str) -> bool:
+        """Whether ``fields`` of the rollout parsed."""
+        return self.rollout is None or self.rollout.issuperset(fields)
+
+
+#: A flag that parsed whole.
+_ALL_PARSED = _FlagParsed(variants={}, rollout=None)
+
+
 def _check_flag(
-    problems: _Problems, name: str, flag: FlagConfig | None, guardrails: Sequence[_GuardrailPart]
+    problems: _Problems,
+    name: str,
+    flag: FlagConfig | None,
+    guardrails: Sequence[_GuardrailPart],
+    parsed: _FlagParsed = _ALL_PARSED,
 ) -> None:
     """Cross-field rules pydantic cannot express, each reported at its own path.
 
-    ``flag`` is None when its variants or default did not parse: then only what the guardrails
-    say of themselves is checked.
+    ``flag`` is None when its variant names or default did not parse: then only what the
+    guardrails say of themselves is checked. With ``parsed``, the flag's variants and rollout are
+    checked on the fields that parsed (the others are not set on ``flag``).
     """
     here: list[str | int] = ["flags", name]
     if flag is not None:
-        _check_variants(problems, here, flag)
+        _check_variants(problems, here, flag, parsed)
     seen: set[str] = set()
-    for i, g, parsed in guardrails:
-        _check_guardrail(problems, [*here, "guardrails", i], flag, g, parsed)
-        if parsed is not None and "name" not in parsed:
+    for i, g, g_parsed in guardrails:
+        _check_guardrail(problems, [*here, "guardrails", i], flag, g, g_parsed)
+        if g_parsed is not None and "name" not in g_parsed:
             continue
         if g.name in seen:
             problems.add([*here, "guardrails", i, "name"], f"duplicate guardrail name {g.name!r}")
         seen.add(g.name)
 
 
-def _check_variants(problems: _Problems, here: list[str | int], flag: FlagConfig) -> None:
-    """The variants, the default and the rollout."""
-    served = {n: v for n, v in flag.variants.items() if not v.shadow}
+def _check_variants(
+    problems: _Problems, here: list[str | int], flag: FlagConfig, parsed: _FlagParsed
+) -> None:
+    """The variants, the default and the rollout; on the fields that parsed (``parsed``)."""
     for vname, v in flag.variants.items():
-        if v.shadow and v.weight:
+        if parsed.variant_has(vname, "shadow", "weight") and v.shadow and v.weight:
             problems.add(
                 [*here, "variants", vname, "weight"], "a shadow variant must have weight 0"
             )
-    kinds = {vname: _value_kind(v.value) for vname, v in flag.variants.items()}
+    # Two values that parsed and differ in kind differ whatever a value that did not parse is.
+    kinds = {
+        vname: _value_kind(v.value)
+        for vname, v in flag.variants.items()
+        if parsed.variant_has(vname, "value")
+    }
     if len(set(kinds.values())) > 1:
         problems.add(
             [*here, "variants"],
             "variant values must all be of one kind (flagd evaluates a flag as boolean, string, "
             f"number or object), got {', '.join(f'{n}: {k}' for n, k in kinds.items())}",
         )
-    total = sum(v.weight for v in served.values())
-    if total != 100:
-        problems.add(
-            [*here, "variants"],
-            f"weights of served variants must add up to 100, got {total} "
-            f"({', '.join(f'{n}={v.weight}' for n, v in served.items())})",
-        )
+    # The sum needs every weight, and every `shadow` (which says whether a weight counts).
+    if all(parsed.variant_has(vname, "weight", "shadow") for vname in flag.variants):
+        served = {n: v for n, v in flag.variants.items() if not v.shadow}
+        total = sum(v.weight for v in served.values())
+        if total != 100:
+            problems.add(
+                [*here, "variants"],
+                f"weights of served variants must add up to 100, got {total} "
+                f"({', '.join(f'{n}={v.weight}' for n, v in served.items())})",
+            )
     known = ", ".join(flag.variants)
     if flag.default not in flag.variants:
         problems.add(
             [*here, "default"], f"default variant {flag.default!r} is not a variant; known: {known}"
         )
-    elif flag.variants[flag.default].shadow:
+    elif parsed.variant_has(flag.default, "shadow") and flag.variants[flag.default].shadow:
         problems.add([*here, "default"], "the default variant cannot be a shadow variant")
     if flag.rollout is not None:
-        _check_rollout(problems, [*here, "rollout"], flag, flag.rollout, known)
+        _check_rollout(problems, [*here, "rollout"], flag, flag.rollout, known, parsed)
 
 
 def _check_guardrail(
@@ -1013,7 +1081,8 @@ def _check_budget(
 
 
 #: Flag fields no cross-field rule reads beside their own: one that does not parse is left out
-#: and the rest of the flag checked (a broken rollout or targeting is not checked further).
+#: and the rest of the flag checked (a broken targeting is not checked further, nor a rollout
+#: that is not a mapping; a rollout with fields in error is checked on the others).
 _FLAG_FIELDS_APART = frozenset(
     {
         "description",
@@ -1036,53 +1105,98 @@ def _error_loc(err: Mapping[str, Any]) -> list[str | int]:
 
 def _flag_parts(
     fdata: object, exc: ValidationError
-) -> tuple[FlagConfig | None, list[_GuardrailPart]]:
+) -> tuple[FlagConfig | None, _FlagParsed, list[_GuardrailPart]]:
     """What of a flag can be checked across fields although its schema failed (``exc``).
 
-    The flag without the fields in error that nothing else reads (rollout, hooks, ...) and without
-    unknown fields, or None when its variants or default are in error (then every rule involving
-    them is skipped rather than guessed); and each guardrail at its index in the file, with the
-    fields that parsed when some did not.
+    The flag without the fields in error that nothing else reads (hooks, ...) and without unknown
+    fields, its variants and rollout with the fields that parsed when some did not (named in the
+    ``_FlagParsed``); or None when its variants as a whole, a variant's name or the default are
+    in error (then every rule involving them is skipped rather than guessed). And each guardrail
+    at its index in the file, with the fields that parsed when some did not.
     """
     if not isinstance(fdata, dict):
-        return None, []
+        return None, _ALL_PARSED, []
     core_ok = True
     left_out: set[str] = set()
     guardrail_errors: dict[int, set[str | int]] = {}
+    variant_errors: dict[str, set[str | int]] = {}
+    rollout_errors: set[str | int] = set()
     for loc in map(_error_loc, exc.errors(include_url=False)):
         top = loc[0] if loc else None
         if top == "guardrails" and len(loc) >= 2 and isinstance(loc[1], int):
             guardrail_errors.setdefault(loc[1], set()).add(loc[2] if len(loc) > 2 else "")
+        elif top == "variants" and len(loc) >= 2 and isinstance(loc[1], str) and "[key]" not in loc:
+            # The variant's fields, or the variant is not a mapping: its name stands either way.
+            variant_errors.setdefault(loc[1], set()).add(loc[2] if len(loc) > 2 else "")
+        elif top == "rollout" and len(loc) >= 2:
+            rollout_errors.add(loc[1])
         elif top == "guardrails" or top in _FLAG_FIELDS_APART:
             left_out.add(str(top))
         elif isinstance(top, str) and top not in FlagConfig.model_fields:  # an unknown field
             left_out.add(top)
-        else:  # variants, default, or the flag is not a mapping
+        else:  # the variants as a whole, a variant's name, default, or the flag is not a mapping
             core_ok = False
     flag: FlagConfig | None = None
+    parsed = _ALL_PARSED
     if core_ok:
-        rest = {k: v for k, v in fdata.items() if k not in left_out and k != "guardrails"}
-        try:
-            flag = FlagConfig.model_validate(rest)
-        except ValidationError:  # not expected: the errors above were all set apart
-            flag = None
+        variants: dict[str, VariantConfig] = {}
+        variants_parsed: dict[str, frozenset[str]] = {}
+        for vname, v in fdata["variants"].items():
+            if vname not in variant_errors:
+                variants[vname] = VariantConfig.model_validate(v)
+            elif isinstance(v, dict) and "" not in variant_errors[vname]:
+                variants[vname], variants_parsed[vname] = _parsed_fields(
+                    VariantConfig, v, variant_errors[vname]
+                )
+            else:  # not a mapping: its name is all there is, none of its fields parsed
+                variants[vname], variants_parsed[vname] = _parsed_fields(
+                    VariantConfig, {}, set(VariantConfig.model_fields)
+                )
+        raw_rollout = fdata.get("rollout")
+        rollout: RolloutConfig | None = None
+        rollout_parsed: frozenset[str] | None = None
+        if "rollout" in left_out or raw_rollout is None:
+            pass
+        elif not rollout_errors:
+            rollout = RolloutConfig.model_validate(raw_rollout)
+        elif isinstance(raw_rollout, dict):
+            rollout, rollout_parsed = _parsed_fields(RolloutConfig, raw_rollout, rollout_errors)
+        rest = _parsed_values(
+            FlagConfig, fdata, left_out | {"guardrails", "variants", "rollout"}
+        )  # guardrails are checked one by one below
+        flag = FlagConfig.model_construct(**rest, variants=variants, rollout=rollout)
+        parsed = _FlagParsed(variants=variants_parsed, rollout=rollout_parsed)
     raw = fdata.get("guardrails")
     if "guardrails" in left_out or not isinstance(raw, list):
-        return flag, []
+        return flag, parsed, []
     parts: list[_GuardrailPart] = []
     for i, g in enumerate(raw):
         if i not in guardrail_errors:
             parts.append((i, Guardrail.model_validate(g), None))
         elif isinstance(g, dict) and "" not in guardrail_errors[i]:
-            parts.append((i, *_parsed_fields(g, guardrail_errors[i])))
-    return flag, parts
+            parts.append((i, *_parsed_fields(Guardrail, g, guardrail_errors[i])))
+    return flag, parsed, parts
 
 
-def _parsed_fields(raw: dict[str, Any], bad: set[str | int]) -> tuple[Guardrail, frozenset[str]]:
-    """A guardrail with only the fields that parsed set (a field left unset has its default),
-    and their names."""
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _parsed_fields(
+    model: type[_M], raw: dict[str, Any], bad: Set[str | int]
+) -> tuple[_M, frozenset[str]]:
+    """A ``model`` (a guardrail, a variant, a rollout) with only the fields that parsed set (a
+    field left unset has its default), and their names."""
+    values = _parsed_values(model, raw, bad)
+    return model.model_construct(**values), frozenset(values)
+
+
+def _parsed_values(
+    model: type[BaseModel], raw: dict[str, Any], bad: Set[str | int]
+) -> dict[str, Any]:
+    """The fields of ``model`` in ``raw`` that parse, each on its own (those in ``bad`` are
+    skipped: they have errors), and the defaults of those not in ``raw``."""
     values: dict[str, Any] = {}
-    for name, field in Guardrail.model_fields.items():
+    for name, field in model.model_fields.items():
         if name in bad:
             continue
         if name not in raw:
@@ -1090,16 +1204,16 @@ def _parsed_fields(raw: dict[str, Any], bad: set[str | int]) -> tuple[Guardrail,
                 values[name] = field.get_default(call_default_factory=True)
             continue
         try:
-            values[name] = _field_adapter(name).validate_python(raw[name])
+            values[name] = _field_adapter(model, name).validate_python(raw[name])
         except ValidationError:  # not expected: the field had no error of its own
             continue
-    return Guardrail.model_construct(**values), frozenset(values)
+    return values
 
 
 @functools.cache
-def _field_adapter(name: str) -> TypeAdapter[Any]:
-    """Validates one field of a guardrail on its own."""
-    field = Guardrail.model_fields[name]
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """Validates one field of a model on its own."""
+    field = model.model_fields[name]
     annotation: Any = field.annotation
     if field.metadata:  # constraints (ge=0, ...) and validators (a duration's)
         annotation = Annotated[annotation, *field.metadata]
@@ -1114,76 +1228,109 @@ def assignment_order(flag: FlagConfig) -> list[str]:
 
 
 def _check_rollout(
-    problems: _Problems, here: list[str | int], flag: FlagConfig, r: RolloutConfig, known: str
+    problems: _Problems,
+    here: list[str | int],
+    flag: FlagConfig,
+    r: RolloutConfig,
+    known: str,
+    parsed: _FlagParsed,
 ) -> None:
-    """The rollout's cross-field rules; each problem at its own path."""
-    candidate = flag.variants.get(r.variant)
-    if candidate is None:
-        problems.add([*here, "variant"], f"variant {r.variant!r} does not exist; known: {known}")
-    control = r.control(flag)
-    if control == r.variant:
+    """The rollout's cross-field rules; each problem at its own path. A rule is checked only if
+    the fields it reads, of the rollout and of the variants, parsed (``parsed``)."""
+    has = parsed.rollout_has
+    candidate: VariantConfig | None = None
+    if has("variant"):
+        candidate = flag.variants.get(r.variant)
+        if candidate is None:
+            problems.add(
+                [*here, "variant"], f"variant {r.variant!r} does not exist; known: {known}"
+            )
+    # The control is `compare_to`, or the default when unset: unknown if `compare_to` is broken.
+    control = r.control(flag) if has("compare_to") else None
+    if control is not None and has("variant") and control == r.variant:
         problems.add(
             [*here, "compare_to" if r.compare_to is not None else "variant"],
             f"the candidate {r.variant!r} cannot be compared to itself"
             + ("" if r.compare_to is not None else " (compare_to defaults to the flag's default)"),
         )
-    elif control not in flag.variants:
-        problems.add([*here, "compare_to"], f"variant {control!r} does not exist; known: {known}")
-    elif flag.variants[control].shadow:
+    elif control is not None and control not in flag.variants:
+        # An unset compare_to is the default: one that is not a variant is said at `default`.
+        if r.compare_to is not None:
+            problems.add(
+                [*here, "compare_to"], f"variant {control!r} does not exist; known: {known}"
+            )
+    elif (
+        control is not None
+        and parsed.variant_has(control, "shadow")
+        and flag.variants[control].shadow
+    ):
         problems.add(
             [*here, "compare_to"],
             f"control {control!r} is a shadow variant: it serves no traffic to give",
         )
-    for i in range(1, len(r.steps)):
-        if r.steps[i] <= r.steps[i - 1]:
-            problems.add(
-                [*here, "steps", i],
-                f"steps must increase strictly, got {r.steps[i]} after {r.steps[i - 1]}",
-            )
-    if r.metric not in ROLLOUT_METRICS:
+    if has("steps"):
+        for i in range(1, len(r.steps)):
+            if r.steps[i] <= r.steps[i - 1]:
+                problems.add(
+                    [*here, "steps", i],
+                    f"steps must increase strictly, got {r.steps[i]} after {r.steps[i - 1]}",
+                )
+    if has("metric") and r.metric not in ROLLOUT_METRICS:
         problems.add(
             [*here, "metric"],
             f"a rollout compares {', '.join(m.value for m in ROLLOUT_METRICS)}; "
             f"got {r.metric.value!r}",
         )
-    if r.metric is Metric.INTERLEAVING and r.margin >= 0.5:
+    if has("metric", "margin") and r.metric is Metric.INTERLEAVING and r.margin >= 0.5:
         problems.add(
             [*here, "margin"],
             f"with metric 'interleaving' the margin is in win-probability units, in [0, 0.5); "
             f"got {r.margin}",
         )
-    if r.max_duration is not None and r.max_duration < r.min_duration:
+    if (
+        has("min_duration", "max_duration")
+        and r.max_duration is not None
+        and r.max_duration < r.min_duration
+    ):
         problems.add([*here, "max_duration"], "max_duration must be at least min_duration")
-    if r.segments is not None:
-        _check_rollout_segments(problems, [*here, "segments"], r)
-    if candidate is None or control == r.variant or control not in flag.variants:
+    if has("segments") and r.segments is not None:
+        _check_rollout_segments(problems, [*here, "segments"], r, has)
+    if candidate is None or control is None or control == r.variant or control not in flag.variants:
         return
-    others = sum(
-        v.weight for n, v in flag.variants.items() if n not in (r.variant, control) and not v.shadow
-    )
-    if r.steps and r.steps[-1] > 100 - others:
-        problems.add(
-            [*here, "steps", len(r.steps) - 1],
-            f"the last step ({r.steps[-1]}) leaves no room for the other variants' weight "
-            f"({others}): at most {100 - others}",
-        )
-    if candidate.shadow and not r.promote_shadow:
-        problems.add(
-            [*here, "promote_shadow"],
-            f"{r.variant!r} is a shadow variant: set `promote_shadow: true` to roll it out",
-        )
-    if r.promote_shadow and not candidate.shadow:
-        problems.add(
-            [*here, "promote_shadow"],
-            f"{r.variant!r} is not a shadow variant (`shadow: true`); it starts at its weight",
-        )
-    if not candidate.shadow and r.steps and candidate.weight != r.steps[0]:
+    # From here on, rules between the candidate and its control, which both exist.
+    others = [n for n in flag.variants if n not in (r.variant, control)]
+    if has("steps") and r.steps and all(parsed.variant_has(n, "weight", "shadow") for n in others):
+        other_weight = sum(flag.variants[n].weight for n in others if not flag.variants[n].shadow)
+        if r.steps[-1] > 100 - other_weight:
+            problems.add(
+                [*here, "steps", len(r.steps) - 1],
+                f"the last step ({r.steps[-1]}) leaves no room for the other variants' weight "
+                f"({other_weight}): at most {100 - other_weight}",
+            )
+    if has("promote_shadow") and parsed.variant_has(r.variant, "shadow"):
+        if candidate.shadow and not r.promote_shadow:
+            problems.add(
+                [*here, "promote_shadow"],
+                f"{r.variant!r} is a shadow variant: set `promote_shadow: true` to roll it out",
+            )
+        if r.promote_shadow and not candidate.shadow:
+            problems.add(
+                [*here, "promote_shadow"],
+                f"{r.variant!r} is not a shadow variant (`shadow: true`); it starts at its weight",
+            )
+    if (
+        has("steps")
+        and parsed.variant_has(r.variant, "shadow", "weight")
+        and not candidate.shadow
+        and r.steps
+        and candidate.weight != r.steps[0]
+    ):
         problems.add(
             [*here, "steps", 0],
             f"the first step ({r.steps[0]}) must equal the candidate's configured weight "
             f"({candidate.weight}): the rollout starts there",
         )
-    order = assignment_order(flag)
+    order = assignment_order(flag)  # reads only the variants' names and the default
     if abs(order.index(r.variant) - order.index(control)) != 1:
         problems.add(
             [*here, "variant"],
@@ -1193,7 +1340,10 @@ def _check_rollout(
         )
 
 
-def _check_rollout_segments(problems: _Problems, here: list[str | int], r: RolloutConfig) -> None:
+def _check_rollout_segments(
+    problems: _Problems, here: list[str | int], r: RolloutConfig, has: Callable[..., bool]
+) -> None:
+    """``segments``; ``has(*fields)`` says whether those fields of the rollout parsed."""
     assert r.segments is not None
     seen: set[str] = set()
     for i, seg in enumerate(r.segments):
@@ -1205,9 +1355,9 @@ def _check_rollout_segments(problems: _Problems, here: list[str | int], r: Rollo
         if seg.when is not None:
             for path, message in targeting.check_evaluators({"when": seg.when}, [*here, i]):
                 problems.add(path, message)
-    if r.metric is Metric.INTERLEAVING:
+    if has("metric") and r.metric is Metric.INTERLEAVING:
         problems.add(here, "a rollout on metric 'interleaving' cannot go by segment")
-    if r.promote_shadow:
+    if has("promote_shadow") and r.promote_shadow:
         problems.add(here, "a shadow promotion (`promote_shadow`) cannot go by segment")
 
 
@@ -1308,12 +1458,13 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     flags_data = data.get("flags")
     for name, fdata in flags_data.items() if isinstance(flags_data, dict) else ():
         flag: FlagConfig | None
+        parsed = _ALL_PARSED
         try:
             flag = FlagConfig.model_validate(fdata)
             guardrails: list[_GuardrailPart] = [(i, g, None) for i, g in enumerate(flag.guardrails)]
         except ValidationError as exc:  # reported above
-            flag, guardrails = _flag_parts(fdata, exc)
-        _check_flag(problems, str(name), flag, guardrails)
+            flag, parsed, guardrails = _flag_parts(fdata, exc)
+        _check_flag(problems, str(name), flag, guardrails, parsed)
         if flag is not None and flag.targeting is not None:
             refs = data.get("$evaluators")
             for path, message in targeting.check_rule(

@@ -15,6 +15,7 @@ from driftswitch.detectors import registry
 from driftswitch.streams.config.model import (
     GuardrailAction,
     Metric,
+    _one_edit_apart,
     load_config,
     parse_config,
     parse_duration,
@@ -435,6 +436,55 @@ def test_an_unknown_field_unlike_any_allowed_suggests_none() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (  # difflib's ratio of `tll` and `ttl` is 0.67, under the cutoff
+            "join: {tll: 1h}\n",
+            "c.yaml:20: join.tll: unknown field (did you mean 'ttl'?); allowed: allowed_lateness, "
+            "idle_after, max_clock_skew, max_pending, ttl",
+        ),
+        (  # two adjacent letters swapped: 0.67 too
+            "hooks:\n  - {ulr: https://hooks.example.com/x, format: slack}\n",
+            "c.yaml:21: hooks[0].ulr: unknown field (did you mean 'url'?); allowed: backoff, "
+            "format, max_attempts, max_backoff, name, secret_env, timeout, url, url_env, "
+            "warn_resolve_after",
+        ),
+        (  # two letters off: not a typo of `ttl`, no guess
+            "join: {lat: 1h}\n",
+            "c.yaml:20: join.lat: unknown field; allowed: allowed_lateness, idle_after, "
+            "max_clock_skew, max_pending, ttl",
+        ),
+    ],
+    ids=["one-letter-replaced", "adjacent-letters-swapped", "two-letters-off"],
+)
+def test_a_short_field_one_edit_away_is_suggested(extra: str, expected: str) -> None:
+    """A short name one edit from an allowed one is suggested, though difflib's ratio is low."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + extra, "c.yaml")
+    assert info.value.problems == [expected]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "apart"),
+    [
+        ("tll", "ttl", True),  # replaced
+        ("ulr", "url", True),  # adjacent letters swapped
+        ("owner", "onwer", True),  # swapped in the middle
+        ("tags", "tag", True),  # deleted
+        ("ttl", "ttll", True),  # inserted
+        ("ttl", "ttl", False),  # the same
+        ("abcd", "badc", False),  # two swaps
+        ("abc", "cba", False),  # swapped but not adjacent
+        ("url", "url_env", False),  # four letters more
+        ("colour", "rollout", False),
+    ],
+)
+def test_one_edit_apart(a: str, b: str, apart: bool) -> None:
+    assert _one_edit_apart(a, b) is apart
+    assert _one_edit_apart(b, a) is apart
+
+
 MANY_MISTAKES = """\
 $evaluators:
   internal: {ends_with: [{var: email}, "@example.com"]}
@@ -487,13 +537,14 @@ joins: {ttl: 1h}
 
 def test_schema_and_cross_field_problems_are_reported_in_one_run() -> None:
     """A flag with schema problems is still checked across fields on the parts that parsed: the
-    flag without its broken rollout and unknown field; each guardrail at its own index, on the
-    fields that parsed (`search`, whose variants do not parse, on what its guardrails say of
-    themselves). Nothing is reported that the broken parts would only seem to cause: no `set
-    compare_to` for guardrail 3 (its compare_to is there, just not a string), no
-    `cannot kill the default` guessed from a variant that did not parse, no `needs
-    expected_rate` for guardrail 4 (its rate is there, just unreadable), no weights of `search`;
-    and each problem once."""
+    flag without its unknown field, its rollout without the broken `alpha`; each guardrail at its
+    own index, on the fields that parsed (`search`, one of whose weights does not parse, on its
+    variants' names and what its guardrails say of themselves). Nothing is reported that the
+    broken parts would only seem to cause: no `set compare_to` for guardrail 3 (its compare_to is
+    there, just not a string), no `cannot kill the default` guessed from a variant that did not
+    parse, no `needs expected_rate` for guardrail 4 (its rate is there, just unreadable), no
+    weights of `search`; and each problem once (the rollout, compared to the default, does not
+    repeat that `contrl` is no variant)."""
     with pytest.raises(ConfigError) as info:
         parse_config(MANY_MISTAKES, "c.yaml")
     known = "known: control, candidate"
@@ -535,4 +586,158 @@ def test_schema_and_cross_field_problems_are_reported_in_one_run() -> None:
         search.format(45) + "guardrails[1].name: duplicate guardrail name 'g'",
         "c.yaml:46: joins: unknown field (did you mean 'join'?); allowed: $evaluators, flags, "
         "hooks, join",
+    ]
+
+
+def _rollout(*lines: str) -> str:
+    """GOOD with a rollout of the flag from line 20 on, one field a line."""
+    return GOOD + "    rollout:\n" + "".join(f"      {line}\n" for line in lines)
+
+
+# (id, config text, every problem reported): two independent mistakes each, one of them a schema
+# problem in the rollout or a variant, which used to hide the other (a cross-field rule).
+BROKEN_PART_AND_CROSS_FIELD = [
+    (
+        "rollout-steps-and-unknown-candidate",
+        _rollout("variant: candidat", "steps: [10, 500]"),
+        [
+            "c.yaml:21: flags.ranker.rollout.variant: variant 'candidat' does not exist; "
+            "known: control, candidate",
+            "c.yaml:22: flags.ranker.rollout.steps[1]: Input should be less than or equal to "
+            "100 (got 500)",
+        ],
+    ),
+    (
+        "rollout-alpha-and-compared-to-itself",
+        _rollout("variant: candidate", "compare_to: candidate", "steps: [10, 100]", "alpha: 2"),
+        [
+            "c.yaml:22: flags.ranker.rollout.compare_to: the candidate 'candidate' cannot be "
+            "compared to itself",
+            "c.yaml:24: flags.ranker.rollout.alpha: Input should be less than 1 (got 2)",
+        ],
+    ),
+    (  # steps did not parse: nothing is said of the first step or the order of the steps
+        "rollout-steps-and-promote-shadow",
+        _rollout("variant: candidate", "steps: [5, many, 1]", "promote_shadow: true"),
+        [
+            "c.yaml:22: flags.ranker.rollout.steps[1]: Input should be a valid integer, unable "
+            "to parse string as an integer (got 'many')",
+            "c.yaml:23: flags.ranker.rollout.promote_shadow: 'candidate' is not a shadow variant "
+            "(`shadow: true`); it starts at its weight",
+        ],
+    ),
+    (
+        "rollout-unknown-field-and-max-duration",
+        _rollout(
+            "variant: candidate",
+            "steps: [10, 100]",
+            "min_duration: 1h",
+            "max_duration: 10m",
+            "colour: red",
+        ),
+        [
+            "c.yaml:24: flags.ranker.rollout.max_duration: max_duration must be at least "
+            "min_duration",
+            "c.yaml:25: flags.ranker.rollout.colour: unknown field; allowed: alpha, compare_to, "
+            "margin, max_duration, metric, min_duration, min_samples, on_harm, promote_shadow, "
+            "segments, steps, variant",
+        ],
+    ),
+    (  # the control's `shadow` did not parse: its variants' weights are not added up
+        "variant-shadow-and-missing-default",
+        bad("default: control", "default: stable").replace(
+            "value: ranker-v1}", "value: ranker-v1, shadow: maybe}"
+        ),
+        [
+            "c.yaml:3: flags.ranker.default: default variant 'stable' is not a variant; known: "
+            "control, candidate",
+            "c.yaml:5: flags.ranker.variants.control.shadow: Input should be a valid boolean, "
+            "unable to interpret input (got 'maybe')",
+        ],
+    ),
+    (
+        "variant-weight-and-guardrail-on-missing-variant",
+        bad("weight: 10,", "weight: ten,").replace(
+            "        variant: candidate\n        metric: accuracy\n        detector: {kind: cusum",
+            "        variant: candiate\n        metric: accuracy\n        detector: {kind: cusum",
+        ),
+        [
+            "c.yaml:6: flags.ranker.variants.candidate.weight: Input should be a valid integer, "
+            "unable to parse string as an integer (got 'ten')",
+            "c.yaml:9: flags.ranker.guardrails[0].variant: variant 'candiate' does not exist; "
+            "known: control, candidate",
+        ],
+    ),
+    (  # the candidate's weight did not parse: no `first step must equal the weight`
+        "variant-weight-and-rollout-control",
+        _rollout("variant: candidate", "compare_to: champion", "steps: [20, 100]").replace(
+            "weight: 10,", "weight: ten,"
+        ),
+        [
+            "c.yaml:6: flags.ranker.variants.candidate.weight: Input should be a valid integer, "
+            "unable to parse string as an integer (got 'ten')",
+            "c.yaml:22: flags.ranker.rollout.compare_to: variant 'champion' does not exist; "
+            "known: control, candidate",
+        ],
+    ),
+    (  # not a mapping: the variant's name still counts, nothing else of it
+        "variant-not-a-mapping-and-missing-default",
+        bad("default: control", "default: stable").replace(
+            "{weight: 10, value: ranker-v2}", "ranker-v2"
+        ),
+        [
+            "c.yaml:3: flags.ranker.default: default variant 'stable' is not a variant; known: "
+            "control, candidate",
+            "c.yaml:6: flags.ranker.variants.candidate: Input should be a valid dictionary or "
+            "instance of VariantConfig (got 'ranker-v2')",
+        ],
+    ),
+    (  # an unknown field leaves the variant whole: every rule on it still holds
+        "variant-unknown-field-and-first-step",
+        _rollout("variant: candidate", "steps: [20, 100]").replace(
+            "value: ranker-v2}", "value: ranker-v2, colour: red}"
+        ),
+        [
+            "c.yaml:6: flags.ranker.variants.candidate.colour: unknown field; allowed: shadow, "
+            "value, weight",
+            "c.yaml:22: flags.ranker.rollout.steps[0]: the first step (20) must equal the "
+            "candidate's configured weight (10): the rollout starts there",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [c[1:] for c in BROKEN_PART_AND_CROSS_FIELD],
+    ids=[c[0] for c in BROKEN_PART_AND_CROSS_FIELD],
+)
+def test_a_broken_rollout_or_variant_does_not_hide_the_flags_other_problems(
+    text: str, expected: list[str]
+) -> None:
+    """A rollout or variant with a schema problem: the flag's cross-field rules that do not read
+    the broken field are still checked, in the same run; those that do are not guessed at."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml")
+    assert info.value.problems == expected
+
+
+def test_a_good_rollout_passes() -> None:
+    """The base of the rollout cases above is valid: each problem there is the one made."""
+    flag = parse_config(_rollout("variant: candidate", "steps: [10, 100]")).flags["ranker"]
+    assert flag.rollout is not None
+    assert flag.rollout.steps == [10, 100]
+
+
+def test_a_default_that_is_no_variant_is_reported_once() -> None:
+    """A rollout without `compare_to` is compared to the default: a default that is no variant is
+    said at `default`, not again at a `compare_to` the file does not have."""
+    text = _rollout("variant: candidate", "steps: [10, 100]").replace(
+        "default: control", "default: stable"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml")
+    assert info.value.problems == [
+        "c.yaml:3: flags.ranker.default: default variant 'stable' is not a variant; known: "
+        "control, candidate"
     ]
