@@ -16,7 +16,7 @@ Three methods, chosen by ``method``:
     ``−margin`` and ``E(−margin) ≥ 1/α`` (the profile likelihood is concave in ``d``, so every
     worse-than-margin difference is then rejected); non-inferiority likewise on the other side.
     The interval (the differences not rejected) is computed on demand by bisection. The detector
-    looks on a count schedule (after each of the first 16 outcomes, then each time the total
+    looks on a count schedule (after each of the first 32 outcomes, then each time the total
     grows by ~6 %, ``block_length``): fixed in advance, so the guarantee holds at the looks,
     and the same stream gives the same decisions however it is batched.
 

@@ -217,12 +217,12 @@ def glr_calibration(q0: float, q1: float, arl0: float) -> tuple[float, float]:
     (``_CAL_STREAMS`` streams of three times ``min(arl0, _CAL_REACH)`` events) give
     censored-exponential ARL estimates for a fine grid of levels. ``ln ARL`` is fitted linear in
     ``h`` over the top decade of the usable estimates (weights: crossings, the inverse variance of
-    ``ln ARL``-hat) and solved for ``_CAL_AIM · arl0``: an interpolation up to ``_CAL_REACH``,
-    beyond it an extrapolation. Measured over ``h`` = 1 … 10 (q0 = 0.1), the slope of ``ln ARL``
-    in ``h`` grows with ``h`` (0.65 around ARL 10^4, 0.9 around 10^6; the tail tends to
-    ``e^h``), so extrapolating the slope of the top decade overestimates ``h``: the ARL0 achieved
-    beyond the simulated range is above the one aimed at (at 10^5: 1.15·10^5 aimed, about
-    1.2·10^5 achieved in a separate simulation).
+    ``ln ARL``-hat) and solved for ``_CAL_AIM · arl0``: an interpolation up to ``_CAL_REACH``.
+    Beyond it the line is not extended: measured over ``h`` = 1 … 10 (q0 = 0.1), the slope of
+    ``ln ARL`` in ``h`` grows with ``h`` (0.65 around ARL 10^4, 0.9 around 10^6; the tail tends
+    to ``e^h``), so a straight line would overestimate ``h`` (and the ARL0 achieved). The
+    extrapolation follows ``ln ARL = c + h + b·ln h`` instead, matched to the line's value and
+    slope at the top of the fit (in the code below).
     """
     windows = glr_windows(q0, q1, arl0)
     reach = min(arl0, _CAL_REACH)

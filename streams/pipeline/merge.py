@@ -11,7 +11,7 @@ event_order`, up to a bound every join partition has passed:
 A join partition that said it had read all its input (``idle``) does not hold the bound back; one
 never heard from does (the merge cannot know what it will send). With every partition idle,
 everything buffered is released. The released sequence is therefore the event-time order of all
-observations — the order ``driftswitch backtest --event-order`` feeds the same decision code —
+observations — the order ``driftswitch backtest --order event`` feeds the same decision code —
 for any number of partitions and any skew between them, as long as no observation arrives after
 the bound has passed it.
 

@@ -32,22 +32,23 @@ the time between the coordinator's answer and the broker receiving the send: a f
 than a session timeout inside that window (milliseconds) is not fenced, since Kafka without
 transactions has no fencing token a consumer of the flags topic could check.
 
-Stages. A worker runs one of two stages (``WorkerSettings.stage``). ``single`` (the default)
-reads the predictions and outcomes topics and does everything above in one process. ``decide``
-is the second half of a scaled-out deployment (docs/architecture.md "Scaling out"): join stage
-processes read predictions and outcomes in a consumer group and send, for each input batch of
-each join partition, an observation batch (:mod:`driftswitch.streams.pipeline.merge`) to every
-partition of the observations topic; the decide worker reads every partition of that topic,
-merges the batches in event time (:class:`~driftswitch.streams.pipeline.merge.Merge`: watermarks,
-``join.allowed_lateness``, duplicates from restarted join partitions dropped) and runs
-detectors, guardrails, rollouts and commands on what the merge releases
-(:meth:`Engine.decide`). The lease and fencing above are the decide stage's fencing: one decide
-worker is active and the only writer of every flag, standbys take over, and an expelled one
-publishes nothing. A record on the observations topic that is not an observation batch is
-dead-lettered with reason ``bad_observation_batch``. Without a snapshot the decide worker reads
-the observations topic from its beginning (the join stage's output is its input); replaying
-batches a snapshot already covers is impossible (the snapshot holds the offsets), and a join
-partition that sends observations again is caught by the merge.
+Stages. A worker runs one of two stages (``WorkerSettings.stage``). ``single`` (the field's default;
+``driftswitch run --stage all`` runs a join stage beside a ``decide`` worker in one process,
+``streams/service/runner.py``) reads the predictions and outcomes topics and does everything above
+in one process. ``decide`` is the second half of a scaled-out deployment (docs/architecture.md
+"Scaling out"): join stage processes read predictions and outcomes in a consumer group and send, for
+each input batch of each join partition, an observation batch
+(:mod:`driftswitch.streams.pipeline.merge`) to every partition of the observations topic; the decide
+worker reads every partition of that topic, merges the batches in event time
+(:class:`~driftswitch.streams.pipeline.merge.Merge`: watermarks, ``join.allowed_lateness``,
+duplicates from restarted join partitions dropped) and runs detectors, guardrails, rollouts and
+commands on what the merge releases (:meth:`Engine.decide`). The lease and fencing above are the
+decide stage's fencing: one decide worker is active and the only writer of every flag, standbys take
+over, and an expelled one publishes nothing. A record on the observations topic that is not an
+observation batch is dead-lettered with reason ``bad_observation_batch``. Without a snapshot the
+decide worker reads the observations topic from its beginning (the join stage's output is its
+input); replaying batches a snapshot already covers is impossible (the snapshot holds the offsets),
+and a join partition that sends observations again is caught by the merge.
 
 Restart safety. Every ``snapshot_interval`` seconds (and on a clean stop) the worker writes a
 snapshot ``{engine.to_state(), next offset per input partition}`` (a decide worker: with the
