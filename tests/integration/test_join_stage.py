@@ -98,7 +98,8 @@ async def _decide(
     bootstrap: str, topics: Topics, config: Config, expected: int, limit_s: float
 ) -> tuple[list[dict[str, Any]], _Merges]:
     """Read the observations topic into the merges and a decider until ``expected``
-    observations were applied and every join partition is idle."""
+    observations were applied and every join partition is idle; AssertionError if that is not
+    reached in ``limit_s`` seconds (a wait that runs out must not pass for one that ended)."""
     merges = _Merges(topics.predictions.partitions, topics.observations.partitions)
     decider = Decider(build_flags(config))
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
@@ -130,6 +131,11 @@ async def _decide(
                 outputs += [e.event.model_dump(mode="json") for e in decider.process(released)]
             if applied >= expected and merges.done():
                 break
+        else:
+            raise AssertionError(
+                f"in {limit_s} s: {applied} of {expected} observations applied, every join "
+                f"partition idle and released: {merges.done()}"
+            )
     finally:
         await consumer.stop()
     return outputs, merges

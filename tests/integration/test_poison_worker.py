@@ -28,7 +28,13 @@ from driftswitch.streams.contract.events import FlagChangeEvent, OutcomeEvent, P
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.pipeline.backtest import run as run_backtest
 from driftswitch.streams.pipeline.engine import Engine
-from driftswitch.streams.pipeline.ingest import HEADER_DETAIL, HEADER_OFFSET, HEADER_REASON
+from driftswitch.streams.pipeline.ingest import (
+    HEADER_DETAIL,
+    HEADER_OFFSET,
+    HEADER_PARTITION,
+    HEADER_REASON,
+    HEADER_TOPIC,
+)
 from driftswitch.streams.service.deadletter import HEADER_TRUNCATED_VALUE, MAX_VALUE_BYTES
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import (
@@ -226,7 +232,15 @@ def test_poison_records_are_dead_lettered_and_the_worker_survives_restarts(
     assert len(huge.value) == MAX_VALUE_BYTES
     assert int(dict(huge.headers)[HEADER_TRUNCATED_VALUE]) == len(bad[1][2])
     assert huge.value == bad[1][2][:MAX_VALUE_BYTES]
-    assert int(dict(huge.headers)[HEADER_OFFSET]) >= 0
+    # The headers name where the whole record was read: the record there is the original.
+    where = dict(huge.headers)
+    assert where[HEADER_TOPIC].decode() == topics.predictions.name
+    source = [
+        m
+        for m in read_topic(broker.bootstrap, topics.predictions.name, int(where[HEADER_PARTITION]))
+        if m.offset == int(where[HEADER_OFFSET])
+    ]
+    assert [(m.key, m.value) for m in source] == [(b"huge", bad[1][2])]
     detail = dict(next(r for r in dead if r.key == b"digits").headers)[HEADER_DETAIL].decode()
     assert "RFC 3339" in detail
 

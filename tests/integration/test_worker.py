@@ -29,7 +29,12 @@ from driftswitch.streams.contract.events import (
 from driftswitch.streams.contract.topics import Topics
 from driftswitch.streams.pipeline.backtest import run as run_backtest
 from driftswitch.streams.pipeline.engine import Engine
-from driftswitch.streams.pipeline.ingest import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
+from driftswitch.streams.pipeline.ingest import (
+    HEADER_OFFSET,
+    HEADER_PARTITION,
+    HEADER_REASON,
+    HEADER_TOPIC,
+)
 from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.simulate import (
     Scenario,
@@ -231,10 +236,20 @@ def test_garbage_changes_no_decision_and_is_dead_lettered(
         ]
     )
     assert sorted(r.value for r in dead) == sorted(value for _, _, value in garbage)
+    # Each dead letter names where its record was read: the record at that topic, partition
+    # and offset is the one dead-lettered (same key, same bytes).
+    inputs: dict[tuple[str, int], dict[int, Any]] = {}
     for r in dead:
         headers = dict(r.headers)
-        assert headers[HEADER_TOPIC].decode() in {pred, topics.outcomes.name}
-        assert int(headers[HEADER_OFFSET]) >= 0
+        topic = headers[HEADER_TOPIC].decode()
+        assert topic in {pred, topics.outcomes.name}
+        partition = int(headers[HEADER_PARTITION])
+        if (topic, partition) not in inputs:
+            read = read_topic(broker.bootstrap, topic, partition)
+            inputs[(topic, partition)] = {m.offset: m for m in read}
+        source = inputs[(topic, partition)].get(int(headers[HEADER_OFFSET]))
+        assert source is not None, headers
+        assert (source.key, source.value) == (r.key, r.value), headers
     assert worker.health() is not None
     status = worker.health() or {}
     assert status["rejected"] == {

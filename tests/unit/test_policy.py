@@ -172,3 +172,19 @@ def test_versions_are_monotonic_across_actions(config: Config) -> None:
             state = out
             versions.append(out.version)
     assert versions == [1, 2, 3, 4, 5]
+
+
+def test_a_shadow_promoted_into_traffic_is_killed_like_any_variant(config: Config) -> None:
+    """A rollout can promote a shadow to serve traffic: once it has weight, its kill moves that
+    weight to the default (a shadow that serves no one moves nothing: the test above)."""
+    flag = config.flags["ranker"]
+    state = initial_state("ranker", flag)
+    variants = dict(state.variants)
+    variants["shadow"] = variants["shadow"].model_copy(update={"weight": 10})
+    variants["control"] = variants["control"].model_copy(update={"weight": 60})
+    promoted = state.model_copy(update={"variants": variants})
+    out = apply(promoted, flag, _decision(config, "g-shadow"), Cooldowns())
+    assert isinstance(out, FlagChangeEvent)
+    assert _weights(out) == {"control": (70, False), "candidate": (30, False), "shadow": (0, True)}
+    assert out.cause.reason is not None
+    assert out.cause.reason.endswith("killed, weight 10 to control")
