@@ -359,6 +359,14 @@ class DriftswitchClient:
     #: at a doubling interval up to 10 s (it says so once in the log).
     MISSING_TOPIC_FIRST_S = 0.2
     MISSING_TOPIC_MAX_S = 10.0
+    #: After its timeout, :meth:`close` gives the Kafka clients this long to stop cleanly; a
+    #: producer's stop waits for the batches it holds, which a frozen broker (a stopped
+    #: process: its connections stay open, nothing answers) never acknowledges, so their
+    #: connections are then aborted.
+    STOP_GRACE_S = 0.5
+    #: :meth:`close` returns at most this long after its timeout: the grace above, then the
+    #: aborted sockets' release and the loop's end.
+    CLOSE_MARGIN_S = 1.0
 
     def __init__(
         self,
@@ -510,6 +518,9 @@ class DriftswitchClient:
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is buffered (up to ``timeout_s``), then stop the background thread.
 
+        Returns within ``timeout_s`` plus :attr:`CLOSE_MARGIN_S` (1 s), even when the broker
+        has stopped answering, and leaves no connection to it, no thread and no event loop
+        behind. What is still unsent then counts as ``failed``, with a warning in the log.
         From here until :meth:`start` is called again, recording returns False and counts the
         event as dropped: nothing would ever send it.
         """
@@ -517,11 +528,19 @@ class DriftswitchClient:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        # Stopping a producer with undeliverable batches waits for them: bound that too.
-        self._stop_timeout_s = max(0.1, min(5.0, timeout_s))
+        end = time.monotonic() + timeout_s + self.CLOSE_MARGIN_S
+        # Past the timeout what is in flight counts as lost: the Kafka clients' stops need not
+        # wait for it, only get a chance to end cleanly before their connections are aborted.
+        self._stop_timeout_s = self.STOP_GRACE_S
         with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            self._call(self._shutdown(timeout_s)).result(timeout_s + 1.0)
-        thread.join(2 * timeout_s + 2.0)
+            self._call(self._shutdown(timeout_s)).result(end - time.monotonic())
+        thread.join(max(0.0, end - time.monotonic()))
+        if thread.is_alive():  # e.g. an on_change callback that does not return
+            log.warning(
+                "driftswitch: the client's thread did not end within %.1f s of close; left "
+                "running (a daemon thread)",
+                timeout_s + self.CLOSE_MARGIN_S,
+            )
         self._thread = None
         self._loop = None
         _RUNNING.discard(self)
@@ -1139,8 +1158,8 @@ class DriftswitchClient:
             except Exception as exc:
                 self._trouble.failed("reading flags", self._why(exc))
             finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), self._stop_timeout_s)
+                # Bounded, and no connection left open after it (a frozen broker never answers).
+                await kafka.stop_quietly(consumer, self._stop_timeout_s)
             if await self._sleep_or_stop(backoff):
                 return
             backoff = min(backoff * 2, 5.0)
@@ -1265,8 +1284,9 @@ class DriftswitchClient:
                 self._trouble.failed("sending events", self._why(exc))
             finally:
                 self._producer_connected = False
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(producer.stop(), self._stop_timeout_s)
+                # A producer's stop waits for the batches it holds (against a frozen broker, for
+                # ever): bounded, and no connection left open after it.
+                await kafka.stop_quietly(producer, self._stop_timeout_s)
             if await self._sleep_or_stop(backoff):
                 return
             backoff = min(backoff * 2, 5.0)

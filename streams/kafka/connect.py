@@ -34,9 +34,11 @@ from driftswitch.streams.kafka.settings import (
 )
 
 __all__ = [
+    "ABORT_WAIT_S",
     "Membership",
     "SendFailure",
     "TopicRead",
+    "abort_connections",
     "caught_up",
     "check_membership",
     "client_options",
@@ -166,11 +168,66 @@ class _Capture(logging.Filter):
         return True
 
 
+#: How long :func:`stop_quietly` waits for the sockets it aborted to be released: the loop's
+#: next iteration does it; the bound only guards against a loop too busy to get there.
+ABORT_WAIT_S = 0.25
+
+
 async def stop_quietly(client: Any, timeout_s: float = 5.0) -> None:
-    """Stop (or close, for an admin client) ``client``, ignoring errors and bounded in time."""
+    """Stop (or close, for an admin client) ``client``, ignoring errors and bounded in time;
+    then no connection of it is left open, even when the stop was given up or cancelled.
+
+    aiokafka's stops close their connections last: a producer's first waits for the batches
+    it holds to be acknowledged, which a frozen broker (a stopped process: the connection
+    stays open, nothing answers) never does. Cut off at ``timeout_s``, such a stop never reaches
+    the close, and its socket would stay open for as long as the client object lives (for ever
+    once its event loop is closed). So whatever connection the client still holds then is
+    aborted (:func:`abort_connections`). Takes at most ``timeout_s`` plus one loop iteration,
+    or up to :data:`ABORT_WAIT_S` more when connections had to be aborted.
+    """
     closer = getattr(client, "stop", None) or client.close
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(closer(), timeout_s)
+    try:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(closer(), timeout_s)
+    finally:
+        # Also when cancelled: the abort itself does not wait, the loop releases the sockets on
+        # its next iteration.
+        closing = abort_connections(client)
+    if closing:
+        await asyncio.wait(closing, timeout=ABORT_WAIT_S)
+
+
+def abort_connections(client: Any) -> list[asyncio.Future[None]]:
+    """Close every connection ``client`` (an aiokafka consumer, producer or admin client) still
+    holds at once, dropping what is unsent; returns futures done once their sockets are closed.
+
+    An abort, not a close: a close waits until the socket's send buffer is written, and a frozen
+    broker reads nothing. Requests waiting on those connections fail (``KafkaConnectionError``).
+    A client that stopped normally holds no open connection: nothing to do. Reaches into
+    aiokafka's internals (a client's ``_conns``, a connection's ``_writer``: the same from 0.11
+    to 0.14), as aiokafka offers no way to give up a stop (aio-libs/aiokafka#1013, #1101).
+    """
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.conn import CloseReason
+
+    # A consumer's and an admin client's is ``_client``; a producer's, ``client``.
+    kafka_client = getattr(client, "_client", None)
+    if not isinstance(kafka_client, AIOKafkaClient):
+        kafka_client = getattr(client, "client", None)
+    if not isinstance(kafka_client, AIOKafkaClient):
+        return []
+    closing: list[asyncio.Future[None]] = []
+    for conn in list(kafka_client._conns.values()):
+        writer = conn._writer
+        if writer is None:  # closed already
+            continue
+        writer.transport.abort()
+        # Fails the requests still waiting for an answer and stops the connection's reader; its
+        # future is done once the transport has released the socket.
+        closed = conn.close(reason=CloseReason.SHUTDOWN)
+        if closed is not None:
+            closing.append(closed)
+    return closing
 
 
 class SendFailure(enum.Enum):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -381,6 +384,69 @@ def test_events_recorded_during_an_outage_wait_in_the_buffer_and_arrive_once_in_
     assert sum("cannot reach Kafka" in m for m in messages) == 1
     assert not [m for m in messages if "not delivered" in m or "still cannot" in m]
     assert sum("reached Kafka" in m and "after" in m for m in messages) == 1
+
+
+def sockets_to(port: int) -> list[int]:
+    """The file descriptors of this process that are TCP sockets connected to ``port``."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()  # sl, local address, remote address, st, ..., inode (10th)
+            if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed since the listing
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:[") and target[len("socket:[") : -1] in inodes:
+                found.append(int(fd))
+    return found
+
+
+def test_close_against_a_frozen_broker_leaves_no_socket_thread_or_loop_and_is_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker's process is stopped (SIGSTOP: its connections stay open, nothing answers)
+    while the producer holds unacknowledged events: close() returns within its timeout plus
+    CLOSE_MARGIN_S, counts those events as lost and says so, and leaves no socket to the
+    broker, no thread and no open event loop. aiokafka's producer stop waits for its batches
+    before it closes its connections; given up at a timeout, it left its socket open."""
+    caplog.set_level(logging.WARNING, logger="driftswitch.streams.client.client")
+    # A broker of its own: its port tells this client's sockets from any other's.
+    local = EmbeddedBroker(stop_timeout=2.0).start()
+    topics = Topics.with_prefix("frozen", partitions=2)
+    timeout_s = 2.0
+    try:
+        asyncio.run(ensure_topics(local.bootstrap, topics))
+        publish(local.bootstrap, topics, state(1))
+        client = DriftswitchClient(local.bootstrap, topics=topics, defaults={FLAG: "control"})
+        client.start()
+        assert client.wait_ready(PATIENCE_S)  # the flags consumer is connected and following
+        assert client.record_prediction("before", FLAG, "control", 1)
+        assert client.flush(PATIENCE_S)  # and so is the producer
+        assert len(sockets_to(local.port)) >= 2
+        loop = client._loop
+        assert loop is not None
+        os.kill(local.pid, signal.SIGSTOP)
+        try:
+            for i in range(100):
+                assert client.record_prediction(f"frozen-{i}", FLAG, "control", 1)
+            wait_until(lambda: client.stats().in_flight == 100, "events handed to the producer")
+            started = time.monotonic()
+            client.close(timeout_s=timeout_s)
+            took = time.monotonic() - started
+            left = sockets_to(local.port)
+        finally:
+            os.kill(local.pid, signal.SIGCONT)
+    finally:
+        local.stop()
+    assert left == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("driftswitch-client")] == []
+    assert loop.is_closed()
+    assert took <= timeout_s + DriftswitchClient.CLOSE_MARGIN_S
+    stats = client.stats()
+    assert (stats.sent, stats.failed, stats.buffered, stats.in_flight) == (1, 100, 0, 0)
+    assert sum("100 event(s) lost" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_missing_flags_topic_is_logged_once_and_looked_for_less_and_less_often(
