@@ -216,15 +216,25 @@ def abort_connections(client: Any) -> list[asyncio.Future[None]]:
         kafka_client = getattr(client, "client", None)
     if not isinstance(kafka_client, AIOKafkaClient):
         return []
+    # Read with getattr, as the group code reads the coordinator (streams/kafka/groups.py): an
+    # aiokafka without these attributes leaves the connections to the garbage collector, as
+    # before, rather than failing the stop.
+    conns = getattr(kafka_client, "_conns", None)
+    if not isinstance(conns, dict):
+        return []
     closing: list[asyncio.Future[None]] = []
-    for conn in list(kafka_client._conns.values()):
-        writer = conn._writer
+    for conn in list(conns.values()):
+        writer = getattr(conn, "_writer", None)
         if writer is None:  # closed already
             continue
-        writer.transport.abort()
-        # Fails the requests still waiting for an answer and stops the connection's reader; its
-        # future is done once the transport has released the socket.
-        closed = conn.close(reason=CloseReason.SHUTDOWN)
+        try:
+            writer.transport.abort()
+            # Fails the requests still waiting for an answer and stops the connection's reader;
+            # its future is done once the transport has released the socket.
+            closed = conn.close(reason=CloseReason.SHUTDOWN)
+        except Exception:  # a stop must go on: the next connection, then the caller
+            log.debug("aborting a Kafka connection failed", exc_info=True)
+            continue
         if closed is not None:
             closing.append(closed)
     return closing

@@ -412,3 +412,14 @@ def test_a_failed_produce_is_classified_for_the_records_it_carried() -> None:
     assert kafka.send_failure(TopicAuthorizationFailedError()) is refused
     assert kafka.send_failure(ProducerClosed()) is broken
     assert kafka.send_failure(RuntimeError("the producer's task died")) is broken
+
+
+def test_abort_connections_leaves_alone_what_holds_no_connection() -> None:
+    # Anything but an aiokafka client, and one that never connected: nothing to abort, no error
+    # (stop_quietly calls it in a finally, after every stop).
+    async def check() -> None:
+        assert kafka.abort_connections(object()) == []
+        producer = kafka.producer(KafkaSettings(bootstrap="127.0.0.1:1"))
+        assert kafka.abort_connections(producer) == []
+
+    asyncio.run(check())
