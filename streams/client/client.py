@@ -364,6 +364,8 @@ class DriftswitchClient:
     #: process: its connections stay open, nothing answers) never acknowledges, so their
     #: connections are then aborted.
     STOP_GRACE_S = 0.5
+    #: A stop's bound otherwise (a reconnect after a failure): the same abort at its end.
+    STOP_TIMEOUT_S = 5.0
     #: :meth:`close` returns at most this long after its timeout: the grace above, then the
     #: aborted sockets' release and the loop's end.
     CLOSE_MARGIN_S = 1.0
@@ -418,7 +420,9 @@ class DriftswitchClient:
         self._closed_warned = False
         #: Evaluations that raised, per (what was done, flag): how often, for the log.
         self._failing_flags: dict[tuple[str, str], int] = {}
-        self._stop_timeout_s = 5.0
+        #: How long a stop of the Kafka clients may take in the reconnect loops (close() cuts it
+        #: to STOP_GRACE_S; start() sets it back).
+        self._stop_timeout_s = self.STOP_TIMEOUT_S
         self.exit_timeout_s = exit_timeout_s
         self._fresh_process_state()
         self._restart = False  # forked while running: start again on first use (in the child)
@@ -459,6 +463,7 @@ class DriftswitchClient:
             return self.wait_ready(wait_s)
         self._closed = False
         self._closed_warned = False
+        self._stop_timeout_s = self.STOP_TIMEOUT_S
         if self._quiet_logs:
             _quiet_kafka_logs()
         ready = threading.Event()

@@ -231,6 +231,8 @@ def test_recording_after_close_is_refused_and_counted_as_dropped(
     client.start(wait_s=0)  # started again: recording works again
     try:
         assert client.record_outcome("r1", 1)
+        # ... and a reconnect's stop gets its usual bound again, not close()'s short grace.
+        assert client._stop_timeout_s == client.STOP_TIMEOUT_S > client.STOP_GRACE_S
     finally:
         client.close(timeout_s=0.2)
 
