@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from driftswitch.streams.config.model import load_config
@@ -93,7 +94,12 @@ def test_a_bad_config_exits_1_with_its_problems(tmp_path: Path) -> None:
     bad.write_text("flags: {}\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["backtest", "--config", str(bad), str(EVENTS)])
     assert result.exit_code == 1
-    assert "bad.yaml" in result.stderr
+    # Each problem with its file and line, then the verdict; nothing replayed.
+    assert result.stderr == (
+        f"{bad}:1: flags: Dictionary should have at least 1 item after validation, not 0\n"
+        f"driftswitch backtest: {bad}: invalid config\n"
+    )
+    assert result.stdout == ""
 
 
 def test_chunk_size_does_not_change_the_result(tmp_path: Path) -> None:
@@ -110,10 +116,19 @@ def test_chunk_size_does_not_change_the_result(tmp_path: Path) -> None:
     assert runs[0].engine.to_state() == runs[2].engine.to_state()
 
 
-def test_read_lines_numbers_lines_across_reads() -> None:
+def test_read_lines_numbers_lines_across_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     data = b"a\n \nb\nc"
     chunks = list(backtest.read_lines(io.BytesIO(data), chunk_lines=2))
     assert chunks == [([1, 3], [b"a", b"b"]), ([4], [b"c"])]
+    # Reads far smaller than a line: lines, blank lines and their numbers span reads.
+    data = b"alpha\n\n  \nbeta gamma\ndelta\n\nepsilon"
+    for size in (1, 2, 3, 5, 7):
+        monkeypatch.setattr(backtest, "_READ_BYTES", size)
+        chunks = list(backtest.read_lines(io.BytesIO(data), chunk_lines=2))
+        assert chunks == [
+            ([1, 4], [b"alpha", b"beta gamma"]),
+            ([5, 7], [b"delta", b"epsilon"]),
+        ], size
 
 
 def test_event_order_replays_any_line_order_as_the_sorted_events(tmp_path: Path) -> None:
