@@ -156,9 +156,12 @@ def test_the_day_limit_and_unknown_traffic() -> None:
     # (None) skips the traffic check altogether.
     found = findings(config, histories(), None, NOW, days=25)
     assert [(f.flag, f.kind) for f in found] == [("release", "expired")]
-    traffic = {"quiet": None}
+    traffic = {"release": NOW - DAY, "fresh": NOW - 60, "quiet": None, "broken": NOW - 20 * DAY}
     found = findings(config, histories(), traffic, NOW, days=25)
-    assert ("quiet", "no_traffic") in [(f.flag, f.kind) for f in found]
+    assert [(f.flag, f.kind) for f in found] == [("release", "expired"), ("quiet", "no_traffic")]
+    # A flag never seen is stale only once it is older than the limit: quiet is 40 days old.
+    found = findings(config, histories(), traffic, NOW, days=45)
+    assert [(f.flag, f.kind) for f in found] == [("release", "expired")]
 
 
 def test_a_change_stamped_at_time_zero_has_no_age() -> None:
@@ -167,8 +170,11 @@ def test_a_change_stamped_at_time_zero_has_no_age() -> None:
     born = {
         "quiet": [change("quiet", 1, 0.0, {"a": 100})],
         "release": [change("release", 1, 0.0, {"old": 0, "new": 100})],
+        # Killed from the start: the kill has no known time either.
+        "broken": [change("broken", 1, 0.0, {"a": 100, "b": 0}, frozenset({"b"}))],
     }
-    found = findings(config, born, {"quiet": None, "release": None}, NOW, days=14)
+    traffic = {"quiet": None, "release": None, "broken": None}
+    found = findings(config, born, traffic, NOW, days=14)
     assert [(f.flag, f.kind) for f in found] == [("release", "expired")]
 
 
