@@ -222,16 +222,20 @@ def test_without_matplotlib_the_report_fails_before_the_replay_and_says_how_to_i
 
 
 def test_progress_reports_bytes_read_and_keeps_the_result(
-    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, events = files
+    size = os.path.getsize(events)
+    # Reads of a tenth of the file or so, as a large file gets: progress after each read.
+    step = size // 10 + 1
+    monkeypatch.setattr(bt, "_READ_BYTES", step)
     seen: list[tuple[int, int]] = []
     result = report.run_with_progress(
         load_config(config), events, lambda done, total: seen.append((done, total))
     )
-    size = os.path.getsize(events)
-    assert seen[-1] == (size, size)
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen == [(min(k * step, size), size) for k in range(1, -(-size // step) + 1)]
+    assert len(seen) == 10
+    monkeypatch.undo()
     plain = bt.run(load_config(config), events)
     assert [(line, o.model_dump()) for line, o in result.outputs] == [
         (line, o.model_dump()) for line, o in plain.outputs
@@ -240,9 +244,10 @@ def test_progress_reports_bytes_read_and_keeps_the_result(
     show = report.stderr_progress(events, force=True)
     assert show is not None
     show(size // 2, size)
+    show(size // 2 + 1, size)  # the same percent: not shown again
     show(size, size)
     err = capsys.readouterr().err
-    assert "(50 %)" in err
+    assert err.count("(50 %)") == 1
     assert "(100 %)" in err
     assert err.endswith("\n")
     # Small files, or no terminal: no progress line.
