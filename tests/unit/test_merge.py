@@ -305,6 +305,23 @@ def test_a_silent_partition_holds_the_release_back_until_it_is_idle() -> None:
     assert len(merge.release()) == 1
 
 
+def test_the_allowed_lateness_holds_the_release_back_behind_the_slowest_partition() -> None:
+    def obs(ts: float, rid: str) -> tuple[Any, ...]:
+        fact = (PREDICTED, 0, "f", "v", ts, rid, 0, True, False, None, None, None, None, None)
+        return (*fact, ((0, 0),))
+
+    merge = Merge(2, 2.0)
+    merge.add(Batch(0, {0: 3}, 10.0, False, [obs(7.0, "a"), obs(8.5, "b"), obs(9.5, "c")]))
+    merge.add(Batch(1, {}, 12.0, False, []))
+    assert merge.bound == 8.0  # the slowest busy partition's 10, less 2 seconds
+    assert [o[5] for o in merge.release()] == ["a"]
+    merge.add(Batch(0, {0: 3}, 11.0, False, []))
+    assert [o[5] for o in merge.release()] == ["b"]
+    merge.add(Batch(0, {0: 3}, 11.0, True, []))
+    assert merge.bound == 10.0  # partition 0 idle: partition 1's 12, less 2 seconds
+    assert [o[5] for o in merge.release()] == ["c"]
+
+
 def test_the_merge_state_round_trips(config: Config, events: list[Event]) -> None:
     joiner = Joiner(config, track=True)
     batch = events[:400]
