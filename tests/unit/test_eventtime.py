@@ -124,6 +124,15 @@ def test_records_stamped_beyond_the_clock_skew_are_rejected_as_future_timestamp(
     assert rejected[1].value == records[1].value  # the original bytes, for the dead-letter topic
     assert ingest.rejected[FUTURE_TIMESTAMP] == 3
     assert ingest.accepted == 3
+    # Every record stamped, by a producer whose clock is an hour ahead (the batch is checked
+    # without a call per event): the arrival is still capped at the worker's clock.
+    ahead = int((now + 3600) * 1000)
+    records = [Rec(0, _value(now + 10), ahead), Rec(1, _value(now + 601), ahead)]
+    ingest = Ingest("p", "o")
+    decoded = ingest.decode(records)
+    reject_future(decoded, ingest, 600.0, now)
+    assert [records[i].offset for i in decoded.index] == [0]
+    assert [r.source.offset for r in decoded.rejected] == [1]
 
 
 def test_batches_of_stamped_records_are_checked_event_by_event_in_effect() -> None:
