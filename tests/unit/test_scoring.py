@@ -110,6 +110,7 @@ def test_label_free_readers_take_the_field_or_nothing() -> None:
     assert prediction_reader(_guardrail("latency_ms"))(full) == 12.5
     assert prediction_reader(_guardrail("latency_ms"))(bare) is None
     assert prediction_reader(_guardrail("score"))(full) == 0.7
+    assert prediction_reader(_guardrail("score"))(bare) is None
     assert prediction_reader(_guardrail("feature", feature="age"))(full) == 31.0
     assert prediction_reader(_guardrail("feature", feature="age"))(bare) is None
     with pytest.raises(ValueError, match="needs a label"):
