@@ -76,6 +76,24 @@ def test_alarm_restarts_the_windows_but_not_the_reference() -> None:
     learned = det.explain()["baseline_accuracy"]
     assert det.update_many((rng.random(2000) < 0.40).astype(np.int64))
     assert det.explain()["baseline_accuracy"] == learned
+    # After an alarm the statistic is that of the events since, alone: one event at a time and
+    # in one batch alike.
+    windows = glr_windows(0.10, 0.15, 1_000)
+    bad = (rng.random(3000) < 0.40).astype(np.int64)
+    after = (rng.random(400) < 0.10).astype(np.int64)
+    fresh = glr_path(np.zeros(0, dtype=np.int64), after, windows, 0.10, 0.15)
+    assert fresh.max() < GLR(baseline=0.90, min_drop=0.05, arl0=1_000).threshold
+    one, batch = (GLR(baseline=0.90, min_drop=0.05, arl0=1_000) for _ in range(2))
+    for d in (one, batch):
+        assert d.update_until_alarm(bad) is not None
+        assert d.drift_detected
+    for i, x in enumerate(after.tolist()):
+        one.update(x)
+        # Within rounding: event by event, windows still filling are summed in another order.
+        assert one.statistic == pytest.approx(fresh[i], rel=1e-12, abs=1e-12), i
+    assert not batch.update_many(after)  # no alarm: the events before the first are gone
+    assert batch.statistic == fresh[-1]
+    assert batch.explain()["alarms"] == one.explain()["alarms"] == 1
 
 
 def test_penalty_weights_short_windows_only() -> None:
