@@ -168,11 +168,22 @@ def test_warn_names_the_segment() -> None:
 def test_max_segments_overflow_goes_to_other() -> None:
     engine = Engine(config(max_segments=3))
     regions = tuple(f"r{i}" for i in range(20))
-    engine.process(stream(2000, bad="none", regions=regions))
+    events = stream(2000, bad="none", regions=regions)
+    engine.process(events)
     g = engine.snapshot()["flags"]["ranker"]["guardrails"]["candidate-accuracy"]  # type: ignore[index,call-overload]
     assert set(g["segments"]) == {"region=r0", "region=r1", "region=r2", "other"}
-    assert g["overflow"] > 0
-    assert g["segments"]["other"]["samples"]["candidate"] > 0
+    # Every candidate observation from the regions after the first three, and only those.
+    beyond = sum(
+        1
+        for e in events
+        if isinstance(e, PredictionEvent)
+        and e.variant == "candidate"
+        and e.attributes["region"] not in ("r0", "r1", "r2")
+    )
+    assert beyond > 0
+    assert g["overflow"] == beyond
+    assert g["segments"]["other"]["samples"]["candidate"] == beyond
+    assert g["invalid"] == 0
 
 
 def test_a_bad_other_bucket_excludes_the_tracked_segments() -> None:
