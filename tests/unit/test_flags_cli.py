@@ -17,10 +17,13 @@ from driftswitch.streams.tools.cli import main
 
 class _Api(BaseHTTPRequestHandler):
     paths: ClassVar[list[str]] = []
+    #: Per request: its Authorization header and its JSON body.
+    sent: ClassVar[list[tuple[str | None, object]]] = []
 
     def do_POST(self) -> None:
         self.paths.append(self.path)
-        self.rfile.read(int(self.headers["Content-Length"]))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.sent.append((self.headers["Authorization"], orjson.loads(body)))
         if self.path != "/api/v1/flags/ranker/kill":
             self.send_response(404)
             self.end_headers()
@@ -39,6 +42,7 @@ class _Api(BaseHTTPRequestHandler):
 @pytest.fixture
 def api() -> Iterator[str]:
     _Api.paths = []
+    _Api.sent = []
     server = HTTPServer(("127.0.0.1", 0), _Api)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -68,3 +72,21 @@ def test_a_refusal_names_the_address_it_was_sent_to(api: str) -> None:
     assert err == (
         f"driftswitch flags restore: {api}/api/v1/flags/ranker/restore: HTTP 404: 404: Not Found\n"
     )
+
+
+def test_the_command_carries_the_token_variant_segment_and_reason(api: str) -> None:
+    code, out, err = _flags(
+        "kill", "ranker", "--variant", "candidate", "--api", api,
+        "--segment", "attributes.region=jp", "--segment", "plan=free", "--reason", "bad rankings",
+    )  # fmt: skip
+    assert (code, out, err) == (0, "ranker: version 4: bad rankings\n", "")
+    assert _Api.sent == [
+        (
+            "Bearer t0k",
+            {
+                "variant": "candidate",
+                "segment": {"region": "jp", "plan": "free"},
+                "reason": "bad rankings",
+            },
+        )
+    ]
