@@ -160,6 +160,15 @@ def test_the_charted_data_matches_the_backtest_json(
     for variant, state in last_change["variants"].items():
         served = 0 if state.get("killed") else state["weight"]
         assert flag["weights"][variant][-1][1] == served
+    # From the config's weights, before the first change, then one step per change.
+    variants = load_config(config).flags["ranker"].variants
+    for variant, spec in variants.items():
+        series = flag["weights"][variant]
+        states = [(o["ts"], o["variants"][variant]) for o in outputs if "version" in o]
+        steps = [[ts, 0 if v.get("killed") else v["weight"]] for ts, v in states]
+        assert series[0][1] == spec.weight
+        assert series[0][0] < steps[0][0]
+        assert series[1 : 1 + len(steps)] == steps
     # The statistic and accuracy series end where the replay's engine ends.
     for name, g in snap["guardrails"].items():
         last = flag["guardrails"][name]["points"][-1]
