@@ -263,17 +263,23 @@ def test_adversarial_attributes_are_bounded() -> None:
         lambda i: {},  # missing
     ]
     engine = Engine(config(max_segments=20))
+    candidates = []  # per kind, the candidate's observations
     tracemalloc.start()
     for n, make in enumerate(kinds):
-        engine.process(
-            stream(10_000, bad="none", attrs=make, prefix=f"k{n}-", t0=1000.0 + 20_000 * n)
+        events = stream(10_000, bad="none", attrs=make, prefix=f"k{n}-", t0=1000.0 + 20_000 * n)
+        engine.process(events)
+        candidates.append(
+            sum(1 for e in events if isinstance(e, PredictionEvent) and e.variant == "candidate")
         )
+        del events
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     g = engine.snapshot()["flags"]["ranker"]["guardrails"]["candidate-accuracy"]  # type: ignore[index,call-overload]
     assert len(g["segments"]) == 21  # 20 segments and other
     # Every candidate observation beyond the first 20 values overflowed; the other kinds are
     # invalid (too long, not a string, missing).
+    assert g["overflow"] == candidates[0] - 20
+    assert g["invalid"] == sum(candidates[1:])
     assert g["overflow"] > 4000
     assert g["invalid"] > 5 * 4000
     # The join holds only bounded values: no 1 MB string survives in the state.
