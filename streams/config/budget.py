@@ -86,7 +86,8 @@ def _pct(p: float) -> str:
         return "> 99.9 %"
     if p < 0.001:
         return "< 0.1 %"
-    return f"{p:.1%}" if p < 0.1 else f"{p:.0%}"
+    # "63 %", as "> 99.9 %" above and the documentation write it (not Python's "63%").
+    return f"{100 * p:.1f} %" if p < 0.1 else f"{100 * p:.0f} %"
 
 
 def format_duration(seconds: float) -> str:
