@@ -4,8 +4,9 @@
         [--config examples/ranker.yaml] [--profile] [--rss-rounds 10]
 
 Simulates ``--requests`` requests (about 2N events: predictions and outcomes; the default makes
-1M events) into a temporary JSON Lines file, then times ``--repeat`` interleaved rounds and prints
-min / median / max events/s, wall and CPU, of:
+1M events) into a temporary JSON Lines file, prints the machine's speed on a fixed workload
+(``machine_speed`` in ``streams/tools/testing.py``), then times ``--repeat`` interleaved rounds
+and prints min / median / max events/s, wall and CPU, of:
 
 - ``backtest.run`` end to end (read, decode, engine): the figure the 200k events/s target is about;
 - the same with ``event_order`` (``--order event``: every event decoded, sorted, then replayed);
@@ -49,6 +50,7 @@ from driftswitch.streams.pipeline import backtest
 from driftswitch.streams.pipeline.backtest import decode_chunk
 from driftswitch.streams.pipeline.engine import Engine, Event
 from driftswitch.streams.tools.simulate import Scenario, simulate, write_jsonl
+from driftswitch.streams.tools.testing import machine_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 _ARRAY = msgspec.json.Decoder(list[PredictionStruct | OutcomeStruct])
@@ -119,6 +121,7 @@ def main() -> None:
         n = write_jsonl(simulate(scenario), path)
         size = path.stat().st_size
         print(f"{n:,} events, {size / n:.0f} bytes/event, config {args.config.name}")
+        print(f"machine: {machine_speed() / 1e6:.2f}M reference operations per CPU-second")
         lines = path.read_bytes().splitlines()
         chunks = [lines[i : i + backtest.CHUNK_LINES] for i in range(0, n, backtest.CHUNK_LINES)]
         decoded: list[list[Event]] = [decode_chunk(c)[0] for c in chunks]

@@ -76,7 +76,9 @@ embedded broker keeps every record in memory and its fetches slow down as its lo
 run on the broker that already held the earlier runs' millions of records measured them too
 (acknowledgements up to 2.4 s at p99 in the last runs of a search).
 
-Prints one line per figure and the machine's load average. Timing lives here, never in tests.
+Prints one line per figure, the machine's load average and, after each round, the machine's speed
+on a fixed workload (``machine_speed`` in ``streams/tools/testing.py``), so that rounds and days
+can be set side by side. Timing lives here, never in tests.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ from driftswitch.streams.tools.broker import EmbeddedBroker
 from driftswitch.streams.tools.procstat import cpu_seconds
 from driftswitch.streams.tools.simulate import Scenario, VariantSpec, simulate
 from driftswitch.streams.tools.soak import slope
-from driftswitch.streams.tools.testing import WorkerProcess
+from driftswitch.streams.tools.testing import WorkerProcess, machine_speed
 
 GUARDRAIL = """\
     guardrails:
@@ -1046,6 +1048,7 @@ async def main() -> None:
     size = statistics.mean(len(v) for _, _, v in records)
     total = len(records)
     print(f"events: {total:,} ({args.flags} flags, mean {size:.0f} bytes/record); {load()}")
+    print(f"machine: {machine_speed() / 1e6:.2f}M reference operations per CPU-second")
     figures: dict[str, list[float]] = {
         "bare aiokafka + orjson": [],
         "bare confluent-kafka + orjson": [],
@@ -1085,7 +1088,8 @@ async def main() -> None:
             print(
                 f"round {r + 1}: aiokafka {bare:,.0f}, confluent {confluent:,.0f}, join stage "
                 f"{stage:,.0f} (its own work {own:,.0f}), worker {rate:,.0f} events/s "
-                f"({rate / bare:.0%}; {per_cpu:,.0f} per CPU-second of its process); {load()}"
+                f"({rate / bare:.0%}; {per_cpu:,.0f} per CPU-second of its process); {load()}; "
+                f"machine {machine_speed() / 1e6:.2f}M"
             )
         if args.repeat:
             print("events/s, min / median / max of", args.repeat, "rounds:")

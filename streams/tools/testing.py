@@ -3,12 +3,12 @@
 Integration tests and benchmarks drive the real worker command, not an in-process object, so
 they see what an operator sees: :class:`WorkerProcess` starts ``driftswitch run --broker ...``
 on a :class:`~driftswitch.streams.contract.topics.Topics` set (its prefix and partitions passed
-through
-``DRIFTSWITCH_TOPIC_*``), with its HTTP port and a log file, and polls ``/healthz``.
+through ``DRIFTSWITCH_TOPIC_*``), with its HTTP port and a log file, and polls ``/healthz``.
 :func:`read_topic` and :func:`flag_changes` read a one-partition topic to its end (the flags
 topic is the audit log of every decision); :func:`event_records` turns events into the keyed
 records a model service produces; :func:`wait_until` polls any condition; :func:`load_file`
-loads a Python file that is not part of a package (a benchmark script).
+loads a Python file that is not part of a package (a benchmark script); :func:`machine_speed`
+is the yardstick the benchmarks print beside their figures.
 
 Failures raise :class:`AssertionError` with the worker's log tail, so a test framework reports
 them as test failures with the reason in view.
@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -412,6 +413,33 @@ async def recreate_inputs(bootstrap: str, topics: Topics) -> None:
         except Exception:
             await asyncio.sleep(0.2)
     await ensure_topics(bootstrap, topics)
+
+
+def machine_speed(rounds: int = 5) -> float:
+    """Operations per CPU-second of a fixed pure-Python workload shaped like the join's hot path
+    (200,000 string keys into and out of an ``OrderedDict``, a tuple per entry), best of
+    ``rounds``.
+
+    The benchmarks print it beside their figures: the development machine's speed moves by up
+    to 2.5 times between days (docs/performance.md), and a figure is comparable with another
+    day's only together with this. It moves within minutes too (one evening: 2.3-2.7M and
+    3.7-3.8M from one call to the next, in two levels), so it says roughly what state the
+    machine was in near a figure; it is not a factor to correct figures by. A yardstick, not a
+    target.
+    """
+    keys = [f"req-{i:07d}" for i in range(200_000)]
+    best = 0.0
+    for _ in range(rounds):
+        pending: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
+        start = time.process_time()
+        for i, key in enumerate(keys):
+            pending[key] = (float(i), "flag/variant", key)
+        for key in keys:
+            del pending[key]
+        elapsed = time.process_time() - start
+        if elapsed > 0:
+            best = max(best, 2 * len(keys) / elapsed)
+    return best
 
 
 def load_file(path: Path, name: str) -> ModuleType:
