@@ -214,6 +214,9 @@ _ARITY: dict[str, tuple[int, int | None]] = {
 
 KNOWN_OPERATORS = frozenset(_ARITY)
 
+#: The variant names a boolean result of a rule names (flagd serves ``true`` as "true").
+_BOOLEAN_NAMES = ("true", "false")
+
 #: Operators whose result is always ``true`` or ``false`` (or ``null``): as a rule's result they
 #: can only name the variants ``true`` and ``false``.
 _YIELDS_BOOLEAN = frozenset(
@@ -519,10 +522,6 @@ def _served_rule(event: FlagChangeEvent) -> dict[str, Any] | None:
                 branches += [_yields_boolean(rule, name), default]
     branches.append(weights)
     return {"if": branches}
-
-
-#: The variant names a boolean result of a rule names (flagd serves ``true`` as "true").
-_BOOLEAN_NAMES = ("true", "false")
 
 
 def _yields_boolean(rule: Any, name: str) -> dict[str, Any]:

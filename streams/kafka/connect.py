@@ -34,7 +34,6 @@ from driftswitch.streams.kafka.settings import (
 )
 
 __all__ = [
-    "ABORT_WAIT_S",
     "Membership",
     "SendFailure",
     "TopicRead",
